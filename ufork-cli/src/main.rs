@@ -1,0 +1,3 @@
+//! Skeleton: the `ufork` binary.
+#![forbid(unsafe_code)]
+fn main() {}

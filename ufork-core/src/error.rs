@@ -1,0 +1,63 @@
+//! Errors of the arbiter, one variant per step that can fail.
+
+use std::io;
+
+/// What went wrong while building or running an [`Arbiter`](crate::Arbiter).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A builder setting is out of range.
+    #[error("invalid setting {setting}: {reason}")]
+    Config {
+        /// The builder method whose value is wrong.
+        setting: &'static str,
+        /// Why the value is rejected.
+        reason: String,
+    },
+    /// More workers were asked for than the scoreboard has slots.
+    #[error(
+        "cannot run {requested} workers: the scoreboard has {capacity} slots (raise Builder::capacity)"
+    )]
+    OverCapacity {
+        /// Workers asked for.
+        requested: usize,
+        /// Slots in the scoreboard.
+        capacity: usize,
+    },
+    /// Creating a pipe failed.
+    #[error("cannot create a pipe")]
+    Pipe(#[source] io::Error),
+    /// Mapping the shared scoreboard failed.
+    #[error("cannot map the shared scoreboard")]
+    Scoreboard(#[source] io::Error),
+    /// Installing or restoring a signal handler failed.
+    #[error("cannot install the handler for signal {signal}")]
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// `poll(2)` failed in the monitor loop.
+    #[error("poll failed in the monitor loop")]
+    Poll(#[source] io::Error),
+    /// `fork(2)` failed.
+    #[error("cannot fork a worker")]
+    Fork(#[source] io::Error),
+    /// `waitpid(2)` failed.
+    #[error("cannot reap worker pid {pid}")]
+    Wait {
+        /// The worker's pid.
+        pid: i32,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The arbiter is already running (`run` was called twice on the same pool).
+    #[error("the arbiter is already running")]
+    AlreadyRunning,
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,266 @@
+//! How and why a worker ended: the records of the exit history.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::WorkerState;
+
+/// Exit code of a worker whose function returned an error (`EX_SOFTWARE`).
+pub const EXIT_FAILED: i32 = 70;
+/// Exit code of a worker whose function panicked (Rust's own panic exit code).
+pub const EXIT_PANICKED: i32 = 101;
+
+/// How a worker process ended, as `waitpid` reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExitStatus {
+    /// It called `_exit` with this code.
+    Code(i32),
+    /// A signal with this number ended it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// Whether the worker exited with code 0.
+    pub fn success(self) -> bool {
+        self == Self::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Code(code) => match exit_code_name(code) {
+                Some(name) => write!(f, "exit code {code} ({name})"),
+                None => write!(f, "exit code {code}"),
+            },
+            Self::Signal(sig) => match signal_name(sig) {
+                Some(name) => write!(f, "signal {sig} ({name})"),
+                None => write!(f, "signal {sig}"),
+            },
+        }
+    }
+}
+
+/// The name of a signal number, like `SIGKILL`.
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// The `sysexits.h` name of an exit code, like `EX_SOFTWARE`.
+pub fn exit_code_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        0 => "EX_OK",
+        64 => "EX_USAGE",
+        65 => "EX_DATAERR",
+        66 => "EX_NOINPUT",
+        67 => "EX_NOUSER",
+        68 => "EX_NOHOST",
+        69 => "EX_UNAVAILABLE",
+        70 => "EX_SOFTWARE",
+        71 => "EX_OSERR",
+        72 => "EX_OSFILE",
+        73 => "EX_CANTCREAT",
+        74 => "EX_IOERR",
+        75 => "EX_TEMPFAIL",
+        76 => "EX_PROTOCOL",
+        77 => "EX_NOPERM",
+        78 => "EX_CONFIG",
+        101 => "panic",
+        126 => "cannot execute",
+        127 => "command not found",
+        _ => return None,
+    })
+}
+
+/// Why a worker ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// Its function returned `Ok` without being asked to stop.
+    Exited,
+    /// Its function returned an error, or it exited non-zero.
+    Failed,
+    /// Its function panicked.
+    Panicked,
+    /// A signal the arbiter did not send ended it.
+    Killed,
+    /// The arbiter asked it to stop (shutdown, scale down, restart, kill command).
+    Stopped,
+    /// It stopped heartbeating: silent for longer than the heartbeat timeout.
+    TimedOut {
+        /// How long it had been silent when it was killed.
+        silent_for: Duration,
+        /// Its state when it was killed.
+        state: WorkerState,
+        /// Its activity text when it was killed.
+        activity: String,
+    },
+    /// It did not become ready within the start timeout.
+    BootTimedOut {
+        /// How long it had been booting.
+        after: Duration,
+    },
+    /// Its resident memory went over the limit.
+    OverMemory {
+        /// Resident set size seen, in bytes.
+        rss: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// It had more open descriptors than the limit allows.
+    TooManyFds {
+        /// Open descriptors seen.
+        open: u64,
+        /// The threshold.
+        limit: u64,
+    },
+}
+
+impl ExitReason {
+    /// Whether the arbiter caused the exit (so it does not count as a crash).
+    pub fn is_requested(&self) -> bool {
+        matches!(self, Self::Stopped)
+    }
+
+    /// A one-word name: exited, failed, panicked, killed, stopped, timed-out...
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Panicked => "panicked",
+            Self::Killed => "killed",
+            Self::Stopped => "stopped",
+            Self::TimedOut { .. } => "timed-out",
+            Self::BootTimedOut { .. } => "boot-timed-out",
+            Self::OverMemory { .. } => "over-memory",
+            Self::TooManyFds { .. } => "too-many-fds",
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TimedOut {
+                silent_for,
+                state,
+                activity,
+            } => {
+                write!(
+                    f,
+                    "timed out: silent for {:.1}s while {state}",
+                    silent_for.as_secs_f64()
+                )?;
+                if !activity.is_empty() {
+                    write!(f, " ({activity})")?;
+                }
+                Ok(())
+            }
+            Self::BootTimedOut { after } => {
+                write!(
+                    f,
+                    "not ready after {:.1}s (start timeout)",
+                    after.as_secs_f64()
+                )
+            }
+            Self::OverMemory { rss, limit } => {
+                write!(f, "over memory limit: rss {rss} bytes > {limit} bytes")
+            }
+            Self::TooManyFds { open, limit } => {
+                write!(f, "too many open files: {open} >= {limit}")
+            }
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// One entry of the exit history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExitRecord {
+    /// The worker's pid.
+    pub pid: i32,
+    /// Its slot.
+    pub slot: usize,
+    /// Its generation in that slot.
+    pub generation: u32,
+    /// How the process ended.
+    pub status: ExitStatus,
+    /// Why.
+    pub reason: ExitReason,
+    /// The error or panic message the worker reported, if any.
+    pub message: Option<String>,
+    /// How long it lived.
+    pub uptime: Duration,
+    /// When it was reaped.
+    pub at: SystemTime,
+}
+
+impl fmt::Display for ExitRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker {} (pid {}, generation {}) {}: {} after {:.1}s",
+            self.slot,
+            self.pid,
+            self.generation,
+            self.reason,
+            self.status,
+            self.uptime.as_secs_f64()
+        )?;
+        if self.reason == ExitReason::Killed && self.status == ExitStatus::Signal(libc::SIGKILL) {
+            f.write_str(" (out of memory?)")?;
+        }
+        if let Some(message) = &self.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_named() {
+        assert_eq!(
+            ExitStatus::Code(70).to_string(),
+            "exit code 70 (EX_SOFTWARE)"
+        );
+        assert_eq!(ExitStatus::Signal(9).to_string(), "signal 9 (SIGKILL)");
+        assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+    }
+}

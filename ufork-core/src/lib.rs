@@ -1,0 +1,85 @@
+//! A pre-forking process arbiter: load your application once, fork N workers
+//! from it, keep exactly that many alive and healthy, stop them cleanly, and get
+//! control back.
+//!
+//! The [`Arbiter`] forks the pool after the caller has loaded its state, then
+//! supervises it from a single-threaded, event-driven loop (`poll(2)` over a
+//! signal self-pipe, one pidfd per worker, a wake pipe for the [`Handle`] and
+//! the descriptors of [`Layer`]s). A dead worker is reaped and replaced at once;
+//! a worker that stops heartbeating is killed and replaced; Ctrl-C or SIGTERM
+//! stops every worker and `run` returns an [`Outcome`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ufork_core::Arbiter;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let outcome = Arbiter::builder()
+//!     .workers(4)
+//!     .heartbeat_timeout(Duration::from_secs(30))
+//!     .build()?
+//!     .run(|worker| -> Result<(), std::io::Error> {
+//!         while !worker.wait_for_stop(Some(Duration::from_secs(1))) {
+//!             worker.heartbeat();
+//!             println!("worker {} is alive", worker.slot());
+//!         }
+//!         Ok(())
+//!     })?;
+//! println!("stopped by {:?}; {} exits recorded", outcome.cause, outcome.history.len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Signals
+//!
+//! While `run` is in its loop (unless [`Builder::handle_signals`] is off):
+//! SIGINT and SIGTERM stop gracefully (a second SIGINT stops at once), SIGQUIT
+//! stops at once, SIGHUP restarts every worker one at a time, SIGTTIN and
+//! SIGTTOU add and remove a worker, SIGUSR1 asks layers to reopen logs. The
+//! previous dispositions are restored when `run` returns.
+//!
+//! In a worker, signal dispositions are reset as `exec` would (handlers back to
+//! default, ignored signals stay ignored), SIGINT is ignored (Ctrl-C in a
+//! terminal reaches the whole process group; the arbiter orchestrates the
+//! stop), and SIGTERM sets [`Worker::should_stop`] and wakes [`Worker::stop_fd`].
+//!
+//! # Features
+//!
+//! - `rng`: [`Worker::rng`], a ChaCha20 generator per worker, seeded from OS
+//!   entropy mixed with slot and generation. Forked workers share their
+//!   parent's RNG state otherwise: rand's `ThreadRng` does not reseed on fork,
+//!   so reseed your own generators in a [`Builder::post_fork`] hook.
+//!
+//! # Limitations
+//!
+//! Linux only (pidfds, `PR_SET_PDEATHSIG`, /proc). Forking is only sound while
+//! the process has one thread; see [`Arbiter::spawn_thread`] for the caveat when
+//! it has more. One arbiter per process handles signals at a time.
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+mod arbiter;
+mod error;
+mod exit;
+mod handle;
+mod layer;
+mod monitor;
+mod notes;
+mod proc;
+mod scoreboard;
+mod sys;
+mod worker;
+
+pub use arbiter::{
+    Arbiter, BoxError, Builder, DEFAULT_MAX_BOOTING, FdLimit, Outcome, Stdin, StopCause,
+};
+pub use error::{Error, Result};
+pub use exit::{
+    EXIT_FAILED, EXIT_PANICKED, ExitReason, ExitRecord, ExitStatus, exit_code_name, signal_name,
+};
+pub use handle::{Handle, Snapshot, WorkerInfo};
+pub use layer::{ChildInfo, Context, Interest, Layer, Readiness, Spawn, Token};
+pub use scoreboard::{ACTIVITY_LEN, WorkerState};
+pub use worker::{Vitals, Worker};

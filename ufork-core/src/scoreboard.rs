@@ -1,0 +1,285 @@
+//! The heartbeat scoreboard: one shared anonymous mapping, made before the first
+//! fork, with one cache-line-aligned cell per slot. Workers write their own cell
+//! with plain atomic stores (no system call); the arbiter reads every cell at its
+//! deadlines and for status snapshots.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::sys;
+
+/// Bytes of activity text a slot holds (longer text is cut at a char boundary).
+pub const ACTIVITY_LEN: usize = 64;
+
+/// What a worker is doing, as its scoreboard cell says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// No worker in this slot.
+    Empty,
+    /// Forked, not ready yet (the start timeout applies).
+    Booting,
+    /// Ready, not reporting busy or idle.
+    Ready,
+    /// Serving something since `busy_since`.
+    Busy,
+    /// Ready and waiting for work.
+    Idle,
+    /// Asked to stop, finishing.
+    Stopping,
+}
+
+impl WorkerState {
+    fn from_raw(raw: u32) -> Self {
+        match raw {
+            1 => Self::Booting,
+            2 => Self::Ready,
+            3 => Self::Busy,
+            4 => Self::Idle,
+            5 => Self::Stopping,
+            _ => Self::Empty,
+        }
+    }
+
+    fn raw(self) -> u32 {
+        match self {
+            Self::Empty => 0,
+            Self::Booting => 1,
+            Self::Ready => 2,
+            Self::Busy => 3,
+            Self::Idle => 4,
+            Self::Stopping => 5,
+        }
+    }
+
+    /// A short lowercase name, as shown in status tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Booting => "booting",
+            Self::Ready => "ready",
+            Self::Busy => "busy",
+            Self::Idle => "idle",
+            Self::Stopping => "stopping",
+        }
+    }
+
+    /// Whether the worker has declared itself ready (or moved past it).
+    pub fn is_up(self) -> bool {
+        matches!(self, Self::Ready | Self::Busy | Self::Idle | Self::Stopping)
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One slot of the scoreboard. Only atomics, so that an all-zero cell is valid
+/// and concurrent writes from another process are sound.
+#[repr(C, align(128))]
+pub(crate) struct Cell {
+    pid: AtomicI32,
+    generation: AtomicU32,
+    state: AtomicU32,
+    activity_seq: AtomicU32,
+    last_beat: AtomicU64,
+    requests: AtomicU64,
+    busy_since: AtomicU64,
+    activity: [AtomicU64; ACTIVITY_LEN / 8],
+}
+
+/// The first cell-sized block of the mapping: flags shared by all slots.
+#[repr(C, align(128))]
+pub(crate) struct Header {
+    /// Non-zero while the arbiter waits for a worker to become ready: then
+    /// `ready()` also writes a note to the arbiter's pipe to wake it.
+    pub(crate) ready_wanted: AtomicU32,
+}
+
+/// Monotonic clock in nanoseconds (CLOCK_MONOTONIC, read through the vDSO).
+pub(crate) fn now_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+pub(crate) fn ns_to_duration(ns: u64) -> Duration {
+    Duration::from_nanos(ns)
+}
+
+impl Cell {
+    pub(crate) fn reset(&self, pid: i32, generation: u32) {
+        self.state
+            .store(WorkerState::Booting.raw(), Ordering::SeqCst);
+        self.last_beat.store(0, Ordering::Relaxed);
+        self.requests.store(0, Ordering::Relaxed);
+        self.busy_since.store(0, Ordering::Relaxed);
+        self.write_activity("");
+        self.generation.store(generation, Ordering::Relaxed);
+        self.pid.store(pid, Ordering::SeqCst);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.state.store(WorkerState::Empty.raw(), Ordering::SeqCst);
+        self.pid.store(0, Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, Ordering::SeqCst);
+    }
+
+    pub(crate) fn beat(&self) {
+        self.last_beat.store(now_ns(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.state.store(state.raw(), Ordering::SeqCst);
+    }
+
+    pub(crate) fn state(&self) -> WorkerState {
+        WorkerState::from_raw(self.state.load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_beat(&self) -> u64 {
+        self.last_beat.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn busy(&self) {
+        self.busy_since.store(now_ns(), Ordering::Relaxed);
+        self.set_state(WorkerState::Busy);
+    }
+
+    pub(crate) fn idle(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+        self.set_state(WorkerState::Idle);
+    }
+
+    pub(crate) fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn busy_since(&self) -> u64 {
+        self.busy_since.load(Ordering::Relaxed)
+    }
+
+    /// Writes the activity text under a sequence lock: the reader retries while
+    /// the sequence is odd or changed, so it never sees half of two texts.
+    pub(crate) fn write_activity(&self, text: &str) {
+        let mut end = text.len().min(ACTIVITY_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; ACTIVITY_LEN];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        self.activity_seq.fetch_add(1, Ordering::AcqRel);
+        for (word, chunk) in self.activity.iter().zip(bytes.chunks_exact(8)) {
+            let value = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
+            word.store(value, Ordering::Relaxed);
+        }
+        self.activity_seq.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn read_activity(&self) -> String {
+        let mut bytes = [0u8; ACTIVITY_LEN];
+        for _ in 0..64 {
+            let before = self.activity_seq.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            for (word, chunk) in self.activity.iter().zip(bytes.chunks_exact_mut(8)) {
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.activity_seq.load(Ordering::Relaxed) == before {
+                break;
+            }
+        }
+        let len = bytes.iter().position(|&b| b == 0).unwrap_or(ACTIVITY_LEN);
+        String::from_utf8_lossy(&bytes[..len]).into_owned()
+    }
+}
+
+/// The shared mapping: a header and `capacity` cells.
+pub(crate) struct Scoreboard {
+    map: sys::SharedMap,
+    capacity: usize,
+}
+
+impl fmt::Debug for Scoreboard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoreboard")
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Scoreboard {
+    pub(crate) fn new(capacity: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            map: sys::SharedMap::new(capacity)?,
+            capacity,
+        })
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        self.map.header()
+    }
+
+    pub(crate) fn cell(&self, slot: usize) -> &Cell {
+        &self.map.cells()[slot]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cell_is_two_cache_lines_and_header_matches() {
+        assert_eq!(std::mem::size_of::<Cell>(), 128);
+        assert_eq!(std::mem::size_of::<Header>(), 128);
+    }
+
+    #[test]
+    fn activity_round_trips_and_is_cut_at_a_char_boundary() {
+        let board = Scoreboard::new(2).unwrap();
+        let cell = board.cell(1);
+        cell.write_activity("GET /index.html");
+        assert_eq!(cell.read_activity(), "GET /index.html");
+        let long = "é".repeat(40);
+        cell.write_activity(&long);
+        let read = cell.read_activity();
+        assert_eq!(read, "é".repeat(32));
+    }
+
+    #[test]
+    fn state_and_beat_are_visible() {
+        let board = Scoreboard::new(1).unwrap();
+        let cell = board.cell(0);
+        cell.reset(42, 3);
+        assert_eq!(cell.state(), WorkerState::Booting);
+        assert_eq!(cell.last_beat(), 0);
+        cell.beat();
+        assert!(cell.last_beat() > 0);
+        cell.busy();
+        assert_eq!(cell.state(), WorkerState::Busy);
+        assert!(cell.busy_since() > 0);
+        cell.idle();
+        assert_eq!(cell.state(), WorkerState::Idle);
+    }
+}

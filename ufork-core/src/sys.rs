@@ -1,0 +1,280 @@
+//! The few system calls that need `unsafe`: fork, signal dispositions, the shared
+//! mapping and `_exit`. Everything else goes through rustix's safe API.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+
+use crate::scoreboard::{Cell, Header};
+
+/// Highest signal number plus one on Linux.
+pub(crate) const NSIG: usize = 65;
+
+/// Forks the calling process. In the child, `child` runs and, as its type
+/// says, never returns: the child never comes back into the caller's stack.
+/// Returns the child's pid in the parent.
+///
+/// The arbiter calls this from its single-threaded loop; with other threads
+/// alive, the child must not take locks they may hold (see
+/// `Arbiter::spawn_thread`).
+#[allow(unreachable_code)] // `child` returns an uninhabited type
+pub(crate) fn fork_into(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<i32> {
+    // SAFETY: libc's fork runs the atfork handlers, so malloc stays usable in
+    // the child; the child branch diverges into `child`, which ends the
+    // process, so no code of the parent's stack frames runs twice.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => match child() {},
+        pid => Ok(pid),
+    }
+}
+
+/// Ends the calling process at once with `code`, without running atexit
+/// handlers or destructors (the child must never run the arbiter's).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+// ---------------------------------------------------------------------------
+// Signals of the arbiter: counted per signal and announced on a self-pipe.
+
+static ARBITER_PIPE: AtomicI32 = AtomicI32::new(-1);
+static COUNTS: [AtomicU32; NSIG] = [const { AtomicU32::new(0) }; NSIG];
+
+extern "C" fn arbiter_handler(sig: libc::c_int) {
+    // Only atomics and write(2) here: both are async-signal-safe. errno is
+    // saved because the interrupted code may be about to read it.
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    if let Some(count) = COUNTS.get(sig as usize) {
+        count.fetch_add(1, Ordering::SeqCst);
+    }
+    let fd = ARBITER_PIPE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = sig as u8;
+        // SAFETY: writing one byte from a valid stack address; a full pipe
+        // (EAGAIN, non-blocking) is fine, the counter already holds the signal.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// A signal disposition saved to be put back later.
+#[derive(Clone, Copy)]
+pub(crate) struct Disposition(libc::sigaction);
+
+impl std::fmt::Debug for Disposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Disposition")
+            .field(&self.0.sa_sigaction)
+            .finish()
+    }
+}
+
+impl Disposition {
+    fn is_ignore(&self) -> bool {
+        self.0.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+fn sigaction(sig: i32, new: Option<&libc::sigaction>) -> io::Result<Disposition> {
+    // SAFETY: an all-zero sigaction is a valid value (SIG_DFL, empty mask).
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let new_ptr = new.map_or(std::ptr::null(), |n| n as *const _);
+    // SAFETY: both pointers are valid for the call; the handlers we install
+    // are async-signal-safe.
+    if unsafe { libc::sigaction(sig, new_ptr, &mut old) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Disposition(old))
+}
+
+fn action(handler: libc::sighandler_t) -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is a valid value.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: sa_mask is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut act.sa_mask) };
+    act
+}
+
+/// Points the arbiter's signal handler at `pipe_write` (a non-blocking pipe).
+pub(crate) fn set_arbiter_pipe(pipe_write: RawFd) {
+    ARBITER_PIPE.store(pipe_write, Ordering::SeqCst);
+}
+
+/// Takes the number of times `sig` arrived since the last call.
+pub(crate) fn take_count(sig: i32) -> u32 {
+    COUNTS[sig as usize].swap(0, Ordering::SeqCst)
+}
+
+/// Installs the arbiter's handler for `sig` and returns the disposition it replaced.
+pub(crate) fn install_arbiter_handler(sig: i32) -> io::Result<Disposition> {
+    COUNTS[sig as usize].store(0, Ordering::SeqCst);
+    let handler = arbiter_handler as extern "C" fn(libc::c_int);
+    sigaction(sig, Some(&action(handler as libc::sighandler_t)))
+}
+
+/// Puts back a disposition saved by [`install_arbiter_handler`].
+pub(crate) fn restore(sig: i32, old: &Disposition) -> io::Result<()> {
+    sigaction(sig, Some(&old.0)).map(drop)
+}
+
+// ---------------------------------------------------------------------------
+// Signals of a worker, right after fork.
+
+static WORKER_STOP: AtomicBool = AtomicBool::new(false);
+static WORKER_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn worker_term_handler(_sig: libc::c_int) {
+    // SAFETY: see arbiter_handler.
+    let errno = unsafe { *libc::__errno_location() };
+    WORKER_STOP.store(true, Ordering::SeqCst);
+    let fd = WORKER_PIPE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = 1u8;
+        // SAFETY: one byte from a valid address to a non-blocking pipe.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Whether the worker was asked to stop (SIGTERM arrived).
+pub(crate) fn worker_stop_requested() -> bool {
+    WORKER_STOP.load(Ordering::Relaxed)
+}
+
+/// Gives every signal the disposition an `exec` would: handlers back to the
+/// default, ignored signals stay ignored (`saved` holds what the arbiter's
+/// handlers replaced). Then SIGINT is ignored, SIGTERM sets the stop flag and
+/// writes to `stop_pipe`, and the signal mask is emptied.
+pub(crate) fn reset_child_signals(saved: &[(i32, Disposition)], stop_pipe: RawFd) {
+    WORKER_STOP.store(false, Ordering::SeqCst);
+    WORKER_PIPE.store(stop_pipe, Ordering::SeqCst);
+    ARBITER_PIPE.store(-1, Ordering::SeqCst);
+    let dfl = action(libc::SIG_DFL);
+    let ign = action(libc::SIG_IGN);
+    for sig in 1..NSIG as i32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let was_ignored = match saved.iter().find(|(s, _)| *s == sig) {
+            Some((_, original)) => original.is_ignore(),
+            None => match sigaction(sig, None) {
+                Ok(current) => current.is_ignore(),
+                Err(_) => continue,
+            },
+        };
+        let _ = sigaction(sig, Some(if was_ignored { &ign } else { &dfl }));
+    }
+    let _ = sigaction(libc::SIGINT, Some(&ign));
+    let handler = worker_term_handler as extern "C" fn(libc::c_int);
+    let _ = sigaction(libc::SIGTERM, Some(&action(handler as libc::sighandler_t)));
+    // SAFETY: an empty set is a valid mask; pthread_sigmask only reads it.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File descriptors.
+
+/// Closes a descriptor the child inherited but must not keep.
+pub(crate) fn close_inherited(fd: RawFd) {
+    // SAFETY: called in the child right after fork on descriptors that belong to
+    // the arbiter; no object in the child uses them again (the child never
+    // returns into the arbiter's code, so their owners are never dropped).
+    unsafe { rustix::io::close(fd) };
+}
+
+/// Borrows a descriptor registered with the monitor loop.
+pub(crate) fn borrow_registered<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: `Context::register` requires the layer to keep the descriptor open
+    // until it deregisters it; the borrow lives only for one poll call.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+// ---------------------------------------------------------------------------
+// The shared scoreboard mapping.
+
+/// An anonymous `MAP_SHARED` mapping holding the scoreboard: a header block and
+/// `capacity` cells, inherited by every child forked after it was made.
+pub(crate) struct SharedMap {
+    ptr: NonNull<u8>,
+    len: usize,
+    capacity: usize,
+}
+
+// SAFETY: the mapping is only ever accessed as `Header` and `Cell`, which are
+// made of atomics; sharing them between threads is what they are for.
+unsafe impl Send for SharedMap {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMap {}
+
+impl SharedMap {
+    /// Maps zeroed memory for a header and `capacity` cells.
+    pub(crate) fn new(capacity: usize) -> io::Result<Self> {
+        use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous};
+        let len = std::mem::size_of::<Cell>() * (capacity + 1);
+        // SAFETY: a fresh anonymous mapping aliases no Rust object.
+        let ptr = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+            )
+        }?;
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len, capacity })
+    }
+
+    /// The header block.
+    pub(crate) fn header(&self) -> &Header {
+        const _: () = assert!(std::mem::size_of::<Header>() <= std::mem::size_of::<Cell>());
+        // SAFETY: the first cell-sized block is reserved for the header; the
+        // mapping is page-aligned, zero-filled (a valid all-atomics Header) and
+        // lives as long as `self`.
+        unsafe { &*self.ptr.as_ptr().cast::<Header>() }
+    }
+
+    /// The cells, one per slot.
+    pub(crate) fn cells(&self) -> &[Cell] {
+        // SAFETY: the mapping holds capacity + 1 cell-sized blocks; blocks 1..
+        // are cells, aligned (Cell's size is a multiple of its alignment and
+        // the mapping is page-aligned), zero-filled (a valid all-atomics Cell)
+        // and alive as long as `self`.
+        unsafe {
+            let first = self.ptr.as_ptr().cast::<Cell>().add(1);
+            std::slice::from_raw_parts(first, self.capacity)
+        }
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: pointer and length come from mmap; every borrow of the
+        // header or a cell is tied to `self`, so nothing refers into it now.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Whether this process reaps orphans: it is PID 1 or a child subreaper. Then
+/// the arbiter also reaps children that are not its workers.
+pub(crate) fn is_reaper() -> bool {
+    if rustix::process::getpid().is_init() {
+        return true;
+    }
+    let mut flag: libc::c_int = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int through the pointer.
+    let rc = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int) };
+    rc == 0 && flag != 0
+}

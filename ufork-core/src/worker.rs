@@ -1,0 +1,254 @@
+//! The worker side: what the worker function gets to see and report.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::notes::{self, NoteKind};
+use crate::scoreboard::{Cell, Scoreboard};
+use crate::{WorkerState, sys};
+
+/// Reports a worker's health into its scoreboard slot. A [`Worker`] has one for
+/// itself; a [`Layer`](crate::Layer) gets one from [`Context::vitals`](crate::Context::vitals)
+/// to report on behalf of a worker that cannot (an exec'd program speaking
+/// sd_notify, say). Every method is a store into shared memory, no system call
+/// (except `ready` while the arbiter waits for it, which also wakes the arbiter).
+#[derive(Clone)]
+pub struct Vitals {
+    board: Arc<Scoreboard>,
+    slot: usize,
+    notes: Option<Arc<OwnedFd>>,
+}
+
+impl fmt::Debug for Vitals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vitals").field("slot", &self.slot).finish()
+    }
+}
+
+impl Vitals {
+    pub(crate) fn new(board: Arc<Scoreboard>, slot: usize, notes: Option<Arc<OwnedFd>>) -> Self {
+        Self { board, slot, notes }
+    }
+
+    fn cell(&self) -> &Cell {
+        self.board.cell(self.slot)
+    }
+
+    /// Records that the worker is alive now. Hang detection measures silence
+    /// from the last call.
+    #[inline]
+    pub fn heartbeat(&self) {
+        self.cell().beat();
+    }
+
+    /// Declares the worker ready (it has booted): the start timeout no longer
+    /// applies and the spawn throttle lets the next worker boot. Also a heartbeat.
+    pub fn ready(&self) {
+        let cell = self.cell();
+        cell.beat();
+        if cell.state() != WorkerState::Booting {
+            return;
+        }
+        cell.set_state(WorkerState::Ready);
+        // Dekker-style handshake with the arbiter: it raises the flag, then reads
+        // the states; we store the state, then read the flag. One of us sees
+        // the other, so a throttled arbiter always wakes.
+        if self.board.header().ready_wanted.load(Ordering::SeqCst) != 0 {
+            if let Some(fd) = &self.notes {
+                notes::send(
+                    fd.as_fd(),
+                    NoteKind::Ready,
+                    self.slot,
+                    cell_generation(cell),
+                    "",
+                );
+            }
+        }
+    }
+
+    /// Marks the worker busy from now on (a heartbeat too).
+    pub fn busy(&self) {
+        let cell = self.cell();
+        cell.beat();
+        cell.busy();
+    }
+
+    /// Marks the worker idle (a heartbeat too).
+    pub fn idle(&self) {
+        let cell = self.cell();
+        cell.beat();
+        cell.idle();
+    }
+
+    /// Adds one to the worker's count of requests served.
+    #[inline]
+    pub fn count_request(&self) {
+        self.cell().count_request();
+    }
+
+    /// Sets the short text that says what the worker is doing (at most
+    /// [`ACTIVITY_LEN`](crate::ACTIVITY_LEN) bytes are kept). Hang reports quote it.
+    pub fn set_activity(&self, text: &str) {
+        self.cell().write_activity(text);
+    }
+
+    /// The worker's state as the scoreboard holds it.
+    pub fn state(&self) -> WorkerState {
+        self.cell().state()
+    }
+}
+
+fn cell_generation(cell: &Cell) -> u32 {
+    cell.generation()
+}
+
+/// The handle a worker function receives: who it is, whether to stop, and how
+/// to report its health.
+pub struct Worker {
+    pub(crate) slot: usize,
+    pub(crate) generation: u32,
+    pub(crate) pid: i32,
+    pub(crate) vitals: Vitals,
+    pub(crate) stop_read: OwnedFd,
+    pub(crate) _stop_write: OwnedFd,
+    #[cfg(feature = "rng")]
+    pub(crate) rng: rand_chacha::ChaCha20Rng,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("slot", &self.slot)
+            .field("generation", &self.generation)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// The worker's slot, 0..N-1, reused when it is replaced.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// How many workers this slot had before this one (0 for the first).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// This worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether the arbiter (or anyone) sent SIGTERM: finish the work in hand
+    /// and return. One atomic load.
+    #[inline]
+    pub fn should_stop(&self) -> bool {
+        sys::worker_stop_requested()
+    }
+
+    /// A descriptor that becomes readable when the worker is asked to stop, to
+    /// put in the worker's own `poll`/`epoll` set next to its sockets.
+    pub fn stop_fd(&self) -> BorrowedFd<'_> {
+        self.stop_read.as_fd()
+    }
+
+    /// Blocks until the worker is asked to stop or `timeout` passes (forever if
+    /// `None`). Returns whether a stop was requested.
+    pub fn wait_for_stop(&self, timeout: Option<Duration>) -> bool {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        while !self.should_stop() {
+            let remaining = match deadline {
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => return self.should_stop(),
+                },
+                None => None,
+            };
+            let ts = remaining.map(|r| rustix::time::Timespec {
+                tv_sec: r.as_secs() as _,
+                tv_nsec: r.subsec_nanos() as _,
+            });
+            let mut fds = [PollFd::new(&self.stop_read, PollFlags::IN)];
+            let _ = poll(&mut fds, ts.as_ref());
+        }
+        true
+    }
+
+    /// Reports into this worker's scoreboard slot.
+    pub fn vitals(&self) -> &Vitals {
+        &self.vitals
+    }
+
+    /// Records that the worker is alive now (one atomic store, no system call).
+    #[inline]
+    pub fn heartbeat(&self) {
+        self.vitals.heartbeat();
+    }
+
+    /// Declares the worker ready; see [`Vitals::ready`].
+    pub fn ready(&self) {
+        self.vitals.ready();
+    }
+
+    /// Marks the worker busy; see [`Vitals::busy`].
+    pub fn busy(&self) {
+        self.vitals.busy();
+    }
+
+    /// Marks the worker idle; see [`Vitals::idle`].
+    pub fn idle(&self) {
+        self.vitals.idle();
+    }
+
+    /// Counts one request served.
+    pub fn count_request(&self) {
+        self.vitals.count_request();
+    }
+
+    /// Sets the activity text; see [`Vitals::set_activity`].
+    pub fn set_activity(&self, text: &str) {
+        self.vitals.set_activity(text);
+    }
+
+    /// This worker's own random number generator: ChaCha20 seeded from OS
+    /// entropy mixed with the slot and generation, so no two workers (and no
+    /// two generations of a slot) share a stream.
+    #[cfg(feature = "rng")]
+    pub fn rng(&mut self) -> &mut rand_chacha::ChaCha20Rng {
+        &mut self.rng
+    }
+}
+
+#[cfg(feature = "rng")]
+pub(crate) fn seed_rng(slot: usize, generation: u32) -> rand_chacha::ChaCha20Rng {
+    use rand_chacha::rand_core::SeedableRng;
+    let mut seed = [0u8; 32];
+    let mut filled = 0;
+    while filled < seed.len() {
+        match rustix::rand::getrandom(&mut seed[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    // Even if the OS pool failed, slot, generation, pid and the clock keep
+    // workers apart.
+    let mix = [
+        slot as u64,
+        u64::from(generation),
+        u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32),
+        crate::scoreboard::now_ns(),
+    ];
+    for (i, word) in mix.iter().enumerate() {
+        for (j, byte) in word.to_le_bytes().iter().enumerate() {
+            seed[i * 8 + j] ^= byte;
+        }
+    }
+    rand_chacha::ChaCha20Rng::from_seed(seed)
+}

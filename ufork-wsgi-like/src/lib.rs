@@ -1,0 +1,2 @@
+//! Skeleton: filled in by its issue.
+#![deny(unsafe_code)]
