@@ -1,0 +1,835 @@
+//! The capture layer: per worker a pipe (or two), read in the arbiter's poll
+//! loop, assembled into lines and queued for the writer thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::pipe::{PipeFlags, pipe_with};
+use ufork_core::{ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token};
+
+use crate::line::{Assembler, End};
+use crate::sink::{Chunk, Counters, Origin, Queue, Sink, Stream};
+use crate::stdin::{StdinHandle, Table};
+use crate::{ArbiterLog, Error, Result};
+
+/// Default longest line: longer ones are split with [`CONTINUES`].
+pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
+/// Default bound of the queue between the arbiter and the writer thread.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Ends a piece of a line longer than the maximum; the line goes on in the
+/// next piece.
+pub const CONTINUES: &str = " [continues]";
+/// Ends a last line that had no newline when its worker exited.
+pub const NO_NEWLINE: &str = " [no newline]";
+
+/// Reads per readiness event before other descriptors get their turn.
+const READS_PER_EVENT: usize = 16;
+const READ_SIZE: usize = 64 * 1024;
+
+/// The worker a line came from, as a custom [`Prefix`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LineInfo {
+    /// The worker's slot.
+    pub slot: usize,
+    /// Its pid.
+    pub pid: i32,
+    /// Its generation in the slot.
+    pub generation: u32,
+    /// The stream the line came from.
+    pub stream: Stream,
+}
+
+type PrefixFn = dyn Fn(&LineInfo, &mut Vec<u8>) + Send + Sync;
+
+/// What goes in front of each line a worker writes.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum Prefix {
+    /// `[slot pid] `, and `[slot pid err] ` for stderr when the streams are
+    /// kept apart (the default).
+    #[default]
+    SlotPid,
+    /// Nothing: the bytes as the worker wrote them.
+    None,
+    /// Whatever the function appends to the buffer; called once per line.
+    Custom(Arc<PrefixFn>),
+}
+
+impl Prefix {
+    /// A custom prefix: `f` appends it to the buffer it is given.
+    pub fn custom(f: impl Fn(&LineInfo, &mut Vec<u8>) + Send + Sync + 'static) -> Self {
+        Self::Custom(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SlotPid => f.write_str("SlotPid"),
+            Self::None => f.write_str("None"),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// Builds a [`Capture`]; every setting has a default.
+#[derive(Debug)]
+pub struct CaptureBuilder {
+    sink: Sink,
+    prefix: Prefix,
+    split_streams: bool,
+    max_line: usize,
+    queue_bytes: usize,
+    lossy: bool,
+    stdin_pipe: bool,
+    line_per_write: bool,
+    pipe_size: Option<usize>,
+    flush_timeout: Option<Duration>,
+}
+
+impl CaptureBuilder {
+    /// Where lines go (default [`Sink::stdout`]).
+    pub fn sink(mut self, sink: Sink) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// What goes in front of each line (default [`Prefix::SlotPid`]). A
+    /// [`Sink::log`] gets no prefix: slot and pid are key-values there.
+    pub fn prefix(mut self, prefix: Prefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// Give stdout and stderr a pipe each, marked apart in the prefix and in
+    /// [`LineInfo::stream`] (default false: one pipe, in write order).
+    pub fn split_streams(mut self, split: bool) -> Self {
+        self.split_streams = split;
+        self
+    }
+
+    /// Longest line, in bytes, before it is split with [`CONTINUES`]
+    /// (default [`DEFAULT_MAX_LINE`]). Never dropped.
+    pub fn max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes;
+        self
+    }
+
+    /// Bound of the queue to the writer thread, in bytes (default
+    /// [`DEFAULT_QUEUE_BYTES`]). When it is full the arbiter stops reading
+    /// worker pipes until it is half empty (or drops, when [`lossy`](Self::lossy)).
+    pub fn queue_bytes(mut self, bytes: usize) -> Self {
+        self.queue_bytes = bytes;
+        self
+    }
+
+    /// Drop lines, counted, instead of applying back-pressure when the sink
+    /// falls behind (default false). The sink then reads
+    /// `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where lines
+    /// went missing.
+    pub fn lossy(mut self, lossy: bool) -> Self {
+        self.lossy = lossy;
+        self
+    }
+
+    /// Give each worker a stdin pipe the arbiter side writes to through
+    /// [`Capture::stdin`] (default false: core's /dev/null).
+    pub fn stdin_pipe(mut self, pipe: bool) -> Self {
+        self.stdin_pipe = pipe;
+        self
+    }
+
+    /// Hand the sink exactly one line per `write` call (default false: one
+    /// or more whole lines per call, up to 256 KiB, which is what makes 80-byte
+    /// lines cheap).
+    pub fn line_per_write(mut self, per_line: bool) -> Self {
+        self.line_per_write = per_line;
+        self
+    }
+
+    /// Ask the kernel for pipes of this many bytes (`F_SETPIPE_SZ`; default:
+    /// the system's, 64 KiB). Larger pipes mean fewer wake-ups for chatty
+    /// workers; a refused size is ignored.
+    pub fn pipe_size(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.pipe_size = bytes.into();
+        self
+    }
+
+    /// How long the end of `run` waits for the writer to hand everything to
+    /// the sink (default `None`: until it is done, so nothing is lost). With a
+    /// limit, what is left when it passes is abandoned to the writer thread,
+    /// which goes on until the process exits.
+    pub fn flush_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.flush_timeout = timeout.into();
+        self
+    }
+
+    /// Checks the settings and starts the writer thread.
+    ///
+    /// The thread starts here, not in `run`, so that the process already has
+    /// it when the arbiter records whether it started single-threaded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero `max_line` or `queue_bytes`,
+    /// [`Error::Pipe`] or [`Error::SpawnWriter`] if the OS refuses.
+    pub fn build(self) -> Result<Capture> {
+        if self.max_line == 0 {
+            return Err(Error::Config {
+                setting: "max_line",
+                reason: "must be at least 1",
+            });
+        }
+        if self.queue_bytes == 0 {
+            return Err(Error::Config {
+                setting: "queue_bytes",
+                reason: "must be at least 1",
+            });
+        }
+        let (wake_r, wake_w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
+            .map_err(|e| Error::Pipe(e.into()))?;
+        let prefix = if self.sink.is_log() {
+            Prefix::None
+        } else {
+            self.prefix
+        };
+        let queue = Arc::new(Queue::new(
+            self.sink,
+            self.queue_bytes,
+            self.line_per_write,
+            wake_w,
+        ));
+        let writer = crate::sink::spawn_writer(Arc::clone(&queue)).map_err(Error::SpawnWriter)?;
+        Ok(Capture {
+            queue,
+            writer: Some(writer),
+            wake_r,
+            wake_token: None,
+            prefix,
+            split: self.split_streams,
+            max_line: self.max_line,
+            lossy: self.lossy,
+            pipe_size: self.pipe_size,
+            flush_timeout: self.flush_timeout,
+            stdin: self.stdin_pipe.then(|| Arc::new(Mutex::new(Vec::new()))),
+            prepared: None,
+            workers: Vec::new(),
+            tokens: HashMap::new(),
+            paused: false,
+            notices_due: false,
+            scratch: vec![0; READ_SIZE],
+        })
+    }
+}
+
+/// The capture layer: add it with `Arbiter::builder().layer(capture)`.
+///
+/// See the [crate documentation](crate) for what it does and why.
+pub struct Capture {
+    queue: Arc<Queue>,
+    writer: Option<JoinHandle<()>>,
+    wake_r: OwnedFd,
+    wake_token: Option<Token>,
+    prefix: Prefix,
+    split: bool,
+    max_line: usize,
+    lossy: bool,
+    pipe_size: Option<usize>,
+    flush_timeout: Option<Duration>,
+    stdin: Option<Arc<Table>>,
+    prepared: Option<Prepared>,
+    workers: Vec<Option<WorkerIo>>,
+    /// Token to (slot, pipe index); [`STDIN`] as the index for a stdin pipe.
+    tokens: HashMap<Token, (usize, usize)>,
+    paused: bool,
+    notices_due: bool,
+    scratch: Vec<u8>,
+}
+
+const STDIN: usize = usize::MAX;
+
+/// Pipes made before a fork: (read, write) each.
+struct Prepared {
+    slot: usize,
+    generation: u32,
+    out: (OwnedFd, OwnedFd),
+    err: Option<(OwnedFd, OwnedFd)>,
+    stdin: Option<(OwnedFd, OwnedFd)>,
+}
+
+struct WorkerIo {
+    pid: i32,
+    pipes: Vec<Option<PipeIo>>,
+    stdin_token: Option<Token>,
+}
+
+struct PipeIo {
+    fd: OwnedFd,
+    token: Token,
+    info: LineInfo,
+    /// The rendered [`Prefix::SlotPid`], made once per worker.
+    slot_pid: Vec<u8>,
+    asm: Assembler,
+    /// Bytes dropped (lossy mode) and not reported yet.
+    dropped: u64,
+}
+
+impl fmt::Debug for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capture")
+            .field("prefix", &self.prefix)
+            .field("split", &self.split)
+            .field("max_line", &self.max_line)
+            .field("lossy", &self.lossy)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Starts building a capture layer.
+    pub fn builder() -> CaptureBuilder {
+        CaptureBuilder {
+            sink: Sink::stdout(),
+            prefix: Prefix::SlotPid,
+            split_streams: false,
+            max_line: DEFAULT_MAX_LINE,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            lossy: false,
+            stdin_pipe: false,
+            line_per_write: false,
+            pipe_size: None,
+            flush_timeout: None,
+        }
+    }
+
+    /// Live counters: lines and bytes written, bytes dropped, write errors.
+    pub fn counters(&self) -> Counters {
+        Counters(Arc::clone(&self.queue.counters))
+    }
+
+    /// A handle to write to workers' stdin, when built with
+    /// [`stdin_pipe`](CaptureBuilder::stdin_pipe).
+    pub fn stdin(&self) -> Option<StdinHandle> {
+        self.stdin.as_ref().map(|table| StdinHandle {
+            table: Arc::clone(table),
+        })
+    }
+
+    /// A [`log::Log`] that puts the arbiter's records in this capture's
+    /// sink, between whole worker lines. Install it yourself.
+    pub fn logger(&self) -> ArbiterLog {
+        ArbiterLog {
+            queue: Arc::clone(&self.queue),
+            prefix: "[arbiter] ".to_owned(),
+            level: log::LevelFilter::Info,
+        }
+    }
+
+    fn make_pipe(&self) -> io::Result<(OwnedFd, OwnedFd)> {
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
+        rustix::io::ioctl_fionbio(&read, true)?;
+        if let Some(size) = self.pipe_size {
+            let _ = rustix::pipe::fcntl_setpipe_size(&read, size);
+        }
+        Ok((read, write))
+    }
+
+    fn register_pipe(
+        &mut self,
+        ctx: &mut Context<'_>,
+        spawn: &Spawn,
+        index: usize,
+        fd: OwnedFd,
+        stream: Stream,
+    ) -> PipeIo {
+        let interest = if self.paused {
+            Interest::default()
+        } else {
+            Interest::READABLE
+        };
+        let token = ctx.register(fd.as_fd(), interest);
+        self.tokens.insert(token, (spawn.slot, index));
+        let slot_pid = match stream {
+            Stream::Stderr => format!("[{} {} err] ", spawn.slot, spawn.pid),
+            _ => format!("[{} {}] ", spawn.slot, spawn.pid),
+        };
+        PipeIo {
+            fd,
+            token,
+            info: LineInfo {
+                slot: spawn.slot,
+                pid: spawn.pid,
+                generation: spawn.generation,
+                stream,
+            },
+            slot_pid: slot_pid.into_bytes(),
+            asm: Assembler::new(self.max_line),
+            dropped: 0,
+        }
+    }
+
+    /// Reads what the pipe holds. `draining` (the worker is gone): read to
+    /// the end whatever the queue's state. Returns whether the pipe hit EOF.
+    fn pump(&mut self, slot: usize, index: usize, draining: bool, ctx: &mut Context<'_>) -> bool {
+        let mut reads = 0;
+        loop {
+            if !draining && (self.paused || reads == READS_PER_EVENT) {
+                return false;
+            }
+            reads += 1;
+            let Self {
+                workers,
+                scratch,
+                prefix,
+                ..
+            } = self;
+            let Some(pipe) = workers
+                .get_mut(slot)
+                .and_then(Option::as_mut)
+                .and_then(|w| w.pipes.get_mut(index))
+                .and_then(Option::as_mut)
+            else {
+                return false;
+            };
+            let n = match rustix::io::read(&pipe.fd, &mut scratch[..]) {
+                Ok(0) => return true,
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => return false,
+                Err(_) => return true,
+            };
+            let (chunk, content) = assemble(pipe, prefix, &scratch[..n], false);
+            self.submit(slot, index, chunk, content, draining, ctx);
+        }
+    }
+
+    /// Queues a chunk from a pipe, applying the queue's bound.
+    fn submit(
+        &mut self,
+        slot: usize,
+        index: usize,
+        chunk: Chunk,
+        content: u64,
+        force: bool,
+        ctx: &mut Context<'_>,
+    ) {
+        if chunk.lines == 0 {
+            return;
+        }
+        let queue = Arc::clone(&self.queue);
+        let mut state = queue.lock();
+        let Self {
+            workers,
+            prefix,
+            notices_due,
+            lossy,
+            paused,
+            ..
+        } = self;
+        let Some(pipe) = workers
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .and_then(|w| w.pipes.get_mut(index))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        if *lossy && !force && state.bytes >= queue.capacity {
+            pipe.dropped += content;
+            queue
+                .counters
+                .dropped_bytes
+                .fetch_add(content, Ordering::Relaxed);
+            *notices_due = true;
+            return;
+        }
+        if pipe.dropped > 0 {
+            let notice = notice(pipe, prefix);
+            queue.push(&mut state, notice);
+        }
+        queue.push(&mut state, chunk);
+        if !*lossy && !*paused && state.bytes >= queue.capacity {
+            state.want_wake = true;
+            drop(state);
+            self.set_paused(true, ctx);
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool, ctx: &mut Context<'_>) {
+        self.paused = paused;
+        let interest = if paused {
+            Interest::default()
+        } else {
+            Interest::READABLE
+        };
+        for (&token, &(_, index)) in &self.tokens {
+            if index != STDIN {
+                ctx.reregister(token, interest);
+            }
+        }
+    }
+
+    /// Ends a pipe: flushes its unfinished line, forgets its descriptor.
+    fn close_pipe(&mut self, slot: usize, index: usize, ctx: &mut Context<'_>) {
+        let Some(mut pipe) = self
+            .workers
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .and_then(|w| w.pipes.get_mut(index))
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        ctx.deregister(pipe.token);
+        self.tokens.remove(&pipe.token);
+        let (chunk, _) = assemble(&mut pipe, &self.prefix, &[], true);
+        let mut state = self.queue.lock();
+        if pipe.dropped > 0 {
+            let notice = notice(&mut pipe, &self.prefix);
+            self.queue.push(&mut state, notice);
+        }
+        if chunk.lines > 0 {
+            self.queue.push(&mut state, chunk);
+        }
+    }
+
+    fn close_stdin(&mut self, slot: usize, ctx: &mut Context<'_>) {
+        let Some(worker) = self.workers.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(token) = worker.stdin_token.take() {
+            ctx.deregister(token);
+            self.tokens.remove(&token);
+        }
+        if let Some(table) = &self.stdin {
+            let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = table.get_mut(slot) {
+                *entry = None;
+            }
+        }
+    }
+
+    /// Reports drops (lossy mode) once the queue has room again.
+    fn report_drops(&mut self) {
+        let queue = Arc::clone(&self.queue);
+        let mut state = queue.lock();
+        let mut still_due = false;
+        for worker in self.workers.iter_mut().flatten() {
+            for pipe in worker.pipes.iter_mut().flatten() {
+                if pipe.dropped == 0 {
+                    continue;
+                }
+                if state.bytes >= queue.capacity {
+                    still_due = true;
+                } else {
+                    let notice = notice(pipe, &self.prefix);
+                    queue.push(&mut state, notice);
+                }
+            }
+        }
+        self.notices_due = still_due;
+    }
+}
+
+/// Assembles `data` into a chunk of whole lines; with `finish`, also the
+/// unfinished line, marked. Also returns the worker bytes the chunk holds.
+fn assemble(pipe: &mut PipeIo, prefix: &Prefix, data: &[u8], finish: bool) -> (Chunk, u64) {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 4 + 64);
+    let mut lines = 0;
+    let mut content = 0u64;
+    let PipeIo {
+        asm,
+        info,
+        slot_pid,
+        ..
+    } = pipe;
+    let mut emit = |head: &[u8], tail: &[u8], end: End| {
+        match prefix {
+            Prefix::SlotPid => out.extend_from_slice(slot_pid),
+            Prefix::None => {}
+            Prefix::Custom(f) => f(info, &mut out),
+        }
+        out.extend_from_slice(head);
+        out.extend_from_slice(tail);
+        content += (head.len() + tail.len()) as u64;
+        match end {
+            End::Newline => content += 1,
+            End::Continues => out.extend_from_slice(CONTINUES.as_bytes()),
+            End::NoNewline => out.extend_from_slice(NO_NEWLINE.as_bytes()),
+        }
+        out.push(b'\n');
+        lines += 1;
+    };
+    asm.feed(data, &mut emit);
+    if finish {
+        asm.finish(&mut emit);
+    }
+    let chunk = Chunk {
+        origin: Origin::Worker {
+            slot: info.slot,
+            pid: info.pid,
+            stream: info.stream,
+        },
+        data: out,
+        lines,
+    };
+    (chunk, content)
+}
+
+/// The line that reports a pipe's dropped bytes, which it resets.
+fn notice(pipe: &mut PipeIo, prefix: &Prefix) -> Chunk {
+    let mut data = Vec::new();
+    match prefix {
+        Prefix::SlotPid => data.extend_from_slice(&pipe.slot_pid),
+        Prefix::None => {}
+        Prefix::Custom(f) => f(&pipe.info, &mut data),
+    }
+    data.extend_from_slice(
+        format!(
+            "[ufork-io: dropped {} bytes from worker {} (pid {})]\n",
+            pipe.dropped, pipe.info.slot, pipe.info.pid
+        )
+        .as_bytes(),
+    );
+    pipe.dropped = 0;
+    Chunk {
+        origin: Origin::Worker {
+            slot: pipe.info.slot,
+            pid: pipe.info.pid,
+            stream: pipe.info.stream,
+        },
+        data,
+        lines: 1,
+    }
+}
+
+impl Layer for Capture {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        self.wake_token = Some(ctx.register(self.wake_r.as_fd(), Interest::READABLE));
+    }
+
+    fn prepare(&mut self, slot: usize, generation: u32) -> io::Result<()> {
+        self.prepared = None;
+        let out = self.make_pipe()?;
+        let err = if self.split {
+            Some(self.make_pipe()?)
+        } else {
+            None
+        };
+        let stdin = if self.stdin.is_some() {
+            Some(pipe_with(PipeFlags::CLOEXEC)?)
+        } else {
+            None
+        };
+        self.queue.begin_fork()?;
+        self.prepared = Some(Prepared {
+            slot,
+            generation,
+            out,
+            err,
+            stdin,
+        });
+        Ok(())
+    }
+
+    fn fork_failed(&mut self, _slot: usize) {
+        self.prepared = None;
+        self.queue.end_fork();
+    }
+
+    fn in_child(&mut self, _child: &ChildInfo) -> io::Result<()> {
+        // From here on this process must not touch the queue: the writer
+        // thread does not exist here and may have held its lock at the fork.
+        self.queue.forked.store(true, Ordering::Relaxed);
+        let prepared = self
+            .prepared
+            .take()
+            .ok_or_else(|| io::Error::other("ufork-io: no pipes were prepared for this worker"))?;
+        let out = &prepared.out.1;
+        rustix::stdio::dup2_stdout(out)?;
+        rustix::stdio::dup2_stderr(prepared.err.as_ref().map_or(out, |(_, w)| w))?;
+        if let Some((read, _)) = &prepared.stdin {
+            rustix::stdio::dup2_stdin(read)?;
+        }
+        // Closing the originals leaves fds 0, 1 and 2; an original that *is*
+        // one of them (the arbiter started with it closed) must stay open.
+        let Prepared {
+            out, err, stdin, ..
+        } = prepared;
+        let mut fds = vec![out.0, out.1];
+        fds.extend(err.into_iter().flat_map(|(r, w)| [r, w]));
+        fds.extend(stdin.into_iter().flat_map(|(r, w)| [r, w]));
+        for fd in fds {
+            if fd.as_raw_fd() <= 2 {
+                std::mem::forget(fd);
+            }
+        }
+        Ok(())
+    }
+
+    fn spawned(&mut self, spawn: &Spawn, ctx: &mut Context<'_>) {
+        self.queue.end_fork();
+        let Some(prepared) = self.prepared.take() else {
+            return;
+        };
+        if prepared.slot != spawn.slot || prepared.generation != spawn.generation {
+            return;
+        }
+        let Prepared {
+            out, err, stdin, ..
+        } = prepared;
+        // The worker has its copies of the write ends; holding ours would
+        // keep the pipes from ever reporting EOF.
+        drop(out.1);
+        let mut pipes = Vec::new();
+        match err {
+            Some((err_r, err_w)) => {
+                drop(err_w);
+                pipes.push(Some(self.register_pipe(
+                    ctx,
+                    spawn,
+                    0,
+                    out.0,
+                    Stream::Stdout,
+                )));
+                pipes.push(Some(self.register_pipe(
+                    ctx,
+                    spawn,
+                    1,
+                    err_r,
+                    Stream::Stderr,
+                )));
+            }
+            None => {
+                pipes.push(Some(self.register_pipe(
+                    ctx,
+                    spawn,
+                    0,
+                    out.0,
+                    Stream::Combined,
+                )));
+            }
+        }
+        let mut stdin_token = None;
+        if let (Some((read, write)), Some(table)) = (stdin, &self.stdin) {
+            drop(read);
+            // Registered without interest only so that core closes it in
+            // later workers (which would otherwise keep this worker's stdin
+            // from ever reaching EOF); poll still reports an error once the
+            // worker closes its end.
+            let token = ctx.register(write.as_fd(), Interest::default());
+            self.tokens.insert(token, (spawn.slot, STDIN));
+            stdin_token = Some(token);
+            let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+            if table.len() <= spawn.slot {
+                table.resize_with(spawn.slot + 1, || None);
+            }
+            table[spawn.slot] = Some((spawn.pid, Arc::new(write)));
+        }
+        if self.workers.len() <= spawn.slot {
+            self.workers.resize_with(spawn.slot + 1, || None);
+        }
+        self.workers[spawn.slot] = Some(WorkerIo {
+            pid: spawn.pid,
+            pipes,
+            stdin_token,
+        });
+    }
+
+    fn event(&mut self, token: Token, readiness: Readiness, ctx: &mut Context<'_>) {
+        if Some(token) == self.wake_token {
+            let mut buf = [0u8; 64];
+            while matches!(rustix::io::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
+            if self.paused {
+                let mut state = self.queue.lock();
+                if state.bytes < self.queue.capacity {
+                    drop(state);
+                    self.set_paused(false, ctx);
+                } else {
+                    state.want_wake = true;
+                }
+            }
+            return;
+        }
+        let Some(&(slot, index)) = self.tokens.get(&token) else {
+            return;
+        };
+        if index == STDIN {
+            if readiness.error || readiness.hangup {
+                self.close_stdin(slot, ctx);
+            }
+            return;
+        }
+        if self.pump(slot, index, false, ctx) {
+            self.close_pipe(slot, index, ctx);
+        }
+    }
+
+    fn exited(&mut self, record: &ExitRecord, ctx: &mut Context<'_>) {
+        let slot = record.slot;
+        let pipes = match self.workers.get(slot).and_then(Option::as_ref) {
+            Some(worker) if worker.pid == record.pid => worker.pipes.len(),
+            _ => return,
+        };
+        // The worker is dead: everything it wrote is in its pipes. Read it
+        // all, whatever the queue's state (at most a pipe's worth each).
+        for index in 0..pipes {
+            self.pump(slot, index, true, ctx);
+            self.close_pipe(slot, index, ctx);
+        }
+        self.close_stdin(slot, ctx);
+        self.workers[slot] = None;
+    }
+
+    fn tick(&mut self, _ctx: &mut Context<'_>) {
+        if self.notices_due {
+            self.report_drops();
+        }
+    }
+
+    fn stopped(&mut self) {
+        if self.notices_due {
+            self.notices_due = false;
+            let mut state = self.queue.lock();
+            for worker in self.workers.iter_mut().flatten() {
+                for pipe in worker.pipes.iter_mut().flatten() {
+                    if pipe.dropped > 0 {
+                        let notice = notice(pipe, &self.prefix);
+                        self.queue.push(&mut state, notice);
+                    }
+                }
+            }
+        }
+        if self.queue.close_and_wait(self.flush_timeout) {
+            if let Some(writer) = self.writer.take() {
+                let _ = writer.join();
+            }
+        } else {
+            let left = self.queue.queued();
+            self.writer = None;
+            log::warn!(
+                target: "ufork::io",
+                "the output sink did not take the last {left} bytes in time; leaving them to the writer thread"
+            );
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // Dropped without `run` ending (never run, or `run` failed): let the
+        // writer finish what it has and end on its own.
+        if self.writer.is_some() && !self.queue.forked.load(Ordering::Relaxed) {
+            self.queue.close_and_wait(Some(Duration::ZERO));
+        }
+    }
+}

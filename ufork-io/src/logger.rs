@@ -1,0 +1,102 @@
+//! The arbiter's own messages through the capture's sink.
+
+use std::fmt::{self, Write as _};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::sink::Queue;
+
+/// A [`log::Log`] that writes the arbiter's records as lines into the same
+/// queue as the workers' output, so an arbiter message never lands in the
+/// middle of a worker's line. Made by [`Capture::logger`](crate::Capture::logger);
+/// install it yourself (`log::set_boxed_logger`) — a library does not pick
+/// the logger.
+///
+/// Lines look like `[arbiter] INFO  worker 3 pid 12345 started`, key-values
+/// appended as ` key=value`. In a forked worker the same logger writes to the
+/// worker's stderr directly (which the capture prefixes like any other line):
+/// the queue belongs to the arbiter.
+///
+/// Do not combine it with [`Sink::log`](crate::Sink::log): the records would
+/// go round in a circle; arbiter lines then go to stderr instead.
+pub struct ArbiterLog {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) prefix: String,
+    pub(crate) level: log::LevelFilter,
+}
+
+impl fmt::Debug for ArbiterLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArbiterLog")
+            .field("prefix", &self.prefix)
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArbiterLog {
+    /// The text before each arbiter line (default `"[arbiter] "`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The most verbose level written (default `Info`). Also pass it to
+    /// `log::set_max_level`.
+    pub fn level(mut self, level: log::LevelFilter) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Formats a record as one line, newline included.
+    fn line(&self, record: &log::Record<'_>) -> Vec<u8> {
+        struct Kv<'a>(&'a mut String);
+        impl<'kvs> log::kv::VisitSource<'kvs> for Kv<'_> {
+            fn visit_pair(
+                &mut self,
+                key: log::kv::Key<'kvs>,
+                value: log::kv::Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
+                let _ = write!(self.0, " {key}={value}");
+                Ok(())
+            }
+        }
+        let mut text = String::with_capacity(self.prefix.len() + 80);
+        text.push_str(&self.prefix);
+        let _ = write!(text, "{:<5} {}", record.level(), record.args());
+        let _ = record.key_values().visit(&mut Kv(&mut text));
+        // One record is one line, whatever the message holds.
+        let mut line: Vec<u8> = text
+            .into_bytes()
+            .into_iter()
+            .map(|b| if b == b'\n' { b' ' } else { b })
+            .collect();
+        line.push(b'\n');
+        line
+    }
+}
+
+impl log::Log for ArbiterLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = self.line(record);
+        if self.queue.forked.load(Ordering::Relaxed) {
+            // In a worker: its stderr is the capture pipe; std's stderr lock
+            // is not taken (a thread of the arbiter may have held it at fork).
+            let _ = crate::sink::write_fd(std::io::stderr().as_fd(), &line);
+        } else {
+            self.queue.push_arbiter(line);
+        }
+    }
+
+    fn flush(&self) {
+        // The writer thread flushes after every batch.
+    }
+}

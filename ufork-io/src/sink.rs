@@ -1,0 +1,540 @@
+//! Where captured lines go, and the writer thread that puts them there.
+//!
+//! The arbiter's thread never writes to the sink: it hands whole lines to a
+//! bounded queue, and one writer thread empties the queue into the sink. A
+//! stalled sink therefore stalls only the writer; the arbiter notices the
+//! queue is full, stops reading worker pipes (back-pressure) and goes on
+//! supervising.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Which of a worker's streams a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stream {
+    /// stdout and stderr share one pipe (the default).
+    Combined,
+    /// stdout, when the streams are kept apart.
+    Stdout,
+    /// stderr, when the streams are kept apart.
+    Stderr,
+}
+
+impl Stream {
+    /// `"out"`, `"err"`, or `"out+err"` for a shared pipe.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Combined => "out+err",
+            Self::Stdout => "out",
+            Self::Stderr => "err",
+        }
+    }
+}
+
+/// The destination of captured lines.
+///
+/// Every line reaches the sink whole: the writer thread hands it whole lines
+/// only (one or more per `write`, or exactly one with
+/// [`CaptureBuilder::line_per_write`](crate::CaptureBuilder::line_per_write)),
+/// so lines of different workers never mix.
+pub struct Sink {
+    pub(crate) kind: SinkKind,
+}
+
+pub(crate) enum SinkKind {
+    /// A raw descriptor (fd 1 or 2), written without std's stdio lock.
+    Fd(Std),
+    Writer(Box<dyn Write + Send>),
+    Log {
+        target: &'static str,
+    },
+}
+
+pub(crate) enum Std {
+    Out(io::Stdout),
+    Err(io::Stderr),
+}
+
+impl Std {
+    /// fd 1 or 2. `Stdout` and `Stderr` lend their descriptor without taking
+    /// std's lock, which a forked worker may need (see the crate's
+    /// Limitations).
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Out(out) => out.as_fd(),
+            Self::Err(err) => err.as_fd(),
+        }
+    }
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            SinkKind::Fd(Std::Out(_)) => f.write_str("Sink::stdout"),
+            SinkKind::Fd(Std::Err(_)) => f.write_str("Sink::stderr"),
+            SinkKind::Writer(_) => f.write_str("Sink::writer"),
+            SinkKind::Log { target } => write!(f, "Sink::log({target:?})"),
+        }
+    }
+}
+
+impl Sink {
+    /// The arbiter's stdout (the default), written through fd 1 directly.
+    pub fn stdout() -> Self {
+        Self {
+            kind: SinkKind::Fd(Std::Out(io::stdout())),
+        }
+    }
+
+    /// The arbiter's stderr, written through fd 2 directly.
+    pub fn stderr() -> Self {
+        Self {
+            kind: SinkKind::Fd(Std::Err(io::stderr())),
+        }
+    }
+
+    /// Any writer: a file, a rotating log, a socket, a `Vec<u8>` behind a
+    /// mutex. It is flushed after every batch of lines.
+    ///
+    /// Do not pass `std::io::stdout()` or `stderr()`: the writer thread would
+    /// hold std's stdio lock while the arbiter forks, and a worker inheriting
+    /// it locked would hang on its first `println!`. Use [`Sink::stdout`].
+    pub fn writer(writer: impl Write + Send + 'static) -> Self {
+        Self {
+            kind: SinkKind::Writer(Box::new(writer)),
+        }
+    }
+
+    /// The `log` facade: one record per line, target `ufork::worker`, level
+    /// `Info` for stdout (or both streams) and `Warn` for stderr, with the
+    /// key-values `slot`, `pid` and `stream`. Invalid UTF-8 is replaced (a
+    /// record's message is text).
+    pub fn log() -> Self {
+        Self::log_target("ufork::worker")
+    }
+
+    /// Like [`Sink::log`] with another target.
+    pub fn log_target(target: &'static str) -> Self {
+        Self {
+            kind: SinkKind::Log { target },
+        }
+    }
+
+    pub(crate) fn is_log(&self) -> bool {
+        matches!(self.kind, SinkKind::Log { .. })
+    }
+}
+
+/// One batch of whole lines (each ending in `\n`) from one origin.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) origin: Origin,
+    pub(crate) data: Vec<u8>,
+    pub(crate) lines: u64,
+}
+
+/// Who wrote a chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin {
+    Worker {
+        slot: usize,
+        pid: i32,
+        stream: Stream,
+    },
+    Arbiter,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CounterCells {
+    pub(crate) lines_written: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
+    pub(crate) dropped_bytes: AtomicU64,
+    pub(crate) write_errors: AtomicU64,
+}
+
+/// Live counters of a [`Capture`](crate::Capture), readable from any thread.
+#[derive(Clone, Debug)]
+pub struct Counters(pub(crate) Arc<CounterCells>);
+
+impl Counters {
+    /// Lines the sink accepted (worker lines, markers and arbiter lines).
+    pub fn lines_written(&self) -> u64 {
+        self.0.lines_written.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the sink accepted, prefixes included.
+    pub fn bytes_written(&self) -> u64 {
+        self.0.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Worker bytes dropped in lossy mode (and arbiter lines dropped while
+    /// the queue was far over its bound).
+    pub fn dropped_bytes(&self) -> u64 {
+        self.0.dropped_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Writes the sink refused (the lines in them are lost).
+    pub fn write_errors(&self) -> u64 {
+        self.0.write_errors.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    chunks: VecDeque<Chunk>,
+    /// Bytes queued or being written.
+    pub(crate) bytes: usize,
+    closed: bool,
+    finished: bool,
+    /// The arbiter paused reading and wants a byte on the wake pipe once the
+    /// queue is down to half its bound.
+    pub(crate) want_wake: bool,
+    in_sink: bool,
+    forking: bool,
+}
+
+/// The queue between the arbiter's thread and the writer thread.
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    /// The writer waits here for chunks.
+    more: Condvar,
+    /// Progress of the writer: the fork gate and the final flush wait here.
+    changed: Condvar,
+    wake_w: OwnedFd,
+    pub(crate) capacity: usize,
+    pub(crate) counters: Arc<CounterCells>,
+    /// Set in a forked worker: nothing there may touch the queue.
+    pub(crate) forked: AtomicBool,
+    sink: Mutex<SinkKind>,
+    /// Whether forks wait until the writer is out of the sink (log sinks: the
+    /// logger may hold a lock a worker's own logging takes).
+    gate: bool,
+    per_line: bool,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a fork waits for a log sink's writer to leave the logger.
+const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
+/// Coalesced writes to byte sinks are about this large.
+const WRITE_BATCH: usize = 256 * 1024;
+
+impl Queue {
+    pub(crate) fn new(sink: Sink, capacity: usize, per_line: bool, wake_w: OwnedFd) -> Self {
+        let gate = sink.is_log();
+        Self {
+            state: Mutex::new(State::default()),
+            more: Condvar::new(),
+            changed: Condvar::new(),
+            wake_w,
+            capacity,
+            counters: Arc::default(),
+            forked: AtomicBool::new(false),
+            sink: Mutex::new(sink.kind),
+            gate,
+            per_line,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a chunk; the caller holds the lock (and decided it fits).
+    pub(crate) fn push(&self, state: &mut State, chunk: Chunk) {
+        state.bytes += chunk.data.len();
+        state.chunks.push_back(chunk);
+        self.more.notify_one();
+    }
+
+    /// Queues one arbiter line (from [`ArbiterLog`](crate::ArbiterLog)). The
+    /// queue's bound is not enforced, so the arbiter never waits, up to four
+    /// times the bound; past that the line is dropped and counted. Once the
+    /// writer has ended, the line goes to the sink directly.
+    pub(crate) fn push_arbiter(&self, line: Vec<u8>) {
+        let mut state = self.lock();
+        if state.finished {
+            drop(state);
+            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            let chunk = Chunk {
+                origin: Origin::Arbiter,
+                data: line,
+                lines: 1,
+            };
+            let mut buf = Vec::new();
+            write_batch(
+                &mut sink,
+                &mut VecDeque::from([chunk]),
+                &mut buf,
+                self.per_line,
+                &self.counters,
+            );
+            return;
+        }
+        if state.bytes > self.capacity.saturating_mul(4) {
+            self.counters
+                .dropped_bytes
+                .fetch_add(line.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        self.push(
+            &mut state,
+            Chunk {
+                origin: Origin::Arbiter,
+                data: line,
+                lines: 1,
+            },
+        );
+    }
+
+    /// Before a fork: with a log sink, waits (briefly) until the writer is
+    /// outside the logger and keeps it out until [`end_fork`](Self::end_fork).
+    pub(crate) fn begin_fork(&self) -> io::Result<()> {
+        if !self.gate {
+            return Ok(());
+        }
+        let deadline = Instant::now() + FORK_GATE_WAIT;
+        let mut state = self.lock();
+        while state.in_sink {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the log sink has been busy for 100 ms; forking now could hand the worker a held lock",
+                ));
+            };
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.forking = true;
+        Ok(())
+    }
+
+    /// After a fork (or a failed one).
+    pub(crate) fn end_fork(&self) {
+        if self.gate {
+            self.lock().forking = false;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Tells the writer to finish what is queued and end; waits up to
+    /// `timeout` (forever with `None`). Returns whether it ended.
+    pub(crate) fn close_and_wait(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        state.closed = true;
+        self.more.notify_all();
+        while !state.finished {
+            state = match deadline {
+                None => self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        return false;
+                    };
+                    self.changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// Bytes still queued.
+    pub(crate) fn queued(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// Starts the writer thread.
+pub(crate) fn spawn_writer(queue: Arc<Queue>) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ufork-io-writer".into())
+        .spawn(move || writer_loop(&queue))
+}
+
+fn writer_loop(queue: &Queue) {
+    let mut batch = VecDeque::new();
+    let mut buf = Vec::new();
+    loop {
+        {
+            let mut state = queue.lock();
+            while state.chunks.is_empty() && !state.closed {
+                state = queue.more.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.chunks.is_empty() {
+                state.finished = true;
+                queue.changed.notify_all();
+                return;
+            }
+            std::mem::swap(&mut state.chunks, &mut batch);
+            if queue.gate {
+                while state.forking {
+                    state = queue.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                state.in_sink = true;
+            }
+        }
+        let bytes = {
+            let mut sink = queue.sink.lock().unwrap_or_else(|p| p.into_inner());
+            write_batch(
+                &mut sink,
+                &mut batch,
+                &mut buf,
+                queue.per_line,
+                &queue.counters,
+            )
+        };
+        let mut state = queue.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
+        state.in_sink = false;
+        if state.want_wake && state.bytes <= queue.capacity / 2 {
+            state.want_wake = false;
+            // A full wake pipe already holds a wake-up.
+            let _ = rustix::io::write(&queue.wake_w, &[1]);
+        }
+        queue.changed.notify_all();
+    }
+}
+
+/// Writes and empties `batch`; returns the bytes it took off the queue.
+fn write_batch(
+    sink: &mut SinkKind,
+    batch: &mut VecDeque<Chunk>,
+    buf: &mut Vec<u8>,
+    per_line: bool,
+    counters: &CounterCells,
+) -> usize {
+    let mut taken = 0;
+    let mut buf_lines = 0;
+    for chunk in batch.drain(..) {
+        taken += chunk.data.len();
+        match sink {
+            SinkKind::Log { target } => log_chunk(target, &chunk, counters),
+            SinkKind::Fd(_) | SinkKind::Writer(_) if per_line => {
+                for line in chunk.data.split_inclusive(|&b| b == b'\n') {
+                    account(write_bytes(sink, line), line.len(), 1, counters);
+                }
+            }
+            SinkKind::Fd(_) | SinkKind::Writer(_) => {
+                if buf.is_empty() && chunk.data.len() >= WRITE_BATCH {
+                    let result = write_bytes(sink, &chunk.data);
+                    account(result, chunk.data.len(), chunk.lines, counters);
+                    continue;
+                }
+                buf.extend_from_slice(&chunk.data);
+                buf_lines += chunk.lines;
+                if buf.len() >= WRITE_BATCH {
+                    account(write_bytes(sink, buf), buf.len(), buf_lines, counters);
+                    buf.clear();
+                    buf_lines = 0;
+                }
+            }
+        }
+    }
+    if !buf.is_empty() {
+        account(write_bytes(sink, buf), buf.len(), buf_lines, counters);
+        buf.clear();
+    }
+    if let SinkKind::Writer(w) = sink {
+        if w.flush().is_err() {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    taken
+}
+
+fn account(result: io::Result<()>, bytes: usize, lines: u64, counters: &CounterCells) {
+    match result {
+        Ok(()) => {
+            counters
+                .bytes_written
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            counters.lines_written.fetch_add(lines, Ordering::Relaxed);
+        }
+        Err(_) => {
+            counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn write_bytes(sink: &mut SinkKind, data: &[u8]) -> io::Result<()> {
+    match sink {
+        SinkKind::Fd(std) => write_fd(std.fd(), data),
+        SinkKind::Writer(w) => w.write_all(data),
+        SinkKind::Log { .. } => Ok(()),
+    }
+}
+
+/// `write_all` on a raw descriptor, waiting in `poll` if it is non-blocking.
+pub(crate) fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    use rustix::io::Errno;
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => {
+                let mut fds = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::OUT,
+                )];
+                let _ = rustix::event::poll(&mut fds, None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn log_chunk(target: &str, chunk: &Chunk, counters: &CounterCells) {
+    use log::kv::ToValue;
+    let Origin::Worker { slot, pid, stream } = chunk.origin else {
+        // An arbiter line would loop back into the logger that produced it.
+        let _ = write_fd(io::stderr().as_fd(), &chunk.data);
+        return;
+    };
+    let level = if stream == Stream::Stderr {
+        log::Level::Warn
+    } else {
+        log::Level::Info
+    };
+    let logger = log::logger();
+    for line in chunk.data.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = String::from_utf8_lossy(line);
+        let kvs = [
+            ("slot", slot.to_value()),
+            ("pid", pid.to_value()),
+            ("stream", stream.as_str().to_value()),
+        ];
+        logger.log(
+            &log::Record::builder()
+                .args(format_args!("{text}"))
+                .level(level)
+                .target(target)
+                .key_values(&kvs)
+                .build(),
+        );
+        counters.lines_written.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes_written
+            .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+    }
+}
