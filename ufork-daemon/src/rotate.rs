@@ -1,0 +1,537 @@
+//! A log file that rotates by size at line boundaries.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+
+/// Default size at which the file is rotated: 8 MiB, like uFork.
+pub const DEFAULT_MAX_SIZE: u64 = 8 * 1024 * 1024;
+/// Default number of rotated files kept (`path.1` … `path.8`), like uFork.
+pub const DEFAULT_BACKUPS: usize = 8;
+/// Default mode of the files created: owner read-write, group read.
+pub const DEFAULT_MODE: u32 = 0o640;
+
+/// A partial line is held in memory until its newline arrives; past this many
+/// bytes it is written out as it is (it then continues in the same file, so it
+/// is still never split across two files).
+const MAX_PENDING: usize = 64 * 1024;
+
+/// Settings of a [`RotatingFile`]; made by [`RotatingFile::builder`].
+#[derive(Debug, Clone)]
+pub struct RotatingFileBuilder {
+    path: PathBuf,
+    max_size: u64,
+    backups: usize,
+    mode: u32,
+    redirect_stdio: bool,
+}
+
+impl RotatingFileBuilder {
+    /// The size in bytes past which the file is rotated (default 8 MiB). A file
+    /// only exceeds it when a single line is longer than that.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes.max(1);
+        self
+    }
+
+    /// How many rotated files to keep, `path.1` (newest) to `path.N` (oldest;
+    /// the one before is dropped). Default 8. With 0, rotation starts the file
+    /// over.
+    pub fn backups(mut self, count: usize) -> Self {
+        self.backups = count;
+        self
+    }
+
+    /// The permission bits of files this creates (default 0640), set exactly,
+    /// whatever the umask. Existing files keep theirs.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode & 0o7777;
+        self
+    }
+
+    /// Also point stdout and stderr (fds 1 and 2) at the current file, now and
+    /// after every rotation and reopen, so stray prints and panic messages land
+    /// in the log too (default off; [`Daemonize`](crate::Daemonize) turns it
+    /// on). Bytes written straight to fd 1 or 2 are not counted towards
+    /// [`max_size`](Self::max_size) and do not go through the line buffer.
+    pub fn redirect_stdio(mut self, on: bool) -> Self {
+        self.redirect_stdio = on;
+        self
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The same settings for another path.
+    pub(crate) fn with_path(mut self, path: PathBuf) -> Self {
+        self.path = path;
+        self
+    }
+
+    /// Opens (creating if needed) the file for appending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OpenLog`] if it cannot be opened (or fds 1 and 2 redirected).
+    pub fn open(self) -> Result<RotatingFile> {
+        let (file, size) = open_log(&self.path, self.mode).map_err(|source| Error::OpenLog {
+            path: self.path.clone(),
+            source,
+        })?;
+        if self.redirect_stdio {
+            point_stdio_at(&file).map_err(|source| Error::OpenLog {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        let state = State {
+            file,
+            size,
+            pending: Vec::new(),
+            mid_line: false,
+            retry_at: 0,
+            error: None,
+            failing: false,
+            unlogged: None,
+        };
+        Ok(RotatingFile {
+            shared: Arc::new(Shared {
+                config: self,
+                state: Mutex::new(state),
+            }),
+        })
+    }
+}
+
+/// A log file that rotates by size (`path`, `path.1` … `path.N`) and never
+/// splits a line across two files.
+///
+/// Bytes up to the last newline of each `write` go to the file; a partial last
+/// line waits in memory for its newline ([`flush`](Write::flush) writes it out,
+/// and the rest of that line then follows it into the same file). Rotation
+/// happens between lines, when the next line would take the file past
+/// [`max_size`](RotatingFileBuilder::max_size).
+///
+/// If rotating fails (a rename refused, the disk full), the error is kept for
+/// [`take_rotation_error`](Self::take_rotation_error), logged once through
+/// the `log` crate (outside the internal lock, so a logger writing into this
+/// very file does not deadlock), and writing goes on to the current file: no
+/// data is lost. The next attempt comes after another `max_size` bytes.
+///
+/// Cheap to share: clones are handles on the same file (an `Arc` and a mutex
+/// inside), and `&RotatingFile` implements `Write`, so one clone can feed a
+/// sink while another serves [`reopen`](Self::reopen) on SIGUSR1. Each `write`
+/// is applied under the lock as a whole; write whole lines from concurrent
+/// writers, or their partial lines meet in the shared buffer.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::io::Write;
+/// use ufork_daemon::RotatingFile;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut log = RotatingFile::builder("/var/log/myserver.log")
+///     .max_size(1024 * 1024)
+///     .backups(4)
+///     .open()?;
+/// writeln!(log, "started")?;
+/// // After an external logrotate renamed the file (e.g. on SIGUSR1):
+/// log.reopen()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RotatingFile {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: RotatingFileBuilder,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    file: File,
+    /// Bytes in the current file (its size when opened plus what was written).
+    size: u64,
+    /// A partial line waiting for its newline.
+    pending: Vec<u8>,
+    /// The current file ends inside a line (a partial line was flushed):
+    /// the rest of it must follow into the same file.
+    mid_line: bool,
+    /// After a failed rotation, no new attempt before the file reaches this size.
+    retry_at: u64,
+    /// The last rotation error, until taken.
+    error: Option<Error>,
+    /// A rotation failed and none has succeeded since.
+    failing: bool,
+    /// The first failure of the current streak, still to be logged.
+    unlogged: Option<String>,
+}
+
+impl RotatingFile {
+    /// Settings for a rotating file at `path`: 8 MiB × 8 backups, mode 0640.
+    pub fn builder(path: impl Into<PathBuf>) -> RotatingFileBuilder {
+        RotatingFileBuilder {
+            path: path.into(),
+            max_size: DEFAULT_MAX_SIZE,
+            backups: DEFAULT_BACKUPS,
+            mode: DEFAULT_MODE,
+            redirect_stdio: false,
+        }
+    }
+
+    /// Opens a rotating file at `path` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OpenLog`] if it cannot be opened.
+    pub fn open(path: impl Into<PathBuf>) -> Result<RotatingFile> {
+        Self::builder(path).open()
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.shared.config.path
+    }
+
+    /// Reopens the path, for an external logrotate that renamed the file:
+    /// later lines go to a fresh file at `path`. A partial line still waiting
+    /// for its newline goes there too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OpenLog`] if the path cannot be opened; writing then goes on
+    /// to the file open before.
+    pub fn reopen(&self) -> Result<()> {
+        let config = &self.shared.config;
+        let (file, size) =
+            open_log(&config.path, config.mode).map_err(|source| Error::OpenLog {
+                path: config.path.clone(),
+                source,
+            })?;
+        if config.redirect_stdio {
+            point_stdio_at(&file).map_err(|source| Error::OpenLog {
+                path: config.path.clone(),
+                source,
+            })?;
+        }
+        let mut state = self.lock();
+        state.file = file;
+        state.size = size;
+        state.mid_line = false;
+        state.retry_at = 0;
+        Ok(())
+    }
+
+    /// Rotates now, at the current line boundary (a partial line waiting for
+    /// its newline goes to the new file).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RotateLog`] if a rename or the new file's open fails; writing
+    /// then goes on to the current file.
+    pub fn rotate(&self) -> Result<()> {
+        let mut state = self.lock();
+        let result = state.rotate(&self.shared.config);
+        // The caller gets this failure: it needs no log line.
+        state.unlogged = None;
+        result
+    }
+
+    /// The last rotation error not taken yet (rotation errors never fail a
+    /// `write`).
+    pub fn take_rotation_error(&self) -> Option<Error> {
+        self.lock().error.take()
+    }
+
+    /// Bytes in the current file, as counted by this handle.
+    pub fn size(&self) -> u64 {
+        self.lock().size
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent enough
+        // to keep logging: every field is updated after its write succeeds.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Write for &RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (result, failure) = {
+            let mut state = self.lock();
+            let result = state.write(&self.shared.config, buf);
+            (result, state.take_unreported())
+        };
+        if let Some(message) = failure {
+            log::warn!("{message}; still writing to the current file");
+        }
+        result
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut state = self.lock();
+        state.flush_pending()
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self).flush()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let _ = state.flush_pending();
+    }
+}
+
+impl State {
+    fn write(&mut self, config: &RotatingFileBuilder, buf: &[u8]) -> io::Result<usize> {
+        let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') else {
+            self.pending.extend_from_slice(buf);
+            if self.pending.len() > MAX_PENDING {
+                self.flush_pending()?;
+            }
+            return Ok(buf.len());
+        };
+        let (lines, rest) = buf.split_at(last_newline + 1);
+        if self.pending.is_empty() {
+            self.write_lines(config, lines)?;
+        } else {
+            let before = self.pending.len();
+            self.pending.extend_from_slice(lines);
+            let joined = std::mem::take(&mut self.pending);
+            let result = self.write_lines(config, &joined);
+            self.pending = joined;
+            if let Err(error) = result {
+                self.pending.truncate(before);
+                return Err(error);
+            }
+            self.pending.clear();
+        }
+        self.pending.extend_from_slice(rest);
+        Ok(buf.len())
+    }
+
+    /// Writes `data`, which ends with a newline, rotating between lines.
+    fn write_lines(&mut self, config: &RotatingFileBuilder, data: &[u8]) -> io::Result<()> {
+        let mut rest = data;
+        if self.mid_line {
+            // The file ends inside a line: its remainder belongs here.
+            let end = first_line_end(rest);
+            self.write_raw(&rest[..end])?;
+            rest = &rest[end..];
+            self.mid_line = false;
+        }
+        while !rest.is_empty() {
+            if self.size + rest.len() as u64 <= config.max_size {
+                return self.write_raw(rest);
+            }
+            let room = config
+                .max_size
+                .saturating_sub(self.size)
+                .min(rest.len() as u64) as usize;
+            if let Some(fit) = rest[..room].iter().rposition(|&b| b == b'\n') {
+                self.write_raw(&rest[..=fit])?;
+                rest = &rest[fit + 1..];
+                continue;
+            }
+            if self.size == 0 {
+                // One line longer than max_size: it gets a file of its own.
+                let end = first_line_end(rest);
+                self.write_raw(&rest[..end])?;
+                rest = &rest[end..];
+                continue;
+            }
+            if self.size < self.retry_at || self.rotate(config).is_err() {
+                return self.write_raw(rest);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.write_raw(&pending)?;
+            self.mid_line = true;
+        }
+        self.file.flush()
+    }
+
+    /// Shifts `path.N-1` … `path` one step up and opens a fresh `path`. On
+    /// failure the current file stays in use.
+    fn rotate(&mut self, config: &RotatingFileBuilder) -> Result<()> {
+        match self.try_rotate(config) {
+            Ok(()) => {
+                self.retry_at = 0;
+                self.failing = false;
+                Ok(())
+            }
+            Err(source) => {
+                self.retry_at = self.size + config.max_size;
+                let error = Error::RotateLog {
+                    path: config.path.clone(),
+                    source,
+                };
+                if !self.failing {
+                    self.failing = true;
+                    self.unlogged = Some(error.report());
+                }
+                let copy = Error::RotateLog {
+                    path: config.path.clone(),
+                    source: copy_io_error(&error),
+                };
+                self.error = Some(error);
+                Err(copy)
+            }
+        }
+    }
+
+    fn try_rotate(&mut self, config: &RotatingFileBuilder) -> io::Result<()> {
+        let path = &config.path;
+        if config.backups == 0 {
+            remove_if_present(path)?;
+        } else {
+            for n in (1..config.backups).rev() {
+                rename_if_present(&numbered(path, n), &numbered(path, n + 1))?;
+            }
+            std::fs::rename(path, numbered(path, 1))?;
+        }
+        // If this fails, the old file (now path.1) keeps receiving lines.
+        let (file, size) = open_log(path, config.mode)?;
+        if config.redirect_stdio {
+            point_stdio_at(&file)?;
+        }
+        self.file = file;
+        self.size = size;
+        self.mid_line = false;
+        Ok(())
+    }
+
+    /// The message of a rotation failure to log, once per failing streak.
+    fn take_unreported(&mut self) -> Option<String> {
+        self.unlogged.take()
+    }
+}
+
+fn copy_io_error(error: &Error) -> io::Error {
+    match std::error::Error::source(error).and_then(|s| s.downcast_ref::<io::Error>()) {
+        Some(io) => match io.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(io.kind(), io.to_string()),
+        },
+        None => io::Error::other(error.to_string()),
+    }
+}
+
+fn first_line_end(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| i + 1)
+}
+
+/// `path.n`.
+fn numbered(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Opens `path` for appending, creating it with exactly `mode` if it does not
+/// exist. Returns the file and its current size.
+fn open_log(path: &Path, mode: u32) -> io::Result<(File, u64)> {
+    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC;
+    loop {
+        match rustix::fs::open(
+            path,
+            flags | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(mode),
+        ) {
+            Ok(fd) => {
+                // The umask may have taken bits away.
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+                return Ok((File::from(fd), 0));
+            }
+            Err(Errno::EXIST) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        match rustix::fs::open(path, flags, Mode::empty()) {
+            Ok(fd) => {
+                let size = rustix::fs::fstat(&fd)?.st_size as u64;
+                return Ok((File::from(fd), size));
+            }
+            // Removed between the two opens: create it after all.
+            Err(Errno::NOENT) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
+fn point_stdio_at(file: &File) -> io::Result<()> {
+    rustix::stdio::dup2_stdout(file)?;
+    rustix::stdio::dup2_stderr(file)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_appends_the_generation() {
+        assert_eq!(
+            numbered(Path::new("/var/log/x.log"), 3),
+            PathBuf::from("/var/log/x.log.3")
+        );
+    }
+
+    #[test]
+    fn first_line_end_includes_the_newline() {
+        assert_eq!(first_line_end(b"ab\ncd\n"), 3);
+        assert_eq!(first_line_end(b"abc"), 3);
+    }
+}
