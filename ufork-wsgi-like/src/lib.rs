@@ -1,2 +1,139 @@
-//! Skeleton: filled in by its issue.
-#![deny(unsafe_code)]
+//! A synchronous HTTP/1.1 adapter: an app is a function of a request, served
+//! by pre-forked workers that [ufork-core](ufork_core) supervises — the Rust
+//! analogue of a WSGI app under a pre-forking server.
+//!
+//! An [`App`] is any `Fn(Request<Body>) -> Response<ResponseBody>` over the
+//! [`http`] crate's types. [`Body`] streams the request body from the socket;
+//! [`ResponseBody`] is bytes, a file, or an iterator of chunks. The listening
+//! socket is bound in the arbiter before the fork and inherited by every
+//! worker (or bound per worker with `SO_REUSEPORT`); each worker thread runs
+//! an event loop over its connections and calls the app synchronously for
+//! each complete request.
+//!
+//! # Examples
+//!
+//! The one-call entry point, serving until Ctrl-C or SIGTERM:
+//!
+//! ```no_run
+//! use http::{Request, Response};
+//! use ufork_wsgi_like::{Body, ResponseBody};
+//!
+//! fn app(request: Request<Body>) -> Response<ResponseBody> {
+//!     Response::new(format!("you asked for {}\n", request.uri().path()).into())
+//! }
+//!
+//! # fn main() -> Result<(), ufork_wsgi_like::Error> {
+//! ufork_wsgi_like::serve("127.0.0.1:8000", app, 4)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The full builder, with a handle to stop the server from another thread:
+//!
+//! ```no_run
+//! use std::io::Read;
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use ufork_wsgi_like::{Body, ResponseBody, Server};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .bind("0.0.0.0:8000")
+//!     .workers(4)
+//!     .threads(2)
+//!     .max_body_bytes(1 << 20)
+//!     .header_timeout(Duration::from_secs(5))
+//!     .max_requests(10_000, 1_000)
+//!     .access_log(true)
+//!     .graceful_timeout(Duration::from_secs(10))
+//!     .build(|mut request: Request<Body>| {
+//!         let mut text = String::new();
+//!         match request.body_mut().read_to_string(&mut text) {
+//!             Ok(_) => Response::new(ResponseBody::from(text)),
+//!             Err(e) => Response::builder().status(400).body(e.to_string().into()).unwrap(),
+//!         }
+//!     })?;
+//! let handle = server.handle();
+//! std::thread::spawn(move || {
+//!     std::thread::sleep(Duration::from_secs(60));
+//!     handle.stop();
+//! });
+//! let outcome = server.run()?;
+//! println!("stopped: {:?}", outcome.cause);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Protocol
+//!
+//! HTTP/1.0 and 1.1 parsed with httparse: keep-alive (`Connection: close`,
+//! and HTTP/1.0's `Connection: keep-alive`), pipelined requests answered in
+//! order, chunked request bodies, `Expect: 100-continue` (answered on the
+//! app's first body read), `HEAD` (headers of the `GET`, no body),
+//! origin-form and absolute-form targets. Responses carry `Date` and either
+//! `Content-Length` or chunked encoding. Bad input gets its status and a
+//! closed connection: malformed → 400, head too large or too many headers →
+//! 431, body too large → 413, `Content-Length` with `Transfer-Encoding` or
+//! differing `Content-Length`s or bad chunk sizes → 400, an HTTP version other
+//! than 1.x → 505, a head not complete within the header timeout → 408. See
+//! [`Limits`].
+//!
+//! # Serving model
+//!
+//! Each worker thread owns an epoll set with the listeners, the stop
+//! descriptors and its open connections (level-triggered). A connection whose
+//! buffered bytes form a complete request is served at once and
+//! synchronously: the app runs, the response is written (head and small body
+//! in one write), and the loop goes on to the next ready connection. An idle
+//! keep-alive connection costs a slot in the set, not a thread, so one thread
+//! serves many keep-alive clients in turn instead of one to its end. The
+//! worker heartbeats on every wake-up (at least every quarter of the
+//! heartbeat timeout), marks itself busy with the request line as activity
+//! while the app runs, and counts requests. On SIGTERM it stops accepting,
+//! closes idle connections, answers the requests under way and exits.
+//!
+//! # Limitations
+//!
+//! - Linux only (epoll, and ufork-core's pidfds).
+//! - While the app runs, its thread serves nothing else: a slow app needs
+//!   more workers or [`Builder::threads`]. A connection stays with the
+//!   thread that accepted it.
+//! - No HTTP/2, no TLS, no `Upgrade` (WebSocket), no trailers in responses;
+//!   request trailers are read and dropped.
+//! - With `reuse_port`, connections queued on a worker's socket when that
+//!   worker exits are reset.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod app;
+mod body;
+mod date;
+mod error;
+mod http1;
+mod response;
+mod serve;
+mod server;
+pub mod static_files;
+
+use std::net::SocketAddr;
+
+pub use app::{App, ResponseBody};
+pub use body::Body;
+pub use error::{Error, Result};
+pub use server::{
+    Builder, DEFAULT_HEARTBEAT_TIMEOUT, Limits, LocalServer, Server, serve,
+};
+
+/// The client's address, in every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The built-in hello app: `Hello, world!` as plain text, for any request.
+pub fn hello(_request: http::Request<Body>) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(ResponseBody::from("Hello, world!\n"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

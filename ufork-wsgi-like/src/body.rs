@@ -1,0 +1,550 @@
+//! The request body: [`Body`], and the connection's input side it reads from.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use rustix::event::{PollFd, PollFlags, poll};
+
+/// Longest chunk-size line (size, extensions, CRLF) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Most trailer bytes accepted after the last chunk.
+const MAX_TRAILERS: u64 = 16 * 1024;
+
+/// How the current request's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body, or all of it was read.
+    Done,
+    /// `Content-Length`: this many bytes are still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, in this state.
+    Chunked(Chunk),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes to go.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk, reading trailer lines (bytes so far).
+    Trailers(u64),
+}
+
+/// Why reading a body failed, and what the client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Bad chunked framing: 400.
+    Malformed,
+    /// More than the body limit: 413.
+    TooLarge,
+    /// The client was too slow: 408.
+    Timeout,
+    /// The client went away, or the socket failed: nothing to answer.
+    Gone,
+}
+
+impl Fault {
+    /// The status to answer with, if the client can still hear one.
+    pub(crate) fn status(self) -> Option<StatusCode> {
+        match self {
+            Fault::Malformed => Some(StatusCode::BAD_REQUEST),
+            Fault::TooLarge => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            Fault::Timeout => Some(StatusCode::REQUEST_TIMEOUT),
+            Fault::Gone => None,
+        }
+    }
+
+    fn error(self) -> io::Error {
+        match self {
+            Fault::Malformed => io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed chunked request body",
+            ),
+            Fault::TooLarge => {
+                io::Error::new(io::ErrorKind::InvalidData, "request body over the limit")
+            }
+            Fault::Timeout => {
+                io::Error::new(io::ErrorKind::TimedOut, "timed out reading the request body")
+            }
+            Fault::Gone => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the client closed the connection mid-body",
+            ),
+        }
+    }
+}
+
+/// The input side of a connection: the socket, the read buffer and the state
+/// of the current request's body. Shared (behind a mutex) between the event
+/// loop and the [`Body`] handed to the app.
+pub(crate) struct Input {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) framing: Framing,
+    /// Bumped per request, so a `Body` kept past its request reads nothing.
+    pub(crate) generation: u64,
+    /// `100 Continue` is owed before the first body read.
+    pub(crate) continue_pending: bool,
+    /// Body bytes delivered so far.
+    pub(crate) received: u64,
+    pub(crate) max_body: u64,
+    pub(crate) read_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) fault: Option<Fault>,
+}
+
+impl Input {
+    pub(crate) fn new(stream: TcpStream, buf_size: usize, limits: &crate::Limits) -> Self {
+        Self {
+            stream,
+            buf: vec![0; buf_size],
+            start: 0,
+            end: 0,
+            framing: Framing::Done,
+            generation: 0,
+            continue_pending: false,
+            received: 0,
+            max_body: limits.max_body_bytes,
+            read_timeout: limits.read_timeout,
+            write_timeout: limits.write_timeout,
+            fault: None,
+        }
+    }
+
+    /// The buffered, unparsed bytes.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Moves buffered bytes to the front so there is room at the end.
+    fn compact(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// One non-blocking read into the buffer, which may grow up to `max`
+    /// bytes. Returns the bytes read (0 at end of stream); `WouldBlock` if
+    /// nothing was there; `Ok` with a full buffer means no room.
+    pub(crate) fn read_some(&mut self, max: usize) -> io::Result<usize> {
+        self.compact();
+        if self.end == self.buf.len() {
+            if self.buf.len() >= max {
+                return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer full"));
+            }
+            let grown = (self.buf.len() * 2).min(max);
+            self.buf.resize(grown, 0);
+        }
+        let n = (&self.stream).read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Reads at least one byte into the buffer, waiting up to the read
+    /// timeout; 0 at end of stream.
+    fn fill(&mut self) -> Result<usize, Fault> {
+        if self.continue_pending {
+            self.continue_pending = false;
+            write_all(
+                &self.stream,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                self.write_timeout,
+            )
+            .map_err(|_| Fault::Gone)?;
+        }
+        let deadline = Instant::now() + self.read_timeout;
+        let cap = self.buf.len();
+        loop {
+            match self.read_some(cap) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait(&self.stream, PollFlags::IN, deadline) {
+                        return Err(Fault::Timeout);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Err(Fault::Malformed);
+                }
+                Err(_) => return Err(Fault::Gone),
+            }
+        }
+    }
+
+    /// Reads body bytes into `out`: 0 once the body is complete.
+    pub(crate) fn read_body(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(fault) = self.fault {
+            return Err(fault.error());
+        }
+        match self.read_body_inner(out) {
+            Ok(n) => Ok(n),
+            Err(fault) => {
+                self.fault = Some(fault);
+                Err(fault.error())
+            }
+        }
+    }
+
+    fn read_body_inner(&mut self, out: &mut [u8]) -> Result<usize, Fault> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(0),
+                Framing::Length(0) => {
+                    self.framing = Framing::Done;
+                    return Ok(0);
+                }
+                Framing::Length(rest) => {
+                    let n = self.take_data(out, rest)?;
+                    self.framing = Framing::Length(rest - n as u64);
+                    return Ok(n);
+                }
+                Framing::Chunked(Chunk::Data(rest)) => {
+                    let n = self.take_data(out, rest)?;
+                    self.framing = Framing::Chunked(if rest == n as u64 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(rest - n as u64)
+                    });
+                    return Ok(n);
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let line = self.line(MAX_CHUNK_LINE)?;
+                    let size = parse_chunk_size(&self.buf[line.0..line.1])?;
+                    self.framing = if size == 0 {
+                        Framing::Chunked(Chunk::Trailers(0))
+                    } else {
+                        if self.received.saturating_add(size) > self.max_body {
+                            return Err(Fault::TooLarge);
+                        }
+                        Framing::Chunked(Chunk::Data(size))
+                    };
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    while self.end - self.start < 2 {
+                        if self.fill()? == 0 {
+                            return Err(Fault::Gone);
+                        }
+                    }
+                    if &self.buf[self.start..self.start + 2] != b"\r\n" {
+                        return Err(Fault::Malformed);
+                    }
+                    self.start += 2;
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers(seen)) => {
+                    let (from, to) = self.line(MAX_CHUNK_LINE)?;
+                    let seen = seen + (to - from) as u64 + 2;
+                    if seen > MAX_TRAILERS {
+                        return Err(Fault::Malformed);
+                    }
+                    self.framing = if from == to {
+                        Framing::Done
+                    } else {
+                        Framing::Chunked(Chunk::Trailers(seen))
+                    };
+                }
+            }
+        }
+    }
+
+    /// Copies up to `rest` body bytes into `out`, reading if none are buffered.
+    fn take_data(&mut self, out: &mut [u8], rest: u64) -> Result<usize, Fault> {
+        if self.start == self.end && self.fill()? == 0 {
+            return Err(Fault::Gone);
+        }
+        let n = out
+            .len()
+            .min(self.end - self.start)
+            .min(usize::try_from(rest).unwrap_or(usize::MAX));
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        self.received += n as u64;
+        Ok(n)
+    }
+
+    /// The next CRLF-terminated line (without the CRLF) as a buffer range,
+    /// consumed from the buffer.
+    fn line(&mut self, max: usize) -> Result<(usize, usize), Fault> {
+        let mut searched = 0;
+        loop {
+            let data = &self.buf[self.start + searched..self.end];
+            if let Some(i) = data.iter().position(|&b| b == b'\n') {
+                let nl = self.start + searched + i;
+                if nl == self.start || self.buf[nl - 1] != b'\r' {
+                    return Err(Fault::Malformed);
+                }
+                let range = (self.start, nl - 1);
+                self.start = nl + 1;
+                return Ok(range);
+            }
+            searched = self.end - self.start;
+            if searched >= max {
+                return Err(Fault::Malformed);
+            }
+            let before = self.start;
+            if self.fill()? == 0 {
+                return Err(Fault::Gone);
+            }
+            // `fill` may have moved the buffered bytes to the front.
+            debug_assert!(self.start <= before);
+        }
+    }
+
+    /// Reads and discards what is left of the body, at most `max` bytes.
+    /// Returns whether the body is now complete.
+    pub(crate) fn drain(&mut self, max: u64) -> bool {
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0u64;
+        while self.framing != Framing::Done {
+            if drained > max {
+                return false;
+            }
+            match self.read_body(&mut scratch) {
+                Ok(0) => break,
+                Ok(n) => drained += n as u64,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Parses a chunk-size line: hex digits, then optional extensions.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Fault> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(Fault::Malformed);
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty() || {
+        let trimmed = rest.iter().skip_while(|&&b| b == b' ' || b == b'\t');
+        let first = trimmed.clone().next();
+        first == Some(&b';') && trimmed.clone().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b))
+    };
+    if !rest_ok {
+        return Err(Fault::Malformed);
+    }
+    let mut size = 0u64;
+    for &b in &line[..digits] {
+        size = size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+    }
+    Ok(size)
+}
+
+/// Waits until `stream` is ready for `flags` or the deadline passes; returns
+/// whether it is ready.
+pub(crate) fn wait(stream: &TcpStream, flags: PollFlags, deadline: Instant) -> bool {
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return false;
+        };
+        let ts = rustix::time::Timespec {
+            tv_sec: left.as_secs() as _,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        let mut fds = [PollFd::new(stream, flags)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "write timed out")
+}
+
+/// Writes all of `data` to a non-blocking socket within `timeout`.
+pub(crate) fn write_all(stream: &TcpStream, mut data: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut deadline = None;
+    while !data.is_empty() {
+        match (&*stream).write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                if !wait(stream, PollFlags::OUT, d) {
+                    return Err(timed_out());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bufs` (one `writev` when the socket takes it) within `timeout`.
+pub(crate) fn write_all_vectored(
+    stream: &TcpStream,
+    mut bufs: &mut [IoSlice<'_>],
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut deadline = None;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match (&*stream).write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                if !wait(stream, PollFlags::OUT, d) {
+                    return Err(timed_out());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn lock(input: &Mutex<Input>) -> MutexGuard<'_, Input> {
+    input.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+enum Inner {
+    Empty,
+    Bytes(io::Cursor<Vec<u8>>),
+    Conn {
+        input: Arc<Mutex<Input>>,
+        generation: u64,
+        len: Option<u64>,
+    },
+}
+
+/// The body of a request, read as a stream ([`Read`]) straight from the
+/// connection.
+///
+/// Reading stops at the end of the body (by `Content-Length` or the last
+/// chunk). If the client sent `Expect: 100-continue`, the `100 Continue` goes
+/// out on the first read, so an app that answers without reading never asks
+/// for the body. Errors: `InvalidData` for a body over the limit (answered
+/// `413` whatever the app returns) or malformed chunks (`400`), `TimedOut`
+/// when the client stalls longer than the read timeout (`408`),
+/// `UnexpectedEof` when it goes away.
+///
+/// A body not read to the end is drained (up to a bound) before the next
+/// request on the connection, or the connection is closed.
+pub struct Body {
+    inner: Inner,
+}
+
+impl Body {
+    /// A body with nothing in it.
+    pub fn empty() -> Self {
+        Self { inner: Inner::Empty }
+    }
+
+    pub(crate) fn conn(input: Arc<Mutex<Input>>, generation: u64, len: Option<u64>) -> Self {
+        Self {
+            inner: Inner::Conn {
+                input,
+                generation,
+                len,
+            },
+        }
+    }
+
+    /// The length the client declared (`Content-Length`), if any; `None` for
+    /// a chunked body.
+    pub fn content_length(&self) -> Option<u64> {
+        match &self.inner {
+            Inner::Empty => Some(0),
+            Inner::Bytes(c) => Some(c.get_ref().len() as u64),
+            Inner::Conn { len, .. } => *len,
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self {
+            inner: Inner::Bytes(io::Cursor::new(bytes)),
+        }
+    }
+}
+
+impl From<&str> for Body {
+    fn from(text: &str) -> Self {
+        Self::from(text.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Self {
+        Self::from(text.into_bytes())
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::Empty => Ok(0),
+            Inner::Bytes(cursor) => cursor.read(out),
+            Inner::Conn {
+                input, generation, ..
+            } => {
+                let mut input = lock(input);
+                if input.generation != *generation {
+                    return Ok(0);
+                }
+                input.read_body(out)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Body")
+            .field("content_length", &self.content_length())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a"), Ok(26));
+        assert_eq!(parse_chunk_size(b"0"), Ok(0));
+        assert_eq!(parse_chunk_size(b"10;name=value"), Ok(16));
+        assert_eq!(parse_chunk_size(b"10 ;ext"), Ok(16));
+        assert_eq!(parse_chunk_size(b""), Err(Fault::Malformed));
+        assert_eq!(parse_chunk_size(b"-1"), Err(Fault::Malformed));
+        assert_eq!(parse_chunk_size(b"0x10"), Err(Fault::Malformed));
+        assert_eq!(parse_chunk_size(b"1 2"), Err(Fault::Malformed));
+        assert_eq!(
+            parse_chunk_size(b"ffffffffffffffffff"),
+            Err(Fault::Malformed)
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! The `Date` header: an IMF-fixdate, formatted once a second per thread.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Length of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub(crate) const DATE_LEN: usize = 29;
+
+/// The current date, reformatted only when the second changes.
+#[derive(Debug)]
+pub(crate) struct DateCache {
+    secs: u64,
+    text: [u8; DATE_LEN],
+}
+
+impl DateCache {
+    pub(crate) fn new() -> Self {
+        let mut cache = Self {
+            secs: u64::MAX,
+            text: [b' '; DATE_LEN],
+        };
+        cache.now();
+        cache
+    }
+
+    /// The date now.
+    pub(crate) fn now(&mut self) -> &[u8; DATE_LEN] {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs != self.secs {
+            self.secs = secs;
+            format(secs, &mut self.text);
+        }
+        &self.text
+    }
+}
+
+/// Formats `secs` since the epoch as an IMF-fixdate.
+pub(crate) fn format(secs: u64, out: &mut [u8; DATE_LEN]) {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let (year, month, day) = civil_from_days(days as i64);
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[3..5].copy_from_slice(b", ");
+    two(&mut out[5..7], day as u64);
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[month as usize - 1]);
+    out[11] = b' ';
+    let year = year.clamp(0, 9999) as u64;
+    two(&mut out[12..14], year / 100);
+    two(&mut out[14..16], year % 100);
+    out[16] = b' ';
+    two(&mut out[17..19], hour);
+    out[19] = b':';
+    two(&mut out[20..22], minute);
+    out[22] = b':';
+    two(&mut out[23..25], second);
+    out[25..].copy_from_slice(b" GMT");
+}
+
+fn two(out: &mut [u8], n: u64) {
+    out[0] = b'0' + (n / 10 % 10) as u8;
+    out[1] = b'0' + (n % 10) as u8;
+}
+
+/// Howard Hinnant's days-to-civil: (year, month 1..=12, day 1..=31).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(secs: u64) -> String {
+        let mut out = [0; DATE_LEN];
+        format(secs, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn formats_known_dates() {
+        assert_eq!(text(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(text(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(text(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(text(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+}

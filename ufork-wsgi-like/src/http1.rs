@@ -1,0 +1,331 @@
+//! HTTP/1.x framing: parsing a request head with httparse and deciding how
+//! its body is delimited, and writing response heads.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Uri, Version};
+
+use crate::Limits;
+use crate::body::{Chunk, Framing};
+
+/// Headers parsed on the stack; more (if the limit allows) go to the heap.
+const STACK_HEADERS: usize = 100;
+
+/// A parsed request head, ready to become a [`Request`].
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// Bytes of the head, including the blank line.
+    pub(crate) len: usize,
+    /// Bytes of the request line, without CRLF.
+    pub(crate) line_len: usize,
+    pub(crate) request: Request<()>,
+    pub(crate) framing: Framing,
+    pub(crate) content_length: Option<u64>,
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+}
+
+/// Parses a request head from the start of `buf`: `Ok(None)` if incomplete,
+/// `Err(status)` if it must be rejected.
+pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
+    let max = limits.max_headers;
+    if max <= STACK_HEADERS {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        parse_with(buf, limits, &mut headers[..max])
+    } else {
+        let mut headers = vec![httparse::EMPTY_HEADER; max];
+        parse_with(buf, limits, &mut headers)
+    }
+}
+
+fn parse_with<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<Head>, StatusCode> {
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.max_header_bytes {
+                Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        }
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(_) => return Err(StatusCode::BAD_REQUEST),
+    };
+    if len > limits.max_header_bytes {
+        return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+    let bad = StatusCode::BAD_REQUEST;
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad)?;
+    let target = req.path.unwrap_or("");
+    let uri = parse_target(&method, target).ok_or(bad)?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+    };
+    let mut map = HeaderMap::with_capacity(req.headers.len());
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad)?;
+        if name == header::CONTENT_LENGTH {
+            for part in h.value.split(|&b| b == b',') {
+                let n = parse_length(trim(part)).ok_or(bad)?;
+                if content_length.is_some_and(|m| m != n) {
+                    return Err(bad);
+                }
+                content_length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            // Only `chunked` is understood, and it must come last; a second
+            // `chunked` or anything after it is an attempt at smuggling.
+            for coding in h.value.split(|&b| b == b',').map(trim) {
+                if chunked {
+                    return Err(bad);
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else if coding.is_empty() {
+                    return Err(bad);
+                } else {
+                    transfer_encoding = true;
+                }
+            }
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name == header::EXPECT {
+            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = version == Version::HTTP_11;
+            } else {
+                return Err(StatusCode::EXPECTATION_FAILED);
+            }
+        }
+        map.append(name, value);
+    }
+    if chunked || transfer_encoding {
+        if content_length.is_some() || version == Version::HTTP_10 {
+            return Err(bad);
+        }
+        if transfer_encoding {
+            return Err(if chunked {
+                StatusCode::NOT_IMPLEMENTED
+            } else {
+                bad
+            });
+        }
+    }
+    let framing = if chunked {
+        Framing::Chunked(Chunk::Size)
+    } else {
+        match content_length {
+            Some(n) if n > limits.max_body_bytes => return Err(StatusCode::PAYLOAD_TOO_LARGE),
+            Some(0) | None => Framing::Done,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
+    let line_len = buf
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(0, |i| if i > 0 && buf[i - 1] == b'\r' { i - 1 } else { i });
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = map;
+    Ok(Some(Head {
+        len,
+        line_len,
+        request,
+        framing,
+        content_length: if chunked { None } else { content_length },
+        keep_alive,
+        expect_continue: expect_continue && framing != Framing::Done,
+    }))
+}
+
+/// Origin form (`/path?q`), absolute form (`http://host/path`), `*` for
+/// OPTIONS, authority form (`host:port`) for CONNECT.
+fn parse_target(method: &Method, target: &str) -> Option<Uri> {
+    let uri = Uri::try_from(target).ok()?;
+    let ok = if target.starts_with('/') {
+        uri.scheme().is_none() && uri.authority().is_none()
+    } else if target == "*" {
+        method == Method::OPTIONS
+    } else if method == Method::CONNECT {
+        uri.authority().is_some() && uri.scheme().is_none()
+    } else {
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+    };
+    ok.then_some(uri)
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// A request line httparse refused for its version: `505` if it names an
+/// HTTP version we do not speak, `400` if it is not a request line at all.
+fn version_error(buf: &[u8]) -> StatusCode {
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let Some(version) = line.rsplit(|&b| b == b' ').next() else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let looks_like = line.split(|&b| b == b' ').count() == 3
+        && version.starts_with(b"HTTP/")
+        && match &version[5..] {
+            [major] => major.is_ascii_digit(),
+            [major, b'.', minor] => major.is_ascii_digit() && minor.is_ascii_digit(),
+            _ => false,
+        };
+    if looks_like {
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+/// Appends a status line.
+pub(crate) fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `name: value\r\n`.
+pub(crate) fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a decimal number.
+pub(crate) fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn status(raw: &str) -> StatusCode {
+        parse(raw.as_bytes(), &limits()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_origin_and_absolute_forms() {
+        let head = parse(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n", &limits())
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.request.uri().path(), "/a");
+        assert_eq!(head.line_len, "GET /a?b=c HTTP/1.1".len());
+        assert!(head.keep_alive);
+        let head = parse(b"GET http://example.com/x HTTP/1.0\r\n\r\n", &limits())
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.request.uri().host(), Some("example.com"));
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn incomplete_is_none() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost:", &limits()).unwrap().is_none());
+    }
+
+    #[test]
+    fn rejects_smuggling() {
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        let same = parse(
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            &limits(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(same.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            status("GET / HTTP/2.0\r\n\r\n"),
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        );
+        assert_eq!(status("GET / FOO/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("GET /\r\n\r\n"), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+}

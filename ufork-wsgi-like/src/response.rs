@@ -1,0 +1,287 @@
+//! Writing a response: head and body in as few writes as the body allows.
+
+use std::io::{self, IoSlice, Read};
+use std::net::TcpStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{Response, StatusCode, Version};
+use rustix::event::PollFlags;
+
+use crate::app::Kind;
+use crate::body::{wait, write_all, write_all_vectored};
+use crate::date::DateCache;
+use crate::http1::{decimal, header_line, status_line};
+use crate::ResponseBody;
+
+/// Bodies up to this size are copied behind the head and sent in one write.
+const COPY_LIMIT: usize = 16 * 1024;
+/// Stream chunks are gathered up to this size before a write.
+const STREAM_BUFFER: usize = 16 * 1024;
+
+/// What the request asks of the response.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reply {
+    pub(crate) version: Version,
+    pub(crate) head_only: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) timeout: Duration,
+}
+
+/// What was sent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    pub(crate) status: StatusCode,
+    pub(crate) body_bytes: u64,
+    /// Whether the connection may serve another request.
+    pub(crate) keep_alive: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    NoBody,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn broken(text: &'static str) -> io::Error {
+    io::Error::other(text)
+}
+
+/// Writes `response` to `stream`, using `out` as scratch space.
+pub(crate) fn write(
+    stream: &TcpStream,
+    out: &mut Vec<u8>,
+    date: &mut DateCache,
+    response: Response<ResponseBody>,
+    reply: Reply,
+) -> io::Result<Sent> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let mut keep_alive = reply.keep_alive
+        && !parts.headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+    let app_len = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let len = match &body.kind {
+        Kind::Stream(_) => app_len,
+        _ => body.len(),
+    };
+    let mode = if no_body {
+        Mode::NoBody
+    } else if let Some(n) = len {
+        Mode::Length(n)
+    } else if reply.version == Version::HTTP_11 {
+        Mode::Chunked
+    } else {
+        keep_alive = false;
+        Mode::UntilClose
+    };
+
+    out.clear();
+    status_line(out, status);
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        has_date |= name == DATE;
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_date {
+        header_line(out, b"date", date.now());
+    }
+    match mode {
+        Mode::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Mode::NoBody if status == StatusCode::NOT_MODIFIED => {
+            if let Some(n) = app_len {
+                out.extend_from_slice(b"content-length: ");
+                decimal(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        Mode::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Mode::NoBody | Mode::UntilClose => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if reply.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut sent = Sent {
+        status,
+        body_bytes: 0,
+        keep_alive,
+    };
+    if reply.head_only || mode == Mode::NoBody {
+        write_all(stream, out, reply.timeout)?;
+        return Ok(sent);
+    }
+    match body.kind {
+        Kind::Empty => write_all(stream, out, reply.timeout)?,
+        Kind::Bytes(bytes) => {
+            if bytes.len() <= COPY_LIMIT {
+                out.extend_from_slice(&bytes);
+                write_all(stream, out, reply.timeout)?;
+            } else {
+                let mut bufs = [IoSlice::new(out), IoSlice::new(&bytes)];
+                write_all_vectored(stream, &mut bufs, reply.timeout)?;
+            }
+            sent.body_bytes = bytes.len() as u64;
+        }
+        Kind::File { file, len } => {
+            write_all(stream, out, reply.timeout)?;
+            send_file(stream, &file, len, reply.timeout)?;
+            sent.body_bytes = len;
+        }
+        Kind::Stream(chunks) => {
+            sent.body_bytes = send_stream(stream, out, chunks, mode, reply.timeout)?;
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends `len` bytes of `file` from its position: sendfile(2), or reads and
+/// writes where the file system cannot.
+fn send_file(
+    stream: &TcpStream,
+    mut file: &std::fs::File,
+    len: u64,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut left = len;
+    let deadline = Instant::now() + timeout;
+    while left > 0 {
+        let count = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::sendfile(stream, file, None, count) {
+            Ok(0) => return Err(broken("the file is shorter than its announced length")),
+            Ok(n) => left -= n as u64,
+            Err(rustix::io::Errno::AGAIN) => {
+                if !wait(stream, PollFlags::OUT, deadline) {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                let mut buf = vec![0u8; 64 * 1024];
+                while left > 0 {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = file.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(broken("the file is shorter than its announced length"));
+                    }
+                    write_all(stream, &buf[..n], timeout)?;
+                    left -= n as u64;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends the app's chunks after the head in `out`; returns the body bytes.
+/// An error (or a panic) from the iterator, or a length that disagrees with
+/// `Content-Length`, is an `Err`: the connection must close.
+fn send_stream(
+    stream: &TcpStream,
+    out: &mut Vec<u8>,
+    mut chunks: Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>,
+    mode: Mode,
+    timeout: Duration,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let next = match catch_unwind(AssertUnwindSafe(|| chunks.next())) {
+            Ok(next) => next,
+            Err(panic) => {
+                log::error!(
+                    target: "ufork_wsgi_like",
+                    "the app's response body panicked: {}",
+                    crate::serve::panic_message(&*panic)
+                );
+                write_all(stream, out, timeout)?;
+                return Err(broken("the response body panicked"));
+            }
+        };
+        let chunk = match next {
+            None => break,
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                log::error!(target: "ufork_wsgi_like", "the app's response body failed: {e}");
+                write_all(stream, out, timeout)?;
+                return Err(e);
+            }
+        };
+        if chunk.is_empty() {
+            continue;
+        }
+        let mut data = &chunk[..];
+        if let Mode::Length(n) = mode {
+            let room = usize::try_from(n - total).unwrap_or(usize::MAX);
+            if data.len() > room {
+                data = &data[..room];
+            }
+        }
+        total += data.len() as u64;
+        if mode == Mode::Chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() > STREAM_BUFFER {
+            let mut bufs = [IoSlice::new(out), IoSlice::new(data)];
+            write_all_vectored(stream, &mut bufs, timeout)?;
+            out.clear();
+        } else {
+            out.extend_from_slice(data);
+        }
+        if mode == Mode::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= STREAM_BUFFER {
+            write_all(stream, out, timeout)?;
+            out.clear();
+        }
+        if matches!(mode, Mode::Length(n) if total == n) && data.len() < chunk.len() {
+            write_all(stream, out, timeout)?;
+            return Err(broken("the response body is longer than its content-length"));
+        }
+    }
+    if mode == Mode::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    write_all(stream, out, timeout)?;
+    if matches!(mode, Mode::Length(n) if total != n) {
+        return Err(broken("the response body is shorter than its content-length"));
+    }
+    Ok(total)
+}
+
+/// A short plain-text response with the status's reason as body, closing the
+/// connection: the answer to bad input.
+pub(crate) fn error_response(status: StatusCode) -> Response<ResponseBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let mut response = Response::new(ResponseBody::bytes(format!("{reason}\n").into_bytes()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
