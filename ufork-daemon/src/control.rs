@@ -192,9 +192,10 @@ pub(crate) fn poll_timeout(left: Duration) -> rustix::time::Timespec {
     })
 }
 
-/// Opens a pidfd for `pid`, `None` if it has already gone.
-pub(crate) fn open_pidfd(pid: i32) -> Option<OwnedFd> {
-    rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()
+/// Opens a pidfd for `pid` (`ESRCH` if it has already gone).
+pub(crate) fn open_pidfd(pid: i32) -> rustix::io::Result<OwnedFd> {
+    let pid = Pid::from_raw(pid).filter(|_| pid > 0).ok_or(Errno::INVAL)?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty())
 }
 
 /// Whether the process of `pidfd` has exited, without waiting.

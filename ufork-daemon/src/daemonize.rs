@@ -299,7 +299,7 @@ impl Plan {
         if let Err(source) = channel.send(&encode_pid(TAG_STARTED, pid)) {
             return Err((channel, Error::Readiness { source }));
         }
-        match self.set_up_steps(pid) {
+        match self.set_up_steps() {
             Ok((pidfile, pgrpfile, log)) => Ok(Daemon {
                 pid,
                 channel: Some(channel),
@@ -312,10 +312,7 @@ impl Plan {
     }
 
     #[allow(clippy::type_complexity)]
-    fn set_up_steps(
-        self,
-        _pid: i32,
-    ) -> Result<(Option<Pidfile>, Option<GroupFile>, Option<RotatingFile>)> {
+    fn set_up_steps(self) -> Result<(Option<Pidfile>, Option<GroupFile>, Option<RotatingFile>)> {
         rustix::process::umask(Mode::from_raw_mode(self.umask));
         let pidfile = self.pidfile.as_deref().map(Pidfile::create).transpose()?;
         let pgrpfile = self
@@ -714,51 +711,81 @@ fn from_wire(kind: Kind, pid: i32, path: PathBuf, source: io::Error, text: Strin
 // ---------------------------------------------------------------------------
 // The launcher's side.
 
+/// The daemon as the launcher watches it, once it said it exists.
+struct Watched {
+    pid: i32,
+    /// Readable once it exits; `None` if it could not be opened.
+    pidfd: Option<OwnedFd>,
+    /// It had already exited when the launcher looked.
+    gone: bool,
+}
+
+impl Watched {
+    fn new(pid: i32) -> Watched {
+        match open_pidfd(pid) {
+            Ok(pidfd) => Watched {
+                pid,
+                pidfd: Some(pidfd),
+                gone: false,
+            },
+            Err(errno) => Watched {
+                pid,
+                pidfd: None,
+                gone: errno == Errno::SRCH,
+            },
+        }
+    }
+}
+
 /// Reads the daemon's messages until it is ready, fails, dies or times out.
 /// On any failure, makes sure the daemon is gone before returning.
 fn await_daemon(channel: &OwnedFd, timeout: Option<Duration>) -> Result<i32> {
+    let mut daemon = None;
+    let result = watch(channel, timeout, &mut daemon);
+    if let Err(error) = &result {
+        stop_daemon(daemon.as_ref(), matches!(error, Error::Timeout { .. }));
+    }
+    result
+}
+
+fn watch(
+    channel: &OwnedFd,
+    timeout: Option<Duration>,
+    daemon: &mut Option<Watched>,
+) -> Result<i32> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut inbox = Vec::new();
-    // The daemon's pid and pidfd, once it said it exists.
-    let mut daemon: Option<(i32, Option<OwnedFd>)> = None;
     let mut closed = false;
     loop {
         while let Some(message) =
             next_message(&mut inbox).map_err(|source| Error::Readiness { source })?
         {
             match message {
-                Message::Started(pid) => daemon = Some((pid, open_pidfd(pid))),
+                Message::Started(pid) => *daemon = Some(Watched::new(pid)),
                 Message::Ready(pid) => return Ok(pid),
-                Message::Failed(error) => {
-                    stop_daemon(&daemon, false);
-                    return Err(error);
-                }
+                Message::Failed(error) => return Err(error),
             }
         }
         if closed {
-            stop_daemon(&daemon, false);
             return Err(Error::DaemonExited {
-                pid: daemon.as_ref().map_or(0, |d| d.0),
+                pid: daemon.as_ref().map_or(0, |d| d.pid),
             });
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
-            stop_daemon(&daemon, true);
             return Err(Error::Timeout {
                 waited: timeout.unwrap_or_default(),
             });
         }
-        let pidfd = daemon.as_ref().and_then(|d| d.1.as_ref());
-        let gone = daemon.as_ref().is_some_and(|d| d.1.is_none());
+        let gone = daemon.as_ref().is_some_and(|d| d.gone);
         let mut fds = vec![PollFd::new(channel, PollFlags::IN)];
-        if let Some(pidfd) = pidfd {
+        if let Some(pidfd) = daemon.as_ref().and_then(|d| d.pidfd.as_ref()) {
             fds.push(PollFd::new(pidfd, PollFlags::IN));
         }
-        let timeout = left.map(poll_timeout);
         let ready = if gone {
             0
         } else {
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            match rustix::event::poll(&mut fds, left.map(poll_timeout).as_ref()) {
                 Ok(n) => n,
                 Err(Errno::INTR) => continue,
                 Err(errno) => {
@@ -816,8 +843,14 @@ fn next_message(inbox: &mut Vec<u8>) -> io::Result<Option<Message>> {
 
 /// Makes sure a daemon that will never be ready is gone: SIGTERM first if
 /// `terminate`, then `STOP_GRACE` to exit, then SIGKILL.
-fn stop_daemon(daemon: &Option<(i32, Option<OwnedFd>)>, terminate: bool) {
-    let Some((_, Some(pidfd))) = daemon else {
+fn stop_daemon(daemon: Option<&Watched>, terminate: bool) {
+    let Some(daemon) = daemon.filter(|d| !d.gone) else {
+        return;
+    };
+    let Some(pidfd) = &daemon.pidfd else {
+        // No pidfd (out of descriptors?): the pid is all there is, and it
+        // was alive a moment ago.
+        let _ = crate::control::signal(daemon.pid, Signal::KILL);
         return;
     };
     if has_exited(pidfd.as_fd()) {
@@ -831,4 +864,65 @@ fn stop_daemon(daemon: &Option<(i32, Option<OwnedFd>)>, terminate: bool) {
     }
     let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
     let _ = wait_pidfd(pidfd, Some(Instant::now() + STOP_GRACE));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(error: &Error) -> Error {
+        let mut inbox = (encode_failure(error).len() as u32).to_le_bytes().to_vec();
+        inbox.extend_from_slice(&encode_failure(error));
+        match next_message(&mut inbox).unwrap() {
+            Some(Message::Failed(copy)) => {
+                assert!(inbox.is_empty());
+                copy
+            }
+            _ => panic!("not a failure"),
+        }
+    }
+
+    #[test]
+    fn errors_cross_the_channel_with_their_step_and_os_error() {
+        let error = Error::Chdir {
+            path: PathBuf::from("/no/such"),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let copy = roundtrip(&error);
+        assert!(matches!(&copy, Error::Chdir { path, .. } if path == Path::new("/no/such")));
+        assert_eq!(copy.report(), error.report());
+
+        let copy = roundtrip(&Error::AlreadyRunning {
+            pid: 4242,
+            path: PathBuf::from("/run/x.pid"),
+        });
+        assert!(matches!(copy, Error::AlreadyRunning { pid: 4242, .. }));
+        assert!(copy.to_string().contains("already running as pid 4242"));
+
+        let copy = roundtrip(&Error::DaemonFailed {
+            message: "cannot bind 127.0.0.1:80: denied".to_owned(),
+        });
+        assert_eq!(copy.to_string(), "cannot bind 127.0.0.1:80: denied");
+
+        // A variant without a wire form travels as its report.
+        let copy = roundtrip(&Error::Wait {
+            pid: 1,
+            source: io::Error::from_raw_os_error(libc::EPERM),
+        });
+        assert!(matches!(copy, Error::DaemonFailed { .. }));
+        assert!(copy.to_string().starts_with("cannot wait for pid 1: "));
+    }
+
+    #[test]
+    fn partial_frames_wait_for_the_rest() {
+        let frame = encode_pid(TAG_READY, 77);
+        let mut inbox = (frame.len() as u32).to_le_bytes().to_vec();
+        inbox.extend_from_slice(&frame[..2]);
+        assert!(next_message(&mut inbox).unwrap().is_none());
+        inbox.extend_from_slice(&frame[2..]);
+        assert!(matches!(
+            next_message(&mut inbox).unwrap(),
+            Some(Message::Ready(77))
+        ));
+    }
 }

@@ -41,7 +41,7 @@ fn launcher_returns_only_after_ready() {
     .expect("spawn launcher");
     // The daemon is set up (pidfile taken) and blocked before `ready`.
     let writer = util::open_fifo_writer(&gate);
-    let guard = DaemonGuard::new(util::read_pid_when_locked(&pidfile));
+    let guard = util::guard_pidfile(&pidfile);
     assert!(
         launcher.try_wait().expect("try_wait").is_none(),
         "the launcher exited before the daemon was ready"
@@ -69,6 +69,7 @@ fn daemon_failure_before_ready_is_printed_by_the_launcher() {
         os("--bind"),
         os(&addr),
     ]));
+    util::assert_no_holder(&pidfile);
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
@@ -92,6 +93,7 @@ fn fail_and_drop_before_ready_fail_the_launcher() {
         os("--then"),
         os("fail"),
     ]));
+    util::assert_no_holder(&pidfile);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("error: the test asked the daemon to fail"),
@@ -105,6 +107,7 @@ fn fail_and_drop_before_ready_fail_the_launcher() {
         os("--then"),
         os("drop"),
     ]));
+    util::assert_no_holder(&pidfile);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("gave up before reporting readiness"),
@@ -125,6 +128,7 @@ fn silent_exit_before_ready_fails_the_launcher() {
         os("--then"),
         os("exit"),
     ]));
+    util::assert_no_holder(&pidfile);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("exited before reporting readiness"),
@@ -146,6 +150,7 @@ fn readiness_timeout_stops_the_daemon() {
         os("--timeout-ms"),
         os("300"),
     ]));
+    util::assert_no_holder(&pidfile);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("did not report readiness within 300ms"),
@@ -165,8 +170,14 @@ fn readiness_timeout_stops_the_daemon() {
 #[test]
 fn failed_setup_step_is_reported_with_its_os_error() {
     let dir = TestDir::new("chdir");
-    let missing = dir.join("no-such-dir");
-    let output = run(daemon_cmd(&[os("--cwd"), missing.as_os_str()]));
+    let (missing, pidfile) = (dir.join("no-such-dir"), dir.join("pid"));
+    let output = run(daemon_cmd(&[
+        os("--pidfile"),
+        pidfile.as_os_str(),
+        os("--cwd"),
+        missing.as_os_str(),
+    ]));
+    util::assert_no_holder(&pidfile);
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
@@ -190,13 +201,18 @@ fn convenience_daemonize_exits_the_launcher_with_the_outcome() {
     ]));
     assert!(output.status.success(), "stderr: {}", stderr(&output));
     assert!(output.stdout.is_empty() && output.stderr.is_empty());
-    let guard = DaemonGuard::new(util::read_pid_when_locked(&pidfile));
+    let guard = util::guard_pidfile(&pidfile);
 
     let output = run(daemon_cmd(&[
         os("--convenience"),
         os("--pidfile"),
         pidfile.as_os_str(),
     ]));
+    let second = ufork_daemon::read_pid(&pidfile)
+        .unwrap()
+        .filter(|&pid| pid != guard.pid)
+        .map(DaemonGuard::new);
+    assert!(second.is_none(), "a second daemon took the pidfile");
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains(&format!("error: already running as pid {}", guard.pid)),
@@ -380,6 +396,8 @@ fn second_start_is_refused_naming_the_running_pid() {
     let first = run(daemon_cmd(&[os("--pidfile"), pidfile.as_os_str()]));
     let guard = DaemonGuard::new(started_pid(&first));
     let second = run(daemon_cmd(&[os("--pidfile"), pidfile.as_os_str()]));
+    let second_guard = util::guard_if_started(&second);
+    assert!(second_guard.is_none(), "a second daemon started");
     assert_eq!(second.status.code(), Some(1));
     let err = stderr(&second);
     assert!(
@@ -547,7 +565,7 @@ fn signal_pidfile_and_wait_for_exit() {
     let guard = DaemonGuard::new(started_pid(&output));
     // A live process: the wait times out.
     assert!(!ufork_daemon::wait_for_exit(guard.pid, Some(Duration::from_millis(100))).unwrap());
-    assert_eq!(ufork_daemon::signal(guard.pid, Signal::CONT).unwrap(), true);
+    assert!(ufork_daemon::signal(guard.pid, Signal::CONT).unwrap());
     assert_eq!(
         ufork_daemon::signal_pidfile(&pidfile, Signal::TERM).unwrap(),
         Some(guard.pid)

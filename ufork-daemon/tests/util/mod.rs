@@ -328,11 +328,44 @@ pub fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
-/// The pid in `path` once it is locked (the daemon took it and wrote it).
-/// Called after an event that implies it (the daemon reached a later step).
-pub fn read_pid_when_locked(path: &Path) -> i32 {
-    match ufork_daemon::status(path).expect("status") {
-        ufork_daemon::Status::Running { pid } => pid,
-        other => panic!("pidfile {} not held: {other:?}", path.display()),
+/// A guard on the pid written in `path` (the daemon took it and wrote it),
+/// taken before anything is asserted so that a failing test leaks nothing;
+/// asserts then that the file is locked. Called after an event that implies
+/// the daemon wrote the file (it reached a later step, or was reported ready).
+pub fn guard_pidfile(path: &Path) -> DaemonGuard {
+    let pid = ufork_daemon::read_pid(path)
+        .expect("read pidfile")
+        .unwrap_or_else(|| panic!("no pid in {}", path.display()));
+    let guard = DaemonGuard::new(pid);
+    assert!(is_locked(path), "pidfile {} is not locked", path.display());
+    guard
+}
+
+/// A guard on the daemon a launcher reported started, if it did: taken
+/// before asserting that it should not have.
+pub fn guard_if_started(output: &Output) -> Option<DaemonGuard> {
+    stdout(output)
+        .lines()
+        .find_map(|line| line.strip_prefix("daemon started as pid "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .map(DaemonGuard::new)
+}
+
+/// A guard on whoever holds `pidfile`'s lock: after a launcher reported a
+/// failure there must be none, and a broken launcher must not leak a daemon.
+pub fn holder_guard(pidfile: &Path) -> Option<DaemonGuard> {
+    match ufork_daemon::status(pidfile).expect("status") {
+        ufork_daemon::Status::Running { pid } => Some(DaemonGuard::new(pid)),
+        _ => None,
     }
+}
+
+/// Asserts that nobody holds `pidfile` (killing the holder if somebody does).
+pub fn assert_no_holder(pidfile: &Path) {
+    let holder = holder_guard(pidfile);
+    assert!(
+        holder.is_none(),
+        "a daemon (pid {:?}) survived the failed start",
+        holder.map(|g| g.pid)
+    );
 }
