@@ -99,7 +99,11 @@ impl Builder {
             backlog: 1024,
             max_requests: None,
             heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
-            core: Arbiter::builder().heartbeat_timeout(DEFAULT_HEARTBEAT_TIMEOUT),
+            // A worker is ready once it listens (with `reuse_port` it binds its
+            // own socket first).
+            core: Arbiter::builder()
+                .heartbeat_timeout(DEFAULT_HEARTBEAT_TIMEOUT)
+                .ready_on_start(false),
         }
     }
 

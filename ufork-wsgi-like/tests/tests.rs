@@ -1,0 +1,767 @@
+//! Integration tests against real sockets: the protocol on an in-process
+//! server (threads, no fork), then the pre-forked server end to end.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use ufork_wsgi_like::static_files::StaticFiles;
+use ufork_wsgi_like::{Body, PeerAddr, ResponseBody, Server};
+use util::{Client, Forked, PATIENCE, addr_of, exchange, get, local};
+
+/// The app most tests talk to: its path picks a behaviour.
+fn app(mut request: Request<Body>) -> Response<ResponseBody> {
+    let path = request.uri().path().to_owned();
+    match path.as_str() {
+        "/echo" => {
+            let mut body = Vec::new();
+            match request.body_mut().read_to_end(&mut body) {
+                Ok(_) => Response::new(body.into()),
+                Err(e) => Response::builder()
+                    .status(StatusCode::UNPROCESSABLE_ENTITY)
+                    .body(e.to_string().into())
+                    .unwrap(),
+            }
+        }
+        "/ignore" => Response::new("ignored\n".into()),
+        "/panic" => panic!("the app blew up on purpose"),
+        "/uri" => Response::new(
+            format!(
+                "{} {} {:?} peer={}",
+                request.method(),
+                request.uri(),
+                request.version(),
+                request.extensions().get::<PeerAddr>().is_some()
+            )
+            .into(),
+        ),
+        "/stream" => Response::new(ResponseBody::stream(vec!["hello ", "", "streaming ", "world"])),
+        "/stream-len" => Response::builder()
+            .header("content-length", "11")
+            .body(ResponseBody::stream(vec!["hello", " ", "world"]))
+            .unwrap(),
+        "/big" => Response::new(vec![b'x'; 100 * 1024].into()),
+        "/no-content" => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(ResponseBody::empty())
+            .unwrap(),
+        "/slow" => {
+            std::thread::sleep(Duration::from_millis(300));
+            Response::new("slow done\n".into())
+        }
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body("bye\n".into())
+            .unwrap(),
+        _ => Response::new("hello\n".into()),
+    }
+}
+
+const THIS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tests.rs");
+
+fn test_server() -> ufork_wsgi_like::LocalServer {
+    local(Server::builder(), app)
+}
+
+// ---------------------------------------------------------------- protocol
+
+#[test]
+fn keep_alive_serves_several_requests_with_date_and_length() {
+    let server = test_server();
+    let mut client = Client::new(addr_of(&server));
+    for _ in 0..3 {
+        let resp = client.get("/");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "hello\n");
+        assert_eq!(resp.header("content-length"), Some("6"));
+        let date = resp.header("date").expect("date header");
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+        assert!(!resp.closes());
+    }
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let server = test_server();
+    let (resp, mut client) = exchange(
+        addr_of(&server),
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    assert!(resp.closes());
+    client.assert_closed();
+    // The app can ask for it too.
+    let mut client = Client::new(addr_of(&server));
+    let resp = client.get("/close");
+    assert!(resp.closes());
+    client.assert_closed();
+}
+
+#[test]
+fn http10_closes_unless_keep_alive() {
+    let server = test_server();
+    let (resp, mut client) = exchange(addr_of(&server), "GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    client.assert_closed();
+
+    let mut client = Client::new(addr_of(&server));
+    for _ in 0..2 {
+        client.send("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let resp = client.read_response();
+        assert_eq!(resp.text(), "hello\n");
+        assert_eq!(resp.header("connection"), Some("keep-alive"));
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = test_server();
+    let mut client = Client::new(addr_of(&server));
+    let mut raw = String::new();
+    for i in 0..20 {
+        raw.push_str(&format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\nbody {i}",
+            format!("body {i}").len()
+        ));
+    }
+    raw.push_str("GET /uri HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.send(raw);
+    for i in 0..20 {
+        assert_eq!(client.read_response().text(), format!("body {i}"));
+    }
+    assert!(client.read_response().text().starts_with("GET /uri"));
+}
+
+#[test]
+fn chunked_request_body_is_decoded() {
+    let server = test_server();
+    let (resp, mut client) = exchange(
+        addr_of(&server),
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "hello 0123456789");
+    // The connection is still in step.
+    assert_eq!(client.get("/").text(), "hello\n");
+}
+
+#[test]
+fn expect_100_continue_is_sent_on_first_read() {
+    let server = test_server();
+    let mut client = Client::new(addr_of(&server));
+    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    let interim = client.read_response_to(true);
+    assert_eq!(interim.status, 100);
+    client.send("ping");
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "ping");
+    assert_eq!(client.get("/").status, 200);
+}
+
+#[test]
+fn expect_100_continue_is_not_sent_when_the_body_is_not_read() {
+    let server = test_server();
+    let (resp, mut client) = exchange(
+        addr_of(&server),
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200, "the final answer, not 100");
+    assert!(resp.closes(), "the body never came, so the connection cannot go on");
+    client.assert_closed();
+}
+
+#[test]
+fn head_has_the_length_and_no_body() {
+    let server = test_server();
+    let mut client = Client::new(addr_of(&server));
+    for path in ["/", "/big", "/stream-len"] {
+        client.send(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        let head = client.read_response_to(true);
+        assert_eq!(head.status, 200);
+        let get = client.get(path);
+        assert_eq!(
+            head.header("content-length").map(str::to_owned),
+            Some(get.body.len().to_string()),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn absolute_and_origin_form_targets() {
+    let server = test_server();
+    let resp = exchange(
+        addr_of(&server),
+        "GET http://example.com:8080/uri?x=1 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
+    )
+    .0;
+    assert_eq!(resp.text(), "GET http://example.com:8080/uri?x=1 HTTP/1.1 peer=true");
+    let resp = get(addr_of(&server), "/uri?y=2");
+    assert_eq!(resp.text(), "GET /uri?y=2 HTTP/1.1 peer=true");
+}
+
+#[test]
+fn response_bodies_bytes_file_and_streams() {
+    let server = local(Server::builder(), |request: Request<Body>| {
+        if request.uri().path() == "/file" {
+            let file = std::fs::File::open(THIS_FILE).unwrap();
+            Response::new(ResponseBody::file(file).unwrap())
+        } else {
+            app(request)
+        }
+    });
+    let addr = addr_of(&server);
+    let mut client = Client::new(addr);
+    let resp = client.get("/file");
+    assert_eq!(resp.body, std::fs::read(THIS_FILE).unwrap());
+    assert_eq!(resp.header("content-length").map(str::to_owned), Some(resp.body.len().to_string()));
+
+    let resp = client.get("/stream");
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.text(), "hello streaming world");
+
+    let resp = client.get("/stream-len");
+    assert_eq!(resp.header("content-length"), Some("11"));
+    assert_eq!(resp.text(), "hello world");
+
+    let resp = client.get("/big");
+    assert_eq!(resp.body.len(), 100 * 1024);
+
+    let resp = client.get("/no-content");
+    assert_eq!(resp.status, 204);
+    assert_eq!(resp.header("content-length"), None);
+    assert_eq!(client.get("/").text(), "hello\n");
+
+    // HTTP/1.0 cannot take chunks: the body ends with the connection.
+    let (resp, mut client) = exchange(addr, "GET /stream HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.header("transfer-encoding"), None);
+    assert_eq!(resp.text(), "hello streaming world");
+    client.assert_closed();
+}
+
+#[test]
+fn unread_body_is_drained_or_the_connection_closed() {
+    let server = local(Server::builder().max_body_bytes(1 << 20), app);
+    let mut client = Client::new(addr_of(&server));
+    client.send(
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789\
+         GET /uri HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(client.read_response().text(), "ignored\n");
+    assert!(client.read_response().text().starts_with("GET /uri"));
+
+    // Past the drain bound (64 KiB) the connection closes instead.
+    let mut client = Client::new(addr_of(&server));
+    client.send("POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 500000\r\n\r\n");
+    client.send(vec![b'a'; 500_000]);
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert!(resp.closes());
+}
+
+#[test]
+fn a_panicking_app_gets_a_500_and_the_worker_lives_on() {
+    util::access_log();
+    let server = test_server();
+    let mut client = Client::new(addr_of(&server));
+    let resp = client.get("/panic");
+    assert_eq!(resp.status, 500);
+    assert_eq!(client.get("/").text(), "hello\n");
+    assert!(
+        !util::logged("the app blew up on purpose").is_empty(),
+        "the panic is logged"
+    );
+}
+
+#[test]
+fn access_log_has_one_line_per_request() {
+    util::access_log();
+    let server = local(Server::builder().access_log(true), app);
+    let mut client = Client::new(addr_of(&server));
+    client.get("/uri?access-log-test");
+    // The line is written after the response.
+    util::eventually("the access log line", || !util::logged("/uri?access-log-test").is_empty());
+    let lines = util::logged("/uri?access-log-test");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert!(line.contains("\"GET /uri?access-log-test HTTP/1.1\" 200 "), "{line}");
+    assert!(line.ends_with("ms"), "{line}");
+    // Off by default.
+    let server = test_server();
+    Client::new(addr_of(&server)).get("/uri?access-log-off");
+    assert!(util::logged("/uri?access-log-off").is_empty());
+}
+
+/// Many keep-alive connections on one thread are served as their requests
+/// arrive, not one connection to its end before the next.
+#[test]
+fn one_thread_multiplexes_keep_alive_connections() {
+    let server = local(Server::builder().threads(1), app);
+    let mut clients: Vec<Client> = (0..16).map(|_| Client::new(addr_of(&server))).collect();
+    for round in 0..3 {
+        for client in clients.iter_mut().rev() {
+            client.send("GET /uri HTTP/1.1\r\nHost: t\r\n\r\n");
+        }
+        for client in clients.iter_mut().rev() {
+            assert_eq!(client.read_response().status, 200, "round {round}");
+        }
+    }
+}
+
+#[test]
+fn several_threads_serve() {
+    let server = local(Server::builder().threads(3), app);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr_of(&server);
+            std::thread::spawn(move || {
+                let mut client = Client::new(addr);
+                (0..20).all(|_| client.get("/").status == 200)
+            })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap());
+    }
+}
+
+// --------------------------------------------------------------- bad input
+
+/// Sends `raw`, expects `status` and a closed connection, then checks a good
+/// request is still served.
+fn rejected(server: &ufork_wsgi_like::LocalServer, raw: impl AsRef<[u8]>, status: u16) {
+    let addr = addr_of(server);
+    let (resp, mut client) = exchange(addr, raw);
+    assert_eq!(resp.status, status, "{}", resp.text());
+    assert!(resp.closes());
+    client.assert_closed();
+    assert_eq!(get(addr, "/").status, 200, "a good request right after");
+}
+
+#[test]
+fn malformed_requests_get_400() {
+    let server = test_server();
+    rejected(&server, "GARBAGE\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.1\r\nHo st: x\r\n\r\n", 400);
+    rejected(&server, "GET nopath HTTP/1.1\r\n\r\n", 400);
+    rejected(&server, "G\0T / HTTP/1.1\r\n\r\n", 400);
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let server = local(Server::builder().max_header_bytes(4096).max_headers(10), app);
+    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(5000));
+    rejected(&server, big, 431);
+    // Never ending: the limit applies before the head completes.
+    let endless = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(8000));
+    rejected(&server, endless, 431);
+    let many: String = (0..11).map(|i| format!("X-{i}: v\r\n")).collect();
+    rejected(&server, format!("GET / HTTP/1.1\r\n{many}\r\n"), 431);
+}
+
+#[test]
+fn default_header_limit_is_64_kib() {
+    let server = test_server();
+    let ok = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(60 * 1024));
+    assert_eq!(exchange(addr_of(&server), ok).0.status, 200);
+    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(65 * 1024));
+    rejected(&server, big, 431);
+}
+
+#[test]
+fn oversized_bodies_get_413() {
+    let server = local(Server::builder().max_body_bytes(100), app);
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n",
+        413,
+    );
+    let chunk = "a".repeat(60);
+    rejected(
+        &server,
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+             3c\r\n{chunk}\r\n3c\r\n{chunk}\r\n0\r\n\r\n"
+        ),
+        413,
+    );
+}
+
+#[test]
+fn smuggling_attempts_get_400() {
+    let server = test_server();
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+        400,
+    );
+    rejected(
+        &server,
+        "POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn unsupported_versions_get_505() {
+    let server = test_server();
+    rejected(&server, "GET / HTTP/2.0\r\n\r\n", 505);
+    rejected(&server, "GET / HTTP/1.2\r\n\r\n", 505);
+    rejected(&server, "GET / HTTP/3\r\n\r\n", 505);
+}
+
+#[test]
+fn slow_headers_get_408_after_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let server = local(Server::builder().header_timeout(timeout), app);
+    let mut client = Client::new(addr_of(&server));
+    let started = Instant::now();
+    client.send("GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ");
+    let resp = client.read_response();
+    let waited = started.elapsed();
+    assert_eq!(resp.status, 408);
+    assert!(waited >= timeout - Duration::from_millis(50), "{waited:?}");
+    assert!(waited < PATIENCE / 2, "{waited:?}");
+    client.assert_closed();
+    // Trickling bytes does not reset the clock.
+    let mut client = Client::new(addr_of(&server));
+    let started = Instant::now();
+    client.send("GET / HTTP/1.1\r\n");
+    let mut status = None;
+    for _ in 0..100 {
+        if client.stream.write_all(b"X-A: b\r\n").is_err() {
+            break;
+        }
+        let mut probe = [0u8; 1];
+        client.stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if let Ok(n) = client.stream.peek(&mut probe) {
+            if n > 0 {
+                client.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                status = Some(client.read_response().status);
+                break;
+            }
+        }
+    }
+    assert_eq!(status, Some(408));
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(get(addr_of(&server), "/").status, 200);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_their_timeout() {
+    let timeout = Duration::from_millis(300);
+    let server = local(Server::builder().keep_alive_timeout(timeout), app);
+    let mut client = Client::new(addr_of(&server));
+    assert_eq!(client.get("/").status, 200);
+    let idle_from = Instant::now();
+    client.assert_closed();
+    let waited = idle_from.elapsed();
+    assert!(waited >= timeout - Duration::from_millis(50), "{waited:?}");
+    assert!(waited < PATIENCE / 2, "{waited:?}");
+    assert_eq!(get(addr_of(&server), "/").status, 200);
+}
+
+#[test]
+fn a_stalled_body_gets_408() {
+    let server = local(Server::builder().read_timeout(Duration::from_millis(300)), app);
+    let (resp, mut client) = exchange(
+        addr_of(&server),
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc",
+    );
+    assert_eq!(resp.status, 408);
+    client.assert_closed();
+    assert_eq!(get(addr_of(&server), "/").status, 200);
+}
+
+#[test]
+fn a_client_vanishing_mid_request_harms_nothing() {
+    let server = test_server();
+    for raw in [
+        "GET / HTTP/1.1\r\nHost:",
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc",
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+    ] {
+        let mut client = Client::new(addr_of(&server));
+        client.send(raw);
+        drop(client);
+        assert_eq!(get(addr_of(&server), "/").status, 200);
+    }
+}
+
+#[test]
+fn graceful_stop_of_a_local_server_finishes_requests_and_closes_idle() {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    let (started_tx, started_rx) = sync_channel::<()>(1);
+    let (proceed_tx, proceed_rx) = sync_channel::<()>(1);
+    let channels: Mutex<(SyncSender<()>, Receiver<()>)> = Mutex::new((started_tx, proceed_rx));
+    let server = local(Server::builder(), move |request: Request<Body>| {
+        if request.uri().path() == "/wait" {
+            let channels = channels.lock().unwrap();
+            channels.0.send(()).unwrap();
+            channels.1.recv().unwrap();
+            return Response::new("waited\n".into());
+        }
+        app(request)
+    });
+    let addr = addr_of(&server);
+    let mut idle = Client::new(addr);
+    assert_eq!(idle.get("/").status, 200);
+    let mut busy = Client::new(addr);
+    busy.send("GET /wait HTTP/1.1\r\nHost: t\r\n\r\n");
+    started_rx.recv().unwrap();
+    server.stop();
+    proceed_tx.send(()).unwrap();
+    assert_eq!(busy.read_response().text(), "waited\n");
+    busy.assert_closed();
+    idle.assert_closed();
+    server.join().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
+}
+
+// ------------------------------------------------------------ static files
+
+fn site() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ufork-wsgi-static-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("public/sub")).unwrap();
+    std::fs::create_dir_all(dir.join("public/empty")).unwrap();
+    std::fs::write(dir.join("public/index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(dir.join("public/style.css"), "body{}").unwrap();
+    std::fs::write(dir.join("public/sub/index.html"), "<h1>sub</h1>").unwrap();
+    std::fs::write(dir.join("public/sub/data.json"), "{}").unwrap();
+    std::fs::write(dir.join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), dir.join("public/escape.txt")).unwrap();
+    std::os::unix::fs::symlink(dir.join("public/style.css"), dir.join("public/alias.css"))
+        .unwrap();
+    dir
+}
+
+#[test]
+fn static_files_are_served_safely() {
+    let dir = site();
+    let server = local(Server::builder(), StaticFiles::new(dir.join("public")).unwrap());
+    let addr = addr_of(&server);
+    let mut client = Client::new(addr);
+
+    let resp = client.get("/");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "<h1>home</h1>"));
+    assert_eq!(resp.header("content-type"), Some("text/html; charset=utf-8"));
+    let resp = client.get("/style.css");
+    assert_eq!(resp.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(resp.header("content-length"), Some("6"));
+    assert_eq!(client.get("/sub/").text(), "<h1>sub</h1>");
+    assert_eq!(client.get("/sub/data.json").header("content-type"), Some("application/json"));
+    assert_eq!(client.get("/alias.css").status, 200, "a link inside the root is fine");
+
+    let resp = client.get("/sub");
+    assert_eq!((resp.status, resp.header("location")), (301, Some("/sub/")));
+    assert_eq!(client.get("/missing.txt").status, 404);
+    assert_eq!(client.get("/empty/").status, 404, "no listings");
+    assert_eq!(client.get("/escape.txt").status, 404, "a link out of the root");
+    assert_eq!(client.get("/../secret.txt").status, 404);
+    assert_eq!(client.get("/sub/../../secret.txt").status, 404);
+    assert_eq!(client.get("/%2e%2e/secret.txt").status, 404);
+    assert_eq!(client.get("/sub/%2E%2E/%2E%2E/secret.txt").status, 404);
+    assert_eq!(client.get("/%2fetc%2fpasswd").status, 404);
+    client.send("DELETE /style.css HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response().status, 405);
+    client.send("HEAD /style.css HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = client.read_response_to(true);
+    assert_eq!(head.header("content-length"), Some("6"));
+    assert_eq!(client.get("/").status, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_hello_app() {
+    let server = local(Server::builder(), ufork_wsgi_like::hello);
+    let resp = get(addr_of(&server), "/anything");
+    assert_eq!(resp.text(), "Hello, world!\n");
+}
+
+#[test]
+fn builder_rejects_bad_settings() {
+    let err = Server::builder().build(app).unwrap_err();
+    assert!(matches!(err, ufork_wsgi_like::Error::NoListener), "{err}");
+    let err = Server::builder().bind("127.0.0.1:0").threads(0).build(app).unwrap_err();
+    assert!(err.to_string().contains("threads"), "{err}");
+    let err = Server::builder().bind("no-such-host.invalid:80").build(app).unwrap_err();
+    assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
+}
+
+#[test]
+fn given_listener_is_served() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder().listener(listener).build(app).unwrap();
+    assert_eq!(server.local_addrs(), [addr]);
+    let server = server.spawn_local().unwrap();
+    assert_eq!(get(addr, "/").text(), "hello\n");
+    drop(server);
+}
+
+// -------------------------------------------------------------- pre-forked
+
+#[test]
+fn forked_workers_serve_count_and_stop_cleanly() {
+    let forked = Forked::start(Server::builder().workers(2), app);
+    let mut client = Client::new(forked.addr);
+    for _ in 0..10 {
+        assert_eq!(client.get("/").text(), "hello\n");
+    }
+    assert_eq!(get(forked.addr, "/panic").status, 500);
+    assert_eq!(client.get("/").status, 200);
+    let snapshot = forked.handle.snapshot();
+    assert_eq!(snapshot.workers.len(), 2);
+    let served: u64 = snapshot.workers.iter().map(|w| w.requests).sum();
+    assert_eq!(served, 12);
+    assert!(snapshot.workers.iter().any(|w| w.activity.starts_with("GET / HTTP/1.1")));
+    let outcome = forked.finish();
+    assert!(outcome.graceful);
+    assert_eq!(outcome.killed_at_timeout, 0);
+    assert_eq!(outcome.spawned, 2, "no worker died: {:?}", outcome.history);
+}
+
+#[test]
+fn forked_graceful_stop_finishes_in_flight_and_closes_idle() {
+    let forked = Forked::start(Server::builder().workers(1), app);
+    let mut idle = Client::new(forked.addr);
+    assert_eq!(idle.get("/").status, 200);
+    let mut busy = Client::new(forked.addr);
+    busy.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    util::eventually("the worker to be busy", || {
+        forked.handle.snapshot().workers.iter().any(|w| w.busy_for.is_some())
+    });
+    let pids = forked.pids();
+    let handle = forked.handle.clone();
+    handle.stop();
+    let resp = busy.read_response();
+    assert_eq!(resp.text(), "slow done\n");
+    busy.assert_closed();
+    idle.assert_closed();
+    let outcome = forked.finish();
+    assert_eq!(outcome.killed_at_timeout, 0);
+    assert_eq!(outcome.history.len(), pids.len());
+}
+
+#[test]
+fn max_requests_recycles_workers() {
+    let forked = Forked::start(Server::builder().workers(1).max_requests(3, 2), app);
+    for _ in 0..12 {
+        assert_eq!(get(forked.addr, "/").status, 200);
+    }
+    let snapshot = forked.handle.snapshot();
+    assert!(
+        snapshot.spawned >= 3,
+        "12 requests at most 5 per worker: {snapshot:?}"
+    );
+    let outcome = forked.finish();
+    assert!(outcome.history.iter().all(|r| r.status.success()), "{:?}", outcome.history);
+}
+
+#[test]
+fn reuse_port_workers_serve() {
+    let forked = Forked::start(Server::builder().workers(2).reuse_port(true), app);
+    // No socket listens until a worker binds its own; a worker declares
+    // itself ready once it has.
+    util::eventually("both workers ready", || forked.handle.snapshot().ready_count() == 2);
+    for _ in 0..20 {
+        assert_eq!(get(forked.addr, "/").status, 200);
+    }
+    forked.finish();
+}
+
+#[test]
+fn forked_workers_heartbeat_while_idle() {
+    let forked = Forked::start(
+        Server::builder()
+            .workers(1)
+            .heartbeat_timeout(Duration::from_millis(800)),
+        app,
+    );
+    assert_eq!(get(forked.addr, "/").status, 200);
+    // Idle for several heartbeat timeouts: the worker must not be replaced.
+    let idle_until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < idle_until {
+        let snapshot = forked.handle.snapshot();
+        let worker = snapshot.workers.first().expect("the worker is alive");
+        let age = worker.last_beat_age.expect("it heartbeats");
+        assert!(age < Duration::from_millis(800), "silent for {age:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(forked.addr, "/").status, 200);
+    let outcome = forked.finish();
+    assert_eq!(outcome.spawned, 1, "{:?}", outcome.history);
+}
+
+#[test]
+fn accept_errors_back_off_and_recover() {
+    // The worker may hold only a few descriptors: accepting more fails with
+    // EMFILE, which must be survived, not fatal.
+    let forked = Forked::start(
+        Server::builder().workers(1).arbiter(|b| {
+            b.post_fork(|_| {
+                let open = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+                let limit = rustix::process::Rlimit {
+                    current: Some(open + 3),
+                    maximum: None,
+                };
+                let max = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+                rustix::process::setrlimit(
+                    rustix::process::Resource::Nofile,
+                    rustix::process::Rlimit { maximum: max, ..limit },
+                )?;
+                Ok(())
+            })
+        }),
+        app,
+    );
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::new(forked.addr)).collect();
+    // Some were accepted, the rest wait in the backlog.
+    clients[0].send("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(clients[0].read_response().status, 200);
+    drop(clients);
+    for _ in 0..5 {
+        assert_eq!(get(forked.addr, "/").status, 200);
+    }
+    let outcome = forked.finish();
+    assert_eq!(outcome.spawned, 1, "the worker survived: {:?}", outcome.history);
+}
