@@ -207,10 +207,10 @@ impl Daemonize {
             Forked::Parent(intermediate) => {
                 drop(daemon_end);
                 // The intermediate child only forks and exits: reap it now.
-                let _ = rustix::process::waitpid(
+                while let Err(Errno::INTR) = rustix::process::waitpid(
                     rustix::process::Pid::from_raw(intermediate),
                     rustix::process::WaitOptions::empty(),
-                );
+                ) {}
                 let pid = await_daemon(&launcher_end, plan.timeout)?;
                 Ok(Launched::Parent { pid })
             }
@@ -229,8 +229,16 @@ impl Daemonize {
                         sys::exit_now(1);
                     }
                     // The session leader leaves, so the daemon can never
-                    // acquire a controlling terminal.
-                    Ok(Forked::Parent(_)) => sys::exit_now(0),
+                    // acquire a controlling terminal. It tells the daemon's
+                    // pid first: the launcher reaps it before reading, so
+                    // it knows whom to watch (and stop) from the start.
+                    Ok(Forked::Parent(daemon)) => {
+                        let code = match channel.send(&encode_pid(TAG_STARTED, daemon)) {
+                            Ok(()) => 0,
+                            Err(_) => 1,
+                        };
+                        sys::exit_now(code)
+                    }
                     Ok(Forked::Child) => match plan.set_up(channel) {
                         Ok(daemon) => Ok(Launched::Daemon(daemon)),
                         Err((channel, error)) => {
@@ -295,10 +303,6 @@ impl Plan {
     /// The daemon's side of `start`, after the second fork.
     fn set_up(self, channel: Channel) -> std::result::Result<Daemon, (Channel, Error)> {
         let pid = rustix::process::getpid().as_raw_pid();
-        // First, so the launcher can watch (and if need be stop) the daemon.
-        if let Err(source) = channel.send(&encode_pid(TAG_STARTED, pid)) {
-            return Err((channel, Error::Readiness { source }));
-        }
         match self.set_up_steps() {
             Ok((pidfile, pgrpfile, log)) => Ok(Daemon {
                 pid,
@@ -755,16 +759,23 @@ fn watch(
 ) -> Result<i32> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut inbox = Vec::new();
-    let mut closed = false;
+    // The intermediate child has been reaped: its `Started` is in the socket.
+    let mut closed = drain(channel, &mut inbox)?;
     loop {
+        // The intermediate's `Started` may arrive after the daemon's own
+        // message: take in every complete frame before acting on any.
+        let mut outcome = None;
         while let Some(message) =
             next_message(&mut inbox).map_err(|source| Error::Readiness { source })?
         {
             match message {
                 Message::Started(pid) => *daemon = Some(Watched::new(pid)),
-                Message::Ready(pid) => return Ok(pid),
-                Message::Failed(error) => return Err(error),
+                Message::Ready(pid) => outcome = outcome.or(Some(Ok(pid))),
+                Message::Failed(error) => outcome = outcome.or(Some(Err(error))),
             }
+        }
+        if let Some(outcome) = outcome {
+            return outcome;
         }
         if closed {
             return Err(Error::DaemonExited {
@@ -799,31 +810,50 @@ fn watch(
         let exited = gone || (ready > 0 && fds.get(1).is_some_and(|fd| !fd.revents().is_empty()));
         drop(fds);
         if channel_ready {
-            closed = receive(channel, &mut inbox, RecvFlags::empty())?;
+            closed = receive(channel, &mut inbox, RecvFlags::empty())? == Received::End;
         } else if exited {
             // Whatever it sent before dying is in the socket by now; workers
             // that inherited its end may keep it from ever closing.
-            while !receive(channel, &mut inbox, RecvFlags::DONTWAIT)? {}
+            drain(channel, &mut inbox)?;
             closed = true;
         }
     }
 }
 
-/// Receives what is there into `inbox`; `true` at end of stream (or, with
-/// `DONTWAIT`, when nothing more is there).
-fn receive(channel: &OwnedFd, inbox: &mut Vec<u8>, flags: RecvFlags) -> Result<bool> {
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    Data,
+    /// Nothing there (non-blocking receive only).
+    Nothing,
+    /// End of stream: every copy of the daemon's end is closed.
+    End,
+}
+
+/// Receives what is there into `inbox`.
+fn receive(channel: &OwnedFd, inbox: &mut Vec<u8>, flags: RecvFlags) -> Result<Received> {
     let mut buf = [0u8; 4096];
     match rustix::net::recv(channel, &mut buf[..], flags) {
-        Ok((0, _)) => Ok(true),
+        Ok((0, _)) => Ok(Received::End),
         Ok((n, _)) => {
             inbox.extend_from_slice(&buf[..n]);
-            Ok(false)
+            Ok(Received::Data)
         }
-        Err(Errno::INTR) => Ok(false),
-        Err(Errno::WOULDBLOCK) => Ok(true),
+        Err(Errno::INTR) => Ok(Received::Data),
+        Err(Errno::WOULDBLOCK) => Ok(Received::Nothing),
         Err(errno) => Err(Error::Readiness {
             source: errno.into(),
         }),
+    }
+}
+
+/// Receives everything already there without waiting; `true` at end of stream.
+fn drain(channel: &OwnedFd, inbox: &mut Vec<u8>) -> Result<bool> {
+    loop {
+        match receive(channel, inbox, RecvFlags::DONTWAIT)? {
+            Received::Data => {}
+            Received::Nothing => return Ok(false),
+            Received::End => return Ok(true),
+        }
     }
 }
 

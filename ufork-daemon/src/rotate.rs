@@ -530,6 +530,39 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_streak_is_logged_once() {
+        let dir =
+            std::env::temp_dir().join(format!("ufork-daemon-unit-streak-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("log.1/blocker")).unwrap();
+        let log = RotatingFile::builder(dir.join("log"))
+            .max_size(4)
+            .backups(1)
+            .open()
+            .unwrap();
+        let mut logged = 0;
+        for _ in 0..10 {
+            let mut state = log.lock();
+            state.write(&log.shared.config, b"abc\n").unwrap();
+            logged += usize::from(state.take_unreported().is_some());
+        }
+        assert_eq!(logged, 1, "one log line per failing streak");
+        // A success ends the streak; the next failure is logged again.
+        std::fs::remove_dir_all(dir.join("log.1")).unwrap();
+        log.rotate().unwrap();
+        std::fs::remove_file(dir.join("log.1")).unwrap();
+        std::fs::create_dir_all(dir.join("log.1/blocker")).unwrap();
+        let mut state = log.lock();
+        for _ in 0..3 {
+            state.write(&log.shared.config, b"abc\n").unwrap();
+        }
+        assert!(state.take_unreported().is_some());
+        drop(state);
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn first_line_end_includes_the_newline() {
         assert_eq!(first_line_end(b"ab\ncd\n"), 3);
         assert_eq!(first_line_end(b"abc"), 3);
