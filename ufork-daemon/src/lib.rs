@@ -84,6 +84,8 @@
 //!   exits. Locks on NFS may not behave.
 //! - [`status`] takes a shared lock for an instant when the file is unlocked;
 //!   a daemon starting at that instant is refused as already running.
+//! - Descriptors other than 0, 1 and 2 are inherited by the daemon as they
+//!   are (std opens its own close-on-exec; close or mark any others).
 //! - Output written straight to fds 1 and 2 is appended to the log but not
 //!   counted towards its rotation size, and is not line-buffered.
 #![deny(unsafe_code)]
