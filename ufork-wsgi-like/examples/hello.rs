@@ -42,7 +42,12 @@ fn stderr_logger() {
         }
         fn log(&self, record: &log::Record<'_>) {
             if self.enabled(record.metadata()) {
-                eprintln!("[{}] {}: {}", record.target(), record.level(), record.args());
+                eprintln!(
+                    "[{}] {}: {}",
+                    record.target(),
+                    record.level(),
+                    record.args()
+                );
             }
         }
         fn flush(&self) {}

@@ -63,16 +63,16 @@ impl Fault {
 
     fn error(self) -> io::Error {
         match self {
-            Fault::Malformed => io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed chunked request body",
-            ),
+            Fault::Malformed => {
+                io::Error::new(io::ErrorKind::InvalidData, "malformed chunked request body")
+            }
             Fault::TooLarge => {
                 io::Error::new(io::ErrorKind::InvalidData, "request body over the limit")
             }
-            Fault::Timeout => {
-                io::Error::new(io::ErrorKind::TimedOut, "timed out reading the request body")
-            }
+            Fault::Timeout => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out reading the request body",
+            ),
             Fault::Gone => io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the client closed the connection mid-body",
@@ -336,7 +336,10 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Fault> {
     let rest_ok = rest.is_empty() || {
         let trimmed = rest.iter().skip_while(|&&b| b == b' ' || b == b'\t');
         let first = trimmed.clone().next();
-        first == Some(&b';') && trimmed.clone().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b))
+        first == Some(&b';')
+            && trimmed
+                .clone()
+                .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b))
     };
     if !rest_ok {
         return Err(Fault::Malformed);
@@ -452,7 +455,9 @@ pub struct Body {
 impl Body {
     /// A body with nothing in it.
     pub fn empty() -> Self {
-        Self { inner: Inner::Empty }
+        Self {
+            inner: Inner::Empty,
+        }
     }
 
     pub(crate) fn conn(input: Arc<Mutex<Input>>, generation: u64, len: Option<u64>) -> Self {

@@ -142,10 +142,13 @@ fn parse_with<'b>(
         }
     };
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
-    let line_len = buf
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(0, |i| if i > 0 && buf[i - 1] == b'\r' { i - 1 } else { i });
+    let line_len = buf.iter().position(|&b| b == b'\n').map_or(0, |i| {
+        if i > 0 && buf[i - 1] == b'\r' {
+            i - 1
+        } else {
+            i
+        }
+    });
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -280,7 +283,11 @@ mod tests {
 
     #[test]
     fn incomplete_is_none() {
-        assert!(parse(b"GET / HTTP/1.1\r\nHost:", &limits()).unwrap().is_none());
+        assert!(
+            parse(b"GET / HTTP/1.1\r\nHost:", &limits())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

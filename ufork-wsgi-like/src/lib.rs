@@ -120,9 +120,7 @@ use std::net::SocketAddr;
 pub use app::{App, ResponseBody};
 pub use body::Body;
 pub use error::{Error, Result};
-pub use server::{
-    Builder, DEFAULT_HEARTBEAT_TIMEOUT, Limits, LocalServer, Server, serve,
-};
+pub use server::{Builder, DEFAULT_HEARTBEAT_TIMEOUT, Limits, LocalServer, Server, serve};
 
 /// The client's address, in every request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

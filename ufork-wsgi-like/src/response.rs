@@ -9,11 +9,11 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Response, StatusCode, Version};
 use rustix::event::PollFlags;
 
+use crate::ResponseBody;
 use crate::app::Kind;
 use crate::body::{wait, write_all, write_all_vectored};
 use crate::date::DateCache;
 use crate::http1::{decimal, header_line, status_line};
-use crate::ResponseBody;
 
 /// Bodies up to this size are copied behind the head and sent in one write.
 const COPY_LIMIT: usize = 16 * 1024;
@@ -260,7 +260,9 @@ fn send_stream(
         }
         if matches!(mode, Mode::Length(n) if total == n) && data.len() < chunk.len() {
             write_all(stream, out, timeout)?;
-            return Err(broken("the response body is longer than its content-length"));
+            return Err(broken(
+                "the response body is longer than its content-length",
+            ));
         }
     }
     if mode == Mode::Chunked {
@@ -268,7 +270,9 @@ fn send_stream(
     }
     write_all(stream, out, timeout)?;
     if matches!(mode, Mode::Length(n) if total != n) {
-        return Err(broken("the response body is shorter than its content-length"));
+        return Err(broken(
+            "the response body is shorter than its content-length",
+        ));
     }
     Ok(total)
 }

@@ -660,7 +660,13 @@ impl Loop<'_> {
             keep_alive,
             timeout: self.config.limits.write_timeout,
         };
-        let sent = response::write(&input.stream, &mut self.out, &mut self.date, response, reply);
+        let sent = response::write(
+            &input.stream,
+            &mut self.out,
+            &mut self.date,
+            response,
+            reply,
+        );
         input.generation += 1;
         drop(input);
         if self.config.access_log {

@@ -560,9 +560,7 @@ impl Server {
     ///
     /// [`Error::Thread`] if the thread cannot start; the thread's own result
     /// is ufork-core's.
-    pub fn spawn_thread(
-        self,
-    ) -> Result<(Handle, JoinHandle<ufork_core::Result<Outcome>>)> {
+    pub fn spawn_thread(self) -> Result<(Handle, JoinHandle<ufork_core::Result<Outcome>>)> {
         let shared = self.shared;
         self.arbiter
             .spawn_thread(move |worker| shared.worker(worker))

@@ -229,7 +229,10 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert_eq!(content_type(Path::new("a.HTML")), "text/html; charset=utf-8");
+        assert_eq!(
+            content_type(Path::new("a.HTML")),
+            "text/html; charset=utf-8"
+        );
         assert_eq!(content_type(Path::new("a.png")), "image/png");
         assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
     }

@@ -37,7 +37,12 @@ fn app(mut request: Request<Body>) -> Response<ResponseBody> {
             )
             .into(),
         ),
-        "/stream" => Response::new(ResponseBody::stream(vec!["hello ", "", "streaming ", "world"])),
+        "/stream" => Response::new(ResponseBody::stream(vec![
+            "hello ",
+            "",
+            "streaming ",
+            "world",
+        ])),
         "/stream-len" => Response::builder()
             .header("content-length", "11")
             .body(ResponseBody::stream(vec!["hello", " ", "world"]))
@@ -152,7 +157,9 @@ fn chunked_request_body_is_decoded() {
 fn expect_100_continue_is_sent_on_first_read() {
     let server = test_server();
     let mut client = Client::new(addr_of(&server));
-    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    client.send(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    );
     let interim = client.read_response_to(true);
     assert_eq!(interim.status, 100);
     client.send("ping");
@@ -170,7 +177,10 @@ fn expect_100_continue_is_not_sent_when_the_body_is_not_read() {
         "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
     );
     assert_eq!(resp.status, 200, "the final answer, not 100");
-    assert!(resp.closes(), "the body never came, so the connection cannot go on");
+    assert!(
+        resp.closes(),
+        "the body never came, so the connection cannot go on"
+    );
     client.assert_closed();
 }
 
@@ -199,7 +209,10 @@ fn absolute_and_origin_form_targets() {
         "GET http://example.com:8080/uri?x=1 HTTP/1.1\r\nHost: example.com:8080\r\n\r\n",
     )
     .0;
-    assert_eq!(resp.text(), "GET http://example.com:8080/uri?x=1 HTTP/1.1 peer=true");
+    assert_eq!(
+        resp.text(),
+        "GET http://example.com:8080/uri?x=1 HTTP/1.1 peer=true"
+    );
     let resp = get(addr_of(&server), "/uri?y=2");
     assert_eq!(resp.text(), "GET /uri?y=2 HTTP/1.1 peer=true");
 }
@@ -218,7 +231,10 @@ fn response_bodies_bytes_file_and_streams() {
     let mut client = Client::new(addr);
     let resp = client.get("/file");
     assert_eq!(resp.body, std::fs::read(THIS_FILE).unwrap());
-    assert_eq!(resp.header("content-length").map(str::to_owned), Some(resp.body.len().to_string()));
+    assert_eq!(
+        resp.header("content-length").map(str::to_owned),
+        Some(resp.body.len().to_string())
+    );
 
     let resp = client.get("/stream");
     assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
@@ -284,12 +300,17 @@ fn access_log_has_one_line_per_request() {
     let mut client = Client::new(addr_of(&server));
     client.get("/uri?access-log-test");
     // The line is written after the response.
-    util::eventually("the access log line", || !util::logged("/uri?access-log-test").is_empty());
+    util::eventually("the access log line", || {
+        !util::logged("/uri?access-log-test").is_empty()
+    });
     let lines = util::logged("/uri?access-log-test");
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
     assert!(line.contains("127.0.0.1:"), "{line}");
-    assert!(line.contains("\"GET /uri?access-log-test HTTP/1.1\" 200 "), "{line}");
+    assert!(
+        line.contains("\"GET /uri?access-log-test HTTP/1.1\" 200 "),
+        "{line}"
+    );
     assert!(line.ends_with("ms"), "{line}");
     // Off by default.
     let server = test_server();
@@ -355,7 +376,10 @@ fn malformed_requests_get_400() {
 
 #[test]
 fn oversized_heads_get_431() {
-    let server = local(Server::builder().max_header_bytes(4096).max_headers(10), app);
+    let server = local(
+        Server::builder().max_header_bytes(4096).max_headers(10),
+        app,
+    );
     let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(5000));
     rejected(&server, big, 431);
     // Never ending: the limit applies before the head completes.
@@ -469,7 +493,10 @@ fn slow_headers_get_408_after_the_header_timeout() {
             break;
         }
         let mut probe = [0u8; 1];
-        client.stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        client
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         if let Ok(n) = client.stream.peek(&mut probe) {
             if n > 0 {
                 client.stream.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -499,7 +526,10 @@ fn idle_keep_alive_connections_are_closed_after_their_timeout() {
 
 #[test]
 fn a_stalled_body_gets_408() {
-    let server = local(Server::builder().read_timeout(Duration::from_millis(300)), app);
+    let server = local(
+        Server::builder().read_timeout(Duration::from_millis(300)),
+        app,
+    );
     let (resp, mut client) = exchange(
         addr_of(&server),
         "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc",
@@ -552,7 +582,10 @@ fn graceful_stop_of_a_local_server_finishes_requests_and_closes_idle() {
     busy.assert_closed();
     idle.assert_closed();
     server.join().unwrap();
-    assert!(std::net::TcpStream::connect(addr).is_err(), "the listener is closed");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is closed"
+    );
 }
 
 // ------------------------------------------------------------ static files
@@ -568,33 +601,49 @@ fn site() -> std::path::PathBuf {
     std::fs::write(dir.join("public/sub/data.json"), "{}").unwrap();
     std::fs::write(dir.join("secret.txt"), "secret").unwrap();
     std::os::unix::fs::symlink(dir.join("secret.txt"), dir.join("public/escape.txt")).unwrap();
-    std::os::unix::fs::symlink(dir.join("public/style.css"), dir.join("public/alias.css"))
-        .unwrap();
+    std::os::unix::fs::symlink(dir.join("public/style.css"), dir.join("public/alias.css")).unwrap();
     dir
 }
 
 #[test]
 fn static_files_are_served_safely() {
     let dir = site();
-    let server = local(Server::builder(), StaticFiles::new(dir.join("public")).unwrap());
+    let server = local(
+        Server::builder(),
+        StaticFiles::new(dir.join("public")).unwrap(),
+    );
     let addr = addr_of(&server);
     let mut client = Client::new(addr);
 
     let resp = client.get("/");
     assert_eq!((resp.status, resp.text().as_str()), (200, "<h1>home</h1>"));
-    assert_eq!(resp.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let resp = client.get("/style.css");
     assert_eq!(resp.header("content-type"), Some("text/css; charset=utf-8"));
     assert_eq!(resp.header("content-length"), Some("6"));
     assert_eq!(client.get("/sub/").text(), "<h1>sub</h1>");
-    assert_eq!(client.get("/sub/data.json").header("content-type"), Some("application/json"));
-    assert_eq!(client.get("/alias.css").status, 200, "a link inside the root is fine");
+    assert_eq!(
+        client.get("/sub/data.json").header("content-type"),
+        Some("application/json")
+    );
+    assert_eq!(
+        client.get("/alias.css").status,
+        200,
+        "a link inside the root is fine"
+    );
 
     let resp = client.get("/sub");
     assert_eq!((resp.status, resp.header("location")), (301, Some("/sub/")));
     assert_eq!(client.get("/missing.txt").status, 404);
     assert_eq!(client.get("/empty/").status, 404, "no listings");
-    assert_eq!(client.get("/escape.txt").status, 404, "a link out of the root");
+    assert_eq!(
+        client.get("/escape.txt").status,
+        404,
+        "a link out of the root"
+    );
     assert_eq!(client.get("/../secret.txt").status, 404);
     assert_eq!(client.get("/sub/../../secret.txt").status, 404);
     assert_eq!(client.get("/%2e%2e/secret.txt").status, 404);
@@ -621,9 +670,16 @@ fn the_hello_app() {
 fn builder_rejects_bad_settings() {
     let err = Server::builder().build(app).unwrap_err();
     assert!(matches!(err, ufork_wsgi_like::Error::NoListener), "{err}");
-    let err = Server::builder().bind("127.0.0.1:0").threads(0).build(app).unwrap_err();
+    let err = Server::builder()
+        .bind("127.0.0.1:0")
+        .threads(0)
+        .build(app)
+        .unwrap_err();
     assert!(err.to_string().contains("threads"), "{err}");
-    let err = Server::builder().bind("no-such-host.invalid:80").build(app).unwrap_err();
+    let err = Server::builder()
+        .bind("no-such-host.invalid:80")
+        .build(app)
+        .unwrap_err();
     assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
 }
 
@@ -653,7 +709,12 @@ fn forked_workers_serve_count_and_stop_cleanly() {
     assert_eq!(snapshot.workers.len(), 2);
     let served: u64 = snapshot.workers.iter().map(|w| w.requests).sum();
     assert_eq!(served, 12);
-    assert!(snapshot.workers.iter().any(|w| w.activity.starts_with("GET / HTTP/1.1")));
+    assert!(
+        snapshot
+            .workers
+            .iter()
+            .any(|w| w.activity.starts_with("GET / HTTP/1.1"))
+    );
     let outcome = forked.finish();
     assert!(outcome.graceful);
     assert_eq!(outcome.killed_at_timeout, 0);
@@ -668,7 +729,12 @@ fn forked_graceful_stop_finishes_in_flight_and_closes_idle() {
     let mut busy = Client::new(forked.addr);
     busy.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
     util::eventually("the worker to be busy", || {
-        forked.handle.snapshot().workers.iter().any(|w| w.busy_for.is_some())
+        forked
+            .handle
+            .snapshot()
+            .workers
+            .iter()
+            .any(|w| w.busy_for.is_some())
     });
     let pids = forked.pids();
     let handle = forked.handle.clone();
@@ -694,7 +760,11 @@ fn max_requests_recycles_workers() {
         "12 requests at most 5 per worker: {snapshot:?}"
     );
     let outcome = forked.finish();
-    assert!(outcome.history.iter().all(|r| r.status.success()), "{:?}", outcome.history);
+    assert!(
+        outcome.history.iter().all(|r| r.status.success()),
+        "{:?}",
+        outcome.history
+    );
 }
 
 #[test]
@@ -702,7 +772,9 @@ fn reuse_port_workers_serve() {
     let forked = Forked::start(Server::builder().workers(2).reuse_port(true), app);
     // No socket listens until a worker binds its own; a worker declares
     // itself ready once it has.
-    util::eventually("both workers ready", || forked.handle.snapshot().ready_count() == 2);
+    util::eventually("both workers ready", || {
+        forked.handle.snapshot().ready_count() == 2
+    });
     for _ in 0..20 {
         assert_eq!(get(forked.addr, "/").status, 200);
     }
@@ -747,7 +819,10 @@ fn accept_errors_back_off_and_recover() {
                 let max = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
                 rustix::process::setrlimit(
                     rustix::process::Resource::Nofile,
-                    rustix::process::Rlimit { maximum: max, ..limit },
+                    rustix::process::Rlimit {
+                        maximum: max,
+                        ..limit
+                    },
                 )?;
                 Ok(())
             })
@@ -763,5 +838,9 @@ fn accept_errors_back_off_and_recover() {
         assert_eq!(get(forked.addr, "/").status, 200);
     }
     let outcome = forked.finish();
-    assert_eq!(outcome.spawned, 1, "the worker survived: {:?}", outcome.history);
+    assert_eq!(
+        outcome.spawned, 1,
+        "the worker survived: {:?}",
+        outcome.history
+    );
 }

@@ -66,7 +66,12 @@ impl Forked {
 
     /// Pids of the live workers.
     pub fn pids(&self) -> Vec<i32> {
-        self.handle.snapshot().workers.iter().map(|w| w.pid).collect()
+        self.handle
+            .snapshot()
+            .workers
+            .iter()
+            .map(|w| w.pid)
+            .collect()
     }
 
     /// Stops gracefully, waits for the arbiter, checks every worker is gone.
@@ -180,7 +185,11 @@ impl Client {
                     break (resp.code.unwrap(), headers, len);
                 }
                 httparse::Status::Partial => {
-                    assert!(self.fill() > 0, "connection closed mid-head: {:?}", self.buf);
+                    assert!(
+                        self.fill() > 0,
+                        "connection closed mid-head: {:?}",
+                        self.buf
+                    );
                 }
             }
         };
@@ -210,11 +219,9 @@ impl Client {
                     }
                     assert!(self.fill() > 0, "connection closed mid-chunk");
                 };
-                let size = usize::from_str_radix(
-                    std::str::from_utf8(&self.buf[..line_end]).unwrap(),
-                    16,
-                )
-                .unwrap();
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16)
+                        .unwrap();
                 self.buf.drain(..line_end + 2);
                 while self.buf.len() < size + 2 {
                     assert!(self.fill() > 0, "connection closed mid-chunk");
@@ -238,18 +245,21 @@ impl Client {
 
     /// Asserts the server closes the connection with nothing more to say.
     pub fn assert_closed(&mut self) {
-        let n = loop {
-            let mut chunk = [0u8; 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    break n;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break 0,
-                Err(e) => panic!("expected the connection to close: {e}"),
+        let mut chunk = [0u8; 1024];
+        let n = match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
             }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("expected the connection to close: {e}"),
         };
-        assert_eq!(n, 0, "expected EOF, got {:?}", String::from_utf8_lossy(&self.buf));
+        assert_eq!(
+            n,
+            0,
+            "expected EOF, got {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
         assert!(self.buf.is_empty(), "unexpected bytes {:?}", self.buf);
     }
 
@@ -297,8 +307,7 @@ pub fn access_log() -> &'static Mutex<Vec<String>> {
             if PID.get() != Some(&std::process::id()) {
                 return;
             }
-            if record.target() == "ufork_wsgi_like::access" || record.level() <= log::Level::Error
-            {
+            if record.target() == "ufork_wsgi_like::access" || record.level() <= log::Level::Error {
                 LINES
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
