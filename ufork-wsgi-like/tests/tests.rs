@@ -811,7 +811,9 @@ fn accept_errors_back_off_and_recover() {
     let forked = Forked::start(
         Server::builder().workers(1).arbiter(|b| {
             b.post_fork(|_| {
-                let open = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+                // What is open now (counting read_dir's own descriptor),
+                // plus the worker's stop pipe and epoll, plus one connection.
+                let open = std::fs::read_dir("/proc/self/fd")?.count() as u64 + 3;
                 let limit = rustix::process::Rlimit {
                     current: Some(open + 3),
                     maximum: None,
@@ -829,6 +831,9 @@ fn accept_errors_back_off_and_recover() {
         }),
         app,
     );
+    // Once it answers, the worker is forked: it cannot inherit (and keep
+    // open) the client sockets below.
+    assert_eq!(get(forked.addr, "/").status, 200);
     let mut clients: Vec<Client> = (0..8).map(|_| Client::new(forked.addr)).collect();
     // Some were accepted, the rest wait in the backlog.
     clients[0].send("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
