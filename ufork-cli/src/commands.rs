@@ -1,0 +1,186 @@
+//! The console command language, shared by the `ufork>>` prompt, the control
+//! socket and `ufork ctl`.
+
+use std::fmt::Write as _;
+
+use ufork_core::{Handle, Snapshot};
+
+use crate::units::{short_duration, short_size};
+
+/// What running a command produced.
+#[derive(Debug)]
+pub struct Reply {
+    /// Text to show, lines ending in newlines (may be empty).
+    pub text: String,
+    /// Whether the command succeeded.
+    pub ok: bool,
+}
+
+impl Reply {
+    fn ok(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ok: true,
+        }
+    }
+
+    fn error(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            ok: false,
+        }
+    }
+}
+
+/// The help text of the console.
+pub const HELP: &str = "\
+commands:
+  status              table of workers: slot, pid, state, uptime, last beat, requests, restarts, RSS
+  workers N           run N workers
+  workers + | -       one worker more | one worker less
+  restart [SLOT|all]  restart one worker, or all of them one at a time (default all)
+  kill SLOT           kill a worker with SIGKILL (it is replaced)
+  history             recent worker exits and why
+  reopen              reopen the log file
+  stop [now]          stop every worker gracefully (or at once) and exit
+  help                this text
+";
+
+/// Runs one command line against the pool.
+pub fn execute(line: &str, handle: &Handle) -> Reply {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Reply::ok(""),
+        ["help" | "?"] => Reply::ok(HELP),
+        ["status"] => Reply::ok(status_table(&handle.snapshot())),
+        ["history"] => Reply::ok(history(&handle.snapshot())),
+        ["workers"] => {
+            let snap = handle.snapshot();
+            Reply::ok(format!(
+                "{} workers ({} running)\n",
+                snap.target,
+                snap.workers.len()
+            ))
+        }
+        ["workers", "+"] => {
+            handle.add_worker();
+            Reply::ok(format!("workers: {}\n", handle.snapshot().target + 1))
+        }
+        ["workers", "-"] => {
+            let target = handle.snapshot().target;
+            if target <= 1 {
+                return Reply::error("cannot go below one worker; use `stop` to stop\n");
+            }
+            handle.remove_worker();
+            Reply::ok(format!("workers: {}\n", target - 1))
+        }
+        ["workers", n] => match n.parse::<usize>() {
+            Ok(0) => Reply::error("at least one worker; use `stop` to stop\n"),
+            Ok(n) => match handle.set_workers(n) {
+                Ok(()) => Reply::ok(format!("workers: {n}\n")),
+                Err(e) => Reply::error(format!("{e}\n")),
+            },
+            Err(_) => Reply::error(format!(
+                "`{n}` is not a number of workers; try `workers 4`, `workers +` or `workers -`\n"
+            )),
+        },
+        ["restart"] | ["restart", "all"] => {
+            handle.restart_all();
+            Reply::ok("restarting every worker, one at a time\n")
+        }
+        ["restart", slot] => match live_slot(handle, slot) {
+            Ok(slot) => {
+                handle.restart(slot);
+                Reply::ok(format!("restarting worker {slot}\n"))
+            }
+            Err(e) => Reply::error(e),
+        },
+        ["kill", slot] => match live_slot(handle, slot) {
+            Ok(slot) => {
+                handle.kill(slot);
+                Reply::ok(format!("killing worker {slot} (SIGKILL); it will be replaced\n"))
+            }
+            Err(e) => Reply::error(e),
+        },
+        ["kill"] => Reply::error("which worker? `kill SLOT` (see `status` for slots)\n"),
+        ["reopen"] => {
+            handle.reopen_logs();
+            Reply::ok("reopening logs\n")
+        }
+        ["stop"] => {
+            let n = handle.snapshot().workers.len();
+            handle.stop();
+            Reply::ok(format!("stopping {n} workers gracefully\n"))
+        }
+        ["stop", "now"] => {
+            handle.stop_now();
+            Reply::ok("stopping every worker now\n")
+        }
+        [other, ..] => Reply::error(format!(
+            "unknown command `{other}`; type `help` for the commands\n"
+        )),
+    }
+}
+
+fn live_slot(handle: &Handle, word: &str) -> Result<usize, String> {
+    let slot: usize = word
+        .parse()
+        .map_err(|_| format!("`{word}` is not a slot number (see `status`)\n"))?;
+    if handle.snapshot().workers.iter().any(|w| w.slot == slot) {
+        Ok(slot)
+    } else {
+        Err(format!("no worker in slot {slot} (see `status`)\n"))
+    }
+}
+
+/// The status table.
+pub fn status_table(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} workers (target {}), {} ready{}; arbiter pid {}",
+        snap.workers.len(),
+        snap.target,
+        snap.ready_count(),
+        if snap.stopping { ", stopping" } else { "" },
+        std::process::id()
+    );
+    let _ = writeln!(
+        out,
+        "{:>4}  {:>7}  {:<8}  {:>7}  {:>6}  {:>8}  {:>8}  {:>7}  ACTIVITY",
+        "SLOT", "PID", "STATE", "UPTIME", "BEAT", "REQUESTS", "RESTARTS", "RSS"
+    );
+    for w in &snap.workers {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:>7}  {:<8}  {:>7}  {:>6}  {:>8}  {:>8}  {:>7}  {}",
+            w.slot,
+            w.pid,
+            w.state.as_str(),
+            short_duration(w.uptime),
+            w.last_beat_age
+                .map(short_duration)
+                .unwrap_or_else(|| "-".into()),
+            w.requests,
+            w.restarts,
+            w.rss.map(short_size).unwrap_or_else(|| "-".into()),
+            w.activity
+        );
+    }
+    out
+}
+
+fn history(snap: &Snapshot) -> String {
+    if snap.history.is_empty() {
+        return "no worker has exited yet\n".to_owned();
+    }
+    let mut out = String::new();
+    for record in &snap.history {
+        let _ = writeln!(
+            out,
+            "{}  {record}",
+            crate::logger::timestamp(record.at).replace('T', " ")
+        );
+    }
+    out
+}

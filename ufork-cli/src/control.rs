@@ -1,0 +1,319 @@
+//! The control socket: a unix stream socket (mode 0600, peer uid checked) that
+//! speaks the console's command language, served from the arbiter's poll loop;
+//! and the client side used by `ufork ctl`, `status`, `stop` and `reload`.
+//!
+//! Protocol: the client sends one command per line; each reply is its text
+//! followed by `\0ok\n` or `\0err\n`. The server closes every connection when
+//! the pool has stopped, so a client that sent `stop` waits for end of file.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ufork_core::{Context, Interest, Layer, Readiness, Token};
+
+use crate::commands;
+use crate::failure::{self, Failure, io_text};
+
+const MAX_CONNECTIONS: usize = 64;
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug)]
+struct Connection {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    closing: bool,
+}
+
+/// The control socket layer.
+#[derive(Debug)]
+pub struct Control {
+    path: PathBuf,
+    listener: UnixListener,
+    token: Option<Token>,
+    connections: HashMap<Token, Connection>,
+    uid: u32,
+}
+
+impl Control {
+    /// Binds the socket at `path` (mode 0600). A stale socket left by a pool
+    /// that died is replaced; a live one is an error.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the path, for the `--control-socket` flag.
+    pub fn bind(path: &Path) -> Result<Self, Failure> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(failure::runtime(format!(
+                    "--control-socket {}: the path exists and is not a socket; remove it or choose another path",
+                    path.display()
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(failure::runtime(format!(
+                    "--control-socket {}: a running pool is already listening there (see `ufork status --control-socket {}`)",
+                    path.display(),
+                    path.display()
+                )));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        // The socket is created with mode 0600 by the umask, never wider even
+        // for an instant.
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(old);
+        let listener = bound.map_err(|e| {
+            failure::runtime(format!(
+                "--control-socket {}: cannot create the socket: {}",
+                path.display(),
+                io_text(&e)
+            ))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| failure::runtime(format!("--control-socket: {}", io_text(&e))))?;
+        Ok(Self {
+            path: path.to_owned(),
+            listener,
+            token: None,
+            connections: HashMap::new(),
+            uid: rustix::process::geteuid().as_raw(),
+        })
+    }
+
+    fn accept(&mut self, ctx: &mut Context<'_>) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let allowed = match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) => cred.uid.as_raw() == self.uid || cred.uid.is_root(),
+                Err(_) => false,
+            };
+            let mut stream = stream;
+            if !allowed {
+                let _ = stream.write_all(b"permission denied: not the pool's user\0err\n");
+                continue;
+            }
+            if self.connections.len() >= MAX_CONNECTIONS {
+                let _ = stream.write_all(b"too many control connections\0err\n");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = ctx.register(stream.as_fd(), Interest::READABLE);
+            self.connections.insert(
+                token,
+                Connection {
+                    stream,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    closing: false,
+                },
+            );
+        }
+    }
+
+    fn serve(&mut self, token: Token, ctx: &mut Context<'_>) {
+        let Some(conn) = self.connections.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    conn.closing = true;
+                    break;
+                }
+                Ok(n) => conn.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    conn.closing = true;
+                    conn.output.clear();
+                    break;
+                }
+            }
+        }
+        while let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = conn.input.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let reply = commands::execute(line.trim(), &ctx.handle());
+            conn.output.extend_from_slice(reply.text.as_bytes());
+            conn.output
+                .extend_from_slice(if reply.ok { b"\0ok\n" } else { b"\0err\n" });
+        }
+        if conn.input.len() > MAX_LINE {
+            conn.output
+                .extend_from_slice(b"command line too long\0err\n");
+            conn.input.clear();
+            conn.closing = true;
+        }
+        self.flush(token, ctx);
+    }
+
+    fn flush(&mut self, token: Token, ctx: &mut Context<'_>) {
+        let Some(conn) = self.connections.get_mut(&token) else {
+            return;
+        };
+        while !conn.output.is_empty() {
+            match conn.stream.write(&conn.output) {
+                Ok(0) => {
+                    conn.output.clear();
+                    conn.closing = true;
+                }
+                Ok(n) => {
+                    conn.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    conn.output.clear();
+                    conn.closing = true;
+                }
+            }
+        }
+        if conn.output.is_empty() && conn.closing {
+            ctx.deregister(token);
+            self.connections.remove(&token);
+        } else if conn.output.is_empty() {
+            ctx.reregister(token, Interest::READABLE);
+        } else {
+            ctx.reregister(token, Interest::BOTH);
+        }
+    }
+}
+
+impl Layer for Control {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        self.token = Some(ctx.register(self.listener.as_fd(), Interest::READABLE));
+    }
+
+    fn event(&mut self, token: Token, _readiness: Readiness, ctx: &mut Context<'_>) {
+        if Some(token) == self.token {
+            self.accept(ctx);
+        } else {
+            self.serve(token, ctx);
+        }
+    }
+
+    fn stopped(&mut self) {
+        // Closing the connections tells a waiting `ufork stop` the pool is gone.
+        self.connections.clear();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A connection to a pool's control socket.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    path: PathBuf,
+}
+
+/// Why a client could not reach the pool.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Nothing listens there: the pool is not running.
+    NotRunning(String),
+    /// Another problem (permissions, say).
+    Other(String),
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::NotRunning`] when there is no socket or nobody listens.
+    pub fn connect(path: &Path) -> Result<Self, ConnectError> {
+        match UnixStream::connect(path) {
+            Ok(stream) => Ok(Self {
+                reader: BufReader::new(stream),
+                path: path.to_owned(),
+            }),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Err(ConnectError::NotRunning(format!(
+                    "no pool is listening on {} ({})",
+                    path.display(),
+                    io_text(&e)
+                )))
+            }
+            Err(e) => Err(ConnectError::Other(format!(
+                "cannot connect to {}: {}",
+                path.display(),
+                io_text(&e)
+            ))),
+        }
+    }
+
+    /// Sends one command and returns its reply text and whether it succeeded.
+    ///
+    /// # Errors
+    ///
+    /// The connection broke.
+    pub fn send(&mut self, command: &str) -> Result<(String, bool), Failure> {
+        let broken = |e: io::Error| {
+            failure::runtime(format!(
+                "the pool at {} closed the connection: {}",
+                self.path.display(),
+                io_text(&e)
+            ))
+        };
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(format!("{}\n", command.trim()).as_bytes())
+            .map_err(broken)?;
+        let mut text = Vec::new();
+        let n = self.reader.read_until(0, &mut text).map_err(broken)?;
+        if n == 0 || text.last() != Some(&0) {
+            return Err(failure::runtime(format!(
+                "the pool at {} closed the connection without answering",
+                self.path.display()
+            )));
+        }
+        text.pop();
+        let mut status = String::new();
+        self.reader.read_line(&mut status).map_err(broken)?;
+        Ok((
+            String::from_utf8_lossy(&text).into_owned(),
+            status.trim() == "ok",
+        ))
+    }
+
+    /// Waits until the pool closes the connection (it has stopped), for at
+    /// most `timeout`. Returns whether it did.
+    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
+        let stream = self.reader.get_mut();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 256];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}

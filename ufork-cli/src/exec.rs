@@ -1,0 +1,270 @@
+//! `ufork run`: every worker is fork + exec of a command, handed the listening
+//! sockets by the systemd convention (fds 3.., LISTEN_FDS, LISTEN_PID,
+//! LISTEN_FDNAMES). A CLOEXEC pipe per worker tells the arbiter whether exec
+//! succeeded (end of file) or failed (the errno), as std's own spawn does.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::io::FdFlags;
+use ufork_core::{ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token, Worker};
+
+use crate::failure::{self, Failure, io_text};
+
+/// What each worker executes, and what it is told.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// The program, as given.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// LISTEN_FDNAMES, colon-separated.
+    pub fd_names: String,
+    /// NOTIFY_SOCKET, with `--notify`.
+    pub notify_socket: Option<String>,
+    /// WATCHDOG_USEC, with `--notify --timeout`.
+    pub watchdog: Option<Duration>,
+}
+
+/// Finds `program` the way exec will (PATH search unless it has a slash), so
+/// a typo fails at once with a clear message instead of a crash loop.
+///
+/// # Errors
+///
+/// A message naming the program.
+pub fn resolve(program: &str) -> Result<PathBuf, Failure> {
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file())
+            && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok()
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return match std::fs::metadata(&path) {
+            Err(e) => Err(failure::runtime(format!(
+                "cannot run `{program}`: {}",
+                io_text(&e)
+            ))),
+            Ok(m) if m.is_dir() => Err(failure::runtime(format!(
+                "cannot run `{program}`: it is a directory"
+            ))),
+            Ok(_) if !executable(&path) => Err(failure::runtime(format!(
+                "cannot run `{program}`: permission denied (is it executable? try `chmod +x {program}`)"
+            ))),
+            Ok(_) => Ok(path),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+        .ok_or_else(|| {
+            failure::runtime(format!(
+                "cannot run `{program}`: command not found in PATH"
+            ))
+        })
+}
+
+/// The layer that watches each worker's exec.
+#[derive(Debug)]
+pub struct ExecLayer {
+    pending: HashMap<usize, (OwnedFd, OwnedFd)>,
+    watching: HashMap<Token, (usize, i32, OwnedFd)>,
+    child_pipe: Arc<Mutex<Option<OwnedFd>>>,
+    ready_on_exec: bool,
+    program: String,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl ExecLayer {
+    /// Watches execs of `program`; marks workers ready when exec succeeds
+    /// unless they speak sd_notify (`ready_on_exec` false).
+    pub fn new(program: &str, ready_on_exec: bool) -> Self {
+        Self {
+            pending: HashMap::new(),
+            watching: HashMap::new(),
+            child_pipe: Arc::new(Mutex::new(None)),
+            ready_on_exec,
+            program: program.to_owned(),
+            failure: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Where an exec failure is recorded (it stops the pool).
+    pub fn failure(&self) -> Arc<Mutex<Option<String>>> {
+        Arc::clone(&self.failure)
+    }
+
+    /// The worker function: exec the command with the sockets in place.
+    pub fn worker(
+        &self,
+        spec: ExecSpec,
+        listeners: Vec<OwnedFd>,
+    ) -> impl FnMut(&mut Worker) -> Result<(), String> + use<> {
+        let child_pipe = Arc::clone(&self.child_pipe);
+        let mut listeners = Some(listeners);
+        move |worker| {
+            let report = child_pipe.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let listeners = listeners.take().unwrap_or_default();
+            let count = listeners.len();
+            let _placed = place_listeners(listeners)
+                .map_err(|e| format!("cannot hand the sockets to `{}`: {e}", spec.program))?;
+            let mut command = Command::new(&spec.program);
+            command.args(&spec.args);
+            command.env("UFORK_WORKER_ID", worker.slot().to_string());
+            if count > 0 {
+                command
+                    .env("LISTEN_FDS", count.to_string())
+                    .env("LISTEN_PID", worker.pid().to_string())
+                    .env("LISTEN_FDNAMES", &spec.fd_names);
+            } else {
+                command
+                    .env_remove("LISTEN_FDS")
+                    .env_remove("LISTEN_PID")
+                    .env_remove("LISTEN_FDNAMES");
+            }
+            match &spec.notify_socket {
+                Some(socket) => {
+                    command.env("NOTIFY_SOCKET", socket);
+                }
+                None => {
+                    command.env_remove("NOTIFY_SOCKET");
+                }
+            }
+            match spec.watchdog {
+                Some(timeout) => {
+                    command
+                        .env("WATCHDOG_USEC", timeout.as_micros().to_string())
+                        .env("WATCHDOG_PID", worker.pid().to_string());
+                }
+                None => {
+                    command.env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+                }
+            }
+            let error = command.exec();
+            if let Some(report) = report {
+                let code = error.raw_os_error().unwrap_or(0);
+                let _ = rustix::io::write(&report, &code.to_le_bytes());
+            }
+            Err(format!("cannot execute `{}`: {}", spec.program, io_text(&error)))
+        }
+    }
+}
+
+/// Puts the sockets at fds 3, 4, ... without CLOEXEC, so exec keeps them.
+/// The listeners are bound first thing, so they normally sit there already.
+fn place_listeners(listeners: Vec<OwnedFd>) -> std::io::Result<Vec<OwnedFd>> {
+    let in_place = listeners
+        .iter()
+        .enumerate()
+        .all(|(i, fd)| fd.as_raw_fd() == 3 + i as i32);
+    if in_place {
+        for fd in &listeners {
+            rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
+        }
+        return Ok(listeners);
+    }
+    let above = 3 + listeners.len() as i32 + 16;
+    let moved = listeners
+        .iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, above))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(listeners);
+    let mut placed = Vec::with_capacity(moved.len());
+    for (i, fd) in moved.iter().enumerate() {
+        let want = 3 + i as i32;
+        let new = rustix::io::fcntl_dupfd_cloexec(fd, want)?;
+        rustix::io::fcntl_setfd(&new, FdFlags::empty())?;
+        if new.as_raw_fd() != want {
+            return Err(std::io::Error::other(format!(
+                "fd {want} is held by a descriptor ufork inherited"
+            )));
+        }
+        placed.push(new);
+    }
+    Ok(placed)
+}
+
+impl Layer for ExecLayer {
+    fn prepare(&mut self, slot: usize, _generation: u32) -> std::io::Result<()> {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        self.pending.insert(slot, (r, w));
+        Ok(())
+    }
+
+    fn fork_failed(&mut self, slot: usize) {
+        self.pending.remove(&slot);
+    }
+
+    fn in_child(&mut self, child: &ChildInfo) -> std::io::Result<()> {
+        if let Some((_, w)) = self.pending.remove(&child.slot) {
+            *self.child_pipe.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        }
+        self.pending.clear();
+        // Core has closed the registered read ends in the child already;
+        // dropping them would close them twice.
+        for (_, (_, _, r)) in self.watching.drain() {
+            let _ = r.into_raw_fd();
+        }
+        Ok(())
+    }
+
+    fn spawned(&mut self, spawn: &Spawn, ctx: &mut Context<'_>) {
+        if let Some((r, w)) = self.pending.remove(&spawn.slot) {
+            drop(w);
+            let token = ctx.register(r.as_fd(), Interest::READABLE);
+            self.watching.insert(token, (spawn.slot, spawn.pid, r));
+        }
+    }
+
+    fn event(&mut self, token: Token, _readiness: Readiness, ctx: &mut Context<'_>) {
+        let Some((slot, pid, r)) = self.watching.get(&token) else {
+            return;
+        };
+        let (slot, pid) = (*slot, *pid);
+        let mut code = [0u8; 4];
+        let result = rustix::io::read(r, &mut code);
+        if matches!(result, Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN)) {
+            return;
+        }
+        ctx.deregister(token);
+        self.watching.remove(&token);
+        match result {
+            Ok(4) => {
+                let error = std::io::Error::from_raw_os_error(i32::from_le_bytes(code));
+                let message = format!("cannot execute `{}`: {}", self.program, io_text(&error));
+                log::error!(target: "ufork", "worker {slot} pid {pid}: {message}; stopping");
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(message);
+                ctx.handle().stop_now();
+            }
+            _ => {
+                if self.ready_on_exec {
+                    if let Some(vitals) = ctx.vitals(slot) {
+                        vitals.ready();
+                    }
+                }
+            }
+        }
+    }
+
+    fn exited(&mut self, record: &ExitRecord, ctx: &mut Context<'_>) {
+        let gone: Vec<Token> = self
+            .watching
+            .iter()
+            .filter(|(_, (_, pid, _))| *pid == record.pid)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in gone {
+            ctx.deregister(token);
+            self.watching.remove(&token);
+        }
+    }
+}

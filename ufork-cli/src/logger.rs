@@ -1,0 +1,109 @@
+//! The CLI's logger: the only place in the workspace that picks one. Lines go
+//! to the terminal (above the prompt) or, once set, to a log file sink.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::term::{self, Stream};
+
+type Sink = Box<dyn Write + Send>;
+
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            _ => "",
+        };
+        let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+        match sink.as_mut() {
+            Some(sink) => {
+                let line = format!(
+                    "{} [ufork] {level}{}\n",
+                    timestamp(SystemTime::now()),
+                    record.args()
+                );
+                let _ = sink.write_all(line.as_bytes());
+                let _ = sink.flush();
+            }
+            None => {
+                let line = format!("[ufork] {level}{}\n", record.args());
+                term::print(Stream::Err, line.as_bytes());
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger (info and above, or what `UFORK_LOG` says).
+pub fn init() {
+    let level = match std::env::var("UFORK_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("warn") => log::LevelFilter::Warn,
+        Ok("error") => log::LevelFilter::Error,
+        Ok("off") => log::LevelFilter::Off,
+        _ => log::LevelFilter::Info,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Sends log lines to `sink` (a log file) instead of the terminal.
+pub fn set_sink(sink: Sink) {
+    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+}
+
+/// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
+pub fn timestamp(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_civil_dates() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(timestamp(at), "2023-11-14T22:13:20Z");
+    }
+}

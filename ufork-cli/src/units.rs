@@ -1,0 +1,129 @@
+//! Parsing and printing of durations and sizes, for flags and tables.
+
+use std::time::Duration;
+
+/// Parses seconds: `30`, `1.5`, or with a unit: `500ms`, `10s`, `2m`, `1h`.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = split_unit(text);
+    let scale = match scale.to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` (use seconds, like 30 or 1.5, or ms, s, m, h)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds (like 30 or 1.5)"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err("must be more than zero".to_owned());
+    }
+    Duration::try_from_secs_f64(value * scale).map_err(|_| "is too long".to_owned())
+}
+
+/// Parses a size in bytes: `1048576`, `512K`, `512M`, `2G`, `1.5GiB`, `10MB`.
+/// Units are binary (K = 1024) whichever spelling is used.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = split_unit(text);
+    let unit = unit.to_ascii_uppercase();
+    let unit = unit.trim_end_matches("IB").trim_end_matches('B');
+    let scale: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size (use bytes or a unit: 512K, 512M, 2G)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (use bytes or a unit: 512K, 512M, 2G)"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err("must be more than zero".to_owned());
+    }
+    let bytes = value * scale as f64;
+    if bytes > u64::MAX as f64 {
+        return Err("is too large".to_owned());
+    }
+    Ok(bytes as u64)
+}
+
+fn split_unit(text: &str) -> (&str, &str) {
+    let at = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    (text[..at].trim(), text[at..].trim())
+}
+
+/// A short duration for tables: `0.3s`, `42s`, `3m05s`, `2h07m`, `3d04h`.
+pub fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 10 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else if secs < 86400 {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    } else {
+        format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600)
+    }
+}
+
+/// A short size for tables: `812K`, `3.1M`, `1.2G`.
+pub fn short_size(bytes: u64) -> String {
+    const K: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < K * K {
+        format!("{:.0}K", b / K)
+    } else if b < K * K * K {
+        format!("{:.1}M", b / K / K)
+    } else {
+        format!("{:.1}G", b / K / K / K)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parse_with_and_without_units() {
+        assert_eq!(parse_seconds("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("abc").is_err());
+        assert!(parse_seconds("3 weeks").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("10MB"), Ok(10 << 20));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn tables_use_short_forms() {
+        assert_eq!(short_duration(Duration::from_millis(300)), "0.3s");
+        assert_eq!(short_duration(Duration::from_secs(185)), "3m05s");
+        assert_eq!(short_size(3 << 20), "3.0M");
+    }
+}
