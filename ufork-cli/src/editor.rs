@@ -45,11 +45,6 @@ pub struct Editor {
 const HISTORY_LEN: usize = 200;
 
 impl Editor {
-    /// An empty editor.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// The line being edited.
     pub fn line(&self) -> String {
         self.line.iter().collect()
@@ -282,7 +277,7 @@ mod tests {
 
     #[test]
     fn edits_lines_with_cursor_keys() {
-        let mut e = Editor::new();
+        let mut e = Editor::default();
         // "stts", left twice, insert "a", End, Enter.
         let actions = feed(&mut e, b"stts\x1b[D\x1b[Da\x1b[Fus\r");
         assert_eq!(actions, vec![Action::Line("statsus".into())]);
@@ -294,7 +289,7 @@ mod tests {
 
     #[test]
     fn browses_history_up_and_down() {
-        let mut e = Editor::new();
+        let mut e = Editor::default();
         feed(&mut e, b"status\rhistory\r");
         feed(&mut e, b"wor\x1b[A");
         assert_eq!(e.line(), "history");
@@ -306,7 +301,7 @@ mod tests {
 
     #[test]
     fn control_keys_and_utf8() {
-        let mut e = Editor::new();
+        let mut e = Editor::default();
         assert_eq!(feed(&mut e, b"\x04"), vec![Action::Eof]);
         assert_eq!(feed(&mut e, b"abc\x03"), vec![Action::Interrupt]);
         assert_eq!(e.line(), "");

@@ -1,15 +1,18 @@
 //! The CLI's logger: the only place in the workspace that picks one. Lines go
 //! to the terminal (above the prompt) or, once set, to a log file sink.
 
-use std::io::Write;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use crate::term::{self, Stream};
 
-type Sink = Box<dyn Write + Send>;
 
-static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+static DELEGATE: std::sync::OnceLock<Box<dyn log::Log>> = std::sync::OnceLock::new();
+
+/// Hands every record to `log` from now on (ufork-io's arbiter logger, which
+/// writes into the same queue as the workers' output).
+pub fn delegate(log: Box<dyn log::Log>) {
+    let _ = DELEGATE.set(log);
+}
 
 struct Logger;
 
@@ -24,27 +27,17 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        if let Some(delegate) = DELEGATE.get() {
+            delegate.log(record);
+            return;
+        }
         let level = match record.level() {
             log::Level::Error => "error: ",
             log::Level::Warn => "warning: ",
             _ => "",
         };
-        let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
-        match sink.as_mut() {
-            Some(sink) => {
-                let line = format!(
-                    "{} [ufork] {level}{}\n",
-                    timestamp(SystemTime::now()),
-                    record.args()
-                );
-                let _ = sink.write_all(line.as_bytes());
-                let _ = sink.flush();
-            }
-            None => {
-                let line = format!("[ufork] {level}{}\n", record.args());
-                term::print(Stream::Err, line.as_bytes());
-            }
-        }
+        let line = format!("[ufork] {level}{}\n", record.args());
+        term::print(Stream::Err, line.as_bytes());
     }
 
     fn flush(&self) {}
@@ -52,6 +45,7 @@ impl log::Log for Logger {
 
 /// Installs the logger (info and above, or what `UFORK_LOG` says).
 pub fn init() {
+    term::init();
     let level = match std::env::var("UFORK_LOG").as_deref() {
         Ok("debug") => log::LevelFilter::Debug,
         Ok("trace") => log::LevelFilter::Trace,
@@ -65,10 +59,6 @@ pub fn init() {
     }
 }
 
-/// Sends log lines to `sink` (a log file) instead of the terminal.
-pub fn set_sink(sink: Sink) {
-    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
-}
 
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
 pub fn timestamp(at: SystemTime) -> String {

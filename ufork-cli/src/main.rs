@@ -27,6 +27,7 @@ use clap::error::ErrorKind;
 use crate::cli::{Cli, Command, CtlArgs, RunArgs, StopArgs, TargetArgs};
 use crate::control::{Client, ConnectError};
 use crate::failure::{Failure, Result, runtime};
+use ufork_core::Arbiter;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -112,8 +113,58 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn serve(_args: cli::ServeArgs) -> Result<()> {
-    Err(runtime("`ufork serve` is not available yet"))
+fn serve(args: cli::ServeArgs) -> Result<()> {
+    let root = match &args.dir {
+        Some(dir) => Some(ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
+            runtime(format!(
+                "DIR {}: {}; give an existing directory to serve, or none for the hello app",
+                dir.display(),
+                failure::io_text(&e)
+            ))
+        })?),
+        None => None,
+    };
+    let listeners = pool::bind_all(&args.bind, false)?;
+    let workers = pool::workers(&args.pool);
+    let what = match &root {
+        Some(files) => format!("files from {}", files.root().display()),
+        None => "the hello app".to_owned(),
+    };
+    if !args.pool.daemon {
+        for l in &listeners {
+            term::say(format!(
+                "serving {what} on http://{} with {workers} workers (arbiter pid {})",
+                l.addr,
+                std::process::id()
+            ));
+        }
+    }
+    let mut session = pool::Session::start(&args.pool)?;
+    let mut builder = ufork_wsgi_like::Server::builder()
+        .workers(workers)
+        .graceful_timeout(args.pool.graceful_timeout)
+        .heartbeat_timeout(args.timeout.unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT));
+    for l in listeners {
+        builder = builder.listener(l.socket);
+    }
+    if let Some(max) = args.max_requests {
+        builder = builder.max_requests(max, max / 10);
+    }
+    let builder = builder.arbiter(|b| session.configure(&args.pool, b).workers(workers));
+    let built = match root {
+        Some(files) => builder.build(files),
+        None => builder.build(ufork_wsgi_like::hello),
+    };
+    let server = built.map_err(|e| {
+        let f = runtime(format!("cannot start the server: {}", failure::chain(&e)));
+        session.fail(&f);
+        f
+    })?;
+    session.announce(&args.pool);
+    server
+        .run()
+        .map_err(|e| runtime(format!("the server failed: {}", failure::chain(&e))))?;
+    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -121,9 +172,28 @@ fn run(args: RunArgs) -> Result<()> {
     exec::resolve(program)?;
     // Bound first, so the sockets sit at fds 3, 4, ... already.
     let listeners = pool::bind_all(&args.bind, true)?;
-    let notify = args.notify.then(notify::Notify::bind).transpose()?;
+    let workers = pool::workers(&args.pool);
+    if !args.pool.daemon {
+        term::say(format!(
+            "running {workers} × `{}` (arbiter pid {})",
+            args.command.join(" "),
+            std::process::id()
+        ));
+        for (i, l) in listeners.iter().enumerate() {
+            term::say(format!("listening on {} (fd {}, {})", l.addr, 3 + i, l.name));
+        }
+    }
+    let mut session = pool::Session::start(&args.pool)?;
+    let notify = match args.notify.then(notify::Notify::bind).transpose() {
+        Ok(notify) => notify,
+        Err(e) => {
+            session.fail(&e);
+            return Err(e);
+        }
+    };
     let layer = exec::ExecLayer::new(program, notify.is_none());
     let failed = layer.failure();
+    session.set_failure(layer.failure());
     let spec = exec::ExecSpec {
         program: program.clone(),
         args: args.command[1..].to_vec(),
@@ -135,33 +205,25 @@ fn run(args: RunArgs) -> Result<()> {
         notify_socket: notify.as_ref().map(|n| n.address().to_owned()),
         watchdog: args.timeout,
     };
-    let workers = pool::workers(&args.pool);
-    term::say(format!(
-        "running {workers} × `{}` (arbiter pid {})",
-        args.command.join(" "),
-        std::process::id()
-    ));
-    for (i, l) in listeners.iter().enumerate() {
-        term::say(format!("listening on {} (fd {}, {})", l.addr, 3 + i, l.name));
-    }
     let fds = listeners.into_iter().map(|l| l.socket.into()).collect();
     let worker = layer.worker(spec, fds);
-    let options = pool::Options {
-        heartbeat: args.timeout,
-        ready_on_start: false,
-    };
-    pool::run(
-        &args.pool,
-        options,
-        |builder| {
-            let builder = builder.layer(layer);
-            match notify {
-                Some(notify) => builder.layer(notify),
-                None => builder,
-            }
-        },
-        worker,
-    )?;
+    let mut builder = session
+        .configure(&args.pool, Arbiter::builder())
+        .heartbeat_timeout(args.timeout)
+        .ready_on_start(false)
+        .layer(layer);
+    if let Some(notify) = notify {
+        builder = builder.layer(notify);
+    }
+    let arbiter = builder.build().map_err(|e| {
+        let f = runtime(format!("cannot start the pool: {}", failure::chain(&e)));
+        session.fail(&f);
+        f
+    })?;
+    session.announce(&args.pool);
+    arbiter
+        .run(worker)
+        .map_err(|e| runtime(format!("the pool failed: {}", failure::chain(&e))))?;
     if let Some(message) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(runtime(message));
     }
@@ -175,21 +237,70 @@ fn connect(path: &std::path::Path) -> Result<Client> {
     })
 }
 
+/// What a pidfile says, as a failure when nothing runs.
+fn running_pid(path: &std::path::Path) -> Result<i32> {
+    match ufork_daemon::status(path) {
+        Ok(ufork_daemon::Status::Running { pid }) => Ok(pid),
+        Ok(ufork_daemon::Status::Stale { pid }) => Err(Failure::NotRunning(format!(
+            "not running (stale pidfile {}{})",
+            path.display(),
+            pid.map(|p| format!(", last pid {p}")).unwrap_or_default()
+        ))),
+        Ok(ufork_daemon::Status::NotRunning) => Err(Failure::NotRunning(format!(
+            "not running (no pidfile at {})",
+            path.display()
+        ))),
+        Err(e) => Err(runtime(format!("--pidfile {}: {}", path.display(), e.report()))),
+    }
+}
+
+/// The control socket to use: given, or the one next to the pidfile.
+fn socket_of(args: &TargetArgs) -> Option<std::path::PathBuf> {
+    args.control_socket.clone().or_else(|| {
+        args.pidfile
+            .as_ref()
+            .map(|p| p.with_extension("sock"))
+            .filter(|p| p.exists())
+    })
+}
+
 fn status(args: &TargetArgs) -> Result<()> {
-    let Some(path) = &args.control_socket else {
-        return Err(runtime("--pidfile is not supported yet"));
-    };
-    let mut client = connect(path)?;
-    let (text, _) = client.send("status")?;
-    print!("{text}");
+    let pid = args.pidfile.as_deref().map(running_pid).transpose()?;
+    match socket_of(args) {
+        Some(path) => {
+            let mut client = connect(&path)?;
+            let (text, _) = client.send("status")?;
+            print!("{text}");
+        }
+        None => println!("running as pid {}", pid.unwrap_or_default()),
+    }
     Ok(())
 }
 
 fn stop(args: &StopArgs) -> Result<()> {
-    let Some(path) = &args.target.control_socket else {
-        return Err(runtime("--pidfile is not supported yet"));
+    let not_running = |f: Failure| match f {
+        Failure::NotRunning(m) => runtime(m),
+        other => other,
     };
-    let mut client = connect(path)?;
+    if let Some(path) = &args.target.pidfile {
+        let pid = running_pid(path).map_err(not_running)?;
+        ufork_daemon::signal(pid, ufork_daemon::Signal::TERM)
+            .map_err(|e| runtime(format!("--pidfile {}: {}", path.display(), e.report())))?;
+        println!("stopping pid {pid}…");
+        return match ufork_daemon::wait_for_exit(pid, Some(args.timeout)) {
+            Ok(true) => {
+                println!("stopped");
+                Ok(())
+            }
+            Ok(false) => Err(runtime(format!(
+                "pid {pid} did not stop within {}s; try again with a longer --timeout",
+                args.timeout.as_secs()
+            ))),
+            Err(e) => Err(runtime(e.report())),
+        };
+    }
+    let path = socket_of(&args.target).unwrap_or_default();
+    let mut client = connect(&path).map_err(not_running)?;
     let (text, ok) = client.send("stop")?;
     if !ok {
         return Err(runtime(text.trim().to_owned()));
@@ -207,10 +318,19 @@ fn stop(args: &StopArgs) -> Result<()> {
 }
 
 fn reload(args: &TargetArgs) -> Result<()> {
-    let Some(path) = &args.control_socket else {
-        return Err(runtime("--pidfile is not supported yet"));
+    let not_running = |f: Failure| match f {
+        Failure::NotRunning(m) => runtime(m),
+        other => other,
     };
-    let mut client = connect(path)?;
+    if let Some(path) = &args.pidfile {
+        let pid = running_pid(path).map_err(not_running)?;
+        ufork_daemon::signal(pid, ufork_daemon::Signal::HUP)
+            .map_err(|e| runtime(format!("--pidfile {}: {}", path.display(), e.report())))?;
+        println!("restarting every worker of pid {pid}, one at a time");
+        return Ok(());
+    }
+    let path = socket_of(args).unwrap_or_default();
+    let mut client = connect(&path).map_err(not_running)?;
     let (text, ok) = client.send("restart all")?;
     print!("{text}");
     if ok { Ok(()) } else { Err(runtime("reload refused")) }

@@ -1,16 +1,25 @@
-//! Assembling a pool from the common flags: listeners, privileges, the
-//! prompt, the control socket, and the arbiter itself.
+//! Assembling a pool from the common flags: listeners, the daemon and its
+//! pidfile, privileges, output capture and the log file, the prompt, the
+//! control socket.
+//!
+//! Order matters: sockets are bound first (so they sit at fds 3, 4, ...), the
+//! process daemonizes while it still has one thread, privileges are dropped
+//! after binding, and only then does the capture start its writer thread.
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use ufork_core::{Arbiter, Builder, Outcome, Worker};
+use ufork_core::{Builder, Context, Layer};
+use ufork_daemon::{Daemon, Daemonize, Launched, Pidfile, RotatingFile};
+use ufork_io::{Capture, Sink};
 
 use crate::cli::PoolArgs;
 use crate::console::{self, Console};
 use crate::control::Control;
-use crate::failure::{self, Failure, Result, chain, io_text};
-use crate::privs;
+use crate::failure::{self, Failure, Result, io_text};
+use crate::{logger, privs, term};
 
 /// A bound listening socket and the name it is handed out under.
 #[derive(Debug)]
@@ -71,15 +80,6 @@ pub fn bind_all(binds: &[String], allow_names: bool) -> Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-/// What the subcommand decides about the pool.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    /// Heartbeat timeout, if workers heartbeat.
-    pub heartbeat: Option<Duration>,
-    /// Whether core marks workers ready as their function starts.
-    pub ready_on_start: bool,
-}
-
 /// The number of workers: `--workers`, or the number of CPUs.
 pub fn workers(pool: &PoolArgs) -> usize {
     pool.workers.map(|w| w as usize).unwrap_or_else(|| {
@@ -89,59 +89,247 @@ pub fn workers(pool: &PoolArgs) -> usize {
     })
 }
 
-/// Builds the arbiter with the common flags and runs it until it stops.
-///
-/// # Errors
-///
-/// A setting rejected by the arbiter, a control socket that cannot be made, a
-/// failure of the monitor loop.
-pub fn run<F, E>(
-    pool: &PoolArgs,
-    options: Options,
-    configure: impl FnOnce(Builder) -> Builder,
-    worker: F,
-) -> Result<Outcome>
-where
-    F: FnMut(&mut Worker) -> std::result::Result<(), E>,
-    E: std::fmt::Display,
-{
-    if pool.user.is_some() || pool.group.is_some() {
-        privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
-    }
-    let control_path = pool.control_socket.clone().or_else(|| {
+/// Where the control socket goes: `--control-socket`, or next to the pidfile
+/// when daemonized.
+pub fn control_path(pool: &PoolArgs) -> Option<PathBuf> {
+    pool.control_socket.clone().or_else(|| {
         pool.daemon
             .then(|| pool.pidfile.as_ref().map(|p| p.with_extension("sock")))
             .flatten()
-    });
-    let control = control_path.as_deref().map(Control::bind).transpose()?;
-    let mut builder = Arbiter::builder()
-        .workers(workers(pool))
-        .start_timeout(pool.start_timeout)
-        .graceful_timeout(pool.graceful_timeout)
-        .max_booting(pool.max_booting as usize)
-        .memory_limit(pool.memory_limit)
-        .heartbeat_timeout(options.heartbeat)
-        .ready_on_start(options.ready_on_start);
-    builder = configure(builder);
-    let prompt = !pool.daemon && !pool.no_prompt && console::available();
-    if prompt {
-        builder = builder.layer(Console::new());
-    }
-    if let Some(control) = control {
-        builder = builder.layer(control);
-    }
-    let arbiter = builder
-        .build()
-        .map_err(|e| failure::runtime(format!("cannot start the pool: {}", chain(&e))))?;
-    if let Some(path) = &control_path {
-        crate::term::say(format!("control socket: {}", path.display()));
-    }
-    if !prompt && !pool.daemon {
-        crate::term::say("press Ctrl-C to stop");
-    }
-    arbiter.run(worker).map_err(|e| pool_failed(&e))
+    })
 }
 
-fn pool_failed(error: &ufork_core::Error) -> Failure {
-    failure::runtime(format!("the pool failed: {}", chain(error)))
+/// Everything set up around the arbiter, before it runs.
+#[derive(Debug)]
+pub struct Session {
+    daemon: Option<Daemon>,
+    _pidfile: Option<Pidfile>,
+    log: Option<RotatingFile>,
+    capture: Option<Capture>,
+    control: Option<Control>,
+    control_path: Option<PathBuf>,
+    prompt: bool,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Session {
+    /// Daemonizes (the launcher exits here), takes the pidfile, opens the
+    /// log, drops privileges, makes the control socket and starts capturing.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the flag whose file or setting failed.
+    pub fn start(pool: &PoolArgs) -> Result<Self> {
+        let log_builder = pool.log_file.as_ref().map(|path| {
+            RotatingFile::builder(path)
+                .max_size(pool.log_max_bytes)
+                .backups(pool.log_keep as usize)
+        });
+        let mut daemon = None;
+        let mut pidfile = None;
+        let mut log = None;
+        if pool.daemon {
+            let mut options = Daemonize::new()
+                .working_directory(std::env::current_dir().unwrap_or_else(|_| "/".into()))
+                .umask(0o022);
+            if let Some(path) = &pool.pidfile {
+                options = options.pidfile(path);
+            }
+            if let Some(builder) = log_builder {
+                options = options.log(builder);
+            }
+            match options.start() {
+                Ok(Launched::Parent { pid }) => {
+                    println!("ufork: daemon started as pid {pid}");
+                    std::process::exit(0);
+                }
+                Ok(Launched::Daemon(d)) => {
+                    term::init();
+                    log = d.log().cloned();
+                    daemon = Some(d);
+                }
+                Err(e) => return Err(daemon_failure(pool, &e)),
+            }
+        } else {
+            if let Some(path) = &pool.pidfile {
+                pidfile = Some(Pidfile::create(path).map_err(|e| daemon_failure(pool, &e))?);
+            }
+            if let Some(builder) = log_builder {
+                log = Some(builder.open().map_err(|e| daemon_failure(pool, &e))?);
+            }
+        }
+        let mut session = Self {
+            daemon,
+            _pidfile: pidfile,
+            log,
+            capture: None,
+            control: None,
+            control_path: control_path(pool),
+            prompt: false,
+            failure: Arc::new(Mutex::new(None)),
+        };
+        if let Err(e) = session.setup(pool) {
+            session.fail(&e);
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    fn setup(&mut self, pool: &PoolArgs) -> Result<()> {
+        if pool.user.is_some() || pool.group.is_some() {
+            privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
+        }
+        self.control = self.control_path.as_deref().map(Control::bind).transpose()?;
+        let sink = match &self.log {
+            Some(log) => Sink::writer(log.clone()),
+            None if self.daemon.is_some() => Sink::stdout(),
+            None => Sink::writer(term::LineWriter::new(term::Stream::Out)),
+        };
+        let capture = Capture::builder().sink(sink).build().map_err(|e| {
+            failure::runtime(format!(
+                "cannot capture the workers' output: {}",
+                failure::chain(&e)
+            ))
+        })?;
+        if self.log.is_some() || self.daemon.is_some() {
+            logger::delegate(Box::new(capture.logger().prefix("[ufork] ")));
+        }
+        self.capture = Some(capture);
+        self.prompt = !pool.daemon && !pool.no_prompt && console::available();
+        Ok(())
+    }
+
+    /// Where the run records a failure that stops the pool, for the daemon's
+    /// launcher to print.
+    pub fn set_failure(&mut self, failure: Arc<Mutex<Option<String>>>) {
+        self.failure = failure;
+    }
+
+    /// Reports a failure to the daemon's launcher (which prints it).
+    pub fn fail(&mut self, failure: &Failure) {
+        if let Some(daemon) = &mut self.daemon {
+            let _ = daemon.fail(failure);
+        }
+    }
+
+    /// Adds the common settings and this session's layers to the arbiter.
+    pub fn configure(&mut self, pool: &PoolArgs, builder: Builder) -> Builder {
+        let mut builder = builder
+            .workers(workers(pool))
+            .start_timeout(pool.start_timeout)
+            .graceful_timeout(pool.graceful_timeout)
+            .max_booting(pool.max_booting as usize)
+            .memory_limit(pool.memory_limit);
+        if let Some(capture) = self.capture.take() {
+            builder = builder.layer(capture);
+        }
+        if let Some(log) = &self.log {
+            builder = builder.layer(Reopen { log: log.clone() });
+        }
+        if let Some(daemon) = self.daemon.take() {
+            builder = builder.layer(Readiness {
+                daemon,
+                deadline: Instant::now(),
+                failure: Arc::clone(&self.failure),
+            });
+        }
+        if self.prompt {
+            builder = builder.layer(Console::new());
+        }
+        if let Some(control) = self.control.take() {
+            builder = builder.layer(control);
+        }
+        builder
+    }
+
+    /// Tells the user how to reach and stop the pool.
+    pub fn announce(&self, pool: &PoolArgs) {
+        if pool.daemon {
+            if let Some(path) = &self.control_path {
+                log::info!(target: "ufork", "control socket: {}", path.display());
+            }
+            return;
+        }
+        if let Some(path) = &self.control_path {
+            term::say(format!("control socket: {}", path.display()));
+        }
+        if !self.prompt {
+            term::say("press Ctrl-C to stop");
+        }
+    }
+}
+
+fn daemon_failure(pool: &PoolArgs, error: &ufork_daemon::Error) -> Failure {
+    use ufork_daemon::Error as E;
+    let flag = match error {
+        E::OpenPidfile { .. }
+        | E::LockPidfile { .. }
+        | E::WritePidfile { .. }
+        | E::AlreadyRunning { .. } => "--pidfile",
+        E::OpenLog { .. } | E::RotateLog { .. } => "--log-file",
+        _ => "--daemon",
+    };
+    let mut text = error.report();
+    if let Some(at) = text.find(" (os error") {
+        let end = text[at..].find(')').map_or(text.len(), |e| at + e + 1);
+        text.replace_range(at..end, "");
+    }
+    let hint = match error {
+        E::AlreadyRunning { .. } => format!(
+            "; stop it with `ufork stop --pidfile {}`",
+            pool.pidfile.as_deref().unwrap_or(std::path::Path::new("PATH")).display()
+        ),
+        _ => String::new(),
+    };
+    failure::runtime(format!("{flag}: {text}{hint}"))
+}
+
+/// Reopens the log file on SIGUSR1 (or the `reopen` command).
+#[derive(Debug)]
+struct Reopen {
+    log: RotatingFile,
+}
+
+impl Layer for Reopen {
+    fn reopen(&mut self, _ctx: &mut Context<'_>) {
+        match self.log.reopen() {
+            Ok(()) => log::info!(target: "ufork", "reopened the log file {}", self.log.path().display()),
+            Err(e) => log::error!(target: "ufork", "{}", e.report()),
+        }
+    }
+}
+
+/// Tells the daemon's launcher "serving" once every first worker is ready,
+/// or the failure if the pool stops before.
+#[derive(Debug)]
+struct Readiness {
+    daemon: Daemon,
+    deadline: Instant,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+const READY_POLL: Duration = Duration::from_millis(20);
+
+impl Layer for Readiness {
+    fn tick(&mut self, ctx: &mut Context<'_>) {
+        if self.daemon.has_reported() || Instant::now() < self.deadline {
+            return;
+        }
+        self.deadline = Instant::now() + READY_POLL;
+        let snapshot = ctx.handle().snapshot();
+        if snapshot.ready_count() >= snapshot.target && snapshot.target > 0 {
+            let _ = self.daemon.ready();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        (!self.daemon.has_reported()).then_some(self.deadline)
+    }
+
+    fn stopping(&mut self, _ctx: &mut Context<'_>) {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = self.daemon.fail(failure.unwrap_or_else(|| {
+            "the pool stopped before its workers were ready (see the log file)".to_owned()
+        }));
+    }
 }

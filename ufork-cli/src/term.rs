@@ -3,7 +3,9 @@
 //! shown, a line clears it, prints, and draws it again.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The prompt as it is on screen.
 #[derive(Debug, Default)]
@@ -23,8 +25,40 @@ static PROMPT: Mutex<Prompt> = Mutex::new(Prompt {
 /// The prompt's text.
 pub const PROMPT_TEXT: &str = "ufork>> ";
 
+/// The process that owns the prompt. A forked worker is another process: it
+/// never takes the prompt's lock (another thread of the arbiter, the capture's
+/// writer, may have held it at the fork) and writes straight to its fds.
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// Makes this process the owner of the terminal output.
+pub fn init() {
+    OWNER.store(std::process::id() as i32, Ordering::Relaxed);
+}
+
+fn is_owner() -> bool {
+    OWNER.load(Ordering::Relaxed) == std::process::id() as i32
+}
+
 fn prompt() -> std::sync::MutexGuard<'static, Prompt> {
     PROMPT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes to fd 1 or 2 directly, without std's stdio lock (which a thread
+/// may hold while the arbiter forks).
+struct Raw(Stream);
+
+impl Write for Raw {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = match self.0 {
+            Stream::Out => rustix::io::write(std::io::stdout().as_fd(), buf),
+            Stream::Err => rustix::io::write(std::io::stderr().as_fd(), buf),
+        };
+        n.map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn draw(out: &mut impl Write, p: &Prompt) {
@@ -37,9 +71,11 @@ fn draw(out: &mut impl Write, p: &Prompt) {
 
 /// Shows the prompt with this line and cursor (or hides it with `None`).
 pub fn set_prompt(state: Option<(&str, usize)>) {
+    if !is_owner() {
+        return;
+    }
     let mut p = prompt();
-    let out = std::io::stdout();
-    let mut out = out.lock();
+    let mut out = Raw(Stream::Out);
     match state {
         Some((line, cursor)) => {
             p.shown = true;
@@ -61,7 +97,7 @@ pub fn set_prompt(state: Option<(&str, usize)>) {
 /// Forgets the prompt without touching the screen: a forked worker inherits
 /// the arbiter's memory but must never draw the arbiter's prompt.
 pub fn forget_prompt() {
-    prompt().shown = false;
+    OWNER.store(0, Ordering::Relaxed);
 }
 
 /// Which stream a text goes to.
@@ -75,30 +111,20 @@ pub enum Stream {
 
 /// Prints whole lines (`text` should end with a newline) above the prompt.
 pub fn print(stream: Stream, text: &[u8]) {
+    if !is_owner() {
+        let _ = Raw(stream).write_all(text);
+        return;
+    }
     let p = prompt();
     if p.shown {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let _ = write!(out, "\r\x1b[K");
-        let _ = out.flush();
-        match stream {
-            Stream::Out => {
-                let _ = out.write_all(text);
-            }
-            Stream::Err => {
-                let _ = std::io::stderr().write_all(text);
-            }
-        }
-        draw(&mut out, &p);
-        let _ = out.flush();
+        let mut out = Raw(Stream::Out);
+        let _ = out.write_all(b"\r\x1b[K");
+        let _ = Raw(stream).write_all(text);
+        let mut redraw = Vec::new();
+        draw(&mut redraw, &p);
+        let _ = out.write_all(&redraw);
     } else {
-        let _ = match stream {
-            Stream::Out => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(text).and_then(|()| out.flush())
-            }
-            Stream::Err => std::io::stderr().write_all(text),
-        };
+        let _ = Raw(stream).write_all(text);
     }
 }
 
