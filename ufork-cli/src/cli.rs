@@ -229,7 +229,11 @@ pub struct CtlArgs {
     pub control_socket: PathBuf,
 
     /// One console command (like `status` or `workers 4`); none opens a prompt.
-    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 

@@ -98,7 +98,9 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
         ["kill", slot] => match live_slot(handle, slot) {
             Ok(slot) => {
                 handle.kill(slot);
-                Reply::ok(format!("killing worker {slot} (SIGKILL); it will be replaced\n"))
+                Reply::ok(format!(
+                    "killing worker {slot} (SIGKILL); it will be replaced\n"
+                ))
             }
             Err(e) => Reply::error(e),
         },

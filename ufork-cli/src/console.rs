@@ -111,9 +111,7 @@ impl Layer for Console {
             return;
         }
         self.token = Some(ctx.register(std::io::stdin().as_fd(), Interest::READABLE));
-        term::say(
-            "type `help` for commands; Ctrl-C stops every worker, Ctrl-D leaves the prompt",
-        );
+        term::say("type `help` for commands; Ctrl-C stops every worker, Ctrl-D leaves the prompt");
         self.redraw();
     }
 
@@ -180,7 +178,8 @@ impl Layer for Console {
         if let Some(left) = &mut self.last_left {
             *left = left.saturating_sub(1);
             if *left > 0 {
-                term::say(format!("  waiting for {left} workers…"));
+                let noun = if *left == 1 { "worker" } else { "workers" };
+                term::say(format!("  waiting for {left} {noun}…"));
             }
         }
     }

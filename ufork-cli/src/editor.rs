@@ -110,8 +110,7 @@ impl Editor {
                 self.cursor = 0;
                 self.browsing = None;
                 let trimmed = line.trim();
-                if !trimmed.is_empty() && self.history.last().map(String::as_str) != Some(trimmed)
-                {
+                if !trimmed.is_empty() && self.history.last().map(String::as_str) != Some(trimmed) {
                     self.history.push(trimmed.to_owned());
                     if self.history.len() > HISTORY_LEN {
                         self.history.remove(0);
@@ -283,8 +282,10 @@ mod tests {
         assert_eq!(actions, vec![Action::Line("statsus".into())]);
         let actions = feed(&mut e, b"helo\x7f\x7flp\r");
         assert_eq!(actions, vec![Action::Line("help".into())]);
-        let actions = feed(&mut e, b"workers 4\x01\x15kill 1\r");
+        let actions = feed(&mut e, b"workers 4\x15kill 1\r");
         assert_eq!(actions, vec![Action::Line("kill 1".into())]);
+        let actions = feed(&mut e, b"xx 3\x01\x1b[C\x1b[C\x17kill\r");
+        assert_eq!(actions, vec![Action::Line("kill 3".into())]);
     }
 
     #[test]

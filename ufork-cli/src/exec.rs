@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::io::FdFlags;
-use ufork_core::{ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token, Worker};
+use ufork_core::{
+    ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token, Worker,
+};
 
 use crate::failure::{self, Failure, io_text};
 
@@ -64,9 +66,7 @@ pub fn resolve(program: &str) -> Result<PathBuf, Failure> {
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
         .ok_or_else(|| {
-            failure::runtime(format!(
-                "cannot run `{program}`: command not found in PATH"
-            ))
+            failure::runtime(format!("cannot run `{program}`: command not found in PATH"))
         })
 }
 
@@ -143,7 +143,9 @@ impl ExecLayer {
                         .env("WATCHDOG_PID", worker.pid().to_string());
                 }
                 None => {
-                    command.env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID");
+                    command
+                        .env_remove("WATCHDOG_USEC")
+                        .env_remove("WATCHDOG_PID");
                 }
             }
             let error = command.exec();
@@ -151,7 +153,11 @@ impl ExecLayer {
                 let code = error.raw_os_error().unwrap_or(0);
                 let _ = rustix::io::write(&report, &code.to_le_bytes());
             }
-            Err(format!("cannot execute `{}`: {}", spec.program, io_text(&error)))
+            Err(format!(
+                "cannot execute `{}`: {}",
+                spec.program,
+                io_text(&error)
+            ))
         }
     }
 }
@@ -229,7 +235,10 @@ impl Layer for ExecLayer {
         let (slot, pid) = (*slot, *pid);
         let mut code = [0u8; 4];
         let result = rustix::io::read(r, &mut code);
-        if matches!(result, Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN)) {
+        if matches!(
+            result,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN)
+        ) {
             return;
         }
         ctx.deregister(token);

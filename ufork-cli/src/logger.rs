@@ -5,7 +5,6 @@ use std::time::SystemTime;
 
 use crate::term::{self, Stream};
 
-
 static DELEGATE: std::sync::OnceLock<Box<dyn log::Log>> = std::sync::OnceLock::new();
 
 /// Hands every record to `log` from now on (ufork-io's arbiter logger, which
@@ -58,7 +57,6 @@ pub fn init() {
         log::set_max_level(level);
     }
 }
-
 
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
 pub fn timestamp(at: SystemTime) -> String {

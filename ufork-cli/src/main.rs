@@ -85,11 +85,20 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         };
     }
     let rendered = error.render().to_string();
-    let first = rendered
-        .lines()
+    let mut lines = rendered.lines();
+    let mut first = lines
         .next()
         .unwrap_or("invalid command line")
-        .trim_start_matches("error: ");
+        .trim_start_matches("error: ")
+        .to_owned();
+    // "the following required arguments were not provided:" lists them below.
+    if first.ends_with(':') {
+        let more: Vec<&str> = lines
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        first = format!("{} {}", first, more.join(" "));
+    }
     let tip = rendered
         .lines()
         .find_map(|l| l.trim().strip_prefix("tip: "))
@@ -115,13 +124,15 @@ fn dispatch(cli: Cli) -> Result<()> {
 
 fn serve(args: cli::ServeArgs) -> Result<()> {
     let root = match &args.dir {
-        Some(dir) => Some(ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
-            runtime(format!(
-                "DIR {}: {}; give an existing directory to serve, or none for the hello app",
-                dir.display(),
-                failure::io_text(&e)
-            ))
-        })?),
+        Some(dir) => Some(
+            ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
+                runtime(format!(
+                    "DIR {}: {}; give an existing directory to serve, or none for the hello app",
+                    dir.display(),
+                    failure::io_text(&e)
+                ))
+            })?,
+        ),
         None => None,
     };
     let listeners = pool::bind_all(&args.bind, false)?;
@@ -143,7 +154,10 @@ fn serve(args: cli::ServeArgs) -> Result<()> {
     let mut builder = ufork_wsgi_like::Server::builder()
         .workers(workers)
         .graceful_timeout(args.pool.graceful_timeout)
-        .heartbeat_timeout(args.timeout.unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT));
+        .heartbeat_timeout(
+            args.timeout
+                .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
+        );
     for l in listeners {
         builder = builder.listener(l.socket);
     }
@@ -180,7 +194,12 @@ fn run(args: RunArgs) -> Result<()> {
             std::process::id()
         ));
         for (i, l) in listeners.iter().enumerate() {
-            term::say(format!("listening on {} (fd {}, {})", l.addr, 3 + i, l.name));
+            term::say(format!(
+                "listening on {} (fd {}, {})",
+                l.addr,
+                3 + i,
+                l.name
+            ));
         }
     }
     let mut session = pool::Session::start(&args.pool)?;
@@ -250,7 +269,11 @@ fn running_pid(path: &std::path::Path) -> Result<i32> {
             "not running (no pidfile at {})",
             path.display()
         ))),
-        Err(e) => Err(runtime(format!("--pidfile {}: {}", path.display(), e.report()))),
+        Err(e) => Err(runtime(format!(
+            "--pidfile {}: {}",
+            path.display(),
+            e.report()
+        ))),
     }
 }
 
@@ -333,7 +356,11 @@ fn reload(args: &TargetArgs) -> Result<()> {
     let mut client = connect(&path).map_err(not_running)?;
     let (text, ok) = client.send("restart all")?;
     print!("{text}");
-    if ok { Ok(()) } else { Err(runtime("reload refused")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(runtime("reload refused"))
+    }
 }
 
 fn ctl(args: &CtlArgs) -> Result<()> {
@@ -362,7 +389,11 @@ fn ctl(args: &CtlArgs) -> Result<()> {
             let _ = std::io::stdout().flush();
         }
         let mut line = String::new();
-        if stdin.read_line(&mut line).map_err(|e| runtime(e.to_string()))? == 0 {
+        if stdin
+            .read_line(&mut line)
+            .map_err(|e| runtime(e.to_string()))?
+            == 0
+        {
             if interactive {
                 println!();
             }

@@ -33,7 +33,10 @@ impl Notify {
     /// The socket cannot be made.
     pub fn bind() -> Result<Self, Failure> {
         let fail = |e: std::io::Error| {
-            failure::runtime(format!("--notify: cannot create the notify socket: {}", io_text(&e)))
+            failure::runtime(format!(
+                "--notify: cannot create the notify socket: {}",
+                io_text(&e)
+            ))
         };
         let mut nonce = [0u8; 8];
         let _ = rustix::rand::getrandom(&mut nonce, rustix::rand::GetRandomFlags::empty());
@@ -45,8 +48,7 @@ impl Notify {
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(fail)?;
         let socket = UnixDatagram::bind_addr(&addr).map_err(fail)?;
         socket.set_nonblocking(true).map_err(fail)?;
-        rustix::net::sockopt::set_socket_passcred(&socket, true)
-            .map_err(|e| fail(e.into()))?;
+        rustix::net::sockopt::set_socket_passcred(&socket, true).map_err(|e| fail(e.into()))?;
         Ok(Self {
             socket,
             address: format!("@{name}"),
@@ -100,7 +102,9 @@ impl Notify {
                 log::debug!(target: "ufork", "notify message from pid {pid}, not a worker; ignored");
                 continue;
             };
-            let Some(vitals) = ctx.vitals(slot) else { continue };
+            let Some(vitals) = ctx.vitals(slot) else {
+                continue;
+            };
             let text = String::from_utf8_lossy(&buf[..n]);
             for line in text.lines() {
                 match line.split_once('=') {

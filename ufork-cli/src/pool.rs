@@ -179,7 +179,11 @@ impl Session {
         if pool.user.is_some() || pool.group.is_some() {
             privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
         }
-        self.control = self.control_path.as_deref().map(Control::bind).transpose()?;
+        self.control = self
+            .control_path
+            .as_deref()
+            .map(Control::bind)
+            .transpose()?;
         let sink = match &self.log {
             Some(log) => Sink::writer(log.clone()),
             None if self.daemon.is_some() => Sink::stdout(),
@@ -277,7 +281,10 @@ fn daemon_failure(pool: &PoolArgs, error: &ufork_daemon::Error) -> Failure {
     let hint = match error {
         E::AlreadyRunning { .. } => format!(
             "; stop it with `ufork stop --pidfile {}`",
-            pool.pidfile.as_deref().unwrap_or(std::path::Path::new("PATH")).display()
+            pool.pidfile
+                .as_deref()
+                .unwrap_or(std::path::Path::new("PATH"))
+                .display()
         ),
         _ => String::new(),
     };
@@ -293,7 +300,9 @@ struct Reopen {
 impl Layer for Reopen {
     fn reopen(&mut self, _ctx: &mut Context<'_>) {
         match self.log.reopen() {
-            Ok(()) => log::info!(target: "ufork", "reopened the log file {}", self.log.path().display()),
+            Ok(()) => {
+                log::info!(target: "ufork", "reopened the log file {}", self.log.path().display())
+            }
             Err(e) => log::error!(target: "ufork", "{}", e.report()),
         }
     }
@@ -327,7 +336,11 @@ impl Layer for Readiness {
     }
 
     fn stopping(&mut self, _ctx: &mut Context<'_>) {
-        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let _ = self.daemon.fail(failure.unwrap_or_else(|| {
             "the pool stopped before its workers were ready (see the log file)".to_owned()
         }));

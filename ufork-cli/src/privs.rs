@@ -66,7 +66,8 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
         let value = group.or(user).unwrap_or_default();
         let gid = Gid::from_raw(gid);
         rustix::thread::set_thread_groups(&[gid]).map_err(|e| denied("--group", value, e))?;
-        rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(|e| denied("--group", value, e))?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid)
+            .map_err(|e| denied("--group", value, e))?;
     }
     if let Some(uid) = uid {
         let uid = Uid::from_raw(uid);

@@ -1,0 +1,448 @@
+//! End-to-end tests of the `ufork` binary.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+
+use rustix::process::Signal;
+use util::*;
+
+const SERVER_PY: &str = r#"
+import os, socket, sys, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+assert os.environ["LISTEN_PID"] == str(os.getpid())
+listener = socket.socket(fileno=3)
+slot = os.environ["UFORK_WORKER_ID"]
+print("worker", slot, "has", os.environ["LISTEN_FDS"], "fds named", os.environ["LISTEN_FDNAMES"], flush=True)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(1024)
+    conn.sendall(("slot=%s pid=%d listen_pid=%s\n" % (slot, os.getpid(), os.environ["LISTEN_PID"])).encode())
+    conn.close()
+"#;
+
+const NOTIFY_PY: &str = r#"
+import os, socket, sys, signal, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def notify(text):
+    s.sendto(text.encode(), addr)
+print("watchdog", os.environ.get("WATCHDOG_USEC"), flush=True)
+notify("READY=1\nSTATUS=serving slot " + os.environ["UFORK_WORKER_ID"])
+while True:
+    time.sleep(0.2)
+    notify("WATCHDOG=1")
+"#;
+
+fn script(dir: &TempDir, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+// -- command line ------------------------------------------------------------
+
+#[test]
+fn help_explains_commands_and_signals() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code(), Some(0));
+    for needle in [
+        "serve", "run", "status", "stop", "reload", "ctl", "HUP", "USR1",
+    ] {
+        assert!(out.stdout.contains(needle), "{needle}: {}", out.stdout);
+    }
+    let out = run(&["run", "--help"]);
+    assert_eq!(out.code(), Some(0));
+    assert!(out.stdout.contains("LISTEN_FDS"), "{}", out.stdout);
+    let out = run(&["serve", "--help"]);
+    assert!(out.stdout.contains("--max-requests"), "{}", out.stdout);
+}
+
+#[test]
+fn bad_flags_are_one_line_usage_errors() {
+    let out = run(&["serve", "--workers", "lots"]);
+    assert_one_line_error(&out, 2, &["--workers", "lots"]);
+    let out = run(&["serve", "--memory-limit", "12Q"]);
+    assert_one_line_error(&out, 2, &["--memory-limit"]);
+    let out = run(&["serve", "--timeout", "0"]);
+    assert_one_line_error(&out, 2, &["--timeout"]);
+    let out = run(&["run", "-w", "2"]);
+    assert_one_line_error(&out, 2, &["CMD"]);
+    let out = run(&["serve", "--bind", "nonsense"]);
+    assert_one_line_error(&out, 2, &["--bind", "nonsense"]);
+    let out = run(&["frobnicate"]);
+    assert_one_line_error(&out, 2, &["frobnicate"]);
+    let out = run(&["status"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+}
+
+#[test]
+fn address_in_use_is_a_runtime_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["serve", "--bind", &addr, "-w", "1"]);
+    assert_one_line_error(&out, 1, &["--bind", &addr, "in use"]);
+}
+
+#[test]
+fn missing_dir_is_a_runtime_error() {
+    let dir = TempDir::new("missing");
+    let missing = dir.str("no-such-site");
+    let out = run(&["serve", &missing, "--bind", "127.0.0.1:0"]);
+    assert_one_line_error(&out, 1, &["DIR", "no-such-site"]);
+}
+
+#[test]
+fn unwritable_pidfile_and_log_are_named() {
+    let dir = TempDir::new("unwritable");
+    let pidfile = dir.str("no/such/dir/ufork.pid");
+    let out = run(&["serve", "--bind", "127.0.0.1:0", "--pidfile", &pidfile]);
+    assert_one_line_error(&out, 1, &["--pidfile", "ufork.pid"]);
+    let log = dir.str("no/such/dir/ufork.log");
+    let out = run(&["serve", "--bind", "127.0.0.1:0", "--log-file", &log]);
+    assert_one_line_error(&out, 1, &["--log-file", "ufork.log"]);
+    // The daemon reports the same through its readiness handshake.
+    let pidfile = dir.str("d.pid");
+    let out = run(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--daemon",
+        "--pidfile",
+        &pidfile,
+        "--log-file",
+        &log,
+    ]);
+    assert_one_line_error(&out, 1, &["--log-file", "ufork.log"]);
+}
+
+#[test]
+fn a_command_that_cannot_run_fails_at_once() {
+    let out = run(&["run", "-w", "2", "--", "no-such-program-ufork"]);
+    assert_one_line_error(&out, 1, &["no-such-program-ufork", "not found"]);
+    // Found and executable, but exec fails (a missing interpreter): the pool
+    // stops instead of crash-looping.
+    let dir = TempDir::new("badexec");
+    let path = script(&dir, "bad.sh", "#!/no/such/interpreter\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run(&["run", "-w", "2", "--", &path]);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ufork: error: cannot execute"), "{out:#?}");
+}
+
+// -- serve -------------------------------------------------------------------
+
+#[test]
+fn serve_without_arguments_serves_hello_on_loopback_8000() {
+    let mut server = Running::start(&["serve"]);
+    let line = server.expect_match(|l| l.contains("http://") || l.contains("error"), "start");
+    if line.contains("in use") {
+        // Another program holds port 8000 on this machine; the message is right.
+        assert!(line.contains("127.0.0.1:8000"), "{line}");
+        return;
+    }
+    assert!(line.contains("http://127.0.0.1:8000"), "{line}");
+    server.expect_line("Ctrl-C");
+    server.expect_line("started");
+    let (status, _, body) = get("127.0.0.1:8000".parse().unwrap(), "/");
+    assert_eq!((status, body.as_str()), (200, "Hello, world!\n"));
+}
+
+#[test]
+fn serve_hello_and_stop_with_sigint() {
+    let mut server = Running::start(&["serve", "--bind", "127.0.0.1:0", "-w", "2"]);
+    let addr = server.http_addr();
+    server.expect_line("worker 1 pid");
+    let (status, content_type, body) = get(addr, "/anything");
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    assert_eq!(body, "Hello, world!\n");
+    server.signal(Signal::INT);
+    let status = server.wait();
+    assert_eq!(status.code(), Some(0), "{}", server.transcript());
+    assert!(server.transcript().contains("every worker reaped"));
+}
+
+#[test]
+fn serve_dir_serves_files_and_refuses_escapes() {
+    let dir = TempDir::new("site");
+    let site = dir.join("site");
+    std::fs::create_dir_all(site.join("css")).unwrap();
+    std::fs::create_dir_all(site.join("docs")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>home</h1>\n").unwrap();
+    std::fs::write(site.join("css/main.css"), "body {}\n").unwrap();
+    std::fs::write(site.join("docs/index.html"), "<p>docs</p>\n").unwrap();
+    std::fs::write(dir.join("secret.txt"), "secret\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), site.join("leak.txt")).unwrap();
+    let mut server = Running::start(&[
+        "serve",
+        site.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+    ]);
+    let addr = server.http_addr();
+    server.expect_line("started");
+    let (status, content_type, body) = get(addr, "/");
+    assert_eq!((status, body.as_str()), (200, "<h1>home</h1>\n"));
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let (status, content_type, _) = get(addr, "/css/main.css");
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/css"), "{content_type}");
+    let (status, _, body) = get(addr, "/docs/");
+    assert_eq!((status, body.as_str()), (200, "<p>docs</p>\n"));
+    assert_eq!(get(addr, "/missing.html").0, 404);
+    let escape = exchange(addr, b"GET /../secret.txt HTTP/1.0\r\n\r\n");
+    assert!(!escape.contains("secret\n"), "{escape}");
+    assert!(!escape.starts_with("HTTP/1.1 200"), "{escape}");
+    let (status, _, body) = get(addr, "/leak.txt");
+    assert_ne!(status, 200, "{body}");
+    assert!(!body.contains("secret"));
+}
+
+// -- run -----------------------------------------------------------------------
+
+#[test]
+fn run_hands_the_socket_to_every_worker_with_prefixed_output() {
+    let dir = TempDir::new("run");
+    let server = script(&dir, "server.py", SERVER_PY);
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "2",
+        "--bind",
+        "web=127.0.0.1:0",
+        "--",
+        "python3",
+        &server,
+    ]);
+    let line = pool.expect_line("listening on");
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    // Output is prefixed "[slot pid] " by the capture.
+    for slot in 0..2 {
+        let line = pool.expect_match(
+            |l| l.contains(&format!("worker {slot} has 1 fds named web")),
+            "worker greeting",
+        );
+        assert!(line.starts_with(&format!("[{slot} ")), "{line}");
+    }
+    let reply = exchange(addr, b"hello\n");
+    let fields: Vec<&str> = reply.split_whitespace().collect();
+    assert!(fields[0].starts_with("slot="), "{reply}");
+    let pid = fields[1].trim_start_matches("pid=");
+    assert_eq!(fields[2], format!("listen_pid={pid}"), "{reply}");
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+#[test]
+fn run_notify_maps_sd_notify_onto_the_scoreboard() {
+    let dir = TempDir::new("notify");
+    let notifier = script(&dir, "notify.py", NOTIFY_PY);
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "2",
+        "--notify",
+        "--timeout",
+        "5",
+        "--control-socket",
+        &socket,
+        "--",
+        "python3",
+        &notifier,
+    ]);
+    pool.expect_line("control socket");
+    pool.expect_line("watchdog 5000000");
+    // Synchronise on the scoreboard itself: ask until both are ready.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let table = loop {
+        let out = run(&["ctl", "--control-socket", &socket, "status"]);
+        assert_eq!(out.code(), Some(0), "{out:#?}");
+        if out.stdout.contains("2 ready") && out.stdout.matches("serving slot").count() == 2 {
+            break out.stdout;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out:#?}");
+        std::thread::yield_now();
+    };
+    assert!(table.contains("serving slot 0"), "{table}");
+    let out = run(&["ctl", "--control-socket", &socket, "stop"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("stopped"), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+}
+
+// -- control socket ----------------------------------------------------------------
+
+#[test]
+fn control_socket_speaks_the_console_commands() {
+    let dir = TempDir::new("control");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    pool.expect_line("worker 0 pid");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = run(&["ctl", "--control-socket", &socket, "help"]);
+    assert!(out.stdout.contains("restart [SLOT|all]"), "{out:#?}");
+    let out = run(&["ctl", "--control-socket", &socket, "workers", "2"]);
+    assert_eq!((out.code(), out.stdout.as_str()), (Some(0), "workers: 2\n"));
+    pool.expect_line("worker 1 pid");
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0));
+    assert!(
+        out.stdout.contains("SLOT") && out.stdout.contains("RSS"),
+        "{out:#?}"
+    );
+    let out = run(&["ctl", "--control-socket", &socket, "kill", "1"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    pool.expect_line("SIGKILL");
+    let out = run(&["ctl", "--control-socket", &socket, "history"]);
+    assert!(out.stdout.contains("worker 1"), "{out:#?}");
+    let out = run(&["ctl", "--control-socket", &socket, "kill", "9"]);
+    assert_one_line_error(&out, 1, &["no worker in slot 9"]);
+    let out = run(&["ctl", "--control-socket", &socket, "dance"]);
+    assert_one_line_error(&out, 1, &["unknown command"]);
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+}
+
+// -- daemon ------------------------------------------------------------------------
+
+#[test]
+fn daemon_start_status_reload_stop() {
+    let dir = TempDir::new("daemon");
+    let pidfile = dir.str("ufork.pid");
+    let log = dir.str("ufork.log");
+    let _guard = DaemonGuard(dir.join("ufork.pid"));
+    let start = [
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--daemon",
+        "--pidfile",
+        &pidfile,
+        "--log-file",
+        &log,
+    ];
+    let out = run(&start);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(out.stdout.contains(&format!("pid {pid}")), "{out:#?}");
+    // Serving already: both workers are up when the launcher returns.
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("2 ready"), "{out:#?}");
+    let again = run(&start);
+    assert_one_line_error(&again, 1, &["--pidfile", &format!("pid {pid}")]);
+    let out = run(&["reload", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), Signal::USR1)
+        .unwrap();
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    for needle in [
+        "SIGHUP",
+        "SIGUSR1",
+        "reopened the log file",
+        "every worker reaped",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+}
+
+// -- the prompt ----------------------------------------------------------------------
+
+const PTY_DRIVER: &str = r#"
+import os, pty, select, sys, time
+argv = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+out = b""
+def expect(needle, limit=30):
+    global out
+    end = time.time() + limit
+    while needle.encode() not in out:
+        left = end - time.time()
+        if left <= 0:
+            sys.stdout.write(out.decode(errors="replace"))
+            sys.exit("timed out waiting for %r" % needle)
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                sys.stdout.write(out.decode(errors="replace"))
+                sys.exit("eof waiting for %r" % needle)
+            out += data
+expect("ufork>> ")
+expect("started")
+os.write(fd, b"x\x7fsttus\x1b[D\x1b[D\x1b[Da\r")
+expect("SLOT")
+os.write(fd, b"workers +\r")
+expect("worker 2 pid")
+os.write(fd, b"\x1b[A\x1b[A\r")
+expect("REQUESTS", 10)
+os.write(fd, b"\x03")
+expect("all workers stopped")
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn prompt_runs_in_a_terminal_and_ctrl_c_stops() {
+    let dir = TempDir::new("pty");
+    let driver = script(&dir, "driver.py", PTY_DRIVER);
+    let out = std::process::Command::new("python3")
+        .arg(&driver)
+        .args([
+            env!("CARGO_BIN_EXE_ufork"),
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("stopping 3 workers"), "{text}");
+    assert!(text.contains("workers: 3"), "{text}");
+}
