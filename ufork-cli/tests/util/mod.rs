@@ -84,6 +84,7 @@ pub struct Running {
     child: Option<Child>,
     lines: Receiver<(From, String)>,
     pub seen: Vec<(From, String)>,
+    matched: Vec<usize>,
 }
 
 impl Running {
@@ -118,6 +119,7 @@ impl Running {
             child: Some(child),
             lines: rx,
             seen: Vec::new(),
+            matched: Vec::new(),
         }
     }
 
@@ -130,14 +132,23 @@ impl Running {
         self.expect_match(|line| line.contains(needle), needle)
     }
 
+    /// Waits for a line that matches, among the lines not matched before
+    /// (stdout and stderr arrive in no fixed order relative to each other).
     pub fn expect_match(&mut self, matches: impl Fn(&str) -> bool, what: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
+        for (i, (_, line)) in self.seen.iter().enumerate() {
+            if !self.matched.contains(&i) && matches(line) {
+                self.matched.push(i);
+                return line.clone();
+            }
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok((from, line)) => {
                     self.seen.push((from, line.clone()));
                     if matches(&line) {
+                        self.matched.push(self.seen.len() - 1);
                         return line;
                     }
                 }
