@@ -27,10 +27,12 @@ use crate::{
 
 /// Exit code of a worker whose setup in the child failed (`EX_OSERR`).
 const EXIT_SETUP: i32 = 71;
-/// If `poll` returns this much later than asked, the arbiter was not running
-/// (SIGSTOP, suspend, starved): workers get a fresh grace instead of being
-/// judged on beats they could not have had checked.
+/// If `poll` returns this much later than asked (or half the heartbeat timeout,
+/// if shorter), the arbiter was not running (SIGSTOP, suspend, starved):
+/// workers get a fresh grace instead of being judged on beats taken while
+/// everything, them included, may have been frozen.
 const STALL: u64 = 1_000_000_000;
+const STALL_FLOOR: u64 = 50_000_000;
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
@@ -101,6 +103,10 @@ pub(crate) struct Monitor<F> {
     rolling_current: Option<(usize, u32)>,
     note_buf: Vec<u8>,
     resumed_at: u64,
+    /// When the previous loop iteration began.
+    prev_top: u64,
+    /// What the last `poll` was asked to wait and how long it took (ns).
+    last_poll: (Option<u64>, u64),
     next_limit_check: u64,
     spawned: u64,
     reaper: bool,
@@ -161,6 +167,8 @@ where
             rolling_current: None,
             note_buf: Vec::new(),
             resumed_at: 0,
+            prev_top: 0,
+            last_poll: (Some(0), 0),
             next_limit_check: 0,
             spawned: 0,
             reaper,
@@ -223,6 +231,7 @@ where
         log::info!(target: "ufork", "arbiter pid {} starting {} workers", self.pid, self.target);
         loop {
             let now = now_ns();
+            self.detect_stall(now);
             if self.stop.is_none() {
                 self.advance_rolling(now);
                 self.spawn_due(now);
@@ -235,6 +244,32 @@ where
             self.poll_once(deadline)?;
         }
         Ok(self.finish())
+    }
+
+    /// Notices that the arbiter itself did not run for a while (SIGSTOP,
+    /// suspend, starvation): the time since the last iteration beyond what
+    /// `poll` was asked to wait. Then every worker gets a fresh grace, since
+    /// beats taken while everything (workers too) may have been frozen say
+    /// nothing about their health.
+    fn detect_stall(&mut self, now: u64) {
+        let (asked, slept) = self.last_poll;
+        if self.prev_top != 0 {
+            let expected = asked.map_or(slept, |a| a.min(slept));
+            let lost = now.saturating_sub(self.prev_top).saturating_sub(expected);
+            let stall = self.settings.heartbeat_timeout.map_or(STALL, |t| {
+                (t.as_nanos() as u64 / 2).clamp(STALL_FLOOR, STALL)
+            });
+            if lost > stall {
+                log::warn!(
+                    target: "ufork",
+                    "the arbiter was not running for {:.1}s (stopped or suspended); giving workers a fresh heartbeat grace",
+                    ns_to_duration(lost).as_secs_f64()
+                );
+                self.resumed_at = now;
+            }
+        }
+        self.prev_top = now;
+        self.last_poll = (Some(0), 0);
     }
 
     fn finish(&mut self) -> Outcome {
@@ -319,9 +354,8 @@ where
     fn spawn_due(&mut self, now: u64) {
         let board = Arc::clone(&self.board);
         let header = board.header();
-        let mut blocked = false;
         for pass in 0..2 {
-            blocked = false;
+            let mut blocked = false;
             let mut booting = self.booting();
             for slot in 0..self.target {
                 let s = &self.slots[slot];
@@ -336,7 +370,10 @@ where
                     booting += 1;
                 }
             }
-            let waiting = blocked || self.rolling_current.is_some();
+            // A worker turning ready is no system call, so the arbiter asks for
+            // a note while something waits on it: the throttle, a rolling
+            // restart, or the first heartbeat that starts hang detection.
+            let waiting = blocked || self.rolling_current.is_some() || booting > 0;
             header
                 .ready_wanted
                 .store(u32::from(waiting), Ordering::SeqCst);
@@ -346,7 +383,6 @@ where
             // The flag is up: states read from here on either show a worker
             // that became ready, or that worker will write a note.
         }
-        let _ = blocked;
     }
 
     /// Forks a worker for `slot`. Returns whether it was forked.
@@ -779,11 +815,13 @@ where
                     }
                     let cell = self.board.cell(slot);
                     if cell.state() == WorkerState::Booting {
-                        consider(
-                            p.started.max(self.resumed_at)
-                                + self.settings.start_timeout.as_nanos() as u64
-                                + 1,
-                        );
+                        let since = p.started.max(self.resumed_at);
+                        consider(since + self.settings.start_timeout.as_nanos() as u64 + 1);
+                        // A booting worker may beat before it is ready, and
+                        // its ready note may have been skipped (no waiter).
+                        if let Some(t) = self.settings.heartbeat_timeout {
+                            consider(since + t.as_nanos() as u64 + 1);
+                        }
                     }
                     if let Some(t) = self.settings.heartbeat_timeout {
                         let beat = cell.last_beat();
@@ -868,18 +906,7 @@ where
                 .collect();
             (fixed, procs, layer_events)
         };
-        let after = now_ns();
-        if let Some(t) = timeout {
-            if after.saturating_sub(before) > t + STALL {
-                let late = ns_to_duration(after - before - t);
-                log::warn!(
-                    target: "ufork",
-                    "the arbiter was not running for {:.1}s (stopped or suspended); giving workers a fresh heartbeat grace",
-                    late.as_secs_f64()
-                );
-                self.resumed_at = after;
-            }
-        }
+        self.last_poll = (timeout, now_ns().saturating_sub(before));
         if fixed[0] {
             drain(&self.sig_r);
             self.handle_signals();
@@ -1140,20 +1167,15 @@ where
 
     /// As PID 1 or a subreaper: reap every child that ended, workers or not.
     fn reap_any(&mut self) {
-        loop {
-            match rustix::process::waitpid(None, WaitOptions::NOHANG) {
-                Ok(Some((pid, status))) => {
-                    let pid = pid.as_raw_nonzero().get();
-                    let slot = self
-                        .slots
-                        .iter()
-                        .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid));
-                    match slot {
-                        Some(slot) => self.exited(slot, convert_status(status)),
-                        None => log::debug!(target: "ufork", "reaped pid {pid}, not a worker"),
-                    }
-                }
-                _ => break,
+        while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            let pid = pid.as_raw_nonzero().get();
+            let slot = self
+                .slots
+                .iter()
+                .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid));
+            match slot {
+                Some(slot) => self.exited(slot, convert_status(status)),
+                None => log::debug!(target: "ufork", "reaped pid {pid}, not a worker"),
             }
         }
     }
@@ -1279,12 +1301,7 @@ fn watch_parent(death_r: OwnedFd) {
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut byte = [0u8; 1];
-            loop {
-                match rustix::io::read(&death_r, &mut byte) {
-                    Err(rustix::io::Errno::INTR) => continue,
-                    _ => break,
-                }
-            }
+            while let Err(rustix::io::Errno::INTR) = rustix::io::read(&death_r, &mut byte) {}
             flush_stdio();
             sys::exit_now(EXIT_SETUP);
         });

@@ -1,0 +1,1144 @@
+//! End-to-end tests of the arbiter through its public API.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ufork_core::{
+    Arbiter, Context, Error, ExitReason, ExitStatus, FdLimit, Interest, Layer, Readiness,
+    StopCause, Token, Worker, WorkerState,
+};
+use util::{DEADLINE, Events, SpawnGuarded, lock};
+
+type Res = Result<(), String>;
+
+fn no_backoff(b: ufork_core::Builder) -> ufork_core::Builder {
+    b.backoff(Duration::ZERO, Duration::ZERO, Duration::ZERO)
+}
+
+/// Every pid in the history is gone, and this process has no child left.
+fn assert_nothing_left(history: &[ufork_core::ExitRecord]) {
+    for r in history {
+        assert!(!util::exists(r.pid), "worker pid {} still exists", r.pid);
+    }
+    assert_eq!(
+        util::children_of_self(),
+        Vec::<i32>::new(),
+        "children left behind"
+    );
+}
+
+#[test]
+fn pool_forks_workers_in_stable_slots_and_stop_reaps_them_all() {
+    let _g = lock();
+    let fds_before = util::open_fds();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(3).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {} {} {}", w.slot(), w.generation(), w.pid()));
+            w.wait_for_stop(None);
+            tx.send(&format!("bye {}", w.slot()));
+            Ok(())
+        })
+        .unwrap();
+    let mut slots = Vec::new();
+    for _ in 0..3 {
+        let line = ev.expect("a worker up", |l| l.starts_with("up "));
+        let parts: Vec<&str> = line.split(' ').collect();
+        slots.push(parts[1].parse::<usize>().unwrap());
+        assert_eq!(parts[2], "0", "first generation");
+    }
+    slots.sort();
+    assert_eq!(slots, vec![0, 1, 2]);
+    util::wait_until("all three are published", || {
+        handle.snapshot().workers.len() == 3
+    });
+    let snap = handle.snapshot();
+    assert!(snap.running);
+    assert_eq!(snap.workers.len(), 3);
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::Handle);
+    assert!(outcome.graceful);
+    assert_eq!(outcome.killed_at_timeout, 0);
+    assert_eq!(outcome.history.len(), 3);
+    for r in &outcome.history {
+        assert_eq!(r.reason, ExitReason::Stopped);
+        assert_eq!(r.status, ExitStatus::Code(0));
+    }
+    for _ in 0..3 {
+        ev.expect("a worker saying bye", |l| l.starts_with("bye "));
+    }
+    assert_nothing_left(&outcome.history);
+    drop((ev, handle));
+    assert_eq!(
+        util::open_fds(),
+        fds_before,
+        "the arbiter leaked descriptors"
+    );
+}
+
+#[test]
+fn exits_are_recorded_with_code_reason_and_message_and_slots_are_reused() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = no_backoff(Arbiter::builder().workers(1)).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            match w.generation() {
+                0 => Err("bad config".into()),
+                1 => panic!("boom at {}", 42),
+                2 => Ok(()),
+                _ => {
+                    tx.send(&format!("steady {} {}", w.slot(), w.generation()));
+                    w.wait_for_stop(None);
+                    Ok(())
+                }
+            }
+        })
+        .unwrap();
+    ev.expect("generation 3", |l| l == "steady 0 3");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let h = &outcome.history;
+    assert_eq!(h.len(), 4, "{h:#?}");
+    assert!(h.iter().all(|r| r.slot == 0));
+    assert_eq!((h[0].generation, &h[0].reason), (0, &ExitReason::Failed));
+    assert_eq!(h[0].status, ExitStatus::Code(ufork_core::EXIT_FAILED));
+    assert_eq!(h[0].message.as_deref(), Some("bad config"));
+    assert!(h[0].to_string().contains("EX_SOFTWARE"), "{}", h[0]);
+    assert_eq!(h[1].reason, ExitReason::Panicked);
+    assert_eq!(h[1].status, ExitStatus::Code(ufork_core::EXIT_PANICKED));
+    assert_eq!(h[1].message.as_deref(), Some("boom at 42"));
+    assert_eq!(
+        (h[2].reason.clone(), h[2].status),
+        (ExitReason::Exited, ExitStatus::Code(0))
+    );
+    assert_eq!(h[3].reason, ExitReason::Stopped);
+    assert_eq!(outcome.spawned, 4);
+    assert_nothing_left(h);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_in_its_slot_and_the_kill_is_named() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = no_backoff(Arbiter::builder().workers(2)).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {} {} {}", w.slot(), w.generation(), w.pid()));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let line = ev.expect("slot 1 up", |l| l.starts_with("up 1 0 "));
+    let pid: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    ev.expect("slot 1 respawned", |l| l.starts_with("up 1 1 "));
+    util::wait_until("the replacement is published", || {
+        handle
+            .snapshot()
+            .workers
+            .iter()
+            .any(|w| w.slot == 1 && w.generation == 1)
+    });
+    let snap = handle.snapshot();
+    let info = snap.workers.iter().find(|w| w.slot == 1).unwrap();
+    assert_eq!(info.generation, 1);
+    assert_eq!(info.restarts, 1);
+    assert_eq!(snap.history.len(), 1);
+    let record = &snap.history[0];
+    assert_eq!(record.reason, ExitReason::Killed);
+    assert_eq!(record.status, ExitStatus::Signal(9));
+    let text = record.to_string();
+    assert!(
+        text.contains("SIGKILL") && text.contains("out of memory?"),
+        "{text}"
+    );
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn workers_start_clean_signals_stdin_and_descriptors() {
+    let _g = lock();
+    let report = |workers: usize, kills: usize| -> Vec<String> {
+        let mut ev = Events::new();
+        let tx = ev.sender();
+        let arbiter = no_backoff(Arbiter::builder().workers(workers))
+            .build()
+            .unwrap();
+        let (handle, thread) = arbiter
+            .spawn_guarded(move |w: &mut Worker| -> Res {
+                let fds = util::open_fds();
+                let stdin = std::fs::read_link("/proc/self/fd/0").unwrap();
+                tx.send(&format!(
+                    "report {} {} ign={:x} cgt={:x} blk={:x} fds={fds} stdin={}",
+                    w.slot(),
+                    w.generation(),
+                    util::signal_mask("SigIgn:"),
+                    util::signal_mask("SigCgt:"),
+                    util::signal_mask("SigBlk:"),
+                    stdin.display()
+                ));
+                w.wait_for_stop(None);
+                Ok(())
+            })
+            .unwrap();
+        let mut reports = Vec::new();
+        for _ in 0..workers {
+            reports.push(ev.expect("a report", |l| l.starts_with("report ")));
+        }
+        for k in 0..kills {
+            handle.kill(0);
+            let want = format!("report 0 {} ", k + 1);
+            reports.push(ev.expect("a respawned report", |l| l.starts_with(&want)));
+        }
+        handle.stop();
+        let outcome = thread.join().unwrap().unwrap();
+        assert_nothing_left(&outcome.history);
+        reports
+    };
+    let small = report(1, 0);
+    let large = report(6, 3);
+    let field = |line: &str, name: &str| -> String {
+        line.split(' ')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let sigint = 1u64 << (libc::SIGINT - 1);
+    let sigterm = 1u64 << (libc::SIGTERM - 1);
+    for line in small.iter().chain(&large) {
+        let ign = u64::from_str_radix(&field(line, "ign"), 16).unwrap();
+        let cgt = u64::from_str_radix(&field(line, "cgt"), 16).unwrap();
+        assert!(
+            ign & sigint != 0,
+            "SIGINT must be ignored in workers: {line}"
+        );
+        // Signals 32 and up belong to the C library (thread cancellation).
+        assert_eq!(
+            cgt & 0xffff_ffff,
+            sigterm,
+            "only SIGTERM is caught in workers: {line}"
+        );
+        assert_eq!(field(line, "blk"), "0", "no signal blocked: {line}");
+        assert_eq!(field(line, "stdin"), "/dev/null");
+    }
+    let baseline = field(&small[0], "fds");
+    for line in &large {
+        assert_eq!(
+            field(line, "fds"),
+            baseline,
+            "fd count grew with pool size or respawns: {line}"
+        );
+    }
+}
+
+#[test]
+fn workers_die_with_an_arbiter_killed_by_sigkill() {
+    let _g = lock();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+        .args(["orphan", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut workers = Vec::new();
+    while workers.len() < 3 {
+        let line = lines.next().expect("testbin output").unwrap();
+        if let Some(pid) = line.strip_prefix("worker ") {
+            workers.push(pid.parse::<i32>().unwrap());
+        }
+    }
+    child.kill().unwrap();
+    let killed_at = Instant::now();
+    child.wait().unwrap();
+    for pid in workers {
+        assert!(
+            util::wait_exit(pid, DEADLINE),
+            "worker {pid} outlived its arbiter"
+        );
+    }
+    // The design goal is well under a second; the bound here is generous for
+    // a loaded machine.
+    assert!(killed_at.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn orphans_reparented_to_a_subreaper_arbiter_are_reaped_quietly() {
+    let _g = lock();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+        .arg("subreaper")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut grandchild = None;
+    loop {
+        let line = lines.next().expect("testbin output").unwrap();
+        if let Some(g) = line.strip_prefix("grandchild ") {
+            grandchild = Some(g.parse::<i32>().unwrap());
+        }
+        if line.starts_with("worker ") {
+            break;
+        }
+    }
+    let grandchild = grandchild.expect("the grandchild's pid");
+    // The orphan ends once its parent worker is gone; then only the arbiter
+    // (its subreaper) can reap it.
+    util::wait_until("the orphan is reaped", || !util::exists(grandchild));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    let exits: Vec<&String> = rest.iter().filter(|l| l.starts_with("exit ")).collect();
+    assert_eq!(
+        exits,
+        vec!["exit 0 0 exited", "exit 0 1 stopped"],
+        "{rest:?}"
+    );
+    assert!(rest.contains(&"children 0".to_owned()), "{rest:?}");
+}
+
+#[test]
+fn hooks_run_where_and_when_they_should() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (o1, o2, o3) = (Arc::clone(&order), Arc::clone(&order), Arc::clone(&order));
+    let parent = std::process::id() as i32;
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .pre_fork(move |slot, generation| {
+            o1.lock()
+                .unwrap()
+                .push(format!("pre_fork {slot} {generation}"));
+        })
+        .post_fork(move |w: &mut Worker| {
+            // Runs in the child: a different pid from the arbiter's.
+            if w.pid() == parent {
+                return Err("post_fork ran in the arbiter".into());
+            }
+            w.set_activity("post-fork done");
+            Ok(())
+        })
+        .on_exit(move |record| o2.lock().unwrap().push(format!("exit {}", record.slot)))
+        .pre_stop(move || o3.lock().unwrap().push("pre_stop".into()))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("main {}", w.vitals().state()));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("worker main", |l| l.starts_with("main"));
+    ev.expect("worker main", |l| l.starts_with("main"));
+    util::wait_until("both workers are published", || {
+        handle.snapshot().workers.len() == 2
+    });
+    let snap = handle.snapshot();
+    assert!(
+        snap.workers.iter().all(|w| w.activity == "post-fork done"),
+        "{snap:#?}"
+    );
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let order = order.lock().unwrap().clone();
+    assert_eq!(&order[..2], &["pre_fork 0 0", "pre_fork 1 0"]);
+    assert_eq!(order[2], "pre_stop");
+    let mut exits = order[3..].to_vec();
+    exits.sort();
+    assert_eq!(exits, vec!["exit 0", "exit 1"]);
+    assert!(ev.seen.iter().all(|l| l == "main ready"), "{:?}", ev.seen);
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_worker_that_ignores_sigterm_is_killed_at_the_graceful_timeout() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .graceful_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {}", w.slot()));
+            w.wait_for_stop(None);
+            if w.slot() == 1 {
+                // Wedged: never returns.
+                loop {
+                    std::thread::park();
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("up", |l| l.starts_with("up"));
+    ev.expect("up", |l| l.starts_with("up"));
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.killed_at_timeout, 1);
+    let wedged = outcome.history.iter().find(|r| r.slot == 1).unwrap();
+    assert_eq!(wedged.status, ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(wedged.reason, ExitReason::Stopped);
+    let clean = outcome.history.iter().find(|r| r.slot == 0).unwrap();
+    assert_eq!(clean.status, ExitStatus::Code(0));
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn stop_now_kills_every_worker_at_once() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(3)
+        .graceful_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |_: &mut Worker| -> Res {
+            tx.send("up");
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    for _ in 0..3 {
+        ev.expect("up", |l| l == "up");
+    }
+    handle.stop_now();
+    let outcome = thread.join().unwrap().unwrap();
+    assert!(!outcome.graceful);
+    assert!(
+        outcome
+            .history
+            .iter()
+            .all(|r| r.status == ExitStatus::Signal(libc::SIGKILL))
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+/// Sends `sig` to this process once `ev` shows `n` workers up.
+fn signal_self(sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::getpid(), sig).unwrap();
+}
+
+#[test]
+fn sigterm_stops_run_on_the_calling_thread_and_handlers_are_restored() {
+    let _g = lock();
+    let sigterm = 1u64 << (libc::SIGTERM - 1);
+    let sighup = 1u64 << (libc::SIGHUP - 1);
+    let caught_before = util::signal_mask("SigCgt:") & (sigterm | sighup);
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(2).build().unwrap();
+    let watcher = std::thread::spawn(move || {
+        ev.expect("up", |l| l == "up");
+        ev.expect("up", |l| l == "up");
+        signal_self(rustix::process::Signal::TERM);
+        ev
+    });
+    let outcome = arbiter
+        .run(move |w: &mut Worker| -> Res {
+            tx.send("up");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    watcher.join().unwrap();
+    assert_eq!(outcome.cause, StopCause::Signal(libc::SIGTERM));
+    assert!(outcome.graceful);
+    assert_eq!(
+        util::signal_mask("SigCgt:") & (sigterm | sighup),
+        caught_before
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_second_sigint_stops_at_once() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .graceful_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (_handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send("up");
+            w.wait_for_stop(None);
+            tx.send("ignoring the stop");
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    ev.expect("up", |l| l == "up");
+    signal_self(rustix::process::Signal::INT);
+    ev.expect("the worker saw the graceful stop", |l| {
+        l == "ignoring the stop"
+    });
+    signal_self(rustix::process::Signal::INT);
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::Signal(libc::SIGINT));
+    assert!(!outcome.graceful);
+    assert_eq!(outcome.history[0].status, ExitStatus::Signal(libc::SIGKILL));
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn scaling_by_handle_and_by_ttin_ttou() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(2).capacity(4).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {}", w.slot()));
+            w.wait_for_stop(None);
+            tx.send(&format!("down {}", w.slot()));
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("up", |l| l.starts_with("up"));
+    ev.expect("up", |l| l.starts_with("up"));
+    handle.set_workers(4).unwrap();
+    ev.expect("slot 2", |l| l == "up 2");
+    ev.expect("slot 3", |l| l == "up 3");
+    assert!(matches!(
+        handle.set_workers(5),
+        Err(Error::OverCapacity {
+            requested: 5,
+            capacity: 4
+        })
+    ));
+    signal_self(rustix::process::Signal::TTOU);
+    ev.expect("the highest slot stops", |l| l == "down 3");
+    handle.set_workers(1).unwrap();
+    let mut downs = vec![
+        ev.expect("a slot stops", |l| l.starts_with("down")),
+        ev.expect("a slot stops", |l| l.starts_with("down")),
+    ];
+    downs.sort();
+    assert_eq!(downs, vec!["down 1", "down 2"]);
+    signal_self(rustix::process::Signal::TTIN);
+    ev.expect("slot 1 back", |l| l == "up 1");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 5);
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn rolling_restart_brings_each_replacement_up_before_stopping_the_next() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    // Each worker says "up" before it declares itself ready, so the order of
+    // lines is the order the arbiter saw.
+    let arbiter = Arbiter::builder()
+        .workers(3)
+        .ready_on_start(false)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {} {}", w.slot(), w.generation()));
+            w.ready();
+            w.wait_for_stop(None);
+            tx.send(&format!("down {} {}", w.slot(), w.generation()));
+            Ok(())
+        })
+        .unwrap();
+    for _ in 0..3 {
+        ev.expect("up", |l| l.starts_with("up"));
+    }
+    signal_self(rustix::process::Signal::HUP);
+    for slot in 0..3 {
+        ev.expect("replacement", |l| l == format!("up {slot} 1"));
+    }
+    let seen = ev.seen.clone();
+    let pos = |l: &str| {
+        seen.iter()
+            .position(|s| s == l)
+            .unwrap_or_else(|| panic!("{l} in {seen:?}"))
+    };
+    for slot in 0..2 {
+        assert!(
+            pos(&format!("up {slot} 1")) < pos(&format!("down {} 0", slot + 1)),
+            "{seen:?}"
+        );
+    }
+    handle.restart_all();
+    for slot in 0..3 {
+        ev.expect("second round", |l| l == format!("up {slot} 2"));
+    }
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 9);
+    assert_eq!(outcome.history.len(), 9);
+    assert!(
+        outcome
+            .history
+            .iter()
+            .all(|r| r.reason == ExitReason::Stopped)
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn the_exit_history_keeps_the_last_n() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = no_backoff(Arbiter::builder().workers(1).history(5))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.generation() < 12 {
+                return Err(format!("generation {}", w.generation()));
+            }
+            tx.send("steady");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("steady", |l| l == "steady");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let gens: Vec<u32> = outcome.history.iter().map(|r| r.generation).collect();
+    assert_eq!(gens, vec![8, 9, 10, 11, 12]);
+    assert_eq!(outcome.history[0].message.as_deref(), Some("generation 8"));
+}
+
+/// A layer with a pipe of its own in the loop: it counts what it hears.
+struct PipeLayer {
+    read: Option<std::os::fd::OwnedFd>,
+    token: Option<Token>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Layer for PipeLayer {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        let fd = self.read.as_ref().unwrap();
+        self.token = Some(ctx.register(std::os::fd::AsFd::as_fd(fd), Interest::READABLE));
+        self.log.lock().unwrap().push("started".into());
+    }
+    fn in_child(&mut self, child: &ufork_core::ChildInfo) -> std::io::Result<()> {
+        // The arbiter's end of the layer's pipe is closed in the child.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.read.as_ref().unwrap());
+        if std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+            return Err(std::io::Error::other("layer fd leaked into the child"));
+        }
+        let _ = child;
+        Ok(())
+    }
+    fn spawned(&mut self, spawn: &ufork_core::Spawn, _: &mut Context<'_>) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("spawned {}", spawn.slot));
+    }
+    fn event(&mut self, token: Token, readiness: Readiness, ctx: &mut Context<'_>) {
+        assert_eq!(Some(token), self.token);
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(self.read.as_ref().unwrap(), &mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("event {text} {}", readiness.readable));
+        if text.contains("stop") {
+            ctx.handle().stop();
+        }
+    }
+    fn exited(&mut self, record: &ufork_core::ExitRecord, _: &mut Context<'_>) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("exited {}", record.slot));
+    }
+    fn stopping(&mut self, _: &mut Context<'_>) {
+        self.log.lock().unwrap().push("stopping".into());
+    }
+    fn stopped(&mut self) {
+        self.log.lock().unwrap().push("stopped".into());
+    }
+}
+
+#[test]
+fn a_layer_registers_a_descriptor_and_hears_the_lifecycle() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let (read, write) = rustix::pipe::pipe().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = PipeLayer {
+        read: Some(read),
+        token: None,
+        log: Arc::clone(&log),
+    };
+    let arbiter = Arbiter::builder().workers(1).layer(layer).build().unwrap();
+    let (_handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send("up");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("up", |l| l == "up");
+    rustix::io::write(&write, b"stop").unwrap();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::Handle);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        vec![
+            "started",
+            "spawned 0",
+            "event stop true",
+            "stopping",
+            "exited 0",
+            "stopped"
+        ]
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn settings_out_of_range_are_refused_with_the_setting_named() {
+    let _g = lock();
+    let err = Arbiter::builder()
+        .workers(8)
+        .capacity(4)
+        .build()
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::OverCapacity {
+            requested: 8,
+            capacity: 4
+        }
+    ));
+    assert!(err.to_string().contains("capacity"), "{err}");
+    let err = Arbiter::builder().max_booting(0).build().unwrap_err();
+    assert!(err.to_string().contains("max_booting"), "{err}");
+    let err = Arbiter::builder()
+        .heartbeat_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("heartbeat_timeout"), "{err}");
+    let err = Arbiter::builder()
+        .fd_limit(FdLimit::FractionOfRlimit(1.5))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("fd_limit"), "{err}");
+}
+
+// -- health ------------------------------------------------------------------
+
+#[test]
+fn a_silent_worker_is_killed_and_the_record_says_why() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .heartbeat_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.generation() == 0 {
+                w.busy();
+                w.set_activity("GET /slow");
+                tx.send("hanging");
+                loop {
+                    std::thread::park();
+                }
+            }
+            tx.send("replacement");
+            while !w.wait_for_stop(Some(Duration::from_millis(20))) {
+                w.heartbeat();
+            }
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("hanging", |l| l == "hanging");
+    ev.expect("replacement", |l| l == "replacement");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let hung = &outcome.history[0];
+    assert_eq!(hung.status, ExitStatus::Signal(libc::SIGKILL));
+    match &hung.reason {
+        ExitReason::TimedOut {
+            silent_for,
+            state,
+            activity,
+        } => {
+            assert!(*silent_for >= Duration::from_millis(300), "{silent_for:?}");
+            assert_eq!(*state, WorkerState::Busy);
+            assert_eq!(activity, "GET /slow");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let text = hung.to_string();
+    assert!(
+        text.contains("GET /slow") && text.contains("busy"),
+        "{text}"
+    );
+    assert_eq!(
+        outcome.history[1].reason,
+        ExitReason::Stopped,
+        "the beating replacement lived"
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_worker_never_ready_is_killed_at_the_start_timeout() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .ready_on_start(false)
+        .start_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.generation() == 0 {
+                tx.send("booting forever");
+                loop {
+                    std::thread::park();
+                }
+            }
+            w.ready();
+            tx.send("ready");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("ready", |l| l == "ready");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert!(
+        matches!(outcome.history[0].reason, ExitReason::BootTimedOut { after } if after >= Duration::from_millis(300)),
+        "{:?}",
+        outcome.history[0]
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn an_arbiter_stopped_longer_than_the_timeout_spares_healthy_workers() {
+    let _g = lock();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+        .arg("stall")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let arbiter = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut workers = Vec::new();
+    while workers.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(pid) = line.strip_prefix("worker ") {
+            workers.push(rustix::process::Pid::from_raw(pid.parse().unwrap()).unwrap());
+        }
+    }
+    use rustix::process::{Signal, kill_process};
+    // Freeze everything (a laptop suspend, or Ctrl-Z on the group) for more
+    // than twice the 1 s heartbeat timeout, then thaw the arbiter first.
+    kill_process(arbiter, Signal::STOP).unwrap();
+    for &w in &workers {
+        kill_process(w, Signal::STOP).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    kill_process(arbiter, Signal::CONT).unwrap();
+    for &w in &workers {
+        kill_process(w, Signal::CONT).unwrap();
+    }
+    // Both workers beat again after the thaw.
+    let mut fresh = [0u32; 2];
+    while fresh.iter().any(|&n| n < 10) {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.strip_prefix("beat ") {
+            let slot: usize = rest.split(' ').next().unwrap().parse().unwrap();
+            fresh[slot] += 1;
+        }
+    }
+    kill_process(arbiter, Signal::TERM).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    let exits: Vec<&String> = rest.iter().filter(|l| l.starts_with("exit ")).collect();
+    assert_eq!(exits.len(), 2, "{rest:?}");
+    assert!(
+        exits.iter().all(|l| l.ends_with(" stopped")),
+        "healthy workers were killed: {rest:?}"
+    );
+}
+
+#[test]
+fn the_spawn_throttle_lets_max_booting_workers_boot_at_once() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let (release_r, release_w) = rustix::pipe::pipe().unwrap();
+    let arbiter = Arbiter::builder()
+        .workers(5)
+        .max_booting(2)
+        .ready_on_start(false)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("booting {}", w.slot()));
+            let mut byte = [0u8; 1];
+            rustix::io::read(&release_r, &mut byte).map_err(|e| e.to_string())?;
+            w.ready();
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("first boot", |l| l.starts_with("booting"));
+    ev.expect("second boot", |l| l.starts_with("booting"));
+    // The loop spawns before it publishes: two workers published means it
+    // already declined to fork a third.
+    util::wait_until("the snapshot shows two workers", || {
+        handle.snapshot().workers.len() == 2
+    });
+    assert_eq!(handle.snapshot().workers.len(), 2);
+    for n in 3..=5 {
+        rustix::io::write(&release_w, b"x").unwrap();
+        ev.expect("one more boot per release", |l| l.starts_with("booting"));
+        util::wait_until("published", || handle.snapshot().workers.len() == n);
+        let booting = handle
+            .snapshot()
+            .workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Booting)
+            .count();
+        assert!(booting <= 2, "{booting} booting at once");
+    }
+    rustix::io::write(&release_w, b"xx").unwrap();
+    util::wait_until("all ready", || handle.snapshot().ready_count() == 5);
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 5);
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_crash_looping_worker_backs_off_instead_of_fork_bombing() {
+    let _g = lock();
+    let spawns = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let s = Arc::clone(&spawns);
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .backoff(
+            Duration::from_millis(50),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
+        .pre_fork(move |_, _| s.lock().unwrap().push(Instant::now()))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(|_: &mut Worker| -> Res { Err("exits at once".into()) })
+        .unwrap();
+    // Watch for two seconds: without backoff this is thousands of forks.
+    std::thread::sleep(Duration::from_secs(2));
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let times = spawns.lock().unwrap().clone();
+    // 50 ms * 1.5^n: 0, 50, 125, 237, 406, 660, 1040, 1610 ms...
+    assert!(
+        times.len() >= 4 && times.len() <= 12,
+        "{} spawns in 2 s",
+        times.len()
+    );
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for pair in gaps.windows(2).skip(1) {
+        assert!(pair[1] > pair[0], "backoff must grow: {gaps:?}");
+    }
+    assert!(gaps[0] >= Duration::from_millis(50), "{gaps:?}");
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_worker_over_its_memory_limit_is_recycled_gracefully() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .memory_limit(64 * 1024 * 1024)
+        .limit_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let hog = if w.generation() == 0 {
+                vec![1u8; 128 * 1024 * 1024]
+            } else {
+                Vec::new()
+            };
+            tx.send(&format!("up {} {}", w.generation(), hog.len()));
+            w.wait_for_stop(None);
+            tx.send(&format!("graceful {}", w.generation()));
+            drop(hog);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("the hog stops gracefully", |l| l == "graceful 0");
+    ev.expect("replacement", |l| l.starts_with("up 1"));
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let first = &outcome.history[0];
+    assert_eq!(
+        first.status,
+        ExitStatus::Code(0),
+        "SIGTERM first, not SIGKILL"
+    );
+    assert!(
+        matches!(first.reason, ExitReason::OverMemory { rss, limit } if rss > limit && limit == 64 << 20),
+        "{first:?}"
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_worker_with_too_many_open_files_is_recycled() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .fd_limit(FdLimit::Count(64))
+        .limit_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let mut files = Vec::new();
+            if w.generation() == 0 {
+                for _ in 0..100 {
+                    files.push(std::fs::File::open("/dev/null").map_err(|e| e.to_string())?);
+                }
+            }
+            tx.send(&format!("up {}", w.generation()));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("replacement", |l| l == "up 1");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert!(
+        matches!(outcome.history[0].reason, ExitReason::TooManyFds { open, limit: 64 } if open >= 64),
+        "{:?}",
+        outcome.history[0]
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn the_snapshot_shows_what_workers_report() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(2).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.slot() == 1 {
+                for _ in 0..3 {
+                    w.count_request();
+                }
+                w.busy();
+                w.set_activity("GET /report");
+            } else {
+                w.idle();
+            }
+            tx.send("reported");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("reported", |l| l == "reported");
+    ev.expect("reported", |l| l == "reported");
+    // The arbiter publishes once per loop iteration, just after its forks.
+    util::wait_until("both workers are published", || {
+        handle.snapshot().workers.len() == 2
+    });
+    let snap = handle.snapshot();
+    let busy = snap.workers.iter().find(|w| w.slot == 1).unwrap();
+    assert_eq!(busy.state, WorkerState::Busy);
+    assert_eq!(busy.requests, 3);
+    assert_eq!(busy.activity, "GET /report");
+    assert!(busy.busy_for.is_some() && busy.last_beat_age.is_some());
+    assert!(busy.rss.is_some_and(|r| r > 0));
+    let idle = snap.workers.iter().find(|w| w.slot == 0).unwrap();
+    assert_eq!(idle.state, WorkerState::Idle);
+    assert!(idle.busy_for.is_none());
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_nothing_left(&outcome.history);
+}
+
+#[cfg(feature = "rng")]
+#[test]
+fn every_worker_and_generation_gets_its_own_random_stream() {
+    use rand_chacha::rand_core::Rng;
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = no_backoff(Arbiter::builder().workers(2)).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let value = w.rng().next_u64();
+            tx.send(&format!("rng {} {} {value}", w.slot(), w.generation()));
+            if w.slot() == 0 && w.generation() < 2 {
+                return Ok(());
+            }
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let mut values = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let line = ev.expect("a draw", |l| l.starts_with("rng "));
+        values.insert(line.rsplit(' ').next().unwrap().to_owned());
+    }
+    assert_eq!(values.len(), 4, "streams repeated: {:?}", ev.seen);
+    handle.stop();
+    thread.join().unwrap().unwrap();
+}
