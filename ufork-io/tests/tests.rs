@@ -1,0 +1,746 @@
+//! Integration tests: a real arbiter with the capture layer and an in-memory
+//! sink, through the public API only.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ufork_core::{Arbiter, Builder, ExitReason, ExitStatus, Outcome, Worker};
+use ufork_io::{CONTINUES, Capture, CaptureBuilder, NO_NEWLINE, Prefix, Sink};
+use util::{MemorySink, contains, lines};
+
+type WorkerResult = Result<(), std::io::Error>;
+
+fn pool(workers: usize) -> Builder {
+    Arbiter::builder()
+        .workers(workers)
+        .handle_signals(false)
+        .graceful_timeout(Duration::from_secs(10))
+        .backoff(
+            Duration::from_millis(1),
+            Duration::from_millis(10),
+            Duration::from_millis(1),
+        )
+}
+
+fn capture(sink: &MemorySink) -> CaptureBuilder {
+    Capture::builder().sink(Sink::writer(sink.clone()))
+}
+
+fn idle(worker: &mut Worker) {
+    while !worker.wait_for_stop(None) {}
+}
+
+// Workers write with `writeln!(std::io::stdout(), ..)`, not `println!`: under
+// `cargo test` without `--nocapture`, libtest captures `print!` output of the
+// test thread in memory, and a worker forked from that thread inherits the
+// capture (see the crate's Limitations).
+
+/// Runs the pool until `until` (on another thread) returns; then stops it.
+fn run_until(
+    builder: Builder,
+    worker: impl FnMut(&mut Worker) -> WorkerResult,
+    until: impl FnOnce() + Send + 'static,
+) -> Outcome {
+    let arbiter = builder.build().expect("build");
+    let handle = arbiter.handle();
+    let stopper = util::stopper(move || {
+        let _guard = util::StopOnPanic(handle.clone());
+        until();
+        handle.stop();
+    });
+    let outcome = arbiter.run(worker).expect("run");
+    stopper.join().expect("stopper");
+    util::assert_nothing_left(&outcome.history);
+    outcome
+}
+
+fn pids_by_slot(outcome: &Outcome) -> HashMap<i32, usize> {
+    outcome.history.iter().map(|r| (r.pid, r.slot)).collect()
+}
+
+#[test]
+fn lines_carry_the_default_slot_pid_prefix_and_stderr_is_marked_when_split() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink).split_streams(true).build().expect("capture");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(2).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "hello from {}", w.slot())?;
+            writeln!(std::io::stderr(), "complaint from {}", w.slot())?;
+            idle(w);
+            Ok(())
+        },
+        move || {
+            watch.wait_lines(4);
+        },
+    );
+    let bytes = sink.bytes();
+    for r in &outcome.history {
+        let out = format!("[{} {}] hello from {}", r.slot, r.pid, r.slot);
+        let err = format!("[{} {} err] complaint from {}", r.slot, r.pid, r.slot);
+        assert!(contains(&bytes, out.as_bytes()), "missing {out:?}");
+        assert!(contains(&bytes, err.as_bytes()), "missing {err:?}");
+    }
+}
+
+fn lines_count(b: &[u8]) -> usize {
+    b.iter().filter(|&&c| c == b'\n').count()
+}
+
+#[test]
+fn the_prefix_is_configurable_including_none() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .prefix(Prefix::custom(|info, out| {
+            write!(out, "<{}:{}> ", info.slot, info.stream.as_str()).unwrap();
+        }))
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "custom")?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text("custom"),
+    );
+    assert_eq!(sink.bytes(), b"<0:out+err> custom\n");
+
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .prefix(Prefix::None)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "bare")?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text("bare"),
+    );
+    assert_eq!(sink.bytes(), b"bare\n");
+}
+
+/// The line a worker writes for (slot, seq): its length varies from a few
+/// bytes to well over a pipe's atomic write size.
+fn payload(slot: usize, seq: usize) -> String {
+    let len = (seq * 7919 + slot * 104_729) % 12_000;
+    let fill = (b'a' + (seq % 26) as u8) as char;
+    format!("W{slot} {seq} {}", fill.to_string().repeat(len))
+}
+
+#[test]
+fn lines_of_concurrent_writers_never_interleave() {
+    let _lock = util::lock();
+    const WORKERS: usize = 4;
+    const LINES: usize = 400;
+    let sink = MemorySink::new();
+    // A small queue makes back-pressure kick in often on the way.
+    let layer = capture(&sink)
+        .queue_bytes(64 * 1024)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(WORKERS).layer(layer),
+        |w| {
+            let mut out = std::io::stdout().lock();
+            for seq in 0..LINES {
+                writeln!(out, "{}", payload(w.slot(), seq))?;
+            }
+            drop(out);
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_lines(WORKERS * LINES),
+    );
+    let slots = pids_by_slot(&outcome);
+    let bytes = sink.bytes();
+    let mut next = [0usize; WORKERS];
+    for line in lines(&bytes) {
+        let text = std::str::from_utf8(line).expect("utf-8");
+        let (prefix, rest) = text.split_once("] ").expect("prefixed");
+        let (slot, pid) = prefix[1..].split_once(' ').expect("slot and pid");
+        let slot: usize = slot.parse().unwrap();
+        assert_eq!(slots[&pid.parse::<i32>().unwrap()], slot);
+        assert_eq!(
+            rest,
+            payload(slot, next[slot]),
+            "line {} of {slot} is torn",
+            next[slot]
+        );
+        next[slot] += 1;
+    }
+    assert_eq!(next, [LINES; WORKERS]);
+}
+
+#[test]
+fn one_line_per_write_when_asked() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .line_per_write(true)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            std::io::stdout().write_all(b"a\nb\nc\n")?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_lines(3),
+    );
+    assert_eq!(sink.writes(), 3);
+}
+
+#[test]
+fn a_partial_last_line_is_flushed_with_a_marker_when_the_worker_exits() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink).build().expect("capture");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(1).layer(layer),
+        |w| {
+            if w.generation() == 0 {
+                write!(std::io::stdout(), "whole\nno newline here")?;
+                std::io::stdout().flush()?;
+                return Ok(());
+            }
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text(NO_NEWLINE),
+    );
+    let first = &outcome.history[0];
+    let expected = format!(
+        "[0 {pid}] whole\n[0 {pid}] no newline here{NO_NEWLINE}\n",
+        pid = first.pid
+    );
+    assert!(sink.bytes().starts_with(expected.as_bytes()));
+}
+
+#[test]
+fn an_overlong_line_is_split_with_a_continuation_marker_not_dropped() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .prefix(Prefix::None)
+        .max_line(1000)
+        .build()
+        .expect("capture");
+    let long: String = (0..3500).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let watch = sink.clone();
+    let line = long.clone();
+    run_until(
+        pool(1).layer(layer),
+        move |w| {
+            writeln!(std::io::stdout(), "{line}")?;
+            writeln!(std::io::stdout(), "after")?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text("after"),
+    );
+    let bytes = sink.bytes();
+    let pieces = lines(&bytes);
+    assert_eq!(pieces.len(), 5, "{}", String::from_utf8_lossy(&bytes));
+    let mut joined = Vec::new();
+    for piece in &pieces[..3] {
+        let content = piece.strip_suffix(CONTINUES.as_bytes()).expect("marked");
+        assert_eq!(content.len(), 1000);
+        joined.extend_from_slice(content);
+    }
+    assert_eq!(pieces[3].len(), 500);
+    joined.extend_from_slice(pieces[3]);
+    assert_eq!(joined, long.as_bytes());
+    assert_eq!(pieces[4], b"after");
+}
+
+#[test]
+fn invalid_utf8_passes_through_unchanged() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .prefix(Prefix::None)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    const RAW: &[u8] = b"\xff\xfe ok \xc3\x28 \x00 end\n";
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            std::io::stdout().write_all(RAW)?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text(" end"),
+    );
+    assert_eq!(sink.bytes(), RAW);
+}
+
+#[test]
+fn a_panic_message_appears() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink).build().expect("capture");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(1).layer(layer),
+        |w| {
+            if w.generation() == 0 {
+                // libtest's output capture (cargo test without --nocapture)
+                // would swallow the default hook's message in this forked
+                // test thread; this hook writes to fd 2 as the default does
+                // outside tests.
+                std::panic::set_hook(Box::new(|info| {
+                    let _ = writeln!(std::io::stderr(), "{info}");
+                }));
+                panic!("boom in worker {}", w.slot());
+            }
+            writeln!(std::io::stdout(), "second life")?;
+            idle(w);
+            Ok(())
+        },
+        // The replacement's line shows the panicked worker was reaped.
+        move || watch.wait_for_text("second life"),
+    );
+    let first = &outcome.history[0];
+    assert_eq!(first.reason, ExitReason::Panicked);
+    let line = format!("[0 {}] boom in worker 0", first.pid);
+    assert!(contains(&sink.bytes(), line.as_bytes()));
+}
+
+#[test]
+fn output_written_before_a_sigkill_appears() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink).build().expect("capture");
+    let arbiter = pool(1).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    let watch = sink.clone();
+    let stopper = util::stopper(move || {
+        let _guard = util::StopOnPanic(handle.clone());
+        watch.wait_for_text("before the kill");
+        handle.kill(0);
+        watch.wait_for_text(NO_NEWLINE);
+        handle.stop();
+    });
+    let outcome = arbiter
+        .run(|w| -> WorkerResult {
+            if w.generation() == 0 {
+                // One write: the arbiter reads the line and the tail together
+                // and holds the tail until the pipe ends.
+                std::io::stdout().write_all(b"before the kill\ntail without newline")?;
+                std::io::stdout().flush()?;
+                loop {
+                    std::thread::park();
+                }
+            }
+            idle(w);
+            Ok(())
+        })
+        .expect("run");
+    stopper.join().unwrap();
+    util::assert_nothing_left(&outcome.history);
+    let killed = &outcome.history[0];
+    assert_eq!(killed.status, ExitStatus::Signal(9));
+    let tail = format!("[0 {}] tail without newline{NO_NEWLINE}\n", killed.pid);
+    assert!(contains(&sink.bytes(), tail.as_bytes()));
+}
+
+#[test]
+fn everything_written_during_a_graceful_stop_appears() {
+    let _lock = util::lock();
+    const BYE: usize = 5000;
+    let sink = MemorySink::new();
+    let layer = capture(&sink).build().expect("capture");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(3).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "up")?;
+            idle(w);
+            // Far more than a pipe holds: the arbiter must keep reading
+            // while it waits for the workers to exit.
+            let mut out = std::io::stdout().lock();
+            for i in 0..BYE {
+                writeln!(out, "bye {i} {}", "z".repeat(100))?;
+            }
+            write!(out, "last words")?;
+            Ok(())
+        },
+        move || watch.wait_lines(3),
+    );
+    let bytes = sink.bytes();
+    for r in &outcome.history {
+        assert_eq!(r.reason, ExitReason::Stopped);
+        let prefix = format!("[{} {}] ", r.slot, r.pid);
+        let mine: Vec<&[u8]> = lines(&bytes)
+            .into_iter()
+            .filter(|l| l.starts_with(prefix.as_bytes()))
+            .collect();
+        assert_eq!(mine.len(), BYE + 2, "worker {} lost lines", r.slot);
+        let last = format!("{prefix}last words{NO_NEWLINE}");
+        assert_eq!(mine[BYE + 1], last.as_bytes());
+    }
+}
+
+/// Parses `[slot pid] N <filler>` lines: per pid, the numbers seen in order.
+fn numbered(bytes: &[u8]) -> HashMap<i32, Vec<u64>> {
+    let mut seen: HashMap<i32, Vec<u64>> = HashMap::new();
+    for line in lines(bytes) {
+        let text = String::from_utf8_lossy(line);
+        let Some((prefix, rest)) = text.split_once("] ") else {
+            continue;
+        };
+        let Some((_, pid)) = prefix[1..].split_once(' ') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse() else { continue };
+        if let Some(n) = rest.split(' ').next().and_then(|n| n.parse().ok()) {
+            if !rest.ends_with(NO_NEWLINE) {
+                seen.entry(pid).or_default().push(n);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_stalled_sink_does_not_stop_supervision_and_loses_nothing() {
+    let _lock = util::lock();
+    let sink = MemorySink::stalled();
+    let layer = capture(&sink)
+        .queue_bytes(32 * 1024)
+        .build()
+        .expect("capture");
+    let graceful = Duration::from_secs(2);
+    let (exits_tx, exits) = mpsc::channel();
+    let (forks_tx, forks) = mpsc::channel();
+    let arbiter = pool(2)
+        .graceful_timeout(graceful)
+        .layer(layer)
+        .pre_fork(move |slot, generation| {
+            let _ = forks_tx.send((slot, generation));
+        })
+        .on_exit(move |r| {
+            let _ = exits_tx.send(r.pid);
+        })
+        .build()
+        .expect("build");
+    let handle = arbiter.handle();
+    let watch = sink.clone();
+    let writing = &util::Signal::new();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let _guard = util::StopOnPanic(handle.clone());
+            let deadline = Instant::now() + util::DEADLINE;
+            fn recv<T>(rx: &mpsc::Receiver<T>, deadline: Instant) -> T {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .expect("in time")
+            }
+            // The writer is stuck in the sink and both workers block on full
+            // pipes: the arbiter stopped reading them.
+            watch.wait_blocked();
+            assert_eq!(recv(&forks, deadline), (0, 0));
+            assert_eq!(recv(&forks, deadline), (1, 0));
+            writing.wait(2);
+            for worker in handle.snapshot().workers {
+                util::wait_until("a worker blocked on its full pipe", || {
+                    util::wchan(worker.pid).contains("pipe_write")
+                });
+            }
+            // Still supervising: a killed worker is reaped and replaced.
+            handle.kill(0);
+            recv(&exits, deadline);
+            assert_eq!(recv(&forks, deadline), (0, 1));
+            // And a stop completes within the graceful timeout.
+            let asked = Instant::now();
+            handle.stop();
+            recv(&exits, deadline);
+            recv(&exits, deadline);
+            let took = asked.elapsed();
+            assert!(
+                took < graceful + Duration::from_secs(3),
+                "stop took {took:?} with a stalled sink"
+            );
+            watch.set_stalled(false);
+        });
+        arbiter
+            .run(|w| -> WorkerResult {
+                let mut out = std::io::stdout().lock();
+                let mut n = 0u64;
+                while !w.should_stop() {
+                    writeln!(out, "{n} {}", "x".repeat(200))?;
+                    n += 1;
+                    if n == 10 && w.generation() == 0 {
+                        writing.raise();
+                    }
+                }
+                Ok(())
+            })
+            .expect("run")
+    });
+    util::assert_nothing_left(&outcome.history);
+    assert!(outcome.killed_at_timeout >= 1, "no worker was blocked");
+    let seen = numbered(&sink.bytes());
+    assert!(seen.len() >= 2, "the first two workers wrote");
+    for (pid, numbers) in seen {
+        let expected: Vec<u64> = (0..numbers.len() as u64).collect();
+        assert!(numbers == expected, "worker pid {pid} lost lines");
+        assert!(numbers.len() > 10);
+    }
+}
+
+#[test]
+fn lossy_mode_drops_with_a_count_instead_of_blocking() {
+    let _lock = util::lock();
+    const LINES: usize = 4000;
+    const LINE: usize = 100;
+    let sink = MemorySink::stalled();
+    let layer = capture(&sink)
+        .lossy(true)
+        .queue_bytes(8 * 1024)
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let done = util::Signal::new();
+    let arbiter = pool(1).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    let watch = sink.clone();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _guard = util::StopOnPanic(handle.clone());
+            // The worker wrote everything although nothing reached the sink.
+            done.wait(1);
+            handle.stop();
+            watch.wait_blocked();
+            watch.set_stalled(false);
+        });
+        arbiter
+            .run(|w| -> WorkerResult {
+                let mut out = std::io::stdout().lock();
+                for i in 0..LINES {
+                    writeln!(out, "{i:>9} {}", "y".repeat(LINE - 11))?;
+                }
+                drop(out);
+                done.raise();
+                idle(w);
+                Ok(())
+            })
+            .expect("run")
+    });
+    util::assert_nothing_left(&outcome.history);
+    let bytes = sink.bytes();
+    let mut delivered = 0u64;
+    let mut reported = 0u64;
+    for line in lines(&bytes) {
+        let text = String::from_utf8_lossy(line);
+        let rest = text.split_once("] ").expect("prefixed").1;
+        if let Some(count) = rest.strip_prefix("[ufork-io: dropped ") {
+            assert!(count.contains("bytes from worker 0"), "{text}");
+            reported += count.split(' ').next().unwrap().parse::<u64>().unwrap();
+        } else {
+            assert_eq!(rest.len(), LINE - 1, "a torn line: {text}");
+            delivered += LINE as u64;
+        }
+    }
+    assert!(reported > 0, "nothing was dropped");
+    assert_eq!(reported, counters.dropped_bytes());
+    assert_eq!(delivered + reported, (LINES * LINE) as u64);
+}
+
+#[test]
+fn a_worker_reads_what_the_arbiter_sends_to_its_stdin() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink).stdin_pipe(true).build().expect("capture");
+    let stdin = layer.stdin().expect("stdin handle");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(2).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "ready")?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            writeln!(std::io::stdout(), "got {}", line.trim_end())?;
+            idle(w);
+            Ok(())
+        },
+        move || {
+            watch.wait_lines(2);
+            stdin.send(1, b"hello one\n").expect("send");
+            stdin.send(0, b"hello zero\n").expect("send");
+            watch.wait_lines(4);
+        },
+    );
+    let bytes = sink.bytes();
+    for r in &outcome.history {
+        let name = ["zero", "one"][r.slot];
+        let line = format!("[{} {}] got hello {name}\n", r.slot, r.pid);
+        assert!(contains(&bytes, line.as_bytes()), "missing {line:?}");
+    }
+}
+
+mod logging {
+    //! Tests that need the global logger share one, which forwards records to
+    //! whatever the running test installed.
+
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    type Forward = Box<dyn Fn(&log::Record<'_>) + Send + Sync>;
+
+    static FORWARD: Mutex<Option<Forward>> = Mutex::new(None);
+
+    struct Forwarder;
+
+    impl log::Log for Forwarder {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if let Some(f) = &*FORWARD.lock().unwrap_or_else(|p| p.into_inner()) {
+                f(record);
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    pub fn forward(f: Option<Forward>) {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            log::set_logger(&Forwarder).expect("set the test logger");
+            log::set_max_level(log::LevelFilter::Info);
+        });
+        *FORWARD.lock().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    pub type Records = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// Collects (message, "k=v ..." key-values) of records with `target`.
+    pub fn collect(target: &'static str) -> Records {
+        let records = Records::default();
+        let into = Arc::clone(&records);
+        forward(Some(Box::new(move |record| {
+            if record.target() != target {
+                return;
+            }
+            struct Kv(String);
+            impl<'k> log::kv::VisitSource<'k> for Kv {
+                fn visit_pair(
+                    &mut self,
+                    key: log::kv::Key<'k>,
+                    value: log::kv::Value<'k>,
+                ) -> Result<(), log::kv::Error> {
+                    self.0.push_str(&format!("{key}={value} "));
+                    Ok(())
+                }
+            }
+            let mut kv = Kv(String::new());
+            let _ = record.key_values().visit(&mut kv);
+            into.lock()
+                .unwrap()
+                .push((record.args().to_string(), kv.0.trim_end().to_owned()));
+        })));
+        records
+    }
+}
+
+#[test]
+fn the_log_sink_gets_one_record_per_line_with_slot_and_pid() {
+    let _lock = util::lock();
+    let records = logging::collect("ufork::worker");
+    let layer = Capture::builder()
+        .sink(Sink::log())
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let arbiter = pool(1).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    let stopper = util::stopper(move || {
+        let _guard = util::StopOnPanic(handle.clone());
+        util::wait_until("two records", || counters.lines_written() >= 2);
+        handle.stop();
+    });
+    let outcome = arbiter
+        .run(|w| -> WorkerResult {
+            writeln!(std::io::stdout(), "first record")?;
+            writeln!(std::io::stdout(), "second record")?;
+            idle(w);
+            Ok(())
+        })
+        .expect("run");
+    stopper.join().unwrap();
+    logging::forward(None);
+    util::assert_nothing_left(&outcome.history);
+    let pid = outcome.history[0].pid;
+    let kv = format!("slot=0 pid={pid} stream=out+err");
+    let records = records.lock().unwrap().clone();
+    assert_eq!(
+        records,
+        vec![
+            ("first record".to_owned(), kv.clone()),
+            ("second record".to_owned(), kv)
+        ]
+    );
+}
+
+#[test]
+fn arbiter_messages_go_through_the_same_sink_between_whole_lines() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink).build().expect("capture");
+    let logger = layer.logger().prefix("[arb] ");
+    logging::forward(Some(Box::new(move |record| {
+        if record.target() == "ufork" {
+            log::Log::log(&logger, record);
+        }
+    })));
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(2).layer(layer),
+        |w| {
+            let mut out = std::io::stdout().lock();
+            for i in 0..2000 {
+                writeln!(out, "{i} {}", "q".repeat(300))?;
+            }
+            drop(out);
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_lines(4000),
+    );
+    logging::forward(None);
+    let bytes = sink.bytes();
+    let mut arbiter_lines = 0;
+    for line in lines(&bytes) {
+        let text = String::from_utf8_lossy(line);
+        if text.starts_with("[arb] ") {
+            arbiter_lines += 1;
+        } else {
+            let rest = text.split_once("] ").expect("worker line").1;
+            let (_, fill) = rest.split_once(' ').expect("numbered");
+            assert_eq!(fill, "q".repeat(300), "torn: {text}");
+        }
+    }
+    for r in &outcome.history {
+        let started = format!("[arb] INFO  worker {} pid {} started", r.slot, r.pid);
+        assert!(contains(&bytes, started.as_bytes()), "missing {started:?}");
+    }
+    assert!(arbiter_lines >= 2);
+}
