@@ -89,10 +89,6 @@ fn lines_carry_the_default_slot_pid_prefix_and_stderr_is_marked_when_split() {
     }
 }
 
-fn lines_count(b: &[u8]) -> usize {
-    b.iter().filter(|&&c| c == b'\n').count()
-}
-
 #[test]
 fn the_prefix_is_configurable_including_none() {
     let _lock = util::lock();
