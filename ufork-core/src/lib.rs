@@ -57,6 +57,11 @@
 //! Linux only (pidfds, `PR_SET_PDEATHSIG`, /proc). Forking is only sound while
 //! the process has one thread; see [`Arbiter::spawn_thread`] for the caveat when
 //! it has more. One arbiter per process handles signals at a time.
+//!
+//! Under `cargo test` (without `--nocapture`), libtest captures `print!` output
+//! of the test thread in memory; a worker forked from that thread inherits the
+//! capture, so its `println!` never reaches fd 1. Tests that need a worker's
+//! output should write to the file descriptor directly or run under nextest.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -111,7 +111,9 @@ pub(crate) struct Monitor<F> {
     spawned: u64,
     reaper: bool,
     pid: i32,
-    single_threaded: bool,
+    /// Threads the process should have at each fork, when `run` began with
+    /// one (then layers may add their own in `started`, and nothing more).
+    thread_baseline: Option<usize>,
     wedge_warned: bool,
 }
 
@@ -173,7 +175,7 @@ where
             spawned: 0,
             reaper,
             pid: rustix::process::getpid().as_raw_nonzero().get(),
-            single_threaded: crate::proc::thread_count() == Some(1),
+            thread_baseline: (crate::proc::thread_count() == Some(1)).then_some(1),
             wedge_warned: false,
             settings,
             layers,
@@ -228,6 +230,9 @@ where
 
     pub(crate) fn run(mut self) -> Result<Outcome> {
         self.each_layer(|layer, ctx| layer.started(ctx));
+        if self.thread_baseline.is_some() {
+            self.thread_baseline = crate::proc::thread_count();
+        }
         log::info!(target: "ufork", "arbiter pid {} starting {} workers", self.pid, self.target);
         loop {
             let now = now_ns();
@@ -408,11 +413,11 @@ where
             self.delay_slot(slot, now, false);
             return false;
         }
-        if self.single_threaded {
+        if let Some(baseline) = self.thread_baseline {
             debug_assert_eq!(
                 crate::proc::thread_count(),
-                Some(1),
-                "a thread was started in the arbiter process; forking is no longer sound"
+                Some(baseline),
+                "a thread was started in the arbiter process while it runs; forking is no longer sound"
             );
         }
         let forked = sys::fork_into(|| self.child(slot, generation));
@@ -1188,10 +1193,14 @@ where
         let Some(proc) = s.proc.take() else { return };
         let uptime = ns_to_duration(now.saturating_sub(proc.started));
         let note = s.note.take().filter(|n| n.generation == proc.generation);
+        // A worker's own report of failure beats "stopped": it may have died
+        // just before the stop reached it, or failed while finishing.
         let reason = match (proc.reason, &note) {
+            (Some(ExitReason::Stopped) | None, Some(n)) if n.kind == NoteKind::Panicked => {
+                ExitReason::Panicked
+            }
+            (Some(ExitReason::Stopped) | None, Some(_)) => ExitReason::Failed,
             (Some(reason), _) => reason,
-            (None, Some(n)) if n.kind == NoteKind::Panicked => ExitReason::Panicked,
-            (None, Some(_)) => ExitReason::Failed,
             (None, None) => match status {
                 ExitStatus::Code(0) => ExitReason::Exited,
                 ExitStatus::Code(_) => ExitReason::Failed,

@@ -1142,3 +1142,31 @@ fn every_worker_and_generation_gets_its_own_random_stream() {
     handle.stop();
     thread.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_worker_failing_while_it_stops_is_recorded_as_failing_not_stopped() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(2).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send("up");
+            w.wait_for_stop(None);
+            match w.slot() {
+                0 => panic!("panicked while stopping"),
+                _ => Err("could not flush".into()),
+            }
+        })
+        .unwrap();
+    ev.expect("up", |l| l == "up");
+    ev.expect("up", |l| l == "up");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let by_slot = |slot| outcome.history.iter().find(|r| r.slot == slot).unwrap();
+    assert_eq!(by_slot(0).reason, ExitReason::Panicked);
+    assert_eq!(by_slot(0).message.as_deref(), Some("panicked while stopping"));
+    assert_eq!(by_slot(1).reason, ExitReason::Failed);
+    assert_eq!(by_slot(1).message.as_deref(), Some("could not flush"));
+    assert_nothing_left(&outcome.history);
+}
