@@ -1165,7 +1165,10 @@ fn a_worker_failing_while_it_stops_is_recorded_as_failing_not_stopped() {
     let outcome = thread.join().unwrap().unwrap();
     let by_slot = |slot| outcome.history.iter().find(|r| r.slot == slot).unwrap();
     assert_eq!(by_slot(0).reason, ExitReason::Panicked);
-    assert_eq!(by_slot(0).message.as_deref(), Some("panicked while stopping"));
+    assert_eq!(
+        by_slot(0).message.as_deref(),
+        Some("panicked while stopping")
+    );
     assert_eq!(by_slot(1).reason, ExitReason::Failed);
     assert_eq!(by_slot(1).message.as_deref(), Some("could not flush"));
     assert_nothing_left(&outcome.history);

@@ -30,7 +30,10 @@ fn main() -> ExitCode {
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -41,8 +44,14 @@ fn cargo() -> Command {
 
 fn step(name: &str, mut cmd: Command) -> Result<(), String> {
     eprintln!("==> {name}");
-    let status = cmd.status().map_err(|e| format!("{name}: cannot run: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{name} failed ({status})")) }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{name}: cannot run: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{name} failed ({status})"))
+    }
 }
 
 fn has_nextest() -> bool {
@@ -60,7 +69,15 @@ fn test() -> Result<(), String> {
     step("cargo fmt --check", fmt)?;
 
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     step("cargo clippy", clippy)?;
 
     tidy::run(&root())?;
@@ -74,7 +91,11 @@ fn test() -> Result<(), String> {
             tests.args(["test", "--workspace", "--no-fail-fast"]);
         }
         tests.args(features);
-        let label = if features.is_empty() { "default features" } else { "all features" };
+        let label = if features.is_empty() {
+            "default features"
+        } else {
+            "all features"
+        };
         step(&format!("tests ({label})"), tests)?;
     }
 
@@ -83,7 +104,8 @@ fn test() -> Result<(), String> {
     step("doc tests", doctests)?;
 
     let mut doc = cargo();
-    doc.args(["doc", "--workspace", "--no-deps", "--all-features"]).env("RUSTDOCFLAGS", "-D warnings");
+    doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings");
     step("cargo doc", doc)?;
     eprintln!("==> all checks passed");
     Ok(())
@@ -103,18 +125,34 @@ fn bench(which: &[String]) -> Result<(), String> {
     }
     if wants("http") && !on_path("wrk") {
         eprintln!("==> installing wrk (apt-get)");
-        let _ = Command::new("apt-get").args(["install", "-y", "-q", "wrk"]).status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "wrk"])
+            .status();
         if !on_path("wrk") {
             let _ = Command::new("apt-get").args(["update", "-q"]).status();
-            let _ = Command::new("apt-get").args(["install", "-y", "-q", "wrk"]).status();
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-q", "wrk"])
+                .status();
         }
     }
-    for (name, package) in [("core", "ufork-core"), ("io", "ufork-io"), ("http", "ufork-wsgi-like")] {
+    for (name, package) in [
+        ("core", "ufork-core"),
+        ("io", "ufork-io"),
+        ("http", "ufork-wsgi-like"),
+    ] {
         if !wants(name) {
             continue;
         }
         let mut run = cargo();
-        run.args(["run", "--release", "--quiet", "-p", package, "--example", "bench"]);
+        run.args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            package,
+            "--example",
+            "bench",
+        ]);
         if package == "ufork-core" {
             run.args(["--features", "rng"]);
         }
@@ -127,7 +165,8 @@ fn bench(which: &[String]) -> Result<(), String> {
 }
 
 fn on_path(program: &str) -> bool {
-    env::var_os("PATH").is_some_and(|paths| env::split_paths(&paths).any(|p| p.join(program).is_file()))
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
 
 /// A venv in the temp dir with the Python peers; returns its python.
@@ -135,8 +174,15 @@ fn bench_venv(with_gunicorn: bool) -> Option<String> {
     let venv = env::temp_dir().join("ufork-bench-venv");
     let python = venv.join("bin/python");
     if !python.exists() {
-        eprintln!("==> making a venv for the Python peers in {}", venv.display());
-        let made = Command::new("python3").arg("-m").arg("venv").arg(&venv).status();
+        eprintln!(
+            "==> making a venv for the Python peers in {}",
+            venv.display()
+        );
+        let made = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status();
         if !made.is_ok_and(|s| s.success()) {
             eprintln!("    cannot make a venv; Python peers will be skipped");
             return None;
@@ -151,7 +197,10 @@ fn bench_venv(with_gunicorn: bool) -> Option<String> {
         .args(&packages)
         .status();
     if !installed.is_ok_and(|s| s.success()) {
-        eprintln!("    pip install {} failed; those peers will be skipped", packages.join(" "));
+        eprintln!(
+            "    pip install {} failed; those peers will be skipped",
+            packages.join(" ")
+        );
     }
     Some(python.display().to_string())
 }

@@ -4,8 +4,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 6] =
-    ["ufork-core", "ufork-io", "ufork-daemon", "ufork-wsgi-like", "ufork-cli", "xtask"];
+const CRATES: [&str; 6] = [
+    "ufork-core",
+    "ufork-io",
+    "ufork-daemon",
+    "ufork-wsgi-like",
+    "ufork-cli",
+    "xtask",
+];
 
 pub fn run(root: &Path) -> Result<(), String> {
     eprintln!("==> tidy");
@@ -15,7 +21,9 @@ pub fn run(root: &Path) -> Result<(), String> {
     }
     let mut problems = Vec::new();
     for file in &files {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
         check(file, &text, &mut problems);
     }
     if problems.is_empty() {
@@ -30,7 +38,9 @@ pub fn run(root: &Path) -> Result<(), String> {
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -54,16 +64,26 @@ fn check(file: &Path, text: &str, problems: &mut Vec<String>) {
             continue;
         }
         if code.contains("#[ignore") {
-            problems.push(format!("{name}:{}: #[ignore] test (fix it or delete it)", i + 1));
+            problems.push(format!(
+                "{name}:{}: #[ignore] test (fix it or delete it)",
+                i + 1
+            ));
         }
         let unsafe_use = code.contains("unsafe {") || code.contains("unsafe impl");
         if unsafe_use {
             if !is_sys {
                 problems.push(format!("{name}:{}: unsafe outside a sys.rs module", i + 1));
             }
-            let documented = lines[..i].iter().rev().take(8).any(|l| l.contains("SAFETY:"));
+            let documented = lines[..i]
+                .iter()
+                .rev()
+                .take(8)
+                .any(|l| l.contains("SAFETY:"));
             if !documented {
-                problems.push(format!("{name}:{}: unsafe without a // SAFETY: comment", i + 1));
+                problems.push(format!(
+                    "{name}:{}: unsafe without a // SAFETY: comment",
+                    i + 1
+                ));
             }
         }
     }
@@ -80,10 +100,18 @@ mod tests {
         check(Path::new("x/sys.rs"), bad, &mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");
         let mut problems = Vec::new();
-        check(Path::new("x/lib.rs"), "// SAFETY: fine\nunsafe { g() };\n", &mut problems);
+        check(
+            Path::new("x/lib.rs"),
+            "// SAFETY: fine\nunsafe { g() };\n",
+            &mut problems,
+        );
         assert_eq!(problems.len(), 1, "outside sys.rs: {problems:?}");
         let mut problems = Vec::new();
-        check(Path::new("x/sys.rs"), "// SAFETY: fine\nunsafe { g() };\n", &mut problems);
+        check(
+            Path::new("x/sys.rs"),
+            "// SAFETY: fine\nunsafe { g() };\n",
+            &mut problems,
+        );
         assert!(problems.is_empty());
     }
 }
