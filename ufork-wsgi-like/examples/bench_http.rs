@@ -3,7 +3,7 @@
 //! loop (the floor), each with 2 workers, measured by wrk on loopback.
 //!
 //! ```text
-//! cargo run --release -p ufork-wsgi-like --example bench
+//! cargo run --release -p ufork-wsgi-like --example bench_http
 //! ```
 //!
 //! Needs `wrk` on PATH. The Python peers need `UFORK_BENCH_PYTHON`: a python

@@ -5,7 +5,7 @@
 //! floor) and Python uFork when `UFORK_BENCH_PYTHON` names a python with
 //! `ufork` installed.
 //!
-//! `cargo run --release -p ufork-io --example bench`
+//! `cargo run --release -p ufork-io --example bench_io`
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
