@@ -144,6 +144,7 @@ fn bench(which: &[String]) -> Result<(), String> {
             continue;
         }
         let mut run = cargo();
+        let example = format!("bench_{name}");
         run.args([
             "run",
             "--release",
@@ -151,7 +152,7 @@ fn bench(which: &[String]) -> Result<(), String> {
             "-p",
             package,
             "--example",
-            "bench",
+            &example,
         ]);
         if package == "ufork-core" {
             run.args(["--features", "rng"]);
