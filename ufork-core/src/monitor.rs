@@ -824,8 +824,12 @@ where
                         consider(since + self.settings.start_timeout.as_nanos() as u64 + 1);
                         // A booting worker may beat before it is ready, and
                         // its ready note may have been skipped (no waiter).
+                        // Wake once per timeout while it boots (never spin on
+                        // a deadline already past).
                         if let Some(t) = self.settings.heartbeat_timeout {
-                            consider(since + t.as_nanos() as u64 + 1);
+                            let t = t.as_nanos() as u64;
+                            let periods = now.saturating_sub(since) / t + 1;
+                            consider(since + periods * t + 1);
                         }
                     }
                     if let Some(t) = self.settings.heartbeat_timeout {

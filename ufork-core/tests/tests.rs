@@ -1177,3 +1177,62 @@ fn a_worker_failing_while_it_stops_is_recorded_as_failing_not_stopped() {
     assert_eq!(by_slot(1).message.as_deref(), Some("could not flush"));
     assert_nothing_left(&outcome.history);
 }
+
+/// Records the arbiter thread's id, to read its CPU time from /proc.
+struct ArbiterTid(Arc<std::sync::atomic::AtomicI32>);
+
+impl Layer for ArbiterTid {
+    fn started(&mut self, _: &mut Context<'_>) {
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        self.0.store(tid, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn thread_cpu(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn the_arbiter_does_not_spin_while_a_worker_boots_past_its_heartbeat_timeout() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .ready_on_start(false)
+        .heartbeat_timeout(Duration::from_millis(50))
+        .layer(ArbiterTid(Arc::clone(&tid)))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send("booting");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("booting", |l| l == "booting");
+    let tid = tid.load(std::sync::atomic::Ordering::SeqCst);
+    let before = thread_cpu(tid);
+    // Ten heartbeat timeouts pass while the worker boots; the arbiter wakes
+    // once per timeout, which costs next to no CPU. A spinning loop would
+    // burn the whole window.
+    std::thread::sleep(Duration::from_millis(500));
+    let burnt = thread_cpu(tid) - before;
+    assert!(
+        burnt < Duration::from_millis(200),
+        "the arbiter burnt {burnt:?} of 500 ms"
+    );
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_nothing_left(&outcome.history);
+}
