@@ -1236,3 +1236,46 @@ fn the_arbiter_does_not_spin_while_a_worker_boots_past_its_heartbeat_timeout() {
     let outcome = thread.join().unwrap().unwrap();
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn a_failing_pool_is_reported_once_per_episode_and_as_a_whole() {
+    let _g = lock();
+    let spawns = Arc::new(Mutex::new(0usize));
+    let s = Arc::clone(&spawns);
+    let arbiter = Arbiter::builder()
+        .workers(3)
+        .backoff(
+            Duration::from_millis(10),
+            Duration::from_millis(40),
+            Duration::from_secs(5),
+        )
+        .pre_fork(move |_, _| *s.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(|_: &mut Worker| -> Res { Err("no database".into()) })
+        .unwrap();
+    // Wait until every slot has died young several times over.
+    util::wait_until("many young deaths", || *spawns.lock().unwrap() >= 24);
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let logs = util::logs();
+    for slot in 0..3 {
+        let episode = logs
+            .iter()
+            .filter(|l| l.contains(&format!("worker {slot} is crash-looping")))
+            .count();
+        assert_eq!(
+            episode, 1,
+            "slot {slot}: one crash-loop message per episode: {logs:#?}"
+        );
+    }
+    let wedged = logs
+        .iter()
+        .filter(|l| l.contains("most workers are failing"))
+        .count();
+    assert_eq!(wedged, 1, "{logs:#?}");
+    assert!(outcome.history.iter().all(|r| r.message.as_deref() == Some("no database")
+        || r.reason == ExitReason::Stopped));
+    assert_nothing_left(&outcome.history);
+}

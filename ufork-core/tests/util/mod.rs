@@ -12,7 +12,16 @@ static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 pub fn lock() -> MutexGuard<'static, ()> {
     init_logger();
-    FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    LOGS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    guard
+}
+
+/// The arbiter's log messages since this test took the lock.
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub fn logs() -> Vec<String> {
+    LOGS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// A generous deadline for anything that should take milliseconds.
@@ -204,6 +213,9 @@ pub fn init_logger() {
                 record.level(),
                 record.args()
             );
+            if let Ok(mut logs) = LOGS.try_lock() {
+                logs.push(format!("{} {}", record.level(), record.args()));
+            }
         }
         fn flush(&self) {}
     }
