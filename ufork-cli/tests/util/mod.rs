@@ -330,3 +330,18 @@ pub fn assert_one_line_error(output: &Output, code: i32, needles: &[&str]) {
     }
     assert!(!output.stderr.contains("panicked"), "{output:#?}");
 }
+
+/// Asks the control socket until `n` workers are ready (a worker stopped
+/// while still booting can miss its SIGTERM: see the ufork-core report).
+pub fn wait_ready(socket: &str, n: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    let want = format!("{n} ready");
+    loop {
+        let out = run(&["ctl", "--control-socket", socket, "status"]);
+        if out.stdout.contains(&want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{out:#?}");
+        std::thread::yield_now();
+    }
+}
