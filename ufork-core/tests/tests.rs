@@ -250,11 +250,13 @@ fn workers_start_clean_signals_stdin_and_descriptors() {
 #[test]
 fn workers_die_with_an_arbiter_killed_by_sigkill() {
     let _g = lock();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
-        .args(["orphan", "3"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = util::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .args(["orphan", "3"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut workers = Vec::new();
     while workers.len() < 3 {
@@ -280,11 +282,13 @@ fn workers_die_with_an_arbiter_killed_by_sigkill() {
 #[test]
 fn orphans_reparented_to_a_subreaper_arbiter_are_reaped_quietly() {
     let _g = lock();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
-        .arg("subreaper")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = util::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .arg("subreaper")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.id() as i32;
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut grandchild = None;
@@ -865,11 +869,13 @@ fn a_worker_never_ready_is_killed_at_the_start_timeout() {
 #[test]
 fn an_arbiter_stopped_longer_than_the_timeout_spares_healthy_workers() {
     let _g = lock();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
-        .arg("stall")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = util::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .arg("stall")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let arbiter = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut workers = Vec::new();
