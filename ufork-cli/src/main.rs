@@ -103,7 +103,14 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         .lines()
         .find_map(|l| l.trim().strip_prefix("tip: "))
         .map(|t| format!("; {t}"))
-        .unwrap_or_default();
+        .unwrap_or_else(|| {
+            let run = std::env::args().nth(1).as_deref() == Some("run");
+            if run && error.kind() == ErrorKind::UnknownArgument {
+                "; put the program after `--`: ufork run [FLAGS] -- CMD [ARG]...".to_owned()
+            } else {
+                String::new()
+            }
+        });
     let _ = writeln!(
         std::io::stderr(),
         "ufork: error: {first}{tip} (see `ufork --help`)"
@@ -141,16 +148,20 @@ fn serve(args: cli::ServeArgs) -> Result<()> {
         Some(files) => format!("files from {}", files.root().display()),
         None => "the hello app".to_owned(),
     };
-    if !args.pool.daemon {
-        for l in &listeners {
-            term::say(format!(
+    let banner: Vec<String> = listeners
+        .iter()
+        .map(|l| {
+            format!(
                 "serving {what} on http://{} with {workers} workers (arbiter pid {})",
                 l.addr,
                 std::process::id()
-            ));
-        }
-    }
+            )
+        })
+        .collect();
     let mut session = pool::Session::start(&args.pool)?;
+    if !args.pool.daemon {
+        banner.iter().for_each(term::say);
+    }
     let mut builder = ufork_wsgi_like::Server::builder()
         .workers(workers)
         .graceful_timeout(args.pool.graceful_timeout)
