@@ -16,19 +16,42 @@ pub(crate) const NSIG: usize = 65;
 /// says, never returns: the child never comes back into the caller's stack.
 /// Returns the child's pid in the parent.
 ///
+/// Every signal is blocked across the fork: until the child has reset its
+/// dispositions, the arbiter's handler would swallow a SIGTERM meant for the
+/// new worker (it writes to the arbiter's pipe). The child unblocks in
+/// [`reset_child_signals`], after installing its own handlers, so a signal
+/// sent in between stays pending and is delivered then. The parent restores
+/// its mask right after the fork.
+///
 /// The arbiter calls this from its single-threaded loop; with other threads
 /// alive, the child must not take locks they may hold (see
 /// `Arbiter::spawn_thread`).
 #[allow(unreachable_code)] // `child` returns an uninhabited type
 pub(crate) fn fork_into(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<i32> {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it; the mask
+    // calls only read `all` and write `old`.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
     // SAFETY: libc's fork runs the atfork handlers, so malloc stays usable in
     // the child; the child branch diverges into `child`, which ends the
     // process, so no code of the parent's stack frames runs twice.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => match child() {},
-        pid => Ok(pid),
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        match child() {}
     }
+    let result = if pid == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    // SAFETY: `old` is the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    result
 }
 
 /// Ends the calling process at once with `code`, without running atexit

@@ -1285,3 +1285,33 @@ fn a_failing_pool_is_reported_once_per_episode_and_as_a_whole() {
         || r.reason == ExitReason::Stopped));
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn a_worker_stopped_the_moment_it_is_forked_still_stops_gracefully() {
+    let _g = lock();
+    // A SIGTERM that reaches a worker between fork and its own signal setup
+    // must not be lost (it would be, were the arbiter's handler still in
+    // place): then the worker would only go at the SIGKILL deadline.
+    for round in 0..30 {
+        let arbiter = Arbiter::builder()
+            .workers(4)
+            .graceful_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let handle = arbiter.handle();
+        handle.stop();
+        let (_, thread) = arbiter
+            .spawn_guarded(|w: &mut Worker| -> Res {
+                w.wait_for_stop(None);
+                Ok(())
+            })
+            .unwrap();
+        let outcome = thread.join().unwrap().unwrap();
+        assert_eq!(
+            outcome.killed_at_timeout, 0,
+            "round {round}: {:#?}",
+            outcome.history
+        );
+        assert_nothing_left(&outcome.history);
+    }
+}
