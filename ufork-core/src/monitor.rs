@@ -970,9 +970,10 @@ where
     }
 
     fn handle_signals(&mut self) {
-        let int = sys::take_count(libc::SIGINT);
-        let term = sys::take_count(libc::SIGTERM);
-        let quit = sys::take_count(libc::SIGQUIT);
+        let both = |sig| sys::take_count(sig) + sys::take_kernel_count(sig);
+        let int = both(libc::SIGINT);
+        let term = both(libc::SIGTERM);
+        let quit = both(libc::SIGQUIT);
         if quit > 0 {
             log::warn!(target: "ufork", "SIGQUIT: stopping every worker now");
             self.begin_stop(StopCause::Signal(libc::SIGQUIT), false);
@@ -991,20 +992,34 @@ where
             log::info!(target: "ufork", "SIGTERM: stopping {} workers gracefully", self.live());
             self.begin_stop(StopCause::Signal(libc::SIGTERM), true);
         }
+        // SIGHUP from the kernel means the controlling terminal hung up: like
+        // any foreground program, stop. Sent with kill(1), it asks for a
+        // rolling restart.
+        if sys::take_kernel_count(libc::SIGHUP) > 0 {
+            log::warn!(target: "ufork", "the terminal hung up (SIGHUP): stopping {} workers gracefully", self.live());
+            self.begin_stop(StopCause::Signal(libc::SIGHUP), true);
+        }
         if sys::take_count(libc::SIGHUP) > 0 {
             log::info!(target: "ufork", "SIGHUP: restarting every worker, one at a time");
             self.start_rolling();
+        }
+        // The kernel raises TTIN/TTOU for job control (a background process
+        // touching the terminal): that is no request to scale.
+        let job_control =
+            sys::take_kernel_count(libc::SIGTTIN) + sys::take_kernel_count(libc::SIGTTOU);
+        if job_control > 0 {
+            log::debug!(target: "ufork", "ignoring SIGTTIN/SIGTTOU from terminal job control");
         }
         let ttin = sys::take_count(libc::SIGTTIN) as isize;
         let ttou = sys::take_count(libc::SIGTTOU) as isize;
         if ttin != ttou {
             self.add_workers(ttin - ttou);
         }
-        if sys::take_count(libc::SIGUSR1) > 0 {
+        if both(libc::SIGUSR1) > 0 {
             log::info!(target: "ufork", "SIGUSR1: reopening logs");
             self.each_layer(|layer, ctx| layer.reopen(ctx));
         }
-        if sys::take_count(libc::SIGCHLD) > 0 && self.reaper {
+        if both(libc::SIGCHLD) > 0 && self.reaper {
             self.reap_any();
         }
     }

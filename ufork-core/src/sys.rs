@@ -65,14 +65,21 @@ pub(crate) fn exit_now(code: i32) -> ! {
 // Signals of the arbiter: counted per signal and announced on a self-pipe.
 
 static ARBITER_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// Signals sent by a process (`kill`, `raise`...), per signal number.
 static COUNTS: [AtomicU32; NSIG] = [const { AtomicU32::new(0) }; NSIG];
+/// Signals the kernel generated itself (terminal hangup, job control, Ctrl-C
+/// on a terminal), told apart by `si_code == SI_KERNEL`.
+static KERNEL_COUNTS: [AtomicU32; NSIG] = [const { AtomicU32::new(0) }; NSIG];
 
-extern "C" fn arbiter_handler(sig: libc::c_int) {
+extern "C" fn arbiter_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // Only atomics and write(2) here: both are async-signal-safe. errno is
     // saved because the interrupted code may be about to read it.
     // SAFETY: __errno_location returns the calling thread's errno slot.
     let errno = unsafe { *libc::__errno_location() };
-    if let Some(count) = COUNTS.get(sig as usize) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo (or null).
+    let from_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
+    let counts = if from_kernel { &KERNEL_COUNTS } else { &COUNTS };
+    if let Some(count) = counts.get(sig as usize) {
         count.fetch_add(1, Ordering::SeqCst);
     }
     let fd = ARBITER_PIPE.load(Ordering::SeqCst);
@@ -131,16 +138,25 @@ pub(crate) fn set_arbiter_pipe(pipe_write: RawFd) {
     ARBITER_PIPE.store(pipe_write, Ordering::SeqCst);
 }
 
-/// Takes the number of times `sig` arrived since the last call.
+/// Takes the number of times a process sent `sig` since the last call.
 pub(crate) fn take_count(sig: i32) -> u32 {
     COUNTS[sig as usize].swap(0, Ordering::SeqCst)
+}
+
+/// Takes the number of times the kernel itself raised `sig` since the last call.
+pub(crate) fn take_kernel_count(sig: i32) -> u32 {
+    KERNEL_COUNTS[sig as usize].swap(0, Ordering::SeqCst)
 }
 
 /// Installs the arbiter's handler for `sig` and returns the disposition it replaced.
 pub(crate) fn install_arbiter_handler(sig: i32) -> io::Result<Disposition> {
     COUNTS[sig as usize].store(0, Ordering::SeqCst);
-    let handler = arbiter_handler as extern "C" fn(libc::c_int);
-    sigaction(sig, Some(&action(handler as libc::sighandler_t)))
+    KERNEL_COUNTS[sig as usize].store(0, Ordering::SeqCst);
+    let handler =
+        arbiter_handler as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    let mut act = action(handler as libc::sighandler_t);
+    act.sa_flags |= libc::SA_SIGINFO;
+    sigaction(sig, Some(&act))
 }
 
 /// Puts back a disposition saved by [`install_arbiter_handler`].

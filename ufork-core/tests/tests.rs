@@ -1315,3 +1315,45 @@ fn a_worker_stopped_the_moment_it_is_forked_still_stops_gracefully() {
         assert_nothing_left(&outcome.history);
     }
 }
+
+#[test]
+fn an_arbiter_whose_terminal_hangs_up_stops_instead_of_restarting() {
+    let _g = lock();
+    // python3's pty module gives the arbiter a controlling terminal, then
+    // closes it: the kernel's SIGHUP must stop the pool, where a SIGHUP sent
+    // with kill(1) would restart it.
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "orphan", "2"])
+seen = b""
+while seen.count(b"worker ") < 2:
+    seen += os.read(fd, 4096)
+print(pid, flush=True)
+os.close(fd)
+_, status = os.waitpid(pid, 0)
+print("status", status, flush=True)
+"#;
+    let mut python = util::Reaped(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    let arbiter: i32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    assert!(
+        util::wait_exit(arbiter, DEADLINE),
+        "the arbiter outlived its terminal"
+    );
+    let status = lines.next().unwrap().unwrap();
+    assert_eq!(
+        status, "status 0",
+        "the arbiter exits 0 after a graceful stop"
+    );
+    assert!(python.wait().unwrap().success());
+}

@@ -31,7 +31,13 @@ impl log::Log for Stderr {
         true
     }
     fn log(&self, record: &log::Record<'_>) {
-        eprintln!("[testbin {}] {}", record.level(), record.args());
+        // Never panic on a closed terminal (eprintln! would).
+        let _ = writeln!(
+            std::io::stderr(),
+            "[testbin {}] {}",
+            record.level(),
+            record.args()
+        );
     }
     fn flush(&self) {}
 }
