@@ -60,6 +60,9 @@ pub(crate) struct Settings {
     pub(crate) handle_signals: bool,
 }
 
+/// The largest scoreboard: 65536 slots of 128 bytes, 8 MiB of shared memory.
+pub const MAX_CAPACITY: usize = 65_536;
+
 /// Default spawn throttle: how many workers may boot (forked, not yet ready)
 /// at once. uFork allows one, which boots 64 slow workers one after another;
 /// 16 boots 64 workers that take 50 ms each in about 200 ms while still keeping
@@ -116,7 +119,8 @@ impl Builder {
     }
 
     /// Slots in the shared scoreboard: the most workers the pool can ever be
-    /// scaled to (default: the larger of 1024 and `workers`).
+    /// scaled to (default: the larger of 1024 and `workers`; at most
+    /// [`MAX_CAPACITY`]).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.settings.capacity = capacity;
         self
@@ -179,7 +183,7 @@ impl Builder {
         self
     }
 
-    /// Exits kept in the history (default 16).
+    /// Exits kept in the history (default 16; 0 keeps none).
     pub fn history(mut self, len: usize) -> Self {
         self.settings.history = len;
         self
@@ -250,6 +254,15 @@ impl Builder {
         let mut settings = self.settings;
         if settings.capacity == 0 {
             settings.capacity = settings.workers.max(1024);
+        }
+        if settings.capacity > MAX_CAPACITY {
+            return Err(config(
+                "capacity",
+                &format!(
+                    "{} is more than the most, {MAX_CAPACITY}",
+                    settings.capacity
+                ),
+            ));
         }
         if settings.workers > settings.capacity {
             return Err(Error::OverCapacity {

@@ -41,6 +41,18 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// A duration as people read it in a log line: `850ms`, `2.5ms`, `31.2s`.
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 1.0 {
+        format!("{secs:.1}s")
+    } else if secs >= 0.01 {
+        format!("{:.0}ms", secs * 1000.0)
+    } else {
+        format!("{:.1}ms", secs * 1000.0)
+    }
+}
+
 /// The name of a signal number, like `SIGKILL`.
 pub fn signal_name(sig: i32) -> Option<&'static str> {
     Some(match sig {
@@ -180,8 +192,8 @@ impl fmt::Display for ExitReason {
             } => {
                 write!(
                     f,
-                    "timed out: silent for {:.1}s while {state}",
-                    silent_for.as_secs_f64()
+                    "timed out: silent for {} while {state}",
+                    human(*silent_for)
                 )?;
                 if !activity.is_empty() {
                     write!(f, " ({activity})")?;
@@ -189,11 +201,7 @@ impl fmt::Display for ExitReason {
                 Ok(())
             }
             Self::BootTimedOut { after } => {
-                write!(
-                    f,
-                    "not ready after {:.1}s (start timeout)",
-                    after.as_secs_f64()
-                )
+                write!(f, "not ready after {} (start timeout)", human(*after))
             }
             Self::OverMemory { rss, limit } => {
                 write!(f, "over memory limit: rss {rss} bytes > {limit} bytes")
@@ -232,13 +240,13 @@ impl fmt::Display for ExitRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "worker {} (pid {}, generation {}) {}: {} after {:.1}s",
+            "worker {} (pid {}, generation {}) {}: {} after {}",
             self.slot,
             self.pid,
             self.generation,
             self.reason,
             self.status,
-            self.uptime.as_secs_f64()
+            human(self.uptime)
         )?;
         if self.reason == ExitReason::Killed && self.status == ExitStatus::Signal(libc::SIGKILL) {
             f.write_str(" (out of memory?)")?;
@@ -253,6 +261,13 @@ impl fmt::Display for ExitRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_well_at_every_scale() {
+        assert_eq!(human(Duration::from_micros(1500)), "1.5ms");
+        assert_eq!(human(Duration::from_millis(850)), "850ms");
+        assert_eq!(human(Duration::from_millis(31_240)), "31.2s");
+    }
 
     #[test]
     fn statuses_are_named() {

@@ -15,6 +15,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::arbiter::{FdLimit, Hooks, Settings, Stdin, StopCause};
+use crate::exit::human;
 use crate::handle::{Command, Shared};
 use crate::layer::{ChildInfo, Context, Layer, Readiness, Registry, Spawn, Token};
 use crate::notes::{self, Note, NoteKind};
@@ -60,6 +61,8 @@ struct Proc {
     reason: Option<ExitReason>,
     /// When SIGKILL follows an unanswered SIGTERM.
     kill_at: Option<u64>,
+    /// SIGKILL was sent because the graceful timeout ran out.
+    killed_at_deadline: bool,
 }
 
 #[derive(Default)]
@@ -145,8 +148,10 @@ where
             pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::Pipe(e.into()))?
         };
         let board = Arc::clone(&shared.board);
+        // Slots grow with the largest pool asked for, not with the capacity:
+        // every loop over them stays proportional to the pool.
         let mut slots = Vec::new();
-        slots.resize_with(settings.capacity, Slot::default);
+        slots.resize_with(settings.workers, Slot::default);
         let reaper = sys::is_reaper();
         let target = settings.workers;
         let mut monitor = Self {
@@ -230,6 +235,8 @@ where
 
     pub(crate) fn run(mut self) -> Result<Outcome> {
         self.each_layer(|layer, ctx| layer.started(ctx));
+        // Commands sent before `run` take effect before the first fork.
+        self.handle_commands();
         if self.thread_baseline.is_some() {
             self.thread_baseline = crate::proc::thread_count();
         }
@@ -267,8 +274,8 @@ where
             if lost > stall {
                 log::warn!(
                     target: "ufork",
-                    "the arbiter was not running for {:.1}s (stopped or suspended); giving workers a fresh heartbeat grace",
-                    ns_to_duration(lost).as_secs_f64()
+                    "the arbiter was not running for {} (stopped or suspended); giving workers a fresh heartbeat grace",
+                    human(ns_to_duration(lost))
                 );
                 self.resumed_at = now;
             }
@@ -281,9 +288,10 @@ where
         for layer in &mut self.layers {
             layer.stopped();
         }
+        let stop = self.stop.take();
         self.publish(false);
         self.restore_signals();
-        let stop = self.stop.take().unwrap_or(StopState {
+        let stop = stop.unwrap_or(StopState {
             cause: StopCause::Handle,
             graceful: true,
             killed_at_timeout: 0,
@@ -462,6 +470,7 @@ where
                     started: now,
                     reason: None,
                     kill_at: None,
+                    killed_at_deadline: false,
                 });
                 self.spawned += 1;
                 let spawn = Spawn {
@@ -491,9 +500,9 @@ where
         if young_death && s.failures == 2 {
             log::warn!(
                 target: "ufork",
-                "worker {slot} is crash-looping ({} young deaths in a row); respawning with backoff, next in {:.2}s",
+                "worker {slot} is crash-looping ({} young deaths in a row); respawning with backoff, next in {}",
                 s.failures,
-                delay.as_secs_f64()
+                human(delay)
             );
         }
         self.warn_if_wedged();
@@ -665,17 +674,13 @@ where
                 if now >= at {
                     log::warn!(
                         target: "ufork",
-                        "worker {slot} pid {pid} did not exit within {:.1}s of SIGTERM; sending SIGKILL",
-                        self.settings.graceful_timeout.as_secs_f64()
+                        "worker {slot} pid {pid} did not exit within {} of SIGTERM; sending SIGKILL",
+                        human(self.settings.graceful_timeout)
                     );
-                    if let Some(stop) = &mut self.stop {
-                        if stop.graceful {
-                            stop.killed_at_timeout += 1;
-                        }
-                    }
                     self.signal(slot, Signal::KILL);
                     if let Some(p) = &mut self.slots[slot].proc {
                         p.kill_at = None;
+                        p.killed_at_deadline = true;
                     }
                 }
                 continue;
@@ -690,7 +695,7 @@ where
                 && now.saturating_sub(started) >= self.settings.min_uptime.as_nanos() as u64
             {
                 if self.slots[slot].failures >= 2 {
-                    log::info!(target: "ufork", "worker {slot} recovered: pid {pid} has been up {:.1}s", self.settings.min_uptime.as_secs_f64());
+                    log::info!(target: "ufork", "worker {slot} recovered: pid {pid} has been up {}", human(self.settings.min_uptime));
                 }
                 self.slots[slot].failures = 0;
                 self.warn_if_wedged();
@@ -701,8 +706,8 @@ where
                     let after = ns_to_duration(now - started);
                     log::error!(
                         target: "ufork",
-                        "worker {slot} pid {pid} not ready after {:.1}s (start timeout); killing it",
-                        after.as_secs_f64()
+                        "worker {slot} pid {pid} not ready after {} (start timeout); killing it",
+                        human(after)
                     );
                     self.end_proc(slot, ExitReason::BootTimedOut { after }, false);
                     continue;
@@ -717,9 +722,9 @@ where
                     let activity = cell.read_activity();
                     log::error!(
                         target: "ufork",
-                        "worker {slot} pid {pid} timed out: silent for {:.1}s (limit {:.1}s) while {state}{}; killing it",
-                        silent_for.as_secs_f64(),
-                        timeout.as_secs_f64(),
+                        "worker {slot} pid {pid} timed out: silent for {} (limit {}) while {state}{}; killing it",
+                        human(silent_for),
+                        human(timeout),
                         if activity.is_empty() { String::new() } else { format!(" ({activity})") }
                     );
                     self.end_proc(
@@ -1049,8 +1054,14 @@ where
     fn add_workers(&mut self, delta: isize) {
         let wanted = (self.target as isize + delta).max(1) as usize;
         if wanted > self.settings.capacity {
-            log::warn!(target: "ufork", "cannot grow to {wanted} workers: the scoreboard has {} slots", self.settings.capacity);
+            log::warn!(
+                target: "ufork",
+                "cannot grow to {wanted} workers: capacity is {}; growing to {}",
+                self.settings.capacity,
+                self.settings.capacity
+            );
         }
+
         self.set_target(wanted.min(self.settings.capacity));
     }
 
@@ -1062,6 +1073,9 @@ where
         log::info!(target: "ufork", "workers: {} -> {target}", self.target);
         for slot in target..self.target.max(target) {
             self.end_proc(slot, ExitReason::Stopped, true);
+        }
+        if target > self.slots.len() {
+            self.slots.resize_with(target, Slot::default);
         }
         for slot in self.target..target {
             // A slot brought back by scaling starts fresh, with no backoff.
@@ -1236,6 +1250,11 @@ where
             uptime,
             at: SystemTime::now(),
         };
+        if proc.killed_at_deadline && status == ExitStatus::Signal(libc::SIGKILL) {
+            if let Some(stop) = &mut self.stop {
+                stop.killed_at_timeout += 1;
+            }
+        }
         let requested = record.reason.is_requested();
         if requested {
             log::info!(target: "ufork", "{record}");
@@ -1256,10 +1275,12 @@ where
                 s.not_before = now;
             }
         }
-        if self.history.len() >= self.settings.history.max(1) {
-            self.history.pop_front();
+        if self.settings.history > 0 {
+            if self.history.len() >= self.settings.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(record.clone());
         }
-        self.history.push_back(record.clone());
         self.each_layer(|layer, ctx| layer.exited(&record, ctx));
         if let Some(hook) = &mut self.hooks.on_exit {
             hook(&record);

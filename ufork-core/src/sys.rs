@@ -262,7 +262,10 @@ impl SharedMap {
     /// Maps zeroed memory for a header and `capacity` cells.
     pub(crate) fn new(capacity: usize) -> io::Result<Self> {
         use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous};
-        let len = std::mem::size_of::<Cell>() * (capacity + 1);
+        let len = capacity
+            .checked_add(1)
+            .and_then(|cells| cells.checked_mul(std::mem::size_of::<Cell>()))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
         // SAFETY: a fresh anonymous mapping aliases no Rust object.
         let ptr = unsafe {
             mmap_anonymous(

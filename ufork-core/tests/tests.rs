@@ -756,6 +756,8 @@ fn settings_out_of_range_are_refused_with_the_setting_named() {
         }
     ));
     assert!(err.to_string().contains("capacity"), "{err}");
+    let err = Arbiter::builder().capacity(1 << 57).build().unwrap_err();
+    assert!(err.to_string().contains("capacity"), "{err}");
     let err = Arbiter::builder().max_booting(0).build().unwrap_err();
     assert!(err.to_string().contains("max_booting"), "{err}");
     let err = Arbiter::builder()
@@ -1286,6 +1288,15 @@ fn a_failing_pool_is_reported_once_per_episode_and_as_a_whole() {
     assert_nothing_left(&outcome.history);
 }
 
+/// Stops the pool as soon as a worker is forked.
+struct StopOnSpawn;
+
+impl Layer for StopOnSpawn {
+    fn spawned(&mut self, _: &ufork_core::Spawn, ctx: &mut Context<'_>) {
+        ctx.handle().stop();
+    }
+}
+
 #[test]
 fn a_worker_stopped_the_moment_it_is_forked_still_stops_gracefully() {
     let _g = lock();
@@ -1296,10 +1307,9 @@ fn a_worker_stopped_the_moment_it_is_forked_still_stops_gracefully() {
         let arbiter = Arbiter::builder()
             .workers(4)
             .graceful_timeout(Duration::from_secs(5))
+            .layer(StopOnSpawn)
             .build()
             .unwrap();
-        let handle = arbiter.handle();
-        handle.stop();
         let (_, thread) = arbiter
             .spawn_guarded(|w: &mut Worker| -> Res {
                 w.wait_for_stop(None);
@@ -1356,4 +1366,33 @@ print("status", status, flush=True)
         "the arbiter exits 0 after a graceful stop"
     );
     assert!(python.wait().unwrap().success());
+}
+
+#[test]
+fn commands_sent_before_run_take_effect_before_the_first_fork() {
+    let _g = lock();
+    let forks = Arc::new(Mutex::new(Vec::new()));
+    let f = Arc::clone(&forks);
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .history(0)
+        .pre_fork(move |slot, _| f.lock().unwrap().push(slot))
+        .build()
+        .unwrap();
+    let handle = arbiter.handle();
+    handle.set_workers(3).unwrap();
+    handle.stop();
+    let (_, thread) = arbiter
+        .spawn_guarded(|w: &mut Worker| -> Res {
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 0, "stopped before anything was forked");
+    assert!(forks.lock().unwrap().is_empty());
+    let snap = handle.snapshot();
+    assert_eq!(snap.target, 3);
+    assert!(!snap.running && !snap.stopping);
+    assert!(outcome.history.is_empty());
 }
