@@ -23,9 +23,13 @@ pub fn restore_terminal() {
     }
 }
 
-/// Whether the prompt can run: stdin and stdout are terminals.
+/// Whether the prompt can run: stdin and stdout are terminals and this
+/// process is in the terminal's foreground (started with `&`, reading the
+/// terminal would only earn it SIGTTIN).
 pub fn available() -> bool {
-    termios::isatty(std::io::stdin()) && termios::isatty(std::io::stdout())
+    termios::isatty(std::io::stdin())
+        && termios::isatty(std::io::stdout())
+        && termios::tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg == rustix::process::getpgrp())
 }
 
 /// The prompt layer.

@@ -137,7 +137,7 @@ pub fn say(line: impl AsRef<str>) {
     print(Stream::Out, text.as_bytes());
 }
 
-/// A `Write` that prints whole lines through [`print`] (for worker output).
+/// A `Write` that prints whole lines through [`print()`] (for worker output).
 #[derive(Debug)]
 pub struct LineWriter {
     stream: Stream,
