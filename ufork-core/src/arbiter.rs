@@ -224,6 +224,20 @@ impl Builder {
 
     /// Runs in each worker after fork, before the worker function; an error
     /// ends the worker as failed.
+    ///
+    /// This is the place to reseed random number generators the application
+    /// made before the fork: every worker starts with a copy of the parent's
+    /// state, and rand's `ThreadRng` does not reseed on fork, so without it
+    /// all workers draw the same numbers. With the `rng` feature,
+    /// [`Worker::rng`] is already seeded apart; seed your own from it:
+    ///
+    /// ```text
+    /// .post_fork(|worker| {
+    ///     let seed: [u8; 32] = worker.rng().random();   // or read /dev/urandom
+    ///     *APP_RNG.lock().unwrap() = StdRng::from_seed(seed);
+    ///     Ok(())
+    /// })
+    /// ```
     pub fn post_fork(
         mut self,
         hook: impl FnMut(&mut Worker) -> Result<(), BoxError> + Send + 'static,
