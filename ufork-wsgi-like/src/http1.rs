@@ -77,6 +77,7 @@ fn parse_with<'b>(
     let mut close = false;
     let mut keep_alive = false;
     let mut expect_continue = false;
+    let mut hosts = 0usize;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| bad)?;
@@ -111,6 +112,14 @@ fn parse_with<'b>(
                     keep_alive = true;
                 }
             }
+        } else if name == header::HOST {
+            // One Host, naming one authority: two of them, or a list, would
+            // let a proxy and this server disagree on which site is asked
+            // for (RFC 9112 §3.2).
+            hosts += 1;
+            if hosts > 1 || !valid_host(h.value) {
+                return Err(bad);
+            }
         } else if name == header::EXPECT {
             if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = version == Version::HTTP_11;
@@ -119,6 +128,11 @@ fn parse_with<'b>(
             }
         }
         map.append(name, value);
+    }
+    // An absolute-form target names the authority itself and wins over Host,
+    // but an HTTP/1.1 client must send Host all the same.
+    if hosts == 0 && version == Version::HTTP_11 {
+        return Err(bad);
     }
     if chunked || transfer_encoding {
         if content_length.is_some() || version == Version::HTTP_10 {
@@ -179,6 +193,22 @@ fn parse_target(method: &Method, target: &str) -> Option<Uri> {
         matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
     };
     ok.then_some(uri)
+}
+
+/// A Host value: empty (a target without authority) or `host[:port]`, with
+/// no whitespace, list separator or user information.
+fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let bad_byte = |&b: &u8| b.is_ascii_whitespace() || b == b',' || b == b'@';
+    // The port after the last colon outside an IPv6 literal's brackets.
+    let host_end = value.iter().rposition(|&b| b == b':' || b == b']');
+    let port_ok = match host_end {
+        Some(i) if value[i] == b':' => value[i + 1..].iter().all(u8::is_ascii_digit),
+        _ => true,
+    };
+    port_ok && !value.iter().any(bad_byte) && http::uri::Authority::try_from(value).is_ok()
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
@@ -293,28 +323,58 @@ mod tests {
     #[test]
     fn rejects_smuggling() {
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            status(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
             StatusCode::BAD_REQUEST
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"),
+            status("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n"),
             StatusCode::BAD_REQUEST
         );
         let same = parse(
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
             &limits(),
         )
         .unwrap()
         .unwrap();
         assert_eq!(same.framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn host_is_required_once_and_valid() {
+        let ok = |raw: &str| parse(raw.as_bytes(), &limits()).unwrap().unwrap();
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        for bad in ["a b", "a,b", "a, b", "user@a", "a:port", "a\tb"] {
+            assert_eq!(
+                status(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")),
+                StatusCode::BAD_REQUEST,
+                "{bad:?}"
+            );
+        }
+        for good in ["a", "example.com:8080", "127.0.0.1:80", "[::1]:8000", ""] {
+            ok(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n"));
+        }
+        ok("GET / HTTP/1.0\r\n\r\n");
+        // The absolute-form target's authority wins over Host.
+        let head = ok("GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n");
+        assert_eq!(head.request.uri().host(), Some("a.example"));
     }
 
     #[test]

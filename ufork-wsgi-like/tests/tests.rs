@@ -368,10 +368,48 @@ fn rejected(server: &ufork_wsgi_like::LocalServer, raw: impl AsRef<[u8]>, status
 fn malformed_requests_get_400() {
     let server = test_server();
     rejected(&server, "GARBAGE\r\n\r\n", 400);
-    rejected(&server, "GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400);
-    rejected(&server, "GET / HTTP/1.1\r\nHo st: x\r\n\r\n", 400);
-    rejected(&server, "GET nopath HTTP/1.1\r\n\r\n", 400);
-    rejected(&server, "G\0T / HTTP/1.1\r\n\r\n", 400);
+    rejected(
+        &server,
+        "GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+        400,
+    );
+    rejected(
+        &server,
+        "GET / HTTP/1.1\r\nHost: t\r\nHo st: x\r\n\r\n",
+        400,
+    );
+    rejected(&server, "GET nopath HTTP/1.1\r\nHost: t\r\n\r\n", 400);
+    rejected(&server, "G\0T / HTTP/1.1\r\nHost: t\r\n\r\n", 400);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with
+/// more than one or with a malformed one, is answered 400.
+#[test]
+fn host_header_is_required_once_and_valid() {
+    let server = test_server();
+    rejected(&server, "GET / HTTP/1.1\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400);
+    rejected(&server, "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400);
+    rejected(
+        &server,
+        "GET http://a.example/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        400,
+    );
+    let addr = addr_of(&server);
+    // HTTP/1.0 may leave Host out; an empty Host is allowed.
+    let (resp, _) = exchange(addr, "GET /uri HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    let (resp, _) = exchange(addr, "GET /uri HTTP/1.1\r\nHost:\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    // An absolute-form target's authority wins over Host.
+    let (resp, _) = exchange(
+        addr,
+        "GET http://a.example/uri HTTP/1.1\r\nHost: b.example\r\n\r\n",
+    );
+    assert_eq!(resp.text(), "GET http://a.example/uri HTTP/1.1 peer=true");
 }
 
 #[test]
@@ -380,21 +418,34 @@ fn oversized_heads_get_431() {
         Server::builder().max_header_bytes(4096).max_headers(10),
         app,
     );
-    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(5000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(5000)
+    );
     rejected(&server, big, 431);
     // Never ending: the limit applies before the head completes.
-    let endless = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(8000));
+    let endless = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}", "a".repeat(8000));
     rejected(&server, endless, 431);
     let many: String = (0..11).map(|i| format!("X-{i}: v\r\n")).collect();
-    rejected(&server, format!("GET / HTTP/1.1\r\n{many}\r\n"), 431);
+    rejected(
+        &server,
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n"),
+        431,
+    );
 }
 
 #[test]
 fn default_header_limit_is_64_kib() {
     let server = test_server();
-    let ok = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(60 * 1024));
+    let ok = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(60 * 1024)
+    );
     assert_eq!(exchange(addr_of(&server), ok).0.status, 200);
-    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(65 * 1024));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(65 * 1024)
+    );
     rejected(&server, big, 431);
 }
 
@@ -486,7 +537,7 @@ fn slow_headers_get_408_after_the_header_timeout() {
     // Trickling bytes does not reset the clock.
     let mut client = Client::new(addr_of(&server));
     let started = Instant::now();
-    client.send("GET / HTTP/1.1\r\n");
+    client.send("GET / HTTP/1.1\r\nHost: t\r\n");
     let mut status = None;
     for _ in 0..100 {
         if client.stream.write_all(b"X-A: b\r\n").is_err() {
