@@ -27,6 +27,21 @@ pub(crate) struct Head {
 /// Parses a request head from the start of `buf`: `Ok(None)` if incomplete,
 /// `Err(status)` if it must be rejected.
 pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
+    let parsed = parse_sized(buf, limits);
+    if parsed.as_ref().err() == Some(&StatusCode::HTTP_VERSION_NOT_SUPPORTED) {
+        if let Some(minor) = higher_minor(buf) {
+            // RFC 9110 §2.5: a higher minor version of 1.x is served as 1.1.
+            // httparse knows only 1.0 and 1.1, so parse a copy that says 1.1
+            // (same length: every offset in the head stays right).
+            let mut copy = buf.to_vec();
+            copy[minor] = b'1';
+            return parse_sized(&copy, limits);
+        }
+    }
+    parsed
+}
+
+fn parse_sized(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
     let max = limits.max_headers;
     if max <= STACK_HEADERS {
         let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
@@ -252,6 +267,21 @@ fn version_error(buf: &[u8]) -> StatusCode {
     }
 }
 
+/// The index of the minor digit if the request line names `HTTP/1.x` with
+/// `x` from 2 to 9.
+fn higher_minor(buf: &[u8]) -> Option<usize> {
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let start = line.iter().rposition(|&b| b == b' ')? + 1;
+    match &line[start..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => Some(line_end - 1),
+        _ => None,
+    }
+}
+
 /// Appends a status line.
 pub(crate) fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -382,6 +412,32 @@ mod tests {
         assert_eq!(
             status("GET / HTTP/2.0\r\n\r\n"),
             StatusCode::HTTP_VERSION_NOT_SUPPORTED
+        );
+        for other in ["HTTP/0.9", "HTTP/3", "HTTP/2.1"] {
+            assert_eq!(
+                status(&format!("GET / {other}\r\nHost: x\r\n\r\n")),
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "{other}"
+            );
+        }
+        // A higher minor version of 1.x is served as 1.1 (RFC 9110 §2.5).
+        for minor in ["HTTP/1.2", "HTTP/1.9"] {
+            let raw = format!("GET /a {minor}\r\nHost: x\r\nX: y\r\n\r\n");
+            let head = parse(raw.as_bytes(), &limits()).unwrap().unwrap();
+            assert_eq!(head.request.version(), Version::HTTP_11);
+            assert_eq!(head.len, raw.len());
+            assert_eq!(head.request.headers()["x"], "y");
+            assert!(head.keep_alive);
+        }
+        assert_eq!(
+            status("GET / HTTP/1.2\r\n\r\n"),
+            StatusCode::BAD_REQUEST,
+            "no Host"
+        );
+        assert!(
+            parse(b"GET / HTTP/1.2\r\nHost: x\r\n", &limits())
+                .unwrap()
+                .is_none()
         );
         assert_eq!(status("GET / FOO/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
         assert_eq!(status("GET /\r\n\r\n"), StatusCode::BAD_REQUEST);

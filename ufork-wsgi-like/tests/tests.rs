@@ -517,8 +517,34 @@ fn smuggling_attempts_get_400() {
 fn unsupported_versions_get_505() {
     let server = test_server();
     rejected(&server, "GET / HTTP/2.0\r\n\r\n", 505);
-    rejected(&server, "GET / HTTP/1.2\r\n\r\n", 505);
     rejected(&server, "GET / HTTP/3\r\n\r\n", 505);
+    rejected(&server, "GET / HTTP/0.9\r\n\r\n", 505);
+}
+
+/// RFC 9110 §2.5: a request of a higher minor version of HTTP/1 is served
+/// as HTTP/1.1, and answered as HTTP/1.1.
+#[test]
+fn higher_minor_versions_are_served_as_http11() {
+    let server = test_server();
+    let mut client = Client::new(addr_of(&server));
+    for _ in 0..2 {
+        client.send("GET /uri HTTP/1.2\r\nHost: t\r\n\r\n");
+        let resp = client.read_response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "GET /uri HTTP/1.1 peer=true");
+        assert!(!resp.closes(), "keep-alive as in 1.1");
+    }
+    let mut raw = Vec::new();
+    client
+        .stream
+        .write_all(b"GET / HTTP/1.9\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    client.stream.read_to_end(&mut raw).unwrap();
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
 }
 
 #[test]
