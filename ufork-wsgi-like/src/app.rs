@@ -48,6 +48,12 @@ pub(crate) enum Kind {
 /// Bytes and files are sent with a `Content-Length`. A stream is sent with
 /// the `Content-Length` the app set, if any; otherwise chunked to HTTP/1.1
 /// clients and delimited by closing the connection for HTTP/1.0 clients.
+///
+/// A body that fails once its head is sent — a stream's error or panic, a
+/// file or a stream shorter than its length — resets the connection (TCP
+/// RST): the client sees an error, not a truncated body that looks whole. A
+/// stream longer than the `Content-Length` the app set is cut to it and the
+/// connection closed.
 pub struct ResponseBody {
     pub(crate) kind: Kind,
 }
@@ -95,8 +101,9 @@ impl ResponseBody {
     }
 
     /// A body produced piece by piece by an iterator that may fail; an error
-    /// ends the response early and closes the connection (the client sees a
-    /// truncated body).
+    /// (or a panic) ends the response early and resets the connection (TCP
+    /// RST), so the client sees an error rather than a body that looks whole
+    /// — a close-delimited body could not tell it otherwise.
     pub fn try_stream<I, T>(chunks: I) -> Self
     where
         I: IntoIterator<Item = io::Result<T>>,

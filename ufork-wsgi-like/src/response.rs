@@ -51,6 +51,11 @@ fn broken(text: &'static str) -> io::Error {
 }
 
 /// Writes `response` to `stream`, using `out` as scratch space.
+///
+/// An `Err` means the response could not be completed — the socket failed,
+/// or the body failed after the head was sent (an error or a panic of a
+/// stream, a stream or a file shorter than the announced length). The
+/// framing cannot tell the client so; the caller must reset the connection.
 pub(crate) fn write(
     stream: &TcpStream,
     out: &mut Vec<u8>,
@@ -152,7 +157,9 @@ pub(crate) fn write(
             sent.body_bytes = len;
         }
         Kind::Stream(chunks) => {
-            sent.body_bytes = send_stream(stream, out, chunks, mode, reply.timeout)?;
+            let (bytes, complete) = send_stream(stream, out, chunks, mode, reply.timeout)?;
+            sent.body_bytes = bytes;
+            sent.keep_alive &= complete;
         }
     }
     Ok(sent)
@@ -197,16 +204,18 @@ fn send_file(
     Ok(())
 }
 
-/// Sends the app's chunks after the head in `out`; returns the body bytes.
-/// An error (or a panic) from the iterator, or a length that disagrees with
-/// `Content-Length`, is an `Err`: the connection must close.
+/// Sends the app's chunks after the head in `out`; returns the body bytes
+/// and whether the iterator ended where the framing did. An error (or a
+/// panic) from the iterator, or fewer bytes than `Content-Length`, is an
+/// `Err`: the connection must be reset. More bytes than `Content-Length`
+/// are cut off: the client has a whole response, but the connection closes.
 fn send_stream(
     stream: &TcpStream,
     out: &mut Vec<u8>,
     mut chunks: Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>,
     mode: Mode,
     timeout: Duration,
-) -> io::Result<u64> {
+) -> io::Result<(u64, bool)> {
     let mut total = 0u64;
     loop {
         let next = match catch_unwind(AssertUnwindSafe(|| chunks.next())) {
@@ -259,10 +268,12 @@ fn send_stream(
             out.clear();
         }
         if matches!(mode, Mode::Length(n) if total == n) && data.len() < chunk.len() {
+            log::error!(
+                target: "ufork_wsgi_like",
+                "the app's response body is longer than its content-length ({total}); the rest was dropped"
+            );
             write_all(stream, out, timeout)?;
-            return Err(broken(
-                "the response body is longer than its content-length",
-            ));
+            return Ok((total, false));
         }
     }
     if mode == Mode::Chunked {
@@ -270,11 +281,15 @@ fn send_stream(
     }
     write_all(stream, out, timeout)?;
     if matches!(mode, Mode::Length(n) if total != n) {
+        log::error!(
+            target: "ufork_wsgi_like",
+            "the app's response body is shorter ({total}) than its content-length"
+        );
         return Err(broken(
             "the response body is shorter than its content-length",
         ));
     }
-    Ok(total)
+    Ok((total, true))
 }
 
 /// A short plain-text response with the status's reason as body, closing the

@@ -181,6 +181,8 @@ enum Next {
     Close,
     /// Shut down writing, drain input for a while, then close.
     Linger,
+    /// Close with a reset: the response in flight is incomplete.
+    Abort,
 }
 
 /// Runs one serving thread until it is asked to stop and its connections are
@@ -439,6 +441,27 @@ impl Loop<'_> {
         self.live -= 1;
     }
 
+    /// Closes with a reset (RST) instead of a FIN. After a response whose
+    /// body failed midway, a FIN would end a close-delimited body as if it
+    /// were whole, and reads as a clean end to a client that does not check
+    /// lengths; a reset tells every client the response is broken.
+    fn abort(&mut self, idx: usize, conn: Conn) {
+        let input = lock(&conn.input);
+        let _ = epoll::delete(&self.epoll, &input.stream);
+        // With a zero linger, closing the socket sends RST and drops what
+        // is still unsent, instead of a FIN after it.
+        let _ = rustix::net::sockopt::set_socket_linger(&input.stream, Some(Duration::ZERO));
+        if Arc::strong_count(&conn.input) > 1 {
+            // A Body the app kept holds the socket open, so dropping ours
+            // does not close it. Disconnecting resets it now all the same
+            // (a shutdown would send the FIN we must not send).
+            let _ = rustix::net::connect_unspec(&input.stream);
+        }
+        drop(input);
+        self.free.push(idx as u32);
+        self.live -= 1;
+    }
+
     /// Handles readiness (`read`) or leftover buffered requests of a connection.
     fn event(&mut self, token: u64, read: bool) {
         let idx = (token & 0xffff_ffff) as usize;
@@ -464,6 +487,7 @@ impl Loop<'_> {
                 self.pending.push(token);
             }
             Next::Close => self.close(idx, conn),
+            Next::Abort => self.abort(idx, conn),
             Next::Linger => {
                 let input = lock(&conn.input);
                 let _ = input.stream.shutdown(std::net::Shutdown::Write);
@@ -688,7 +712,7 @@ impl Loop<'_> {
             Ok(sent) if sent.keep_alive => Next::Keep,
             Ok(_) if linger => Next::Linger,
             Ok(_) => Next::Close,
-            Err(_) => Next::Close,
+            Err(_) => Next::Abort,
         }
     }
 

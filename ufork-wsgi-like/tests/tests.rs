@@ -259,6 +259,94 @@ fn response_bodies_bytes_file_and_streams() {
     client.assert_closed();
 }
 
+/// Reads to the end of the connection: the bytes, and how it ended.
+fn read_to_end_or_reset(client: &mut Client) -> (Vec<u8>, std::io::Result<()>) {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match client.stream.read(&mut chunk) {
+            Ok(0) => return (data, Ok(())),
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (data, Err(e)),
+        }
+    }
+}
+
+/// A body that fails after the head was sent cannot be reported through
+/// close-delimited or `Content-Length` framing: the connection is reset, so
+/// the client cannot mistake the truncated body for a whole one.
+#[test]
+fn a_body_failing_midway_resets_the_connection() {
+    util::access_log();
+    let short_file = std::env::temp_dir().join(format!("ufork-wsgi-short-{}", std::process::id()));
+    std::fs::write(&short_file, "only this").unwrap();
+    let path = short_file.clone();
+    let server = local(Server::builder(), move |request: Request<Body>| {
+        let fail_after_one = |panic: bool| {
+            let mut sent = false;
+            ResponseBody::try_stream(std::iter::from_fn(move || {
+                if !sent {
+                    sent = true;
+                    return Some(Ok(vec![b'x'; 1000]));
+                }
+                assert!(!panic, "the body blew up on purpose");
+                Some(Err(std::io::Error::other("the body failed on purpose")))
+            }))
+        };
+        match request.uri().path() {
+            "/stream-panics" => Response::new(fail_after_one(true)),
+            "/stream-fails" => Response::new(fail_after_one(false)),
+            // The file shrank after its length was taken.
+            "/short-file" => Response::new(ResponseBody::file_with_len(
+                std::fs::File::open(&path).unwrap(),
+                1000,
+            )),
+            "/short-stream" => Response::builder()
+                .header("content-length", "1000")
+                .body(ResponseBody::stream(vec!["not enough"]))
+                .unwrap(),
+            "/long-stream" => Response::builder()
+                .header("content-length", "5")
+                .body(ResponseBody::stream(vec!["hello", " world"]))
+                .unwrap(),
+            _ => app(request),
+        }
+    });
+    let addr = addr_of(&server);
+    for (version, path) in [
+        ("1.0", "/stream-panics"),
+        ("1.0", "/stream-fails"),
+        ("1.1", "/stream-panics"),
+        ("1.1", "/stream-fails"),
+        ("1.1", "/short-file"),
+        ("1.0", "/short-file"),
+        ("1.1", "/short-stream"),
+    ] {
+        let mut client = Client::new(addr);
+        client.send(format!("GET {path} HTTP/{version}\r\nHost: t\r\n\r\n"));
+        let (data, end) = read_to_end_or_reset(&mut client);
+        let err = end.expect_err(&format!(
+            "HTTP/{version} {path}: a clean end after {} bytes: {:?}",
+            data.len(),
+            String::from_utf8_lossy(&data[..data.len().min(200)])
+        ));
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "HTTP/{version} {path}"
+        );
+    }
+    // A body longer than its Content-Length is cut to it: the client has a
+    // whole response and a clean close.
+    let (resp, mut client) = exchange(addr, "GET /long-stream HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(resp.text(), "hello");
+    client.assert_closed();
+    assert_eq!(get(addr, "/").status, 200);
+    drop(server);
+    let _ = std::fs::remove_file(short_file);
+}
+
 #[test]
 fn unread_body_is_drained_or_the_connection_closed() {
     let server = local(Server::builder().max_body_bytes(1 << 20), app);
