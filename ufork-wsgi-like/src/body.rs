@@ -11,8 +11,6 @@ use rustix::event::{PollFd, PollFlags, poll};
 
 /// Longest chunk-size line (size, extensions, CRLF) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
-/// Most trailer bytes accepted after the last chunk.
-const MAX_TRAILERS: u64 = 16 * 1024;
 
 /// How the current request's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +42,8 @@ pub(crate) enum Fault {
     Malformed,
     /// More than the body limit: 413.
     TooLarge,
+    /// A trailer section over the header size limit: 431, like a head.
+    TrailersTooLarge,
     /// The client was too slow: 408.
     Timeout,
     /// The client went away, or the socket failed: nothing to answer.
@@ -56,6 +56,7 @@ impl Fault {
         match self {
             Fault::Malformed => Some(StatusCode::BAD_REQUEST),
             Fault::TooLarge => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            Fault::TrailersTooLarge => Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             Fault::Timeout => Some(StatusCode::REQUEST_TIMEOUT),
             Fault::Gone => None,
         }
@@ -69,6 +70,10 @@ impl Fault {
             Fault::TooLarge => {
                 io::Error::new(io::ErrorKind::InvalidData, "request body over the limit")
             }
+            Fault::TrailersTooLarge => io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request trailers over the header size limit",
+            ),
             Fault::Timeout => io::Error::new(
                 io::ErrorKind::TimedOut,
                 "timed out reading the request body",
@@ -97,6 +102,8 @@ pub(crate) struct Input {
     /// Body bytes delivered so far.
     pub(crate) received: u64,
     pub(crate) max_body: u64,
+    /// Most bytes of a trailer section (the header size limit).
+    max_trailers: usize,
     pub(crate) read_timeout: Duration,
     pub(crate) write_timeout: Duration,
     pub(crate) fault: Option<Fault>,
@@ -114,6 +121,7 @@ impl Input {
             continue_pending: false,
             received: 0,
             max_body: limits.max_body_bytes,
+            max_trailers: limits.max_header_bytes,
             read_timeout: limits.read_timeout,
             write_timeout: limits.write_timeout,
             fault: None,
@@ -157,6 +165,12 @@ impl Input {
     /// Reads at least one byte into the buffer, waiting up to the read
     /// timeout; 0 at end of stream.
     fn fill(&mut self) -> Result<usize, Fault> {
+        self.fill_up_to(self.buf.len())
+    }
+
+    /// Like [`fill`](Self::fill), growing the buffer up to `cap` bytes if it
+    /// is full.
+    fn fill_up_to(&mut self, cap: usize) -> Result<usize, Fault> {
         if self.continue_pending {
             self.continue_pending = false;
             write_all(
@@ -167,7 +181,6 @@ impl Input {
             .map_err(|_| Fault::Gone)?;
         }
         let deadline = Instant::now() + self.read_timeout;
-        let cap = self.buf.len();
         loop {
             match self.read_some(cap) {
                 Ok(n) => return Ok(n),
@@ -225,7 +238,7 @@ impl Input {
                     return Ok(n);
                 }
                 Framing::Chunked(Chunk::Size) => {
-                    let line = self.line(MAX_CHUNK_LINE)?;
+                    let line = self.line(MAX_CHUNK_LINE, Fault::Malformed)?;
                     let size = parse_chunk_size(&self.buf[line.0..line.1])?;
                     self.framing = if size == 0 {
                         Framing::Chunked(Chunk::Trailers(0))
@@ -249,10 +262,12 @@ impl Input {
                     self.framing = Framing::Chunked(Chunk::Size);
                 }
                 Framing::Chunked(Chunk::Trailers(seen)) => {
-                    let (from, to) = self.line(MAX_CHUNK_LINE)?;
+                    let room = (self.max_trailers as u64).saturating_sub(seen);
+                    let room = usize::try_from(room).unwrap_or(usize::MAX);
+                    let (from, to) = self.line(room, Fault::TrailersTooLarge)?;
                     let seen = seen + (to - from) as u64 + 2;
-                    if seen > MAX_TRAILERS {
-                        return Err(Fault::Malformed);
+                    if seen > self.max_trailers as u64 {
+                        return Err(Fault::TrailersTooLarge);
                     }
                     self.framing = if from == to {
                         Framing::Done
@@ -280,8 +295,9 @@ impl Input {
     }
 
     /// The next CRLF-terminated line (without the CRLF) as a buffer range,
-    /// consumed from the buffer.
-    fn line(&mut self, max: usize) -> Result<(usize, usize), Fault> {
+    /// consumed from the buffer; `too_long` once `max` bytes came without
+    /// one.
+    fn line(&mut self, max: usize, too_long: Fault) -> Result<(usize, usize), Fault> {
         let mut searched = 0;
         loop {
             let data = &self.buf[self.start + searched..self.end];
@@ -296,10 +312,12 @@ impl Input {
             }
             searched = self.end - self.start;
             if searched >= max {
-                return Err(Fault::Malformed);
+                return Err(too_long);
             }
             let before = self.start;
-            if self.fill()? == 0 {
+            // A line may be longer than the buffer is now (a long trailer):
+            // let it grow to hold one line of `max` bytes and its CRLF.
+            if self.fill_up_to(self.buf.len().max(max.saturating_add(2)))? == 0 {
                 return Err(Fault::Gone);
             }
             // `fill` may have moved the buffered bytes to the front.

@@ -102,7 +102,8 @@
 //!   more workers or [`Builder::threads`]. A connection stays with the
 //!   thread that accepted it.
 //! - No HTTP/2, no TLS, no `Upgrade` (WebSocket), no trailers in responses;
-//!   request trailers are read and dropped.
+//!   request trailers are read and dropped (a trailer section over
+//!   [`Limits::max_header_bytes`] gets 431).
 //! - With `reuse_port`, connections queued on a worker's socket when that
 //!   worker exits are reset.
 #![forbid(unsafe_code)]

@@ -24,7 +24,8 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Largest request head (request line and headers): 64 KiB. Over it: 431.
+    /// Largest request head (request line and headers), and largest trailer
+    /// section of a chunked request body: 64 KiB. Over it: 431.
     pub max_header_bytes: usize,
     /// Most header fields in a request: 100. Over it: 431.
     pub max_headers: usize,

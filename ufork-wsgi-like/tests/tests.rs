@@ -522,6 +522,26 @@ fn oversized_heads_get_431() {
     );
 }
 
+/// A chunked body's trailer section is bounded by the header size limit and
+/// answered like an oversized head.
+#[test]
+fn oversized_trailers_get_431() {
+    let server = local(Server::builder().max_header_bytes(4096), app);
+    let chunked =
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n";
+    let many: String = (0..50)
+        .map(|i| format!("X-{i}: {}\r\n", "a".repeat(100)))
+        .collect();
+    rejected(&server, format!("{chunked}{many}\r\n"), 431);
+    let long = format!("X-Long: {}\r\n", "a".repeat(5000));
+    rejected(&server, format!("{chunked}{long}\r\n"), 431);
+    // Within the limit, even a line longer than a chunk-size line may be.
+    let fits = format!("X-Fits: {}\r\n", "a".repeat(3000));
+    let (resp, mut client) = exchange(addr_of(&server), format!("{chunked}{fits}\r\n"));
+    assert_eq!(resp.text(), "hello");
+    assert_eq!(client.get("/").status, 200);
+}
+
 #[test]
 fn default_header_limit_is_64_kib() {
     let server = test_server();
