@@ -46,7 +46,11 @@ pub(crate) enum Fault {
     TrailersTooLarge,
     /// The client was too slow: 408.
     Timeout,
-    /// The client went away, or the socket failed: nothing to answer.
+    /// The client ended its side of the connection before the body did. It
+    /// may still read: the app's answer is sent (400 if it panicked), then
+    /// the connection closes.
+    Eof,
+    /// The socket failed (a reset): nothing to answer.
     Gone,
 }
 
@@ -58,6 +62,7 @@ impl Fault {
             Fault::TooLarge => Some(StatusCode::PAYLOAD_TOO_LARGE),
             Fault::TrailersTooLarge => Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             Fault::Timeout => Some(StatusCode::REQUEST_TIMEOUT),
+            Fault::Eof => Some(StatusCode::BAD_REQUEST),
             Fault::Gone => None,
         }
     }
@@ -78,9 +83,13 @@ impl Fault {
                 io::ErrorKind::TimedOut,
                 "timed out reading the request body",
             ),
-            Fault::Gone => io::Error::new(
+            Fault::Eof => io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the client closed the connection mid-body",
+            ),
+            Fault::Gone => io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection to the client failed mid-body",
             ),
         }
     }
@@ -252,7 +261,7 @@ impl Input {
                 Framing::Chunked(Chunk::DataEnd) => {
                     while self.end - self.start < 2 {
                         if self.fill()? == 0 {
-                            return Err(Fault::Gone);
+                            return Err(Fault::Eof);
                         }
                     }
                     if &self.buf[self.start..self.start + 2] != b"\r\n" {
@@ -282,7 +291,7 @@ impl Input {
     /// Copies up to `rest` body bytes into `out`, reading if none are buffered.
     fn take_data(&mut self, out: &mut [u8], rest: u64) -> Result<usize, Fault> {
         if self.start == self.end && self.fill()? == 0 {
-            return Err(Fault::Gone);
+            return Err(Fault::Eof);
         }
         let n = out
             .len()
@@ -318,7 +327,7 @@ impl Input {
             // A line may be longer than the buffer is now (a long trailer):
             // let it grow to hold one line of `max` bytes and its CRLF.
             if self.fill_up_to(self.buf.len().max(max.saturating_add(2)))? == 0 {
-                return Err(Fault::Gone);
+                return Err(Fault::Eof);
             }
             // `fill` may have moved the buffered bytes to the front.
             debug_assert!(self.start <= before);
@@ -460,9 +469,16 @@ enum Inner {
 /// chunk). If the client sent `Expect: 100-continue`, the `100 Continue` goes
 /// out on the first read, so an app that answers without reading never asks
 /// for the body. Errors: `InvalidData` for a body over the limit (answered
-/// `413` whatever the app returns) or malformed chunks (`400`), `TimedOut`
-/// when the client stalls longer than the read timeout (`408`),
-/// `UnexpectedEof` when it goes away.
+/// `413` whatever the app returns), malformed chunks (`400`) or a trailer
+/// section over the header size limit (`431`), `TimedOut` when the client
+/// stalls longer than the read timeout (`408`), `UnexpectedEof` when the
+/// client ends its side of the connection before the body is complete, and
+/// `ConnectionReset` when the connection fails.
+///
+/// After `UnexpectedEof` the client may still be reading (it only shut down
+/// its writing side), so it gets an answer: the app's own response, or `400
+/// Bad Request` if the app panicked, with `Connection: close`. After
+/// `ConnectionReset` nothing can be sent and the connection is closed.
 ///
 /// A body not read to the end is drained (up to a bound) before the next
 /// request on the connection, or the connection is closed.

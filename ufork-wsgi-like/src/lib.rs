@@ -79,7 +79,10 @@
 //! 431, body too large → 413, `Content-Length` with `Transfer-Encoding` or
 //! differing `Content-Length`s or bad chunk sizes → 400, an HTTP version other
 //! than 1.x → 505, a head not complete within the header timeout → 408. See
-//! [`Limits`].
+//! [`Limits`]. A client that ends its side of the connection before its
+//! body is complete still gets an answer before the close: the app's own
+//! response to the `UnexpectedEof` its body read returned, or 400 if the app
+//! panicked (see [`Body`]).
 //!
 //! # Serving model
 //!

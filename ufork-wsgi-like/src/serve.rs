@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use ufork_core::Vitals;
 
-use crate::body::{Framing, Input, lock};
+use crate::body::{Fault, Framing, Input, lock};
 use crate::date::DateCache;
 use crate::response::{self, Reply};
 use crate::{App, Body, Error, Limits, PeerAddr, Result, http1};
@@ -639,8 +639,8 @@ impl Loop<'_> {
             request.extensions_mut().insert(PeerAddr(peer));
         }
         let app = &self.worker.app;
-        let mut response = match catch_unwind(AssertUnwindSafe(|| app.call(request))) {
-            Ok(response) => response,
+        let (mut response, panicked) = match catch_unwind(AssertUnwindSafe(|| app.call(request))) {
+            Ok(response) => (response, false),
             Err(panic) => {
                 log::error!(
                     target: "ufork_wsgi_like",
@@ -648,7 +648,10 @@ impl Loop<'_> {
                     self.line,
                     panic_message(&*panic)
                 );
-                response::error_response(StatusCode::INTERNAL_SERVER_ERROR)
+                (
+                    response::error_response(StatusCode::INTERNAL_SERVER_ERROR),
+                    true,
+                )
             }
         };
         let mut keep_alive = head.keep_alive && !self.stopping && !conn.eof;
@@ -658,6 +661,9 @@ impl Loop<'_> {
             keep_alive = false;
             linger = true;
             match fault.status() {
+                // A client that shut down its writing side may still read:
+                // it gets the app's answer to the truncated body.
+                Some(_) if fault == Fault::Eof && !panicked => {}
                 Some(status) => response = response::error_response(status),
                 None => {
                     input.generation += 1;

@@ -724,6 +724,44 @@ fn a_stalled_body_gets_408() {
     assert_eq!(get(addr_of(&server), "/").status, 200);
 }
 
+/// A client that shuts down its writing side mid-body but goes on reading
+/// gets an answer before the close: the app's, or 400 if the app panics.
+#[test]
+fn a_client_half_closing_mid_body_still_gets_an_answer() {
+    let server = local(Server::builder(), |mut request: Request<Body>| {
+        if request.uri().path() == "/strict" {
+            let mut body = Vec::new();
+            request
+                .body_mut()
+                .read_to_end(&mut body)
+                .expect("a whole body");
+            return Response::new(body.into());
+        }
+        app(request)
+    });
+    let addr = addr_of(&server);
+    for (path, status) in [("/echo", 422), ("/strict", 400)] {
+        let mut client = Client::new(addr);
+        client.send(format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc"
+        ));
+        client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let resp = client.read_response();
+        assert_eq!(resp.status, status, "{path}: {}", resp.text());
+        assert!(resp.closes(), "{path}");
+        client.assert_closed();
+    }
+    // Chunked, cut inside a chunk.
+    let mut client = Client::new(addr);
+    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab");
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let resp = client.read_response();
+    assert_eq!(resp.status, 422);
+    assert!(resp.text().contains("mid-body"), "{}", resp.text());
+    client.assert_closed();
+    assert_eq!(get(addr, "/").status, 200);
+}
+
 #[test]
 fn a_client_vanishing_mid_request_harms_nothing() {
     let server = test_server();
