@@ -78,7 +78,8 @@ mod sys;
 mod worker;
 
 pub use arbiter::{
-    Arbiter, BoxError, Builder, DEFAULT_MAX_BOOTING, FdLimit, Outcome, Stdin, StopCause,
+    Arbiter, BoxError, Builder, DEFAULT_MAX_BOOTING, FdLimit, MAX_CAPACITY, Outcome, Stdin,
+    StopCause,
 };
 pub use error::{Error, Result};
 pub use exit::{
