@@ -42,6 +42,18 @@
 //! are dropped instead and counted: the sink reads
 //! `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where they were.
 //!
+//! A sink whose writes fail (a full disk, a closed pipe, a `Write` that
+//! returns an error or takes nothing) loses the lines of those writes; they
+//! are counted ([`Counters::write_errors`]) and reported: a warning through
+//! the `log` facade (target `ufork_io`) —
+//! `worker output: sink write failed (N times, M bytes lost): <error>` — at
+//! the first failure, then at most once per 10 s with the failures since the
+//! last one, and once more when the writer ends. The same line goes to the
+//! arbiter's stderr (fd 2, only if it can take it without blocking) unless
+//! the sink is stderr itself, since the logger may write into the failing
+//! sink ([`Capture::logger`]); a warning that comes back into the sink and
+//! fails is only counted, so the report cannot feed itself.
+//!
 //! The thread makes the arbiter process multi-threaded while it forks. That
 //! is sound here because the child touches nothing the writer may hold: it
 //! only `dup2`s its pipe descriptors; the stdout and stderr sinks write to fds

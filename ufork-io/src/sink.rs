@@ -179,7 +179,9 @@ impl Counters {
         self.0.dropped_bytes.load(Ordering::Relaxed)
     }
 
-    /// Writes the sink refused (the lines in them are lost).
+    /// Writes the sink refused (the lines in them are lost). Failures are
+    /// also reported through the `log` facade, rate-limited (see the
+    /// [crate documentation](crate)).
     pub fn write_errors(&self) -> u64 {
         self.0.write_errors.load(Ordering::Relaxed)
     }
@@ -211,7 +213,10 @@ pub(crate) struct Queue {
     pub(crate) counters: Arc<CounterCells>,
     /// Set in a forked worker: nothing there may touch the queue.
     pub(crate) forked: AtomicBool,
-    sink: Mutex<SinkKind>,
+    sink: Mutex<SinkState>,
+    /// A failure report is being emitted: a report that comes back through
+    /// the logger into this same sink and fails again is not reported.
+    reporting: AtomicBool,
     /// Whether forks wait until the writer is out of the sink (log sinks: the
     /// logger may hold a lock a worker's own logging takes).
     gate: bool,
@@ -223,6 +228,55 @@ impl fmt::Debug for Queue {
         f.debug_struct("Queue")
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
+    }
+}
+
+/// The sink and what went wrong writing to it.
+struct SinkState {
+    kind: SinkKind,
+    failures: Failures,
+}
+
+/// Failed sink writes not yet reported.
+#[derive(Debug, Default)]
+struct Failures {
+    writes: u64,
+    bytes: u64,
+    last_error: String,
+    last_report: Option<Instant>,
+}
+
+/// A failing sink is reported at its first failure, then at most this often.
+const FAILURE_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Failures {
+    fn record(&mut self, error: &io::Error, bytes: usize) {
+        self.writes += 1;
+        self.bytes += bytes as u64;
+        self.last_error = error.to_string();
+    }
+
+    /// The report of the failures so far, if one is due: the first failure
+    /// at once, then at most one per [`FAILURE_REPORT_INTERVAL`] (or now,
+    /// with `force`). The failures it reports are forgotten.
+    fn take_report(&mut self, now: Instant, force: bool) -> Option<String> {
+        if self.writes == 0 {
+            return None;
+        }
+        let recent = self
+            .last_report
+            .is_some_and(|at| now.saturating_duration_since(at) < FAILURE_REPORT_INTERVAL);
+        if recent && !force {
+            return None;
+        }
+        let report = format!(
+            "worker output: sink write failed ({} times, {} bytes lost): {}",
+            self.writes, self.bytes, self.last_error
+        );
+        self.writes = 0;
+        self.bytes = 0;
+        self.last_report = Some(now);
+        Some(report)
     }
 }
 
@@ -242,7 +296,11 @@ impl Queue {
             capacity,
             counters: Arc::default(),
             forked: AtomicBool::new(false),
-            sink: Mutex::new(sink.kind),
+            sink: Mutex::new(SinkState {
+                kind: sink.kind,
+                failures: Failures::default(),
+            }),
+            reporting: AtomicBool::new(false),
             gate,
             per_line,
         }
@@ -267,7 +325,7 @@ impl Queue {
         let mut state = self.lock();
         if state.finished {
             drop(state);
-            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sink = self.lock_sink();
             let chunk = Chunk {
                 origin: Origin::Arbiter,
                 data: line,
@@ -281,6 +339,8 @@ impl Queue {
                 self.per_line,
                 &self.counters,
             );
+            drop(sink);
+            self.report_failures(false);
             return;
         }
         if state.bytes > self.capacity.saturating_mul(4) {
@@ -360,6 +420,56 @@ impl Queue {
     pub(crate) fn queued(&self) -> usize {
         self.lock().bytes
     }
+
+    fn lock_sink(&self) -> MutexGuard<'_, SinkState> {
+        self.sink.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports failed sink writes if a report is due (or now, with `force`):
+    /// a warning through the `log` facade and, unless the sink is stderr
+    /// itself, a line on the arbiter's stderr — the logger may well write
+    /// into this very sink ([`Capture::logger`](crate::Capture::logger)).
+    ///
+    /// Call it holding neither lock: the logger may queue a line. That line
+    /// cannot start a loop: it is one more write (failing, it is counted for
+    /// the next report, due in [`FAILURE_REPORT_INTERVAL`]), and a report
+    /// that reaches the sink while this one is emitted is not made.
+    fn report_failures(&self, force: bool) {
+        if self.reporting.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let due = {
+            let mut sink = self.lock_sink();
+            let to_stderr = !matches!(sink.kind, SinkKind::Fd(Std::Err(_)));
+            sink.failures
+                .take_report(Instant::now(), force)
+                .map(|report| (report, to_stderr))
+        };
+        if let Some((report, to_stderr)) = due {
+            if to_stderr {
+                try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
+            }
+            log::warn!(target: "ufork_io", "{report}");
+        }
+        self.reporting.store(false, Ordering::Release);
+    }
+}
+
+/// Writes `data` to fd 2 if it can take it now: a last resort that must not
+/// hang the writer on a stalled stderr (fd 2 stays blocking, as it is shared).
+fn try_write_stderr(data: &[u8]) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stderr = io::stderr();
+    let fd = stderr.as_fd();
+    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+    let now = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if matches!(poll(&mut fds, Some(&now)), Ok(1)) && fds[0].revents().contains(PollFlags::OUT) {
+        // One write of a short line: a pipe with room takes it whole.
+        let _ = rustix::io::write(fd, data);
+    }
 }
 
 /// Starts the writer thread.
@@ -372,6 +482,7 @@ pub(crate) fn spawn_writer(queue: Arc<Queue>) -> io::Result<std::thread::JoinHan
 fn writer_loop(queue: &Queue) {
     let mut batch = VecDeque::new();
     let mut buf = Vec::new();
+    let mut summed_up = false;
     loop {
         {
             let mut state = queue.lock();
@@ -379,6 +490,15 @@ fn writer_loop(queue: &Queue) {
                 state = queue.more.wait(state).unwrap_or_else(|p| p.into_inner());
             }
             if state.chunks.is_empty() {
+                if !summed_up {
+                    // Failures since the last report would go unsaid: say
+                    // them now, once (the report may queue a line: go round
+                    // again to write it).
+                    summed_up = true;
+                    drop(state);
+                    queue.report_failures(true);
+                    continue;
+                }
                 state.finished = true;
                 queue.changed.notify_all();
                 return;
@@ -392,7 +512,7 @@ fn writer_loop(queue: &Queue) {
             }
         }
         let bytes = {
-            let mut sink = queue.sink.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sink = queue.lock_sink();
             write_batch(
                 &mut sink,
                 &mut batch,
@@ -401,6 +521,7 @@ fn writer_loop(queue: &Queue) {
                 &queue.counters,
             )
         };
+        queue.report_failures(false);
         let mut state = queue.lock();
         state.bytes = state.bytes.saturating_sub(bytes);
         state.in_sink = false;
@@ -414,13 +535,18 @@ fn writer_loop(queue: &Queue) {
 }
 
 /// Writes and empties `batch`; returns the bytes it took off the queue.
+/// Failed writes are counted and noted for [`Queue::report_failures`].
 fn write_batch(
-    sink: &mut SinkKind,
+    state: &mut SinkState,
     batch: &mut VecDeque<Chunk>,
     buf: &mut Vec<u8>,
     per_line: bool,
     counters: &CounterCells,
 ) -> usize {
+    let SinkState {
+        kind: sink,
+        failures,
+    } = state;
     let mut taken = 0;
     let mut buf_lines = 0;
     for chunk in batch.drain(..) {
@@ -429,19 +555,25 @@ fn write_batch(
             SinkKind::Log { target } => log_chunk(target, &chunk, counters),
             SinkKind::Fd(_) | SinkKind::Writer(_) if per_line => {
                 for line in chunk.data.split_inclusive(|&b| b == b'\n') {
-                    account(write_bytes(sink, line), line.len(), 1, counters);
+                    account(write_bytes(sink, line), line.len(), 1, counters, failures);
                 }
             }
             SinkKind::Fd(_) | SinkKind::Writer(_) => {
                 if buf.is_empty() && chunk.data.len() >= WRITE_BATCH {
                     let result = write_bytes(sink, &chunk.data);
-                    account(result, chunk.data.len(), chunk.lines, counters);
+                    account(result, chunk.data.len(), chunk.lines, counters, failures);
                     continue;
                 }
                 buf.extend_from_slice(&chunk.data);
                 buf_lines += chunk.lines;
                 if buf.len() >= WRITE_BATCH {
-                    account(write_bytes(sink, buf), buf.len(), buf_lines, counters);
+                    account(
+                        write_bytes(sink, buf),
+                        buf.len(),
+                        buf_lines,
+                        counters,
+                        failures,
+                    );
                     buf.clear();
                     buf_lines = 0;
                 }
@@ -449,18 +581,31 @@ fn write_batch(
         }
     }
     if !buf.is_empty() {
-        account(write_bytes(sink, buf), buf.len(), buf_lines, counters);
+        account(
+            write_bytes(sink, buf),
+            buf.len(),
+            buf_lines,
+            counters,
+            failures,
+        );
         buf.clear();
     }
     if let SinkKind::Writer(w) = sink {
-        if w.flush().is_err() {
+        if let Err(e) = w.flush() {
             counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            failures.record(&e, 0);
         }
     }
     taken
 }
 
-fn account(result: io::Result<()>, bytes: usize, lines: u64, counters: &CounterCells) {
+fn account(
+    result: io::Result<()>,
+    bytes: usize,
+    lines: u64,
+    counters: &CounterCells,
+    failures: &mut Failures,
+) {
     match result {
         Ok(()) => {
             counters
@@ -468,8 +613,9 @@ fn account(result: io::Result<()>, bytes: usize, lines: u64, counters: &CounterC
                 .fetch_add(bytes as u64, Ordering::Relaxed);
             counters.lines_written.fetch_add(lines, Ordering::Relaxed);
         }
-        Err(_) => {
+        Err(e) => {
             counters.write_errors.fetch_add(1, Ordering::Relaxed);
+            failures.record(&e, bytes);
         }
     }
 }
@@ -536,5 +682,74 @@ fn log_chunk(target: &str, chunk: &Chunk, counters: &CounterCells) {
         counters
             .bytes_written
             .fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes nothing: `write_all` fails with `WriteZero`.
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn chunk(data: &[u8]) -> Chunk {
+        Chunk {
+            origin: Origin::Arbiter,
+            data: data.to_vec(),
+            lines: 1,
+        }
+    }
+
+    #[test]
+    fn failed_writes_are_counted_and_reported_at_most_once_per_interval() {
+        let mut state = SinkState {
+            kind: SinkKind::Writer(Box::new(Full)),
+            failures: Failures::default(),
+        };
+        let counters = CounterCells::default();
+        let mut buf = Vec::new();
+        let mut batch = VecDeque::from([chunk(b"first\n")]);
+        write_batch(&mut state, &mut batch, &mut buf, true, &counters);
+        assert_eq!(counters.write_errors.load(Ordering::Relaxed), 1);
+        let start = Instant::now();
+        let report = state.failures.take_report(start, false);
+        assert_eq!(
+            report.as_deref(),
+            Some(
+                "worker output: sink write failed (1 times, 6 bytes lost): failed to write whole buffer"
+            )
+        );
+        assert_eq!(
+            state.failures.take_report(start, false),
+            None,
+            "nothing new"
+        );
+
+        let mut batch = VecDeque::from([chunk(b"second\n"), chunk(b"third\n")]);
+        write_batch(&mut state, &mut batch, &mut buf, true, &counters);
+        assert_eq!(counters.write_errors.load(Ordering::Relaxed), 3);
+        let soon = start + FAILURE_REPORT_INTERVAL / 2;
+        assert_eq!(
+            state.failures.take_report(soon, false),
+            None,
+            "rate limited"
+        );
+        let later = start + FAILURE_REPORT_INTERVAL;
+        let report = state.failures.take_report(later, false).expect("due again");
+        assert!(report.contains("(2 times, 13 bytes lost)"), "{report}");
+        // Forced (the writer's end), a report is made whenever there is news.
+        let mut batch = VecDeque::from([chunk(b"fourth\n")]);
+        write_batch(&mut state, &mut batch, &mut buf, false, &counters);
+        let report = state.failures.take_report(later, true).expect("forced");
+        assert!(report.contains("(1 times, 7 bytes lost)"), "{report}");
     }
 }

@@ -740,3 +740,85 @@ fn arbiter_messages_go_through_the_same_sink_between_whole_lines() {
     }
     assert!(arbiter_lines >= 2);
 }
+
+/// A sink whose every write fails, like a full disk.
+struct FailingSink;
+
+impl Write for FailingSink {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::other("disk on fire"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_sink_is_reported_through_log_rate_limited_without_a_loop() {
+    use std::sync::{Arc, Mutex};
+    let _lock = util::lock();
+    let layer = Capture::builder()
+        .sink(Sink::writer(FailingSink))
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    // As the CLI does: the arbiter's records, the warnings included, go into
+    // the capture's own sink, which fails for them too.
+    let logger = layer.logger();
+    let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
+    let into = Arc::clone(&warnings);
+    logging::forward(Some(Box::new(move |record| {
+        // No assertion here: this runs on the capture's writer thread.
+        if record.target() == "ufork_io" && record.level() == log::Level::Warn {
+            into.lock().unwrap().push(record.args().to_string());
+        }
+        log::Log::log(&logger, record);
+    })));
+    let started = Instant::now();
+    let watch = counters.clone();
+    let seen = Arc::clone(&warnings);
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            // Separate writes, so the writer fails several times.
+            let mut i = 0;
+            loop {
+                writeln!(std::io::stdout(), "line {i}")?;
+                i += 1;
+                if w.wait_for_stop(Some(Duration::from_millis(2))) {
+                    return Ok(());
+                }
+            }
+        },
+        move || {
+            util::wait_until("failed writes and a warning", || {
+                watch.write_errors() >= 5 && !seen.lock().unwrap().is_empty()
+            });
+        },
+    );
+    logging::forward(None);
+    let elapsed = started.elapsed();
+    let warnings = warnings.lock().unwrap().clone();
+    let first = &warnings[0];
+    assert!(
+        first.starts_with("worker output: sink write failed (1 times, ")
+            && first.ends_with(" bytes lost): disk on fire"),
+        "{first}"
+    );
+    let mut reported = 0;
+    for warning in &warnings {
+        let times = warning
+            .strip_prefix("worker output: sink write failed (")
+            .and_then(|rest| rest.split_once(" times, "))
+            .unwrap_or_else(|| panic!("{warning}"))
+            .0;
+        reported += times.parse::<u64>().unwrap();
+    }
+    // The first failure at once, the rest summed up when the writer ends;
+    // more only if the test took longer than the interval.
+    if elapsed < Duration::from_secs(10) {
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    }
+    assert!(reported >= 5, "{warnings:#?}");
+    assert!(reported <= counters.write_errors(), "{warnings:#?}");
+}
