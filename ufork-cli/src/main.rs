@@ -152,8 +152,9 @@ fn serve(args: cli::ServeArgs) -> Result<()> {
         .iter()
         .map(|l| {
             format!(
-                "serving {what} on http://{} with {workers} workers (arbiter pid {})",
+                "serving {what} on http://{} with {workers} worker{} (arbiter pid {})",
                 l.addr,
+                if workers == 1 { "" } else { "s" },
                 std::process::id()
             )
         })

@@ -41,6 +41,15 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// "1 worker", "3 workers".
+pub(crate) fn workers(n: usize) -> String {
+    if n == 1 {
+        "1 worker".to_owned()
+    } else {
+        format!("{n} workers")
+    }
+}
+
 /// A duration as people read it in a log line: `850ms`, `2.5ms`, `31.2s`.
 pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs_f64();

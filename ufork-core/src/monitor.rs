@@ -15,7 +15,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::arbiter::{FdLimit, Hooks, Settings, Stdin, StopCause};
-use crate::exit::human;
+use crate::exit::{human, workers};
 use crate::handle::{Command, Shared};
 use crate::layer::{ChildInfo, Context, Layer, Readiness, Registry, Spawn, Token};
 use crate::notes::{self, Note, NoteKind};
@@ -240,7 +240,7 @@ where
         if self.thread_baseline.is_some() {
             self.thread_baseline = crate::proc::thread_count();
         }
-        log::info!(target: "ufork", "arbiter pid {} starting {} workers", self.pid, self.target);
+        log::info!(target: "ufork", "arbiter pid {} starting {}", self.pid, workers(self.target));
         loop {
             let now = now_ns();
             self.detect_stall(now);
@@ -989,19 +989,19 @@ where
                 log::warn!(target: "ufork", "second SIGINT: stopping every worker now");
                 self.begin_stop(StopCause::Signal(libc::SIGINT), false);
             } else {
-                log::info!(target: "ufork", "SIGINT: stopping {} workers gracefully (Ctrl-C again to stop now)", self.live());
+                log::info!(target: "ufork", "SIGINT: stopping {} gracefully (Ctrl-C again to stop now)", workers(self.live()));
                 self.begin_stop(StopCause::Signal(libc::SIGINT), true);
             }
         }
         if term > 0 {
-            log::info!(target: "ufork", "SIGTERM: stopping {} workers gracefully", self.live());
+            log::info!(target: "ufork", "SIGTERM: stopping {} gracefully", workers(self.live()));
             self.begin_stop(StopCause::Signal(libc::SIGTERM), true);
         }
         // SIGHUP from the kernel means the controlling terminal hung up: like
         // any foreground program, stop. Sent with kill(1), it asks for a
         // rolling restart.
         if sys::take_kernel_count(libc::SIGHUP) > 0 {
-            log::warn!(target: "ufork", "the terminal hung up (SIGHUP): stopping {} workers gracefully", self.live());
+            log::warn!(target: "ufork", "the terminal hung up (SIGHUP): stopping {} gracefully", workers(self.live()));
             self.begin_stop(StopCause::Signal(libc::SIGHUP), true);
         }
         if sys::take_count(libc::SIGHUP) > 0 {
