@@ -58,6 +58,7 @@ pub(crate) struct Settings {
     pub(crate) ready_on_start: bool,
     pub(crate) stdin: Stdin,
     pub(crate) handle_signals: bool,
+    pub(crate) process_group: bool,
 }
 
 /// The largest scoreboard: 65536 slots of 128 bytes, 8 MiB of shared memory.
@@ -88,6 +89,7 @@ impl Default for Settings {
             ready_on_start: true,
             stdin: Stdin::Null,
             handle_signals: true,
+            process_group: false,
         }
     }
 }
@@ -207,6 +209,18 @@ impl Builder {
     /// (default true). Without, only the [`Handle`] controls the pool.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.settings.handle_signals = handle;
+        self
+    }
+
+    /// Put each worker in a process group of its own (default false), and
+    /// signal the whole group: stop signals reach what the worker started
+    /// too, and when a worker exits whatever is left of its group gets
+    /// SIGKILL, so a worker's background children never outlive it (holding
+    /// its sockets). Meant for workers that run other programs. Workers then
+    /// also stop receiving the terminal's Ctrl-C directly; the arbiter relays
+    /// the stop anyway.
+    pub fn process_group(mut self, own_group: bool) -> Self {
+        self.settings.process_group = own_group;
         self
     }
 

@@ -444,6 +444,11 @@ where
                 let Some(raw) = Pid::from_raw(pid) else {
                     return false;
                 };
+                if self.settings.process_group {
+                    // Both sides set the group, so it exists before either
+                    // the worker execs or the arbiter signals it.
+                    let _ = rustix::process::setpgid(Some(raw), Some(raw));
+                }
                 let pidfd = match rustix::process::pidfd_open(
                     raw,
                     rustix::process::PidfdFlags::empty(),
@@ -560,6 +565,9 @@ where
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
         if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(self.pid) {
             return EXIT_SETUP;
+        }
+        if self.settings.process_group {
+            let _ = rustix::process::setpgid(None, None);
         }
         for fd in self.arbiter_fds() {
             sys::close_inherited(fd);
@@ -773,12 +781,7 @@ where
 
     fn signal(&self, slot: usize, signal: Signal) {
         if let Some(proc) = &self.slots[slot].proc {
-            if let Some(pid) = Pid::from_raw(proc.pid) {
-                // The pidfd pins the pid until we reap it, so this cannot hit
-                // a recycled pid.
-                let _ = rustix::process::pidfd_send_signal(&proc.pidfd, signal);
-                let _ = pid;
-            }
+            signal_proc(proc, signal, self.settings.process_group);
         }
     }
 
@@ -1005,8 +1008,12 @@ where
             self.begin_stop(StopCause::Signal(libc::SIGHUP), true);
         }
         if sys::take_count(libc::SIGHUP) > 0 {
-            log::info!(target: "ufork", "SIGHUP: restarting every worker, one at a time");
-            self.start_rolling();
+            if self.stop.is_some() {
+                log::info!(target: "ufork", "SIGHUP ignored: the pool is stopping");
+            } else {
+                log::info!(target: "ufork", "SIGHUP: restarting every worker, one at a time");
+                self.start_rolling();
+            }
         }
         // The kernel raises TTIN/TTOU for job control (a background process
         // touching the terminal): that is no request to scale.
@@ -1188,6 +1195,11 @@ where
         let Some(raw) = Pid::from_raw(pid) else {
             return Ok(());
         };
+        if self.settings.process_group {
+            // The worker is a zombie until reaped, which keeps its group id
+            // from being reused: whatever it left running goes now.
+            let _ = rustix::process::kill_process_group(raw, Signal::KILL);
+        }
         match rustix::process::waitpid(Some(raw), WaitOptions::NOHANG) {
             Ok(Some((_, status))) => {
                 self.exited(slot, convert_status(status));
@@ -1294,7 +1306,7 @@ impl<F> Drop for Monitor<F> {
         // orphan or a zombie behind.
         for s in &mut self.slots {
             if let Some(proc) = s.proc.take() {
-                let _ = rustix::process::pidfd_send_signal(&proc.pidfd, Signal::KILL);
+                signal_proc(&proc, Signal::KILL, self.settings.process_group);
                 if let Some(pid) = Pid::from_raw(proc.pid) {
                     let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
                 }
@@ -1308,6 +1320,19 @@ impl<F> Drop for Monitor<F> {
             RUNNING.store(false, Ordering::SeqCst);
         }
     }
+}
+
+/// Signals a worker (its whole group, with `process_group`). The pidfd pins
+/// the pid until the worker is reaped, so neither can hit a recycled pid.
+fn signal_proc(proc: &Proc, signal: Signal, group: bool) {
+    if group {
+        if let Some(pid) = Pid::from_raw(proc.pid) {
+            if rustix::process::kill_process_group(pid, signal).is_ok() {
+                return;
+            }
+        }
+    }
+    let _ = rustix::process::pidfd_send_signal(&proc.pidfd, signal);
 }
 
 fn convert_status(status: rustix::process::WaitStatus) -> ExitStatus {

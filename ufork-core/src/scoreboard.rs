@@ -184,12 +184,18 @@ impl Cell {
     /// Writes the activity text under a sequence lock: the reader retries while
     /// the sequence is odd or changed, so it never sees half of two texts.
     pub(crate) fn write_activity(&self, text: &str) {
-        let mut end = text.len().min(ACTIVITY_LEN);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
+        // Control characters become '?': the text ends up in status tables
+        // and log lines on an operator's terminal, where an escape sequence
+        // from a worker has no business.
         let mut bytes = [0u8; ACTIVITY_LEN];
-        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        let mut end = 0;
+        for c in text.chars() {
+            let c = if c.is_control() { '?' } else { c };
+            if end + c.len_utf8() > ACTIVITY_LEN {
+                break;
+            }
+            end += c.encode_utf8(&mut bytes[end..]).len();
+        }
         self.activity_seq.fetch_add(1, Ordering::AcqRel);
         for (word, chunk) in self.activity.iter().zip(bytes.chunks_exact(8)) {
             let value = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
@@ -274,6 +280,8 @@ mod tests {
         cell.write_activity(&long);
         let read = cell.read_activity();
         assert_eq!(read, "é".repeat(32));
+        cell.write_activity("\x1b[2J\x1b]0;pwned\x07ok\n");
+        assert_eq!(cell.read_activity(), "?[2J?]0;pwned?ok?");
     }
 
     #[test]

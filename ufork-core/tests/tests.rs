@@ -1396,3 +1396,46 @@ fn commands_sent_before_run_take_effect_before_the_first_fork() {
     assert!(!snap.running && !snap.stopping);
     assert!(outcome.history.is_empty());
 }
+
+#[test]
+fn with_process_groups_what_a_worker_started_goes_with_it() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = no_backoff(Arbiter::builder().workers(1).process_group(true))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let child = Command::new("sleep")
+                .arg("1000")
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            tx.send(&format!("child {} {}", w.generation(), child.id()));
+            std::mem::forget(child);
+            if w.generation() == 0 {
+                // Exits, leaving its child behind.
+                return Ok(());
+            }
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let pid_of = |line: String| -> i32 { line.rsplit(' ').next().unwrap().parse().unwrap() };
+    let left_behind = pid_of(ev.expect("generation 0's child", |l| l.starts_with("child 0 ")));
+    let running = pid_of(ev.expect("generation 1's child", |l| l.starts_with("child 1 ")));
+    assert!(
+        util::wait_exit(left_behind, DEADLINE),
+        "the child of an exited worker outlived it"
+    );
+    assert!(util::running(running));
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert!(
+        util::wait_exit(running, DEADLINE),
+        "the stop did not reach the worker's child"
+    );
+    assert_eq!(outcome.history.last().unwrap().reason, ExitReason::Stopped);
+    assert_nothing_left(&outcome.history);
+}
