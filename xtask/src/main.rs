@@ -118,10 +118,9 @@ fn bench(which: &[String]) -> Result<(), String> {
     let all = which.is_empty();
     let wants = |name: &str| all || which.iter().any(|w| w == name);
     let mut env_vars: Vec<(String, String)> = Vec::new();
-    if wants("http") || wants("io") {
-        if let Some(python) = bench_venv(wants("http")) {
-            env_vars.push(("UFORK_BENCH_PYTHON".into(), python));
-        }
+    // Every bench has a Python peer: gunicorn (core, http) and uFork (io, http).
+    if let Some(python) = bench_venv(wants("http") || wants("core")) {
+        env_vars.push(("UFORK_BENCH_PYTHON".into(), python));
     }
     if wants("http") && !on_path("wrk") {
         eprintln!("==> installing wrk (apt-get)");
