@@ -217,8 +217,16 @@ impl Session {
     }
 
     /// Adds the common settings and this session's layers to the arbiter.
+    ///
+    /// Every worker gets a process group of its own, for `run` and `serve`
+    /// alike: stop signals reach whatever a worker started, and what is left
+    /// of its group when it is reaped gets SIGKILL, so no background child
+    /// keeps the listening sockets after its worker. A worker is still the
+    /// process it was (LISTEN_PID is its pid); Ctrl-C reaches only the
+    /// arbiter, which relays the stop as SIGTERM.
     pub fn configure(&mut self, pool: &PoolArgs, builder: Builder) -> Builder {
         let mut builder = builder
+            .process_group(true)
             .workers(workers(pool))
             .start_timeout(pool.start_timeout)
             .graceful_timeout(pool.graceful_timeout)

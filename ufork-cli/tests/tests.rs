@@ -489,3 +489,67 @@ fn prompt_runs_in_a_terminal_and_ctrl_c_stops() {
     assert!(text.contains("stopping 3 workers"), "{text}");
     assert!(text.contains("workers: 3"), "{text}");
 }
+
+/// Kills a process a test made (by pid) when the test ends, pass or fail.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
+/// Whether `pid` is gone (or only a zombie, which holds no descriptors).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|at| stat[at + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+#[test]
+fn run_leaves_no_background_child_holding_the_socket() {
+    let dir = TempDir::new("pgroup");
+    // The background child ignores SIGTERM: only the SIGKILL to the worker's
+    // process group when the worker is reaped ends it.
+    let path = script(
+        &dir,
+        "bg.sh",
+        "#!/bin/sh\n(trap '' TERM; exec sleep 1003) &\necho \"child $!\"\nwait\n",
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--bind",
+        "127.0.0.1:0",
+        "--graceful-timeout",
+        "5",
+        "--",
+        &path,
+    ]);
+    let line = pool.expect_line("listening on");
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let line = pool.expect_match(|l| l.contains("] child "), "child pid");
+    let child: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let _cleanup = KillOnDrop(Some(child));
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    // SIGKILL takes effect asynchronously: the child may still be on its
+    // way out when the arbiter exits, so ask until it is gone.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !gone(child) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {child} outlived its worker"
+        );
+        std::thread::yield_now();
+    }
+    std::net::TcpListener::bind(addr).expect("the port is free again");
+}
