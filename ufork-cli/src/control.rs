@@ -2,9 +2,16 @@
 //! speaks the console's command language, served from the arbiter's poll loop;
 //! and the client side used by `ufork ctl`, `status`, `stop` and `reload`.
 //!
-//! Protocol: the client sends one command per line; each reply is its text
-//! followed by `\0ok\n` or `\0err\n`. The server closes every connection when
-//! the pool has stopped, so a client that sent `stop` waits for end of file.
+//! Protocol: the client sends one command per line; each line gets its own
+//! reply, its text followed by `\0ok\n` or `\0err\n`. The server closes every
+//! connection when the pool has stopped, so a client that sent `stop` waits
+//! for end of file.
+//!
+//! A client cannot hold a connection forever: one without a complete command
+//! (or progress reading its reply) for [`IDLE_TIMEOUT`] is closed, and when
+//! [`MAX_CONNECTIONS`] are open the one idle longest makes room for a new one.
+//! Clients waiting for a `stop` to finish are exempt from both. The
+//! interactive `ufork ctl` reconnects when its idle connection was closed.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -12,14 +19,17 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ufork_core::{Context, Interest, Layer, Readiness, Token};
 
 use crate::commands;
 use crate::failure::{self, Failure, io_text};
 
-const MAX_CONNECTIONS: usize = 64;
+/// At most this many clients at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client silent this long is disconnected.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LINE: usize = 4096;
 
 #[derive(Debug)]
@@ -28,6 +38,16 @@ struct Connection {
     input: Vec<u8>,
     output: Vec<u8>,
     closing: bool,
+    /// The last complete command, write progress, or the accept.
+    active: Instant,
+    /// Sent `stop`: waits for the pool to close the connection.
+    awaiting_stop: bool,
+}
+
+impl Connection {
+    fn evictable(&self) -> bool {
+        !self.awaiting_stop
+    }
 }
 
 /// The control socket layer.
@@ -104,7 +124,7 @@ impl Control {
                 let _ = stream.write_all(b"permission denied: not the pool's user\0err\n");
                 continue;
             }
-            if self.connections.len() >= MAX_CONNECTIONS {
+            if self.connections.len() >= MAX_CONNECTIONS && !self.evict_one(ctx) {
                 let _ = stream.write_all(b"too many control connections\0err\n");
                 continue;
             }
@@ -119,8 +139,33 @@ impl Control {
                     input: Vec::new(),
                     output: Vec::new(),
                     closing: false,
+                    active: Instant::now(),
+                    awaiting_stop: false,
                 },
             );
+        }
+    }
+
+    /// Closes the connection idle longest to make room; whether there was one.
+    fn evict_one(&mut self, ctx: &mut Context<'_>) -> bool {
+        let oldest = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.evictable())
+            .min_by_key(|(_, c)| c.active)
+            .map(|(t, _)| *t);
+        match oldest {
+            Some(token) => {
+                self.close(token, ctx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn close(&mut self, token: Token, ctx: &mut Context<'_>) {
+        if self.connections.remove(&token).is_some() {
+            ctx.deregister(token);
         }
     }
 
@@ -148,7 +193,12 @@ impl Control {
         while let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = conn.input.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line);
-            let reply = commands::execute(line.trim(), &ctx.handle());
+            let line = line.trim();
+            conn.active = Instant::now();
+            let reply = commands::execute(line, &ctx.handle());
+            if reply.ok && line.split_whitespace().next() == Some("stop") {
+                conn.awaiting_stop = true;
+            }
             conn.output.extend_from_slice(reply.text.as_bytes());
             conn.output
                 .extend_from_slice(if reply.ok { b"\0ok\n" } else { b"\0err\n" });
@@ -174,6 +224,7 @@ impl Control {
                 }
                 Ok(n) => {
                     conn.output.drain(..n);
+                    conn.active = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -205,6 +256,27 @@ impl Layer for Control {
         } else {
             self.serve(token, ctx);
         }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<'_>) {
+        let now = Instant::now();
+        let expired: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.evictable() && now.duration_since(c.active) >= IDLE_TIMEOUT)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in expired {
+            self.close(token, ctx);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.connections
+            .values()
+            .filter(|c| c.evictable())
+            .map(|c| c.active + IDLE_TIMEOUT)
+            .min()
     }
 
     fn stopped(&mut self) {
@@ -266,34 +338,83 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// The connection broke.
+    /// The connection broke, or the pool closed it without answering.
     pub fn send(&mut self, command: &str) -> Result<(String, bool), Failure> {
+        self.exchange(command)?.ok_or_else(|| self.unanswered())
+    }
+
+    /// Like [`send`](Self::send), but when the pool had closed this
+    /// connection (idle too long, say) before the command reached it,
+    /// connects again and sends it once more: for the interactive prompt.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), or the pool is gone.
+    pub fn send_reconnecting(&mut self, command: &str) -> Result<(String, bool), Failure> {
+        if let Some(reply) = self.exchange(command)? {
+            return Ok(reply);
+        }
+        *self = Self::connect(&self.path).map_err(|e| match e {
+            ConnectError::NotRunning(m) | ConnectError::Other(m) => failure::runtime(m),
+        })?;
+        self.send(command)
+    }
+
+    fn unanswered(&self) -> Failure {
+        failure::runtime(format!(
+            "the pool at {} closed the connection without answering",
+            self.path.display()
+        ))
+    }
+
+    /// One request and its reply; `None` when the connection had been closed
+    /// before any of the reply came (so the command was not run).
+    fn exchange(&mut self, command: &str) -> Result<Option<(String, bool)>, Failure> {
+        let command = command.trim();
+        if command.contains(['\n', '\r', '\0']) {
+            return Err(failure::usage(
+                "a command is one line: no newline, carriage return or NUL",
+            ));
+        }
+        let path = self.path.clone();
         let broken = |e: io::Error| {
             failure::runtime(format!(
                 "the pool at {} closed the connection: {}",
-                self.path.display(),
+                path.display(),
                 io_text(&e)
             ))
         };
+        let closed = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            )
+        };
         let stream = self.reader.get_mut();
-        stream
-            .write_all(format!("{}\n", command.trim()).as_bytes())
-            .map_err(broken)?;
+        match stream.write_all(format!("{command}\n").as_bytes()) {
+            Ok(()) => {}
+            Err(e) if closed(&e) => return Ok(None),
+            Err(e) => return Err(broken(e)),
+        }
         let mut text = Vec::new();
-        let n = self.reader.read_until(0, &mut text).map_err(broken)?;
-        if n == 0 || text.last() != Some(&0) {
-            return Err(failure::runtime(format!(
-                "the pool at {} closed the connection without answering",
-                self.path.display()
-            )));
+        let n = match self.reader.read_until(0, &mut text) {
+            Ok(n) => n,
+            Err(e) if closed(&e) && text.is_empty() => return Ok(None),
+            Err(e) => return Err(broken(e)),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        if text.last() != Some(&0) {
+            return Err(self.unanswered());
         }
         text.pop();
         let mut status = String::new();
         self.reader.read_line(&mut status).map_err(broken)?;
-        Ok((
+        Ok(Some((
             String::from_utf8_lossy(&text).into_owned(),
             status.trim() == "ok",
-        ))
+        )))
     }
 
     /// Waits until the pool closes the connection (it has stopped), for at

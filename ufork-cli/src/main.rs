@@ -304,7 +304,16 @@ fn status(args: &TargetArgs) -> Result<()> {
     match socket_of(args) {
         Some(path) => {
             let mut client = connect(&path)?;
-            let (text, _) = client.send("status")?;
+            let (text, ok) = client.send("status")?;
+            // Anything but the table (the pool refused us, say) is an error.
+            let table = ok && text.lines().nth(1).is_some_and(|l| l.contains("SLOT"));
+            if !table {
+                return Err(runtime(format!(
+                    "{}: {}",
+                    path.display(),
+                    text.trim().replace('\n', "; ")
+                )));
+            }
             print!("{text}");
         }
         None => println!("running as pid {}", pid.unwrap_or_default()),
@@ -418,7 +427,7 @@ fn ctl(args: &CtlArgs) -> Result<()> {
         if matches!(line, "quit" | "exit") {
             return Ok(());
         }
-        let (text, ok) = client.send(line)?;
+        let (text, ok) = client.send_reconnecting(line)?;
         if ok {
             print!("{text}");
         } else {

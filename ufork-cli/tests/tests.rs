@@ -553,3 +553,56 @@ fn run_leaves_no_background_child_holding_the_socket() {
     }
     std::net::TcpListener::bind(addr).expect("the port is free again");
 }
+
+#[test]
+fn idle_control_clients_cannot_lock_out_commands() {
+    let dir = TempDir::new("lockout");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    // More idle clients than the pool takes, sending nothing.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..70)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("SLOT"), "{out:#?}");
+    // The newest idle client was not evicted; it times out instead.
+    let mut last = idle.last().unwrap();
+    last.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(std::io::Read::read(&mut last, &mut buf).unwrap(), 0);
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+}
+
+#[test]
+fn status_fails_on_a_reply_that_is_not_a_table() {
+    let dir = TempDir::new("refused");
+    let socket = dir.str("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stream.try_clone().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut stream, b"too many control connections\0err\n").unwrap();
+        line
+    });
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_one_line_error(&out, 1, &["too many control connections"]);
+    assert_eq!(out.stdout, "", "{out:#?}");
+    assert_eq!(server.join().unwrap(), "status\n");
+}
