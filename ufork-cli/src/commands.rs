@@ -186,3 +186,23 @@ fn history(snap: &Snapshot) -> String {
     }
     out
 }
+
+/// `text` with every control character (escape sequences, line breaks, NUL)
+/// replaced by `?`, and cut to `max` characters with `…`: for text from a
+/// worker or a client on its way to a terminal.
+pub fn printable_max(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// [`printable_max`] with room for a short echo of a command.
+pub fn printable(text: &str) -> String {
+    printable_max(text, 60)
+}

@@ -385,6 +385,14 @@ fn reload(args: &TargetArgs) -> Result<()> {
 }
 
 fn ctl(args: &CtlArgs) -> Result<()> {
+    // One request is one line: an argument with a line break would smuggle
+    // a second command whose reply nobody reads.
+    if let Some(bad) = args.command.iter().find(|a| a.contains(['\n', '\r', '\0'])) {
+        return Err(failure::usage(format!(
+            "COMMAND `{}` spans several lines; give one command (no newline or carriage return)",
+            commands::printable(bad)
+        )));
+    }
     let mut client = connect(&args.control_socket).map_err(|e| match e {
         Failure::NotRunning(m) => runtime(m),
         other => other,

@@ -606,3 +606,45 @@ fn status_fails_on_a_reply_that_is_not_a_table() {
     assert_eq!(out.stdout, "", "{out:#?}");
     assert_eq!(server.join().unwrap(), "status\n");
 }
+
+#[test]
+fn one_request_is_one_command() {
+    let dir = TempDir::new("oneline");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    for hidden in ["status\nstop", "status\rstop"] {
+        let out = run(&["ctl", "--control-socket", &socket, hidden]);
+        assert_one_line_error(&out, 2, &["one command"]);
+    }
+    // Still running: nothing was stopped behind the error.
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // A raw client sending two lines at once gets two replies.
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    std::io::Write::write_all(&mut raw, b"help\nworkers\n").unwrap();
+    let mut reader = std::io::BufReader::new(raw);
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let mut text = Vec::new();
+        std::io::BufRead::read_until(&mut reader, 0, &mut text).unwrap();
+        let mut status = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut status).unwrap();
+        replies.push((String::from_utf8_lossy(&text).into_owned(), status));
+    }
+    assert!(replies[0].0.contains("commands:"), "{replies:?}");
+    assert!(replies[1].0.contains("1 worker"), "{replies:?}");
+    assert!(replies.iter().all(|(_, s)| s == "ok\n"), "{replies:?}");
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+}
