@@ -77,7 +77,9 @@ Examples:
     /// Send a console command to a running pool, or open a prompt on it.
     #[command(after_help = "\
 Commands: help, status, workers N|+|-, restart [SLOT|all], kill SLOT, history,
-reopen, stop [now].
+reopen, stop [now]. Without COMMAND on a terminal, the prompt has the same line
+editing and history as the `ufork>>` prompt (Ctrl-D or `quit` leaves); from a
+pipe, every line is a command.
 
 Examples:
   ufork ctl --control-socket /tmp/ufork.sock status

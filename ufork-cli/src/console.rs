@@ -23,6 +23,29 @@ pub fn restore_terminal() {
     }
 }
 
+/// Puts the terminal on stdin in raw input mode for the line editor, saving
+/// its settings for [`restore_terminal`].
+///
+/// # Errors
+///
+/// stdin is not a terminal, or its settings cannot be changed.
+pub fn enter_raw() -> std::io::Result<()> {
+    let stdin = std::io::stdin();
+    let saved = termios::tcgetattr(&stdin)?;
+    let mut raw = saved.clone();
+    // Raw input, cooked output: log lines keep their "\n" -> "\r\n".
+    raw.local_modes
+        .remove(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG | LocalModes::IEXTEN);
+    raw.input_modes
+        .remove(InputModes::IXON | InputModes::ICRNL | InputModes::INLCR);
+    raw.special_codes[SpecialCodeIndex::VMIN] = 1;
+    raw.special_codes[SpecialCodeIndex::VTIME] = 0;
+    // Saved first, so a failure half-way still restores.
+    *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+    termios::tcsetattr(&stdin, OptionalActions::Now, &raw)?;
+    Ok(())
+}
+
 /// Whether the prompt can run: stdin and stdout are terminals and this
 /// process is in the terminal's foreground (started with `&`, reading the
 /// terminal would only earn it SIGTTIN).
@@ -46,22 +69,6 @@ impl Console {
     /// A prompt on the process' stdin.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    fn enter_raw(&mut self) -> std::io::Result<()> {
-        let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(&stdin)?;
-        let mut raw = saved.clone();
-        // Raw input, cooked output: log lines keep their "\n" -> "\r\n".
-        raw.local_modes
-            .remove(LocalModes::ICANON | LocalModes::ECHO | LocalModes::ISIG | LocalModes::IEXTEN);
-        raw.input_modes
-            .remove(InputModes::IXON | InputModes::ICRNL | InputModes::INLCR);
-        raw.special_codes[SpecialCodeIndex::VMIN] = 1;
-        raw.special_codes[SpecialCodeIndex::VTIME] = 0;
-        termios::tcsetattr(&stdin, OptionalActions::Now, &raw)?;
-        *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
-        Ok(())
     }
 
     fn redraw(&self) {
@@ -110,7 +117,7 @@ impl Console {
 
 impl Layer for Console {
     fn started(&mut self, ctx: &mut Context<'_>) {
-        if let Err(e) = self.enter_raw() {
+        if let Err(e) = enter_raw() {
             log::warn!(target: "ufork", "no prompt: cannot set up the terminal: {e}");
             return;
         }

@@ -410,42 +410,90 @@ fn ctl(args: &CtlArgs) -> Result<()> {
         }
         return Err(runtime(text.trim().to_owned()));
     }
+    if console::available() {
+        return ctl_prompt(&mut client);
+    }
+    // Not a terminal: plain lines, no prompt (`echo status | ufork ctl ...`).
     let stdin = std::io::stdin();
-    let interactive = console::available();
     loop {
-        if interactive {
-            print!("{}", term::PROMPT_TEXT);
-            let _ = std::io::stdout().flush();
-        }
         let mut line = String::new();
         if stdin
             .read_line(&mut line)
             .map_err(|e| runtime(e.to_string()))?
             == 0
         {
-            if interactive {
-                println!();
+            return Ok(());
+        }
+        if ctl_line(&mut client, line.trim())?.is_break() {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one line typed at the `ufork ctl` prompt; `Break` when done.
+fn ctl_line(client: &mut Client, line: &str) -> Result<std::ops::ControlFlow<()>> {
+    use std::ops::ControlFlow;
+    if line.is_empty() {
+        return Ok(ControlFlow::Continue(()));
+    }
+    if matches!(line, "quit" | "exit") {
+        return Ok(ControlFlow::Break(()));
+    }
+    let (text, ok) = client.send_reconnecting(line)?;
+    let text = if ok { text } else { format!("error: {text}") };
+    term::print(term::Stream::Out, text.as_bytes());
+    if ok && line.split_whitespace().next() == Some("stop") {
+        if client.wait_closed(Duration::from_secs(120)) {
+            term::say("stopped");
+        }
+        return Ok(ControlFlow::Break(()));
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// The `ufork ctl` prompt on a terminal: the `ufork>>` line editor in raw
+/// mode (main restores the terminal on every way out, panics included).
+fn ctl_prompt(client: &mut Client) -> Result<()> {
+    use editor::{Action, Editor};
+    console::enter_raw().map_err(|e| runtime(format!("cannot set up the terminal: {e}")))?;
+    let mut editor = Editor::default();
+    term::set_prompt(Some(("", 0)));
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match rustix::io::read(std::io::stdin(), &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+            Err(e) => {
+                term::set_prompt(None);
+                return Err(runtime(format!("cannot read the terminal: {e}")));
             }
+        };
+        if n == 0 {
+            term::set_prompt(None);
             return Ok(());
         }
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if matches!(line, "quit" | "exit") {
-            return Ok(());
-        }
-        let (text, ok) = client.send_reconnecting(line)?;
-        if ok {
-            print!("{text}");
-        } else {
-            print!("error: {text}");
-        }
-        if line.starts_with("stop") {
-            if client.wait_closed(Duration::from_secs(120)) {
-                println!("stopped");
+        for &byte in &buf[..n] {
+            match editor.feed(byte) {
+                Action::Line(line) => {
+                    term::set_prompt(None);
+                    term::say(format!("{}{line}", term::PROMPT_TEXT));
+                    if ctl_line(client, line.trim())?.is_break() {
+                        return Ok(());
+                    }
+                }
+                Action::Interrupt => {
+                    term::set_prompt(None);
+                    term::say("^C");
+                    return Ok(());
+                }
+                Action::Eof => {
+                    term::set_prompt(None);
+                    return Ok(());
+                }
+                Action::Clear => term::print(term::Stream::Out, b"\x1b[H\x1b[2J"),
+                Action::Redraw | Action::None => {}
             }
-            return Ok(());
         }
+        term::set_prompt(Some((&editor.line(), editor.cursor())));
     }
 }

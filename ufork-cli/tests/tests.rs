@@ -648,3 +648,89 @@ fn one_request_is_one_command() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0));
 }
+
+/// Drives `ufork ctl` through a pseudo-terminal: cursor keys edit, up-arrow
+/// recalls, Ctrl-D leaves, and the terminal is back in cooked mode after.
+const CTL_PTY_DRIVER: &str = r#"
+import os, pty, select, sys, termios, time
+argv = sys.argv[1:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+out = b""
+mark = 0
+def expect(needle, limit=30):
+    global out, mark
+    end = time.time() + limit
+    while needle.encode() not in out[mark:]:
+        left = end - time.time()
+        if left <= 0:
+            sys.stdout.write(out.decode(errors="replace"))
+            sys.exit("timed out waiting for %r" % needle)
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                sys.stdout.write(out.decode(errors="replace"))
+                sys.exit("eof waiting for %r" % needle)
+            out += data
+    at = out.index(needle.encode(), mark) + len(needle)
+    mark = at
+expect("ufork>> ")
+os.write(fd, b"sttus\x1b[D\x1b[D\x1b[Da\r")
+expect("ACTIVITY")
+expect("ufork>> ")
+os.write(fd, b"\x1b[A\r")
+expect("ACTIVITY")
+expect("ufork>> ")
+os.write(fd, b"\x04")
+_, status = os.waitpid(pid, 0)
+modes = termios.tcgetattr(fd)[3]
+if not (modes & termios.ECHO and modes & termios.ICANON):
+    sys.exit("the terminal was left in raw mode")
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn ctl_prompt_edits_lines_in_a_terminal() {
+    let dir = TempDir::new("ctlpty");
+    let socket = dir.str("ctl.sock");
+    let driver = script(&dir, "driver.py", CTL_PTY_DRIVER);
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    let out = std::process::Command::new("python3")
+        .arg(&driver)
+        .args([
+            env!("CARGO_BIN_EXE_ufork"),
+            "ctl",
+            "--control-socket",
+            &socket,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("unknown command"), "{text}");
+    assert_eq!(text.matches("SLOT").count(), 2, "{text}");
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+}
