@@ -81,7 +81,8 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
                 Err(e) => Reply::error(format!("{e}\n")),
             },
             Err(_) => Reply::error(format!(
-                "`{n}` is not a number of workers; try `workers 4`, `workers +` or `workers -`\n"
+                "`{}` is not a number of workers; try `workers 4`, `workers +` or `workers -`\n",
+                printable(n)
             )),
         },
         ["restart"] | ["restart", "all"] => {
@@ -119,15 +120,19 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
             Reply::ok("stopping every worker now\n")
         }
         [other, ..] => Reply::error(format!(
-            "unknown command `{other}`; type `help` for the commands\n"
+            "unknown command `{}`; type `help` for the commands\n",
+            printable(other)
         )),
     }
 }
 
 fn live_slot(handle: &Handle, word: &str) -> Result<usize, String> {
-    let slot: usize = word
-        .parse()
-        .map_err(|_| format!("`{word}` is not a slot number (see `status`)\n"))?;
+    let slot: usize = word.parse().map_err(|_| {
+        format!(
+            "`{}` is not a slot number (see `status`)\n",
+            printable(word)
+        )
+    })?;
     if handle.snapshot().workers.iter().any(|w| w.slot == slot) {
         Ok(slot)
     } else {
@@ -166,7 +171,7 @@ pub fn status_table(snap: &Snapshot) -> String {
             w.requests,
             w.restarts,
             w.rss.map(short_size).unwrap_or_else(|| "-".into()),
-            w.activity
+            printable_max(&w.activity, ACTIVITY_WIDTH)
         );
     }
     out
@@ -180,8 +185,9 @@ fn history(snap: &Snapshot) -> String {
     for record in &snap.history {
         let _ = writeln!(
             out,
-            "{}  {record}",
-            crate::logger::timestamp(record.at).replace('T', " ")
+            "{}  {}",
+            crate::logger::timestamp(record.at).replace('T', " "),
+            sanitize(&record.to_string())
         );
     }
     out
@@ -202,7 +208,31 @@ pub fn printable_max(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` with every control character replaced by `?`, whatever its length.
+pub fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// The widest ACTIVITY shown in the status table.
+const ACTIVITY_WIDTH: usize = 80;
+
 /// [`printable_max`] with room for a short echo of a command.
 pub fn printable(text: &str) -> String {
     printable_max(text, 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_for_the_terminal_has_no_control_characters() {
+        assert_eq!(printable("\x1b[2Jhi\0\n"), "?[2Jhi??");
+        let long = "x".repeat(61);
+        assert_eq!(printable(&long), format!("{}…", "x".repeat(60)));
+        assert_eq!(printable(&long[..60]), "x".repeat(60));
+        assert_eq!(sanitize("a\tb\x07"), "a?b?");
+    }
 }

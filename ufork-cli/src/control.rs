@@ -411,10 +411,12 @@ impl Client {
         text.pop();
         let mut status = String::new();
         self.reader.read_line(&mut status).map_err(broken)?;
-        Ok(Some((
-            String::from_utf8_lossy(&text).into_owned(),
-            status.trim() == "ok",
-        )))
+        // The reply goes to a terminal: lines, but no escape sequences.
+        let text: String = String::from_utf8_lossy(&text)
+            .chars()
+            .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+            .collect();
+        Ok(Some((text, status.trim() == "ok")))
     }
 
     /// Waits until the pool closes the connection (it has stopped), for at

@@ -87,7 +87,9 @@ impl Editor {
                 Ok(s) => {
                     let chars: Vec<char> = s.chars().collect();
                     self.utf8.clear();
-                    for c in chars {
+                    // C1 controls (U+0080..U+009F) would drive the terminal
+                    // when the line is echoed.
+                    for c in chars.into_iter().filter(|c| !c.is_control()) {
                         self.insert(c);
                     }
                     Action::Redraw
@@ -306,7 +308,7 @@ mod tests {
         assert_eq!(feed(&mut e, b"\x04"), vec![Action::Eof]);
         assert_eq!(feed(&mut e, b"abc\x03"), vec![Action::Interrupt]);
         assert_eq!(e.line(), "");
-        feed(&mut e, "né".as_bytes());
+        feed(&mut e, "né\u{9b}".as_bytes());
         assert_eq!((e.line().as_str(), e.cursor()), ("né", 2));
     }
 }

@@ -26,8 +26,19 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // Messages may quote text from workers (an exit message, say):
+        // nothing in them may drive the terminal.
+        let text = crate::commands::sanitize(&record.args().to_string());
         if let Some(delegate) = DELEGATE.get() {
-            delegate.log(record);
+            delegate.log(
+                &log::Record::builder()
+                    .args(format_args!("{text}"))
+                    .metadata(record.metadata().clone())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            );
             return;
         }
         let level = match record.level() {
@@ -35,7 +46,7 @@ impl log::Log for Logger {
             log::Level::Warn => "warning: ",
             _ => "",
         };
-        let line = format!("[ufork] {level}{}\n", record.args());
+        let line = format!("[ufork] {level}{text}\n");
         term::print(Stream::Err, line.as_bytes());
     }
 

@@ -734,3 +734,29 @@ fn ctl_prompt_edits_lines_in_a_terminal() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0));
 }
+
+#[test]
+fn echoed_commands_are_printable_and_short() {
+    let dir = TempDir::new("echo");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    let out = run(&["ctl", "--control-socket", &socket, "\x1b[2J\x07dance"]);
+    assert_one_line_error(&out, 1, &["unknown command `?[2J?dance`"]);
+    let long = "y".repeat(500);
+    let out = run(&["ctl", "--control-socket", &socket, &long]);
+    assert_one_line_error(&out, 1, &[&format!("`{}…`", "y".repeat(60))]);
+    let out = run(&["ctl", "--control-socket", &socket, "kill", "\x1b]0;x\x07"]);
+    assert_one_line_error(&out, 1, &["`?]0;x?` is not a slot"]);
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+}
