@@ -57,8 +57,8 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
         ["workers"] => {
             let snap = handle.snapshot();
             Reply::ok(format!(
-                "{} workers ({} running)\n",
-                snap.target,
+                "{} ({} running)\n",
+                workers(snap.target),
                 snap.workers.len()
             ))
         }
@@ -78,6 +78,10 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
             Ok(0) => Reply::error("at least one worker; use `stop` to stop\n"),
             Ok(n) => match handle.set_workers(n) {
                 Ok(()) => Reply::ok(format!("workers: {n}\n")),
+                // The core's message names a library API; say it for people.
+                Err(ufork_core::Error::OverCapacity { capacity, .. }) => Reply::error(format!(
+                    "at most {capacity} workers (the pool's capacity)\n"
+                )),
                 Err(e) => Reply::error(format!("{e}\n")),
             },
             Err(_) => Reply::error(format!(
@@ -113,17 +117,45 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
         ["stop"] => {
             let n = handle.snapshot().workers.len();
             handle.stop();
-            Reply::ok(format!("stopping {n} workers gracefully\n"))
+            Reply::ok(format!("stopping {} gracefully\n", workers(n)))
         }
         ["stop", "now"] => {
             handle.stop_now();
             Reply::ok("stopping every worker now\n")
         }
+        ["stop", other] => Reply::error(format!(
+            "`stop` takes `now` or nothing, not `{}`\n",
+            printable(other)
+        )),
+        [known, ..] if usage(known).is_some() => Reply::error(format!(
+            "too many arguments: {}\n",
+            usage(known).unwrap_or_default()
+        )),
         [other, ..] => Reply::error(format!(
             "unknown command `{}`; type `help` for the commands\n",
             printable(other)
         )),
     }
+}
+
+/// How a command is used, for an error about its arguments.
+fn usage(command: &str) -> Option<&'static str> {
+    Some(match command {
+        "help" | "?" => "help",
+        "status" => "status",
+        "history" => "history",
+        "reopen" => "reopen",
+        "workers" => "workers N | workers + | workers -",
+        "restart" => "restart [SLOT|all]",
+        "kill" => "kill SLOT",
+        "stop" => "stop [now]",
+        _ => return None,
+    })
+}
+
+/// "1 worker", "3 workers".
+fn workers(n: usize) -> String {
+    format!("{n} worker{}", if n == 1 { "" } else { "s" })
 }
 
 fn live_slot(handle: &Handle, word: &str) -> Result<usize, String> {

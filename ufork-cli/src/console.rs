@@ -90,7 +90,9 @@ impl Console {
         if self.interrupts == 1 && !self.stopping {
             let n = handle.snapshot().workers.len();
             term::say(format!(
-                "^C stopping {n} workers… (Ctrl-C again to stop them now)"
+                "^C stopping {n} worker{}… (Ctrl-C again to stop {} now)",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "it" } else { "them" }
             ));
             handle.stop();
         } else {

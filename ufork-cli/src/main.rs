@@ -393,14 +393,19 @@ fn ctl(args: &CtlArgs) -> Result<()> {
             commands::printable(bad)
         )));
     }
+    let command = args.command.join(" ");
+    if !args.command.is_empty() && command.trim().is_empty() {
+        return Err(failure::usage(
+            "COMMAND is empty; give a command like `status`, or none for a prompt",
+        ));
+    }
     let mut client = connect(&args.control_socket).map_err(|e| match e {
         Failure::NotRunning(m) => runtime(m),
         other => other,
     })?;
     if !args.command.is_empty() {
-        let command = args.command.join(" ");
         let (text, ok) = client.send(&command)?;
-        let is_stop = command.trim().starts_with("stop");
+        let is_stop = command.split_whitespace().next() == Some("stop");
         if ok {
             print!("{text}");
             if is_stop && client.wait_closed(Duration::from_secs(120)) {

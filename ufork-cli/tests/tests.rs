@@ -760,3 +760,42 @@ fn echoed_commands_are_printable_and_short() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0));
 }
+
+#[test]
+fn console_commands_say_what_is_wrong_with_their_arguments() {
+    let dir = TempDir::new("args");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--control-socket", &socket];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    let out = ctl(&["workers", "3", "4"]);
+    assert_one_line_error(&out, 1, &["too many arguments: workers N"]);
+    let out = ctl(&["status", "extra"]);
+    assert_one_line_error(&out, 1, &["too many arguments: status"]);
+    let out = ctl(&["workers", "99999"]);
+    assert_one_line_error(&out, 1, &["at most", "workers (the pool's capacity)"]);
+    assert!(!out.stderr.contains("Builder"), "{out:#?}");
+    let out = ctl(&["workers"]);
+    assert_eq!(out.stdout, "1 worker (1 running)\n", "{out:#?}");
+    let out = ctl(&[""]);
+    assert_one_line_error(&out, 2, &["COMMAND is empty"]);
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stdout.contains("stopping 1 worker gracefully"),
+        "{out:#?}"
+    );
+    assert_eq!(pool.wait().code(), Some(0));
+}
