@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::units::{parse_seconds, parse_size};
+use crate::units::{parse_count_u32, parse_count_u64, parse_seconds, parse_size, parse_workers};
 
 const AFTER_HELP: &str = "\
 Signals (to the arbiter, the `ufork` process that runs the pool):
@@ -101,11 +101,11 @@ pub struct ServeArgs {
     pub bind: Vec<String>,
 
     /// Recycle a worker after it has served this many requests.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_count_u64, allow_negative_numbers = true)]
     pub max_requests: Option<u64>,
 
     /// Kill and replace a worker silent for this long [default: 30].
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: Option<Duration>,
 
     #[command(flatten)]
@@ -124,7 +124,13 @@ pub struct RunArgs {
     pub notify: bool,
 
     /// With --notify: kill and replace a worker with no WATCHDOG=1 for this long.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds, requires = "notify")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = parse_seconds,
+        requires = "notify",
+        allow_negative_numbers = true
+    )]
     pub timeout: Option<Duration>,
 
     #[command(flatten)]
@@ -145,23 +151,23 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct PoolArgs {
     /// Number of worker processes [default: the number of CPUs].
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short, long, value_name = "N", value_parser = parse_workers, allow_negative_numbers = true)]
     pub workers: Option<u32>,
 
     /// Kill and replace a worker not ready this long after it started.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60")]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60", allow_negative_numbers = true)]
     pub start_timeout: Duration,
 
     /// On stop, how long workers may finish before they are killed.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "30", allow_negative_numbers = true)]
     pub graceful_timeout: Duration,
 
     /// At most this many workers starting at once.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value = "16")]
+    #[arg(long, value_name = "N", value_parser = parse_count_u32, default_value = "16", allow_negative_numbers = true)]
     pub max_booting: u32,
 
     /// Recycle a worker whose resident memory exceeds this (e.g. 512M, 2G).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
     pub memory_limit: Option<u64>,
 
     /// Run in the background; returns once the pool is serving.
@@ -177,11 +183,18 @@ pub struct PoolArgs {
     pub log_file: Option<PathBuf>,
 
     /// Rotate the log file when it reaches this size (e.g. 10M).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "10M", requires = "log_file")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "10M", requires = "log_file", allow_negative_numbers = true)]
     pub log_max_bytes: u64,
 
-    /// Rotated log files to keep (PATH.1 ... PATH.N).
-    #[arg(long, value_name = "N", default_value = "5", requires = "log_file")]
+    /// Rotated log files to keep (PATH.1 ... PATH.N), at least 1.
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = parse_count_u32,
+        default_value = "5",
+        requires = "log_file",
+        allow_negative_numbers = true
+    )]
     pub log_keep: u32,
 
     /// Accept console commands on this unix socket [default with --daemon: next
@@ -222,7 +235,7 @@ pub struct StopArgs {
     pub target: TargetArgs,
 
     /// How long to wait for the pool to exit.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60")]
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60", allow_negative_numbers = true)]
     pub timeout: Duration,
 }
 

@@ -31,6 +31,18 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// A client silent this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_LINE: usize = 4096;
+/// The longest path a unix socket address holds (sun_path less its NUL).
+const MAX_PATH: usize = 107;
+
+/// A path too long for a unix socket address, as a message.
+fn too_long(path: &Path) -> Option<String> {
+    let len = path.as_os_str().len();
+    (len > MAX_PATH).then(|| {
+        format!(
+            "--control-socket: the path is {len} bytes; unix socket paths are limited to {MAX_PATH}"
+        )
+    })
+}
 
 #[derive(Debug)]
 struct Connection {
@@ -68,6 +80,9 @@ impl Control {
     ///
     /// A message naming the path, for the `--control-socket` flag.
     pub fn bind(path: &Path) -> Result<Self, Failure> {
+        if let Some(message) = too_long(path) {
+            return Err(failure::usage(message));
+        }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
                 return Err(failure::runtime(format!(
@@ -309,6 +324,18 @@ impl Client {
     ///
     /// [`ConnectError::NotRunning`] when there is no socket or nobody listens.
     pub fn connect(path: &Path) -> Result<Self, ConnectError> {
+        if let Some(message) = too_long(path) {
+            return Err(ConnectError::Other(message));
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ConnectError::Other(format!(
+                    "{}: not a socket (is it the pool's --control-socket?)",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
         match UnixStream::connect(path) {
             Ok(stream) => Ok(Self {
                 reader: BufReader::new(stream),

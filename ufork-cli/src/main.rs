@@ -30,6 +30,9 @@ use crate::failure::{Failure, Result, runtime};
 use ufork_core::Arbiter;
 
 fn main() -> ExitCode {
+    if let Some(code) = help_on_help() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
@@ -66,6 +69,23 @@ fn main() -> ExitCode {
         }
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+/// `ufork help --help` (or `-h`): clap's help subcommand takes no flags and
+/// would call `--help` an unknown subcommand; print its own help instead.
+fn help_on_help() -> Option<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [first, rest @ ..] = args.as_slice() else {
+        return None;
+    };
+    if first != "help" || !rest.iter().any(|a| a == "--help" || a == "-h") {
+        return None;
+    }
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    let help = command.find_subcommand_mut("help")?;
+    let _ = help.print_help();
+    Some(ExitCode::SUCCESS)
 }
 
 /// Help and version go to stdout with exit 0; a usage error is one line on

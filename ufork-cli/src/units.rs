@@ -2,9 +2,41 @@
 
 use std::time::Duration;
 
+/// Parses a whole number from 1 to `max`, saying which bound was missed.
+fn parse_count(text: &str, max: u64) -> Result<u64, String> {
+    let text = text.trim();
+    match text.parse::<i128>() {
+        Ok(n) if n < 1 => Err("must be at least 1".to_owned()),
+        Ok(n) if n > i128::from(max) => Err(format!("must be at most {max}")),
+        Ok(n) => Ok(n as u64),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// The most workers `--workers` takes.
+pub const MAX_WORKERS: u32 = 1024;
+
+/// Parses `--workers`: 1 to [`MAX_WORKERS`].
+pub fn parse_workers(text: &str) -> Result<u32, String> {
+    parse_count(text, u64::from(MAX_WORKERS)).map(|n| n as u32)
+}
+
+/// Parses a count of at least 1 that fits a `u32`.
+pub fn parse_count_u32(text: &str) -> Result<u32, String> {
+    parse_count(text, u64::from(u32::MAX)).map(|n| n as u32)
+}
+
+/// Parses a count of at least 1.
+pub fn parse_count_u64(text: &str) -> Result<u64, String> {
+    parse_count(text, u64::MAX)
+}
+
 /// Parses seconds: `30`, `1.5`, or with a unit: `500ms`, `10s`, `2m`, `1h`.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err("must be positive".to_owned());
+    }
     let (number, scale) = split_unit(text);
     let scale = match scale.to_ascii_lowercase().as_str() {
         "" | "s" | "sec" | "secs" => 1.0,
@@ -21,7 +53,7 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds (like 30 or 1.5)"))?;
     if !value.is_finite() || value <= 0.0 {
-        return Err("must be more than zero".to_owned());
+        return Err("must be positive".to_owned());
     }
     Duration::try_from_secs_f64(value * scale).map_err(|_| "is too long".to_owned())
 }
@@ -30,6 +62,9 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// Units are binary (K = 1024) whichever spelling is used.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err("must be positive".to_owned());
+    }
     let (number, unit) = split_unit(text);
     let unit = unit.to_ascii_uppercase();
     let unit = unit.trim_end_matches("IB").trim_end_matches('B');
@@ -49,7 +84,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a size (use bytes or a unit: 512K, 512M, 2G)"))?;
     if !value.is_finite() || value <= 0.0 {
-        return Err("must be more than zero".to_owned());
+        return Err("must be positive".to_owned());
     }
     let bytes = value * scale as f64;
     if bytes > u64::MAX as f64 {
@@ -117,7 +152,24 @@ mod tests {
         assert_eq!(parse_size("1.5KiB"), Ok(1536));
         assert_eq!(parse_size("10MB"), Ok(10 << 20));
         assert!(parse_size("12Q").is_err());
-        assert!(parse_size("-1").is_err());
+        assert_eq!(parse_size("-1"), Err("must be positive".to_owned()));
+    }
+
+    #[test]
+    fn counts_name_the_bound_they_miss() {
+        assert_eq!(parse_workers("4"), Ok(4));
+        assert_eq!(parse_workers("-1"), Err("must be at least 1".to_owned()));
+        assert_eq!(parse_workers("0"), Err("must be at least 1".to_owned()));
+        assert_eq!(
+            parse_workers("1025"),
+            Err("must be at most 1024".to_owned())
+        );
+        assert_eq!(parse_count_u64("0"), Err("must be at least 1".to_owned()));
+        assert_eq!(
+            parse_count_u32("x"),
+            Err("`x` is not a whole number".to_owned())
+        );
+        assert_eq!(parse_seconds("-5"), Err("must be positive".to_owned()));
     }
 
     #[test]

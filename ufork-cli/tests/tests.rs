@@ -799,3 +799,49 @@ fn console_commands_say_what_is_wrong_with_their_arguments() {
     );
     assert_eq!(pool.wait().code(), Some(0));
 }
+
+#[test]
+fn numbers_out_of_range_say_the_bound() {
+    for (args, needles) in [
+        (
+            &["serve", "-w", "-1"][..],
+            &["--workers", "must be at least 1"][..],
+        ),
+        (
+            &["serve", "--timeout", "-5"],
+            &["--timeout", "must be positive"],
+        ),
+        (&["serve", "--max-requests", "0"], &["must be at least 1"]),
+        (
+            &["serve", "--log-file", "/tmp/x.log", "--log-keep", "0"],
+            &["--log-keep", "must be at least 1"],
+        ),
+        (
+            &["stop", "--pidfile", "/tmp/x.pid", "--timeout", "-1"],
+            &["must be positive"],
+        ),
+    ] {
+        let out = run(args);
+        assert_one_line_error(&out, 2, needles);
+        assert!(!out.stderr.contains("use '--"), "{out:#?}");
+    }
+    let out = run(&["help", "--help"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("Usage: ufork help"), "{out:#?}");
+}
+
+#[test]
+fn control_socket_paths_are_checked() {
+    let dir = TempDir::new("sockpath");
+    let long = format!("/tmp/{}", "s".repeat(120));
+    let out = run(&["serve", "--bind", "127.0.0.1:0", "--control-socket", &long]);
+    assert_one_line_error(&out, 2, &["the path is 125 bytes", "limited to 107"]);
+    let out = run(&["status", "--control-socket", &long]);
+    assert_one_line_error(&out, 1, &["the path is 125 bytes"]);
+    let file = dir.str("plain");
+    std::fs::write(&file, "").unwrap();
+    for command in ["status", "ctl"] {
+        let out = run(&[command, "--control-socket", &file]);
+        assert_one_line_error(&out, 1, &["not a socket"]);
+    }
+}
