@@ -16,7 +16,8 @@ Signals (to the arbiter, the `ufork` process that runs the pool):
   TTIN, TTOU  one worker more, one worker less
   USR1        reopen the log file (after an external logrotate)
 
-Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 not running (status).
+Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 not running (status,
+stop, reload).
 
 Examples:
   ufork serve                               hello app on http://127.0.0.1:8000
@@ -70,7 +71,7 @@ Examples:
     Run(RunArgs),
     /// Show the workers of a running pool; exit 0 if it runs, 3 if not.
     Status(TargetArgs),
-    /// Stop a running pool gracefully and wait until it has exited.
+    /// Stop a running pool gracefully and wait until it has exited; exit 3 if none runs.
     Stop(StopArgs),
     /// Restart every worker of a running pool, one at a time.
     Reload(TargetArgs),

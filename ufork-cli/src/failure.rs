@@ -12,6 +12,9 @@ pub enum Failure {
     Runtime(String),
     /// `ufork status` found nothing running: exit code 3 (not an error).
     NotRunning(String),
+    /// `ufork stop` or `reload` found nothing running to act on: exit code 3,
+    /// the message on stderr.
+    NothingToDo(String),
 }
 
 impl Failure {
@@ -20,7 +23,7 @@ impl Failure {
         match self {
             Self::Usage(_) => ExitCode::from(2),
             Self::Runtime(_) => ExitCode::from(1),
-            Self::NotRunning(_) => ExitCode::from(3),
+            Self::NotRunning(_) | Self::NothingToDo(_) => ExitCode::from(3),
         }
     }
 }
@@ -28,7 +31,9 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(m) | Self::Runtime(m) | Self::NotRunning(m) => f.write_str(m),
+            Self::Usage(m) | Self::Runtime(m) | Self::NotRunning(m) | Self::NothingToDo(m) => {
+                f.write_str(m)
+            }
         }
     }
 }

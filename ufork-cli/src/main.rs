@@ -1,6 +1,7 @@
 //! The `ufork` binary: parses flags, assembles the ufork crates, prints for
 //! people. Errors end here as one line, `ufork: error: ...`, and an exit code:
-//! 2 for usage, 1 for runtime failures, 3 for "not running".
+//! 2 for usage, 1 for runtime failures, 3 for "not running" (`status`, and
+//! `stop`/`reload` with nothing to act on).
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -61,6 +62,10 @@ fn main() -> ExitCode {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(Failure::NotRunning(message))) => {
             println!("{message}");
+            ExitCode::from(3)
+        }
+        Ok(Err(Failure::NothingToDo(message))) => {
+            let _ = writeln!(std::io::stderr(), "ufork: {message}");
             ExitCode::from(3)
         }
         Ok(Err(failure)) => {
@@ -292,11 +297,32 @@ fn connect(path: &std::path::Path) -> Result<Client> {
 fn running_pid(path: &std::path::Path) -> Result<i32> {
     match ufork_daemon::status(path) {
         Ok(ufork_daemon::Status::Running { pid }) => Ok(pid),
-        Ok(ufork_daemon::Status::Stale { pid }) => Err(Failure::NotRunning(format!(
-            "not running (stale pidfile {}{})",
-            path.display(),
-            pid.map(|p| format!(", last pid {p}")).unwrap_or_default()
+        Ok(ufork_daemon::Status::Stale { pid: Some(pid) }) => Err(Failure::NotRunning(format!(
+            "not running (stale pidfile {}: the pool with pid {pid} is gone)",
+            path.display()
         ))),
+        Ok(ufork_daemon::Status::Stale { pid: None }) => {
+            let found = if path.is_dir() {
+                format!("{} is a directory, not a pidfile", path.display())
+            } else {
+                match std::fs::read_to_string(path) {
+                    Ok(text) if text.trim().is_empty() => {
+                        format!("empty pidfile {}", path.display())
+                    }
+                    Ok(text) => format!(
+                        "pidfile {} holds no pid: `{}`",
+                        path.display(),
+                        commands::printable_max(text.trim(), 40)
+                    ),
+                    Err(e) => format!(
+                        "unreadable pidfile {}: {}",
+                        path.display(),
+                        failure::io_text(&e)
+                    ),
+                }
+            };
+            Err(Failure::NotRunning(format!("not running ({found})")))
+        }
         Ok(ufork_daemon::Status::NotRunning) => Err(Failure::NotRunning(format!(
             "not running (no pidfile at {})",
             path.display()
@@ -342,14 +368,15 @@ fn status(args: &TargetArgs) -> Result<()> {
 }
 
 fn stop(args: &StopArgs) -> Result<()> {
-    let not_running = |f: Failure| match f {
-        Failure::NotRunning(m) => runtime(m),
-        other => other,
-    };
     if let Some(path) = &args.target.pidfile {
-        let pid = running_pid(path).map_err(not_running)?;
-        ufork_daemon::signal(pid, ufork_daemon::Signal::TERM)
+        let pid = running_pid(path).map_err(nothing_to_do)?;
+        let sent = ufork_daemon::signal(pid, ufork_daemon::Signal::TERM)
             .map_err(|e| runtime(format!("--pidfile {}: {}", path.display(), e.report())))?;
+        if !sent {
+            return Err(Failure::NothingToDo(format!(
+                "not running (pid {pid} is gone)"
+            )));
+        }
         println!("stopping pid {pid}…");
         return match ufork_daemon::wait_for_exit(pid, Some(args.timeout)) {
             Ok(true) => {
@@ -364,7 +391,7 @@ fn stop(args: &StopArgs) -> Result<()> {
         };
     }
     let path = socket_of(&args.target).unwrap_or_default();
-    let mut client = connect(&path).map_err(not_running)?;
+    let mut client = connect(&path).map_err(nothing_to_do)?;
     let (text, ok) = client.send("stop")?;
     if !ok {
         return Err(runtime(text.trim().to_owned()));
@@ -381,20 +408,29 @@ fn stop(args: &StopArgs) -> Result<()> {
     }
 }
 
-fn reload(args: &TargetArgs) -> Result<()> {
-    let not_running = |f: Failure| match f {
-        Failure::NotRunning(m) => runtime(m),
+/// For `stop` and `reload`: nothing runs, so there is nothing to do (exit 3).
+fn nothing_to_do(failure: Failure) -> Failure {
+    match failure {
+        Failure::NotRunning(m) => Failure::NothingToDo(m),
         other => other,
-    };
+    }
+}
+
+fn reload(args: &TargetArgs) -> Result<()> {
     if let Some(path) = &args.pidfile {
-        let pid = running_pid(path).map_err(not_running)?;
-        ufork_daemon::signal(pid, ufork_daemon::Signal::HUP)
+        let pid = running_pid(path).map_err(nothing_to_do)?;
+        let sent = ufork_daemon::signal(pid, ufork_daemon::Signal::HUP)
             .map_err(|e| runtime(format!("--pidfile {}: {}", path.display(), e.report())))?;
+        if !sent {
+            return Err(Failure::NothingToDo(format!(
+                "not running (pid {pid} is gone)"
+            )));
+        }
         println!("restarting every worker of pid {pid}, one at a time");
         return Ok(());
     }
     let path = socket_of(args).unwrap_or_default();
-    let mut client = connect(&path).map_err(not_running)?;
+    let mut client = connect(&path).map_err(nothing_to_do)?;
     let (text, ok) = client.send("restart all")?;
     print!("{text}");
     if ok {

@@ -845,3 +845,36 @@ fn control_socket_paths_are_checked() {
         assert_one_line_error(&out, 1, &["not a socket"]);
     }
 }
+
+#[test]
+fn stop_and_reload_exit_3_when_nothing_runs() {
+    let dir = TempDir::new("stale");
+    let stale = dir.join("stale.pid");
+    std::fs::write(&stale, "999999999\n").unwrap();
+    let garbage = dir.join("garbage.pid");
+    std::fs::write(&garbage, "\x1b[2Jnot a pid\n").unwrap();
+    let directory = dir.join("dir.pid");
+    std::fs::create_dir(&directory).unwrap();
+    let missing = dir.join("missing.pid");
+    for (path, found) in [
+        (&stale, "the pool with pid 999999999 is gone"),
+        (&garbage, "holds no pid: `?[2Jnot a pid`"),
+        (&directory, "is a directory"),
+        (&missing, "no pidfile"),
+    ] {
+        let path = path.to_str().unwrap();
+        for command in ["stop", "reload"] {
+            let out = run(&[command, "--pidfile", path]);
+            assert_eq!(out.code(), Some(3), "{out:#?}");
+            assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+            assert!(out.stderr.starts_with("ufork: not running ("), "{out:#?}");
+            assert!(out.stderr.contains(found), "{found}: {out:#?}");
+        }
+        let out = run(&["status", "--pidfile", path]);
+        assert_eq!(out.code(), Some(3), "{out:#?}");
+        assert!(out.stdout.contains(found), "{found}: {out:#?}");
+    }
+    let socket = dir.str("none.sock");
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+}
