@@ -78,19 +78,22 @@ pub struct ExecLayer {
     child_pipe: Arc<Mutex<Option<OwnedFd>>>,
     ready_on_exec: bool,
     program: String,
+    path: PathBuf,
     failure: Arc<Mutex<Option<String>>>,
 }
 
 impl ExecLayer {
     /// Watches execs of `program`; marks workers ready when exec succeeds
     /// unless they speak sd_notify (`ready_on_exec` false).
-    pub fn new(program: &str, ready_on_exec: bool) -> Self {
+    /// `path` is where [`resolve`] found it.
+    pub fn new(program: &str, path: PathBuf, ready_on_exec: bool) -> Self {
         Self {
             pending: HashMap::new(),
             watching: HashMap::new(),
             child_pipe: Arc::new(Mutex::new(None)),
             ready_on_exec,
             program: program.to_owned(),
+            path,
             failure: Arc::new(Mutex::new(None)),
         }
     }
@@ -107,6 +110,7 @@ impl ExecLayer {
         listeners: Vec<OwnedFd>,
     ) -> impl FnMut(&mut Worker) -> Result<(), String> + use<> {
         let child_pipe = Arc::clone(&self.child_pipe);
+        let which = self.path.clone();
         let mut listeners = Some(listeners);
         move |worker| {
             let report = child_pipe.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -153,13 +157,34 @@ impl ExecLayer {
                 let code = error.raw_os_error().unwrap_or(0);
                 let _ = rustix::io::write(&report, &code.to_le_bytes());
             }
-            Err(format!(
-                "cannot execute `{}`: {}",
-                spec.program,
-                io_text(&error)
-            ))
+            Err(exec_failure(&spec.program, &which, &error))
         }
     }
+}
+
+/// Why exec failed, in words. exec says ENOENT for a file that exists when
+/// its `#!` interpreter does not: name the interpreter then.
+fn exec_failure(program: &str, path: &Path, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::NotFound && path.is_file() {
+        if let Some(interpreter) = shebang(path) {
+            return format!(
+                "cannot execute `{program}`: its interpreter `{interpreter}` does not exist"
+            );
+        }
+    }
+    format!("cannot execute `{program}`: {}", io_text(error))
+}
+
+/// The interpreter named on a script's `#!` line.
+fn shebang(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = String::from_utf8_lossy(line);
+    let interpreter = text.split_whitespace().next()?;
+    Some(crate::commands::printable_max(interpreter, 200))
 }
 
 /// Puts the sockets at fds 3, 4, ... without CLOEXEC, so exec keeps them.
@@ -246,7 +271,7 @@ impl Layer for ExecLayer {
         match result {
             Ok(4) => {
                 let error = std::io::Error::from_raw_os_error(i32::from_le_bytes(code));
-                let message = format!("cannot execute `{}`: {}", self.program, io_text(&error));
+                let message = exec_failure(&self.program, &self.path, &error);
                 log::error!(target: "ufork", "worker {slot} pid {pid}: {message}; stopping");
                 self.failure
                     .lock()

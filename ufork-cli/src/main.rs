@@ -220,7 +220,7 @@ fn serve(args: cli::ServeArgs) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let program = &args.command[0];
-    exec::resolve(program)?;
+    let resolved = exec::resolve(program)?;
     // Bound first, so the sockets sit at fds 3, 4, ... already.
     let listeners = pool::bind_all(&args.bind, true)?;
     let workers = pool::workers(&args.pool);
@@ -247,7 +247,7 @@ fn run(args: RunArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let layer = exec::ExecLayer::new(program, notify.is_none());
+    let layer = exec::ExecLayer::new(program, resolved, notify.is_none());
     let failed = layer.failure();
     session.set_failure(layer.failure());
     let spec = exec::ExecSpec {

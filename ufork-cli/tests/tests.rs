@@ -132,6 +132,10 @@ fn a_command_that_cannot_run_fails_at_once() {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("ufork: error: cannot execute"), "{out:#?}");
+    assert!(
+        last.ends_with("its interpreter `/no/such/interpreter` does not exist"),
+        "{out:#?}"
+    );
 }
 
 // -- serve -------------------------------------------------------------------
