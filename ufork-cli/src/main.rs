@@ -188,6 +188,9 @@ fn serve(args: cli::ServeArgs) -> Result<()> {
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
     }
+    if let Some(dir) = &args.dir {
+        warn_if_unreadable(dir);
+    }
     let mut builder = ufork_wsgi_like::Server::builder()
         .workers(workers)
         .graceful_timeout(args.pool.graceful_timeout)
@@ -216,6 +219,22 @@ fn serve(args: cli::ServeArgs) -> Result<()> {
         .run()
         .map_err(|e| runtime(format!("the server failed: {}", failure::chain(&e))))?;
     Ok(())
+}
+
+/// Warns when the workers could not read DIR: checked after `--user` took
+/// effect, so as the user the workers run as (access(2) checks the real ids,
+/// which the switch sets too).
+fn warn_if_unreadable(dir: &std::path::Path) {
+    use rustix::fs::{Access, access};
+    if let Err(e) = access(dir, Access::READ_OK | Access::EXEC_OK) {
+        log::warn!(
+            target: "ufork",
+            "DIR {}: the workers (uid {}) cannot read it ({}); every request will fail",
+            dir.display(),
+            rustix::process::getuid().as_raw(),
+            failure::io_text(&e.into())
+        );
+    }
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -882,3 +882,27 @@ fn stop_and_reload_exit_3_when_nothing_runs() {
     let out = run(&["stop", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(3), "{out:#?}");
 }
+
+#[test]
+fn serve_warns_when_the_workers_cannot_read_dir() {
+    let dir = TempDir::new("private");
+    let site = dir.join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::set_permissions(&site, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let site = site.to_str().unwrap();
+    // As root, the check must be made as the user the workers run as.
+    let root = rustix::process::geteuid().is_root();
+    let mut args = vec!["serve", site, "--bind", "127.0.0.1:0", "-w", "1"];
+    if root {
+        args.extend(["--user", "65534", "--group", "65534"]);
+    } else {
+        std::fs::set_permissions(site, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let mut server = Running::start(&args);
+    let line = server.expect_line("cannot read it");
+    assert!(line.contains(site), "{line}");
+    server.expect_line("started");
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    std::fs::set_permissions(site, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
