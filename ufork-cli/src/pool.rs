@@ -52,6 +52,12 @@ pub fn bind_all(binds: &[String], allow_names: bool) -> Result<Vec<Listener>> {
             }
             _ => ("listen".to_owned(), bind.as_str()),
         };
+        if let Some(port) = address.strip_prefix(':') {
+            // Which interfaces is a choice to make, not to guess.
+            return Err(failure::usage(format!(
+                "--bind {address}: no host; use 127.0.0.1:{port} (this machine only) or 0.0.0.0:{port} (every interface)"
+            )));
+        }
         let mut addrs = address.to_socket_addrs().map_err(|e| {
             failure::usage(format!(
                 "--bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:8000 or [::1]:8000",
@@ -61,6 +67,11 @@ pub fn bind_all(binds: &[String], allow_names: bool) -> Result<Vec<Listener>> {
         let addr = addrs.next().ok_or_else(|| {
             failure::usage(format!("--bind {address}: the name resolves to no address"))
         })?;
+        if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
+            return Err(failure::usage(format!(
+                "duplicate --bind {address}; give each address once"
+            )));
+        }
         let socket = TcpListener::bind(addr).map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {

@@ -73,6 +73,13 @@ fn bad_flags_are_one_line_usage_errors() {
     assert_one_line_error(&out, 2, &["CMD"]);
     let out = run(&["serve", "--bind", "nonsense"]);
     assert_one_line_error(&out, 2, &["--bind", "nonsense"]);
+    let out = run(&["serve", "--bind", ":8000"]);
+    assert_one_line_error(&out, 2, &["--bind :8000", "127.0.0.1:8000", "0.0.0.0:8000"]);
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = run(&["serve", "--bind", &addr, "--bind", &addr]);
+    assert_one_line_error(&out, 2, &["duplicate --bind", &addr]);
     let out = run(&["frobnicate"]);
     assert_one_line_error(&out, 2, &["frobnicate"]);
     let out = run(&["status"]);
