@@ -8,9 +8,32 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use rustix::event::{PollFd, PollFlags, poll};
+use ufork_core::Vitals;
 
 /// Longest chunk-size line (size, extensions, CRLF) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
+
+/// The worker's heartbeat, beaten on every bit of progress a connection
+/// makes while the event loop is not running (a long response being
+/// written, a body the app reads): the arbiter then sees a worker that
+/// moves bytes as alive, and one stuck past the read or write timeout as
+/// hung. A server on local threads has no heartbeat.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Heartbeat(Option<Vitals>);
+
+impl Heartbeat {
+    pub(crate) fn new(vitals: Option<Vitals>) -> Self {
+        Self(vitals)
+    }
+
+    /// One store into the scoreboard, no system call.
+    #[inline]
+    pub(crate) fn beat(&self) {
+        if let Some(v) = &self.0 {
+            v.heartbeat();
+        }
+    }
+}
 
 /// How the current request's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,13 +136,23 @@ pub(crate) struct Input {
     pub(crate) max_body: u64,
     /// Most bytes of a trailer section (the header size limit).
     max_trailers: usize,
+    /// Longest wait for more of a body, as [`Limits`](crate::Limits) says
+    /// (capped by the heartbeat timeout).
     pub(crate) read_timeout: Duration,
+    /// Longest wait for the client to take more of a response.
     pub(crate) write_timeout: Duration,
+    pub(crate) heartbeat: Heartbeat,
     pub(crate) fault: Option<Fault>,
 }
 
 impl Input {
-    pub(crate) fn new(stream: TcpStream, buf_size: usize, limits: &crate::Limits) -> Self {
+    /// `limits` gives the sizes and the read and write timeouts.
+    pub(crate) fn new(
+        stream: TcpStream,
+        buf_size: usize,
+        limits: &crate::Limits,
+        heartbeat: Heartbeat,
+    ) -> Self {
         Self {
             stream,
             buf: vec![0; buf_size],
@@ -133,6 +166,7 @@ impl Input {
             max_trailers: limits.max_header_bytes,
             read_timeout: limits.read_timeout,
             write_timeout: limits.write_timeout,
+            heartbeat,
             fault: None,
         }
     }
@@ -186,13 +220,19 @@ impl Input {
                 &self.stream,
                 b"HTTP/1.1 100 Continue\r\n\r\n",
                 self.write_timeout,
+                &self.heartbeat,
             )
             .map_err(|_| Fault::Gone)?;
         }
         let deadline = Instant::now() + self.read_timeout;
         loop {
             match self.read_some(cap) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if n > 0 {
+                        self.heartbeat.beat();
+                    }
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !wait(&self.stream, PollFlags::IN, deadline) {
                         return Err(Fault::Timeout);
@@ -403,13 +443,24 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "write timed out")
 }
 
-/// Writes all of `data` to a non-blocking socket within `timeout`.
-pub(crate) fn write_all(stream: &TcpStream, mut data: &[u8], timeout: Duration) -> io::Result<()> {
+/// Writes all of `data` to a non-blocking socket, waiting at most `timeout`
+/// for the client to take more each time it takes none; every write that
+/// makes progress beats `heartbeat`.
+pub(crate) fn write_all(
+    stream: &TcpStream,
+    mut data: &[u8],
+    timeout: Duration,
+    heartbeat: &Heartbeat,
+) -> io::Result<()> {
     let mut deadline = None;
     while !data.is_empty() {
         match (&*stream).write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                deadline = None;
+                heartbeat.beat();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
                 if !wait(stream, PollFlags::OUT, d) {
@@ -423,18 +474,24 @@ pub(crate) fn write_all(stream: &TcpStream, mut data: &[u8], timeout: Duration) 
     Ok(())
 }
 
-/// Writes all of `bufs` (one `writev` when the socket takes it) within `timeout`.
+/// Writes all of `bufs` (one `writev` when the socket takes it), with the
+/// timeout and heartbeat of [`write_all`].
 pub(crate) fn write_all_vectored(
     stream: &TcpStream,
     mut bufs: &mut [IoSlice<'_>],
     timeout: Duration,
+    heartbeat: &Heartbeat,
 ) -> io::Result<()> {
     let mut deadline = None;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         match (&*stream).write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut bufs, n);
+                deadline = None;
+                heartbeat.beat();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
                 if !wait(stream, PollFlags::OUT, d) {

@@ -94,14 +94,19 @@
 //! keep-alive connection costs a slot in the set, not a thread, so one thread
 //! serves many keep-alive clients in turn instead of one to its end. The
 //! worker heartbeats on every wake-up (at least every quarter of the
-//! heartbeat timeout), marks itself busy with the request line as activity
-//! while the app runs, and counts requests. On SIGTERM it stops accepting,
-//! closes idle connections, answers the requests under way and exits.
+//! heartbeat timeout) and on every bit of progress while reading a body or
+//! writing a response, so a long download keeps it alive while the client
+//! takes bytes; a client that stalls is dropped after the write timeout. It
+//! marks itself busy with the request line as activity from a complete
+//! request head until its response is written, and counts requests. On
+//! SIGTERM it stops accepting, closes idle connections, answers the requests
+//! under way and exits.
 //!
 //! # Limitations
 //!
 //! - Linux only (epoll, and ufork-core's pidfds).
-//! - While the app runs, its thread serves nothing else: a slow app needs
+//! - While the app runs and while its response is written, its thread
+//!   serves nothing else: a slow app or long downloads to slow clients need
 //!   more workers or [`Builder::threads`]. A connection stays with the
 //!   thread that accepted it.
 //! - No HTTP/2, no TLS, no `Upgrade` (WebSocket), no trailers in responses;

@@ -11,7 +11,7 @@ use rustix::event::PollFlags;
 
 use crate::ResponseBody;
 use crate::app::Kind;
-use crate::body::{wait, write_all, write_all_vectored};
+use crate::body::{Heartbeat, wait, write_all, write_all_vectored};
 use crate::date::DateCache;
 use crate::http1::{decimal, header_line, status_line};
 
@@ -20,13 +20,18 @@ const COPY_LIMIT: usize = 16 * 1024;
 /// Stream chunks are gathered up to this size before a write.
 const STREAM_BUFFER: usize = 16 * 1024;
 
-/// What the request asks of the response.
+/// What the request asks of the response, and how to write it.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Reply {
+pub(crate) struct Reply<'a> {
     pub(crate) version: Version,
     pub(crate) head_only: bool,
     pub(crate) keep_alive: bool,
+    /// Longest wait for the client to take more of the response.
     pub(crate) timeout: Duration,
+    /// Beaten on every write that makes progress, and on every chunk a
+    /// stream yields: a long response keeps the worker alive as long as it
+    /// moves.
+    pub(crate) heartbeat: &'a Heartbeat,
 }
 
 /// What was sent.
@@ -61,7 +66,7 @@ pub(crate) fn write(
     out: &mut Vec<u8>,
     date: &mut DateCache,
     response: Response<ResponseBody>,
-    reply: Reply,
+    reply: Reply<'_>,
 ) -> io::Result<Sent> {
     let (parts, body) = response.into_parts();
     let status = parts.status;
@@ -136,28 +141,29 @@ pub(crate) fn write(
         keep_alive,
     };
     if reply.head_only || mode == Mode::NoBody {
-        write_all(stream, out, reply.timeout)?;
+        write_all(stream, out, reply.timeout, reply.heartbeat)?;
         return Ok(sent);
     }
     match body.kind {
-        Kind::Empty => write_all(stream, out, reply.timeout)?,
+        Kind::Empty => write_all(stream, out, reply.timeout, reply.heartbeat)?,
         Kind::Bytes(bytes) => {
             if bytes.len() <= COPY_LIMIT {
                 out.extend_from_slice(&bytes);
-                write_all(stream, out, reply.timeout)?;
+                write_all(stream, out, reply.timeout, reply.heartbeat)?;
             } else {
                 let mut bufs = [IoSlice::new(out), IoSlice::new(&bytes)];
-                write_all_vectored(stream, &mut bufs, reply.timeout)?;
+                write_all_vectored(stream, &mut bufs, reply.timeout, reply.heartbeat)?;
             }
             sent.body_bytes = bytes.len() as u64;
         }
         Kind::File { file, len } => {
-            write_all(stream, out, reply.timeout)?;
-            send_file(stream, &file, len, reply.timeout)?;
+            write_all(stream, out, reply.timeout, reply.heartbeat)?;
+            send_file(stream, &file, len, reply.timeout, reply.heartbeat)?;
             sent.body_bytes = len;
         }
         Kind::Stream(chunks) => {
-            let (bytes, complete) = send_stream(stream, out, chunks, mode, reply.timeout)?;
+            let (bytes, complete) =
+                send_stream(stream, out, chunks, mode, reply.timeout, reply.heartbeat)?;
             sent.body_bytes = bytes;
             sent.keep_alive &= complete;
         }
@@ -166,22 +172,29 @@ pub(crate) fn write(
 }
 
 /// Sends `len` bytes of `file` from its position: sendfile(2), or reads and
-/// writes where the file system cannot.
+/// writes where the file system cannot. Waits at most `timeout` each time
+/// the client takes nothing; beats `heartbeat` on every bit of progress.
 fn send_file(
     stream: &TcpStream,
     mut file: &std::fs::File,
     len: u64,
     timeout: Duration,
+    heartbeat: &Heartbeat,
 ) -> io::Result<()> {
     let mut left = len;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = None;
     while left > 0 {
         let count = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
         match rustix::fs::sendfile(stream, file, None, count) {
             Ok(0) => return Err(broken("the file is shorter than its announced length")),
-            Ok(n) => left -= n as u64,
+            Ok(n) => {
+                left -= n as u64;
+                deadline = None;
+                heartbeat.beat();
+            }
             Err(rustix::io::Errno::AGAIN) => {
-                if !wait(stream, PollFlags::OUT, deadline) {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                if !wait(stream, PollFlags::OUT, d) {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
                 }
             }
@@ -194,7 +207,7 @@ fn send_file(
                     if n == 0 {
                         return Err(broken("the file is shorter than its announced length"));
                     }
-                    write_all(stream, &buf[..n], timeout)?;
+                    write_all(stream, &buf[..n], timeout, heartbeat)?;
                     left -= n as u64;
                 }
             }
@@ -215,6 +228,7 @@ fn send_stream(
     mut chunks: Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>,
     mode: Mode,
     timeout: Duration,
+    heartbeat: &Heartbeat,
 ) -> io::Result<(u64, bool)> {
     let mut total = 0u64;
     loop {
@@ -226,7 +240,7 @@ fn send_stream(
                     "the app's response body panicked: {}",
                     crate::serve::panic_message(&*panic)
                 );
-                write_all(stream, out, timeout)?;
+                write_all(stream, out, timeout, heartbeat)?;
                 return Err(broken("the response body panicked"));
             }
         };
@@ -235,13 +249,16 @@ fn send_stream(
             Some(Ok(chunk)) => chunk,
             Some(Err(e)) => {
                 log::error!(target: "ufork_wsgi_like", "the app's response body failed: {e}");
-                write_all(stream, out, timeout)?;
+                write_all(stream, out, timeout, heartbeat)?;
                 return Err(e);
             }
         };
         if chunk.is_empty() {
             continue;
         }
+        // A chunk is progress even before it is written (small ones are
+        // gathered first); a stream that yields nothing beats nothing.
+        heartbeat.beat();
         let mut data = &chunk[..];
         if let Mode::Length(n) = mode {
             let room = usize::try_from(n - total).unwrap_or(usize::MAX);
@@ -255,7 +272,7 @@ fn send_stream(
         }
         if data.len() > STREAM_BUFFER {
             let mut bufs = [IoSlice::new(out), IoSlice::new(data)];
-            write_all_vectored(stream, &mut bufs, timeout)?;
+            write_all_vectored(stream, &mut bufs, timeout, heartbeat)?;
             out.clear();
         } else {
             out.extend_from_slice(data);
@@ -264,7 +281,7 @@ fn send_stream(
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= STREAM_BUFFER {
-            write_all(stream, out, timeout)?;
+            write_all(stream, out, timeout, heartbeat)?;
             out.clear();
         }
         if matches!(mode, Mode::Length(n) if total == n) && data.len() < chunk.len() {
@@ -272,14 +289,14 @@ fn send_stream(
                 target: "ufork_wsgi_like",
                 "the app's response body is longer than its content-length ({total}); the rest was dropped"
             );
-            write_all(stream, out, timeout)?;
+            write_all(stream, out, timeout, heartbeat)?;
             return Ok((total, false));
         }
     }
     if mode == Mode::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    write_all(stream, out, timeout)?;
+    write_all(stream, out, timeout, heartbeat)?;
     if matches!(mode, Mode::Length(n) if total != n) {
         log::error!(
             target: "ufork_wsgi_like",

@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 use ufork_core::Vitals;
 
-use crate::body::{Fault, Framing, Input, lock};
+use crate::body::{Fault, Framing, Heartbeat, Input, lock};
 use crate::date::DateCache;
 use crate::response::{self, Reply};
 use crate::{App, Body, Error, Limits, PeerAddr, Result, http1};
@@ -49,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) access_log: bool,
     pub(crate) tick: Duration,
     pub(crate) threads: usize,
+    /// The arbiter's heartbeat timeout, if it watches heartbeats.
+    pub(crate) heartbeat_timeout: Option<Duration>,
 }
 
 /// What every thread of one worker shares.
@@ -56,6 +58,9 @@ pub(crate) struct WorkerShared {
     pub(crate) app: Arc<dyn App>,
     pub(crate) config: Arc<Config>,
     pub(crate) vitals: Option<Vitals>,
+    /// The limits connections work with: the configured ones, the read and
+    /// write timeouts capped under the heartbeat timeout.
+    limits: Limits,
     pub(crate) busy: AtomicUsize,
     pub(crate) served: AtomicU64,
     /// Requests after which the worker recycles itself.
@@ -77,10 +82,22 @@ impl WorkerShared {
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )
         .map_err(|e| Error::EventLoop(e.into()))?;
+        let mut limits = config.limits.clone();
+        if let (Some(_), Some(timeout)) = (&vitals, config.heartbeat_timeout) {
+            // While a thread waits for one client to send more of a body or
+            // take more of a response, it neither heartbeats (only progress
+            // does) nor serves anyone else. A client that stalls must be
+            // dropped before the arbiter takes the worker for hung and
+            // kills it with every connection it holds.
+            let cap = timeout / 2;
+            limits.read_timeout = limits.read_timeout.min(cap);
+            limits.write_timeout = limits.write_timeout.min(cap);
+        }
         Ok(Self {
             app,
             config,
             vitals,
+            limits,
             busy: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             max_requests,
@@ -105,13 +122,21 @@ impl WorkerShared {
         }
     }
 
-    /// Marks a request done; returns whether the worker should now recycle.
-    fn done(&self) -> bool {
+    /// Marks a request's response fully written (or abandoned): the thread
+    /// is no longer busy with it.
+    fn done(&self) {
         if let Some(v) = &self.vitals {
-            v.count_request();
             if self.config.threads == 1 || self.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
                 v.idle();
             }
+        }
+    }
+
+    /// Counts a request whose response is about to be written; returns
+    /// whether the worker should then recycle (the response says it closes).
+    fn count(&self) -> bool {
+        if let Some(v) = &self.vitals {
+            v.count_request();
         }
         let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         match self.max_requests {
@@ -420,7 +445,12 @@ impl Loop<'_> {
             return;
         }
         slot.conn = Some(Conn {
-            input: Arc::new(Mutex::new(Input::new(stream, buffer, limits))),
+            input: Arc::new(Mutex::new(Input::new(
+                stream,
+                buffer,
+                &self.worker.limits,
+                Heartbeat::new(self.worker.vitals.clone()),
+            ))),
             peer,
             state: State::Fresh,
             deadline,
@@ -590,7 +620,8 @@ impl Loop<'_> {
             version: http::Version::HTTP_11,
             head_only: false,
             keep_alive: false,
-            timeout: self.config.limits.write_timeout,
+            timeout: input.write_timeout,
+            heartbeat: &input.heartbeat,
         };
         let sent = response::write(
             &input.stream,
@@ -668,6 +699,7 @@ impl Loop<'_> {
                 None => {
                     input.generation += 1;
                     drop(input);
+                    self.worker.count();
                     self.worker.done();
                     return Next::Close;
                 }
@@ -681,14 +713,15 @@ impl Loop<'_> {
                 linger = true;
             }
         }
-        if self.worker.done() {
+        if self.worker.count() {
             keep_alive = false;
         }
         let reply = Reply {
             version,
             head_only,
             keep_alive,
-            timeout: self.config.limits.write_timeout,
+            timeout: input.write_timeout,
+            heartbeat: &input.heartbeat,
         };
         let sent = response::write(
             &input.stream,
@@ -699,6 +732,8 @@ impl Loop<'_> {
         );
         input.generation += 1;
         drop(input);
+        // Busy until the last byte is written: a long response is work.
+        self.worker.done();
         if self.config.access_log {
             let (status, bytes) = match &sent {
                 Ok(s) => (s.status.as_u16(), s.body_bytes),

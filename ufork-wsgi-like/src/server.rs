@@ -39,9 +39,14 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept open: 5 s.
     pub keep_alive_timeout: Duration,
-    /// Longest wait for more of a request body: 30 s. Then: 408.
+    /// Longest wait for more of a request body: 30 s. Then: 408. In
+    /// pre-forked workers, at most half the heartbeat timeout (see
+    /// [`Builder::heartbeat_timeout`]).
     pub read_timeout: Duration,
-    /// Longest wait for the client to take more of a response: 30 s.
+    /// Longest wait for the client to take more of a response, from the
+    /// last bytes it took (a slow client is not cut off while it keeps
+    /// reading): 30 s. Then the connection is reset. In pre-forked workers,
+    /// at most half the heartbeat timeout (see [`Builder::heartbeat_timeout`]).
     pub write_timeout: Duration,
 }
 
@@ -231,7 +236,15 @@ impl Builder {
     /// Kill and replace a worker that stops heartbeating for this long
     /// (default [`DEFAULT_HEARTBEAT_TIMEOUT`]; `None` turns monitoring off).
     /// Workers heartbeat per request and while idle, at least every quarter
-    /// of this. An app that runs longer than this on one request is killed.
+    /// of this, and on every bit of progress while reading a request body
+    /// or writing a response: a long download keeps its worker alive as
+    /// long as the client takes bytes. An app that runs longer than this on
+    /// one request without reading its body is killed.
+    ///
+    /// A thread waiting for a stalled client heartbeats no more than it
+    /// serves others, so the [read](Limits::read_timeout) and
+    /// [write](Limits::write_timeout) timeouts are capped at half of this:
+    /// the stalled client is dropped, not the worker.
     pub fn heartbeat_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         let timeout = timeout.into();
         self.heartbeat_timeout = timeout;
@@ -300,6 +313,7 @@ impl Builder {
             access_log: self.access_log,
             tick,
             threads: self.threads,
+            heartbeat_timeout: self.heartbeat_timeout,
         })
     }
 

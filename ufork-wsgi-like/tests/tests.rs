@@ -25,6 +25,13 @@ fn app(mut request: Request<Body>) -> Response<ResponseBody> {
                     .unwrap(),
             }
         }
+        "/count" => match std::io::copy(request.body_mut(), &mut std::io::sink()) {
+            Ok(n) => Response::new(n.to_string().into()),
+            Err(e) => Response::builder()
+                .status(StatusCode::UNPROCESSABLE_ENTITY)
+                .body(e.to_string().into())
+                .unwrap(),
+        },
         "/ignore" => Response::new("ignored\n".into()),
         "/panic" => panic!("the app blew up on purpose"),
         "/uri" => Response::new(
@@ -947,13 +954,14 @@ fn forked_graceful_stop_finishes_in_flight_and_closes_idle() {
     assert_eq!(idle.get("/").status, 200);
     let mut busy = Client::new(forked.addr);
     busy.send("GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
-    util::eventually("the worker to be busy", || {
+    // Busy with /slow, not still with the first request's response.
+    util::eventually("the worker to be busy with /slow", || {
         forked
             .handle
             .snapshot()
             .workers
             .iter()
-            .any(|w| w.busy_for.is_some())
+            .any(|w| w.busy_for.is_some() && w.activity.starts_with("GET /slow "))
     });
     let pids = forked.pids();
     let handle = forked.handle.clone();
@@ -1009,11 +1017,15 @@ fn forked_workers_heartbeat_while_idle() {
         app,
     );
     assert_eq!(get(forked.addr, "/").status, 200);
+    only_worker(&forked);
     // Idle for several heartbeat timeouts: the worker must not be replaced.
     let idle_until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < idle_until {
         let snapshot = forked.handle.snapshot();
-        let worker = snapshot.workers.first().expect("the worker is alive");
+        let worker = snapshot
+            .workers
+            .first()
+            .unwrap_or_else(|| panic!("the worker is alive: {snapshot:?}"));
         let age = worker.last_beat_age.expect("it heartbeats");
         assert!(age < Duration::from_millis(800), "silent for {age:?}");
         std::thread::sleep(Duration::from_millis(50));
@@ -1067,4 +1079,233 @@ fn accept_errors_back_off_and_recover() {
         "the worker survived: {:?}",
         outcome.history
     );
+}
+
+/// Bytes of each long transfer below: far more than the kernel buffers on
+/// both sides of a loopback connection whose receive buffer is held small,
+/// so the worker is writing (or reading) it for the whole transfer.
+const LONG_TRANSFER: usize = 24 << 20;
+/// A slow peer moves this much at a time, then pauses for [`SLOW_PAUSE`]:
+/// about 2 s for [`LONG_TRANSFER`], four times the heartbeat timeout below.
+const SLOW_STEP: usize = 64 << 10;
+const SLOW_PAUSE: Duration = Duration::from_millis(5);
+const SHORT_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Downloads `path` from a fresh connection, `SLOW_STEP` bytes at a time
+/// with a pause after each; calls `midway` once the first MiB of the body
+/// has arrived. Returns the body.
+fn slow_download(addr: std::net::SocketAddr, path: &str, mut midway: impl FnMut()) -> Vec<u8> {
+    let mut stream = util::connect(addr);
+    // Without this the receive buffer grows to megabytes and the kernel,
+    // not the worker, would hold most of the body.
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stream, SLOW_STEP).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let (head_len, len) = loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed mid-head");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = resp.parse(&buf).unwrap() {
+            assert_eq!(resp.code, Some(200));
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| {
+                    std::str::from_utf8(h.value)
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap()
+                })
+                .expect("content-length");
+            break (head_len, len);
+        }
+    };
+    let mut body = buf.split_off(head_len);
+    let mut chunk = vec![0u8; SLOW_STEP];
+    let mut called = false;
+    while body.len() < len {
+        let want = SLOW_STEP.min(len - body.len());
+        let n = stream.read(&mut chunk[..want]).unwrap();
+        assert!(n > 0, "closed after {} of {len} body bytes", body.len());
+        body.extend_from_slice(&chunk[..n]);
+        if !called && body.len() >= 1 << 20 {
+            called = true;
+            midway();
+        }
+        std::thread::sleep(SLOW_PAUSE);
+    }
+    body
+}
+
+/// The worker's one slot in a snapshot.
+fn only_worker(forked: &Forked) -> ufork_core::WorkerInfo {
+    // The arbiter lists a worker once it publishes its state, which may be
+    // after the worker answered its first request.
+    let mut worker = None;
+    util::eventually("the worker to be listed", || {
+        let snapshot = forked.handle.snapshot();
+        assert!(snapshot.workers.len() <= 1, "{snapshot:?}");
+        worker = snapshot.workers.first().cloned();
+        worker.is_some()
+    });
+    worker.expect("listed")
+}
+
+/// A response that takes several heartbeat timeouts to send keeps the
+/// worker alive (it heartbeats as the client takes bytes) and busy with
+/// that request until the last byte is written: a file (sendfile), bytes
+/// and a stream.
+#[test]
+fn forked_worker_heartbeats_and_stays_busy_while_sending_a_long_response() {
+    let file = std::env::temp_dir().join(format!("ufork-wsgi-long-{}.bin", std::process::id()));
+    std::fs::File::create(&file)
+        .and_then(|f| f.set_len(LONG_TRANSFER as u64))
+        .unwrap();
+    let path = file.clone();
+    let pattern = |i: usize| (i % 251) as u8;
+    // Made once: the app must not itself run for a heartbeat timeout.
+    let data: std::sync::Arc<Vec<u8>> =
+        std::sync::Arc::new((0..LONG_TRANSFER).map(pattern).collect());
+    let expected = std::sync::Arc::clone(&data);
+    let forked = Forked::start(
+        Server::builder()
+            .workers(1)
+            .heartbeat_timeout(SHORT_HEARTBEAT),
+        move |request: Request<Body>| match request.uri().path() {
+            "/file" => {
+                Response::new(ResponseBody::file(std::fs::File::open(&path).unwrap()).unwrap())
+            }
+            "/bytes" => Response::new(data.to_vec().into()),
+            "/stream" => {
+                let data = std::sync::Arc::clone(&data);
+                let chunks =
+                    (0..LONG_TRANSFER / 4096).map(move |c| data[c * 4096..(c + 1) * 4096].to_vec());
+                Response::builder()
+                    .header("content-length", LONG_TRANSFER)
+                    .body(ResponseBody::stream(chunks))
+                    .unwrap()
+            }
+            _ => Response::new("hello\n".into()),
+        },
+    );
+    assert_eq!(get(forked.addr, "/").status, 200);
+    for path in ["/file", "/bytes", "/stream"] {
+        let started = Instant::now();
+        let body = slow_download(forked.addr, path, || {
+            let worker = only_worker(&forked);
+            assert_eq!(worker.state, ufork_core::WorkerState::Busy, "{worker:?}");
+            assert!(
+                worker.activity.starts_with(&format!("GET {path} HTTP/1.1")),
+                "{worker:?}"
+            );
+        });
+        let took = started.elapsed();
+        assert_eq!(body.len(), LONG_TRANSFER, "{path}");
+        if path == "/file" {
+            assert!(body.iter().all(|&b| b == 0), "{path}");
+        } else {
+            assert!(body == *expected, "{path}");
+        }
+        assert!(
+            took > 3 * SHORT_HEARTBEAT,
+            "{path} took {took:?}: too fast to test anything"
+        );
+        // Done writing: idle again.
+        util::eventually("the worker to be idle", || {
+            only_worker(&forked).state == ufork_core::WorkerState::Idle
+        });
+    }
+    let snapshot = forked.handle.snapshot();
+    assert!(snapshot.history.is_empty(), "{:?}", snapshot.history);
+    let outcome = forked.finish();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(outcome.spawned, 1, "{:?}", outcome.history);
+    assert_eq!(outcome.killed_at_timeout, 0);
+}
+
+/// An app reading a request body that takes several heartbeat timeouts to
+/// arrive keeps its worker alive: reading heartbeats as bytes come in.
+#[test]
+fn forked_worker_heartbeats_while_reading_a_long_request_body() {
+    let forked = Forked::start(
+        Server::builder()
+            .workers(1)
+            .heartbeat_timeout(SHORT_HEARTBEAT)
+            .max_body_bytes(LONG_TRANSFER as u64),
+        app,
+    );
+    let mut client = Client::new(forked.addr);
+    client.send(format!(
+        "POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: {LONG_TRANSFER}\r\n\r\n"
+    ));
+    let started = Instant::now();
+    let step = vec![b'u'; SLOW_STEP];
+    for _ in 0..LONG_TRANSFER / SLOW_STEP {
+        client.send(&step);
+        std::thread::sleep(SLOW_PAUSE);
+    }
+    let resp = client.read_response();
+    let took = started.elapsed();
+    assert_eq!(resp.text(), LONG_TRANSFER.to_string());
+    assert!(
+        took > 3 * SHORT_HEARTBEAT,
+        "took {took:?}: too fast to test anything"
+    );
+    let snapshot = forked.handle.snapshot();
+    assert!(snapshot.history.is_empty(), "{:?}", snapshot.history);
+    let outcome = forked.finish();
+    assert_eq!(outcome.spawned, 1, "{:?}", outcome.history);
+}
+
+/// A client that stops reading a long response is dropped after the write
+/// timeout, which a pre-forked worker caps at half its heartbeat timeout:
+/// the worker is not taken for hung, and serves the next client.
+#[test]
+fn forked_worker_drops_a_client_that_stops_reading() {
+    let forked = Forked::start(
+        Server::builder()
+            .workers(1)
+            .heartbeat_timeout(SHORT_HEARTBEAT)
+            .write_timeout(Duration::from_secs(10)),
+        |request: Request<Body>| match request.uri().path() {
+            "/bytes" => Response::new(vec![b'x'; LONG_TRANSFER].into()),
+            _ => Response::new("hello\n".into()),
+        },
+    );
+    assert_eq!(get(forked.addr, "/").status, 200);
+    let mut stalled = util::connect(forked.addr);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stalled, SLOW_STEP).unwrap();
+    stalled
+        .write_all(b"GET /bytes HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    util::eventually("the worker to be busy", || {
+        only_worker(&forked).state == ufork_core::WorkerState::Busy
+    });
+    util::eventually("the worker to give up on the client", || {
+        only_worker(&forked).state == ufork_core::WorkerState::Idle
+    });
+    assert_eq!(get(forked.addr, "/").text(), "hello\n");
+    // The stalled client gets part of the body, then a reset.
+    let mut received = 0;
+    let mut chunk = vec![0u8; SLOW_STEP];
+    let end = loop {
+        match stalled.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => received += n,
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(received < LONG_TRANSFER, "{received}");
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let snapshot = forked.handle.snapshot();
+    assert!(snapshot.history.is_empty(), "{:?}", snapshot.history);
+    let outcome = forked.finish();
+    assert_eq!(outcome.spawned, 1, "{:?}", outcome.history);
 }
