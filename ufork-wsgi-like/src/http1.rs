@@ -27,6 +27,7 @@ pub(crate) struct Head {
 /// Parses a request head from the start of `buf`: `Ok(None)` if incomplete,
 /// `Err(status)` if it must be rejected.
 pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
+    check_line(buf, limits.max_request_line_bytes)?;
     let parsed = parse_sized(buf, limits);
     if parsed.as_ref().err() == Some(&StatusCode::HTTP_VERSION_NOT_SUPPORTED) {
         if let Some(minor) = higher_minor(buf) {
@@ -39,6 +40,25 @@ pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusC
         }
     }
     parsed
+}
+
+/// `414 URI Too Long` once the request line at the start of `buf` is
+/// known to be longer than `max` bytes (without its CRLF), complete or not:
+/// the target is the only part of it that can grow that long (RFC 9112
+/// §3). Checked before the head completes, so a client cannot make the
+/// server buffer up to the header limit first.
+fn check_line(buf: &[u8], max: usize) -> Result<(), StatusCode> {
+    let window = &buf[..buf.len().min(max.saturating_add(2))];
+    let too_long = match window.iter().position(|&b| b == b'\n') {
+        Some(i) => i - usize::from(i > 0 && window[i - 1] == b'\r') > max,
+        // A full window without a line end: more than `max` bytes before it.
+        None => window.len() == max.saturating_add(2),
+    };
+    if too_long {
+        Err(StatusCode::URI_TOO_LONG)
+    } else {
+        Ok(())
+    }
 }
 
 fn parse_sized(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
@@ -441,6 +461,47 @@ mod tests {
         );
         assert_eq!(status("GET / FOO/1.1\r\n\r\n"), StatusCode::BAD_REQUEST);
         assert_eq!(status("GET /\r\n\r\n"), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn long_request_lines_get_414() {
+        let limits = Limits {
+            max_request_line_bytes: 32,
+            ..Limits::default()
+        };
+        // "GET /aa…a HTTP/1.1" is 32 bytes with a 19-byte path.
+        let line = |path_len: usize| format!("GET /{} HTTP/1.1", "a".repeat(path_len - 1));
+        assert_eq!(line(19).len(), 32);
+        let fits = format!("{}\r\nHost: x\r\n\r\n", line(19));
+        assert!(parse(fits.as_bytes(), &limits).unwrap().is_some());
+        let over = format!("{}\r\nHost: x\r\n\r\n", line(20));
+        assert_eq!(
+            parse(over.as_bytes(), &limits).unwrap_err(),
+            StatusCode::URI_TOO_LONG
+        );
+        // A bare LF ends the line too.
+        let bare = format!("{}\nHost: x\n\n", line(20));
+        assert_eq!(
+            parse(bare.as_bytes(), &limits).unwrap_err(),
+            StatusCode::URI_TOO_LONG
+        );
+        // Incomplete: undecided up to the limit and its CRLF, then 414.
+        let start = line(40);
+        assert!(parse(&start.as_bytes()[..33], &limits).unwrap().is_none());
+        assert_eq!(
+            parse(&start.as_bytes()[..34], &limits).unwrap_err(),
+            StatusCode::URI_TOO_LONG
+        );
+        // A long header line is not the request line: 431 stays 431.
+        let small = Limits {
+            max_header_bytes: 64,
+            ..limits
+        };
+        let header = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(64));
+        assert_eq!(
+            parse(header.as_bytes(), &small).unwrap_err(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
     }
 
     #[test]

@@ -74,8 +74,8 @@
 //! `Content-Length` or chunked encoding. Bad input gets its status and a
 //! closed connection: malformed → 400, an HTTP/1.1 request without `Host`
 //! or any request with several `Host`s or an invalid one → 400 (RFC 9112
-//! §3.2; an absolute-form target's authority wins over `Host`), head too
-//! large or too many headers →
+//! §3.2; an absolute-form target's authority wins over `Host`), request
+//! line (so its target) too long → 414, head too large or too many headers →
 //! 431, body too large → 413, `Content-Length` with `Transfer-Encoding` or
 //! differing `Content-Length`s or bad chunk sizes → 400, an HTTP version other
 //! than 1.x → 505, a head not complete within the header timeout → 408. See

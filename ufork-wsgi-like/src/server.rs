@@ -24,6 +24,11 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
+    /// Longest request line (method, target and version, without the CRLF):
+    /// 8 KiB, the 8000 octets RFC 9112 §3 asks every server to take. Over
+    /// it: 414 URI Too Long. A request line also counts towards
+    /// [`max_header_bytes`](Self::max_header_bytes).
+    pub max_request_line_bytes: usize,
     /// Largest request head (request line and headers), and largest trailer
     /// section of a chunked request body: 64 KiB. Over it: 431.
     pub max_header_bytes: usize,
@@ -53,6 +58,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            max_request_line_bytes: 8 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_body_bytes: 10 * 1024 * 1024,
@@ -155,6 +161,12 @@ impl Builder {
     /// All size and time limits at once.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// See [`Limits::max_request_line_bytes`].
+    pub fn max_request_line_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_request_line_bytes = bytes;
         self
     }
 
@@ -287,6 +299,9 @@ impl Builder {
         };
         if self.threads == 0 {
             return Err(zero("threads"));
+        }
+        if l.max_request_line_bytes == 0 {
+            return Err(zero("max_request_line_bytes"));
         }
         if l.max_header_bytes == 0 {
             return Err(zero("max_header_bytes"));

@@ -549,6 +549,52 @@ fn oversized_trailers_get_431() {
     assert_eq!(client.get("/").status, 200);
 }
 
+/// RFC 9112 §3: a request target longer than the server will take gets
+/// 414 URI Too Long and a closed connection, whether its line ever ends or
+/// not; a long header with a short target stays 431.
+#[test]
+fn long_request_targets_get_414() {
+    let server = test_server();
+    let addr = addr_of(&server);
+    let path = |len: usize| format!("/uri?{}", "a".repeat(len - 5));
+    // 100 KB, never ending: answered once 8 KiB arrived without a line end.
+    rejected(&server, format!("GET {} HTTP/1.1", path(100_000)), 414);
+    rejected(
+        &server,
+        format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", path(100_000)),
+        414,
+    );
+    // The default limit is 8 KiB of request line.
+    let fits = path(8 * 1024 - "GET  HTTP/1.1".len());
+    let (resp, _) = exchange(addr, format!("GET {fits} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().starts_with(&format!("GET {fits} ")));
+    let over = path(8 * 1024 - "GET  HTTP/1.1".len() + 1);
+    rejected(
+        &server,
+        format!("GET {over} HTTP/1.1\r\nHost: t\r\n\r\n"),
+        414,
+    );
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    rejected(&server, big, 431);
+
+    // Configurable.
+    let server = local(Server::builder().max_request_line_bytes(100), app);
+    rejected(
+        &server,
+        format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", path(100)),
+        414,
+    );
+    let (resp, _) = exchange(
+        addr_of(&server),
+        format!("GET {} HTTP/1.1\r\nHost: t\r\n\r\n", path(80)),
+    );
+    assert_eq!(resp.status, 200);
+}
+
 #[test]
 fn default_header_limit_is_64_kib() {
     let server = test_server();
@@ -902,6 +948,12 @@ fn builder_rejects_bad_settings() {
         .build(app)
         .unwrap_err();
     assert!(err.to_string().contains("threads"), "{err}");
+    let err = Server::builder()
+        .bind("127.0.0.1:0")
+        .max_request_line_bytes(0)
+        .build(app)
+        .unwrap_err();
+    assert!(err.to_string().contains("max_request_line_bytes"), "{err}");
     let err = Server::builder()
         .bind("no-such-host.invalid:80")
         .build(app)
