@@ -311,6 +311,14 @@ where
     }
 
     fn each_layer(&mut self, mut f: impl FnMut(&mut dyn Layer, &mut Context<'_>)) {
+        for index in 0..self.layers.len() {
+            self.with_layer(index, &mut f);
+        }
+    }
+
+    /// Calls `f` with layer `index` and its context (the layer and the
+    /// registry are borrowed apart, so the layer may register descriptors).
+    fn with_layer(&mut self, index: usize, f: impl FnOnce(&mut dyn Layer, &mut Context<'_>)) {
         let Self {
             layers,
             registry,
@@ -319,16 +327,14 @@ where
             notes_w,
             ..
         } = self;
-        for (index, layer) in layers.iter_mut().enumerate() {
-            let mut ctx = Context {
-                layer: index,
-                registry,
-                shared,
-                board,
-                notes: notes_w,
-            };
-            f(layer.as_mut(), &mut ctx);
-        }
+        let mut ctx = Context {
+            layer: index,
+            registry,
+            shared,
+            board,
+            notes: notes_w,
+        };
+        f(layers[index].as_mut(), &mut ctx);
     }
 
     fn publish(&mut self, running: bool) {
@@ -953,22 +959,7 @@ where
                 hangup: flags.contains(PollFlags::HUP),
                 error: flags.contains(PollFlags::ERR),
             };
-            let Self {
-                layers,
-                registry,
-                shared,
-                board,
-                notes_w,
-                ..
-            } = self;
-            let mut ctx = Context {
-                layer,
-                registry,
-                shared,
-                board,
-                notes: notes_w,
-            };
-            layers[layer].event(token, readiness, &mut ctx);
+            self.with_layer(layer, |l, ctx| l.event(token, readiness, ctx));
         }
         self.each_layer(|layer, ctx| layer.tick(ctx));
         // Commands a layer sent during its events take effect now rather than
