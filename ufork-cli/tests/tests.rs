@@ -420,8 +420,11 @@ fn daemon_start_status_reload_stop() {
 
 // -- the prompt ----------------------------------------------------------------------
 
-const PTY_DRIVER: &str = r#"
-import os, pty, select, sys, time
+/// The start of every pty driver: runs argv on a pseudo-terminal and defines
+/// `expect(needle)`, which waits for `needle` after the last match and
+/// returns the text up to it.
+const PTY_PRELUDE: &str = r#"
+import os, pty, select, sys, termios, time
 argv = sys.argv[1:]
 pid, fd = pty.fork()
 if pid == 0:
@@ -451,6 +454,9 @@ def expect(needle, limit=30):
     text = out[mark:at].decode(errors="replace")
     mark = at
     return text
+"#;
+
+const PTY_SCRIPT: &str = r#"
 expect("ufork>> ")
 expect("worker 1 pid")
 # Edit: "x", backspace, "sttus", three times left, "a": "status".
@@ -476,7 +482,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 #[test]
 fn prompt_runs_in_a_terminal_and_ctrl_c_stops() {
     let dir = TempDir::new("pty");
-    let driver = script(&dir, "driver.py", PTY_DRIVER);
+    let driver = script(&dir, "driver.py", &format!("{PTY_PRELUDE}{PTY_SCRIPT}"));
     let out = std::process::Command::new("python3")
         .arg(&driver)
         .args([
@@ -662,34 +668,7 @@ fn one_request_is_one_command() {
 
 /// Drives `ufork ctl` through a pseudo-terminal: cursor keys edit, up-arrow
 /// recalls, Ctrl-D leaves, and the terminal is back in cooked mode after.
-const CTL_PTY_DRIVER: &str = r#"
-import os, pty, select, sys, termios, time
-argv = sys.argv[1:]
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(argv[0], argv)
-out = b""
-mark = 0
-def expect(needle, limit=30):
-    global out, mark
-    end = time.time() + limit
-    while needle.encode() not in out[mark:]:
-        left = end - time.time()
-        if left <= 0:
-            sys.stdout.write(out.decode(errors="replace"))
-            sys.exit("timed out waiting for %r" % needle)
-        r, _, _ = select.select([fd], [], [], left)
-        if r:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                data = b""
-            if not data:
-                sys.stdout.write(out.decode(errors="replace"))
-                sys.exit("eof waiting for %r" % needle)
-            out += data
-    at = out.index(needle.encode(), mark) + len(needle)
-    mark = at
+const CTL_PTY_SCRIPT: &str = r#"
 expect("ufork>> ")
 os.write(fd, b"sttus\x1b[D\x1b[D\x1b[Da\r")
 expect("ACTIVITY")
@@ -710,7 +689,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 fn ctl_prompt_edits_lines_in_a_terminal() {
     let dir = TempDir::new("ctlpty");
     let socket = dir.str("ctl.sock");
-    let driver = script(&dir, "driver.py", CTL_PTY_DRIVER);
+    let driver = script(&dir, "driver.py", &format!("{PTY_PRELUDE}{CTL_PTY_SCRIPT}"));
     let mut pool = Running::start(&[
         "serve",
         "--bind",

@@ -448,30 +448,11 @@ fn timed_out() -> io::Error {
 /// makes progress beats `heartbeat`.
 pub(crate) fn write_all(
     stream: &TcpStream,
-    mut data: &[u8],
+    data: &[u8],
     timeout: Duration,
     heartbeat: &Heartbeat,
 ) -> io::Result<()> {
-    let mut deadline = None;
-    while !data.is_empty() {
-        match (&*stream).write(data) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                data = &data[n..];
-                deadline = None;
-                heartbeat.beat();
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                if !wait(stream, PollFlags::OUT, d) {
-                    return Err(timed_out());
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    write_all_vectored(stream, &mut [IoSlice::new(data)], timeout, heartbeat)
 }
 
 /// Writes all of `bufs` (one `writev` when the socket takes it), with the
