@@ -243,6 +243,9 @@ pub struct ExitRecord {
     pub uptime: Duration,
     /// When it was reaped.
     pub at: SystemTime,
+    /// Requests it served (its scoreboard count when it was reaped), so pool
+    /// totals can outlive the worker.
+    pub requests: u64,
 }
 
 impl fmt::Display for ExitRecord {

@@ -28,6 +28,8 @@ pub(crate) struct Published {
     pub(crate) running: bool,
     pub(crate) stopping: bool,
     pub(crate) spawned: u64,
+    pub(crate) rolling: bool,
+    pub(crate) rolls: u64,
     /// Per slot with a process: (slot, pid, generation, started ns, restarts).
     pub(crate) procs: Vec<(usize, i32, u32, u64, u32)>,
     pub(crate) history: VecDeque<ExitRecord>,
@@ -171,6 +173,8 @@ impl Handle {
             running: published.running,
             stopping: published.stopping,
             spawned: published.spawned,
+            rolling: published.rolling,
+            rolls: published.rolls,
             workers,
             history: published.history.iter().cloned().collect(),
         }
@@ -189,6 +193,11 @@ pub struct Snapshot {
     pub stopping: bool,
     /// Workers forked since `run` began.
     pub spawned: u64,
+    /// Whether a rolling restart is in progress.
+    pub rolling: bool,
+    /// Rolling restarts begun since `run` began: a layer that looks now and
+    /// then still sees a roll that began and ended in between.
+    pub rolls: u64,
     /// Live worker processes, by slot.
     pub workers: Vec<WorkerInfo>,
     /// Recent exits, oldest first.

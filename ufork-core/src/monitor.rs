@@ -104,6 +104,8 @@ pub(crate) struct Monitor<F> {
     stop: Option<StopState>,
     rolling: VecDeque<usize>,
     rolling_current: Option<(usize, u32)>,
+    /// Rolling restarts begun since `run` started (published for layers).
+    rolls: u64,
     note_buf: Vec<u8>,
     resumed_at: u64,
     /// When the previous loop iteration began.
@@ -172,6 +174,7 @@ where
             stop: None,
             rolling: VecDeque::new(),
             rolling_current: None,
+            rolls: 0,
             note_buf: Vec::new(),
             resumed_at: 0,
             prev_top: 0,
@@ -343,6 +346,8 @@ where
         published.running = running;
         published.stopping = self.stop.is_some();
         published.spawned = self.spawned;
+        published.rolling = !self.rolling.is_empty() || self.rolling_current.is_some();
+        published.rolls = self.rolls;
         published.procs.clear();
         for (slot, s) in self.slots.iter().enumerate() {
             if let Some(p) = &s.proc {
@@ -1089,6 +1094,7 @@ where
         }
         self.rolling = (0..self.target).collect();
         self.rolling_current = None;
+        self.rolls += 1;
     }
 
     fn advance_rolling(&mut self, now: u64) {
@@ -1252,6 +1258,7 @@ where
             message: note.map(|n| n.text).filter(|t| !t.is_empty()),
             uptime,
             at: SystemTime::now(),
+            requests: self.board.cell(slot).requests(),
         };
         if proc.killed_at_deadline && status == ExitStatus::Signal(libc::SIGKILL) {
             if let Some(stop) = &mut self.stop {
