@@ -1,0 +1,226 @@
+//! Dispatch: turning a parsed request head into a call of the app, and any
+//! answer (the app's, or a rejection of bad input) into bytes on the wire
+//! through one reply path that also writes the access log.
+
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Response, StatusCode, Version};
+
+use super::conn::{Conn, Next};
+use super::worker::{WorkerShared, panic_message};
+use crate::body::{Fault, Framing, Input, lock};
+use crate::date::DateCache;
+use crate::response::{self, Reply, Sent};
+use crate::{Body, Limits, PeerAddr, ResponseBody, http1};
+
+/// Per-thread scratch space and the worker it serves for.
+pub(super) struct Dispatch<'w> {
+    worker: &'w WorkerShared,
+    out: Vec<u8>,
+    /// The request line of the request being answered, for the activity
+    /// text and the access log.
+    line: String,
+    date: DateCache,
+}
+
+/// How a response goes out.
+struct Answer {
+    version: Version,
+    head_only: bool,
+    keep_alive: bool,
+    started: Instant,
+}
+
+impl<'w> Dispatch<'w> {
+    pub(super) fn new(worker: &'w WorkerShared) -> Self {
+        Self {
+            worker,
+            out: Vec::with_capacity(16 * 1024),
+            line: String::with_capacity(256),
+            date: DateCache::new(),
+        }
+    }
+
+    pub(super) fn limits(&self) -> &'w Limits {
+        &self.worker.config.limits
+    }
+
+    /// Answers bad input with `status`; the connection then lingers closed.
+    pub(super) fn reject(&mut self, conn: &Conn, status: StatusCode) -> Next {
+        self.line.clear();
+        self.line.push('-');
+        let input = lock(&conn.input);
+        let answer = Answer {
+            version: Version::HTTP_11,
+            head_only: false,
+            keep_alive: false,
+            started: Instant::now(),
+        };
+        let _ = self.reply(&input, conn.peer, response::error_response(status), answer);
+        Next::Linger
+    }
+
+    /// Runs the app on one request and writes its response; `Keep` if the
+    /// connection may go on.
+    pub(super) fn handle(&mut self, conn: &mut Conn, head: http1::Head, stopping: bool) -> Next {
+        let started = Instant::now();
+        let generation = self.take_head(conn, &head);
+        self.worker.busy(&self.line);
+        let answer = Answer {
+            version: head.request.version(),
+            head_only: head.request.method() == http::Method::HEAD,
+            keep_alive: head.keep_alive && !stopping && !conn.eof,
+            started,
+        };
+        let body = Body::conn(Arc::clone(&conn.input), generation, head.content_length);
+        let mut request = head.request.map(|()| body);
+        if let Some(peer) = conn.peer {
+            request.extensions_mut().insert(PeerAddr(peer));
+        }
+        let (response, panicked) = self.call_app(request);
+        let input = lock(&conn.input);
+        let next = self.settle(input, conn.peer, response, panicked, answer);
+        // Busy until the last byte is written: a long response is work.
+        self.worker.done();
+        next
+    }
+
+    /// Consumes the head from the buffer and sets the body's state up for
+    /// the new request; returns the request's body generation.
+    fn take_head(&mut self, conn: &Conn, head: &http1::Head) -> u64 {
+        let mut input = lock(&conn.input);
+        let line = &input.buffered()[..head.line_len];
+        self.line.clear();
+        self.line
+            .push_str(std::str::from_utf8(line).unwrap_or("<request line not utf-8>"));
+        input.start += head.len;
+        input.generation += 1;
+        input.framing = head.framing;
+        input.continue_pending = head.expect_continue;
+        input.received = 0;
+        input.fault = None;
+        input.generation
+    }
+
+    /// The app's response, or a 500 if it panicked (and whether it did).
+    fn call_app(&self, request: http::Request<Body>) -> (Response<ResponseBody>, bool) {
+        let app = &self.worker.app;
+        match catch_unwind(AssertUnwindSafe(|| app.call(request))) {
+            Ok(response) => (response, false),
+            Err(panic) => {
+                log::error!(
+                    target: "ufork_wsgi_like",
+                    "the app panicked on \"{}\": {}",
+                    self.line,
+                    panic_message(&*panic)
+                );
+                (
+                    response::error_response(StatusCode::INTERNAL_SERVER_ERROR),
+                    true,
+                )
+            }
+        }
+    }
+
+    /// Reconciles the response with what became of the request body, then
+    /// writes it.
+    fn settle(
+        &mut self,
+        mut input: std::sync::MutexGuard<'_, Input>,
+        peer: Option<SocketAddr>,
+        mut response: Response<ResponseBody>,
+        panicked: bool,
+        mut answer: Answer,
+    ) -> Next {
+        let mut linger = false;
+        if let Some(fault) = input.fault {
+            answer.keep_alive = false;
+            linger = true;
+            match fault.status() {
+                // A client that shut down its writing side may still read:
+                // it gets the app's answer to the truncated body.
+                Some(_) if fault == Fault::Eof && !panicked => {}
+                Some(status) => response = response::error_response(status),
+                None => {
+                    input.generation += 1;
+                    self.worker.count();
+                    return Next::Close;
+                }
+            }
+        } else if input.framing != Framing::Done {
+            // The app left part of the body unread. Unless the client still
+            // waits for `100 Continue` (and so sends nothing), read and drop
+            // a bounded amount so the next request starts at its first byte.
+            if input.continue_pending || !input.drain(self.limits().max_drain_bytes) {
+                answer.keep_alive = false;
+                linger = true;
+            }
+        }
+        if self.worker.count() {
+            answer.keep_alive = false;
+        }
+        let sent = self.reply(&input, peer, response, answer);
+        input.generation += 1;
+        match sent {
+            Ok(sent) if sent.keep_alive => Next::Keep,
+            Ok(_) if linger => Next::Linger,
+            Ok(_) => Next::Close,
+            Err(_) => Next::Abort,
+        }
+    }
+
+    /// The one reply path: writes `response` and logs it.
+    fn reply(
+        &mut self,
+        input: &Input,
+        peer: Option<SocketAddr>,
+        response: Response<ResponseBody>,
+        answer: Answer,
+    ) -> io::Result<Sent> {
+        let reply = Reply {
+            version: answer.version,
+            head_only: answer.head_only,
+            keep_alive: answer.keep_alive,
+            timeout: input.write_timeout,
+            heartbeat: &input.heartbeat,
+        };
+        let sent = response::write(
+            &input.stream,
+            &mut self.out,
+            &mut self.date,
+            response,
+            reply,
+        );
+        if self.worker.config.access_log {
+            let (status, bytes) = match &sent {
+                Ok(s) => (s.status.as_u16(), s.body_bytes),
+                Err(_) => (0, 0),
+            };
+            log::info!(
+                target: "ufork_wsgi_like::access",
+                "{} \"{}\" {} {} {:.3}ms",
+                PeerDisplay(peer),
+                self.line,
+                status,
+                bytes,
+                answer.started.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+        sent
+    }
+}
+
+struct PeerDisplay(Option<SocketAddr>);
+
+impl std::fmt::Display for PeerDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("-"),
+        }
+    }
+}

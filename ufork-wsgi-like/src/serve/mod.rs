@@ -1,0 +1,398 @@
+//! The serving loop each worker thread runs.
+//!
+//! One thread multiplexes many connections: an epoll set holds the listeners,
+//! the stop descriptors and every open connection, level-triggered. When a
+//! connection has a complete request head buffered, the request is handled
+//! synchronously (the app runs, the response is written) and the loop moves
+//! on; a connection waiting for its next request costs nothing but a slot in
+//! the set. So 32 keep-alive connections on one thread are served in turn as
+//! their requests arrive, not one connection to its end before the next.
+//! Pipelined requests are answered in order, at most
+//! [`PIPELINE_BUDGET`](conn::PIPELINE_BUDGET) in a row before other
+//! connections get their turn.
+//!
+//! The concerns are split as hyper's h1 splits them: this module is the
+//! event loop (epoll, accepting, deadlines, stopping); [`conn`] is one
+//! connection's state machine (what its bytes and its deadline mean);
+//! [`dispatch`] calls the app and writes every answer, the app's and the
+//! rejections of bad input, through one reply path; [`worker`] is what the
+//! threads of one worker share.
+
+mod conn;
+mod dispatch;
+mod worker;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+
+use self::conn::{Conn, Next, deadline_after};
+use self::dispatch::Dispatch;
+pub(crate) use self::worker::{Config, WorkerShared, panic_message};
+use crate::body::{Heartbeat, Input, lock};
+use crate::{Error, Result};
+
+/// How long accepting pauses after EMFILE and the like.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// First size of a connection's read buffer.
+const INITIAL_BUFFER: usize = 8 * 1024;
+
+const SPECIAL: u64 = 1 << 63;
+const STOP_TOKEN: u64 = SPECIAL;
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// Runs one serving thread until it is asked to stop and its connections are
+/// done.
+pub(crate) fn run(
+    worker: &WorkerShared,
+    listeners: &[&TcpListener],
+    stop_fd: Option<BorrowedFd<'_>>,
+) -> Result<()> {
+    let epoll_fd =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::EventLoop(e.into()))?;
+    let add = |fd: BorrowedFd<'_>, token: u64, flags: epoll::EventFlags| {
+        epoll::add(&epoll_fd, fd, epoll::EventData::new_u64(token), flags)
+            .map_err(|e| Error::EventLoop(e.into()))
+    };
+    add(worker.stop_r.as_fd(), STOP_TOKEN, epoll::EventFlags::IN)?;
+    if let Some(fd) = stop_fd {
+        add(fd, STOP_TOKEN, epoll::EventFlags::IN)?;
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        add(listener.as_fd(), listener_token(i), LISTENER_FLAGS)?;
+    }
+    let mut lp = Loop {
+        worker,
+        config: &worker.config,
+        epoll: epoll_fd,
+        listeners,
+        stop_fd,
+        slots: Vec::new(),
+        free: Vec::new(),
+        live: 0,
+        pending: Vec::new(),
+        dispatch: Dispatch::new(worker),
+        stopping: false,
+        accepting: true,
+        accept_resume: None,
+        next_check: Instant::now(),
+    };
+    lp.run()
+}
+
+/// EXCLUSIVE: one new connection wakes one waiting thread or worker, not
+/// all of them.
+const LISTENER_FLAGS: epoll::EventFlags = epoll::EventFlags::IN.union(epoll::EventFlags::EXCLUSIVE);
+
+fn listener_token(i: usize) -> u64 {
+    SPECIAL | (i as u64 + 1)
+}
+
+/// The event loop of one serving thread.
+struct Loop<'w> {
+    worker: &'w WorkerShared,
+    config: &'w Config,
+    epoll: OwnedFd,
+    listeners: &'w [&'w TcpListener],
+    stop_fd: Option<BorrowedFd<'w>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Connections with requests still buffered, to serve without waiting.
+    pending: Vec<u64>,
+    dispatch: Dispatch<'w>,
+    stopping: bool,
+    accepting: bool,
+    accept_resume: Option<Instant>,
+    /// When to look at the connections' deadlines next.
+    next_check: Instant,
+}
+
+fn timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: d.subsec_nanos().into(),
+    }
+}
+
+impl Loop<'_> {
+    fn run(&mut self) -> Result<()> {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        let mut again = Vec::new();
+        loop {
+            if self.worker.recycling.load(Ordering::Relaxed) {
+                self.begin_stop();
+            }
+            if self.stopping && self.live == 0 {
+                return Ok(());
+            }
+            self.wait(&mut events)?;
+            self.worker.heartbeat();
+            for event in &events {
+                let token = event.data.u64();
+                if token == STOP_TOKEN {
+                    self.begin_stop();
+                } else if token & SPECIAL != 0 {
+                    self.accept((token & !SPECIAL) as usize - 1);
+                } else {
+                    self.event(token, true);
+                }
+            }
+            std::mem::swap(&mut again, &mut self.pending);
+            for token in again.drain(..) {
+                self.event(token, false);
+            }
+            let now = Instant::now();
+            if now >= self.next_check {
+                self.check_timeouts(now);
+            }
+            if self.accept_resume.is_some_and(|r| now >= r) {
+                self.accept_resume = None;
+                if !self.stopping {
+                    self.set_accepting(true);
+                }
+            }
+        }
+    }
+
+    /// Waits for events until the next deadline (at most a tick: the idle
+    /// heartbeat), not at all when requests are pending.
+    fn wait(&mut self, events: &mut Vec<epoll::Event>) -> Result<()> {
+        let now = Instant::now();
+        let mut timeout = if self.pending.is_empty() {
+            self.config.tick
+        } else {
+            Duration::ZERO
+        };
+        timeout = timeout.min(self.next_check.saturating_duration_since(now));
+        if let Some(resume) = self.accept_resume {
+            timeout = timeout.min(resume.saturating_duration_since(now));
+        }
+        events.clear();
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(events),
+            Some(&timespec(timeout)),
+        ) {
+            Ok(_) | Err(Errno::INTR) => Ok(()),
+            Err(e) => Err(Error::Wait(e.into())),
+        }
+    }
+
+    fn set_accepting(&mut self, on: bool) {
+        if self.accepting == on {
+            return;
+        }
+        self.accepting = on;
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let result = if on {
+                epoll::add(
+                    &self.epoll,
+                    listener,
+                    epoll::EventData::new_u64(listener_token(i)),
+                    LISTENER_FLAGS,
+                )
+            } else {
+                epoll::delete(&self.epoll, listener)
+            };
+            if let Err(e) = result {
+                log::error!(target: "ufork_wsgi_like", "cannot update the listener in the event loop: {e}");
+            }
+        }
+    }
+
+    /// Stops accepting, closes idle connections; the loop ends once the
+    /// connections with a request under way are answered.
+    fn begin_stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.set_accepting(false);
+        // The stop descriptors stay readable; stop listening to them.
+        let _ = epoll::delete(&self.epoll, &self.worker.stop_r);
+        if let Some(fd) = self.stop_fd {
+            let _ = epoll::delete(&self.epoll, fd);
+        }
+        for idx in 0..self.slots.len() {
+            let idle = self.slots[idx]
+                .conn
+                .as_ref()
+                .is_some_and(|c| matches!(c.state, conn::State::Fresh | conn::State::Idle));
+            if idle {
+                if let Some(conn) = self.slots[idx].conn.take() {
+                    self.close(idx, conn);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        if self.stopping || !self.accepting {
+            return;
+        }
+        let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+        match rustix::net::acceptfrom_with(self.listeners[i], flags) {
+            Ok((fd, addr)) => {
+                let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+                let peer = addr.and_then(|a| SocketAddr::try_from(a).ok());
+                self.insert(TcpStream::from(fd), peer);
+            }
+            Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::PROTO | Errno::PERM) => {}
+            Err(e) => {
+                // Out of descriptors or memory: the listener stays readable,
+                // so accepting again at once would spin. Pause, then retry.
+                log::warn!(
+                    target: "ufork_wsgi_like",
+                    "cannot accept a connection: {e}; pausing accepts for {} ms",
+                    ACCEPT_BACKOFF.as_millis()
+                );
+                self.set_accepting(false);
+                self.accept_resume = deadline_after(Instant::now(), ACCEPT_BACKOFF);
+            }
+        }
+    }
+
+    fn insert(&mut self, stream: TcpStream, peer: Option<SocketAddr>) {
+        let limits = &self.config.limits;
+        let buffer = INITIAL_BUFFER.min(limits.max_header_bytes.saturating_add(1));
+        let idx = match self.free.pop() {
+            Some(i) => i as usize,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[idx];
+        slot.generation = slot.generation.wrapping_add(1);
+        let token = (u64::from(slot.generation) << 32) | idx as u64;
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &stream,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::IN,
+        ) {
+            log::error!(target: "ufork_wsgi_like", "cannot watch a new connection: {e}");
+            self.free.push(idx as u32);
+            return;
+        }
+        let input = Input::new(
+            stream,
+            buffer,
+            &self.worker.limits,
+            Heartbeat::new(self.worker.vitals.clone()),
+        );
+        let conn = Conn::new(input, peer, limits);
+        let deadline = conn.deadline;
+        slot.conn = Some(conn);
+        self.live += 1;
+        self.watch_deadline(deadline);
+    }
+
+    fn watch_deadline(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            self.next_check = self.next_check.min(d);
+        }
+    }
+
+    fn close(&mut self, idx: usize, conn: Conn) {
+        let input = lock(&conn.input);
+        // Deregister explicitly: a Body the app kept alive holds the socket
+        // open, and a level-triggered registration would then spin.
+        let _ = epoll::delete(&self.epoll, &input.stream);
+        let _ = input.stream.shutdown(std::net::Shutdown::Both);
+        drop(input);
+        self.free.push(idx as u32);
+        self.live -= 1;
+    }
+
+    /// Closes with a reset (RST) instead of a FIN. After a response whose
+    /// body failed midway, a FIN would end a close-delimited body as if it
+    /// were whole, and reads as a clean end to a client that does not check
+    /// lengths; a reset tells every client the response is broken.
+    fn abort(&mut self, idx: usize, conn: Conn) {
+        let input = lock(&conn.input);
+        let _ = epoll::delete(&self.epoll, &input.stream);
+        // With a zero linger, closing the socket sends RST and drops what
+        // is still unsent, instead of a FIN after it.
+        let _ = rustix::net::sockopt::set_socket_linger(&input.stream, Some(Duration::ZERO));
+        if std::sync::Arc::strong_count(&conn.input) > 1 {
+            // A Body the app kept holds the socket open, so dropping ours
+            // does not close it. Disconnecting resets it now all the same
+            // (a shutdown would send the FIN we must not send).
+            let _ = rustix::net::connect_unspec(&input.stream);
+        }
+        drop(input);
+        self.free.push(idx as u32);
+        self.live -= 1;
+    }
+
+    /// Handles readiness (`read`) or leftover buffered requests of a connection.
+    fn event(&mut self, token: u64, read: bool) {
+        let idx = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        let Some(slot) = self.slots.get_mut(idx) else {
+            return;
+        };
+        if slot.generation != generation {
+            return;
+        }
+        let Some(mut conn) = slot.conn.take() else {
+            return;
+        };
+        let next = if read {
+            conn.readable(&mut self.dispatch, self.stopping)
+        } else {
+            conn.serve_buffered(&mut self.dispatch, self.stopping)
+        };
+        if next == Next::Again {
+            self.pending.push(token);
+        }
+        self.carry_out(idx, conn, next);
+    }
+
+    /// Carries out what a connection's state machine decided.
+    fn carry_out(&mut self, idx: usize, mut conn: Conn, next: Next) {
+        match next {
+            Next::Keep | Next::Again => {}
+            Next::Close => return self.close(idx, conn),
+            Next::Abort => return self.abort(idx, conn),
+            Next::Linger => conn.linger(Instant::now()),
+        }
+        self.watch_deadline(conn.deadline);
+        self.slots[idx].conn = Some(conn);
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        self.next_check = deadline_after(now, self.config.tick).unwrap_or(now);
+        for idx in 0..self.slots.len() {
+            let Some(conn) = &self.slots[idx].conn else {
+                continue;
+            };
+            match conn.deadline {
+                Some(d) if d <= now => {}
+                other => {
+                    self.watch_deadline(other);
+                    continue;
+                }
+            }
+            let Some(mut conn) = self.slots[idx].conn.take() else {
+                continue;
+            };
+            let next = conn.expired(&mut self.dispatch);
+            self.carry_out(idx, conn, next);
+        }
+    }
+}

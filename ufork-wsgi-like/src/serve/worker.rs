@@ -1,0 +1,146 @@
+//! What every serving thread of one worker shares: the app, the settings,
+//! the worker's scoreboard slot, the request count and the stop pipe.
+
+use std::any::Any;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ufork_core::Vitals;
+
+use crate::{App, Error, Limits, Result};
+
+/// Settings the loop needs, shared by every thread of every worker.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) limits: Limits,
+    pub(crate) access_log: bool,
+    pub(crate) tick: Duration,
+    pub(crate) threads: usize,
+    /// The arbiter's heartbeat timeout, if it watches heartbeats.
+    pub(crate) heartbeat_timeout: Option<Duration>,
+}
+
+/// What every thread of one worker shares.
+pub(crate) struct WorkerShared {
+    pub(crate) app: Arc<dyn App>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) vitals: Option<Vitals>,
+    /// The limits connections work with: the configured ones, the read and
+    /// write timeouts capped under the heartbeat timeout.
+    pub(super) limits: Limits,
+    pub(crate) busy: AtomicUsize,
+    pub(crate) served: AtomicU64,
+    /// Requests after which the worker recycles itself.
+    pub(crate) max_requests: Option<u64>,
+    pub(crate) recycling: AtomicBool,
+    /// Our own stop pipe: written to stop every thread of this worker.
+    pub(crate) stop_r: OwnedFd,
+    pub(crate) stop_w: OwnedFd,
+}
+
+impl WorkerShared {
+    pub(crate) fn new(
+        app: Arc<dyn App>,
+        config: Arc<Config>,
+        vitals: Option<Vitals>,
+        max_requests: Option<u64>,
+    ) -> Result<Self> {
+        let (stop_r, stop_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::EventLoop(e.into()))?;
+        let mut limits = config.limits.clone();
+        if let (Some(_), Some(timeout)) = (&vitals, config.heartbeat_timeout) {
+            // While a thread waits for one client to send more of a body or
+            // take more of a response, it neither heartbeats (only progress
+            // does) nor serves anyone else. A client that stalls must be
+            // dropped before the arbiter takes the worker for hung and
+            // kills it with every connection it holds.
+            let cap = timeout / 2;
+            limits.read_timeout = limits.read_timeout.min(cap);
+            limits.write_timeout = limits.write_timeout.min(cap);
+        }
+        Ok(Self {
+            app,
+            config,
+            vitals,
+            limits,
+            busy: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            max_requests,
+            recycling: AtomicBool::new(false),
+            stop_r,
+            stop_w,
+        })
+    }
+
+    /// Asks every thread of this worker to stop gracefully.
+    pub(crate) fn stop(&self) {
+        // A full pipe already holds a wake-up.
+        let _ = rustix::io::write(&self.stop_w, &[1]);
+    }
+
+    /// Marks the worker busy with the request `line` (its activity).
+    pub(super) fn busy(&self, line: &str) {
+        if let Some(v) = &self.vitals {
+            if self.config.threads == 1 || self.busy.fetch_add(1, Ordering::Relaxed) == 0 {
+                v.busy();
+            }
+            v.set_activity(line);
+        }
+    }
+
+    /// Marks a request's response fully written (or abandoned): the thread
+    /// is no longer busy with it.
+    pub(super) fn done(&self) {
+        if let Some(v) = &self.vitals {
+            if self.config.threads == 1 || self.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
+                v.idle();
+            }
+        }
+    }
+
+    /// Counts a request whose response is about to be written; returns
+    /// whether the worker should then recycle (the response says it closes).
+    pub(super) fn count(&self) -> bool {
+        if let Some(v) = &self.vitals {
+            v.count_request();
+        }
+        let served = self
+            .served
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        match self.max_requests {
+            Some(max) if served >= max => {
+                if !self.recycling.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        target: "ufork_wsgi_like",
+                        "served {served} requests (max_requests): recycling this worker"
+                    );
+                    self.stop();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn heartbeat(&self) {
+        if let Some(v) = &self.vitals {
+            v.heartbeat();
+        }
+    }
+}
+
+/// A panic payload as text.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "a non-string panic payload"
+    }
+}
