@@ -1,0 +1,157 @@
+//! `ufork ctl`: one console command to a running pool, or a prompt on it.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cmd::target;
+use crate::control::Client;
+use crate::failure::{self, Failure, Result, runtime};
+use crate::{commands, console, editor, term};
+
+/// Flags for `ufork ctl`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Commands: help, status, workers N|+|-, restart [SLOT|all], kill SLOT, history,
+reopen, stop [now]. Without COMMAND on a terminal, the prompt has the same line
+editing and history as the `ufork>>` prompt (Ctrl-D or `quit` leaves); from a
+pipe, every line is a command.
+
+Examples:
+  ufork ctl --control-socket /tmp/ufork.sock status
+  ufork ctl --control-socket /tmp/ufork.sock workers +
+  ufork ctl --control-socket /tmp/ufork.sock        (interactive prompt)")]
+pub struct CtlArgs {
+    /// The pool's control socket.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub control_socket: PathBuf,
+
+    /// One console command (like `status` or `workers 4`); none opens a prompt.
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// Runs `ufork ctl`.
+pub fn exec(args: &CtlArgs) -> Result<()> {
+    // One request is one line: an argument with a line break would smuggle
+    // a second command whose reply nobody reads.
+    if let Some(bad) = args.command.iter().find(|a| a.contains(['\n', '\r', '\0'])) {
+        return Err(failure::usage(format!(
+            "COMMAND `{}` spans several lines; give one command (no newline or carriage return)",
+            commands::printable(bad)
+        )));
+    }
+    let command = args.command.join(" ");
+    if !args.command.is_empty() && command.trim().is_empty() {
+        return Err(failure::usage(
+            "COMMAND is empty; give a command like `status`, or none for a prompt",
+        ));
+    }
+    let mut client = target::connect(&args.control_socket).map_err(|e| match e {
+        Failure::NotRunning(m) => runtime(m),
+        other => other,
+    })?;
+    if !args.command.is_empty() {
+        let (text, ok) = client.send(&command)?;
+        let is_stop = command.split_whitespace().next() == Some("stop");
+        if ok {
+            print!("{text}");
+            if is_stop && client.wait_closed(Duration::from_secs(120)) {
+                println!("stopped");
+            }
+            return Ok(());
+        }
+        return Err(runtime(text.trim().to_owned()));
+    }
+    if console::available() {
+        return prompt(&mut client);
+    }
+    // Not a terminal: plain lines, no prompt (`echo status | ufork ctl ...`).
+    let stdin = std::io::stdin();
+    loop {
+        let mut line = String::new();
+        if stdin
+            .read_line(&mut line)
+            .map_err(|e| runtime(e.to_string()))?
+            == 0
+        {
+            return Ok(());
+        }
+        if one_line(&mut client, line.trim())?.is_break() {
+            return Ok(());
+        }
+    }
+}
+
+/// Runs one line typed at the `ufork ctl` prompt; `Break` when done.
+fn one_line(client: &mut Client, line: &str) -> Result<ControlFlow<()>> {
+    if line.is_empty() {
+        return Ok(ControlFlow::Continue(()));
+    }
+    if matches!(line, "quit" | "exit") {
+        return Ok(ControlFlow::Break(()));
+    }
+    let (text, ok) = client.send_reconnecting(line)?;
+    let text = if ok { text } else { format!("error: {text}") };
+    term::print(term::Stream::Out, text.as_bytes());
+    if ok && line.split_whitespace().next() == Some("stop") {
+        if client.wait_closed(Duration::from_secs(120)) {
+            term::say("stopped");
+        }
+        return Ok(ControlFlow::Break(()));
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// The `ufork ctl` prompt on a terminal: the `ufork>>` line editor in raw
+/// mode (main restores the terminal on every way out, panics included).
+fn prompt(client: &mut Client) -> Result<()> {
+    use editor::{Action, Editor};
+    console::enter_raw().map_err(|e| runtime(format!("cannot set up the terminal: {e}")))?;
+    let mut editor = Editor::default();
+    term::set_prompt(Some(("", 0)));
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match rustix::io::read(std::io::stdin(), &mut buf) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+            Err(e) => {
+                term::set_prompt(None);
+                return Err(runtime(format!("cannot read the terminal: {e}")));
+            }
+        };
+        if n == 0 {
+            term::set_prompt(None);
+            return Ok(());
+        }
+        for &byte in &buf[..n] {
+            match editor.feed(byte) {
+                Action::Line(line) => {
+                    term::set_prompt(None);
+                    term::say(format!("{}{line}", term::PROMPT_TEXT));
+                    if one_line(client, line.trim())?.is_break() {
+                        return Ok(());
+                    }
+                }
+                Action::Interrupt => {
+                    term::set_prompt(None);
+                    term::say("^C");
+                    return Ok(());
+                }
+                Action::Eof => {
+                    term::set_prompt(None);
+                    return Ok(());
+                }
+                Action::Clear => term::print(term::Stream::Out, b"\x1b[H\x1b[2J"),
+                Action::Redraw | Action::None => {}
+            }
+        }
+        term::set_prompt(Some((&editor.line(), editor.cursor())));
+    }
+}

@@ -1,0 +1,132 @@
+//! `ufork run -- CMD`: N copies of any program, each handed the listening
+//! sockets the systemd way.
+
+use std::time::Duration;
+
+use clap::Args;
+use ufork_core::Arbiter;
+
+use crate::cli::PoolArgs;
+use crate::failure::{self, Result, runtime};
+use crate::units::parse_seconds;
+use crate::{exec, notify, pool, term};
+
+/// Flags for `ufork run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Every worker is CMD run by fork and exec. The sockets from --bind are passed the
+systemd way: fds 3, 4, ... with LISTEN_FDS=<count>, LISTEN_PID=<the worker's pid>
+and LISTEN_FDNAMES; UFORK_WORKER_ID is the worker's slot (0..N-1). Each worker
+runs in a process group of its own: stop signals go to the whole group, and what
+is left of it when the worker exits is killed, so background children never
+outlive their worker (nor keep its sockets).
+
+Without --notify a worker counts as ready as soon as CMD has been executed. With
+--notify, NOTIFY_SOCKET is set and the sd_notify protocol applies: READY=1 marks
+the worker ready, WATCHDOG=1 is its heartbeat (WATCHDOG_USEC comes from --timeout),
+STATUS=... is shown by `status`.
+
+Examples:
+  ufork run -w 4 --bind 127.0.0.1:9000 -- python3 app.py
+  ufork run --notify --timeout 10 --bind 0.0.0.0:80 -- ./server --flag")]
+pub struct RunArgs {
+    /// Address to listen on, [NAME=]HOST:PORT (repeatable); handed to CMD as fd 3, 4, ...
+    #[arg(short, long, value_name = "ADDR")]
+    pub bind: Vec<String>,
+
+    /// Give each worker a NOTIFY_SOCKET and follow the sd_notify protocol.
+    #[arg(long)]
+    pub notify: bool,
+
+    /// With --notify: kill and replace a worker with no WATCHDOG=1 for this long.
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = parse_seconds,
+        requires = "notify",
+        allow_negative_numbers = true
+    )]
+    pub timeout: Option<Duration>,
+
+    #[command(flatten)]
+    pub pool: PoolArgs,
+
+    /// The program to run, and its arguments (after `--`).
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        num_args = 1..,
+        allow_hyphen_values = true,
+        last = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// Runs `ufork run`.
+pub fn exec(args: RunArgs) -> Result<()> {
+    let program = &args.command[0];
+    let resolved = exec::resolve(program)?;
+    // Bound first, so the sockets sit at fds 3, 4, ... already.
+    let listeners = pool::bind_all(&args.bind, true)?;
+    let workers = pool::workers(&args.pool);
+    if !args.pool.daemon {
+        term::say(format!(
+            "running {workers} × `{}` (arbiter pid {})",
+            args.command.join(" "),
+            std::process::id()
+        ));
+        for (i, l) in listeners.iter().enumerate() {
+            term::say(format!(
+                "listening on {} (fd {}, {})",
+                l.addr,
+                3 + i,
+                l.name
+            ));
+        }
+    }
+    let mut session = pool::Session::start(&args.pool)?;
+    let notify = match args.notify.then(notify::Notify::bind).transpose() {
+        Ok(notify) => notify,
+        Err(e) => {
+            session.fail(&e);
+            return Err(e);
+        }
+    };
+    let layer = exec::ExecLayer::new(program, resolved, notify.is_none());
+    let failed = layer.failure();
+    session.set_failure(layer.failure());
+    let spec = exec::ExecSpec {
+        program: program.clone(),
+        args: args.command[1..].to_vec(),
+        fd_names: listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>()
+            .join(":"),
+        notify_socket: notify.as_ref().map(|n| n.address().to_owned()),
+        watchdog: args.timeout,
+    };
+    let fds = listeners.into_iter().map(|l| l.socket.into()).collect();
+    let worker = layer.worker(spec, fds);
+    let mut builder = session
+        .configure(&args.pool, Arbiter::builder())
+        .heartbeat_timeout(args.timeout)
+        .ready_on_start(false)
+        .layer(layer);
+    if let Some(notify) = notify {
+        builder = builder.layer(notify);
+    }
+    let arbiter = builder.build().map_err(|e| {
+        let f = runtime(format!("cannot start the pool: {}", failure::chain(&e)));
+        session.fail(&f);
+        f
+    })?;
+    session.announce(&args.pool);
+    arbiter
+        .run(worker)
+        .map_err(|e| runtime(format!("the pool failed: {}", failure::chain(&e))))?;
+    if let Some(message) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(runtime(message));
+    }
+    Ok(())
+}
