@@ -75,6 +75,7 @@ mod notes;
 mod proc;
 mod scoreboard;
 mod sys;
+pub mod upgrade;
 mod worker;
 
 pub use arbiter::{

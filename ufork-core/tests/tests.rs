@@ -1,5 +1,6 @@
 //! End-to-end tests of the arbiter through its public API.
 
+mod upgrade;
 mod util;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,950 @@
+//! In-place binary upgrade (the unicorn/gunicorn SIGUSR2 model) and the
+//! listening sockets as the arbiter sees them.
+//!
+//! The old arbiter re-executes its binary from the path on disk with the same
+//! arguments ([`Reexec`], captured at start: after a deploy replaced the file,
+//! `/proc/self/exe` names the old, deleted inode). The new arbiter inherits
+//! the listening sockets by the systemd convention (`LISTEN_FDS`,
+//! `LISTEN_PID`, `LISTEN_FDNAMES`, fds 3, 4, ...) and one more descriptor, a
+//! `SOCK_SEQPACKET` socket named by `UFORK_UPGRADE_FD`, on which it reports
+//! `READY=1` and `MAINPID=` (as sd_notify does) once every worker of its pool
+//! is ready. Then the old arbiter stops gracefully; its workers finish what
+//! they hold, while the new pool already accepts on the same sockets.
+//!
+//! If the new arbiter cannot be started, exits or closes the socket before
+//! it is ready, or is not ready within the timeout (stopped with SIGTERM
+//! then), the old arbiter keeps serving and the request fails with the
+//! reason, which is also logged. A second request during an upgrade is
+//! refused with a log line.
+//!
+//! The same [`Upgrader`] layer makes a graceful stop refuse new connections
+//! at once: when a stop begins (not a handover), it shuts down the reading
+//! side of every listening socket it was given, which takes them out of
+//! `LISTEN` for every process holding a copy; a new connection is refused
+//! (ECONNREFUSED) instead of accepted and reset at exit, while accepted
+//! connections finish. (Connections queued in the backlog but not yet
+//! accepted by a worker are reset.)
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use ufork_core::Arbiter;
+//! use ufork_core::upgrade::{Handover, Reexec, Upgrader};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let reexec = Reexec::capture()?;
+//! // Started by an upgrade: take the sockets; else bind them.
+//! let mut handover = Handover::take()?;
+//! let listener = match handover.as_mut().and_then(|h| h.take_listener("http")) {
+//!     Some(fd) => TcpListener::from(fd),
+//!     None => TcpListener::bind("127.0.0.1:8000")?,
+//! };
+//! let upgrader = Upgrader::new(reexec)?.listener("http", &listener)?;
+//! let upgrades = upgrader.handle();
+//! let mut builder = Arbiter::builder().workers(2).layer(upgrader);
+//! if let Some(report) = handover.and_then(|h| h.reporter()) {
+//!     builder = builder.layer(report);
+//! }
+//! let arbiter = builder.build()?;
+//! // From any thread: `upgrades.upgrade().wait(None)` re-executes the binary.
+//! # let _ = upgrades;
+//! arbiter.run(|worker| -> std::io::Result<()> {
+//!     // serve `listener` until worker.should_stop()
+//!     # let _ = (&listener, worker);
+//!     Ok(())
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod sys;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use crate::{Context, Layer, Readiness, Token};
+
+/// The variable naming the descriptor a new arbiter reports readiness on.
+pub const REPORT_FD_ENV: &str = "UFORK_UPGRADE_FD";
+
+/// What socket activation sets; replaced for the new arbiter.
+const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+
+/// How long the old arbiter waits for the new one by default (the arbiter's
+/// default start timeout).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How to start the same program again: its path on disk, its arguments and
+/// the working directory it started in, captured at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reexec {
+    program: PathBuf,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+}
+
+impl Reexec {
+    /// Captures the running program: the path of its executable (read now,
+    /// while it still names the file on disk), its arguments and the working
+    /// directory. Call it first thing in `main`.
+    ///
+    /// # Errors
+    ///
+    /// The executable's path or the working directory cannot be read.
+    pub fn capture() -> io::Result<Self> {
+        let exe = std::env::current_exe()?;
+        // Already replaced on disk: the kernel appends " (deleted)" to the
+        // old inode's name; the path itself is where the new binary is.
+        let program = match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+            Some(path) => PathBuf::from(std::ffi::OsStr::from_bytes(path)),
+            None => exe,
+        };
+        Ok(Self {
+            program,
+            args: std::env::args_os().skip(1).collect(),
+            cwd: std::env::current_dir()?,
+        })
+    }
+
+    /// Runs `program` with `args` in the current working directory.
+    ///
+    /// # Errors
+    ///
+    /// The working directory cannot be read.
+    pub fn new(
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            cwd: std::env::current_dir()?,
+        })
+    }
+
+    /// The executable's path.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The arguments after the program name.
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    fn plan(&self, handover: &[(String, OwnedFd)], report: &OwnedFd) -> io::Result<sys::ExecPlan> {
+        let c = |b: &[u8]| sys::c_string(b.to_vec());
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let key = key.as_bytes();
+            let skip =
+                LISTEN_VARS.iter().any(|v| v.as_bytes() == key) || key == REPORT_FD_ENV.as_bytes();
+            if !skip {
+                env.push(c(&[key, b"=", value.as_bytes()].concat())?);
+            }
+        }
+        let names: Vec<&str> = handover.iter().map(|(n, _)| n.as_str()).collect();
+        env.push(c(format!("LISTEN_FDS={}", handover.len()).as_bytes())?);
+        env.push(c(format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes())?);
+        let report_at = sys::FDS_START as usize + handover.len();
+        env.push(c(format!("{REPORT_FD_ENV}={report_at}").as_bytes())?);
+        let mut fds: Vec<_> = handover.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        fds.push(report.as_raw_fd());
+        Ok(sys::ExecPlan {
+            program: c(self.program.as_os_str().as_bytes())?,
+            args: self
+                .args
+                .iter()
+                .map(|a| c(a.as_bytes()))
+                .collect::<io::Result<_>>()?,
+            env,
+            cwd: c(self.cwd.as_os_str().as_bytes())?,
+            fds,
+        })
+    }
+}
+
+/// Why an upgrade did not happen. The old arbiter keeps serving in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Another upgrade is under way.
+    #[error("an upgrade is already under way (new arbiter pid {pid})")]
+    InProgress {
+        /// The new arbiter being waited for.
+        pid: i32,
+    },
+    /// The pool is stopping (or already handed over).
+    #[error("the pool is stopping")]
+    Stopping,
+    /// The report socket could not be made.
+    #[error("cannot create the upgrade socket")]
+    Socket(#[source] io::Error),
+    /// Starting the new arbiter failed (the file is missing, not executable,
+    /// an argument holds a NUL byte, ...).
+    #[error("cannot start {program}")]
+    Spawn {
+        /// The program's path.
+        program: String,
+        /// What the fork or exec said.
+        #[source]
+        source: io::Error,
+    },
+    /// The new arbiter ended, or closed the report socket, before it was ready.
+    #[error("the new arbiter (pid {pid}) {how} before it was ready")]
+    Exited {
+        /// The new arbiter.
+        pid: i32,
+        /// "exited with status 1", "was killed by SIGSEGV", ...
+        how: String,
+    },
+    /// Not ready within the timeout; it was sent SIGTERM.
+    #[error("the new arbiter (pid {pid}) was not ready within {timeout:?}; stopped it")]
+    Timeout {
+        /// The new arbiter.
+        pid: i32,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The arbiter ended before the upgrade had an outcome.
+    #[error("the arbiter ended before the upgrade had an outcome")]
+    Abandoned,
+}
+
+/// A successful upgrade: the new arbiter is serving; the old one drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upgraded {
+    /// The new arbiter's pid (its `MAINPID=`, which differs from the process
+    /// started when the new arbiter daemonized).
+    pub pid: i32,
+}
+
+type Reply = mpsc::Sender<Result<Upgraded, UpgradeError>>;
+
+struct Trigger {
+    queue: Mutex<Vec<Reply>>,
+    wake: OwnedFd,
+}
+
+/// Asks an [`Upgrader`] for an upgrade from any thread (or another layer).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct UpgradeHandle {
+    trigger: Arc<Trigger>,
+}
+
+impl fmt::Debug for UpgradeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpgradeHandle").finish_non_exhaustive()
+    }
+}
+
+impl UpgradeHandle {
+    /// Starts an upgrade (like SIGUSR2) and returns at once; the outcome
+    /// arrives on the returned [`Pending`]. A request while the arbiter is not
+    /// running waits for its next run.
+    pub fn upgrade(&self) -> Pending {
+        let (tx, rx) = mpsc::channel();
+        self.trigger
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        // A full pipe already holds a wake-up.
+        let _ = rustix::io::write(&self.trigger.wake, &[1]);
+        Pending { rx }
+    }
+}
+
+/// The outcome of an upgrade, once it has one.
+#[derive(Debug)]
+pub struct Pending {
+    rx: mpsc::Receiver<Result<Upgraded, UpgradeError>>,
+}
+
+impl Pending {
+    /// The outcome if there is one yet (never blocks: fit for a layer).
+    pub fn try_result(&self) -> Option<Result<Upgraded, UpgradeError>> {
+        match self.rx.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(UpgradeError::Abandoned)),
+        }
+    }
+
+    /// Waits for the outcome (`None`: as long as it takes); `None` back when
+    /// the timeout passed first. Never call it on the arbiter's thread.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Result<Upgraded, UpgradeError>> {
+        let outcome = match timeout {
+            Some(t) => match self.rx.recv_timeout(t) {
+                Ok(o) => Ok(o),
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(()),
+            },
+            None => self.rx.recv().map_err(|_| ()),
+        };
+        Some(outcome.unwrap_or(Err(UpgradeError::Abandoned)))
+    }
+}
+
+/// An upgrade under way.
+struct Starting {
+    /// The process started (the new arbiter, or its daemonizing launcher).
+    pid: i32,
+    pidfd: Option<(OwnedFd, Token)>,
+    report: OwnedFd,
+    /// `None` once the new arbiter closed its end.
+    report_token: Option<Token>,
+    buf: Vec<u8>,
+    mainpid: Option<i32>,
+    deadline: Option<Instant>,
+    /// How the started process ended, once it has.
+    ended: Option<String>,
+}
+
+enum State {
+    Idle,
+    Starting(Starting),
+    HandedOver(i32),
+}
+
+/// A [`Layer`] that holds the pool's listening sockets: it re-executes the
+/// program on request with the sockets handed over (see the [module
+/// docs](self)), and makes a graceful stop refuse new connections at once.
+pub struct Upgrader {
+    reexec: Reexec,
+    handover: Vec<(String, OwnedFd)>,
+    timeout: Duration,
+    refuse_on_stop: bool,
+    trigger: Arc<Trigger>,
+    wake_r: OwnedFd,
+    wake_token: Option<Token>,
+    waiting: Vec<Reply>,
+    state: State,
+    /// Started processes of failed upgrades, reaped when they end.
+    leftovers: Vec<(i32, OwnedFd, Token)>,
+}
+
+impl fmt::Debug for Upgrader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upgrader")
+            .field("reexec", &self.reexec)
+            .field("sockets", &self.handover.len())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upgrader {
+    /// An upgrader that starts `reexec`, with no sockets yet.
+    ///
+    /// # Errors
+    ///
+    /// The wake pipe cannot be made.
+    pub fn new(reexec: Reexec) -> io::Result<Self> {
+        use rustix::pipe::{PipeFlags, pipe_with};
+        let (wake_r, wake) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        Ok(Self {
+            reexec,
+            handover: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            refuse_on_stop: true,
+            trigger: Arc::new(Trigger {
+                queue: Mutex::new(Vec::new()),
+                wake,
+            }),
+            wake_r,
+            wake_token: None,
+            waiting: Vec::new(),
+            state: State::Idle,
+            leftovers: Vec::new(),
+        })
+    }
+
+    /// Hands a copy of `socket` to the new arbiter under `name` (a
+    /// `LISTEN_FDNAMES` entry; the order of calls is the order of fds 3, 4,
+    /// ...), and shuts it down when a graceful stop begins. Any descriptor can
+    /// be handed over (a control socket, say); only listening sockets are
+    /// shut down.
+    ///
+    /// # Errors
+    ///
+    /// The descriptor cannot be duplicated, or `name` holds a `:`.
+    pub fn listener(mut self, name: &str, socket: impl AsFd) -> io::Result<Self> {
+        if name.contains(':') || name.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a socket name must be non-empty and have no `:`",
+            ));
+        }
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        self.handover.push((name.to_owned(), fd));
+        Ok(self)
+    }
+
+    /// How long the new arbiter may take to report ready (default
+    /// [`DEFAULT_TIMEOUT`]; pass the pool's start timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether a graceful stop shuts the listening sockets down at once
+    /// (default true).
+    pub fn refuse_on_stop(mut self, refuse: bool) -> Self {
+        self.refuse_on_stop = refuse;
+        self
+    }
+
+    /// A handle that asks for an upgrade.
+    pub fn handle(&self) -> UpgradeHandle {
+        UpgradeHandle {
+            trigger: Arc::clone(&self.trigger),
+        }
+    }
+
+    fn answer(&mut self, outcome: &Result<Upgraded, UpgradeError>) {
+        for reply in self.waiting.drain(..) {
+            let copy = match outcome {
+                Ok(done) => Ok(*done),
+                Err(e) => Err(copy_error(e)),
+            };
+            let _ = reply.send(copy);
+        }
+    }
+
+    fn requested(&mut self, ctx: &mut Context<'_>) {
+        let mut buf = [0u8; 64];
+        while matches!(rustix::io::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
+        let new: Vec<Reply> =
+            std::mem::take(&mut *self.trigger.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        if new.is_empty() {
+            return;
+        }
+        match &self.state {
+            State::Starting(s) => {
+                log::warn!(target: "ufork", "upgrade refused: one is already under way (new arbiter pid {})", s.pid);
+                for reply in new {
+                    let _ = reply.send(Err(UpgradeError::InProgress { pid: s.pid }));
+                }
+            }
+            State::HandedOver(pid) => {
+                log::warn!(target: "ufork", "upgrade refused: this arbiter already handed over to pid {pid}");
+                for reply in new {
+                    let _ = reply.send(Err(UpgradeError::Stopping));
+                }
+            }
+            State::Idle if ctx.handle().snapshot().stopping => {
+                log::warn!(target: "ufork", "upgrade refused: the pool is stopping");
+                for reply in new {
+                    let _ = reply.send(Err(UpgradeError::Stopping));
+                }
+            }
+            State::Idle => {
+                self.waiting = new;
+                if let Err(e) = self.start(ctx) {
+                    log::error!(target: "ufork", "upgrade failed, still serving: {}", chain(&e));
+                    self.answer(&Err(e));
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, ctx: &mut Context<'_>) -> Result<(), UpgradeError> {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let (report, theirs) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
+                .map_err(|e| UpgradeError::Socket(e.into()))?;
+        let program = self.reexec.program.display().to_string();
+        let spawn_error = |source| UpgradeError::Spawn {
+            program: program.clone(),
+            source,
+        };
+        let plan = self
+            .reexec
+            .plan(&self.handover, &theirs)
+            .map_err(spawn_error)?;
+        let pid = sys::spawn(&plan).map_err(spawn_error)?;
+        drop(theirs);
+        log::info!(
+            target: "ufork",
+            "upgrade: started pid {pid}: {} (handing over {} sockets); waiting up to {:?} for its workers",
+            sys::lossy(&plan.program),
+            self.handover.len(),
+            self.timeout
+        );
+        let pidfd = rustix::process::Pid::from_raw(pid)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            .map(|fd| {
+                let token = ctx.register(fd.as_fd(), crate::Interest::READABLE);
+                (fd, token)
+            });
+        let report_token = ctx.register(report.as_fd(), crate::Interest::READABLE);
+        self.state = State::Starting(Starting {
+            pid,
+            pidfd,
+            report,
+            report_token: Some(report_token),
+            buf: Vec::new(),
+            mainpid: None,
+            deadline: Instant::now().checked_add(self.timeout),
+            ended: None,
+        });
+        Ok(())
+    }
+
+    /// Reads the new arbiter's reports; the outcome once there is one.
+    fn read_report(s: &mut Starting) -> Option<Result<Upgraded, String>> {
+        let mut buf = [0u8; 4096];
+        let mut eof = false;
+        loop {
+            match rustix::net::recv(&s.report, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    eof = true;
+                    break;
+                }
+                Ok((n, _)) => {
+                    s.buf.extend_from_slice(&buf[..n.min(buf.len())]);
+                    s.buf.push(b'\n');
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&s.buf).into_owned();
+        s.buf.clear();
+        let mut ready = false;
+        for line in text.lines() {
+            if line == "READY=1" {
+                ready = true;
+            } else if let Some(pid) = line.strip_prefix("MAINPID=") {
+                s.mainpid = pid.trim().parse().ok();
+            }
+        }
+        if ready {
+            return Some(Ok(Upgraded {
+                pid: s.mainpid.unwrap_or(s.pid),
+            }));
+        }
+        eof.then(|| {
+            Err(s
+                .ended
+                .clone()
+                .unwrap_or_else(|| "closed the upgrade socket".to_owned()))
+        })
+    }
+
+    fn finish(&mut self, outcome: Result<Upgraded, UpgradeError>, ctx: &mut Context<'_>) {
+        let State::Starting(s) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        if let Some(token) = s.report_token {
+            ctx.deregister(token);
+        }
+        if let Some((_, token)) = &s.pidfd {
+            ctx.deregister(*token);
+        }
+        match &outcome {
+            Ok(done) => {
+                log::info!(target: "ufork", "upgrade: pid {} is serving; stopping this arbiter gracefully", done.pid);
+                self.state = State::HandedOver(done.pid);
+                ctx.handle().stop();
+            }
+            Err(e) => {
+                if matches!(e, UpgradeError::Timeout { .. }) {
+                    let target = s.mainpid.unwrap_or(s.pid);
+                    if let Some(pid) = rustix::process::Pid::from_raw(target) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                    }
+                }
+                log::error!(target: "ufork", "upgrade failed, still serving: {e}");
+                // Still running (told to stop): reap it when it ends, so no
+                // zombie remains.
+                if let Some((fd, _)) = s.pidfd {
+                    let token = ctx.register(fd.as_fd(), crate::Interest::READABLE);
+                    self.leftovers.push((s.pid, fd, token));
+                }
+            }
+        }
+        self.answer(&outcome);
+    }
+
+    fn child_ended(&mut self, ctx: &mut Context<'_>) {
+        let State::Starting(s) = &mut self.state else {
+            return;
+        };
+        if let Some((_, token)) = s.pidfd.take() {
+            ctx.deregister(token);
+        }
+        let how = match rustix::process::Pid::from_raw(s.pid)
+            .map(|p| rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG))
+        {
+            Some(Ok(Some((_, status)))) => describe(status),
+            _ => "ended".to_owned(),
+        };
+        // A launcher that daemonized exits 0 and its daemon holds the
+        // report socket: wait for the daemon's report, or its EOF.
+        let daemonized = how == "exited with status 0";
+        s.ended = Some(how);
+        if s.report_token.is_none() || !daemonized {
+            let outcome = match Self::read_report(s) {
+                Some(Ok(done)) => Ok(done),
+                _ => Err(UpgradeError::Exited {
+                    pid: s.pid,
+                    how: s.ended.clone().unwrap_or_default(),
+                }),
+            };
+            self.finish(outcome, ctx);
+        }
+    }
+}
+
+fn describe(status: rustix::process::WaitStatus) -> String {
+    if let Some(code) = status.exit_status() {
+        format!("exited with status {code}")
+    } else if let Some(sig) = status.terminating_signal() {
+        match crate::signal_name(sig) {
+            Some(name) => format!("was killed by {name}"),
+            None => format!("was killed by signal {sig}"),
+        }
+    } else {
+        "ended".to_owned()
+    }
+}
+
+fn copy_error(e: &UpgradeError) -> UpgradeError {
+    match e {
+        UpgradeError::InProgress { pid } => UpgradeError::InProgress { pid: *pid },
+        UpgradeError::Stopping => UpgradeError::Stopping,
+        UpgradeError::Socket(e) => UpgradeError::Socket(io::Error::new(e.kind(), e.to_string())),
+        UpgradeError::Spawn { program, source } => UpgradeError::Spawn {
+            program: program.clone(),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        UpgradeError::Exited { pid, how } => UpgradeError::Exited {
+            pid: *pid,
+            how: how.clone(),
+        },
+        UpgradeError::Timeout { pid, timeout } => UpgradeError::Timeout {
+            pid: *pid,
+            timeout: *timeout,
+        },
+        UpgradeError::Abandoned => UpgradeError::Abandoned,
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Layer for Upgrader {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        self.wake_token = Some(ctx.register(self.wake_r.as_fd(), crate::Interest::READABLE));
+        // Requests made before the run.
+        self.requested(ctx);
+    }
+
+    fn event(&mut self, token: Token, readiness: Readiness, ctx: &mut Context<'_>) {
+        if Some(token) == self.wake_token {
+            self.requested(ctx);
+            return;
+        }
+        if let Some(i) = self.leftovers.iter().position(|(_, _, t)| *t == token) {
+            let (pid, _fd, token) = self.leftovers.swap_remove(i);
+            ctx.deregister(token);
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+            }
+            return;
+        }
+        let State::Starting(s) = &mut self.state else {
+            return;
+        };
+        if Some(token) == s.report_token {
+            let pid = s.pid;
+            match Self::read_report(s) {
+                Some(Ok(done)) => self.finish(Ok(done), ctx),
+                None if !readiness.hangup => {}
+                // Closed without READY: when the started process is still
+                // ours to reap, its exit status says more; wait for it.
+                _ if s.pidfd.is_some() => {
+                    ctx.deregister(token);
+                    s.report_token = None;
+                }
+                _ => {
+                    let how = s
+                        .ended
+                        .clone()
+                        .unwrap_or_else(|| "closed the upgrade socket".to_owned());
+                    self.finish(Err(UpgradeError::Exited { pid, how }), ctx);
+                }
+            }
+        } else if s.pidfd.as_ref().is_some_and(|(_, t)| *t == token) {
+            self.child_ended(ctx);
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<'_>) {
+        let State::Starting(s) = &self.state else {
+            return;
+        };
+        if s.deadline.is_some_and(|d| Instant::now() >= d) {
+            let pid = s.mainpid.unwrap_or(s.pid);
+            let timeout = self.timeout;
+            self.finish(Err(UpgradeError::Timeout { pid, timeout }), ctx);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Starting(s) => s.deadline,
+            _ => None,
+        }
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<'_>) {
+        if matches!(self.state, State::Starting(_)) {
+            let State::Starting(s) = &self.state else {
+                return;
+            };
+            let pid = s.mainpid.unwrap_or(s.pid);
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+            log::warn!(target: "ufork", "upgrade abandoned: the pool is stopping; sent SIGTERM to pid {pid}");
+            self.finish(Err(UpgradeError::Stopping), ctx);
+        }
+        if self.refuse_on_stop && !matches!(self.state, State::HandedOver(_)) {
+            for (_, fd) in &self.handover {
+                // Only listening sockets change; anything else says ENOTCONN
+                // or ENOTSOCK, which is fine to ignore.
+                let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Read);
+            }
+        }
+    }
+
+    fn stopped(&mut self) {
+        self.answer(&Err(UpgradeError::Abandoned));
+    }
+}
+
+/// What an upgrading arbiter handed to this process: the sockets and the
+/// report descriptor. Take it once, first thing in `main`.
+#[derive(Debug)]
+pub struct Handover {
+    listeners: Vec<(String, Option<OwnedFd>)>,
+    report: Option<OwnedFd>,
+}
+
+impl Handover {
+    /// Takes what an upgrading arbiter handed to this process, and removes the
+    /// variables from the environment (while the process has one thread).
+    /// `None` when this process was not started by an upgrade (no
+    /// `UFORK_UPGRADE_FD`, or `LISTEN_PID` is another process'), or when it
+    /// was taken before.
+    ///
+    /// # Errors
+    ///
+    /// The variables are malformed or name descriptors that are not open.
+    pub fn take() -> io::Result<Option<Self>> {
+        let var = |name| std::env::var(name).ok();
+        let Some(report_at) = var(REPORT_FD_ENV) else {
+            return Ok(None);
+        };
+        let ours = std::process::id().to_string();
+        if var("LISTEN_PID").as_deref() != Some(ours.as_str()) {
+            return Ok(None);
+        }
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let count: usize = var("LISTEN_FDS")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad("LISTEN_FDS is not a number"))?;
+        let report_at: i32 = report_at
+            .parse()
+            .map_err(|_| bad("UFORK_UPGRADE_FD is not a number"))?;
+        let names: Vec<String> = var("LISTEN_FDNAMES")
+            .map(|n| n.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        let Some(mut fds) = sys::adopt(count, Some(report_at))? else {
+            return Ok(None);
+        };
+        sys::remove_env(&[
+            LISTEN_VARS[0],
+            LISTEN_VARS[1],
+            LISTEN_VARS[2],
+            REPORT_FD_ENV,
+        ]);
+        let report = fds.pop();
+        let listeners = fds
+            .into_iter()
+            .enumerate()
+            .map(|(i, fd)| {
+                let name = names.get(i).cloned().unwrap_or_else(|| "unknown".into());
+                (name, Some(fd))
+            })
+            .collect();
+        Ok(Some(Self { listeners, report }))
+    }
+
+    /// The names of the handed-over descriptors, in order (fds 3, 4, ...).
+    pub fn names(&self) -> Vec<&str> {
+        self.listeners.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Takes the first handed-over descriptor named `name` not taken yet.
+    pub fn take_listener(&mut self, name: &str) -> Option<OwnedFd> {
+        self.listeners
+            .iter_mut()
+            .find(|(n, fd)| n == name && fd.is_some())
+            .and_then(|(_, fd)| fd.take())
+    }
+
+    /// Takes every descriptor not taken yet, with its name, in order.
+    pub fn take_all(&mut self) -> Vec<(String, OwnedFd)> {
+        self.listeners
+            .iter_mut()
+            .filter_map(|(n, fd)| fd.take().map(|fd| (n.clone(), fd)))
+            .collect()
+    }
+
+    /// The layer that tells the old arbiter `READY=1` once every worker of
+    /// this pool is ready (add it to the new arbiter's builder).
+    pub fn reporter(self) -> Option<ReadyReporter> {
+        self.report.map(|report| ReadyReporter {
+            report: Some(report),
+            token: None,
+            check: Instant::now(),
+        })
+    }
+}
+
+/// How often the reporter looks at the scoreboard while workers boot.
+const READY_POLL: Duration = Duration::from_millis(10);
+
+/// A [`Layer`] for the new arbiter: reports `READY=1` and `MAINPID=` to the
+/// old one once every worker is ready, then closes the socket. Dropped
+/// without reporting (the pool stopped first), the old arbiter hears EOF and
+/// keeps serving.
+#[derive(Debug)]
+pub struct ReadyReporter {
+    report: Option<OwnedFd>,
+    token: Option<Token>,
+    check: Instant,
+}
+
+impl Layer for ReadyReporter {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        // Registered so forked workers close their copy: only this process
+        // may hold the old arbiter's socket open.
+        if let Some(fd) = &self.report {
+            self.token = Some(ctx.register(fd.as_fd(), crate::Interest::default()));
+            // The pid first, so a timed-out upgrade stops this process even
+            // when it daemonized away from the one the old arbiter started.
+            let message = format!("MAINPID={}\n", std::process::id());
+            let _ = rustix::net::send(fd, message.as_bytes(), rustix::net::SendFlags::NOSIGNAL);
+        }
+    }
+
+    fn event(&mut self, token: Token, readiness: Readiness, ctx: &mut Context<'_>) {
+        if Some(token) == self.token && (readiness.hangup || readiness.error) {
+            // The old arbiter is gone: nobody to report to.
+            ctx.deregister(token);
+            self.token = None;
+            self.report = None;
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<'_>) {
+        if self.report.is_none() || Instant::now() < self.check {
+            return;
+        }
+        self.check = Instant::now() + READY_POLL;
+        let snapshot = ctx.handle().snapshot();
+        if snapshot.stopping || snapshot.target == 0 || snapshot.ready_count() < snapshot.target {
+            return;
+        }
+        let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+        if let Some(fd) = self.report.take() {
+            if let Err(e) =
+                rustix::net::send(&fd, message.as_bytes(), rustix::net::SendFlags::NOSIGNAL)
+            {
+                log::error!(target: "ufork", "cannot tell the old arbiter this one is ready: {e}");
+            }
+            if let Some(token) = self.token.take() {
+                ctx.deregister(token);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.report.is_some().then_some(self.check)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_names_this_program_and_its_arguments() {
+        let reexec = Reexec::capture().unwrap();
+        assert!(reexec.program().is_absolute());
+        assert!(reexec.program().exists(), "{}", reexec.program().display());
+        assert_eq!(reexec.args().len(), std::env::args_os().count() - 1);
+    }
+
+    #[test]
+    fn plan_replaces_socket_activation_and_places_the_report_last() {
+        let reexec = Reexec::new("/bin/true", ["a", "b"]).unwrap();
+        let (a, b) = rustix::pipe::pipe().unwrap();
+        let handover = vec![("http".to_owned(), a), ("admin".to_owned(), b)];
+        let (report, _theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let plan = reexec.plan(&handover, &report).unwrap();
+        let env: Vec<String> = plan.env.iter().map(|e| sys::lossy(e)).collect();
+        assert!(env.contains(&"LISTEN_FDS=2".to_owned()), "{env:?}");
+        assert!(env.contains(&"LISTEN_FDNAMES=http:admin".to_owned()));
+        assert!(env.contains(&format!("{REPORT_FD_ENV}=5")));
+        assert!(!env.iter().any(|e| e.starts_with("LISTEN_PID=")));
+        assert_eq!(plan.fds.len(), 3);
+        assert_eq!(plan.fds[2], report.as_raw_fd());
+        assert_eq!(plan.args.len(), 2);
+    }
+
+    #[test]
+    fn a_nul_in_an_argument_is_an_error_not_a_panic() {
+        let reexec = Reexec::new("/bin/true", ["a\0b"]).unwrap();
+        let (report, _theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let err = reexec.plan(&[], &report).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,210 @@
+//! In-place upgrade through the library: `Upgrader` re-executes a program with
+//! the listening sockets handed over, waits for its report, and the old pool
+//! drains (or keeps serving when the new one fails).
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use ufork_core::upgrade::{Reexec, UpgradeError, Upgrader};
+use ufork_core::{Arbiter, StopCause};
+
+use crate::util::{self, DEADLINE, SpawnGuarded, lock};
+
+/// A stand-in for the new arbiter: checks what it was handed (systemd's
+/// variables naming itself, the listener at fd 3, the report socket at fd 4)
+/// and reports like `ReadyReporter`, one message per write.
+const CHECK_AND_REPORT: &str = r#"
+[ "$LISTEN_PID" = "$$" ] && [ "$LISTEN_FDS" = 1 ] && [ "$LISTEN_FDNAMES" = http ] \
+  && [ "$UFORK_UPGRADE_FD" = 4 ] || exit 7
+[ "$(readlink /proc/$$/fd/3)" = "socket:[$1]" ] || exit 8
+printf 'MAINPID=%s\n' $$ >&4
+printf 'READY=1\n' >&4
+"#;
+
+fn inode(listener: &TcpListener) -> String {
+    rustix::fs::fstat(listener.as_fd())
+        .unwrap()
+        .st_ino
+        .to_string()
+}
+
+fn sh(script: &str, args: &[&str]) -> Reexec {
+    let mut all = vec!["-c", script, "sh"];
+    all.extend(args);
+    Reexec::new("/bin/sh", all).unwrap()
+}
+
+fn wait_ready(handle: &ufork_core::Handle, n: usize) {
+    util::wait_until("workers ready", || handle.snapshot().ready_count() == n);
+}
+
+fn idle_worker(worker: &mut ufork_core::Worker) -> Result<(), String> {
+    while !worker.wait_for_stop(Some(Duration::from_millis(200))) {
+        worker.heartbeat();
+    }
+    Ok(())
+}
+
+#[test]
+fn upgrade_hands_the_listener_over_and_the_old_pool_drains() {
+    let _g = lock();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upgrader = Upgrader::new(sh(CHECK_AND_REPORT, &[&inode(&listener)]))
+        .unwrap()
+        .timeout(DEADLINE)
+        .listener("http", &listener)
+        .unwrap();
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 2);
+
+    let done = upgrades.upgrade().wait(Some(DEADLINE)).expect("an outcome");
+    let done = done.expect("the upgrade succeeds");
+    let outcome = joiner.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::Handle);
+    assert!(outcome.graceful);
+    assert_eq!(outcome.history.len(), 2, "both old workers drained");
+
+    // READY=1 came only after the stand-in's checks passed. It is this
+    // process' child: reap it unless the upgrader already did.
+    let pid = rustix::process::Pid::from_raw(done.pid).unwrap();
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    // A handover stop leaves the sockets listening for the new arbiter.
+    TcpStream::connect(addr).expect("the listener still accepts after a handover");
+    assert_eq!(util::children_of_self(), Vec::<i32>::new());
+}
+
+#[test]
+fn a_failed_upgrade_keeps_the_pool_serving_and_a_stop_refuses_new_connections() {
+    let _g = lock();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upgrader = Upgrader::new(sh("exit 3", &[]))
+        .unwrap()
+        .timeout(DEADLINE)
+        .listener("http", &listener)
+        .unwrap();
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 2);
+
+    let err = upgrades
+        .upgrade()
+        .wait(Some(DEADLINE))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, UpgradeError::Exited { how, .. } if how == "exited with status 3"),
+        "{err}"
+    );
+    assert!(
+        util::logs()
+            .iter()
+            .any(|l| l.contains("upgrade failed, still serving")),
+        "{:?}",
+        util::logs()
+    );
+    let snapshot = handle.snapshot();
+    assert!(snapshot.running && !snapshot.stopping);
+    assert_eq!(snapshot.ready_count(), 2);
+    TcpStream::connect(addr).expect("still listening");
+
+    handle.stop();
+    let outcome = joiner.join().unwrap().unwrap();
+    assert!(outcome.graceful);
+    let refused = TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(util::children_of_self(), Vec::<i32>::new());
+}
+
+#[test]
+fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refused() {
+    let _g = lock();
+    let missing = Reexec::new("/nonexistent/ufork-new", ["serve"]).unwrap();
+    let upgrader = Upgrader::new(missing).unwrap();
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    let err = upgrades
+        .upgrade()
+        .wait(Some(DEADLINE))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, UpgradeError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+    handle.stop();
+    joiner.join().unwrap().unwrap();
+
+    // A new arbiter that reports its pid but never READY=1: the second
+    // request is refused while the first waits, which then times out and
+    // stops it (blocked reading the socket, it dies of the SIGTERM).
+    let hangs = sh(
+        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600",
+        &[],
+    );
+    let upgrader = Upgrader::new(hangs)
+        .unwrap()
+        .timeout(Duration::from_millis(500));
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    let first = upgrades.upgrade();
+    util::wait_until("the upgrade started", || {
+        util::logs()
+            .iter()
+            .any(|l| l.contains("upgrade: started pid"))
+    });
+    let second = upgrades
+        .upgrade()
+        .wait(Some(DEADLINE))
+        .unwrap()
+        .unwrap_err();
+    let UpgradeError::InProgress { pid } = second else {
+        panic!("{second:?}")
+    };
+    assert!(
+        util::logs()
+            .iter()
+            .any(|l| l.contains("upgrade refused: one is already under way")),
+    );
+    let first = first.wait(Some(DEADLINE)).unwrap().unwrap_err();
+    assert!(
+        matches!(first, UpgradeError::Timeout { pid: p, .. } if p == pid),
+        "{first:?}"
+    );
+    assert!(
+        util::wait_exit(pid, DEADLINE),
+        "the new arbiter was stopped"
+    );
+    util::wait_until("the stopped arbiter was reaped", || {
+        util::children_of_self().iter().all(|c| *c != pid)
+    });
+    assert!(handle.snapshot().running);
+    handle.stop();
+    joiner.join().unwrap().unwrap();
+    assert_eq!(util::children_of_self(), Vec::<i32>::new());
+}
