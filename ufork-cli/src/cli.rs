@@ -21,8 +21,12 @@ Signals (to the arbiter, the `ufork` process that runs the pool):
   TTIN, TTOU  one worker more, one worker less
   USR1        reopen the log file (after an external logrotate)
 
-Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 not running (status,
-stop, reload).
+Exit codes (every subcommand):
+  0  success
+  1  runtime failure (for `ctl`: a command the pool refused)
+  2  usage error: a bad flag or value
+  3  not running: `status`, `stop`, `reload` and `ctl` found no pool
+  4  reserved for `status`: the pool runs degraded
 
 Examples:
   ufork serve                               hello app on http://127.0.0.1:8000
@@ -66,7 +70,9 @@ pub struct PoolArgs {
     #[arg(short, long, value_name = "N", value_parser = parse_workers, allow_negative_numbers = true)]
     pub workers: Option<u32>,
 
-    /// Kill and replace a worker not ready this long after it started.
+    /// Kill and replace a worker not ready this long after it started. (The
+    /// ufork-core library defaults to 600 s, for apps that load for minutes;
+    /// the command uses 60 s so a start that hangs shows while you watch.)
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60", allow_negative_numbers = true)]
     pub start_timeout: Duration,
 
@@ -95,7 +101,7 @@ pub struct PoolArgs {
     pub log_file: Option<PathBuf>,
 
     /// Rotate the log file when it reaches this size (e.g. 10M).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "10M", requires = "log_file", allow_negative_numbers = true)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "8M", requires = "log_file", allow_negative_numbers = true)]
     pub log_max_bytes: u64,
 
     /// Rotated log files to keep (PATH.1 ... PATH.N), at least 1.
@@ -103,7 +109,7 @@ pub struct PoolArgs {
         long,
         value_name = "N",
         value_parser = parse_count_u32,
-        default_value = "5",
+        default_value = "8",
         requires = "log_file",
         allow_negative_numbers = true
     )]
@@ -135,5 +141,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// One set of defaults: the command's are the crates' (start timeout
+    /// aside, whose difference the help explains).
+    #[test]
+    fn defaults_are_the_crates_defaults() {
+        let cli = Cli::try_parse_from(["ufork", "serve", "--log-file", "x.log"]).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve")
+        };
+        let pool = serve.pool;
+        assert_eq!(pool.log_max_bytes, ufork_daemon::DEFAULT_MAX_SIZE);
+        assert_eq!(pool.log_keep as usize, ufork_daemon::DEFAULT_BACKUPS);
+        assert_eq!(pool.max_booting as usize, ufork_core::DEFAULT_MAX_BOOTING);
+        assert_eq!(pool.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(pool.start_timeout, Duration::from_secs(60));
+        assert!(serve.timeout.is_none());
     }
 }

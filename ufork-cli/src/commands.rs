@@ -177,8 +177,8 @@ pub fn status_table(snap: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} workers (target {}), {} ready{}; arbiter pid {}",
-        snap.workers.len(),
+        "{} (target {}), {} ready{}; arbiter pid {}",
+        workers(snap.workers.len()),
         snap.target,
         snap.ready_count(),
         if snap.stopping { ", stopping" } else { "" },

@@ -450,11 +450,12 @@ impl Client {
     /// most `timeout`. Returns whether it did.
     pub fn wait_closed(&mut self, timeout: Duration) -> bool {
         let stream = self.reader.get_mut();
-        let deadline = std::time::Instant::now() + timeout;
+        // A deadline past what `Instant` holds is no deadline.
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let mut buf = [0u8; 256];
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) || stream.set_read_timeout(left).is_err() {
                 return false;
             }
             match stream.read(&mut buf) {

@@ -91,6 +91,30 @@ pub fn bind_all(binds: &[String], allow_names: bool) -> Result<Vec<Listener>> {
     Ok(listeners)
 }
 
+/// Refuses to start when the pidfile names a live pool, before anything is
+/// bound: a second start then says "already running as pid N" rather than
+/// "address in use". The lock itself is taken later (in the daemon, for
+/// `--daemon`); this only looks at it, so two starts racing each other still
+/// meet at the lock.
+///
+/// # Errors
+///
+/// A runtime failure naming the running pid and how to stop it.
+pub fn check_pidfile(pool: &PoolArgs) -> Result<()> {
+    let Some(path) = &pool.pidfile else {
+        return Ok(());
+    };
+    match ufork_daemon::status(path) {
+        Ok(ufork_daemon::Status::Running { pid }) => Err(failure::runtime(format!(
+            "--pidfile {}: already running as pid {pid}; stop it with `ufork stop --pidfile {}`",
+            path.display(),
+            path.display()
+        ))),
+        // Anything else is for the lock to report, with its own message.
+        _ => Ok(()),
+    }
+}
+
 /// The number of workers: `--workers`, or the number of CPUs.
 pub fn workers(pool: &PoolArgs) -> usize {
     pool.workers.map(|w| w as usize).unwrap_or_else(|| {

@@ -55,8 +55,17 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     if !value.is_finite() || value <= 0.0 {
         return Err("must be positive".to_owned());
     }
-    Duration::try_from_secs_f64(value * scale).map_err(|_| "is too long".to_owned())
+    let seconds = value * scale;
+    if seconds > MAX_SECONDS as f64 {
+        return Err(format!("must be at most {MAX_SECONDS} seconds (100 years)"));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| "is too long".to_owned())
 }
+
+/// The longest duration a flag takes: 100 years, which is "never" for any
+/// pool, yet leaves every deadline (`Instant` plus it, in nanoseconds) far
+/// from overflowing.
+pub const MAX_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
 /// Parses a size in bytes: `1048576`, `512K`, `512M`, `2G`, `1.5GiB`, `10MB`.
 /// Units are binary (K = 1024) whichever spelling is used.
@@ -142,6 +151,17 @@ mod tests {
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("abc").is_err());
         assert!(parse_seconds("3 weeks").is_err());
+        assert_eq!(
+            parse_seconds("3153600000"),
+            Ok(Duration::from_secs(MAX_SECONDS))
+        );
+        for huge in ["3153600001", "18446744073", "10000000000000000000"] {
+            assert_eq!(
+                parse_seconds(huge),
+                Err("must be at most 3153600000 seconds (100 years)".to_owned()),
+                "{huge}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `ufork` binary.
 
+mod cli;
 mod util;
 
 use std::os::unix::fs::PermissionsExt;

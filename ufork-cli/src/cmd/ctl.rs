@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::cmd::target;
 use crate::control::Client;
-use crate::failure::{self, Failure, Result, runtime};
+use crate::failure::{self, Result, runtime};
 use crate::{commands, console, editor, term};
 
 /// Flags for `ufork ctl`.
@@ -53,10 +53,8 @@ pub fn exec(args: &CtlArgs) -> Result<()> {
             "COMMAND is empty; give a command like `status`, or none for a prompt",
         ));
     }
-    let mut client = target::connect(&args.control_socket).map_err(|e| match e {
-        Failure::NotRunning(m) => runtime(m),
-        other => other,
-    })?;
+    // Nothing listening is "not running" (exit 3), as for `stop` and `reload`.
+    let mut client = target::connect(&args.control_socket).map_err(target::nothing_to_do)?;
     if !args.command.is_empty() {
         let (text, ok) = client.send(&command)?;
         let is_stop = command.split_whitespace().next() == Some("stop");
@@ -72,30 +70,39 @@ pub fn exec(args: &CtlArgs) -> Result<()> {
     if console::available() {
         return prompt(&mut client);
     }
-    // Not a terminal: plain lines, no prompt (`echo status | ufork ctl ...`).
+    // Not a terminal: plain lines, no prompt (`echo status | ufork ctl ...`),
+    // and exit 1 if any of them failed, as one command would.
     let stdin = std::io::stdin();
+    let mut failed = 0usize;
     loop {
         let mut line = String::new();
-        if stdin
+        let read = stdin
             .read_line(&mut line)
-            .map_err(|e| runtime(e.to_string()))?
-            == 0
-        {
-            return Ok(());
+            .map_err(|e| runtime(e.to_string()))?;
+        if read == 0 {
+            break;
         }
-        if one_line(&mut client, line.trim())?.is_break() {
-            return Ok(());
+        let (flow, ok) = one_line(&mut client, line.trim())?;
+        failed += usize::from(!ok);
+        if flow.is_break() {
+            break;
         }
+    }
+    match failed {
+        0 => Ok(()),
+        1 => Err(runtime("1 command failed")),
+        n => Err(runtime(format!("{n} commands failed"))),
     }
 }
 
-/// Runs one line typed at the `ufork ctl` prompt; `Break` when done.
-fn one_line(client: &mut Client, line: &str) -> Result<ControlFlow<()>> {
+/// Runs one line typed at the `ufork ctl` prompt; `Break` when done, and
+/// whether the command succeeded.
+fn one_line(client: &mut Client, line: &str) -> Result<(ControlFlow<()>, bool)> {
     if line.is_empty() {
-        return Ok(ControlFlow::Continue(()));
+        return Ok((ControlFlow::Continue(()), true));
     }
     if matches!(line, "quit" | "exit") {
-        return Ok(ControlFlow::Break(()));
+        return Ok((ControlFlow::Break(()), true));
     }
     let (text, ok) = client.send_reconnecting(line)?;
     let text = if ok { text } else { format!("error: {text}") };
@@ -104,9 +111,9 @@ fn one_line(client: &mut Client, line: &str) -> Result<ControlFlow<()>> {
         if client.wait_closed(Duration::from_secs(120)) {
             term::say("stopped");
         }
-        return Ok(ControlFlow::Break(()));
+        return Ok((ControlFlow::Break(()), true));
     }
-    Ok(ControlFlow::Continue(()))
+    Ok((ControlFlow::Continue(()), ok))
 }
 
 /// The `ufork ctl` prompt on a terminal: the `ufork>>` line editor in raw
@@ -135,7 +142,7 @@ fn prompt(client: &mut Client) -> Result<()> {
                 Action::Line(line) => {
                     term::set_prompt(None);
                     term::say(format!("{}{line}", term::PROMPT_TEXT));
-                    if one_line(client, line.trim())?.is_break() {
+                    if one_line(client, line.trim())?.0.is_break() {
                         return Ok(());
                     }
                 }

@@ -64,6 +64,7 @@ pub struct RunArgs {
 
 /// Runs `ufork run`.
 pub fn exec(args: RunArgs) -> Result<()> {
+    pool::check_pidfile(&args.pool)?;
     let program = &args.command[0];
     let resolved = exec::resolve(program)?;
     // Bound first, so the sockets sit at fds 3, 4, ... already.

@@ -46,6 +46,7 @@ pub struct ServeArgs {
 
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
+    pool::check_pidfile(&args.pool)?;
     let root = match &args.dir {
         Some(dir) => Some(
             ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
@@ -93,7 +94,8 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         builder = builder.listener(l.socket);
     }
     if let Some(max) = args.max_requests {
-        builder = builder.max_requests(max, max / 10);
+        // The jitter is added to the limit: keep the sum a `u64`.
+        builder = builder.max_requests(max, (max / 10).min(u64::MAX - max));
     }
     let builder = builder.arbiter(|b| session.configure(&args.pool, b).workers(workers));
     let built = match root {

@@ -1,0 +1,130 @@
+//! Starting twice, and one exit-code table for every subcommand.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use rustix::process::Signal;
+
+use crate::util::*;
+
+/// The pidfile is looked at before anything is bound: a second start on the
+/// same address names the running pid, not the address in use.
+#[test]
+fn a_second_start_names_the_running_pid_before_binding() {
+    let dir = TempDir::new("twice");
+    let pidfile = dir.str("ufork.pid");
+    let mut first = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+    ]);
+    let addr = first.http_addr().to_string();
+    first.expect_line("started");
+    let pid = first.pid().to_string();
+    for daemon in [false, true] {
+        let mut args = vec!["serve", "--bind", &addr, "--pidfile", &pidfile];
+        if daemon {
+            args.push("--daemon");
+        }
+        let out = run(&args);
+        assert_one_line_error(
+            &out,
+            1,
+            &[
+                "--pidfile",
+                &format!("already running as pid {pid}"),
+                "ufork stop",
+            ],
+        );
+        assert!(!out.stderr.contains("in use"), "{out:#?}");
+        let mut run_args = vec!["run", "--bind", &addr, "--pidfile", &pidfile];
+        if daemon {
+            run_args.push("--daemon");
+        }
+        run_args.extend(["--", "true"]);
+        let out = run(&run_args);
+        assert_one_line_error(&out, 1, &[&format!("already running as pid {pid}")]);
+    }
+    first.signal(Signal::TERM);
+    assert_eq!(first.wait().code(), Some(0), "{}", first.transcript());
+}
+
+/// Runs `ufork ctl` with `input` on a pipe.
+fn ctl_piped(socket: &str, input: &str) -> Output {
+    let mut child = ufork()
+        .args(["ctl", "--control-socket", socket])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ufork ctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write commands");
+    let output = child.wait_with_output().expect("wait for ufork ctl");
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `ctl` follows the table: 3 when nothing listens, 1 when a piped command
+/// fails (the others still run); the status header says "1 worker".
+#[test]
+fn ctl_follows_the_exit_code_table() {
+    let dir = TempDir::new("ctlcodes");
+    let socket = dir.str("ctl.sock");
+    let out = run(&["ctl", "--control-socket", &socket, "status"]);
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+    assert!(out.stderr.starts_with("ufork: not running"), "{out:#?}");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    pool.expect_line("control socket");
+    wait_ready(&socket, 1);
+    let out = ctl_piped(&socket, "status\n");
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stdout.starts_with("1 worker (target 1), 1 ready;"),
+        "{out:#?}"
+    );
+    let out = ctl_piped(&socket, "dance\nworkers\n");
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(out.stdout.contains("error: unknown command"), "{out:#?}");
+    assert!(out.stdout.contains("1 worker (1 running)"), "{out:#?}");
+    assert_one_line_error(&out, 1, &["1 command failed"]);
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    let out = run(&["ctl", "--control-socket", &socket, "status"]);
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+}
+
+/// The table is in `--help`.
+#[test]
+fn help_has_the_exit_code_table() {
+    let out = run(&["--help"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    for row in [
+        "0  success",
+        "1  runtime failure",
+        "2  usage error",
+        "3  not running",
+        "4  reserved for `status`",
+    ] {
+        assert!(out.stdout.contains(row), "{row}: {out:#?}");
+    }
+}
