@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cmd::ctl::CtlArgs;
 use crate::cmd::run::RunArgs;
 use crate::cmd::serve::ServeArgs;
+use crate::cmd::status::StatusArgs;
 use crate::cmd::stop::StopArgs;
 use crate::cmd::target::TargetArgs;
 use crate::units::{parse_count_u32, parse_seconds, parse_size, parse_workers};
@@ -53,8 +54,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Supervise N copies of any program, handing each the listening sockets.
     Run(RunArgs),
-    /// Show the workers of a running pool; exit 0 if it runs, 3 if not.
-    Status(TargetArgs),
+    /// Show the workers of a running pool; exit 0 if it runs, 3 if not, 4 if
+    /// degraded (fewer workers ready than asked for longer than --start-timeout).
+    Status(StatusArgs),
     /// Stop a running pool gracefully and wait until it has exited; exit 3 if none runs.
     Stop(StopArgs),
     /// Restart every worker of a running pool, one at a time.
@@ -131,6 +133,11 @@ pub struct PoolArgs {
     /// No `ufork>>` prompt even when stdin is a terminal.
     #[arg(long)]
     pub no_prompt: bool,
+
+    /// Serve Prometheus metrics on GET /metrics and a health check on GET
+    /// /healthz (200 when every worker is ready, else 503) at HOST:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_bind: Option<String>,
 }
 
 #[cfg(test)]

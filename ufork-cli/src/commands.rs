@@ -36,6 +36,7 @@ impl Reply {
 pub const HELP: &str = "\
 commands:
   status              table of workers: slot, pid, state, uptime, last beat, requests, restarts, RSS
+  status json         the same and more as one JSON object (schema in the README)
   workers N           run N workers
   workers + | -       one worker more | one worker less
   restart [SLOT|all]  restart one worker, or all of them one at a time (default all)
@@ -53,6 +54,9 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
         [] => Reply::ok(""),
         ["help" | "?"] => Reply::ok(HELP),
         ["status"] => Reply::ok(status_table(&handle.snapshot())),
+        ["status", "json"] => Reply::ok(crate::status_json::render(&crate::health::view(
+            handle.snapshot(),
+        ))),
         ["history"] => Reply::ok(history(&handle.snapshot())),
         ["workers"] => {
             let snap = handle.snapshot();
@@ -142,7 +146,7 @@ pub fn execute(line: &str, handle: &Handle) -> Reply {
 fn usage(command: &str) -> Option<&'static str> {
     Some(match command {
         "help" | "?" => "help",
-        "status" => "status",
+        "status" => "status [json]",
         "history" => "history",
         "reopen" => "reopen",
         "workers" => "workers N | workers + | workers -",

@@ -15,6 +15,10 @@ pub enum Failure {
     /// `ufork stop` or `reload` found nothing running to act on: exit code 3,
     /// the message on stderr.
     NothingToDo(String),
+    /// `ufork status` found the pool degraded (fewer workers ready than its
+    /// target for longer than the start timeout): exit code 4, the message
+    /// on stderr.
+    Degraded(String),
 }
 
 impl Failure {
@@ -24,6 +28,7 @@ impl Failure {
             Self::Usage(_) => ExitCode::from(2),
             Self::Runtime(_) => ExitCode::from(1),
             Self::NotRunning(_) | Self::NothingToDo(_) => ExitCode::from(3),
+            Self::Degraded(_) => ExitCode::from(4),
         }
     }
 }
@@ -31,9 +36,11 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Usage(m) | Self::Runtime(m) | Self::NotRunning(m) | Self::NothingToDo(m) => {
-                f.write_str(m)
-            }
+            Self::Usage(m)
+            | Self::Runtime(m)
+            | Self::NotRunning(m)
+            | Self::NothingToDo(m)
+            | Self::Degraded(m) => f.write_str(m),
         }
     }
 }

@@ -16,10 +16,14 @@ mod control;
 mod editor;
 mod exec;
 mod failure;
+mod health;
 mod logger;
+mod metrics;
 mod notify;
 mod pool;
 mod privs;
+mod status_json;
+mod supervisor;
 mod term;
 mod units;
 mod usage;
@@ -49,6 +53,10 @@ fn main() -> ExitCode {
         Ok(Err(Failure::NotRunning(message))) => {
             println!("{message}");
             ExitCode::from(3)
+        }
+        Ok(Err(Failure::Degraded(message))) => {
+            let _ = writeln!(std::io::stderr(), "ufork: {message}");
+            ExitCode::from(4)
         }
         Ok(Err(Failure::NothingToDo(message))) => {
             let _ = writeln!(std::io::stderr(), "ufork: {message}");

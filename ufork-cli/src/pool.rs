@@ -19,6 +19,9 @@ use crate::cli::PoolArgs;
 use crate::console::{self, Console};
 use crate::control::Control;
 use crate::failure::{self, Failure, Result, io_text};
+use crate::health::Observer;
+use crate::metrics::Metrics;
+use crate::supervisor::Supervisor;
 use crate::{logger, privs, term};
 
 /// A bound listening socket and the name it is handed out under.
@@ -145,6 +148,9 @@ pub struct Session {
     control_path: Option<PathBuf>,
     prompt: bool,
     failure: Arc<Mutex<Option<String>>>,
+    supervisor: Option<Supervisor>,
+    metrics: Option<Metrics>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Session {
@@ -155,6 +161,9 @@ impl Session {
     ///
     /// A message naming the flag whose file or setting failed.
     pub fn start(pool: &PoolArgs) -> Result<Self> {
+        // Read before anything else runs: the variables describe this
+        // process, not the daemon or the workers it will make.
+        let supervisor = Supervisor::from_env();
         let log_builder = pool.log_file.as_ref().map(|path| {
             RotatingFile::builder(path)
                 .max_size(pool.log_max_bytes)
@@ -202,6 +211,9 @@ impl Session {
             control_path: control_path(pool),
             prompt: false,
             failure: Arc::new(Mutex::new(None)),
+            supervisor,
+            metrics: None,
+            metrics_addr: None,
         };
         if let Err(e) = session.setup(pool) {
             session.fail(&e);
@@ -211,6 +223,13 @@ impl Session {
     }
 
     fn setup(&mut self, pool: &PoolArgs) -> Result<()> {
+        // Bound before privileges drop, like the pool's own sockets.
+        self.metrics = pool
+            .metrics_bind
+            .as_deref()
+            .map(Metrics::bind)
+            .transpose()?;
+        self.metrics_addr = self.metrics.as_ref().map(Metrics::addr);
         if pool.user.is_some() || pool.group.is_some() {
             privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
         }
@@ -286,11 +305,23 @@ impl Session {
         if let Some(control) = self.control.take() {
             builder = builder.layer(control);
         }
+        builder = builder.layer(Observer::new(pool.start_timeout, self.supervisor.take()));
+        if let Some(metrics) = self.metrics.take() {
+            builder = builder.layer(metrics);
+        }
         builder
     }
 
     /// Tells the user how to reach and stop the pool.
     pub fn announce(&self, pool: &PoolArgs) {
+        if let Some(addr) = self.metrics_addr {
+            let line = format!("metrics on http://{addr}/metrics, health on http://{addr}/healthz");
+            if pool.daemon {
+                log::info!(target: "ufork", "{line}");
+            } else {
+                term::say(line);
+            }
+        }
         if pool.daemon {
             if let Some(path) = &self.control_path {
                 log::info!(target: "ufork", "control socket: {}", path.display());

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `ufork` binary.
 
 mod cli;
+mod ops;
 mod util;
 
 use std::os::unix::fs::PermissionsExt;

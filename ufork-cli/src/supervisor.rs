@@ -1,0 +1,212 @@
+//! sd_notify to the arbiter's own supervisor (systemd with `Type=notify` or
+//! `Type=notify-reload`, or anything that speaks the protocol): `READY=1`
+//! once every target worker is ready for the first time, `STATUS=` as the
+//! pool changes, `RELOADING=1` with `MONOTONIC_USEC=` when a rolling restart
+//! starts and `READY=1` when it has ended, `STOPPING=1` at a stop, and
+//! `WATCHDOG=1` at half of `WATCHDOG_USEC` while the arbiter's loop runs.
+//!
+//! The sending side is a few lines over a unix datagram socket rather than
+//! the `sd-notify` crate: that crate reads `NOTIFY_SOCKET` from the
+//! environment at every call and can only clear it through an `unsafe` fn,
+//! while this binary forbids `unsafe` and must read the variables once,
+//! before any worker exists. A socket is connected per message, so no
+//! descriptor of the supervisor's lives on in the workers. Workers never see
+//! the arbiter's variables: `run` sets or removes `NOTIFY_SOCKET`,
+//! `WATCHDOG_USEC` and `WATCHDOG_PID` for every program it executes.
+
+use std::ffi::OsString;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::{Duration, Instant};
+
+use crate::health::{Health, View};
+
+/// Where the arbiter's supervisor listens, and what it expects.
+#[derive(Debug)]
+pub struct Supervisor {
+    address: OsString,
+    watchdog: Option<Duration>,
+    next_watchdog: Option<Instant>,
+    ready_sent: bool,
+    reloading: bool,
+    rolls_seen: u64,
+    status: String,
+}
+
+impl Supervisor {
+    /// The supervisor named by `NOTIFY_SOCKET`, with the watchdog interval
+    /// from `WATCHDOG_USEC` when `WATCHDOG_PID` is unset or this process.
+    /// `None` without `NOTIFY_SOCKET` (or with an empty one).
+    pub fn from_env() -> Option<Self> {
+        Self::new(
+            std::env::var_os("NOTIFY_SOCKET")?,
+            std::env::var_os("WATCHDOG_USEC"),
+            std::env::var_os("WATCHDOG_PID"),
+            std::process::id(),
+        )
+    }
+
+    fn new(
+        address: OsString,
+        usec: Option<OsString>,
+        watchdog_pid: Option<OsString>,
+        pid: u32,
+    ) -> Option<Self> {
+        if address.is_empty() {
+            return None;
+        }
+        let number = |v: &OsString| v.to_str().and_then(|s| s.trim().parse::<u64>().ok());
+        let ours = watchdog_pid
+            .as_ref()
+            .is_none_or(|p| number(p) == Some(pid.into()));
+        let watchdog = usec
+            .as_ref()
+            .and_then(number)
+            .filter(|&usec| usec > 0 && ours)
+            .map(Duration::from_micros);
+        Some(Self {
+            address,
+            watchdog,
+            next_watchdog: watchdog.map(|_| Instant::now()),
+            ready_sent: false,
+            reloading: false,
+            rolls_seen: 0,
+            status: String::new(),
+        })
+    }
+
+    /// When the next `WATCHDOG=1` is due.
+    pub fn next_watchdog(&self) -> Option<Instant> {
+        self.next_watchdog
+    }
+
+    /// Sends `WATCHDOG=1` if it is due; the loop calling this is alive.
+    pub fn watchdog(&mut self, now: Instant) {
+        let (Some(due), Some(interval)) = (self.next_watchdog, self.watchdog) else {
+            return;
+        };
+        if now >= due {
+            self.send("WATCHDOG=1");
+            self.next_watchdog = now.checked_add(interval / 2);
+        }
+    }
+
+    /// Tells the supervisor what changed since the last view.
+    pub fn update(&mut self, view: &View) {
+        let snap = &view.snapshot;
+        if view.health == Health::Stopping {
+            return;
+        }
+        let all_ready = snap.target > 0 && snap.ready_count() >= snap.target;
+        if !self.ready_sent {
+            // A roll asked for before the first READY=1 is part of starting.
+            self.rolls_seen = snap.rolls;
+            if all_ready {
+                self.status = status_text(view);
+                self.send(&format!("READY=1\nSTATUS={}", self.status));
+                self.ready_sent = true;
+            } else {
+                self.set_status(view);
+            }
+            return;
+        }
+        if snap.rolls > self.rolls_seen {
+            self.rolls_seen = snap.rolls;
+            if !self.reloading {
+                let usec = monotonic_usec();
+                self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+                self.reloading = true;
+            }
+        }
+        if self.reloading && !snap.rolling && all_ready {
+            self.reloading = false;
+            self.status = status_text(view);
+            self.send(&format!("READY=1\nSTATUS={}", self.status));
+            return;
+        }
+        self.set_status(view);
+    }
+
+    /// A stop began.
+    pub fn stopping(&mut self) {
+        self.send("STOPPING=1\nSTATUS=stopping");
+    }
+
+    fn set_status(&mut self, view: &View) {
+        let text = status_text(view);
+        if text != self.status {
+            self.send(&format!("STATUS={text}"));
+            self.status = text;
+        }
+    }
+
+    fn send(&self, message: &str) {
+        if let Err(e) = send_to(&self.address, message) {
+            log::warn!(
+                target: "ufork",
+                "NOTIFY_SOCKET {}: cannot notify the supervisor: {}",
+                self.address.to_string_lossy(),
+                crate::failure::io_text(&e)
+            );
+        }
+    }
+}
+
+/// One datagram to `address` (a path, or `@name` in the abstract namespace).
+fn send_to(address: &OsString, message: &str) -> std::io::Result<()> {
+    let bytes = address.as_bytes();
+    let socket = UnixDatagram::unbound()?;
+    match bytes.strip_prefix(b"@") {
+        Some(name) => socket.connect_addr(&SocketAddr::from_abstract_name(name)?)?,
+        None => socket.connect(address)?,
+    }
+    socket.send(message.as_bytes())?;
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds, as `MONOTONIC_USEC=` wants it.
+fn monotonic_usec() -> u128 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u128 * 1_000_000 + now.tv_nsec as u128 / 1_000
+}
+
+/// `STATUS=` text: readiness, and what is going on.
+fn status_text(view: &View) -> String {
+    let snap = &view.snapshot;
+    let ready = format!("{}/{} workers ready", snap.ready_count(), snap.target);
+    match view.health {
+        Health::Stopping => "stopping".to_owned(),
+        _ if snap.rolling => format!("rolling restart: {ready}"),
+        Health::Degraded => format!("degraded: {ready}"),
+        Health::Healthy | Health::Starting => ready,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_follows_watchdog_pid() {
+        let make = |usec: Option<&str>, pid: Option<&str>| {
+            Supervisor::new(
+                "/run/notify".into(),
+                usec.map(Into::into),
+                pid.map(Into::into),
+                42,
+            )
+            .and_then(|s| s.watchdog)
+        };
+        assert_eq!(make(Some("2000000"), None), Some(Duration::from_secs(2)));
+        assert_eq!(
+            make(Some("2000000"), Some("42")),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(make(Some("2000000"), Some("43")), None);
+        assert_eq!(make(Some("0"), None), None);
+        assert_eq!(make(Some("many"), None), None);
+        assert_eq!(make(None, None), None);
+        assert!(Supervisor::new("".into(), None, None, 42).is_none());
+    }
+}

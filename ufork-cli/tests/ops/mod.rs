@@ -1,0 +1,443 @@
+//! Operations: sd_notify to the arbiter's own supervisor, `status --json`,
+//! `/metrics` and `/healthz`, through the real binary. A recorder on a unix
+//! datagram socket plays systemd.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use rustix::process::Signal;
+
+use crate::util::*;
+
+/// systemd's side of NOTIFY_SOCKET: every datagram, in order.
+struct Recorder {
+    socket: UnixDatagram,
+    address: String,
+    seen: Vec<String>,
+}
+
+impl Recorder {
+    fn at_path(dir: &TempDir) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the recorder");
+        Self::with(socket, path.to_str().unwrap().to_owned())
+    }
+
+    fn abstract_named(name: &str) -> Self {
+        let name = format!("ufork-test/{}/{name}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&addr).expect("bind the recorder");
+        Self::with(socket, format!("@{name}"))
+    }
+
+    fn with(socket: UnixDatagram, address: String) -> Self {
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self {
+            socket,
+            address,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a datagram with a line `needle`; returns the datagram.
+    fn expect(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = [0u8; 4096];
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?}; saw {:?}",
+                self.seen
+            );
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) => panic!("no {needle:?} ({e}); saw {:?}", self.seen),
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.push(message.clone());
+            if message.lines().any(|l| l == needle) {
+                return message;
+            }
+        }
+    }
+}
+
+/// `ufork` with the recorder as its supervisor.
+fn supervised(recorder: &Recorder, watchdog: Option<(&str, Option<&str>)>) -> Command {
+    let mut command = ufork();
+    command.env("NOTIFY_SOCKET", &recorder.address);
+    command
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+    if let Some((usec, pid)) = watchdog {
+        command.env("WATCHDOG_USEC", usec);
+        if let Some(pid) = pid {
+            command.env("WATCHDOG_PID", pid);
+        }
+    }
+    command
+}
+
+/// One field of the pool's `status --json`, read by a real JSON parser
+/// (Python's), as text.
+fn json_field(json: &str, path: &str) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys\nv = json.loads(sys.stdin.read())\nfor k in sys.argv[1].split('.'):\n    v = v[int(k)] if isinstance(v, list) else v[k]\nprint(json.dumps(v))",
+            path,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{path} in {json}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn status_json(socket: &str) -> Output {
+    run(&["status", "--json", "--control-socket", socket])
+}
+
+/// Asks `status --json` until `ok` holds; returns that document.
+fn status_until(socket: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = status_json(socket);
+        if ok(&out.stdout) {
+            return out.stdout;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {out:#?}");
+        std::thread::yield_now();
+    }
+}
+
+fn metrics_addr(pool: &mut Running) -> SocketAddr {
+    let line = pool.expect_line("metrics on http://");
+    let at = line.find("http://").unwrap() + 7;
+    line[at..line[at..].find('/').unwrap() + at]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_supervisor_hears_ready_reload_stop_and_the_watchdog() {
+    let dir = TempDir::new("sdnotify");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let mut pool = Running::start_with(supervised(&recorder, Some(("200000", None))).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--control-socket",
+        &socket,
+    ]));
+    let addr = pool.http_addr();
+    let ready = recorder.expect("READY=1");
+    assert!(ready.contains("STATUS=2/2 workers ready"), "{ready}");
+    // Nothing said READY=1 before every worker was: the pool says so now,
+    // and the socket accepts.
+    let doc = status_json(&socket).stdout;
+    assert_eq!(json_field(&doc, "ready"), "2", "{doc}");
+    assert_eq!(get(addr, "/").0, 200);
+    assert!(
+        recorder.seen.iter().any(|m| m == "WATCHDOG=1"),
+        "{:?}",
+        recorder.seen
+    );
+
+    // A rolling restart: RELOADING=1 with the monotonic clock, then READY=1.
+    let before = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let out = run(&["reload", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let reloading = recorder.expect("RELOADING=1");
+    let usec: u128 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC: {reloading:?}"))
+        .parse()
+        .unwrap();
+    let before = before.tv_sec as u128 * 1_000_000 + before.tv_nsec as u128 / 1000;
+    assert!(usec >= before, "{usec} < {before}");
+    let ready = recorder.expect("READY=1");
+    assert!(ready.contains("STATUS=2/2 workers ready"), "{ready}");
+    let doc = status_json(&socket).stdout;
+    assert_eq!(json_field(&doc, "totals.exits.stopped"), "2", "{doc}");
+    // The watchdog keeps beating while the loop runs.
+    let beats = recorder.seen.iter().filter(|m| *m == "WATCHDOG=1").count();
+    recorder.expect("WATCHDOG=1");
+    recorder.expect("WATCHDOG=1");
+    assert!(beats + 2 <= recorder.seen.iter().filter(|m| *m == "WATCHDOG=1").count());
+
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+#[test]
+fn an_abstract_supervisor_socket_works_and_its_variables_stay_with_the_arbiter() {
+    let dir = TempDir::new("sdnotify-abstract");
+    let mut recorder = Recorder::abstract_named("abstract");
+    let marker = dir.str("env.txt");
+    // WATCHDOG_PID names another process: the watchdog is not this one's.
+    let mut pool = Running::start_with(
+        supervised(&recorder, Some(("100000", Some("1")))).args([
+            "run",
+            "-w",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "echo \"NOTIFY=${{NOTIFY_SOCKET:-none}} WATCHDOG=${{WATCHDOG_USEC:-none}}/${{WATCHDOG_PID:-none}}\" > {marker}; echo written; exec sleep 600"
+            ),
+        ]),
+    );
+    pool.expect_line("written");
+    recorder.expect("READY=1");
+    let env = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(env.trim(), "NOTIFY=none WATCHDOG=none/none");
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert!(
+        !recorder.seen.iter().any(|m| m.contains("WATCHDOG=1")),
+        "{:?}",
+        recorder.seen
+    );
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+#[test]
+fn status_json_keeps_totals_across_worker_replacement() {
+    let dir = TempDir::new("status-json");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    let addr = pool.http_addr();
+    pool.expect_line("control socket");
+    let doc = status_until(&socket, "ready", |d| d.contains(r#""health":"healthy""#));
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").0, 200);
+    }
+    let doc2 = status_until(&socket, "3 requests", |d| d.contains(r#""requests":3,"#));
+    assert_eq!(json_field(&doc2, "totals.requests"), "3", "{doc2}");
+    let pid: i32 = json_field(&doc, "workers.0.pid").parse().unwrap();
+    assert_eq!(json_field(&doc, "arbiter_pid"), pool.pid().to_string());
+    for key in [
+        "schema",
+        "target",
+        "ready",
+        "health",
+        "uptime_seconds",
+        "totals.spawned",
+        "workers.0.slot",
+        "workers.0.generation",
+        "workers.0.state",
+        "workers.0.uptime_seconds",
+        "workers.0.last_beat_age_seconds",
+        "workers.0.requests",
+        "workers.0.restarts",
+        "workers.0.rss_bytes",
+        "workers.0.activity",
+    ] {
+        json_field(&doc, key);
+    }
+    // The worker dies; its replacement starts from zero, the pool does not.
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), Signal::KILL)
+        .unwrap();
+    let doc = status_until(&socket, "replaced", |d| {
+        d.contains(r#""health":"healthy""#) && d.contains(r#""restarts":1,"#)
+    });
+    assert_eq!(json_field(&doc, "totals.requests"), "3", "{doc}");
+    assert_eq!(json_field(&doc, "totals.exits.killed"), "1", "{doc}");
+    assert_eq!(json_field(&doc, "totals.spawned"), "2", "{doc}");
+    assert_eq!(json_field(&doc, "workers.0.requests"), "0", "{doc}");
+    assert_eq!(json_field(&doc, "recent_exits.0.pid"), pid.to_string());
+    assert_eq!(json_field(&doc, "recent_exits.0.reason"), "\"killed\"");
+    assert_eq!(json_field(&doc, "recent_exits.0.signal"), "\"SIGKILL\"");
+    assert_eq!(json_field(&doc, "recent_exits.0.requests"), "3");
+    // The console speaks it too.
+    let out = run(&["ctl", "--control-socket", &socket, "status", "json"]);
+    assert_eq!(json_field(&out.stdout, "schema"), "1");
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+/// Every sample of a scrape, by name and labels, checked by a real parser:
+/// each sample line of the text must be one the parser understood.
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, content_type, body) = get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("a valid exposition");
+    let sample_lines = body.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(parsed.samples.len(), sample_lines, "{body}");
+    let mut samples = HashMap::new();
+    for s in parsed.samples {
+        assert!(
+            parsed.docs.contains_key(&s.metric),
+            "no HELP for {}",
+            s.metric
+        );
+        let value = match s.value {
+            prometheus_parse::Value::Counter(v) => {
+                assert!(s.metric.ends_with("_total"), "{}", s.metric);
+                v
+            }
+            prometheus_parse::Value::Gauge(v) => v,
+            other => panic!("{}: unexpected {other:?}", s.metric),
+        };
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        samples.insert(format!("{}{{{}}}", s.metric, labels.join(",")), value);
+    }
+    samples
+}
+
+#[test]
+fn metrics_and_healthz_answer_from_the_arbiter_even_when_workers_are_wedged() {
+    let dir = TempDir::new("metrics");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--control-socket",
+        &socket,
+        "--metrics-bind",
+        "127.0.0.1:0",
+    ]);
+    let addr = pool.http_addr();
+    let metrics = metrics_addr(&mut pool);
+    let doc = status_until(&socket, "ready", |d| d.contains(r#""health":"healthy""#));
+    assert_eq!(get(metrics, "/healthz").0, 200);
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/").0, 200);
+    }
+    status_until(&socket, "4 requests", |d| {
+        json_field(d, "totals.requests") == "4"
+    });
+    let m = scrape(metrics);
+    assert_eq!(m["ufork_up{}"], 1.0);
+    assert_eq!(m["ufork_workers_target{}"], 2.0);
+    assert_eq!(m["ufork_workers_ready{}"], 2.0);
+    assert_eq!(m["ufork_requests_total{}"], 4.0);
+    assert_eq!(m["ufork_worker_spawns_total{}"], 2.0);
+    assert_eq!(m["ufork_pool_health{health=healthy}"], 1.0);
+    assert_eq!(m["ufork_worker_exits_total{reason=killed}"], 0.0);
+    assert!(
+        m["ufork_worker_resident_memory_bytes{slot=0}"] > 0.0,
+        "{m:?}"
+    );
+    assert!(
+        m.contains_key("ufork_worker_heartbeat_age_seconds{slot=1}"),
+        "{m:?}"
+    );
+
+    // Wedge every worker: the arbiter still answers.
+    let pids: Vec<i32> = (0..2)
+        .map(|i| {
+            json_field(&doc, &format!("workers.{i}.pid"))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let each = |signal| {
+        for &pid in &pids {
+            rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), signal)
+                .unwrap();
+        }
+    };
+    each(Signal::STOP);
+    let m = scrape(metrics);
+    each(Signal::CONT);
+    assert_eq!(m["ufork_workers_target{}"], 2.0);
+    let (status, _, body) = get(metrics, "/nothing");
+    assert_eq!(status, 404, "{body}");
+    let raw = exchange(metrics, b"DELETE /metrics HTTP/1.1\r\n\r\n");
+    assert!(raw.starts_with("HTTP/1.1 405 "), "{raw}");
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+#[test]
+fn a_pool_that_cannot_become_ready_is_degraded_503_and_exit_4() {
+    let dir = TempDir::new("degraded");
+    let socket = dir.str("ctl.sock");
+    // --notify without READY=1: the worker never becomes ready and is
+    // killed at the start timeout, again and again.
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--notify",
+        "--start-timeout",
+        "1",
+        "--control-socket",
+        &socket,
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let metrics = metrics_addr(&mut pool);
+    pool.expect_line("control socket");
+    let (status, _, body) = get(metrics, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    let doc = status_until(&socket, "degraded", |d| {
+        d.contains(r#""health":"degraded""#)
+    });
+    assert_eq!(json_field(&doc, "ready"), "0");
+    let out = status_json(&socket);
+    assert_eq!(out.code(), Some(4), "{out:#?}");
+    assert!(
+        out.stderr.contains("degraded: 0 of 1 workers ready"),
+        "{out:#?}"
+    );
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(4), "{out:#?}");
+    assert!(out.stdout.contains("SLOT"), "{out:#?}");
+    let (status, _, body) = get(metrics, "/healthz");
+    assert_eq!(
+        (status, body.trim_end()),
+        (503, "degraded (0/1 workers ready)")
+    );
+    let m = scrape(metrics);
+    assert_eq!(m["ufork_pool_health{health=degraded}"], 1.0);
+    pool.signal(Signal::TERM);
+    // However it ends (a pool may give up on its own), it ends.
+    pool.wait();
+}
