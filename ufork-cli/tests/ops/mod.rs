@@ -82,15 +82,21 @@ fn supervised(recorder: &Recorder, watchdog: Option<(&str, Option<&str>)>) -> Co
     command
 }
 
-/// One field of the pool's `status --json`, read by a real JSON parser
-/// (Python's), as text.
-fn json_field(json: &str, path: &str) -> String {
+/// Every leaf of a JSON document, by dotted path (`workers.0.pid`), as JSON
+/// text: read by a real JSON parser (Python's), which also rejects anything
+/// that is not JSON.
+fn json(document: &str) -> HashMap<String, String> {
+    const FLATTEN: &str = "import json, sys
+def walk(path, v):
+    if isinstance(v, dict) and v:
+        for k, x in v.items(): walk(path + [k], x)
+    elif isinstance(v, list) and v:
+        for i, x in enumerate(v): walk(path + [str(i)], x)
+    else:
+        print('.'.join(path) + '=' + json.dumps(v))
+walk([], json.loads(sys.stdin.read()))";
     let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys\nv = json.loads(sys.stdin.read())\nfor k in sys.argv[1].split('.'):\n    v = v[int(k)] if isinstance(v, list) else v[k]\nprint(json.dumps(v))",
-            path,
-        ])
+        .args(["-c", FLATTEN])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -101,15 +107,29 @@ fn json_field(json: &str, path: &str) -> String {
         .stdin
         .take()
         .unwrap()
-        .write_all(json.as_bytes())
+        .write_all(document.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "{path} in {json}: {}",
+        "not JSON: {document}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// One field of a JSON document, as JSON text.
+fn json_field(document: &str, path: &str) -> String {
+    let fields = json(document);
+    match fields.get(path) {
+        Some(value) => value.clone(),
+        None => panic!("no {path} in {document}"),
+    }
 }
 
 fn status_json(socket: &str) -> Output {
@@ -247,8 +267,9 @@ fn status_json_keeps_totals_across_worker_replacement() {
     }
     let doc2 = status_until(&socket, "3 requests", |d| d.contains(r#""requests":3,"#));
     assert_eq!(json_field(&doc2, "totals.requests"), "3", "{doc2}");
-    let pid: i32 = json_field(&doc, "workers.0.pid").parse().unwrap();
-    assert_eq!(json_field(&doc, "arbiter_pid"), pool.pid().to_string());
+    let fields = json(&doc);
+    let pid: i32 = fields["workers.0.pid"].parse().unwrap();
+    assert_eq!(fields["arbiter_pid"], pool.pid().to_string());
     for key in [
         "schema",
         "target",
@@ -266,7 +287,7 @@ fn status_json_keeps_totals_across_worker_replacement() {
         "workers.0.rss_bytes",
         "workers.0.activity",
     ] {
-        json_field(&doc, key);
+        assert!(fields.contains_key(key), "no {key} in {doc}");
     }
     // The worker dies; its replacement starts from zero, the pool does not.
     rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), Signal::KILL)
@@ -274,14 +295,26 @@ fn status_json_keeps_totals_across_worker_replacement() {
     let doc = status_until(&socket, "replaced", |d| {
         d.contains(r#""health":"healthy""#) && d.contains(r#""restarts":1,"#)
     });
-    assert_eq!(json_field(&doc, "totals.requests"), "3", "{doc}");
-    assert_eq!(json_field(&doc, "totals.exits.killed"), "1", "{doc}");
-    assert_eq!(json_field(&doc, "totals.spawned"), "2", "{doc}");
-    assert_eq!(json_field(&doc, "workers.0.requests"), "0", "{doc}");
-    assert_eq!(json_field(&doc, "recent_exits.0.pid"), pid.to_string());
-    assert_eq!(json_field(&doc, "recent_exits.0.reason"), "\"killed\"");
-    assert_eq!(json_field(&doc, "recent_exits.0.signal"), "\"SIGKILL\"");
-    assert_eq!(json_field(&doc, "recent_exits.0.requests"), "3");
+    let fields = json(&doc);
+    for (key, value) in [
+        ("totals.requests", "3"),
+        ("totals.exits.killed", "1"),
+        ("totals.spawned", "2"),
+        ("totals.restarts", "1"),
+        ("workers.0.requests", "0"),
+        ("workers.0.restarts", "1"),
+        ("recent_exits.0.pid", &pid.to_string()),
+        ("recent_exits.0.reason", "\"killed\""),
+        ("recent_exits.0.signal", "\"SIGKILL\""),
+        ("recent_exits.0.exit_code", "null"),
+        ("recent_exits.0.requests", "3"),
+    ] {
+        assert_eq!(
+            fields.get(key).map(String::as_str),
+            Some(value),
+            "{key} in {doc}"
+        );
+    }
     // The console speaks it too.
     let out = run(&["ctl", "--control-socket", &socket, "status", "json"]);
     assert_eq!(json_field(&out.stdout, "schema"), "1");
@@ -346,9 +379,8 @@ fn metrics_and_healthz_answer_from_the_arbiter_even_when_workers_are_wedged() {
     for _ in 0..4 {
         assert_eq!(get(addr, "/").0, 200);
     }
-    status_until(&socket, "4 requests", |d| {
-        json_field(d, "totals.requests") == "4"
-    });
+    // The totals come first in the document.
+    status_until(&socket, "4 requests", |d| d.contains(r#""requests":4,"#));
     let m = scrape(metrics);
     assert_eq!(m["ufork_up{}"], 1.0);
     assert_eq!(m["ufork_workers_target{}"], 2.0);
@@ -416,7 +448,10 @@ fn a_pool_that_cannot_become_ready_is_degraded_503_and_exit_4() {
     let metrics = metrics_addr(&mut pool);
     pool.expect_line("control socket");
     let (status, _, body) = get(metrics, "/healthz");
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (status, body.trim_end()),
+        (503, "starting (0/1 workers ready)")
+    );
     let doc = status_until(&socket, "degraded", |d| {
         d.contains(r#""health":"degraded""#)
     });
