@@ -27,7 +27,7 @@ Exit codes (every subcommand):
   1  runtime failure (for `ctl`: a command the pool refused)
   2  usage error: a bad flag or value
   3  not running: `status`, `stop`, `reload` and `ctl` found no pool
-  4  reserved for `status`: the pool runs degraded
+  4  `status`: the pool runs degraded (see `ufork status --help`)
 
 Examples:
   ufork serve                               hello app on http://127.0.0.1:8000
@@ -54,8 +54,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Supervise N copies of any program, handing each the listening sockets.
     Run(RunArgs),
-    /// Show the workers of a running pool; exit 0 if it runs, 3 if not, 4 if
-    /// degraded (fewer workers ready than asked for longer than --start-timeout).
+    /// Show the workers of a running pool; exit 0 if it runs, 3 if not, 4 if degraded.
+    #[command(after_help = "\
+Degraded: fewer workers ready than the pool's target for longer than its
+--start-timeout (a crash loop, workers that never become ready). --json prints
+the same state as one JSON object whose schema the README documents.")]
     Status(StatusArgs),
     /// Stop a running pool gracefully and wait until it has exited; exit 3 if none runs.
     Stop(StopArgs),
