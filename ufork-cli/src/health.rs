@@ -172,12 +172,12 @@ fn classify(
 }
 
 /// What `ufork status` ends with, given the pool's `status json` reply:
-/// success, or [`Failure::Degraded`] (exit code 4) naming how long the pool
+/// success, or [`Degraded`](crate::failure::Failure::Degraded) (exit code 4) naming how long the pool
 /// has been short of workers.
 ///
 /// # Errors
 ///
-/// [`Failure::Degraded`] when the reply says `"health":"degraded"`.
+/// [`Degraded`](crate::failure::Failure::Degraded) when the reply says `"health":"degraded"`.
 pub fn exit_status(json: &str) -> crate::failure::Result<()> {
     // Our own reply, in a fixed key order: no JSON parser needed to find it.
     if !json.contains(r#""health":"degraded""#) {
