@@ -123,7 +123,7 @@ fn help_has_the_exit_code_table() {
         "1  runtime failure",
         "2  usage error",
         "3  not running",
-        "4  reserved for `status`",
+        "4  `status`: the pool runs degraded",
     ] {
         assert!(out.stdout.contains(row), "{row}: {out:#?}");
     }
