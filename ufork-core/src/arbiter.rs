@@ -156,9 +156,19 @@ impl Builder {
         self
     }
 
-    /// Crash-loop backoff: a slot whose worker died younger than `min_uptime`
-    /// waits `initial * 1.5^(n-1)` (capped at `max`) before the next spawn,
-    /// `n` counting young deaths in a row (defaults 100 ms, 30 s, 1 s).
+    /// Crash-loop backoff (defaults 100 ms, 30 s, 1 s). A slot backs off only
+    /// in a crash loop: its worker never became ready, or failed on its own
+    /// younger than `min_uptime` (a non-zero exit, a panic, a signal it raised
+    /// itself such as SIGSEGV or SIGABRT, a hang, or an exit with code 0 it
+    /// did not plan). The first such failure is replaced at once; from the
+    /// second in a row the slot waits `initial * 1.5^(n-2)` (capped at `max`;
+    /// a delay too long to represent means never). A worker that lives past
+    /// `min_uptime` ends the loop.
+    ///
+    /// Never a crash: a planned exit ([`Worker::recycle`]), an exit the
+    /// arbiter asked for, a limit recycling, or a ready worker killed from
+    /// outside (an operator's `kill -9`, the OOM killer): those are replaced
+    /// at once.
     pub fn backoff(mut self, initial: Duration, max: Duration, min_uptime: Duration) -> Self {
         self.settings.backoff_initial = initial;
         self.settings.backoff_max = max;
@@ -435,10 +445,10 @@ impl Arbiter {
     /// and a panic with [`EXIT_PANICKED`](crate::EXIT_PANICKED); the message
     /// reaches the exit history. A worker never returns into the arbiter.
     ///
-    /// Forking is only sound while the process has one thread (the caller's):
+    /// Forking is simplest while the process has one thread (the caller's):
     /// call `run` before starting threads, or use [`spawn_thread`](Self::spawn_thread)
-    /// and heed its caveat. The loop itself never starts a thread (debug builds
-    /// assert it).
+    /// and heed its caveat. The loop itself never starts a thread; it logs a
+    /// warning once if the process gains threads after `run` began.
     ///
     /// # Errors
     ///
@@ -459,9 +469,11 @@ impl Arbiter {
     ///
     /// Caveat: the process now has several threads while the arbiter forks. A
     /// child starts with only the forking thread; a lock another thread held at
-    /// the fork (a mutex of yours, or stdout's) stays locked forever in the
-    /// child. glibc's malloc is safe; take nothing else in `post_fork` that
-    /// other threads may hold.
+    /// the fork stays locked forever in the child. The arbiter holds std's
+    /// stdout and stderr locks across every fork, so `println!` and
+    /// `eprintln!` are safe in workers, and glibc's malloc is safe; take
+    /// nothing else in `post_fork` or the worker that other threads may hold
+    /// (a mutex of yours).
     ///
     /// # Errors
     ///

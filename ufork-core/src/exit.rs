@@ -139,6 +139,10 @@ pub enum ExitReason {
     Killed,
     /// The arbiter asked it to stop (shutdown, scale down, restart, kill command).
     Stopped,
+    /// It left on purpose: it called [`Worker::recycle`](crate::Worker::recycle)
+    /// (max-requests recycling, say) and then exited with code 0. Replaced at
+    /// once, not counted as a restart, never a step of a crash loop.
+    Recycled,
     /// It stopped heartbeating: silent for longer than the heartbeat timeout.
     TimedOut {
         /// How long it had been silent when it was killed.
@@ -170,9 +174,14 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
-    /// Whether the arbiter caused the exit (so it does not count as a crash).
+    /// Whether the exit was asked for: by the arbiter's operator (a stop,
+    /// scaling down, a restart or kill command) or by the worker itself
+    /// ([`Recycled`](Self::Recycled)). Such exits are not counted as restarts.
+    /// The arbiter's own kills for a hang, a boot timeout or a limit are not
+    /// requested: they count, and a hang or boot timeout can be a step of a
+    /// crash loop.
     pub fn is_requested(&self) -> bool {
-        matches!(self, Self::Stopped)
+        matches!(self, Self::Stopped | Self::Recycled)
     }
 
     /// A one-word name: exited, failed, panicked, killed, stopped, timed-out...
@@ -183,6 +192,7 @@ impl ExitReason {
             Self::Panicked => "panicked",
             Self::Killed => "killed",
             Self::Stopped => "stopped",
+            Self::Recycled => "recycled",
             Self::TimedOut { .. } => "timed-out",
             Self::BootTimedOut { .. } => "boot-timed-out",
             Self::OverMemory { .. } => "over-memory",
@@ -246,6 +256,10 @@ pub struct ExitRecord {
     /// Requests it served (its scoreboard count when it was reaped), so pool
     /// totals can outlive the worker.
     pub requests: u64,
+    /// It ended by SIGKILL while the kernel's OOM killer count moved (the
+    /// cgroup's `memory.events`, or `/proc/vmstat` without a cgroup): most
+    /// likely it ran out of memory.
+    pub oom_killed: bool,
 }
 
 impl fmt::Display for ExitRecord {
@@ -260,8 +274,8 @@ impl fmt::Display for ExitRecord {
             self.status,
             human(self.uptime)
         )?;
-        if self.reason == ExitReason::Killed && self.status == ExitStatus::Signal(libc::SIGKILL) {
-            f.write_str(" (out of memory?)")?;
+        if self.oom_killed {
+            f.write_str(" (out of memory? the kernel's OOM killer acted)")?;
         }
         if let Some(message) = &self.message {
             write!(f, ": {message}")?;

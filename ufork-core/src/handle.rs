@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::scoreboard::{Scoreboard, now_ns, ns_to_duration};
 use crate::{Error, ExitRecord, Result, WorkerState};
@@ -30,8 +30,8 @@ pub(crate) struct Published {
     pub(crate) spawned: u64,
     pub(crate) rolling: bool,
     pub(crate) rolls: u64,
-    /// Per slot with a process: (slot, pid, generation, started ns, restarts).
-    pub(crate) procs: Vec<(usize, i32, u32, u64, u32)>,
+    /// Per slot with a process: (slot, pid, generation, started, restarts).
+    pub(crate) procs: Vec<(usize, i32, u32, Instant, u32)>,
     pub(crate) history: VecDeque<ExitRecord>,
 }
 
@@ -144,6 +144,7 @@ impl Handle {
     pub fn snapshot(&self) -> Snapshot {
         let published = self.shared.published().clone();
         let now = now_ns();
+        let instant = Instant::now();
         let board = &self.shared.board;
         let workers = published
             .procs
@@ -157,7 +158,7 @@ impl Handle {
                     pid,
                     generation,
                     state: cell.state(),
-                    uptime: ns_to_duration(now.saturating_sub(started)),
+                    uptime: instant.saturating_duration_since(started),
                     last_beat_age: (beat != 0).then(|| ns_to_duration(now.saturating_sub(beat))),
                     busy_for: (busy != 0 && cell.state() == WorkerState::Busy)
                         .then(|| ns_to_duration(now.saturating_sub(busy))),

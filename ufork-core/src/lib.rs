@@ -66,6 +66,7 @@
 #![deny(missing_docs)]
 
 mod arbiter;
+mod child;
 mod error;
 mod exit;
 mod handle;
@@ -73,6 +74,7 @@ mod layer;
 mod monitor;
 mod notes;
 mod proc;
+mod schedule;
 mod scoreboard;
 mod sys;
 pub mod upgrade;

@@ -1,39 +1,29 @@
-//! The monitor loop: one thread, one `poll(2)` over the signal self-pipe, the
-//! handle's wake pipe, the workers' notes pipe, one pidfd per worker and the
-//! layers' descriptors. Its timeout is the next health deadline, so an idle
-//! arbiter sleeps until something can actually happen.
+//! The driver of the monitor loop: one thread, one `poll(2)` over the signal
+//! self-pipe, the handle's wake pipe, the workers' notes pipe, one pidfd per
+//! worker and the layers' descriptors. It does what the [`Scheduler`]
+//! decides (fork, signal, reap) and feeds it what happened; its timeout is
+//! the scheduler's next deadline, so an idle arbiter sleeps until something
+//! can actually happen.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, Signal, WaitOptions};
 
-use crate::arbiter::{FdLimit, Hooks, Settings, Stdin, StopCause};
-use crate::exit::{human, workers};
+use crate::arbiter::{FdLimit, Hooks, StopCause};
+use crate::child::Child;
+use crate::exit::workers;
 use crate::handle::{Command, Shared};
-use crate::layer::{ChildInfo, Context, Layer, Readiness, Registry, Spawn, Token};
-use crate::notes::{self, Note, NoteKind};
-use crate::scoreboard::{Scoreboard, now_ns, ns_to_duration};
+use crate::layer::{Context, Layer, Readiness, Registry, Spawn, Token};
+use crate::notes;
+use crate::schedule::{Action, Cells, Observed, Scheduler, Sig, StopStep};
+use crate::scoreboard::{Scoreboard, now_ns};
 use crate::sys::{self, Disposition};
-use crate::{
-    Arbiter, EXIT_FAILED, EXIT_PANICKED, Error, ExitReason, ExitRecord, ExitStatus, Outcome,
-    Result, Vitals, Worker, WorkerState,
-};
-
-/// Exit code of a worker whose setup in the child failed (`EX_OSERR`).
-const EXIT_SETUP: i32 = 71;
-/// If `poll` returns this much later than asked (or half the heartbeat timeout,
-/// if shorter), the arbiter was not running (SIGSTOP, suspend, starved):
-/// workers get a fresh grace instead of being judged on beats taken while
-/// everything, them included, may have been frozen.
-const STALL: u64 = 1_000_000_000;
-const STALL_FLOOR: u64 = 50_000_000;
+use crate::{Arbiter, Error, ExitReason, ExitStatus, Outcome, Result, Worker};
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
@@ -52,80 +42,80 @@ pub(crate) fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).map_err(|e| Error::Pipe(e.into()))
 }
 
-struct Proc {
-    pid: i32,
-    pidfd: OwnedFd,
-    generation: u32,
-    started: u64,
-    /// Set when the arbiter decided this worker must go, and why.
-    reason: Option<ExitReason>,
-    /// When SIGKILL follows an unanswered SIGTERM.
-    kill_at: Option<u64>,
-    /// SIGKILL was sent because the graceful timeout ran out.
-    killed_at_deadline: bool,
+/// The scoreboard as the scheduler reads it: beats converted to `Instant`s
+/// against one reading of both clocks (both are CLOCK_MONOTONIC).
+pub(crate) struct BoardView<'a> {
+    board: &'a Scoreboard,
+    now: Instant,
+    now_ns: u64,
 }
 
-#[derive(Default)]
-struct Slot {
-    next_generation: u32,
-    proc: Option<Proc>,
-    restarts: u32,
-    /// Young deaths in a row (crash-loop backoff).
-    failures: u32,
-    not_before: u64,
-    note: Option<Note>,
+impl<'a> BoardView<'a> {
+    pub(crate) fn new(board: &'a Scoreboard) -> Self {
+        Self {
+            board,
+            now: Instant::now(),
+            now_ns: now_ns(),
+        }
+    }
 }
 
-struct StopState {
-    cause: StopCause,
-    graceful: bool,
-    killed_at_timeout: usize,
+impl Cells for BoardView<'_> {
+    fn observe(&self, slot: usize) -> Observed {
+        let cell = self.board.cell(slot);
+        let beat = cell.last_beat();
+        let last_beat = (beat != 0)
+            .then(|| {
+                let age = Duration::from_nanos(self.now_ns.saturating_sub(beat));
+                self.now.checked_sub(age)
+            })
+            .flatten();
+        Observed {
+            state: cell.state(),
+            last_beat,
+            planned_exit: cell.planned_exit(),
+            requests: cell.requests(),
+        }
+    }
+
+    fn activity(&self, slot: usize) -> String {
+        self.board.cell(slot).read_activity()
+    }
 }
 
 pub(crate) struct Monitor<F> {
-    settings: Settings,
+    sched: Scheduler,
     layers: Vec<Box<dyn Layer>>,
     hooks: Hooks,
     shared: Arc<Shared>,
     board: Arc<Scoreboard>,
     worker_main: F,
-    slots: Vec<Slot>,
-    target: usize,
+    /// Per slot: the pidfd of its live worker.
+    pidfds: Vec<Option<OwnedFd>>,
     wake_r: OwnedFd,
-    sig_r: OwnedFd,
-    sig_w: OwnedFd,
+    sig_r: BorrowedFd<'static>,
+    sig_w: BorrowedFd<'static>,
     notes_r: OwnedFd,
     notes_w: Arc<OwnedFd>,
     death_r: Option<OwnedFd>,
     death_w: OwnedFd,
     saved: Vec<(i32, Disposition)>,
+    installed: bool,
     registry: Registry,
-    history: VecDeque<ExitRecord>,
-    stop: Option<StopState>,
-    rolling: VecDeque<usize>,
-    rolling_current: Option<(usize, u32)>,
-    /// Rolling restarts begun since `run` started (published for layers).
-    rolls: u64,
     note_buf: Vec<u8>,
-    resumed_at: u64,
-    /// When the previous loop iteration began.
-    prev_top: u64,
-    /// What the last `poll` was asked to wait and how long it took (ns).
-    last_poll: (Option<u64>, u64),
-    next_limit_check: u64,
-    spawned: u64,
     reaper: bool,
     pid: i32,
-    /// Threads the process should have at each fork, when `run` began with
-    /// one (then layers may add their own in `started`, and nothing more).
+    /// Threads the process had when `run` began its loop.
     thread_baseline: Option<usize>,
-    wedge_warned: bool,
+    threads_warned: bool,
+    /// The OOM killer's count when last read (see `proc::oom_kills`).
+    oom_kills: Option<u64>,
 }
 
 impl<F> fmt::Debug for Monitor<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Monitor")
-            .field("target", &self.target)
+            .field("sched", &self.sched)
             .finish_non_exhaustive()
     }
 }
@@ -143,24 +133,23 @@ where
             shared,
             wake_r,
         } = arbiter;
-        let (sig_r, sig_w) = nonblocking_pipe()?;
+        let (sig_r, sig_w) = sys::signal_pipe().map_err(Error::Pipe)?;
         let (notes_r, notes_w) = nonblocking_pipe()?;
         let (death_r, death_w) = {
             use rustix::pipe::{PipeFlags, pipe_with};
             pipe_with(PipeFlags::CLOEXEC).map_err(|e| Error::Pipe(e.into()))?
         };
         let board = Arc::clone(&shared.board);
-        // Slots grow with the largest pool asked for, not with the capacity:
-        // every loop over them stays proportional to the pool.
-        let mut slots = Vec::new();
-        slots.resize_with(settings.workers, Slot::default);
-        let reaper = sys::is_reaper();
-        let target = settings.workers;
+        let mut pidfds = Vec::new();
+        pidfds.resize_with(settings.workers, || None);
         let mut monitor = Self {
+            sched: Scheduler::new(settings, Instant::now()),
+            layers,
+            hooks,
+            shared,
             board,
             worker_main,
-            slots,
-            target,
+            pidfds,
             wake_r,
             sig_r,
             sig_w,
@@ -169,41 +158,30 @@ where
             death_r: Some(death_r),
             death_w,
             saved: Vec::new(),
+            installed: false,
             registry: Registry::default(),
-            history: VecDeque::new(),
-            stop: None,
-            rolling: VecDeque::new(),
-            rolling_current: None,
-            rolls: 0,
             note_buf: Vec::new(),
-            resumed_at: 0,
-            prev_top: 0,
-            last_poll: (Some(0), 0),
-            next_limit_check: 0,
-            spawned: 0,
-            reaper,
+            reaper: sys::is_reaper(),
             pid: rustix::process::getpid().as_raw_nonzero().get(),
-            thread_baseline: (crate::proc::thread_count() == Some(1)).then_some(1),
-            wedge_warned: false,
-            settings,
-            layers,
-            hooks,
-            shared,
+            thread_baseline: None,
+            threads_warned: false,
+            oom_kills: None,
         };
         monitor.install_signals()?;
         Ok(monitor)
     }
 
     fn install_signals(&mut self) -> Result<()> {
-        if !self.settings.handle_signals && !self.reaper {
+        if !self.sched.settings.handle_signals && !self.reaper {
             return Ok(());
         }
         if RUNNING.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyRunning);
         }
-        sys::set_arbiter_pipe(self.sig_w.as_raw_fd());
+        self.installed = true;
+        drain(self.sig_r);
         let mut signals: Vec<i32> = Vec::new();
-        if self.settings.handle_signals {
+        if self.sched.settings.handle_signals {
             signals.extend(HANDLED);
         }
         if self.reaper {
@@ -230,8 +208,7 @@ where
                 log::warn!(target: "ufork", "cannot restore the handler of signal {sig}: {e}");
             }
         }
-        if self.settings.handle_signals || self.reaper {
-            sys::set_arbiter_pipe(-1);
+        if std::mem::take(&mut self.installed) {
             RUNNING.store(false, Ordering::SeqCst);
         }
     }
@@ -240,77 +217,38 @@ where
         self.each_layer(|layer, ctx| layer.started(ctx));
         // Commands sent before `run` take effect before the first fork.
         self.handle_commands();
-        if self.thread_baseline.is_some() {
-            self.thread_baseline = crate::proc::thread_count();
-        }
-        log::info!(target: "ufork", "arbiter pid {} starting {}", self.pid, workers(self.target));
+        self.thread_baseline = crate::proc::thread_count();
+        self.oom_kills = crate::proc::oom_kills();
+        log::info!(target: "ufork", "arbiter pid {} starting {}", self.pid, workers(self.sched.target));
         loop {
-            let now = now_ns();
-            self.detect_stall(now);
-            if self.stop.is_none() {
-                self.advance_rolling(now);
+            let now = Instant::now();
+            self.sched.loop_top(now);
+            if !self.sched.stopping() {
+                self.sched
+                    .advance_rolling(now, &BoardView::new(&self.board));
+                self.run_actions();
                 self.spawn_due(now);
-            } else if self.live() == 0 {
+            } else if self.sched.finished() {
                 break;
             }
             self.check_health(now);
             self.publish(true);
-            let deadline = self.next_deadline(now_ns());
+            let deadline = self.next_deadline();
             self.poll_once(deadline)?;
         }
         Ok(self.finish())
     }
 
-    /// Notices that the arbiter itself did not run for a while (SIGSTOP,
-    /// suspend, starvation): the time since the last iteration beyond what
-    /// `poll` was asked to wait. Then every worker gets a fresh grace, since
-    /// beats taken while everything (workers too) may have been frozen say
-    /// nothing about their health.
-    fn detect_stall(&mut self, now: u64) {
-        let (asked, slept) = self.last_poll;
-        if self.prev_top != 0 {
-            let expected = asked.map_or(slept, |a| a.min(slept));
-            let lost = now.saturating_sub(self.prev_top).saturating_sub(expected);
-            let stall = self.settings.heartbeat_timeout.map_or(STALL, |t| {
-                (t.as_nanos() as u64 / 2).clamp(STALL_FLOOR, STALL)
-            });
-            if lost > stall {
-                log::warn!(
-                    target: "ufork",
-                    "the arbiter was not running for {} (stopped or suspended); giving workers a fresh heartbeat grace",
-                    human(ns_to_duration(lost))
-                );
-                self.resumed_at = now;
-            }
-        }
-        self.prev_top = now;
-        self.last_poll = (Some(0), 0);
-    }
-
     fn finish(&mut self) -> Outcome {
+        // Ctrl-C works again before layers flush: a flush stalled on a full
+        // pipe must not leave the process deaf to it.
+        self.restore_signals();
         for layer in &mut self.layers {
             layer.stopped();
         }
-        let stop = self.stop.take();
         self.publish(false);
-        self.restore_signals();
-        let stop = stop.unwrap_or(StopState {
-            cause: StopCause::Handle,
-            graceful: true,
-            killed_at_timeout: 0,
-        });
         log::info!(target: "ufork", "arbiter pid {} stopped: every worker reaped", self.pid);
-        Outcome {
-            cause: stop.cause,
-            graceful: stop.graceful,
-            killed_at_timeout: stop.killed_at_timeout,
-            spawned: self.spawned,
-            history: self.history.iter().cloned().collect(),
-        }
-    }
-
-    fn live(&self) -> usize {
-        self.slots.iter().filter(|s| s.proc.is_some()).count()
+        self.sched.outcome()
     }
 
     fn each_layer(&mut self, mut f: impl FnMut(&mut dyn Layer, &mut Context<'_>)) {
@@ -342,63 +280,65 @@ where
 
     fn publish(&mut self, running: bool) {
         let mut published = self.shared.published();
-        published.target = self.target;
+        published.target = self.sched.target;
         published.running = running;
-        published.stopping = self.stop.is_some();
-        published.spawned = self.spawned;
-        published.rolling = !self.rolling.is_empty() || self.rolling_current.is_some();
-        published.rolls = self.rolls;
+        published.stopping = running && self.sched.stopping();
+        published.spawned = self.sched.spawned;
+        published.rolling = self.sched.rolling();
+        published.rolls = self.sched.rolls;
         published.procs.clear();
-        for (slot, s) in self.slots.iter().enumerate() {
+        for (slot, s) in self.sched.slots.iter().enumerate() {
             if let Some(p) = &s.proc {
                 published
                     .procs
                     .push((slot, p.pid, p.generation, p.started, s.restarts));
             }
         }
-        if published.history.len() != self.history.len()
-            || published.history.back() != self.history.back()
-        {
-            published.history = self.history.clone();
+        let history = &self.sched.history;
+        if published.history.len() != history.len() || published.history.back() != history.back() {
+            published.history = history.clone();
+        }
+    }
+
+    /// Carries out what the scheduler decided.
+    fn run_actions(&mut self) {
+        for action in self.sched.take_actions() {
+            match action {
+                Action::Signal { slot, pid, signal } => {
+                    let signal = match signal {
+                        Sig::Term => {
+                            self.board
+                                .cell(slot)
+                                .set_state(crate::WorkerState::Stopping);
+                            Signal::TERM
+                        }
+                        Sig::Kill => Signal::KILL,
+                    };
+                    if let Some(Some(pidfd)) = self.pidfds.get(slot) {
+                        signal_proc(pid, pidfd, signal, self.sched.settings.process_group);
+                    }
+                }
+            }
         }
     }
 
     // -- spawning ------------------------------------------------------------
 
-    fn booting(&self) -> usize {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                s.proc.is_some() && self.board.cell(*i).state() == WorkerState::Booting
-            })
-            .count()
-    }
-
-    fn spawn_due(&mut self, now: u64) {
+    fn spawn_due(&mut self, now: Instant) {
         let board = Arc::clone(&self.board);
-        let header = board.header();
         for pass in 0..2 {
-            let mut blocked = false;
-            let mut booting = self.booting();
-            for slot in 0..self.target {
-                let s = &self.slots[slot];
-                if s.proc.is_some() || s.not_before > now {
-                    continue;
-                }
-                if booting >= self.settings.max_booting {
-                    blocked = true;
-                    break;
-                }
-                if self.spawn(slot, now) {
-                    booting += 1;
-                }
+            let plan = self.sched.plan_spawns(now, &BoardView::new(&board));
+            for &(slot, generation) in &plan.slots {
+                self.spawn(slot, generation, now);
             }
             // A worker turning ready is no system call, so the arbiter asks for
             // a note while something waits on it: the throttle, a rolling
             // restart, or the first heartbeat that starts hang detection.
-            let waiting = blocked || self.rolling_current.is_some() || booting > 0;
-            header
+            let waiting = self
+                .sched
+                .waiting_for_ready(plan.blocked, &BoardView::new(&board));
+            board
+                .header()
                 .ready_wanted
                 .store(u32::from(waiting), Ordering::SeqCst);
             if !waiting || pass == 1 {
@@ -409,250 +349,122 @@ where
         }
     }
 
-    /// Forks a worker for `slot`. Returns whether it was forked.
-    fn spawn(&mut self, slot: usize, now: u64) -> bool {
-        let generation = self.slots[slot].next_generation;
+    fn spawn_failed(&mut self, slot: usize, now: Instant) {
+        for layer in &mut self.layers {
+            layer.fork_failed(slot);
+        }
+        self.board.cell(slot).clear();
+        self.sched.spawn_failed(slot, now);
+    }
+
+    /// Warns once if threads appeared since `run` began: a child inherits no
+    /// thread, and only the locks this loop holds across `fork` are safe.
+    fn check_threads(&mut self) {
+        if self.threads_warned {
+            return;
+        }
+        if let (Some(base), Some(now)) = (self.thread_baseline, crate::proc::thread_count()) {
+            if now > base {
+                self.threads_warned = true;
+                log::warn!(
+                    target: "ufork",
+                    "the process has {now} threads, {base} when the arbiter started: a worker inherits no lock another thread holds at fork, except stdout's and stderr's, which the arbiter holds across it"
+                );
+            }
+        }
+    }
+
+    /// Forks a worker for `slot`.
+    fn spawn(&mut self, slot: usize, generation: u32, now: Instant) {
         self.board.cell(slot).reset(0, generation);
         if let Some(hook) = &mut self.hooks.pre_fork {
             hook(slot, generation);
         }
-        let mut prepared = 0;
-        for layer in &mut self.layers {
-            if let Err(e) = layer.prepare(slot, generation) {
+        for index in 0..self.layers.len() {
+            if let Err(e) = self.layers[index].prepare(slot, generation) {
                 log::error!(target: "ufork", "cannot prepare worker {slot}: {e}; retrying later");
-                break;
+                self.spawn_failed(slot, now);
+                return;
             }
-            prepared += 1;
         }
-        if prepared < self.layers.len() {
-            for layer in &mut self.layers {
-                layer.fork_failed(slot);
-            }
-            self.board.cell(slot).clear();
-            self.delay_slot(slot, now, false);
-            return false;
-        }
-        if let Some(baseline) = self.thread_baseline {
-            debug_assert_eq!(
-                crate::proc::thread_count(),
-                Some(baseline),
-                "a thread was started in the arbiter process while it runs; forking is no longer sound"
-            );
-        }
-        let forked = sys::fork_into(|| self.child(slot, generation));
-        match forked {
+        self.check_threads();
+        let close = self.arbiter_fds();
+        let forked = {
+            let Self {
+                sched,
+                layers,
+                hooks,
+                board,
+                notes_w,
+                death_r,
+                saved,
+                worker_main,
+                pid,
+                ..
+            } = self;
+            // std's stdout and stderr locks are held across the fork (the
+            // pthread_atfork pattern): a child never inherits them locked by
+            // a thread it does not have.
+            let out = std::io::stdout().lock();
+            let err = std::io::stderr().lock();
+            sys::fork_into(|| {
+                drop((out, err));
+                Child {
+                    slot,
+                    generation,
+                    arbiter_pid: *pid,
+                    settings: &sched.settings,
+                    saved,
+                    close: &close,
+                    board,
+                    notes_w,
+                    death_r: death_r.take(),
+                    layers,
+                    post_fork: &mut hooks.post_fork,
+                    worker_main,
+                }
+                .run()
+            })
+        };
+        let pid = match forked {
+            Ok(pid) => pid,
             Err(e) => {
                 log::error!(target: "ufork", "cannot fork worker {slot}: {e}; retrying later");
-                for layer in &mut self.layers {
-                    layer.fork_failed(slot);
-                }
-                self.board.cell(slot).clear();
-                self.delay_slot(slot, now, false);
-                false
-            }
-            Ok(pid) => {
-                self.board.cell(slot).set_pid(pid);
-                let Some(raw) = Pid::from_raw(pid) else {
-                    return false;
-                };
-                if self.settings.process_group {
-                    // Both sides set the group, so it exists before either
-                    // the worker execs or the arbiter signals it.
-                    let _ = rustix::process::setpgid(Some(raw), Some(raw));
-                }
-                let pidfd = match rustix::process::pidfd_open(
-                    raw,
-                    rustix::process::PidfdFlags::empty(),
-                ) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        log::error!(target: "ufork", "cannot watch worker {slot} pid {pid}: {e}; killing it");
-                        let _ = rustix::process::kill_process(raw, Signal::KILL);
-                        let _ = rustix::process::waitpid(Some(raw), WaitOptions::empty());
-                        for layer in &mut self.layers {
-                            layer.fork_failed(slot);
-                        }
-                        self.board.cell(slot).clear();
-                        self.delay_slot(slot, now, false);
-                        return false;
-                    }
-                };
-                let s = &mut self.slots[slot];
-                s.next_generation = generation.wrapping_add(1);
-                s.proc = Some(Proc {
-                    pid,
-                    pidfd,
-                    generation,
-                    started: now,
-                    reason: None,
-                    kill_at: None,
-                    killed_at_deadline: false,
-                });
-                self.spawned += 1;
-                let spawn = Spawn {
-                    slot,
-                    generation,
-                    pid,
-                };
-                self.each_layer(|layer, ctx| layer.spawned(&spawn, ctx));
-                log::info!(target: "ufork", "worker {slot} pid {pid} started (generation {generation})");
-                true
-            }
-        }
-    }
-
-    /// Pushes the next spawn of `slot` back: crash-loop backoff when
-    /// `young_death`, otherwise the initial delay (a failed fork).
-    fn delay_slot(&mut self, slot: usize, now: u64, young_death: bool) {
-        let s = &mut self.slots[slot];
-        s.failures = s.failures.saturating_add(1);
-        let exp = s.failures.saturating_sub(1).min(64) as i32;
-        let delay = self
-            .settings
-            .backoff_initial
-            .mul_f64(1.5f64.powi(exp))
-            .min(self.settings.backoff_max);
-        s.not_before = now + delay.as_nanos() as u64;
-        if young_death && s.failures == 2 {
-            log::warn!(
-                target: "ufork",
-                "worker {slot} is crash-looping ({} young deaths in a row); respawning with backoff, next in {}",
-                s.failures,
-                human(delay)
-            );
-        }
-        self.warn_if_wedged();
-    }
-
-    fn warn_if_wedged(&mut self) {
-        let failing = self.slots[..self.target]
-            .iter()
-            .filter(|s| s.failures >= 2)
-            .count();
-        if self.target >= 2 && failing * 2 > self.target {
-            if !self.wedge_warned {
-                self.wedge_warned = true;
-                log::error!(
-                    target: "ufork",
-                    "most workers are failing: {failing} of {} slots are crash-looping",
-                    self.target
-                );
-            }
-        } else {
-            self.wedge_warned = false;
-        }
-    }
-
-    // -- the child -------------------------------------------------------------
-
-    fn child(&mut self, slot: usize, generation: u32) -> ! {
-        let code = match catch_unwind(AssertUnwindSafe(|| self.child_body(slot, generation))) {
-            Ok(code) => code,
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                notes::send(
-                    self.notes_w.as_fd(),
-                    NoteKind::Panicked,
-                    slot,
-                    generation,
-                    &message,
-                );
-                EXIT_PANICKED
+                self.spawn_failed(slot, now);
+                return;
             }
         };
-        flush_stdio();
-        sys::exit_now(code)
-    }
-
-    fn child_body(&mut self, slot: usize, generation: u32) -> i32 {
-        let (stop_r, stop_w) = match nonblocking_pipe() {
-            Ok(pair) => pair,
-            Err(_) => return EXIT_SETUP,
+        self.board.cell(slot).set_pid(pid);
+        let Some(raw) = Pid::from_raw(pid) else {
+            return;
         };
-        sys::reset_child_signals(&self.saved, stop_w.as_raw_fd());
-        // Die with the arbiter; PDEATHSIG follows the forking thread, which is
-        // the arbiter's loop and lives until every worker is reaped. The pid
-        // re-check covers an arbiter that died before prctl.
-        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-        if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(self.pid) {
-            return EXIT_SETUP;
+        if self.sched.settings.process_group {
+            // Both sides set the group, so it exists before either the
+            // worker execs or the arbiter signals it.
+            let _ = rustix::process::setpgid(Some(raw), Some(raw));
         }
-        if self.settings.process_group {
-            let _ = rustix::process::setpgid(None, None);
-        }
-        for fd in self.arbiter_fds() {
-            sys::close_inherited(fd);
-        }
-        if self.settings.stdin == Stdin::Null {
-            if let Ok(null) = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            ) {
-                let _ = rustix::stdio::dup2_stdin(&null);
+        let pidfd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                log::error!(target: "ufork", "cannot watch worker {slot} pid {pid}: {e}; killing it");
+                let _ = rustix::process::kill_process(raw, Signal::KILL);
+                let _ = rustix::process::waitpid(Some(raw), WaitOptions::empty());
+                self.spawn_failed(slot, now);
+                return;
             }
+        };
+        if self.pidfds.len() <= slot {
+            self.pidfds.resize_with(slot.saturating_add(1), || None);
         }
-        if let Some(death_r) = self.death_r.take() {
-            watch_parent(death_r);
-        }
-        let mut worker = Worker {
+        self.pidfds[slot] = Some(pidfd);
+        self.sched.spawned(slot, pid, now);
+        let spawn = Spawn {
             slot,
             generation,
-            pid: rustix::process::getpid().as_raw_nonzero().get(),
-            vitals: Vitals::new(
-                Arc::clone(&self.board),
-                slot,
-                Some(Arc::clone(&self.notes_w)),
-            ),
-            stop_read: stop_r,
-            _stop_write: stop_w,
-            #[cfg(feature = "rng")]
-            rng: crate::worker::seed_rng(slot, generation),
+            pid,
         };
-        self.board.cell(slot).set_pid(worker.pid);
-        let info = ChildInfo { slot, generation };
-        for layer in &mut self.layers {
-            if let Err(e) = layer.in_child(&info) {
-                let text = format!("worker setup failed: {e}");
-                notes::send(
-                    self.notes_w.as_fd(),
-                    NoteKind::Failed,
-                    slot,
-                    generation,
-                    &text,
-                );
-                return EXIT_SETUP;
-            }
-        }
-        if let Some(hook) = &mut self.hooks.post_fork {
-            if let Err(e) = hook(&mut worker) {
-                let text = format!("post-fork hook failed: {e}");
-                notes::send(
-                    self.notes_w.as_fd(),
-                    NoteKind::Failed,
-                    slot,
-                    generation,
-                    &text,
-                );
-                return EXIT_FAILED;
-            }
-        }
-        if self.settings.ready_on_start {
-            worker.ready();
-        }
-        match (self.worker_main)(&mut worker) {
-            Ok(()) => 0,
-            Err(e) => {
-                notes::send(
-                    self.notes_w.as_fd(),
-                    NoteKind::Failed,
-                    slot,
-                    generation,
-                    &e.to_string(),
-                );
-                EXIT_FAILED
-            }
-        }
+        self.each_layer(|layer, ctx| layer.spawned(&spawn, ctx));
+        log::info!(target: "ufork", "worker {slot} pid {pid} started (generation {generation})");
     }
 
     /// Every descriptor that belongs to the arbiter and not to a worker.
@@ -665,215 +477,64 @@ where
             self.notes_r.as_raw_fd(),
             self.death_w.as_raw_fd(),
         ];
-        fds.extend(
-            self.slots
-                .iter()
-                .filter_map(|s| s.proc.as_ref())
-                .map(|p| p.pidfd.as_raw_fd()),
-        );
+        fds.extend(self.pidfds.iter().flatten().map(AsRawFd::as_raw_fd));
         fds.extend(self.registry.fds().filter(|&fd| fd > 2));
         fds
     }
 
     // -- health --------------------------------------------------------------
 
-    fn check_health(&mut self, now: u64) {
-        let limits = self.settings.memory_limit.is_some() || self.settings.fd_limit.is_some();
-        let check_limits = limits && now >= self.next_limit_check;
-        if check_limits {
-            self.next_limit_check = now + self.settings.limit_interval.as_nanos() as u64;
-        }
-        for slot in 0..self.slots.len() {
-            let Some(proc) = &self.slots[slot].proc else {
-                continue;
-            };
-            let (pid, started, reason, kill_at) =
-                (proc.pid, proc.started, proc.reason.is_some(), proc.kill_at);
-            if let Some(at) = kill_at {
-                if now >= at {
-                    log::warn!(
-                        target: "ufork",
-                        "worker {slot} pid {pid} did not exit within {} of SIGTERM; sending SIGKILL",
-                        human(self.settings.graceful_timeout)
-                    );
-                    self.signal(slot, Signal::KILL);
-                    if let Some(p) = &mut self.slots[slot].proc {
-                        p.kill_at = None;
-                        p.killed_at_deadline = true;
-                    }
+    fn check_health(&mut self, now: Instant) {
+        self.sched.check_health(now, &BoardView::new(&self.board));
+        if self.sched.limits_due(now) {
+            let live: Vec<(usize, i32)> = self
+                .sched
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, s)| s.proc.as_ref().map(|p| (slot, p.pid)))
+                .collect();
+            for (slot, pid) in live {
+                if let Some(reason) = self.over_limit(slot, pid) {
+                    self.sched.recycle(slot, reason, now);
                 }
-                continue;
-            }
-            if reason {
-                continue;
-            }
-            let board = Arc::clone(&self.board);
-            let cell = board.cell(slot);
-            let state = cell.state();
-            if self.slots[slot].failures > 0
-                && now.saturating_sub(started) >= self.settings.min_uptime.as_nanos() as u64
-            {
-                if self.slots[slot].failures >= 2 {
-                    log::info!(target: "ufork", "worker {slot} recovered: pid {pid} has been up {}", human(self.settings.min_uptime));
-                }
-                self.slots[slot].failures = 0;
-                self.warn_if_wedged();
-            }
-            if state == WorkerState::Booting {
-                let since = started.max(self.resumed_at);
-                if now.saturating_sub(since) > self.settings.start_timeout.as_nanos() as u64 {
-                    let after = ns_to_duration(now - started);
-                    log::error!(
-                        target: "ufork",
-                        "worker {slot} pid {pid} not ready after {} (start timeout); killing it",
-                        human(after)
-                    );
-                    self.end_proc(slot, ExitReason::BootTimedOut { after }, false);
-                    continue;
-                }
-            }
-            if let Some(timeout) = self.settings.heartbeat_timeout {
-                let beat = cell.last_beat();
-                if beat != 0
-                    && now.saturating_sub(beat.max(self.resumed_at)) > timeout.as_nanos() as u64
-                {
-                    let silent_for = ns_to_duration(now.saturating_sub(beat));
-                    let activity = cell.read_activity();
-                    log::error!(
-                        target: "ufork",
-                        "worker {slot} pid {pid} timed out: silent for {} (limit {}) while {state}{}; killing it",
-                        human(silent_for),
-                        human(timeout),
-                        if activity.is_empty() { String::new() } else { format!(" ({activity})") }
-                    );
-                    self.end_proc(
-                        slot,
-                        ExitReason::TimedOut {
-                            silent_for,
-                            state,
-                            activity,
-                        },
-                        false,
-                    );
-                    continue;
-                }
-            }
-            if check_limits {
-                self.check_limits(slot, pid);
             }
         }
+        self.run_actions();
     }
 
-    fn check_limits(&mut self, slot: usize, pid: i32) {
-        if let Some(limit) = self.settings.memory_limit {
+    /// Reads a worker's memory and descriptors from /proc against the limits.
+    fn over_limit(&self, slot: usize, pid: i32) -> Option<ExitReason> {
+        let settings = &self.sched.settings;
+        if let Some(limit) = settings.memory_limit {
             if let Some(rss) = crate::proc::rss_bytes(pid) {
                 if rss > limit {
                     log::warn!(target: "ufork", "worker {slot} pid {pid} uses {rss} bytes of memory, over the limit of {limit}; recycling it");
-                    self.end_proc(slot, ExitReason::OverMemory { rss, limit }, true);
-                    return;
+                    return Some(ExitReason::OverMemory { rss, limit });
                 }
             }
         }
-        if let Some(fd_limit) = self.settings.fd_limit {
-            let limit = match fd_limit {
-                FdLimit::Count(n) => Some(n),
-                FdLimit::FractionOfRlimit(f) => {
-                    crate::proc::nofile_limit(pid).map(|n| ((n as f64) * f) as u64)
-                }
-            };
-            if let (Some(limit), Some(open)) = (limit, crate::proc::open_fds(pid)) {
-                if open >= limit {
-                    log::warn!(target: "ufork", "worker {slot} pid {pid} has {open} open files, at the limit of {limit}; recycling it");
-                    self.end_proc(slot, ExitReason::TooManyFds { open, limit }, true);
-                }
+        let limit = match settings.fd_limit? {
+            FdLimit::Count(n) => Some(n),
+            FdLimit::FractionOfRlimit(f) => {
+                crate::proc::nofile_limit(pid).map(|n| crate::proc::fraction_of(n, f))
             }
-        }
-    }
-
-    fn signal(&self, slot: usize, signal: Signal) {
-        if let Some(proc) = &self.slots[slot].proc {
-            signal_proc(proc, signal, self.settings.process_group);
-        }
-    }
-
-    /// Asks the worker in `slot` to go: SIGTERM with a SIGKILL deadline when
-    /// `graceful`, SIGKILL now otherwise. The first reason given sticks.
-    fn end_proc(&mut self, slot: usize, reason: ExitReason, graceful: bool) {
-        let now = now_ns();
-        let graceful_ns = self.settings.graceful_timeout.as_nanos() as u64;
-        let Some(proc) = &mut self.slots[slot].proc else {
-            return;
         };
-        if proc.reason.is_none() {
-            proc.reason = Some(reason);
-        }
-        if graceful {
-            if proc.kill_at.is_none() {
-                proc.kill_at = Some(now + graceful_ns);
-                self.board.cell(slot).set_state(WorkerState::Stopping);
-                self.signal(slot, Signal::TERM);
+        if let (Some(limit), Some(open)) = (limit, crate::proc::open_fds(pid)) {
+            if open >= limit {
+                log::warn!(target: "ufork", "worker {slot} pid {pid} has {open} open files, at the limit of {limit}; recycling it");
+                return Some(ExitReason::TooManyFds { open, limit });
             }
-        } else {
-            if let Some(p) = &mut self.slots[slot].proc {
-                p.kill_at = None;
-            }
-            self.signal(slot, Signal::KILL);
         }
+        None
     }
 
-    fn next_deadline(&self, now: u64) -> Option<u64> {
-        let mut next: Option<u64> = None;
-        let mut consider = |t: u64| next = Some(next.map_or(t, |n: u64| n.min(t)));
-        for (slot, s) in self.slots.iter().enumerate() {
-            match &s.proc {
-                Some(p) => {
-                    if let Some(at) = p.kill_at {
-                        consider(at);
-                        continue;
-                    }
-                    if p.reason.is_some() {
-                        continue;
-                    }
-                    if s.failures > 0 {
-                        consider(p.started + self.settings.min_uptime.as_nanos() as u64);
-                    }
-                    let cell = self.board.cell(slot);
-                    if cell.state() == WorkerState::Booting {
-                        let since = p.started.max(self.resumed_at);
-                        consider(since + self.settings.start_timeout.as_nanos() as u64 + 1);
-                        // A booting worker may beat before it is ready, and
-                        // its ready note may have been skipped (no waiter).
-                        // Wake once per timeout while it boots (never spin on
-                        // a deadline already past).
-                        if let Some(t) = self.settings.heartbeat_timeout {
-                            let t = t.as_nanos() as u64;
-                            let periods = now.saturating_sub(since) / t + 1;
-                            consider(since + periods * t + 1);
-                        }
-                    }
-                    if let Some(t) = self.settings.heartbeat_timeout {
-                        let beat = cell.last_beat();
-                        if beat != 0 {
-                            consider(beat.max(self.resumed_at) + t.as_nanos() as u64 + 1);
-                        }
-                    }
-                }
-                None if self.stop.is_none() && slot < self.target && s.not_before > now => {
-                    consider(s.not_before);
-                }
-                None => {}
-            }
-        }
-        if (self.settings.memory_limit.is_some() || self.settings.fd_limit.is_some())
-            && self.live() > 0
-        {
-            consider(self.next_limit_check.max(now));
-        }
-        let instant_now = Instant::now();
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next = self.sched.next_deadline(now, &BoardView::new(&self.board));
         for layer in &self.layers {
             if let Some(at) = layer.next_deadline() {
-                let wait = at.saturating_duration_since(instant_now);
-                consider(now + wait.as_nanos() as u64);
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
         next
@@ -881,24 +542,28 @@ where
 
     // -- waiting and events --------------------------------------------------
 
-    fn poll_once(&mut self, deadline: Option<u64>) -> Result<()> {
-        let before = now_ns();
-        let timeout = deadline.map(|d| d.saturating_sub(before));
-        let ts = timeout.map(|ns| rustix::time::Timespec {
-            tv_sec: (ns / 1_000_000_000) as _,
-            tv_nsec: (ns % 1_000_000_000) as _,
+    fn poll_once(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let before = Instant::now();
+        let timeout = deadline.map(|d| d.saturating_duration_since(before));
+        let ts = timeout.map(|t| rustix::time::Timespec {
+            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(t.subsec_nanos()),
         });
-        let proc_slots: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].proc.is_some())
+        let proc_slots: Vec<usize> = (0..self.pidfds.len())
+            .filter(|&i| self.pidfds[i].is_some())
             .collect();
         let (fixed, procs, layer_events) = {
-            let mut fds = Vec::with_capacity(3 + proc_slots.len() + self.registry.entries.len());
-            fds.push(PollFd::new(&self.sig_r, PollFlags::IN));
+            let mut fds = Vec::with_capacity(
+                proc_slots
+                    .len()
+                    .saturating_add(self.registry.entries.len())
+                    .saturating_add(3),
+            );
+            fds.push(PollFd::from_borrowed_fd(self.sig_r, PollFlags::IN));
             fds.push(PollFd::new(&self.wake_r, PollFlags::IN));
             fds.push(PollFd::new(&self.notes_r, PollFlags::IN));
-            for &slot in &proc_slots {
-                let proc = self.slots[slot].proc.as_ref().expect("slot has a process");
-                fds.push(PollFd::new(&proc.pidfd, PollFlags::IN));
+            for pidfd in self.pidfds.iter().flatten() {
+                fds.push(PollFd::new(pidfd, PollFlags::IN));
             }
             for entry in &self.registry.entries {
                 let mut flags = PollFlags::empty();
@@ -917,10 +582,12 @@ where
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(Error::Poll(e.into())),
             }
-            let fixed: Vec<bool> = fds[..3].iter().map(|f| !f.revents().is_empty()).collect();
+            let (head, rest) = fds.split_at(3);
+            let (proc_fds, layer_fds) = rest.split_at(proc_slots.len());
+            let fixed: Vec<bool> = head.iter().map(|f| !f.revents().is_empty()).collect();
             let procs: Vec<usize> = proc_slots
                 .iter()
-                .zip(&fds[3..3 + proc_slots.len()])
+                .zip(proc_fds)
                 .filter(|(_, f)| !f.revents().is_empty())
                 .map(|(&slot, _)| slot)
                 .collect();
@@ -928,19 +595,19 @@ where
                 .registry
                 .entries
                 .iter()
-                .zip(&fds[3 + proc_slots.len()..])
+                .zip(layer_fds)
                 .filter(|(_, f)| !f.revents().is_empty())
                 .map(|(e, f)| (e.token, e.layer, f.revents()))
                 .collect();
             (fixed, procs, layer_events)
         };
-        self.last_poll = (timeout, now_ns().saturating_sub(before));
+        self.sched.polled(timeout, before.elapsed());
         if fixed[0] {
-            drain(&self.sig_r);
+            drain(self.sig_r);
             self.handle_signals();
         }
         if fixed[1] {
-            drain(&self.wake_r);
+            drain(self.wake_r.as_fd());
         }
         self.handle_commands();
         if fixed[2] {
@@ -950,21 +617,7 @@ where
             self.reap_slot(slot)?;
         }
         for (token, layer, flags) in layer_events {
-            if !self.registry.entries.iter().any(|e| e.token == token) {
-                continue;
-            }
-            if flags.contains(PollFlags::NVAL) {
-                log::warn!(target: "ufork", "a layer's descriptor was closed while registered; dropping it");
-                self.registry.entries.retain(|e| e.token != token);
-                continue;
-            }
-            let readiness = Readiness {
-                readable: flags.intersects(PollFlags::IN | PollFlags::PRI),
-                writable: flags.contains(PollFlags::OUT),
-                hangup: flags.contains(PollFlags::HUP),
-                error: flags.contains(PollFlags::ERR),
-            };
-            self.with_layer(layer, |l, ctx| l.event(token, readiness, ctx));
+            self.layer_event(token, layer, flags);
         }
         self.each_layer(|layer, ctx| layer.tick(ctx));
         // Commands a layer sent during its events take effect now rather than
@@ -973,55 +626,86 @@ where
         Ok(())
     }
 
+    fn layer_event(&mut self, token: Token, layer: usize, flags: PollFlags) {
+        if !self.registry.entries.iter().any(|e| e.token == token) {
+            return;
+        }
+        if flags.contains(PollFlags::NVAL) {
+            log::warn!(target: "ufork", "a layer's descriptor was closed while registered; dropping it");
+            self.registry.entries.retain(|e| e.token != token);
+            return;
+        }
+        let readiness = Readiness {
+            readable: flags.intersects(PollFlags::IN | PollFlags::PRI),
+            writable: flags.contains(PollFlags::OUT),
+            hangup: flags.contains(PollFlags::HUP),
+            error: flags.contains(PollFlags::ERR),
+        };
+        self.with_layer(layer, |l, ctx| l.event(token, readiness, ctx));
+    }
+
+    fn stop(&mut self, cause: StopCause, graceful: bool) {
+        if self.sched.stop(cause, graceful, Instant::now()) == StopStep::Began {
+            if let Some(hook) = &mut self.hooks.pre_stop {
+                hook();
+            }
+            self.each_layer(|layer, ctx| layer.stopping(ctx));
+        }
+        self.run_actions();
+    }
+
     fn handle_signals(&mut self) {
-        let both = |sig| sys::take_count(sig) + sys::take_kernel_count(sig);
+        let both = |sig| sys::take_count(sig).saturating_add(sys::take_kernel_count(sig));
         let int = both(libc::SIGINT);
         let term = both(libc::SIGTERM);
         let quit = both(libc::SIGQUIT);
+        let live = workers(self.sched.live());
         if quit > 0 {
             log::warn!(target: "ufork", "SIGQUIT: stopping every worker now");
-            self.begin_stop(StopCause::Signal(libc::SIGQUIT), false);
+            self.stop(StopCause::Signal(libc::SIGQUIT), false);
         }
         if int > 0 {
-            let already = self.stop.as_ref().is_some_and(|s| s.graceful);
-            if int >= 2 || already {
+            if int >= 2 || self.sched.stopping_gracefully() {
                 log::warn!(target: "ufork", "second SIGINT: stopping every worker now");
-                self.begin_stop(StopCause::Signal(libc::SIGINT), false);
+                self.stop(StopCause::Signal(libc::SIGINT), false);
             } else {
-                log::info!(target: "ufork", "SIGINT: stopping {} gracefully (Ctrl-C again to stop now)", workers(self.live()));
-                self.begin_stop(StopCause::Signal(libc::SIGINT), true);
+                log::info!(target: "ufork", "SIGINT: stopping {live} gracefully (Ctrl-C again to stop now)");
+                self.stop(StopCause::Signal(libc::SIGINT), true);
             }
         }
         if term > 0 {
-            log::info!(target: "ufork", "SIGTERM: stopping {} gracefully", workers(self.live()));
-            self.begin_stop(StopCause::Signal(libc::SIGTERM), true);
+            log::info!(target: "ufork", "SIGTERM: stopping {live} gracefully");
+            self.stop(StopCause::Signal(libc::SIGTERM), true);
         }
         // SIGHUP from the kernel means the controlling terminal hung up: like
         // any foreground program, stop. Sent with kill(1), it asks for a
         // rolling restart.
         if sys::take_kernel_count(libc::SIGHUP) > 0 {
-            log::warn!(target: "ufork", "the terminal hung up (SIGHUP): stopping {} gracefully", workers(self.live()));
-            self.begin_stop(StopCause::Signal(libc::SIGHUP), true);
+            log::warn!(target: "ufork", "the terminal hung up (SIGHUP): stopping {live} gracefully");
+            self.stop(StopCause::Signal(libc::SIGHUP), true);
         }
         if sys::take_count(libc::SIGHUP) > 0 {
-            if self.stop.is_some() {
+            if self.sched.stopping() {
                 log::info!(target: "ufork", "SIGHUP ignored: the pool is stopping");
             } else {
                 log::info!(target: "ufork", "SIGHUP: restarting every worker, one at a time");
-                self.start_rolling();
+                self.sched.start_rolling();
             }
         }
         // The kernel raises TTIN/TTOU for job control (a background process
         // touching the terminal): that is no request to scale.
-        let job_control =
-            sys::take_kernel_count(libc::SIGTTIN) + sys::take_kernel_count(libc::SIGTTOU);
+        let job_control = sys::take_kernel_count(libc::SIGTTIN)
+            .saturating_add(sys::take_kernel_count(libc::SIGTTOU));
         if job_control > 0 {
             log::debug!(target: "ufork", "ignoring SIGTTIN/SIGTTOU from terminal job control");
         }
-        let ttin = sys::take_count(libc::SIGTTIN) as isize;
-        let ttou = sys::take_count(libc::SIGTTOU) as isize;
+        let ttin = isize::try_from(sys::take_count(libc::SIGTTIN)).unwrap_or(isize::MAX);
+        let ttou = isize::try_from(sys::take_count(libc::SIGTTOU)).unwrap_or(isize::MAX);
         if ttin != ttou {
-            self.add_workers(ttin - ttou);
+            self.sched
+                .add_workers(ttin.saturating_sub(ttou), Instant::now());
+            self.grow_pidfds();
+            self.run_actions();
         }
         if both(libc::SIGUSR1) > 0 {
             log::info!(target: "ufork", "SIGUSR1: reopening logs");
@@ -1032,135 +716,27 @@ where
         }
     }
 
+    fn grow_pidfds(&mut self) {
+        let len = self.sched.slots.len();
+        if self.pidfds.len() < len {
+            self.pidfds.resize_with(len, || None);
+        }
+    }
+
     fn handle_commands(&mut self) {
         for command in self.shared.take_commands() {
+            let now = Instant::now();
             match command {
-                Command::Stop { graceful } => self.begin_stop(StopCause::Handle, graceful),
-                Command::SetWorkers(n) => self.set_target(n),
-                Command::AddWorkers(delta) => self.add_workers(delta),
-                Command::RestartAll => self.start_rolling(),
-                Command::Restart(slot) => {
-                    if slot < self.slots.len() {
-                        self.end_proc(slot, ExitReason::Stopped, true);
-                    }
-                }
-                Command::Kill(slot) => {
-                    if slot < self.slots.len() {
-                        self.end_proc(slot, ExitReason::Stopped, false);
-                    }
-                }
+                Command::Stop { graceful } => self.stop(StopCause::Handle, graceful),
+                Command::SetWorkers(n) => self.sched.set_target(n, now),
+                Command::AddWorkers(delta) => self.sched.add_workers(delta, now),
+                Command::RestartAll => self.sched.start_rolling(),
+                Command::Restart(slot) => self.sched.restart(slot, true, now),
+                Command::Kill(slot) => self.sched.restart(slot, false, now),
                 Command::Reopen => self.each_layer(|layer, ctx| layer.reopen(ctx)),
             }
-        }
-    }
-
-    fn add_workers(&mut self, delta: isize) {
-        let wanted = (self.target as isize + delta).max(1) as usize;
-        if wanted > self.settings.capacity {
-            log::warn!(
-                target: "ufork",
-                "cannot grow to {wanted} workers: capacity is {}; growing to {}",
-                self.settings.capacity,
-                self.settings.capacity
-            );
-        }
-
-        self.set_target(wanted.min(self.settings.capacity));
-    }
-
-    fn set_target(&mut self, target: usize) {
-        if self.stop.is_some() || target == self.target {
-            return;
-        }
-        let target = target.min(self.settings.capacity);
-        log::info!(target: "ufork", "workers: {} -> {target}", self.target);
-        for slot in target..self.target.max(target) {
-            self.end_proc(slot, ExitReason::Stopped, true);
-        }
-        if target > self.slots.len() {
-            self.slots.resize_with(target, Slot::default);
-        }
-        for slot in self.target..target {
-            // A slot brought back by scaling starts fresh, with no backoff.
-            self.slots[slot].failures = 0;
-            self.slots[slot].not_before = 0;
-        }
-        self.target = target;
-    }
-
-    fn start_rolling(&mut self) {
-        if self.stop.is_some() {
-            return;
-        }
-        self.rolling = (0..self.target).collect();
-        self.rolling_current = None;
-        self.rolls += 1;
-    }
-
-    fn advance_rolling(&mut self, now: u64) {
-        loop {
-            if let Some((slot, old_generation)) = self.rolling_current {
-                let s = &self.slots[slot];
-                match &s.proc {
-                    Some(p) if p.generation <= old_generation => {
-                        if p.reason.is_none() {
-                            self.end_proc(slot, ExitReason::Stopped, true);
-                        }
-                        return;
-                    }
-                    Some(p) if !self.board.cell(slot).state().is_up() && p.reason.is_none() => {
-                        return; // the replacement is booting
-                    }
-                    None if slot < self.target && s.failures == 0 => {
-                        let _ = now;
-                        return; // the replacement is about to be forked
-                    }
-                    _ => self.rolling_current = None,
-                }
-            }
-            match self.rolling.pop_front() {
-                Some(slot) if slot < self.target => {
-                    let old = self.slots[slot]
-                        .proc
-                        .as_ref()
-                        .map_or(self.slots[slot].next_generation, |p| p.generation);
-                    self.rolling_current = Some((slot, old));
-                }
-                Some(_) => {}
-                None => return,
-            }
-        }
-    }
-
-    fn begin_stop(&mut self, cause: StopCause, graceful: bool) {
-        match &mut self.stop {
-            None => {
-                if let Some(hook) = &mut self.hooks.pre_stop {
-                    hook();
-                }
-                self.stop = Some(StopState {
-                    cause,
-                    graceful,
-                    killed_at_timeout: 0,
-                });
-                self.rolling.clear();
-                self.rolling_current = None;
-                self.each_layer(|layer, ctx| layer.stopping(ctx));
-            }
-            Some(stop) => {
-                if graceful || !stop.graceful {
-                    return;
-                }
-                stop.graceful = false;
-            }
-        }
-        for slot in 0..self.slots.len() {
-            if let Some(p) = &mut self.slots[slot].proc {
-                if !graceful {
-                    p.reason = Some(ExitReason::Stopped);
-                }
-            }
-            self.end_proc(slot, ExitReason::Stopped, graceful);
+            self.grow_pidfds();
+            self.run_actions();
         }
     }
 
@@ -1173,26 +749,19 @@ where
             }
         }
         for note in notes::parse(&mut self.note_buf) {
-            match note.kind {
-                NoteKind::Ready => {} // the wake-up was the point
-                NoteKind::Failed | NoteKind::Panicked => {
-                    if let Some(slot) = self.slots.get_mut(note.slot) {
-                        slot.note = Some(note);
-                    }
-                }
-            }
+            self.sched.note(note);
         }
     }
 
     fn reap_slot(&mut self, slot: usize) -> Result<()> {
-        let Some(proc) = &self.slots[slot].proc else {
+        let Some(proc) = &self.sched.slots[slot].proc else {
             return Ok(());
         };
         let pid = proc.pid;
         let Some(raw) = Pid::from_raw(pid) else {
             return Ok(());
         };
-        if self.settings.process_group {
+        if self.sched.settings.process_group {
             // The worker is a zombie until reaped, which keeps its group id
             // from being reused: whatever it left running goes now.
             let _ = rustix::process::kill_process_group(raw, Signal::KILL);
@@ -1212,61 +781,51 @@ where
         }
     }
 
-    /// As PID 1 or a subreaper: reap every child that ended, workers or not.
+    /// As PID 1 or a subreaper: reap every child that ended, workers or not,
+    /// whatever its process group (`wait` on any child, not only the
+    /// arbiter's group).
     fn reap_any(&mut self) {
-        while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
-            let pid = pid.as_raw_nonzero().get();
-            let slot = self
-                .slots
-                .iter()
-                .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid));
-            match slot {
-                Some(slot) => self.exited(slot, convert_status(status)),
-                None => log::debug!(target: "ufork", "reaped pid {pid}, not a worker"),
+        while let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
+            let raw = pid.as_raw_nonzero().get();
+            match self.sched.slot_of(raw) {
+                Some(slot) => {
+                    if self.sched.settings.process_group {
+                        // Reaped first here, so the group is killed after:
+                        // while anything is left in it, its id stays taken.
+                        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                    }
+                    self.exited(slot, convert_status(status));
+                }
+                None => log::debug!(target: "ufork", "reaped pid {raw}, not a worker"),
             }
         }
+    }
+
+    /// Whether the kernel's OOM killer acted since the last look.
+    fn oom_moved(&mut self) -> bool {
+        let now = crate::proc::oom_kills();
+        let moved = matches!((self.oom_kills, now), (Some(before), Some(after)) if after > before);
+        if now.is_some() {
+            self.oom_kills = now;
+        }
+        moved
     }
 
     fn exited(&mut self, slot: usize, status: ExitStatus) {
         // A note the worker wrote just before exiting is in the pipe already.
         self.read_notes();
-        let now = now_ns();
-        let s = &mut self.slots[slot];
-        let Some(proc) = s.proc.take() else { return };
-        let uptime = ns_to_duration(now.saturating_sub(proc.started));
-        let note = s.note.take().filter(|n| n.generation == proc.generation);
-        // A worker's own report of failure beats "stopped": it may have died
-        // just before the stop reached it, or failed while finishing.
-        let reason = match (proc.reason, &note) {
-            (Some(ExitReason::Stopped) | None, Some(n)) if n.kind == NoteKind::Panicked => {
-                ExitReason::Panicked
-            }
-            (Some(ExitReason::Stopped) | None, Some(_)) => ExitReason::Failed,
-            (Some(reason), _) => reason,
-            (None, None) => match status {
-                ExitStatus::Code(0) => ExitReason::Exited,
-                ExitStatus::Code(_) => ExitReason::Failed,
-                ExitStatus::Signal(_) => ExitReason::Killed,
-            },
+        let last = BoardView::new(&self.board).observe(slot);
+        let oom = status == ExitStatus::Signal(libc::SIGKILL) && self.oom_moved();
+        let Some(record) =
+            self.sched
+                .exited(slot, status, &last, oom, Instant::now(), SystemTime::now())
+        else {
+            return;
         };
-        let record = ExitRecord {
-            pid: proc.pid,
-            slot,
-            generation: proc.generation,
-            status,
-            reason,
-            message: note.map(|n| n.text).filter(|t| !t.is_empty()),
-            uptime,
-            at: SystemTime::now(),
-            requests: self.board.cell(slot).requests(),
-        };
-        if proc.killed_at_deadline && status == ExitStatus::Signal(libc::SIGKILL) {
-            if let Some(stop) = &mut self.stop {
-                stop.killed_at_timeout += 1;
-            }
+        if let Some(pidfd) = self.pidfds.get_mut(slot) {
+            *pidfd = None;
         }
-        let requested = record.reason.is_requested();
-        if requested {
+        if record.reason.is_requested() {
             log::info!(target: "ufork", "{record}");
         } else if record.reason == ExitReason::Exited {
             log::warn!(target: "ufork", "{record}");
@@ -1274,23 +833,6 @@ where
             log::error!(target: "ufork", "{record}");
         }
         self.board.cell(slot).clear();
-        if requested {
-            s.not_before = now;
-        } else {
-            s.restarts += 1;
-            if uptime < self.settings.min_uptime {
-                self.delay_slot(slot, now, true);
-            } else {
-                s.failures = 0;
-                s.not_before = now;
-            }
-        }
-        if self.settings.history > 0 {
-            if self.history.len() >= self.settings.history {
-                self.history.pop_front();
-            }
-            self.history.push_back(record.clone());
-        }
         self.each_layer(|layer, ctx| layer.exited(&record, ctx));
         if let Some(hook) = &mut self.hooks.on_exit {
             hook(&record);
@@ -1302,9 +844,16 @@ impl<F> Drop for Monitor<F> {
     fn drop(&mut self) {
         // Reached with workers alive only when `run` failed: never leave an
         // orphan or a zombie behind.
-        for s in &mut self.slots {
+        for (slot, s) in self.sched.slots.iter_mut().enumerate() {
             if let Some(proc) = s.proc.take() {
-                signal_proc(&proc, Signal::KILL, self.settings.process_group);
+                if let Some(Some(pidfd)) = self.pidfds.get(slot) {
+                    signal_proc(
+                        proc.pid,
+                        pidfd,
+                        Signal::KILL,
+                        self.sched.settings.process_group,
+                    );
+                }
                 if let Some(pid) = Pid::from_raw(proc.pid) {
                     let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
                 }
@@ -1313,8 +862,7 @@ impl<F> Drop for Monitor<F> {
         for (sig, old) in self.saved.drain(..) {
             let _ = sys::restore(sig, &old);
         }
-        if self.settings.handle_signals || self.reaper {
-            sys::set_arbiter_pipe(-1);
+        if std::mem::take(&mut self.installed) {
             RUNNING.store(false, Ordering::SeqCst);
         }
     }
@@ -1322,15 +870,15 @@ impl<F> Drop for Monitor<F> {
 
 /// Signals a worker (its whole group, with `process_group`). The pidfd pins
 /// the pid until the worker is reaped, so neither can hit a recycled pid.
-fn signal_proc(proc: &Proc, signal: Signal, group: bool) {
+fn signal_proc(pid: i32, pidfd: &OwnedFd, signal: Signal, group: bool) {
     if group {
-        if let Some(pid) = Pid::from_raw(proc.pid) {
+        if let Some(pid) = Pid::from_raw(pid) {
             if rustix::process::kill_process_group(pid, signal).is_ok() {
                 return;
             }
         }
     }
-    let _ = rustix::process::pidfd_send_signal(&proc.pidfd, signal);
+    let _ = rustix::process::pidfd_send_signal(pidfd, signal);
 }
 
 fn convert_status(status: rustix::process::WaitStatus) -> ExitStatus {
@@ -1343,39 +891,7 @@ fn convert_status(status: rustix::process::WaitStatus) -> ExitStatus {
     }
 }
 
-fn drain(fd: &OwnedFd) {
+fn drain(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 256];
     while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
-}
-
-fn flush_stdio() {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
-
-/// In the child: a small thread blocks on the arbiter's death pipe and ends
-/// the worker when it reads EOF (the arbiter is gone). It backs up
-/// PR_SET_PDEATHSIG, which a setuid exec or a `prctl` in user code can clear.
-fn watch_parent(death_r: OwnedFd) {
-    let spawned = std::thread::Builder::new()
-        .name("ufork-parent".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let mut byte = [0u8; 1];
-            while let Err(rustix::io::Errno::INTR) = rustix::io::read(&death_r, &mut byte) {}
-            flush_stdio();
-            sys::exit_now(EXIT_SETUP);
-        });
-    drop(spawned);
 }

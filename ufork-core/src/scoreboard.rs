@@ -89,6 +89,8 @@ pub(crate) struct Cell {
     requests: AtomicU64,
     busy_since: AtomicU64,
     activity: [AtomicU64; ACTIVITY_LEN / 8],
+    /// Non-zero once the worker declared its next exit planned.
+    planned_exit: AtomicU32,
 }
 
 /// The first cell-sized block of the mapping: flags shared by all slots.
@@ -125,6 +127,11 @@ impl Cell {
         self.last_beat.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
         self.busy_since.store(0, Ordering::Relaxed);
+        self.planned_exit.store(0, Ordering::Relaxed);
+        // No worker lives in the slot now, so no writer holds the sequence
+        // lock; one killed while holding it left the sequence odd for good,
+        // and the arbiter must not wait on it.
+        self.activity_seq.store(0, Ordering::Relaxed);
         self.write_activity("");
         self.generation.store(generation, Ordering::Relaxed);
         self.pid.store(pid, Ordering::SeqCst);
@@ -133,6 +140,14 @@ impl Cell {
     pub(crate) fn clear(&self) {
         self.state.store(WorkerState::Empty.raw(), Ordering::SeqCst);
         self.pid.store(0, Ordering::SeqCst);
+    }
+
+    pub(crate) fn plan_exit(&self) {
+        self.planned_exit.store(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn planned_exit(&self) -> bool {
+        self.planned_exit.load(Ordering::SeqCst) != 0
     }
 
     pub(crate) fn set_pid(&self, pid: i32) {
@@ -181,8 +196,13 @@ impl Cell {
         self.busy_since.load(Ordering::Relaxed)
     }
 
-    /// Writes the activity text under a sequence lock: the reader retries while
-    /// the sequence is odd or changed, so it never sees half of two texts.
+    /// Writes the activity text under a sequence lock, as crossbeam's
+    /// `SeqLock` does: a writer takes the lock by moving the sequence from even
+    /// to odd with a compare-and-swap (every serving thread of a worker may
+    /// write, so writers exclude each other), a release fence orders that
+    /// before the data stores, and a release store of the next even value
+    /// publishes them. The reader retries while the sequence is odd or
+    /// changed, so it never sees half of two texts.
     pub(crate) fn write_activity(&self, text: &str) {
         // Control characters become '?': the text ends up in status tables
         // and log lines on an operator's terminal, where an escape sequence
@@ -196,12 +216,31 @@ impl Cell {
             }
             end += c.encode_utf8(&mut bytes[end..]).len();
         }
-        self.activity_seq.fetch_add(1, Ordering::AcqRel);
+        let seq = loop {
+            let seq = self.activity_seq.load(Ordering::Relaxed);
+            if seq % 2 == 0
+                && self
+                    .activity_seq
+                    .compare_exchange_weak(
+                        seq,
+                        seq.wrapping_add(1),
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                break seq;
+            }
+            std::hint::spin_loop();
+        };
+        std::sync::atomic::fence(Ordering::Release);
         for (word, chunk) in self.activity.iter().zip(bytes.chunks_exact(8)) {
-            let value = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk"));
-            word.store(value, Ordering::Relaxed);
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(chunk);
+            word.store(u64::from_ne_bytes(raw), Ordering::Relaxed);
         }
-        self.activity_seq.fetch_add(1, Ordering::Release);
+        self.activity_seq
+            .store(seq.wrapping_add(2), Ordering::Release);
     }
 
     pub(crate) fn read_activity(&self) -> String {

@@ -3,9 +3,10 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::scoreboard::{Cell, Header};
 
@@ -133,9 +134,24 @@ fn action(handler: libc::sighandler_t) -> libc::sigaction {
     act
 }
 
-/// Points the arbiter's signal handler at `pipe_write` (a non-blocking pipe).
-pub(crate) fn set_arbiter_pipe(pipe_write: RawFd) {
-    ARBITER_PIPE.store(pipe_write, Ordering::SeqCst);
+/// The arbiter's signal self-pipe (read end, write end), made on first use
+/// and never closed: a handler still running on another thread after `run`
+/// restored the dispositions writes to a descriptor that is still this pipe,
+/// never to a number since reused for something else.
+pub(crate) fn signal_pipe() -> io::Result<(BorrowedFd<'static>, BorrowedFd<'static>)> {
+    use rustix::pipe::{PipeFlags, pipe_with};
+    static PIPE: OnceLock<(OwnedFd, OwnedFd)> = OnceLock::new();
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|p| p.into_inner());
+    let (r, w) = match PIPE.get() {
+        Some(pair) => pair,
+        None => {
+            let pair = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+            ARBITER_PIPE.store(pair.1.as_raw_fd(), Ordering::SeqCst);
+            PIPE.get_or_init(|| pair)
+        }
+    };
+    Ok((r.as_fd(), w.as_fd()))
 }
 
 /// Takes the number of times a process sent `sig` since the last call.

@@ -95,6 +95,16 @@ impl Vitals {
         self.cell().write_activity(text);
     }
 
+    /// Declares that the worker is leaving on purpose: its next exit with
+    /// code 0 is planned ([`ExitReason::Recycled`](crate::ExitReason::Recycled)),
+    /// so the arbiter replaces it at once, does not count a restart and
+    /// never treats it as a crash loop, however young the worker is. Call it
+    /// before returning `Ok` from the worker function (a server that reached
+    /// its request limit, say). One atomic store.
+    pub fn recycle(&self) {
+        self.cell().plan_exit();
+    }
+
     /// The worker's state as the scoreboard holds it.
     pub fn state(&self) -> WorkerState {
         self.cell().state()
@@ -204,6 +214,30 @@ impl Worker {
     /// Marks the worker idle; see [`Vitals::idle`].
     pub fn idle(&self) {
         self.vitals.idle();
+    }
+
+    /// Declares that this worker is leaving on purpose; see [`Vitals::recycle`].
+    ///
+    /// ```no_run
+    /// # use ufork_core::{Arbiter, Worker};
+    /// # fn serve_one(_: &mut Worker) {}
+    /// # fn main() -> Result<(), ufork_core::Error> {
+    /// Arbiter::builder().workers(4).build()?.run(|worker| -> Result<(), std::io::Error> {
+    ///     for _ in 0..10_000 {
+    ///         if worker.should_stop() {
+    ///             return Ok(());
+    ///         }
+    ///         serve_one(worker);
+    ///     }
+    ///     // Replaced at once, not counted as a restart or a crash.
+    ///     worker.recycle();
+    ///     Ok(())
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recycle(&self) {
+        self.vitals.recycle();
     }
 
     /// Counts one request served.

@@ -1,0 +1,593 @@
+//! The scheduler: every decision the monitor loop makes, with no system call.
+//!
+//! Events go in as method calls (the time as an [`Instant`], a worker forked
+//! or not, an exit status, a command, what the scoreboard shows); actions come
+//! out of [`Scheduler::take_actions`] (signal a worker) and
+//! [`Scheduler::plan_spawns`] (fork a slot). The driver in `monitor.rs` does
+//! the polling, forking, waiting and killing. Every deadline is computed with
+//! checked arithmetic: `None` (or [`Due::Never`]) means never, so a huge
+//! timeout is "never", not a wrap or a panic.
+
+mod classify;
+mod health;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::arbiter::{Settings, StopCause};
+use crate::exit::human;
+use crate::notes::{Note, NoteKind};
+use crate::{ExitReason, ExitRecord, ExitStatus, Outcome, WorkerState};
+
+/// What the scoreboard shows for a slot, as the scheduler needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Observed {
+    /// The state the worker wrote.
+    pub(crate) state: WorkerState,
+    /// Its last heartbeat, if it ever beat.
+    pub(crate) last_beat: Option<Instant>,
+    /// It declared that its next exit is planned ([`crate::Worker::recycle`]).
+    pub(crate) planned_exit: bool,
+    /// Requests it served.
+    pub(crate) requests: u64,
+}
+
+impl Observed {
+    /// A freshly forked worker that has not written anything yet.
+    #[cfg(test)]
+    pub(crate) const BOOTING: Self = Self {
+        state: WorkerState::Booting,
+        last_beat: None,
+        planned_exit: false,
+        requests: 0,
+    };
+}
+
+/// Read access to the scoreboard (the real one, or a table in tests).
+pub(crate) trait Cells {
+    /// What slot `slot` shows now.
+    fn observe(&self, slot: usize) -> Observed;
+    /// The slot's activity text (quoted when a worker is killed for a hang).
+    fn activity(&self, slot: usize) -> String;
+}
+
+/// A signal the scheduler asks the driver to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sig {
+    /// SIGTERM (the driver also marks the cell `Stopping`).
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Send `signal` to the worker `pid` in `slot` (its group, with process
+    /// groups).
+    Signal { slot: usize, pid: i32, signal: Sig },
+}
+
+/// When a slot may be forked again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum Due {
+    /// Now.
+    #[default]
+    Now,
+    /// Not before this instant.
+    At(Instant),
+    /// Never (a backoff too long to represent).
+    Never,
+}
+
+impl Due {
+    fn after(now: Instant, delay: Duration) -> Self {
+        if delay.is_zero() {
+            return Self::Now;
+        }
+        now.checked_add(delay).map_or(Self::Never, Self::At)
+    }
+
+    fn reached(self, now: Instant) -> bool {
+        match self {
+            Self::Now => true,
+            Self::At(at) => now >= at,
+            Self::Never => false,
+        }
+    }
+}
+
+/// A worker process as the scheduler tracks it.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pub(crate) pid: i32,
+    pub(crate) generation: u32,
+    pub(crate) started: Instant,
+    /// Set when the arbiter decided this worker must go, and why.
+    reason: Option<ExitReason>,
+    /// SIGTERM was sent; SIGKILL follows at `kill_at` (`None`: never).
+    terminating: bool,
+    kill_at: Option<Instant>,
+    /// SIGKILL was sent because the graceful timeout ran out.
+    killed_at_deadline: bool,
+    /// The scoreboard showed it ready at some point.
+    ever_ready: bool,
+}
+
+/// One slot of the pool.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) next_generation: u32,
+    pub(crate) proc: Option<Proc>,
+    pub(crate) restarts: u32,
+    /// Crash-loop steps in a row (see `classify::is_crash`).
+    failures: u32,
+    not_before: Due,
+    note: Option<Note>,
+}
+
+#[derive(Debug)]
+struct StopState {
+    cause: StopCause,
+    graceful: bool,
+    killed_at_timeout: usize,
+}
+
+/// Fork these slots now (with these generations); `blocked` when the spawn
+/// throttle held some back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SpawnPlan {
+    pub(crate) slots: Vec<(usize, u32)>,
+    pub(crate) blocked: bool,
+}
+
+/// Whether [`Scheduler::stop`] began a stop (the driver then runs the
+/// pre-stop hook and tells layers) or only made a running one immediate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StopStep {
+    Began,
+    Hastened,
+    Nothing,
+}
+
+/// The deciding half of the monitor loop.
+#[derive(Debug)]
+pub(crate) struct Scheduler {
+    pub(crate) settings: Settings,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) target: usize,
+    stop: Option<StopState>,
+    rolling: VecDeque<usize>,
+    rolling_current: Option<(usize, u32)>,
+    pub(crate) history: VecDeque<ExitRecord>,
+    pub(crate) spawned: u64,
+    /// Rolling restarts begun since `run` started (published for layers).
+    pub(crate) rolls: u64,
+    actions: Vec<Action>,
+    /// Workers judged on beats taken after this (a stall resets it).
+    resumed_at: Option<Instant>,
+    prev_top: Option<Instant>,
+    /// What the last `poll` was asked to wait (`None`: forever) and how long
+    /// it took.
+    last_poll: (Option<Duration>, Duration),
+    next_limit_check: Option<Instant>,
+    wedge_warned: bool,
+}
+
+impl Scheduler {
+    pub(crate) fn new(settings: Settings, now: Instant) -> Self {
+        // Slots grow with the largest pool asked for, not with the capacity:
+        // every loop over them stays proportional to the pool.
+        let mut slots = Vec::new();
+        slots.resize_with(settings.workers, Slot::default);
+        Self {
+            target: settings.workers,
+            settings,
+            slots,
+            stop: None,
+            rolling: VecDeque::new(),
+            rolling_current: None,
+            history: VecDeque::new(),
+            spawned: 0,
+            rolls: 0,
+            actions: Vec::new(),
+            resumed_at: None,
+            prev_top: None,
+            last_poll: (Some(Duration::ZERO), Duration::ZERO),
+            next_limit_check: Some(now),
+            wedge_warned: false,
+        }
+    }
+
+    /// The actions decided since the last call, in order.
+    pub(crate) fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.proc.is_some()).count()
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// A stop was asked for and every worker is gone: the loop ends.
+    pub(crate) fn finished(&self) -> bool {
+        self.stop.is_some() && self.live() == 0
+    }
+
+    /// The slot whose live worker is `pid`.
+    pub(crate) fn slot_of(&self, pid: i32) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid))
+    }
+
+    fn booting(&self, cells: &impl Cells) -> usize {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.proc.is_some() && cells.observe(*i).state == WorkerState::Booting)
+            .count()
+    }
+
+    // -- spawning ------------------------------------------------------------
+
+    /// The slots to fork now: empty, due, within the target, and no more than
+    /// the spawn throttle lets boot at once.
+    pub(crate) fn plan_spawns(&self, now: Instant, cells: &impl Cells) -> SpawnPlan {
+        let mut plan = SpawnPlan::default();
+        if self.stop.is_some() {
+            return plan;
+        }
+        let mut booting = self.booting(cells);
+        for (slot, s) in self.slots.iter().enumerate().take(self.target) {
+            if s.proc.is_some() || !s.not_before.reached(now) {
+                continue;
+            }
+            if booting >= self.settings.max_booting {
+                plan.blocked = true;
+                break;
+            }
+            plan.slots.push((slot, s.next_generation));
+            booting = booting.saturating_add(1);
+        }
+        plan
+    }
+
+    /// Whether something waits on a worker turning ready (the throttle, a
+    /// rolling restart, a booting worker's first beat): then workers must
+    /// send a note when they do, since ready is no system call.
+    pub(crate) fn waiting_for_ready(&self, plan_blocked: bool, cells: &impl Cells) -> bool {
+        plan_blocked || self.rolling_current.is_some() || self.booting(cells) > 0
+    }
+
+    /// The driver forked `slot` as `pid`.
+    pub(crate) fn spawned(&mut self, slot: usize, pid: i32, now: Instant) {
+        let s = &mut self.slots[slot];
+        let generation = s.next_generation;
+        s.next_generation = generation.wrapping_add(1);
+        s.proc = Some(Proc {
+            pid,
+            generation,
+            started: now,
+            reason: None,
+            terminating: false,
+            kill_at: None,
+            killed_at_deadline: false,
+            ever_ready: false,
+        });
+        self.spawned = self.spawned.saturating_add(1);
+    }
+
+    /// Preparing or forking `slot` failed: retry later, with backoff from the
+    /// second failure in a row.
+    pub(crate) fn spawn_failed(&mut self, slot: usize, now: Instant) {
+        self.count_failure(slot, now, false);
+    }
+
+    /// One more crash-loop step for `slot`: the first is replaced at once,
+    /// from the second on the slot waits `initial * 1.5^(n-2)` (capped).
+    fn count_failure(&mut self, slot: usize, now: Instant, died: bool) {
+        let s = &mut self.slots[slot];
+        s.failures = s.failures.saturating_add(1);
+        let delay = health::backoff(
+            s.failures,
+            self.settings.backoff_initial,
+            self.settings.backoff_max,
+        );
+        s.not_before = Due::after(now, delay);
+        if died && s.failures == 2 {
+            log::warn!(
+                target: "ufork",
+                "worker {slot} is crash-looping ({} failures in a row); respawning with backoff, next in {}",
+                s.failures,
+                human(delay)
+            );
+        }
+        self.warn_if_wedged();
+    }
+
+    fn warn_if_wedged(&mut self) {
+        let end = self.target.min(self.slots.len());
+        let failing = self.slots[..end].iter().filter(|s| s.failures >= 2).count();
+        if self.target >= 2 && failing > self.target / 2 {
+            if !self.wedge_warned {
+                self.wedge_warned = true;
+                log::error!(
+                    target: "ufork",
+                    "most workers are failing: {failing} of {} slots are crash-looping",
+                    self.target
+                );
+            }
+        } else {
+            self.wedge_warned = false;
+        }
+    }
+
+    // -- asking workers to go --------------------------------------------------
+
+    /// Asks the worker in `slot` to go: SIGTERM with a SIGKILL deadline when
+    /// `graceful`, SIGKILL now otherwise. The first reason given sticks.
+    pub(crate) fn end_proc(
+        &mut self,
+        slot: usize,
+        reason: ExitReason,
+        graceful: bool,
+        now: Instant,
+    ) {
+        let graceful_timeout = self.settings.graceful_timeout;
+        let Some(proc) = self.slots.get_mut(slot).and_then(|s| s.proc.as_mut()) else {
+            return;
+        };
+        if proc.reason.is_none() {
+            proc.reason = Some(reason);
+        }
+        let (pid, signal) = if graceful {
+            if proc.terminating {
+                return;
+            }
+            proc.terminating = true;
+            proc.kill_at = now.checked_add(graceful_timeout);
+            (proc.pid, Sig::Term)
+        } else {
+            proc.kill_at = None;
+            (proc.pid, Sig::Kill)
+        };
+        self.actions.push(Action::Signal { slot, pid, signal });
+    }
+
+    /// Recycles the worker in `slot` gracefully (a limit the driver found
+    /// exceeded).
+    pub(crate) fn recycle(&mut self, slot: usize, reason: ExitReason, now: Instant) {
+        self.end_proc(slot, reason, true, now);
+    }
+
+    // -- commands ----------------------------------------------------------------
+
+    /// Begins a stop, or makes a graceful one immediate.
+    pub(crate) fn stop(&mut self, cause: StopCause, graceful: bool, now: Instant) -> StopStep {
+        let step = match &mut self.stop {
+            None => {
+                self.stop = Some(StopState {
+                    cause,
+                    graceful,
+                    killed_at_timeout: 0,
+                });
+                self.rolling.clear();
+                self.rolling_current = None;
+                StopStep::Began
+            }
+            Some(stop) if !graceful && stop.graceful => {
+                stop.graceful = false;
+                StopStep::Hastened
+            }
+            Some(_) => return StopStep::Nothing,
+        };
+        for slot in 0..self.slots.len() {
+            if let (false, Some(p)) = (graceful, self.slots[slot].proc.as_mut()) {
+                p.reason = Some(ExitReason::Stopped);
+            }
+            self.end_proc(slot, ExitReason::Stopped, graceful, now);
+        }
+        step
+    }
+
+    /// Whether a graceful stop is under way (a second Ctrl-C hastens it).
+    pub(crate) fn stopping_gracefully(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.graceful)
+    }
+
+    /// Scales by `delta` workers, never below one nor past the capacity.
+    pub(crate) fn add_workers(&mut self, delta: isize, now: Instant) {
+        let wanted = self.target.saturating_add_signed(delta).max(1);
+        if wanted > self.settings.capacity {
+            log::warn!(
+                target: "ufork",
+                "cannot grow to {wanted} workers: capacity is {}; growing to {}",
+                self.settings.capacity,
+                self.settings.capacity
+            );
+        }
+        self.set_target(wanted.min(self.settings.capacity), now);
+    }
+
+    /// Sets the number of workers; extra ones stop gracefully.
+    pub(crate) fn set_target(&mut self, target: usize, now: Instant) {
+        let target = target.min(self.settings.capacity);
+        if self.stop.is_some() || target == self.target {
+            return;
+        }
+        log::info!(target: "ufork", "workers: {} -> {target}", self.target);
+        for slot in target..self.target.max(target) {
+            self.end_proc(slot, ExitReason::Stopped, true, now);
+        }
+        if target > self.slots.len() {
+            self.slots.resize_with(target, Slot::default);
+        }
+        for slot in self.target..target {
+            // A slot brought back by scaling starts fresh, with no backoff.
+            self.slots[slot].failures = 0;
+            self.slots[slot].not_before = Due::Now;
+        }
+        self.target = target;
+    }
+
+    /// Restarts (`graceful`) or kills the worker in `slot`.
+    pub(crate) fn restart(&mut self, slot: usize, graceful: bool, now: Instant) {
+        self.end_proc(slot, ExitReason::Stopped, graceful, now);
+    }
+
+    // -- rolling restart -----------------------------------------------------
+
+    /// Restarts every worker, one slot at a time.
+    pub(crate) fn start_rolling(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        self.rolling = (0..self.target).collect();
+        self.rolling_current = None;
+        self.rolls = self.rolls.saturating_add(1);
+    }
+
+    /// Whether a rolling restart is in progress.
+    pub(crate) fn rolling(&self) -> bool {
+        self.rolling_current.is_some() || !self.rolling.is_empty()
+    }
+
+    /// Moves the rolling restart on: stop the current slot's old worker, wait
+    /// for its replacement to be ready, then take the next slot.
+    pub(crate) fn advance_rolling(&mut self, now: Instant, cells: &impl Cells) {
+        if self.stop.is_some() {
+            return;
+        }
+        loop {
+            if let Some((slot, old_generation)) = self.rolling_current {
+                let s = &self.slots[slot];
+                match &s.proc {
+                    Some(p) if p.generation <= old_generation => {
+                        if p.reason.is_none() {
+                            self.end_proc(slot, ExitReason::Stopped, true, now);
+                        }
+                        return;
+                    }
+                    Some(p) if !cells.observe(slot).state.is_up() && p.reason.is_none() => {
+                        return; // the replacement is booting
+                    }
+                    None if slot < self.target && s.failures == 0 => {
+                        return; // the replacement is about to be forked
+                    }
+                    _ => self.rolling_current = None,
+                }
+            }
+            match self.rolling.pop_front() {
+                Some(slot) if slot < self.target => {
+                    let s = &self.slots[slot];
+                    let old = s.proc.as_ref().map_or(s.next_generation, |p| p.generation);
+                    self.rolling_current = Some((slot, old));
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    }
+
+    // -- exits ---------------------------------------------------------------
+
+    /// A worker's error or panic note arrived.
+    pub(crate) fn note(&mut self, note: Note) {
+        if note.kind == NoteKind::Ready {
+            return; // the wake-up was the point
+        }
+        if let Some(slot) = self.slots.get_mut(note.slot) {
+            slot.note = Some(note);
+        }
+    }
+
+    /// The worker in `slot` was reaped with `status`; `last` is what its cell
+    /// showed then, `oom` whether the kernel's OOM killer acted meanwhile.
+    /// Returns the exit record (`None` if the slot had no worker).
+    pub(crate) fn exited(
+        &mut self,
+        slot: usize,
+        status: ExitStatus,
+        last: &Observed,
+        oom: bool,
+        now: Instant,
+        at: SystemTime,
+    ) -> Option<ExitRecord> {
+        let s = self.slots.get_mut(slot)?;
+        let proc = s.proc.take()?;
+        let uptime = now.saturating_duration_since(proc.started);
+        let note = s.note.take().filter(|n| n.generation == proc.generation);
+        let ever_ready = proc.ever_ready || last.state.is_up();
+        let reason = classify::reason(
+            proc.reason,
+            note.as_ref().map(|n| n.kind),
+            last.planned_exit,
+            status,
+        );
+        let crash = classify::is_crash(
+            &reason,
+            status,
+            ever_ready,
+            uptime,
+            self.settings.min_uptime,
+        );
+        if classify::counts_as_restart(&reason) {
+            s.restarts = s.restarts.saturating_add(1);
+        }
+        let record = ExitRecord {
+            pid: proc.pid,
+            slot,
+            generation: proc.generation,
+            status,
+            reason,
+            message: note.map(|n| n.text).filter(|t| !t.is_empty()),
+            uptime,
+            at,
+            requests: last.requests,
+            oom_killed: oom && status == ExitStatus::Signal(libc::SIGKILL),
+        };
+        if proc.killed_at_deadline && status == ExitStatus::Signal(libc::SIGKILL) {
+            if let Some(stop) = &mut self.stop {
+                stop.killed_at_timeout = stop.killed_at_timeout.saturating_add(1);
+            }
+        }
+        if crash {
+            self.count_failure(slot, now, true);
+        } else {
+            let s = &mut self.slots[slot];
+            s.failures = 0;
+            s.not_before = Due::Now;
+            self.warn_if_wedged();
+        }
+        if self.settings.history > 0 {
+            while self.history.len() >= self.settings.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(record.clone());
+        }
+        Some(record)
+    }
+
+    /// What `run` returns.
+    pub(crate) fn outcome(&self) -> Outcome {
+        let (cause, graceful, killed_at_timeout) = self
+            .stop
+            .as_ref()
+            .map_or((StopCause::Handle, true, 0), |s| {
+                (s.cause, s.graceful, s.killed_at_timeout)
+            });
+        Outcome {
+            cause,
+            graceful,
+            killed_at_timeout,
+            spawned: self.spawned,
+            history: self.history.iter().cloned().collect(),
+        }
+    }
+}

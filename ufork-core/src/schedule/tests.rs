@@ -1,0 +1,512 @@
+//! Table-driven tests of the scheduler: no fork, no clock, no system call.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::classify::{is_crash, reason};
+use super::health::{backoff, next_period, stall_threshold};
+use super::*;
+use crate::notes::NoteKind;
+use crate::{ExitReason as R, ExitStatus as S};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+/// A scoreboard as a table: slot -> what it shows (empty by default).
+#[derive(Default)]
+struct Board(RefCell<HashMap<usize, Observed>>);
+
+impl Board {
+    fn set(&self, slot: usize, state: WorkerState, last_beat: Option<Instant>) {
+        let mut map = self.0.borrow_mut();
+        let o = map.entry(slot).or_insert(Observed::BOOTING);
+        o.state = state;
+        o.last_beat = last_beat;
+    }
+    fn plan_exit(&self, slot: usize) {
+        self.0
+            .borrow_mut()
+            .entry(slot)
+            .or_insert(Observed::BOOTING)
+            .planned_exit = true;
+    }
+    fn clear(&self, slot: usize) {
+        self.0.borrow_mut().remove(&slot);
+    }
+}
+
+impl Cells for Board {
+    fn observe(&self, slot: usize) -> Observed {
+        self.0.borrow().get(&slot).cloned().unwrap_or(Observed {
+            state: WorkerState::Empty,
+            last_beat: None,
+            planned_exit: false,
+            requests: 0,
+        })
+    }
+    fn activity(&self, _: usize) -> String {
+        "GET /slow".to_owned()
+    }
+}
+
+fn settings(workers: usize) -> Settings {
+    Settings {
+        workers,
+        capacity: 64,
+        ..Settings::default()
+    }
+}
+
+/// A scheduler with `workers` workers, each forked at `t0` (pid 100 + slot)
+/// and shown as `state` on the board.
+fn running(settings: Settings, t0: Instant, board: &Board, state: WorkerState) -> Scheduler {
+    let mut s = Scheduler::new(settings, t0);
+    let plan = s.plan_spawns(t0, board);
+    for (slot, _) in plan.slots {
+        s.spawned(slot, 100 + slot as i32, t0);
+        board.set(slot, state, None);
+    }
+    s
+}
+
+fn signals(s: &mut Scheduler) -> Vec<(usize, Sig)> {
+    s.take_actions()
+        .into_iter()
+        .map(|Action::Signal { slot, signal, .. }| (slot, signal))
+        .collect()
+}
+
+/// Reaps the worker of `slot` with `status` at `now`, as the driver does.
+fn reap(s: &mut Scheduler, board: &Board, slot: usize, status: S, now: Instant) -> ExitRecord {
+    let last = board.observe(slot);
+    board.clear(slot);
+    s.exited(slot, status, &last, false, now, SystemTime::UNIX_EPOCH)
+        .expect("a worker in the slot")
+}
+
+#[test]
+fn backoff_starts_at_the_second_failure_grows_by_half_and_is_capped() {
+    let table = [
+        // (failures, initial, max) -> delay
+        ((0, 100 * MS, 30 * SEC), Duration::ZERO),
+        ((1, 100 * MS, 30 * SEC), Duration::ZERO),
+        ((2, 100 * MS, 30 * SEC), 100 * MS),
+        ((3, 100 * MS, 30 * SEC), 150 * MS),
+        ((4, 100 * MS, 30 * SEC), 225 * MS),
+        ((40, 100 * MS, 30 * SEC), 30 * SEC),
+        ((u32::MAX, 100 * MS, 30 * SEC), 30 * SEC),
+        ((u32::MAX, Duration::MAX, Duration::MAX), Duration::MAX),
+        ((5, Duration::ZERO, Duration::ZERO), Duration::ZERO),
+    ];
+    for ((failures, initial, max), want) in table {
+        let got = backoff(failures, initial, max);
+        let off = got.abs_diff(want);
+        assert!(
+            off < MS,
+            "{failures} failures, {initial:?}..{max:?}: {got:?}, want {want:?}"
+        );
+    }
+}
+
+#[test]
+fn exit_reasons_are_derived_from_request_note_plan_and_status() {
+    let stopped = Some(R::Stopped);
+    let hung = Some(R::BootTimedOut { after: SEC });
+    let table = [
+        // (asked, note, planned, status) -> reason
+        ((None, None, false, S::Code(0)), R::Exited),
+        ((None, None, true, S::Code(0)), R::Recycled),
+        ((None, None, true, S::Code(3)), R::Failed),
+        ((None, None, true, S::Signal(9)), R::Killed),
+        ((None, None, false, S::Code(1)), R::Failed),
+        ((None, None, false, S::Signal(11)), R::Killed),
+        (
+            (None, Some(NoteKind::Panicked), false, S::Code(101)),
+            R::Panicked,
+        ),
+        ((stopped.clone(), None, false, S::Signal(15)), R::Stopped),
+        (
+            (stopped.clone(), Some(NoteKind::Failed), false, S::Code(70)),
+            R::Failed,
+        ),
+        (
+            (hung.clone(), Some(NoteKind::Failed), false, S::Signal(9)),
+            hung.clone().unwrap(),
+        ),
+    ];
+    for ((asked, note, planned, status), want) in table {
+        assert_eq!(
+            reason(asked.clone(), note, planned, status),
+            want,
+            "{asked:?} {note:?} {planned} {status:?}"
+        );
+    }
+}
+
+#[test]
+fn only_a_crash_loop_step_counts_as_a_failure() {
+    let young = 100 * MS;
+    let old = 5 * SEC;
+    let hang = R::TimedOut {
+        silent_for: SEC,
+        state: WorkerState::Busy,
+        activity: String::new(),
+    };
+    let table = [
+        // (reason, status, ever ready, uptime) -> crash
+        ((R::Failed, S::Code(1), true, young), true),
+        ((R::Failed, S::Code(1), true, old), false),
+        ((R::Killed, S::Signal(libc::SIGSEGV), true, young), true),
+        ((R::Killed, S::Signal(libc::SIGABRT), true, young), true),
+        // Killed from outside once ready: an operator's kill -9, the OOM
+        // killer, a stray SIGTERM.
+        ((R::Killed, S::Signal(libc::SIGKILL), true, young), false),
+        ((R::Killed, S::Signal(libc::SIGTERM), true, young), false),
+        // Never ready: whatever ended it, however old.
+        ((R::Killed, S::Signal(libc::SIGKILL), false, old), true),
+        (
+            (R::BootTimedOut { after: old }, S::Signal(9), false, old),
+            true,
+        ),
+        ((hang.clone(), S::Signal(9), true, young), true),
+        ((hang, S::Signal(9), true, old), false),
+        // Planned and requested exits never are.
+        ((R::Recycled, S::Code(0), true, young), false),
+        ((R::Stopped, S::Signal(15), false, young), false),
+        (
+            (R::OverMemory { rss: 2, limit: 1 }, S::Code(0), true, young),
+            false,
+        ),
+        // An exit nobody planned, young: the program keeps ending at once.
+        ((R::Exited, S::Code(0), true, young), true),
+        ((R::Exited, S::Code(0), true, old), false),
+    ];
+    for ((r, status, ready, uptime), want) in table {
+        assert_eq!(
+            is_crash(&r, status, ready, uptime, SEC),
+            want,
+            "{r:?} {status:?} ready={ready} {uptime:?}"
+        );
+    }
+}
+
+#[test]
+fn the_throttle_lets_max_booting_workers_boot_at_once() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = Scheduler::new(
+        Settings {
+            max_booting: 2,
+            ..settings(5)
+        },
+        t0,
+    );
+    let plan = s.plan_spawns(t0, &board);
+    assert_eq!(plan.slots, vec![(0, 0), (1, 0)]);
+    assert!(plan.blocked);
+    for (slot, _) in plan.slots {
+        s.spawned(slot, 100 + slot as i32, t0);
+        board.set(slot, WorkerState::Booting, None);
+    }
+    assert!(s.waiting_for_ready(false, &board));
+    let plan = s.plan_spawns(t0, &board);
+    assert_eq!((plan.slots.len(), plan.blocked), (0, true));
+    board.set(0, WorkerState::Ready, Some(t0));
+    assert_eq!(s.plan_spawns(t0, &board).slots, vec![(2, 0)]);
+}
+
+#[test]
+fn first_failure_is_replaced_at_once_and_backoff_starts_at_the_second() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    let t1 = t0 + 10 * MS;
+    let r = reap(&mut s, &board, 0, S::Code(1), t1);
+    assert_eq!((r.reason, s.slots[0].restarts), (R::Failed, 1));
+    assert_eq!(
+        s.plan_spawns(t1, &board).slots,
+        vec![(0, 1)],
+        "first failure: at once"
+    );
+    s.spawned(0, 200, t1);
+    board.set(0, WorkerState::Ready, None);
+    let t2 = t1 + 10 * MS;
+    reap(&mut s, &board, 0, S::Code(1), t2);
+    assert!(
+        s.plan_spawns(t2, &board).slots.is_empty(),
+        "second: backoff"
+    );
+    assert_eq!(s.next_deadline(t2, &board), Some(t2 + 100 * MS));
+    assert_eq!(s.plan_spawns(t2 + 100 * MS, &board).slots, vec![(0, 2)]);
+}
+
+#[test]
+fn planned_exits_and_outside_kills_are_replaced_at_once() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    // Ten young planned exits in a row: never a backoff, never a restart.
+    let mut t = t0;
+    for generation in 1..=10 {
+        t += MS;
+        board.plan_exit(0);
+        let r = reap(&mut s, &board, 0, S::Code(0), t);
+        assert_eq!(r.reason, R::Recycled);
+        assert_eq!(s.plan_spawns(t, &board).slots, vec![(0, generation)]);
+        s.spawned(0, 100, t);
+        board.set(0, WorkerState::Ready, None);
+    }
+    assert_eq!(s.slots[0].restarts, 0);
+    // Ready workers SIGKILLed from outside, young, again and again: replaced
+    // at once each time (counted as restarts, and not as out of memory).
+    for _ in 0..5 {
+        t += MS;
+        let r = reap(&mut s, &board, 0, S::Signal(libc::SIGKILL), t);
+        assert_eq!(r.reason, R::Killed);
+        assert!(!r.oom_killed);
+        assert!(!r.to_string().contains("out of memory"), "{r}");
+        assert_eq!(s.plan_spawns(t, &board).slots.len(), 1);
+        s.spawned(0, 100, t);
+        board.set(0, WorkerState::Ready, None);
+    }
+    assert_eq!(s.slots[0].restarts, 5);
+}
+
+#[test]
+fn an_oom_kill_is_named_only_when_the_oom_killer_moved() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    let last = board.observe(0);
+    let r = s
+        .exited(
+            0,
+            S::Signal(libc::SIGKILL),
+            &last,
+            true,
+            t0 + SEC,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+    assert!(r.oom_killed);
+    assert!(r.to_string().contains("OOM killer"), "{r}");
+}
+
+#[test]
+fn a_hang_is_killed_after_the_heartbeat_timeout_and_not_before() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let hb = Settings {
+        heartbeat_timeout: Some(SEC),
+        ..settings(1)
+    };
+    let mut s = running(hb, t0, &board, WorkerState::Busy);
+    board.set(0, WorkerState::Busy, Some(t0));
+    assert_eq!(
+        s.next_deadline(t0, &board),
+        Some(t0 + SEC + Duration::from_nanos(1))
+    );
+    s.check_health(t0 + SEC, &board);
+    assert!(signals(&mut s).is_empty(), "at the limit, not past it");
+    s.check_health(t0 + SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 2 * SEC);
+    assert!(matches!(r.reason, R::TimedOut { ref activity, .. } if activity == "GET /slow"));
+}
+
+#[test]
+fn a_worker_never_ready_is_killed_at_the_start_timeout() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let st = Settings {
+        start_timeout: 10 * SEC,
+        ..settings(1)
+    };
+    let mut s = running(st, t0, &board, WorkerState::Booting);
+    s.check_health(t0 + 10 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    s.check_health(t0 + 11 * SEC, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 11 * SEC);
+    assert_eq!(r.reason, R::BootTimedOut { after: 11 * SEC });
+}
+
+#[test]
+fn a_stall_gives_every_worker_a_fresh_grace() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let hb = Settings {
+        heartbeat_timeout: Some(SEC),
+        ..settings(1)
+    };
+    let mut s = running(hb, t0, &board, WorkerState::Idle);
+    board.set(0, WorkerState::Idle, Some(t0));
+    assert!(!s.loop_top(t0));
+    s.polled(Some(100 * MS), 100 * MS);
+    assert!(!s.loop_top(t0 + 100 * MS), "slept as asked");
+    // Asked for 100 ms, came back 5 s later (SIGSTOP).
+    s.polled(Some(100 * MS), 5 * SEC);
+    let t = t0 + 5 * SEC + 100 * MS;
+    assert!(s.loop_top(t));
+    s.check_health(t, &board);
+    assert!(signals(&mut s).is_empty(), "the silence was the arbiter's");
+    s.check_health(t + SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let table = [
+        (None, SEC),
+        (Some(10 * SEC), SEC),
+        (Some(SEC), 500 * MS),
+        (Some(MS), 50 * MS),
+        (Some(Duration::MAX), SEC),
+    ];
+    for (timeout, want) in table {
+        assert_eq!(stall_threshold(timeout), want, "{timeout:?}");
+    }
+}
+
+#[test]
+fn rolling_restart_stops_one_slot_at_a_time_in_order() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(3), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    let mut order = Vec::new();
+    let mut t = t0;
+    for round in 0..3 {
+        t += MS;
+        s.advance_rolling(t, &board);
+        let sent = signals(&mut s);
+        assert_eq!(sent.len(), 1, "round {round}: {sent:?}");
+        let (slot, sig) = sent[0];
+        assert_eq!(sig, Sig::Term);
+        order.push(slot);
+        // Nothing else moves while the old worker drains.
+        s.advance_rolling(t, &board);
+        assert!(signals(&mut s).is_empty());
+        reap(&mut s, &board, slot, S::Code(0), t);
+        let plan = s.plan_spawns(t, &board);
+        assert_eq!(plan.slots, vec![(slot, 1)]);
+        s.spawned(slot, 200, t);
+        board.set(slot, WorkerState::Booting, None);
+        s.advance_rolling(t, &board);
+        assert!(signals(&mut s).is_empty(), "the replacement is booting");
+        board.set(slot, WorkerState::Ready, Some(t));
+    }
+    s.advance_rolling(t, &board);
+    assert!(!s.rolling());
+    assert_eq!(order, vec![0, 1, 2]);
+    assert!(s.slots.iter().all(|slot| slot.restarts == 0));
+}
+
+#[test]
+fn a_graceful_stop_with_an_endless_timeout_never_kills() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let forever = Settings {
+        graceful_timeout: Duration::MAX,
+        ..settings(2)
+    };
+    let mut s = running(forever, t0, &board, WorkerState::Ready);
+    assert_eq!(s.stop(StopCause::Handle, true, t0), StopStep::Began);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term), (1, Sig::Term)]);
+    assert_eq!(s.next_deadline(t0, &board), None, "never");
+    s.check_health(t0 + 1_000_000 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    // A second Ctrl-C still stops at once.
+    assert_eq!(s.stop(StopCause::Handle, false, t0), StopStep::Hastened);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill), (1, Sig::Kill)]);
+    reap(&mut s, &board, 0, S::Signal(9), t0);
+    reap(&mut s, &board, 1, S::Signal(9), t0);
+    assert!(s.finished());
+    let outcome = s.outcome();
+    assert!(!outcome.graceful);
+    assert_eq!(outcome.killed_at_timeout, 0);
+}
+
+#[test]
+fn a_zero_graceful_timeout_kills_at_the_next_check() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let zero = Settings {
+        graceful_timeout: Duration::ZERO,
+        ..settings(1)
+    };
+    let mut s = running(zero, t0, &board, WorkerState::Ready);
+    s.stop(StopCause::Signal(libc::SIGTERM), true, t0);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    assert_eq!(s.next_deadline(t0, &board), Some(t0));
+    s.check_health(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    reap(&mut s, &board, 0, S::Signal(libc::SIGKILL), t0);
+    assert_eq!(s.outcome().killed_at_timeout, 1);
+}
+
+#[test]
+fn extreme_settings_mean_never_and_nothing_overflows() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let extreme = Settings {
+        heartbeat_timeout: Some(Duration::MAX),
+        start_timeout: Duration::MAX,
+        graceful_timeout: Duration::MAX,
+        backoff_initial: Duration::MAX,
+        backoff_max: Duration::MAX,
+        min_uptime: Duration::MAX,
+        memory_limit: Some(u64::MAX),
+        limit_interval: Duration::MAX,
+        ..settings(1)
+    };
+    let mut s = running(extreme, t0, &board, WorkerState::Booting);
+    board.set(0, WorkerState::Booting, Some(t0));
+    // Booting, beating: nothing is due ever, except the limit check now.
+    assert_eq!(s.next_deadline(t0, &board), Some(t0));
+    assert!(s.limits_due(t0));
+    assert!(
+        !s.limits_due(t0 + 1_000_000 * SEC),
+        "the next check is never"
+    );
+    assert_eq!(s.next_deadline(t0, &board), None);
+    s.check_health(t0 + 1_000_000 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    // Two failures with an endless backoff: the slot is never respawned.
+    s.slots[0].next_generation = u32::MAX;
+    s.slots[0].restarts = u32::MAX;
+    s.spawned = u64::MAX;
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    assert_eq!(s.plan_spawns(t0, &board).slots, vec![(0, u32::MAX)]);
+    s.spawned(0, 1, t0);
+    assert_eq!((s.spawned, s.slots[0].next_generation), (u64::MAX, 0));
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    assert_eq!(s.slots[0].restarts, u32::MAX);
+    assert!(s.plan_spawns(t0 + 1_000_000 * SEC, &board).slots.is_empty());
+    assert_eq!(s.next_deadline(t0, &board), None);
+    assert_eq!(
+        next_period(t0, t0 + SEC, Duration::MAX),
+        t0.checked_add(Duration::MAX)
+    );
+    assert_eq!(
+        next_period(t0, t0 + SEC, Duration::ZERO),
+        Some(t0 + SEC + Duration::from_nanos(1))
+    );
+    assert_eq!(next_period(t0, t0 + 2500 * MS, SEC), Some(t0 + 3 * SEC));
+}
+
+#[test]
+fn scaling_stays_between_one_and_the_capacity() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.add_workers(isize::MAX, t0);
+    assert_eq!(s.target, 64);
+    s.add_workers(isize::MIN, t0);
+    assert_eq!(s.target, 1);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)]);
+    s.set_target(usize::MAX, t0);
+    assert_eq!(s.target, 64);
+    assert_eq!(
+        s.plan_spawns(t0, &board).slots.len(),
+        16,
+        "the default throttle"
+    );
+}
