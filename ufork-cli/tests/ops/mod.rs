@@ -2,6 +2,8 @@
 //! `/metrics` and `/healthz`, through the real binary. A recorder on a unix
 //! datagram socket plays systemd.
 
+mod deploy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::linux::net::SocketAddrExt;
