@@ -69,6 +69,18 @@ pub fn init() {
     }
 }
 
+/// Writes what the terminal has not taken yet, waiting at most `timeout`,
+/// and says how much it had to drop (on stderr, if that takes it now).
+pub fn finish(timeout: std::time::Duration) {
+    let dropped = term::flush_within(timeout);
+    if dropped > 0 {
+        let line = format!(
+            "ufork: {dropped} bytes of output dropped: the terminal did not take them within {timeout:?}\n"
+        );
+        term::print(Stream::Err, line.as_bytes());
+    }
+}
+
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
 pub fn timestamp(at: SystemTime) -> String {
     let secs = at

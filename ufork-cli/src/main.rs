@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     logger::init();
     let result = std::panic::catch_unwind(|| cmd::dispatch(cli));
     console::restore_terminal();
+    logger::finish(pool::FLUSH_TIMEOUT);
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(Failure::NotRunning(message))) => {

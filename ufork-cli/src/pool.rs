@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
 use crate::{logger, privs, term};
 
+/// How long the end of a run waits for output the sink has not taken yet.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A bound listening socket and the name it is handed out under.
 #[derive(Debug)]
 pub struct Listener {
@@ -238,20 +241,24 @@ impl Session {
             .as_deref()
             .map(Control::bind)
             .transpose()?;
-        let sink = match &self.log {
-            Some(log) => Sink::writer(log.clone()),
-            None if self.daemon.is_some() => Sink::stdout(),
-            None => Sink::writer(term::LineWriter::new(term::Stream::Out)),
+        let capture = match &self.log {
+            Some(log) => Capture::builder().sink(Sink::writer(log.clone())),
+            None if self.daemon.is_some() => Capture::builder().sink(Sink::stdout()),
+            None => Capture::builder()
+                .sink(Sink::writer(term::LineWriter::new(term::Stream::Out)))
+                .stderr_sink(Sink::writer(term::LineWriter::new(term::Stream::Err))),
         };
-        let capture = Capture::builder().sink(sink).build().map_err(|e| {
+        // The end of `run` waits this long for a stalled sink, then says how
+        // much it dropped.
+        let capture = capture.flush_timeout(FLUSH_TIMEOUT).build().map_err(|e| {
             failure::runtime(format!(
                 "cannot capture the workers' output: {}",
                 failure::chain(&e)
             ))
         })?;
-        if self.log.is_some() || self.daemon.is_some() {
-            logger::delegate(Box::new(capture.logger().prefix("[ufork] ")));
-        }
+        // The arbiter's records go through the capture's queue, never
+        // straight to a descriptor: its thread must not block on output.
+        logger::delegate(Box::new(capture.logger().prefix("[ufork] ")));
         self.capture = Some(capture);
         self.prompt = !pool.daemon && !pool.no_prompt && console::available();
         Ok(())

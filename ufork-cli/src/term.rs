@@ -1,11 +1,28 @@
 //! Everything the arbiter prints to the terminal goes through here, so that log
 //! lines and worker output never tear the `ufork>>` prompt: while the prompt is
 //! shown, a line clears it, prints, and draws it again.
+//!
+//! No lock is held across `write(2)`. Output is composed under the lock into a
+//! queue of pending bytes (prompt clears and redraws included, in order), and
+//! one thread at a time — the one "on duty" — writes the queue out with the
+//! lock released; whoever adds bytes while another thread is on duty leaves
+//! them to it. So a terminal or pipe that stops taking bytes (a pager at a
+//! page, a full FIFO, Ctrl-S) blocks at most the thread on duty:
+//! - [`print`], [`say`] and [`set_prompt`] never wait: they write what the
+//!   descriptor takes at once and leave the rest queued (the arbiter's thread
+//!   calls them from the console, and must go on supervising);
+//! - [`LineWriter`] (the capture's writer thread, for worker output and the
+//!   arbiter's records) waits until its lines are written: back-pressure, so
+//!   nothing is lost;
+//! - [`flush_within`] (the end of `main`) waits a bounded time, then counts
+//!   what is left as dropped.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::os::fd::AsFd;
-use std::sync::Mutex;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The prompt as it is on screen.
 #[derive(Debug, Default)]
@@ -16,18 +33,46 @@ struct Prompt {
     cursor: usize,
 }
 
-static PROMPT: Mutex<Prompt> = Mutex::new(Prompt {
-    shown: false,
-    line: String::new(),
-    cursor: 0,
+/// The terminal's state: the prompt and the bytes not written yet.
+#[derive(Debug)]
+struct Term {
+    prompt: Prompt,
+    /// Composed output, in order, not yet written.
+    pending: VecDeque<(Stream, Vec<u8>)>,
+    pending_bytes: usize,
+    /// A thread is writing `pending` out (with the lock released).
+    on_duty: bool,
+}
+
+static TERM: Mutex<Term> = Mutex::new(Term {
+    prompt: Prompt {
+        shown: false,
+        line: String::new(),
+        cursor: 0,
+    },
+    pending: VecDeque::new(),
+    pending_bytes: 0,
+    on_duty: false,
 });
+
+/// Signalled when the thread on duty leaves it.
+static OFF_DUTY: Condvar = Condvar::new();
+
+/// What [`print`] and [`set_prompt`] may leave queued for a stalled terminal;
+/// past it their new text is dropped (the writer thread's lines are not).
+const PENDING_MAX: usize = 1 << 20;
+
+/// A write that never blocks once `poll` said the descriptor is writable: a
+/// pipe with a free buffer takes `PIPE_BUF` bytes whole.
+const TRY_WRITE: usize = 4096;
 
 /// The prompt's text.
 pub const PROMPT_TEXT: &str = "ufork>> ";
 
 /// The process that owns the prompt. A forked worker is another process: it
-/// never takes the prompt's lock (another thread of the arbiter, the capture's
-/// writer, may have held it at the fork) and writes straight to its fds.
+/// never takes the terminal's lock (another thread of the arbiter, the
+/// capture's writer, may have held it at the fork) and writes straight to its
+/// fds.
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
 /// Makes this process the owner of the terminal output.
@@ -39,65 +84,8 @@ fn is_owner() -> bool {
     OWNER.load(Ordering::Relaxed) == std::process::id() as i32
 }
 
-fn prompt() -> std::sync::MutexGuard<'static, Prompt> {
-    PROMPT.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Writes to fd 1 or 2 directly, without std's stdio lock (which a thread
-/// may hold while the arbiter forks).
-struct Raw(Stream);
-
-impl Write for Raw {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = match self.0 {
-            Stream::Out => rustix::io::write(std::io::stdout().as_fd(), buf),
-            Stream::Err => rustix::io::write(std::io::stderr().as_fd(), buf),
-        };
-        n.map_err(std::io::Error::from)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn draw(out: &mut impl Write, p: &Prompt) {
-    let _ = write!(out, "\r\x1b[K{PROMPT_TEXT}{}", p.line);
-    let back = p.line.chars().count() - p.cursor;
-    if back > 0 {
-        let _ = write!(out, "\x1b[{back}D");
-    }
-}
-
-/// Shows the prompt with this line and cursor (or hides it with `None`).
-pub fn set_prompt(state: Option<(&str, usize)>) {
-    if !is_owner() {
-        return;
-    }
-    let mut p = prompt();
-    let mut out = Raw(Stream::Out);
-    match state {
-        Some((line, cursor)) => {
-            p.shown = true;
-            p.line.clear();
-            p.line.push_str(line);
-            p.cursor = cursor;
-            draw(&mut out, &p);
-        }
-        None => {
-            if p.shown {
-                let _ = write!(out, "\r\x1b[K");
-            }
-            p.shown = false;
-        }
-    }
-    let _ = out.flush();
-}
-
-/// Forgets the prompt without touching the screen: a forked worker inherits
-/// the arbiter's memory but must never draw the arbiter's prompt.
-pub fn forget_prompt() {
-    OWNER.store(0, Ordering::Relaxed);
+fn term() -> MutexGuard<'static, Term> {
+    TERM.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Which stream a text goes to.
@@ -109,23 +97,199 @@ pub enum Stream {
     Err,
 }
 
-/// Prints whole lines (`text` should end with a newline) above the prompt.
-pub fn print(stream: Stream, text: &[u8]) {
+/// [`write_out`] to fd 1 or 2 itself, not through std's handles: std's stdio
+/// lock may be held by a thread at a fork, and a worker needs it.
+fn write_stream(stream: Stream, data: &[u8], wait: Wait) -> usize {
+    match stream {
+        Stream::Out => write_out(std::io::stdout().as_fd(), data, wait),
+        Stream::Err => write_out(std::io::stderr().as_fd(), data, wait),
+    }
+}
+
+fn draw(out: &mut Vec<u8>, p: &Prompt) {
+    let _ = write!(out, "\r\x1b[K{PROMPT_TEXT}{}", p.line);
+    let back = p.line.chars().count().saturating_sub(p.cursor);
+    if back > 0 {
+        let _ = write!(out, "\x1b[{back}D");
+    }
+}
+
+impl Term {
+    fn queue(&mut self, stream: Stream, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.pending_bytes += bytes.len();
+        match self.pending.back_mut() {
+            Some((last, data)) if *last == stream => data.extend_from_slice(&bytes),
+            _ => self.pending.push_back((stream, bytes)),
+        }
+    }
+
+    /// Queues `text` above the prompt: clear it, the text, draw it again.
+    fn queue_text(&mut self, stream: Stream, text: &[u8]) {
+        if self.prompt.shown {
+            self.queue(Stream::Out, b"\r\x1b[K".to_vec());
+            self.queue(stream, text.to_vec());
+            let mut redraw = Vec::new();
+            draw(&mut redraw, &self.prompt);
+            self.queue(Stream::Out, redraw);
+        } else {
+            self.queue(stream, text.to_vec());
+        }
+    }
+}
+
+/// How long the thread that queued output waits for it to be written.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    /// Write what the descriptor takes now; leave the rest queued.
+    Never,
+    /// Until it is written, or the deadline (`None`: for ever).
+    Until(Option<Instant>),
+}
+
+/// Writes the queue out, on duty, the lock released while writing. Returns
+/// with the queue empty, or not if `wait` gave up (the rest stays queued).
+fn drain(mut t: MutexGuard<'static, Term>, wait: Wait) {
+    loop {
+        if t.pending.is_empty() {
+            return;
+        }
+        if t.on_duty {
+            let Wait::Until(deadline) = wait else {
+                // The thread on duty writes what we queued.
+                return;
+            };
+            t = match deadline {
+                None => OFF_DUTY.wait(t).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        return;
+                    };
+                    OFF_DUTY
+                        .wait_timeout(t, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            continue;
+        }
+        let (stream, mut data) = t.pending.pop_front().unwrap_or((Stream::Out, Vec::new()));
+        t.on_duty = true;
+        drop(t);
+        let written = write_stream(stream, &data, wait);
+        t = term();
+        t.on_duty = false;
+        OFF_DUTY.notify_all();
+        t.pending_bytes = t.pending_bytes.saturating_sub(written);
+        if written < data.len() {
+            // Not taken in time: back to the front, the order unchanged.
+            data.drain(..written);
+            t.pending.push_front((stream, data));
+            return;
+        }
+    }
+}
+
+/// Writes `data` to `fd`; returns how much was written. With [`Wait::Never`]
+/// or a deadline, only what `poll` says the descriptor takes in time.
+fn write_out(fd: BorrowedFd<'_>, data: &[u8], wait: Wait) -> usize {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use rustix::io::Errno;
+    let mut done = 0;
+    while done < data.len() {
+        let bounded = match wait {
+            Wait::Never => Some(Duration::ZERO),
+            Wait::Until(None) => None,
+            Wait::Until(Some(deadline)) => {
+                Some(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        let end = match bounded {
+            None => data.len(),
+            Some(left) => {
+                let timeout = rustix::time::Timespec::try_from(left).ok();
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                match poll(&mut fds, timeout.as_ref()) {
+                    Ok(0) => return done,
+                    Ok(_) if fds[0].revents().contains(PollFlags::OUT) => {}
+                    Err(Errno::INTR) => continue,
+                    // An error or hangup: nothing will ever take the bytes.
+                    _ => return data.len(),
+                }
+                data.len().min(done + TRY_WRITE)
+            }
+        };
+        match rustix::io::write(fd, &data[done..end]) {
+            Ok(0) => return data.len(),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) if bounded.is_none() => {
+                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                let _ = poll(&mut fds, None);
+            }
+            Err(Errno::AGAIN) => {}
+            // A closed pipe or a broken terminal: the bytes are gone.
+            Err(_) => return data.len(),
+        }
+    }
+    done
+}
+
+/// Shows the prompt with this line and cursor (or hides it with `None`).
+/// Never waits for the terminal.
+pub fn set_prompt(state: Option<(&str, usize)>) {
     if !is_owner() {
-        let _ = Raw(stream).write_all(text);
         return;
     }
-    let p = prompt();
-    if p.shown {
-        let mut out = Raw(Stream::Out);
-        let _ = out.write_all(b"\r\x1b[K");
-        let _ = Raw(stream).write_all(text);
-        let mut redraw = Vec::new();
-        draw(&mut redraw, &p);
-        let _ = out.write_all(&redraw);
-    } else {
-        let _ = Raw(stream).write_all(text);
+    let mut t = term();
+    match state {
+        Some((line, cursor)) => {
+            t.prompt.shown = true;
+            t.prompt.line.clear();
+            t.prompt.line.push_str(line);
+            t.prompt.cursor = cursor;
+            let mut redraw = Vec::new();
+            draw(&mut redraw, &t.prompt);
+            if t.pending_bytes < PENDING_MAX {
+                t.queue(Stream::Out, redraw);
+            }
+        }
+        None => {
+            if t.prompt.shown && t.pending_bytes < PENDING_MAX {
+                t.queue(Stream::Out, b"\r\x1b[K".to_vec());
+            }
+            t.prompt.shown = false;
+        }
     }
+    drain(t, Wait::Never);
+}
+
+/// Forgets the prompt without touching the screen: a forked worker inherits
+/// the arbiter's memory but must never draw the arbiter's prompt.
+pub fn forget_prompt() {
+    OWNER.store(0, Ordering::Relaxed);
+}
+
+/// Prints whole lines (`text` should end with a newline) above the prompt.
+/// Never waits for the terminal: what it does not take now is written by the
+/// next writer, or by [`flush_within`].
+pub fn print(stream: Stream, text: &[u8]) {
+    print_waiting(stream, text, Wait::Never);
+}
+
+fn print_waiting(stream: Stream, text: &[u8], wait: Wait) {
+    if !is_owner() {
+        write_stream(stream, text, Wait::Until(None));
+        return;
+    }
+    let mut t = term();
+    if matches!(wait, Wait::Never) && t.pending_bytes >= PENDING_MAX {
+        return;
+    }
+    t.queue_text(stream, text);
+    drain(t, wait);
 }
 
 /// Prints one line of text to standard output, above the prompt if shown.
@@ -137,7 +301,18 @@ pub fn say(line: impl AsRef<str>) {
     print(Stream::Out, text.as_bytes());
 }
 
-/// A `Write` that prints whole lines through [`print()`] (for worker output).
+/// Writes what is still queued, waiting at most `timeout`. Returns the bytes
+/// it had to leave unwritten (the terminal did not take them in time).
+pub fn flush_within(timeout: Duration) -> usize {
+    let deadline = Instant::now().checked_add(timeout);
+    let t = term();
+    drain(t, Wait::Until(deadline));
+    term().pending_bytes
+}
+
+/// A `Write` that prints whole lines through the terminal queue and waits
+/// until they are written (for the capture's writer thread: a stalled
+/// terminal applies back-pressure to the workers, and only to them).
 #[derive(Debug)]
 pub struct LineWriter {
     stream: Stream,
@@ -152,11 +327,52 @@ impl LineWriter {
 
 impl Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        print(self.stream, buf);
+        print_waiting(self.stream, buf, Wait::Until(None));
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_above_a_shown_prompt_clears_and_redraws_it() {
+        let mut t = Term {
+            prompt: Prompt {
+                shown: true,
+                line: "stat".into(),
+                cursor: 2,
+            },
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            on_duty: false,
+        };
+        t.queue_text(Stream::Err, b"[0 1] hi\n");
+        let queued: Vec<(Stream, Vec<u8>)> = t.pending.iter().cloned().collect();
+        assert_eq!(
+            queued,
+            vec![
+                (Stream::Out, b"\r\x1b[K".to_vec()),
+                (Stream::Err, b"[0 1] hi\n".to_vec()),
+                (Stream::Out, b"\r\x1b[Kufork>> stat\x1b[2D".to_vec()),
+            ]
+        );
+        assert_eq!(t.pending_bytes, 3 + 9 + 21);
+    }
+
+    #[test]
+    fn a_write_that_may_not_wait_stops_where_the_pipe_is_full() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        let size = rustix::pipe::fcntl_getpipe_size(&read).expect("pipe size");
+        let data = vec![b'x'; size * 2];
+        let written = write_out(write.as_fd(), &data, Wait::Never);
+        assert!(written > 0 && written <= size, "{written} of {size}");
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(write_out(write.as_fd(), &data, Wait::Until(Some(soon))), 0);
     }
 }

@@ -3,6 +3,7 @@
 mod cli;
 mod ops;
 mod util;
+mod output;
 
 use std::os::unix::fs::PermissionsExt;
 

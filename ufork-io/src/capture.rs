@@ -84,6 +84,7 @@ impl fmt::Debug for Prefix {
 #[derive(Debug)]
 pub struct CaptureBuilder {
     sink: Sink,
+    stderr_sink: Option<Sink>,
     prefix: Prefix,
     split_streams: bool,
     max_line: usize,
@@ -99,6 +100,15 @@ impl CaptureBuilder {
     /// Where lines go (default [`Sink::stdout`]).
     pub fn sink(mut self, sink: Sink) -> Self {
         self.sink = sink;
+        self
+    }
+
+    /// Where the arbiter's own lines ([`Capture::logger`]) and, with
+    /// [`split_streams`](Self::split_streams), the workers' stderr lines go
+    /// (default: the same sink as everything else). A terminal wants worker
+    /// stdout on fd 1 and the rest on fd 2, as the processes wrote it.
+    pub fn stderr_sink(mut self, sink: Sink) -> Self {
+        self.stderr_sink = Some(sink);
         self
     }
 
@@ -164,9 +174,13 @@ impl CaptureBuilder {
     }
 
     /// How long the end of `run` waits for the writer to hand everything to
-    /// the sink (default `None`: until it is done, so nothing is lost). With a
-    /// limit, what is left when it passes is abandoned to the writer thread,
-    /// which goes on until the process exits.
+    /// the sink (default `None`: until it is done, so nothing is lost; a
+    /// duration too large for `Instant` also means that). With a limit, what
+    /// is left when it passes is abandoned to the writer thread, which goes
+    /// on until the process exits: it is counted in
+    /// [`Counters::abandoned_bytes`] and reported on the arbiter's stderr if
+    /// that can take the line at once (`ufork-io: the output sink did not
+    /// take the last N bytes within 5s; they are dropped`).
     pub fn flush_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.flush_timeout = timeout.into();
         self
@@ -203,6 +217,7 @@ impl CaptureBuilder {
         };
         let queue = Arc::new(Queue::new(
             self.sink,
+            self.stderr_sink,
             self.queue_bytes,
             self.line_per_write,
             wake_w,
@@ -299,6 +314,7 @@ impl Capture {
     pub fn builder() -> CaptureBuilder {
         CaptureBuilder {
             sink: Sink::stdout(),
+            stderr_sink: None,
             prefix: Prefix::SlotPid,
             split_streams: false,
             max_line: DEFAULT_MAX_LINE,
@@ -647,9 +663,9 @@ impl Layer for Capture {
     }
 
     fn in_child(&mut self, _child: &ChildInfo) -> io::Result<()> {
-        // From here on this process must not touch the queue: the writer
-        // thread does not exist here and may have held its lock at the fork.
-        self.queue.forked.store(true, Ordering::Relaxed);
+        // This process must not touch the queue (the writer thread does not
+        // exist here and may have held its lock at the fork): the queue
+        // knows its owner's pid, and the logger checks it.
         let prepared = self
             .prepared
             .take()
@@ -816,10 +832,18 @@ impl Layer for Capture {
         } else {
             let left = self.queue.queued();
             self.writer = None;
-            log::warn!(
-                target: "ufork::io",
-                "the output sink did not take the last {left} bytes in time; leaving them to the writer thread"
+            self.queue
+                .counters
+                .abandoned_bytes
+                .fetch_add(left as u64, Ordering::Relaxed);
+            let waited = self.flush_timeout.unwrap_or_default();
+            let report = format!(
+                "the output sink did not take the last {left} bytes within {waited:?}; they are dropped"
             );
+            // The logger may write into the stalled sink: say it on stderr
+            // too, if stderr can take it now.
+            crate::sink::try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
+            log::warn!(target: "ufork_io", "{report}");
         }
     }
 }
@@ -828,7 +852,7 @@ impl Drop for Capture {
     fn drop(&mut self) {
         // Dropped without `run` ending (never run, or `run` failed): let the
         // writer finish what it has and end on its own.
-        if self.writer.is_some() && !self.queue.forked.load(Ordering::Relaxed) {
+        if self.writer.is_some() && self.queue.in_owner() {
             self.queue.close_and_wait(Some(Duration::ZERO));
         }
     }

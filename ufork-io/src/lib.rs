@@ -56,10 +56,17 @@
 //!
 //! The thread makes the arbiter process multi-threaded while it forks. That
 //! is sound here because the child touches nothing the writer may hold: it
-//! only `dup2`s its pipe descriptors; the stdout and stderr sinks write to fds
-//! 1 and 2 without std's stdio lock (which a worker's `println!` needs); and
-//! with the `log` sink, forks wait until the writer is out of the logger. The
-//! thread starts in [`CaptureBuilder::build`], before `run`.
+//! only `dup2`s its pipe descriptors; the queue remembers the pid of the
+//! process that built it, and [`ArbiterLog`] in any other process (a worker,
+//! whatever it forks) writes to its own stderr instead of taking the queue's
+//! lock; the stdout and stderr sinks write to fds 1 and 2 without std's stdio
+//! lock (which a worker's `println!` needs); and with the `log` sink, forks
+//! wait until the writer is out of the logger. The thread starts in
+//! [`CaptureBuilder::build`], before `run`.
+//!
+//! [`CaptureBuilder::stderr_sink`] sends the arbiter's lines and the workers'
+//! stderr (with [`CaptureBuilder::split_streams`]) to a second sink, as a
+//! terminal wants them; one writer thread serves both.
 //!
 //! # Examples
 //!

@@ -3,7 +3,6 @@
 use std::fmt::{self, Write as _};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use crate::sink::Queue;
 
@@ -13,8 +12,9 @@ use crate::sink::Queue;
 /// install it yourself (`log::set_boxed_logger`) — a library does not pick
 /// the logger.
 ///
-/// Lines look like `[arbiter] INFO  worker 3 pid 12345 started`, key-values
-/// appended as ` key=value`. In a forked worker the same logger writes to the
+/// Lines look like `[arbiter] worker 3 pid 12345 started` (levels other than
+/// info are named: `[arbiter] warning: ...`), key-values appended as
+/// ` key=value`. In a forked worker the same logger writes to the
 /// worker's stderr directly (which the capture prefixes like any other line):
 /// the queue belongs to the arbiter.
 ///
@@ -64,7 +64,14 @@ impl ArbiterLog {
         }
         let mut text = String::with_capacity(self.prefix.len() + 80);
         text.push_str(&self.prefix);
-        let _ = write!(text, "{:<5} {}", record.level(), record.args());
+        let label = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            log::Level::Info => "",
+            log::Level::Debug => "debug: ",
+            log::Level::Trace => "trace: ",
+        };
+        let _ = write!(text, "{label}{}", record.args());
         let _ = record.key_values().visit(&mut Kv(&mut text));
         // One record is one line, whatever the message holds.
         let mut line: Vec<u8> = text
@@ -87,9 +94,11 @@ impl log::Log for ArbiterLog {
             return;
         }
         let line = self.line(record);
-        if self.queue.forked.load(Ordering::Relaxed) {
-            // In a worker: its stderr is the capture pipe; std's stderr lock
-            // is not taken (a thread of the arbiter may have held it at fork).
+        if !self.queue.in_owner() {
+            // In a worker (or anything else forked from the arbiter): its
+            // stderr is the capture pipe. Neither the queue's lock nor std's
+            // stderr lock is taken: a thread of the arbiter may have held
+            // either at the fork, and nothing here would ever release it.
             let _ = crate::sink::write_fd(std::io::stderr().as_fd(), &line);
         } else {
             self.queue.push_arbiter(line);

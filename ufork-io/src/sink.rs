@@ -150,12 +150,27 @@ pub(crate) enum Origin {
     Arbiter,
 }
 
+impl Origin {
+    /// Whether the chunk goes to the error sink, when there is one.
+    fn is_error(self) -> bool {
+        matches!(
+            self,
+            Self::Arbiter
+                | Self::Worker {
+                    stream: Stream::Stderr,
+                    ..
+                }
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct CounterCells {
     pub(crate) lines_written: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) dropped_bytes: AtomicU64,
     pub(crate) write_errors: AtomicU64,
+    pub(crate) abandoned_bytes: AtomicU64,
 }
 
 /// Live counters of a [`Capture`](crate::Capture), readable from any thread.
@@ -185,6 +200,13 @@ impl Counters {
     pub fn write_errors(&self) -> u64 {
         self.0.write_errors.load(Ordering::Relaxed)
     }
+
+    /// Bytes still queued when the end of `run` stopped waiting for the sink
+    /// ([`CaptureBuilder::flush_timeout`](crate::CaptureBuilder::flush_timeout)):
+    /// left to a writer thread that may never deliver them.
+    pub fn abandoned_bytes(&self) -> u64 {
+        self.0.abandoned_bytes.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -211,8 +233,11 @@ pub(crate) struct Queue {
     wake_w: OwnedFd,
     pub(crate) capacity: usize,
     pub(crate) counters: Arc<CounterCells>,
-    /// Set in a forked worker: nothing there may touch the queue.
-    pub(crate) forked: AtomicBool,
+    /// The process whose writer thread empties this queue. Any other process
+    /// (a forked worker, whatever it forks, a daemon forked after `build`)
+    /// must not touch the queue: its lock may have been held by a thread of
+    /// the owner at the fork, and no writer would ever empty it there.
+    owner: rustix::process::Pid,
     sink: Mutex<SinkState>,
     /// A failure report is being emitted: a report that comes back through
     /// the logger into this same sink and fails again is not reported.
@@ -234,6 +259,8 @@ impl fmt::Debug for Queue {
 /// The sink and what went wrong writing to it.
 struct SinkState {
     kind: SinkKind,
+    /// Where arbiter lines and workers' stderr go, if not to `kind`.
+    err: Option<SinkKind>,
     failures: Failures,
 }
 
@@ -286,8 +313,14 @@ const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
 const WRITE_BATCH: usize = 256 * 1024;
 
 impl Queue {
-    pub(crate) fn new(sink: Sink, capacity: usize, per_line: bool, wake_w: OwnedFd) -> Self {
-        let gate = sink.is_log();
+    pub(crate) fn new(
+        sink: Sink,
+        err_sink: Option<Sink>,
+        capacity: usize,
+        per_line: bool,
+        wake_w: OwnedFd,
+    ) -> Self {
+        let gate = sink.is_log() || err_sink.as_ref().is_some_and(Sink::is_log);
         Self {
             state: Mutex::new(State::default()),
             more: Condvar::new(),
@@ -295,15 +328,21 @@ impl Queue {
             wake_w,
             capacity,
             counters: Arc::default(),
-            forked: AtomicBool::new(false),
+            owner: rustix::process::getpid(),
             sink: Mutex::new(SinkState {
                 kind: sink.kind,
+                err: err_sink.map(|s| s.kind),
                 failures: Failures::default(),
             }),
             reporting: AtomicBool::new(false),
             gate,
             per_line,
         }
+    }
+
+    /// Whether this process is the one whose writer empties the queue.
+    pub(crate) fn in_owner(&self) -> bool {
+        rustix::process::getpid() == self.owner
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -365,10 +404,10 @@ impl Queue {
         if !self.gate {
             return Ok(());
         }
-        let deadline = Instant::now() + FORK_GATE_WAIT;
+        let deadline = Instant::now().checked_add(FORK_GATE_WAIT);
         let mut state = self.lock();
         while state.in_sink {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            let Some(left) = deadline.and_then(|d| d.checked_duration_since(Instant::now())) else {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
                     "the log sink has been busy for 100 ms; forking now could hand the worker a held lock",
@@ -393,9 +432,10 @@ impl Queue {
     }
 
     /// Tells the writer to finish what is queued and end; waits up to
-    /// `timeout` (forever with `None`). Returns whether it ended.
+    /// `timeout` (forever with `None`, or when the deadline would be past
+    /// what `Instant` can hold). Returns whether it ended.
     pub(crate) fn close_and_wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut state = self.lock();
         state.closed = true;
         self.more.notify_all();
@@ -440,7 +480,8 @@ impl Queue {
         }
         let due = {
             let mut sink = self.lock_sink();
-            let to_stderr = !matches!(sink.kind, SinkKind::Fd(Std::Err(_)));
+            let to_stderr = !matches!(sink.kind, SinkKind::Fd(Std::Err(_)))
+                && !matches!(sink.err, Some(SinkKind::Fd(Std::Err(_))));
             sink.failures
                 .take_report(Instant::now(), force)
                 .map(|report| (report, to_stderr))
@@ -457,7 +498,7 @@ impl Queue {
 
 /// Writes `data` to fd 2 if it can take it now: a last resort that must not
 /// hang the writer on a stalled stderr (fd 2 stays blocking, as it is shared).
-fn try_write_stderr(data: &[u8]) {
+pub(crate) fn try_write_stderr(data: &[u8]) {
     use rustix::event::{PollFd, PollFlags, poll};
     let stderr = io::stderr();
     let fd = stderr.as_fd();
@@ -544,13 +585,25 @@ fn write_batch(
     counters: &CounterCells,
 ) -> usize {
     let SinkState {
-        kind: sink,
+        kind,
+        err,
         failures,
     } = state;
     let mut taken = 0;
     let mut buf_lines = 0;
+    // Which sink the coalesced bytes in `buf` are for.
+    let mut buf_err = false;
     for chunk in batch.drain(..) {
         taken += chunk.data.len();
+        let to_err = err.is_some() && chunk.origin.is_error();
+        if to_err != buf_err && !buf.is_empty() {
+            let sink = pick(kind, err, buf_err);
+            account(write_bytes(sink, buf), buf.len(), buf_lines, counters, failures);
+            buf.clear();
+            buf_lines = 0;
+        }
+        buf_err = to_err;
+        let sink = pick(kind, err, to_err);
         match sink {
             SinkKind::Log { target } => log_chunk(target, &chunk, counters),
             SinkKind::Fd(_) | SinkKind::Writer(_) if per_line => {
@@ -581,22 +634,28 @@ fn write_batch(
         }
     }
     if !buf.is_empty() {
-        account(
-            write_bytes(sink, buf),
-            buf.len(),
-            buf_lines,
-            counters,
-            failures,
-        );
+        let sink = pick(kind, err, buf_err);
+        account(write_bytes(sink, buf), buf.len(), buf_lines, counters, failures);
         buf.clear();
     }
-    if let SinkKind::Writer(w) = sink {
-        if let Err(e) = w.flush() {
-            counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            failures.record(&e, 0);
+    for sink in std::iter::once(kind).chain(err.as_mut()) {
+        if let SinkKind::Writer(w) = sink {
+            if let Err(e) = w.flush() {
+                counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                failures.record(&e, 0);
+            }
         }
     }
     taken
+}
+
+/// The sink for a chunk: the error sink for arbiter lines and workers'
+/// stderr when there is one.
+fn pick<'a>(kind: &'a mut SinkKind, err: &'a mut Option<SinkKind>, to_err: bool) -> &'a mut SinkKind {
+    match err {
+        Some(err) if to_err => err,
+        _ => kind,
+    }
 }
 
 fn account(
@@ -713,6 +772,7 @@ mod tests {
     fn failed_writes_are_counted_and_reported_at_most_once_per_interval() {
         let mut state = SinkState {
             kind: SinkKind::Writer(Box::new(Full)),
+            err: None,
             failures: Failures::default(),
         };
         let counters = CounterCells::default();

@@ -735,7 +735,7 @@ fn arbiter_messages_go_through_the_same_sink_between_whole_lines() {
         }
     }
     for r in &outcome.history {
-        let started = format!("[arb] INFO  worker {} pid {} started", r.slot, r.pid);
+        let started = format!("[arb] worker {} pid {} started", r.slot, r.pid);
         assert!(contains(&bytes, started.as_bytes()), "missing {started:?}");
     }
     assert!(arbiter_lines >= 2);
@@ -821,4 +821,102 @@ fn a_failing_sink_is_reported_through_log_rate_limited_without_a_loop() {
     }
     assert!(reported >= 5, "{warnings:#?}");
     assert!(reported <= counters.write_errors(), "{warnings:#?}");
+}
+
+#[test]
+fn arbiter_records_and_worker_stderr_go_to_the_stderr_sink() {
+    let _lock = util::lock();
+    let out = MemorySink::new();
+    let err = MemorySink::new();
+    let layer = capture(&out)
+        .split_streams(true)
+        .stderr_sink(Sink::writer(err.clone()))
+        .build()
+        .expect("capture");
+    let logger = layer.logger();
+    let in_worker = layer.logger();
+    logging::forward(Some(Box::new(move |record| {
+        if record.target() == "ufork" {
+            log::Log::log(&logger, record);
+        }
+    })));
+    let watch = err.clone();
+    let outcome = run_until(
+        pool(1).layer(layer),
+        move |w| {
+            writeln!(std::io::stdout(), "to stdout")?;
+            writeln!(std::io::stderr(), "to stderr")?;
+            // In a worker the arbiter's logger writes to the worker's own
+            // stderr (the capture pipe), never into the arbiter's queue.
+            log::Log::log(
+                &in_worker,
+                &log::Record::builder()
+                    .args(format_args!("from the worker"))
+                    .level(log::Level::Warn)
+                    .target("test")
+                    .build(),
+            );
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text("from the worker"),
+    );
+    logging::forward(None);
+    let pid = outcome.history[0].pid;
+    let (out, err) = (out.bytes(), err.bytes());
+    assert!(contains(&out, format!("[0 {pid}] to stdout\n").as_bytes()));
+    assert!(!contains(&out, b"to stderr") && !contains(&out, b"[arbiter]"));
+    for expected in [
+        format!("[0 {pid} err] to stderr\n"),
+        format!("[0 {pid} err] [arbiter] warning: from the worker\n"),
+        format!("[arbiter] worker 0 pid {pid} started"),
+    ] {
+        assert!(contains(&err, expected.as_bytes()), "missing {expected:?}");
+    }
+}
+
+#[test]
+fn a_flush_timeout_too_large_for_instant_means_until_done() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .flush_timeout(Duration::MAX)
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let watch = sink.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "last words")?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_for_text("last words"),
+    );
+    assert_eq!(counters.abandoned_bytes(), 0);
+}
+
+#[test]
+fn a_sink_still_stalled_at_the_flush_timeout_is_abandoned_and_counted() {
+    let _lock = util::lock();
+    let sink = MemorySink::stalled();
+    let layer = capture(&sink)
+        .flush_timeout(Duration::from_millis(100))
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let watch = sink.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            writeln!(std::io::stdout(), "stuck")?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_blocked(),
+    );
+    assert!(counters.abandoned_bytes() >= 6, "{}", counters.abandoned_bytes());
+    // Lets the abandoned writer thread finish.
+    sink.set_stalled(false);
 }
