@@ -202,9 +202,7 @@ fn write_out(fd: BorrowedFd<'_>, data: &[u8], wait: Wait) -> usize {
         let bounded = match wait {
             Wait::Never => Some(Duration::ZERO),
             Wait::Until(None) => None,
-            Wait::Until(Some(deadline)) => {
-                Some(deadline.saturating_duration_since(Instant::now()))
-            }
+            Wait::Until(Some(deadline)) => Some(deadline.saturating_duration_since(Instant::now())),
         };
         let end = match bounded {
             None => data.len(),

@@ -2,8 +2,8 @@
 
 mod cli;
 mod ops;
-mod util;
 mod output;
+mod util;
 
 use std::os::unix::fs::PermissionsExt;
 

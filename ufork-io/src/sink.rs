@@ -598,7 +598,13 @@ fn write_batch(
         let to_err = err.is_some() && chunk.origin.is_error();
         if to_err != buf_err && !buf.is_empty() {
             let sink = pick(kind, err, buf_err);
-            account(write_bytes(sink, buf), buf.len(), buf_lines, counters, failures);
+            account(
+                write_bytes(sink, buf),
+                buf.len(),
+                buf_lines,
+                counters,
+                failures,
+            );
             buf.clear();
             buf_lines = 0;
         }
@@ -635,7 +641,13 @@ fn write_batch(
     }
     if !buf.is_empty() {
         let sink = pick(kind, err, buf_err);
-        account(write_bytes(sink, buf), buf.len(), buf_lines, counters, failures);
+        account(
+            write_bytes(sink, buf),
+            buf.len(),
+            buf_lines,
+            counters,
+            failures,
+        );
         buf.clear();
     }
     for sink in std::iter::once(kind).chain(err.as_mut()) {
@@ -651,7 +663,11 @@ fn write_batch(
 
 /// The sink for a chunk: the error sink for arbiter lines and workers'
 /// stderr when there is one.
-fn pick<'a>(kind: &'a mut SinkKind, err: &'a mut Option<SinkKind>, to_err: bool) -> &'a mut SinkKind {
+fn pick<'a>(
+    kind: &'a mut SinkKind,
+    err: &'a mut Option<SinkKind>,
+    to_err: bool,
+) -> &'a mut SinkKind {
     match err {
         Some(err) if to_err => err,
         _ => kind,

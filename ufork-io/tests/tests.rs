@@ -916,7 +916,11 @@ fn a_sink_still_stalled_at_the_flush_timeout_is_abandoned_and_counted() {
         },
         move || watch.wait_blocked(),
     );
-    assert!(counters.abandoned_bytes() >= 6, "{}", counters.abandoned_bytes());
+    assert!(
+        counters.abandoned_bytes() >= 6,
+        "{}",
+        counters.abandoned_bytes()
+    );
     // Lets the abandoned writer thread finish.
     sink.set_stalled(false);
 }

@@ -75,7 +75,11 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
         .expect("spawn ufork");
     let pid = child.id() as i32;
     let mut child = Reap(Some(child));
-    let mut stderr = child.0.as_mut().and_then(|c| c.stderr.take()).expect("stderr");
+    let mut stderr = child
+        .0
+        .as_mut()
+        .and_then(|c| c.stderr.take())
+        .expect("stderr");
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
@@ -93,8 +97,7 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
         workers.len() == 2 && queued as usize >= capacity / 2
     });
 
-    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM)
-        .expect("SIGTERM");
+    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");
     let sent = Instant::now();
     let stopped = until("every worker gone", || {
         workers.iter().all(|&w| no_such_process(w))
@@ -113,7 +116,10 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
         let _ = tx.send(());
         status
     });
-    if rx.recv_timeout(graceful + Duration::from_secs(5 + 5)).is_err() {
+    if rx
+        .recv_timeout(graceful + Duration::from_secs(5 + 5))
+        .is_err()
+    {
         let _ = rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::KILL);
         let _ = waiter.join();
         panic!("ufork did not exit after its bounded flush");
