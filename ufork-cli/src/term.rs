@@ -8,7 +8,7 @@
 //! lock released; whoever adds bytes while another thread is on duty leaves
 //! them to it. So a terminal or pipe that stops taking bytes (a pager at a
 //! page, a full FIFO, Ctrl-S) blocks at most the thread on duty:
-//! - [`print`], [`say`] and [`set_prompt`] never wait: they write what the
+//! - [`print()`], [`say`] and [`set_prompt`] never wait: they write what the
 //!   descriptor takes at once and leave the rest queued (the arbiter's thread
 //!   calls them from the console, and must go on supervising);
 //! - [`LineWriter`] (the capture's writer thread, for worker output and the
@@ -58,7 +58,7 @@ static TERM: Mutex<Term> = Mutex::new(Term {
 /// Signalled when the thread on duty leaves it.
 static OFF_DUTY: Condvar = Condvar::new();
 
-/// What [`print`] and [`set_prompt`] may leave queued for a stalled terminal;
+/// What [`print()`] and [`set_prompt`] may leave queued for a stalled terminal;
 /// past it their new text is dropped (the writer thread's lines are not).
 const PENDING_MAX: usize = 1 << 20;
 
