@@ -71,6 +71,12 @@ the same state as one JSON object whose schema the README documents.")]
 /// Flags shared by `serve` and `run`.
 #[derive(Debug, Args)]
 pub struct PoolArgs {
+    /// Read settings from this TOML file: its keys are the long flag names
+    /// (`workers = 4`, `bind = ["127.0.0.1:8000"]`, `no_prompt = true`);
+    /// flags on the command line override it.
+    #[arg(short = 'c', long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Number of worker processes [default: the number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = parse_workers, allow_negative_numbers = true)]
     pub workers: Option<u32>,
@@ -92,6 +98,11 @@ pub struct PoolArgs {
     /// Recycle a worker whose resident memory exceeds this (e.g. 512M, 2G).
     #[arg(long, value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
     pub memory_limit: Option<u64>,
+
+    /// Change to this directory first: relative paths (DIR, CMD, --pidfile,
+    /// --log-file, ...) are then relative to it.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
 
     /// Run in the background; returns once the pool is serving.
     #[arg(long, requires = "pidfile")]

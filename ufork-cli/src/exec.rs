@@ -32,6 +32,8 @@ pub struct ExecSpec {
     pub notify_socket: Option<String>,
     /// WATCHDOG_USEC, with `--notify --timeout`.
     pub watchdog: Option<Duration>,
+    /// `--env KEY=VALUE`, set before ufork's own variables (which win).
+    pub env: Vec<(String, String)>,
 }
 
 /// Finds `program` the way exec will (PATH search unless it has a slash), so
@@ -120,6 +122,7 @@ impl ExecLayer {
                 .map_err(|e| format!("cannot hand the sockets to `{}`: {e}", spec.program))?;
             let mut command = Command::new(&spec.program);
             command.args(&spec.args);
+            command.envs(spec.env.iter().map(|(k, v)| (k, v)));
             command.env("UFORK_WORKER_ID", worker.slot().to_string());
             if count > 0 {
                 command

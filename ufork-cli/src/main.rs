@@ -11,12 +11,14 @@
 mod cli;
 mod cmd;
 mod commands;
+mod config;
 mod console;
 mod control;
 mod editor;
 mod exec;
 mod failure;
 mod health;
+mod listen;
 mod logger;
 mod metrics;
 mod notify;
@@ -40,7 +42,14 @@ fn main() -> ExitCode {
     if let Some(code) = usage::help_on_help() {
         return code;
     }
-    let cli = match Cli::try_parse() {
+    let args = match config::expand(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(failure) => {
+            let _ = writeln!(std::io::stderr(), "ufork: error: {failure}");
+            return failure.exit_code();
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => return usage::report(&e),
     };

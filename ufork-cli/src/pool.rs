@@ -2,11 +2,11 @@
 //! pidfile, privileges, output capture and the log file, the prompt, the
 //! control socket.
 //!
-//! Order matters: sockets are bound first (so they sit at fds 3, 4, ...), the
+//! Order matters: the directory changes first, the pidfile is looked at
+//! before binding, sockets are bound next (so they sit at fds 3, 4, ...), the
 //! process daemonizes while it still has one thread, privileges are dropped
 //! after binding, and only then does the capture start its writer thread.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,74 +27,18 @@ use crate::{logger, privs, term};
 /// How long the end of a run waits for output the sink has not taken yet.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A bound listening socket and the name it is handed out under.
-#[derive(Debug)]
-pub struct Listener {
-    /// LISTEN_FDNAMES entry.
-    pub name: String,
-    /// The address actually bound (port 0 resolved).
-    pub addr: SocketAddr,
-    /// The socket.
-    pub socket: TcpListener,
-}
-
-/// Binds every `--bind` address, in order. Called before anything else opens
-/// a descriptor, so the sockets sit at fds 3, 4, ... already.
+/// `--chdir DIR`: done first, so every relative path after it (DIR,
+/// `--pidfile`, `--log-file`, CMD) is relative to DIR, as gunicorn's is.
 ///
 /// # Errors
 ///
-/// A message naming the flag and the address.
-pub fn bind_all(binds: &[String], allow_names: bool) -> Result<Vec<Listener>> {
-    let mut listeners: Vec<Listener> = Vec::new();
-    for bind in binds {
-        let (name, address) = match bind.split_once('=') {
-            Some((name, address)) if allow_names => {
-                if name.is_empty() || name.contains(':') {
-                    return Err(failure::usage(format!(
-                        "--bind {bind}: a socket name must be non-empty and have no `:`"
-                    )));
-                }
-                (name.to_owned(), address)
-            }
-            _ => ("listen".to_owned(), bind.as_str()),
-        };
-        if let Some(port) = address.strip_prefix(':') {
-            // Which interfaces is a choice to make, not to guess.
-            return Err(failure::usage(format!(
-                "--bind {address}: no host; use 127.0.0.1:{port} (this machine only) or 0.0.0.0:{port} (every interface)"
-            )));
-        }
-        let mut addrs = address.to_socket_addrs().map_err(|e| {
-            failure::usage(format!(
-                "--bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:8000 or [::1]:8000",
-                io_text(&e)
-            ))
-        })?;
-        let addr = addrs.next().ok_or_else(|| {
-            failure::usage(format!("--bind {address}: the name resolves to no address"))
-        })?;
-        if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
-            return Err(failure::usage(format!(
-                "duplicate --bind {address}; give each address once"
-            )));
-        }
-        let socket = TcpListener::bind(addr).map_err(|e| {
-            let hint = match e.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    "; is another server running there? pick another port with --bind"
-                }
-                std::io::ErrorKind::PermissionDenied => {
-                    "; ports below 1024 need root (bind as root and drop with --user)"
-                }
-                std::io::ErrorKind::AddrNotAvailable => "; no interface has this address",
-                _ => "",
-            };
-            failure::runtime(format!("--bind {address}: {}{hint}", io_text(&e)))
-        })?;
-        let addr = socket.local_addr().unwrap_or(addr);
-        listeners.push(Listener { name, addr, socket });
+/// A runtime failure naming the directory.
+pub fn chdir(pool: &PoolArgs) -> Result<()> {
+    match &pool.chdir {
+        Some(dir) => std::env::set_current_dir(dir)
+            .map_err(|e| failure::runtime(format!("--chdir {}: {}", dir.display(), io_text(&e)))),
+        None => Ok(()),
     }
-    Ok(listeners)
 }
 
 /// Refuses to start when the pidfile names a live pool, before anything is

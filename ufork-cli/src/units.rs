@@ -31,6 +31,40 @@ pub fn parse_count_u64(text: &str) -> Result<u64, String> {
     parse_count(text, u64::MAX)
 }
 
+/// The most serving threads `--threads` takes.
+pub const MAX_THREADS: u32 = 1024;
+
+/// Parses `--threads`: 1 to [`MAX_THREADS`].
+pub fn parse_threads(text: &str) -> Result<usize, String> {
+    parse_count(text, u64::from(MAX_THREADS)).map(|n| n as usize)
+}
+
+/// Parses a count that may be 0 (`--max-requests-jitter`).
+pub fn parse_count_or_zero(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "0" => Ok(0),
+        other => parse_count(other, u64::MAX),
+    }
+}
+
+/// Parses a size in bytes that must fit a `usize` (a limit on a buffer).
+pub fn parse_size_usize(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    usize::try_from(bytes).map_err(|_| format!("must be at most {}", usize::MAX))
+}
+
+/// Parses `KEY=VALUE` for `--env`.
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !text.contains('\0') => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "`{text}` is not KEY=VALUE (like --env RUST_LOG=info)"
+        )),
+    }
+}
+
 /// Parses seconds: `30`, `1.5`, or with a unit: `500ms`, `10s`, `2m`, `1h`.
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -190,6 +224,21 @@ mod tests {
             Err("`x` is not a whole number".to_owned())
         );
         assert_eq!(parse_seconds("-5"), Err("must be positive".to_owned()));
+    }
+
+    #[test]
+    fn new_flag_values_parse_or_say_why() {
+        assert_eq!(parse_threads("4"), Ok(4));
+        assert_eq!(
+            parse_threads("1025"),
+            Err("must be at most 1024".to_owned())
+        );
+        assert_eq!(parse_count_or_zero("0"), Ok(0));
+        assert_eq!(parse_count_or_zero("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_size_usize("8K"), Ok(8192));
+        assert_eq!(parse_env("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
     }
 
     #[test]

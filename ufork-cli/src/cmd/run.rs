@@ -8,8 +8,8 @@ use ufork_core::Arbiter;
 
 use crate::cli::PoolArgs;
 use crate::failure::{self, Result, runtime};
-use crate::units::parse_seconds;
-use crate::{exec, notify, pool, term};
+use crate::units::{parse_env, parse_seconds};
+use crate::{exec, listen, notify, pool, term};
 
 /// Flags for `ufork run`.
 #[derive(Debug, Args)]
@@ -30,7 +30,8 @@ Examples:
   ufork run -w 4 --bind 127.0.0.1:9000 -- python3 app.py
   ufork run --notify --timeout 10 --bind 0.0.0.0:80 -- ./server --flag")]
 pub struct RunArgs {
-    /// Address to listen on, [NAME=]HOST:PORT (repeatable); handed to CMD as fd 3, 4, ...
+    /// Address to listen on, [NAME=]HOST:PORT or [NAME=]unix:PATH (repeatable);
+    /// handed to CMD as fd 3, 4, ... A unix socket is removed when the pool stops.
     #[arg(short, long, value_name = "ADDR")]
     pub bind: Vec<String>,
 
@@ -48,6 +49,14 @@ pub struct RunArgs {
     )]
     pub timeout: Option<Duration>,
 
+    /// Permission bits of `--bind unix:PATH` sockets (octal).
+    #[arg(long, value_name = "MODE", value_parser = listen::parse_mode, default_value = "660")]
+    pub unix_mode: u32,
+
+    /// Set KEY=VALUE in every worker's environment (repeatable).
+    #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
     #[command(flatten)]
     pub pool: PoolArgs,
 
@@ -64,11 +73,16 @@ pub struct RunArgs {
 
 /// Runs `ufork run`.
 pub fn exec(args: RunArgs) -> Result<()> {
+    pool::chdir(&args.pool)?;
     pool::check_pidfile(&args.pool)?;
     let program = &args.command[0];
     let resolved = exec::resolve(program)?;
     // Bound first, so the sockets sit at fds 3, 4, ... already.
-    let listeners = pool::bind_all(&args.bind, true)?;
+    let options = listen::Options {
+        for_run: true,
+        unix_mode: args.unix_mode,
+    };
+    let listeners = listen::bind_all(&args.bind, options)?;
     let workers = pool::workers(&args.pool);
     if !args.pool.daemon {
         term::say(format!(
@@ -106,8 +120,12 @@ pub fn exec(args: RunArgs) -> Result<()> {
             .join(":"),
         notify_socket: notify.as_ref().map(|n| n.address().to_owned()),
         watchdog: args.timeout,
+        env: args.env.clone(),
     };
-    let fds = listeners.into_iter().map(|l| l.socket.into()).collect();
+    // The unix socket files live as long as this frame: removed when the
+    // pool stops (a worker never returns here; it execs or exits).
+    let (fds, _socket_files): (Vec<_>, Vec<_>) =
+        listeners.into_iter().map(|l| l.socket.into_fd()).unzip();
     let worker = layer.worker(spec, fds);
     let mut builder = session
         .configure(&args.pool, Arbiter::builder())

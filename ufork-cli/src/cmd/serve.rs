@@ -8,8 +8,11 @@ use clap::Args;
 
 use crate::cli::PoolArgs;
 use crate::failure::{self, Result, runtime};
-use crate::units::{parse_count_u64, parse_seconds};
-use crate::{pool, term};
+use crate::units::{
+    parse_count_or_zero, parse_count_u32, parse_count_u64, parse_seconds, parse_size_usize,
+    parse_threads,
+};
+use crate::{listen, pool, term};
 
 /// Flags for `ufork serve`.
 #[derive(Debug, Args)]
@@ -40,12 +43,45 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub timeout: Option<Duration>,
 
+    /// With --max-requests: recycle after up to this many more, picked at
+    /// random per worker, so workers do not all restart at once [default: a
+    /// tenth of --max-requests].
+    #[arg(long, value_name = "N", value_parser = parse_count_or_zero, requires = "max_requests", allow_negative_numbers = true)]
+    pub max_requests_jitter: Option<u64>,
+
+    /// Serving threads per worker, each with its own connections [default: 1].
+    #[arg(long, value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
+    pub threads: Option<usize>,
+
+    /// Close a keep-alive connection idle for this long [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub keep_alive: Option<Duration>,
+
+    /// Longest request line; longer gets 414 [default: 8K].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_usize, allow_negative_numbers = true)]
+    pub limit_request_line: Option<usize>,
+
+    /// Most header fields in a request; more gets 431 [default: 100].
+    #[arg(long, value_name = "N", value_parser = parse_count_u32, allow_negative_numbers = true)]
+    pub limit_request_fields: Option<u32>,
+
+    /// Largest request head, the request line and every header field
+    /// together (gunicorn limits each field); larger gets 431 [default: 64K].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size_usize, allow_negative_numbers = true)]
+    pub limit_request_field_size: Option<usize>,
+
+    /// Each worker binds its own socket with SO_REUSEPORT and the kernel
+    /// spreads connections between them (not with port 0).
+    #[arg(long)]
+    pub reuse_port: bool,
+
     #[command(flatten)]
     pub pool: PoolArgs,
 }
 
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
+    pool::chdir(&args.pool)?;
     pool::check_pidfile(&args.pool)?;
     let root = match &args.dir {
         Some(dir) => Some(
@@ -59,7 +95,19 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         ),
         None => None,
     };
-    let listeners = pool::bind_all(&args.bind, false)?;
+    let options = listen::Options {
+        for_run: false,
+        unix_mode: 0o660,
+    };
+    // With --reuse-port every worker binds its own socket; otherwise the
+    // arbiter binds one that every worker inherits.
+    let (listeners, reused) = if args.reuse_port {
+        let binds = listen::resolve_all(&args.bind, options)?;
+        let addrs = reuse_port_addrs(&binds)?;
+        (Vec::new(), addrs)
+    } else {
+        (listen::bind_all(&args.bind, options)?, Vec::new())
+    };
     let workers = pool::workers(&args.pool);
     let what = match &root {
         Some(files) => format!("files from {}", files.root().display()),
@@ -67,10 +115,11 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     };
     let banner: Vec<String> = listeners
         .iter()
-        .map(|l| {
+        .map(|l| l.addr.to_string())
+        .chain(reused.iter().map(ToString::to_string))
+        .map(|addr| {
             format!(
-                "serving {what} on http://{} with {workers} worker{} (arbiter pid {})",
-                l.addr,
+                "serving {what} on http://{addr} with {workers} worker{} (arbiter pid {})",
                 if workers == 1 { "" } else { "s" },
                 std::process::id()
             )
@@ -91,12 +140,20 @@ pub fn exec(args: ServeArgs) -> Result<()> {
                 .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
         );
     for l in listeners {
-        builder = builder.listener(l.socket);
+        if let listen::Socket::Tcp(socket) = l.socket {
+            builder = builder.listener(socket);
+        }
     }
+    for addr in reused {
+        builder = builder.bind(addr);
+    }
+    builder = builder.reuse_port(args.reuse_port);
     if let Some(max) = args.max_requests {
         // The jitter is added to the limit: keep the sum a `u64`.
-        builder = builder.max_requests(max, (max / 10).min(u64::MAX - max));
+        let jitter = args.max_requests_jitter.unwrap_or(max / 10);
+        builder = builder.max_requests(max, jitter.min(u64::MAX - max));
     }
+    builder = limits(builder, &args);
     let builder = builder.arbiter(|b| session.configure(&args.pool, b).workers(workers));
     let built = match root {
         Some(files) => builder.build(files),
@@ -112,6 +169,41 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         .run()
         .map_err(|e| runtime(format!("the server failed: {}", failure::chain(&e))))?;
     Ok(())
+}
+
+/// The addresses each worker binds with `--reuse-port`: TCP, with a port
+/// (with port 0 every worker would get a port of its own).
+fn reuse_port_addrs(binds: &[listen::Bind]) -> Result<Vec<std::net::SocketAddr>> {
+    binds
+        .iter()
+        .map(|b| match b.addr {
+            listen::Address::Tcp(addr) if addr.port() != 0 => Ok(addr),
+            _ => Err(failure::usage(format!(
+                "--bind {}: --reuse-port needs a fixed port (with port 0 each worker would listen on a port of its own)",
+                b.text
+            ))),
+        })
+        .collect()
+}
+
+/// The HTTP flags, each only when given (the library's defaults otherwise).
+fn limits(mut builder: ufork_wsgi_like::Builder, args: &ServeArgs) -> ufork_wsgi_like::Builder {
+    if let Some(threads) = args.threads {
+        builder = builder.threads(threads);
+    }
+    if let Some(keep_alive) = args.keep_alive {
+        builder = builder.keep_alive_timeout(keep_alive);
+    }
+    if let Some(bytes) = args.limit_request_line {
+        builder = builder.max_request_line_bytes(bytes);
+    }
+    if let Some(fields) = args.limit_request_fields {
+        builder = builder.max_headers(fields as usize);
+    }
+    if let Some(bytes) = args.limit_request_field_size {
+        builder = builder.max_header_bytes(bytes);
+    }
+    builder
 }
 
 /// Warns when the workers could not read DIR: checked after `--user` took

@@ -2,5 +2,7 @@
 //! user expect) and the command's share of issue 10 (huge values), one
 //! module per concern.
 
+mod config;
+mod flags;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,342 @@
+//! `--bind`: TCP addresses (`HOST:PORT`) and, for `run`, unix sockets
+//! (`unix:PATH`), with an optional `NAME=` for LISTEN_FDNAMES.
+//!
+//! A unix socket is created with mode 0660 (or `--unix-mode`), refused when a
+//! live server listens on the path, replaces a stale socket left by a server
+//! that died, and is removed when the pool stops.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::failure::{self, Result, io_text};
+
+/// The longest unix socket path (`sun_path` less its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP address (port 0 resolved once bound).
+    Tcp(SocketAddr),
+    /// A unix stream socket's path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A bound listening socket and the name it is handed out under.
+#[derive(Debug)]
+pub struct Listener {
+    /// LISTEN_FDNAMES entry.
+    pub name: String,
+    /// The address actually bound.
+    pub addr: Address,
+    /// The socket.
+    pub socket: Socket,
+}
+
+/// A bound socket.
+#[derive(Debug)]
+pub enum Socket {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A unix stream socket, and the file to remove when the pool stops.
+    Unix(UnixListener, SocketFile),
+}
+
+impl Socket {
+    /// The descriptor to hand to a program, and the file to remove later.
+    pub fn into_fd(self) -> (OwnedFd, Option<SocketFile>) {
+        match self {
+            Self::Tcp(l) => (l.into(), None),
+            Self::Unix(l, file) => (l.into(), Some(file)),
+        }
+    }
+}
+
+/// A unix socket's file, removed on drop if the path still names the socket
+/// this pool made (not one a later server put there).
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// How to bind: whether `NAME=` and `unix:` are taken (`run`), and the mode
+/// of unix sockets.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `run` takes `NAME=ADDR` and `unix:PATH`; `serve` takes TCP only.
+    pub for_run: bool,
+    /// Mode of unix sockets.
+    pub unix_mode: u32,
+}
+
+/// One parsed `--bind`: its name and what to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// LISTEN_FDNAMES entry.
+    pub name: String,
+    /// The address as given, for messages.
+    pub text: String,
+    /// What to bind.
+    pub addr: Address,
+}
+
+/// Parses and resolves every `--bind` (without binding), refusing
+/// duplicates.
+///
+/// # Errors
+///
+/// A usage failure naming the flag and the address.
+pub fn resolve_all(binds: &[String], options: Options) -> Result<Vec<Bind>> {
+    let mut resolved: Vec<Bind> = Vec::new();
+    for bind in binds {
+        let one = resolve(bind, options)?;
+        let duplicate = match &one.addr {
+            Address::Tcp(addr) => addr.port() != 0 && resolved.iter().any(|b| b.addr == one.addr),
+            Address::Unix(_) => resolved.iter().any(|b| b.addr == one.addr),
+        };
+        if duplicate {
+            return Err(failure::usage(format!(
+                "duplicate --bind {}; give each address once",
+                one.text
+            )));
+        }
+        resolved.push(one);
+    }
+    Ok(resolved)
+}
+
+fn resolve(bind: &str, options: Options) -> Result<Bind> {
+    let (name, address) = match bind.split_once('=') {
+        Some((name, address)) if options.for_run => {
+            if name.is_empty() || name.contains(':') {
+                return Err(failure::usage(format!(
+                    "--bind {bind}: a socket name must be non-empty and have no `:`"
+                )));
+            }
+            (name.to_owned(), address)
+        }
+        _ => ("listen".to_owned(), bind),
+    };
+    let text = address.to_owned();
+    if let Some(path) = address.strip_prefix("unix:") {
+        if !options.for_run {
+            return Err(failure::usage(format!(
+                "--bind {address}: `ufork serve` listens on TCP only; unix sockets are for `ufork run`, which hands them to the program"
+            )));
+        }
+        if path.is_empty() {
+            return Err(failure::usage(format!(
+                "--bind {address}: no path; use unix:/run/app.sock"
+            )));
+        }
+        if path.len() > MAX_UNIX_PATH {
+            return Err(failure::usage(format!(
+                "--bind {address}: the path is {} bytes; unix socket paths are limited to {MAX_UNIX_PATH}",
+                path.len()
+            )));
+        }
+        return Ok(Bind {
+            name,
+            text,
+            addr: Address::Unix(PathBuf::from(path)),
+        });
+    }
+    if let Some(port) = address.strip_prefix(':') {
+        // Which interfaces is a choice to make, not to guess.
+        return Err(failure::usage(format!(
+            "--bind {address}: no host; use 127.0.0.1:{port} (this machine only) or 0.0.0.0:{port} (every interface)"
+        )));
+    }
+    let unix_hint = if options.for_run {
+        ", or unix:PATH"
+    } else {
+        ""
+    };
+    let mut addrs = address.to_socket_addrs().map_err(|e| {
+        failure::usage(format!(
+            "--bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:8000 or [::1]:8000{unix_hint}",
+            io_text(&e)
+        ))
+    })?;
+    let addr = addrs.next().ok_or_else(|| {
+        failure::usage(format!("--bind {address}: the name resolves to no address"))
+    })?;
+    Ok(Bind {
+        name,
+        text,
+        addr: Address::Tcp(addr),
+    })
+}
+
+/// Binds every `--bind` address, in order. Called before anything else opens
+/// a descriptor, so the sockets sit at fds 3, 4, ... already.
+///
+/// # Errors
+///
+/// A message naming the flag and the address.
+pub fn bind_all(binds: &[String], options: Options) -> Result<Vec<Listener>> {
+    resolve_all(binds, options)?
+        .into_iter()
+        .map(|bind| bind_one(bind, options))
+        .collect()
+}
+
+fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
+    let address = &bind.text;
+    match bind.addr {
+        Address::Tcp(addr) => {
+            let socket = TcpListener::bind(addr).map_err(|e| {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "; is another server running there? pick another port with --bind"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "; ports below 1024 need root (bind as root and drop with --user)"
+                    }
+                    std::io::ErrorKind::AddrNotAvailable => "; no interface has this address",
+                    _ => "",
+                };
+                failure::runtime(format!("--bind {address}: {}{hint}", io_text(&e)))
+            })?;
+            let addr = socket.local_addr().unwrap_or(addr);
+            Ok(Listener {
+                name: bind.name,
+                addr: Address::Tcp(addr),
+                socket: Socket::Tcp(socket),
+            })
+        }
+        Address::Unix(path) => {
+            let (socket, file) = bind_unix(&path, address, options.unix_mode)?;
+            Ok(Listener {
+                name: bind.name,
+                addr: Address::Unix(path),
+                socket: Socket::Unix(socket, file),
+            })
+        }
+    }
+}
+
+/// Binds a unix socket at `path` with `mode`: a live server there is an
+/// error, a stale socket is replaced, any other file is left alone.
+fn bind_unix(path: &Path, address: &str, mode: u32) -> Result<(UnixListener, SocketFile)> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(failure::runtime(format!(
+                "--bind {address}: the path exists and is not a socket; remove it or choose another path"
+            )));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(failure::runtime(format!(
+                "--bind {address}: a server is listening there already; stop it or choose another path"
+            )));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    // Created with no more than `mode` allows, even for an instant: the
+    // umask masks the rest during bind(2).
+    let mask = rustix::fs::Mode::from_raw_mode(!mode & 0o777);
+    let old = rustix::process::umask(mask);
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let socket = bound.map_err(|e| {
+        failure::runtime(format!(
+            "--bind {address}: cannot create the socket: {}",
+            io_text(&e)
+        ))
+    })?;
+    // The umask can only take bits away: set exactly `mode`.
+    let meta = std::fs::symlink_metadata(path)
+        .and_then(|meta| {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map(|()| meta)
+        })
+        .map_err(|e| failure::runtime(format!("--bind {address}: {}", io_text(&e))))?;
+    let file = SocketFile {
+        path: path.to_owned(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    Ok((socket, file))
+}
+
+/// Parses `--unix-mode`: octal permission bits, like 660 or 0600.
+pub fn parse_mode(text: &str) -> std::result::Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        Ok(_) => Err("must be at most 777 (octal permission bits)".to_owned()),
+        Err(_) => Err(format!("`{text}` is not an octal mode (like 660 or 0600)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: Options = Options {
+        for_run: true,
+        unix_mode: 0o660,
+    };
+    const SERVE: Options = Options {
+        for_run: false,
+        unix_mode: 0o660,
+    };
+
+    #[test]
+    fn binds_parse_names_and_unix_paths() {
+        let binds = resolve_all(
+            &["web=unix:/run/a.sock".to_owned(), "127.0.0.1:0".to_owned()],
+            RUN,
+        )
+        .unwrap();
+        assert_eq!(binds[0].name, "web");
+        assert_eq!(binds[0].addr, Address::Unix("/run/a.sock".into()));
+        assert_eq!(binds[0].addr.to_string(), "unix:/run/a.sock");
+        assert_eq!(binds[1].name, "listen");
+        let e = resolve_all(&["unix:/run/a.sock".to_owned()], SERVE).unwrap_err();
+        assert!(e.to_string().contains("TCP only"), "{e}");
+        let twice = ["unix:/a".to_owned(), "unix:/a".to_owned()];
+        assert!(resolve_all(&twice, RUN).is_err());
+        let long = format!("unix:/{}", "x".repeat(120));
+        assert!(
+            resolve_all(&[long], RUN)
+                .unwrap_err()
+                .to_string()
+                .contains("limited to 107")
+        );
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert!(parse_mode("1777").is_err());
+        assert!(parse_mode("rw").is_err());
+    }
+}

@@ -1,0 +1,254 @@
+//! The gunicorn-style flags, each through the real binary: what it changes
+//! is observed from outside (status codes, threads, sockets, files).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use super::config::http_addr_in;
+use crate::util::*;
+
+/// Starts `ufork serve` on a free port with `extra` flags; the pool, its
+/// address and the pid of worker 0.
+fn serve(extra: &[&str]) -> (Running, std::net::SocketAddr, i32) {
+    let mut args = vec!["serve", "--bind", "127.0.0.1:0", "-w", "1", "--no-prompt"];
+    args.extend_from_slice(extra);
+    let mut server = Running::start(&args);
+    let addr = http_addr_in(&server.expect_line("http://"));
+    let line = server.expect_line("worker 0 pid");
+    let pid = line
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("a worker pid");
+    (server, addr, pid)
+}
+
+fn stop(mut server: Running) {
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+}
+
+/// The status code of a raw request.
+fn status_of(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+    let reply = exchange(addr, request);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"))
+}
+
+#[test]
+fn request_limits_answer_414_and_431() {
+    let (server, addr, _) = serve(&[
+        "--limit-request-line",
+        "64",
+        "--limit-request-fields",
+        "3",
+        "--limit-request-field-size",
+        "1K",
+    ]);
+    let ok = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+    assert_eq!(status_of(addr, ok), 200);
+    let long_line = format!("GET /{} HTTP/1.0\r\nHost: x\r\n\r\n", "a".repeat(100));
+    assert_eq!(status_of(addr, long_line.as_bytes()), 414);
+    let many = b"GET / HTTP/1.0\r\nHost: x\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    assert_eq!(status_of(addr, many), 431);
+    let big = format!(
+        "GET / HTTP/1.0\r\nHost: x\r\nBig: {}\r\n\r\n",
+        "b".repeat(2000)
+    );
+    assert_eq!(status_of(addr, big.as_bytes()), 431);
+    stop(server);
+}
+
+#[test]
+fn threads_run_in_each_worker() {
+    let (server, addr, pid) = serve(&["--threads", "6"]);
+    assert_eq!(get(addr, "/").0, 200);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(threads >= 6, "worker {pid} has {threads} threads");
+    stop(server);
+}
+
+#[test]
+fn keep_alive_closes_idle_connections_sooner() {
+    let (server, addr, _) = serve(&["--keep-alive", "200ms"]);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The response, then the end of the connection once it idled.
+    let started = Instant::now();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no close: {e}"),
+        }
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("Hello, world!"));
+    // The library's default keeps it 5 s; the flag closed it well before.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    stop(server);
+}
+
+#[test]
+fn max_requests_jitter_zero_recycles_at_exactly_max() {
+    let (mut server, addr, _) = serve(&["--max-requests", "10", "--max-requests-jitter", "0"]);
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/").0, 200);
+    }
+    // Without the flag the jitter would be 0..=1, and half the time no recycle.
+    server.expect_line("generation 1");
+    let out = run(&["serve", "--max-requests-jitter", "3"]);
+    assert_one_line_error(&out, 2, &["--max-requests"]);
+    stop(server);
+}
+
+#[test]
+fn reuse_port_gives_each_worker_its_own_socket() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let socket = TempDir::new("reuse");
+    let control = socket.str("ctl.sock");
+    let mut server = Running::start(&[
+        "serve",
+        "--bind",
+        &bind,
+        "-w",
+        "2",
+        "--reuse-port",
+        "--control-socket",
+        &control,
+    ]);
+    server.expect_line(&format!("http://{bind}"));
+    wait_ready(&control, 2);
+    assert_eq!(get(bind.parse().unwrap(), "/").0, 200);
+    // Only sockets that all set SO_REUSEPORT can share a port.
+    let probe = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::sockopt::set_socket_reuseport(&probe, true).unwrap();
+    let addr: std::net::SocketAddr = bind.parse().unwrap();
+    rustix::net::bind(&probe, &addr).expect("the workers' sockets have SO_REUSEPORT");
+    drop(probe);
+    stop(server);
+    let out = run(&["serve", "--reuse-port", "--bind", "127.0.0.1:0"]);
+    assert_one_line_error(&out, 2, &["--reuse-port needs a fixed port"]);
+}
+
+#[test]
+fn chdir_makes_relative_paths_relative_to_it() {
+    let dir = TempDir::new("chdir");
+    std::fs::create_dir(dir.join("site")).unwrap();
+    std::fs::write(dir.join("site/index.html"), "<p>here</p>\n").unwrap();
+    let root = dir.path().to_str().unwrap();
+    let (server, addr, _) = serve(&["--chdir", root, "site", "--pidfile", "ufork.pid"]);
+    assert_eq!(
+        get(addr, "/"),
+        (
+            200,
+            "text/html; charset=utf-8".into(),
+            "<p>here</p>\n".into()
+        )
+    );
+    assert!(dir.join("ufork.pid").exists());
+    stop(server);
+    let out = run(&["serve", "--chdir", &dir.str("nope")]);
+    assert_one_line_error(&out, 1, &["--chdir", "no such file or directory"]);
+}
+
+const UNIX_PY: &str = r#"
+import os, socket, sys, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+listener = socket.socket(fileno=3)
+print("family", listener.family.name, os.environ["LISTEN_FDNAMES"], os.environ["GREETING"], flush=True)
+while True:
+    conn, _ = listener.accept()
+    conn.sendall(b"hello over unix\n")
+    conn.close()
+"#;
+
+#[test]
+fn run_binds_unix_sockets_and_removes_them_at_stop() {
+    let dir = TempDir::new("unix");
+    let script = dir.join("unix.py");
+    std::fs::write(&script, UNIX_PY).unwrap();
+    let path = dir.join("app.sock");
+    let bind = format!("app=unix:{}", path.display());
+    let args = [
+        "run",
+        "-w",
+        "2",
+        "--bind",
+        &bind,
+        "--env",
+        "GREETING=hi",
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+    ];
+    // A stale socket (its server died) is replaced.
+    drop(UnixListener::bind(&path).unwrap());
+    let mut pool = Running::start(&args);
+    let line = pool.expect_line("family");
+    assert!(line.ends_with("family AF_UNIX app hi"), "{line}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let mut reply = String::new();
+    UnixStream::connect(&path)
+        .unwrap()
+        .read_to_string(&mut reply)
+        .unwrap();
+    assert_eq!(reply, "hello over unix\n");
+    // A live server holds the path: refused, and its socket left alone.
+    let out = run(&args);
+    assert_one_line_error(&out, 1, &["a server is listening there already"]);
+    assert!(UnixStream::connect(&path).is_ok());
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(!path.exists(), "the socket is removed at stop");
+    let mode_args = [
+        "run",
+        "--bind",
+        &bind,
+        "--unix-mode",
+        "600",
+        "--",
+        "python3",
+    ];
+    let mut pool = Running::start(&[&mode_args[..], &[script.to_str().unwrap()]].concat());
+    pool.expect_line("family");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(pool);
+    let unix = format!("unix:{}", path.display());
+    let out = run(&["serve", "--bind", &unix]);
+    assert_one_line_error(&out, 2, &["TCP only"]);
+}
