@@ -7,6 +7,7 @@
 //! process daemonizes while it still has one thread, privileges are dropped
 //! after binding, and only then does the capture start its writer thread.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
