@@ -25,7 +25,7 @@ Signals (to the arbiter, the `ufork` process that runs the pool):
 Exit codes (every subcommand):
   0  success
   1  runtime failure (for `ctl`: a command the pool refused)
-  2  usage error: a bad flag or value
+  2  usage error: a bad flag or value, or a bad --config file
   3  not running: `status`, `stop`, `reload` and `ctl` found no pool
   4  `status`: the pool runs degraded (see `ufork status --help`)
 
