@@ -131,6 +131,18 @@ pub struct PoolArgs {
     )]
     pub log_keep: u32,
 
+    /// How the arbiter's and the workers' lines are written: text (RFC 3339
+    /// timestamps in front), json (one object per line: time, level, source,
+    /// slot, pid, stream, message) or journal (syslog `<N>` levels, no
+    /// timestamps) [default: journal when stderr is the systemd journal
+    /// (JOURNAL_STREAM), text otherwise].
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<crate::logger::LogFormat>,
+
+    /// Text lines without timestamps.
+    #[arg(long)]
+    pub no_timestamps: bool,
+
     /// Accept console commands on this unix socket [default with --daemon: next
     /// to the pidfile, with the extension .sock].
     #[arg(long, value_name = "PATH")]

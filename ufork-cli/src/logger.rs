@@ -3,9 +3,61 @@
 
 use std::time::SystemTime;
 
+use ufork_io::Format;
+
 use crate::term::{self, Stream};
 
 static DELEGATE: std::sync::OnceLock<Box<dyn log::Log>> = std::sync::OnceLock::new();
+
+/// The format of the pool's lines, once a pool set it up.
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text; RFC 3339 timestamps unless `--no-timestamps`.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Syslog level prefixes for journald, no timestamps.
+    Journal,
+}
+
+/// The format of the pool's lines from the flags: without `--log-format`,
+/// the journal's when stderr is the systemd journal (and no log file is
+/// written), text otherwise. Remembered for [`for_people`].
+pub fn format(flag: Option<LogFormat>, no_timestamps: bool, log_file: bool) -> Format {
+    let text = if no_timestamps {
+        Format::Plain
+    } else {
+        Format::Timestamped
+    };
+    let format = match flag {
+        Some(LogFormat::Text) => text,
+        Some(LogFormat::Json) => Format::Json,
+        Some(LogFormat::Journal) => Format::Journal,
+        None if log_file => text,
+        None => Format::journal_or(std::io::stderr(), text),
+    };
+    let _ = FORMAT.set(format);
+    format
+}
+
+/// A line for people (a banner, a console reply) as the pool writes it: a
+/// JSON object in JSON mode, so that every line of the output parses; as it
+/// is otherwise.
+pub fn for_people(text: &str) -> Vec<u8> {
+    match FORMAT.get() {
+        Some(&Format::Json) => Format::Json.line(log::Level::Info, text.trim_end_matches('\n')),
+        _ => {
+            let mut line = text.as_bytes().to_vec();
+            if !line.ends_with(b"\n") {
+                line.push(b'\n');
+            }
+            line
+        }
+    }
+}
 
 /// Hands every record to `log` from now on (ufork-io's arbiter logger, which
 /// writes into the same queue as the workers' output).

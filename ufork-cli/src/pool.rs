@@ -193,9 +193,15 @@ impl Session {
                 .sink(Sink::writer(term::LineWriter::new(term::Stream::Out)))
                 .stderr_sink(Sink::writer(term::LineWriter::new(term::Stream::Err))),
         };
-        // The end of `run` waits this long for a stalled sink, then says how
-        // much it dropped.
-        let capture = capture.flush_timeout(FLUSH_TIMEOUT).build().map_err(|e| {
+        // Each worker's stderr on a pipe of its own, marked apart from its
+        // stdout. The end of `run` waits FLUSH_TIMEOUT for a stalled sink,
+        // then says how much it dropped.
+        let format = logger::format(pool.log_format, pool.no_timestamps, self.log.is_some());
+        let capture = capture
+            .split_streams(true)
+            .format(format)
+            .flush_timeout(FLUSH_TIMEOUT);
+        let capture = capture.build().map_err(|e| {
             failure::runtime(format!(
                 "cannot capture the workers' output: {}",
                 failure::chain(&e)

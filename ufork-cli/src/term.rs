@@ -291,12 +291,10 @@ fn print_waiting(stream: Stream, text: &[u8], wait: Wait) {
 }
 
 /// Prints one line of text to standard output, above the prompt if shown.
+/// In JSON mode (`--log-format json`) the line is a JSON object, like every
+/// other line.
 pub fn say(line: impl AsRef<str>) {
-    let mut text = line.as_ref().to_owned();
-    if !text.ends_with('\n') {
-        text.push('\n');
-    }
-    print(Stream::Out, text.as_bytes());
+    print(Stream::Out, &crate::logger::for_people(line.as_ref()));
 }
 
 /// Writes what is still queued, waiting at most `timeout`. Returns the bytes

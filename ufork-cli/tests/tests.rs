@@ -257,7 +257,9 @@ fn run_hands_the_socket_to_every_worker_with_prefixed_output() {
             |l| l.contains(&format!("worker {slot} has 1 fds named web")),
             "worker greeting",
         );
-        assert!(line.starts_with(&format!("[{slot} ")), "{line}");
+        // After the timestamp (see tests/output for the formats).
+        let after_time = line.split_once(' ').map_or("", |(_, rest)| rest);
+        assert!(after_time.starts_with(&format!("[{slot} ")), "{line}");
     }
     pool.expect_line("control socket");
     wait_ready(&socket, 2);

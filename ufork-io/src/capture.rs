@@ -8,12 +8,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, pipe_with};
 use ufork_core::{ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token};
 
+use crate::format::{self, Format, Level, Source};
 use crate::line::{Assembler, End};
 use crate::sink::{Chunk, Counters, Origin, Queue, Sink, Stream};
 use crate::stdin::{StdinHandle, Table};
@@ -85,6 +86,7 @@ impl fmt::Debug for Prefix {
 pub struct CaptureBuilder {
     sink: Sink,
     stderr_sink: Option<Sink>,
+    format: Format,
     prefix: Prefix,
     split_streams: bool,
     max_line: usize,
@@ -109,6 +111,14 @@ impl CaptureBuilder {
     /// stdout on fd 1 and the rest on fd 2, as the processes wrote it.
     pub fn stderr_sink(mut self, sink: Sink) -> Self {
         self.stderr_sink = Some(sink);
+        self
+    }
+
+    /// How lines are written: plain, timestamped, for journald, or JSON
+    /// (default [`Format::Plain`]). Applies to the workers' lines and to the
+    /// arbiter's ([`Capture::logger`]); a [`Sink::log`] ignores it.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
         self
     }
 
@@ -210,10 +220,10 @@ impl CaptureBuilder {
         }
         let (wake_r, wake_w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
             .map_err(|e| Error::Pipe(e.into()))?;
-        let prefix = if self.sink.is_log() {
-            Prefix::None
+        let (prefix, format) = if self.sink.is_log() {
+            (Prefix::None, Format::Plain)
         } else {
-            self.prefix
+            (self.prefix, self.format)
         };
         let queue = Arc::new(Queue::new(
             self.sink,
@@ -229,6 +239,7 @@ impl CaptureBuilder {
             wake_r,
             wake_token: None,
             prefix,
+            format,
             split: self.split_streams,
             max_line: self.max_line,
             lossy: self.lossy,
@@ -254,6 +265,7 @@ pub struct Capture {
     wake_r: OwnedFd,
     wake_token: Option<Token>,
     prefix: Prefix,
+    format: Format,
     split: bool,
     max_line: usize,
     lossy: bool,
@@ -315,6 +327,7 @@ impl Capture {
         CaptureBuilder {
             sink: Sink::stdout(),
             stderr_sink: None,
+            format: Format::Plain,
             prefix: Prefix::SlotPid,
             split_streams: false,
             max_line: DEFAULT_MAX_LINE,
@@ -347,6 +360,7 @@ impl Capture {
             queue: Arc::clone(&self.queue),
             prefix: "[arbiter] ".to_owned(),
             level: log::LevelFilter::Info,
+            format: self.format,
         }
     }
 
@@ -406,6 +420,7 @@ impl Capture {
                 workers,
                 scratch,
                 prefix,
+                format,
                 ..
             } = self;
             let Some(pipe) = workers
@@ -423,7 +438,7 @@ impl Capture {
                 Err(Errno::AGAIN) => return false,
                 Err(_) => return true,
             };
-            let (chunk, content) = assemble(pipe, prefix, &scratch[..n], false);
+            let (chunk, content) = assemble(pipe, prefix, *format, &scratch[..n], false);
             self.submit(slot, index, chunk, content, draining, ctx);
         }
     }
@@ -446,6 +461,7 @@ impl Capture {
         let Self {
             workers,
             prefix,
+            format,
             notices_due,
             lossy,
             paused,
@@ -469,7 +485,7 @@ impl Capture {
             return;
         }
         if pipe.dropped > 0 {
-            let notice = notice(pipe, prefix);
+            let notice = notice(pipe, prefix, *format);
             queue.push(&mut state, notice);
         }
         queue.push(&mut state, chunk);
@@ -507,10 +523,10 @@ impl Capture {
         };
         ctx.deregister(pipe.token);
         self.tokens.remove(&pipe.token);
-        let (chunk, _) = assemble(&mut pipe, &self.prefix, &[], true);
+        let (chunk, _) = assemble(&mut pipe, &self.prefix, self.format, &[], true);
         let mut state = self.queue.lock();
         if pipe.dropped > 0 {
-            let notice = notice(&mut pipe, &self.prefix);
+            let notice = notice(&mut pipe, &self.prefix, self.format);
             self.queue.push(&mut state, notice);
         }
         if chunk.lines > 0 {
@@ -547,7 +563,7 @@ impl Capture {
                 if state.bytes >= queue.capacity {
                     still_due = true;
                 } else {
-                    let notice = notice(pipe, &self.prefix);
+                    let notice = notice(pipe, &self.prefix, self.format);
                     queue.push(&mut state, notice);
                 }
             }
@@ -558,7 +574,13 @@ impl Capture {
 
 /// Assembles `data` into a chunk of whole lines; with `finish`, also the
 /// unfinished line, marked. Also returns the worker bytes the chunk holds.
-fn assemble(pipe: &mut PipeIo, prefix: &Prefix, data: &[u8], finish: bool) -> (Chunk, u64) {
+fn assemble(
+    pipe: &mut PipeIo,
+    prefix: &Prefix,
+    format: Format,
+    data: &[u8],
+    finish: bool,
+) -> (Chunk, u64) {
     let mut out = Vec::with_capacity(data.len() + data.len() / 4 + 64);
     let mut lines = 0;
     let mut content = 0u64;
@@ -568,7 +590,22 @@ fn assemble(pipe: &mut PipeIo, prefix: &Prefix, data: &[u8], finish: bool) -> (C
         slot_pid,
         ..
     } = pipe;
+    // One reading of the clock per read: the lines in it arrived together.
+    let stamp = stamp_for(format);
+    let level = Level::of_stream(info.stream);
+    let source = Source::Worker {
+        slot: info.slot,
+        pid: info.pid,
+        stream: info.stream,
+    };
     let mut emit = |head: &[u8], tail: &[u8], end: End| {
+        content += (head.len() + tail.len()) as u64 + u64::from(end == End::Newline);
+        lines += 1;
+        if format == Format::Json {
+            format::json_line(&stamp, level, source, &[head, tail], end, &mut out);
+            return;
+        }
+        format::head(format, &stamp, level, &mut out);
         match prefix {
             Prefix::SlotPid => out.extend_from_slice(slot_pid),
             Prefix::None => {}
@@ -576,14 +613,12 @@ fn assemble(pipe: &mut PipeIo, prefix: &Prefix, data: &[u8], finish: bool) -> (C
         }
         out.extend_from_slice(head);
         out.extend_from_slice(tail);
-        content += (head.len() + tail.len()) as u64;
         match end {
-            End::Newline => content += 1,
+            End::Newline => {}
             End::Continues => out.extend_from_slice(CONTINUES.as_bytes()),
             End::NoNewline => out.extend_from_slice(NO_NEWLINE.as_bytes()),
         }
         out.push(b'\n');
-        lines += 1;
     };
     asm.feed(data, &mut emit);
     if finish {
@@ -601,21 +636,47 @@ fn assemble(pipe: &mut PipeIo, prefix: &Prefix, data: &[u8], finish: bool) -> (C
     (chunk, content)
 }
 
-/// The line that reports a pipe's dropped bytes, which it resets.
-fn notice(pipe: &mut PipeIo, prefix: &Prefix) -> Chunk {
-    let mut data = Vec::new();
-    match prefix {
-        Prefix::SlotPid => data.extend_from_slice(&pipe.slot_pid),
-        Prefix::None => {}
-        Prefix::Custom(f) => f(&pipe.info, &mut data),
+/// The current time for the formats that show it (a fixed one otherwise).
+fn stamp_for(format: Format) -> format::Stamp {
+    match format {
+        Format::Timestamped | Format::Json => format::stamp(SystemTime::now()),
+        Format::Plain | Format::Journal => format::stamp(SystemTime::UNIX_EPOCH),
     }
-    data.extend_from_slice(
-        format!(
-            "[ufork-io: dropped {} bytes from worker {} (pid {})]\n",
-            pipe.dropped, pipe.info.slot, pipe.info.pid
-        )
-        .as_bytes(),
+}
+
+/// The line that reports a pipe's dropped bytes, which it resets.
+fn notice(pipe: &mut PipeIo, prefix: &Prefix, format: Format) -> Chunk {
+    let text = format!(
+        "[ufork-io: dropped {} bytes from worker {} (pid {})]",
+        pipe.dropped, pipe.info.slot, pipe.info.pid
     );
+    let stamp = stamp_for(format);
+    let level = Level::Warning;
+    let mut data = Vec::new();
+    if format == Format::Json {
+        let source = Source::Worker {
+            slot: pipe.info.slot,
+            pid: pipe.info.pid,
+            stream: pipe.info.stream,
+        };
+        format::json_line(
+            &stamp,
+            level,
+            source,
+            &[text.as_bytes()],
+            End::Newline,
+            &mut data,
+        );
+    } else {
+        format::head(format, &stamp, level, &mut data);
+        match prefix {
+            Prefix::SlotPid => data.extend_from_slice(&pipe.slot_pid),
+            Prefix::None => {}
+            Prefix::Custom(f) => f(&pipe.info, &mut data),
+        }
+        data.extend_from_slice(text.as_bytes());
+        data.push(b'\n');
+    }
     pipe.dropped = 0;
     Chunk {
         origin: Origin::Worker {
@@ -819,7 +880,7 @@ impl Layer for Capture {
             for worker in self.workers.iter_mut().flatten() {
                 for pipe in worker.pipes.iter_mut().flatten() {
                     if pipe.dropped > 0 {
-                        let notice = notice(pipe, &self.prefix);
+                        let notice = notice(pipe, &self.prefix, self.format);
                         self.queue.push(&mut state, notice);
                     }
                 }

@@ -22,6 +22,10 @@
 //!   all output of a graceful stop appears too.
 //! - The arbiter's own messages can go through the same sink, between whole
 //!   worker lines: install [`Capture::logger`] as the logger.
+//! - [`CaptureBuilder::format`] writes every line plain (the default), with
+//!   an RFC 3339 timestamp, with a syslog `<N>` level for journald
+//!   ([`Format::journal_or`] detects `JOURNAL_STREAM`), or as one JSON object
+//!   (time, level, source, slot, pid, stream, message).
 //! - Workers' stdin stays /dev/null unless [`CaptureBuilder::stdin_pipe`]:
 //!   then [`StdinHandle::send`] writes to a slot's stdin (uFork's
 //!   `Worker.send`).
@@ -132,6 +136,7 @@
 
 mod capture;
 mod error;
+mod format;
 mod line;
 mod logger;
 mod sink;
@@ -142,6 +147,7 @@ pub use capture::{
     NO_NEWLINE, Prefix,
 };
 pub use error::{Error, Result};
+pub use format::Format;
 pub use logger::ArbiterLog;
 pub use sink::{Counters, Sink, Stream};
 pub use stdin::StdinHandle;

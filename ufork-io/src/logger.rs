@@ -24,6 +24,7 @@ pub struct ArbiterLog {
     pub(crate) queue: Arc<Queue>,
     pub(crate) prefix: String,
     pub(crate) level: log::LevelFilter,
+    pub(crate) format: crate::Format,
 }
 
 impl fmt::Debug for ArbiterLog {
@@ -31,6 +32,7 @@ impl fmt::Debug for ArbiterLog {
         f.debug_struct("ArbiterLog")
             .field("prefix", &self.prefix)
             .field("level", &self.level)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -62,8 +64,15 @@ impl ArbiterLog {
                 Ok(())
             }
         }
-        let mut text = String::with_capacity(self.prefix.len() + 80);
-        text.push_str(&self.prefix);
+        let mut message = String::with_capacity(80);
+        let _ = write!(message, "{}", record.args());
+        let _ = record.key_values().visit(&mut Kv(&mut message));
+        // One record is one line, whatever the message holds.
+        let message = message.replace('\n', " ");
+        if self.format == crate::Format::Json {
+            // Slot, pid and level are fields there; the prefix is not needed.
+            return self.format.line(record.level(), &message);
+        }
         let label = match record.level() {
             log::Level::Error => "error: ",
             log::Level::Warn => "warning: ",
@@ -71,16 +80,8 @@ impl ArbiterLog {
             log::Level::Debug => "debug: ",
             log::Level::Trace => "trace: ",
         };
-        let _ = write!(text, "{label}{}", record.args());
-        let _ = record.key_values().visit(&mut Kv(&mut text));
-        // One record is one line, whatever the message holds.
-        let mut line: Vec<u8> = text
-            .into_bytes()
-            .into_iter()
-            .map(|b| if b == b'\n' { b' ' } else { b })
-            .collect();
-        line.push(b'\n');
-        line
+        let text = format!("{}{label}{message}", self.prefix);
+        self.format.line(record.level(), &text)
     }
 }
 

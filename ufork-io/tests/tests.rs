@@ -924,3 +924,85 @@ fn a_sink_still_stalled_at_the_flush_timeout_is_abandoned_and_counted() {
     // Lets the abandoned writer thread finish.
     sink.set_stalled(false);
 }
+
+#[test]
+fn formats_stamp_level_or_encode_worker_and_arbiter_lines() {
+    use ufork_io::Format;
+    let _lock = util::lock();
+    for format in [Format::Timestamped, Format::Journal, Format::Json] {
+        let sink = MemorySink::new();
+        let layer = capture(&sink)
+            .split_streams(true)
+            .max_line(8)
+            .format(format)
+            .build()
+            .expect("capture");
+        let logger = layer.logger();
+        logging::forward(Some(Box::new(move |record| {
+            if record.target() == "ufork" {
+                log::Log::log(&logger, record);
+            }
+        })));
+        let watch = sink.clone();
+        let outcome = run_until(
+            pool(1).layer(layer),
+            |w| {
+                writeln!(std::io::stdout(), "0123456789")?;
+                writeln!(std::io::stderr(), "oops")?;
+                idle(w);
+                Ok(())
+            },
+            move || watch.wait_lines(4),
+        );
+        logging::forward(None);
+        let pid = outcome.history[0].pid;
+        let text = String::from_utf8(sink.bytes()).expect("utf-8");
+        let find = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{format:?}: no {needle:?} in {text}"))
+                .to_owned()
+        };
+        let piece = find("01234567");
+        let rest = find("89");
+        let err = find("oops");
+        let started = find("started");
+        match format {
+            Format::Timestamped => {
+                for line in [&piece, &rest, &err, &started] {
+                    let (stamp, _) = line.split_once(' ').expect("stamp");
+                    assert!(stamp.len() == 24 && stamp.ends_with('Z'), "{line}");
+                }
+                assert!(piece.ends_with(&format!("[0 {pid}] 01234567{CONTINUES}")));
+                assert!(err.ends_with(&format!("[0 {pid} err] oops")));
+                assert!(started.contains(" [arbiter] worker 0 pid"));
+            }
+            Format::Journal => {
+                assert_eq!(piece, format!("<6>[0 {pid}] 01234567{CONTINUES}"));
+                assert_eq!(rest, format!("<6>[0 {pid}] 89"));
+                assert_eq!(err, format!("<4>[0 {pid} err] oops"));
+                assert!(
+                    started.starts_with("<6>[arbiter] worker 0 pid"),
+                    "{started}"
+                );
+            }
+            _ => {
+                let fields = format!(
+                    "\"level\":\"info\",\"source\":\"worker\",\"slot\":0,\"pid\":{pid},\"stream\":\"stdout\",\"message\":\"01234567\",\"continues\":true}}"
+                );
+                assert!(
+                    piece.starts_with("{\"time\":\"") && piece.ends_with(&fields),
+                    "{piece}"
+                );
+                assert!(
+                    err.contains("\"level\":\"warning\"") && err.contains("\"stream\":\"stderr\"")
+                );
+                assert!(
+                    started.contains("\"source\":\"arbiter\",\"slot\":null"),
+                    "{started}"
+                );
+                assert!(started.contains("\"message\":\"worker 0 pid"), "{started}");
+            }
+        }
+    }
+}

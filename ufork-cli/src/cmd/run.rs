@@ -84,6 +84,12 @@ pub fn exec(args: RunArgs) -> Result<()> {
     };
     let listeners = listen::bind_all(&args.bind, options)?;
     let workers = pool::workers(&args.pool);
+    // Chosen before the banner, which is written in it.
+    crate::logger::format(
+        args.pool.log_format,
+        args.pool.no_timestamps,
+        args.pool.log_file.is_some(),
+    );
     if !args.pool.daemon {
         term::say(format!(
             "running {workers} × `{}` (arbiter pid {})",

@@ -1,14 +1,14 @@
 //! End-to-end tests of what the `ufork` binary prints: a stalled stdout never
 //! keeps the arbiter from supervising or stopping.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-use crate::util::{DEADLINE, ufork};
+use crate::util::{DEADLINE, run, ufork};
 
 /// The pids whose parent is `parent` (scanning /proc: the children file needs
 /// a kernel option).
@@ -133,4 +133,200 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
     );
     assert!(children_of(pid).is_empty());
     drop(stalled);
+}
+
+// -- formats -------------------------------------------------------------------
+
+/// A worker that prints to both streams, then stops the pool itself.
+const CHATTY: &str = "echo to-stdout; echo to-stderr >&2; kill -TERM $PPID; exec sleep 100";
+
+/// Whether `line` starts with an RFC 3339 UTC timestamp and a space.
+fn stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 25
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && b[24] == b' '
+        && line[..4].parse::<u32>().is_ok()
+}
+
+fn lines_from(text: &str, needle: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn lines_are_timestamped_with_stderr_apart_unless_timestamps_are_off() {
+    let out = run(&["run", "-w", "1", "--", "sh", "-c", CHATTY]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let worker_out = lines_from(&out.stdout, "] to-stdout");
+    let worker_err = lines_from(&out.stderr, "] to-stderr");
+    let arbiter = lines_from(&out.stderr, "[ufork] worker 0 pid");
+    assert_eq!(worker_out.len(), 1, "{out:#?}");
+    assert_eq!(worker_err.len(), 1, "{out:#?}");
+    assert!(!arbiter.is_empty(), "{out:#?}");
+    for line in worker_out.iter().chain(&worker_err).chain(&arbiter) {
+        assert!(stamped(line), "{line:?}");
+    }
+    // stdout and stderr come through pipes of their own, marked apart.
+    assert!(worker_out[0][25..].starts_with("[0 ") && !worker_out[0].contains(" err] "));
+    assert!(worker_err[0][25..].starts_with("[0 ") && worker_err[0].contains(" err] to-stderr"));
+    assert!(!out.stdout.contains("] to-stderr") && !out.stderr.contains("] to-stdout"));
+
+    let out = run(&[
+        "run",
+        "-w",
+        "1",
+        "--no-timestamps",
+        "--",
+        "sh",
+        "-c",
+        CHATTY,
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let worker_out = lines_from(&out.stdout, "] to-stdout");
+    assert!(worker_out[0].starts_with("[0 "), "{out:#?}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("[ufork] worker 0 pid")),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn under_journald_lines_carry_syslog_levels_and_no_timestamps() {
+    // stderr is a pipe JOURNAL_STREAM names by device and inode, as systemd
+    // sets it for a service whose output goes to the journal.
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    let st = rustix::fs::fstat(&write).expect("fstat");
+    let child = ufork()
+        .args(["run", "-w", "1", "--", "sh", "-c", CHATTY])
+        .env("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(write))
+        .spawn()
+        .expect("spawn ufork");
+    let mut child = Reap(Some(child));
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::fs::File::from(read).read_to_string(&mut text);
+        text
+    });
+    let output = wait_output(&mut child);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = stderr.join().expect("stderr");
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let worker_out = lines_from(&stdout, "] to-stdout");
+    let worker_err = lines_from(&stderr, "] to-stderr");
+    assert!(worker_out[0].starts_with("<6>[0 "), "{stdout}");
+    assert!(worker_err[0].starts_with("<4>[0 "), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("<6>[ufork] worker 0 pid")),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.lines().chain(stderr.lines()).any(stamped),
+        "{stdout}\n{stderr}"
+    );
+}
+
+/// Waits (with the tests' deadline) for a child whose stdout is piped.
+fn wait_output(child: &mut Reap) -> std::process::Output {
+    let owned = child.0.take().expect("child");
+    let pid = owned.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(owned.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("wait"),
+        Err(_) => {
+            let _ = rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::KILL);
+            panic!("ufork did not finish within {DEADLINE:?}");
+        }
+    }
+}
+
+#[test]
+fn json_lines_parse_and_a_split_long_line_is_marked_continued() {
+    let script = "head -c 70000 /dev/zero | tr '\\0' x; echo; echo to-stderr >&2; kill -TERM $PPID; exec sleep 100";
+    let out = run(&[
+        "run",
+        "-w",
+        "1",
+        "--log-format",
+        "json",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // Every line of both streams parses as JSON (Python's parser); print
+    // the fields the test looks at, one line per object.
+    let checker = "import json, sys\n\
+        for line in sys.stdin:\n\
+        \x20   o = json.loads(line)\n\
+        \x20   assert set(o) >= {'time','level','source','slot','pid','stream','message'}, o\n\
+        \x20   print(sys.argv[1], o['source'], o['stream'], o['level'], o['slot'], o.get('continues', False), len(o['message']), o['message'][:40])\n";
+    let mut summary = String::new();
+    for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let mut python = std::process::Command::new("python3")
+            .args(["-c", checker, name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        python
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("feed python");
+        let result = python.wait_with_output().expect("python3");
+        assert!(
+            result.status.success(),
+            "{name} is not JSON lines: {}\n{text}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        summary.push_str(&String::from_utf8_lossy(&result.stdout));
+    }
+    let lines: Vec<&str> = summary.lines().collect();
+    // 70,000 bytes: one piece of 65,536 marked continued, then the rest.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("stdout worker stdout info 0 True 65536 xxxx")),
+        "{summary}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("stdout worker stdout info 0 False 4464 xxxx")),
+        "{summary}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("stderr worker stderr warning 0 False 9 to-stderr")),
+        "{summary}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("stderr arbiter None info None False")
+                && l.contains("worker 0 pid")),
+        "{summary}"
+    );
 }
