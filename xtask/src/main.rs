@@ -2,6 +2,7 @@
 //! bench` (the benchmark suite against the peers it can install).
 #![forbid(unsafe_code)]
 
+mod readme;
 mod tidy;
 
 use std::env;
@@ -14,8 +15,9 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
         Some("tidy") => tidy::run(&root()),
+        Some("readme") => readme::run(&root(), &cargo),
         _ => {
-            eprintln!("usage: cargo xtask test | bench [core|io|http]... | tidy");
+            eprintln!("usage: cargo xtask test | bench [core|io|http]... | tidy | readme");
             return ExitCode::from(2);
         }
     };
@@ -107,6 +109,9 @@ fn test() -> Result<(), String> {
     doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings");
     step("cargo doc", doc)?;
+
+    // The README's runnable shell blocks, as a reader pastes them.
+    readme::run(&root(), &cargo)?;
     eprintln!("==> all checks passed");
     Ok(())
 }
