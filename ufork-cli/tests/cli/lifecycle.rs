@@ -128,3 +128,18 @@ fn help_has_the_exit_code_table() {
         assert!(out.stdout.contains(row), "{row}: {out:#?}");
     }
 }
+
+/// The README shows `ufork --help` as it is.
+#[test]
+fn the_readme_shows_the_current_help() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let after = readme
+        .split_once("`ufork --help`:\n\n```text\n")
+        .expect("a `ufork --help` block in README.md")
+        .1;
+    let shown = &after[..after.find("```").expect("the block ends")];
+    let out = run(&["--help"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(shown, out.stdout, "update README.md's `ufork --help` block");
+}
