@@ -89,6 +89,12 @@ impl ResponseBody {
     }
 
     /// A body produced piece by piece, as the iterator yields chunks.
+    ///
+    /// The response head is written before the first chunk is asked for,
+    /// and each chunk is written as soon as it is yielded (one write per
+    /// chunk, nothing held back): server-sent events, progress output and
+    /// long polling reach the client as they are made. Yield chunks of tens
+    /// of KiB for bulk data; tiny chunks cost a write each.
     pub fn stream<I, T>(chunks: I) -> Self
     where
         I: IntoIterator<Item = T>,

@@ -90,7 +90,8 @@
 //! descriptors and its open connections (level-triggered). A connection whose
 //! buffered bytes form a complete request is served at once and
 //! synchronously: the app runs, the response is written (head and small body
-//! in one write), and the loop goes on to the next ready connection. An idle
+//! in one write; a stream's head at once, then each chunk as it is
+//! yielded), and the loop goes on to the next ready connection. An idle
 //! keep-alive connection costs a slot in the set, not a thread, so one thread
 //! serves many keep-alive clients in turn instead of one to its end. The
 //! worker heartbeats on every wake-up (at least every quarter of the

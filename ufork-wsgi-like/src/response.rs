@@ -1,4 +1,5 @@
-//! Writing a response: head and body in as few writes as the body allows.
+//! Writing a response: head and body in as few writes as the body allows,
+//! and a streamed body chunk by chunk as the app yields it.
 
 use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
@@ -17,8 +18,6 @@ use crate::http1::{decimal, header_line, status_line};
 
 /// Bodies up to this size are copied behind the head and sent in one write.
 const COPY_LIMIT: usize = 16 * 1024;
-/// Stream chunks are gathered up to this size before a write.
-const STREAM_BUFFER: usize = 16 * 1024;
 
 /// What the request asks of the response, and how to write it.
 #[derive(Clone, Copy, Debug)]
@@ -217,11 +216,14 @@ fn send_file(
     Ok(())
 }
 
-/// Sends the app's chunks after the head in `out`; returns the body bytes
-/// and whether the iterator ended where the framing did. An error (or a
-/// panic) from the iterator, or fewer bytes than `Content-Length`, is an
-/// `Err`: the connection must be reset. More bytes than `Content-Length`
-/// are cut off: the client has a whole response, but the connection closes.
+/// Sends the head in `out` at once, then each chunk the app yields as it
+/// is yielded (one `writev` per chunk: its chunk-size line, its data, its
+/// CRLF), so a client sees every piece of a slow stream when it is made
+/// (PEP 3333 forbids holding them back). Returns the body bytes and
+/// whether the iterator ended where the framing did. An error (or a panic)
+/// from the iterator, or fewer bytes than `Content-Length`, is an `Err`:
+/// the connection must be reset. More bytes than `Content-Length` are cut
+/// off: the client has a whole response, but the connection closes.
 fn send_stream(
     stream: &TcpStream,
     out: &mut Vec<u8>,
@@ -230,73 +232,65 @@ fn send_stream(
     timeout: Duration,
     heartbeat: &Heartbeat,
 ) -> io::Result<(u64, bool)> {
+    // The head goes out before the app is asked for its first chunk, which
+    // may take a while (server-sent events, long polling).
+    write_all(stream, out, timeout, heartbeat)?;
     let mut total = 0u64;
+    let mut size_line = Vec::with_capacity(20);
     loop {
-        let next = match catch_unwind(AssertUnwindSafe(|| chunks.next())) {
-            Ok(next) => next,
+        let chunk = match catch_unwind(AssertUnwindSafe(|| chunks.next())) {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(e))) => {
+                log::error!(target: "ufork_wsgi_like", "the app's response body failed: {e}");
+                return Err(e);
+            }
             Err(panic) => {
                 log::error!(
                     target: "ufork_wsgi_like",
                     "the app's response body panicked: {}",
                     crate::serve::panic_message(&*panic)
                 );
-                write_all(stream, out, timeout, heartbeat)?;
                 return Err(broken("the response body panicked"));
-            }
-        };
-        let chunk = match next {
-            None => break,
-            Some(Ok(chunk)) => chunk,
-            Some(Err(e)) => {
-                log::error!(target: "ufork_wsgi_like", "the app's response body failed: {e}");
-                write_all(stream, out, timeout, heartbeat)?;
-                return Err(e);
             }
         };
         if chunk.is_empty() {
             continue;
         }
-        // A chunk is progress even before it is written (small ones are
-        // gathered first); a stream that yields nothing beats nothing.
+        // A chunk is progress even before it is written; a stream that
+        // yields nothing beats nothing.
         heartbeat.beat();
         let mut data = &chunk[..];
         if let Mode::Length(n) = mode {
-            let room = usize::try_from(n - total).unwrap_or(usize::MAX);
+            let room = usize::try_from(n.saturating_sub(total)).unwrap_or(usize::MAX);
             if data.len() > room {
                 data = &data[..room];
             }
         }
-        total += data.len() as u64;
+        total = total.saturating_add(data.len() as u64);
         if mode == Mode::Chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        }
-        if data.len() > STREAM_BUFFER {
-            let mut bufs = [IoSlice::new(out), IoSlice::new(data)];
+            size_line.clear();
+            hex(&mut size_line, data.len());
+            let mut bufs = [
+                IoSlice::new(&size_line),
+                IoSlice::new(data),
+                IoSlice::new(b"\r\n"),
+            ];
             write_all_vectored(stream, &mut bufs, timeout, heartbeat)?;
-            out.clear();
         } else {
-            out.extend_from_slice(data);
-        }
-        if mode == Mode::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        if out.len() >= STREAM_BUFFER {
-            write_all(stream, out, timeout, heartbeat)?;
-            out.clear();
+            write_all(stream, data, timeout, heartbeat)?;
         }
         if matches!(mode, Mode::Length(n) if total == n) && data.len() < chunk.len() {
             log::error!(
                 target: "ufork_wsgi_like",
                 "the app's response body is longer than its content-length ({total}); the rest was dropped"
             );
-            write_all(stream, out, timeout, heartbeat)?;
             return Ok((total, false));
         }
     }
     if mode == Mode::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
+        write_all(stream, b"0\r\n\r\n", timeout, heartbeat)?;
     }
-    write_all(stream, out, timeout, heartbeat)?;
     if matches!(mode, Mode::Length(n) if total != n) {
         log::error!(
             target: "ufork_wsgi_like",
@@ -307,6 +301,24 @@ fn send_stream(
         ));
     }
     Ok((total, true))
+}
+
+/// Appends `n` in hexadecimal and a CRLF: a chunk-size line.
+fn hex(out: &mut Vec<u8>, n: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A short plain-text response with the status's reason as body, closing the
@@ -320,4 +332,21 @@ pub(crate) fn error_response(status: StatusCode) -> Response<ResponseBody> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        for (n, text) in [(0, "0\r\n"), (10, "a\r\n"), (65536, "10000\r\n")] {
+            let mut out = Vec::new();
+            hex(&mut out, n);
+            assert_eq!(out, text.as_bytes());
+        }
+        let mut out = Vec::new();
+        hex(&mut out, usize::MAX);
+        assert_eq!(out, format!("{:x}\r\n", usize::MAX).as_bytes());
+    }
 }

@@ -1,6 +1,7 @@
 //! Integration tests against real sockets: the protocol on an in-process
 //! server (threads, no fork), then the pre-forked server end to end.
 
+mod cases;
 mod util;
 
 use std::io::{Read, Write};
@@ -1138,10 +1139,13 @@ fn accept_errors_back_off_and_recover() {
 /// so the worker is writing (or reading) it for the whole transfer.
 const LONG_TRANSFER: usize = 24 << 20;
 /// A slow peer moves this much at a time, then pauses for [`SLOW_PAUSE`]:
-/// about 2 s for [`LONG_TRANSFER`], four times the heartbeat timeout below.
+/// at least 2.7 s for [`LONG_TRANSFER`], over twice the heartbeat timeout
+/// below.
 const SLOW_STEP: usize = 64 << 10;
-const SLOW_PAUSE: Duration = Duration::from_millis(5);
-const SHORT_HEARTBEAT: Duration = Duration::from_millis(500);
+const SLOW_PAUSE: Duration = Duration::from_millis(7);
+/// Short, but long enough that half of it (the write timeout it caps) is
+/// more than a loaded machine may take to schedule the slow peer.
+const SHORT_HEARTBEAT: Duration = Duration::from_millis(1000);
 
 /// Downloads `path` from a fresh connection, `SLOW_STEP` bytes at a time
 /// with a pause after each; calls `midway` once the first MiB of the body
@@ -1263,7 +1267,7 @@ fn forked_worker_heartbeats_and_stays_busy_while_sending_a_long_response() {
             assert!(body == *expected, "{path}");
         }
         assert!(
-            took > 3 * SHORT_HEARTBEAT,
+            took > 2 * SHORT_HEARTBEAT,
             "{path} took {took:?}: too fast to test anything"
         );
         // Done writing: idle again.
@@ -1304,7 +1308,7 @@ fn forked_worker_heartbeats_while_reading_a_long_request_body() {
     let took = started.elapsed();
     assert_eq!(resp.text(), LONG_TRANSFER.to_string());
     assert!(
-        took > 3 * SHORT_HEARTBEAT,
+        took > 2 * SHORT_HEARTBEAT,
         "took {took:?}: too fast to test anything"
     );
     let snapshot = forked.handle.snapshot();

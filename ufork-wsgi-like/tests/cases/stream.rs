@@ -1,0 +1,62 @@
+//! A streamed response reaches the client chunk by chunk, as the app
+//! yields it.
+
+use std::io::Read;
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response};
+use ufork_wsgi_like::{Body, ResponseBody, Server};
+
+use crate::util::{Client, addr_of, local};
+
+/// Reads from `client` until `buf` holds `needle`; fails on EOF or when
+/// the read times out (the client's read timeout is the test's patience).
+pub fn read_until(client: &mut Client, buf: &mut Vec<u8>, needle: &str) {
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(buf).contains(needle) {
+        let n = client
+            .stream
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("waiting for {needle:?} after {buf:?}: {e}"));
+        assert!(n > 0, "closed before {needle:?}: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A stream whose every chunk waits for the test to say the client has the
+/// one before: with chunks held back in a buffer, the test would wait for
+/// bytes that never come and fail at its read timeout.
+fn gated(gate: Arc<Mutex<Receiver<()>>>) -> impl Iterator<Item = String> + Send {
+    (1..=4).map(move |i| {
+        gate.lock().unwrap().recv().expect("gate");
+        format!("event {i}\n")
+    })
+}
+
+#[test]
+fn each_chunk_is_on_the_wire_when_yielded_head_first() {
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let (open, gate) = channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let server = local(Server::builder(), move |_request: Request<Body>| {
+            Response::new(ResponseBody::stream(gated(Arc::clone(&gate))))
+        });
+        let mut client = Client::new(addr_of(&server));
+        client.send(format!("GET /events {version}\r\nHost: t\r\n\r\n"));
+        let mut buf = Vec::new();
+        // The head arrives before the app yields its first chunk.
+        read_until(&mut client, &mut buf, "\r\n\r\n");
+        for i in 1..=4 {
+            open.send(()).unwrap();
+            read_until(&mut client, &mut buf, &format!("event {i}\n"));
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if version == "HTTP/1.1" {
+            assert!(text.contains("transfer-encoding: chunked"), "{text}");
+            read_until(&mut client, &mut buf, "\r\n0\r\n\r\n");
+        } else {
+            client.assert_closed();
+        }
+    }
+}
