@@ -224,7 +224,8 @@ impl Input {
             )
             .map_err(|_| Fault::Gone)?;
         }
-        let deadline = Instant::now() + self.read_timeout;
+        // `None`: a read timeout too large for an `Instant` never expires.
+        let deadline = Instant::now().checked_add(self.read_timeout);
         loop {
             match self.read_some(cap) {
                 Ok(n) => {
@@ -418,19 +419,24 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Fault> {
     Ok(size)
 }
 
-/// Waits until `stream` is ready for `flags` or the deadline passes; returns
-/// whether it is ready.
-pub(crate) fn wait(stream: &TcpStream, flags: PollFlags, deadline: Instant) -> bool {
+/// Waits until `stream` is ready for `flags` or the deadline passes (`None`:
+/// never); returns whether it is ready.
+pub(crate) fn wait(stream: &TcpStream, flags: PollFlags, deadline: Option<Instant>) -> bool {
     loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return false;
-        };
-        let ts = rustix::time::Timespec {
-            tv_sec: left.as_secs() as _,
-            tv_nsec: left.subsec_nanos() as _,
+        let ts = match deadline {
+            None => None,
+            Some(deadline) => {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    return false;
+                };
+                Some(rustix::time::Timespec {
+                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                    tv_nsec: left.subsec_nanos().into(),
+                })
+            }
         };
         let mut fds = [PollFd::new(stream, flags)];
-        match poll(&mut fds, Some(&ts)) {
+        match poll(&mut fds, ts.as_ref()) {
             Ok(0) => return false,
             Ok(_) => return true,
             Err(rustix::io::Errno::INTR) => {}
@@ -474,7 +480,7 @@ pub(crate) fn write_all_vectored(
                 heartbeat.beat();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                let d = *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout));
                 if !wait(stream, PollFlags::OUT, d) {
                     return Err(timed_out());
                 }

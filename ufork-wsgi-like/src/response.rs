@@ -192,7 +192,7 @@ fn send_file(
                 heartbeat.beat();
             }
             Err(rustix::io::Errno::AGAIN) => {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                let d = *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout));
                 if !wait(stream, PollFlags::OUT, d) {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
                 }
@@ -216,7 +216,7 @@ fn send_file(
     Ok(())
 }
 
-/// Sends the head in `out` at once, then each chunk the app yields as it
+/// Sends the `head` at once, then each chunk the app yields as it
 /// is yielded (one `writev` per chunk: its chunk-size line, its data, its
 /// CRLF), so a client sees every piece of a slow stream when it is made
 /// (PEP 3333 forbids holding them back). Returns the body bytes and
@@ -226,7 +226,7 @@ fn send_file(
 /// off: the client has a whole response, but the connection closes.
 fn send_stream(
     stream: &TcpStream,
-    out: &mut Vec<u8>,
+    head: &[u8],
     mut chunks: Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>,
     mode: Mode,
     timeout: Duration,
@@ -234,7 +234,7 @@ fn send_stream(
 ) -> io::Result<(u64, bool)> {
     // The head goes out before the app is asked for its first chunk, which
     // may take a while (server-sent events, long polling).
-    write_all(stream, out, timeout, heartbeat)?;
+    write_all(stream, head, timeout, heartbeat)?;
     let mut total = 0u64;
     let mut size_line = Vec::with_capacity(20);
     loop {

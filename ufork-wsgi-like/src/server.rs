@@ -456,7 +456,10 @@ impl Shared {
             }
             let mut bytes = [0u8; 8];
             let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
-            max + u64::from_ne_bytes(bytes) % (jitter + 1)
+            let random = u64::from_ne_bytes(bytes);
+            // A jitter of u64::MAX takes any value; past u64::MAX is never.
+            let extra = jitter.checked_add(1).map_or(random, |span| random % span);
+            max.saturating_add(extra)
         })
     }
 

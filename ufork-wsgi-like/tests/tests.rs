@@ -13,7 +13,7 @@ use ufork_wsgi_like::{Body, PeerAddr, ResponseBody, Server};
 use util::{Client, Forked, PATIENCE, addr_of, exchange, get, local};
 
 /// The app most tests talk to: its path picks a behaviour.
-fn app(mut request: Request<Body>) -> Response<ResponseBody> {
+pub(crate) fn app(mut request: Request<Body>) -> Response<ResponseBody> {
     let path = request.uri().path().to_owned();
     match path.as_str() {
         "/echo" => {

@@ -1,3 +1,4 @@
 //! Tests grouped by feature, in the crate's one integration binary.
 
+mod extremes;
 mod stream;
