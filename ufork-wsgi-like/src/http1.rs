@@ -216,8 +216,19 @@ fn parse_with<'b>(
 
 /// Origin form (`/path?q`), absolute form (`http://host/path`), `*` for
 /// OPTIONS, authority form (`host:port`) for CONNECT.
+///
+/// Refused (RFC 9112 §3.2 and RFC 9110 §4.2.4): any byte outside visible
+/// ASCII (a client must percent-encode it, so a raw one is an error and
+/// never reaches the app), a `#fragment` (a client never sends one), and
+/// user information (`user:pass@`) in an authority.
 fn parse_target(method: &Method, target: &str) -> Option<Uri> {
+    if !target.bytes().all(|b| b.is_ascii_graphic()) || target.contains('#') {
+        return None;
+    }
     let uri = Uri::try_from(target).ok()?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return None;
+    }
     let ok = if target.starts_with('/') {
         uri.scheme().is_none() && uri.authority().is_none()
     } else if target == "*" {
@@ -359,6 +370,35 @@ mod tests {
             .unwrap();
         assert_eq!(head.request.uri().host(), Some("example.com"));
         assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn request_targets_refused() {
+        let bad = StatusCode::BAD_REQUEST;
+        for target in [
+            "/caf\u{e9}",
+            "/\u{1f600}",
+            "/page#frag",
+            "/page?q=1#frag",
+            "http://t/p#frag",
+            "http://user:pass@t/",
+            "http://user@t/",
+        ] {
+            assert_eq!(
+                status(&format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n")),
+                bad,
+                "{target}"
+            );
+        }
+        assert_eq!(
+            status("CONNECT user@t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n"),
+            bad
+        );
+        let ok = parse(
+            b"GET /caf%C3%A9?q=%23 HTTP/1.1\r\nHost: t\r\n\r\n",
+            &limits(),
+        );
+        assert!(matches!(ok, Ok(Some(_))), "{ok:?}");
     }
 
     #[test]

@@ -74,7 +74,9 @@
 //! `Content-Length` or chunked encoding. Bad input gets its status and a
 //! closed connection: malformed → 400, an HTTP/1.1 request without `Host`
 //! or any request with several `Host`s or an invalid one → 400 (RFC 9112
-//! §3.2; an absolute-form target's authority wins over `Host`), request
+//! §3.2; an absolute-form target's authority wins over `Host`), a request
+//! target with raw bytes outside visible ASCII, a `#fragment` or user
+//! information (`user:pass@host`) → 400 (RFC 9112 §3.2, RFC 9110 §4.2.4), request
 //! line (so its target) too long → 414, head too large or too many headers →
 //! 431, body too large → 413, `Content-Length` with `Transfer-Encoding` or
 //! differing `Content-Length`s or bad chunk sizes → 400, an HTTP version other

@@ -74,7 +74,7 @@ pub(crate) fn app(mut request: Request<Body>) -> Response<ResponseBody> {
 
 const THIS_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tests.rs");
 
-fn test_server() -> ufork_wsgi_like::LocalServer {
+pub(crate) fn test_server() -> ufork_wsgi_like::LocalServer {
     local(Server::builder(), app)
 }
 
@@ -451,7 +451,7 @@ fn several_threads_serve() {
 
 /// Sends `raw`, expects `status` and a closed connection, then checks a good
 /// request is still served.
-fn rejected(server: &ufork_wsgi_like::LocalServer, raw: impl AsRef<[u8]>, status: u16) {
+pub(crate) fn rejected(server: &ufork_wsgi_like::LocalServer, raw: impl AsRef<[u8]>, status: u16) {
     let addr = addr_of(server);
     let (resp, mut client) = exchange(addr, raw);
     assert_eq!(resp.status, status, "{}", resp.text());
