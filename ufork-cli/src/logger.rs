@@ -75,6 +75,10 @@ impl log::Log for Logger {
     }
 
     fn log(&self, record: &log::Record<'_>) {
+        // `serve --access-log`: request lines go to their own file.
+        if crate::access::log(record) {
+            return;
+        }
         if !self.enabled(record.metadata()) {
             return;
         }

@@ -8,6 +8,7 @@
 //! exit code.
 #![forbid(unsafe_code)]
 
+mod access;
 mod cli;
 mod cmd;
 mod commands;

@@ -12,7 +12,7 @@ use crate::units::{
     parse_count_or_zero, parse_count_u32, parse_count_u64, parse_seconds, parse_size_usize,
     parse_threads,
 };
-use crate::{listen, pool, term};
+use crate::{access, listen, pool, term};
 
 /// Flags for `ufork serve`.
 #[derive(Debug, Args)]
@@ -70,6 +70,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size_usize, allow_negative_numbers = true)]
     pub limit_request_field_size: Option<usize>,
 
+    /// Write one line per request (client, request line, status, body bytes,
+    /// duration) to PATH, appending, reopened on SIGUSR1; `-` for stdout.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
+
     /// Each worker binds its own socket with SO_REUSEPORT and the kernel
     /// spreads connections between them (not with port 0).
     #[arg(long)]
@@ -125,6 +130,10 @@ pub fn exec(args: ServeArgs) -> Result<()> {
             )
         })
         .collect();
+    // Opened before the fork and any --user switch: every worker inherits it.
+    if let Some(path) = &args.access_log {
+        access::open(path)?;
+    }
     let mut session = pool::Session::start(&args.pool)?;
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
@@ -154,7 +163,16 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         builder = builder.max_requests(max, jitter.min(u64::MAX - max));
     }
     builder = limits(builder, &args);
-    let builder = builder.arbiter(|b| session.configure(&args.pool, b).workers(workers));
+    builder = builder.access_log(args.access_log.is_some());
+    let access_log = args.access_log.is_some();
+    let builder = builder.arbiter(|b| {
+        let b = session.configure(&args.pool, b).workers(workers);
+        if access_log {
+            b.layer(access::Reopen)
+        } else {
+            b
+        }
+    });
     let built = match root {
         Some(files) => builder.build(files),
         None => builder.build(ufork_wsgi_like::hello),

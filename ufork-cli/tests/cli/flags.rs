@@ -252,3 +252,73 @@ fn run_binds_unix_sockets_and_removes_them_at_stop() {
     let out = run(&["serve", "--bind", &unix]);
     assert_one_line_error(&out, 2, &["TCP only"]);
 }
+
+#[test]
+fn access_log_to_a_file_reopened_on_usr1_or_to_stdout() {
+    let dir = TempDir::new("access");
+    let log = dir.join("access.log");
+    let control = dir.str("ctl.sock");
+    let (mut server, addr, _) = serve(&[
+        "--access-log",
+        log.to_str().unwrap(),
+        "--control-socket",
+        &control,
+    ]);
+    assert_eq!(get(addr, "/first").0, 200);
+    assert_eq!(get(addr, "/missing?x=1").0, 200);
+    // A worker writes the line once the response is sent: wait for it.
+    let text = file_with(&log, "/missing");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("\"GET /first HTTP/1.0\" 200 14"),
+        "{text}"
+    );
+    assert!(lines[0].starts_with("127.0.0.1:"), "{text}");
+    // logrotate's way: move the file, reopen, replace the workers.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(Signal::USR1);
+    server.expect_line("reopened the access log");
+    let out = run(&["reload", "--control-socket", &control]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    server.expect_line("generation 1");
+    wait_ready(&control, 1);
+    assert_eq!(get(addr, "/after").0, 200);
+    let text = file_with(&log, "/after");
+    assert!(text.contains("\"GET /after HTTP/1.0\" 200"), "{text}");
+    assert!(
+        !std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("/after")
+    );
+    stop(server);
+    let (mut server, addr, _) = serve(&["--access-log", "-"]);
+    assert_eq!(get(addr, "/to-stdout").0, 200);
+    let line = server.expect_line("GET /to-stdout");
+    assert!(line.contains("[0 "), "{line}");
+    assert!(
+        line.contains("\"GET /to-stdout HTTP/1.0\" 200 14 "),
+        "{line}"
+    );
+    stop(server);
+    let out = run(&["serve", "--access-log", &dir.str("no/such/dir/a.log")]);
+    assert_one_line_error(&out, 1, &["--access-log", "cannot open it"]);
+}
+
+/// The text of `path` once it contains `needle` (within the deadline).
+fn file_with(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}: {text}",
+            path.display()
+        );
+        std::thread::yield_now();
+    }
+}

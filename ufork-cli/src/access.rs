@@ -1,0 +1,110 @@
+//! `serve --access-log PATH|-`: one line per request, as ufork-wsgi-like
+//! formats it (client, request line, status, body bytes, duration).
+//!
+//! The workers write the lines themselves: to their stdout with `-` (so the
+//! capture prefixes them like any worker output), or appended to PATH, which
+//! the arbiter opens before the fork (so a worker that runs as `--user` can
+//! still write it) and every worker inherits. Each line is one `write(2)` to
+//! a file opened with O_APPEND, so lines from many workers never interleave.
+//! On SIGUSR1 (or `reopen`) the arbiter reopens PATH; workers forked after
+//! that write to the new file, the others until they are replaced (`ufork
+//! reload` replaces them all).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ufork_core::{Context, Layer};
+
+use crate::failure::{self, Result, io_text};
+
+/// The log target ufork-wsgi-like writes access lines to.
+pub const TARGET: &str = "ufork_wsgi_like::access";
+
+/// Where access lines go, once `--access-log` set it.
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+#[derive(Debug)]
+enum Sink {
+    Stdout,
+    File { file: File, path: PathBuf },
+}
+
+fn open_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Opens `--access-log`: `-` for stdout, or a file to append to.
+///
+/// # Errors
+///
+/// A runtime failure naming the flag and the path.
+pub fn open(spec: &Path) -> Result<()> {
+    let sink = if spec == Path::new("-") {
+        Sink::Stdout
+    } else {
+        let file = open_file(spec).map_err(|e| {
+            failure::runtime(format!(
+                "--access-log {}: cannot open it: {}",
+                spec.display(),
+                io_text(&e)
+            ))
+        })?;
+        Sink::File {
+            file,
+            path: spec.to_owned(),
+        }
+    };
+    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    Ok(())
+}
+
+/// Writes `record` if it is an access line and an access log is open;
+/// whether it was one (and so is taken care of).
+pub fn log(record: &log::Record<'_>) -> bool {
+    if record.target() != TARGET {
+        return false;
+    }
+    let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    let line = format!("{}\n", record.args());
+    match sink.as_mut() {
+        Some(Sink::File { file, .. }) => {
+            let _ = file.write_all(line.as_bytes());
+        }
+        Some(Sink::Stdout) => {
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
+        None => return false,
+    }
+    true
+}
+
+/// Reopens the access log file on SIGUSR1 (or the `reopen` command).
+#[derive(Debug)]
+pub struct Reopen;
+
+impl Layer for Reopen {
+    fn reopen(&mut self, _ctx: &mut Context<'_>) {
+        let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Sink::File { file, path }) = sink.as_mut() {
+            match open_file(path) {
+                Ok(new) => {
+                    *file = new;
+                    log::info!(target: "ufork", "reopened the access log {}", path.display());
+                }
+                Err(e) => log::error!(
+                    target: "ufork",
+                    "--access-log {}: cannot reopen it: {}",
+                    path.display(),
+                    io_text(&e)
+                ),
+            }
+        }
+    }
+}
