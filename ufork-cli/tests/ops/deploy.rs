@@ -109,14 +109,7 @@ fn the_units_and_the_manifest_agree_with_the_flags_they_pass() {
     assert!(service.contains("\nExecReload=/usr/local/bin/ufork reload "));
 
     let manifest = deploy("kubernetes.yaml");
-    // The container's command, one `- word` per line under `command:`.
-    let command: Vec<&str> = manifest
-        .lines()
-        .skip_while(|l| l.trim() != "command:")
-        .skip(1)
-        .map_while(|l| l.trim().strip_prefix("- "))
-        .map(|w| w.trim_matches('"'))
-        .collect();
+    let command = container_command(&manifest);
     assert_eq!(
         command.first(),
         Some(&"/usr/local/bin/ufork"),
@@ -153,6 +146,69 @@ fn the_units_and_the_manifest_agree_with_the_flags_they_pass() {
             "{probe} {block:?}"
         );
     }
+}
+
+/// The container's command, one `- word` per line under `command:`.
+fn container_command(manifest: &str) -> Vec<&str> {
+    manifest
+        .lines()
+        .skip_while(|l| l.trim() != "command:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .map(|w| w.trim_matches('"'))
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_command_serves_as_pid_1_and_answers_its_probes() {
+    let dir = TempDir::new("pid1");
+    std::fs::create_dir(dir.join("www")).unwrap();
+    let manifest = deploy("kubernetes.yaml");
+    let www = dir.str("www");
+    let args: Vec<&str> = container_command(&manifest)
+        .into_iter()
+        .skip(1) // /usr/local/bin/ufork: the binary under test instead
+        .map(|w| match w {
+            "/srv/www" => www.as_str(),
+            "0.0.0.0:8000" | "0.0.0.0:9100" => "127.0.0.1:0",
+            other => other,
+        })
+        .collect();
+    // A new pid namespace (and its own /proc), as a container has.
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(&args);
+    let mut pool = Running::start_with(&mut command);
+    pool.expect_line("(arbiter pid 1)");
+    let line = pool.expect_line("health on http://");
+    let health: std::net::SocketAddr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim_end_matches("/healthz")
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while get(health, "/healthz").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::yield_now();
+    }
+    // The kubelet's SIGTERM, to ufork (PID 1 in there; unshare's child here).
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pool.pid()))
+        .expect("unshare's children");
+    let ufork: i32 = children.trim().parse().expect("one child: ufork");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(ufork).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(
+        pool.transcript()
+            .contains("arbiter pid 1 stopped: every worker reaped")
+    );
 }
 
 /// `ufork SUBCOMMAND` from the words of a deployment's command line.
