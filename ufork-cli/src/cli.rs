@@ -72,12 +72,14 @@ the same state as one JSON object whose schema the README documents.")]
 #[derive(Debug, Args)]
 pub struct PoolArgs {
     /// Read settings from this TOML file: its keys are the long flag names
-    /// (`workers = 4`, `bind = ["127.0.0.1:8000"]`, `no_prompt = true`);
-    /// flags on the command line override it.
+    /// (`workers = 4`, `bind = ["127.0.0.1:8000"]`, `no_prompt = true`; for
+    /// `run`, also `command = ["python3", "app.py"]`); flags on the command
+    /// line override it.
     #[arg(short = 'c', long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Number of worker processes [default: the number of CPUs].
+    /// Number of worker processes [default: the number of CPUs]. (The
+    /// crates' builders default to 1: a program embedding them sizes its pool.)
     #[arg(short, long, value_name = "N", value_parser = parse_workers, allow_negative_numbers = true)]
     pub workers: Option<u32>,
 
