@@ -54,11 +54,13 @@ struct Connection {
     active: Instant,
     /// Sent `stop`: waits for the pool to close the connection.
     awaiting_stop: bool,
+    /// Sent `upgrade`: waits for its outcome.
+    upgrade: Option<ufork_core::upgrade::Pending>,
 }
 
 impl Connection {
     fn evictable(&self) -> bool {
-        !self.awaiting_stop
+        !self.awaiting_stop && self.upgrade.is_none()
     }
 }
 
@@ -70,6 +72,11 @@ pub struct Control {
     token: Option<Token>,
     connections: HashMap<Token, Connection>,
     uid: u32,
+    /// The socket file as bound (device, inode): removed at the end only if
+    /// a path still names it, never a successor's socket renamed over it.
+    bound: Option<(u64, u64)>,
+    /// Where a new arbiter renames its socket once it takes over.
+    final_path: Option<PathBuf>,
 }
 
 impl Control {
@@ -120,7 +127,53 @@ impl Control {
             token: None,
             connections: HashMap::new(),
             uid: rustix::process::geteuid().as_raw(),
+            bound: file_id(path),
+            final_path: None,
         })
+    }
+
+    /// For a new arbiter during an upgrade: binds at `temporary`, to be
+    /// renamed over `path` (where the old arbiter still listens) once ready.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind`](Self::bind), for the temporary path.
+    pub fn bind_beside(temporary: &Path, path: &Path) -> Result<Self, Failure> {
+        let mut control = Self::bind(temporary)?;
+        control.final_path = Some(path.to_owned());
+        Ok(control)
+    }
+
+    fn answer_upgrades(&mut self, ctx: &mut Context<'_>) {
+        let done: Vec<(Token, String, bool)> = self
+            .connections
+            .iter()
+            .filter_map(|(token, conn)| {
+                let outcome = conn.upgrade.as_ref()?.try_result()?;
+                Some(match outcome {
+                    Ok(up) => (
+                        *token,
+                        format!(
+                            "upgraded: pid {} is serving; the old arbiter (pid {}) drains and exits\n",
+                            up.pid,
+                            std::process::id()
+                        ),
+                        true,
+                    ),
+                    Err(e) => (*token, format!("upgrade failed: {e}\n"), false),
+                })
+            })
+            .collect();
+        for (token, text, ok) in done {
+            if let Some(conn) = self.connections.get_mut(&token) {
+                conn.upgrade = None;
+                conn.output.extend_from_slice(text.as_bytes());
+                conn.output
+                    .extend_from_slice(if ok { b"\0ok\n" } else { b"\0err\n" });
+                conn.active = Instant::now();
+            }
+            self.serve(token, ctx);
+        }
     }
 
     fn accept(&mut self, ctx: &mut Context<'_>) {
@@ -156,6 +209,7 @@ impl Control {
                     closing: false,
                     active: Instant::now(),
                     awaiting_stop: false,
+                    upgrade: None,
                 },
             );
         }
@@ -206,10 +260,24 @@ impl Control {
             }
         }
         while let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
+            if conn.upgrade.is_some() {
+                // Replies stay in order: the rest waits for the outcome.
+                break;
+            }
             let line: Vec<u8> = conn.input.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line);
             let line = line.trim();
             conn.active = Instant::now();
+            if line == "upgrade" {
+                match crate::upgrade::handle() {
+                    Ok(handle) => conn.upgrade = Some(handle.upgrade()),
+                    Err(e) => {
+                        conn.output
+                            .extend_from_slice(format!("{e}\0err\n").as_bytes());
+                    }
+                }
+                continue;
+            }
             let reply = commands::execute(line, &ctx.handle());
             if reply.ok && line.split_whitespace().next() == Some("stop") {
                 conn.awaiting_stop = true;
@@ -274,6 +342,7 @@ impl Layer for Control {
     }
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
+        self.answer_upgrades(ctx);
         let now = Instant::now();
         let expired: Vec<Token> = self
             .connections
@@ -297,8 +366,20 @@ impl Layer for Control {
     fn stopped(&mut self) {
         // Closing the connections tells a waiting `ufork stop` the pool is gone.
         self.connections.clear();
-        let _ = std::fs::remove_file(&self.path);
+        for path in std::iter::once(&self.path).chain(&self.final_path) {
+            if self.bound.is_some() && file_id(path) == self.bound {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
+}
+
+/// The (device, inode) a path names, not following a symlink.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// A connection to a pool's control socket.

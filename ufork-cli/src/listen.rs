@@ -201,10 +201,17 @@ fn resolve(bind: &str, options: Options) -> Result<Bind> {
 ///
 /// A message naming the flag and the address.
 pub fn bind_all(binds: &[String], options: Options) -> Result<Vec<Listener>> {
-    resolve_all(binds, options)?
+    // A new arbiter started by an upgrade takes the old one's sockets.
+    if let Some(listeners) = crate::upgrade::inherited(binds)? {
+        crate::upgrade::remember(&listeners);
+        return Ok(listeners);
+    }
+    let listeners = resolve_all(binds, options)?
         .into_iter()
         .map(|bind| bind_one(bind, options))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    crate::upgrade::remember(&listeners);
+    Ok(listeners)
 }
 
 fn bind_one(bind: Bind, options: Options) -> Result<Listener> {

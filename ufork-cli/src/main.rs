@@ -29,6 +29,7 @@ mod status_json;
 mod supervisor;
 mod term;
 mod units;
+mod upgrade;
 mod usage;
 
 use std::io::Write;
@@ -40,6 +41,9 @@ use crate::cli::Cli;
 use crate::failure::Failure;
 
 fn main() -> ExitCode {
+    // Before anything else: the binary's path while it still names this
+    // file, and the sockets an upgrading arbiter handed over.
+    upgrade::init();
     if let Some(code) = usage::help_on_help() {
         return code;
     }

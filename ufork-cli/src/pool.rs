@@ -23,7 +23,7 @@ use crate::failure::{self, Failure, Result, io_text};
 use crate::health::Observer;
 use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
-use crate::{logger, privs, term};
+use crate::{logger, privs, term, upgrade};
 
 /// How long the end of a run waits for output the sink has not taken yet.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,6 +99,10 @@ pub struct Session {
     supervisor: Option<Supervisor>,
     metrics: Option<Metrics>,
     metrics_addr: Option<SocketAddr>,
+    /// Without a terminal: daemonized, or a new arbiter that took over from
+    /// a daemon (it does not daemonize again).
+    detached: bool,
+    takeover: upgrade::Takeover,
 }
 
 impl Session {
@@ -120,7 +124,15 @@ impl Session {
         let mut daemon = None;
         let mut pidfile = None;
         let mut log = None;
-        if pool.daemon {
+        let new_arbiter = upgrade::is_new_arbiter();
+        let mut takeover = upgrade::Takeover::default();
+        if new_arbiter {
+            // The old arbiter holds the pidfile until this one is ready.
+            takeover.pidfile = pool.pidfile.clone();
+            if let Some(builder) = log_builder {
+                log = Some(builder.open().map_err(|e| daemon_failure(pool, &e))?);
+            }
+        } else if pool.daemon {
             let mut options = Daemonize::new()
                 .working_directory(std::env::current_dir().unwrap_or_else(|_| "/".into()))
                 .umask(0o022);
@@ -162,6 +174,8 @@ impl Session {
             supervisor,
             metrics: None,
             metrics_addr: None,
+            detached: pool.daemon,
+            takeover,
         };
         if let Err(e) = session.setup(pool) {
             session.fail(&e);
@@ -181,14 +195,19 @@ impl Session {
         if pool.user.is_some() || pool.group.is_some() {
             privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
         }
-        self.control = self
-            .control_path
-            .as_deref()
-            .map(Control::bind)
-            .transpose()?;
+        self.control = match self.control_path.as_deref() {
+            Some(path) if upgrade::is_new_arbiter() => {
+                let temporary = upgrade::temporary_control_path(path);
+                let control = Control::bind_beside(&temporary, path)?;
+                self.takeover.control = Some((temporary, path.to_owned()));
+                Some(control)
+            }
+            Some(path) => Some(Control::bind(path)?),
+            None => None,
+        };
         let capture = match &self.log {
             Some(log) => Capture::builder().sink(Sink::writer(log.clone())),
-            None if self.daemon.is_some() => Capture::builder().sink(Sink::stdout()),
+            None if self.detached => Capture::builder().sink(Sink::stdout()),
             None => Capture::builder()
                 .sink(Sink::writer(term::LineWriter::new(term::Stream::Out)))
                 .stderr_sink(Sink::writer(term::LineWriter::new(term::Stream::Err))),
@@ -211,7 +230,9 @@ impl Session {
         // straight to a descriptor: its thread must not block on output.
         logger::delegate(Box::new(capture.logger().prefix("[ufork] ")));
         self.capture = Some(capture);
-        self.prompt = !pool.daemon && !pool.no_prompt && console::available();
+        // A new arbiter leaves the terminal to the old one's prompt.
+        self.prompt =
+            !pool.daemon && !pool.no_prompt && console::available() && !upgrade::is_new_arbiter();
         Ok(())
     }
 
@@ -267,7 +288,7 @@ impl Session {
         if let Some(metrics) = self.metrics.take() {
             builder = builder.layer(metrics);
         }
-        builder
+        upgrade::configure(builder, pool.start_timeout, &self.takeover)
     }
 
     /// Tells the user how to reach and stop the pool.

@@ -3,6 +3,7 @@
 mod cli;
 mod ops;
 mod output;
+mod upgrade;
 mod util;
 
 use std::os::unix::fs::PermissionsExt;

@@ -10,6 +10,7 @@ pub mod serve;
 pub mod status;
 pub mod stop;
 pub mod target;
+pub mod upgrade;
 
 use crate::cli::{Cli, Command};
 use crate::failure::Result;
@@ -23,5 +24,6 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Stop(args) => stop::exec(&args),
         Command::Reload(args) => reload::exec(&args),
         Command::Ctl(args) => ctl::exec(&args),
+        Command::Upgrade(args) => upgrade::exec(&args),
     }
 }

@@ -334,6 +334,8 @@ pub struct Upgrader {
     state: State,
     /// Started processes of failed upgrades, reaped when they end.
     leftovers: Vec<(i32, OwnedFd, Token)>,
+    /// A graceful stop began: shut the listeners down at the next tick.
+    shutdown_pending: bool,
 }
 
 impl fmt::Debug for Upgrader {
@@ -369,6 +371,7 @@ impl Upgrader {
             waiting: Vec::new(),
             state: State::Idle,
             leftovers: Vec::new(),
+            shutdown_pending: false,
         })
     }
 
@@ -703,6 +706,13 @@ impl Layer for Upgrader {
     }
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
+        if std::mem::take(&mut self.shutdown_pending) {
+            for (_, fd) in &self.handover {
+                // Only listening sockets change; anything else says ENOTCONN
+                // or ENOTSOCK, which is fine to ignore.
+                let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Read);
+            }
+        }
         let State::Starting(s) = &self.state else {
             return;
         };
@@ -714,6 +724,9 @@ impl Layer for Upgrader {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.shutdown_pending {
+            return Some(Instant::now());
+        }
         match &self.state {
             State::Starting(s) => s.deadline,
             _ => None,
@@ -732,13 +745,10 @@ impl Layer for Upgrader {
             log::warn!(target: "ufork", "upgrade abandoned: the pool is stopping; sent SIGTERM to pid {pid}");
             self.finish(Err(UpgradeError::Stopping), ctx);
         }
-        if self.refuse_on_stop && !matches!(self.state, State::HandedOver(_)) {
-            for (_, fd) in &self.handover {
-                // Only listening sockets change; anything else says ENOTCONN
-                // or ENOTSOCK, which is fine to ignore.
-                let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Read);
-            }
-        }
+        // Shut down in this iteration's tick, right after the workers got
+        // SIGTERM: a worker then mostly hears of the stop before it sees its
+        // listener fail.
+        self.shutdown_pending = self.refuse_on_stop && !matches!(self.state, State::HandedOver(_));
     }
 
     fn stopped(&mut self) {
@@ -832,6 +842,7 @@ impl Handover {
             report: Some(report),
             token: None,
             check: Instant::now(),
+            before_ready: None,
         })
     }
 }
@@ -843,11 +854,35 @@ const READY_POLL: Duration = Duration::from_millis(10);
 /// old one once every worker is ready, then closes the socket. Dropped
 /// without reporting (the pool stopped first), the old arbiter hears EOF and
 /// keeps serving.
-#[derive(Debug)]
 pub struct ReadyReporter {
     report: Option<OwnedFd>,
     token: Option<Token>,
     check: Instant,
+    before_ready: Option<BeforeReady>,
+}
+
+type BeforeReady = Box<dyn FnMut() -> Result<(), String> + Send>;
+
+impl fmt::Debug for ReadyReporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyReporter")
+            .field("reported", &self.report.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadyReporter {
+    /// Runs `hook` once every worker is ready, just before `READY=1` goes
+    /// out: the place to take over what the old arbiter owned by path (a
+    /// pidfile renamed into place, a control socket). An error is logged,
+    /// nothing is reported (the old arbiter keeps serving) and this pool stops.
+    pub fn before_ready(
+        mut self,
+        hook: impl FnMut() -> Result<(), String> + Send + 'static,
+    ) -> Self {
+        self.before_ready = Some(Box::new(hook));
+        self
+    }
 }
 
 impl Layer for ReadyReporter {
@@ -880,6 +915,17 @@ impl Layer for ReadyReporter {
         let snapshot = ctx.handle().snapshot();
         if snapshot.stopping || snapshot.target == 0 || snapshot.ready_count() < snapshot.target {
             return;
+        }
+        if let Some(hook) = &mut self.before_ready {
+            if let Err(e) = hook() {
+                log::error!(target: "ufork", "cannot take over from the old arbiter: {e}; stopping");
+                self.report = None;
+                if let Some(token) = self.token.take() {
+                    ctx.deregister(token);
+                }
+                ctx.handle().stop();
+                return;
+            }
         }
         let message = format!("READY=1\nMAINPID={}\n", std::process::id());
         if let Some(fd) = self.report.take() {

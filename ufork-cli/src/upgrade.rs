@@ -1,0 +1,303 @@
+//! In-place upgrade for `serve` and `run`, the arbiter's side: what this
+//! process was handed when it is the new arbiter, the sockets it hands on
+//! when it is the old one, and taking over the pidfile and the control socket
+//! by path once every new worker is ready.
+//!
+//! The old arbiter re-executes `ufork` from its path on disk with the same
+//! arguments. The new one takes its `--bind` sockets from the handover (in
+//! order), does not daemonize again (it is already detached when the old one
+//! was), binds its control socket beside the path and, once its workers are
+//! ready, renames a freshly locked pidfile and its control socket into place
+//! before it reports `READY=1`; then the old arbiter drains and exits.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ufork_core::Builder;
+use ufork_core::upgrade::{Handover, Reexec, UpgradeHandle, Upgrader};
+
+use crate::failure::{self, Result};
+use crate::listen::{Address, Listener, Socket};
+
+/// What `init` found, for the rest of the run.
+struct State {
+    reexec: Option<Reexec>,
+    reexec_error: Option<String>,
+    handover: Option<Handover>,
+    new_arbiter: bool,
+    /// Copies of the listening sockets, in `--bind` order, to hand on.
+    sockets: Vec<(String, OwnedFd)>,
+    handle: Option<UpgradeHandle>,
+    /// Why this pool cannot be upgraded, when it cannot.
+    unsupported: Option<String>,
+}
+
+static STATE: OnceLock<Mutex<State>> = OnceLock::new();
+
+fn state() -> std::sync::MutexGuard<'static, State> {
+    STATE
+        .get_or_init(|| {
+            Mutex::new(State {
+                reexec: None,
+                reexec_error: Some("the upgrade state was not initialised".into()),
+                handover: None,
+                new_arbiter: false,
+                sockets: Vec::new(),
+                handle: None,
+                unsupported: None,
+            })
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// First thing in `main`, while the process has one thread: remembers how to
+/// start this binary again and takes what an upgrading arbiter handed over.
+pub fn init() {
+    let (reexec, reexec_error) = match Reexec::capture() {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(failure::io_text(&e))),
+    };
+    let (handover, taken_error) = match Handover::take() {
+        Ok(h) => (h, None),
+        Err(e) => (None, Some(failure::io_text(&e))),
+    };
+    if let Some(e) = taken_error {
+        // Logged once the logger is up: see `handover_error`.
+        HANDOVER_ERROR.get_or_init(|| e);
+    }
+    let new_arbiter = handover.is_some();
+    let _ = STATE.set(Mutex::new(State {
+        reexec,
+        reexec_error,
+        handover,
+        new_arbiter,
+        sockets: Vec::new(),
+        handle: None,
+        unsupported: None,
+    }));
+}
+
+static HANDOVER_ERROR: OnceLock<String> = OnceLock::new();
+
+/// Whether this process is a new arbiter started by an upgrade.
+pub fn is_new_arbiter() -> bool {
+    state().new_arbiter
+}
+
+/// The sockets handed over for `binds`, in order, when this process is a new
+/// arbiter; `None` otherwise (bind them).
+///
+/// # Errors
+///
+/// The handover does not match the command line, or could not be taken.
+pub fn inherited(binds: &[String]) -> Result<Option<Vec<Listener>>> {
+    if let Some(e) = HANDOVER_ERROR.get() {
+        return Err(failure::runtime(format!(
+            "cannot take the sockets the old arbiter handed over: {e}"
+        )));
+    }
+    let mut state = state();
+    let Some(handover) = state.handover.as_mut() else {
+        return Ok(None);
+    };
+    let fds = handover.take_all();
+    if fds.len() != binds.len() {
+        return Err(failure::runtime(format!(
+            "the old arbiter handed over {} sockets but --bind gives {}; upgrade with the same flags",
+            fds.len(),
+            binds.len()
+        )));
+    }
+    let mut listeners = Vec::new();
+    for (name, fd) in fds {
+        let socket = TcpListener::from(fd);
+        let addr = socket.local_addr().map_err(|e| {
+            failure::runtime(format!(
+                "a handed-over socket is not a TCP listener: {}",
+                failure::io_text(&e)
+            ))
+        })?;
+        listeners.push(Listener {
+            name,
+            addr: Address::Tcp(addr),
+            socket: Socket::Tcp(socket),
+        });
+    }
+    Ok(Some(listeners))
+}
+
+/// Keeps a copy of each listening socket to hand to a new arbiter.
+pub fn remember(listeners: &[Listener]) {
+    let mut state = state();
+    for l in listeners {
+        match &l.socket {
+            Socket::Tcp(socket) => match socket.as_fd().try_clone_to_owned() {
+                Ok(fd) => state.sockets.push((l.name.clone(), fd)),
+                Err(e) => state.unsupported = Some(failure::io_text(&e)),
+            },
+            // The old pool removes its socket file when it stops.
+            Socket::Unix(..) => {
+                state.unsupported = Some(format!(
+                    "--bind {}: unix sockets are not handed over",
+                    l.addr
+                ));
+            }
+        }
+    }
+}
+
+/// The running pool's upgrade handle (for the control socket's `upgrade`).
+pub fn handle() -> std::result::Result<UpgradeHandle, String> {
+    let state = state();
+    if let Some(why) = &state.unsupported {
+        return Err(format!("cannot upgrade this pool: {why}"));
+    }
+    match (&state.handle, &state.reexec_error) {
+        (Some(handle), _) => Ok(handle.clone()),
+        (None, Some(e)) => Err(format!(
+            "cannot upgrade: this binary's path is unknown ({e})"
+        )),
+        (None, None) => Err("cannot upgrade: the pool is not running".to_owned()),
+    }
+}
+
+/// What the new arbiter takes over by path once it is ready.
+#[derive(Debug, Default)]
+pub struct Takeover {
+    /// `--pidfile`: replaced by a locked file with this process' pid.
+    pub pidfile: Option<PathBuf>,
+    /// The control socket: bound at `(temporary, final)` path.
+    pub control: Option<(PathBuf, PathBuf)>,
+    /// The taken-over pidfile, kept (locked) for the run.
+    pub held: Arc<Mutex<Option<HeldPidfile>>>,
+}
+
+/// Adds the upgrader (every pool) and, in a new arbiter, the ready reporter
+/// that takes over `takeover` first.
+pub fn configure(
+    builder: Builder,
+    start_timeout: std::time::Duration,
+    takeover: &Takeover,
+) -> Builder {
+    let mut state = state();
+    let mut builder = builder;
+    if let Some(reexec) = state.reexec.clone() {
+        match Upgrader::new(reexec) {
+            Ok(mut upgrader) => {
+                upgrader = upgrader.timeout(start_timeout);
+                for (name, fd) in std::mem::take(&mut state.sockets) {
+                    match upgrader.listener(&name, &fd) {
+                        Ok(u) => upgrader = u,
+                        Err(e) => {
+                            log::error!(target: "ufork", "cannot keep a socket for upgrades: {}", failure::io_text(&e));
+                            return builder;
+                        }
+                    }
+                }
+                state.handle = Some(upgrader.handle());
+                builder = builder.layer(upgrader);
+            }
+            Err(e) => {
+                state.reexec_error = Some(failure::io_text(&e));
+            }
+        }
+    }
+    if let Some(reporter) = state.handover.take().and_then(Handover::reporter) {
+        let pidfile = takeover.pidfile.clone();
+        let control = takeover.control.clone();
+        let held = Arc::clone(&takeover.held);
+        builder = builder.layer(reporter.before_ready(move || {
+            if let Some(path) = &pidfile {
+                let taken = HeldPidfile::take_over(path).map_err(|e| {
+                    format!("--pidfile {}: {}", path.display(), failure::io_text(&e))
+                })?;
+                *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken);
+            }
+            if let Some((temporary, path)) = &control {
+                std::fs::rename(temporary, path).map_err(|e| {
+                    format!(
+                        "--control-socket {}: {}",
+                        path.display(),
+                        failure::io_text(&e)
+                    )
+                })?;
+            }
+            Ok(())
+        }));
+    }
+    builder
+}
+
+/// A pidfile taken over from the old arbiter: a fresh file, locked, with this
+/// process' pid, renamed over the path (so readers never see it empty or
+/// half-written, and the old arbiter's lock stays on the inode it unlinks).
+/// Removed at drop if the path still names it.
+#[derive(Debug)]
+pub struct HeldPidfile {
+    file: File,
+    path: PathBuf,
+    pid: u32,
+}
+
+impl HeldPidfile {
+    fn take_over(path: &Path) -> std::io::Result<Self> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        let pid = std::process::id();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temporary = path.with_file_name(format!(".{name}.{pid}.new"));
+        let fd = rustix::fs::open(
+            &temporary,
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let result = (|| {
+            rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)?;
+            let mut file = File::from(fd);
+            writeln!(file, "{pid}")?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)?;
+            Ok(file)
+        })();
+        match result {
+            Ok(file) => Ok(Self {
+                file,
+                path: path.to_owned(),
+                pid,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for HeldPidfile {
+    fn drop(&mut self) {
+        let names_it = match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                a.dev() == b.dev() && a.ino() == b.ino()
+            }
+            _ => false,
+        };
+        if std::process::id() == self.pid && names_it {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Where a new arbiter binds its control socket until it takes over `path`.
+pub fn temporary_control_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.new", std::process::id()));
+    PathBuf::from(name)
+}

@@ -1,0 +1,168 @@
+//! Zero-downtime operations through the real binary: `ufork upgrade` with a
+//! broken binary on disk leaving the old pool serving, then a working one
+//! taking over; daemons upgraded by their pidfile; and a graceful stop
+//! refusing new connections while an accepted download completes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use rustix::process::Signal;
+
+use crate::util::*;
+
+/// The pid in "upgraded: pid N is serving".
+fn upgraded_pid(stdout: &str) -> i32 {
+    let at = stdout.find("upgraded: pid ").expect("an upgraded line") + 14;
+    stdout[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a pid")
+}
+
+fn pidfile_pid(path: &std::path::Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_broken_binary_on_disk_fails_the_upgrade_and_the_old_pool_keeps_serving() {
+    let dir = TempDir::new("upgrade-broken");
+    let socket = dir.str("ctl.sock");
+    let binary = dir.join("ufork");
+    std::fs::copy(env!("CARGO_BIN_EXE_ufork"), &binary).unwrap();
+    let mut command = std::process::Command::new(&binary);
+    command
+        .env_remove("UFORK_LOG")
+        .stdin(std::process::Stdio::null());
+    command.args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    let mut old = Running::start_with(&mut command);
+    let addr = old.http_addr();
+    wait_ready(&socket, 1);
+
+    // A deploy replaces the file (a new inode) with a binary that fails.
+    let deploy = |text: Option<&str>| {
+        let next = dir.join("ufork.next");
+        match text {
+            Some(text) => std::fs::write(&next, text).unwrap(),
+            None => {
+                std::fs::copy(env!("CARGO_BIN_EXE_ufork"), &next).unwrap();
+            }
+        }
+        let mut perms = std::fs::metadata(&next).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&next, perms).unwrap();
+        std::fs::rename(&next, &binary).unwrap();
+    };
+    deploy(Some("#!/bin/sh\necho broken build >&2\nexit 3\n"));
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_one_line_error(&out, 1, &["upgrade failed", "exited with status 3"]);
+    old.expect_line("upgrade failed, still serving");
+    assert_eq!(get(addr, "/").0, 200, "the old pool still serves");
+
+    // The next deploy works: the new arbiter runs from the path on disk.
+    deploy(None);
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = upgraded_pid(&out.stdout);
+    let exe = std::fs::read_link(format!("/proc/{new}/exe")).unwrap();
+    assert_eq!(exe, binary);
+    old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
+    assert_eq!(get(addr, "/").0, 200, "the new pool serves");
+    let stop = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(ufork_daemon::wait_for_exit(new, Some(DEADLINE)).unwrap());
+}
+
+#[test]
+fn a_daemon_running_programs_upgrades_by_its_pidfile() {
+    let dir = TempDir::new("upgrade-daemon");
+    let pidfile = dir.join("ufork.pid");
+    let server = dir.join("server.py");
+    std::fs::write(&server, crate::SERVER_PY).unwrap();
+    let _guard = DaemonGuard(pidfile.clone());
+    let out = run(&[
+        "run",
+        "--daemon",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "--log-file",
+        dir.str("ufork.log").as_str(),
+        "-w",
+        "2",
+        "--bind",
+        "127.0.0.1:0",
+        "--",
+        "python3",
+        server.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let old = pidfile_pid(&pidfile);
+
+    let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = upgraded_pid(&out.stdout);
+    assert_eq!(pidfile_pid(&pidfile), new);
+    assert!(ufork_daemon::wait_for_exit(old, Some(DEADLINE)).unwrap());
+    // The new arbiter exec'd fresh workers, handed the same socket.
+    let status = run(&["status", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(0), "{status:#?}");
+    assert!(status.stdout.contains(&format!("arbiter pid {new}")));
+    assert!(status.stdout.contains("2 ready"), "{status:#?}");
+    let stop = run(&["stop", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn a_graceful_stop_refuses_new_connections_while_a_download_completes() {
+    let dir = TempDir::new("upgrade-refuse");
+    let size = 32 << 20;
+    std::fs::write(dir.join("big"), vec![b'x'; size]).unwrap();
+    let mut pool = Running::start(&[
+        "serve",
+        dir.path().to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+    ]);
+    let addr = pool.http_addr();
+    let mut download = TcpStream::connect(addr).unwrap();
+    download.set_read_timeout(Some(DEADLINE)).unwrap();
+    download
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    download.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    pool.signal(Signal::TERM);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("connect: {e}"),
+            // Not yet shut down: the arbiter has not handled SIGTERM.
+            Ok(_) => assert!(Instant::now() < deadline, "still accepting"),
+        }
+        std::thread::yield_now();
+    }
+    let mut rest = Vec::new();
+    download.read_to_end(&mut rest).unwrap();
+    let body = rest.len() - rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
+    assert_eq!(body, size, "the accepted download completed");
+    assert_eq!(pool.wait().code(), Some(0));
+}
