@@ -55,6 +55,10 @@ pub fn check_pidfile(pool: &PoolArgs) -> Result<()> {
     let Some(path) = &pool.pidfile else {
         return Ok(());
     };
+    if upgrade::is_new_arbiter() {
+        // The old arbiter holds it until this one takes over.
+        return Ok(());
+    }
     match ufork_daemon::status(path) {
         Ok(ufork_daemon::Status::Running { pid }) => Err(failure::runtime(format!(
             "--pidfile {}: already running as pid {pid}; stop it with `ufork stop --pidfile {}`",
