@@ -311,6 +311,8 @@ impl Failures {
 const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
 /// Coalesced writes to byte sinks are about this large.
 const WRITE_BATCH: usize = 256 * 1024;
+/// A chunk this large is written as it is, not copied into a batch.
+const DIRECT_WRITE: usize = 32 * 1024;
 
 impl Queue {
     pub(crate) fn new(
@@ -618,7 +620,15 @@ fn write_batch(
                 }
             }
             SinkKind::Fd(_) | SinkKind::Writer(_) => {
-                if buf.is_empty() && chunk.data.len() >= WRITE_BATCH {
+                if chunk.data.len() >= DIRECT_WRITE {
+                    // Big enough for a write of its own: no copy (a pipe's
+                    // worth of lines comes this way), after what was before.
+                    if !buf.is_empty() {
+                        let result = write_bytes(sink, buf);
+                        account(result, buf.len(), buf_lines, counters, failures);
+                        buf.clear();
+                        buf_lines = 0;
+                    }
                     let result = write_bytes(sink, &chunk.data);
                     account(result, chunk.data.len(), chunk.lines, counters, failures);
                     continue;
