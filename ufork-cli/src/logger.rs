@@ -102,8 +102,14 @@ impl log::Log for Logger {
             log::Level::Warn => "warning: ",
             _ => "",
         };
-        let line = format!("[ufork] {level}{text}\n");
-        term::print(Stream::Err, line.as_bytes());
+        // Before a pool set its capture up (or without one), in the pool's
+        // format once it is chosen.
+        let line = match FORMAT.get() {
+            Some(&Format::Json) => Format::Json.line(record.level(), &text),
+            Some(format) => format.line(record.level(), &format!("[ufork] {level}{text}")),
+            None => format!("[ufork] {level}{text}\n").into_bytes(),
+        };
+        term::print(Stream::Err, &line);
     }
 
     fn flush(&self) {}

@@ -339,10 +339,13 @@ fn output_written_before_a_sigkill_appears() {
     let outcome = arbiter
         .run(|w| -> WorkerResult {
             if w.generation() == 0 {
-                // One write: the arbiter reads the line and the tail together
+                // One write(2) (std's line-buffered stdout would split it at
+                // the newline and might not get to the tail before the
+                // kill): the arbiter reads the line and the tail together
                 // and holds the tail until the pipe ends.
-                std::io::stdout().write_all(b"before the kill\ntail without newline")?;
-                std::io::stdout().flush()?;
+                let both = b"before the kill\ntail without newline";
+                let n = rustix::io::write(std::io::stdout(), both)?;
+                assert_eq!(n, both.len());
                 loop {
                     std::thread::park();
                 }
