@@ -65,7 +65,7 @@ the same state as one JSON object whose schema the README documents.")]
     /// Restart every worker of a running pool, one at a time.
     Reload(TargetArgs),
     /// Re-execute a running pool's binary from disk, handing over its sockets; wait for the outcome.
-    Upgrade(TargetArgs),
+    Upgrade(crate::cmd::upgrade::UpgradeArgs),
     /// Send a console command to a running pool, or open a prompt on it.
     Ctl(CtlArgs),
 }

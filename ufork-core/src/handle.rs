@@ -19,6 +19,7 @@ pub(crate) enum Command {
     Restart(usize),
     Kill(usize),
     Reopen,
+    Upgrade,
 }
 
 /// What the arbiter publishes for snapshots after every change.
@@ -132,6 +133,15 @@ impl Handle {
     /// Sends SIGKILL to the worker in `slot`; it is replaced.
     pub fn kill(&self, slot: usize) {
         self.send(Command::Kill(slot));
+    }
+
+    /// Asks for an in-place upgrade (like SIGUSR2): the pool's
+    /// [`Upgrader`](crate::upgrade::Upgrader) re-executes the program with
+    /// the listening sockets handed over; without one, a warning is logged.
+    /// The outcome is logged; to wait for it, use
+    /// [`UpgradeHandle::upgrade`](crate::upgrade::UpgradeHandle::upgrade).
+    pub fn upgrade(&self) {
+        self.send(Command::Upgrade);
     }
 
     /// Asks layers to reopen their log files (like SIGUSR1).

@@ -144,6 +144,14 @@ pub trait Layer: Send {
         let _ = ctx;
     }
 
+    /// SIGUSR2 or [`Handle::upgrade`]: start an in-place upgrade if this
+    /// layer can (see [`Upgrader`](crate::upgrade::Upgrader)); return whether
+    /// it took the request. Later layers are not asked once one did.
+    fn upgrade(&mut self, ctx: &mut Context<'_>) -> bool {
+        let _ = ctx;
+        false
+    }
+
     /// Called once per loop iteration, after events were handled.
     fn tick(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;

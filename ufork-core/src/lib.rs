@@ -37,8 +37,10 @@
 //! While `run` is in its loop (unless [`Builder::handle_signals`] is off):
 //! SIGINT and SIGTERM stop gracefully (a second SIGINT stops at once), SIGQUIT
 //! stops at once, SIGHUP restarts every worker one at a time, SIGTTIN and
-//! SIGTTOU add and remove a worker, SIGUSR1 asks layers to reopen logs. The
-//! previous dispositions are restored when `run` returns.
+//! SIGTTOU add and remove a worker, SIGUSR1 asks layers to reopen logs, SIGUSR2
+//! starts an in-place upgrade when an [`upgrade::Upgrader`] is a layer (else it
+//! is logged and ignored). The previous dispositions are restored when `run`
+//! returns.
 //!
 //! In a worker, signal dispositions are reset as `exec` would (handlers back to
 //! default, ignored signals stay ignored), SIGINT is ignored (Ctrl-C in a

@@ -27,7 +27,7 @@ use crate::{Arbiter, Error, ExitReason, ExitStatus, Outcome, Result, Worker};
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
-const HANDLED: [i32; 7] = [
+const HANDLED: [i32; 8] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGQUIT,
@@ -35,6 +35,7 @@ const HANDLED: [i32; 7] = [
     libc::SIGTTIN,
     libc::SIGTTOU,
     libc::SIGUSR1,
+    libc::SIGUSR2,
 ];
 
 pub(crate) fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -711,8 +712,21 @@ where
             log::info!(target: "ufork", "SIGUSR1: reopening logs");
             self.each_layer(|layer, ctx| layer.reopen(ctx));
         }
+        if both(libc::SIGUSR2) > 0 {
+            log::info!(target: "ufork", "SIGUSR2: in-place upgrade");
+            self.upgrade();
+        }
         if both(libc::SIGCHLD) > 0 && self.reaper {
             self.reap_any();
+        }
+    }
+
+    /// SIGUSR2 or `Handle::upgrade`: the layer that can re-execute does.
+    fn upgrade(&mut self) {
+        let mut taken = false;
+        self.each_layer(|layer, ctx| taken = taken || layer.upgrade(ctx));
+        if !taken {
+            log::warn!(target: "ufork", "upgrade ignored: no layer of this pool can re-execute it (see ufork_core::upgrade::Upgrader)");
         }
     }
 
@@ -734,6 +748,7 @@ where
                 Command::Restart(slot) => self.sched.restart(slot, true, now),
                 Command::Kill(slot) => self.sched.restart(slot, false, now),
                 Command::Reopen => self.each_layer(|layer, ctx| layer.reopen(ctx)),
+                Command::Upgrade => self.upgrade(),
             }
             self.grow_pidfds();
             self.run_actions();

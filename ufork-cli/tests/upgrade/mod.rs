@@ -166,3 +166,31 @@ fn a_graceful_stop_refuses_new_connections_while_a_download_completes() {
     assert_eq!(body, size, "the accepted download completed");
     assert_eq!(pool.wait().code(), Some(0));
 }
+
+#[test]
+fn a_foreground_pool_with_only_a_pidfile_upgrades_on_sigusr2() {
+    let dir = TempDir::new("upgrade-usr2");
+    let pidfile = dir.join("ufork.pid");
+    let _guard = DaemonGuard(pidfile.clone());
+    let mut old = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    let addr = old.http_addr();
+    old.expect_line("worker 0 pid");
+    let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("SIGUSR2"), "{out:#?}");
+    let new = upgraded_pid(&out.stdout);
+    assert_eq!(pidfile_pid(&pidfile), new);
+    old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
+    assert_eq!(get(addr, "/").0, 200, "the new pool serves");
+    let stop = run(&["stop", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(!pidfile.exists());
+}

@@ -754,6 +754,18 @@ impl Layer for Upgrader {
     fn stopped(&mut self) {
         self.answer(&Err(UpgradeError::Abandoned));
     }
+
+    fn upgrade(&mut self, ctx: &mut Context<'_>) -> bool {
+        // Nobody waits for this one: the outcome is logged.
+        let (reply, _) = mpsc::channel();
+        self.trigger
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reply);
+        self.requested(ctx);
+        true
+    }
 }
 
 /// What an upgrading arbiter handed to this process: the sockets and the

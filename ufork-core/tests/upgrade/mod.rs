@@ -208,3 +208,57 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
     joiner.join().unwrap().unwrap();
     assert_eq!(util::children_of_self(), Vec::<i32>::new());
 }
+
+#[test]
+fn sigusr2_upgrades_a_pool_with_an_upgrader_and_is_ignored_without_one() {
+    let _g = lock();
+    // Without an upgrader, SIGUSR2 and Handle::upgrade are logged and ignored.
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    handle.upgrade();
+    util::wait_until("the ignored upgrade is logged", || {
+        util::logs().iter().any(|l| l.contains("upgrade ignored"))
+    });
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
+        .unwrap();
+    util::wait_until("the ignored SIGUSR2 is logged", || {
+        util::logs()
+            .iter()
+            .filter(|l| l.contains("upgrade ignored"))
+            .count()
+            == 2
+    });
+    assert!(handle.snapshot().running, "SIGUSR2 did not end the pool");
+    handle.stop();
+    joiner.join().unwrap().unwrap();
+
+    // With one, SIGUSR2 hands the listener over and the old pool drains.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upgrader = Upgrader::new(sh(CHECK_AND_REPORT, &[&inode(&listener)]))
+        .unwrap()
+        .timeout(DEADLINE)
+        .listener("http", &listener)
+        .unwrap();
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 2);
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
+        .unwrap();
+    let outcome = joiner.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::Handle);
+    let logs = util::logs();
+    assert!(logs.iter().any(|l| l.contains("SIGUSR2: in-place upgrade")));
+    let serving = logs
+        .iter()
+        .find_map(|l| l.split("upgrade: pid ").nth(1))
+        .expect("the handover is logged");
+    let pid: i32 = serving.split_whitespace().next().unwrap().parse().unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    assert_eq!(util::children_of_self(), Vec::<i32>::new());
+}
