@@ -154,16 +154,23 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
     handle.stop();
     joiner.join().unwrap().unwrap();
 
-    // A new arbiter that reports its pid but never READY=1: the second
-    // request is refused while the first waits, which then times out and
-    // stops it (blocked reading the socket, it dies of the SIGTERM).
-    let hangs = sh(
-        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600",
-        &[],
+    // A new arbiter that reports its pid, then waits on a FIFO: a second
+    // request meanwhile is refused; released, it exits 5 before it was ready.
+    let fifo = std::env::temp_dir().join(format!("ufork-upgrade-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let waits = sh(
+        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; read x < \"$1\"; exit 5",
+        &[fifo.to_str().unwrap()],
     );
-    let upgrader = Upgrader::new(hangs)
-        .unwrap()
-        .timeout(Duration::from_millis(500));
+    let upgrader = Upgrader::new(waits).unwrap().timeout(DEADLINE);
     let upgrades = upgrader.handle();
     let arbiter = Arbiter::builder()
         .workers(1)
@@ -173,10 +180,12 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
     let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
     wait_ready(&handle, 1);
     let first = upgrades.upgrade();
-    util::wait_until("the upgrade started", || {
-        util::logs()
-            .iter()
-            .any(|l| l.contains("upgrade: started pid"))
+    let fifo_text = fifo.to_str().unwrap().to_owned();
+    util::wait_until("the new arbiter runs", || {
+        util::children_of_self().iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&fifo_text))
+        })
     });
     let second = upgrades
         .upgrade()
@@ -191,11 +200,41 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
             .iter()
             .any(|l| l.contains("upgrade refused: one is already under way")),
     );
+    std::fs::write(&fifo, "go\n").unwrap();
     let first = first.wait(Some(DEADLINE)).unwrap().unwrap_err();
     assert!(
-        matches!(first, UpgradeError::Timeout { pid: p, .. } if p == pid),
+        matches!(&first, UpgradeError::Exited { pid: p, how } if *p == pid && how == "exited with status 5"),
         "{first:?}"
     );
+    let _ = std::fs::remove_file(&fifo);
+    assert!(handle.snapshot().running);
+    handle.stop();
+    joiner.join().unwrap().unwrap();
+
+    // Never READY=1 within the timeout: stopped with SIGTERM and reaped.
+    let hangs = sh(
+        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600",
+        &[],
+    );
+    let upgrader = Upgrader::new(hangs)
+        .unwrap()
+        .timeout(Duration::from_millis(300));
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    let err = upgrades
+        .upgrade()
+        .wait(Some(DEADLINE))
+        .unwrap()
+        .unwrap_err();
+    let UpgradeError::Timeout { pid, .. } = err else {
+        panic!("{err:?}")
+    };
     assert!(
         util::wait_exit(pid, DEADLINE),
         "the new arbiter was stopped"
@@ -217,18 +256,18 @@ fn sigusr2_upgrades_a_pool_with_an_upgrader_and_is_ignored_without_one() {
     let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
     wait_ready(&handle, 1);
     handle.upgrade();
-    util::wait_until("the ignored upgrade is logged", || {
-        util::logs().iter().any(|l| l.contains("upgrade ignored"))
-    });
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
         .unwrap();
-    util::wait_until("the ignored SIGUSR2 is logged", || {
-        util::logs()
-            .iter()
-            .filter(|l| l.contains("upgrade ignored"))
-            .count()
-            == 2
-    });
+    // Two round trips through the loop after both requests: both were handled.
+    handle.set_workers(2).unwrap();
+    wait_ready(&handle, 2);
+    handle.set_workers(1).unwrap();
+    util::wait_until("one worker again", || handle.snapshot().workers.len() == 1);
+    let ignored = util::logs()
+        .iter()
+        .filter(|l| l.contains("upgrade ignored"))
+        .count();
+    assert_eq!(ignored, 2, "{:?}", util::logs());
     assert!(handle.snapshot().running, "SIGUSR2 did not end the pool");
     handle.stop();
     joiner.join().unwrap().unwrap();
