@@ -421,6 +421,7 @@ impl Capture {
                 scratch,
                 prefix,
                 format,
+                queue,
                 ..
             } = self;
             let Some(pipe) = workers
@@ -438,7 +439,8 @@ impl Capture {
                 Err(Errno::AGAIN) => return false,
                 Err(_) => return true,
             };
-            let (chunk, content) = assemble(pipe, prefix, *format, &scratch[..n], false);
+            let out = queue.buffer(out_capacity(*format, n));
+            let (chunk, content) = assemble(pipe, prefix, *format, &scratch[..n], false, out);
             self.submit(slot, index, chunk, content, draining, ctx);
         }
     }
@@ -523,7 +525,7 @@ impl Capture {
         };
         ctx.deregister(pipe.token);
         self.tokens.remove(&pipe.token);
-        let (chunk, _) = assemble(&mut pipe, &self.prefix, self.format, &[], true);
+        let (chunk, _) = assemble(&mut pipe, &self.prefix, self.format, &[], true, Vec::new());
         let mut state = self.queue.lock();
         if pipe.dropped > 0 {
             let notice = notice(&mut pipe, &self.prefix, self.format);
@@ -580,8 +582,8 @@ fn assemble(
     format: Format,
     data: &[u8],
     finish: bool,
+    mut out: Vec<u8>,
 ) -> (Chunk, u64) {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 4 + 64);
     let mut lines = 0;
     let mut content = 0u64;
     let PipeIo {
@@ -634,6 +636,17 @@ fn assemble(
         lines,
     };
     (chunk, content)
+}
+
+/// Room for `n` bytes of short lines with their prefixes (and timestamps, or
+/// JSON's fields and escapes), so that a read of them is one allocation.
+fn out_capacity(format: Format, n: usize) -> usize {
+    let room = match format {
+        Format::Plain | Format::Journal => n / 4,
+        Format::Timestamped => n / 2,
+        Format::Json => n.saturating_mul(3),
+    };
+    n.saturating_add(room).saturating_add(64)
 }
 
 /// The current time for the formats that show it (a fixed one otherwise).

@@ -239,6 +239,8 @@ pub(crate) struct Queue {
     /// the owner at the fork, and no writer would ever empty it there.
     owner: rustix::process::Pid,
     sink: Mutex<SinkState>,
+    /// Buffers of written chunks, for the arbiter's next reads.
+    spare: Mutex<Vec<Vec<u8>>>,
     /// A failure report is being emitted: a report that comes back through
     /// the logger into this same sink and fails again is not reported.
     reporting: AtomicBool,
@@ -313,6 +315,10 @@ const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
 const WRITE_BATCH: usize = 256 * 1024;
 /// A chunk this large is written as it is, not copied into a batch.
 const DIRECT_WRITE: usize = 32 * 1024;
+/// Written chunks' buffers kept for the next reads (and no more bytes of
+/// them than the queue's bound): enough for a full queue of pipe-sized
+/// chunks to cycle without allocating.
+const SPARE_BUFFERS: usize = 64;
 
 impl Queue {
     pub(crate) fn new(
@@ -336,6 +342,7 @@ impl Queue {
                 err: err_sink.map(|s| s.kind),
                 failures: Failures::default(),
             }),
+            spare: Mutex::new(Vec::new()),
             reporting: AtomicBool::new(false),
             gate,
             per_line,
@@ -458,6 +465,36 @@ impl Queue {
         true
     }
 
+    /// A buffer for a chunk of at least `capacity` bytes: one the writer
+    /// handed back if there is one (no allocation, no fresh pages to fault
+    /// in), a new one otherwise.
+    pub(crate) fn buffer(&self, capacity: usize) -> Vec<u8> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match spare {
+            Some(mut buf) => {
+                buf.reserve(capacity);
+                buf
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Empties `batch`, keeping some of its buffers for
+    /// [`buffer`](Self::buffer): at most the queue's bound in all.
+    fn recycle(&self, batch: &mut VecDeque<Chunk>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept: usize = spare.iter().map(Vec::capacity).sum();
+        for chunk in batch.drain(..) {
+            let mut data = chunk.data;
+            let fits = kept.saturating_add(data.capacity()) <= self.capacity;
+            if spare.len() < SPARE_BUFFERS && fits {
+                kept += data.capacity();
+                data.clear();
+                spare.push(data);
+            }
+        }
+    }
+
     /// Bytes still queued.
     pub(crate) fn queued(&self) -> usize {
         self.lock().bytes
@@ -564,6 +601,7 @@ fn writer_loop(queue: &Queue) {
                 &queue.counters,
             )
         };
+        queue.recycle(&mut batch);
         queue.report_failures(false);
         let mut state = queue.lock();
         state.bytes = state.bytes.saturating_sub(bytes);
@@ -577,7 +615,8 @@ fn writer_loop(queue: &Queue) {
     }
 }
 
-/// Writes and empties `batch`; returns the bytes it took off the queue.
+/// Writes `batch` (the caller empties it); returns the bytes it took off the
+/// queue.
 /// Failed writes are counted and noted for [`Queue::report_failures`].
 fn write_batch(
     state: &mut SinkState,
@@ -595,7 +634,7 @@ fn write_batch(
     let mut buf_lines = 0;
     // Which sink the coalesced bytes in `buf` are for.
     let mut buf_err = false;
-    for chunk in batch.drain(..) {
+    for chunk in batch.iter() {
         taken += chunk.data.len();
         let to_err = err.is_some() && chunk.origin.is_error();
         if to_err != buf_err && !buf.is_empty() {
@@ -613,7 +652,7 @@ fn write_batch(
         buf_err = to_err;
         let sink = pick(kind, err, to_err);
         match sink {
-            SinkKind::Log { target } => log_chunk(target, &chunk, counters),
+            SinkKind::Log { target } => log_chunk(target, chunk, counters),
             SinkKind::Fd(_) | SinkKind::Writer(_) if per_line => {
                 for line in chunk.data.split_inclusive(|&b| b == b'\n') {
                     account(write_bytes(sink, line), line.len(), 1, counters, failures);
