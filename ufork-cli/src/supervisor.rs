@@ -128,9 +128,17 @@ impl Supervisor {
         self.set_status(view);
     }
 
-    /// A stop began.
+    /// A stop began. After an upgrade handed the pool to a new arbiter, the
+    /// service goes on: the supervisor hears `MAINPID=` the new arbiter
+    /// (accepted from this process, still its main one) instead of
+    /// `STOPPING=1`, which would stop the whole service.
     pub fn stopping(&mut self) {
-        self.send("STOPPING=1\nSTATUS=stopping");
+        match ufork_core::upgrade::handed_over_to() {
+            Some(pid) => self.send(&format!(
+                "MAINPID={pid}\nSTATUS=handed over to pid {pid} (upgrade)"
+            )),
+            None => self.send("STOPPING=1\nSTATUS=stopping"),
+        }
     }
 
     fn set_status(&mut self, view: &View) {

@@ -45,6 +45,17 @@ impl Recorder {
         }
     }
 
+    /// Takes every datagram already queued.
+    fn drain(&mut self) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+    }
+
     /// Waits for a datagram with a line `needle`; returns the datagram.
     fn expect(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
@@ -488,4 +499,50 @@ fn a_pool_that_cannot_become_ready_is_degraded_503_and_exit_4() {
     );
     // However it ends (a pool may give up on its own), it ends.
     pool.wait();
+}
+
+#[test]
+fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
+    let dir = TempDir::new("sdnotify-upgrade");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let mut pool = Running::start_with(supervised(&recorder, None).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]));
+    recorder.expect("READY=1");
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let at = out.stdout.find("upgraded: pid ").expect("upgraded") + 14;
+    let new: i32 = out.stdout[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The old arbiter drains and exits; what it told the supervisor is queued.
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    recorder.drain();
+    assert!(
+        recorder
+            .seen
+            .iter()
+            .any(|m| m.lines().any(|l| l == format!("MAINPID={new}"))),
+        "{:?}",
+        recorder.seen
+    );
+    assert!(
+        !recorder.seen.iter().any(|m| m.contains("STOPPING=1")),
+        "{:?}",
+        recorder.seen
+    );
+    // The new arbiter is the service now; its stop is the service's.
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    recorder.expect("STOPPING=1");
 }

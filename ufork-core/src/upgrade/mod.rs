@@ -232,6 +232,20 @@ pub struct Upgraded {
 
 type Reply = mpsc::Sender<Result<Upgraded, UpgradeError>>;
 
+/// The pid of the arbiter this process handed its pool to (0: none yet).
+static HANDED_OVER_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The new arbiter's pid once an upgrade of this process succeeded (its
+/// graceful stop is then a handover, not the service stopping): a layer that
+/// reports to the process' own supervisor says `MAINPID=` this pid rather
+/// than `STOPPING=1`.
+pub fn handed_over_to() -> Option<i32> {
+    match HANDED_OVER_TO.load(std::sync::atomic::Ordering::Acquire) {
+        0 => None,
+        pid => Some(pid),
+    }
+}
+
 struct Trigger {
     queue: Mutex<Vec<Reply>>,
     wake: OwnedFd,
@@ -562,6 +576,7 @@ impl Upgrader {
             Ok(done) => {
                 log::info!(target: "ufork", "upgrade: pid {} is serving; stopping this arbiter gracefully", done.pid);
                 self.state = State::HandedOver(done.pid);
+                HANDED_OVER_TO.store(done.pid, std::sync::atomic::Ordering::Release);
                 ctx.handle().stop();
             }
             Err(e) => {
