@@ -2,8 +2,8 @@
 //! pidfile, privileges, output capture and the log file, the prompt, the
 //! control socket.
 //!
-//! Order matters: the directory changes first, the pidfile is looked at
-//! before binding, sockets are bound next (so they sit at fds 3, 4, ...), the
+//! Order matters: the directory changes first, the pidfile is locked before
+//! binding (with `--daemon`, looked at: the daemon locks it), sockets are bound next (so they sit at fds 3, 4, ...), the
 //! process daemonizes while it still has one thread, privileges are dropped
 //! after binding, and only then does the capture start its writer thread.
 
@@ -42,32 +42,52 @@ pub fn chdir(pool: &PoolArgs) -> Result<()> {
     }
 }
 
-/// Refuses to start when the pidfile names a live pool, before anything is
-/// bound: a second start then says "already running as pid N" rather than
-/// "address in use". The lock itself is taken later (in the daemon, for
-/// `--daemon`); this only looks at it, so two starts racing each other still
-/// meet at the lock.
+/// Takes the pidfile's lock before anything is bound, so a second start
+/// says "already running as pid N" rather than "address in use". With
+/// `--daemon` the daemon takes the lock itself (its pid goes in the file), so
+/// this only looks at it; two daemons starting at once still meet at the
+/// lock.
+///
+/// `sockets` descriptors are held free below the pidfile's for the sockets
+/// bound next: `run` hands them over as fds 3, 4, ...
 ///
 /// # Errors
 ///
-/// A runtime failure naming the running pid and how to stop it.
-pub fn check_pidfile(pool: &PoolArgs) -> Result<()> {
+/// A runtime failure naming the running pid and how to stop it, or why the
+/// pidfile cannot be taken.
+pub fn lock_pidfile(pool: &PoolArgs, sockets: usize) -> Result<Option<Pidfile>> {
     let Some(path) = &pool.pidfile else {
-        return Ok(());
+        return Ok(None);
     };
     if upgrade::is_new_arbiter() {
         // The old arbiter holds it until this one takes over.
-        return Ok(());
+        return Ok(None);
     }
-    match ufork_daemon::status(path) {
-        Ok(ufork_daemon::Status::Running { pid }) => Err(failure::runtime(format!(
-            "--pidfile {}: already running as pid {pid}; stop it with `ufork stop --pidfile {}`",
-            path.display(),
-            path.display()
-        ))),
-        // Anything else is for the lock to report, with its own message.
-        _ => Ok(()),
+    if pool.daemon {
+        return match ufork_daemon::status(path) {
+            Ok(ufork_daemon::Status::Running { pid }) => Err(already_running(path, pid)),
+            // Anything else is for the daemon's lock to report.
+            _ => Ok(None),
+        };
     }
+    let placeholders = (0..sockets)
+        .map(|_| std::fs::File::open("/dev/null"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| failure::runtime(format!("cannot open /dev/null: {}", io_text(&e))))?;
+    let pidfile = Pidfile::create(path).map_err(|e| match e {
+        ufork_daemon::Error::AlreadyRunning { pid, .. } => already_running(path, pid),
+        e => daemon_failure(pool, &e),
+    })?;
+    drop(placeholders);
+    Ok(Some(pidfile))
+}
+
+fn already_running(path: &std::path::Path, pid: i32) -> Failure {
+    failure::runtime(format!(
+        "--pidfile {}: already running as pid {pid}; stop it with `ufork stop --pidfile {}`",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// The number of workers: `--workers`, or the number of CPUs.
@@ -110,13 +130,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// Daemonizes (the launcher exits here), takes the pidfile, opens the
-    /// log, drops privileges, makes the control socket and starts capturing.
+    /// Daemonizes (the launcher exits here), takes the pidfile (or keeps
+    /// `locked`, taken by [`lock_pidfile`]), opens the log, drops privileges, makes the control socket and starts capturing.
     ///
     /// # Errors
     ///
     /// A message naming the flag whose file or setting failed.
-    pub fn start(pool: &PoolArgs) -> Result<Self> {
+    pub fn start(pool: &PoolArgs, locked: Option<Pidfile>) -> Result<Self> {
         // Read before anything else runs: the variables describe this
         // process, not the daemon or the workers it will make.
         let supervisor = Supervisor::from_env();
@@ -128,6 +148,8 @@ impl Session {
         let mut daemon = None;
         let mut pidfile = None;
         let mut log = None;
+        // Without --daemon the lock is taken already (before binding).
+        let mut locked = locked;
         let new_arbiter = upgrade::is_new_arbiter();
         let mut takeover = upgrade::Takeover::default();
         if new_arbiter {
@@ -159,9 +181,7 @@ impl Session {
                 Err(e) => return Err(daemon_failure(pool, &e)),
             }
         } else {
-            if let Some(path) = &pool.pidfile {
-                pidfile = Some(Pidfile::create(path).map_err(|e| daemon_failure(pool, &e))?);
-            }
+            pidfile = locked.take();
             if let Some(builder) = log_builder {
                 log = Some(builder.open().map_err(|e| daemon_failure(pool, &e))?);
             }

@@ -74,7 +74,7 @@ pub struct RunArgs {
 /// Runs `ufork run`.
 pub fn exec(args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
-    pool::check_pidfile(&args.pool)?;
+    let pidfile = pool::lock_pidfile(&args.pool, args.bind.len())?;
     let program = &args.command[0];
     let resolved = exec::resolve(program)?;
     // Bound first, so the sockets sit at fds 3, 4, ... already.
@@ -105,7 +105,7 @@ pub fn exec(args: RunArgs) -> Result<()> {
             ));
         }
     }
-    let mut session = pool::Session::start(&args.pool)?;
+    let mut session = pool::Session::start(&args.pool, pidfile)?;
     let notify = match args.notify.then(notify::Notify::bind).transpose() {
         Ok(notify) => notify,
         Err(e) => {

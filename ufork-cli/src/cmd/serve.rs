@@ -87,7 +87,10 @@ pub struct ServeArgs {
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
-    pool::check_pidfile(&args.pool)?;
+    let pidfile = pool::lock_pidfile(
+        &args.pool,
+        if args.reuse_port { 0 } else { args.bind.len() },
+    )?;
     let root = match &args.dir {
         Some(dir) => Some(
             ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
@@ -134,7 +137,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     if let Some(path) = &args.access_log {
         access::open(path)?;
     }
-    let mut session = pool::Session::start(&args.pool)?;
+    let mut session = pool::Session::start(&args.pool, pidfile)?;
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
     }

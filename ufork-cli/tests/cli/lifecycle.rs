@@ -143,3 +143,37 @@ fn the_readme_shows_the_current_help() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(shown, out.stdout, "update README.md's `ufork --help` block");
 }
+
+/// The pidfile is locked before the sockets are bound, yet `run` still hands
+/// the socket over as fd 3.
+#[test]
+fn the_pidfile_lock_leaves_fd_3_to_the_socket() {
+    let dir = TempDir::new("fd3");
+    let pidfile = dir.str("run.pid");
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+        "--bind",
+        "127.0.0.1:0",
+        "--",
+        "python3",
+        "-c",
+        "import socket, time; s = socket.socket(fileno=3); print('fd', 3, 'is', s.type.name, s.getsockname()[0], flush=True); time.sleep(600)",
+    ]);
+    let line = pool.expect_match(|l| l.contains("[0 ") && l.contains("fd 3 is"), "fd 3");
+    assert!(line.ends_with("fd 3 is SOCK_STREAM 127.0.0.1"), "{line}");
+    let pid = pool.pid();
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    assert_eq!(text.trim(), pid.to_string());
+    let out = run(&["run", "--pidfile", &pidfile, "--", "true"]);
+    assert_one_line_error(&out, 1, &[&format!("already running as pid {pid}")]);
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(
+        !dir.join("run.pid").exists(),
+        "the pidfile is removed at stop"
+    );
+}
