@@ -7,7 +7,10 @@
 //! install --path ufork-cli`) and CARGO_TARGET_DIR is the workspace's, so a
 //! block that builds against the crates reuses what is compiled. Each block
 //! has [`BLOCK_TIMEOUT`]; a block that outlives it is killed with its
-//! process group and reported.
+//! process group and reported, and the pools a failed block left running
+//! (pidfiles under /tmp/ufork-demo) are stopped. Blocks run one at a time on
+//! the machine (flock(1) on a file in the temp dir), since every checker uses
+//! the same ports and directory.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -80,7 +83,17 @@ pub fn run(root: &Path, cargo: &dyn Fn() -> Command) -> Result<(), String> {
     for block in &blocks {
         eprintln!("==> README.md line {}", block.line);
         let started = Instant::now();
-        let mut command = Command::new("bash");
+        // Every engineer's checker uses the same ports and /tmp/ufork-demo:
+        // one block at a time on the machine (flock(1), when there is one;
+        // -o: the lock's descriptor is not inherited, fd 3 stays free).
+        let lock = std::env::temp_dir().join("ufork-readme.lock");
+        let mut command = if has_flock() {
+            let mut c = Command::new("flock");
+            c.args(["-o", "-w", "600"]).arg(&lock).arg("bash");
+            c
+        } else {
+            Command::new("bash")
+        };
         command
             .args([
                 "--noprofile",
@@ -100,6 +113,7 @@ pub fn run(root: &Path, cargo: &dyn Fn() -> Command) -> Result<(), String> {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let output = run_bounded(command)?;
         if !output.0 {
+            stop_leftovers(&path);
             return Err(format!(
                 "README.md line {}: the block failed after {:.1}s\n--- block ---\n{}--- output ---\n{}",
                 block.line,
@@ -111,6 +125,35 @@ pub fn run(root: &Path, cargo: &dyn Fn() -> Command) -> Result<(), String> {
     }
     eprintln!("==> {} README blocks ran", blocks.len());
     Ok(())
+}
+
+fn has_flock() -> bool {
+    Command::new("flock")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// After a failed block: stops the pools it left running (by their
+/// pidfiles under /tmp/ufork-demo), so they do not hold the next run's ports.
+fn stop_leftovers(path: &std::ffi::OsStr) {
+    let Ok(entries) = std::fs::read_dir("/tmp/ufork-demo") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.path();
+        if file.extension().is_some_and(|e| e == "pid") {
+            let _ = Command::new("ufork")
+                .args(["stop", "--timeout", "30", "--pidfile"])
+                .arg(&file)
+                .env("PATH", path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Runs `command` within [`BLOCK_TIMEOUT`]: whether it succeeded, and its
