@@ -29,6 +29,8 @@ pub(crate) struct Child<'a, F> {
     pub(crate) saved: &'a [(i32, Disposition)],
     /// Descriptors of the arbiter the worker must not keep.
     pub(crate) close: &'a [RawFd],
+    /// Descriptors layers registered, with the open file each was.
+    pub(crate) registered: &'a [(RawFd, Option<crate::layer::FileId>)],
     pub(crate) board: &'a Arc<Scoreboard>,
     pub(crate) notes_w: &'a Arc<OwnedFd>,
     pub(crate) death_r: Option<OwnedFd>,
@@ -86,6 +88,9 @@ where
         }
         for &fd in self.close {
             sys::close_inherited(fd);
+        }
+        for &(fd, id) in self.registered {
+            sys::close_registered(fd, id);
         }
         if self.settings.stdin == Stdin::Null {
             if let Ok(null) = rustix::fs::open(

@@ -42,9 +42,6 @@ pub enum Error {
     /// `poll(2)` failed in the monitor loop.
     #[error("poll failed in the monitor loop")]
     Poll(#[source] io::Error),
-    /// `fork(2)` failed.
-    #[error("cannot fork a worker")]
-    Fork(#[source] io::Error),
     /// `waitpid(2)` failed.
     #[error("cannot reap worker pid {pid}")]
     Wait {
@@ -54,8 +51,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The arbiter is already running (`run` was called twice on the same pool).
-    #[error("the arbiter is already running")]
+    /// Another arbiter of this process is in `run` with signal handling (or
+    /// as PID 1 / subreaper): one arbiter per process handles signals at a
+    /// time. Turn [`Builder::handle_signals`](crate::Builder::handle_signals)
+    /// off for the others.
+    #[error("another arbiter of this process already handles signals")]
     AlreadyRunning,
 }
 

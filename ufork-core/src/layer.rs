@@ -172,7 +172,26 @@ pub(crate) struct Registration {
     pub(crate) token: Token,
     pub(crate) layer: usize,
     pub(crate) fd: RawFd,
+    /// Which open file `fd` was when registered (device and inode): a
+    /// number the layer closed and the process reused for something else
+    /// is never polled for the layer nor closed in a child.
+    pub(crate) id: Option<FileId>,
     pub(crate) interest: Interest,
+}
+
+/// Device and inode of an open descriptor.
+pub(crate) type FileId = (u64, u64);
+
+/// The device and inode `fd` refers to now, if it is open.
+pub(crate) fn file_id(fd: BorrowedFd<'_>) -> Option<FileId> {
+    rustix::fs::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
+}
+
+impl Registration {
+    /// Whether `fd` is still the descriptor that was registered.
+    pub(crate) fn still_open(&self) -> bool {
+        self.id.is_some() && crate::sys::registered_file_id(self.fd) == self.id
+    }
 }
 
 /// The descriptors layers registered.
@@ -183,8 +202,9 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.entries.iter().map(|r| r.fd)
+    /// The registered descriptors, with what each was when registered.
+    pub(crate) fn fds(&self) -> impl Iterator<Item = (RawFd, Option<FileId>)> + '_ {
+        self.entries.iter().map(|r| (r.fd, r.id))
     }
 }
 
@@ -207,14 +227,22 @@ impl std::fmt::Debug for Context<'_> {
 
 impl Context<'_> {
     /// Adds `fd` to the poll loop; [`Layer::event`] hears of it with the token.
-    /// The layer must keep `fd` open until it calls [`deregister`](Self::deregister).
+    /// Every worker forked from now on closes it right after fork (unless it
+    /// is 0, 1 or 2).
+    ///
+    /// The layer keeps `fd` open until it calls [`deregister`](Self::deregister).
+    /// Core remembers which open file the descriptor was (device and inode):
+    /// should the layer close it anyway and the number be reused, the new
+    /// descriptor is neither polled for the layer nor closed in workers, and
+    /// the registration is dropped with a warning.
     pub fn register(&mut self, fd: BorrowedFd<'_>, interest: Interest) -> Token {
         let token = Token(self.registry.next);
-        self.registry.next += 1;
+        self.registry.next = self.registry.next.wrapping_add(1);
         self.registry.entries.push(Registration {
             token,
             layer: self.layer,
             fd: fd.as_raw_fd(),
+            id: file_id(fd),
             interest,
         });
         token

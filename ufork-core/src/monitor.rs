@@ -390,6 +390,7 @@ where
         }
         self.check_threads();
         let close = self.arbiter_fds();
+        let registered = self.registered_fds();
         let forked = {
             let Self {
                 sched,
@@ -417,6 +418,7 @@ where
                     settings: &sched.settings,
                     saved,
                     close: &close,
+                    registered: &registered,
                     board,
                     notes_w,
                     death_r: death_r.take(),
@@ -479,8 +481,12 @@ where
             self.death_w.as_raw_fd(),
         ];
         fds.extend(self.pidfds.iter().flatten().map(AsRawFd::as_raw_fd));
-        fds.extend(self.registry.fds().filter(|&fd| fd > 2));
         fds
+    }
+
+    /// Descriptors layers registered, closed in the child if still theirs.
+    fn registered_fds(&self) -> Vec<(RawFd, Option<crate::layer::FileId>)> {
+        self.registry.fds().filter(|&(fd, _)| fd > 2).collect()
     }
 
     // -- health --------------------------------------------------------------
@@ -631,7 +637,13 @@ where
         if !self.registry.entries.iter().any(|e| e.token == token) {
             return;
         }
-        if flags.contains(PollFlags::NVAL) {
+        let still_open = self
+            .registry
+            .entries
+            .iter()
+            .find(|e| e.token == token)
+            .is_some_and(crate::layer::Registration::still_open);
+        if flags.contains(PollFlags::NVAL) || !still_open {
             log::warn!(target: "ufork", "a layer's descriptor was closed while registered; dropping it");
             self.registry.entries.retain(|e| e.token != token);
             return;

@@ -245,19 +245,22 @@ impl Cell {
 
     pub(crate) fn read_activity(&self) -> String {
         let mut bytes = [0u8; ACTIVITY_LEN];
-        for _ in 0..64 {
+        // A reader never waits on writers for long: after this many tries
+        // against a busy cell it reports no text rather than a torn one.
+        let consistent = (0..64).any(|_| {
             let before = self.activity_seq.load(Ordering::Acquire);
             if before % 2 == 1 {
                 std::hint::spin_loop();
-                continue;
+                return false;
             }
             for (word, chunk) in self.activity.iter().zip(bytes.chunks_exact_mut(8)) {
                 chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
             }
             std::sync::atomic::fence(Ordering::Acquire);
-            if self.activity_seq.load(Ordering::Relaxed) == before {
-                break;
-            }
+            self.activity_seq.load(Ordering::Relaxed) == before
+        });
+        if !consistent {
+            return String::new();
         }
         let len = bytes.iter().position(|&b| b == 0).unwrap_or(ACTIVITY_LEN);
         String::from_utf8_lossy(&bytes[..len]).into_owned()
@@ -321,6 +324,32 @@ mod tests {
         assert_eq!(read, "é".repeat(32));
         cell.write_activity("\x1b[2J\x1b]0;pwned\x07ok\n");
         assert_eq!(cell.read_activity(), "?[2J?]0;pwned?ok?");
+    }
+
+    #[test]
+    fn activity_written_by_many_threads_is_never_torn() {
+        let board = std::sync::Arc::new(Scoreboard::new(1).unwrap());
+        let texts: Vec<String> = (b'a'..=b'd')
+            .map(|c| char::from(c).to_string().repeat(ACTIVITY_LEN))
+            .collect();
+        std::thread::scope(|scope| {
+            for text in &texts {
+                let board = &board;
+                scope.spawn(move || {
+                    for _ in 0..20_000 {
+                        board.cell(0).write_activity(text);
+                    }
+                });
+            }
+            for _ in 0..20_000 {
+                let read = board.cell(0).read_activity();
+                let first = read.bytes().next();
+                assert!(
+                    read.is_empty() || read.bytes().all(|b| Some(b) == first),
+                    "torn: {read}"
+                );
+            }
+        });
     }
 
     #[test]

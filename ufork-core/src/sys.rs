@@ -253,8 +253,25 @@ pub(crate) fn close_inherited(fd: RawFd) {
 /// Borrows a descriptor registered with the monitor loop.
 pub(crate) fn borrow_registered<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // SAFETY: `Context::register` requires the layer to keep the descriptor open
-    // until it deregisters it; the borrow lives only for one poll call.
+    // until it deregisters it; the borrow lives only for one poll call, and
+    // `poll` on a descriptor closed meanwhile reports NVAL, no more.
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Device and inode of the registered descriptor number `fd` now (`None` if
+/// it is closed).
+pub(crate) fn registered_file_id(fd: RawFd) -> Option<crate::layer::FileId> {
+    // SAFETY: the borrow lasts for one fstat; fstat on a closed number fails
+    // with EBADF, which is the answer sought.
+    crate::layer::file_id(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// In the child: closes a descriptor a layer registered, if the number is
+/// still the open file that was registered (`id`).
+pub(crate) fn close_registered(fd: RawFd, id: Option<crate::layer::FileId>) {
+    if id.is_some() && registered_file_id(fd) == id {
+        close_inherited(fd);
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -171,7 +171,8 @@ impl Worker {
     /// `None`). Returns whether a stop was requested.
     pub fn wait_for_stop(&self, timeout: Option<Duration>) -> bool {
         use rustix::event::{PollFd, PollFlags, poll};
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        // A timeout past what `Instant` holds means forever.
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         while !self.should_stop() {
             let remaining = match deadline {
                 Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
@@ -181,8 +182,8 @@ impl Worker {
                 None => None,
             };
             let ts = remaining.map(|r| rustix::time::Timespec {
-                tv_sec: r.as_secs() as _,
-                tv_nsec: r.subsec_nanos() as _,
+                tv_sec: i64::try_from(r.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(r.subsec_nanos()),
             });
             let mut fds = [PollFd::new(&self.stop_read, PollFlags::IN)];
             let _ = poll(&mut fds, ts.as_ref());

@@ -1594,3 +1594,150 @@ fn workers_forked_while_another_thread_holds_stdout_never_hang_printing() {
     assert!(outcome.spawned >= 200);
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn huge_timeouts_mean_never_not_an_immediate_sigkill() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let forever = Duration::MAX;
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .graceful_timeout(forever)
+        .start_timeout(forever)
+        .heartbeat_timeout(forever)
+        .backoff(forever, forever, forever)
+        .limit_interval(forever)
+        .memory_limit(u64::MAX)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            w.heartbeat();
+            tx.send(&format!("up {}", w.slot()));
+            // Stopped by SIGTERM, not by a timeout wrapped to zero.
+            assert!(w.wait_for_stop(Some(Duration::MAX)));
+            tx.send(&format!("bye {}", w.slot()));
+            Ok(())
+        })
+        .unwrap();
+    for _ in 0..2 {
+        ev.expect("a worker up", |l| l.starts_with("up "));
+    }
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert!(outcome.graceful);
+    assert_eq!(outcome.killed_at_timeout, 0);
+    for r in &outcome.history {
+        assert_eq!(
+            (&r.reason, r.status),
+            (&ExitReason::Stopped, ExitStatus::Code(0))
+        );
+    }
+    for _ in 0..2 {
+        ev.expect("a worker leaving on SIGTERM", |l| l.starts_with("bye "));
+    }
+    assert_nothing_left(&outcome.history);
+}
+
+/// Records, when layers flush at the end of `run`, which of INT and TERM
+/// the process still catches.
+struct CaughtAtFlush(Arc<Mutex<Option<u64>>>);
+
+impl Layer for CaughtAtFlush {
+    fn stopped(&mut self) {
+        let both = (1u64 << (libc::SIGINT - 1)) | (1u64 << (libc::SIGTERM - 1));
+        *self.0.lock().unwrap() = Some(util::signal_mask("SigCgt:") & both);
+    }
+}
+
+#[test]
+fn signal_dispositions_are_restored_before_layers_flush() {
+    let _g = lock();
+    let seen = Arc::new(Mutex::new(None));
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(CaughtAtFlush(Arc::clone(&seen)))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(|w: &mut Worker| -> Res {
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    util::wait_until("the worker is up", || handle.snapshot().ready_count() == 1);
+    assert_ne!(util::signal_mask("SigCgt:") & (1 << (libc::SIGTERM - 1)), 0);
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    // A flush stalled on a full pipe must not leave Ctrl-C caught by a loop
+    // that no longer runs.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(0),
+        "INT/TERM still caught at flush"
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+/// Registers a pipe, closes it without deregistering (a buggy layer), and
+/// keeps another file open under the same descriptor number.
+struct ClosesWithoutDeregistering {
+    number: Arc<Mutex<Option<i32>>>,
+    reused: Option<std::fs::File>,
+}
+
+impl Layer for ClosesWithoutDeregistering {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        use std::os::fd::{AsFd, AsRawFd};
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        ctx.register(r.as_fd(), Interest::READABLE);
+        let number = r.as_raw_fd();
+        drop((r, w));
+        // The lowest free number is the one just closed.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        if file.as_raw_fd() == number {
+            *self.number.lock().unwrap() = Some(number);
+        }
+        self.reused = Some(file);
+    }
+}
+
+#[test]
+fn a_reused_descriptor_number_is_not_closed_in_workers_nor_polled() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let number = Arc::new(Mutex::new(None));
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(ClosesWithoutDeregistering {
+            number: Arc::clone(&number),
+            reused: None,
+        })
+        .build()
+        .unwrap();
+    let n = Arc::clone(&number);
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let fd = n.lock().unwrap().expect("the number was reused");
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+            tx.send(&format!("fd {fd} {target:?}"));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let line = ev.expect("the worker's view", |l| l.starts_with("fd "));
+    assert!(
+        line.ends_with("Ok(\"/dev/null\")"),
+        "closed in the worker: {line}"
+    );
+    util::wait_until("the stale registration is dropped", || {
+        util::logs()
+            .iter()
+            .any(|l| l.contains("closed while registered"))
+    });
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_nothing_left(&outcome.history);
+}

@@ -160,7 +160,9 @@ pub fn wait_for_exit(pid: i32, timeout: Option<Duration>) -> Result<bool> {
         Err(Errno::SRCH) => return Ok(true),
         Err(errno) => return Err(wrap(errno)),
     };
-    wait_pidfd(&pidfd, timeout.map(|t| Instant::now() + t)).map_err(wrap)
+    // A deadline past what `Instant` holds is no deadline: wait forever.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    wait_pidfd(&pidfd, deadline).map_err(wrap)
 }
 
 /// Polls `pidfd` until it is readable (its process exited) or `deadline`.

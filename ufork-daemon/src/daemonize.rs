@@ -177,18 +177,23 @@ impl Daemonize {
     ///
     /// Call it while the process has a single thread (before spawning any):
     /// the daemon carries on after `fork`, which only copies the calling
-    /// thread.
+    /// thread, so a lock another thread held would stay held in the daemon
+    /// for good. It checks, and refuses otherwise.
     ///
     /// # Errors
     ///
-    /// In the launcher only: [`Error::Fork`] or [`Error::Readiness`] for its
-    /// own steps; the daemon's failed step ([`Error::AlreadyRunning`],
+    /// [`Error::MultiThreaded`] if the process has more than one thread
+    /// (nothing was forked). In the launcher only: [`Error::Fork`] or
+    /// [`Error::Readiness`] for its own steps; the daemon's failed step ([`Error::AlreadyRunning`],
     /// [`Error::Chdir`], [`Error::OpenLog`] ...) as the daemon reported it;
     /// [`Error::DaemonFailed`] with the daemon's message after
     /// [`Daemon::fail`] or a drop; [`Error::DaemonExited`] if it died
     /// silently; [`Error::Timeout`]. Whenever this returns an error, the
     /// daemon is gone.
     pub fn start(self) -> Result<Launched> {
+        if let Some(threads) = thread_count().filter(|&n| n > 1) {
+            return Err(Error::MultiThreaded { threads });
+        }
         let plan = self.resolve()?;
         let (launcher_end, daemon_end) = rustix::net::socketpair(
             AddressFamily::UNIX,
@@ -757,7 +762,8 @@ fn watch(
     timeout: Option<Duration>,
     daemon: &mut Option<Watched>,
 ) -> Result<i32> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A deadline past what `Instant` holds is no deadline.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut inbox = Vec::new();
     // The intermediate child has been reaped: its `Started` is in the socket.
     let mut closed = drain(channel, &mut inbox)?;
@@ -889,11 +895,18 @@ fn stop_daemon(daemon: Option<&Watched>, terminate: bool) {
     if terminate {
         let _ = rustix::process::pidfd_send_signal(pidfd, Signal::TERM);
     }
-    if let Ok(true) = wait_pidfd(pidfd, Some(Instant::now() + STOP_GRACE)) {
+    if let Ok(true) = wait_pidfd(pidfd, Instant::now().checked_add(STOP_GRACE)) {
         return;
     }
     let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
-    let _ = wait_pidfd(pidfd, Some(Instant::now() + STOP_GRACE));
+    let _ = wait_pidfd(pidfd, Instant::now().checked_add(STOP_GRACE));
+}
+
+/// Threads of the calling process, from /proc (`None` if unreadable).
+fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -16,6 +16,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The process has more than one thread: forking it would leave the
+    /// daemon with copies of locks other threads may hold, so
+    /// [`Daemonize::start`](crate::Daemonize::start) refuses.
+    #[error("cannot daemonize a process with {threads} threads: daemonize before starting any")]
+    MultiThreaded {
+        /// Threads the process has.
+        threads: usize,
+    },
     /// `setsid(2)` failed in the intermediate child.
     #[error("cannot start a new session")]
     Setsid {

@@ -149,11 +149,11 @@ pub(crate) fn names_file(path: &Path, fd: impl AsFd) -> bool {
 /// The pid written by the holder of the lock on `fd`, waiting briefly for a
 /// holder that has locked but not yet written.
 pub(crate) fn holder_pid(path: &Path, fd: &OwnedFd) -> Result<i32> {
-    let deadline = Instant::now() + HOLDER_WRITE_GRACE;
+    let deadline = Instant::now().checked_add(HOLDER_WRITE_GRACE);
     loop {
         match read_pid_from(path, fd)? {
             Some(pid) => return Ok(pid),
-            None if Instant::now() >= deadline => {
+            None if deadline.is_some_and(|d| Instant::now() >= d) => {
                 return Err(Error::LockPidfile {
                     path: path.to_path_buf(),
                     source: io::Error::new(

@@ -346,13 +346,11 @@ impl State {
             self.mid_line = false;
         }
         while !rest.is_empty() {
-            if self.size + rest.len() as u64 <= config.max_size {
+            if self.size.saturating_add(rest.len() as u64) <= config.max_size {
                 return self.write_raw(rest);
             }
-            let room = config
-                .max_size
-                .saturating_sub(self.size)
-                .min(rest.len() as u64) as usize;
+            let room = usize::try_from(config.max_size.saturating_sub(self.size))
+                .map_or(rest.len(), |room| room.min(rest.len()));
             if let Some(fit) = rest[..room].iter().rposition(|&b| b == b'\n') {
                 self.write_raw(&rest[..=fit])?;
                 rest = &rest[fit + 1..];
@@ -374,7 +372,7 @@ impl State {
 
     fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
-        self.size += bytes.len() as u64;
+        self.size = self.size.saturating_add(bytes.len() as u64);
         Ok(())
     }
 
@@ -397,7 +395,7 @@ impl State {
                 Ok(())
             }
             Err(source) => {
-                self.retry_at = self.size + config.max_size;
+                self.retry_at = self.size.saturating_add(config.max_size);
                 let error = Error::RotateLog {
                     path: config.path.clone(),
                     source,

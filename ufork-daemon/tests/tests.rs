@@ -27,6 +27,7 @@ fn launcher_returns_only_after_ready() {
     let dir = TestDir::new("ready");
     let (gate, marker, pidfile) = (dir.join("gate"), dir.join("marker"), dir.join("pid"));
     util::mkfifo(&gate);
+    // A readiness timeout too long for `Instant` means no timeout.
     let mut launcher = daemon_cmd(&[
         os("--pidfile"),
         pidfile.as_os_str(),
@@ -34,6 +35,8 @@ fn launcher_returns_only_after_ready() {
         gate.as_os_str(),
         os("--marker"),
         marker.as_os_str(),
+        os("--timeout-ms"),
+        os(&u64::MAX.to_string()),
     ])
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
@@ -54,6 +57,25 @@ fn launcher_returns_only_after_ready() {
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "setup done\n");
     assert!(proc_alive(guard.pid));
     guard.stop();
+    dir.finish();
+}
+
+#[test]
+fn a_multi_threaded_process_is_not_daemonized() {
+    let dir = TestDir::new("threads");
+    let pidfile = dir.join("pid");
+    let output = run(daemon_cmd(&[
+        os("--thread"),
+        os("--pidfile"),
+        pidfile.as_os_str(),
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cannot daemonize a process with 2 threads"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!pidfile.exists(), "nothing was forked, no pidfile taken");
     dir.finish();
 }
 
@@ -570,7 +592,8 @@ fn signal_pidfile_and_wait_for_exit() {
         ufork_daemon::signal_pidfile(&pidfile, Signal::TERM).unwrap(),
         Some(guard.pid)
     );
-    assert!(ufork_daemon::wait_for_exit(guard.pid, Some(util::DEADLINE)).unwrap());
+    // A timeout too long for `Instant` waits without a deadline.
+    assert!(ufork_daemon::wait_for_exit(guard.pid, Some(Duration::MAX)).unwrap());
     assert!(!util::is_locked(&pidfile));
     assert_eq!(
         ufork_daemon::signal_pidfile(&pidfile, Signal::TERM).unwrap(),

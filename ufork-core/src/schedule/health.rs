@@ -11,8 +11,8 @@ use crate::exit::human;
 
 /// If `poll` returns this much later than asked (or half the heartbeat
 /// timeout, if shorter, but at least [`STALL_FLOOR`]), the arbiter was not
-/// running (SIGSTOP, a starved machine; CLOCK_MONOTONIC does not count a
-/// suspend): workers get a fresh grace instead of being judged on beats taken
+/// running (SIGSTOP, a starved machine; CLOCK_MONOTONIC does not advance
+/// in a suspend, so a suspend is no stall): workers get a fresh grace instead of being judged on beats taken
 /// while everything, them included, may have been frozen.
 pub(crate) const STALL: Duration = Duration::from_secs(1);
 pub(crate) const STALL_FLOOR: Duration = Duration::from_millis(50);

@@ -7,7 +7,7 @@
 //!     [--log-max BYTES] [--log-backups N] [--cwd DIR] [--umask OCTAL]
 //!     [--timeout-ms MS] [--bind ADDR] [--gate FIFO] [--marker FILE]
 //!     [--spam LINES] [--then ready|fail|drop|hang|exit] [--quit FIFO]
-//!     [--convenience]
+//!     [--convenience] [--thread]
 //! ufork-daemon-testbin pidfile PATH
 //! ```
 //!
@@ -19,6 +19,8 @@
 //! reports readiness and waits for the `--quit` FIFO to be closed (or for
 //! ever), then returns cleanly; `fail` reports a failure; `drop` drops the
 //! handle; `hang` never reports; `exit` exits without a word.
+//!
+//! `--thread` starts a second thread first (`start` must refuse).
 //!
 //! `pidfile` takes the pidfile in the foreground, prints "locked PID", and
 //! returns cleanly when its stdin reaches end of file.
@@ -67,6 +69,15 @@ fn run_daemon(args: &[String]) -> ExitCode {
     while let Some(flag) = it.next() {
         if flag == "--convenience" {
             options.convenience = true;
+            continue;
+        }
+        if flag == "--thread" {
+            // A second thread, alive while `start` runs.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                let _ = rx.recv();
+            });
+            std::mem::forget(tx);
             continue;
         }
         let Some(value) = it.next() else {
