@@ -20,6 +20,10 @@ pub fn lock() -> MutexGuard<'static, ()> {
 /// The arbiter's log messages since this test took the lock.
 static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
+/// The test process (records from forked workers are kept only if they can
+/// be without waiting).
+static TEST_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 pub fn logs() -> Vec<String> {
     LOGS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
@@ -135,7 +139,11 @@ pub fn exists(pid: i32) -> bool {
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; the arbiter logged: {:#?}",
+            logs()
+        );
         std::thread::yield_now();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -213,13 +221,23 @@ pub fn init_logger() {
                 record.level(),
                 record.args()
             );
-            if let Ok(mut logs) = LOGS.try_lock() {
+            // In the test's own process every record is kept (a test may
+            // be polling `logs()` right then). A forked worker may have
+            // inherited the lock held by a thread it does not have: it only
+            // tries.
+            let logs = if std::process::id() == *TEST_PID.get_or_init(std::process::id) {
+                Some(LOGS.lock().unwrap_or_else(|p| p.into_inner()))
+            } else {
+                LOGS.try_lock().ok()
+            };
+            if let Some(mut logs) = logs {
                 logs.push(format!("{} {}", record.level(), record.args()));
             }
         }
         fn flush(&self) {}
     }
     static LOGGER: Stderr = Stderr;
+    TEST_PID.get_or_init(std::process::id);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Debug);
     }
