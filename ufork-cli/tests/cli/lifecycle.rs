@@ -177,3 +177,63 @@ fn the_pidfile_lock_leaves_fd_3_to_the_socket() {
         "the pidfile is removed at stop"
     );
 }
+
+/// README.md's "Errors" transcript is what the binary says (the commands
+/// that need a setup of their own, or would bind port 8000, are left out).
+#[test]
+fn the_readme_error_transcript_is_true() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split_once("### Errors\n")
+        .expect("an Errors section")
+        .1;
+    let block = section
+        .split_once("```text\n")
+        .expect("a transcript")
+        .1
+        .split_once("```")
+        .expect("the block ends")
+        .0;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ufork"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dir = TempDir::new("readme-errors");
+    let mut checked = 0;
+    let mut rest = block;
+    while let Some(at) = rest.find("$ ") {
+        let text = &rest[at + 2..];
+        let (command, after) = text.split_once('\n').unwrap_or((text, ""));
+        let expected = after.split("\n$ ").next().unwrap_or_default();
+        rest = after;
+        if ["badinterp", "port taken", "--log-file /no/such"]
+            .iter()
+            .any(|skip| command.contains(skip))
+        {
+            continue;
+        }
+        let out = std::process::Command::new("bash")
+            .args(["-c", command])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env_remove("UFORK_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bash");
+        let got = format!(
+            "{}{}(exit {})\n",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status.code().unwrap_or(-1)
+        );
+        assert_eq!(got.trim_end(), expected.trim_end(), "$ {command}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} commands checked");
+}
