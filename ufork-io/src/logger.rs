@@ -110,3 +110,111 @@ impl log::Log for ArbiterLog {
         // The writer thread flushes after every batch.
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::time::Duration;
+
+    use ufork_core::{Arbiter, ChildInfo, Context, ExitRecord, ExitStatus, Layer, Spawn};
+
+    use super::*;
+    use crate::{Capture, Sink};
+
+    /// Makes another thread hold the capture queue's lock across every fork,
+    /// and logs through the arbiter's logger in the child before the capture
+    /// layer has set the child up: the worst moment for a child to need it.
+    struct HoldAcrossFork {
+        lock: Sender<()>,
+        locked: Receiver<()>,
+        release: Sender<()>,
+        logger: ArbiterLog,
+    }
+
+    impl Layer for HoldAcrossFork {
+        fn prepare(&mut self, _slot: usize, _generation: u32) -> std::io::Result<()> {
+            let _ = self.lock.send(());
+            let _ = self.locked.recv();
+            Ok(())
+        }
+
+        fn fork_failed(&mut self, _slot: usize) {
+            let _ = self.release.send(());
+        }
+
+        fn in_child(&mut self, _child: &ChildInfo) -> std::io::Result<()> {
+            log::Log::log(
+                &self.logger,
+                &log::Record::builder()
+                    .args(format_args!("logged in the child"))
+                    .level(log::Level::Info)
+                    .target("test")
+                    .build(),
+            );
+            Ok(())
+        }
+
+        fn spawned(&mut self, _spawn: &Spawn, _ctx: &mut Context<'_>) {
+            let _ = self.release.send(());
+        }
+
+        fn exited(&mut self, _record: &ExitRecord, ctx: &mut Context<'_>) {
+            ctx.handle().stop();
+        }
+    }
+
+    #[test]
+    fn a_child_never_takes_the_queue_lock_it_may_inherit_held() {
+        let capture = Capture::builder()
+            .sink(Sink::writer(std::io::sink()))
+            .build()
+            .expect("capture");
+        let queue = Arc::clone(&capture.logger().queue);
+        let (lock, lock_rx) = channel::<()>();
+        let (locked_tx, locked) = channel();
+        let (release, release_rx) = channel::<()>();
+        let holder = std::thread::spawn(move || {
+            for () in lock_rx {
+                let _held = queue.lock();
+                let _ = locked_tx.send(());
+                let _ = release_rx.recv();
+            }
+        });
+        let hold = HoldAcrossFork {
+            lock,
+            locked,
+            release,
+            logger: capture.logger(),
+        };
+        let arbiter = Arbiter::builder()
+            .workers(1)
+            .handle_signals(false)
+            .graceful_timeout(Duration::from_secs(1))
+            .layer(hold)
+            .layer(capture)
+            .build()
+            .expect("build");
+        // A child stuck on the lock never exits by itself: stop it (SIGTERM,
+        // then SIGKILL) after a generous deadline, and the test fails below.
+        let handle = arbiter.handle();
+        let (done, finished) = channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(Duration::from_secs(20)).is_err() {
+                handle.stop();
+            }
+        });
+        let outcome = arbiter
+            .run(|_worker| -> std::io::Result<()> { Ok(()) })
+            .expect("run");
+        let _ = done.send(());
+        watchdog.join().expect("watchdog");
+        assert_eq!(
+            outcome.history.first().map(|r| r.status),
+            Some(ExitStatus::Code(0)),
+            "{:?}",
+            outcome.history
+        );
+        // The layers (and their channel ends) are gone with the arbiter.
+        holder.join().expect("holder");
+    }
+}
