@@ -83,6 +83,9 @@ pub fn exec(args: RunArgs) -> Result<()> {
         unix_mode: args.unix_mode,
     };
     let listeners = listen::bind_all(&args.bind, options)?;
+    if !crate::upgrade::is_new_arbiter() {
+        check_placed(&listeners)?;
+    }
     let workers = pool::workers(&args.pool);
     // Chosen before the banner, which is written in it.
     crate::logger::format(
@@ -152,6 +155,29 @@ pub fn exec(args: RunArgs) -> Result<()> {
         .map_err(|e| runtime(format!("the pool failed: {}", failure::chain(&e))))?;
     if let Some(message) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(runtime(message));
+    }
+    Ok(())
+}
+
+/// The sockets must sit at fds 3, 4, ... to be handed over there: a
+/// descriptor ufork inherited in their place (from `flock`, a shell's
+/// `exec 3<file`) would make every worker fail, so it is an error at once.
+fn check_placed(listeners: &[listen::Listener]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    for (i, l) in listeners.iter().enumerate() {
+        let fd = match &l.socket {
+            listen::Socket::Tcp(s) => s.as_raw_fd(),
+            listen::Socket::Unix(s, _) => s.as_raw_fd(),
+        };
+        let want = 3 + i32::try_from(i).unwrap_or(i32::MAX - 3);
+        if fd != want {
+            let what = std::fs::read_link(format!("/proc/self/fd/{want}"))
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default();
+            return Err(runtime(format!(
+                "fd {want} is already open{what}, inherited from what started ufork; `ufork run` hands its sockets to CMD as fds 3, 4, ...: start it without that descriptor (for flock(1), use -o)"
+            )));
+        }
     }
     Ok(())
 }

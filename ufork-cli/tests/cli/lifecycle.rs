@@ -237,3 +237,25 @@ fn the_readme_error_transcript_is_true() {
     }
     assert!(checked >= 10, "only {checked} commands checked");
 }
+
+/// A descriptor inherited at fd 3 would make every worker fail to receive
+/// its socket there: `run` says so at once instead of crash-looping.
+#[test]
+fn run_refuses_an_inherited_fd_3() {
+    let script = format!(
+        "exec 3</dev/null; exec {} run -w 1 --bind 127.0.0.1:0 -- true",
+        env!("CARGO_BIN_EXE_ufork")
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash");
+    let out = Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_one_line_error(&out, 1, &["fd 3 is already open (/dev/null)", "fds 3, 4"]);
+    assert_eq!(out.stdout, "", "no banner: nothing ran");
+}
