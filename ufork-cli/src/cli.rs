@@ -74,9 +74,9 @@ the same state as one JSON object whose schema the README documents.")]
 #[derive(Debug, Args)]
 pub struct PoolArgs {
     /// Read settings from this TOML file: its keys are the long flag names
-    /// (`workers = 4`, `bind = ["127.0.0.1:8000"]`, `no_prompt = true`; for
-    /// `run`, also `command = ["python3", "app.py"]`); flags on the command
-    /// line override it.
+    /// (`workers = 4`, `bind = ["127.0.0.1:8000"]`, `no_prompt = true`; also
+    /// `dir = "./site"` for `serve`, `command = ["python3", "app.py"]` for
+    /// `run`); flags on the command line override it.
     #[arg(short = 'c', long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 

@@ -1,7 +1,7 @@
 //! `--config PATH`: a TOML file whose keys are the long flag names of `serve`
 //! or `run` (`bind = ["127.0.0.1:8000"]`, `workers = 3`, `max_requests =
-//! 1000`; `max-requests` works too). Flags on the command line override the
-//! file.
+//! 1000`; `max-requests` works too), plus `command` for `run`'s CMD and `dir`
+//! for `serve`'s DIR. Flags on the command line override the file.
 //!
 //! The file is turned into flags placed before the command line's own, so
 //! clap parses one command line and the file can take exactly what the flags
@@ -54,6 +54,7 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     let given = given_flags(sub_command, user);
     let mut from_file: Vec<OsString> = Vec::new();
     let mut program: Option<Vec<String>> = None;
+    let mut directory: Option<String> = None;
     for (key, value) in &settings {
         let name = key.get_ref().replace('_', "-");
         let at = Place {
@@ -63,6 +64,18 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
         };
         if sub == "run" && name == "command" {
             program = Some(words(&at, value.get_ref())?);
+            continue;
+        }
+        if sub == "serve" && name == "dir" {
+            match value.get_ref() {
+                Value::String(dir) => directory = Some(dir.clone()),
+                other => {
+                    return Err(at.error(format!(
+                        "expected the directory to serve, as a string, found {}",
+                        describe(other)
+                    )));
+                }
+            }
             continue;
         }
         let arg = sub_command
@@ -86,6 +99,20 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     {
         merged.push("--".into());
         merged.extend(program.into_iter().map(OsString::from));
+    }
+    // DIR from the file when the command line names none (it is the only
+    // positional argument of `serve`: parse the command line alone to see).
+    if let Some(dir) = directory {
+        let mut alone: Vec<OsString> = args[..2].to_vec();
+        alone.extend(user.iter().cloned());
+        let names_one = match <Cli as clap::Parser>::try_parse_from(alone) {
+            Ok(cli) => matches!(cli.command, crate::cli::Command::Serve(s) if s.dir.is_some()),
+            // The whole line will say what is wrong with it.
+            Err(_) => true,
+        };
+        if !names_one {
+            merged.push(OsString::from(dir));
+        }
     }
     Ok(merged)
 }
@@ -316,8 +343,10 @@ fn unknown_key(at: &Place<'_>, sub: &clap::Command, name: &str) -> Failure {
         .filter(|l| !NOT_IN_FILE.contains(l))
         .map(|l| l.replace('-', "_"))
         .collect();
-    if name == "run" {
-        known.push("command".to_owned());
+    match name {
+        "run" => known.push("command".to_owned()),
+        "serve" => known.push("dir".to_owned()),
+        _ => {}
     }
     let nearest = known
         .iter()
@@ -399,6 +428,20 @@ mod tests {
                 "-w",
                 "2"
             ]
+        );
+    }
+
+    #[test]
+    fn serve_takes_dir_from_the_file_unless_the_command_line_names_one() {
+        let out = expand_with("dir = \"./site\"\n", &["serve", "-w", "2"]).unwrap();
+        assert_eq!(out, ["ufork", "serve", "-w", "2", "./site"]);
+        let out = expand_with("dir = \"./site\"\n", &["serve", "./other"]).unwrap();
+        assert_eq!(out, ["ufork", "serve", "./other"]);
+        let e = expand_with("dir = 3\n", &["serve"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 1: dir: expected the directory"),
+            "{e}"
         );
     }
 

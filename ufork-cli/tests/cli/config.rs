@@ -95,3 +95,27 @@ fn a_bad_file_names_the_file_the_line_and_the_key() {
     let out = run(&["run", "--config", &dir.str("missing.toml"), "--", "true"]);
     assert_one_line_error(&out, 2, &["missing.toml", "cannot read it"]);
 }
+
+#[test]
+fn serve_takes_dir_from_the_file() {
+    let dir = TempDir::new("config-dir");
+    std::fs::create_dir(dir.join("site")).unwrap();
+    std::fs::write(dir.join("site/index.html"), "<p>from the file</p>\n").unwrap();
+    let file = dir.join("site.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "dir = \"{}\"\nbind = [\"127.0.0.1:0\"]\nworkers = 1\n",
+            dir.join("site").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Running::start(&["serve", "-c", file.to_str().unwrap()]);
+    let line = server.expect_line("http://");
+    assert!(line.contains("serving files from"), "{line}");
+    server.expect_line("worker 0 pid");
+    let (status, _, body) = get(http_addr_in(&line), "/");
+    assert_eq!((status, body.as_str()), (200, "<p>from the file</p>\n"));
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+}
