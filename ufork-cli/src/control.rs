@@ -54,13 +54,13 @@ struct Connection {
     active: Instant,
     /// Sent `stop`: waits for the pool to close the connection.
     awaiting_stop: bool,
-    /// Sent `upgrade`: waits for its outcome.
-    upgrade: Option<ufork_core::upgrade::Pending>,
+    /// Sent `upgrade` or `reload`: waits for the outcome.
+    waiting: Option<crate::waiting::Waiting>,
 }
 
 impl Connection {
     fn evictable(&self) -> bool {
-        !self.awaiting_stop && self.upgrade.is_none()
+        !self.awaiting_stop && self.waiting.is_none()
     }
 }
 
@@ -144,29 +144,19 @@ impl Control {
         Ok(control)
     }
 
-    fn answer_upgrades(&mut self, ctx: &mut Context<'_>) {
+    fn answer_waiting(&mut self, ctx: &mut Context<'_>) {
+        let handle = ctx.handle();
         let done: Vec<(Token, String, bool)> = self
             .connections
             .iter()
             .filter_map(|(token, conn)| {
-                let outcome = conn.upgrade.as_ref()?.try_result()?;
-                Some(match outcome {
-                    Ok(up) => (
-                        *token,
-                        format!(
-                            "upgraded: pid {} is serving; the old arbiter (pid {}) drains and exits\n",
-                            up.pid,
-                            std::process::id()
-                        ),
-                        true,
-                    ),
-                    Err(e) => (*token, format!("upgrade failed: {e}\n"), false),
-                })
+                let (text, ok) = crate::waiting::answer(conn.waiting.as_ref()?, &handle)?;
+                Some((*token, text, ok))
             })
             .collect();
         for (token, text, ok) in done {
             if let Some(conn) = self.connections.get_mut(&token) {
-                conn.upgrade = None;
+                conn.waiting = None;
                 conn.output.extend_from_slice(text.as_bytes());
                 conn.output
                     .extend_from_slice(if ok { b"\0ok\n" } else { b"\0err\n" });
@@ -209,7 +199,7 @@ impl Control {
                     closing: false,
                     active: Instant::now(),
                     awaiting_stop: false,
-                    upgrade: None,
+                    waiting: None,
                 },
             );
         }
@@ -260,7 +250,7 @@ impl Control {
             }
         }
         while let Some(end) = conn.input.iter().position(|&b| b == b'\n') {
-            if conn.upgrade.is_some() {
+            if conn.waiting.is_some() {
                 // Replies stay in order: the rest waits for the outcome.
                 break;
             }
@@ -268,15 +258,17 @@ impl Control {
             let line = String::from_utf8_lossy(&line);
             let line = line.trim();
             conn.active = Instant::now();
-            if line == "upgrade" {
-                match crate::upgrade::handle() {
-                    Ok(handle) => conn.upgrade = Some(handle.upgrade()),
-                    Err(e) => {
-                        conn.output
-                            .extend_from_slice(format!("{e}\0err\n").as_bytes());
-                    }
+            match crate::waiting::start(line, &ctx.handle()) {
+                Some(Ok(waiting)) => {
+                    conn.waiting = Some(waiting);
+                    continue;
                 }
-                continue;
+                Some(Err(e)) => {
+                    conn.output
+                        .extend_from_slice(format!("{e}\0err\n").as_bytes());
+                    continue;
+                }
+                None => {}
             }
             let reply = commands::execute(line, &ctx.handle());
             if reply.ok && line.split_whitespace().next() == Some("stop") {
@@ -342,7 +334,7 @@ impl Layer for Control {
     }
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
-        self.answer_upgrades(ctx);
+        self.answer_waiting(ctx);
         let now = Instant::now();
         let expired: Vec<Token> = self
             .connections
@@ -356,11 +348,20 @@ impl Layer for Control {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.connections
+        let rolling = self
+            .connections
+            .values()
+            .any(|c| matches!(c.waiting, Some(crate::waiting::Waiting::Roll { .. })));
+        let idle = self
+            .connections
             .values()
             .filter(|c| c.evictable())
             .map(|c| c.active + IDLE_TIMEOUT)
-            .min()
+            .min();
+        match rolling.then(|| Instant::now() + crate::waiting::ROLL_POLL) {
+            Some(poll) => Some(idle.map_or(poll, |i| i.min(poll))),
+            None => idle,
+        }
     }
 
     fn stopped(&mut self) {

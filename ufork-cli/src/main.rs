@@ -31,6 +31,7 @@ mod term;
 mod units;
 mod upgrade;
 mod usage;
+mod waiting;
 
 use std::io::Write;
 use std::process::ExitCode;

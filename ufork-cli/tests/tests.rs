@@ -415,7 +415,8 @@ fn daemon_start_status_reload_stop() {
     assert_eq!(out.code(), Some(3), "{out:#?}");
     let text = std::fs::read_to_string(&log).unwrap();
     for needle in [
-        "SIGHUP",
+        // `reload` asks through the control socket beside the pidfile.
+        "reload: restarting every worker, one at a time",
         "SIGUSR1",
         "reopened the log file",
         "every worker reaped",

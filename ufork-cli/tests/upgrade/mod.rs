@@ -194,3 +194,37 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_on_sigusr2() {
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert!(!pidfile.exists());
 }
+
+#[test]
+fn reload_returns_once_every_worker_was_replaced() {
+    let dir = TempDir::new("reload-sync");
+    let socket = dir.str("ctl.sock");
+    let pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--control-socket",
+        &socket,
+    ]);
+    wait_ready(&socket, 2);
+    let out = run(&["reload", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("every worker restarted"), "{out:#?}");
+    // No waiting here: the roll is over when reload returns.
+    let history = run(&["ctl", "--control-socket", &socket, "history"]).stdout;
+    assert_eq!(history.lines().count(), 2, "{history}");
+    let status = run(&["status", "--control-socket", &socket]).stdout;
+    assert!(status.contains("2 ready"), "{status}");
+    for line in status.lines().skip(2) {
+        assert!(
+            out.stdout.contains(&format!(
+                "replaced by pid {}",
+                line.split_whitespace().nth(1).unwrap()
+            )),
+            "{out:#?} {status}"
+        );
+    }
+    drop(pool);
+}
