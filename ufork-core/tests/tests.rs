@@ -1743,3 +1743,113 @@ fn a_reused_descriptor_number_is_not_closed_in_workers_nor_polled() {
     let outcome = thread.join().unwrap().unwrap();
     assert_nothing_left(&outcome.history);
 }
+
+/// Zombies whose parent is `parent`.
+fn zombie_children_of(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+                let state = rest.next();
+                let ppid = rest.next().and_then(|p| p.parse::<i32>().ok());
+                state == Some("Z") && ppid == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// Reads the testbin's lines until its last worker is up; returns the
+/// orphans it reported.
+fn orphans_until_the_worker(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> usize {
+    let mut orphans = 0;
+    loop {
+        let line = lines.next().expect("testbin output").unwrap();
+        if line.starts_with("orphan ") {
+            orphans += 1;
+        }
+        if line.starts_with("worker ") {
+            return orphans;
+        }
+    }
+}
+
+#[test]
+fn a_subreaper_arbiter_reaps_orphans_of_workers_in_their_own_process_groups() {
+    let _g = lock();
+    let mut child = util::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .args(["orphans", "5", "subreaper"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.id() as i32;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(orphans_until_the_worker(&mut lines), 5);
+    // Each orphan was a zombie of the arbiter once its worker exited, in the
+    // worker's process group: `waitpid(0)` never sees it, `wait` on any
+    // child does.
+    util::wait_until("every orphan is reaped", || {
+        zombie_children_of(pid).is_empty()
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(rest.contains(&"children 0".to_owned()), "{rest:?}");
+}
+
+#[test]
+fn as_pid_1_of_a_pid_namespace_the_arbiter_reaps_every_orphan() {
+    let _g = lock();
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .stderr(Stdio::piped())
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            println!(
+                "skipped: cannot create a pid namespace: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("skipped: cannot run unshare: {e}");
+            return;
+        }
+    }
+    let mut unshare = util::Reaped(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .args(["orphans", "5"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(unshare.stdout.take().unwrap()).lines();
+    assert_eq!(orphans_until_the_worker(&mut lines), 5);
+    // The arbiter is PID 1 inside; outside it is unshare's only child.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let arbiter: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    util::wait_until("every orphan is reaped", || {
+        zombie_children_of(arbiter).is_empty()
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(arbiter).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(unshare.wait().unwrap().success(), "{rest:?}");
+    assert!(rest.contains(&"done".to_owned()), "{rest:?}");
+}

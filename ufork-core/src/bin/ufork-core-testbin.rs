@@ -5,6 +5,9 @@
 //! - `orphan N`: N workers print `worker PID` and wait to be stopped.
 //! - `subreaper`: becomes a child subreaper; worker generation 0 leaves an
 //!   orphaned grandchild behind and exits, generation 1 waits to be stopped.
+//! - `orphans N [subreaper]`: one worker in a process group of its own;
+//!   generations 0..N each leave an exited, unreaped child (`orphan PID`) and
+//!   recycle; generation N prints `worker PID` and waits to be stopped.
 //! - `stall`: 2 workers heartbeat every 20 ms with a 1 s heartbeat timeout and
 //!   print `beat SLOT N` every 5 beats.
 //!
@@ -87,6 +90,29 @@ fn main() {
                     })
                 })
         }
+        "orphans" => {
+            let generations: u32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3);
+            if args.get(2).map(String::as_str) == Some("subreaper") {
+                rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                    .expect("become a subreaper");
+            }
+            Arbiter::builder()
+                .workers(1)
+                .process_group(true)
+                .build()
+                .and_then(|a| {
+                    a.run(move |w: &mut Worker| -> Result<(), String> {
+                        if w.generation() < generations {
+                            leave_an_orphan()?;
+                            w.recycle();
+                            return Ok(());
+                        }
+                        say(&format!("worker {}", w.pid()));
+                        w.wait_for_stop(None);
+                        Ok(())
+                    })
+                })
+        }
         "stall" => Arbiter::builder()
             .workers(2)
             .heartbeat_timeout(Duration::from_secs(1))
@@ -129,6 +155,31 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Starts a child (in the worker's process group), waits until it has
+/// exited without reaping it, and forgets it: when the worker exits, the
+/// zombie is reparented to the arbiter (PID 1 or subreaper), which must reap
+/// it although it is in another process group.
+fn leave_an_orphan() -> Result<(), String> {
+    use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+    let child = std::process::Command::new("true")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = Pid::from_raw(child.id() as i32).ok_or("no pid")?;
+    loop {
+        match waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.to_string()),
+            Ok(_) => break,
+        }
+    }
+    say(&format!("orphan {}", child.id()));
+    std::mem::forget(child);
+    Ok(())
 }
 
 /// Children of this process that still exist (zombies included).
