@@ -66,6 +66,9 @@
 //! output should write to the file descriptor directly or run under nextest.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
+// Durations, deadlines and counts never wrap or panic: checked or
+// saturating arithmetic, `try_from` conversions (issue 10).
+#![deny(clippy::cast_possible_truncation, clippy::arithmetic_side_effects)]
 
 mod arbiter;
 mod child;

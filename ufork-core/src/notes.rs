@@ -6,6 +6,7 @@ use std::os::fd::BorrowedFd;
 
 const MAX_NOTE: usize = 4000;
 const HEADER: usize = 1 + 8 + 4 + 2;
+const MAX_TEXT: usize = MAX_NOTE - HEADER;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NoteKind {
@@ -23,15 +24,16 @@ pub(crate) struct Note {
 }
 
 pub(crate) fn send(fd: BorrowedFd<'_>, kind: NoteKind, slot: usize, generation: u32, text: &str) {
-    let mut len = text.len().min(MAX_NOTE - HEADER);
-    while !text.is_char_boundary(len) {
-        len -= 1;
-    }
-    let mut buf = Vec::with_capacity(HEADER + len);
+    // The longest prefix that fits and ends on a char boundary (0 always does).
+    let len = (0..=text.len().min(MAX_TEXT))
+        .rev()
+        .find(|&n| text.is_char_boundary(n))
+        .unwrap_or(0);
+    let mut buf = Vec::with_capacity(MAX_NOTE);
     buf.push(kind as u8);
-    buf.extend_from_slice(&(slot as u64).to_le_bytes());
+    buf.extend_from_slice(&u64::try_from(slot).unwrap_or(u64::MAX).to_le_bytes());
     buf.extend_from_slice(&generation.to_le_bytes());
-    buf.extend_from_slice(&(len as u16).to_le_bytes());
+    buf.extend_from_slice(&u16::try_from(len).unwrap_or(0).to_le_bytes());
     buf.extend_from_slice(&text.as_bytes()[..len]);
     // The pipe is non-blocking: if the arbiter is so far behind that it is full,
     // the note is dropped rather than hanging the worker.
@@ -42,21 +44,24 @@ pub(crate) fn send(fd: BorrowedFd<'_>, kind: NoteKind, slot: usize, generation: 
 pub(crate) fn parse(buf: &mut Vec<u8>) -> Vec<Note> {
     let mut notes = Vec::new();
     let mut at = 0;
-    while buf.len() - at >= HEADER {
-        let head = &buf[at..at + HEADER];
-        let len = u16::from_le_bytes([head[13], head[14]]) as usize;
-        if buf.len() - at < HEADER + len {
+    while let Some(head) = buf.get(at..).and_then(|rest| rest.get(..HEADER)) {
+        let len = usize::from(u16::from_le_bytes([head[13], head[14]]));
+        let start = at.saturating_add(HEADER);
+        let end = start.saturating_add(len);
+        let Some(body) = buf.get(start..end) else {
             break;
-        }
+        };
         let kind = match head[0] {
             1 => Some(NoteKind::Ready),
             2 => Some(NoteKind::Failed),
             3 => Some(NoteKind::Panicked),
             _ => None,
         };
-        let slot = u64::from_le_bytes(head[1..9].try_into().expect("8 bytes")) as usize;
-        let generation = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes"));
-        let text = String::from_utf8_lossy(&buf[at + HEADER..at + HEADER + len]).into_owned();
+        let mut raw_slot = [0u8; 8];
+        raw_slot.copy_from_slice(&head[1..9]);
+        let slot = usize::try_from(u64::from_le_bytes(raw_slot)).unwrap_or(usize::MAX);
+        let generation = u32::from_le_bytes([head[9], head[10], head[11], head[12]]);
+        let text = String::from_utf8_lossy(body).into_owned();
         if let Some(kind) = kind {
             notes.push(Note {
                 kind,
@@ -65,7 +70,7 @@ pub(crate) fn parse(buf: &mut Vec<u8>) -> Vec<Note> {
                 text,
             });
         }
-        at += HEADER + len;
+        at = end;
     }
     buf.drain(..at);
     notes

@@ -8,7 +8,7 @@ use std::fs;
 pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
+    Some(pages.saturating_mul(u64::try_from(rustix::param::page_size()).ok()?))
 }
 
 /// Open descriptors of `pid`.
@@ -36,8 +36,10 @@ pub(crate) fn fraction_of(n: u64, fraction: f64) -> u64 {
     if product >= u64::MAX as f64 {
         u64::MAX
     } else if product > 0.0 {
-        // In range and non-negative: the conversion saturates anyway.
-        product as u64
+        // In range and non-negative (`as` would saturate anyway).
+        #[allow(clippy::cast_possible_truncation)]
+        let rounded_down = product as u64;
+        rounded_down
     } else {
         0
     }

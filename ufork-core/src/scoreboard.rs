@@ -104,7 +104,7 @@ pub(crate) struct Header {
 /// Monotonic clock in nanoseconds (CLOCK_MONOTONIC, read through the vDSO).
 pub(crate) fn now_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+    timespec_ns(ts)
 }
 
 /// The coarse monotonic clock: the same timebase as [`now_ns`], updated once
@@ -113,7 +113,14 @@ pub(crate) fn now_ns() -> u64 {
 /// better resolution; at worst a silence is measured a tick long.
 pub(crate) fn coarse_now_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000) + ts.tv_nsec as u64
+    timespec_ns(ts)
+}
+
+/// A CLOCK_MONOTONIC reading in nanoseconds (584 years fit in a u64).
+fn timespec_ns(ts: rustix::time::Timespec) -> u64 {
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.wrapping_mul(1_000_000_000).wrapping_add(nanos)
 }
 
 pub(crate) fn ns_to_duration(ns: u64) -> Duration {
@@ -211,10 +218,13 @@ impl Cell {
         let mut end = 0;
         for c in text.chars() {
             let c = if c.is_control() { '?' } else { c };
-            if end + c.len_utf8() > ACTIVITY_LEN {
+            let Some(room) = bytes.get_mut(end..) else {
+                break;
+            };
+            if c.len_utf8() > room.len() {
                 break;
             }
-            end += c.encode_utf8(&mut bytes[end..]).len();
+            end = end.saturating_add(c.encode_utf8(room).len());
         }
         let seq = loop {
             let seq = self.activity_seq.load(Ordering::Relaxed);

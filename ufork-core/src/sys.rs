@@ -12,6 +12,7 @@ use crate::scoreboard::{Cell, Header};
 
 /// Highest signal number plus one on Linux.
 pub(crate) const NSIG: usize = 65;
+const NSIG_I32: i32 = 65;
 
 /// Forks the calling process. In the child, `child` runs and, as its type
 /// says, never returns: the child never comes back into the caller's stack.
@@ -85,7 +86,7 @@ extern "C" fn arbiter_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _: *
     }
     let fd = ARBITER_PIPE.load(Ordering::SeqCst);
     if fd >= 0 {
-        let byte = sig as u8;
+        let byte = u8::try_from(sig).unwrap_or(0);
         // SAFETY: writing one byte from a valid stack address; a full pipe
         // (EAGAIN, non-blocking) is fine, the counter already holds the signal.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
@@ -215,7 +216,7 @@ pub(crate) fn reset_child_signals(saved: &[(i32, Disposition)], stop_pipe: RawFd
     ARBITER_PIPE.store(-1, Ordering::SeqCst);
     let dfl = action(libc::SIG_DFL);
     let ign = action(libc::SIG_IGN);
-    for sig in 1..NSIG as i32 {
+    for sig in 1..NSIG_I32 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }

@@ -267,7 +267,7 @@ pub(crate) fn seed_rng(slot: usize, generation: u32) -> rand_chacha::ChaCha20Rng
     let mut filled = 0;
     while filled < seed.len() {
         match rustix::rand::getrandom(&mut seed[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
+            Ok(n) => filled = filled.saturating_add(n),
             Err(rustix::io::Errno::INTR) => {}
             Err(_) => break,
         }
@@ -280,9 +280,9 @@ pub(crate) fn seed_rng(slot: usize, generation: u32) -> rand_chacha::ChaCha20Rng
         u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32),
         crate::scoreboard::now_ns(),
     ];
-    for (i, word) in mix.iter().enumerate() {
-        for (j, byte) in word.to_le_bytes().iter().enumerate() {
-            seed[i * 8 + j] ^= byte;
+    for (chunk, word) in seed.chunks_exact_mut(8).zip(mix) {
+        for (byte, mixed) in chunk.iter_mut().zip(word.to_le_bytes()) {
+            *byte ^= mixed;
         }
     }
     rand_chacha::ChaCha20Rng::from_seed(seed)

@@ -31,7 +31,18 @@ pub(crate) fn backoff(failures: u32, initial: Duration, max: Duration) -> Durati
 
 /// How much lost time counts as a stall, for this heartbeat timeout.
 pub(crate) fn stall_threshold(heartbeat_timeout: Option<Duration>) -> Duration {
-    heartbeat_timeout.map_or(STALL, |t| (t / 2).clamp(STALL_FLOOR, STALL))
+    heartbeat_timeout.map_or(STALL, |t| t.saturating_div_2().clamp(STALL_FLOOR, STALL))
+}
+
+/// Half a duration (never overflows, never panics).
+trait Half {
+    fn saturating_div_2(self) -> Self;
+}
+
+impl Half for Duration {
+    fn saturating_div_2(self) -> Self {
+        self.checked_div(2).unwrap_or(Duration::ZERO)
+    }
 }
 
 /// Adds a nanosecond: the loop wakes just after a deadline, not on it.
@@ -227,7 +238,7 @@ impl Scheduler {
 pub(crate) fn next_period(since: Instant, now: Instant, period: Duration) -> Option<Instant> {
     let elapsed = now.saturating_duration_since(since).as_nanos();
     let period_ns = period.as_nanos().max(1);
-    let periods = (elapsed / period_ns).checked_add(1)?;
+    let periods = elapsed.checked_div(period_ns)?.checked_add(1)?;
     let offset = u64::try_from(periods.checked_mul(period_ns)?).ok()?;
     since.checked_add(Duration::from_nanos(offset))
 }

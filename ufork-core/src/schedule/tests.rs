@@ -1,4 +1,5 @@
 //! Table-driven tests of the scheduler: no fork, no clock, no system call.
+#![allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
 
 use std::cell::RefCell;
 use std::collections::HashMap;

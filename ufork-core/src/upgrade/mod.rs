@@ -156,7 +156,9 @@ impl Reexec {
         let names: Vec<&str> = handover.iter().map(|(n, _)| n.as_str()).collect();
         env.push(c(format!("LISTEN_FDS={}", handover.len()).as_bytes())?);
         env.push(c(format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes())?);
-        let report_at = sys::FDS_START as usize + handover.len();
+        let report_at = usize::try_from(sys::FDS_START)
+            .unwrap_or(0)
+            .saturating_add(handover.len());
         env.push(c(format!("{REPORT_FD_ENV}={report_at}").as_bytes())?);
         let mut fds: Vec<_> = handover.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         fds.push(report.as_raw_fd());
@@ -938,7 +940,9 @@ impl Layer for ReadyReporter {
         if self.report.is_none() || Instant::now() < self.check {
             return;
         }
-        self.check = Instant::now() + READY_POLL;
+        self.check = Instant::now()
+            .checked_add(READY_POLL)
+            .unwrap_or_else(Instant::now);
         let snapshot = ctx.handle().snapshot();
         if snapshot.stopping || snapshot.target == 0 || snapshot.ready_count() < snapshot.target {
             return;

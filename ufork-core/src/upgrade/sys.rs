@@ -44,18 +44,21 @@ pub(crate) fn spawn(plan: &ExecPlan) -> io::Result<i32> {
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let mut pid_entry = [0u8; PID_ENTRY_LEN];
     pid_entry[..PID_ENTRY_PREFIX.len()].copy_from_slice(PID_ENTRY_PREFIX);
-    let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(plan.args.len() + 2);
+    let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(plan.args.len().saturating_add(2));
     argv.push(plan.program.as_ptr());
     argv.extend(plan.args.iter().map(|a| a.as_ptr()));
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = Vec::with_capacity(plan.env.len() + 2);
+    let mut envp: Vec<*const libc::c_char> = Vec::with_capacity(plan.env.len().saturating_add(2));
     envp.extend(plan.env.iter().map(|e| e.as_ptr()));
     let pid_entry = pid_entry.as_mut_ptr();
     envp.push(pid_entry.cast_const().cast());
     envp.push(std::ptr::null());
     // Copies of the handed-over descriptors go above every target number first,
     // so placing one never overwrites a source still to be placed.
-    let high = FDS_START + i32::try_from(plan.fds.len()).map_err(|_| overflow())? + 1;
+    let high = i32::try_from(plan.fds.len())
+        .ok()
+        .and_then(|n| n.checked_add(FDS_START)?.checked_add(1))
+        .ok_or_else(overflow)?;
     let err_fd = raw(&err_w);
     let mut copies = vec![-1; plan.fds.len()];
 
@@ -100,7 +103,7 @@ pub(crate) fn spawn(plan: &ExecPlan) -> io::Result<i32> {
         match rustix::io::read(&err_r, &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => {
-                got += n;
+                got = got.saturating_add(n);
                 if got == buf.len() {
                     break;
                 }
@@ -160,21 +163,26 @@ unsafe fn child(
     let err_fd = moved;
     // LISTEN_PID is this process' pid, written without allocating.
     // SAFETY: getpid is async-signal-safe and cannot fail.
-    let mut pid = unsafe { libc::getpid() } as u64;
+    let mut pid = u64::try_from(unsafe { libc::getpid() }).unwrap_or(0);
+    // Least significant digit first; a u64 has at most 20.
     let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (pid % 10) as u8;
-        n += 1;
-        pid /= 10;
+    let mut n = 0usize;
+    for digit in digits.iter_mut() {
+        *digit = b'0'.wrapping_add(u8::try_from(pid.wrapping_rem(10)).unwrap_or(0));
+        n = n.wrapping_add(1);
+        pid = pid.wrapping_div(10);
         if pid == 0 {
             break;
         }
     }
-    for i in 0..=n {
-        let byte = if i < n { digits[n - 1 - i] } else { 0 };
+    let written = digits[..n].iter().rev().copied().chain([0]);
+    for (i, byte) in written.enumerate() {
         // SAFETY: PREFIX + 20 digits + NUL fit in the PID_ENTRY_LEN bytes.
-        unsafe { pid_entry.add(PID_ENTRY_PREFIX.len() + i).write(byte) };
+        unsafe {
+            pid_entry
+                .add(PID_ENTRY_PREFIX.len().wrapping_add(i))
+                .write(byte)
+        };
     }
     // Two passes: every source is copied above the target range before any
     // target is overwritten, since a source may sit at another's target.
@@ -187,8 +195,9 @@ unsafe fn child(
     }
     for (i, &copy) in copies.iter().enumerate() {
         // dup2 clears CLOEXEC on the target; the CLOEXEC copies vanish at exec.
+        let target = RawFd::try_from(i).map_or(RawFd::MAX, |i| FDS_START.saturating_add(i));
         // SAFETY: dup2 on raw numbers has no memory effects.
-        if unsafe { libc::dup2(copy, FDS_START + i as RawFd) } == -1 {
+        if unsafe { libc::dup2(copy, target) } == -1 {
             fail(err_fd);
         }
     }
@@ -239,7 +248,7 @@ pub(crate) fn adopt(count: usize, extra: Option<RawFd>) -> io::Result<Option<Vec
         .filter(|n| n.checked_add(FDS_START).is_some())
         .ok_or_else(overflow)?;
     let mut taken = Vec::new();
-    for fd in (FDS_START..FDS_START + count).chain(extra) {
+    for fd in (FDS_START..FDS_START.saturating_add(count)).chain(extra) {
         if fd < FDS_START || taken.iter().any(|t: &OwnedFd| raw(t) == fd) {
             return Err(overflow());
         }
