@@ -239,6 +239,10 @@ impl Observer {
         if let Some(supervisor) = &mut self.supervisor {
             supervisor.update(&view);
         }
+        // The end of a roll is published one loop iteration after its last
+        // event, and nothing may wake the loop after that: look again while
+        // one runs (only then; an idle pool is not woken).
+        self.pending = view.snapshot.rolling;
     }
 }
 
