@@ -546,3 +546,29 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     recorder.expect("STOPPING=1");
 }
+
+#[test]
+fn ready_follows_a_reload_with_nothing_else_waking_the_arbiter() {
+    // No watchdog and no other client: only the roll's own events wake the
+    // arbiter, and the roll's end is published after the last of them.
+    let dir = TempDir::new("sdnotify-reload");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let mut pool = Running::start_with(supervised(&recorder, None).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--control-socket",
+        &socket,
+    ]));
+    recorder.expect("READY=1");
+    let out = run(&["reload", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    recorder.expect("RELOADING=1");
+    recorder.expect("READY=1");
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
