@@ -1,78 +1,203 @@
-//! `--user` / `--group`: drop privileges after the sockets are bound. Names are
-//! looked up in /etc/passwd and /etc/group (no NSS: use numeric ids for users
-//! from LDAP and the like).
+//! `--user` / `--group`: drop privileges after the sockets are bound.
+//!
+//! Names are looked up through NSS (`getpwnam_r`/`getgrnam_r` by way of
+//! nix), so users from LDAP, SSSD or systemd's DynamicUser work like those in
+//! /etc/passwd. The switch is process-wide: supplementary groups from
+//! `initgroups` (the user's groups, not just one), then `setresgid` and
+//! `setresuid`, which glibc applies to every thread of the process (the
+//! per-thread system calls would leave other threads as root).
 
-use rustix::process::{Gid, Uid};
+use std::ffi::CString;
+
+use nix::unistd::{Gid, Group, Uid, User};
 
 use crate::failure::{self, Failure, io_text};
 
-fn lookup(file: &str, name: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(file).ok()?;
-    text.lines()
-        .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
-        .find(|fields| fields.first().map(String::as_str) == Some(name))
+/// Who the process becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name when it has one (for its supplementary groups).
+    name: Option<String>,
+    uid: Option<Uid>,
+    gid: Option<Gid>,
 }
 
-/// Switches to `user` and `group` (by name or number).
+/// Resolves `--user` and `--group` (names or numbers) to ids. The group
+/// defaults to the user's primary group.
+///
+/// # Errors
+///
+/// An unknown name, or a lookup that failed.
+pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Credentials, Failure> {
+    let mut creds = Credentials {
+        name: None,
+        uid: None,
+        gid: None,
+    };
+    if let Some(user) = user {
+        let entry = match user.parse::<u32>() {
+            Ok(n) => User::from_uid(Uid::from_raw(n)),
+            Err(_) => User::from_name(user),
+        }
+        .map_err(|e| failure::runtime(format!("--user {user}: cannot look it up: {e}")))?;
+        match entry {
+            Some(entry) => {
+                creds.uid = Some(entry.uid);
+                creds.gid = Some(entry.gid);
+                creds.name = Some(entry.name);
+            }
+            // A uid no database knows still works, without supplementary groups.
+            None if user.parse::<u32>().is_ok() => {
+                creds.uid = user.parse::<u32>().ok().map(Uid::from_raw);
+            }
+            None => {
+                return Err(failure::runtime(format!(
+                    "--user {user}: no such user (looked up through NSS: /etc/passwd, LDAP, ...)"
+                )));
+            }
+        }
+    }
+    if let Some(group) = group {
+        creds.gid = Some(match group.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => Group::from_name(group)
+                .map_err(|e| failure::runtime(format!("--group {group}: cannot look it up: {e}")))?
+                .map(|g| g.gid)
+                .ok_or_else(|| {
+                    failure::runtime(format!(
+                        "--group {group}: no such group (looked up through NSS: /etc/group, LDAP, ...)"
+                    ))
+                })?,
+        });
+    }
+    Ok(creds)
+}
+
+impl Credentials {
+    /// Switches the whole process: supplementary groups, then group, then user.
+    ///
+    /// # Errors
+    ///
+    /// The switch is not permitted (only root may), or a name holds a NUL.
+    pub fn apply(&self, user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
+        let denied = |flag: &str, value: &str, e: nix::Error| {
+            failure::runtime(format!(
+                "{flag} {value}: cannot switch: {} (only root can change user or group)",
+                io_text(&std::io::Error::from(e))
+            ))
+        };
+        if let Some(gid) = self.gid {
+            let value = group.or(user).unwrap_or_default();
+            match &self.name {
+                Some(name) if group.is_none() || self.uid.is_some() => {
+                    let name = CString::new(name.as_str()).map_err(|_| {
+                        failure::runtime(format!("--user {name}: the name holds a NUL"))
+                    })?;
+                    nix::unistd::initgroups(&name, gid).map_err(|e| denied("--user", value, e))?;
+                }
+                _ => nix::unistd::setgroups(&[gid]).map_err(|e| denied("--group", value, e))?,
+            }
+            nix::unistd::setresgid(gid, gid, gid).map_err(|e| denied("--group", value, e))?;
+        }
+        if let Some(uid) = self.uid {
+            nix::unistd::setresuid(uid, uid, uid)
+                .map_err(|e| denied("--user", user.unwrap_or_default(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Switches to `user` and `group` (by name or number), process-wide.
 ///
 /// # Errors
 ///
 /// An unknown name, or the switch is not permitted.
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
-    let mut gid = None;
-    let mut uid = None;
-    if let Some(user) = user {
-        let (u, primary) = match user.parse::<u32>() {
-            Ok(n) => (n, None),
-            Err(_) => {
-                let fields = lookup("/etc/passwd", user).ok_or_else(|| {
-                    failure::runtime(format!(
-                        "--user {user}: no such user in /etc/passwd (use a numeric uid otherwise)"
-                    ))
-                })?;
-                let id = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok());
-                (
-                    id(2).ok_or_else(|| {
-                        failure::runtime(format!("--user {user}: bad entry in /etc/passwd"))
-                    })?,
-                    id(3),
-                )
-            }
-        };
-        uid = Some(u);
-        gid = primary;
-    }
-    if let Some(group) = group {
-        gid = Some(match group.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup("/etc/group", group)
-                .and_then(|f| f.get(2).and_then(|g| g.parse().ok()))
-                .ok_or_else(|| {
-                    failure::runtime(format!(
-                        "--group {group}: no such group in /etc/group (use a numeric gid otherwise)"
-                    ))
-                })?,
+    resolve(user, group)?.apply(user, group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs in a re-executed copy of this test binary (`UFORK_PRIVS_CHILD`):
+    /// with a second thread alive, switches to `nobody` and prints every
+    /// thread's `Uid:` line.
+    fn switch_with_a_second_thread() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = rx.recv();
         });
+        drop_to(Some("nobody"), None).unwrap();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path().join("status");
+            let status = std::fs::read_to_string(path).unwrap();
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            println!("thread {uid}");
+        }
+        drop(tx);
+        thread.join().unwrap();
     }
-    let denied = |flag: &str, value: &str, e: rustix::io::Errno| {
-        failure::runtime(format!(
-            "{flag} {value}: cannot switch: {} (only root can change user or group)",
-            io_text(&e.into())
-        ))
-    };
-    // The arbiter is single-threaded here, so the per-thread calls change the
-    // whole process.
-    if let Some(gid) = gid {
-        let value = group.or(user).unwrap_or_default();
-        let gid = Gid::from_raw(gid);
-        rustix::thread::set_thread_groups(&[gid]).map_err(|e| denied("--group", value, e))?;
-        rustix::thread::set_thread_res_gid(gid, gid, gid)
-            .map_err(|e| denied("--group", value, e))?;
+
+    #[test]
+    fn the_switch_covers_every_thread_of_the_process() {
+        if std::env::var_os("UFORK_PRIVS_CHILD").is_some() {
+            switch_with_a_second_thread();
+            return;
+        }
+        if !Uid::effective().is_root() {
+            println!("skipped: only root can switch users");
+            return;
+        }
+        let Ok(Some(nobody)) = User::from_name("nobody") else {
+            println!("skipped: no user nobody");
+            return;
+        };
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "privs::tests::the_switch_covers_every_thread_of_the_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UFORK_PRIVS_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("thread Uid:"))
+            .collect();
+        assert!(lines.len() >= 2, "{stdout}");
+        for line in lines {
+            let ids: Vec<&str> = line.split_whitespace().skip(2).collect();
+            assert_eq!(ids, vec![nobody.uid.to_string(); 4], "{line}");
+        }
     }
-    if let Some(uid) = uid {
-        let uid = Uid::from_raw(uid);
-        rustix::thread::set_thread_res_uid(uid, uid, uid)
-            .map_err(|e| denied("--user", user.unwrap_or_default(), e))?;
+
+    #[test]
+    fn names_and_numbers_resolve_through_nss() {
+        let root = resolve(Some("root"), None).unwrap();
+        assert_eq!(root.uid, Some(Uid::from_raw(0)));
+        assert_eq!(root.gid, Some(Gid::from_raw(0)));
+        assert_eq!(root.name.as_deref(), Some("root"));
+        let numeric = resolve(Some("0"), Some("0")).unwrap();
+        assert_eq!(
+            (numeric.uid, numeric.gid),
+            (Some(Uid::from_raw(0)), Some(Gid::from_raw(0)))
+        );
+        // A uid no database knows is still a uid.
+        let unknown = resolve(Some("4000000000"), None).unwrap();
+        assert_eq!(unknown.uid, Some(Uid::from_raw(4_000_000_000)));
+        assert_eq!(unknown.name, None);
+        let err = resolve(Some("no-such-user-ufork"), None).unwrap_err();
+        assert!(err.to_string().contains("no such user"), "{err}");
+        let err = resolve(None, Some("no-such-group-ufork")).unwrap_err();
+        assert!(err.to_string().contains("no such group"), "{err}");
     }
-    Ok(())
 }
