@@ -65,8 +65,14 @@ impl Metrics {
             .ok_or_else(|| {
                 failure::usage(format!("--metrics-bind {address}: the name resolves to no address"))
             })?;
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| failure::runtime(format!("--metrics-bind {address}: {}", io_text(&e))))?;
+        // A new arbiter started by an upgrade takes the old one's socket.
+        let listener = match crate::upgrade::take_named(crate::upgrade::METRICS) {
+            Some(fd) => TcpListener::from(fd),
+            None => TcpListener::bind(addr).map_err(|e| {
+                failure::runtime(format!("--metrics-bind {address}: {}", io_text(&e)))
+            })?,
+        };
+        crate::upgrade::remember_fd(crate::upgrade::METRICS, &listener);
         listener
             .set_nonblocking(true)
             .map_err(|e| failure::runtime(format!("--metrics-bind: {}", io_text(&e))))?;

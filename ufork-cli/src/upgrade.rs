@@ -105,7 +105,17 @@ pub fn inherited(binds: &[String]) -> Result<Option<Vec<Listener>>> {
     let Some(handover) = state.handover.as_mut() else {
         return Ok(None);
     };
-    let fds = handover.take_all();
+    // In order, without the arbiter's own sockets (named `ufork-...`).
+    let names: Vec<String> = handover
+        .names()
+        .into_iter()
+        .filter(|n| !n.starts_with(RESERVED))
+        .map(str::to_owned)
+        .collect();
+    let fds: Vec<(String, OwnedFd)> = names
+        .into_iter()
+        .filter_map(|name| handover.take_listener(&name).map(|fd| (name, fd)))
+        .collect();
     if fds.len() != binds.len() {
         return Err(failure::runtime(format!(
             "the old arbiter handed over {} sockets but --bind gives {}; upgrade with the same flags",
@@ -129,6 +139,27 @@ pub fn inherited(binds: &[String]) -> Result<Option<Vec<Listener>>> {
         });
     }
     Ok(Some(listeners))
+}
+
+/// Names of the arbiter's own sockets in the handover (not `--bind`s).
+const RESERVED: &str = "ufork-";
+
+/// The `--metrics-bind` socket's name in the handover.
+pub const METRICS: &str = "ufork-metrics";
+
+/// In a new arbiter: the arbiter socket the old one handed over as `name`.
+pub fn take_named(name: &str) -> Option<OwnedFd> {
+    state().handover.as_mut()?.take_listener(name)
+}
+
+/// Keeps a copy of one of the arbiter's own sockets (after the `--bind` ones)
+/// to hand to a new arbiter under `name`.
+pub fn remember_fd(name: &str, socket: &impl AsFd) {
+    let mut state = state();
+    match socket.as_fd().try_clone_to_owned() {
+        Ok(fd) => state.sockets.push((name.to_owned(), fd)),
+        Err(e) => state.unsupported = Some(failure::io_text(&e)),
+    }
 }
 
 /// Keeps a copy of each listening socket to hand to a new arbiter.

@@ -180,8 +180,17 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_on_sigusr2() {
         "1",
         "--pidfile",
         pidfile.to_str().unwrap(),
+        "--metrics-bind",
+        "127.0.0.1:0",
     ]);
     let addr = old.http_addr();
+    let metrics = old.expect_line("health on http://");
+    let health: std::net::SocketAddr = metrics
+        .rsplit("http://")
+        .next()
+        .and_then(|h| h.strip_suffix("/healthz"))
+        .and_then(|h| h.parse().ok())
+        .expect("the health address");
     old.expect_line("worker 0 pid");
     let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
@@ -190,6 +199,12 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_on_sigusr2() {
     assert_eq!(pidfile_pid(&pidfile), new);
     old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
     assert_eq!(get(addr, "/").0, 200, "the new pool serves");
+    // The metrics socket was handed over too (a new bind would collide).
+    assert_eq!(
+        get(health, "/healthz").0,
+        200,
+        "the new arbiter answers /healthz"
+    );
     let stop = run(&["stop", "--pidfile", pidfile.to_str().unwrap()]);
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert!(!pidfile.exists());
