@@ -59,6 +59,7 @@ pub(crate) struct Settings {
     pub(crate) stdin: Stdin,
     pub(crate) handle_signals: bool,
     pub(crate) process_group: bool,
+    pub(crate) give_up_after: u32,
 }
 
 /// The largest scoreboard: 65536 slots of 128 bytes, 8 MiB of shared memory.
@@ -90,6 +91,7 @@ impl Default for Settings {
             stdin: Stdin::Null,
             handle_signals: true,
             process_group: false,
+            give_up_after: 0,
         }
     }
 }
@@ -231,6 +233,20 @@ impl Builder {
     /// the stop anyway.
     pub fn process_group(mut self, own_group: bool) -> Self {
         self.settings.process_group = own_group;
+        self
+    }
+
+    /// Gives up on a pool that cannot start: once every slot has failed
+    /// `failures` times in a row (crash-loop steps, see [`backoff`](Self::backoff):
+    /// no worker of it lived past the minimum uptime), the arbiter stops the
+    /// pool and `run` returns with [`StopCause::GaveUp`] and the last failure
+    /// in [`Outcome::last_failure`]. 0, the default, never gives up: a library
+    /// pool keeps retrying with backoff. systemd's default start limit is 5
+    /// starts in 10 s (`StartLimitBurst`), and gunicorn halts at the first
+    /// worker that fails to boot; 5 is a good value for a program that exits
+    /// so that its supervisor can see the failure (the `ufork` CLI).
+    pub fn give_up_after(mut self, failures: u32) -> Self {
+        self.settings.give_up_after = failures;
         self
     }
 
@@ -397,6 +413,9 @@ pub enum StopCause {
     Signal(i32),
     /// [`Handle::stop`] or [`Handle::stop_now`] (or a layer's handle).
     Handle,
+    /// Every slot failed [`Builder::give_up_after`] times in a row: the pool
+    /// cannot start. [`Outcome::last_failure`] says how the last one ended.
+    GaveUp,
 }
 
 /// What `run` returns: why it stopped and what happened to the workers.
@@ -413,6 +432,9 @@ pub struct Outcome {
     pub spawned: u64,
     /// The last exits (see [`Builder::history`]), oldest first.
     pub history: Vec<ExitRecord>,
+    /// With [`StopCause::GaveUp`]: the failure that made the arbiter give up
+    /// (its message is the worker's error or panic, when it reported one).
+    pub last_failure: Option<ExitRecord>,
 }
 
 impl Arbiter {

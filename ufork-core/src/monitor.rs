@@ -864,6 +864,14 @@ where
         if let Some(hook) = &mut self.hooks.on_exit {
             hook(&record);
         }
+        if let Some(last) = self.sched.take_give_up() {
+            log::error!(
+                target: "ufork",
+                "giving up: every slot failed {} times in a row without a worker staying up; the last: {last}",
+                self.sched.settings.give_up_after
+            );
+            self.stop(StopCause::GaveUp, true);
+        }
     }
 }
 

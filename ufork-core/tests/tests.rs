@@ -1853,3 +1853,40 @@ fn as_pid_1_of_a_pid_namespace_the_arbiter_reaps_every_orphan() {
     assert!(unshare.wait().unwrap().success(), "{rest:?}");
     assert!(rest.contains(&"done".to_owned()), "{rest:?}");
 }
+
+#[test]
+fn a_pool_that_cannot_start_gives_up_naming_the_last_failure() {
+    let _g = lock();
+    let spawns = Arc::new(Mutex::new(0usize));
+    let s = Arc::clone(&spawns);
+    let ms = Duration::from_millis(1);
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .backoff(ms, ms, Duration::from_secs(3600))
+        .give_up_after(3)
+        .pre_fork(move |_, _| *s.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    let (_handle, thread) = arbiter
+        .spawn_guarded(|_: &mut Worker| -> Res { Err("no database".into()) })
+        .unwrap();
+    // No stop from the test: the arbiter ends the run itself.
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::GaveUp);
+    let last = outcome.last_failure.expect("the last failure");
+    assert_eq!(last.reason, ExitReason::Failed);
+    assert_eq!(last.message.as_deref(), Some("no database"));
+    for slot in 0..2 {
+        let failures = outcome.history.iter().filter(|r| r.slot == slot).count();
+        assert!(failures >= 3, "slot {slot}: {:#?}", outcome.history);
+    }
+    assert!(*spawns.lock().unwrap() >= 6);
+    assert!(
+        util::logs()
+            .iter()
+            .any(|l| l.contains("giving up") && l.contains("no database")),
+        "{:#?}",
+        util::logs()
+    );
+    assert_nothing_left(&outcome.history);
+}

@@ -174,6 +174,9 @@ pub(crate) struct Scheduler {
     last_poll: (Option<Duration>, Duration),
     next_limit_check: Option<Instant>,
     wedge_warned: bool,
+    /// The failure after which every slot had failed `give_up_after` times
+    /// in a row; the driver then stops the pool.
+    gave_up: Option<ExitRecord>,
 }
 
 impl Scheduler {
@@ -198,6 +201,7 @@ impl Scheduler {
             last_poll: (Some(Duration::ZERO), Duration::ZERO),
             next_limit_check: Some(now),
             wedge_warned: false,
+            gave_up: None,
         }
     }
 
@@ -559,6 +563,9 @@ impl Scheduler {
         }
         if crash {
             self.count_failure(slot, now, true);
+            if self.gave_up.is_none() && self.stop.is_none() && self.cannot_start() {
+                self.gave_up = Some(record.clone());
+            }
         } else {
             let s = &mut self.slots[slot];
             s.failures = 0;
@@ -572,6 +579,22 @@ impl Scheduler {
             self.history.push_back(record.clone());
         }
         Some(record)
+    }
+
+    /// Whether every slot has failed `give_up_after` times in a row.
+    fn cannot_start(&self) -> bool {
+        let n = self.settings.give_up_after;
+        let end = self.target.min(self.slots.len());
+        n > 0 && end > 0 && self.slots[..end].iter().all(|s| s.failures >= n)
+    }
+
+    /// The failure that made the scheduler give up, once: the driver stops
+    /// the pool with [`StopCause::GaveUp`].
+    pub(crate) fn take_give_up(&mut self) -> Option<ExitRecord> {
+        if self.stop.is_some() {
+            return None;
+        }
+        self.gave_up.clone()
     }
 
     /// What `run` returns.
@@ -588,6 +611,7 @@ impl Scheduler {
             killed_at_timeout,
             spawned: self.spawned,
             history: self.history.iter().cloned().collect(),
+            last_failure: self.gave_up.clone(),
         }
     }
 }

@@ -511,3 +511,63 @@ fn scaling_stays_between_one_and_the_capacity() {
         "the default throttle"
     );
 }
+
+#[test]
+fn a_pool_gives_up_once_every_slot_failed_n_times_in_a_row() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let give_up = Settings {
+        give_up_after: 2,
+        backoff_initial: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        ..settings(2)
+    };
+    let mut s = running(give_up, t0, &board, WorkerState::Booting);
+    let mut t = t0;
+    // Slot 0 fails twice; slot 1 once: not yet.
+    for (slot, pid) in [(0, 200), (1, 201), (0, 202)] {
+        t += MS;
+        reap(&mut s, &board, slot, S::Code(1), t);
+        assert_eq!(s.take_give_up(), None);
+        s.spawned(slot, pid, t);
+        board.set(slot, WorkerState::Booting, None);
+    }
+    t += MS;
+    let last = reap(&mut s, &board, 1, S::Code(78), t);
+    assert_eq!(s.take_give_up(), Some(last.clone()));
+    assert_eq!(s.stop(StopCause::GaveUp, true, t), StopStep::Began);
+    assert_eq!(s.take_give_up(), None, "once");
+    assert_eq!(s.outcome().last_failure, Some(last));
+    assert_eq!(s.outcome().cause, StopCause::GaveUp);
+}
+
+#[test]
+fn a_worker_that_stays_up_breaks_the_run_of_failures() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let give_up = Settings {
+        give_up_after: 2,
+        ..settings(1)
+    };
+    let mut s = running(give_up, t0, &board, WorkerState::Booting);
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    s.spawned(0, 200, t0);
+    board.set(0, WorkerState::Ready, Some(t0));
+    // Up past the minimum uptime: recovered.
+    s.check_health(t0 + 2 * SEC, &board);
+    reap(&mut s, &board, 0, S::Code(1), t0 + 2 * SEC);
+    assert_eq!(s.take_give_up(), None, "one failure since it recovered");
+}
+
+#[test]
+fn zero_never_gives_up() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Booting);
+    for n in 0..100 {
+        let t = t0 + n * MS;
+        reap(&mut s, &board, 0, S::Code(1), t);
+        assert_eq!(s.take_give_up(), None);
+        s.spawned(0, 300, t);
+    }
+}
