@@ -1,0 +1,291 @@
+//! The Rust contenders, each started as `bench_http --serve KIND WORKERS`:
+//! it binds a port of its choosing, prints it on stdout and serves until
+//! SIGTERM. Every contender answers the same routes with the same work:
+//!
+//! - `/`: `Hello, world!`;
+//! - `/cpu`: SHA-256 of a 16 KiB block, `UFORK_BENCH_CPU_ROUNDS` times
+//!   (the bench picks the rounds for ~200 µs), the last digest in hex;
+//! - `/mem` (ufork only, with `UFORK_BENCH_MEM_MB`): reads 64 of the 1 KiB
+//!   chunks built before the fork, the next 64 on every request;
+//! - `/stream` and `/file/NAME` (ufork only): 1 GiB in 64 KiB chunks, and a
+//!   file of `UFORK_BENCH_FILES`.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest, Sha256};
+use ufork_wsgi_like::{Body, ResponseBody};
+
+use crate::BoxError;
+
+pub const HELLO: &str = "Hello, world!\n";
+const BLOCK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+/// Chunks per request of the memory route.
+pub const MEM_STRIDE: usize = 64;
+pub const STREAM_CHUNK: usize = 64 * 1024;
+pub const STREAM_CHUNKS: usize = 16 * 1024;
+
+fn env_usize(name: &str) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CPU-bound work: `rounds` SHA-256 digests of a 16 KiB block.
+pub fn cpu_work(rounds: usize) -> String {
+    let mut digest = [0u8; 32];
+    for _ in 0..rounds {
+        digest = Sha256::digest(std::hint::black_box(&BLOCK[..])).into();
+    }
+    let mut hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex.push('\n');
+    hex
+}
+
+fn cpu() -> String {
+    static ROUNDS: OnceLock<usize> = OnceLock::new();
+    cpu_work(*ROUNDS.get_or_init(|| env_usize("UFORK_BENCH_CPU_ROUNDS").max(1)))
+}
+
+static DATA: OnceLock<Vec<Box<[u8]>>> = OnceLock::new();
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Builds `mb` MiB of 1 KiB chunks (before the fork, like a loaded model).
+fn build_data(mb: usize) {
+    let data = (0..mb * 1024).map(|i| vec![i as u8; 1024].into_boxed_slice());
+    let _ = DATA.set(data.collect());
+}
+
+fn mem() -> String {
+    let Some(data) = DATA.get().filter(|d| !d.is_empty()) else {
+        return HELLO.into();
+    };
+    let start = NEXT.fetch_add(MEM_STRIDE, Ordering::Relaxed) % data.len();
+    let sum: u64 = data[start..]
+        .iter()
+        .take(MEM_STRIDE)
+        .map(|c| u64::from(c[0]))
+        .sum();
+    format!("{sum}\n")
+}
+
+pub fn serve(kind: &str, workers: usize) -> Result<(), BoxError> {
+    match kind {
+        "ufork" => serve_ufork(workers),
+        "floor" => floor::serve(workers),
+        "hyper" => serve_hyper(workers),
+        "axum" => serve_axum(workers),
+        _ => Err(format!("unknown server {kind}").into()),
+    }
+}
+
+fn announce(port: u16) -> Result<(), BoxError> {
+    println!("{port}");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+fn text(body: impl Into<ResponseBody>) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(body.into());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+fn ufork_app(request: http::Request<Body>) -> http::Response<ResponseBody> {
+    let path = request.uri().path();
+    match path {
+        "/cpu" => text(cpu()),
+        "/mem" => text(mem()),
+        "/stream" => {
+            let chunk: &'static [u8] = &[b'x'; STREAM_CHUNK];
+            text(ResponseBody::stream(
+                std::iter::repeat_n(chunk, STREAM_CHUNKS).map(<[u8]>::to_vec),
+            ))
+        }
+        _ if path.starts_with("/file/") => {
+            let dir = std::env::var_os("UFORK_BENCH_FILES").unwrap_or_default();
+            let name = &path["/file/".len()..];
+            match std::fs::File::open(std::path::Path::new(&dir).join(name))
+                .and_then(ResponseBody::file)
+            {
+                Ok(body) => http::Response::new(body),
+                Err(_) => {
+                    let mut response = text(HELLO);
+                    *response.status_mut() = http::StatusCode::NOT_FOUND;
+                    response
+                }
+            }
+        }
+        _ => ufork_wsgi_like::hello(request),
+    }
+}
+
+/// Our server, as the bench runs it.
+fn serve_ufork(workers: usize) -> Result<(), BoxError> {
+    let mb = env_usize("UFORK_BENCH_MEM_MB");
+    if mb > 0 {
+        build_data(mb);
+    }
+    let server = ufork_wsgi_like::Server::builder()
+        .bind("127.0.0.1:0")
+        .workers(workers)
+        .build(ufork_app)?;
+    announce(server.local_addrs()[0].port())?;
+    server.run()?;
+    Ok(())
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, BoxError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?)
+}
+
+/// hyper 1.x on a tokio runtime with `threads` worker threads.
+fn serve_hyper(threads: usize) -> Result<(), BoxError> {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+
+    async fn app(
+        request: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+        let body = match request.uri().path() {
+            "/cpu" => Bytes::from(cpu()),
+            _ => Bytes::from_static(HELLO.as_bytes()),
+        };
+        let mut response = hyper::Response::new(Full::new(body));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        Ok(response)
+    }
+
+    runtime(threads)?.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        announce(listener.local_addr()?.port())?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(app),
+                    )
+                    .await;
+            });
+        }
+    })
+}
+
+/// axum 0.8 on a tokio runtime with `threads` worker threads.
+fn serve_axum(threads: usize) -> Result<(), BoxError> {
+    use axum::routing::get;
+
+    runtime(threads)?.block_on(async {
+        let app = axum::Router::new()
+            .route("/", get(|| async { HELLO }))
+            .route("/cpu", get(|| async { cpu() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        announce(listener.local_addr()?.port())?;
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// The floor: a hand-written pre-fork keep-alive loop answering every request
+/// head with a fixed response, no parsing beyond finding the blank line.
+mod floor {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+
+    use rustix::event::epoll;
+
+    const RESPONSE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, world!\n";
+
+    pub fn serve(workers: usize) -> Result<(), crate::BoxError> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        super::announce(listener.local_addr()?.port())?;
+        ufork_core::Arbiter::builder()
+            .workers(workers)
+            .build()?
+            .run(|worker| -> std::io::Result<()> { serve_worker(&listener, worker) })?;
+        Ok(())
+    }
+
+    fn serve_worker(listener: &TcpListener, worker: &ufork_core::Worker) -> std::io::Result<()> {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let flags = epoll::EventFlags::IN;
+        epoll::add(
+            &ep,
+            listener.as_fd(),
+            epoll::EventData::new_u64(u64::MAX),
+            flags | epoll::EventFlags::EXCLUSIVE,
+        )?;
+        epoll::add(
+            &ep,
+            worker.stop_fd(),
+            epoll::EventData::new_u64(u64::MAX - 1),
+            flags,
+        )?;
+        let mut conns: Vec<Option<TcpStream>> = Vec::new();
+        let mut events = Vec::with_capacity(256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::with_capacity(64 * 1024);
+        loop {
+            events.clear();
+            epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None)?;
+            for event in &events {
+                match event.data.u64() {
+                    u64::MAX => {
+                        if let Ok((stream, _)) = listener.accept() {
+                            stream.set_nonblocking(true)?;
+                            stream.set_nodelay(true)?;
+                            let idx = conns.iter().position(Option::is_none).unwrap_or_else(|| {
+                                conns.push(None);
+                                conns.len() - 1
+                            });
+                            epoll::add(&ep, &stream, epoll::EventData::new_u64(idx as u64), flags)?;
+                            conns[idx] = Some(stream);
+                        }
+                    }
+                    t if t == u64::MAX - 1 => return Ok(()),
+                    idx => {
+                        let idx = idx as usize;
+                        let Some(stream) = conns[idx].as_mut() else {
+                            continue;
+                        };
+                        let n = match stream.read(&mut buf) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            Err(_) => 0,
+                        };
+                        let requests = buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                        out.clear();
+                        for _ in 0..requests {
+                            out.extend_from_slice(RESPONSE);
+                        }
+                        if n == 0 || stream.write_all(&out).is_err() {
+                            let _ = epoll::delete(&ep, &*stream);
+                            conns[idx] = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
