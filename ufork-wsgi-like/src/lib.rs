@@ -96,10 +96,10 @@
 //! yielded), and the loop goes on to the next ready connection. An idle
 //! keep-alive connection costs a slot in the set, not a thread, so one thread
 //! serves many keep-alive clients in turn instead of one to its end. The
-//! worker heartbeats on every wake-up (at least every quarter of the
-//! heartbeat timeout) and on every bit of progress while reading a body or
-//! writing a response, so a long download keeps it alive while the client
-//! takes bytes; a client that stalls is dropped after the write timeout. It
+//! worker heartbeats on every wake-up (an idle one wakes every third of the
+//! heartbeat timeout, for nothing else) and on every bit of progress while
+//! reading a body or writing a response, so a long download keeps it alive
+//! while the client takes bytes; a client that stalls is dropped after the write timeout. It
 //! marks itself busy with the request line as activity from a complete
 //! request head until its response is written, and counts requests. On
 //! SIGTERM it stops accepting, closes idle connections, answers the requests

@@ -247,11 +247,13 @@ impl Builder {
 
     /// Kill and replace a worker that stops heartbeating for this long
     /// (default [`DEFAULT_HEARTBEAT_TIMEOUT`]; `None` turns monitoring off).
-    /// Workers heartbeat per request and while idle, at least every quarter
-    /// of this, and on every bit of progress while reading a request body
-    /// or writing a response: a long download keeps its worker alive as
-    /// long as the client takes bytes. An app that runs longer than this on
-    /// one request without reading its body is killed.
+    /// Workers heartbeat per request and while idle, every third of this (an
+    /// idle worker wakes for nothing else; with `None` it sleeps until a
+    /// connection or a deadline wakes it), and on every bit of progress
+    /// while reading a request body or writing a response: a long download
+    /// keeps its worker alive as long as the client takes bytes. An app that
+    /// runs longer than this on one request without reading its body is
+    /// killed.
     ///
     /// A thread waiting for a stalled client heartbeats no more than it
     /// serves others, so the [read](Limits::read_timeout) and
@@ -319,10 +321,7 @@ impl Builder {
                 return Err(zero(name));
             }
         }
-        let tick = match self.heartbeat_timeout {
-            Some(t) => (t / 4).clamp(Duration::from_millis(1), Duration::from_secs(1)),
-            None => Duration::from_secs(1),
-        };
+        let tick = idle_tick(self.heartbeat_timeout);
         Ok(Config {
             limits: self.limits.clone(),
             access_log: self.access_log,
@@ -388,6 +387,14 @@ impl Builder {
 }
 
 /// Creates a TCP socket bound to `addr`, listening if `backlog` is given.
+/// How often an idle serving thread wakes to heartbeat: three times per
+/// heartbeat timeout (so one late wake-up on a loaded machine is not taken
+/// for a hang), and never when no heartbeat timeout is watched. Events and
+/// connection deadlines wake it in between; every wake-up is a heartbeat.
+fn idle_tick(heartbeat_timeout: Option<Duration>) -> Option<Duration> {
+    heartbeat_timeout.map(|t| (t / 3).max(Duration::from_millis(1)))
+}
+
 fn bind(addr: SocketAddr, reuse_port: bool, backlog: Option<i32>) -> Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::INET
@@ -724,4 +731,24 @@ pub fn serve(
         .workers(workers)
         .build(app)?
         .run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_worker_wakes_three_times_per_heartbeat_timeout_or_never() {
+        let tick = |secs| idle_tick(Some(Duration::from_secs(secs)));
+        assert_eq!(tick(30), Some(Duration::from_secs(10)));
+        assert_eq!(tick(3), Some(Duration::from_secs(1)));
+        assert_eq!(idle_tick(None), None);
+        // A tiny timeout still leaves the thread time to serve.
+        assert_eq!(
+            idle_tick(Some(Duration::from_nanos(1))),
+            Some(Duration::from_millis(1))
+        );
+        // A huge one is a long sleep, not an overflow.
+        assert_eq!(idle_tick(Some(Duration::MAX)), Some(Duration::MAX / 3));
+    }
 }

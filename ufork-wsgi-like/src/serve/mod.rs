@@ -84,7 +84,7 @@ pub(crate) fn run(
         stopping: false,
         accepting: true,
         accept_resume: None,
-        next_check: Instant::now(),
+        next_check: Some(Instant::now()),
     };
     lp.run()
 }
@@ -113,8 +113,9 @@ struct Loop<'w> {
     stopping: bool,
     accepting: bool,
     accept_resume: Option<Instant>,
-    /// When to look at the connections' deadlines next.
-    next_check: Instant,
+    /// When to look at the connections' deadlines next (`None`: nothing
+    /// to look at until a connection sets a deadline).
+    next_check: Option<Instant>,
 }
 
 fn timespec(d: Duration) -> rustix::time::Timespec {
@@ -152,7 +153,7 @@ impl Loop<'_> {
                 self.event(token, false);
             }
             let now = Instant::now();
-            if now >= self.next_check {
+            if self.next_check.is_some_and(|c| now >= c) {
                 self.check_timeouts(now);
             }
             if self.accept_resume.is_some_and(|r| now >= r) {
@@ -165,23 +166,28 @@ impl Loop<'_> {
     }
 
     /// Waits for events until the next deadline (at most a tick: the idle
-    /// heartbeat), not at all when requests are pending.
+    /// heartbeat; with neither, until an event), not at all when requests
+    /// are pending.
     fn wait(&mut self, events: &mut Vec<epoll::Event>) -> Result<()> {
         let now = Instant::now();
-        let mut timeout = if self.pending.is_empty() {
-            self.config.tick
+        let timeout = if self.pending.is_empty() {
+            let until = |at: Option<Instant>| at.map(|at| at.saturating_duration_since(now));
+            [
+                self.config.tick,
+                until(self.next_check),
+                until(self.accept_resume),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
         } else {
-            Duration::ZERO
+            Some(Duration::ZERO)
         };
-        timeout = timeout.min(self.next_check.saturating_duration_since(now));
-        if let Some(resume) = self.accept_resume {
-            timeout = timeout.min(resume.saturating_duration_since(now));
-        }
         events.clear();
         match epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(events),
-            Some(&timespec(timeout)),
+            timeout.map(timespec).as_ref(),
         ) {
             Ok(_) | Err(Errno::INTR) => Ok(()),
             Err(e) => Err(Error::Wait(e.into())),
@@ -303,7 +309,7 @@ impl Loop<'_> {
 
     fn watch_deadline(&mut self, deadline: Option<Instant>) {
         if let Some(d) = deadline {
-            self.next_check = self.next_check.min(d);
+            self.next_check = Some(self.next_check.map_or(d, |c| c.min(d)));
         }
     }
 
@@ -376,7 +382,7 @@ impl Loop<'_> {
     }
 
     fn check_timeouts(&mut self, now: Instant) {
-        self.next_check = deadline_after(now, self.config.tick).unwrap_or(now);
+        self.next_check = self.config.tick.and_then(|t| deadline_after(now, t));
         for idx in 0..self.slots.len() {
             let Some(conn) = &self.slots[idx].conn else {
                 continue;

@@ -16,7 +16,9 @@ use crate::{App, Error, Limits, Result};
 pub(crate) struct Config {
     pub(crate) limits: Limits,
     pub(crate) access_log: bool,
-    pub(crate) tick: Duration,
+    /// How often an idle thread wakes to heartbeat; `None`: never (no
+    /// heartbeat timeout is watched, so only events and deadlines wake it).
+    pub(crate) tick: Option<Duration>,
     pub(crate) threads: usize,
     /// The arbiter's heartbeat timeout, if it watches heartbeats.
     pub(crate) heartbeat_timeout: Option<Duration>,
