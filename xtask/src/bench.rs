@@ -1,6 +1,6 @@
 //! `cargo xtask bench [core|io|http]...`: runs the benchmark examples in
 //! release mode after installing the peers they compare with, by package
-//! name: wrk and nginx from Debian's packages, gunicorn and Python uFork
+//! name: wrk, nginx and valgrind from Debian's packages, gunicorn and Python uFork
 //! into a venv in the temp dir (hyper, axum and tokio are dev-dependencies
 //! of the http bench). A peer that cannot be installed is reported as
 //! skipped by the bench, which still runs.
@@ -36,7 +36,7 @@ pub fn run(which: &[String]) -> Result<(), String> {
         env_vars.push(("UFORK_BENCH_PYTHON".into(), python));
     }
     if wants("http") {
-        apt_install(&[("wrk", "wrk"), ("nginx", "nginx")]);
+        apt_install(&[("wrk", "wrk"), ("nginx", "nginx"), ("valgrind", "valgrind")]);
     }
     for (name, package, example) in BENCHES {
         if !wants(name) {

@@ -20,7 +20,9 @@
 //! - `idle`: 16 idle workers: wake-ups per second and CPU of the workers
 //!   and of the arbiter, against gunicorn sync;
 //! - `files`: a 1 GiB stream of 64 KiB chunks against the same bytes as a
-//!   file body; a 100 MB file download against nginx.
+//!   file body; a 100 MB file download against nginx;
+//! - `callgrind`: instructions per hello request of the serving thread of
+//!   `Server::spawn_local`, under valgrind's callgrind.
 //!
 //! Needs `wrk` on PATH (and `nginx` for its row). The Python peers need
 //! `UFORK_BENCH_PYTHON`: a python with `gunicorn` and `ufork` installed
@@ -30,6 +32,7 @@
 //! error too (the bench is a child subreaper, so workers of a peer that dies
 //! still come back to it).
 
+mod callgrind;
 mod load;
 mod procs;
 mod servers;
@@ -62,6 +65,7 @@ fn main() -> Result<(), BoxError> {
             let workers = args.get(2).ok_or("--serve KIND WORKERS")?.parse()?;
             servers::serve(kind, workers)
         }
+        Some("--local") => callgrind::local_requests(args.get(1).ok_or("--local N")?.parse()?),
         _ => bench(),
     }
 }
@@ -247,7 +251,7 @@ fn bench() -> Result<(), BoxError> {
         Err(_) => 10,
     };
     let rows: Vec<String> = std::env::var("UFORK_BENCH_ROWS")
-        .unwrap_or_else(|_| "hello,cpu,mem,respawn,idle,files".into())
+        .unwrap_or_else(|_| "hello,cpu,mem,respawn,idle,files,callgrind".into())
         .split(',')
         .map(str::to_owned)
         .collect();
@@ -301,6 +305,15 @@ fn bench() -> Result<(), BoxError> {
         }
         if wants("files") {
             files(&ctx)?;
+        }
+        if wants("callgrind") {
+            println!(
+                "\ninstructions per hello request, serving thread of Server::spawn_local (callgrind)"
+            );
+            match callgrind::per_request() {
+                Ok(n) => println!("ufork-wsgi-like: {n:.0}"),
+                Err(reason) => println!("ufork-wsgi-like: skipped ({reason})"),
+            }
         }
         Ok(())
     })();
