@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|io|http]...`: runs the benchmark examples in
+//! `cargo xtask bench [core|io|http|ops]...`: runs the benchmark examples in
 //! release mode after installing the peers they compare with, by package
 //! name: wrk, nginx and valgrind from Debian's packages, gunicorn and Python uFork
 //! into a venv in the temp dir (hyper, axum and tokio are dev-dependencies
@@ -11,11 +11,13 @@ use std::time::Instant;
 
 use crate::{cargo, step};
 
-/// The benches: name on the command line, package, example.
-const BENCHES: [(&str, &str, &str); 3] = [
+/// The benches: name on the command line, package, example. `ops` is
+/// `bench_http`'s operations row, run against the release `ufork` binary.
+const BENCHES: [(&str, &str, &str); 4] = [
     ("core", "ufork-core", "bench_core"),
     ("io", "ufork-io", "bench_io"),
     ("http", "ufork-wsgi-like", "bench_http"),
+    ("ops", "ufork-wsgi-like", "bench_http"),
 ];
 
 pub fn run(which: &[String]) -> Result<(), String> {
@@ -24,7 +26,7 @@ pub fn run(which: &[String]) -> Result<(), String> {
         .find(|w| !BENCHES.iter().any(|(name, ..)| name == w))
     {
         return Err(format!(
-            "unknown bench {unknown:?}; the benches are core, io and http"
+            "unknown bench {unknown:?}; the benches are core, io, http and ops"
         ));
     }
     let all = which.is_empty();
@@ -35,7 +37,7 @@ pub fn run(which: &[String]) -> Result<(), String> {
     if let Some(python) = venv(wants("http") || wants("core")) {
         env_vars.push(("UFORK_BENCH_PYTHON".into(), python));
     }
-    if wants("http") {
+    if wants("http") || wants("ops") {
         apt_install(&[("wrk", "wrk"), ("nginx", "nginx"), ("valgrind", "valgrind")]);
     }
     for (name, package, example) in BENCHES {
@@ -54,6 +56,15 @@ pub fn run(which: &[String]) -> Result<(), String> {
         ]);
         if package == "ufork-core" {
             run.args(["--features", "rng"]);
+        }
+        if name == "ops" {
+            let mut build = cargo();
+            build.args(["build", "--release", "--quiet", "-p", "ufork-cli"]);
+            step("build the ufork binary", build)?;
+            let target = env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| crate::root().join("target"), Into::into);
+            run.env("UFORK_BENCH_ROWS", "ops")
+                .env("UFORK_BENCH_UFORK", target.join("release/ufork"));
         }
         for (k, v) in &env_vars {
             run.env(k, v);

@@ -16,11 +16,32 @@ pub struct Measure {
     pub p99_ms: f64,
     /// Socket errors (connect, read, write, timeout) plus non-2xx/3xx answers.
     pub errors: u64,
+    /// Of `errors`: connections refused (or otherwise not made).
+    pub connect_errors: u64,
+    /// Of `errors`: requests wrk gave up waiting for.
+    pub timeouts: u64,
+    /// Of `errors`: answers that were not 2xx or 3xx.
+    pub non_2xx: u64,
 }
 
 /// Starts wrk against `http://127.0.0.1:port{path}`; [`finish`] reads it.
 pub fn start(port: u16, path: &str, connections: u32, secs: u64) -> Result<Child, BoxError> {
-    Ok(Command::new("wrk")
+    start_with(port, path, connections, secs, None)
+}
+
+/// [`start`] with one more request header (`Connection: close`...).
+pub fn start_with(
+    port: u16,
+    path: &str,
+    connections: u32,
+    secs: u64,
+    header: Option<&str>,
+) -> Result<Child, BoxError> {
+    let mut command = Command::new("wrk");
+    if let Some(header) = header {
+        command.args(["-H", header]);
+    }
+    Ok(command
         .args([
             "-t2",
             &format!("-c{connections}"),
@@ -57,12 +78,23 @@ fn parse(text: &str) -> Result<Measure, BoxError> {
             m.p50_ms = duration_ms(v.trim()).ok_or_else(|| format!("bad latency {v:?}"))?;
         } else if let Some(v) = line.strip_prefix("Socket errors:") {
             // "connect 0, read 12, write 0, timeout 0"
-            m.errors += v
-                .split(',')
-                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>();
+            for part in v.split(',') {
+                let mut words = part.split_whitespace();
+                let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                m.errors += n;
+                match kind {
+                    "connect" => m.connect_errors += n,
+                    "timeout" => m.timeouts += n,
+                    _ => {}
+                }
+            }
         } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            m.errors += v.trim().parse::<u64>().unwrap_or(0);
+            let n = v.trim().parse::<u64>().unwrap_or(0);
+            m.errors += n;
+            m.non_2xx += n;
         }
     }
     if m.rps == 0.0 {

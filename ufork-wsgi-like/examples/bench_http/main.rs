@@ -22,7 +22,10 @@
 //! - `files`: a 1 GiB stream of 64 KiB chunks against the same bytes as a
 //!   file body; a 100 MB file download against nginx;
 //! - `callgrind`: instructions per hello request of the serving thread of
-//!   `Server::spawn_local`, under valgrind's callgrind.
+//!   `Server::spawn_local`, under valgrind's callgrind;
+//! - `ops` (only when asked for, as `cargo xtask bench ops` does): errors
+//!   and p99 during rolling restarts, an upgrade and a graceful stop of
+//!   `ufork serve` against gunicorn (see `ops.rs`).
 //!
 //! Needs `wrk` on PATH (and `nginx` for its row). The Python peers need
 //! `UFORK_BENCH_PYTHON`: a python with `gunicorn` and `ufork` installed
@@ -34,6 +37,7 @@
 
 mod callgrind;
 mod load;
+mod ops;
 mod procs;
 mod servers;
 
@@ -306,6 +310,9 @@ fn bench() -> Result<(), BoxError> {
         if wants("files") {
             files(&ctx)?;
         }
+        if wants("ops") {
+            ops::run(&ctx);
+        }
         if wants("callgrind") {
             println!(
                 "\ninstructions per hello request, serving thread of Server::spawn_local (callgrind)"
@@ -330,21 +337,45 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Runs wrk at each of `connections` against a freshly started `spec`.
-fn rates(ctx: &Ctx, spec: &Spec, path: &str, connections: &[u32]) -> Result<Vec<Measure>, String> {
+/// Runs wrk at each of `connections` against a freshly started `spec`;
+/// for a pre-forked server, also how the first run's connections were
+/// split between its workers ("41/23").
+fn rates(
+    ctx: &Ctx,
+    spec: &Spec,
+    path: &str,
+    connections: &[u32],
+) -> Result<(Vec<Measure>, String), String> {
     let (peer, port) = ctx.start(spec, WORKERS, &[])?;
     ctx.warm_up(port, path)?;
-    let result = connections
-        .iter()
-        .map(|&c| load::wrk(port, path, c, ctx.secs).map_err(|e| e.to_string()))
-        .collect();
+    let workers = procs::children(peer.pid());
+    let idle: Vec<usize> = workers.iter().map(|&w| procs::sockets(w)).collect();
+    let mut split = String::new();
+    let mut measures = Vec::new();
+    for (i, &c) in connections.iter().enumerate() {
+        let wrk = load::start(port, path, c, ctx.secs).map_err(|e| e.to_string())?;
+        if i == 0 && workers.len() > 1 {
+            std::thread::sleep(Duration::from_secs(ctx.secs) / 2);
+            let counts: Vec<String> = workers
+                .iter()
+                .zip(&idle)
+                .map(|(&w, &n)| procs::sockets(w).saturating_sub(n).to_string())
+                .collect();
+            split = counts.join("/");
+        }
+        measures.push(load::finish(wrk).map_err(|e| e.to_string())?);
+    }
     drop(peer);
-    result
+    Ok((measures, split))
 }
 
 fn hello(ctx: &Ctx) {
-    let contenders: [(&str, Spec); 7] = [
+    let contenders: [(&str, Spec); 8] = [
         ("ufork-wsgi-like -w 2", Spec::Rust("ufork")),
+        (
+            "ufork-wsgi-like -w 2 reuse_port",
+            Spec::Rust("ufork-reuseport"),
+        ),
         ("rust pre-fork floor -w 2", Spec::Rust("floor")),
         ("hyper 1, tokio 2 threads", Spec::Rust("hyper")),
         ("axum 0.8, tokio 2 threads", Spec::Rust("axum")),
@@ -361,7 +392,7 @@ fn hello(ctx: &Ctx) {
         .collect();
     println!("\nhello world");
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>10} {:>9} {:>13} {:>13}",
+        "{:<34} {:>10} {:>9} {:>9} {:>10} {:>9} {:>13} {:>13} {:>9}",
         "server",
         "c64 req/s",
         "c64 p50",
@@ -369,25 +400,28 @@ fn hello(ctx: &Ctx) {
         "c256 req/s",
         "c256 p99",
         "ufork÷ req/s",
-        "ufork÷ p99"
+        "ufork÷ p99",
+        "c64 split"
     );
-    let ours = results[0].1.as_ref().ok().cloned();
+    let ours = results[0].1.as_ref().ok().map(|(m, _)| m.clone());
     for (name, result) in &results {
         match result {
-            Ok(m) => {
+            Ok((m, split)) => {
                 let (r, p) = match &ours {
                     Some(o) => (ratio(o[0].rps, m[0].rps), ratio(o[0].p99_ms, m[0].p99_ms)),
                     None => ("-".into(), "-".into()),
                 };
                 println!(
-                    "{:<34} {:>10.0} {:>7.2}ms {:>7.2}ms {:>10.0} {:>7.2}ms {:>13} {:>13}",
-                    name, m[0].rps, m[0].p50_ms, m[0].p99_ms, m[1].rps, m[1].p99_ms, r, p
+                    "{:<34} {:>10.0} {:>7.2}ms {:>7.2}ms {:>10.0} {:>7.2}ms {:>13} {:>13} {:>9}",
+                    name, m[0].rps, m[0].p50_ms, m[0].p99_ms, m[1].rps, m[1].p99_ms, r, p, split
                 );
             }
             Err(reason) => println!("{name:<34} skipped ({reason})"),
         }
     }
-    println!("(ratios at c64: ufork's req/s and p99 over the row's; p99 below 1 is better)");
+    println!(
+        "(ratios at c64: ufork's req/s and p99 over the row's, p99 below 1 is better; split: the c64 connections each worker held)"
+    );
 }
 
 fn cpu(ctx: &Ctx) {
@@ -405,10 +439,10 @@ fn cpu(ctx: &Ctx) {
         "{:<34} {:>10} {:>9} {:>9} {:>13}",
         "server", "c64 req/s", "c64 p50", "c64 p99", "ufork÷ req/s"
     );
-    let ours = results[0].1.as_ref().ok().map(|m| m[0]);
+    let ours = results[0].1.as_ref().ok().map(|(m, _)| m[0]);
     for (name, result) in &results {
         match result {
-            Ok(m) => println!(
+            Ok((m, _)) => println!(
                 "{:<34} {:>10.0} {:>7.2}ms {:>7.2}ms {:>13}",
                 name,
                 m[0].rps,

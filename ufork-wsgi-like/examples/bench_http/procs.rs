@@ -187,3 +187,21 @@ pub fn wait_children(pid: i32, n: usize, within: Duration) -> Result<(), BoxErro
     }
     Ok(())
 }
+
+/// Open sockets of `pid` (listeners and connections).
+pub fn sockets(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
+        fds.flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
+/// Reaps the children that have exited, without waiting.
+pub fn reap_exited() {
+    use rustix::process::{WaitOptions, wait};
+    while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
+}

@@ -73,7 +73,8 @@ fn mem() -> String {
 
 pub fn serve(kind: &str, workers: usize) -> Result<(), BoxError> {
     match kind {
-        "ufork" => serve_ufork(workers),
+        "ufork" => serve_ufork(workers, false),
+        "ufork-reuseport" => serve_ufork(workers, true),
         "floor" => floor::serve(workers),
         "hyper" => serve_hyper(workers),
         "axum" => serve_axum(workers),
@@ -125,14 +126,22 @@ fn ufork_app(request: http::Request<Body>) -> http::Response<ResponseBody> {
     }
 }
 
-/// Our server, as the bench runs it.
-fn serve_ufork(workers: usize) -> Result<(), BoxError> {
+/// Our server, as the bench runs it; with `reuse_port` each worker binds
+/// its own socket (SO_REUSEPORT) and the kernel spreads the connections.
+fn serve_ufork(workers: usize, reuse_port: bool) -> Result<(), BoxError> {
     let mb = env_usize("UFORK_BENCH_MEM_MB");
     if mb > 0 {
         build_data(mb);
     }
+    // SO_REUSEPORT needs one port for every worker's socket: not port 0.
+    let port = if reuse_port {
+        crate::procs::free_port()?
+    } else {
+        0
+    };
     let server = ufork_wsgi_like::Server::builder()
-        .bind("127.0.0.1:0")
+        .bind(format!("127.0.0.1:{port}"))
+        .reuse_port(reuse_port)
         .workers(workers)
         .build(ufork_app)?;
     announce(server.local_addrs()[0].port())?;
