@@ -217,7 +217,7 @@ impl Builder {
         self
     }
 
-    /// Whether `run` handles INT, TERM, QUIT, HUP, TTIN, TTOU, USR1 and USR2
+    /// Whether `run` handles INT, TERM, QUIT, HUP, TTIN, TTOU, USR1, USR2 and WINCH
     /// (default true). Without, only the [`Handle`] controls the pool.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.settings.handle_signals = handle;

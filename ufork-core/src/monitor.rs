@@ -27,7 +27,7 @@ use crate::{Arbiter, Error, ExitReason, ExitStatus, Outcome, Result, Worker};
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
-const HANDLED: [i32; 8] = [
+const HANDLED: [i32; 9] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGQUIT,
@@ -36,6 +36,7 @@ const HANDLED: [i32; 8] = [
     libc::SIGTTOU,
     libc::SIGUSR1,
     libc::SIGUSR2,
+    libc::SIGWINCH,
 ];
 
 pub(crate) fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -727,6 +728,13 @@ where
         if both(libc::SIGUSR2) > 0 {
             log::info!(target: "ufork", "SIGUSR2: in-place upgrade");
             self.upgrade();
+        }
+        // gunicorn and unicorn stop their workers on a WINCH sent to a
+        // daemonized master; an operator may send it by habit. A terminal's
+        // own WINCH (a resize, raised by the kernel) is not worth a line.
+        let _ = sys::take_kernel_count(libc::SIGWINCH);
+        if sys::take_count(libc::SIGWINCH) > 0 {
+            log::info!(target: "ufork", "SIGWINCH ignored: the workers keep running (to stop them, scale down or stop the pool)");
         }
         if both(libc::SIGCHLD) > 0 && self.reaper {
             self.reap_any();

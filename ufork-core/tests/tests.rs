@@ -1890,3 +1890,31 @@ fn a_pool_that_cannot_start_gives_up_naming_the_last_failure() {
     );
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn a_sigwinch_sent_by_habit_is_logged_and_ignored() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {}", w.generation()));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("the worker", |l| l == "up 0");
+    signal_self(rustix::process::Signal::WINCH);
+    util::wait_until("the arbiter says it ignored SIGWINCH", || {
+        util::logs().iter().any(|l| l.contains("SIGWINCH ignored"))
+    });
+    let snap = handle.snapshot();
+    assert!(snap.running && !snap.stopping);
+    assert_eq!(snap.workers.len(), 1);
+    assert_eq!(snap.workers[0].generation, 0, "the worker was left alone");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.history.len(), 1);
+    assert_nothing_left(&outcome.history);
+}
