@@ -57,6 +57,21 @@ pub enum Error {
     /// off for the others.
     #[error("another arbiter of this process already handles signals")]
     AlreadyRunning,
+    /// Binding or listening on a socket failed ([`listen`](crate::listen)).
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address, as given.
+        address: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Sockets handed over by socket activation (`LISTEN_FDS`) are unusable.
+    #[error("socket activation: {reason}")]
+    SocketActivation {
+        /// What is wrong, naming the variable or descriptor.
+        reason: String,
+    },
 }
 
 /// The result type of this crate.

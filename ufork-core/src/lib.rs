@@ -77,6 +77,7 @@ mod error;
 mod exit;
 mod handle;
 mod layer;
+pub mod listen;
 mod monitor;
 mod notes;
 mod proc;
@@ -97,4 +98,4 @@ pub use exit::{
 pub use handle::{Handle, Snapshot, WorkerInfo};
 pub use layer::{ChildInfo, Context, Interest, Layer, Readiness, Spawn, Token};
 pub use scoreboard::{ACTIVITY_LEN, WorkerState};
-pub use worker::{Vitals, Worker};
+pub use worker::{StopNotifier, Vitals, Worker};

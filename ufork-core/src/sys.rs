@@ -354,3 +354,66 @@ pub(crate) fn is_reaper() -> bool {
     let rc = unsafe { libc::prctl(libc::PR_GET_CHILD_SUBREAPER, &mut flag as *mut libc::c_int) };
     rc == 0 && flag != 0
 }
+
+// ---------------------------------------------------------------------------
+// Socket activation: descriptors a supervisor (systemd) handed over.
+
+/// Set once the activated descriptors were taken, so no second owner is made.
+static ACTIVATION_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The first descriptor of socket activation (`SD_LISTEN_FDS_START`).
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
+
+/// Takes ownership of descriptors `3 .. 3 + count` that socket activation
+/// handed to the process whose pid is `listen_pid`, and makes them CLOEXEC.
+/// Returns `Ok(None)` when they are not this process' (another pid) or were
+/// already taken in this process.
+///
+/// # Errors
+///
+/// When a descriptor in the range is not open; the descriptors already
+/// checked are taken and closed then, so none is owned twice.
+pub(crate) fn adopt_listen_fds(
+    listen_pid: u32,
+    count: usize,
+) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let ours = rustix::process::getpid().as_raw_nonzero().get();
+    if i64::from(ours) != i64::from(listen_pid) || ACTIVATION_TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let count = i32::try_from(count)
+        .ok()
+        .filter(|n| n.checked_add(LISTEN_FDS_START).is_some())
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut taken = Vec::with_capacity(count as usize);
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count {
+        // SAFETY: F_SETFD on a raw number has no memory effects; it fails with
+        // EBADF when the descriptor is not open.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor is open (above) and the supervisor handed it
+        // to this very process (LISTEN_PID is our pid), so nothing else owns
+        // it: the only code that may claim the range is this function, which
+        // does so once per process (ACTIVATION_TAKEN).
+        taken.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(Some(taken))
+}
+
+/// Removes `names` from the environment when that is sound: only while the
+/// process has a single thread (`getenv` in another thread could race the
+/// removal). Returns whether they were removed.
+pub(crate) fn remove_env_single_threaded(names: &[&str]) -> bool {
+    // Only this thread could start another, and it is busy here.
+    if crate::proc::thread_count() != Some(1) {
+        return false;
+    }
+    for name in names {
+        // SAFETY: the process has one thread (checked above), so no other
+        // thread reads or writes the environment meanwhile.
+        unsafe { std::env::remove_var(name) };
+    }
+    true
+}

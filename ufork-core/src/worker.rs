@@ -167,6 +167,19 @@ impl Worker {
         self.stop_read.as_fd()
     }
 
+    /// An owned descriptor that becomes readable when the worker is asked to
+    /// stop (and stays readable), for an async runtime's reactor; see
+    /// [`StopNotifier`].
+    ///
+    /// # Errors
+    ///
+    /// When the process is out of descriptors.
+    pub fn stop_notifier(&self) -> std::io::Result<StopNotifier> {
+        Ok(StopNotifier {
+            fd: self.stop_read.try_clone()?,
+        })
+    }
+
     /// Blocks until the worker is asked to stop or `timeout` passes (forever if
     /// `None`). Returns whether a stop was requested.
     pub fn wait_for_stop(&self, timeout: Option<Duration>) -> bool {
@@ -191,7 +204,8 @@ impl Worker {
         true
     }
 
-    /// Reports into this worker's scoreboard slot.
+    /// Reports into this worker's scoreboard slot. Clone it to move it into a
+    /// thread or an async task: a `Vitals` is `Send + Sync + 'static`.
     pub fn vitals(&self) -> &Vitals {
         &self.vitals
     }
@@ -257,6 +271,50 @@ impl Worker {
     #[cfg(feature = "rng")]
     pub fn rng(&mut self) -> &mut rand_chacha::ChaCha20Rng {
         &mut self.rng
+    }
+}
+
+/// The worker's stop notification as an owned descriptor (the read end of a
+/// pipe): it becomes readable when the worker is asked to stop and stays
+/// readable, so every watcher sees it. Do not read from it.
+///
+/// It moves into an async runtime without `unsafe`. With tokio (features
+/// `rt`, `net`), wait for it next to the server:
+///
+/// ```text
+/// let stop = tokio::net::unix::pipe::Receiver::from_owned_fd(worker.stop_notifier()?.into())?;
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(async move { let _ = stop.readable().await; })
+///     .await?;
+/// ```
+#[derive(Debug)]
+pub struct StopNotifier {
+    fd: OwnedFd,
+}
+
+impl StopNotifier {
+    /// Whether the stop was requested (one atomic load, as
+    /// [`Worker::should_stop`]).
+    pub fn should_stop(&self) -> bool {
+        sys::worker_stop_requested()
+    }
+}
+
+impl AsFd for StopNotifier {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::os::fd::AsRawFd for StopNotifier {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<StopNotifier> for OwnedFd {
+    fn from(notifier: StopNotifier) -> OwnedFd {
+        notifier.fd
     }
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of the arbiter through its public API.
 
+mod async_tokio;
 mod upgrade;
 mod util;
 
