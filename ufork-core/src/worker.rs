@@ -293,6 +293,18 @@ pub struct StopNotifier {
 }
 
 impl StopNotifier {
+    /// Another notifier for the same stop (a CLOEXEC `dup`), for a second
+    /// watcher.
+    ///
+    /// # Errors
+    ///
+    /// When the process is out of descriptors.
+    pub fn try_clone(&self) -> std::io::Result<StopNotifier> {
+        Ok(StopNotifier {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// Whether the stop was requested (one atomic load, as
     /// [`Worker::should_stop`]).
     pub fn should_stop(&self) -> bool {

@@ -70,3 +70,308 @@ fn the_stop_notifier_and_vitals_move_into_a_thread_that_sees_the_stop() {
     assert_eq!(outcome.history.len(), 1);
     assert_eq!(outcome.history[0].reason, ExitReason::Stopped);
 }
+
+// ---------------------------------------------------------------------------
+// The `async_tokio` example, as a user runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::util::{DEADLINE, Reaped};
+
+/// The example binary: `cargo test` and nextest build every example of the
+/// package next to the test binaries' `deps` directory.
+fn example_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory")
+        .join("examples")
+        .join("async_tokio");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p ufork-core --example async_tokio`",
+        bin.display()
+    );
+    bin
+}
+
+/// A running example process; its stdout and stderr lines arrive on one
+/// channel, prefixed `out: ` and `err: `.
+struct Example {
+    child: Reaped,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Example {
+    fn start(command: &mut Command) -> Self {
+        let mut child = Reaped(
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the example"),
+        );
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for (tag, stream) in [
+            ("out", Box::new(out) as Box<dyn Read + Send>),
+            ("err", Box::new(err)),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(format!("{tag}: {line}")).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Example {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {what}; seen: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for "listening on ADDR (NAME)" and returns the TCP address.
+    fn listening(&mut self) -> (SocketAddr, String) {
+        let line = self.expect("listening on", |l| l.starts_with("out: listening on "));
+        let rest = line.trim_start_matches("out: listening on ");
+        let (addr, name) = rest.split_once(' ').expect("address and name");
+        (addr.parse().expect("a TCP address"), name.to_owned())
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal the example");
+    }
+
+    /// Waits for the example to exit and returns its exit code.
+    fn exit_code(&mut self) -> Option<i32> {
+        assert!(
+            util::wait_exit(self.pid(), DEADLINE),
+            "the example did not exit"
+        );
+        self.child.wait().expect("wait").code()
+    }
+}
+
+/// Processes whose parent is `parent` (zombies included).
+fn children_of(parent: i32) -> Vec<i32> {
+    let parent = parent.to_string();
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                        stat.rsplit(')')
+                            .next()
+                            .and_then(|r| r.split_whitespace().nth(1))
+                            == Some(parent.as_str())
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One GET on a fresh connection: the status and body, or None when the
+/// connection ends without a response.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("reading the response to {path}: {e}"),
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The pid in "... (pid N)" of a response body.
+fn pid_in(body: &str) -> i32 {
+    body.rsplit("(pid ")
+        .next()
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {body:?}"))
+}
+
+#[test]
+fn the_async_example_serves_replaces_a_killed_worker_and_drains_on_sigterm() {
+    let mut example = Example::start(Command::new(example_bin()).args([
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ]));
+    let (addr, name) = example.listening();
+    assert_eq!(name, "(unknown)", "bound here, not inherited");
+    let (status, body) = get(addr, "/").expect("a response");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("hello from worker "), "{body}");
+    util::wait_until("two workers run", || children_of(example.pid()).len() == 2);
+    let workers = children_of(example.pid());
+
+    // SIGKILL a worker: the arbiter records it and forks a replacement.
+    let victim = pid_in(&body);
+    assert!(workers.contains(&victim), "{victim} not in {workers:?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill a worker");
+    example.expect("the killed worker's exit", |l| {
+        l.starts_with("err: exit: worker ")
+            && l.contains(&format!("(pid {victim},"))
+            && l.contains("SIGKILL")
+    });
+    util::wait_until("the worker is replaced", || {
+        let now = children_of(example.pid());
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert_eq!(get(addr, "/").expect("a response").0, 200);
+
+    // SIGTERM with a request in flight: it completes, and the example exits 0.
+    let slow = std::thread::spawn(move || get(addr, "/until-stop"));
+    let line = example.expect("the slow request in flight", |l| {
+        l.starts_with("out: in flight until the stop: pid ")
+    });
+    let serving: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let workers = children_of(example.pid());
+    assert!(workers.contains(&serving));
+    example.signal(rustix::process::Signal::TERM);
+    let (status, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("finished after the stop (pid {serving})\n"));
+    assert_eq!(example.exit_code(), Some(0), "seen: {:#?}", example.seen);
+    example.expect("the graceful stop", |l| {
+        l == "out: stopped by Signal(15), graceful: true"
+    });
+    for pid in workers {
+        assert!(!util::exists(pid), "worker {pid} left behind");
+    }
+}
+
+#[test]
+fn a_handler_blocking_the_runtime_is_killed_at_the_hang_timeout() {
+    let mut example = Example::start(Command::new(example_bin()).args([
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--timeout",
+        "2",
+    ]));
+    let (addr, _) = example.listening();
+    let (_, body) = get(addr, "/").expect("a response");
+    let blocked = pid_in(&body);
+    // The handler blocks the runtime's only thread: no response ever comes,
+    // the heartbeat task stops, and the arbiter kills the worker.
+    assert_eq!(get(addr, "/block"), None);
+    let line = example.expect("the hang kill", |l| {
+        l.starts_with("err: exit: worker 0 ") && l.contains(&format!("(pid {blocked},"))
+    });
+    assert!(
+        line.contains("timed out: silent for") && line.contains("while busy (GET /block)"),
+        "{line}"
+    );
+    let (status, body) = get(addr, "/").expect("the replacement answers");
+    assert_eq!(status, 200);
+    assert_ne!(pid_in(&body), blocked);
+    example.signal(rustix::process::Signal::TERM);
+    assert_eq!(example.exit_code(), Some(0), "seen: {:#?}", example.seen);
+}
+
+/// Does what `systemd-socket-activate -l 127.0.0.1:0 --fdname=web` does: binds,
+/// puts the socket at fd 3, sets LISTEN_FDS, LISTEN_PID (its own pid, which
+/// exec keeps) and LISTEN_FDNAMES, and execs the program (`{port}` in its
+/// arguments replaced by the bound port).
+const LAUNCHER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+port = str(s.getsockname()[1])
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
+os.execv(sys.argv[1], [a.replace("{port}", port) for a in sys.argv[1:]])
+"#;
+
+#[test]
+fn the_async_example_takes_its_socket_from_socket_activation() {
+    // --bind names the inherited socket's address: it is matched by address,
+    // so nothing is bound (binding would fail: the port is taken).
+    let mut example = Example::start(
+        Command::new("python3")
+            .args(["-c", LAUNCHER])
+            .arg(example_bin())
+            .args(["--bind", "127.0.0.1:{port}", "--workers", "1"]),
+    );
+    let (addr, name) = example.listening();
+    assert_eq!(
+        name, "(web)",
+        "the inherited socket, under its LISTEN_FDNAMES name"
+    );
+    assert_eq!(get(addr, "/").expect("a response").0, 200);
+    // The variables are cleared before the fork: workers do not see them.
+    assert_eq!(
+        get(addr, "/listen-fds"),
+        Some((200, "LISTEN_FDS unset\n".to_owned()))
+    );
+    // The taken descriptor is CLOEXEC now (fdinfo's flags are octal).
+    let fdinfo = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", example.pid())).unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .expect("flags");
+    assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "{fdinfo}");
+    example.signal(rustix::process::Signal::TERM);
+    assert_eq!(example.exit_code(), Some(0), "seen: {:#?}", example.seen);
+}
