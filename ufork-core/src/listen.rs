@@ -56,7 +56,8 @@ use std::str::FromStr;
 
 use rustix::net::{AddressFamily, SocketAddrAny, SocketFlags, SocketType, sockopt};
 
-use crate::{Error, Result, sys};
+use crate::upgrade::sys as adopt;
+use crate::{Error, Result};
 
 /// The name of a socket nobody named, as systemd spells it in `LISTEN_FDNAMES`.
 pub const UNNAMED: &str = "unknown";
@@ -265,57 +266,67 @@ pub fn activated() -> Result<Vec<Listener>> {
     if pid.is_none() && fds.is_none() && names.is_none() {
         return Ok(Vec::new());
     }
-    if !sys::remove_env_single_threaded(&ACTIVATION_VARS) {
+    if std::env::var_os(crate::upgrade::REPORT_FD_ENV).is_some() {
+        // An upgrade handed these over: `upgrade::Handover::take` takes them
+        // (with its report descriptor), and `Builder::inherit` matches them.
+        return Ok(Vec::new());
+    }
+    if !adopt::remove_env(&ACTIVATION_VARS) {
         log::warn!(
             target: "ufork",
             "LISTEN_FDS and LISTEN_PID stay in the environment: the process has several threads (take the sockets before starting any)"
         );
     }
-    let Some((listen_pid, names)) =
-        parse_activation(pid.as_deref(), fds.as_deref(), names.as_deref())?
-    else {
+    let Some(names) = parse_activation(pid.as_deref(), fds.as_deref(), names.as_deref())? else {
         return Ok(Vec::new());
     };
-    let fail = |reason: String| Error::SocketActivation { reason };
-    let Some(fds) = sys::adopt_listen_fds(listen_pid, names.len()).map_err(|e| {
-        fail(format!(
+    // LISTEN_PID is ours (checked above). The adoption happens once per
+    // process, shared with `upgrade::Handover`, so no descriptor gets two
+    // owners.
+    let Some(fds) = adopt::adopt(names.len(), None).map_err(|e| Error::SocketActivation {
+        reason: format!(
             "LISTEN_FDS={} but not every descriptor from 3 on is open ({e})",
             names.len()
-        ))
+        ),
     })?
     else {
         return Ok(Vec::new());
     };
-    let mut listeners = Vec::with_capacity(fds.len());
-    for (fd, name) in fds.into_iter().zip(names) {
-        let raw = fd.as_raw_fd();
-        let socket =
-            Socket::from_listening(fd).map_err(|why| fail(format!("fd {raw} (`{name}`) {why}")))?;
-        socket.set_nonblocking(true).map_err(|e| {
-            fail(format!(
-                "fd {raw} (`{name}`): cannot make it non-blocking ({e})"
-            ))
-        })?;
-        let address = socket
-            .local_address()
-            .map_err(|e| fail(format!("fd {raw} (`{name}`) has no address ({e})")))?;
-        listeners.push(Listener {
-            name,
-            address,
-            socket,
-            inherited: true,
-        });
-    }
-    Ok(listeners)
+    fds.into_iter()
+        .zip(names)
+        .map(|(fd, name)| inherited_listener(name, fd))
+        .collect()
 }
 
-/// Reads the activation variables: `None` when they are not for `our_pid`,
-/// else the pid they name and one name per descriptor.
+/// Checks and wraps a socket handed over by a supervisor or an upgrade.
+fn inherited_listener(name: String, fd: OwnedFd) -> Result<Listener> {
+    let fail = |reason: String| Error::SocketActivation { reason };
+    let raw = fd.as_raw_fd();
+    let socket =
+        Socket::from_listening(fd).map_err(|why| fail(format!("fd {raw} (`{name}`) {why}")))?;
+    socket.set_nonblocking(true).map_err(|e| {
+        fail(format!(
+            "fd {raw} (`{name}`): cannot make it non-blocking ({e})"
+        ))
+    })?;
+    let address = socket
+        .local_address()
+        .map_err(|e| fail(format!("fd {raw} (`{name}`) has no address ({e})")))?;
+    Ok(Listener {
+        name,
+        address,
+        socket,
+        inherited: true,
+    })
+}
+
+/// Reads the activation variables: `None` when they are not for this
+/// process, else one name per descriptor.
 fn parse_activation(
     pid: Option<&str>,
     fds: Option<&str>,
     names: Option<&str>,
-) -> Result<Option<(u32, Vec<String>)>> {
+) -> Result<Option<Vec<String>>> {
     let fail = |reason: String| Error::SocketActivation { reason };
     let (Some(pid), Some(fds)) = (pid, fds) else {
         return Ok(None);
@@ -344,7 +355,7 @@ fn parse_activation(
             names.len()
         )));
     }
-    Ok(Some((pid, names)))
+    Ok(Some(names))
 }
 
 /// One socket asked for.
@@ -387,9 +398,10 @@ fn assign(
 }
 
 /// How to bind the sockets; see [`Listeners::builder`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Builder {
     requests: Vec<Request>,
+    given: Vec<(String, OwnedFd)>,
     reuse_port: bool,
     backlog: u32,
     activation: bool,
@@ -432,6 +444,14 @@ impl Builder {
         self
     }
 
+    /// Adds a socket handed over some other way (an upgrade's
+    /// [`Handover::take_all`](crate::upgrade::Handover::take_all)), matched
+    /// to the requests like an activated one.
+    pub fn inherit(mut self, name: &str, socket: OwnedFd) -> Self {
+        self.given.push((name.to_owned(), socket));
+        self
+    }
+
     /// Take sockets from socket activation (default true); see [`activated`].
     pub fn socket_activation(mut self, on: bool) -> Self {
         self.activation = on;
@@ -458,11 +478,14 @@ impl Builder {
                 }
             }
         }
-        let inherited = if self.activation {
+        let mut inherited = if self.activation {
             activated()?
         } else {
             Vec::new()
         };
+        for (name, fd) in self.given {
+            inherited.push(inherited_listener(name, fd)?);
+        }
         let keys: Vec<(&str, &Address)> = inherited
             .iter()
             .map(|l| (l.name.as_str(), &l.address))
@@ -632,6 +655,7 @@ impl Listeners {
     pub fn builder() -> Builder {
         Builder {
             requests: Vec::new(),
+            given: Vec::new(),
             reuse_port: false,
             backlog: DEFAULT_BACKLOG,
             activation: true,
@@ -745,7 +769,7 @@ impl Listeners {
 
 /// Puts `fds` at 3, 4, ... without CLOEXEC (in place when they are there).
 fn place(fds: Vec<OwnedFd>) -> io::Result<Vec<OwnedFd>> {
-    let start = sys::LISTEN_FDS_START;
+    let start = adopt::FDS_START;
     let in_place = fds.iter().enumerate().all(|(i, fd)| {
         i32::try_from(i).ok().and_then(|i| i.checked_add(start)) == Some(fd.as_raw_fd())
     });
@@ -835,15 +859,15 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let (_, names) = parse_activation(Some(&me), Some("2"), None)
+        let names = parse_activation(Some(&me), Some("2"), None)
             .unwrap()
             .unwrap();
         assert_eq!(names, [UNNAMED, UNNAMED]);
-        let (_, names) = parse_activation(Some(&me), Some("2"), Some("web:admin"))
+        let names = parse_activation(Some(&me), Some("2"), Some("web:admin"))
             .unwrap()
             .unwrap();
         assert_eq!(names, ["web", "admin"]);
-        let (_, names) = parse_activation(Some(&me), Some("0"), Some(""))
+        let names = parse_activation(Some(&me), Some("0"), Some(""))
             .unwrap()
             .unwrap();
         assert!(names.is_empty());
@@ -998,6 +1022,33 @@ mod tests {
         drop(set);
         assert!(!path.exists(), "the set that made the file removes it");
         std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_handed_over_is_matched_by_address_and_keeps_its_name() {
+        let given = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = given.local_addr().unwrap();
+        let set = Listeners::builder()
+            .address(addr.into())
+            .inherit("web", given.into())
+            .socket_activation(false)
+            .build()
+            .unwrap();
+        assert_eq!(set.len(), 1, "matched, not bound beside it");
+        let mine = set.for_worker().unwrap().remove(0);
+        assert_eq!((mine.name(), mine.address()), ("web", &Address::Tcp(addr)));
+        assert!(mine.is_inherited());
+        // Something that is not a listening socket is refused, named.
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        let err = Listeners::builder()
+            .inherit("pipe", r)
+            .socket_activation(false)
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("(`pipe`) is not a socket"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,7 +58,8 @@
 //! # }
 //! ```
 
-mod sys;
+// Shared with `listen`: one adoption of fds 3.. per process, whoever takes them.
+pub(crate) mod sys;
 
 use std::ffi::OsString;
 use std::fmt;
