@@ -342,7 +342,7 @@ fn parse_activation(
     let count: usize = fds
         .parse()
         .ok()
-        .filter(|&n: &usize| n <= i32::MAX as usize - 3)
+        .filter(|&n: &usize| i32::try_from(n).is_ok_and(|n| n.checked_add(3).is_some()))
         .ok_or_else(|| fail(format!("LISTEN_FDS=`{fds}` is not a count of descriptors")))?;
     let names: Vec<String> = match names {
         None => vec![UNNAMED.to_owned(); count],
@@ -776,14 +776,15 @@ fn place(fds: Vec<OwnedFd>) -> io::Result<Vec<OwnedFd>> {
     if !in_place {
         // Move every socket out of the way first, so none sits where another
         // must go; then each target must be free.
+        let count = i32::try_from(fds.len()).unwrap_or(i32::MAX);
         let above = fds
             .iter()
             .map(|fd| fd.as_raw_fd())
             .max()
             .unwrap_or(0)
             .max(start)
-            + 1;
-        let above = above.saturating_add(fds.len() as i32);
+            .saturating_add(1)
+            .saturating_add(count);
         let moved = fds
             .iter()
             .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, above))
