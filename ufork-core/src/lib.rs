@@ -48,6 +48,45 @@
 //! terminal reaches the whole process group; the arbiter orchestrates the
 //! stop), and SIGTERM sets [`Worker::should_stop`] and wakes [`Worker::stop_fd`].
 //!
+//! # Async workers
+//!
+//! An async runtime works inside workers and is never required. The pattern,
+//! shown whole (axum on tokio) in `examples/async_tokio.rs` and driven end to
+//! end by its tests:
+//!
+//! - **Bind before the fork, build the runtime after it.**
+//!   [`listen::Listeners`] binds (or takes from socket activation) in the
+//!   arbiter; each worker takes its own handles with
+//!   [`Listeners::for_worker`](listen::Listeners::for_worker), owned std
+//!   listeners that `tokio::net::TcpListener::from_std` accepts. The runtime
+//!   is built inside the worker function: `fork` copies only the calling
+//!   thread, so a multi-thread runtime built before it has none of its worker
+//!   threads in the child, and tasks spawned on it never run.
+//! - **One current-thread runtime per worker, workers = cores.** The pool is
+//!   the parallelism: each worker is one thread on one runtime, so nothing is
+//!   shared or stolen between cores, and the heartbeat below means something.
+//! - **Heartbeat from a task on that runtime.** A task that calls
+//!   [`Vitals::heartbeat`] in a loop (clone [`Worker::vitals`] into it) proves
+//!   that the runtime's scheduler turns, not that every handler makes
+//!   progress. On a current-thread runtime the handlers run on that same
+//!   thread, so a handler that blocks it (a blocking call, a long computation
+//!   without an `.await`) stops the heartbeat too, and the arbiter kills the
+//!   worker at the hang timeout ([`Builder::heartbeat_timeout`]), the exit
+//!   record naming the request it was busy with. On a multi-thread runtime
+//!   the beat comes from whichever thread is free, which proves less.
+//! - **Ready when serving**: [`Builder::ready_on_start`]`(false)` and
+//!   [`Vitals::ready`] once the listeners are in the runtime.
+//! - **Stop on the stop notification**: [`Worker::stop_notifier`] is an owned
+//!   descriptor that `tokio::net::unix::pipe::Receiver::from_owned_fd` waits
+//!   on without `unsafe`; as axum's graceful-shutdown signal it stops the
+//!   accepting, the requests in flight finish, the worker function returns
+//!   and the worker exits 0.
+//! - **Busy, idle and activity with concurrent requests**: a worker is busy
+//!   while at least one request is in flight (busy-since is when it went from
+//!   none to one) and idle when none is; the activity is the latest request
+//!   line; each request is counted as it leaves the worker. A middleware with
+//!   an in-flight counter does it (the example's `track`).
+//!
 //! # Features
 //!
 //! - `rng`: [`Worker::rng`], a ChaCha20 generator per worker, seeded from OS

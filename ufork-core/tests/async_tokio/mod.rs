@@ -375,3 +375,220 @@ fn the_async_example_takes_its_socket_from_socket_activation() {
     example.signal(rustix::process::Signal::TERM);
     assert_eq!(example.exit_code(), Some(0), "seen: {:#?}", example.seen);
 }
+
+/// Threads of the calling process.
+fn thread_count() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads:")
+}
+
+#[test]
+fn a_runtime_built_before_the_fork_has_no_threads_in_the_worker() {
+    let _g = lock();
+    // Two runtime worker threads in this process.
+    let before = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let threads_here = thread_count();
+    assert!(threads_here >= 3, "{threads_here}");
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Result<(), String> {
+            // fork copied only the forking thread (ufork then starts one to
+            // watch the arbiter): the runtime's worker threads are not here.
+            let _ = &before;
+            tx.send(&format!("threads {}", thread_count()));
+            // A runtime built here, after the fork, runs its tasks.
+            let after = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let answer = after.block_on(async { tokio::spawn(async { 42 }).await });
+            tx.send(&format!(
+                "post-fork task {}",
+                answer.map_err(|e| e.to_string())?
+            ));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let line = ev.expect("the thread count", |l| l.starts_with("threads "));
+    let count: usize = line["threads ".len()..].parse().unwrap();
+    assert!(count <= 2, "{count} threads in the worker");
+    ev.expect("the post-fork task", |l| l == "post-fork task 42");
+    handle.stop();
+    thread.join().unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The example's worker inside a test arbiter, to watch the scoreboard.
+
+#[path = "../../examples/async_tokio.rs"]
+#[allow(dead_code)]
+mod example;
+
+fn one_worker(handle: &ufork_core::Handle) -> Option<ufork_core::WorkerInfo> {
+    handle.snapshot().workers.into_iter().next()
+}
+
+#[test]
+fn concurrent_requests_map_onto_busy_idle_activity_and_the_request_count() {
+    let _g = lock();
+    let listeners = ufork_core::listen::Listeners::builder()
+        .address("127.0.0.1:0".parse().unwrap())
+        .socket_activation(false)
+        .build()
+        .unwrap();
+    let addr = match listeners.iter().next().unwrap().1 {
+        ufork_core::listen::Address::Tcp(addr) => *addr,
+        other => panic!("{other}"),
+    };
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .ready_on_start(false)
+        .heartbeat_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let beat = example::heartbeat_interval(std::time::Duration::from_secs(30));
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| example::serve(w, &listeners, beat))
+        .unwrap();
+    // Ready once it serves (the example marks it; the pool does not).
+    util::wait_until("the worker is ready", || {
+        one_worker(&handle).is_some_and(|w| w.state == ufork_core::WorkerState::Ready)
+    });
+    // One request, done: idle, counted, its line is the activity.
+    assert_eq!(get(addr, "/").expect("a response").0, 200);
+    let w = one_worker(&handle).unwrap();
+    assert_eq!(w.state, ufork_core::WorkerState::Idle, "{w:?}");
+    assert_eq!(w.requests, 1);
+    assert_eq!(w.activity, "GET /");
+    assert_eq!(w.busy_for, None);
+    // A request held in flight: busy, with that request as the activity.
+    let held = std::thread::spawn(move || get(addr, "/until-stop"));
+    util::wait_until("the worker is busy", || {
+        one_worker(&handle).is_some_and(|w| w.state == ufork_core::WorkerState::Busy)
+    });
+    let w = one_worker(&handle).unwrap();
+    assert_eq!(w.activity, "GET /until-stop");
+    assert!(w.busy_for.is_some(), "{w:?}");
+    // Another request is served meanwhile on the same thread: counted, the
+    // latest request line is the activity, and the worker stays busy (one
+    // is still in flight).
+    assert_eq!(
+        get(addr, "/work?us=10").expect("served concurrently").0,
+        200
+    );
+    let w = one_worker(&handle).unwrap();
+    assert_eq!(w.state, ufork_core::WorkerState::Busy, "{w:?}");
+    assert_eq!(w.requests, 2);
+    assert_eq!(w.activity, "GET /work?us=10");
+    // The stop: the held request is answered, the worker exits 0.
+    handle.stop();
+    let (status, body) = held.join().unwrap().expect("answered after the stop");
+    assert_eq!(status, 200, "{body}");
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.history.len(), 1);
+    assert_eq!(outcome.history[0].reason, ExitReason::Stopped);
+    assert_eq!(outcome.history[0].status, ufork_core::ExitStatus::Code(0));
+}
+
+/// Reports what an exec'd program got by the socket activation convention:
+/// LISTEN_FDS, whether LISTEN_PID is its pid, LISTEN_FDNAMES, fd 3's port and
+/// whether fd 3 listens.
+const REPORTER: &str = r#"
+import os, signal, socket
+s = socket.socket(fileno=3)
+print("REPORT", os.environ.get("LISTEN_FDS"), os.environ.get("LISTEN_PID") == str(os.getpid()),
+      os.environ.get("LISTEN_FDNAMES"), s.getsockname()[1],
+      s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), flush=True)
+signal.pause()
+"#;
+
+const PASS_CHILD_ENV: &str = "UFORK_TEST_PASS_TO_EXEC_CHILD";
+
+#[test]
+fn pass_to_exec_hands_the_sockets_to_an_execed_worker_by_the_systemd_convention() {
+    if std::env::var_os(PASS_CHILD_ENV).is_some() {
+        return pass_to_exec_child();
+    }
+    // This test again, in a fresh process whose descriptors from 3 on are
+    // free, as in a program that binds first thing (python closes what this
+    // process would pass on).
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; os.closerange(3, 4096); os.execv(sys.argv[1], sys.argv[1:])",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "async_tokio::pass_to_exec_hands_the_sockets_to_an_execed_worker_by_the_systemd_convention",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PASS_CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 (installed by .ci/run)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // libtest's own "test ... " has no newline before what the test prints.
+    let after = |tag: &str| {
+        stdout
+            .split(tag)
+            .nth(1)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or_else(|| panic!("no {tag}in {stdout}"))
+            .to_owned()
+    };
+    let (port, report) = (after("BOUND "), format!("REPORT {}", after("REPORT ")));
+    assert_eq!(report, format!("REPORT 1 True web {port} 1"));
+}
+
+/// The other side: bind, fork a worker that passes the socket to an exec'd
+/// reporter, print what it reports.
+fn pass_to_exec_child() {
+    use std::os::unix::process::CommandExt;
+    let listeners = ufork_core::listen::Listeners::builder()
+        .named("web", "127.0.0.1:0".parse().unwrap())
+        .socket_activation(false)
+        .build()
+        .unwrap();
+    let port = match listeners.iter().next().unwrap().1 {
+        ufork_core::listen::Address::Tcp(addr) => addr.port(),
+        other => panic!("{other}"),
+    };
+    println!("BOUND {port}");
+    let (read, write) = rustix::pipe::pipe().unwrap();
+    let mut listeners = Some(listeners);
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_thread(move |_: &mut Worker| -> Result<(), String> {
+            let set = listeners.take().ok_or("handed over already")?;
+            let mut reporter = Command::new("python3");
+            reporter
+                .args(["-c", REPORTER])
+                .stdout(Stdio::from(write.try_clone().map_err(|e| e.to_string())?));
+            let _placed = set.pass_to_exec(&mut reporter).map_err(|e| e.to_string())?;
+            Err(reporter.exec().to_string())
+        })
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(read))
+        .read_line(&mut line)
+        .unwrap();
+    print!("{line}");
+    handle.stop();
+    thread.join().unwrap().unwrap();
+}
