@@ -51,8 +51,10 @@ pub struct Listener {
 pub enum Socket {
     /// TCP.
     Tcp(TcpListener),
-    /// A unix stream socket, and the file to remove when the pool stops.
-    Unix(UnixListener, SocketFile),
+    /// A unix stream socket, and the file to remove when the pool stops
+    /// (none for one socket activation handed over: its file is the
+    /// supervisor's).
+    Unix(UnixListener, Option<SocketFile>),
 }
 
 impl Socket {
@@ -60,7 +62,7 @@ impl Socket {
     pub fn into_fd(self) -> (OwnedFd, Option<SocketFile>) {
         match self {
             Self::Tcp(l) => (l.into(), None),
-            Self::Unix(l, file) => (l.into(), Some(file)),
+            Self::Unix(l, file) => (l.into(), file),
         }
     }
 }
@@ -194,8 +196,10 @@ fn resolve(bind: &str, options: Options) -> Result<Bind> {
     })
 }
 
-/// Binds every `--bind` address, in order. Called before anything else opens
-/// a descriptor, so the sockets sit at fds 3, 4, ... already.
+/// Binds every `--bind` address, in order, or takes the socket socket
+/// activation handed over for it (see [`activation`](crate::activation); the
+/// inherited sockets no `--bind` claims come last). Called before anything
+/// else opens a descriptor, so the sockets sit at fds 3, 4, ... already.
 ///
 /// # Errors
 ///
@@ -206,10 +210,15 @@ pub fn bind_all(binds: &[String], options: Options) -> Result<Vec<Listener>> {
         crate::upgrade::remember(&listeners);
         return Ok(listeners);
     }
-    let listeners = resolve_all(binds, options)?
-        .into_iter()
-        .map(|bind| bind_one(bind, options))
-        .collect::<Result<Vec<_>>>()?;
+    let mut activated = crate::activation::Activated::take()?;
+    let mut listeners = Vec::new();
+    for bind in resolve_all(binds, options)? {
+        match activated.claim(&bind, options)? {
+            Some(inherited) => listeners.push(inherited),
+            None => listeners.push(bind_one(bind, options)?),
+        }
+    }
+    listeners.extend(activated.rest(options)?);
     crate::upgrade::remember(&listeners);
     Ok(listeners)
 }
@@ -243,7 +252,7 @@ fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
             Ok(Listener {
                 name: bind.name,
                 addr: Address::Unix(path),
-                socket: Socket::Unix(socket, file),
+                socket: Socket::Unix(socket, Some(file)),
             })
         }
     }

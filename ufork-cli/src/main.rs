@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod activation;
 mod cli;
 mod cmd;
 mod commands;

@@ -2,6 +2,7 @@
 //! `/metrics` and `/healthz`, through the real binary. A recorder on a unix
 //! datagram socket plays systemd.
 
+mod activation;
 mod deploy;
 
 use std::collections::HashMap;

@@ -1,0 +1,198 @@
+//! Socket activation in, driven by systemd's own `systemd-socket-activate`
+//! (Debian's systemd package; `.ci/run` installs it): it binds the socket,
+//! waits for the first connection, then executes ufork with the socket at
+//! fd 3 and `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` set.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use rustix::process::Signal;
+
+use super::{Recorder, json_field, status_json};
+use crate::util::*;
+
+/// `systemd-socket-activate` listening on a free port under `fdname`,
+/// ready to execute `ufork ARGS` (where `{addr}` is replaced by its address)
+/// with the recorder as its supervisor.
+fn activate(recorder: &Recorder, fdname: &str, args: &[&str]) -> (Running, SocketAddr) {
+    // systemd-socket-activate takes no port 0: find a free port, and try
+    // again in the unlikely case another process takes it in between.
+    for _ in 0..5 {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let addr_text = addr.to_string();
+        let mut command = std::process::Command::new("systemd-socket-activate");
+        command
+            .args(["-l", &addr_text, &format!("--fdname={fdname}")])
+            .args(["-E", "PATH", "-E"])
+            .arg(format!("NOTIFY_SOCKET={}", recorder.address))
+            .arg(env!("CARGO_BIN_EXE_ufork"))
+            .args(args.iter().map(|a| a.replace("{addr}", &addr_text)))
+            .stdin(std::process::Stdio::null());
+        let mut launcher = Running::start_with(&mut command);
+        let line = launcher.expect_match(
+            |l| l.starts_with("Listening on") || l.starts_with("Failed"),
+            "systemd-socket-activate listening",
+        );
+        if line.starts_with("Listening on") {
+            return (launcher, addr);
+        }
+        launcher.wait();
+    }
+    panic!("systemd-socket-activate could not listen on a free port");
+}
+
+/// Sends one request and reads the whole answer.
+fn request(addr: SocketAddr, text: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("an answer");
+    answer
+}
+
+#[test]
+fn serve_takes_its_socket_from_socket_activation() {
+    let dir = TempDir::new("activate-serve");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let (mut pool, addr) = activate(
+        &recorder,
+        "http",
+        &[
+            "serve",
+            "--bind",
+            "{addr}",
+            "-w",
+            "2",
+            "--control-socket",
+            &socket,
+        ],
+    );
+    // The first client starts ufork, and is answered by it: the socket is
+    // the one systemd-socket-activate bound, not one of ufork's.
+    let answer = request(addr, "GET / HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    pool.expect_line("from socket activation");
+    recorder.expect("READY=1");
+    let doc = status_json(&socket).stdout;
+    assert_eq!(json_field(&doc, "ready"), "2", "{doc}");
+    assert!(
+        !pool.transcript().contains("in use"),
+        "{}",
+        pool.transcript()
+    );
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+const ECHO_ENV_PY: &str = r#"
+import os, socket, sys, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+listener = socket.socket(fileno=3)
+listener.setblocking(True)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(1024)
+    env = " ".join("%s=%s" % (k, os.environ.get(k, "-")) for k in
+        ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC"])
+    conn.sendall(("pid=%d %s\n" % (os.getpid(), env)).encode())
+    conn.close()
+"#;
+
+#[test]
+fn run_matches_activated_sockets_to_bind_names_and_hands_them_on() {
+    let dir = TempDir::new("activate-run");
+    let script = dir.join("echo_env.py");
+    std::fs::write(&script, ECHO_ENV_PY).unwrap();
+    let mut recorder = Recorder::at_path(&dir);
+    let (mut pool, addr) = activate(
+        &recorder,
+        "web",
+        &[
+            "run",
+            "-w",
+            "2",
+            "--bind",
+            "web=127.0.0.1:1",
+            "--",
+            "python3",
+            script.to_str().unwrap(),
+        ],
+    );
+    // `web` is matched by name (the address given differs), so nothing is
+    // bound at 127.0.0.1:1.
+    let answer = request(addr, "hello\n");
+    pool.expect_line("using the socket `web`");
+    let pid = answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert!(
+        answer.contains(&format!(
+            "LISTEN_FDS=1 LISTEN_PID={pid} LISTEN_FDNAMES=web NOTIFY_SOCKET=- WATCHDOG_USEC=-"
+        )),
+        "{answer}"
+    );
+    recorder.expect("READY=1");
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+/// The words of `ExecStart=`/`ExecReload=` in the shipped unit, made to run
+/// here: the binary under test, a temporary site and control socket, and any
+/// free port for the metrics.
+fn unit_command(unit: &str, key: &str, dir: &TempDir) -> Vec<String> {
+    let joined = unit.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key}"));
+    line.split_whitespace()
+        .skip(1) // /usr/local/bin/ufork: Running runs the binary under test
+        .map(|w| match w {
+            "/srv/www" => dir.str("www"),
+            "/run/ufork/ctl.sock" => dir.str("ctl.sock"),
+            "127.0.0.1:8000" => "{addr}".to_owned(),
+            "127.0.0.1:9100" => "127.0.0.1:0".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn the_shipped_systemd_unit_starts_socket_activated_reloads_and_stops() {
+    let dir = TempDir::new("activate-unit");
+    std::fs::create_dir(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www").join("index.html"), "hello from the unit\n").unwrap();
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ufork.service"),
+    )
+    .unwrap();
+    let start = unit_command(&unit, "ExecStart=", &dir);
+    let start: Vec<&str> = start.iter().map(String::as_str).collect();
+    let mut recorder = Recorder::at_path(&dir);
+    let (mut pool, addr) = activate(&recorder, "ufork.socket", &start);
+    let answer = request(addr, "GET / HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert!(answer.ends_with("hello from the unit\n"), "{answer}");
+    let ready = recorder.expect("READY=1");
+    assert!(ready.contains("STATUS=4/4 workers ready"), "{ready}");
+    let line = pool.expect_line("health on http://");
+    let health = line.rsplit("http://").next().unwrap();
+    let health: SocketAddr = health.trim_end_matches("/healthz").parse().unwrap();
+    assert_eq!(get(health, "/healthz").0, 200);
+    // ExecReload= as systemd runs it: RELOADING=1, then READY=1.
+    let reload = unit_command(&unit, "ExecReload=", &dir);
+    let reload: Vec<&str> = reload.iter().map(String::as_str).collect();
+    let out = run(&reload);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    recorder.expect("RELOADING=1");
+    recorder.expect("READY=1");
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
