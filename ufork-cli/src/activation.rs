@@ -32,9 +32,8 @@ impl Activated {
     ///
     /// Malformed variables or a descriptor that is not a listening socket.
     pub fn take() -> Result<Self> {
-        let sockets = core_listen::activated().map_err(|e| {
-            failure::runtime(format!("socket activation: {}", failure::chain(&e)))
-        })?;
+        let sockets = core_listen::activated()
+            .map_err(|e| failure::runtime(format!("socket activation: {}", failure::chain(&e))))?;
         Ok(Self {
             sockets: sockets.into_iter().map(Some).collect(),
         })
@@ -124,7 +123,11 @@ fn adopt(name: String, socket: core_listen::Listener, options: Options) -> Resul
                 core_listen::Address::Unix(path) => path.clone(),
                 other => other.to_string().into(),
             };
-            (unix.as_raw_fd(), Socket::Unix(unix, None), Address::Unix(path))
+            (
+                unix.as_raw_fd(),
+                Socket::Unix(unix, None),
+                Address::Unix(path),
+            )
         }
     };
     log::info!(

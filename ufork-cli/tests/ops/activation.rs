@@ -196,3 +196,49 @@ fn the_shipped_systemd_unit_starts_socket_activated_reloads_and_stops() {
     recorder.expect("STOPPING=1");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+#[test]
+fn run_takes_an_activated_unix_socket_and_leaves_its_file_to_the_supervisor() {
+    let dir = TempDir::new("activate-unix");
+    let script = dir.join("echo_env.py");
+    std::fs::write(
+        &script,
+        ECHO_ENV_PY.replace(
+            "socket.socket(fileno=3)",
+            "socket.socket(socket.AF_UNIX, fileno=3)",
+        ),
+    )
+    .unwrap();
+    let path = dir.join("app.sock");
+    let recorder = Recorder::at_path(&dir);
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
+        .arg("-l")
+        .arg(&path)
+        .args(["--fdname=app", "-E", "PATH", "-E"])
+        .arg(format!("NOTIFY_SOCKET={}", recorder.address))
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(["run", "-w", "1", "--bind"])
+        .arg(format!("app=unix:{}", path.display()))
+        .args(["--", "python3"])
+        .arg(&script)
+        .stdin(std::process::Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    pool.expect_line("Listening on");
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(b"hello\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("an answer");
+    assert!(answer.contains("LISTEN_FDS=1 "), "{answer}");
+    assert!(answer.contains("LISTEN_FDNAMES=app "), "{answer}");
+    pool.expect_line("using the socket `app`");
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    // The file is the supervisor's: ufork neither replaced nor removed it.
+    assert!(
+        std::fs::symlink_metadata(&path).is_ok(),
+        "{}",
+        path.display()
+    );
+}
