@@ -164,13 +164,18 @@ pub fn exec(args: RunArgs) -> Result<()> {
 /// `exec 3<file`) would make every worker fail, so it is an error at once.
 fn check_placed(listeners: &[listen::Listener]) -> Result<()> {
     use std::os::fd::AsRawFd;
-    for (i, l) in listeners.iter().enumerate() {
-        let fd = match &l.socket {
+    let fds: Vec<i32> = listeners
+        .iter()
+        .map(|l| match &l.socket {
             listen::Socket::Tcp(s) => s.as_raw_fd(),
             listen::Socket::Unix(s, _) => s.as_raw_fd(),
-        };
+        })
+        .collect();
+    // In any order: sockets from socket activation follow `--bind`'s order,
+    // not their descriptors', and are moved into place for each worker.
+    for i in 0..fds.len() {
         let want = 3 + i32::try_from(i).unwrap_or(i32::MAX - 3);
-        if fd != want {
+        if !fds.contains(&want) {
             let what = std::fs::read_link(format!("/proc/self/fd/{want}"))
                 .map(|p| format!(" ({})", p.display()))
                 .unwrap_or_default();

@@ -242,3 +242,62 @@ fn run_takes_an_activated_unix_socket_and_leaves_its_file_to_the_supervisor() {
         path.display()
     );
 }
+
+const PORTS_PY: &str = r#"
+import os, socket, sys, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+names = os.environ["LISTEN_FDNAMES"].split(":")
+socks = [socket.socket(fileno=3 + i) for i in range(int(os.environ["LISTEN_FDS"]))]
+for s in socks:
+    s.setblocking(True)
+while True:
+    conn, _ = socks[0].accept()
+    conn.recv(1024)
+    conn.sendall((" ".join("%s=%d" % (n, s.getsockname()[1]) for n, s in zip(names, socks)) + "\n").encode())
+    conn.close()
+"#;
+
+#[test]
+fn run_hands_on_activated_sockets_in_bind_order_whatever_their_descriptors() {
+    let dir = TempDir::new("activate-order");
+    let script = dir.join("ports.py");
+    std::fs::write(&script, PORTS_PY).unwrap();
+    let recorder = Recorder::at_path(&dir);
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+    };
+    let (a, b) = (free(), free());
+    // systemd hands over b at fd 3 and a at fd 4; --bind asks for a, then b.
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
+        .args(["-l", &b.to_string(), "-l", &a.to_string(), "--fdname=b:a"])
+        .args(["-E", "PATH", "-E"])
+        .arg(format!("NOTIFY_SOCKET={}", recorder.address))
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args([
+            "run",
+            "-w",
+            "1",
+            "--bind",
+            "a=127.0.0.1:1",
+            "--bind",
+            "b=127.0.0.1:2",
+        ])
+        .args(["--", "python3"])
+        .arg(&script)
+        .stdin(std::process::Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    pool.expect_line("Listening on");
+    pool.expect_line("Listening on");
+    let answer = request(a, "hello\n");
+    assert_eq!(
+        answer.trim(),
+        format!("a={} b={}", a.port(), b.port()),
+        "{}",
+        pool.transcript()
+    );
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
