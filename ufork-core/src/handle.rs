@@ -119,8 +119,11 @@ impl Handle {
         self.send(Command::AddWorkers(-1));
     }
 
-    /// Replaces every worker, one at a time: a replacement is ready before the
-    /// next old worker is stopped (like SIGHUP).
+    /// Replaces every worker, one slot at a time (like SIGHUP): a stand-in
+    /// forked into a spare slot is ready before the slot's old worker is
+    /// asked to stop, and stops once the slot's new worker is ready, so every
+    /// slot keeps a ready worker throughout (stop-then-start when the
+    /// scoreboard has no spare slot).
     pub fn restart_all(&self) {
         self.send(Command::RestartAll);
     }

@@ -618,8 +618,98 @@ fn rolling_restart_brings_each_replacement_up_before_stopping_the_next() {
     }
     handle.stop();
     let outcome = thread.join().unwrap().unwrap();
-    assert_eq!(outcome.spawned, 9);
-    assert_eq!(outcome.history.len(), 9);
+    // Per round and slot: a stand-in in spare slot 3 and the replacement.
+    assert_eq!(outcome.spawned, 15);
+    assert_eq!(outcome.history.len(), 15);
+    assert!(
+        outcome
+            .history
+            .iter()
+            .all(|r| r.reason == ExitReason::Stopped)
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_one_worker_pool_keeps_a_ready_worker_throughout_a_rolling_restart() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .ready_on_start(false)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let pid = rustix::process::getpid().as_raw_nonzero().get();
+            // Sent before it is ready and after SIGTERM arrived: the order
+            // of lines is the order of "ready" and "asked to stop".
+            tx.send(&format!("up {} {} {pid}", w.slot(), w.generation()));
+            w.ready();
+            w.wait_for_stop(None);
+            tx.send(&format!("down {} {} {pid}", w.slot(), w.generation()));
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("first worker", |l| l.starts_with("up 0 0 "));
+    let serving = |snap: &ufork_core::Snapshot| {
+        snap.workers
+            .iter()
+            .filter(|w| {
+                matches!(
+                    w.state,
+                    WorkerState::Ready | WorkerState::Busy | WorkerState::Idle
+                )
+            })
+            .count()
+    };
+    util::wait_until("the first worker is ready", || {
+        serving(&handle.snapshot()) == 1
+    });
+    handle.restart_all();
+    let mut looks = 0u32;
+    let mut most = 0;
+    util::wait_until("the roll ends", || {
+        let snap = handle.snapshot();
+        looks += 1;
+        most = most.max(snap.workers.len());
+        assert!(serving(&snap) >= 1, "no worker serving: {snap:#?}");
+        snap.rolls == 1 && !snap.rolling
+    });
+    assert!(looks > 0);
+    assert!(most <= 2, "at most target + 1 processes, saw {most}");
+    let snap = handle.snapshot();
+    let workers: Vec<(usize, u32)> = snap
+        .workers
+        .iter()
+        .map(|w| (w.slot, w.generation))
+        .collect();
+    assert_eq!(workers, vec![(0, 1)], "the spare slot is free again");
+    // The stand-in's "down" is the last line of the roll: every other one
+    // is in `seen` by then.
+    ev.expect("the stand-in stopped", |l| l.starts_with("down 1 0 "));
+    let seen = ev.seen.clone();
+    let pos = |prefix: &str| {
+        seen.iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix:?} in {seen:?}"))
+    };
+    assert!(
+        pos("up 1 0 ") < pos("down 0 0 "),
+        "the stand-in was ready before the old worker was asked to stop: {seen:?}"
+    );
+    assert!(pos("up 0 1 ") < pos("down 1 0 "), "{seen:?}");
+    let stand_in = seen[pos("up 1 0 ")].clone();
+    let replacement = seen[pos("up 0 1 ")].clone();
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 3);
+    let pid_of = |l: &str| l.rsplit(' ').next().unwrap().parse::<i32>().unwrap();
+    let exits: Vec<(usize, i32)> = outcome.history.iter().map(|r| (r.slot, r.pid)).collect();
+    assert_eq!(exits.len(), 3, "{exits:?}");
+    assert!(exits.contains(&(1, pid_of(&stand_in))), "{exits:?}");
+    assert_eq!(exits[2], (0, pid_of(&replacement)), "{exits:?}");
     assert!(
         outcome
             .history

@@ -128,6 +128,30 @@ pub(crate) struct Slot {
     note: Option<Note>,
 }
 
+/// Where a rolling restart stands within its current slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The stand-in is forked and booting; the old worker serves.
+    StandIn,
+    /// The stand-in is ready and the old worker was asked to stop; the slot
+    /// is refilled and its new worker boots.
+    Replace,
+    /// The slot's new worker is ready; the stand-in was asked to stop.
+    Release,
+}
+
+/// The slot a rolling restart is replacing now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Roll {
+    slot: usize,
+    /// Workers of this generation or older are the ones to replace.
+    old: u32,
+    /// The spare slot hosting the stand-in and the generation it is forked
+    /// with; `None`: no spare slot, stop-then-start.
+    stand_in: Option<(usize, u32)>,
+    phase: Phase,
+}
+
 #[derive(Debug)]
 struct StopState {
     cause: StopCause,
@@ -160,7 +184,7 @@ pub(crate) struct Scheduler {
     pub(crate) target: usize,
     stop: Option<StopState>,
     rolling: VecDeque<usize>,
-    rolling_current: Option<(usize, u32)>,
+    roll: Option<Roll>,
     pub(crate) history: VecDeque<ExitRecord>,
     pub(crate) spawned: u64,
     /// Rolling restarts begun since `run` started (published for layers).
@@ -191,7 +215,7 @@ impl Scheduler {
             slots,
             stop: None,
             rolling: VecDeque::new(),
-            rolling_current: None,
+            roll: None,
             history: VecDeque::new(),
             spawned: 0,
             rolls: 0,
@@ -259,6 +283,15 @@ impl Scheduler {
             plan.slots.push((slot, s.next_generation));
             booting = booting.saturating_add(1);
         }
+        if let (false, Some((slot, generation))) = (plan.blocked, self.stand_in_to_fork()) {
+            if !self.slots[slot].not_before.reached(now) {
+                // A failed fork of the stand-in is retried after its backoff.
+            } else if booting >= self.settings.max_booting {
+                plan.blocked = true;
+            } else {
+                plan.slots.push((slot, generation));
+            }
+        }
         plan
     }
 
@@ -266,7 +299,7 @@ impl Scheduler {
     /// rolling restart, a booting worker's first beat): then workers must
     /// send a note when they do, since ready is no system call.
     pub(crate) fn waiting_for_ready(&self, plan_blocked: bool, cells: &impl Cells) -> bool {
-        plan_blocked || self.rolling_current.is_some() || self.booting(cells) > 0
+        plan_blocked || self.roll.is_some() || self.booting(cells) > 0
     }
 
     /// The driver forked `slot` as `pid`.
@@ -382,7 +415,7 @@ impl Scheduler {
                     killed_at_timeout: 0,
                 });
                 self.rolling.clear();
-                self.rolling_current = None;
+                self.roll = None;
                 StopStep::Began
             }
             Some(stop) if !graceful && stop.graceful => {
@@ -432,6 +465,13 @@ impl Scheduler {
         if target > self.slots.len() {
             self.slots.resize_with(target, Slot::default);
         }
+        if let Some(roll) = &mut self.roll {
+            if roll.stand_in.is_some_and(|(spare, _)| spare < target) {
+                // The stand-in's slot is part of the pool now: it stays as a
+                // regular worker, and this slot finishes stop-then-start.
+                roll.stand_in = None;
+            }
+        }
         for slot in self.target..target {
             // A slot brought back by scaling starts fresh, with no backoff.
             self.slots[slot].failures = 0;
@@ -447,55 +487,186 @@ impl Scheduler {
 
     // -- rolling restart -----------------------------------------------------
 
-    /// Restarts every worker, one slot at a time.
+    /// Restarts every worker, one slot at a time. A roll under way finishes
+    /// its current slot, then starts over from the first.
     pub(crate) fn start_rolling(&mut self) {
         if self.stop.is_some() {
             return;
         }
         self.rolling = (0..self.target).collect();
-        self.rolling_current = None;
         self.rolls = self.rolls.saturating_add(1);
     }
 
     /// Whether a rolling restart is in progress.
     pub(crate) fn rolling(&self) -> bool {
-        self.rolling_current.is_some() || !self.rolling.is_empty()
+        self.roll.is_some() || !self.rolling.is_empty()
     }
 
-    /// Moves the rolling restart on: stop the current slot's old worker, wait
-    /// for its replacement to be ready, then take the next slot.
+    /// The spare slot a stand-in must be forked into now, with its
+    /// generation.
+    fn stand_in_to_fork(&self) -> Option<(usize, u32)> {
+        let roll = self.roll?;
+        let (spare, generation) = roll.stand_in?;
+        let s = self.slots.get(spare)?;
+        (roll.phase == Phase::StandIn
+            && spare >= self.target
+            && s.proc.is_none()
+            && s.next_generation == generation)
+            .then_some((spare, generation))
+    }
+
+    /// The first slot past the target with no worker, below the capacity.
+    fn spare_slot(&mut self) -> Option<usize> {
+        let spare = (self.target..self.settings.capacity)
+            .find(|&i| self.slots.get(i).is_none_or(|s| s.proc.is_none()))?;
+        if spare >= self.slots.len() {
+            self.slots
+                .resize_with(spare.saturating_add(1), Slot::default);
+        }
+        let s = &mut self.slots[spare];
+        s.failures = 0;
+        s.not_before = Due::Now;
+        s.note = None;
+        Some(spare)
+    }
+
+    fn begin_slot(&mut self, slot: usize) -> Roll {
+        let (old, live) = {
+            let s = &self.slots[slot];
+            s.proc
+                .as_ref()
+                .map_or((s.next_generation, false), |p| (p.generation, true))
+        };
+        let stand_in = if live {
+            let spare = self.spare_slot();
+            if spare.is_none() {
+                log::warn!(
+                    target: "ufork",
+                    "rolling restart: no spare slot for worker {slot}'s replacement (capacity {} reached); it stops before its replacement starts",
+                    self.settings.capacity
+                );
+            }
+            spare.map(|spare| (spare, self.slots[spare].next_generation))
+        } else {
+            None
+        };
+        Roll {
+            slot,
+            old,
+            stand_in,
+            phase: Phase::StandIn,
+        }
+    }
+
+    /// Moves the rolling restart on. Within a slot: fork a stand-in into a
+    /// spare slot, and once it is ready stop the old worker; refill the slot,
+    /// and once its new worker is ready stop the stand-in; when the stand-in
+    /// is gone, take the next slot. So every slot has a ready worker
+    /// throughout (the stand-in covers for it), with at most one process more
+    /// than the target: the slot is refilled only once its old worker
+    /// exited. The stand-in boots under the spawn throttle (`max_booting`).
+    /// Without a spare slot (capacity reached) the old worker stops before
+    /// its replacement is forked, as the warning says.
     pub(crate) fn advance_rolling(&mut self, now: Instant, cells: &impl Cells) {
         if self.stop.is_some() {
             return;
         }
         loop {
-            if let Some((slot, old_generation)) = self.rolling_current {
-                let s = &self.slots[slot];
-                match &s.proc {
-                    Some(p) if p.generation <= old_generation => {
-                        if p.reason.is_none() {
-                            self.end_proc(slot, ExitReason::Stopped, true, now);
-                        }
-                        return;
+            if let Some(roll) = self.roll {
+                match self.advance_slot(roll, now, cells) {
+                    Some(next) if next == roll => return,
+                    Some(next) => {
+                        self.roll = Some(next);
+                        continue;
                     }
-                    Some(p) if !cells.observe(slot).state.is_up() && p.reason.is_none() => {
-                        return; // the replacement is booting
-                    }
-                    None if slot < self.target && s.failures == 0 => {
-                        return; // the replacement is about to be forked
-                    }
-                    _ => self.rolling_current = None,
+                    None => self.roll = None,
                 }
             }
             match self.rolling.pop_front() {
-                Some(slot) if slot < self.target => {
-                    let s = &self.slots[slot];
-                    let old = s.proc.as_ref().map_or(s.next_generation, |p| p.generation);
-                    self.rolling_current = Some((slot, old));
-                }
+                Some(slot) if slot < self.target => self.roll = Some(self.begin_slot(slot)),
                 Some(_) => {}
                 None => return,
             }
+        }
+    }
+
+    /// One step of the current slot: its next state, `None` when it is done.
+    fn advance_slot(&mut self, roll: Roll, now: Instant, cells: &impl Cells) -> Option<Roll> {
+        let slot = roll.slot;
+        let Some((spare, generation)) = roll.stand_in else {
+            return self.advance_in_place(roll, now, cells);
+        };
+        let old_live = |s: &Self| {
+            s.slots[slot]
+                .proc
+                .as_ref()
+                .is_some_and(|p| p.generation <= roll.old)
+        };
+        if slot >= self.target && roll.phase != Phase::Release {
+            // Scaled away meanwhile: the old worker is stopping already.
+            self.end_proc(spare, ExitReason::Stopped, true, now);
+            return Some(Roll {
+                phase: Phase::Release,
+                ..roll
+            });
+        }
+        match roll.phase {
+            Phase::StandIn => match &self.slots[spare].proc {
+                None if self.slots[spare].next_generation == generation => Some(roll),
+                None => {
+                    log::error!(
+                        target: "ufork",
+                        "rolling restart abandoned: worker {slot}'s replacement (in slot {spare}) failed before it was ready; the old workers keep serving"
+                    );
+                    self.rolling.clear();
+                    None
+                }
+                Some(p) if p.reason.is_none() && cells.observe(spare).state.is_up() => {
+                    if old_live(self) {
+                        self.end_proc(slot, ExitReason::Stopped, true, now);
+                    }
+                    Some(Roll {
+                        phase: Phase::Replace,
+                        ..roll
+                    })
+                }
+                Some(_) => Some(roll), // booting, or killed at the start timeout
+            },
+            Phase::Replace => {
+                let s = &self.slots[slot];
+                let waiting = match &s.proc {
+                    Some(p) if p.generation <= roll.old => true, // draining
+                    Some(p) => p.reason.is_none() && !cells.observe(slot).state.is_up(),
+                    None => s.failures == 0, // about to be forked
+                };
+                if waiting {
+                    return Some(roll);
+                }
+                self.end_proc(spare, ExitReason::Stopped, true, now);
+                Some(Roll {
+                    phase: Phase::Release,
+                    ..roll
+                })
+            }
+            Phase::Release => self.slots[spare].proc.as_ref().map(|_| roll),
+        }
+    }
+
+    /// Stop-then-start (no spare slot): stop the old worker, wait for its
+    /// replacement to be ready.
+    fn advance_in_place(&mut self, roll: Roll, now: Instant, cells: &impl Cells) -> Option<Roll> {
+        let slot = roll.slot;
+        let s = &self.slots[slot];
+        match &s.proc {
+            Some(p) if p.generation <= roll.old => {
+                if p.reason.is_none() {
+                    self.end_proc(slot, ExitReason::Stopped, true, now);
+                }
+                Some(roll)
+            }
+            Some(p) if !cells.observe(slot).state.is_up() && p.reason.is_none() => Some(roll),
+            None if slot < self.target && s.failures == 0 => Some(roll),
+            _ => None,
         }
     }
 

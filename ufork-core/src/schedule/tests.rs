@@ -367,10 +367,19 @@ fn a_stall_gives_every_worker_a_fresh_grace() {
 }
 
 #[test]
-fn rolling_restart_stops_one_slot_at_a_time_in_order() {
+fn rolling_restart_at_capacity_stops_one_slot_at_a_time_before_replacing_it() {
     let t0 = Instant::now();
     let board = Board::default();
-    let mut s = running(settings(3), t0, &board, WorkerState::Ready);
+    // No spare slot: each slot falls back to stop-then-start.
+    let mut s = running(
+        Settings {
+            capacity: 3,
+            ..settings(3)
+        },
+        t0,
+        &board,
+        WorkerState::Ready,
+    );
     s.start_rolling();
     let mut order = Vec::new();
     let mut t = t0;
@@ -570,4 +579,176 @@ fn zero_never_gives_up() {
         assert_eq!(s.take_give_up(), None);
         s.spawned(0, 300, t);
     }
+}
+
+/// Forks what the plan says at `t` (pid 300 + slot + 10 * generation) and
+/// shows it booting; returns the plan's slots.
+fn fork_planned(s: &mut Scheduler, board: &Board, t: Instant) -> Vec<(usize, u32)> {
+    let plan = s.plan_spawns(t, board);
+    for &(slot, generation) in &plan.slots {
+        s.spawned(slot, 300 + slot as i32 + 10 * generation as i32, t);
+        board.set(slot, WorkerState::Booting, None);
+    }
+    plan.slots
+}
+
+fn ready_count(s: &Scheduler, board: &Board) -> usize {
+    (0..s.slots.len())
+        .filter(|&i| s.slots[i].proc.is_some() && board.observe(i).state.is_up())
+        .count()
+}
+
+#[test]
+fn rolling_restart_forks_a_stand_in_first_and_stops_the_old_worker_once_it_is_ready() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    let mut t = t0;
+    for slot in 0..2 {
+        t += MS;
+        s.advance_rolling(t, &board);
+        assert!(signals(&mut s).is_empty(), "slot {slot}: nothing stops yet");
+        // The stand-in takes the first spare slot, past the target.
+        let spare_generation = slot as u32;
+        assert_eq!(fork_planned(&mut s, &board, t), vec![(2, spare_generation)]);
+        assert_eq!(s.live(), 3, "target + 1");
+        s.advance_rolling(t, &board);
+        assert!(signals(&mut s).is_empty(), "the stand-in is booting");
+        assert!(fork_planned(&mut s, &board, t).is_empty());
+        board.set(2, WorkerState::Ready, Some(t));
+        s.advance_rolling(t, &board);
+        assert_eq!(
+            signals(&mut s),
+            vec![(slot, Sig::Term)],
+            "old stops once the stand-in is ready"
+        );
+        s.advance_rolling(t, &board);
+        assert!(signals(&mut s).is_empty());
+        assert!(
+            fork_planned(&mut s, &board, t).is_empty(),
+            "never past target + 1"
+        );
+        reap(&mut s, &board, slot, S::Code(0), t);
+        assert_eq!(ready_count(&s, &board), 2, "the stand-in covers the slot");
+        assert_eq!(fork_planned(&mut s, &board, t), vec![(slot, 1)]);
+        s.advance_rolling(t, &board);
+        assert!(
+            signals(&mut s).is_empty(),
+            "the slot's new worker is booting"
+        );
+        board.set(slot, WorkerState::Ready, Some(t));
+        s.advance_rolling(t, &board);
+        assert_eq!(signals(&mut s), vec![(2, Sig::Term)], "the stand-in goes");
+        s.advance_rolling(t, &board);
+        assert!(fork_planned(&mut s, &board, t).is_empty());
+        assert!(s.rolling(), "the next slot waits for the stand-in to exit");
+        reap(&mut s, &board, 2, S::Code(0), t);
+        assert_eq!(ready_count(&s, &board), 2);
+    }
+    s.advance_rolling(t, &board);
+    assert!(!s.rolling());
+    assert_eq!(s.live(), 2);
+    assert!(
+        fork_planned(&mut s, &board, t).is_empty(),
+        "the spare slot stays empty"
+    );
+    let gens: Vec<u32> = (0..2)
+        .map(|i| s.slots[i].proc.as_ref().unwrap().generation)
+        .collect();
+    assert_eq!(gens, vec![1, 1]);
+}
+
+#[test]
+fn a_stand_in_never_ready_is_killed_at_the_start_timeout_and_the_old_workers_keep_serving() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let set = Settings {
+        start_timeout: 5 * SEC,
+        ..settings(2)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    let t = t0 + 6 * SEC;
+    s.check_health(t, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Kill)]);
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty(), "the old worker is not touched");
+    reap(&mut s, &board, 2, S::Signal(libc::SIGKILL), t);
+    s.advance_rolling(t, &board);
+    assert!(
+        !s.rolling(),
+        "the roll is abandoned, not retried slot after slot"
+    );
+    assert!(signals(&mut s).is_empty());
+    assert!(fork_planned(&mut s, &board, t).is_empty());
+    assert_eq!(ready_count(&s, &board), 2);
+    let pids: Vec<i32> = (0..2)
+        .map(|i| s.slots[i].proc.as_ref().unwrap().pid)
+        .collect();
+    assert_eq!(pids, vec![100, 101], "the old workers keep serving");
+    // A later roll starts over.
+    s.start_rolling();
+    s.advance_rolling(t, &board);
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(2, 1)]);
+}
+
+#[test]
+fn a_stand_in_waits_for_the_spawn_throttle() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.settings.max_booting = 1;
+    board.set(1, WorkerState::Booting, None);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    let plan = s.plan_spawns(t0, &board);
+    assert!(plan.slots.is_empty());
+    assert!(plan.blocked);
+    assert!(s.waiting_for_ready(plan.blocked, &board));
+    board.set(1, WorkerState::Ready, Some(t0));
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+}
+
+#[test]
+fn a_stop_during_a_roll_stops_the_stand_in_too() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    assert_eq!(s.stop(StopCause::Handle, true, t0), StopStep::Began);
+    let mut sent = signals(&mut s);
+    sent.sort_unstable_by_key(|&(slot, _)| slot);
+    assert_eq!(sent, vec![(0, Sig::Term), (1, Sig::Term)]);
+    assert!(!s.rolling());
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert!(!s.finished());
+    reap(&mut s, &board, 1, S::Code(0), t0);
+    assert!(s.finished());
+}
+
+#[test]
+fn growing_the_pool_over_the_stand_in_keeps_it_as_a_regular_worker() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    s.set_target(2, t0);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    // Slot 0 finishes stop-then-start; slot 1 (the former stand-in) is
+    // already new, so it is replaced in turn like any slot.
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    board.set(0, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling());
+    assert_eq!(s.live(), 2);
 }
