@@ -393,7 +393,8 @@ fn daemon_start_status_reload_stop() {
     assert_one_line_error(&again, 1, &["--pidfile", &format!("pid {pid}")]);
     let out = run(&["reload", "--pidfile", &pidfile]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
-    // Wait for the rolling restart to finish (two exits, two ready workers):
+    // Wait for the rolling restart to finish (four exits: two old workers
+    // and two stand-ins; two ready workers):
     // a worker stopped while it is still booting can miss its SIGTERM (see
     // the report on ufork-core's fork), which would make this test slow.
     let socket = dir.str("ufork.sock");
@@ -401,7 +402,7 @@ fn daemon_start_status_reload_stop() {
     loop {
         let history = run(&["ctl", "--control-socket", &socket, "history"]).stdout;
         let status = run(&["status", "--pidfile", &pidfile]).stdout;
-        if history.lines().count() == 2 && status.contains("2 ready") {
+        if history.lines().count() == 4 && status.contains("2 ready") {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{history}{status}");

@@ -229,7 +229,8 @@ fn reload_returns_once_every_worker_was_replaced() {
     assert!(out.stdout.contains("every worker restarted"), "{out:#?}");
     // No waiting here: the roll is over when reload returns.
     let history = run(&["ctl", "--control-socket", &socket, "history"]).stdout;
-    assert_eq!(history.lines().count(), 2, "{history}");
+    // Two old workers and two stand-ins (one per slot, in spare slot 2).
+    assert_eq!(history.lines().count(), 4, "{history}");
     let status = run(&["status", "--control-socket", &socket]).stdout;
     assert!(status.contains("2 ready"), "{status}");
     for line in status.lines().skip(2) {
