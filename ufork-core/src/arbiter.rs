@@ -217,8 +217,9 @@ impl Builder {
         self
     }
 
-    /// Whether `run` handles INT, TERM, QUIT, HUP, TTIN, TTOU, USR1, USR2 and WINCH
-    /// (default true). Without, only the [`Handle`] controls the pool.
+    /// Whether `run` handles INT, TERM, QUIT, HUP, TTIN, TTOU, USR1, USR2 and WINCH,
+    /// and ignores ALRM, PWR, IO, VTALRM and PROF with a log line (default
+    /// true). Without, only the [`Handle`] controls the pool.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.settings.handle_signals = handle;
         self

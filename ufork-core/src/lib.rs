@@ -39,9 +39,11 @@
 //! stops at once, SIGHUP restarts every worker one at a time, SIGTTIN and
 //! SIGTTOU add and remove a worker, SIGUSR1 asks layers to reopen logs, SIGUSR2
 //! starts an in-place upgrade when an [`upgrade::Upgrader`] is a layer (else it
-//! is logged and ignored), and SIGWINCH, which gunicorn and unicorn take as
-//! "stop the workers", is logged and ignored (a terminal's resize silently). The previous dispositions are restored when `run`
-//! returns.
+//! is logged and ignored), SIGWINCH, which gunicorn and unicorn take as
+//! "stop the workers", is logged and ignored (a terminal's resize silently),
+//! and SIGALRM, SIGPWR, SIGIO, SIGVTALRM and SIGPROF, whose default would kill
+//! the arbiter, are logged and ignored. The previous dispositions are restored
+//! when `run` returns.
 //!
 //! In a worker, signal dispositions are reset as `exec` would (handlers back to
 //! default, ignored signals stay ignored), SIGINT is ignored (Ctrl-C in a

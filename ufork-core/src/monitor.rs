@@ -27,7 +27,7 @@ use crate::{Arbiter, Error, ExitReason, ExitStatus, Outcome, Result, Worker};
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
-const HANDLED: [i32; 9] = [
+const HANDLED: [i32; 14] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGQUIT,
@@ -37,6 +37,23 @@ const HANDLED: [i32; 9] = [
     libc::SIGUSR1,
     libc::SIGUSR2,
     libc::SIGWINCH,
+    libc::SIGALRM,
+    libc::SIGPWR,
+    libc::SIGIO,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+];
+
+/// Signals whose default disposition terminates the process but that ask the
+/// arbiter for nothing: a stray `kill -ALRM` (or a timer the application
+/// armed in the arbiter) must not take the pool down. Workers get them back
+/// at their default.
+const IGNORED: [(i32, &str); 5] = [
+    (libc::SIGALRM, "SIGALRM"),
+    (libc::SIGPWR, "SIGPWR"),
+    (libc::SIGIO, "SIGIO"),
+    (libc::SIGVTALRM, "SIGVTALRM"),
+    (libc::SIGPROF, "SIGPROF"),
 ];
 
 pub(crate) fn nonblocking_pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -735,6 +752,11 @@ where
         let _ = sys::take_kernel_count(libc::SIGWINCH);
         if sys::take_count(libc::SIGWINCH) > 0 {
             log::info!(target: "ufork", "SIGWINCH ignored: the workers keep running (to stop them, scale down or stop the pool)");
+        }
+        for (sig, name) in IGNORED {
+            if both(sig) > 0 {
+                log::warn!(target: "ufork", "{name} ignored: it asks the arbiter for nothing (the pool keeps running)");
+            }
         }
         if both(libc::SIGCHLD) > 0 && self.reaper {
             self.reap_any();

@@ -2009,3 +2009,48 @@ fn a_sigwinch_sent_by_habit_is_logged_and_ignored() {
     assert_eq!(outcome.history.len(), 1);
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn alrm_pwr_io_vtalrm_and_prof_are_ignored_by_the_arbiter_and_default_in_workers() {
+    use rustix::process::Signal;
+    let _g = lock();
+    let signals = [
+        (Signal::ALARM, "SIGALRM"),
+        (Signal::POWER, "SIGPWR"),
+        (Signal::IO, "SIGIO"),
+        (Signal::VTALARM, "SIGVTALRM"),
+        (Signal::PROF, "SIGPROF"),
+    ];
+    let bits = signals
+        .iter()
+        .fold(0u64, |acc, (s, _)| acc | 1u64 << (s.as_raw() - 1));
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            // A worker gets these signals back at their default disposition.
+            let changed = (util::signal_mask("SigCgt:") | util::signal_mask("SigIgn:")) & bits;
+            tx.send(&format!("up {} {changed:x}", w.generation()));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("the worker, with default dispositions", |l| l == "up 0 0");
+    for (sig, name) in signals {
+        signal_self(sig);
+        util::wait_until(&format!("the arbiter says it ignored {name}"), || {
+            util::logs()
+                .iter()
+                .any(|l| l.contains(&format!("{name} ignored")))
+        });
+    }
+    let snap = handle.snapshot();
+    assert!(snap.running && !snap.stopping);
+    assert_eq!(snap.workers.len(), 1);
+    assert_eq!(snap.workers[0].generation, 0, "the worker was left alone");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.history.len(), 1);
+    assert_nothing_left(&outcome.history);
+}
