@@ -244,3 +244,83 @@ fn reload_returns_once_every_worker_was_replaced() {
     }
     drop(pool);
 }
+
+/// Whether this machine lets us make a pid namespace; else why not.
+fn pid_namespace_unavailable() -> Option<String> {
+    match std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "unshare --pid failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run unshare: {e}")),
+    }
+}
+
+#[test]
+fn an_arbiter_that_is_pid_1_refuses_to_upgrade_and_keeps_serving() {
+    if let Some(why) = pid_namespace_unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("upgrade-pid1");
+    let socket = dir.str("ctl.sock");
+    let mut command = std::process::Command::new("unshare");
+    command
+        .env_remove("UFORK_LOG")
+        .stdin(std::process::Stdio::null());
+    // --kill-child: should the test fail, the namespace dies with unshare.
+    command.args(["--pid", "--mount-proc", "--kill-child"]);
+    command.args([
+        env!("CARGO_BIN_EXE_ufork"),
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]);
+    let mut pool = Running::start_with(&mut command);
+    let addr = pool.http_addr();
+    pool.expect_line("arbiter pid 1 starting");
+    // The arbiter's pid as this test sees it: unshare's only child.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pool.pid())).unwrap();
+    let arbiter: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let arbiter_pid = rustix::process::Pid::from_raw(arbiter).unwrap();
+
+    rustix::process::kill_process(arbiter_pid, Signal::USR2).unwrap();
+    pool.expect_line("upgrade refused: this arbiter is pid 1 of its pid namespace");
+    assert_eq!(get(addr, "/").0, 200, "the pool still serves");
+
+    // `ufork upgrade` from inside the container says why, exit 1.
+    let out = std::process::Command::new("nsenter")
+        .args(["--target", &arbiter.to_string(), "--pid", "--mount"])
+        .args([env!("CARGO_BIN_EXE_ufork"), "upgrade", "--control-socket"])
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_one_line_error(
+        &out,
+        1,
+        &["pid 1 of its pid namespace", "roll the deployment"],
+    );
+    pool.expect_line("upgrade refused: this arbiter is pid 1");
+    assert_eq!(get(addr, "/").0, 200, "the pool still serves");
+
+    rustix::process::kill_process(arbiter_pid, Signal::TERM).unwrap();
+    assert!(pool.wait().success(), "{}", pool.transcript());
+    assert!(ufork_daemon::wait_for_exit(arbiter, Some(DEADLINE)).unwrap());
+}

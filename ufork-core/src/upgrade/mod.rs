@@ -15,7 +15,9 @@
 //! it is ready, or is not ready within the timeout (stopped with SIGTERM
 //! then), the old arbiter keeps serving and the request fails with the
 //! reason, which is also logged. A second request during an upgrade is
-//! refused with a log line.
+//! refused with a log line, and so is any request to an arbiter that is pid 1
+//! of its pid namespace ([`UpgradeError::Pid1`]): its exit would kill the
+//! whole namespace, the new arbiter included.
 //!
 //! The same [`Upgrader`] layer makes a graceful stop refuse new connections
 //! at once: when a stop begins (not a handover), it shuts down the reading
@@ -222,6 +224,13 @@ pub enum UpgradeError {
     /// The arbiter ended before the upgrade had an outcome.
     #[error("the arbiter ended before the upgrade had an outcome")]
     Abandoned,
+    /// This arbiter is pid 1 of its pid namespace (a container's init): when
+    /// it exits after the hand-over, the kernel kills every process of the
+    /// namespace, the new arbiter and its workers with it.
+    #[error(
+        "this arbiter is pid 1 of its pid namespace: the old arbiter's exit after the hand-over would kill the new one (in a container, roll the deployment instead)"
+    )]
+    Pid1,
 }
 
 /// A successful upgrade: the new arbiter is serving; the old one drains.
@@ -471,6 +480,12 @@ impl Upgrader {
                     let _ = reply.send(Err(UpgradeError::Stopping));
                 }
             }
+            State::Idle if rustix::process::getpid().is_init() => {
+                log::warn!(target: "ufork", "upgrade refused: {}", UpgradeError::Pid1);
+                for reply in new {
+                    let _ = reply.send(Err(UpgradeError::Pid1));
+                }
+            }
             State::Idle => {
                 self.waiting = new;
                 if let Err(e) = self.start(ctx) {
@@ -648,6 +663,7 @@ fn copy_error(e: &UpgradeError) -> UpgradeError {
     match e {
         UpgradeError::InProgress { pid } => UpgradeError::InProgress { pid: *pid },
         UpgradeError::Stopping => UpgradeError::Stopping,
+        UpgradeError::Pid1 => UpgradeError::Pid1,
         UpgradeError::Socket(e) => UpgradeError::Socket(io::Error::new(e.kind(), e.to_string())),
         UpgradeError::Spawn { program, source } => UpgradeError::Spawn {
             program: program.clone(),
