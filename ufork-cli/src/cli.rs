@@ -24,7 +24,8 @@ Signals (to the arbiter, the `ufork` process that runs the pool):
 
 Exit codes (every subcommand):
   0  success
-  1  runtime failure (for `ctl`: a command the pool refused)
+  1  runtime failure (for `serve` and `run`: also a pool that gave up,
+     --give-up-after; for `ctl`: a command the pool refused)
   2  usage error: a bad flag or value, or a bad --config file
   3  not running: `status`, `stop`, `reload` and `ctl` found no pool
   4  `status`: the pool runs degraded (see `ufork status --help`)
@@ -90,6 +91,16 @@ pub struct PoolArgs {
     /// the command uses 60 s so a start that hangs shows while you watch.)
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60", allow_negative_numbers = true)]
     pub start_timeout: Duration,
+
+    /// Stop and exit 1, naming the last failure, once every worker slot has
+    /// failed N times in a row without a worker staying up 1 s: a pool that
+    /// cannot start (a bad config, a missing module) fails where its supervisor
+    /// sees it instead of restarting forever. 5 is systemd's StartLimitBurst
+    /// (a unit that failed 5 times is left failed); gunicorn exits at the first
+    /// "Worker failed to boot", which 5 tolerates transient failures beyond.
+    /// 0: never give up (the ufork-core library's default).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32), default_value = "5")]
+    pub give_up_after: u32,
 
     /// On stop, how long workers may finish before they are killed.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "30", allow_negative_numbers = true)]

@@ -55,6 +55,21 @@ pub fn usage(message: impl Into<String>) -> Failure {
     Failure::Usage(message.into())
 }
 
+/// A runtime failure when the pool gave up (`--give-up-after`), naming the
+/// failure that made it: the pool stopped because it cannot start.
+pub fn gave_up(outcome: &ufork_core::Outcome, after: u32) -> Result<()> {
+    if outcome.cause != ufork_core::StopCause::GaveUp {
+        return Ok(());
+    }
+    let last = outcome
+        .last_failure
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    Err(runtime(format!(
+        "gave up: every worker failed {after} times in a row without staying up (--give-up-after); the last: {last}"
+    )))
+}
+
 /// The message of an error and its sources on one line: `a: b: c`.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -286,6 +286,7 @@ impl Session {
             .process_group(true)
             .workers(workers(pool))
             .start_timeout(pool.start_timeout)
+            .give_up_after(pool.give_up_after)
             .graceful_timeout(pool.graceful_timeout)
             .max_booting(pool.max_booting as usize)
             .memory_limit(pool.memory_limit);

@@ -150,13 +150,13 @@ pub fn exec(args: RunArgs) -> Result<()> {
         f
     })?;
     session.announce(&args.pool);
-    arbiter
+    let outcome = arbiter
         .run(worker)
         .map_err(|e| runtime(format!("the pool failed: {}", failure::chain(&e))))?;
     if let Some(message) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(runtime(message));
     }
-    Ok(())
+    failure::gave_up(&outcome, args.pool.give_up_after)
 }
 
 /// The sockets must sit at fds 3, 4, ... to be handed over there: a

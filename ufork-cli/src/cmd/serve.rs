@@ -186,10 +186,10 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         f
     })?;
     session.announce(&args.pool);
-    server
+    let outcome = server
         .run()
         .map_err(|e| runtime(format!("the server failed: {}", failure::chain(&e))))?;
-    Ok(())
+    failure::gave_up(&outcome, args.pool.give_up_after)
 }
 
 /// The addresses each worker binds with `--reuse-port`: TCP, with a port

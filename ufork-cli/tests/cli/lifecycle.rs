@@ -259,3 +259,56 @@ fn run_refuses_an_inherited_fd_3() {
     assert_one_line_error(&out, 1, &["fd 3 is already open (/dev/null)", "fds 3, 4"]);
     assert_eq!(out.stdout, "", "no banner: nothing ran");
 }
+
+/// A pool whose every worker fails to boot gives up after 5 failures per
+/// slot (the default) and exits 1, naming the last failure; the worker's own
+/// words are in the output above it.
+#[test]
+fn a_pool_that_cannot_start_gives_up_and_exits_1_naming_the_failure() {
+    let out = run(&[
+        "run",
+        "-w",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo bad config >&2; exit 78",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(out.stderr.contains("] bad config"), "{out:#?}");
+    assert!(
+        out.stderr.contains("every slot failed 5 times in a row"),
+        "{out:#?}"
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ufork: error: gave up"), "{out:#?}");
+    assert!(last.contains("exit code 78 (EX_CONFIG)"), "{out:#?}");
+    assert!(!out.stderr.contains("panicked"), "{out:#?}");
+}
+
+/// `give_up_after` in a --config file; 0 never gives up (the pool then stops
+/// as asked, exit 0).
+#[test]
+fn give_up_after_comes_from_the_config_file_and_0_never_gives_up() {
+    let dir = TempDir::new("give-up");
+    let file = dir.join("ufork.toml");
+    std::fs::write(
+        &file,
+        "give_up_after = 1\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let out = run(&["run", "-c", file, "-w", "1"]);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("failed 1 times in a row"), "{out:#?}");
+    assert!(last.contains("exit code 3"), "{out:#?}");
+
+    let mut pool = Running::start(&["run", "-c", file, "-w", "1", "--give-up-after", "0"]);
+    pool.expect_line("worker 0 pid");
+    // Past the default's 5 failures, still restarting.
+    pool.expect_line("(generation 6)");
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(!pool.transcript().contains("giving up"));
+}
