@@ -101,7 +101,10 @@
 //! reading a body or writing a response, so a long download keeps it alive
 //! while the client takes bytes; a client that stalls is dropped after the write timeout. It
 //! marks itself busy with the request line as activity from a complete
-//! request head until its response is written, and counts requests. On
+//! request head until its response is written, and counts requests. The
+//! app reaches its worker (heartbeat, activity, busy/idle, slot,
+//! generation) through the [`WorkerContext`] in every request's
+//! extensions. On
 //! SIGTERM it stops accepting, closes idle connections, answers the requests
 //! under way and exits.
 //!
@@ -122,6 +125,7 @@
 
 mod app;
 mod body;
+mod context;
 mod date;
 mod error;
 mod http1;
@@ -134,10 +138,12 @@ use std::net::SocketAddr;
 
 pub use app::{App, ResponseBody};
 pub use body::Body;
+pub use context::WorkerContext;
 pub use error::{Error, Result};
 pub use server::{Builder, DEFAULT_HEARTBEAT_TIMEOUT, Limits, LocalServer, Server, serve};
 
-/// The client's address, in every request's extensions.
+/// The client's address, in every request's extensions (beside the
+/// [`WorkerContext`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 

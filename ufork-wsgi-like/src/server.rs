@@ -12,7 +12,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
 use ufork_core::{Arbiter, Handle, Layer, Outcome, Worker};
 
 use crate::serve::{self, Config, WorkerShared};
-use crate::{App, Error, Result};
+use crate::{App, Error, Result, WorkerContext};
 
 /// Default heartbeat timeout: a worker silent this long is killed and replaced.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -239,7 +239,9 @@ impl Builder {
     /// Recycle a worker after it served `max` requests plus a random
     /// `0..=jitter` (so workers do not all restart at once): it stops
     /// accepting, finishes its connections, exits, and the arbiter replaces
-    /// it (default: never).
+    /// it at once: a planned exit ([`ExitReason::Recycled`](ufork_core::ExitReason::Recycled)),
+    /// never counted as a restart or a crash (default: never). Huge values
+    /// mean never.
     pub fn max_requests(mut self, max: u64, jitter: u64) -> Self {
         self.max_requests = (max > 0).then_some((max, jitter));
         self
@@ -253,7 +255,9 @@ impl Builder {
     /// while reading a request body or writing a response: a long download
     /// keeps its worker alive as long as the client takes bytes. An app that
     /// runs longer than this on one request without reading its body is
-    /// killed.
+    /// killed (its request line named in the arbiter's log) unless it beats
+    /// through the [`WorkerContext`](crate::WorkerContext) in the request's
+    /// extensions.
     ///
     /// A thread waiting for a stalled client heartbeats no more than it
     /// serves others, so the [read](Limits::read_timeout) and
@@ -474,10 +478,17 @@ impl Shared {
         let own = self.own_listeners()?;
         let mut listeners: Vec<&TcpListener> = self.listeners.iter().collect();
         listeners.extend(&own);
+        let vitals = worker.vitals().clone();
+        let context = WorkerContext::new(
+            Some(vitals.clone()),
+            Some(worker.slot()),
+            Some(worker.generation()),
+        );
         let shared = WorkerShared::new(
             Arc::clone(&self.app),
             Arc::clone(&self.config),
-            Some(worker.vitals().clone()),
+            context,
+            Some(vitals),
             self.max_requests(),
         )?;
         worker.ready();
@@ -622,6 +633,7 @@ impl Server {
         let worker = Arc::new(WorkerShared::new(
             Arc::clone(&shared.app),
             Arc::clone(&shared.config),
+            WorkerContext::new(None, None, None),
             None,
             shared.max_requests(),
         )?);

@@ -1045,6 +1045,18 @@ fn max_requests_recycles_workers() {
         "{:?}",
         outcome.history
     );
+    // A recycle is a planned exit, not a crash: never a restart.
+    let recycled = outcome
+        .history
+        .iter()
+        .filter(|r| r.reason == ufork_core::ExitReason::Recycled)
+        .count();
+    assert!(recycled >= 2, "{:?}", outcome.history);
+    assert!(
+        outcome.history.iter().all(|r| r.reason.is_requested()),
+        "{:?}",
+        outcome.history
+    );
 }
 
 #[test]

@@ -81,6 +81,7 @@ impl<'w> Dispatch<'w> {
         if let Some(peer) = conn.peer {
             request.extensions_mut().insert(PeerAddr(peer));
         }
+        request.extensions_mut().insert(self.worker.context.clone());
         let (response, panicked) = self.call_app(request);
         let input = lock(&conn.input);
         let next = self.settle(input, conn.peer, response, panicked, answer);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ufork_core::Vitals;
 
-use crate::{App, Error, Limits, Result};
+use crate::{App, Error, Limits, Result, WorkerContext};
 
 /// Settings the loop needs, shared by every thread of every worker.
 #[derive(Clone, Debug)]
@@ -29,6 +29,8 @@ pub(crate) struct WorkerShared {
     pub(crate) app: Arc<dyn App>,
     pub(crate) config: Arc<Config>,
     pub(crate) vitals: Option<Vitals>,
+    /// Handed to the app in every request's extensions.
+    pub(crate) context: WorkerContext,
     /// The limits connections work with: the configured ones, the read and
     /// write timeouts capped under the heartbeat timeout.
     pub(super) limits: Limits,
@@ -46,6 +48,7 @@ impl WorkerShared {
     pub(crate) fn new(
         app: Arc<dyn App>,
         config: Arc<Config>,
+        context: WorkerContext,
         vitals: Option<Vitals>,
         max_requests: Option<u64>,
     ) -> Result<Self> {
@@ -68,6 +71,7 @@ impl WorkerShared {
             app,
             config,
             vitals,
+            context,
             limits,
             busy: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -121,6 +125,11 @@ impl WorkerShared {
                         target: "ufork_wsgi_like",
                         "served {served} requests (max_requests): recycling this worker"
                     );
+                    // A planned exit: the arbiter replaces the worker at
+                    // once and counts neither a restart nor a crash.
+                    if let Some(v) = &self.vitals {
+                        v.recycle();
+                    }
                     self.stop();
                 }
                 true

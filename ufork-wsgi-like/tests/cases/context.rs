@@ -1,0 +1,107 @@
+//! The app reaches its worker through the `WorkerContext` in each request.
+
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use ufork_wsgi_like::{Body, ResponseBody, Server, WorkerContext};
+
+use crate::util::{self, Client, Forked, addr_of, get, local};
+
+const HEARTBEAT: Duration = Duration::from_millis(1500);
+/// Longer than the heartbeat timeout, with margin for a loaded machine.
+const LONG_REQUEST: Duration = Duration::from_millis(4000);
+
+/// Works for `LONG_REQUEST` without reading a body, beating or not.
+fn long_app(request: Request<Body>) -> Response<ResponseBody> {
+    let worker = request
+        .extensions()
+        .get::<WorkerContext>()
+        .cloned()
+        .expect("a WorkerContext in every request");
+    let beat = request.uri().path() == "/beat";
+    match request.uri().path() {
+        "/who" => Response::new(
+            format!(
+                "{:?} {:?} {:?}",
+                worker.slot(),
+                worker.generation(),
+                worker.state()
+            )
+            .into(),
+        ),
+        "/beat" | "/silent" => {
+            let started = Instant::now();
+            // The work itself: a long computation, simulated.
+            while started.elapsed() < LONG_REQUEST {
+                if beat {
+                    worker.heartbeat();
+                    worker.set_activity("long report: working");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Response::new("finished\n".into())
+        }
+        _ => Response::new("hello\n".into()),
+    }
+}
+
+#[test]
+fn a_long_request_that_beats_survives_one_that_does_not_is_killed_and_named() {
+    util::access_log();
+    let forked = Forked::start(
+        Server::builder().workers(1).heartbeat_timeout(HEARTBEAT),
+        long_app,
+    );
+    let who = get(forked.addr, "/who").text();
+    assert_eq!(who, "Some(0) Some(0) Some(Busy)");
+    let resp = get(forked.addr, "/beat");
+    assert_eq!(resp.text(), "finished\n");
+    assert!(
+        forked.handle.snapshot().history.is_empty(),
+        "the beating worker survived"
+    );
+
+    let mut client = Client::new(forked.addr);
+    client.send("GET /silent?id=7 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Killed mid-request: the client gets no response, just the end.
+    let mut rest = Vec::new();
+    let end = std::io::Read::read_to_end(&mut client.stream, &mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    // The replacement serves, as a new generation.
+    util::eventually("the replacement to serve", || {
+        get(forked.addr, "/who").text() == "Some(0) Some(1) Some(Busy)"
+    });
+    let outcome = forked.finish();
+    let killed = outcome
+        .history
+        .iter()
+        .find(|r| r.reason.as_str() == "timed-out")
+        .unwrap_or_else(|| panic!("{:?}", outcome.history));
+    assert!(
+        killed
+            .reason
+            .to_string()
+            .contains("GET /silent?id=7 HTTP/1.1"),
+        "{killed:?}"
+    );
+    let lines = util::logged("timed out");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("GET /silent?id=7 HTTP/1.1")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_local_server_has_a_context_without_a_worker() {
+    let server = local(Server::builder(), long_app);
+    assert_eq!(get(addr_of(&server), "/who").text(), "None None None");
+}
