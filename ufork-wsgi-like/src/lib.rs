@@ -104,9 +104,15 @@
 //! request head until its response is written, and counts requests. The
 //! app reaches its worker (heartbeat, activity, busy/idle, slot,
 //! generation) through the [`WorkerContext`] in every request's
-//! extensions. On
-//! SIGTERM it stops accepting, closes idle connections, answers the requests
-//! under way and exits.
+//! extensions.
+//!
+//! On SIGTERM (a graceful stop or a rolling restart) and on reaching
+//! `max_requests`, a worker stops accepting at once and drains what it
+//! holds: it answers every request it has read or that arrives on a
+//! connection it holds, the last on each connection with `Connection:
+//! close`, and closes a connection only once it has answered everything it
+//! read from it and, for an idle one, after [`Limits::drain_window`] with
+//! no request. Then it exits.
 //!
 //! # Limitations
 //!

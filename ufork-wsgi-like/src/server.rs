@@ -53,6 +53,12 @@ pub struct Limits {
     /// reading): 30 s. Then the connection is reset. In pre-forked workers,
     /// at most half the heartbeat timeout (see [`Builder::heartbeat_timeout`]).
     pub write_timeout: Duration,
+    /// How long a stopping worker (a graceful stop, a rolling restart,
+    /// `max_requests` recycling) keeps an idle keep-alive connection open
+    /// for a request that may already be on its way: 1 s. A request that
+    /// arrives in it is answered with `Connection: close`; a connection
+    /// with no request in it is closed. At most the keep-alive timeout.
+    pub drain_window: Duration,
 }
 
 impl Default for Limits {
@@ -67,6 +73,7 @@ impl Default for Limits {
             keep_alive_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            drain_window: Duration::from_secs(1),
         }
     }
 }
@@ -209,6 +216,12 @@ impl Builder {
     /// See [`Limits::write_timeout`].
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.limits.write_timeout = timeout;
+        self
+    }
+
+    /// See [`Limits::drain_window`].
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.limits.drain_window = window;
         self
     }
 
@@ -680,8 +693,9 @@ impl LocalServer {
         &self.addrs
     }
 
-    /// Asks it to stop gracefully: no new connections, requests under way
-    /// are answered, idle connections closed.
+    /// Asks it to stop gracefully: no new connections; requests read or
+    /// arriving on held connections are answered (with `Connection:
+    /// close`); idle connections close after [`Limits::drain_window`].
     pub fn stop(&self) {
         self.worker.stop();
     }

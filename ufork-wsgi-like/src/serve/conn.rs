@@ -79,6 +79,20 @@ impl Conn {
         self.deadline = deadline_after(Instant::now(), timeout);
     }
 
+    /// The worker stops: a connection waiting for a request waits at most
+    /// `window` more (a request on its way is still answered); one with a
+    /// request under way keeps its deadline. Returns the deadline.
+    pub(super) fn drain(&mut self, now: Instant, window: Duration) -> Option<Instant> {
+        if matches!(self.state, State::Fresh | State::Idle) {
+            let end = deadline_after(now, window);
+            self.deadline = match (self.deadline, end) {
+                (Some(d), Some(e)) => Some(d.min(e)),
+                (d, e) => d.or(e),
+            };
+        }
+        self.deadline
+    }
+
     /// Shuts down writing and drains input for [`LINGER`] before closing.
     pub(super) fn linger(&mut self, now: Instant) {
         let input = lock(&self.input);
@@ -138,8 +152,9 @@ impl Conn {
                         return Next::Close;
                     }
                     // The header timeout runs from the request's first byte
-                    // (from the accept for a connection's first request).
-                    if self.state == State::Idle {
+                    // (from the accept for a connection's first request,
+                    // unless a stop shortened that wait to the drain window).
+                    if self.state == State::Idle || (stopping && self.state == State::Fresh) {
                         self.set_timeout(dispatch.limits().header_timeout);
                     }
                     self.state = State::Head;

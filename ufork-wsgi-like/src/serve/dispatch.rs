@@ -32,6 +32,9 @@ struct Answer {
     version: Version,
     head_only: bool,
     keep_alive: bool,
+    /// The worker is stopping: the connection closes after this answer
+    /// unless more requests are buffered behind it.
+    stopping: bool,
     started: Instant,
 }
 
@@ -58,6 +61,7 @@ impl<'w> Dispatch<'w> {
             version: Version::HTTP_11,
             head_only: false,
             keep_alive: false,
+            stopping: true,
             started: Instant::now(),
         };
         let _ = self.reply(&input, conn.peer, response::error_response(status), answer);
@@ -73,7 +77,8 @@ impl<'w> Dispatch<'w> {
         let answer = Answer {
             version: head.request.version(),
             head_only: head.request.method() == http::Method::HEAD,
-            keep_alive: head.keep_alive && !stopping && !conn.eof,
+            keep_alive: head.keep_alive && !conn.eof,
+            stopping,
             started,
         };
         let body = Body::conn(Arc::clone(&conn.input), generation, head.content_length);
@@ -161,7 +166,11 @@ impl<'w> Dispatch<'w> {
                 linger = true;
             }
         }
-        if self.worker.count() {
+        // A stopping worker still answers every request it has read: the
+        // connection stays open while more are buffered behind this one,
+        // and the last one answered says `Connection: close`.
+        let recycling = self.worker.count();
+        if (answer.stopping || recycling) && input.start >= input.end {
             answer.keep_alive = false;
         }
         let sent = self.reply(&input, peer, response, answer);

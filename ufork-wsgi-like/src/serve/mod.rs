@@ -138,10 +138,14 @@ impl Loop<'_> {
             }
             self.wait(&mut events)?;
             self.worker.heartbeat();
+            // A stop seen in the same wake-up as requests applies to them:
+            // they are answered with `Connection: close`.
+            if events.iter().any(|e| e.data.u64() == STOP_TOKEN) {
+                self.begin_stop();
+            }
             for event in &events {
                 let token = event.data.u64();
                 if token == STOP_TOKEN {
-                    self.begin_stop();
                 } else if token & SPECIAL != 0 {
                     self.accept((token & !SPECIAL) as usize - 1);
                 } else {
@@ -216,8 +220,10 @@ impl Loop<'_> {
         }
     }
 
-    /// Stops accepting, closes idle connections; the loop ends once the
-    /// connections with a request under way are answered.
+    /// Stops accepting at once. Every connection it holds is drained, not
+    /// dropped: a request already buffered or arriving within the drain
+    /// window is answered (with `Connection: close`), a connection with no
+    /// request in that window is closed; the loop ends when none is left.
     fn begin_stop(&mut self) {
         if self.stopping {
             return;
@@ -229,15 +235,16 @@ impl Loop<'_> {
         if let Some(fd) = self.stop_fd {
             let _ = epoll::delete(&self.epoll, fd);
         }
+        let window = self
+            .config
+            .limits
+            .drain_window
+            .min(self.config.limits.keep_alive_timeout);
+        let now = Instant::now();
         for idx in 0..self.slots.len() {
-            let idle = self.slots[idx]
-                .conn
-                .as_ref()
-                .is_some_and(|c| matches!(c.state, conn::State::Fresh | conn::State::Idle));
-            if idle {
-                if let Some(conn) = self.slots[idx].conn.take() {
-                    self.close(idx, conn);
-                }
+            if let Some(conn) = &mut self.slots[idx].conn {
+                let deadline = conn.drain(now, window);
+                self.watch_deadline(deadline);
             }
         }
     }

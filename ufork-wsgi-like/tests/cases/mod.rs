@@ -1,6 +1,7 @@
 //! Tests grouped by feature, in the crate's one integration binary.
 
 mod context;
+mod drain;
 mod extremes;
 mod stream;
 mod targets;
