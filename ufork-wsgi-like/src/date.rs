@@ -70,7 +70,7 @@ fn two(out: &mut [u8], n: u64) {
 }
 
 /// Howard Hinnant's days-to-civil: (year, month 1..=12, day 1..=31).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -68,6 +68,15 @@ pub enum Error {
     /// Reading the local address of a listener failed.
     #[error("cannot read the local address of a listener")]
     LocalAddr(#[source] io::Error),
+    /// Opening the access log file failed.
+    #[error("cannot open the access log {path}")]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Creating the event loop (epoll or its stop pipe) failed.
     #[error("cannot create the event loop")]
     EventLoop(#[source] io::Error),

@@ -129,6 +129,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod access;
 mod app;
 mod body;
 mod context;
@@ -142,6 +143,7 @@ pub mod static_files;
 
 use std::net::SocketAddr;
 
+pub use access::{AccessFormat, AccessLog, AccessSink};
 pub use app::{App, ResponseBody};
 pub use body::Body;
 pub use context::WorkerContext;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
 use ufork_core::{Arbiter, Handle, Layer, Outcome, Worker};
 
+use crate::access::Writer;
 use crate::serve::{self, Config, WorkerShared};
-use crate::{App, Error, Result, WorkerContext};
+use crate::{AccessFormat, AccessLog, AccessSink, App, Error, Result, WorkerContext};
 
 /// Default heartbeat timeout: a worker silent this long is killed and replaced.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,7 +85,7 @@ pub struct Builder {
     listeners: Vec<TcpListener>,
     threads: usize,
     limits: Limits,
-    access_log: bool,
+    access_log: Option<AccessLog>,
     reuse_port: bool,
     backlog: i32,
     max_requests: Option<(u64, u64)>,
@@ -113,7 +114,7 @@ impl Builder {
             listeners: Vec::new(),
             threads: 1,
             limits: Limits::default(),
-            access_log: false,
+            access_log: None,
             reuse_port: false,
             backlog: 1024,
             max_requests: None,
@@ -227,9 +228,24 @@ impl Builder {
 
     /// Logs one line per request through `log` at info level, target
     /// `ufork_wsgi_like::access`: client, request line, status, body bytes,
-    /// duration (default off).
+    /// duration ([`AccessFormat::Brief`], for a logger that adds the time;
+    /// default off). See [`access_log_to`](Self::access_log_to) for the
+    /// standard formats and a sink of its own.
     pub fn access_log(mut self, on: bool) -> Self {
-        self.access_log = on;
+        self.access_log = on.then_some(AccessLog {
+            format: AccessFormat::Brief,
+            sink: AccessSink::Log,
+        });
+        self
+    }
+
+    /// Logs one line per answered request (rejections of bad input
+    /// included, with their request line once it was read) in `log.format`
+    /// to `log.sink`: Common, Combined or JSON lines, timestamped, straight
+    /// to standard output or a file the workers append to, apart from any
+    /// logger (default off).
+    pub fn access_log_to(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
         self
     }
 
@@ -341,7 +357,7 @@ impl Builder {
         let tick = idle_tick(self.heartbeat_timeout);
         Ok(Config {
             limits: self.limits.clone(),
-            access_log: self.access_log,
+            access_log: None,
             tick,
             threads: self.threads,
             heartbeat_timeout: self.heartbeat_timeout,
@@ -356,9 +372,21 @@ impl Builder {
     /// [`Error::NoListener`] with nothing to listen on, [`Error::Config`] for
     /// a zero limit or thread count, [`Error::Resolve`], [`Error::Socket`],
     /// [`Error::SocketOption`], [`Error::Bind`] or [`Error::Listen`] from the
-    /// sockets, [`Error::Build`] from ufork-core.
+    /// sockets, [`Error::AccessLog`] for an access log file that cannot be
+    /// opened, [`Error::Build`] from ufork-core.
     pub fn build(self, app: impl App) -> Result<Server> {
-        let config = Arc::new(self.config()?);
+        let mut config = self.config()?;
+        if let Some(log) = &self.access_log {
+            let writer = Writer::open(&log.sink).map_err(|source| Error::AccessLog {
+                path: match &log.sink {
+                    AccessSink::File(path) => path.clone(),
+                    _ => "-".into(),
+                },
+                source,
+            })?;
+            config.access_log = Some((log.format, writer));
+        }
+        let config = Arc::new(config);
         if self.binds.is_empty() && self.listeners.is_empty() {
             return Err(Error::NoListener);
         }

@@ -6,12 +6,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{Response, StatusCode, Version};
 
 use super::conn::{Conn, Next};
 use super::worker::{WorkerShared, panic_message};
+use crate::access::{AccessLogger, Entry};
 use crate::body::{Fault, Framing, Input, lock};
 use crate::date::DateCache;
 use crate::response::{self, Reply, Sent};
@@ -25,6 +26,11 @@ pub(super) struct Dispatch<'w> {
     /// text and the access log.
     line: String,
     date: DateCache,
+    access: Option<AccessLogger>,
+    /// The request's `Referer` and `User-Agent`, when the access log wants
+    /// them.
+    referer: Option<String>,
+    user_agent: Option<String>,
 }
 
 /// How a response goes out.
@@ -32,6 +38,8 @@ struct Answer {
     version: Version,
     head_only: bool,
     keep_alive: bool,
+    /// When the request's head was complete (for the access log).
+    at: SystemTime,
     /// The worker is stopping: the connection closes after this answer
     /// unless more requests are buffered behind it.
     stopping: bool,
@@ -45,6 +53,13 @@ impl<'w> Dispatch<'w> {
             out: Vec::with_capacity(16 * 1024),
             line: String::with_capacity(256),
             date: DateCache::new(),
+            access: worker
+                .config
+                .access_log
+                .as_ref()
+                .map(|(format, writer)| AccessLogger::new(*format, writer.clone())),
+            referer: None,
+            user_agent: None,
         }
     }
 
@@ -53,14 +68,31 @@ impl<'w> Dispatch<'w> {
     }
 
     /// Answers bad input with `status`; the connection then lingers closed.
+    /// The access log names the request line if a whole one was read.
     pub(super) fn reject(&mut self, conn: &Conn, status: StatusCode) -> Next {
-        self.line.clear();
-        self.line.push('-');
         let input = lock(&conn.input);
+        self.line.clear();
+        let buffered = input.buffered();
+        let limit = self.limits().max_request_line_bytes.saturating_add(2);
+        match buffered[..buffered.len().min(limit)]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            Some(end) => {
+                let line = buffered[..end]
+                    .strip_suffix(b"\r")
+                    .unwrap_or(&buffered[..end]);
+                self.line.push_str(&String::from_utf8_lossy(line));
+            }
+            None => self.line.push('-'),
+        }
+        self.referer = None;
+        self.user_agent = None;
         let answer = Answer {
             version: Version::HTTP_11,
             head_only: false,
             keep_alive: false,
+            at: SystemTime::now(),
             stopping: true,
             started: Instant::now(),
         };
@@ -78,9 +110,24 @@ impl<'w> Dispatch<'w> {
             version: head.request.version(),
             head_only: head.request.method() == http::Method::HEAD,
             keep_alive: head.keep_alive && !conn.eof,
+            at: if self.access.is_some() {
+                SystemTime::now()
+            } else {
+                std::time::UNIX_EPOCH
+            },
             stopping,
             started,
         };
+        if self.access.as_ref().is_some_and(AccessLogger::wants_agent) {
+            let text = |name| {
+                head.request
+                    .headers()
+                    .get(name)
+                    .map(|v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            self.referer = text(http::header::REFERER);
+            self.user_agent = text(http::header::USER_AGENT);
+        }
         let body = Body::conn(Arc::clone(&conn.input), generation, head.content_length);
         let mut request = head.request.map(|()| body);
         if let Some(peer) = conn.peer {
@@ -205,32 +252,22 @@ impl<'w> Dispatch<'w> {
             response,
             reply,
         );
-        if self.worker.config.access_log {
+        if let Some(access) = &mut self.access {
             let (status, bytes) = match &sent {
                 Ok(s) => (s.status.as_u16(), s.body_bytes),
                 Err(_) => (0, 0),
             };
-            log::info!(
-                target: "ufork_wsgi_like::access",
-                "{} \"{}\" {} {} {:.3}ms",
-                PeerDisplay(peer),
-                self.line,
+            access.log(&Entry {
+                at: answer.at,
+                peer,
+                line: &self.line,
                 status,
                 bytes,
-                answer.started.elapsed().as_secs_f64() * 1000.0
-            );
+                took: answer.started.elapsed(),
+                referer: self.referer.as_deref(),
+                user_agent: self.user_agent.as_deref(),
+            });
         }
         sent
-    }
-}
-
-struct PeerDisplay(Option<SocketAddr>);
-
-impl std::fmt::Display for PeerDisplay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => write!(f, "{addr}"),
-            None => f.write_str("-"),
-        }
     }
 }

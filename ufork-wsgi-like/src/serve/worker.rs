@@ -15,7 +15,8 @@ use crate::{App, Error, Limits, Result, WorkerContext};
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) limits: Limits,
-    pub(crate) access_log: bool,
+    /// The access log's format and open sink, if on.
+    pub(crate) access_log: Option<(crate::AccessFormat, crate::access::Writer)>,
     /// How often an idle thread wakes to heartbeat; `None`: never (no
     /// heartbeat timeout is watched, so only events and deadlines wake it).
     pub(crate) tick: Option<Duration>,

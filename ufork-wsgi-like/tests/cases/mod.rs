@@ -1,5 +1,6 @@
 //! Tests grouped by feature, in the crate's one integration binary.
 
+mod access;
 mod context;
 mod drain;
 mod extremes;
