@@ -1,6 +1,6 @@
 //! The access log: formats, its own sink, rejections with their request line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ufork_wsgi_like::{AccessFormat, AccessLog, AccessSink, Server};
 
@@ -14,7 +14,7 @@ fn temp_file(name: &str) -> PathBuf {
 
 /// Waits until `path` holds `lines` lines (a line is written after its
 /// response).
-fn lines_of(path: &PathBuf, lines: usize) -> Vec<String> {
+fn lines_of(path: &Path, lines: usize) -> Vec<String> {
     let mut text = String::new();
     util::eventually("the access log lines", || {
         text = std::fs::read_to_string(path).unwrap_or_default();
@@ -23,13 +23,13 @@ fn lines_of(path: &PathBuf, lines: usize) -> Vec<String> {
     text.lines().map(str::to_owned).collect()
 }
 
-fn server_logging_to(format: AccessFormat, path: &PathBuf) -> ufork_wsgi_like::LocalServer {
+fn server_logging_to(format: AccessFormat, path: &Path) -> ufork_wsgi_like::LocalServer {
     local(
         Server::builder()
             .max_body_bytes(10)
             .access_log_to(AccessLog {
                 format,
-                sink: AccessSink::File(path.clone()),
+                sink: AccessSink::File(path.to_owned()),
             }),
         crate::app,
     )
