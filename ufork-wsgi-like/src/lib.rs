@@ -126,6 +126,11 @@
 //!   [`Limits::max_header_bytes`] gets 431).
 //! - With `reuse_port`, connections queued on a worker's socket when that
 //!   worker exits are reset.
+//! - On the shared listener, idle threads take new connections in turn (each
+//!   moves to the back of the listener's wait queue after an accept), but a
+//!   burst of connections that arrives before the woken thread runs is
+//!   accepted by that thread: 64 keep-alive connections opened at once can
+//!   leave a worker with none.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

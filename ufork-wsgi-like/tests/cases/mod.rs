@@ -3,6 +3,7 @@
 mod access;
 mod context;
 mod drain;
+mod even;
 mod extremes;
 mod stream;
 mod targets;
