@@ -69,6 +69,54 @@ fn two(out: &mut [u8], n: u64) {
     out[1] = b'0' + (n % 10) as u8;
 }
 
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, the only form
+/// a sender may generate) into seconds since the epoch.
+pub(crate) fn parse(text: &[u8]) -> Option<u64> {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    if text.len() != DATE_LEN || &text[3..5] != b", " || &text[25..] != b" GMT" {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = &text[range];
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    let day = num(5..7)?;
+    let month = MONTHS.iter().position(|m| m[..] == text[8..11])? as i64 + 1;
+    let year = num(12..16)?;
+    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    if text[7] != b' '
+        || text[11] != b' '
+        || text[16] != b' '
+        || text[19] != b':'
+        || text[22] != b':'
+    {
+        return None;
+    }
+    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    u64::try_from(secs).ok()
+}
+
+/// Howard Hinnant's civil-to-days.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Howard Hinnant's days-to-civil: (year, month 1..=12, day 1..=31).
 pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -99,5 +147,17 @@ mod tests {
         assert_eq!(text(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(text(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(text(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        for secs in [0, 784_111_777, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            assert_eq!(parse(text(secs).as_bytes()), Some(secs), "{secs}");
+        }
+        assert_eq!(parse(b"Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(parse(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(parse(b"Sun, 06 Xyz 1994 08:49:37 GMT"), None);
+        assert_eq!(parse(b"Sun, 06 Nov 1994 25:49:37 GMT"), None);
+        assert_eq!(parse(b""), None);
     }
 }

@@ -9,13 +9,18 @@
 //! # }
 //! ```
 
-use std::fs::File;
-use std::io;
+use std::fs::{File, Metadata};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use http::header::{ALLOW, CONTENT_TYPE, LOCATION};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{
+    ACCEPT_RANGES, ALLOW, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
+use crate::date::{DATE_LEN, format as format_date, parse as parse_date};
 use crate::{App, Body, ResponseBody};
 
 /// Serves the files under a root directory: `GET` and `HEAD` only, the
@@ -24,9 +29,21 @@ use crate::{App, Body, ResponseBody};
 /// directory path. Nothing outside the root is reachable: `..` segments are
 /// refused and every path is resolved (symbolic links included) and checked
 /// to lie under the root, which is itself resolved once at construction.
+///
+/// Like a file server: every file carries `Last-Modified` and a strong
+/// `ETag` (inode, size and modification time), and a request whose
+/// `If-None-Match` matches (or, without one, whose `If-Modified-Since` is
+/// not older than the file) gets `304 Not Modified`. A single byte range
+/// (`Range: bytes=A-B`, `A-`, `-N`) gets `206 Partial Content`, an
+/// unsatisfiable one `416`; several ranges, or an `If-Range` that does not
+/// match, get the whole file. Bodies go out with `sendfile(2)`.
+///
+/// [`mount`](Self::mount) serves the tree under a path prefix (`/static`):
+/// other paths get 404, and redirects keep the prefix.
 #[derive(Clone, Debug)]
 pub struct StaticFiles {
     root: PathBuf,
+    prefix: String,
 }
 
 impl StaticFiles {
@@ -43,7 +60,22 @@ impl StaticFiles {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            prefix: String::new(),
+        })
+    }
+
+    /// Serves the tree under the URL path `prefix` (say `/static`): a
+    /// request for `/static/app.css` gets `ROOT/app.css`, and paths outside
+    /// the prefix get 404. A trailing slash on `prefix` is ignored.
+    #[must_use]
+    pub fn mount(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.trim_end_matches('/').to_owned();
+        if !self.prefix.is_empty() && !self.prefix.starts_with('/') {
+            self.prefix.insert(0, '/');
+        }
+        self
     }
 
     /// The resolved root directory.
@@ -66,7 +98,15 @@ impl StaticFiles {
             return response;
         }
         let uri_path = request.uri().path();
-        let Some(decoded) = percent_decode(uri_path) else {
+        // The path under the mount point: `/static` and `/static/x` are in
+        // it, `/staticx` is not.
+        let Some(rest) = uri_path.strip_prefix(self.prefix.as_str()) else {
+            return status(StatusCode::NOT_FOUND);
+        };
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return status(StatusCode::NOT_FOUND);
+        }
+        let Some(decoded) = percent_decode(rest) else {
             return status(StatusCode::BAD_REQUEST);
         };
         let mut path = self.root.clone();
@@ -94,6 +134,7 @@ impl StaticFiles {
             return status(StatusCode::NOT_FOUND);
         };
         if file_path.is_dir() {
+            // The redirect names the whole request path, prefix included.
             if !uri_path.ends_with('/') {
                 let mut location = format!("{uri_path}/");
                 if let Some(query) = request.uri().query() {
@@ -115,17 +156,182 @@ impl StaticFiles {
             Ok(file) => file,
             Err(e) => return status(io_status(&e)),
         };
-        let body = match file.metadata() {
-            Ok(meta) if meta.is_file() => ResponseBody::file_with_len(file, meta.len()),
+        let meta = match file.metadata() {
+            Ok(meta) if meta.is_file() => meta,
             Ok(_) => return status(StatusCode::NOT_FOUND),
             Err(e) => return status(io_status(&e)),
         };
-        let mut response = Response::new(body);
-        response.headers_mut().insert(
+        let validators = Validators::of(&meta);
+        let headers = request.headers();
+        if validators.not_modified(headers) {
+            let mut response = status(StatusCode::NOT_MODIFIED);
+            *response.body_mut() = ResponseBody::empty();
+            response.headers_mut().remove(CONTENT_TYPE);
+            validators.insert(response.headers_mut());
+            return response;
+        }
+        let len = meta.len();
+        let range = match headers.get(RANGE) {
+            Some(value) if validators.if_range(headers) => parse_range(value.as_bytes(), len),
+            _ => Range::Whole,
+        };
+        let mut response = match range {
+            Range::Whole => Response::new(ResponseBody::file_with_len(file, len)),
+            Range::Unsatisfiable => {
+                let mut response = status(StatusCode::RANGE_NOT_SATISFIABLE);
+                if let Ok(value) = HeaderValue::try_from(format!("bytes */{len}")) {
+                    response.headers_mut().insert(CONTENT_RANGE, value);
+                }
+                return response;
+            }
+            Range::Part(first, last) => {
+                let mut file = file;
+                if let Err(e) = file.seek(SeekFrom::Start(first)) {
+                    return status(io_status(&e));
+                }
+                let mut response =
+                    Response::new(ResponseBody::file_with_len(file, last - first + 1));
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(value) = HeaderValue::try_from(format!("bytes {first}-{last}/{len}")) {
+                    response.headers_mut().insert(CONTENT_RANGE, value);
+                }
+                response
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static(content_type(&file_path)),
         );
+        headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        validators.insert(headers);
         response
+    }
+}
+
+/// A file's `ETag` and `Last-Modified`.
+struct Validators {
+    etag: String,
+    modified_secs: u64,
+}
+
+impl Validators {
+    fn of(meta: &Metadata) -> Self {
+        let secs = u64::try_from(meta.mtime()).unwrap_or(0);
+        let nanos = meta.mtime_nsec();
+        Self {
+            // Strong: any change of content changes size or mtime (or, for a
+            // replaced file, the inode).
+            etag: format!(
+                "\"{:x}-{:x}-{:x}.{:x}\"",
+                meta.ino(),
+                meta.len(),
+                secs,
+                nanos
+            ),
+            modified_secs: secs,
+        }
+    }
+
+    fn insert(&self, headers: &mut HeaderMap) {
+        if let Ok(value) = HeaderValue::try_from(self.etag.as_str()) {
+            headers.insert(ETAG, value);
+        }
+        let mut date = [0u8; DATE_LEN];
+        format_date(self.modified_secs, &mut date);
+        if let Ok(value) = HeaderValue::from_bytes(&date) {
+            headers.insert(LAST_MODIFIED, value);
+        }
+    }
+
+    /// RFC 9110 §13.2.2: `If-None-Match` first (`*` or a matching tag, weak
+    /// comparison); without it, `If-Modified-Since`.
+    fn not_modified(&self, headers: &HeaderMap) -> bool {
+        if let Some(value) = headers.get(IF_NONE_MATCH) {
+            return value.to_str().is_ok_and(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+            });
+        }
+        headers
+            .get(IF_MODIFIED_SINCE)
+            .and_then(|v| parse_date(v.as_bytes()))
+            .is_some_and(|since| self.modified_secs <= since)
+    }
+
+    /// Whether a `Range` applies: no `If-Range`, or one naming this file's
+    /// entity tag (strong comparison) or its exact `Last-Modified` date.
+    fn if_range(&self, headers: &HeaderMap) -> bool {
+        match headers.get(IF_RANGE) {
+            None => true,
+            Some(value) => {
+                value.as_bytes() == self.etag.as_bytes()
+                    || parse_date(value.as_bytes()) == Some(self.modified_secs)
+            }
+        }
+    }
+}
+
+/// What a `Range` header asks of a file of some length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Range {
+    /// No usable single range: the whole file.
+    Whole,
+    /// First and last byte offsets, inclusive.
+    Part(u64, u64),
+    /// A single range that lies wholly past the end: 416.
+    Unsatisfiable,
+}
+
+/// Parses `bytes=A-B`, `bytes=A-` or `bytes=-N` against a file of `len`
+/// bytes. Anything else, several ranges included, is `Whole` (a server may
+/// ignore `Range`, RFC 9110 §14.2).
+fn parse_range(value: &[u8], len: u64) -> Range {
+    let Some(spec) = value.strip_prefix(b"bytes=") else {
+        return Range::Whole;
+    };
+    let Ok(spec) = std::str::from_utf8(spec) else {
+        return Range::Whole;
+    };
+    let spec = spec.trim();
+    if spec.contains(',') {
+        return Range::Whole;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Range::Whole;
+    };
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match number(suffix) {
+            Some(0) => Range::Unsatisfiable,
+            Some(n) if len > 0 => Range::Part(len.saturating_sub(n), len - 1),
+            Some(_) => Range::Unsatisfiable,
+            None => Range::Whole,
+        },
+        (first, last) => {
+            let Some(first) = number(first) else {
+                return Range::Whole;
+            };
+            let last = match last {
+                "" => None,
+                l => match number(l) {
+                    Some(l) if l >= first => Some(l),
+                    // A huge end is a valid "to the end"; an end before the
+                    // start makes the header invalid, so it is ignored.
+                    Some(_) => return Range::Whole,
+                    None => return Range::Whole,
+                },
+            };
+            if first >= len {
+                return Range::Unsatisfiable;
+            }
+            Range::Part(first, last.map_or(len - 1, |l| l.min(len - 1)))
+        }
     }
 }
 
@@ -225,6 +431,28 @@ mod tests {
         assert_eq!(percent_decode("/%2e%2e/x").as_deref(), Some("/../x"));
         assert_eq!(percent_decode("/%zz"), None);
         assert_eq!(percent_decode("/%2"), None);
+    }
+
+    #[test]
+    fn ranges() {
+        use super::Range::*;
+        assert_eq!(parse_range(b"bytes=0-9", 100), Part(0, 9));
+        assert_eq!(parse_range(b"bytes=90-", 100), Part(90, 99));
+        assert_eq!(parse_range(b"bytes=90-1000", 100), Part(90, 99));
+        assert_eq!(parse_range(b"bytes=-10", 100), Part(90, 99));
+        assert_eq!(parse_range(b"bytes=-1000", 100), Part(0, 99));
+        assert_eq!(parse_range(b"bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range(b"bytes=9-1", 100), Whole);
+        assert_eq!(parse_range(b"items=0-1", 100), Whole);
+        assert_eq!(parse_range(b"bytes=x-1", 100), Whole);
+        assert_eq!(parse_range(b"bytes=0-99999999999999999999999", 100), Whole);
+        assert_eq!(
+            parse_range(b"bytes=18446744073709551615-", u64::MAX),
+            Unsatisfiable
+        );
     }
 
     #[test]

@@ -5,5 +5,6 @@ mod context;
 mod drain;
 mod even;
 mod extremes;
+mod static_files;
 mod stream;
 mod targets;
