@@ -43,13 +43,7 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     let sub_command = command
         .find_subcommand(sub)
         .expect("serve and run are subcommands");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        usage(format!(
-            "--config {}: cannot read it: {}",
-            path.display(),
-            crate::failure::io_text(&e)
-        ))
-    })?;
+    let text = read(&path)?;
     let settings = parse(&path, &text)?;
     let given = given_flags(sub_command, user);
     let mut from_file: Vec<OsString> = Vec::new();
@@ -115,6 +109,57 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
         }
     }
     Ok(merged)
+}
+
+/// The largest `--config` file read: a settings file is a few hundred bytes,
+/// and a bound keeps `--config /dev/zero` or a log named by mistake from
+/// reading until memory runs out.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The text of the `--config` file: a regular file of at most [`MAX_FILE`]
+/// bytes. A device, FIFO or directory is refused before it is opened (opening
+/// a FIFO would wait for a writer); the read itself stops one byte past the
+/// bound, so a file that grows after the check is refused too.
+fn read(path: &Path) -> Result<String> {
+    use std::io::Read as _;
+    let cannot = |e: &std::io::Error| {
+        usage(format!(
+            "--config {}: cannot read it: {}",
+            path.display(),
+            crate::failure::io_text(e)
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
+        return Err(usage(format!(
+            "--config {}: not a regular file (a settings file is expected)",
+            path.display()
+        )));
+    }
+    let too_big = || {
+        usage(format!(
+            "--config {}: larger than the {} KiB a settings file may have",
+            path.display(),
+            MAX_FILE / 1024
+        ))
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(path).map_err(|e| cannot(&e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| cannot(&e))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        usage(format!(
+            "--config {}: cannot read it: not UTF-8 text",
+            path.display()
+        ))
+    })
 }
 
 /// Where a setting is, for messages: `--config FILE line N: KEY`.

@@ -97,6 +97,32 @@ fn a_bad_file_names_the_file_the_line_and_the_key() {
 }
 
 #[test]
+fn a_huge_or_special_file_is_refused_with_its_bound() {
+    let dir = TempDir::new("config-huge");
+    // One byte over the 1 MiB bound, and valid TOML all the way (comments),
+    // so only the bound can refuse it.
+    let file = dir.join("huge.toml");
+    let mut text = "workers = 2\n".to_owned();
+    while text.len() <= 1 << 20 {
+        text.push_str("# padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&file, text).unwrap();
+    let out = run(&["serve", "--config", file.to_str().unwrap()]);
+    assert_one_line_error(&out, 2, &["huge.toml", "1024 KiB"]);
+    // A device that never ends, a directory and a FIFO nobody writes to are
+    // refused at once, without reading (or waiting on) them.
+    let fifo = dir.str("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    // (After the file over the bound: a binary without the bound fails there
+    // instead of reading /dev/zero until memory runs out.)
+    for path in ["/dev/zero", dir.path().to_str().unwrap(), &fifo] {
+        let out = run(&["serve", "--config", path]);
+        assert_one_line_error(&out, 2, &[path, "not a regular file"]);
+    }
+}
+
+#[test]
 fn serve_takes_dir_from_the_file() {
     let dir = TempDir::new("config-dir");
     std::fs::create_dir(dir.join("site")).unwrap();
