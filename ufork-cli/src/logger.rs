@@ -1,7 +1,8 @@
 //! The CLI's logger: the only place in the workspace that picks one. Lines go
 //! to the terminal (above the prompt) or, once set, to a log file sink.
 
-use std::time::SystemTime;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use ufork_io::Format;
 
@@ -131,9 +132,57 @@ pub fn init() {
     }
 }
 
-/// Writes what the terminal has not taken yet, waiting at most `timeout`,
-/// and says how much it had to drop (on stderr, if that takes it now).
-pub fn finish(timeout: std::time::Duration) {
+/// When the final flush must end: the stop's budget after it began.
+static FLUSH_END: OnceLock<Instant> = OnceLock::new();
+
+/// How long a whole stop may take, from its start to the end of the final
+/// flush: the graceful timeout plus 1 s (`None`, never, past what a
+/// `Duration` holds).
+pub fn stop_budget(graceful: Duration) -> Option<Duration> {
+    graceful.checked_add(Duration::from_secs(1))
+}
+
+/// A layer that prepares the final flush: it notes when the stop began (the
+/// flush ends [`stop_budget`] after it) and, once the loop has ended, gives
+/// SIGINT and SIGTERM their default action, so a second Ctrl-C ends a flush
+/// stalled on a full pipe at once — even when the shell started ufork with
+/// SIGINT ignored. Add it before the capture: layers stop in order.
+#[derive(Debug)]
+pub struct FinalFlush {
+    budget: Option<Duration>,
+}
+
+impl FinalFlush {
+    /// For a pool with this graceful timeout.
+    pub fn new(graceful: Duration) -> Self {
+        Self {
+            budget: stop_budget(graceful),
+        }
+    }
+}
+
+impl ufork_core::Layer for FinalFlush {
+    fn stopping(&mut self, _ctx: &mut ufork_core::Context<'_>) {
+        if let Some(end) = self.budget.and_then(|b| Instant::now().checked_add(b)) {
+            let _ = FLUSH_END.set(end);
+        }
+    }
+
+    fn stopped(&mut self) {
+        if let Err(e) = ufork_io::default_stop_signals() {
+            log::warn!("cannot restore the default action of SIGINT and SIGTERM: {e}");
+        }
+    }
+}
+
+/// Writes what the terminal has not taken yet, waiting at most `timeout`
+/// (and no later than the stop's budget allows), and says how much it had to
+/// drop (on stderr, if that takes it now).
+pub fn finish(timeout: Duration) {
+    let timeout = match FLUSH_END.get() {
+        Some(end) => timeout.min(end.saturating_duration_since(Instant::now())),
+        None => timeout,
+    };
     let dropped = term::flush_within(timeout);
     if dropped > 0 {
         let line = format!(
@@ -172,7 +221,6 @@ pub fn timestamp(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn timestamps_are_utc_civil_dates() {

@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
 use crate::{logger, privs, term, upgrade};
 
-/// How long the end of a run waits for output the sink has not taken yet.
+/// How long the end of a run waits for output the sink has not taken yet, at
+/// most (and no later than the graceful timeout plus 1 s after a stop began:
+/// [`logger::stop_budget`]).
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `--chdir DIR`: done first, so every relative path after it (DIR,
@@ -234,16 +236,20 @@ impl Session {
             None if self.detached => Capture::builder().sink(Sink::stdout()),
             None => Capture::builder()
                 .sink(Sink::writer(term::LineWriter::new(term::Stream::Out)))
-                .stderr_sink(Sink::writer(term::LineWriter::new(term::Stream::Err))),
+                .stderr_sink(Sink::writer(term::LineWriter::new(term::Stream::Err)))
+                // The arbiter's lines never wait behind a stdout nobody reads.
+                .arbiter_sink(Sink::writer(term::LineWriter::new(term::Stream::Err))),
         };
         // Each worker's stderr on a pipe of its own, marked apart from its
         // stdout. The end of `run` waits FLUSH_TIMEOUT for a stalled sink,
-        // then says how much it dropped.
+        // then says how much it dropped; and a stop takes at most the
+        // graceful timeout plus 1 s in all.
         let format = logger::format(pool.log_format, pool.no_timestamps, self.log.is_some());
         let capture = capture
             .split_streams(true)
             .format(format)
-            .flush_timeout(FLUSH_TIMEOUT);
+            .flush_timeout(FLUSH_TIMEOUT)
+            .stop_timeout(logger::stop_budget(pool.graceful_timeout));
         let capture = capture.build().map_err(|e| {
             failure::runtime(format!(
                 "cannot capture the workers' output: {}",
@@ -290,6 +296,9 @@ impl Session {
             .graceful_timeout(pool.graceful_timeout)
             .max_booting(pool.max_booting as usize)
             .memory_limit(pool.memory_limit);
+        // Before the capture: its final flush waits, and must find Ctrl-C
+        // working and the stop's deadline known.
+        builder = builder.layer(logger::FinalFlush::new(pool.graceful_timeout));
         if let Some(capture) = self.capture.take() {
             builder = builder.layer(capture);
         }

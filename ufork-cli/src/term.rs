@@ -6,8 +6,12 @@
 //! queue of pending bytes (prompt clears and redraws included, in order), and
 //! one thread at a time — the one "on duty" — writes the queue out with the
 //! lock released; whoever adds bytes while another thread is on duty leaves
-//! them to it. So a terminal or pipe that stops taking bytes (a pager at a
-//! page, a full FIFO, Ctrl-S) blocks at most the thread on duty:
+//! them to it. There are two such queues, one per stream, so stderr never
+//! waits behind a stdout nobody reads (`ufork run … > fifo`); while the
+//! prompt is shown both streams are one terminal, and everything goes through
+//! stdout's queue to keep the clear, the text and the redraw in order. So a
+//! terminal or pipe that stops taking bytes (a pager at a page, a full FIFO,
+//! Ctrl-S) blocks at most the thread on duty for it:
 //! - [`print()`], [`say`] and [`set_prompt`] never wait: they write what the
 //!   descriptor takes at once and leave the rest queued (the arbiter's thread
 //!   calls them from the console, and must go on supervising);
@@ -33,15 +37,33 @@ struct Prompt {
     cursor: usize,
 }
 
-/// The terminal's state: the prompt and the bytes not written yet.
+/// Output waiting for one stream's descriptor (or, while the prompt is
+/// shown, for the terminal).
 #[derive(Debug)]
-struct Term {
-    prompt: Prompt,
+struct Lane {
     /// Composed output, in order, not yet written.
     pending: VecDeque<(Stream, Vec<u8>)>,
     pending_bytes: usize,
     /// A thread is writing `pending` out (with the lock released).
     on_duty: bool,
+}
+
+impl Lane {
+    const fn new() -> Self {
+        Self {
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            on_duty: false,
+        }
+    }
+}
+
+/// The terminal's state: the prompt and the bytes not written yet.
+#[derive(Debug)]
+struct Term {
+    prompt: Prompt,
+    /// Indexed by [`Stream::lane`].
+    lanes: [Lane; 2],
 }
 
 static TERM: Mutex<Term> = Mutex::new(Term {
@@ -50,9 +72,7 @@ static TERM: Mutex<Term> = Mutex::new(Term {
         line: String::new(),
         cursor: 0,
     },
-    pending: VecDeque::new(),
-    pending_bytes: 0,
-    on_duty: false,
+    lanes: [Lane::new(), Lane::new()],
 });
 
 /// Signalled when the thread on duty leaves it.
@@ -97,6 +117,15 @@ pub enum Stream {
     Err,
 }
 
+impl Stream {
+    fn lane(self) -> usize {
+        match self {
+            Self::Out => 0,
+            Self::Err => 1,
+        }
+    }
+}
+
 /// [`write_out`] to fd 1 or 2 itself, not through std's handles: std's stdio
 /// lock may be held by a thread at a fork, and a worker needs it.
 fn write_stream(stream: Stream, data: &[u8], wait: Wait) -> usize {
@@ -115,28 +144,38 @@ fn draw(out: &mut Vec<u8>, p: &Prompt) {
 }
 
 impl Term {
-    fn queue(&mut self, stream: Stream, bytes: Vec<u8>) {
+    /// Queues `bytes` for `stream` in `lane`.
+    fn queue(&mut self, lane: usize, stream: Stream, bytes: Vec<u8>) {
         if bytes.is_empty() {
             return;
         }
-        self.pending_bytes += bytes.len();
-        match self.pending.back_mut() {
+        let lane = &mut self.lanes[lane];
+        lane.pending_bytes += bytes.len();
+        match lane.pending.back_mut() {
             Some((last, data)) if *last == stream => data.extend_from_slice(&bytes),
-            _ => self.pending.push_back((stream, bytes)),
+            _ => lane.pending.push_back((stream, bytes)),
         }
     }
 
     /// Queues `text` above the prompt: clear it, the text, draw it again.
-    fn queue_text(&mut self, stream: Stream, text: &[u8]) {
+    /// Returns the lane it went to.
+    fn queue_text(&mut self, stream: Stream, text: &[u8]) -> usize {
         if self.prompt.shown {
-            self.queue(Stream::Out, b"\r\x1b[K".to_vec());
-            self.queue(stream, text.to_vec());
+            let lane = Stream::Out.lane();
+            self.queue(lane, Stream::Out, b"\r\x1b[K".to_vec());
+            self.queue(lane, stream, text.to_vec());
             let mut redraw = Vec::new();
             draw(&mut redraw, &self.prompt);
-            self.queue(Stream::Out, redraw);
+            self.queue(lane, Stream::Out, redraw);
+            lane
         } else {
-            self.queue(stream, text.to_vec());
+            self.queue(stream.lane(), stream, text.to_vec());
+            stream.lane()
         }
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.lanes.iter().map(|l| l.pending_bytes).sum()
     }
 }
 
@@ -149,14 +188,15 @@ enum Wait {
     Until(Option<Instant>),
 }
 
-/// Writes the queue out, on duty, the lock released while writing. Returns
-/// with the queue empty, or not if `wait` gave up (the rest stays queued).
-fn drain(mut t: MutexGuard<'static, Term>, wait: Wait) {
+/// Writes a lane's queue out, on duty, the lock released while writing.
+/// Returns with the queue empty, or not if `wait` gave up (the rest stays
+/// queued).
+fn drain(mut t: MutexGuard<'static, Term>, lane: usize, wait: Wait) {
     loop {
-        if t.pending.is_empty() {
+        if t.lanes[lane].pending.is_empty() {
             return;
         }
-        if t.on_duty {
+        if t.lanes[lane].on_duty {
             let Wait::Until(deadline) = wait else {
                 // The thread on duty writes what we queued.
                 return;
@@ -175,18 +215,22 @@ fn drain(mut t: MutexGuard<'static, Term>, wait: Wait) {
             };
             continue;
         }
-        let (stream, mut data) = t.pending.pop_front().unwrap_or((Stream::Out, Vec::new()));
-        t.on_duty = true;
+        let (stream, mut data) = t.lanes[lane]
+            .pending
+            .pop_front()
+            .unwrap_or((Stream::Out, Vec::new()));
+        t.lanes[lane].on_duty = true;
         drop(t);
         let written = write_stream(stream, &data, wait);
         t = term();
-        t.on_duty = false;
+        let l = &mut t.lanes[lane];
+        l.on_duty = false;
         OFF_DUTY.notify_all();
-        t.pending_bytes = t.pending_bytes.saturating_sub(written);
+        l.pending_bytes = l.pending_bytes.saturating_sub(written);
         if written < data.len() {
             // Not taken in time: back to the front, the order unchanged.
             data.drain(..written);
-            t.pending.push_front((stream, data));
+            l.pending.push_front((stream, data));
             return;
         }
     }
@@ -242,6 +286,7 @@ pub fn set_prompt(state: Option<(&str, usize)>) {
         return;
     }
     let mut t = term();
+    let lane = Stream::Out.lane();
     match state {
         Some((line, cursor)) => {
             t.prompt.shown = true;
@@ -250,18 +295,18 @@ pub fn set_prompt(state: Option<(&str, usize)>) {
             t.prompt.cursor = cursor;
             let mut redraw = Vec::new();
             draw(&mut redraw, &t.prompt);
-            if t.pending_bytes < PENDING_MAX {
-                t.queue(Stream::Out, redraw);
+            if t.pending_bytes() < PENDING_MAX {
+                t.queue(lane, Stream::Out, redraw);
             }
         }
         None => {
-            if t.prompt.shown && t.pending_bytes < PENDING_MAX {
-                t.queue(Stream::Out, b"\r\x1b[K".to_vec());
+            if t.prompt.shown && t.pending_bytes() < PENDING_MAX {
+                t.queue(lane, Stream::Out, b"\r\x1b[K".to_vec());
             }
             t.prompt.shown = false;
         }
     }
-    drain(t, Wait::Never);
+    drain(t, lane, Wait::Never);
 }
 
 /// Forgets the prompt without touching the screen: a forked worker inherits
@@ -283,11 +328,11 @@ fn print_waiting(stream: Stream, text: &[u8], wait: Wait) {
         return;
     }
     let mut t = term();
-    if matches!(wait, Wait::Never) && t.pending_bytes >= PENDING_MAX {
+    if matches!(wait, Wait::Never) && t.pending_bytes() >= PENDING_MAX {
         return;
     }
-    t.queue_text(stream, text);
-    drain(t, wait);
+    let lane = t.queue_text(stream, text);
+    drain(t, lane, wait);
 }
 
 /// Prints one line of text to standard output, above the prompt if shown.
@@ -297,13 +342,15 @@ pub fn say(line: impl AsRef<str>) {
     print(Stream::Out, &crate::logger::for_people(line.as_ref()));
 }
 
-/// Writes what is still queued, waiting at most `timeout`. Returns the bytes
-/// it had to leave unwritten (the terminal did not take them in time).
+/// Writes what is still queued, waiting at most `timeout` in all; stderr's
+/// queue first, so a stalled stdout cannot keep the last messages from it.
+/// Returns the bytes it had to leave unwritten (not taken in time).
 pub fn flush_within(timeout: Duration) -> usize {
     let deadline = Instant::now().checked_add(timeout);
-    let t = term();
-    drain(t, Wait::Until(deadline));
-    term().pending_bytes
+    for stream in [Stream::Err, Stream::Out] {
+        drain(term(), stream.lane(), Wait::Until(deadline));
+    }
+    term().pending_bytes()
 }
 
 /// A `Write` that prints whole lines through the terminal queue and waits
@@ -344,12 +391,10 @@ mod tests {
                 line: "stat".into(),
                 cursor: 2,
             },
-            pending: VecDeque::new(),
-            pending_bytes: 0,
-            on_duty: false,
+            lanes: [Lane::new(), Lane::new()],
         };
-        t.queue_text(Stream::Err, b"[0 1] hi\n");
-        let queued: Vec<(Stream, Vec<u8>)> = t.pending.iter().cloned().collect();
+        assert_eq!(t.queue_text(Stream::Err, b"[0 1] hi\n"), Stream::Out.lane());
+        let queued: Vec<(Stream, Vec<u8>)> = t.lanes[0].pending.iter().cloned().collect();
         assert_eq!(
             queued,
             vec![
@@ -358,7 +403,18 @@ mod tests {
                 (Stream::Out, b"\r\x1b[Kufork>> stat\x1b[2D".to_vec()),
             ]
         );
-        assert_eq!(t.pending_bytes, 3 + 9 + 21);
+        assert_eq!(t.pending_bytes(), 3 + 9 + 21);
+    }
+
+    #[test]
+    fn without_the_prompt_each_stream_has_its_own_queue() {
+        let mut t = Term {
+            prompt: Prompt::default(),
+            lanes: [Lane::new(), Lane::new()],
+        };
+        assert_eq!(t.queue_text(Stream::Out, b"out\n"), Stream::Out.lane());
+        assert_eq!(t.queue_text(Stream::Err, b"err\n"), Stream::Err.lane());
+        assert_eq!(t.lanes[1].pending, [(Stream::Err, b"err\n".to_vec())]);
     }
 
     #[test]

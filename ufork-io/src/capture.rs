@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, pipe_with};
@@ -86,6 +86,7 @@ impl fmt::Debug for Prefix {
 pub struct CaptureBuilder {
     sink: Sink,
     stderr_sink: Option<Sink>,
+    arbiter_sink: Option<Sink>,
     format: Format,
     prefix: Prefix,
     split_streams: bool,
@@ -96,6 +97,7 @@ pub struct CaptureBuilder {
     line_per_write: bool,
     pipe_size: Option<usize>,
     flush_timeout: Option<Duration>,
+    stop_timeout: Option<Duration>,
 }
 
 impl CaptureBuilder {
@@ -111,6 +113,19 @@ impl CaptureBuilder {
     /// stdout on fd 1 and the rest on fd 2, as the processes wrote it.
     pub fn stderr_sink(mut self, sink: Sink) -> Self {
         self.stderr_sink = Some(sink);
+        self
+    }
+
+    /// A sink of its own for the arbiter's lines ([`Capture::logger`]),
+    /// emptied by a writer thread of its own (default: none; they go with
+    /// the workers' stderr). A sink that stops taking the workers' lines (a
+    /// stdout nobody reads) then never holds up the arbiter's: "stopping" and
+    /// "stopped" still reach a stderr that takes them. The two threads write
+    /// to their sinks independently: give this one a sink that keeps whole
+    /// lines whole against the other's writes (a terminal queue, or short
+    /// lines on a pipe, which `write(2)` does not split).
+    pub fn arbiter_sink(mut self, sink: Sink) -> Self {
+        self.arbiter_sink = Some(sink);
         self
     }
 
@@ -196,6 +211,16 @@ impl CaptureBuilder {
         self
     }
 
+    /// Bounds the whole stop, from the moment it begins (the arbiter's
+    /// [`Layer::stopping`]) to the end of the final flush (default `None`:
+    /// only [`flush_timeout`](Self::flush_timeout) bounds the flush). The
+    /// final flush waits for whichever ends first; a stop that never began
+    /// (`run` ended another way) waits `flush_timeout`.
+    pub fn stop_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.stop_timeout = timeout.into();
+        self
+    }
+
     /// Checks the settings and starts the writer thread.
     ///
     /// The thread starts here, not in `run`, so that the process already has
@@ -233,9 +258,22 @@ impl CaptureBuilder {
             wake_w,
         ));
         let writer = crate::sink::spawn_writer(Arc::clone(&queue)).map_err(Error::SpawnWriter)?;
+        let arbiter = match self.arbiter_sink {
+            Some(sink) => {
+                let wake_w = queue.wake_w.try_clone().map_err(Error::Pipe)?;
+                let mut own = Queue::new(sink, None, self.queue_bytes, self.line_per_write, wake_w);
+                own.counters = Arc::clone(&queue.counters);
+                let own = Arc::new(own);
+                let writer =
+                    crate::sink::spawn_writer(Arc::clone(&own)).map_err(Error::SpawnWriter)?;
+                Some((own, writer))
+            }
+            None => None,
+        };
         Ok(Capture {
             queue,
             writer: Some(writer),
+            arbiter,
             wake_r,
             wake_token: None,
             prefix,
@@ -245,6 +283,8 @@ impl CaptureBuilder {
             lossy: self.lossy,
             pipe_size: self.pipe_size,
             flush_timeout: self.flush_timeout,
+            stop_timeout: self.stop_timeout,
+            stop_began: None,
             stdin: self.stdin_pipe.then(|| Arc::new(Mutex::new(Vec::new()))),
             prepared: None,
             workers: Vec::new(),
@@ -262,6 +302,8 @@ impl CaptureBuilder {
 pub struct Capture {
     queue: Arc<Queue>,
     writer: Option<JoinHandle<()>>,
+    /// The arbiter's own queue and writer, with an [`arbiter_sink`](CaptureBuilder::arbiter_sink).
+    arbiter: Option<(Arc<Queue>, JoinHandle<()>)>,
     wake_r: OwnedFd,
     wake_token: Option<Token>,
     prefix: Prefix,
@@ -271,6 +313,8 @@ pub struct Capture {
     lossy: bool,
     pipe_size: Option<usize>,
     flush_timeout: Option<Duration>,
+    stop_timeout: Option<Duration>,
+    stop_began: Option<Instant>,
     stdin: Option<Arc<Table>>,
     prepared: Option<Prepared>,
     workers: Vec<Option<WorkerIo>>,
@@ -327,6 +371,7 @@ impl Capture {
         CaptureBuilder {
             sink: Sink::stdout(),
             stderr_sink: None,
+            arbiter_sink: None,
             format: Format::Plain,
             prefix: Prefix::SlotPid,
             split_streams: false,
@@ -337,6 +382,7 @@ impl Capture {
             line_per_write: false,
             pipe_size: None,
             flush_timeout: None,
+            stop_timeout: None,
         }
     }
 
@@ -356,8 +402,9 @@ impl Capture {
     /// A [`log::Log`] that puts the arbiter's records in this capture's
     /// sink, between whole worker lines. Install it yourself.
     pub fn logger(&self) -> ArbiterLog {
+        let queue = self.arbiter.as_ref().map_or(&self.queue, |(own, _)| own);
         ArbiterLog {
-            queue: Arc::clone(&self.queue),
+            queue: Arc::clone(queue),
             prefix: "[arbiter] ".to_owned(),
             level: log::LevelFilter::Info,
             format: self.format,
@@ -721,6 +768,12 @@ impl Layer for Capture {
             None
         };
         self.queue.begin_fork()?;
+        if let Some((own, _)) = &self.arbiter
+            && let Err(e) = own.begin_fork()
+        {
+            self.queue.end_fork();
+            return Err(e);
+        }
         self.prepared = Some(Prepared {
             slot,
             generation,
@@ -733,7 +786,7 @@ impl Layer for Capture {
 
     fn fork_failed(&mut self, _slot: usize) {
         self.prepared = None;
-        self.queue.end_fork();
+        self.end_fork();
     }
 
     fn in_child(&mut self, _child: &ChildInfo) -> io::Result<()> {
@@ -767,7 +820,7 @@ impl Layer for Capture {
     }
 
     fn spawned(&mut self, spawn: &Spawn, ctx: &mut Context<'_>) {
-        self.queue.end_fork();
+        self.end_fork();
         let Some(prepared) = self.prepared.take() else {
             return;
         };
@@ -880,6 +933,10 @@ impl Layer for Capture {
         self.workers[slot] = None;
     }
 
+    fn stopping(&mut self, _ctx: &mut Context<'_>) {
+        self.stop_began.get_or_insert_with(Instant::now);
+    }
+
     fn tick(&mut self, _ctx: &mut Context<'_>) {
         if self.notices_due {
             self.report_drops();
@@ -899,7 +956,50 @@ impl Layer for Capture {
                 }
             }
         }
-        if self.queue.close_and_wait(self.flush_timeout) {
+        let timeout = self.final_flush_timeout();
+        // The arbiter's own lines first: they must not wait for a stalled
+        // sink of the workers' (that one's wait is bounded below).
+        if let Some((own, writer)) = self.arbiter.take() {
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+            if own.close_and_wait(timeout) {
+                let _ = writer.join();
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            self.flush_workers(left);
+        } else {
+            self.flush_workers(timeout);
+        }
+    }
+}
+
+impl Capture {
+    /// Ends the fork gate of both queues.
+    fn end_fork(&self) {
+        self.queue.end_fork();
+        if let Some((own, _)) = &self.arbiter {
+            own.end_fork();
+        }
+    }
+
+    /// How long the final flush may wait: `flush_timeout`, and no later than
+    /// `stop_timeout` after the stop began (`None`: until done).
+    fn final_flush_timeout(&self) -> Option<Duration> {
+        let left = match (self.stop_began, self.stop_timeout) {
+            (Some(began), Some(budget)) => began
+                .checked_add(budget)
+                .map(|end| end.saturating_duration_since(Instant::now())),
+            _ => None,
+        };
+        match (self.flush_timeout, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Flushes the workers' queue, waiting at most `timeout`, and reports
+    /// what it had to abandon.
+    fn flush_workers(&mut self, timeout: Option<Duration>) {
+        if self.queue.close_and_wait(timeout) {
             if let Some(writer) = self.writer.take() {
                 let _ = writer.join();
             }
@@ -910,7 +1010,7 @@ impl Layer for Capture {
                 .counters
                 .abandoned_bytes
                 .fetch_add(left as u64, Ordering::Relaxed);
-            let waited = self.flush_timeout.unwrap_or_default();
+            let waited = timeout.unwrap_or_default();
             let report = format!(
                 "the output sink did not take the last {left} bytes within {waited:?}; they are dropped"
             );
@@ -928,6 +1028,11 @@ impl Drop for Capture {
         // writer finish what it has and end on its own.
         if self.writer.is_some() && self.queue.in_owner() {
             self.queue.close_and_wait(Some(Duration::ZERO));
+        }
+        if let Some((own, _)) = &self.arbiter
+            && own.in_owner()
+        {
+            own.close_and_wait(Some(Duration::ZERO));
         }
     }
 }

@@ -122,7 +122,10 @@
 //!   react to SIGTERM until the sink catches up; a stop then ends with SIGKILL
 //!   at the graceful timeout, and what the worker wrote is still delivered.
 //! - At the end of `run`, the capture waits for the writer to hand everything
-//!   to the sink ([`CaptureBuilder::flush_timeout`] bounds the wait).
+//!   to the sink ([`CaptureBuilder::flush_timeout`] and
+//!   [`CaptureBuilder::stop_timeout`] bound the wait; the arbiter's own lines
+//!   go first, and with [`CaptureBuilder::arbiter_sink`] they never wait
+//!   behind the workers' output at all).
 //! - Do not pass `std::io::stdout()`/`stderr()` to [`Sink::writer`] (use
 //!   [`Sink::stdout`]), nor a writer whose lock workers also take: the writer
 //!   thread may hold it at a fork, and the worker would inherit it locked.
@@ -141,6 +144,7 @@ mod line;
 mod logger;
 mod sink;
 mod stdin;
+mod sys;
 
 pub use capture::{
     CONTINUES, Capture, CaptureBuilder, DEFAULT_MAX_LINE, DEFAULT_QUEUE_BYTES, LineInfo,
@@ -151,3 +155,4 @@ pub use format::Format;
 pub use logger::ArbiterLog;
 pub use sink::{Counters, Sink, Stream};
 pub use stdin::StdinHandle;
+pub use sys::default_stop_signals;

@@ -230,7 +230,7 @@ pub(crate) struct Queue {
     more: Condvar,
     /// Progress of the writer: the fork gate and the final flush wait here.
     changed: Condvar,
-    wake_w: OwnedFd,
+    pub(crate) wake_w: OwnedFd,
     pub(crate) capacity: usize,
     pub(crate) counters: Arc<CounterCells>,
     /// The process whose writer thread empties this queue. Any other process
