@@ -4,8 +4,12 @@
 //!
 //! Order matters: the directory changes first, the pidfile is locked before
 //! binding (with `--daemon`, looked at: the daemon locks it), sockets are bound next (so they sit at fds 3, 4, ...), the
-//! process daemonizes while it still has one thread, privileges are dropped
-//! after binding, and only then does the capture start its writer thread.
+//! process daemonizes while it still has one thread, and privileges are
+//! dropped last: the log file, the metrics and control sockets and the
+//! capture are made as the user who started ufork (the control socket's
+//! directory may be root's), and a start that fails before the drop still
+//! removes its pidfile. (The drop is process-wide, the capture's threads
+//! included.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -218,9 +222,6 @@ impl Session {
             .map(Metrics::bind)
             .transpose()?;
         self.metrics_addr = self.metrics.as_ref().map(Metrics::addr);
-        if pool.user.is_some() || pool.group.is_some() {
-            privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
-        }
         self.control = match self.control_path.as_deref() {
             Some(path) if upgrade::is_new_arbiter() => {
                 let temporary = upgrade::temporary_control_path(path);
@@ -260,6 +261,12 @@ impl Session {
         // straight to a descriptor: its thread must not block on output.
         logger::delegate(Box::new(capture.logger().prefix("[ufork] ")));
         self.capture = Some(capture);
+        // Last: everything above may need the privileges (a control socket
+        // in a root-owned directory), and fails with them still there to
+        // remove the pidfile.
+        if pool.user.is_some() || pool.group.is_some() {
+            privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
+        }
         // A new arbiter leaves the terminal to the old one's prompt.
         self.prompt =
             !pool.daemon && !pool.no_prompt && console::available() && !upgrade::is_new_arbiter();

@@ -19,6 +19,16 @@ pub struct StopArgs {
     pub timeout: Duration,
 }
 
+/// Removes the pidfile a stopped pool could not: one that dropped its
+/// privileges (`--user`) and whose pidfile lives in a directory only root may
+/// write. The file is locked first, so a pool started meanwhile keeps its
+/// own (and the file is removed while locked, as the pool itself does).
+fn remove_stale(path: &std::path::Path) {
+    if path.exists() {
+        drop(ufork_daemon::Pidfile::create(path));
+    }
+}
+
 /// Runs `ufork stop`.
 pub fn exec(args: &StopArgs) -> Result<()> {
     if let Some(path) = &args.target.pidfile {
@@ -26,6 +36,7 @@ pub fn exec(args: &StopArgs) -> Result<()> {
         println!("stopping pid {pid}…");
         return match ufork_daemon::wait_for_exit(pid, Some(args.timeout)) {
             Ok(true) => {
+                remove_stale(path);
                 println!("stopped");
                 Ok(())
             }

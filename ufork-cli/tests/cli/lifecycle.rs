@@ -312,3 +312,74 @@ fn give_up_after_comes_from_the_config_file_and_0_never_gives_up() {
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
     assert!(!pool.transcript().contains("giving up"));
 }
+
+/// `--user nobody` with the pidfile and control socket in a directory only
+/// root may write: everything the arbiter makes there is made before the
+/// privilege drop, so the daemon starts and answers; a start that fails
+/// removes its pidfile (as root, before the drop).
+#[test]
+fn a_daemon_as_nobody_keeps_its_files_in_a_root_owned_directory() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return;
+    }
+    let dir = TempDir::new("rootdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pidfile = dir.str("p.pid");
+    let socket = dir.str("c.sock");
+    let site = dir.path().to_str().unwrap();
+    let daemon = |socket: &str| {
+        run(&[
+            "serve",
+            site,
+            "--daemon",
+            "--user",
+            "nobody",
+            "--bind",
+            "127.0.0.1:0",
+            "-w",
+            "1",
+            "--pidfile",
+            &pidfile,
+            "--control-socket",
+            socket,
+        ])
+    };
+    // The control socket cannot be made at all: the start fails as root, and
+    // leaves no pidfile behind.
+    let out = daemon(&dir.str("missing/c.sock"));
+    assert_one_line_error(&out, 1, &["--control-socket", "missing/c.sock"]);
+    assert!(!dir.join("p.pid").exists(), "stale pidfile: {out:#?}");
+
+    let out = daemon(&socket);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let status = run(&["status", "--control-socket", &socket]);
+    assert_eq!(status.code(), Some(0), "{status:#?}");
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:").map(str::to_owned))
+        .unwrap();
+    assert!(uid.split_whitespace().all(|id| id == "65534"), "uids {uid}");
+    let stop = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    // Gone, or a zombie its new parent has not reaped yet.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next());
+    assert!(
+        matches!(state, None | Some("Z")),
+        "pid {pid} left: {state:?}"
+    );
+    // The pool could not remove its pidfile (nobody may not write the
+    // directory); `ufork stop`, run by root, did once the pool had exited.
+    assert!(!dir.join("p.pid").exists(), "stale pidfile");
+}
