@@ -247,6 +247,12 @@ where
                     .advance_rolling(now, &BoardView::new(&self.board));
                 self.run_actions();
                 self.spawn_due(now);
+                // A stand-in forked just now may have turned ready before
+                // `spawn_due` raised the ready-note flag: look once more,
+                // now that a later turn would write a note.
+                self.sched
+                    .advance_rolling(now, &BoardView::new(&self.board));
+                self.run_actions();
             } else if self.sched.finished() {
                 break;
             }

@@ -720,6 +720,32 @@ fn a_one_worker_pool_keeps_a_ready_worker_throughout_a_rolling_restart() {
 }
 
 #[test]
+fn a_roll_of_workers_ready_at_once_ends_without_waiting_for_a_timeout() {
+    let _g = lock();
+    // Ready on start: the stand-in may be ready before the arbiter is back
+    // from forking it, and the roll must still see it (no note then).
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(|w: &mut Worker| -> Res {
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    util::wait_until("ready", || handle.snapshot().ready_count() == 1);
+    for round in 1..=3 {
+        handle.restart_all();
+        util::wait_until("the roll ends", || {
+            let snap = handle.snapshot();
+            snap.rolls == round && !snap.rolling
+        });
+    }
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 7);
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
 fn the_exit_history_keeps_the_last_n() {
     let _g = lock();
     let mut ev = Events::new();
