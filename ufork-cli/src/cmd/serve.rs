@@ -70,10 +70,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size_usize, allow_negative_numbers = true)]
     pub limit_request_field_size: Option<usize>,
 
-    /// Write one line per request (client, request line, status, body bytes,
-    /// duration) to PATH, appending, reopened on SIGUSR1; `-` for stdout.
+    /// Write one timestamped line per request to PATH, appending, reopened
+    /// on SIGUSR1 by the arbiter and every worker; `-` for the workers'
+    /// stdout.
     #[arg(long, value_name = "PATH|-")]
     pub access_log: Option<PathBuf>,
+
+    /// The --access-log line format: `common` (Common Log Format),
+    /// `combined` (plus Referer, User-Agent and the duration in µs) or
+    /// `json` (one object per line: time, client, request, status, bytes,
+    /// duration_us, referer, user_agent).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Common)]
+    pub access_log_format: LogFormat,
 
     /// Each worker binds its own socket with SO_REUSEPORT and the kernel
     /// spreads connections between them (not with port 0).
@@ -82,6 +90,24 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub pool: PoolArgs,
+}
+
+/// `--access-log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Common,
+    Combined,
+    Json,
+}
+
+impl From<LogFormat> for ufork_wsgi_like::AccessFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Common => Self::Common,
+            LogFormat::Combined => Self::Combined,
+            LogFormat::Json => Self::Json,
+        }
+    }
 }
 
 /// Runs `ufork serve`.
@@ -166,7 +192,13 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         builder = builder.max_requests(max, jitter.min(u64::MAX - max));
     }
     builder = limits(builder, &args);
-    builder = builder.access_log(args.access_log.is_some());
+    if args.access_log.is_some() {
+        // The library formats the line; `access` writes (and reopens) it.
+        builder = builder.access_log_to(ufork_wsgi_like::AccessLog {
+            format: args.access_log_format.into(),
+            sink: ufork_wsgi_like::AccessSink::Log,
+        });
+    }
     let access_log = args.access_log.is_some();
     let builder = builder.arbiter(|b| {
         let b = session.configure(&args.pool, b).workers(workers);

@@ -257,33 +257,24 @@ fn run_binds_unix_sockets_and_removes_them_at_stop() {
 fn access_log_to_a_file_reopened_on_usr1_or_to_stdout() {
     let dir = TempDir::new("access");
     let log = dir.join("access.log");
-    let control = dir.str("ctl.sock");
-    let (mut server, addr, _) = serve(&[
-        "--access-log",
-        log.to_str().unwrap(),
-        "--control-socket",
-        &control,
-    ]);
+    let (mut server, addr, _) = serve(&["--access-log", log.to_str().unwrap()]);
     assert_eq!(get(addr, "/first").0, 200);
     assert_eq!(get(addr, "/missing?x=1").0, 200);
     // A worker writes the line once the response is sent: wait for it.
     let text = file_with(&log, "/missing");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
+    // Common Log Format by default: timestamped.
+    assert!(lines[0].starts_with("127.0.0.1 - - ["), "{text}");
     assert!(
-        lines[0].contains("\"GET /first HTTP/1.0\" 200 14"),
+        lines[0].contains(" +0000] \"GET /first HTTP/1.0\" 200 14"),
         "{text}"
     );
-    assert!(lines[0].starts_with("127.0.0.1:"), "{text}");
-    // logrotate's way: move the file, reopen, replace the workers.
+    // logrotate's way: move the file, reopen; the running worker follows.
     let rotated = dir.join("access.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     server.signal(Signal::USR1);
     server.expect_line("reopened the access log");
-    let out = run(&["reload", "--control-socket", &control]);
-    assert_eq!(out.code(), Some(0), "{out:#?}");
-    server.expect_line("generation 1");
-    wait_ready(&control, 1);
     assert_eq!(get(addr, "/after").0, 200);
     let text = file_with(&log, "/after");
     assert!(text.contains("\"GET /after HTTP/1.0\" 200"), "{text}");
@@ -296,14 +287,74 @@ fn access_log_to_a_file_reopened_on_usr1_or_to_stdout() {
     let (mut server, addr, _) = serve(&["--access-log", "-"]);
     assert_eq!(get(addr, "/to-stdout").0, 200);
     let line = server.expect_line("GET /to-stdout");
+    // The worker's output, not the arbiter's.
     assert!(line.contains("[0 "), "{line}");
+    assert!(!line.contains("arbiter"), "{line}");
     assert!(
-        line.contains("\"GET /to-stdout HTTP/1.0\" 200 14 "),
+        line.contains(" +0000] \"GET /to-stdout HTTP/1.0\" 200 14"),
         "{line}"
     );
     stop(server);
     let out = run(&["serve", "--access-log", &dir.str("no/such/dir/a.log")]);
     assert_one_line_error(&out, 1, &["--access-log", "cannot open it"]);
+    let out = run(&["serve", "--access-log", "-", "--access-log-format", "xml"]);
+    assert_eq!(out.code(), Some(2), "{out:#?}");
+}
+
+#[test]
+fn access_log_format_combined_and_json() {
+    let dir = TempDir::new("access-fmt");
+    let log = dir.join("combined.log");
+    let (server, addr, _) = serve(&[
+        "--access-log",
+        log.to_str().unwrap(),
+        "--access-log-format",
+        "combined",
+    ]);
+    let reply = exchange(
+        addr,
+        b"GET /c HTTP/1.0\r\nReferer: http://r.example/\r\nUser-Agent: probe/1\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let text = file_with(&log, "/c");
+    assert!(text.starts_with("127.0.0.1 - - ["), "{text}");
+    assert!(
+        text.contains("\"GET /c HTTP/1.0\" 200 14 \"http://r.example/\" \"probe/1\""),
+        "{text}"
+    );
+    stop(server);
+    // JSON, set in a --config file; parsed by python3's json.
+    let log = dir.join("json.log");
+    let config = dir.join("ufork.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "access_log = \"{}\"\naccess_log_format = \"json\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let (server, addr, _) = serve(&["--config", config.to_str().unwrap()]);
+    assert_eq!(get(addr, "/j?q=1").0, 200);
+    let text = file_with(&log, "/j?q=1");
+    stop(server);
+    let check = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys\n\
+             lines=open(sys.argv[1]).read().splitlines()\n\
+             assert len(lines)==1, lines\n\
+             o=json.loads(lines[0])\n\
+             assert o['request']=='GET /j?q=1 HTTP/1.0', o\n\
+             assert o['status']==200 and o['bytes']==14, o\n\
+             assert o['client'].startswith('127.0.0.1'), o\n\
+             assert o['time'].endswith('Z') and 'T' in o['time'], o\n\
+             assert isinstance(o['duration_us'], int), o\n",
+            log.to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3");
+    assert!(check.status.success(), "{check:#?}\n{text}");
 }
 
 /// The text of `path` once it contains `needle` (within the deadline).
