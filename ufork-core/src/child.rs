@@ -39,6 +39,10 @@ pub(crate) struct Child<'a, F> {
     pub(crate) worker_main: &'a mut F,
 }
 
+/// The arbiter's own supervisor variables (systemd's sd_notify protocol),
+/// which never reach a worker.
+const SUPERVISOR_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 impl<F, E> Child<'_, F>
 where
     F: FnMut(&mut Worker) -> Result<(), E>,
@@ -76,6 +80,16 @@ where
             return EXIT_SETUP;
         };
         sys::reset_child_signals(self.saved, stop_w.as_raw_fd());
+        // The arbiter's sd_notify channel is the arbiter's: a worker that
+        // wrote READY=1 or WATCHDOG=1 there would speak for the whole pool
+        // (and systemd's NotifyAccess=main drops it anyway). Removed while
+        // the child still has one thread, before anything can read it.
+        if SUPERVISOR_VARS
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+        {
+            crate::upgrade::sys::remove_env(&SUPERVISOR_VARS);
+        }
         // Die with the arbiter; PDEATHSIG follows the forking thread, which is
         // the arbiter's loop and lives until every worker is reaped. The pid
         // re-check covers an arbiter that died before prctl.

@@ -257,6 +257,42 @@ fn workers_start_clean_signals_stdin_and_descriptors() {
 }
 
 #[test]
+fn the_arbiters_sd_notify_variables_never_reach_a_worker() {
+    let _g = lock();
+    let mut child = util::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ufork-core-testbin"))
+            .arg("env")
+            .env("NOTIFY_SOCKET", "/run/systemd/notify")
+            .env("WATCHDOG_USEC", "30000000")
+            .env("WATCHDOG_PID", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("testbin output").unwrap();
+        if line.starts_with("worker ") {
+            break;
+        }
+        seen.push(line);
+    }
+    assert_eq!(
+        seen,
+        [
+            "env NOTIFY_SOCKET unset",
+            "env WATCHDOG_USEC unset",
+            "env WATCHDOG_PID unset"
+        ]
+    );
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(lines.any(|l| l.unwrap() == "done"));
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn workers_die_with_an_arbiter_killed_by_sigkill() {
     let _g = lock();
     let mut child = util::Reaped(

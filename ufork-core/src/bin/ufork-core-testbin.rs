@@ -8,6 +8,8 @@
 //! - `orphans N [subreaper]`: one worker in a process group of its own;
 //!   generations 0..N each leave an exited, unreaped child (`orphan PID`) and
 //!   recycle; generation N prints `worker PID` and waits to be stopped.
+//! - `env`: 1 worker prints `env NAME=VALUE` (or `env NAME unset`) for the
+//!   sd_notify variables, then `worker PID`, and waits to be stopped.
 //! - `stall`: 2 workers heartbeat every 20 ms with a 1 s heartbeat timeout and
 //!   print `beat SLOT N` every 5 beats.
 //!
@@ -113,6 +115,19 @@ fn main() {
                     })
                 })
         }
+        "env" => Arbiter::builder().workers(1).build().and_then(|a| {
+            a.run(|w: &mut Worker| -> Result<(), String> {
+                for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+                    match std::env::var(name) {
+                        Ok(value) => say(&format!("env {name}={value}")),
+                        Err(_) => say(&format!("env {name} unset")),
+                    }
+                }
+                say(&format!("worker {}", w.pid()));
+                w.wait_for_stop(None);
+                Ok(())
+            })
+        }),
         "stall" => Arbiter::builder()
             .workers(2)
             .heartbeat_timeout(Duration::from_secs(1))
