@@ -3,13 +3,167 @@
 //! taking over; daemons upgraded by their pidfile; and a graceful stop
 //! refusing new connections while an accepted download completes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rustix::process::Signal;
 
 use crate::util::*;
+
+/// Clients sending requests until told to stop; every failure is kept.
+///
+/// Like every HTTP client (RFC 9112 section 9.3.1), a keep-alive client sends a
+/// request again on a new connection when the server closed the idle one it
+/// reused before any byte of a response came: a server may close an idle
+/// connection at any time, and the request crossed the close. Those retries
+/// are counted apart; anything else is a failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    retried: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, keep_alive: usize, close: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let retried = Arc::new(AtomicU64::new(0));
+        let threads = (0..keep_alive + close)
+            .map(|i| {
+                let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+                let retried = Arc::clone(&retried);
+                let keep = i < keep_alive;
+                std::thread::spawn(move || {
+                    let mut failed = Vec::new();
+                    let mut conn = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let reused = conn.is_some();
+                        let mut outcome = request(addr, &mut conn, keep);
+                        if reused && outcome.as_ref().is_err_and(|e| e == CLOSED_IDLE) {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                            outcome = request(addr, &mut conn, keep);
+                        }
+                        match outcome {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                conn = None;
+                                failed.push(e);
+                            }
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            retried,
+            threads,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` requests beyond now have succeeded.
+    fn wait_for_more(&self, more: u64) {
+        let target = self.served() + more;
+        let deadline = Instant::now() + DEADLINE;
+        while self.served() < target {
+            assert!(Instant::now() < deadline, "the load stalled");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Requests served, requests sent again after an idle close, failures.
+    fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failed = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a load thread"))
+            .collect();
+        let retried = self.retried.load(Ordering::Relaxed);
+        (self.ok.load(Ordering::Relaxed), retried, failed)
+    }
+}
+
+/// A reused connection closed before any byte of the response.
+const CLOSED_IDLE: &str = "closed before any response";
+
+/// One GET of the hello app, on `conn` (kept open when the server allows and
+/// `keep_alive`) or a new connection.
+fn request(
+    addr: SocketAddr,
+    conn: &mut Option<BufReader<TcpStream>>,
+    keep_alive: bool,
+) -> Result<(), String> {
+    if conn.is_none() {
+        let stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        *conn = Some(BufReader::new(stream));
+    }
+    let reader = conn.as_mut().unwrap();
+    let head = if keep_alive {
+        "GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    } else {
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    };
+    reader
+        .get_mut()
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut status = String::new();
+    match reader.read_line(&mut status) {
+        Ok(0) => return Err(CLOSED_IDLE.to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Err(CLOSED_IDLE.to_owned());
+        }
+        Err(e) => return Err(format!("read status: {e}")),
+        Ok(_) => {}
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("status line {status:?}"));
+    }
+    let (mut length, mut close) = (None, !keep_alive);
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read head: {e}"))?;
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if line == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0; length.ok_or("no content-length")?];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
+    if !body.starts_with(b"Hello") {
+        return Err(format!("body {:?}", String::from_utf8_lossy(&body)));
+    }
+    if close {
+        *conn = None;
+    }
+    Ok(())
+}
 
 /// The pid in "upgraded: pid N is serving".
 fn upgraded_pid(stdout: &str) -> i32 {
@@ -323,4 +477,99 @@ fn an_arbiter_that_is_pid_1_refuses_to_upgrade_and_keeps_serving() {
     rustix::process::kill_process(arbiter_pid, Signal::TERM).unwrap();
     assert!(pool.wait().success(), "{}", pool.transcript());
     assert!(ufork_daemon::wait_for_exit(arbiter, Some(DEADLINE)).unwrap());
+}
+
+#[test]
+fn upgrade_under_load_loses_no_request_and_the_pidfile_names_the_new_arbiter() {
+    let dir = TempDir::new("upgrade-load");
+    let (socket, pidfile) = (dir.str("ctl.sock"), dir.join("ufork.pid"));
+    let _guard = DaemonGuard(pidfile.clone());
+    let mut old = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--control-socket",
+        &socket,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    let addr = old.http_addr();
+    wait_ready(&socket, 2);
+    let load = Load::start(addr, 2, 2);
+    load.wait_for_more(50);
+
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = upgraded_pid(&out.stdout);
+    assert_ne!(new, old.pid());
+    assert_eq!(
+        pidfile_pid(&pidfile),
+        new,
+        "the pidfile names the new arbiter"
+    );
+    assert!(
+        ufork_daemon::wait_for_exit(old.pid(), Some(DEADLINE)).unwrap(),
+        "the old arbiter drains and exits"
+    );
+    old.expect_line("stopping this arbiter gracefully");
+    old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
+    load.wait_for_more(50);
+    let (served, retried, failed) = load.finish();
+    eprintln!("{served} requests served, {retried} sent again after an idle close");
+    assert!(
+        failed.is_empty(),
+        "{} of {served} failed: {failed:?}",
+        failed.len()
+    );
+
+    // The new arbiter owns the control socket and the pidfile now.
+    let status = run(&["status", "--control-socket", &socket]);
+    assert!(
+        status.stdout.contains(&format!("arbiter pid {new}")),
+        "{status:#?}"
+    );
+    let stop = run(&["stop", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(!pidfile.exists() && !dir.join("ctl.sock").exists());
+}
+
+#[test]
+fn rolling_restarts_under_load_lose_no_request() {
+    let dir = TempDir::new("reload-load");
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--control-socket",
+        &socket,
+    ]);
+    let addr = pool.http_addr();
+    wait_ready(&socket, 2);
+    let load = Load::start(addr, 2, 2);
+    load.wait_for_more(50);
+    for _ in 0..2 {
+        let out = run(&["reload", "--control-socket", &socket]);
+        assert_eq!(out.code(), Some(0), "{out:#?}");
+        assert_eq!(
+            out.stdout.matches(" replaced by pid ").count(),
+            2,
+            "{out:#?}"
+        );
+        load.wait_for_more(50);
+    }
+    let (served, retried, failed) = load.finish();
+    eprintln!("{served} requests served, {retried} sent again after an idle close");
+    assert!(
+        failed.is_empty(),
+        "{} of {served} failed: {failed:?}",
+        failed.len()
+    );
+    let stop = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(pool.wait().success(), "{}", pool.transcript());
 }
