@@ -21,6 +21,10 @@ Signals (to the arbiter, the `ufork` process that runs the pool):
   HUP         rolling restart: replace every worker, one at a time
   TTIN, TTOU  one worker more, one worker less
   USR1        reopen the log file (after an external logrotate)
+  USR2        in-place upgrade, as `ufork upgrade` (refused when ufork is PID 1)
+  WINCH, ALRM, PWR, IO, VTALRM, PROF
+              ignored, with a log line when sent by kill (their default would
+              end the pool)
 
 Exit codes (every subcommand):
   0  success
