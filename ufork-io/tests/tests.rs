@@ -967,7 +967,20 @@ fn formats_stamp_level_or_encode_worker_and_arbiter_lines() {
                 .to_owned()
         };
         let piece = find("01234567");
-        let rest = find("89");
+        // The continuation alone: "89" may also occur inside a pid or a
+        // timestamp, so match the whole message, not a substring.
+        let rest_line = match format {
+            Format::Json => "\"message\":\"89\"".to_owned(),
+            _ => format!("[0 {pid}] 89"),
+        };
+        let rest = text
+            .lines()
+            .find(|l| match format {
+                Format::Json => l.contains(&rest_line),
+                _ => l.ends_with(&rest_line),
+            })
+            .unwrap_or_else(|| panic!("{format:?}: no {rest_line:?} in {text}"))
+            .to_owned();
         let err = find("oops");
         let started = find("started");
         match format {
