@@ -72,12 +72,19 @@ fn request_limits_answer_414_and_431() {
 fn threads_run_in_each_worker() {
     let (server, addr, pid) = serve(&["--threads", "6"]);
     assert_eq!(get(addr, "/").0, 200);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let threads: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap();
+    // The first request may be answered while the other threads are still
+    // starting: wait (with a deadline) until all of them exist.
+    let count = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let mut threads = count();
+    while threads < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        threads = count();
+    }
     assert!(threads >= 6, "worker {pid} has {threads} threads");
     stop(server);
 }
