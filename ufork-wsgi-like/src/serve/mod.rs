@@ -264,6 +264,16 @@ impl Loop<'_> {
                 self.requeue(i);
             }
             Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::PROTO | Errno::PERM) => {}
+            Err(Errno::INVAL) => {
+                // The arbiter shut the listening socket down for a graceful
+                // stop: the listener is gone, so stop accepting for good.
+                log::debug!(
+                    target: "ufork_wsgi_like",
+                    "listener {i} is shut down; no longer accepting"
+                );
+                self.set_accepting(false);
+                self.accept_resume = None;
+            }
             Err(e) => {
                 // Out of descriptors or memory: the listener stays readable,
                 // so accepting again at once would spin. Pause, then retry.
