@@ -243,11 +243,16 @@ fn an_abstract_supervisor_socket_works_and_its_variables_stay_with_the_arbiter()
             "sh",
             "-c",
             &format!(
-                "echo \"NOTIFY=${{NOTIFY_SOCKET:-none}} WATCHDOG=${{WATCHDOG_USEC:-none}}/${{WATCHDOG_PID:-none}}\" > {marker}; echo written; exec sleep 600"
+                "echo \"NOTIFY=${{NOTIFY_SOCKET:-none}} WATCHDOG=${{WATCHDOG_USEC:-none}}/${{WATCHDOG_PID:-none}}\" > {marker}; echo env-marker-written; exec sleep 600"
             ),
         ]),
     );
-    pool.expect_line("written");
+    // The exact marker, echoed after the file is written: the banner also
+    // says "written", and reading the file on that would race the worker.
+    pool.expect_match(
+        |line| line.trim_end().ends_with(" env-marker-written") || line == "env-marker-written",
+        "env-marker-written",
+    );
     recorder.expect("READY=1");
     let env = std::fs::read_to_string(&marker).unwrap();
     assert_eq!(env.trim(), "NOTIFY=none WATCHDOG=none/none");
