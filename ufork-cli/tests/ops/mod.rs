@@ -267,6 +267,23 @@ fn an_abstract_supervisor_socket_works_and_its_variables_stay_with_the_arbiter()
 }
 
 #[test]
+fn a_graceful_stop_of_serve_warns_of_no_accept_error() {
+    // The arbiter shuts the listening socket down on a graceful stop;
+    // each worker's accept then fails with EINVAL, which means "the
+    // listener is gone", not an error worth a warning and a pause.
+    let mut pool = Running::start(&["serve", "--bind", "127.0.0.1:0", "-w", "2"]);
+    let addr = pool.http_addr();
+    assert_eq!(get(addr, "/").0, 200);
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    let transcript = pool.transcript();
+    assert!(
+        !transcript.contains("cannot accept a connection"),
+        "{transcript}"
+    );
+}
+
+#[test]
 fn status_json_keeps_totals_across_worker_replacement() {
     let dir = TempDir::new("status-json");
     let socket = dir.str("ctl.sock");
