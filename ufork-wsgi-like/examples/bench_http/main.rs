@@ -9,9 +9,13 @@
 //!
 //! - `hello`: hello world, 2 workers or 2 runtime threads, wrk -c64 and
 //!   -c256: this crate, the hand-written pre-fork floor, hyper, axum,
-//!   gunicorn sync and gthread, Python uFork's wsgiref arbiter;
+//!   ufork-core's `async_tokio` example (axum on a current-thread tokio
+//!   runtime per pre-forked worker; `cargo xtask bench` builds it beside this
+//!   executable), gunicorn sync and gthread, Python uFork's wsgiref arbiter;
 //! - `cpu`: ~200 µs of SHA-256 per request (the same bytes hashed in every
-//!   contender), wrk -c64: this crate, hyper, axum, gunicorn sync;
+//!   contender), wrk -c64: this crate, hyper, axum, gunicorn sync; and
+//!   ufork-core's `async_tokio` example, whose `/work?us=N` spins for the
+//!   same CPU time the hashing takes here (it has no SHA-256);
 //! - `mem`: 300 MiB of 1 KiB chunks built before the fork, 4 workers, every
 //!   request reads 64 of them: the pool's PSS after load, against gunicorn
 //!   `--preload`;
@@ -83,6 +87,9 @@ enum Spec {
     Gunicorn(&'static [&'static str]),
     /// Python uFork's wsgiref arbiter.
     PythonUfork,
+    /// An example binary beside this executable (built by `cargo xtask
+    /// bench`), run as `NAME --bind 127.0.0.1:PORT --workers N`.
+    Example(&'static str),
 }
 
 struct Ctx {
@@ -138,6 +145,21 @@ impl Ctx {
                     .arg(format!("-b127.0.0.1:{p}"))
                     .args(*extra)
                     .args(["--log-level", "warning", "app:app"])
+                    .stdout(Stdio::null());
+                Signal::TERM
+            }
+            Spec::Example(name) => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let path = exe.with_file_name(name);
+                if !path.exists() {
+                    return Err(format!("{} is not built", path.display()));
+                }
+                let p = procs::free_port().map_err(|e| e.to_string())?;
+                port = Some(p);
+                command = Command::new(path);
+                command
+                    .args(["--bind", &format!("127.0.0.1:{p}")])
+                    .args(["--workers", &workers.to_string()])
                     .stdout(Stdio::null());
                 Signal::TERM
             }
@@ -296,7 +318,7 @@ fn bench() -> Result<(), BoxError> {
                 "\n/cpu: {rounds} SHA-256 rounds of 16 KiB per request: {:.0} µs in Rust, {py} in Python's hashlib",
                 rust_cpu.as_secs_f64() * 1e6
             );
-            cpu(&ctx);
+            cpu(&ctx, rust_cpu);
         }
         if wants("mem") {
             mem(&ctx);
@@ -370,7 +392,7 @@ fn rates(
 }
 
 fn hello(ctx: &Ctx) {
-    let contenders: [(&str, Spec); 8] = [
+    let contenders: [(&str, Spec); 9] = [
         ("ufork-wsgi-like -w 2", Spec::Rust("ufork")),
         (
             "ufork-wsgi-like -w 2 reuse_port",
@@ -379,6 +401,10 @@ fn hello(ctx: &Ctx) {
         ("rust pre-fork floor -w 2", Spec::Rust("floor")),
         ("hyper 1, tokio 2 threads", Spec::Rust("hyper")),
         ("axum 0.8, tokio 2 threads", Spec::Rust("axum")),
+        (
+            "ufork async_tokio -w 2 (axum)",
+            Spec::Example("async_tokio"),
+        ),
         ("gunicorn sync -w 2", Spec::Gunicorn(&["-k", "sync"])),
         (
             "gunicorn gthread -w 2 --threads 4",
@@ -424,16 +450,28 @@ fn hello(ctx: &Ctx) {
     );
 }
 
-fn cpu(ctx: &Ctx) {
-    let contenders: [(&str, Spec); 4] = [
+fn cpu(ctx: &Ctx, rust_cpu: Duration) {
+    let contenders: [(&str, Spec); 5] = [
         ("ufork-wsgi-like -w 2", Spec::Rust("ufork")),
         ("hyper 1, tokio 2 threads", Spec::Rust("hyper")),
         ("axum 0.8, tokio 2 threads", Spec::Rust("axum")),
+        (
+            "ufork async_tokio -w 2 (spins)",
+            Spec::Example("async_tokio"),
+        ),
         ("gunicorn sync -w 2", Spec::Gunicorn(&["-k", "sync"])),
     ];
+    // The example has no SHA-256: it spins for the time the hashing takes.
+    let spin = format!("/work?us={}", rust_cpu.as_micros().max(1));
     let results: Vec<_> = contenders
         .iter()
-        .map(|(name, spec)| (*name, rates(ctx, spec, "/cpu", &CONNECTIONS[..1])))
+        .map(|(name, spec)| {
+            let path = match spec {
+                Spec::Example(_) => spin.as_str(),
+                _ => "/cpu",
+            };
+            (*name, rates(ctx, spec, path, &CONNECTIONS[..1]))
+        })
         .collect();
     println!(
         "{:<34} {:>10} {:>9} {:>9} {:>13}",
