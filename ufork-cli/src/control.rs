@@ -173,10 +173,7 @@ impl Control {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            let allowed = match rustix::net::sockopt::socket_peercred(&stream) {
-                Ok(cred) => cred.uid.as_raw() == self.uid || cred.uid.is_root(),
-                Err(_) => false,
-            };
+            let allowed = peer_uid(&stream).is_some_and(|uid| uid == self.uid || uid == 0);
             let mut stream = stream;
             if !allowed {
                 let _ = stream.write_all(b"permission denied: not the pool's user\0err\n");
@@ -373,6 +370,19 @@ impl Layer for Control {
             }
         }
     }
+}
+
+/// The user id of the process at the other end of `stream` (SO_PEERCRED).
+///
+/// Through nix, not rustix: a client outside the pool's pid namespace (a
+/// host's root looking into a container) has pid 0 there, which rustix's
+/// `UCred` (a non-zero `Pid`) cannot hold, and its read of it fails or
+/// worse. The pid plays no part in the check: the uid does, translated by
+/// the kernel into the pool's user namespace.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|cred| cred.uid())
 }
 
 /// The (device, inode) a path names, not following a symlink.
