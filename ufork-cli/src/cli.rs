@@ -162,8 +162,9 @@ pub struct PoolArgs {
     #[arg(long)]
     pub no_timestamps: bool,
 
-    /// Accept console commands on this unix socket [default with --daemon: next
-    /// to the pidfile, with the extension .sock].
+    /// Accept console commands on this unix socket [default with --pidfile: next
+    /// to the pidfile, with the extension .sock; if it cannot be made there, the
+    /// pool starts without one and logs why].
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 

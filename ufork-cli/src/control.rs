@@ -34,6 +34,14 @@ const MAX_LINE: usize = 4096;
 /// The longest path a unix socket address holds (sun_path less its NUL).
 const MAX_PATH: usize = 107;
 
+/// The control socket of a pool started with `--pidfile PATH` (and no
+/// `--control-socket`): PATH with the extension `.sock`, so `ufork reload
+/// --pidfile PATH` can wait for the roll. `None` when that is PATH itself.
+pub fn beside_pidfile(pidfile: &Path) -> Option<PathBuf> {
+    let path = pidfile.with_extension("sock");
+    (path != pidfile).then_some(path)
+}
+
 /// A path too long for a unix socket address, as a message.
 fn too_long(path: &Path) -> Option<String> {
     let len = path.as_os_str().len();

@@ -20,6 +20,7 @@ mod editor;
 mod exec;
 mod failure;
 mod health;
+mod holder;
 mod listen;
 mod logger;
 mod metrics;

@@ -22,7 +22,7 @@ use ufork_io::{Capture, Sink};
 
 use crate::cli::PoolArgs;
 use crate::console::{self, Console};
-use crate::control::Control;
+use crate::control::{self, Control};
 use crate::failure::{self, Failure, Result, io_text};
 use crate::health::Observer;
 use crate::metrics::Metrics;
@@ -105,14 +105,20 @@ pub fn workers(pool: &PoolArgs) -> usize {
     })
 }
 
-/// Where the control socket goes: `--control-socket`, or next to the pidfile
-/// when daemonized.
-pub fn control_path(pool: &PoolArgs) -> Option<PathBuf> {
-    pool.control_socket.clone().or_else(|| {
-        pool.daemon
-            .then(|| pool.pidfile.as_ref().map(|p| p.with_extension("sock")))
-            .flatten()
-    })
+/// Where the control socket goes: `--control-socket`, or next to the
+/// pidfile ([`control::beside_pidfile`]), foreground or daemon, so every
+/// pool a pidfile names answers `ufork reload --pidfile` when the roll is
+/// done. The second value says it was not asked for by name: failing to
+/// make it is then a warning, not a failed start.
+pub fn control_path(pool: &PoolArgs) -> Option<(PathBuf, bool)> {
+    match &pool.control_socket {
+        Some(path) => Some((path.clone(), false)),
+        None => pool
+            .pidfile
+            .as_deref()
+            .and_then(control::beside_pidfile)
+            .map(|p| (p, true)),
+    }
 }
 
 /// Everything set up around the arbiter, before it runs.
@@ -124,6 +130,8 @@ pub struct Session {
     capture: Option<Capture>,
     control: Option<Control>,
     control_path: Option<PathBuf>,
+    /// The control socket is the one beside the pidfile, not `--control-socket`.
+    control_implicit: bool,
     prompt: bool,
     failure: Arc<Mutex<Option<String>>>,
     supervisor: Option<Supervisor>,
@@ -198,7 +206,8 @@ impl Session {
             log,
             capture: None,
             control: None,
-            control_path: control_path(pool),
+            control_path: control_path(pool).map(|(p, _)| p),
+            control_implicit: control_path(pool).is_some_and(|(_, implicit)| implicit),
             prompt: false,
             failure: Arc::new(Mutex::new(None)),
             supervisor,
@@ -222,16 +231,28 @@ impl Session {
             .map(Metrics::bind)
             .transpose()?;
         self.metrics_addr = self.metrics.as_ref().map(Metrics::addr);
-        self.control = match self.control_path.as_deref() {
-            Some(path) if upgrade::is_new_arbiter() => {
-                let temporary = upgrade::temporary_control_path(path);
-                let control = Control::bind_beside(&temporary, path)?;
-                self.takeover.control = Some((temporary, path.to_owned()));
-                Some(control)
+        let mut no_control = None;
+        if let Some(path) = self.control_path.clone() {
+            let bound = if upgrade::is_new_arbiter() {
+                let temporary = upgrade::temporary_control_path(&path);
+                Control::bind_beside(&temporary, &path).inspect(|_| {
+                    self.takeover.control = Some((temporary, path.clone()));
+                })
+            } else {
+                Control::bind(&path)
+            };
+            match bound {
+                Ok(control) => self.control = Some(control),
+                // Beside the pidfile, unasked: the pool still starts
+                // (a pidfile in a directory it may not add a socket to),
+                // and says what it cannot do.
+                Err(e) if self.control_implicit => {
+                    no_control = Some(e.to_string());
+                    self.control_path = None;
+                }
+                Err(e) => return Err(e),
             }
-            Some(path) => Some(Control::bind(path)?),
-            None => None,
-        };
+        }
         let capture = match &self.log {
             Some(log) => Capture::builder().sink(Sink::writer(log.clone())),
             None if self.detached => Capture::builder().sink(Sink::stdout()),
@@ -260,6 +281,12 @@ impl Session {
         // The arbiter's records go through the capture's queue, never
         // straight to a descriptor: its thread must not block on output.
         logger::delegate(Box::new(capture.logger().prefix("[ufork] ")));
+        if let Some(why) = no_control {
+            log::warn!(
+                target: "ufork",
+                "no control socket beside the pidfile ({why}): `ufork reload --pidfile` and `ufork upgrade --pidfile` cannot wait for the outcome; give --control-socket PATH"
+            );
+        }
         self.capture = Some(capture);
         // Last: everything above may need the privileges (a control socket
         // in a root-owned directory), and fails with them still there to

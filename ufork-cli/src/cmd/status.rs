@@ -4,7 +4,7 @@
 
 use clap::Args;
 
-use crate::cmd::target::{self, TargetArgs};
+use crate::cmd::target::{self, Route, TargetArgs};
 use crate::failure::{Result, runtime};
 use crate::health;
 
@@ -21,50 +21,42 @@ pub struct StatusArgs {
 
 /// Runs `ufork status`.
 pub fn exec(args: &StatusArgs) -> Result<()> {
-    let json = args.json;
-    let args = &args.target;
-    let pid = args
-        .pidfile
-        .as_deref()
-        .map(target::running_pid)
-        .transpose()?;
-    match args.socket() {
-        Some(path) if json => {
-            let mut client = target::connect(&path)?;
-            let (text, ok) = client.send("status json")?;
-            if !ok || !text.starts_with('{') {
-                return Err(runtime(format!(
-                    "{}: {}",
-                    path.display(),
-                    text.trim().replace('\n', "; ")
-                )));
-            }
-            print!("{text}");
-            health::exit_status(&text)
+    let (mut client, path) = match target::route(&args.target)? {
+        Route::Socket { client, path, .. } => (client, path),
+        Route::Signal { arbiter, why, .. } if args.json => {
+            return Err(runtime(format!(
+                "--json: {} has no control socket to ask ({why}); start the pool with --control-socket or --pidfile in a directory it may write",
+                arbiter.describe()
+            )));
         }
-        Some(path) => {
-            let mut client = target::connect(&path)?;
-            let (text, ok) = client.send("status")?;
-            // Anything but the table (the pool refused us, say) is an error.
-            let table = ok && text.lines().nth(1).is_some_and(|l| l.contains("SLOT"));
-            if !table {
-                return Err(runtime(format!(
-                    "{}: {}",
-                    path.display(),
-                    text.trim().replace('\n', "; ")
-                )));
-            }
-            print!("{text}");
-            let (json, _) = client.send("status json")?;
-            health::exit_status(&json)
+        Route::Signal { arbiter, .. } => {
+            println!("running as {}", arbiter.describe());
+            return Ok(());
         }
-        None if json => Err(runtime(format!(
-            "--json: pid {} has no control socket to ask; start the pool with --control-socket (a daemon has one next to its pidfile)",
-            pid.unwrap_or_default()
-        ))),
-        None => {
-            println!("running as pid {}", pid.unwrap_or_default());
-            Ok(())
+    };
+    if args.json {
+        let (text, ok) = client.send("status json")?;
+        if !ok || !text.starts_with('{') {
+            return Err(runtime(format!(
+                "{}: {}",
+                path.display(),
+                text.trim().replace('\n', "; ")
+            )));
         }
+        print!("{text}");
+        return health::exit_status(&text);
     }
+    let (text, ok) = client.send("status")?;
+    // Anything but the table (the pool refused us, say) is an error.
+    let table = ok && text.lines().nth(1).is_some_and(|l| l.contains("SLOT"));
+    if !table {
+        return Err(runtime(format!(
+            "{}: {}",
+            path.display(),
+            text.trim().replace('\n', "; ")
+        )));
+    }
+    print!("{text}");
+    let (json, _) = client.send("status json")?;
+    health::exit_status(&json)
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cmd::target::{self, TargetArgs};
+use crate::cmd::target::{self, Route, TargetArgs};
+use crate::control::Client;
 use crate::failure::{Result, runtime};
 use crate::units::parse_seconds;
 
@@ -29,38 +30,56 @@ fn remove_stale(path: &std::path::Path) {
     }
 }
 
-/// Runs `ufork stop`.
+/// Runs `ufork stop`. With a pidfile whose pid is verified (see
+/// [`target::route`]) it sends SIGTERM and waits for that process to exit;
+/// otherwise it asks the control socket and waits for the pool to close it.
 pub fn exec(args: &StopArgs) -> Result<()> {
-    if let Some(path) = &args.target.pidfile {
-        let pid = target::signal_pidfile(path, ufork_daemon::Signal::TERM)?;
-        println!("stopping pid {pid}…");
-        return match ufork_daemon::wait_for_exit(pid, Some(args.timeout)) {
-            Ok(true) => {
+    let route = target::route(&args.target).map_err(target::nothing_to_do)?;
+    let arbiter = match route {
+        Route::Signal { arbiter, .. }
+        | Route::Socket {
+            arbiter: Some(arbiter),
+            ..
+        } => arbiter,
+        Route::Socket {
+            mut client,
+            arbiter: None,
+            ..
+        } => return by_socket(&mut client, args.timeout),
+    };
+    target::signal(&arbiter, ufork_daemon::Signal::TERM)?;
+    println!("stopping {}…", arbiter.describe());
+    match ufork_daemon::wait_for_exit(arbiter.pid, Some(args.timeout)) {
+        Ok(true) => {
+            if let Some(path) = &args.target.pidfile {
                 remove_stale(path);
-                println!("stopped");
-                Ok(())
             }
-            Ok(false) => Err(runtime(format!(
-                "pid {pid} did not stop within {}s; try again with a longer --timeout",
-                args.timeout.as_secs()
-            ))),
-            Err(e) => Err(runtime(e.report())),
-        };
+            println!("stopped");
+            Ok(())
+        }
+        Ok(false) => Err(runtime(format!(
+            "{} did not stop within {}s; try again with a longer --timeout",
+            arbiter.describe(),
+            args.timeout.as_secs()
+        ))),
+        Err(e) => Err(runtime(e.report())),
     }
-    let path = args.target.socket().unwrap_or_default();
-    let mut client = target::connect(&path).map_err(target::nothing_to_do)?;
+}
+
+/// `stop` through the control socket: done when the pool closes it.
+fn by_socket(client: &mut Client, timeout: Duration) -> Result<()> {
     let (text, ok) = client.send("stop")?;
     if !ok {
         return Err(runtime(text.trim().to_owned()));
     }
     print!("{text}");
-    if client.wait_closed(args.timeout) {
+    if client.wait_closed(timeout) {
         println!("stopped");
         Ok(())
     } else {
         Err(runtime(format!(
             "the pool did not stop within {}s; try again with a longer --timeout",
-            args.timeout.as_secs()
+            timeout.as_secs()
         )))
     }
 }

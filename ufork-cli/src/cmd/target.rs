@@ -1,19 +1,28 @@
-//! Finding a running pool, shared by `status`, `stop`, `reload` and `ctl`:
-//! by its pidfile (and the control socket beside it) or its control socket.
+//! Finding a running pool, shared by `status`, `stop`, `reload`, `upgrade`
+//! and `ctl`: by its pidfile (and the control socket beside it) or its
+//! control socket.
+//!
+//! A pid read from a pidfile is signalled only once [`holder::verify`] has
+//! checked it is the process holding the file's lock (a pool in another pid
+//! namespace writes the pid it sees for itself, which names another process
+//! here); the control socket, reached by path, needs no pid at all, so it is
+//! preferred wherever the answer matters.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use crate::commands;
-use crate::control::{Client, ConnectError};
+use crate::control::{self, Client, ConnectError};
 use crate::failure::{self, Failure, Result, runtime};
+use crate::holder::{self, Arbiter};
 
 /// How to find a running pool.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = true)]
 pub struct TargetArgs {
-    /// The pidfile the pool was started with.
+    /// The pidfile the pool was started with (its control socket is beside
+    /// it, PATH with the extension .sock).
     #[arg(long, value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
@@ -22,15 +31,89 @@ pub struct TargetArgs {
     pub control_socket: Option<PathBuf>,
 }
 
-impl TargetArgs {
-    /// The control socket to use: given, or the one next to the pidfile.
-    pub fn socket(&self) -> Option<PathBuf> {
-        self.control_socket.clone().or_else(|| {
-            self.pidfile
-                .as_ref()
-                .map(|p| p.with_extension("sock"))
-                .filter(|p| p.exists())
-        })
+/// How a command reaches the pool.
+#[derive(Debug)]
+pub enum Route {
+    /// Through its control socket, connected.
+    Socket {
+        client: Client,
+        path: PathBuf,
+        /// The verified arbiter, when a pidfile named one.
+        arbiter: Option<Arbiter>,
+    },
+    /// By signals to its verified arbiter: its pidfile has no live control
+    /// socket beside it (`why` says what was found).
+    Signal {
+        arbiter: Arbiter,
+        pidfile: PathBuf,
+        why: String,
+    },
+}
+
+/// Finds the pool `args` names: its control socket when it answers,
+/// otherwise the arbiter its pidfile names once verified. Nothing running is
+/// `NotRunning` (exit 3).
+///
+/// # Errors
+///
+/// Nothing runs there, or the pidfile's pid is not its lock holder (then
+/// nothing is signalled).
+pub fn route(args: &TargetArgs) -> Result<Route> {
+    let Some(pidfile) = &args.pidfile else {
+        let path = args.control_socket.clone().unwrap_or_default();
+        let client = connect(&path)?;
+        return Ok(Route::Socket {
+            client,
+            path,
+            arbiter: None,
+        });
+    };
+    let file_pid = running_pid(pidfile)?;
+    let socket = args
+        .control_socket
+        .clone()
+        .or_else(|| control::beside_pidfile(pidfile));
+    let why = match socket {
+        None => format!("{} has no control socket beside it", pidfile.display()),
+        Some(path) => match Client::connect(&path) {
+            Ok(client) => {
+                let arbiter = holder::verify(pidfile, file_pid).ok();
+                return Ok(Route::Socket {
+                    client,
+                    path,
+                    arbiter,
+                });
+            }
+            Err(ConnectError::NotRunning(m) | ConnectError::Other(m)) => m,
+        },
+    };
+    let arbiter = holder::verify(pidfile, file_pid).map_err(|e| {
+        // It may have stopped meanwhile.
+        match running_pid(pidfile) {
+            Err(gone) => gone,
+            Ok(_) => runtime(format!(
+                "--pidfile {}: {e}; not signalling pid {file_pid} ({why})",
+                pidfile.display()
+            )),
+        }
+    })?;
+    Ok(Route::Signal {
+        arbiter,
+        pidfile: pidfile.clone(),
+        why,
+    })
+}
+
+/// Sends `signal` to a verified arbiter; nothing left to signal is
+/// `NothingToDo`.
+pub fn signal(arbiter: &Arbiter, signal: ufork_daemon::Signal) -> Result<()> {
+    match ufork_daemon::signal(arbiter.pid, signal) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::NothingToDo(format!(
+            "not running ({} is gone)",
+            arbiter.describe()
+        ))),
+        Err(e) => Err(runtime(format!("{}: {}", arbiter.describe(), e.report()))),
     }
 }
 
@@ -40,21 +123,6 @@ pub fn connect(path: &Path) -> Result<Client> {
         ConnectError::NotRunning(m) => Failure::NotRunning(format!("not running: {m}")),
         ConnectError::Other(m) => runtime(m),
     })
-}
-
-/// Sends `signal` to the pool the pidfile at `path` names; its pid when sent.
-/// Nothing running there is `NothingToDo` (exit 3): for `stop` and `reload`.
-pub fn signal_pidfile(path: &Path, signal: ufork_daemon::Signal) -> Result<i32> {
-    let pid = running_pid(path).map_err(nothing_to_do)?;
-    let sent = ufork_daemon::signal(pid, signal)
-        .map_err(|e| runtime(format!("--pidfile {}: {}", path.display(), e.report())))?;
-    if sent {
-        Ok(pid)
-    } else {
-        Err(Failure::NothingToDo(format!(
-            "not running (pid {pid} is gone)"
-        )))
-    }
 }
 
 /// For `stop` and `reload`: nothing runs, so there is nothing to do (exit 3).

@@ -2,12 +2,14 @@
 //! binary on disk, handing over the listening sockets, and wait for the
 //! outcome.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::cmd::target::{self, TargetArgs};
+use crate::cmd::target::{self, Route, TargetArgs};
 use crate::failure::{Result, runtime};
+use crate::holder::Arbiter;
 use crate::units::parse_seconds;
 
 /// Flags for `ufork upgrade`.
@@ -19,9 +21,11 @@ new worker is ready, the new arbiter takes over the pidfile and the control sock
 and the old one drains its workers and exits. If the new one fails, the old one keeps
 serving and this command says why (exit 1).
 
-Through the control socket the answer comes from the pool. With only a pidfile,
-`upgrade` sends SIGUSR2 and waits for the pidfile to name a new arbiter; the reason
-of a failure is then in the pool's log.")]
+Through the control socket (given, or beside the pidfile, where every pool started
+with --pidfile makes one) the answer comes from the pool. A pool without one gets
+SIGUSR2 at its pid once verified (the holder of the pidfile's lock), and `upgrade`
+waits for the pidfile to name a new arbiter; the reason of a failure is then in the
+pool's log.")]
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub target: TargetArgs,
@@ -35,10 +39,12 @@ pub struct UpgradeArgs {
 /// (the old arbiter then drains and exits); non-zero with the reason when the
 /// new one could not start, and the old one keeps serving.
 pub fn exec(args: &UpgradeArgs) -> Result<()> {
-    let Some(path) = args.target.socket() else {
-        return by_signal(args);
+    let (mut client, path) = match target::route(&args.target).map_err(target::nothing_to_do)? {
+        Route::Socket { client, path, .. } => (client, path),
+        Route::Signal {
+            arbiter, pidfile, ..
+        } => return by_signal(&arbiter, &pidfile, args.timeout),
     };
-    let mut client = target::connect(&path).map_err(target::nothing_to_do)?;
     println!(
         "upgrading the pool at {}: starting the binary anew, waiting for its workers…",
         path.display()
@@ -52,32 +58,45 @@ pub fn exec(args: &UpgradeArgs) -> Result<()> {
     }
 }
 
-/// SIGUSR2 to the pidfile's pool, then the pidfile names the new arbiter.
-fn by_signal(args: &UpgradeArgs) -> Result<()> {
-    let path = args.target.pidfile.clone().unwrap_or_default();
-    let old = target::signal_pidfile(&path, ufork_daemon::Signal::USR2)?;
-    println!("upgrading pid {old} (SIGUSR2): waiting for a new arbiter to take over the pidfile…");
-    let deadline = Instant::now().checked_add(args.timeout);
+/// SIGUSR2 to the pidfile's verified arbiter, then the pidfile names the new
+/// one (as the pids in the file say: both are the pool's own view).
+fn by_signal(old: &Arbiter, path: &Path, timeout: Duration) -> Result<()> {
+    if old.file_pid == 1 {
+        // The pool would refuse (and only say so in its log).
+        return Err(runtime(format!(
+            "cannot upgrade {}: it is pid 1 of its pid namespace, and the old arbiter's exit would kill the new one (in a container, roll the deployment instead)",
+            old.describe()
+        )));
+    }
+    target::signal(old, ufork_daemon::Signal::USR2)?;
+    println!(
+        "upgrading {} (SIGUSR2): waiting for a new arbiter to take over the pidfile…",
+        old.describe()
+    );
+    let deadline = Instant::now().checked_add(timeout);
     loop {
-        if let Ok(ufork_daemon::Status::Running { pid }) = ufork_daemon::status(&path) {
-            if pid != old {
+        if let Ok(ufork_daemon::Status::Running { pid }) = ufork_daemon::status(path) {
+            if pid != old.file_pid {
                 println!(
-                    "upgraded: pid {pid} is serving; the old arbiter (pid {old}) drains and exits"
+                    "upgraded: pid {pid} is serving; the old arbiter ({}) drains and exits",
+                    old.describe()
                 );
                 return Ok(());
             }
         }
-        if ufork_daemon::wait_for_exit(old, Some(Duration::ZERO)).unwrap_or(false) {
+        if ufork_daemon::wait_for_exit(old.pid, Some(Duration::ZERO)).unwrap_or(false) {
             return Err(runtime(format!(
-                "upgrade failed: pid {old} exited and no new arbiter took over {}",
+                "upgrade failed: {} exited and no new arbiter took over {}",
+                old.describe(),
                 path.display()
             )));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(runtime(format!(
-                "upgrade failed: no new arbiter took over {} within {}s; pid {old} still serves (its log says why)",
+                "upgrade failed: no new arbiter took over {} within {}s; {} still serves (its log says why)",
                 path.display(),
-                args.timeout.as_secs()
+                timeout.as_secs(),
+                old.describe()
             )));
         }
         // Nothing to wait on but the file: look again shortly.

@@ -4,6 +4,7 @@
 
 mod activation;
 mod deploy;
+mod pidfile;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

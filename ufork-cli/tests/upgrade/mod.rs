@@ -326,7 +326,7 @@ fn a_graceful_stop_refuses_new_connections_while_a_download_completes() {
 }
 
 #[test]
-fn a_foreground_pool_with_only_a_pidfile_upgrades_on_sigusr2() {
+fn a_foreground_pool_with_only_a_pidfile_upgrades_by_its_socket_and_on_sigusr2() {
     let dir = TempDir::new("upgrade-usr2");
     let pidfile = dir.join("ufork.pid");
     let _guard = DaemonGuard(pidfile.clone());
@@ -350,13 +350,24 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_on_sigusr2() {
         .and_then(|h| h.parse().ok())
         .expect("the health address");
     old.expect_line("worker 0 pid");
+    // The pool made a control socket beside its pidfile: asked through it.
     let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
-    assert!(out.stdout.contains("SIGUSR2"), "{out:#?}");
+    assert!(out.stdout.contains("ufork.sock"), "{out:#?}");
     let new = upgraded_pid(&out.stdout);
     assert_eq!(pidfile_pid(&pidfile), new);
     old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
     assert_eq!(get(addr, "/").0, 200, "the new pool serves");
+    // Without the socket, SIGUSR2 to the (verified) pid, and the pidfile
+    // names the next one.
+    std::fs::remove_file(dir.join("ufork.sock")).unwrap();
+    let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("SIGUSR2"), "{out:#?}");
+    let newer = upgraded_pid(&out.stdout);
+    assert_ne!(newer, new);
+    assert_eq!(pidfile_pid(&pidfile), newer);
+    assert_eq!(get(addr, "/").0, 200, "the newer pool serves");
     // The metrics socket was handed over too (a new bind would collide).
     assert_eq!(
         get(health, "/healthz").0,

@@ -1,0 +1,265 @@
+//! Reaching a pool by its pidfile: the control socket every pool with
+//! `--pidfile` makes beside it (so `reload` waits for the roll), a pool in
+//! its own pid namespace driven from outside, and pidfiles whose pid must
+//! not be signalled.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::json;
+use crate::util::*;
+
+/// The worker pids and the ready count, from `status --json --pidfile`.
+fn workers(pidfile: &str) -> (HashSet<i32>, usize, usize) {
+    let out = run(&["status", "--json", "--pidfile", pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let fields = json(&out.stdout);
+    let pids: HashSet<i32> = fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("workers.") && k.ends_with(".pid"))
+        .map(|(_, v)| v.parse().unwrap())
+        .collect();
+    let ready = fields["ready"].parse().unwrap();
+    let target = fields["target"].parse().unwrap();
+    (pids, ready, target)
+}
+
+/// Waits until `status --json --pidfile` shows `n` ready workers.
+fn until_ready(pidfile: &str, n: usize) -> HashSet<i32> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (pids, ready, _) = workers(pidfile);
+        if ready == n && pids.len() == n {
+            return pids;
+        }
+        assert!(std::time::Instant::now() < deadline, "never {n} ready");
+        std::thread::yield_now();
+    }
+}
+
+/// `ufork reload --pidfile P` returns after the roll: the very next look
+/// finds every worker replaced and ready.
+fn reload_waits(pidfile: &str, workers_before: &HashSet<i32>, n: usize) {
+    let out = run(&["reload", "--pidfile", pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("every worker restarted"), "{out:#?}");
+    let (after, ready, target) = workers(pidfile);
+    assert_eq!((ready, target, after.len()), (n, n, n), "{out:#?}");
+    assert!(
+        after.is_disjoint(workers_before),
+        "{after:?} {workers_before:?}"
+    );
+}
+
+#[test]
+fn reload_with_a_pidfile_in_the_foreground_waits_for_the_roll() {
+    let dir = TempDir::new("pidfile-reload");
+    let pidfile = dir.str("ufork.pid");
+    let socket = dir.str("ufork.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "2",
+        "--pidfile",
+        &pidfile,
+    ]);
+    let addr = pool.http_addr();
+    assert_eq!(
+        pool.expect_line("control socket"),
+        format!("control socket: {socket}")
+    );
+    let before = until_ready(&pidfile, 2);
+    reload_waits(&pidfile, &before, 2);
+    assert_eq!(get(addr, "/").0, 200);
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(!Path::new(&pidfile).exists() && !Path::new(&socket).exists());
+    let out = run(&["reload", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(3), "{out:#?}");
+}
+
+#[test]
+fn without_a_socket_beside_the_pidfile_the_pool_serves_and_reload_says_it_cannot_wait() {
+    let dir = TempDir::new("pidfile-nosocket");
+    let pidfile = dir.str("ufork.pid");
+    // Something else owns the socket's path: the pool leaves it alone.
+    std::fs::write(dir.join("ufork.sock"), "not a socket\n").unwrap();
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+    ]);
+    let addr = pool.http_addr();
+    pool.expect_line("no control socket beside the pidfile");
+    pool.expect_line("worker 0 pid");
+    assert_eq!(get(addr, "/").0, 200);
+    let out = run(&["reload", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stdout
+            .contains(&format!("restarting every worker of pid {}, ", pool.pid())),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains("not waiting for the roll to finish")
+            && out.stderr.contains("not a socket"),
+        "{out:#?}"
+    );
+    pool.expect_line("SIGHUP: restarting every worker");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ufork.sock")).unwrap(),
+        "not a socket\n"
+    );
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+/// A child the test owns, standing for "some other process": signalled by
+/// mistake, it dies and the test sees it.
+struct Bystander(Child);
+
+impl Bystander {
+    fn start() -> Self {
+        Self(
+            Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sleep"),
+        )
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    fn assert_alive(&mut self) {
+        assert_eq!(
+            self.0.try_wait().unwrap(),
+            None,
+            "the bystander was signalled"
+        );
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_pidfile_naming_another_process_than_its_lock_holder_is_never_signalled() {
+    let dir = TempDir::new("pidfile-forged");
+    let path = dir.join("ufork.pid");
+    let pidfile = dir.str("ufork.pid");
+    let mut bystander = Bystander::start();
+    // Locked by this test process, naming the bystander: what a pool in a
+    // pid namespace looks like from outside when its pid is another's here.
+    let _lock = ufork_daemon::Pidfile::create(&path).unwrap();
+    std::fs::write(&path, format!("{}\n", bystander.pid())).unwrap();
+    let me = std::process::id().to_string();
+    let not_signalling = format!("not signalling pid {}", bystander.pid());
+    for command in [
+        &["reload", "--pidfile", &pidfile][..],
+        &["stop", "--pidfile", &pidfile, "--timeout", "1"],
+        &["upgrade", "--pidfile", &pidfile, "--timeout", "1"],
+    ] {
+        let out = run(command);
+        assert_one_line_error(&out, 1, &[&not_signalling, &format!("held by pid {me}")]);
+        bystander.assert_alive();
+    }
+    // `status` signals nothing; it says the same.
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_one_line_error(&out, 1, &[&not_signalling]);
+    bystander.assert_alive();
+}
+
+/// Whether this machine lets the test make a pid namespace.
+fn can_unshare() -> Result<(), String> {
+    match Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => Err(format!("no unshare: {e}")),
+    }
+}
+
+#[test]
+fn a_pool_in_its_own_pid_namespace_is_driven_from_outside_by_its_pidfile() {
+    if let Err(why) = can_unshare() {
+        println!("skipped: cannot make a pid namespace here ({why})");
+        return;
+    }
+    let dir = TempDir::new("pidfile-pidns");
+    let pidfile = dir.str("ufork.pid");
+    let socket = dir.str("ufork.sock");
+    // The pool is pid 1 of a new pid namespace; `--kill-child` ends it with
+    // `unshare` if the test stops early (Running's drop signals unshare).
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "-w",
+            "2",
+            "--pidfile",
+            &pidfile,
+        ])
+        .env_remove("UFORK_LOG")
+        .stdin(Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    let addr = pool.http_addr();
+    pool.expect_line("control socket");
+    let before = until_ready(&pidfile, 2);
+    // The pidfile holds the pool's own view of its pid.
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), "1");
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("arbiter pid 1"), "{out:#?}");
+    // Through the control socket beside the pidfile: it waits.
+    reload_waits(&pidfile, &before, 2);
+    // Without it, the pool is signalled by its pid here, never pid 1.
+    std::fs::remove_file(&socket).unwrap();
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stdout.contains("(pid 1 in its own pid namespace)"),
+        "{out:#?}"
+    );
+    let out = run(&["reload", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("(pid 1 in its own pid namespace), one at a time (SIGHUP)"),
+        "{out:#?}"
+    );
+    pool.expect_line("SIGHUP: restarting every worker");
+    // An upgrade cannot work for pid 1 of a namespace: said at once.
+    let out = run(&["upgrade", "--pidfile", &pidfile]);
+    assert_one_line_error(&out, 1, &["pid 1 of its pid namespace"]);
+    assert_eq!(get(addr, "/").0, 200);
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("stopped"), "{out:#?}");
+    // unshare passes on the pool's exit status.
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(pool.transcript().contains("every worker reaped"));
+    assert!(!Path::new(&pidfile).exists());
+}
