@@ -77,22 +77,93 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
             if snapshot.rolls <= *rolls_before || snapshot.rolling {
                 return None;
             }
-            let mut text = String::new();
-            for (slot, pid) in old {
-                if let Some(new) = snapshot.workers.iter().find(|w| w.slot == *slot) {
-                    text.push_str(&format!(
-                        "worker {slot}: pid {pid} replaced by pid {} (generation {})\n",
-                        new.pid, new.generation
-                    ));
-                }
-            }
-            text.push_str(&format!(
-                "every worker restarted in {} ms; {} of {} ready\n",
+            let now: Vec<(usize, i32, u32)> = snapshot
+                .workers
+                .iter()
+                .map(|w| (w.slot, w.pid, w.generation))
+                .collect();
+            Some(report(
+                old,
+                &now,
+                (snapshot.ready_count(), snapshot.target),
                 started.elapsed().as_millis(),
-                snapshot.ready_count(),
-                snapshot.target
-            ));
-            Some((text, true))
+            ))
         }
+    }
+}
+
+/// What `reload` answers once the roll is over: each old worker (slot, pid)
+/// and its successor among `now` (slot, pid, generation), and whether every
+/// old worker is gone. One still running means the roll was abandoned (a
+/// replacement failed before it was ready: the pool logged why), which is a
+/// failure, not "restarted".
+fn report(
+    old: &[(usize, i32)],
+    now: &[(usize, i32, u32)],
+    (ready, target): (usize, usize),
+    millis: u128,
+) -> (String, bool) {
+    let kept: Vec<String> = old
+        .iter()
+        .filter(|(_, pid)| now.iter().any(|(_, p, _)| p == pid))
+        .map(|(slot, pid)| format!("worker {slot} (pid {pid})"))
+        .collect();
+    if !kept.is_empty() {
+        return (
+            format!(
+                "the rolling restart was abandoned after {millis} ms and {} still serving: a replacement failed before it was ready (the pool's log says why)\n",
+                kept.join(", ") + if kept.len() == 1 { " is" } else { " are" }
+            ),
+            false,
+        );
+    }
+    let mut text = String::new();
+    for (slot, pid) in old {
+        if let Some((_, new, generation)) = now.iter().find(|(s, _, _)| s == slot) {
+            text.push_str(&format!(
+                "worker {slot}: pid {pid} replaced by pid {new} (generation {generation})\n"
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "every worker restarted in {millis} ms; {ready} of {target} ready\n"
+    ));
+    (text, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn a_roll_that_replaced_every_worker_reports_each() {
+        let (text, ok) = report(&[(0, 10), (1, 11)], &[(0, 20, 1), (1, 21, 1)], (2, 2), 30);
+        assert!(ok);
+        assert_eq!(
+            text,
+            "worker 0: pid 10 replaced by pid 20 (generation 1)\n\
+             worker 1: pid 11 replaced by pid 21 (generation 1)\n\
+             every worker restarted in 30 ms; 2 of 2 ready\n"
+        );
+    }
+
+    #[test]
+    fn an_old_worker_still_running_means_the_roll_was_abandoned() {
+        let (text, ok) = report(&[(0, 10), (1, 11)], &[(0, 20, 1), (1, 11, 0)], (2, 2), 5);
+        assert!(!ok);
+        assert!(text.contains("abandoned"), "{text}");
+        assert!(
+            text.contains("worker 1 (pid 11) is still serving"),
+            "{text}"
+        );
+        let (text, ok) = report(&[(0, 10), (1, 11)], &[(0, 10, 0), (1, 11, 0)], (2, 2), 5);
+        assert!(!ok);
+        assert!(
+            text.contains("worker 0 (pid 10), worker 1 (pid 11) are still serving"),
+            "{text}"
+        );
+        // A slot scaled away during the roll is no failure.
+        let (_, ok) = report(&[(0, 10), (1, 11)], &[(0, 20, 1)], (1, 1), 5);
+        assert!(ok);
     }
 }

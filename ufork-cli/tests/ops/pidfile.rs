@@ -263,3 +263,58 @@ fn a_pool_in_its_own_pid_namespace_is_driven_from_outside_by_its_pidfile() {
     assert!(pool.transcript().contains("every worker reaped"));
     assert!(!Path::new(&pidfile).exists());
 }
+
+/// Ready through sd_notify unless the file named by its argument exists, in
+/// which case it fails before it is ready.
+const READY_UNLESS_PY: &str = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+if os.path.exists(sys.argv[1]):
+    sys.exit(1)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn reload_exits_1_with_the_reason_when_the_roll_is_abandoned() {
+    let dir = TempDir::new("pidfile-abandoned");
+    let pidfile = dir.str("ufork.pid");
+    let script = dir.join("ready_unless.py");
+    std::fs::write(&script, READY_UNLESS_PY).unwrap();
+    let marker = dir.str("fail-from-now-on");
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "2",
+        "--notify",
+        "--pidfile",
+        &pidfile,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &marker,
+    ]);
+    pool.expect_line("control socket");
+    let before = until_ready(&pidfile, 2);
+    // Every new worker fails now: the first stand-in dies before it is ready.
+    std::fs::write(&marker, "").unwrap();
+    let out = run(&["reload", "--pidfile", &pidfile]);
+    assert_one_line_error(
+        &out,
+        1,
+        &["reload failed", "abandoned", "are still serving"],
+    );
+    for pid in &before {
+        assert!(out.stderr.contains(&format!("(pid {pid})")), "{out:#?}");
+    }
+    pool.expect_line("rolling restart abandoned");
+    // The old workers kept serving.
+    assert_eq!(until_ready(&pidfile, 2), before);
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
