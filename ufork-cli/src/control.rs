@@ -154,6 +154,20 @@ impl Control {
 
     fn answer_waiting(&mut self, ctx: &mut Context<'_>) {
         let handle = ctx.handle();
+        // Progress first (a waiting `reload` tells each replaced worker as it
+        // goes), in the reply's text: the client prints it as it comes.
+        let told: Vec<Token> = self
+            .connections
+            .iter_mut()
+            .filter_map(|(token, conn)| {
+                let text = crate::waiting::progress(conn.waiting.as_mut()?, &handle)?;
+                conn.output.extend_from_slice(text.as_bytes());
+                Some(*token)
+            })
+            .collect();
+        for token in told {
+            self.flush(token, ctx);
+        }
         let done: Vec<(Token, String, bool)> = self
             .connections
             .iter()
@@ -393,6 +407,14 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
         .map(|cred| cred.uid())
 }
 
+/// A reply's bytes for a terminal: lines, but no escape sequences.
+fn printable(text: &[u8]) -> String {
+    String::from_utf8_lossy(text)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
+}
+
 /// The (device, inode) a path names, not following a symlink.
 fn file_id(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -494,6 +516,66 @@ impl Client {
         ))
     }
 
+    /// Like [`send`](Self::send), but hands the reply's text to `show`, whole
+    /// lines as they arrive (the progress of a waiting `reload`), and returns
+    /// the text that came with the reply's end (its outcome, on which the
+    /// caller decides) and whether the command succeeded.
+    ///
+    /// # Errors
+    ///
+    /// The connection broke, or the pool closed it without answering.
+    pub fn send_streaming(
+        &mut self,
+        command: &str,
+        mut show: impl FnMut(&str),
+    ) -> Result<(String, bool), Failure> {
+        let command = command.trim();
+        if command.contains(['\n', '\r', '\0']) {
+            return Err(failure::usage(
+                "a command is one line: no newline, carriage return or NUL",
+            ));
+        }
+        let path = self.path.clone();
+        let broken = |e: io::Error| {
+            failure::runtime(format!(
+                "the pool at {} closed the connection: {}",
+                path.display(),
+                io_text(&e)
+            ))
+        };
+        self.reader
+            .get_mut()
+            .write_all(format!("{command}\n").as_bytes())
+            .map_err(broken)?;
+        let mut pending = Vec::new();
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(broken(e)),
+            };
+            if chunk.is_empty() {
+                return Err(self.unanswered());
+            }
+            if let Some(at) = chunk.iter().position(|&b| b == 0) {
+                // The pool writes its outcome and the end in one piece.
+                pending.extend_from_slice(&chunk[..at]);
+                self.reader.consume(at + 1);
+                let mut status = String::new();
+                self.reader.read_line(&mut status).map_err(broken)?;
+                return Ok((printable(&pending), status.trim() == "ok"));
+            }
+            pending.extend_from_slice(chunk);
+            let used = chunk.len();
+            self.reader.consume(used);
+            // Whole lines only, so no character is split between two calls.
+            if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+                show(&printable(&pending[..=end]));
+                pending.drain(..=end);
+            }
+        }
+    }
+
     /// One request and its reply; `None` when the connection had been closed
     /// before any of the reply came (so the command was not run).
     fn exchange(&mut self, command: &str) -> Result<Option<(String, bool)>, Failure> {
@@ -538,12 +620,7 @@ impl Client {
         text.pop();
         let mut status = String::new();
         self.reader.read_line(&mut status).map_err(broken)?;
-        // The reply goes to a terminal: lines, but no escape sequences.
-        let text: String = String::from_utf8_lossy(&text)
-            .chars()
-            .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
-            .collect();
-        Ok(Some((text, status.trim() == "ok")))
+        Ok(Some((printable(&text), status.trim() == "ok")))
     }
 
     /// Waits until the pool closes the connection (it has stopped), for at

@@ -1,7 +1,8 @@
 //! Control-socket commands whose answer waits for the pool: `upgrade` (until
 //! the new arbiter is ready or failed) and `reload` (until the rolling
-//! restart has replaced every worker). The control layer asks each waiting
-//! connection at every loop iteration whether its answer is there.
+//! restart has replaced every worker, telling each replacement as it
+//! happens). The control layer asks each waiting connection at every loop
+//! iteration for its progress and whether its answer is there.
 
 use std::time::Instant;
 
@@ -23,7 +24,62 @@ pub enum Waiting {
         rolls_before: u64,
         old: Vec<(usize, i32)>,
         started: Instant,
+        /// Slots whose replacement was told already (see [`progress`]).
+        told: Vec<usize>,
     },
+}
+
+/// A live worker as the roll's report sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    slot: usize,
+    pid: i32,
+    generation: u32,
+    up: bool,
+}
+
+fn seen(handle: &Handle) -> (ufork_core::Snapshot, Vec<Seen>) {
+    let snapshot = handle.snapshot();
+    let now = snapshot
+        .workers
+        .iter()
+        .map(|w| Seen {
+            slot: w.slot,
+            pid: w.pid,
+            generation: w.generation,
+            up: w.state.is_up(),
+        })
+        .collect();
+    (snapshot, now)
+}
+
+/// One line per old worker whose slot now holds a ready successor and that
+/// is gone itself, skipping the slots in `told` (and adding them to it).
+fn replaced(old: &[(usize, i32)], now: &[Seen], told: &mut Vec<usize>) -> String {
+    let mut text = String::new();
+    for &(slot, pid) in old {
+        if told.contains(&slot) || now.iter().any(|w| w.pid == pid) {
+            continue;
+        }
+        if let Some(new) = now.iter().find(|w| w.slot == slot && w.up) {
+            text.push_str(&format!(
+                "worker {slot}: pid {pid} replaced by pid {} (generation {})\n",
+                new.pid, new.generation
+            ));
+            told.push(slot);
+        }
+    }
+    text
+}
+
+/// While a `reload` waits: the workers replaced since it last looked, as
+/// lines for the client to print as they come (`None`: nothing new).
+pub fn progress(waiting: &mut Waiting, handle: &Handle) -> Option<String> {
+    let Waiting::Roll { old, told, .. } = waiting else {
+        return None;
+    };
+    let (_, now) = seen(handle);
+    Some(replaced(old, &now, told)).filter(|t| !t.is_empty())
 }
 
 /// Starts what `line` asks for when it is a waiting command: the waiting
@@ -42,6 +98,7 @@ pub fn start(line: &str, handle: &Handle) -> Option<Result<Waiting, String>> {
                 rolls_before: snapshot.rolls,
                 old: snapshot.workers.iter().map(|w| (w.slot, w.pid)).collect(),
                 started: Instant::now(),
+                told: Vec::new(),
             }))
         }
         _ => None,
@@ -66,8 +123,9 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
             rolls_before,
             old,
             started,
+            told,
         } => {
-            let snapshot = handle.snapshot();
+            let (snapshot, now) = seen(handle);
             if snapshot.stopping {
                 return Some((
                     "the pool is stopping: the roll ended early\n".to_owned(),
@@ -77,14 +135,10 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
             if snapshot.rolls <= *rolls_before || snapshot.rolling {
                 return None;
             }
-            let now: Vec<(usize, i32, u32)> = snapshot
-                .workers
-                .iter()
-                .map(|w| (w.slot, w.pid, w.generation))
-                .collect();
             Some(report(
                 old,
                 &now,
+                told,
                 (snapshot.ready_count(), snapshot.target),
                 started.elapsed().as_millis(),
             ))
@@ -93,19 +147,19 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
 }
 
 /// What `reload` answers once the roll is over: each old worker (slot, pid)
-/// and its successor among `now` (slot, pid, generation), and whether every
-/// old worker is gone. One still running means the roll was abandoned (a
-/// replacement failed before it was ready: the pool logged why), which is a
-/// failure, not "restarted".
+/// not told yet and its successor, and whether every old worker is gone. One
+/// still running means the roll was abandoned (a replacement failed before
+/// it was ready: the pool logged why), which is a failure, not "restarted".
 fn report(
     old: &[(usize, i32)],
-    now: &[(usize, i32, u32)],
+    now: &[Seen],
+    told: &[usize],
     (ready, target): (usize, usize),
     millis: u128,
 ) -> (String, bool) {
     let kept: Vec<String> = old
         .iter()
-        .filter(|(_, pid)| now.iter().any(|(_, p, _)| p == pid))
+        .filter(|(_, pid)| now.iter().any(|w| w.pid == *pid))
         .map(|(slot, pid)| format!("worker {slot} (pid {pid})"))
         .collect();
     if !kept.is_empty() {
@@ -117,14 +171,7 @@ fn report(
             false,
         );
     }
-    let mut text = String::new();
-    for (slot, pid) in old {
-        if let Some((_, new, generation)) = now.iter().find(|(s, _, _)| s == slot) {
-            text.push_str(&format!(
-                "worker {slot}: pid {pid} replaced by pid {new} (generation {generation})\n"
-            ));
-        }
-    }
+    let mut text = replaced(old, now, &mut told.to_vec());
     text.push_str(&format!(
         "every worker restarted in {millis} ms; {ready} of {target} ready\n"
     ));
@@ -133,11 +180,21 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::report;
+    use super::{Seen, replaced, report};
+
+    fn up(slot: usize, pid: i32, generation: u32) -> Seen {
+        Seen {
+            slot,
+            pid,
+            generation,
+            up: true,
+        }
+    }
 
     #[test]
-    fn a_roll_that_replaced_every_worker_reports_each() {
-        let (text, ok) = report(&[(0, 10), (1, 11)], &[(0, 20, 1), (1, 21, 1)], (2, 2), 30);
+    fn a_roll_that_replaced_every_worker_reports_each_not_told_yet() {
+        let now = [up(0, 20, 1), up(1, 21, 1)];
+        let (text, ok) = report(&[(0, 10), (1, 11)], &now, &[], (2, 2), 30);
         assert!(ok);
         assert_eq!(
             text,
@@ -145,25 +202,66 @@ mod tests {
              worker 1: pid 11 replaced by pid 21 (generation 1)\n\
              every worker restarted in 30 ms; 2 of 2 ready\n"
         );
+        let (text, ok) = report(&[(0, 10), (1, 11)], &now, &[0], (2, 2), 30);
+        assert!(ok);
+        assert!(!text.contains("worker 0:"), "{text}");
+        assert!(text.starts_with("worker 1: pid 11"), "{text}");
+    }
+
+    #[test]
+    fn progress_tells_each_slot_once_when_its_successor_is_ready_and_it_is_gone() {
+        let old = [(0, 10), (1, 11)];
+        let mut told = Vec::new();
+        // A stand-in in the spare slot 2; slot 0's worker still drains.
+        let now = [up(0, 10, 0), up(1, 11, 0), up(2, 30, 0)];
+        assert_eq!(replaced(&old, &now, &mut told), "");
+        // Slot 0 refilled, but booting: not yet.
+        let booting = Seen {
+            up: false,
+            ..up(0, 20, 1)
+        };
+        assert_eq!(
+            replaced(&old, &[booting, up(1, 11, 0), up(2, 30, 0)], &mut told),
+            ""
+        );
+        let now = [up(0, 20, 1), up(1, 11, 0), up(2, 30, 0)];
+        assert_eq!(
+            replaced(&old, &now, &mut told),
+            "worker 0: pid 10 replaced by pid 20 (generation 1)\n"
+        );
+        assert_eq!(replaced(&old, &now, &mut told), "", "told once");
+        assert_eq!(told, vec![0]);
     }
 
     #[test]
     fn an_old_worker_still_running_means_the_roll_was_abandoned() {
-        let (text, ok) = report(&[(0, 10), (1, 11)], &[(0, 20, 1), (1, 11, 0)], (2, 2), 5);
+        let (text, ok) = report(
+            &[(0, 10), (1, 11)],
+            &[up(0, 20, 1), up(1, 11, 0)],
+            &[0],
+            (2, 2),
+            5,
+        );
         assert!(!ok);
         assert!(text.contains("abandoned"), "{text}");
         assert!(
             text.contains("worker 1 (pid 11) is still serving"),
             "{text}"
         );
-        let (text, ok) = report(&[(0, 10), (1, 11)], &[(0, 10, 0), (1, 11, 0)], (2, 2), 5);
+        let (text, ok) = report(
+            &[(0, 10), (1, 11)],
+            &[up(0, 10, 0), up(1, 11, 0)],
+            &[],
+            (2, 2),
+            5,
+        );
         assert!(!ok);
         assert!(
             text.contains("worker 0 (pid 10), worker 1 (pid 11) are still serving"),
             "{text}"
         );
         // A slot scaled away during the roll is no failure.
-        let (_, ok) = report(&[(0, 10), (1, 11)], &[(0, 20, 1)], (1, 1), 5);
+        let (_, ok) = report(&[(0, 10), (1, 11)], &[up(0, 20, 1)], &[], (1, 1), 5);
         assert!(ok);
     }
 }

@@ -1,6 +1,8 @@
 //! `ufork reload`: restart every worker of a running pool, one at a time, and
 //! return once the roll has finished.
 
+use std::io::Write;
+
 use crate::cmd::target::{self, Route, TargetArgs};
 use crate::failure::{Result, runtime};
 
@@ -14,13 +16,22 @@ pub fn exec(args: &TargetArgs) -> Result<()> {
     match target::route(args).map_err(target::nothing_to_do)? {
         Route::Socket { mut client, .. } => {
             println!("restarting every worker, one at a time…");
-            let (text, ok) = client.send("reload")?;
-            if ok {
+            // Each replaced worker is printed as the pool tells it.
+            let (end, ok) = client.send_streaming("reload", |text| {
                 print!("{text}");
-                Ok(())
-            } else {
-                Err(runtime(format!("reload failed: {}", text.trim())))
+                let _ = std::io::stdout().flush();
+            })?;
+            if ok {
+                print!("{end}");
+                return Ok(());
             }
+            // The reason is the last line; what came before it is progress.
+            let end = end.trim_end();
+            let (progress, reason) = end.rsplit_once('\n').unwrap_or(("", end));
+            if !progress.is_empty() {
+                println!("{progress}");
+            }
+            Err(runtime(format!("reload failed: {reason}")))
         }
         Route::Signal { arbiter, why, .. } => {
             target::signal(&arbiter, ufork_daemon::Signal::HUP)?;

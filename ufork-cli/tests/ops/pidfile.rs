@@ -318,3 +318,72 @@ fn reload_exits_1_with_the_reason_when_the_roll_is_abandoned() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+/// Ready through sd_notify; the worker in slot 1 first waits for a writer on
+/// the FIFO `argv[2]` when the file `argv[1]` exists.
+const GATED_PY: &str = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+if os.environ["UFORK_WORKER_ID"] == "1" and os.path.exists(sys.argv[1]):
+    with open(sys.argv[2]) as gate:
+        gate.read()
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn reload_prints_each_replaced_worker_as_it_goes() {
+    let dir = TempDir::new("pidfile-progress");
+    let pidfile = dir.str("ufork.pid");
+    let script = dir.join("gated.py");
+    std::fs::write(&script, GATED_PY).unwrap();
+    let (hold, fifo) = (dir.str("hold"), dir.str("gate"));
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "2",
+        "--notify",
+        "--pidfile",
+        &pidfile,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &hold,
+        &fifo,
+    ]);
+    pool.expect_line("control socket");
+    until_ready(&pidfile, 2);
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    std::fs::write(&hold, "").unwrap();
+    // Slot 0 is replaced; slot 1's new worker waits at the gate, so the
+    // reload cannot have finished when it tells slot 0.
+    let mut reload = Running::start(&["reload", "--pidfile", &pidfile]);
+    reload.expect_line("worker 0: pid");
+    assert!(
+        !reload
+            .seen
+            .iter()
+            .any(|(_, l)| l.contains("every worker restarted")),
+        "{:?}",
+        reload.seen
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gate = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(gate, "go\n"));
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("slot 1's new worker opens the gate")
+        .unwrap();
+    reload.expect_line("worker 1: pid");
+    reload.expect_line("every worker restarted");
+    assert_eq!(reload.wait().code(), Some(0), "{}", reload.transcript());
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
