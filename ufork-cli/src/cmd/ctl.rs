@@ -1,12 +1,11 @@
 //! `ufork ctl`: one console command to a running pool, or a prompt on it.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::cmd::target;
+use crate::cmd::target::{self, Route, TargetArgs};
 use crate::control::Client;
 use crate::failure::{self, Result, runtime};
 use crate::{commands, console, editor, term};
@@ -22,11 +21,11 @@ pipe, every line is a command.
 Examples:
   ufork ctl --control-socket /tmp/ufork.sock status
   ufork ctl --control-socket /tmp/ufork.sock workers +
-  ufork ctl --control-socket /tmp/ufork.sock        (interactive prompt)")]
+  ufork ctl --control-socket /tmp/ufork.sock        (interactive prompt)
+  ufork ctl --pidfile /tmp/ufork.pid status         (the socket beside the pidfile)")]
 pub struct CtlArgs {
-    /// The pool's control socket.
-    #[arg(long, value_name = "PATH", required = true)]
-    pub control_socket: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// One console command (like `status` or `workers 4`); none opens a prompt.
     #[arg(
@@ -54,7 +53,15 @@ pub fn exec(args: &CtlArgs) -> Result<()> {
         ));
     }
     // Nothing listening is "not running" (exit 3), as for `stop` and `reload`.
-    let mut client = target::connect(&args.control_socket).map_err(target::nothing_to_do)?;
+    let mut client = match target::route(&args.target).map_err(target::nothing_to_do)? {
+        Route::Socket { client, .. } => client,
+        Route::Signal { arbiter, why, .. } => {
+            return Err(runtime(format!(
+                "{} runs without a control socket to ask ({why}); start it with --control-socket",
+                arbiter.describe()
+            )));
+        }
+    };
     if !args.command.is_empty() {
         let (text, ok) = client.send(&command)?;
         let is_stop = command.split_whitespace().next() == Some("stop");

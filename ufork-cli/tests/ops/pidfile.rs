@@ -72,6 +72,10 @@ fn reload_with_a_pidfile_in_the_foreground_waits_for_the_roll() {
         format!("control socket: {socket}")
     );
     let before = until_ready(&pidfile, 2);
+    // `ctl` finds the same socket by the pidfile.
+    let out = run(&["ctl", "--pidfile", &pidfile, "status"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("SLOT"), "{out:#?}");
     reload_waits(&pidfile, &before, 2);
     assert_eq!(get(addr, "/").0, 200);
     let out = run(&["stop", "--pidfile", &pidfile]);
@@ -114,6 +118,8 @@ fn without_a_socket_beside_the_pidfile_the_pool_serves_and_reload_says_it_cannot
         "{out:#?}"
     );
     pool.expect_line("SIGHUP: restarting every worker");
+    let out = run(&["ctl", "--pidfile", &pidfile, "status"]);
+    assert_one_line_error(&out, 1, &["without a control socket", "not a socket"]);
     assert_eq!(
         std::fs::read_to_string(dir.join("ufork.sock")).unwrap(),
         "not a socket\n"
