@@ -31,7 +31,7 @@ Exit codes (every subcommand):
   1  runtime failure (for `serve` and `run`: also a pool that gave up,
      --give-up-after; for `ctl`: a command the pool refused)
   2  usage error: a bad flag or value, or a bad --config file
-  3  not running: `status`, `stop`, `reload` and `ctl` found no pool
+  3  not running: `status`, `stop`, `reload`, `upgrade` and `ctl` found no pool
   4  `status`: the pool runs degraded (see `ufork status --help`)
 
 Examples:
@@ -68,6 +68,14 @@ the same state as one JSON object whose schema the README documents.")]
     /// Stop a running pool gracefully and wait until it has exited; exit 3 if none runs.
     Stop(StopArgs),
     /// Restart every worker of a running pool, one at a time.
+    #[command(after_help = "\
+Through the pool's control socket (given, or the one beside the pidfile) it prints
+each replaced worker as it happens and returns once every worker was replaced by
+a ready one: exit 0; 1 with the reason when the roll was abandoned (a replacement
+failed, or was not ready within the pool's --start-timeout: the old workers keep
+serving); 3 when nothing runs. It fits systemd's ExecReload=. A pool without that
+socket gets SIGHUP at its pid (verified: the holder of the pidfile's lock), and
+reload says that it did not wait.")]
     Reload(TargetArgs),
     /// Re-execute a running pool's binary from disk, handing over its sockets; wait for the outcome.
     Upgrade(crate::cmd::upgrade::UpgradeArgs),

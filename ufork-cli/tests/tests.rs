@@ -861,7 +861,7 @@ fn stop_and_reload_exit_3_when_nothing_runs() {
         (&missing, "no pidfile"),
     ] {
         let path = path.to_str().unwrap();
-        for command in ["stop", "reload"] {
+        for command in ["stop", "reload", "upgrade", "ctl"] {
             let out = run(&[command, "--pidfile", path]);
             assert_eq!(out.code(), Some(3), "{out:#?}");
             assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
