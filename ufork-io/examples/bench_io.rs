@@ -1,13 +1,24 @@
-//! Throughput of the capture layer: 4 workers each write `UFORK_BENCH_MB`
-//! (default 50) MB of 80-byte lines as fast as they can into a file sink.
-//! Reports MB/s reaching the file, lines lost or torn (verified in the file),
-//! and the arbiter process' CPU per MB; against `cat | cat` (one pipe, the
-//! floor) and Python uFork when `UFORK_BENCH_PYTHON` names a python with
-//! `ufork` installed.
+//! Throughput of the capture layer: 4 workers each copy `UFORK_BENCH_MB`
+//! (default 50) MB of 80-byte lines from a file to their stdout as fast as
+//! they can, into a file sink. Reports MB/s reaching the file, lines lost or
+//! torn (verified in the file) and CPU per MB; against the floor, the same
+//! four files through `cat | cat > file` (one pipe), and Python uFork when
+//! `UFORK_BENCH_PYTHON` names a python with `ufork` installed.
+//!
+//! The comparison with `cat` is like for like: the same files (made before
+//! any clock starts), the same reads and writes in the processes that
+//! produce the output (128 KiB `read`, then `write` of what was read, as GNU
+//! `cat` does), the same kind of sink (a new file in the same directory).
+//! The contenders take turns for `UFORK_BENCH_ROUNDS` (default 3) rounds,
+//! so that a machine busy with something else slows each of them alike;
+//! each row shows the median round and its ratio to the floor's median.
+//! CPU counts every process of a contender (the workers and both cats
+//! included), except Python uFork's, which counts its arbiter only.
 //!
 //! `cargo run --release -p ufork-io --example bench_io`
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +27,8 @@ use ufork_io::{Capture, Sink};
 
 const WORKERS: usize = 4;
 const LINE: usize = 80;
+/// GNU `cat`'s buffer: what it reads, then writes, at a time.
+const COPY_BUFFER: usize = 128 * 1024;
 
 fn line(slot: usize, seq: usize, out: &mut Vec<u8>) {
     let start = out.len();
@@ -24,21 +37,63 @@ fn line(slot: usize, seq: usize, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
+/// Writes each worker's lines to a file of its own, `src-<slot>`.
+fn make_sources(dir: &Path, lines: usize) -> Vec<PathBuf> {
+    (0..WORKERS)
+        .map(|slot| {
+            let path = dir.join(format!("src-{slot}"));
+            let mut f =
+                std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+            let mut buf = Vec::new();
+            for seq in 0..lines {
+                buf.clear();
+                line(slot, seq, &mut buf);
+                f.write_all(&buf).unwrap();
+            }
+            f.flush().unwrap();
+            path
+        })
+        .collect()
+}
+
+/// What `cat` does: read up to 128 KiB, write what was read, until EOF.
+fn copy_like_cat(mut from: impl Read, mut to: impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn cpu_seconds() -> f64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
+/// One contender's run: wall time, CPU seconds, lines lost, lines torn.
+#[derive(Clone, Copy)]
+struct Run {
+    wall: f64,
+    cpu: f64,
+    lost: usize,
+    torn: usize,
+}
+
 struct Row {
     name: String,
     mb_s: String,
+    ratio: String,
     lost: String,
     torn: String,
     cpu_per_mb: String,
 }
 
 /// Per slot, counts lines that are whole and in sequence. Returns (good, torn).
-fn verify(path: &Path, strip: impl Fn(&str) -> &str, lines: usize) -> (usize, usize) {
+fn verify(path: &Path, strip: impl Fn(&str) -> &str) -> (usize, usize) {
     let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).unwrap());
     let mut next = [0usize; WORKERS];
     let (mut good, mut torn) = (0, 0);
@@ -69,12 +124,10 @@ fn verify(path: &Path, strip: impl Fn(&str) -> &str, lines: usize) -> (usize, us
             torn += 1;
         }
     }
-    let _ = lines;
     (good, torn)
 }
 
-fn bench_ufork_io(dir: &Path, mb: usize, pipe_size: Option<usize>) -> Row {
-    let lines = mb * 1_000_000 / LINE;
+fn run_ufork_io(dir: &Path, sources: &[PathBuf], lines: usize, pipe_size: Option<usize>) -> Run {
     let path = dir.join("ufork-io.log");
     let file = std::fs::File::create(&path).unwrap();
     let capture = Capture::builder()
@@ -91,51 +144,37 @@ fn bench_ufork_io(dir: &Path, mb: usize, pipe_size: Option<usize>) -> Row {
         .unwrap();
     let handle = arbiter.handle();
     let expected = (WORKERS * lines) as u64;
-    // Each worker's lines are made before the clock starts (the workers
-    // inherit them), as `cat` reads a file made before its clock starts:
-    // both rows time moving the bytes, not formatting them.
-    let blocks: Vec<Vec<u8>> = (0..WORKERS)
-        .map(|slot| {
-            let mut all = Vec::with_capacity(lines * LINE);
-            (0..lines).for_each(|seq| line(slot, seq, &mut all));
-            all
-        })
-        .collect();
+    let cpu_start = cpu_seconds() + children_cpu_seconds();
     let start = Instant::now();
-    let cpu_start = cpu_seconds();
     let watcher = std::thread::spawn(move || {
         // A benchmark, not a test: a coarse poll keeps the watcher cheap.
         while counters.lines_written() < expected {
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        let took = (start.elapsed(), cpu_seconds() - cpu_start);
+        let wall = start.elapsed();
         handle.stop();
-        took
+        wall
     });
     arbiter
         .run(|w| -> std::io::Result<()> {
-            let mut stdout = std::io::stdout();
-            // Whole lines per write, about 64 KiB each, as before.
-            for block in blocks[w.slot()].chunks((1 << 16) / LINE * LINE) {
-                stdout.write_all(block)?;
-            }
+            // Straight to fd 1 (std's stdout would cut the writes at the
+            // last newline), as `cat` writes.
+            let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+            copy_like_cat(std::fs::File::open(&sources[w.slot()])?, stdout)?;
             w.wait_for_stop(None);
             Ok(())
         })
         .unwrap();
-    let (wall, cpu) = watcher.join().unwrap();
-    let (good, torn) = verify(&path, |t| t.split_once("] ").map_or(t, |(_, b)| b), lines);
-    let total_mb = (WORKERS * lines * LINE) as f64 / 1e6;
+    let wall = watcher.join().unwrap();
+    // The workers' CPU counts too (they are reaped by now), as both cats' do.
+    let cpu = cpu_seconds() + children_cpu_seconds() - cpu_start;
+    let (good, torn) = verify(&path, |t| t.split_once("] ").map_or(t, |(_, b)| b));
     let _ = std::fs::remove_file(&path);
-    Row {
-        name: match pipe_size {
-            Some(size) => format!("ufork-io ({} KiB pipes)", size / 1024),
-            None => "ufork-io (default 64 KiB pipes)".into(),
-        },
-        mb_s: format!("{:.0}", total_mb / wall.as_secs_f64()),
-        lost: (WORKERS * lines - good).to_string(),
-        torn: torn.to_string(),
-        cpu_per_mb: format!("{:.2}", cpu * 1000.0 / total_mb),
+    Run {
+        wall: wall.as_secs_f64(),
+        cpu,
+        lost: WORKERS * lines - good,
+        torn,
     }
 }
 
@@ -152,41 +191,45 @@ fn children_cpu_seconds() -> f64 {
     ticks / rustix::param::clock_ticks_per_second() as f64
 }
 
-fn bench_cat(dir: &Path, mb: usize) -> Row {
-    let lines = mb * 1_000_000 / LINE;
-    let src = dir.join("cat-src");
+fn run_cat(dir: &Path, sources: &[PathBuf], lines: usize) -> Run {
     let dst = dir.join("cat-dst");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
-        let mut buf = Vec::new();
-        for slot in 0..WORKERS {
-            for seq in 0..lines {
-                buf.clear();
-                line(slot, seq, &mut buf);
-                f.write_all(&buf).unwrap();
-            }
-        }
-    }
+    let files: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
     let cpu_start = children_cpu_seconds();
     let start = Instant::now();
     let status = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("cat {} | cat > {}", src.display(), dst.display()))
+        .arg(format!("cat {} | cat > {}", files.join(" "), dst.display()))
         .status()
         .unwrap();
     let wall = start.elapsed();
     let cpu = children_cpu_seconds() - cpu_start;
     assert!(status.success());
-    let total_mb = (WORKERS * lines * LINE) as f64 / 1e6;
-    let (good, torn) = verify(&dst, |t| t, lines);
-    let _ = std::fs::remove_file(&src);
+    let (good, torn) = verify(&dst, |t| t);
     let _ = std::fs::remove_file(&dst);
+    Run {
+        wall: wall.as_secs_f64(),
+        cpu,
+        lost: WORKERS * lines - good,
+        torn,
+    }
+}
+
+/// The median of `runs` by wall time (the upper one of an even count).
+fn median(runs: &[Run]) -> Run {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    sorted[sorted.len() / 2]
+}
+
+fn row(name: String, runs: &[Run], floor: Option<Run>, total_mb: f64) -> Row {
+    let m = median(runs);
     Row {
-        name: "cat file, one pipe, cat > file (the floor)".into(),
-        mb_s: format!("{:.0}", total_mb / wall.as_secs_f64()),
-        lost: (WORKERS * lines - good).to_string(),
-        torn: torn.to_string(),
-        cpu_per_mb: format!("{:.2} (both cats)", cpu * 1000.0 / total_mb),
+        name,
+        mb_s: format!("{:.0}", total_mb / m.wall),
+        ratio: floor.map_or("1.00".into(), |f| format!("{:.2}", f.wall / m.wall)),
+        lost: runs.iter().map(|r| r.lost).max().unwrap_or(0).to_string(),
+        torn: runs.iter().map(|r| r.torn).max().unwrap_or(0).to_string(),
+        cpu_per_mb: format!("{:.2}", m.cpu * 1000.0 / total_mb),
     }
 }
 
@@ -236,12 +279,13 @@ print('%f %f %d' % (t1 - t0, cpu, finished), flush=True)
 os._exit(0)
 "#;
 
-fn bench_python(dir: &Path, mb: usize) -> Row {
+fn bench_python(dir: &Path, mb: usize, floor: Run) -> Row {
     let name = "Python uFork 20.11".to_string();
     let Ok(python) = std::env::var("UFORK_BENCH_PYTHON") else {
         return Row {
             name,
             mb_s: "skipped (UFORK_BENCH_PYTHON unset)".into(),
+            ratio: "-".into(),
             lost: "-".into(),
             torn: "-".into(),
             cpu_per_mb: "-".into(),
@@ -266,6 +310,7 @@ fn bench_python(dir: &Path, mb: usize) -> Row {
         return Row {
             name,
             mb_s: format!("failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+            ratio: "-".into(),
             lost: "-".into(),
             torn: "-".into(),
             cpu_per_mb: "-".into(),
@@ -275,7 +320,7 @@ fn bench_python(dir: &Path, mb: usize) -> Row {
     // uFork prints `pid: <4 KiB read>` with the trailing newline stripped:
     // the first line of each read carries the prefix, the others none, and
     // reads cut lines apart.
-    let (good, torn) = verify(&out, |t| t.split_once(": ").map_or(t, |(_, b)| b), lines);
+    let (good, torn) = verify(&out, |t| t.split_once(": ").map_or(t, |(_, b)| b));
     let total_mb = (WORKERS * lines * LINE) as f64 / 1e6;
     let _ = std::fs::remove_file(&out);
     Row {
@@ -285,6 +330,7 @@ fn bench_python(dir: &Path, mb: usize) -> Row {
             total_mb / wall,
             if fields[2] == 0.0 { " (timed out)" } else { "" }
         ),
+        ratio: format!("{:.2}", floor.wall / wall),
         lost: (WORKERS * lines).saturating_sub(good).to_string(),
         torn: torn.to_string(),
         cpu_per_mb: format!("{:.2}", cpu * 1000.0 / total_mb),
@@ -292,29 +338,57 @@ fn bench_python(dir: &Path, mb: usize) -> Row {
 }
 
 fn main() {
-    let mb: usize = std::env::var("UFORK_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let mb = env("UFORK_BENCH_MB", 50);
+    let rounds = env("UFORK_BENCH_ROUNDS", 3).max(1);
+    let lines = mb * 1_000_000 / LINE;
+    let total_mb = (WORKERS * lines * LINE) as f64 / 1e6;
     let dir: PathBuf = std::env::temp_dir().join(format!("ufork-io-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let rows = vec![
-        bench_ufork_io(&dir, mb, None),
-        bench_ufork_io(&dir, mb, Some(1 << 20)),
-        bench_cat(&dir, mb),
-        bench_python(&dir, mb),
-    ];
+    let sources = make_sources(&dir, lines);
+    let sizes = [None, Some(1 << 20)];
+    let mut cat = Vec::new();
+    let mut ufork: Vec<Vec<Run>> = vec![Vec::new(); sizes.len()];
+    for _ in 0..rounds {
+        cat.push(run_cat(&dir, &sources, lines));
+        for (runs, size) in ufork.iter_mut().zip(sizes) {
+            runs.push(run_ufork_io(&dir, &sources, lines, size));
+        }
+    }
+    let floor = median(&cat);
+    let mut rows = vec![row(
+        "cat 4 files, one pipe, cat > file (the floor)".into(),
+        &cat,
+        None,
+        total_mb,
+    )];
+    for (runs, size) in ufork.iter().zip(sizes) {
+        let name = match size {
+            Some(size) => format!("ufork-io ({} KiB pipes)", size / 1024),
+            None => "ufork-io (default 64 KiB pipes)".into(),
+        };
+        rows.push(row(name, runs, Some(floor), total_mb));
+    }
+    rows.push(bench_python(&dir, mb, floor));
     let _ = std::fs::remove_dir_all(&dir);
     println!(
-        "{WORKERS} workers x {mb} MB of {LINE}-byte lines into a file ({} lines in all)\n",
-        WORKERS * (mb * 1_000_000 / LINE)
+        "{WORKERS} workers x {mb} MB of {LINE}-byte lines into a file ({} lines in all), \
+         median of {rounds} rounds\n",
+        WORKERS * lines
     );
-    println!("| contender | MB/s to the file | lines lost | lines torn | CPU ms per MB |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| contender | MB/s to the file | ÷ floor | lines lost | lines torn | CPU ms per MB |"
+    );
+    println!("|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} |",
-            r.name, r.mb_s, r.lost, r.torn, r.cpu_per_mb
+            "| {} | {} | {} | {} | {} | {} |",
+            r.name, r.mb_s, r.ratio, r.lost, r.torn, r.cpu_per_mb
         );
     }
 }
