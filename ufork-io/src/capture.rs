@@ -647,6 +647,15 @@ fn assemble(
         pid: info.pid,
         stream: info.stream,
     };
+    // What every line of this read starts with, made once: the timestamp or
+    // syslog level, then the fixed prefix (a custom one is called per line).
+    let mut lead = Vec::new();
+    if format != Format::Json {
+        format::head(format, &stamp, level, &mut lead);
+        if let Prefix::SlotPid = prefix {
+            lead.extend_from_slice(slot_pid);
+        }
+    }
     let mut emit = |head: &[u8], tail: &[u8], end: End| {
         content += (head.len() + tail.len()) as u64 + u64::from(end == End::Newline);
         lines += 1;
@@ -654,11 +663,9 @@ fn assemble(
             format::json_line(&stamp, level, source, &[head, tail], end, &mut out);
             return;
         }
-        format::head(format, &stamp, level, &mut out);
-        match prefix {
-            Prefix::SlotPid => out.extend_from_slice(slot_pid),
-            Prefix::None => {}
-            Prefix::Custom(f) => f(info, &mut out),
+        out.extend_from_slice(&lead);
+        if let Prefix::Custom(f) = prefix {
+            f(info, &mut out);
         }
         out.extend_from_slice(head);
         out.extend_from_slice(tail);
