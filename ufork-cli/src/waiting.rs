@@ -96,7 +96,13 @@ pub fn start(line: &str, handle: &Handle) -> Option<Result<Waiting, String>> {
             handle.restart_all();
             Some(Ok(Waiting::Roll {
                 rolls_before: snapshot.rolls,
-                old: snapshot.workers.iter().map(|w| (w.slot, w.pid)).collect(),
+                // Not a stand-in of a roll under way (past the target).
+                old: snapshot
+                    .workers
+                    .iter()
+                    .filter(|w| w.slot < snapshot.target)
+                    .map(|w| (w.slot, w.pid))
+                    .collect(),
                 started: Instant::now(),
                 told: Vec::new(),
             }))
