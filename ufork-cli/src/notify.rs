@@ -6,12 +6,11 @@
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
-use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
 use ufork_core::{Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token};
 
 use crate::failure::{self, Failure, io_text};
@@ -78,25 +77,30 @@ impl Notify {
     fn receive(&mut self, ctx: &mut Context<'_>) {
         let mut buf = [0u8; 4096];
         loop {
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let received = rustix::net::recvmsg(
-                &self.socket,
-                &mut [IoSliceMut::new(&mut buf)],
-                &mut control,
-                RecvFlags::DONTWAIT,
+            // Through nix: a sender outside this pool's pid namespace has
+            // pid 0 here, which rustix's `UCred` (a non-zero `Pid`) cannot
+            // hold; such a sender is never a worker.
+            let mut space = nix::cmsg_space!(UnixCredentials);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let received = recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT,
             );
-            let n = match received {
-                Ok(msg) => msg.bytes,
-                Err(rustix::io::Errno::INTR) => continue,
+            let (n, sender) = match received {
+                Ok(msg) => {
+                    let sender = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, sender.filter(|&pid| pid > 0))
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             };
-            let mut sender = None;
-            for message in control.drain() {
-                if let RecvAncillaryMessage::ScmCredentials(cred) = message {
-                    sender = Some(cred.pid.as_raw_nonzero().get());
-                }
-            }
             let Some(pid) = sender else { continue };
             let Some(slot) = self.slot_of(pid) else {
                 log::debug!(target: "ufork", "notify message from pid {pid}, not a worker; ignored");

@@ -4,6 +4,7 @@
 //! not be signalled.
 
 use std::collections::HashSet;
+use std::os::linux::net::SocketAddrExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -390,6 +391,99 @@ fn reload_prints_each_replaced_worker_as_it_goes() {
     reload.expect_line("every worker restarted");
     assert_eq!(reload.wait().code(), Some(0), "{}", reload.transcript());
     let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+/// Says where its NOTIFY_SOCKET is, is ready, then sends `STATUS=second`
+/// once a writer opens the FIFO `argv[1]`.
+const NOTIFY_TWICE_PY: &str = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+name = os.environ["NOTIFY_SOCKET"]
+print("notify socket", name, flush=True)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = "\0" + name[1:]
+s.sendto(b"READY=1\nSTATUS=first", addr)
+with open(sys.argv[1]) as gate:
+    gate.read()
+s.sendto(b"STATUS=second", addr)
+while True:
+    signal.pause()
+"#;
+
+#[test]
+fn a_notify_datagram_from_outside_the_pools_pid_namespace_is_no_workers() {
+    if let Err(why) = can_unshare() {
+        println!("skipped: cannot make a pid namespace here ({why})");
+        return;
+    }
+    let dir = TempDir::new("pidns-notify");
+    let socket = dir.str("ctl.sock");
+    let script = dir.join("notify_twice.py");
+    std::fs::write(&script, NOTIFY_TWICE_PY).unwrap();
+    let fifo = dir.str("gate");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args([
+            "run",
+            "-w",
+            "1",
+            "--notify",
+            "--control-socket",
+            &socket,
+            "--",
+        ])
+        .args(["python3", script.to_str().unwrap(), &fifo])
+        .env_remove("UFORK_LOG")
+        .stdin(Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    let line = pool.expect_line("notify socket @");
+    let name = line.rsplit(' ').next().unwrap().trim_start_matches('@');
+    let activity = |want: &str| {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let out = run(&["status", "--json", "--control-socket", &socket]);
+            let fields = json(&out.stdout);
+            if fields.get("workers.0.activity").map(String::as_str) == Some(want) {
+                return fields;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {want}: {out:#?}"
+            );
+            std::thread::yield_now();
+        }
+    };
+    activity("\"first\"");
+    // From here, outside the pool's namespace: its pid there is 0.
+    let outside = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    outside
+        .send_to_addr(b"STATUS=from outside", &addr)
+        .expect("send to the notify socket");
+    // The worker's next datagram is read after it: once it shows, the
+    // outside one was read and given to no worker.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gate = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(gate, "go\n"));
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("the worker opens the gate")
+        .unwrap();
+    let fields = activity("\"second\"");
+    assert_eq!(fields["ready"], "1");
+    let out = run(&["stop", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
