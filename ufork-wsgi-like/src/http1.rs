@@ -1,7 +1,11 @@
 //! HTTP/1.x framing: parsing a request head with httparse and deciding how
 //! its body is delimited, and writing response heads.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 use crate::Limits;
@@ -26,9 +30,20 @@ pub(crate) struct Head {
 
 /// Parses a request head from the start of `buf`: `Ok(None)` if incomplete,
 /// `Err(status)` if it must be rejected.
-pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
+///
+/// A complete head is copied into `store` and frozen there: the request's
+/// `Uri` and header values are slices of that one buffer rather than a copy
+/// each. Once the request and everything taken from it are dropped, `store`
+/// reuses the same memory for the next head, so a connection's steady state
+/// allocates nothing for them.
+#[inline]
+pub(crate) fn parse(
+    buf: &[u8],
+    limits: &Limits,
+    store: &mut BytesMut,
+) -> Result<Option<Head>, StatusCode> {
     check_line(buf, limits.max_request_line_bytes)?;
-    let parsed = parse_sized(buf, limits);
+    let parsed = parse_sized(buf, limits, store);
     if parsed.as_ref().err() == Some(&StatusCode::HTTP_VERSION_NOT_SUPPORTED) {
         if let Some(minor) = higher_minor(buf) {
             // RFC 9110 §2.5: a higher minor version of 1.x is served as 1.1.
@@ -36,7 +51,7 @@ pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusC
             // (same length: every offset in the head stays right).
             let mut copy = buf.to_vec();
             copy[minor] = b'1';
-            return parse_sized(&copy, limits);
+            return parse_sized(&copy, limits, store);
         }
     }
     parsed
@@ -61,24 +76,32 @@ fn check_line(buf: &[u8], max: usize) -> Result<(), StatusCode> {
     }
 }
 
-fn parse_sized(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
+fn parse_sized(
+    buf: &[u8],
+    limits: &Limits,
+    store: &mut BytesMut,
+) -> Result<Option<Head>, StatusCode> {
     let max = limits.max_headers;
+    // Uninitialised: httparse writes only the headers it finds, so a short
+    // head does not pay for clearing all `max` of them first.
     if max <= STACK_HEADERS {
-        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
-        parse_with(buf, limits, &mut headers[..max])
+        let mut headers = [const { MaybeUninit::uninit() }; STACK_HEADERS];
+        parse_with(buf, limits, &mut headers[..max], store)
     } else {
-        let mut headers = vec![httparse::EMPTY_HEADER; max];
-        parse_with(buf, limits, &mut headers)
+        let mut headers = Vec::new();
+        headers.resize_with(max, MaybeUninit::uninit);
+        parse_with(buf, limits, &mut headers, store)
     }
 }
 
 fn parse_with<'b>(
     buf: &'b [u8],
     limits: &Limits,
-    headers: &mut [httparse::Header<'b>],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    store: &mut BytesMut,
 ) -> Result<Option<Head>, StatusCode> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.max_header_bytes {
@@ -97,15 +120,25 @@ fn parse_with<'b>(
         return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
     let bad = StatusCode::BAD_REQUEST;
+    store.clear();
+    store.extend_from_slice(&buf[..len]);
+    let head = Shared {
+        base: buf.as_ptr() as usize,
+        bytes: store.split().freeze(),
+    };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| bad)?;
     let target = req.path.unwrap_or("");
-    let uri = parse_target(&method, target).ok_or(bad)?;
+    let uri = parse_target(&method, target, head.slice(target.as_bytes())).ok_or(bad)?;
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
         _ => return Err(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
     };
-    let mut map = HeaderMap::with_capacity(req.headers.len());
+    // The request is built in place: its header map is filled where it
+    // stays, not moved into it (and an empty one dropped).
+    let mut request = Request::new(());
+    let map = request.headers_mut();
+    map.reserve(req.headers.len());
     let mut content_length = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -115,7 +148,7 @@ fn parse_with<'b>(
     let mut hosts = 0usize;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(h.value)).map_err(|_| bad)?;
         if name == header::CONTENT_LENGTH {
             for part in h.value.split(|&b| b == b',') {
                 let n = parse_length(trim(part)).ok_or(bad)?;
@@ -152,7 +185,7 @@ fn parse_with<'b>(
             // let a proxy and this server disagree on which site is asked
             // for (RFC 9112 §3.2).
             hosts += 1;
-            if hosts > 1 || !valid_host(h.value) {
+            if hosts > 1 || !valid_host(h.value, head.slice(h.value)) {
                 return Err(bad);
             }
         } else if name == header::EXPECT {
@@ -198,11 +231,9 @@ fn parse_with<'b>(
             i
         }
     });
-    let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = map;
     Ok(Some(Head {
         len,
         line_len,
@@ -214,18 +245,40 @@ fn parse_with<'b>(
     }))
 }
 
+/// A complete head copied into one shared buffer, and where the parsed
+/// copy started: any slice httparse returned maps to the same bytes in it.
+struct Shared {
+    base: usize,
+    bytes: Bytes,
+}
+
+impl Shared {
+    /// The bytes of `part` (a slice of the parsed head) in the shared copy.
+    fn slice(&self, part: &[u8]) -> Bytes {
+        let start = (part.as_ptr() as usize).wrapping_sub(self.base);
+        match start.checked_add(part.len()) {
+            Some(end) if !part.is_empty() && end <= self.bytes.len() => {
+                self.bytes.slice(start..end)
+            }
+            // Not from the parsed head (an empty default): a copy is cheap.
+            _ => Bytes::copy_from_slice(part),
+        }
+    }
+}
+
 /// Origin form (`/path?q`), absolute form (`http://host/path`), `*` for
-/// OPTIONS, authority form (`host:port`) for CONNECT.
+/// OPTIONS, authority form (`host:port`) for CONNECT. `shared` holds the
+/// same bytes as `target`, to build the `Uri` from without a copy.
 ///
 /// Refused (RFC 9112 §3.2 and RFC 9110 §4.2.4): any byte outside visible
 /// ASCII (a client must percent-encode it, so a raw one is an error and
 /// never reaches the app), a `#fragment` (a client never sends one), and
 /// user information (`user:pass@`) in an authority.
-fn parse_target(method: &Method, target: &str) -> Option<Uri> {
+fn parse_target(method: &Method, target: &str, shared: Bytes) -> Option<Uri> {
     if !target.bytes().all(|b| b.is_ascii_graphic()) || target.contains('#') {
         return None;
     }
-    let uri = Uri::try_from(target).ok()?;
+    let uri = Uri::from_maybe_shared(shared).ok()?;
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return None;
     }
@@ -242,8 +295,9 @@ fn parse_target(method: &Method, target: &str) -> Option<Uri> {
 }
 
 /// A Host value: empty (a target without authority) or `host[:port]`, with
-/// no whitespace, list separator or user information.
-fn valid_host(value: &[u8]) -> bool {
+/// no whitespace, list separator or user information. `shared` holds the
+/// same bytes as `value`, to parse the authority from without a copy.
+fn valid_host(value: &[u8], shared: Bytes) -> bool {
     if value.is_empty() {
         return true;
     }
@@ -254,7 +308,7 @@ fn valid_host(value: &[u8]) -> bool {
         Some(i) if value[i] == b':' => value[i + 1..].iter().all(u8::is_ascii_digit),
         _ => true,
     };
-    port_ok && !value.iter().any(bad_byte) && http::uri::Authority::try_from(value).is_ok()
+    port_ok && !value.iter().any(bad_byte) && Authority::from_maybe_shared(shared).is_ok()
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
@@ -348,6 +402,10 @@ pub(crate) fn decimal(out: &mut Vec<u8>, mut n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(buf: &[u8], limits: &Limits) -> Result<Option<Head>, StatusCode> {
+        super::parse(buf, limits, &mut BytesMut::new())
+    }
 
     fn limits() -> Limits {
         Limits::default()
@@ -542,6 +600,40 @@ mod tests {
             parse(header.as_bytes(), &small).unwrap_err(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn the_head_is_one_shared_copy_reused_once_dropped() {
+        let raw = b"GET /path HTTP/1.1\r\nHost: example\r\nX-Long: abcdefgh\r\n\r\n";
+        let mut store = BytesMut::with_capacity(raw.len() + 8);
+        let head = super::parse(raw, &limits(), &mut store).unwrap().unwrap();
+        // The target and the values point into one copy of the head.
+        let host = head.request.headers()["host"].as_bytes().as_ptr() as usize;
+        let long = head.request.headers()["x-long"].as_bytes().as_ptr() as usize;
+        let path = head.request.uri().path().as_ptr() as usize;
+        assert_eq!(
+            host - path,
+            raw.windows(7).position(|w| w == b"example").unwrap() - 4
+        );
+        assert_eq!(long - host, "example\r\nX-Long: ".len());
+        // Dropped, its memory takes the next head (which no longer fits
+        // behind it): no allocation.
+        drop(head);
+        let again = super::parse(raw, &limits(), &mut store).unwrap().unwrap();
+        assert_eq!(
+            again.request.headers()["host"].as_bytes().as_ptr() as usize,
+            host
+        );
+        // Kept, it stays as it was while later heads go elsewhere.
+        let kept = again.request.headers()["x-long"].clone();
+        drop(again);
+        for _ in 0..4 {
+            let other = b"GET /other HTTP/1.1\r\nHost: elsewhere\r\nX-Long: zzzzzzzzzzzz\r\n\r\n";
+            let head = super::parse(other, &limits(), &mut store).unwrap().unwrap();
+            assert_eq!(head.request.headers()["x-long"], "zzzzzzzzzzzz");
+            assert_eq!(head.request.uri().path(), "/other");
+        }
+        assert_eq!(kept, "abcdefgh");
     }
 
     #[test]

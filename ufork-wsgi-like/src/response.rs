@@ -69,15 +69,37 @@ pub(crate) fn write(
 ) -> io::Result<Sent> {
     let (parts, body) = response.into_parts();
     let status = parts.status;
-    let mut keep_alive = reply.keep_alive
-        && !parts.headers.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
+    out.clear();
+    status_line(out, status);
+    // One pass over the app's headers: copy them out, and note the ones
+    // the framing decides (the first `Content-Length`, as `get` would
+    // return, and whether any `Connection` says `close`).
+    let mut has_date = false;
+    let mut close = false;
+    let mut app_len_header = None;
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH {
+            app_len_header.get_or_insert(value);
+            continue;
+        }
+        if name == CONNECTION {
+            close |= value
+                .as_bytes()
                 .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
-    let app_len = parts
-        .headers
-        .get(CONTENT_LENGTH)
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        has_date |= name == DATE;
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_date {
+        header_line(out, b"date", date.now());
+    }
+    let mut keep_alive = reply.keep_alive && !close;
+    let app_len = app_len_header
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let no_body = status.is_informational()
@@ -97,20 +119,6 @@ pub(crate) fn write(
         keep_alive = false;
         Mode::UntilClose
     };
-
-    out.clear();
-    status_line(out, status);
-    let mut has_date = false;
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
-            continue;
-        }
-        has_date |= name == DATE;
-        header_line(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if !has_date {
-        header_line(out, b"date", date.now());
-    }
     match mode {
         Mode::Length(n) => {
             out.extend_from_slice(b"content-length: ");

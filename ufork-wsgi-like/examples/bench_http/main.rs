@@ -25,8 +25,8 @@
 //!   and of the arbiter, against gunicorn sync;
 //! - `files`: a 1 GiB stream of 64 KiB chunks against the same bytes as a
 //!   file body; a 100 MB file download against nginx;
-//! - `callgrind`: instructions per hello request of the serving thread of
-//!   `Server::spawn_local`, under valgrind's callgrind;
+//! - `callgrind`: instructions and heap allocations per hello request of
+//!   the serving thread of `Server::spawn_local`, under valgrind's callgrind;
 //! - `ops` (only when asked for, as `cargo xtask bench ops` does): errors
 //!   and p99 during rolling restarts, an upgrade and a graceful stop of
 //!   `ufork serve` against gunicorn (see `ops.rs`).
@@ -336,11 +336,12 @@ fn bench() -> Result<(), BoxError> {
             ops::run(&ctx);
         }
         if wants("callgrind") {
-            println!(
-                "\ninstructions per hello request, serving thread of Server::spawn_local (callgrind)"
-            );
+            println!("\nper hello request, serving thread of Server::spawn_local (callgrind)");
             match callgrind::per_request() {
-                Ok(n) => println!("ufork-wsgi-like: {n:.0}"),
+                Ok(n) => println!(
+                    "ufork-wsgi-like: {:.0} instructions, {:.1} allocations (malloc, calloc, realloc calls)",
+                    n.instructions, n.allocations
+                ),
                 Err(reason) => println!("ufork-wsgi-like: skipped ({reason})"),
             }
         }

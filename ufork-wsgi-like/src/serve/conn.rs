@@ -16,7 +16,6 @@ use http::StatusCode;
 use super::dispatch::Dispatch;
 use crate::Limits;
 use crate::body::{Input, lock};
-use crate::http1;
 
 /// Requests answered from one connection's buffer before others get a turn.
 pub(super) const PIPELINE_BUDGET: usize = 16;
@@ -128,26 +127,22 @@ impl Conn {
     /// [`PIPELINE_BUDGET`] of them before other connections get a turn.
     pub(super) fn serve_buffered(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
         for _ in 0..PIPELINE_BUDGET {
-            let parsed = {
-                let input = lock(&self.input);
-                if input.start == input.end {
-                    None
-                } else {
-                    Some(http1::parse(input.buffered(), dispatch.limits()))
+            let input = lock(&self.input);
+            if input.start == input.end {
+                drop(input);
+                if self.eof || stopping {
+                    return Next::Close;
                 }
-            };
+                if self.state != State::Fresh {
+                    self.state = State::Idle;
+                    self.set_timeout(dispatch.limits().keep_alive_timeout);
+                }
+                return Next::Keep;
+            }
+            let parsed = dispatch.parse(input.buffered());
+            drop(input);
             match parsed {
-                None => {
-                    if self.eof || stopping {
-                        return Next::Close;
-                    }
-                    if self.state != State::Fresh {
-                        self.state = State::Idle;
-                        self.set_timeout(dispatch.limits().keep_alive_timeout);
-                    }
-                    return Next::Keep;
-                }
-                Some(Ok(None)) => {
+                Ok(None) => {
                     if self.eof {
                         return Next::Close;
                     }
@@ -160,8 +155,8 @@ impl Conn {
                     self.state = State::Head;
                     return Next::Keep;
                 }
-                Some(Err(status)) => return dispatch.reject(self, status),
-                Some(Ok(Some(head))) => {
+                Err(status) => return dispatch.reject(self, status),
+                Ok(Some(head)) => {
                     self.state = State::Idle;
                     let next = dispatch.handle(self, head, stopping);
                     if next != Next::Keep {

@@ -6,8 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 
 use super::conn::{Conn, Next};
@@ -18,9 +19,16 @@ use crate::date::DateCache;
 use crate::response::{self, Reply, Sent};
 use crate::{Body, Limits, PeerAddr, ResponseBody, http1};
 
+/// Room for a few typical request heads before the head buffer is reused
+/// from its start (or grown, for a larger head).
+const HEADS_CAPACITY: usize = 4096;
+
 /// Per-thread scratch space and the worker it serves for.
 pub(super) struct Dispatch<'w> {
     worker: &'w WorkerShared,
+    /// Where complete request heads are copied for the `http::Request`s to
+    /// share (see [`http1::parse`]); reused once a request is dropped.
+    heads: BytesMut,
     out: Vec<u8>,
     /// The request line of the request being answered, for the activity
     /// text and the access log.
@@ -43,13 +51,16 @@ struct Answer {
     /// The worker is stopping: the connection closes after this answer
     /// unless more requests are buffered behind it.
     stopping: bool,
-    started: Instant,
+    /// When the answer began, for the access log's duration (`None`: no
+    /// access log, so no clock read).
+    started: Option<Instant>,
 }
 
 impl<'w> Dispatch<'w> {
     pub(super) fn new(worker: &'w WorkerShared) -> Self {
         Self {
             worker,
+            heads: BytesMut::with_capacity(HEADS_CAPACITY),
             out: Vec::with_capacity(16 * 1024),
             line: String::with_capacity(256),
             date: DateCache::new(),
@@ -65,6 +76,12 @@ impl<'w> Dispatch<'w> {
 
     pub(super) fn limits(&self) -> &'w Limits {
         &self.worker.config.limits
+    }
+
+    /// Parses the request head at the start of `buf` (see [`http1::parse`]).
+    #[inline]
+    pub(super) fn parse(&mut self, buf: &[u8]) -> Result<Option<http1::Head>, StatusCode> {
+        http1::parse(buf, self.limits(), &mut self.heads)
     }
 
     /// Answers bad input with `status`; the connection then lingers closed.
@@ -94,7 +111,7 @@ impl<'w> Dispatch<'w> {
             keep_alive: false,
             at: SystemTime::now(),
             stopping: true,
-            started: Instant::now(),
+            started: self.access.is_some().then(Instant::now),
         };
         let _ = self.reply(&input, conn.peer, response::error_response(status), answer);
         Next::Linger
@@ -103,7 +120,7 @@ impl<'w> Dispatch<'w> {
     /// Runs the app on one request and writes its response; `Keep` if the
     /// connection may go on.
     pub(super) fn handle(&mut self, conn: &mut Conn, head: http1::Head, stopping: bool) -> Next {
-        let started = Instant::now();
+        let started = self.access.is_some().then(Instant::now);
         let generation = self.take_head(conn, &head);
         self.worker.busy(&self.line);
         let answer = Answer {
@@ -263,7 +280,7 @@ impl<'w> Dispatch<'w> {
                 line: &self.line,
                 status,
                 bytes,
-                took: answer.started.elapsed(),
+                took: answer.started.map_or(Duration::ZERO, |t| t.elapsed()),
                 referer: self.referer.as_deref(),
                 user_agent: self.user_agent.as_deref(),
             });
