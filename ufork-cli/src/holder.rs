@@ -7,7 +7,10 @@
 //! pidfile is signalled only once it is verified: the process that holds the
 //! file's lock, as `/proc/locks` reports it (the kernel translates the pid
 //! into the reader's pid namespace), must be the pid in the file, or be that
-//! pid in its own namespace (the last `NSpid:` of its `/proc/PID/status`).
+//! pid in its own namespace (the last `NSpid:` of its `/proc/PID/status`),
+//! and have the file open (the lock table keeps the pid that took the lock,
+//! which a forked worker sharing the file can outlive, and which may name
+//! another process by then).
 //! Where `/proc/locks` does not name the file by its device and inode (an
 //! overlay file system reports other numbers than `stat`), the lock holders
 //! whose open descriptors include the file count instead.
@@ -26,6 +29,11 @@ pub struct Holder {
     /// Its pids from this namespace inward (`NSpid:`); the last is the pid
     /// it sees for itself. Empty when unknown.
     pub nspid: Vec<i32>,
+    /// Whether it has the pidfile open (`None`: its descriptors cannot be
+    /// read from here). The lock table keeps the pid that took the lock,
+    /// which outlives it when a forked worker still holds the file: a
+    /// process with that pid now, without the file open, is someone else.
+    pub has_file: Option<bool>,
 }
 
 /// The arbiter a pidfile names, verified.
@@ -68,7 +76,7 @@ pub fn verify(path: &Path, file_pid: i32) -> Result<Arbiter, String> {
         // the exclusive flock holders whether they have the file open.
         pids = parse_locks(&locks, None)
             .into_iter()
-            .filter(|&pid| has_open(pid, meta.dev(), meta.ino()))
+            .filter(|&pid| has_open(pid, meta.dev(), meta.ino()) == Some(true))
             .collect();
     }
     let holders: Vec<Holder> = pids
@@ -78,6 +86,7 @@ pub fn verify(path: &Path, file_pid: i32) -> Result<Arbiter, String> {
             nspid: std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .map(|s| parse_nspid(&s))
                 .unwrap_or_default(),
+            has_file: has_open(pid, meta.dev(), meta.ino()),
         })
         .collect();
     decide(file_pid, &holders)
@@ -133,14 +142,13 @@ pub fn parse_nspid(status: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Whether the process `pid` has the file `(dev, ino)` open.
-fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
+/// Whether the process `pid` has the file `(dev, ino)` open; `None` when
+/// its descriptors cannot be read (another user's process, say).
+fn has_open(pid: i32, dev: u64, ino: u64) -> Option<bool> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(entries.flatten().any(|entry| {
         std::fs::metadata(entry.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
-    })
+    }))
 }
 
 /// Which holder the pidfile's `file_pid` names: the one with that pid here,
@@ -150,6 +158,21 @@ fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
 ///
 /// A sentence saying why no holder matches.
 pub fn decide(file_pid: i32, holders: &[Holder]) -> Result<Arbiter, String> {
+    let (all, holders): (&[Holder], Vec<&Holder>) = (
+        holders,
+        holders
+            .iter()
+            .filter(|h| h.has_file != Some(false))
+            .collect(),
+    );
+    if holders.is_empty() {
+        if let Some(h) = all.first() {
+            return Err(format!(
+                "it names pid {file_pid}, but its lock was taken by pid {}, which does not have it open now (its arbiter is gone; a worker that shares the file may hold the lock a moment longer)",
+                h.pid
+            ));
+        }
+    }
     if let Some(h) = holders.iter().find(|h| h.pid == file_pid) {
         return Ok(Arbiter {
             pid: h.pid,
@@ -227,6 +250,7 @@ mod tests {
         let here = Holder {
             pid: 500,
             nspid: vec![500],
+            has_file: Some(true),
         };
         assert_eq!(
             decide(500, std::slice::from_ref(&here)),
@@ -239,6 +263,7 @@ mod tests {
         let inside = Holder {
             pid: 6147,
             nspid: vec![6147, 1],
+            has_file: Some(true),
         };
         let arbiter = decide(1, std::slice::from_ref(&inside)).unwrap();
         assert_eq!(arbiter.pid, 6147);
@@ -260,7 +285,23 @@ mod tests {
         let unknown = Holder {
             pid: 9,
             nspid: vec![],
+            has_file: None,
         };
-        assert!(decide(1, &[unknown]).is_err());
+        assert!(decide(1, std::slice::from_ref(&unknown)).is_err());
+        // Descriptors we may not read: the lock table's word stands.
+        assert_eq!(decide(9, &[unknown]).map(|a| a.pid), Ok(9));
+    }
+
+    #[test]
+    fn a_lock_holder_without_the_file_open_is_a_reused_pid() {
+        // The arbiter that took the lock died; a forked worker still holds
+        // the file, and the arbiter's pid now names another process.
+        let reused = Holder {
+            pid: 500,
+            nspid: vec![500],
+            has_file: Some(false),
+        };
+        let err = decide(500, &[reused]).unwrap_err();
+        assert!(err.contains("does not have it open"), "{err}");
     }
 }

@@ -487,3 +487,44 @@ fn a_notify_datagram_from_outside_the_pools_pid_namespace_is_no_workers() {
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+#[test]
+fn a_killed_pools_stale_pidfile_and_socket_mean_not_running_and_the_next_start_replaces_them() {
+    let dir = TempDir::new("pidfile-stale");
+    let pidfile = dir.str("ufork.pid");
+    let socket = dir.join("ufork.sock");
+    let args = [
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+    ];
+    let mut pool = Running::start(&args);
+    pool.expect_line("control socket");
+    let workers = until_ready(&pidfile, 1);
+    pool.signal(rustix::process::Signal::KILL);
+    pool.wait();
+    // Workers follow their arbiter (parent-death signal) and, with it, the
+    // pidfile's lock they share; nothing listens.
+    for pid in workers {
+        assert!(ufork_daemon::wait_for_exit(pid, Some(DEADLINE)).unwrap());
+    }
+    assert!(socket.exists() && Path::new(&pidfile).exists());
+    for command in ["reload", "stop", "upgrade", "status"] {
+        let out = run(&[command, "--pidfile", &pidfile]);
+        assert_eq!(out.code(), Some(3), "{out:#?}");
+        let text = out.stdout + &out.stderr;
+        assert!(text.contains("stale pidfile"), "{text}");
+    }
+    let mut again = Running::start(&args);
+    again.expect_line("control socket");
+    let before = until_ready(&pidfile, 1);
+    reload_waits(&pidfile, &before, 1);
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(again.wait().code(), Some(0), "{}", again.transcript());
+    assert!(!socket.exists());
+}
