@@ -21,8 +21,12 @@ pub struct StatusArgs {
 
 /// Runs `ufork status`.
 pub fn exec(args: &StatusArgs) -> Result<()> {
-    let (mut client, path) = match target::route(&args.target)? {
-        Route::Socket { client, path, .. } => (client, path),
+    let (mut client, path, arbiter) = match target::route(&args.target)? {
+        Route::Socket {
+            client,
+            path,
+            arbiter,
+        } => (client, path, arbiter),
         Route::Signal { arbiter, why, .. } if args.json => {
             return Err(runtime(format!(
                 "--json: {} has no control socket to ask ({why}); start the pool with --control-socket or --pidfile in a directory it may write",
@@ -57,6 +61,13 @@ pub fn exec(args: &StatusArgs) -> Result<()> {
         )));
     }
     print!("{text}");
+    // The table shows the pool's own pids; say which process that is here.
+    if let Some(arbiter) = arbiter.filter(|a| a.pid != a.file_pid) {
+        println!(
+            "(the pool runs in its own pid namespace: its arbiter, pid {} there, is pid {} here)",
+            arbiter.file_pid, arbiter.pid
+        );
+    }
     let (json, _) = client.send("status json")?;
     health::exit_status(&json)
 }

@@ -240,6 +240,11 @@ fn a_pool_in_its_own_pid_namespace_is_driven_from_outside_by_its_pidfile() {
     let out = run(&["status", "--pidfile", &pidfile]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert!(out.stdout.contains("arbiter pid 1"), "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("(the pool runs in its own pid namespace: its arbiter, pid 1 there, is pid "),
+        "{out:#?}"
+    );
     // Through the control socket beside the pidfile: it waits.
     reload_waits(&pidfile, &before, 2);
     // Without it, the pool is signalled by its pid here, never pid 1.
