@@ -71,13 +71,17 @@ pub const MAX_CAPACITY: usize = 65_536;
 /// a broken build from forking the whole pool at once.
 pub const DEFAULT_MAX_BOOTING: usize = 16;
 
+/// Default start timeout ([`Builder::start_timeout`]): 600 s, uFork's grace,
+/// for applications that load for minutes after the fork.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
             workers: 1,
             capacity: 0,
             heartbeat_timeout: None,
-            start_timeout: Duration::from_secs(600),
+            start_timeout: DEFAULT_START_TIMEOUT,
             graceful_timeout: Duration::from_secs(30),
             max_booting: DEFAULT_MAX_BOOTING,
             backoff_initial: Duration::from_millis(100),
@@ -138,7 +142,15 @@ impl Builder {
     }
 
     /// Kill and replace a worker not ready this long after its fork (default
-    /// 600 s, uFork's grace).
+    /// [`DEFAULT_START_TIMEOUT`], 600 s, uFork's grace).
+    ///
+    /// The `ufork` command defaults to 60 s instead (`--start-timeout`): the
+    /// library cannot know how long an embedding program's workers load after
+    /// the fork (a model, a cache warmed for minutes), so it waits long
+    /// before calling a boot hung; at a terminal, where the command mostly
+    /// runs, a start that hangs should show while the operator watches.
+    /// Either way a worker killed at this deadline is a crash-loop step
+    /// ([`ExitReason::BootTimedOut`](crate::ExitReason::BootTimedOut)).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.settings.start_timeout = timeout;
         self
@@ -515,5 +527,17 @@ impl Arbiter {
             .name("ufork-arbiter".into())
             .spawn(move || self.run(worker_main))?;
         Ok((handle, thread))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_timeout_defaults_to_600_s() {
+        let b = Arbiter::builder();
+        assert_eq!(b.settings.start_timeout, DEFAULT_START_TIMEOUT);
+        assert_eq!(DEFAULT_START_TIMEOUT, Duration::from_secs(600));
     }
 }

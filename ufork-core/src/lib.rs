@@ -129,8 +129,8 @@ pub mod upgrade;
 mod worker;
 
 pub use arbiter::{
-    Arbiter, BoxError, Builder, DEFAULT_MAX_BOOTING, FdLimit, MAX_CAPACITY, Outcome, Stdin,
-    StopCause,
+    Arbiter, BoxError, Builder, DEFAULT_MAX_BOOTING, DEFAULT_START_TIMEOUT, FdLimit, MAX_CAPACITY,
+    Outcome, Stdin, StopCause,
 };
 pub use error::{Error, Result};
 pub use exit::{
