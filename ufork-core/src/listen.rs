@@ -684,7 +684,9 @@ impl Listeners {
     /// This worker's own handles, in [`iter`](Listeners::iter)'s order: a dup
     /// of each shared socket, and a freshly bound socket for each
     /// [`reuse_port`](Builder::reuse_port) address. Call it in the worker,
-    /// after the fork.
+    /// after the fork: the sockets bound per worker then refuse new
+    /// connections as soon as the worker is asked to stop
+    /// ([`Worker::refuse_at_stop`](crate::Worker::refuse_at_stop)).
     ///
     /// # Errors
     ///
@@ -709,6 +711,14 @@ impl Listeners {
                     unreachable!("only TCP addresses are bound per worker")
                 };
                 let fd = bind_tcp(*addr, true, Some(self.backlog))?;
+                if crate::sys::in_worker() {
+                    // This socket is the worker's alone: refuse new
+                    // connections on it once the worker is asked to stop.
+                    crate::sys::refuse_at_stop(fd.as_fd()).map_err(|e| Error::Listen {
+                        address: address.to_string(),
+                        source: e,
+                    })?;
+                }
                 Ok(Listener {
                     name: name.clone(),
                     address: address.clone(),

@@ -187,9 +187,26 @@ pub(crate) fn restore(sig: i32, old: &Disposition) -> io::Result<()> {
 static WORKER_STOP: AtomicBool = AtomicBool::new(false);
 static WORKER_PIPE: AtomicI32 = AtomicI32::new(-1);
 
+/// Room for this many sockets in [`refuse_at_stop`].
+pub(crate) const REFUSE_SLOTS: usize = 64;
+
+/// Listening sockets of this worker (duplicates it never closes) whose
+/// reading side the SIGTERM handler shuts down; -1 marks a free slot.
+static REFUSE_AT_STOP: [AtomicI32; REFUSE_SLOTS] = [const { AtomicI32::new(-1) }; REFUSE_SLOTS];
+
 extern "C" fn worker_term_handler(_sig: libc::c_int) {
     // SAFETY: see arbiter_handler.
     let errno = unsafe { *libc::__errno_location() };
+    // Refuse first, so a worker that sees the stop sees refusing sockets.
+    for slot in &REFUSE_AT_STOP {
+        let fd = slot.load(Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: shutdown(2) is async-signal-safe; `fd` is a duplicate
+            // this process never closes (`refuse_at_stop`), so it is still
+            // the socket that was registered.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
     WORKER_STOP.store(true, Ordering::SeqCst);
     let fd = WORKER_PIPE.load(Ordering::SeqCst);
     if fd >= 0 {
@@ -199,6 +216,47 @@ extern "C" fn worker_term_handler(_sig: libc::c_int) {
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+/// In a worker: keeps a duplicate of `socket` for the rest of the process'
+/// life and shuts its reading side down when SIGTERM asks the worker to stop
+/// (at once if it did already), so the kernel refuses new connections to it.
+///
+/// # Errors
+///
+/// Not in a worker process, the descriptor cannot be duplicated, or
+/// [`REFUSE_SLOTS`] sockets are registered already.
+pub(crate) fn refuse_at_stop(socket: BorrowedFd<'_>) -> io::Result<()> {
+    if WORKER_PIPE.load(Ordering::SeqCst) < 0 {
+        return Err(io::Error::other(
+            "only a worker process refuses its sockets at stop",
+        ));
+    }
+    let dup = rustix::io::fcntl_dupfd_cloexec(socket, 0)?;
+    let raw = dup.as_raw_fd();
+    for slot in &REFUSE_AT_STOP {
+        if slot
+            .compare_exchange(-1, raw, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            // The handler may use the number from now on, so it is never
+            // closed: the process ends with it.
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(dup);
+            // A SIGTERM that came before the slot was filled missed it.
+            if WORKER_STOP.load(Ordering::SeqCst) {
+                let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
+            }
+            return Ok(());
+        }
+    }
+    Err(io::Error::other(format!(
+        "at most {REFUSE_SLOTS} sockets per worker are refused at stop"
+    )))
+}
+
+/// Whether this process is a worker (its SIGTERM handler is installed).
+pub(crate) fn in_worker() -> bool {
+    WORKER_PIPE.load(Ordering::SeqCst) >= 0
 }
 
 /// Whether the worker was asked to stop (SIGTERM arrived).
@@ -212,6 +270,11 @@ pub(crate) fn worker_stop_requested() -> bool {
 /// writes to `stop_pipe`, and the signal mask is emptied.
 pub(crate) fn reset_child_signals(saved: &[(i32, Disposition)], stop_pipe: RawFd) {
     WORKER_STOP.store(false, Ordering::SeqCst);
+    // A worker that forks a pool of its own hands its children none of its
+    // sockets to refuse.
+    for slot in &REFUSE_AT_STOP {
+        slot.store(-1, Ordering::SeqCst);
+    }
     WORKER_PIPE.store(stop_pipe, Ordering::SeqCst);
     ARBITER_PIPE.store(-1, Ordering::SeqCst);
     let dfl = action(libc::SIG_DFL);

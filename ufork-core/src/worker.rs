@@ -167,6 +167,31 @@ impl Worker {
         self.stop_read.as_fd()
     }
 
+    /// Makes `socket`, a listening socket of this worker's own (a
+    /// `SO_REUSEPORT` socket it bound itself, say), refuse new connections the
+    /// moment the worker is asked to stop: the SIGTERM handler shuts its
+    /// reading side down before the stop flag is set, so the kernel answers
+    /// a new connection with a reset (ECONNREFUSED) instead of queueing it
+    /// for a worker that will not accept it; with other workers' sockets on
+    /// the same port, the kernel sends new connections to those. Connections
+    /// already accepted are the worker's to finish; ones still queued on the
+    /// socket are reset. Do not pass a socket other workers share (the
+    /// arbiter's listener): shutting it down stops it for every worker
+    /// (the [`Upgrader`](crate::upgrade::Upgrader) does that for a graceful
+    /// stop of the whole pool). Sockets from
+    /// [`Listeners::for_worker`](crate::listen::Listeners::for_worker) are
+    /// registered already.
+    ///
+    /// The worker keeps a duplicate of the descriptor until it exits.
+    ///
+    /// # Errors
+    ///
+    /// The descriptor cannot be duplicated, or 64 sockets are registered
+    /// already.
+    pub fn refuse_at_stop(&self, socket: impl AsFd) -> std::io::Result<()> {
+        sys::refuse_at_stop(socket.as_fd())
+    }
+
     /// An owned descriptor that becomes readable when the worker is asked to
     /// stop (and stays readable), for an async runtime's reactor; see
     /// [`StopNotifier`].

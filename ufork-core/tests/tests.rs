@@ -2153,3 +2153,58 @@ fn alrm_pwr_io_vtalrm_and_prof_are_ignored_by_the_arbiter_and_default_in_workers
     assert_eq!(outcome.history.len(), 1);
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn a_stopping_worker_refuses_new_connections_on_its_own_reuse_port_socket() {
+    use ufork_core::listen::{Address, Listeners};
+    let _g = lock();
+    let listeners = Listeners::builder()
+        .socket_activation(false)
+        .reuse_port(true)
+        .address("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
+    let addr = match listeners.iter().next() {
+        Some((_, Address::Tcp(addr))) => *addr,
+        other => panic!("{other:?}"),
+    };
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let (release_r, release_w) = rustix::pipe::pipe().unwrap();
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .graceful_timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let own = listeners.for_worker().map_err(|e| e.to_string())?;
+            w.ready();
+            tx.send("up");
+            w.wait_for_stop(None);
+            tx.send("stopping");
+            // It still holds its socket, as a worker finishing a long
+            // request does, until the test lets it go.
+            let mut byte = [0u8; 1];
+            let _ = rustix::io::read(&release_r, &mut byte);
+            drop(own);
+            Ok(())
+        })
+        .unwrap();
+    for _ in 0..2 {
+        ev.expect("a worker listening on its own socket", |l| l == "up");
+    }
+    std::net::TcpStream::connect(addr).expect("connections are taken before the stop");
+    handle.stop();
+    for _ in 0..2 {
+        ev.expect("a worker heard the stop", |l| l == "stopping");
+    }
+    // Both workers still run and hold their sockets; nobody listens.
+    let refused = std::net::TcpStream::connect(addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    rustix::io::write(&release_w, &[0, 0]).unwrap();
+    let outcome = thread.join().unwrap().unwrap();
+    assert!(outcome.graceful);
+    assert_eq!(outcome.history.len(), 2);
+    assert_nothing_left(&outcome.history);
+}

@@ -517,6 +517,13 @@ impl Shared {
 
     fn worker(&self, worker: &mut Worker) -> Result<()> {
         let own = self.own_listeners()?;
+        for (socket, &addr) in own.iter().zip(&self.reuse_addrs) {
+            // This worker's own socket: refuse new connections on it the
+            // moment the worker is asked to stop.
+            worker
+                .refuse_at_stop(socket)
+                .map_err(|source| Error::Listen { addr, source })?;
+        }
         let mut listeners: Vec<&TcpListener> = self.listeners.iter().collect();
         listeners.extend(&own);
         let vitals = worker.vitals().clone();

@@ -1073,6 +1073,47 @@ fn reuse_port_workers_serve() {
     forked.finish();
 }
 
+#[test]
+fn a_stopping_reuse_port_worker_refuses_new_connections_while_it_finishes() {
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
+    let (hold_r, hold_w) = rustix::pipe::pipe().unwrap();
+    let hold_r: Arc<OwnedFd> = Arc::new(hold_r);
+    let held = move |request: Request<Body>| {
+        if request.uri().path() == "/hold" {
+            // In flight until the test lets it go.
+            let _ = rustix::io::read(&*hold_r, &mut [0u8; 1]);
+            return Response::new("released\n".into());
+        }
+        app(request)
+    };
+    let forked = Forked::start(Server::builder().workers(1).reuse_port(true), held);
+    util::eventually("the worker ready", || {
+        forked.handle.snapshot().ready_count() == 1
+    });
+    let mut busy = Client::new(forked.addr);
+    busy.send("GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+    util::eventually("the worker to be busy with /hold", || {
+        forked
+            .handle
+            .snapshot()
+            .workers
+            .iter()
+            .any(|w| w.busy_for.is_some() && w.activity.starts_with("GET /hold "))
+    });
+    forked.handle.stop();
+    // The request is still in flight (the worker runs): yet a new
+    // connection is refused, not queued on the stopping worker's socket.
+    util::eventually("a new connection to be refused", || {
+        std::net::TcpStream::connect(forked.addr)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    rustix::io::write(&hold_w, &[0]).unwrap();
+    assert_eq!(busy.read_response().text(), "released\n");
+    let outcome = forked.finish();
+    assert_eq!(outcome.killed_at_timeout, 0);
+}
+
 const IDLE_HEARTBEAT: Duration = Duration::from_millis(1500);
 
 #[test]

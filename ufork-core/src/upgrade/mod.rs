@@ -21,11 +21,16 @@
 //!
 //! The same [`Upgrader`] layer makes a graceful stop refuse new connections
 //! at once: when a stop begins (not a handover), it shuts down the reading
-//! side of every listening socket it was given, which takes them out of
-//! `LISTEN` for every process holding a copy; a new connection is refused
+//! side of every TCP listening socket it was given, which takes them out of
+//! `LISTEN` for every process holding a copy, so a new connection is refused
 //! (ECONNREFUSED) instead of accepted and reset at exit, while accepted
-//! connections finish. (Connections queued in the backlog but not yet
-//! accepted by a worker are reset.)
+//! connections finish (connections queued in the backlog but not yet
+//! accepted by a worker are reset). A unix listening socket's path is
+//! removed instead, if it still names the file that was there when the
+//! socket was given: a new client gets ENOENT, and workers can still accept
+//! what was queued. Sockets bound by each worker itself (`SO_REUSEPORT`)
+//! are the worker's to refuse:
+//! [`Worker::refuse_at_stop`](crate::Worker::refuse_at_stop).
 //!
 //! # Examples
 //!
@@ -66,7 +71,7 @@ pub(crate) mod sys;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -362,6 +367,82 @@ pub struct Upgrader {
     leftovers: Vec<(i32, OwnedFd, Token)>,
     /// A graceful stop began: shut the listeners down at the next tick.
     shutdown_pending: bool,
+    /// The listening sockets a graceful stop refuses new connections on.
+    refusals: Vec<Refusal>,
+}
+
+/// A listening socket that stops taking connections when a graceful stop
+/// (not a handover) begins.
+struct Refusal {
+    socket: OwnedFd,
+    /// For a unix socket: its path, and the file (device, inode) the path
+    /// was when the socket was given, so only that file is removed.
+    unix: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+impl Refusal {
+    /// `None` for a descriptor that is not a listening socket.
+    fn new(socket: BorrowedFd<'_>) -> io::Result<Option<Self>> {
+        use rustix::net::{AddressFamily, SocketAddrAny, getsockname, sockopt};
+        if !sockopt::socket_acceptconn(socket).unwrap_or(false) {
+            return Ok(None);
+        }
+        let socket = socket.try_clone_to_owned()?;
+        let family = getsockname(&socket).map(|a: SocketAddrAny| a.address_family());
+        if family != Ok(AddressFamily::UNIX) {
+            return Ok(Some(Self { socket, unix: None }));
+        }
+        let listener = std::os::unix::net::UnixListener::from(socket);
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(std::path::Path::to_owned));
+        let unix = path.and_then(|path| {
+            let id = file_id(&path)?;
+            Some((path, id))
+        });
+        Ok(Some(Self {
+            socket: listener.into(),
+            unix,
+        }))
+    }
+
+    /// Stops new connections: a TCP socket's reading side is shut down,
+    /// which takes it out of `LISTEN` for every process holding a copy; a
+    /// unix socket's path is removed (when it still names the socket's
+    /// file), so new clients get ENOENT while connections already queued
+    /// can still be accepted.
+    fn refuse(&self) {
+        match &self.unix {
+            None => {
+                let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Read);
+            }
+            Some((path, id)) => {
+                if file_id(path) == Some(*id) {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => log::debug!(
+                            target: "ufork",
+                            "removed {}: new connections are refused",
+                            path.display()
+                        ),
+                        Err(e) => log::warn!(
+                            target: "ufork",
+                            "cannot remove {} to refuse new connections: {e}",
+                            path.display()
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Device and inode of the file at `path` (not following a symlink).
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 impl fmt::Debug for Upgrader {
@@ -398,14 +479,16 @@ impl Upgrader {
             state: State::Idle,
             leftovers: Vec::new(),
             shutdown_pending: false,
+            refusals: Vec::new(),
         })
     }
 
     /// Hands a copy of `socket` to the new arbiter under `name` (a
     /// `LISTEN_FDNAMES` entry; the order of calls is the order of fds 3, 4,
-    /// ...), and shuts it down when a graceful stop begins. Any descriptor can
-    /// be handed over (a control socket, say); only listening sockets are
-    /// shut down.
+    /// ...), and refuses new connections on it when a graceful stop (not a
+    /// handover) begins: a TCP socket is shut down, a unix socket's path
+    /// removed (see the [module docs](self)). Any descriptor can be handed
+    /// over (a control socket, say); only listening sockets are refused.
     ///
     /// # Errors
     ///
@@ -418,7 +501,22 @@ impl Upgrader {
             ));
         }
         let fd = socket.as_fd().try_clone_to_owned()?;
+        self.refusals.extend(Refusal::new(fd.as_fd())?);
         self.handover.push((name.to_owned(), fd));
+        Ok(self)
+    }
+
+    /// A listening socket that is not handed over but still stops taking
+    /// connections when a graceful stop begins, like those given to
+    /// [`listener`](Self::listener) (a unix socket whose path the old
+    /// arbiter removes, say). A descriptor that is not a listening socket is
+    /// ignored.
+    ///
+    /// # Errors
+    ///
+    /// The descriptor cannot be duplicated.
+    pub fn refuse_at_stop(mut self, socket: impl AsFd) -> io::Result<Self> {
+        self.refusals.extend(Refusal::new(socket.as_fd())?);
         Ok(self)
     }
 
@@ -741,10 +839,8 @@ impl Layer for Upgrader {
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
         if std::mem::take(&mut self.shutdown_pending) {
-            for (_, fd) in &self.handover {
-                // Only listening sockets change; anything else says ENOTCONN
-                // or ENOTSOCK, which is fine to ignore.
-                let _ = rustix::net::shutdown(fd, rustix::net::Shutdown::Read);
+            for refusal in &self.refusals {
+                refusal.refuse();
             }
         }
         let State::Starting(s) = &self.state else {

@@ -301,3 +301,95 @@ fn sigusr2_upgrades_a_pool_with_an_upgrader_and_is_ignored_without_one() {
     let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
     assert_eq!(util::children_of_self(), Vec::<i32>::new());
 }
+
+#[test]
+fn a_graceful_stop_removes_a_unix_socket_path_and_workers_finish_what_they_hold() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let _g = lock();
+    let dir = std::env::temp_dir().join(format!("ufork-core-unix-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("pool.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let upgrader = Upgrader::new(sh("exit 3", &[]))
+        .unwrap()
+        .listener("unix", &listener)
+        .unwrap();
+    let mut ev = util::Events::new();
+    let tx = ev.sender();
+    let (release_r, release_w) = rustix::pipe::pipe().unwrap();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .graceful_timeout(DEADLINE)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter
+        .spawn_guarded(move |w: &mut ufork_core::Worker| -> Result<(), String> {
+            let (mut held, _) = listener.accept().map_err(|e| e.to_string())?;
+            w.ready();
+            tx.send("accepted");
+            w.wait_for_stop(None);
+            tx.send("stopping");
+            let mut byte = [0u8; 1];
+            let _ = rustix::io::read(&release_r, &mut byte);
+            // What it held, and what was queued before the stop, are served.
+            held.write_all(b"held").map_err(|e| e.to_string())?;
+            let (mut queued, _) = listener.accept().map_err(|e| e.to_string())?;
+            queued.write_all(b"queued").map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .unwrap();
+    let mut held = UnixStream::connect(&path).unwrap();
+    ev.expect("the first connection accepted", |l| l == "accepted");
+    let mut queued = UnixStream::connect(&path).unwrap();
+    handle.stop();
+    ev.expect("the worker heard the stop", |l| l == "stopping");
+    util::wait_until("the socket's path is removed", || {
+        std::fs::symlink_metadata(&path).is_err()
+    });
+    let err = UnixStream::connect(&path).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    rustix::io::write(&release_w, &[0]).unwrap();
+    for (stream, want) in [(&mut held, "held"), (&mut queued, "queued")] {
+        let mut got = String::new();
+        stream.read_to_string(&mut got).unwrap();
+        assert_eq!(got, want);
+    }
+    let outcome = joiner.join().unwrap().unwrap();
+    assert!(outcome.graceful);
+    assert_eq!(util::children_of_self(), Vec::<i32>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stop_leaves_a_unix_socket_path_a_later_server_took_over() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let _g = lock();
+    let dir = std::env::temp_dir().join(format!("ufork-core-unix-later-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("pool.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let upgrader = Upgrader::new(sh("exit 3", &[]))
+        .unwrap()
+        .listener("unix", &listener)
+        .unwrap();
+    // Another server replaced the file meanwhile.
+    std::fs::remove_file(&path).unwrap();
+    let later = UnixListener::bind(&path).unwrap();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    handle.stop();
+    let outcome = joiner.join().unwrap().unwrap();
+    assert!(outcome.graceful);
+    UnixStream::connect(&path).expect("the later server's socket is left alone");
+    drop((listener, later));
+    let _ = std::fs::remove_dir_all(&dir);
+}
