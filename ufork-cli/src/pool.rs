@@ -141,6 +141,8 @@ pub struct Session {
     /// a daemon (it does not daemonize again).
     detached: bool,
     takeover: upgrade::Takeover,
+    /// `--user` as root: the helper that keeps root for the files above.
+    privsep: Option<ufork_daemon::Privsep>,
 }
 
 impl Session {
@@ -215,6 +217,7 @@ impl Session {
             metrics_addr: None,
             detached: pool.daemon,
             takeover,
+            privsep: None,
         };
         if let Err(e) = session.setup(pool) {
             session.fail(&e);
@@ -252,6 +255,18 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             }
+        }
+        if pool.user.is_some() || pool.group.is_some() {
+            // Forked while the process has one thread (the capture's start
+            // below), before the drop; see privs::helper.
+            let pidfile =
+                (self._pidfile.as_ref()).or(self.daemon.as_ref().and_then(Daemon::pidfile));
+            let control = self
+                .control
+                .is_some()
+                .then_some(self.control_path.as_deref())
+                .flatten();
+            self.privsep = privs::helper(self.log.as_ref(), pidfile, control)?;
         }
         let capture = match &self.log {
             Some(log) => Capture::builder().sink(Sink::writer(log.clone())),
@@ -339,6 +354,9 @@ impl Session {
         if let Some(log) = &self.log {
             builder = builder.layer(Reopen { log: log.clone() });
         }
+        if let Some(helper) = &self.privsep {
+            builder = builder.layer(privs::ChildSide(helper.clone()));
+        }
         if let Some(daemon) = self.daemon.take() {
             builder = builder.layer(Readiness {
                 daemon,
@@ -380,6 +398,20 @@ impl Session {
         }
         if !self.prompt {
             term::say("press Ctrl-C to stop");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The pidfile goes while the privileged helper still serves; then
+        // the helper removes the control socket, exits and is reaped.
+        self._pidfile.take();
+        self.daemon.take();
+        if let Some(helper) = self.privsep.take() {
+            if let Err(e) = helper.finish() {
+                log::warn!(target: "ufork", "{}", e.report());
+            }
         }
     }
 }

@@ -6,10 +6,19 @@
 //! `initgroups` (the user's groups, not just one), then `setresgid` and
 //! `setresuid`, which glibc applies to every thread of the process (the
 //! per-thread system calls would leave other threads as root).
+//!
+//! Before the switch, [`helper`] forks ufork-daemon's privileged helper
+//! ([`Privsep`]): it stays root and, once the arbiter is not, rotates and
+//! reopens the log file, removes the pidfile and the control socket at the
+//! stop, in directories only root may write. [`ChildSide`] keeps every
+//! worker off its channel.
 
 use std::ffi::CString;
+use std::path::Path;
 
 use nix::unistd::{Gid, Group, Uid, User};
+use ufork_core::{ChildInfo, Layer};
+use ufork_daemon::{Pidfile, Privsep, RotatingFile};
 
 use crate::failure::{self, Failure, io_text};
 
@@ -114,6 +123,53 @@ impl Credentials {
 /// An unknown name, or the switch is not permitted.
 pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
     resolve(user, group)?.apply(user, group)
+}
+
+/// Forks the privileged helper for the files the arbiter must still touch
+/// after `--user`/`--group` took effect: the log file (rotation, reopen on
+/// SIGUSR1), the pidfile and the control socket (removed at the stop). Only
+/// as root, where there is a privilege to keep, and only when there is a
+/// file to serve. Call it while the process has one thread.
+///
+/// # Errors
+///
+/// The helper cannot be started (a message naming `--user`).
+pub fn helper(
+    log: Option<&RotatingFile>,
+    pidfile: Option<&Pidfile>,
+    control: Option<&Path>,
+) -> Result<Option<Privsep>, Failure> {
+    if !Uid::effective().is_root() || (log.is_none() && pidfile.is_none() && control.is_none()) {
+        return Ok(None);
+    }
+    let mut builder = Privsep::builder();
+    if let Some(log) = log {
+        builder = builder.log(log);
+    }
+    if let Some(pidfile) = pidfile {
+        builder = builder.pidfile(pidfile);
+    }
+    if let Some(control) = control {
+        builder = builder.remove_at_stop(control);
+    }
+    builder.start().map(Some).map_err(|e| {
+        failure::runtime(format!(
+            "--user: cannot start the privileged helper: {}",
+            e.report()
+        ))
+    })
+}
+
+/// In every worker, right after the fork: the helper's channel is the
+/// arbiter's alone (a worker could otherwise send it requests or take its
+/// answers), so the worker's copy is pointed at /dev/null.
+#[derive(Debug)]
+pub struct ChildSide(pub Privsep);
+
+impl Layer for ChildSide {
+    fn in_child(&mut self, _child: &ChildInfo) -> std::io::Result<()> {
+        self.0.close_in_child()
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod cli;
 mod ops;
 mod output;
+mod privsep;
 mod upgrade;
 mod util;
 

@@ -903,7 +903,7 @@ fn stop_daemon(daemon: Option<&Watched>, terminate: bool) {
 }
 
 /// Threads of the calling process, from /proc (`None` if unreadable).
-fn thread_count() -> Option<usize> {
+pub(crate) fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Threads:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -158,6 +158,23 @@ pub enum Error {
         /// The daemon's pid, 0 when it died before telling it.
         pid: i32,
     },
+    /// A path granted to the privileged helper cannot be prepared (its
+    /// directory cannot be opened), or is served by a helper already.
+    #[error("cannot grant {path} to the privileged helper")]
+    GrantPath {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Starting, asking or stopping the privileged helper failed.
+    #[error("privileged helper failed")]
+    Privsep {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Sending a signal failed.
     #[error("cannot send signal {signal} to {pid}")]
     Signal {

@@ -22,6 +22,10 @@
 //! - [`RotatingFile`] rotates `path`, `path.1` … `path.N` by size at line
 //!   boundaries, reopens for an external logrotate, creates files with mode
 //!   0640, and keeps writing to the current file when a rotation fails.
+//! - [`Privsep`] is the privileged helper of a server that drops root: forked
+//!   before the drop, it rotates and reopens a [`RotatingFile`] and removes a
+//!   [`Pidfile`] (and a control socket) in directories only root may write,
+//!   on the paths granted at its start and nothing else.
 //!
 //! # Examples
 //!
@@ -95,6 +99,7 @@ mod control;
 mod daemonize;
 mod error;
 mod pidfile;
+mod privsep;
 mod rotate;
 mod sys;
 
@@ -102,6 +107,7 @@ pub use control::{Status, read_pid, signal, signal_group, signal_pidfile, status
 pub use daemonize::{DEFAULT_TIMEOUT, DEFAULT_UMASK, Daemon, Daemonize, Launched, daemonize};
 pub use error::{Error, Result};
 pub use pidfile::Pidfile;
+pub use privsep::{Privsep, PrivsepBuilder};
 pub use rotate::{
     DEFAULT_BACKUPS, DEFAULT_MAX_SIZE, DEFAULT_MODE, RotatingFile, RotatingFileBuilder,
 };

@@ -4,12 +4,14 @@ use std::fs::File;
 use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::privsep::Privsep;
 
 /// How long to wait for the lock holder to write its pid. The holder writes it
 /// right after taking the lock, so an empty file under a held lock is a window
@@ -51,6 +53,9 @@ pub struct Pidfile {
     file: File,
     path: PathBuf,
     pid: i32,
+    /// The privileged helper that removes the file once this process may
+    /// not, and the file's number in its grants.
+    privsep: OnceLock<(Privsep, u32)>,
 }
 
 impl Pidfile {
@@ -77,7 +82,12 @@ impl Pidfile {
             path: path.clone(),
             source,
         })?;
-        Ok(Pidfile { file, path, pid })
+        Ok(Pidfile {
+            file,
+            path,
+            pid,
+            privsep: OnceLock::new(),
+        })
     }
 
     /// The pidfile's path.
@@ -89,6 +99,28 @@ impl Pidfile {
     pub fn pid(&self) -> i32 {
         self.pid
     }
+
+    /// The device and inode of the file.
+    pub(crate) fn file_id(&self) -> rustix::io::Result<(u64, u64)> {
+        rustix::fs::fstat(&self.file).map(|s| (s.st_dev, s.st_ino))
+    }
+
+    /// From now on, the file is removed by `helper` (file number `index` of
+    /// its grants).
+    pub(crate) fn attach(&self, helper: Privsep, index: u32) {
+        let _ = self.privsep.set((helper, index));
+    }
+
+    /// The open file (holding the lock).
+    #[cfg(test)]
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether a privileged helper removes the file.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.privsep.get().is_some()
+    }
 }
 
 impl Drop for Pidfile {
@@ -98,8 +130,15 @@ impl Drop for Pidfile {
         if rustix::process::getpid().as_raw_pid() == self.pid && names_file(&self.path, &self.file)
         {
             // Removed while still locked, so nobody can take over a file that
-            // is about to disappear (see `lock_fresh`).
-            let _ = std::fs::remove_file(&self.path);
+            // is about to disappear (see `lock_fresh`); by the privileged
+            // helper when this process dropped the right to.
+            let removed = match self.privsep.get() {
+                Some((helper, index)) => helper.remove_file(*index).is_ok(),
+                None => false,
+            };
+            if !removed {
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
     }
 }

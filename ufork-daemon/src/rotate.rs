@@ -3,12 +3,15 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use rustix::fs::{Mode, OFlags};
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::privsep::Privsep;
 
 /// Default size at which the file is rotated: 8 MiB, like uFork.
 pub const DEFAULT_MAX_SIZE: u64 = 8 * 1024 * 1024;
@@ -70,6 +73,16 @@ impl RotatingFileBuilder {
         &self.path
     }
 
+    /// How many rotated files are kept.
+    pub(crate) fn backup_count(&self) -> usize {
+        self.backups
+    }
+
+    /// The mode of files this creates.
+    pub(crate) fn file_mode(&self) -> u32 {
+        self.mode
+    }
+
     /// The same settings for another path.
     pub(crate) fn with_path(mut self, path: PathBuf) -> Self {
         self.path = path;
@@ -106,6 +119,7 @@ impl RotatingFileBuilder {
             shared: Arc::new(Shared {
                 config: self,
                 state: Mutex::new(state),
+                privsep: OnceLock::new(),
             }),
         })
     }
@@ -158,6 +172,9 @@ pub struct RotatingFile {
 struct Shared {
     config: RotatingFileBuilder,
     state: Mutex<State>,
+    /// The privileged helper that renames and opens the files once this
+    /// process dropped its privileges, and this log's number in its grants.
+    privsep: OnceLock<(Privsep, u32)>,
 }
 
 #[derive(Debug)]
@@ -216,11 +233,14 @@ impl RotatingFile {
     /// to the file open before.
     pub fn reopen(&self) -> Result<()> {
         let config = &self.shared.config;
-        let (file, size) =
-            open_log(&config.path, config.mode).map_err(|source| Error::OpenLog {
-                path: config.path.clone(),
-                source,
-            })?;
+        let opened = match self.shared.privsep.get() {
+            Some((helper, index)) => helper.reopen_log(*index),
+            None => open_log(&config.path, config.mode),
+        };
+        let (file, size) = opened.map_err(|source| Error::OpenLog {
+            path: config.path.clone(),
+            source,
+        })?;
         if config.redirect_stdio {
             point_stdio_at(&file).map_err(|source| Error::OpenLog {
                 path: config.path.clone(),
@@ -244,10 +264,27 @@ impl RotatingFile {
     /// then goes on to the current file.
     pub fn rotate(&self) -> Result<()> {
         let mut state = self.lock();
-        let result = state.rotate(&self.shared.config);
+        let result = state.rotate(&self.shared);
         // The caller gets this failure: it needs no log line.
         state.unlogged = None;
         result
+    }
+
+    /// The settings this file was opened with.
+    pub(crate) fn config(&self) -> &RotatingFileBuilder {
+        &self.shared.config
+    }
+
+    /// From now on, rotations and reopens are done by `helper` (log number
+    /// `index` of its grants). Returns `false` if a helper was attached
+    /// already.
+    pub(crate) fn attach(&self, helper: Privsep, index: u32) -> bool {
+        self.shared.privsep.set((helper, index)).is_ok()
+    }
+
+    /// Whether a privileged helper rotates and reopens the file.
+    pub(crate) fn is_attached(&self) -> bool {
+        self.shared.privsep.get().is_some()
     }
 
     /// The last rotation error not taken yet (rotation errors never fail a
@@ -275,7 +312,7 @@ impl Write for &RotatingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let (result, failure) = {
             let mut state = self.lock();
-            let result = state.write(&self.shared.config, buf);
+            let result = state.write(&self.shared, buf);
             (result, state.take_unreported())
         };
         if let Some(message) = failure {
@@ -308,7 +345,7 @@ impl Drop for Shared {
 }
 
 impl State {
-    fn write(&mut self, config: &RotatingFileBuilder, buf: &[u8]) -> io::Result<usize> {
+    fn write(&mut self, shared: &Shared, buf: &[u8]) -> io::Result<usize> {
         let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') else {
             self.pending.extend_from_slice(buf);
             if self.pending.len() > MAX_PENDING {
@@ -318,12 +355,12 @@ impl State {
         };
         let (lines, rest) = buf.split_at(last_newline + 1);
         if self.pending.is_empty() {
-            self.write_lines(config, lines)?;
+            self.write_lines(shared, lines)?;
         } else {
             let before = self.pending.len();
             self.pending.extend_from_slice(lines);
             let joined = std::mem::take(&mut self.pending);
-            let result = self.write_lines(config, &joined);
+            let result = self.write_lines(shared, &joined);
             self.pending = joined;
             if let Err(error) = result {
                 self.pending.truncate(before);
@@ -336,7 +373,8 @@ impl State {
     }
 
     /// Writes `data`, which ends with a newline, rotating between lines.
-    fn write_lines(&mut self, config: &RotatingFileBuilder, data: &[u8]) -> io::Result<()> {
+    fn write_lines(&mut self, shared: &Shared, data: &[u8]) -> io::Result<()> {
+        let config = &shared.config;
         let mut rest = data;
         if self.mid_line {
             // The file ends inside a line: its remainder belongs here.
@@ -363,7 +401,7 @@ impl State {
                 rest = &rest[end..];
                 continue;
             }
-            if self.size < self.retry_at || self.rotate(config).is_err() {
+            if self.size < self.retry_at || self.rotate(shared).is_err() {
                 return self.write_raw(rest);
             }
         }
@@ -387,8 +425,9 @@ impl State {
 
     /// Shifts `path.N-1` … `path` one step up and opens a fresh `path`. On
     /// failure the current file stays in use.
-    fn rotate(&mut self, config: &RotatingFileBuilder) -> Result<()> {
-        match self.try_rotate(config) {
+    fn rotate(&mut self, shared: &Shared) -> Result<()> {
+        let config = &shared.config;
+        match self.try_rotate(shared) {
             Ok(()) => {
                 self.retry_at = 0;
                 self.failing = false;
@@ -414,18 +453,16 @@ impl State {
         }
     }
 
-    fn try_rotate(&mut self, config: &RotatingFileBuilder) -> io::Result<()> {
-        let path = &config.path;
-        if config.backups == 0 {
-            remove_if_present(path)?;
-        } else {
-            for n in (1..config.backups).rev() {
-                rename_if_present(&numbered(path, n), &numbered(path, n + 1))?;
-            }
-            std::fs::rename(path, numbered(path, 1))?;
-        }
+    fn try_rotate(&mut self, shared: &Shared) -> io::Result<()> {
+        let config = &shared.config;
         // If this fails, the old file (now path.1) keeps receiving lines.
-        let (file, size) = open_log(path, config.mode)?;
+        let (file, size) = match shared.privsep.get() {
+            Some((helper, index)) => helper.rotate_log(*index)?,
+            None => {
+                shift(CWD, &config.path, config.backups)?;
+                open_log_at(CWD, &config.path, config.mode, Follow::Yes)?
+            }
+        };
         if config.redirect_stdio {
             point_stdio_at(&file)?;
         }
@@ -465,48 +502,100 @@ fn numbered(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
-    match std::fs::rename(from, to) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
+/// Shifts `name.N-1` … `name` one step up in `dir` (`name` is dropped when
+/// no backups are kept): the renames of a rotation. `dir` is [`CWD`] with a
+/// whole path as `name`, or the privileged helper's directory descriptor
+/// with a file name.
+pub(crate) fn shift(dir: BorrowedFd<'_>, name: &Path, backups: usize) -> io::Result<()> {
+    if backups == 0 {
+        return remove_if_present(dir, name);
+    }
+    for n in (1..backups).rev() {
+        rename_if_present(dir, &numbered(name, n), &numbered(name, n + 1))?;
+    }
+    rustix::fs::renameat(dir, name, dir, numbered(name, 1))?;
+    Ok(())
+}
+
+fn rename_if_present(dir: BorrowedFd<'_>, from: &Path, to: &Path) -> io::Result<()> {
+    match rustix::fs::renameat(dir, from, dir, to) {
+        Err(Errno::NOENT) => Ok(()),
+        other => Ok(other?),
     }
 }
 
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
+fn remove_if_present(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(Errno::NOENT) => Ok(()),
+        other => Ok(other?),
     }
+}
+
+/// Whether the last component of a log's path may be a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Follow {
+    /// As the user asked: a symlinked log file is followed.
+    Yes,
+    /// For the privileged helper, which hands the descriptor to an
+    /// unprivileged process: only a regular file that is no symlink, or the
+    /// helper could be made to open any file of root's for it.
+    No,
 }
 
 /// Opens `path` for appending, creating it with exactly `mode` if it does not
 /// exist. Returns the file and its current size.
 fn open_log(path: &Path, mode: u32) -> io::Result<(File, u64)> {
-    let flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC;
+    open_log_at(CWD, path, mode, Follow::Yes)
+}
+
+/// [`open_log`] relative to `dir`.
+pub(crate) fn open_log_at(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    mode: u32,
+    follow: Follow,
+) -> io::Result<(File, u64)> {
+    let mut flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC;
+    if follow == Follow::No {
+        // NONBLOCK: opening a FIFO planted there must not hang the helper.
+        flags |= OFlags::NOFOLLOW | OFlags::NONBLOCK;
+    }
     loop {
-        match rustix::fs::open(
-            path,
+        match rustix::fs::openat(
+            dir,
+            name,
             flags | OFlags::CREATE | OFlags::EXCL,
             Mode::from_raw_mode(mode),
         ) {
             Ok(fd) => {
                 // The umask may have taken bits away.
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-                return Ok((File::from(fd), 0));
+                return opened(fd, follow);
             }
             Err(Errno::EXIST) => {}
             Err(errno) => return Err(errno.into()),
         }
-        match rustix::fs::open(path, flags, Mode::empty()) {
-            Ok(fd) => {
-                let size = rustix::fs::fstat(&fd)?.st_size as u64;
-                return Ok((File::from(fd), size));
-            }
+        match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => return opened(fd, follow),
             // Removed between the two opens: create it after all.
             Err(Errno::NOENT) => continue,
             Err(errno) => return Err(errno.into()),
         }
     }
+}
+
+fn opened(fd: OwnedFd, follow: Follow) -> io::Result<(File, u64)> {
+    let stat = rustix::fs::fstat(&fd)?;
+    if follow == Follow::No {
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        rustix::fs::fcntl_setfl(&fd, OFlags::APPEND)?;
+    }
+    Ok((File::from(fd), u64::try_from(stat.st_size).unwrap_or(0)))
 }
 
 fn point_stdio_at(file: &File) -> io::Result<()> {
@@ -541,7 +630,7 @@ mod tests {
         let mut logged = 0;
         for _ in 0..10 {
             let mut state = log.lock();
-            state.write(&log.shared.config, b"abc\n").unwrap();
+            state.write(&log.shared, b"abc\n").unwrap();
             logged += usize::from(state.take_unreported().is_some());
         }
         assert_eq!(logged, 1, "one log line per failing streak");
@@ -552,7 +641,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("log.1/blocker")).unwrap();
         let mut state = log.lock();
         for _ in 0..3 {
-            state.write(&log.shared.config, b"abc\n").unwrap();
+            state.write(&log.shared, b"abc\n").unwrap();
         }
         assert!(state.take_unreported().is_some());
         drop(state);

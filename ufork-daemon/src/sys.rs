@@ -1,8 +1,11 @@
-//! The two system calls rustix has no safe wrapper for: `fork` and `_exit`.
+//! The system calls rustix has no safe wrapper for: `fork`, `_exit`, and
+//! what turns a fork into the privileged helper (closing inherited
+//! descriptors, ignoring signals, `dup3` over a descriptor in place).
 //! Everything else goes through rustix's safe API.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Which side of a fork the caller is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,4 +41,119 @@ pub(crate) fn fork() -> io::Result<Forked> {
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Turns the calling process, just forked, into a helper that runs `body`
+/// and exits with its code: every descriptor but those in `keep` is closed
+/// (0, 1 and 2 too, unless kept), the signals a stop or a reload sends to a
+/// whole process group or cgroup are ignored (the helper's life is its
+/// channel's, not theirs), the signal mask is emptied, and a panic in `body`
+/// ends the process with 70 (EX_SOFTWARE) instead of unwinding into the
+/// caller's stack. Never returns.
+///
+/// Memory the fork copied may hold `OwnedFd`s for the numbers closed here:
+/// they are never used nor dropped, because the process ends with `_exit`
+/// as soon as `body` returns, and `body` only touches what it captured.
+pub(crate) fn become_helper(keep: &[RawFd], body: impl FnOnce() -> i32) -> ! {
+    close_all_except(keep);
+    // 0, 1 and 2 on /dev/null: a descriptor the helper opens later must
+    // never take their numbers, where a stray write (a panic message) would
+    // land in it.
+    if let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
+    for signal in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN installs no handler, so no code runs in signal
+        // context; `signal` only changes this process' disposition.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+    // SAFETY: `set` is a valid, initialised (emptied) signal set that lives
+    // across both calls; a null old-set pointer is allowed.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut());
+    }
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(70);
+    exit_now(code)
+}
+
+/// Closes every descriptor not in `keep`: `close_range(2)` over the gaps,
+/// or each number listed in /proc/self/fd where that call is missing.
+fn close_all_except(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    let mut first = 0u32;
+    let mut ranges = Vec::new();
+    for &fd in &keep {
+        if fd > first {
+            ranges.push((first, fd - 1));
+        }
+        first = fd.saturating_add(1);
+    }
+    ranges.push((first, u32::MAX));
+    for (low, high) in ranges {
+        // SAFETY: close_range only closes descriptors; see `become_helper`
+        // for why no owner of these numbers is used again.
+        let done = unsafe { libc::syscall(libc::SYS_close_range, low, high, 0u32) } == 0;
+        if !done {
+            close_listed(low, high);
+        }
+    }
+}
+
+fn close_listed(low: u32, high: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let numbers: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| (low..=high).contains(fd))
+        .collect();
+    for fd in numbers {
+        if let Ok(fd) = RawFd::try_from(fd) {
+            // SAFETY: as in `close_all_except` (the directory's own
+            // descriptor is closed already and fails harmlessly).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Points `fd` at /dev/null, in place: the number stays open and owned by
+/// the same `OwnedFd`, but reaches nothing any more. For a process forked
+/// from the owner of a channel it must not use (a worker must neither send
+/// to the privileged helper nor take its answers).
+pub(crate) fn point_at_devnull(fd: &OwnedFd) -> io::Result<()> {
+    let null = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    // SAFETY: both numbers are open and owned by live `OwnedFd`s (`null`
+    // here, `fd` by the caller's); dup3 replaces what `fd`'s number refers
+    // to atomically, so that number never dangles and keeps its one owner.
+    let done = unsafe { libc::dup3(null.as_raw_fd(), fd.as_raw_fd(), libc::O_CLOEXEC) };
+    if done == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

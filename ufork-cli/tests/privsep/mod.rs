@@ -1,0 +1,220 @@
+//! `--user` with the daemon's files in a directory only root may write: the
+//! privileged helper (ufork-daemon's `Privsep`) rotates and reopens the log
+//! and removes the pidfile and the control socket once the arbiter runs as
+//! `nobody`. Issue 10, must-have 6.
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::util::*;
+
+/// The uid on a `/proc/PID/status` line `Uid:` (all four ids must agree).
+fn uid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let ids: HashSet<&str> = line.split_whitespace().collect();
+    match ids.into_iter().collect::<Vec<_>>()[..] {
+        [one] => one.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The children of `parent`, each with its `comm`.
+fn children(parent: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if ppid == Some(&parent.to_string()) {
+            found.push((pid, stat[open + 1..close].to_owned()));
+        }
+    }
+    found
+}
+
+/// The socket inodes `pid` holds open.
+fn sockets_of(pid: i32) -> HashSet<u64> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The inodes of every `SOCK_SEQPACKET` unix socket (the helper's channel
+/// is one), from /proc/net/unix.
+fn seqpacket_inodes() -> HashSet<u64> {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(4) == Some(&"0005")).then(|| fields.get(6)?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Waits until `done` holds, re-checking every 10 ms: for effects of the
+/// daemon's writer thread, which nothing else announces.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Every file of the log: `l`, `l.1`, `l.2`, and one moved away.
+fn whole_log(dir: &TempDir) -> String {
+    ["l.2", "l.1", "moved", "l"]
+        .iter()
+        .map(|name| read(&dir.join(name)))
+        .collect()
+}
+
+#[test]
+fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_directory() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        println!("skipped: no user nobody");
+        return;
+    };
+    let dir = TempDir::new("privsep");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (pidfile, log) = (dir.str("p"), dir.str("l"));
+    let _guard = DaemonGuard(dir.join("p"));
+    let out = run(&[
+        "serve",
+        dir.path().to_str().unwrap(),
+        "--daemon",
+        "--user",
+        "nobody",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+        "--log-file",
+        &log,
+        "--log-max-bytes",
+        "300",
+        "--log-keep",
+        "2",
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let pid: i32 = read(&dir.join("p")).trim().parse().unwrap();
+    assert_eq!(
+        uid_of(pid),
+        Some(nobody.uid.as_raw()),
+        "the arbiter is nobody"
+    );
+
+    // Root after the drop: the helper, and nothing else.
+    let kids = children(pid);
+    let helpers: Vec<i32> = kids
+        .iter()
+        .filter(|(_, comm)| comm == "ufork-privsep")
+        .map(|&(pid, _)| pid)
+        .collect();
+    let [helper] = helpers[..] else {
+        panic!("one helper expected: {kids:?}");
+    };
+    assert_eq!(uid_of(helper), Some(0), "the helper keeps root");
+    let workers: Vec<i32> = kids
+        .iter()
+        .map(|&(p, _)| p)
+        .filter(|&p| p != helper)
+        .collect();
+    assert!(!workers.is_empty(), "{kids:?}");
+    // The channel is the arbiter's alone: no worker holds it.
+    let channels: HashSet<u64> = &sockets_of(pid) & &seqpacket_inodes();
+    assert!(
+        !channels.is_empty(),
+        "the arbiter holds the helper's channel"
+    );
+    for &worker in &workers {
+        assert_eq!(uid_of(worker), Some(nobody.uid.as_raw()));
+        assert!(
+            sockets_of(worker).is_disjoint(&channels),
+            "worker {worker} holds the helper's channel"
+        );
+    }
+
+    // Size-triggered rotation: each reload logs a few lines, past 300 bytes
+    // after two at most. Renaming in this directory takes root.
+    for _ in 0..2 {
+        let reload = run(&["reload", "--pidfile", &pidfile]);
+        assert_eq!(reload.code(), Some(0), "{reload:#?}");
+    }
+    wait_until("a rotation (l.1 and l.2)", || {
+        dir.join("l.1").exists() && dir.join("l.2").exists()
+    });
+    let meta = std::fs::metadata(dir.join("l.1")).unwrap();
+    assert!(meta.len() <= 300, "rotated at the size: {}", meta.len());
+
+    // logrotate's way: move the file, then SIGUSR1. Creating the new file
+    // takes root too.
+    std::fs::rename(dir.join("l"), dir.join("moved")).unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), Signal::USR1)
+        .unwrap();
+    wait_until("the reopened log file", || {
+        read(&dir.join("l")).contains("reopened the log file")
+    });
+
+    // `ufork stop` through the control socket (which removes nothing
+    // itself), then the arbiter's exit: by then the helper removed the
+    // pidfile and the socket, and was reaped.
+    let stop = run(&["stop", "--control-socket", &dir.str("p.sock")]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(
+        ufork_daemon::wait_for_exit(pid, Some(DEADLINE)).unwrap(),
+        "the arbiter did not exit"
+    );
+    assert!(!dir.join("p").exists(), "pidfile left: {}", whole_log(&dir));
+    assert!(
+        !dir.join("p.sock").exists(),
+        "control socket left: {}",
+        whole_log(&dir)
+    );
+    for gone in std::iter::once(helper).chain(workers) {
+        assert!(
+            !Path::new(&format!("/proc/{gone}")).exists(),
+            "pid {gone} left behind"
+        );
+    }
+    let text = whole_log(&dir);
+    assert!(!text.contains("cannot"), "{text}");
+    assert!(text.contains("every worker reaped"), "{text}");
+    let stop = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(stop.code(), Some(3), "nothing left to stop: {stop:#?}");
+}
