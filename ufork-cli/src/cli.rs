@@ -10,7 +10,6 @@ use crate::cmd::run::RunArgs;
 use crate::cmd::serve::ServeArgs;
 use crate::cmd::status::StatusArgs;
 use crate::cmd::stop::StopArgs;
-use crate::cmd::target::TargetArgs;
 use crate::units::{parse_count_u32, parse_seconds, parse_size, parse_workers};
 
 const AFTER_HELP: &str = "\
@@ -73,10 +72,10 @@ Through the pool's control socket (given, or the one beside the pidfile) it prin
 each replaced worker as it happens and returns once every worker was replaced by
 a ready one: exit 0; 1 with the reason when the roll was abandoned (a replacement
 failed, or was not ready within the pool's --start-timeout: the old workers keep
-serving); 3 when nothing runs. It fits systemd's ExecReload=. A pool without that
-socket gets SIGHUP at its pid (verified: the holder of the pidfile's lock), and
-reload says that it did not wait.")]
-    Reload(TargetArgs),
+serving) or when --timeout passed first (the roll goes on); 3 when nothing runs.
+It fits systemd's ExecReload=. A pool without that socket gets SIGHUP at its pid
+(verified: the holder of the pidfile's lock), and reload says that it did not wait.")]
+    Reload(crate::cmd::reload::ReloadArgs),
     /// Re-execute a running pool's binary from disk, handing over its sockets; wait for the outcome.
     Upgrade(crate::cmd::upgrade::UpgradeArgs),
     /// Send a console command to a running pool, or open a prompt on it.

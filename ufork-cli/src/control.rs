@@ -519,7 +519,8 @@ impl Client {
     /// Like [`send`](Self::send), but hands the reply's text to `show`, whole
     /// lines as they arrive (the progress of a waiting `reload`), and returns
     /// the text that came with the reply's end (its outcome, on which the
-    /// caller decides) and whether the command succeeded.
+    /// caller decides) and whether the command succeeded; `None` when
+    /// `deadline` passed first (`None`: no deadline).
     ///
     /// # Errors
     ///
@@ -527,8 +528,9 @@ impl Client {
     pub fn send_streaming(
         &mut self,
         command: &str,
+        deadline: Option<Instant>,
         mut show: impl FnMut(&str),
-    ) -> Result<(String, bool), Failure> {
+    ) -> Result<Option<(String, bool)>, Failure> {
         let command = command.trim();
         if command.contains(['\n', '\r', '\0']) {
             return Err(failure::usage(
@@ -549,9 +551,27 @@ impl Client {
             .map_err(broken)?;
         let mut pending = Vec::new();
         loop {
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                self.reader
+                    .get_ref()
+                    .set_read_timeout(Some(left))
+                    .map_err(broken)?;
+            }
             let chunk = match self.reader.fill_buf() {
                 Ok(chunk) => chunk,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(broken(e)),
             };
             if chunk.is_empty() {
@@ -563,7 +583,7 @@ impl Client {
                 self.reader.consume(at + 1);
                 let mut status = String::new();
                 self.reader.read_line(&mut status).map_err(broken)?;
-                return Ok((printable(&pending), status.trim() == "ok"));
+                return Ok(Some((printable(&pending), status.trim() == "ok")));
             }
             pending.extend_from_slice(chunk);
             let used = chunk.len();

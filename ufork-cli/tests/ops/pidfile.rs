@@ -533,3 +533,60 @@ fn a_killed_pools_stale_pidfile_and_socket_mean_not_running_and_the_next_start_r
     assert_eq!(again.wait().code(), Some(0), "{}", again.transcript());
     assert!(!socket.exists());
 }
+
+#[test]
+fn reload_timeout_ends_the_wait_not_the_roll() {
+    let dir = TempDir::new("pidfile-reload-timeout");
+    let pidfile = dir.str("ufork.pid");
+    let script = dir.join("gated.py");
+    std::fs::write(&script, GATED_PY).unwrap();
+    let (hold, fifo) = (dir.str("hold"), dir.str("gate"));
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "2",
+        "--notify",
+        "--pidfile",
+        &pidfile,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &hold,
+        &fifo,
+    ]);
+    pool.expect_line("control socket");
+    let before = until_ready(&pidfile, 2);
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(&hold, "").unwrap();
+    // Slot 1's new worker waits at the gate: the roll cannot end in 1 s.
+    let out = run(&["reload", "--pidfile", &pidfile, "--timeout", "1"]);
+    assert_one_line_error(&out, 1, &["not finished within 1s", "it goes on"]);
+    assert!(out.stdout.contains("worker 0: pid"), "{out:#?}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gate = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(gate, "go\n"));
+    });
+    rx.recv_timeout(DEADLINE)
+        .expect("slot 1's new worker opens the gate")
+        .unwrap();
+    // The roll went on and ends: two ready workers, none of the old ones.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (pids, ready, _) = workers(&pidfile);
+        if ready == 2 && pids.len() == 2 && pids.is_disjoint(&before) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pids:?} {ready}");
+        std::thread::yield_now();
+    }
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
