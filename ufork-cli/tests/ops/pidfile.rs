@@ -564,10 +564,10 @@ fn reload_timeout_ends_the_wait_not_the_roll() {
             .success()
     );
     std::fs::write(&hold, "").unwrap();
-    // Slot 1's new worker waits at the gate: the roll cannot end in 1 s.
+    // Slot 1's new worker waits at the gate: the roll cannot end in 1 s
+    // (whether slot 0 is told by then depends on the machine's load).
     let out = run(&["reload", "--pidfile", &pidfile, "--timeout", "1"]);
     assert_one_line_error(&out, 1, &["not finished within 1s", "it goes on"]);
-    assert!(out.stdout.contains("worker 0: pid"), "{out:#?}");
     let (tx, rx) = std::sync::mpsc::channel();
     let gate = fifo.clone();
     std::thread::spawn(move || {
