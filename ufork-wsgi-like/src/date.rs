@@ -5,33 +5,42 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Length of an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub(crate) const DATE_LEN: usize = 29;
 
-/// The current date, reformatted only when the second changes.
+/// `date: ` and the CRLF around an IMF-fixdate.
+const LINE_LEN: usize = "date: ".len() + DATE_LEN + 2;
+
+/// The current date as a whole header line, reformatted only when the
+/// second changes (a response copies it out in one piece).
 #[derive(Debug)]
 pub(crate) struct DateCache {
     secs: u64,
-    text: [u8; DATE_LEN],
+    line: [u8; LINE_LEN],
 }
 
 impl DateCache {
     pub(crate) fn new() -> Self {
+        let mut line = [b' '; LINE_LEN];
+        line[..6].copy_from_slice(b"date: ");
+        line[LINE_LEN - 2..].copy_from_slice(b"\r\n");
         let mut cache = Self {
             secs: u64::MAX,
-            text: [b' '; DATE_LEN],
+            line,
         };
-        cache.now();
+        cache.line();
         cache
     }
 
-    /// The date now.
-    pub(crate) fn now(&mut self) -> &[u8; DATE_LEN] {
+    /// `date: <now>\r\n`.
+    pub(crate) fn line(&mut self) -> &[u8; LINE_LEN] {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if secs != self.secs {
             self.secs = secs;
-            format(secs, &mut self.text);
+            let mut text = [0; DATE_LEN];
+            format(secs, &mut text);
+            self.line[6..6 + DATE_LEN].copy_from_slice(&text);
         }
-        &self.text
+        &self.line
     }
 }
 
@@ -147,6 +156,25 @@ mod tests {
         assert_eq!(text(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(text(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(text(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+
+    #[test]
+    fn the_cache_holds_a_header_line_of_now() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let line = DateCache::new().line().to_vec();
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            line.starts_with(b"date: ") && line.ends_with(b"\r\n"),
+            "{line:?}"
+        );
+        let secs = parse(&line[6..line.len() - 2]).unwrap();
+        assert!((before..=after).contains(&secs), "{before} {secs} {after}");
     }
 
     #[test]

@@ -43,18 +43,27 @@ pub(crate) fn parse(
     store: &mut BytesMut,
 ) -> Result<Option<Head>, StatusCode> {
     check_line(buf, limits.max_request_line_bytes)?;
-    let parsed = parse_sized(buf, limits, store);
-    if parsed.as_ref().err() == Some(&StatusCode::HTTP_VERSION_NOT_SUPPORTED) {
-        if let Some(minor) = higher_minor(buf) {
+    parse_sized(buf, limits, store)
+}
+
+/// What a head whose version httparse refused gets: `505`, unless it says
+/// HTTP/1.2 to 1.9.
+fn unsupported_version(
+    buf: &[u8],
+    limits: &Limits,
+    store: &mut BytesMut,
+) -> Result<Option<Head>, StatusCode> {
+    match higher_minor(buf) {
+        Some(minor) => {
             // RFC 9110 §2.5: a higher minor version of 1.x is served as 1.1.
             // httparse knows only 1.0 and 1.1, so parse a copy that says 1.1
             // (same length: every offset in the head stays right).
             let mut copy = buf.to_vec();
             copy[minor] = b'1';
-            return parse_sized(&copy, limits, store);
+            parse_sized(&copy, limits, store)
         }
+        None => Err(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
     }
-    parsed
 }
 
 /// `414 URI Too Long` once the request line at the start of `buf` is
@@ -113,7 +122,12 @@ fn parse_with<'b>(
         Err(httparse::Error::TooManyHeaders) => {
             return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(httparse::Error::Version) => {
+            return match version_error(buf) {
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED => unsupported_version(buf, limits, store),
+                status => Err(status),
+            };
+        }
         Err(_) => return Err(StatusCode::BAD_REQUEST),
     };
     if len > limits.max_header_bytes {
@@ -132,7 +146,7 @@ fn parse_with<'b>(
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,
-        _ => return Err(StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+        _ => return unsupported_version(buf, limits, store),
     };
     // The request is built in place: its header map is filled where it
     // stays, not moved into it (and an empty one dropped).
@@ -369,6 +383,11 @@ fn higher_minor(buf: &[u8]) -> Option<usize> {
 
 /// Appends a status line.
 pub(crate) fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    // Most responses say 200: no reason-phrase lookup for them.
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -382,21 +401,6 @@ pub(crate) fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Appends a decimal number.
-pub(crate) fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -637,11 +641,18 @@ mod tests {
     }
 
     #[test]
-    fn decimals() {
-        for n in [0u64, 7, 10, 12345, u64::MAX] {
+    fn status_lines() {
+        for (status, line) in [
+            (StatusCode::OK, "HTTP/1.1 200 OK\r\n"),
+            (StatusCode::NOT_FOUND, "HTTP/1.1 404 Not Found\r\n"),
+            (
+                StatusCode::from_u16(599).unwrap(),
+                "HTTP/1.1 599 Unknown\r\n",
+            ),
+        ] {
             let mut out = Vec::new();
-            decimal(&mut out, n);
-            assert_eq!(out, n.to_string().as_bytes());
+            status_line(&mut out, status);
+            assert_eq!(out, line.as_bytes());
         }
     }
 }

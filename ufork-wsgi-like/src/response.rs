@@ -14,7 +14,7 @@ use crate::ResponseBody;
 use crate::app::Kind;
 use crate::body::{Heartbeat, wait, write_all, write_all_vectored};
 use crate::date::DateCache;
-use crate::http1::{decimal, header_line, status_line};
+use crate::http1::{header_line, status_line};
 
 /// Bodies up to this size are copied behind the head and sent in one write.
 const COPY_LIMIT: usize = 16 * 1024;
@@ -96,7 +96,7 @@ pub(crate) fn write(
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !has_date {
-        header_line(out, b"date", date.now());
+        out.extend_from_slice(date.line());
     }
     let mut keep_alive = reply.keep_alive && !close;
     let app_len = app_len_header
@@ -120,16 +120,10 @@ pub(crate) fn write(
         Mode::UntilClose
     };
     match mode {
-        Mode::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
+        Mode::Length(n) => content_length(out, n),
         Mode::NoBody if status == StatusCode::NOT_MODIFIED => {
             if let Some(n) = app_len {
-                out.extend_from_slice(b"content-length: ");
-                decimal(out, n);
-                out.extend_from_slice(b"\r\n");
+                content_length(out, n);
             }
         }
         Mode::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -176,6 +170,26 @@ pub(crate) fn write(
         }
     }
     Ok(sent)
+}
+
+/// Appends `content-length: n\r\n`, made on the stack and copied once.
+fn content_length(out: &mut Vec<u8>, n: u64) {
+    const NAME: &[u8] = b"content-length: ";
+    let mut line = [0u8; NAME.len() + 20 + 2];
+    let mut end = line.len() - 2;
+    line[end..].copy_from_slice(b"\r\n");
+    let mut n = n;
+    loop {
+        end -= 1;
+        line[end] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = end - NAME.len();
+    line[start..end].copy_from_slice(NAME);
+    out.extend_from_slice(&line[start..]);
 }
 
 /// Sends `len` bytes of `file` from its position: sendfile(2), or reads and
@@ -345,6 +359,15 @@ pub(crate) fn error_response(status: StatusCode) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_lines() {
+        for n in [0u64, 7, 10, 14, 12345, u64::MAX] {
+            let mut out = b"x".to_vec();
+            content_length(&mut out, n);
+            assert_eq!(out, format!("xcontent-length: {n}\r\n").as_bytes());
+        }
+    }
 
     #[test]
     fn chunk_size_lines_are_hex() {

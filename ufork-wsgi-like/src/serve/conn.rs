@@ -127,7 +127,7 @@ impl Conn {
     /// [`PIPELINE_BUDGET`] of them before other connections get a turn.
     pub(super) fn serve_buffered(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
         for _ in 0..PIPELINE_BUDGET {
-            let input = lock(&self.input);
+            let mut input = lock(&self.input);
             if input.start == input.end {
                 drop(input);
                 if self.eof || stopping {
@@ -139,10 +139,10 @@ impl Conn {
                 }
                 return Next::Keep;
             }
-            let parsed = dispatch.parse(input.buffered());
-            drop(input);
-            match parsed {
+            let head = match dispatch.parse(input.buffered()) {
+                Ok(Some(head)) => head,
                 Ok(None) => {
+                    drop(input);
                     if self.eof {
                         return Next::Close;
                     }
@@ -155,14 +155,17 @@ impl Conn {
                     self.state = State::Head;
                     return Next::Keep;
                 }
-                Err(status) => return dispatch.reject(self, status),
-                Ok(Some(head)) => {
-                    self.state = State::Idle;
-                    let next = dispatch.handle(self, head, stopping);
-                    if next != Next::Keep {
-                        return next;
-                    }
+                Err(status) => {
+                    drop(input);
+                    return dispatch.reject(self, status);
                 }
+            };
+            let generation = dispatch.take_head(&mut input, &head);
+            drop(input);
+            self.state = State::Idle;
+            let next = dispatch.handle(self, head, generation, stopping);
+            if next != Next::Keep {
+                return next;
             }
         }
         Next::Again

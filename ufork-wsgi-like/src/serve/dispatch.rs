@@ -117,11 +117,16 @@ impl<'w> Dispatch<'w> {
         Next::Linger
     }
 
-    /// Runs the app on one request and writes its response; `Keep` if the
-    /// connection may go on.
-    pub(super) fn handle(&mut self, conn: &mut Conn, head: http1::Head, stopping: bool) -> Next {
+    /// Runs the app on one request, whose head [`take_head`](Self::take_head)
+    /// took, and writes its response; `Keep` if the connection may go on.
+    pub(super) fn handle(
+        &mut self,
+        conn: &mut Conn,
+        head: http1::Head,
+        generation: u64,
+        stopping: bool,
+    ) -> Next {
         let started = self.access.is_some().then(Instant::now);
-        let generation = self.take_head(conn, &head);
         self.worker.busy(&self.line);
         let answer = Answer {
             version: head.request.version(),
@@ -159,10 +164,10 @@ impl<'w> Dispatch<'w> {
         next
     }
 
-    /// Consumes the head from the buffer and sets the body's state up for
-    /// the new request; returns the request's body generation.
-    fn take_head(&mut self, conn: &Conn, head: &http1::Head) -> u64 {
-        let mut input = lock(&conn.input);
+    /// Consumes the head from the buffer (under the lock the parse held)
+    /// and sets the body's state up for the new request; returns the
+    /// request's body generation.
+    pub(super) fn take_head(&mut self, input: &mut Input, head: &http1::Head) -> u64 {
         let line = &input.buffered()[..head.line_len];
         self.line.clear();
         self.line
