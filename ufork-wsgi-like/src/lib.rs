@@ -126,11 +126,13 @@
 //!   [`Limits::max_header_bytes`] gets 431).
 //! - With `reuse_port`, connections queued on a worker's socket when that
 //!   worker exits are reset.
-//! - On the shared listener, idle threads take new connections in turn (each
-//!   moves to the back of the listener's wait queue after an accept), but a
-//!   burst of connections that arrives before the woken thread runs is
-//!   accepted by that thread: 64 keep-alive connections opened at once can
-//!   leave a worker with none.
+//! - Load on the shared listener is balanced by open connections, not by
+//!   busy time: idle threads take new connections in turn, and a thread
+//!   holding clearly more than the mean of every thread's connections (a
+//!   count kept in a table shared by the workers) stands aside for 20 ms,
+//!   so a burst (64 keep-alive connections opened at once) spreads evenly.
+//!   A connection that arrives while every thread holding fewer is busy in
+//!   a long request can wait those 20 ms for a thread that stands aside.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -9,9 +9,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
-use ufork_core::{Arbiter, Handle, Layer, Outcome, Worker};
+use ufork_core::{Arbiter, Context, ExitRecord, Handle, Layer, Outcome, Worker};
 
 use crate::access::Writer;
+use crate::serve::balance::Table;
 use crate::serve::{self, Config, WorkerShared};
 use crate::{AccessFormat, AccessLog, AccessSink, App, Error, Result, WorkerContext};
 
@@ -414,7 +415,22 @@ impl Builder {
             addrs.push(listener.local_addr().map_err(Error::LocalAddr)?);
         }
         addrs.extend(&reuse_addrs);
-        let arbiter = self.core.build().map_err(Error::Build)?;
+        // Connections on a shared listener are balanced by counts every
+        // thread keeps in a table made here, before the fork. Sockets of a
+        // worker's own (`reuse_port`) are its alone: nothing to balance.
+        let table = if reuse_addrs.is_empty() {
+            balance_table()
+        } else {
+            None
+        };
+        let core = match &table {
+            Some(table) => self.core.layer(ClearCells {
+                table: Arc::clone(table),
+                threads: config.threads,
+            }),
+            None => self.core,
+        };
+        let arbiter = core.build().map_err(Error::Build)?;
         Ok(Server {
             arbiter,
             shared: Arc::new(Shared {
@@ -426,6 +442,7 @@ impl Builder {
                 backlog: self.backlog,
                 max_requests: self.max_requests,
                 addrs,
+                table,
             }),
         })
     }
@@ -477,6 +494,34 @@ fn bind(addr: SocketAddr, reuse_port: bool, backlog: Option<i32>) -> Result<Owne
     Ok(fd)
 }
 
+/// The shared connection counts, if the kernel gives a memfd for them
+/// (without one, accepting works as before, unbalanced).
+fn balance_table() -> Option<Arc<Table>> {
+    match Table::new() {
+        Ok(table) => Some(Arc::new(table)),
+        Err(e) => {
+            log::warn!(
+                target: "ufork_wsgi_like",
+                "cannot create the connection-count table ({e}); connections are not balanced across workers"
+            );
+            None
+        }
+    }
+}
+
+/// Clears an exited worker's cells in the connection-count table, so the
+/// others do not measure themselves against connections that are gone.
+struct ClearCells {
+    table: Arc<Table>,
+    threads: usize,
+}
+
+impl Layer for ClearCells {
+    fn exited(&mut self, record: &ExitRecord, _ctx: &mut Context<'_>) {
+        self.table.clear_slot(record.slot, self.threads);
+    }
+}
+
 /// What the arbiter and every worker share.
 struct Shared {
     app: Arc<dyn App>,
@@ -489,6 +534,8 @@ struct Shared {
     backlog: i32,
     max_requests: Option<(u64, u64)>,
     addrs: Vec<SocketAddr>,
+    /// Connection counts per serving thread, for an even load.
+    table: Option<Arc<Table>>,
 }
 
 impl Shared {
@@ -540,8 +587,20 @@ impl Shared {
             self.max_requests(),
         )?;
         worker.ready();
-        run_threads(&shared, &listeners, Some(worker.stop_fd()))
+        let cells = Cells {
+            table: self.table.as_deref(),
+            first: worker.slot().saturating_mul(self.config.threads),
+        };
+        run_threads(&shared, &listeners, Some(worker.stop_fd()), cells)
     }
+}
+
+/// Where a worker's threads keep their connection counts: cells `first`,
+/// `first + 1`, ... of `table`.
+#[derive(Clone, Copy)]
+struct Cells<'t> {
+    table: Option<&'t Table>,
+    first: usize,
 }
 
 /// Runs `threads` serving loops (this thread being one) until they all end.
@@ -549,14 +608,18 @@ fn run_threads(
     shared: &WorkerShared,
     listeners: &[&TcpListener],
     stop_fd: Option<BorrowedFd<'_>>,
+    cells: Cells<'_>,
 ) -> Result<()> {
     let threads = shared.config.threads;
+    let cell = |i: usize| cells.first.saturating_add(i);
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for i in 1..threads {
             let spawned = std::thread::Builder::new()
                 .name(format!("ufork-http-{i}"))
-                .spawn_scoped(scope, move || serve::run(shared, listeners, stop_fd));
+                .spawn_scoped(scope, move || {
+                    serve::run(shared, listeners, stop_fd, cells.table, cell(i))
+                });
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
@@ -568,7 +631,7 @@ fn run_threads(
                 }
             }
         }
-        let mut result = serve::run(shared, listeners, stop_fd);
+        let mut result = serve::run(shared, listeners, stop_fd, cells.table, cell(0));
         if result.is_err() {
             shared.stop();
         }
@@ -694,7 +757,11 @@ impl Server {
                 .spawn(move || {
                     let mut listeners: Vec<&TcpListener> = shared.listeners.iter().collect();
                     listeners.extend(own.iter());
-                    run_threads(&worker, &listeners, None)
+                    let cells = Cells {
+                        table: shared.table.as_deref(),
+                        first: 0,
+                    };
+                    run_threads(&worker, &listeners, None, cells)
                 })
                 .map_err(Error::Thread)?
         };

@@ -16,8 +16,10 @@
 //! connection's state machine (what its bytes and its deadline mean);
 //! [`dispatch`] calls the app and writes every answer, the app's and the
 //! rejections of bad input, through one reply path; [`worker`] is what the
-//! threads of one worker share.
+//! threads of one worker share; [`balance`] keeps the load on a shared
+//! listener even across workers.
 
+pub(crate) mod balance;
 mod conn;
 mod dispatch;
 mod worker;
@@ -31,6 +33,7 @@ use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
+use self::balance::{Balance, Table};
 use self::conn::{Conn, Next, deadline_after};
 use self::dispatch::Dispatch;
 pub(crate) use self::worker::{Config, WorkerShared, panic_message};
@@ -51,11 +54,14 @@ struct Slot {
 }
 
 /// Runs one serving thread until it is asked to stop and its connections are
-/// done.
+/// done. `table` and `cell` place it in the shared connection counts that
+/// keep the listeners' load even (none: nothing to balance with).
 pub(crate) fn run(
     worker: &WorkerShared,
     listeners: &[&TcpListener],
     stop_fd: Option<BorrowedFd<'_>>,
+    table: Option<&Table>,
+    cell: usize,
 ) -> Result<()> {
     let epoll_fd =
         epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::EventLoop(e.into()))?;
@@ -83,7 +89,9 @@ pub(crate) fn run(
         dispatch: Dispatch::new(worker),
         stopping: false,
         accepting: true,
+        gone: false,
         accept_resume: None,
+        balance: Balance::new(table, cell),
         next_check: Some(Instant::now()),
     };
     lp.run()
@@ -92,7 +100,8 @@ pub(crate) fn run(
 /// EXCLUSIVE: one new connection wakes one waiting thread or worker, not
 /// all of them — the first waiting one in the listener's wait queue, so a
 /// thread re-registers after each accept to move to the back of it (see
-/// [`Loop::accept`]).
+/// [`Loop::requeue`]), or stands aside for a while when it holds more than
+/// its share (see [`balance`]).
 const LISTENER_FLAGS: epoll::EventFlags = epoll::EventFlags::IN.union(epoll::EventFlags::EXCLUSIVE);
 
 fn listener_token(i: usize) -> u64 {
@@ -113,8 +122,15 @@ struct Loop<'w> {
     pending: Vec<u64>,
     dispatch: Dispatch<'w>,
     stopping: bool,
+    /// The listeners are registered with the event loop.
     accepting: bool,
+    /// A listener was shut down: accepting is over for good.
+    gone: bool,
+    /// Accepting pauses until then after an error like EMFILE.
     accept_resume: Option<Instant>,
+    /// This thread's connection count in the shared table, and whether it
+    /// stands aside from the listeners.
+    balance: Balance<'w>,
     /// When to look at the connections' deadlines next (`None`: nothing
     /// to look at until a connection sets a deadline).
     next_check: Option<Instant>,
@@ -164,9 +180,10 @@ impl Loop<'_> {
             }
             if self.accept_resume.is_some_and(|r| now >= r) {
                 self.accept_resume = None;
-                if !self.stopping {
-                    self.set_accepting(true);
-                }
+                self.sync_accepting();
+            }
+            if self.balance.rejoin(now) {
+                self.sync_accepting();
             }
         }
     }
@@ -182,6 +199,7 @@ impl Loop<'_> {
                 self.config.tick,
                 until(self.next_check),
                 until(self.accept_resume),
+                until(self.balance.aside_until()),
             ]
             .into_iter()
             .flatten()
@@ -198,6 +216,17 @@ impl Loop<'_> {
             Ok(_) | Err(Errno::INTR) => Ok(()),
             Err(e) => Err(Error::Wait(e.into())),
         }
+    }
+
+    /// Registers the listeners when nothing keeps this thread from
+    /// accepting (a stop, a shut-down listener, an error pause, standing
+    /// aside), deregisters them otherwise.
+    fn sync_accepting(&mut self) {
+        let on = !self.stopping
+            && !self.gone
+            && self.accept_resume.is_none()
+            && self.balance.aside_until().is_none();
+        self.set_accepting(on);
     }
 
     fn set_accepting(&mut self, on: bool) {
@@ -231,7 +260,8 @@ impl Loop<'_> {
             return;
         }
         self.stopping = true;
-        self.set_accepting(false);
+        self.balance.leave();
+        self.sync_accepting();
         // The stop descriptors stay readable; stop listening to them.
         let _ = epoll::delete(&self.epoll, &self.worker.stop_r);
         if let Some(fd) = self.stop_fd {
@@ -260,8 +290,13 @@ impl Loop<'_> {
             Ok((fd, addr)) => {
                 let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
                 let peer = addr.and_then(|a| SocketAddr::try_from(a).ok());
-                self.insert(TcpStream::from(fd), peer);
-                self.requeue(i);
+                if self.insert(TcpStream::from(fd), peer) && self.balance.accepted(Instant::now()) {
+                    // Holding more than its share: leave the rest of the
+                    // queue to the others for a while.
+                    self.sync_accepting();
+                } else {
+                    self.requeue(i);
+                }
             }
             Err(Errno::AGAIN | Errno::INTR | Errno::CONNABORTED | Errno::PROTO | Errno::PERM) => {}
             Err(Errno::INVAL) => {
@@ -271,8 +306,8 @@ impl Loop<'_> {
                     target: "ufork_wsgi_like",
                     "listener {i} is shut down; no longer accepting"
                 );
-                self.set_accepting(false);
-                self.accept_resume = None;
+                self.gone = true;
+                self.sync_accepting();
             }
             Err(e) => {
                 // Out of descriptors or memory: the listener stays readable,
@@ -282,8 +317,12 @@ impl Loop<'_> {
                     "cannot accept a connection: {e}; pausing accepts for {} ms",
                     ACCEPT_BACKOFF.as_millis()
                 );
-                self.set_accepting(false);
                 self.accept_resume = deadline_after(Instant::now(), ACCEPT_BACKOFF);
+                if self.accept_resume.is_none() {
+                    // No deadline fits in an `Instant`: never resume.
+                    self.gone = true;
+                }
+                self.sync_accepting();
             }
         }
     }
@@ -306,7 +345,9 @@ impl Loop<'_> {
         }
     }
 
-    fn insert(&mut self, stream: TcpStream, peer: Option<SocketAddr>) {
+    /// Starts serving a new connection; false if it could not be watched
+    /// (it is closed).
+    fn insert(&mut self, stream: TcpStream, peer: Option<SocketAddr>) -> bool {
         let limits = &self.config.limits;
         let buffer = INITIAL_BUFFER.min(limits.max_header_bytes.saturating_add(1));
         let idx = match self.free.pop() {
@@ -330,7 +371,7 @@ impl Loop<'_> {
         ) {
             log::error!(target: "ufork_wsgi_like", "cannot watch a new connection: {e}");
             self.free.push(idx as u32);
-            return;
+            return false;
         }
         let input = Input::new(
             stream,
@@ -343,6 +384,7 @@ impl Loop<'_> {
         slot.conn = Some(conn);
         self.live += 1;
         self.watch_deadline(deadline);
+        true
     }
 
     fn watch_deadline(&mut self, deadline: Option<Instant>) {
@@ -360,6 +402,7 @@ impl Loop<'_> {
         drop(input);
         self.free.push(idx as u32);
         self.live -= 1;
+        self.balance.closed();
     }
 
     /// Closes with a reset (RST) instead of a FIN. After a response whose
@@ -381,6 +424,7 @@ impl Loop<'_> {
         drop(input);
         self.free.push(idx as u32);
         self.live -= 1;
+        self.balance.closed();
     }
 
     /// Handles readiness (`read`) or leftover buffered requests of a connection.

@@ -1,5 +1,6 @@
 //! Even load: connections on the shared listener are spread over the
-//! workers, not taken by the one registered first.
+//! workers, not taken by the one registered first nor by the ones that
+//! happened to run during a burst.
 
 use ufork_wsgi_like::Server;
 
@@ -31,5 +32,78 @@ fn new_connections_go_to_the_workers_in_turn() {
         "each worker should serve at least half of {fair}: {counts:?}"
     );
     drop(held);
+    forked.finish();
+}
+
+#[test]
+fn a_burst_of_connections_is_spread_over_the_workers() {
+    const WORKERS: usize = 3;
+    const CONNECTIONS: usize = 60;
+    let forked = Forked::start(Server::builder().workers(WORKERS), crate::app);
+    crate::util::eventually("every worker to be listed", || {
+        forked.handle.snapshot().workers.len() == WORKERS
+    });
+    // Every connection is queued on the listener before any request is
+    // sent, as `wrk -c64` opens its connections: whichever workers run
+    // first would take them all.
+    let mut held: Vec<Client> = (0..CONNECTIONS).map(|_| Client::new(forked.addr)).collect();
+    for client in &mut held {
+        client.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    for client in &mut held {
+        assert_eq!(client.read_response().status, 200);
+    }
+    let snapshot = forked.handle.snapshot();
+    let counts: Vec<u64> = snapshot.workers.iter().map(|w| w.requests).collect();
+    assert_eq!(counts.iter().sum::<u64>(), CONNECTIONS as u64, "{counts:?}");
+    let fair = (CONNECTIONS / WORKERS) as u64;
+    assert!(
+        counts.iter().all(|&c| c >= fair / 2),
+        "each worker should hold at least half of {fair} connections: {counts:?}"
+    );
+    drop(held);
+    forked.finish();
+}
+
+#[test]
+fn connections_arriving_while_a_worker_is_replaced_are_all_served() {
+    const WORKERS: usize = 2;
+    let forked = Forked::start(Server::builder().workers(WORKERS), crate::app);
+    crate::util::eventually("every worker to be listed", || {
+        forked.handle.snapshot().workers.len() == WORKERS
+    });
+    // Both workers hold connections, so either may be standing aside.
+    let mut held: Vec<Client> = (0..40).map(|_| Client::new(forked.addr)).collect();
+    for client in &mut held {
+        assert_eq!(client.get("/").status, 200);
+    }
+    let snapshot = forked.handle.snapshot();
+    let victim = snapshot
+        .workers
+        .iter()
+        .find(|w| w.slot == 0)
+        .expect("slot 0")
+        .pid;
+    forked.handle.kill(0);
+    crate::util::eventually("the killed worker to be reaped", || {
+        forked
+            .handle
+            .snapshot()
+            .workers
+            .iter()
+            .all(|w| w.pid != victim)
+    });
+    // Queued on the shared listener while the dead worker's connections
+    // still count in the table and its replacement starts: the survivor
+    // or the replacement takes each one.
+    let mut burst: Vec<Client> = (0..20).map(|_| Client::new(forked.addr)).collect();
+    for client in &mut burst {
+        client.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    for client in &mut burst {
+        assert_eq!(client.read_response().status, 200);
+    }
+    drop(held);
+    drop(burst);
     forked.finish();
 }
