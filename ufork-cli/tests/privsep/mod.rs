@@ -218,3 +218,67 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
     let stop = run(&["stop", "--pidfile", &pidfile]);
     assert_eq!(stop.code(), Some(3), "nothing left to stop: {stop:#?}");
 }
+
+/// The helper's life is the arbiter's: SIGKILL the arbiter (no clean-up,
+/// no `finish`) and the helper goes too, by the end of its channel or its
+/// parent-death signal, whichever comes first.
+#[test]
+fn the_helper_does_not_outlive_a_killed_arbiter() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return;
+    }
+    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
+        println!("skipped: no user nobody");
+        return;
+    }
+    let dir = TempDir::new("privsep-kill");
+    let pidfile = dir.str("p");
+    let _guard = DaemonGuard(dir.join("p"));
+    let out = run(&[
+        "run",
+        "--daemon",
+        "--user",
+        "nobody",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+        "--log-file",
+        &dir.str("l"),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let pid: i32 = read(&dir.join("p")).trim().parse().unwrap();
+    let kids = children(pid);
+    let Some(&(helper, _)) = kids.iter().find(|(_, comm)| comm == "ufork-privsep") else {
+        panic!("no helper: {kids:?}");
+    };
+    let helper_pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(helper).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), Signal::KILL)
+        .unwrap();
+    // A pidfd turns readable when its process exits (reaped or not).
+    let mut fds = [rustix::event::PollFd::new(
+        &helper_pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::time::Timespec {
+        tv_sec: DEADLINE.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    let ready = rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
+    assert_eq!(ready, 1, "helper {helper} outlived its arbiter");
+    // The workers go with the arbiter too (their own parent-death signal).
+    for (worker, _) in kids.into_iter().filter(|&(p, _)| p != helper) {
+        assert!(
+            ufork_daemon::wait_for_exit(worker, Some(DEADLINE)).unwrap(),
+            "worker {worker} left behind"
+        );
+    }
+}

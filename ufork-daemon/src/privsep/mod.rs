@@ -737,6 +737,21 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_closed_in_a_child_reaches_nothing() {
+        let dir = Dir::new("child");
+        let socket = dir.join("socket");
+        std::fs::write(&socket, "").unwrap();
+        let (helper, thread) = Privsep::builder().remove_at_stop(&socket).start_on_thread();
+        // In a worker this is a copy of the descriptor; here it is the one
+        // descriptor, so the helper sees its channel end.
+        helper.close_in_child().unwrap();
+        let error = helper.remove_file(0).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTSOCK), "{error}");
+        thread.join().unwrap();
+        assert!(!socket.exists(), "the end of the channel cleaned up");
+    }
+
+    #[test]
     fn a_multi_threaded_process_gets_no_helper() {
         let thread = std::thread::spawn(|| std::thread::park_timeout(Duration::from_secs(30)));
         let error = Privsep::builder().start().unwrap_err();
