@@ -1,7 +1,7 @@
 //! The request body: [`Body`], and the connection's input side it reads from.
 
 use std::fmt;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -200,7 +200,9 @@ impl Input {
             let grown = (self.buf.len() * 2).min(max);
             self.buf.resize(grown, 0);
         }
-        let n = (&self.stream).read(&mut self.buf[self.end..])?;
+        // rustix's read(2), not std's recv(2) through libc: the same call
+        // without libc's thread-cancellation bookkeeping around it.
+        let n = rustix::io::read(&self.stream, &mut self.buf[self.end..])?;
         self.end += n;
         Ok(n)
     }
@@ -472,7 +474,9 @@ pub(crate) fn write_all_vectored(
     let mut deadline = None;
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
-        match (&*stream).write_vectored(bufs) {
+        // rustix's writev(2), which std would call through libc with its
+        // thread-cancellation bookkeeping around it.
+        match rustix::io::writev(stream, bufs).map_err(io::Error::from) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 IoSlice::advance_slices(&mut bufs, n);
