@@ -4,13 +4,13 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::date::civil_from_days;
+use crate::serve::Peer;
 
 /// How access lines look.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,7 +113,7 @@ fn partial(written: usize, line: &str) -> io::Result<()> {
 /// One answered request, as the access log sees it.
 pub(crate) struct Entry<'a> {
     pub(crate) at: SystemTime,
-    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) peer: &'a Peer,
     /// The request line, `-` if none was read.
     pub(crate) line: &'a str,
     /// 0 when the response could not be written.
@@ -154,16 +154,11 @@ impl AccessLogger {
 }
 
 pub(crate) fn format_entry(out: &mut String, format: AccessFormat, e: &Entry<'_>) {
-    let host = e.peer.map(|p| p.ip().to_string());
-    let host = host.as_deref().unwrap_or("-");
+    let host = e.peer.host();
+    let host = host.as_str();
     match format {
         AccessFormat::Brief => {
-            match e.peer {
-                Some(p) => {
-                    let _ = write!(out, "{p}");
-                }
-                None => out.push('-'),
-            }
+            let _ = write!(out, "{}", e.peer);
             out.push_str(" \"");
             escaped(out, e.line);
             let _ = write!(
@@ -289,10 +284,15 @@ fn json_opt(out: &mut String, text: Option<&str>) {
 mod tests {
     use super::*;
 
+    static PEER: Peer = Peer::Tcp(std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        5000,
+    )));
+
     fn entry(line: &str) -> Entry<'_> {
         Entry {
             at: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
-            peer: Some("127.0.0.1:5000".parse().unwrap()),
+            peer: &PEER,
             line,
             status: 200,
             bytes: 41,

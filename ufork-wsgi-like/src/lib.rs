@@ -149,6 +149,8 @@ mod server;
 pub mod static_files;
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 
 pub use access::{AccessFormat, AccessLog, AccessSink};
 pub use app::{App, ResponseBody};
@@ -161,6 +163,13 @@ pub use server::{Builder, DEFAULT_HEARTBEAT_TIMEOUT, Limits, LocalServer, Server
 /// [`WorkerContext`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// For a request that came in on a unix-domain socket (see
+/// [`Builder::unix_listener`]), that socket's path, in the request's
+/// extensions instead of a [`PeerAddr`]: a unix client has no address of its
+/// own worth naming. The access log names such a client `unix`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixSocketPath(pub Arc<Path>);
 
 /// The built-in hello app: `Hello, world!` as plain text, for any request.
 pub fn hello(_request: http::Request<Body>) -> http::Response<ResponseBody> {

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use ufork_core::{Arbiter, Context, ExitRecord, Handle, Layer, Outcome, Worker};
 
 use crate::access::Writer;
 use crate::serve::balance::Table;
-use crate::serve::{self, Config, WorkerShared};
+use crate::serve::{self, Config, Listener, WorkerShared};
 use crate::{AccessFormat, AccessLog, AccessSink, App, Error, Result, WorkerContext};
 
 /// Default heartbeat timeout: a worker silent this long is killed and replaced.
@@ -83,7 +85,7 @@ impl Default for Limits {
 /// Builds a [`Server`]; see [`Server::builder`]. Every setting has a default.
 pub struct Builder {
     binds: Vec<Result<SocketAddr>>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     threads: usize,
     limits: Limits,
     access_log: Option<AccessLog>,
@@ -150,7 +152,21 @@ impl Builder {
     /// Serves connections from a listener bound elsewhere (by a supervisor or
     /// the CLI); every worker inherits it. May be called more than once.
     pub fn listener(mut self, listener: TcpListener) -> Self {
-        self.listeners.push(listener);
+        self.listeners.push(Listener::Tcp(listener));
+        self
+    }
+
+    /// Serves connections from a unix-domain stream socket bound elsewhere
+    /// (its file's mode and removal are up to the caller); every worker
+    /// inherits it. The app finds its path as a [`UnixSocketPath`](crate::UnixSocketPath)
+    /// in each request's extensions (no [`PeerAddr`](crate::PeerAddr)); the
+    /// access log names the client `unix`. May be called more than once.
+    pub fn unix_listener(mut self, listener: UnixListener) -> Self {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Arc::<Path>::from));
+        self.listeners.push(Listener::Unix(listener, path));
         self
     }
 
@@ -393,7 +409,11 @@ impl Builder {
         }
         let mut listeners = self.listeners;
         for listener in &listeners {
-            listener.set_nonblocking(true).map_err(Error::LocalAddr)?;
+            let nonblocking = match listener {
+                Listener::Tcp(l) => l.set_nonblocking(true),
+                Listener::Unix(l, _) => l.set_nonblocking(true),
+            };
+            nonblocking.map_err(Error::LocalAddr)?;
         }
         let mut reserved = Vec::new();
         let mut reuse_addrs = Vec::new();
@@ -407,12 +427,15 @@ impl Builder {
                 reuse_addrs.push(local.local_addr().map_err(Error::LocalAddr)?);
                 reserved.push(OwnedFd::from(local));
             } else {
-                listeners.push(TcpListener::from(bind(addr, false, Some(self.backlog))?));
+                let socket = bind(addr, false, Some(self.backlog))?;
+                listeners.push(Listener::Tcp(TcpListener::from(socket)));
             }
         }
         let mut addrs = Vec::new();
         for listener in &listeners {
-            addrs.push(listener.local_addr().map_err(Error::LocalAddr)?);
+            if let Listener::Tcp(l) = listener {
+                addrs.push(l.local_addr().map_err(Error::LocalAddr)?);
+            }
         }
         addrs.extend(&reuse_addrs);
         // Connections on a shared listener are balanced by counts every
@@ -527,7 +550,7 @@ struct Shared {
     app: Arc<dyn App>,
     config: Arc<Config>,
     /// Listening sockets every worker inherits.
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     /// Addresses each worker binds itself (`reuse_port`).
     reuse_addrs: Vec<SocketAddr>,
     _reserved: Vec<OwnedFd>,
@@ -541,10 +564,12 @@ struct Shared {
 impl Shared {
     /// This worker's listeners: the inherited ones and, with `reuse_port`,
     /// its own.
-    fn own_listeners(&self) -> Result<Vec<TcpListener>> {
+    fn own_listeners(&self) -> Result<Vec<Listener>> {
         self.reuse_addrs
             .iter()
-            .map(|&addr| bind(addr, true, Some(self.backlog)).map(TcpListener::from))
+            .map(|&addr| {
+                bind(addr, true, Some(self.backlog)).map(|fd| Listener::Tcp(TcpListener::from(fd)))
+            })
             .collect()
     }
 
@@ -571,7 +596,7 @@ impl Shared {
                 .refuse_at_stop(socket)
                 .map_err(|source| Error::Listen { addr, source })?;
         }
-        let mut listeners: Vec<&TcpListener> = self.listeners.iter().collect();
+        let mut listeners: Vec<&Listener> = self.listeners.iter().collect();
         listeners.extend(&own);
         let vitals = worker.vitals().clone();
         let context = WorkerContext::new(
@@ -606,7 +631,7 @@ struct Cells<'t> {
 /// Runs `threads` serving loops (this thread being one) until they all end.
 fn run_threads(
     shared: &WorkerShared,
-    listeners: &[&TcpListener],
+    listeners: &[&Listener],
     stop_fd: Option<BorrowedFd<'_>>,
     cells: Cells<'_>,
 ) -> Result<()> {
@@ -689,8 +714,8 @@ impl Server {
         Builder::new()
     }
 
-    /// The addresses the server listens on (with the real port when 0 was
-    /// asked for).
+    /// The TCP addresses the server listens on (with the real port when 0
+    /// was asked for); unix listeners are not listed.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.shared.addrs
     }
@@ -755,7 +780,7 @@ impl Server {
             std::thread::Builder::new()
                 .name("ufork-http-local".into())
                 .spawn(move || {
-                    let mut listeners: Vec<&TcpListener> = shared.listeners.iter().collect();
+                    let mut listeners: Vec<&Listener> = shared.listeners.iter().collect();
                     listeners.extend(own.iter());
                     let cells = Cells {
                         table: shared.table.as_deref(),
@@ -790,7 +815,7 @@ impl fmt::Debug for LocalServer {
 }
 
 impl LocalServer {
-    /// The addresses it listens on.
+    /// The TCP addresses it listens on (unix listeners are not listed).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }

@@ -7,12 +7,12 @@
 //! and shut down for writing, draining input). Every step returns a
 //! [`Next`] the event loop carries out.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
+use super::Peer;
 use super::dispatch::Dispatch;
 use crate::Limits;
 use crate::body::{Input, lock};
@@ -55,7 +55,7 @@ pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Option<Instant>
 
 pub(super) struct Conn {
     pub(super) input: Arc<Mutex<Input>>,
-    pub(super) peer: Option<SocketAddr>,
+    pub(super) peer: Peer,
     pub(super) state: State,
     /// When the current state times out; `None`: never.
     pub(super) deadline: Option<Instant>,
@@ -64,7 +64,7 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(input: Input, peer: Option<SocketAddr>, limits: &Limits) -> Self {
+    pub(super) fn new(input: Input, peer: Peer, limits: &Limits) -> Self {
         Self {
             input: Arc::new(Mutex::new(input)),
             peer,

@@ -3,7 +3,6 @@
 //! through one reply path that also writes the access log.
 
 use std::io;
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,13 +10,14 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 
+use super::Peer;
 use super::conn::{Conn, Next};
 use super::worker::{WorkerShared, panic_message};
 use crate::access::{AccessLogger, Entry};
 use crate::body::{Fault, Framing, Input, lock};
 use crate::date::DateCache;
 use crate::response::{self, Reply, Sent};
-use crate::{Body, Limits, PeerAddr, ResponseBody, http1};
+use crate::{Body, Limits, ResponseBody, http1};
 
 /// Room for a few typical request heads before the head buffer is reused
 /// from its start (or grown, for a larger head).
@@ -113,7 +113,7 @@ impl<'w> Dispatch<'w> {
             stopping: true,
             started: self.access.is_some().then(Instant::now),
         };
-        let _ = self.reply(&input, conn.peer, response::error_response(status), answer);
+        let _ = self.reply(&input, &conn.peer, response::error_response(status), answer);
         Next::Linger
     }
 
@@ -152,13 +152,11 @@ impl<'w> Dispatch<'w> {
         }
         let body = Body::conn(Arc::clone(&conn.input), generation, head.content_length);
         let mut request = head.request.map(|()| body);
-        if let Some(peer) = conn.peer {
-            request.extensions_mut().insert(PeerAddr(peer));
-        }
+        conn.peer.insert_into(request.extensions_mut());
         request.extensions_mut().insert(self.worker.context.clone());
         let (response, panicked) = self.call_app(request);
         let input = lock(&conn.input);
-        let next = self.settle(input, conn.peer, response, panicked, answer);
+        let next = self.settle(input, &conn.peer, response, panicked, answer);
         // Busy until the last byte is written: a long response is work.
         self.worker.done();
         next
@@ -206,7 +204,7 @@ impl<'w> Dispatch<'w> {
     fn settle(
         &mut self,
         mut input: std::sync::MutexGuard<'_, Input>,
-        peer: Option<SocketAddr>,
+        peer: &Peer,
         mut response: Response<ResponseBody>,
         panicked: bool,
         mut answer: Answer,
@@ -256,7 +254,7 @@ impl<'w> Dispatch<'w> {
     fn reply(
         &mut self,
         input: &Input,
-        peer: Option<SocketAddr>,
+        peer: &Peer,
         response: Response<ResponseBody>,
         answer: Answer,
     ) -> io::Result<Sent> {

@@ -24,8 +24,12 @@ mod conn;
 mod dispatch;
 mod worker;
 
+use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,7 @@ use self::conn::{Conn, Next, deadline_after};
 use self::dispatch::Dispatch;
 pub(crate) use self::worker::{Config, WorkerShared, panic_message};
 use crate::body::{Heartbeat, Input, lock};
-use crate::{Error, Result};
+use crate::{Error, PeerAddr, Result, UnixSocketPath};
 
 /// How long accepting pauses after EMFILE and the like.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -53,12 +57,75 @@ struct Slot {
     conn: Option<Conn>,
 }
 
+/// A listening socket the serving threads accept from.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    /// A unix-domain stream socket, and its path when it has one.
+    Unix(UnixListener, Option<Arc<Path>>),
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(l) => l.as_fd(),
+            Self::Unix(l, _) => l.as_fd(),
+        }
+    }
+}
+
+/// The other end of a connection, as the app and the access log see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Peer {
+    Tcp(SocketAddr),
+    /// A client of a unix-domain socket (of this path): it has no address
+    /// of its own worth naming.
+    Unix(Option<Arc<Path>>),
+    Unknown,
+}
+
+impl Peer {
+    /// The client's host for a log line: its IP address, `unix`, or `-`.
+    pub(crate) fn host(&self) -> String {
+        match self {
+            Self::Tcp(addr) => addr.ip().to_string(),
+            Self::Unix(_) => "unix".to_owned(),
+            Self::Unknown => "-".to_owned(),
+        }
+    }
+
+    /// Tells the app: a [`PeerAddr`] for TCP, a [`UnixSocketPath`] for a
+    /// unix socket with a path.
+    pub(crate) fn insert_into(&self, extensions: &mut http::Extensions) {
+        match self {
+            Self::Tcp(addr) => {
+                extensions.insert(PeerAddr(*addr));
+            }
+            Self::Unix(Some(path)) => {
+                extensions.insert(UnixSocketPath(Arc::clone(path)));
+            }
+            Self::Unix(None) | Self::Unknown => {}
+        }
+    }
+}
+
+/// `ADDR:PORT`, `unix` or `-`.
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(_) => f.write_str("unix"),
+            Self::Unknown => f.write_str("-"),
+        }
+    }
+}
+
 /// Runs one serving thread until it is asked to stop and its connections are
 /// done. `table` and `cell` place it in the shared connection counts that
 /// keep the listeners' load even (none: nothing to balance with).
 pub(crate) fn run(
     worker: &WorkerShared,
-    listeners: &[&TcpListener],
+    listeners: &[&Listener],
     stop_fd: Option<BorrowedFd<'_>>,
     table: Option<&Table>,
     cell: usize,
@@ -113,7 +180,7 @@ struct Loop<'w> {
     worker: &'w WorkerShared,
     config: &'w Config,
     epoll: OwnedFd,
-    listeners: &'w [&'w TcpListener],
+    listeners: &'w [&'w Listener],
     stop_fd: Option<BorrowedFd<'w>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -286,10 +353,20 @@ impl Loop<'_> {
             return;
         }
         let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
-        match rustix::net::acceptfrom_with(self.listeners[i], flags) {
+        let listener = self.listeners[i];
+        match rustix::net::acceptfrom_with(listener, flags) {
             Ok((fd, addr)) => {
-                let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
-                let peer = addr.and_then(|a| SocketAddr::try_from(a).ok());
+                let peer = match listener {
+                    Listener::Tcp(_) => {
+                        let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+                        addr.and_then(|a| SocketAddr::try_from(a).ok())
+                            .map_or(Peer::Unknown, Peer::Tcp)
+                    }
+                    Listener::Unix(_, path) => Peer::Unix(path.clone()),
+                };
+                // A unix connection travels in a `TcpStream` too: the
+                // serving code only reads, writes (sendfile included), polls
+                // and shuts down, which every stream socket does alike.
                 if self.insert(TcpStream::from(fd), peer) && self.balance.accepted(Instant::now()) {
                     // Holding more than its share: leave the rest of the
                     // queue to the others for a while.
@@ -347,7 +424,7 @@ impl Loop<'_> {
 
     /// Starts serving a new connection; false if it could not be watched
     /// (it is closed).
-    fn insert(&mut self, stream: TcpStream, peer: Option<SocketAddr>) -> bool {
+    fn insert(&mut self, stream: TcpStream, peer: Peer) -> bool {
         let limits = &self.config.limits;
         let buffer = INITIAL_BUFFER.min(limits.max_header_bytes.saturating_add(1));
         let idx = match self.free.pop() {

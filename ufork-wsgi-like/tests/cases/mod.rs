@@ -8,3 +8,4 @@ mod extremes;
 mod static_files;
 mod stream;
 mod targets;
+mod unix;
