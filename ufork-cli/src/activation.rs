@@ -44,7 +44,7 @@ impl Activated {
     ///
     /// # Errors
     ///
-    /// The match is a unix socket and `serve` asked (it serves TCP only).
+    /// The matching socket cannot be made blocking or its address read.
     pub fn claim(&mut self, bind: &Bind, options: Options) -> Result<Option<Listener>> {
         let by_name = options.for_run.then(|| {
             self.sockets
@@ -69,7 +69,7 @@ impl Activated {
         } else {
             bind.name.clone()
         };
-        adopt(name, socket, options).map(Some)
+        adopt(name, socket).map(Some)
     }
 
     /// The inherited sockets no `--bind` claimed, in order, under their
@@ -78,11 +78,11 @@ impl Activated {
     /// # Errors
     ///
     /// As [`claim`](Self::claim).
-    pub fn rest(self, options: Options) -> Result<Vec<Listener>> {
+    pub fn rest(self) -> Result<Vec<Listener>> {
         self.sockets
             .into_iter()
             .flatten()
-            .map(|s| adopt(s.name().to_owned(), s, options))
+            .map(|s| adopt(s.name().to_owned(), s))
             .collect()
     }
 }
@@ -98,7 +98,7 @@ fn same_address(inherited: &core_listen::Address, asked: &Address) -> bool {
 /// An inherited socket as the pool's listener: blocking, like a socket
 /// `--bind` binds (an exec'd program gets it as systemd would give it). Its
 /// file, for a unix socket, belongs to the supervisor and is left alone.
-fn adopt(name: String, socket: core_listen::Listener, options: Options) -> Result<Listener> {
+fn adopt(name: String, socket: core_listen::Listener) -> Result<Listener> {
     let address = socket.address().clone();
     let fail = |e: std::io::Error| {
         failure::runtime(format!(
@@ -111,11 +111,6 @@ fn adopt(name: String, socket: core_listen::Listener, options: Options) -> Resul
             tcp.set_nonblocking(false).map_err(fail)?;
             let addr = tcp.local_addr().map_err(fail)?;
             (tcp.as_raw_fd(), Socket::Tcp(tcp), Address::Tcp(addr))
-        }
-        CoreSocket::Unix(_) if !options.for_run => {
-            return Err(failure::runtime(format!(
-                "socket activation: the socket `{name}` is a unix socket ({address}); `ufork serve` listens on TCP only (`ufork run` takes unix sockets)"
-            )));
         }
         CoreSocket::Unix(unix) => {
             unix.set_nonblocking(false).map_err(fail)?;

@@ -1,5 +1,5 @@
-//! `--bind`: TCP addresses (`HOST:PORT`) and, for `run`, unix sockets
-//! (`unix:PATH`), with an optional `NAME=` for LISTEN_FDNAMES.
+//! `--bind`: TCP addresses (`HOST:PORT`) and unix sockets (`unix:PATH`),
+//! with an optional `NAME=` for LISTEN_FDNAMES (`run`).
 //!
 //! A unix socket is created with mode 0660 (or `--unix-mode`), refused when a
 //! live server listens on the path, replaces a stale socket left by a server
@@ -91,7 +91,7 @@ impl Drop for SocketFile {
 /// of unix sockets.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// `run` takes `NAME=ADDR` and `unix:PATH`; `serve` takes TCP only.
+    /// `run` takes `NAME=ADDR` (a name for LISTEN_FDNAMES); `serve` does not.
     pub for_run: bool,
     /// Mode of unix sockets.
     pub unix_mode: u32,
@@ -147,11 +147,6 @@ fn resolve(bind: &str, options: Options) -> Result<Bind> {
     };
     let text = address.to_owned();
     if let Some(path) = address.strip_prefix("unix:") {
-        if !options.for_run {
-            return Err(failure::usage(format!(
-                "--bind {address}: `ufork serve` listens on TCP only; unix sockets are for `ufork run`, which hands them to the program"
-            )));
-        }
         if path.is_empty() {
             return Err(failure::usage(format!(
                 "--bind {address}: no path; use unix:/run/app.sock"
@@ -175,14 +170,9 @@ fn resolve(bind: &str, options: Options) -> Result<Bind> {
             "--bind {address}: no host; use 127.0.0.1:{port} (this machine only) or 0.0.0.0:{port} (every interface)"
         )));
     }
-    let unix_hint = if options.for_run {
-        ", or unix:PATH"
-    } else {
-        ""
-    };
     let mut addrs = address.to_socket_addrs().map_err(|e| {
         failure::usage(format!(
-            "--bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:8000 or [::1]:8000{unix_hint}",
+            "--bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:8000 or [::1]:8000, or unix:PATH",
             io_text(&e)
         ))
     })?;
@@ -218,7 +208,7 @@ pub fn bind_all(binds: &[String], options: Options) -> Result<Vec<Listener>> {
             None => listeners.push(bind_one(bind, options)?),
         }
     }
-    listeners.extend(activated.rest(options)?);
+    listeners.extend(activated.rest()?);
     crate::upgrade::remember(&listeners);
     Ok(listeners)
 }
@@ -335,8 +325,11 @@ mod tests {
         assert_eq!(binds[0].addr, Address::Unix("/run/a.sock".into()));
         assert_eq!(binds[0].addr.to_string(), "unix:/run/a.sock");
         assert_eq!(binds[1].name, "listen");
-        let e = resolve_all(&["unix:/run/a.sock".to_owned()], SERVE).unwrap_err();
-        assert!(e.to_string().contains("TCP only"), "{e}");
+        // `serve` takes unix sockets too, but no names.
+        let serve = resolve_all(&["unix:/run/a.sock".to_owned()], SERVE).unwrap();
+        assert_eq!(serve[0].addr, Address::Unix("/run/a.sock".into()));
+        let named = resolve_all(&["web=unix:/run/a.sock".to_owned()], SERVE);
+        assert!(named.is_err());
         let twice = ["unix:/a".to_owned(), "unix:/a".to_owned()];
         assert!(resolve_all(&twice, RUN).is_err());
         let long = format!("unix:/{}", "x".repeat(120));

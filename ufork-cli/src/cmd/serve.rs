@@ -24,16 +24,24 @@ Ctrl-C stops every worker gracefully.
 Examples:
   ufork serve                        hello app on http://127.0.0.1:8000
   ufork serve ./public --bind 0.0.0.0:8080 -w 8
-  ufork serve --bind 127.0.0.1:0     any free port; the address is printed")]
+  ufork serve --bind 127.0.0.1:0     any free port; the address is printed
+  ufork serve --bind unix:/run/app.sock   a unix socket, for a proxy in front")]
 pub struct ServeArgs {
     /// Directory to serve as static files (index.html for directories). Without it,
     /// the built-in hello app answers every request.
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// Address to listen on, HOST:PORT (repeatable). Port 0 picks a free port.
+    /// Address to listen on, HOST:PORT or unix:PATH (repeatable). Port 0
+    /// picks a free port. A unix socket is created with --unix-mode, refused
+    /// while a live server listens on PATH (a stale one is replaced), and
+    /// removed when the pool stops.
     #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     pub bind: Vec<String>,
+
+    /// Permission bits of `--bind unix:PATH` sockets (octal).
+    #[arg(long, value_name = "MODE", value_parser = listen::parse_mode, default_value = "660")]
+    pub unix_mode: u32,
 
     /// Recycle a worker after it has served this many requests.
     #[arg(long, value_name = "N", value_parser = parse_count_u64, allow_negative_numbers = true)]
@@ -131,7 +139,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     };
     let options = listen::Options {
         for_run: false,
-        unix_mode: 0o660,
+        unix_mode: args.unix_mode,
     };
     // With --reuse-port every worker binds its own socket; otherwise the
     // arbiter binds one that every worker inherits.
@@ -149,11 +157,14 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     };
     let banner: Vec<String> = listeners
         .iter()
-        .map(|l| l.addr.to_string())
-        .chain(reused.iter().map(ToString::to_string))
+        .map(|l| match &l.addr {
+            listen::Address::Tcp(addr) => format!("http://{addr}"),
+            unix @ listen::Address::Unix(_) => unix.to_string(),
+        })
+        .chain(reused.iter().map(|addr| format!("http://{addr}")))
         .map(|addr| {
             format!(
-                "serving {what} on http://{addr} with {workers} worker{} (arbiter pid {})",
+                "serving {what} on {addr} with {workers} worker{} (arbiter pid {})",
                 if workers == 1 { "" } else { "s" },
                 std::process::id()
             )
@@ -177,9 +188,16 @@ pub fn exec(args: ServeArgs) -> Result<()> {
             args.timeout
                 .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
         );
+    // The unix socket files live as long as this frame: removed when the
+    // pool stops (a worker never returns here).
+    let mut socket_files = Vec::new();
     for l in listeners {
-        if let listen::Socket::Tcp(socket) = l.socket {
-            builder = builder.listener(socket);
+        match l.socket {
+            listen::Socket::Tcp(socket) => builder = builder.listener(socket),
+            listen::Socket::Unix(socket, file) => {
+                builder = builder.unix_listener(socket);
+                socket_files.push(file);
+            }
         }
     }
     for addr in reused {
@@ -221,6 +239,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     let outcome = server
         .run()
         .map_err(|e| runtime(format!("the server failed: {}", failure::chain(&e))))?;
+    drop(socket_files);
     failure::gave_up(&outcome, args.pool.give_up_after)
 }
 
@@ -231,7 +250,11 @@ fn reuse_port_addrs(binds: &[listen::Bind]) -> Result<Vec<std::net::SocketAddr>>
         .iter()
         .map(|b| match b.addr {
             listen::Address::Tcp(addr) if addr.port() != 0 => Ok(addr),
-            _ => Err(failure::usage(format!(
+            listen::Address::Unix(_) => Err(failure::usage(format!(
+                "--bind {}: --reuse-port is for TCP addresses (a unix socket path has one listener)",
+                b.text
+            ))),
+            listen::Address::Tcp(_) => Err(failure::usage(format!(
                 "--bind {}: --reuse-port needs a fixed port (with port 0 each worker would listen on a port of its own)",
                 b.text
             ))),

@@ -76,8 +76,8 @@ fn a_bad_file_names_the_file_the_line_and_the_key() {
         ),
         ("bind = 8000\n", &["line 1", "bind", "not an address"]),
         (
-            "bind = [\"unix:/tmp/x.sock\"]\n",
-            &["line 1", "bind", "TCP only"],
+            "bind = [\"web=unix:/tmp/x.sock\"]\n",
+            &["line 1", "bind", "not an address"],
         ),
         ("workers = [\n", &["line 1"]),
         (

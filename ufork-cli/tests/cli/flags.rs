@@ -255,9 +255,6 @@ fn run_binds_unix_sockets_and_removes_them_at_stop() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     drop(pool);
-    let unix = format!("unix:{}", path.display());
-    let out = run(&["serve", "--bind", &unix]);
-    assert_one_line_error(&out, 2, &["TCP only"]);
 }
 
 #[test]

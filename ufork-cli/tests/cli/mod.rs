@@ -6,3 +6,4 @@ mod config;
 mod flags;
 mod lifecycle;
 mod limits;
+mod serve_unix;
