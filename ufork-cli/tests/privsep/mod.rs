@@ -282,3 +282,54 @@ fn the_helper_does_not_outlive_a_killed_arbiter() {
         );
     }
 }
+
+/// In the foreground too: the pidfile the arbiter locked before binding and
+/// an explicit control socket, in a root-owned directory, are gone when a
+/// `--user nobody` pool stops on SIGTERM; the helper was reaped by then.
+#[test]
+fn a_foreground_pool_as_nobody_removes_its_files_at_the_stop() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return;
+    }
+    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
+        println!("skipped: no user nobody");
+        return;
+    }
+    let dir = TempDir::new("privsep-fg");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.str("c.sock");
+    let mut pool = Running::start(&[
+        "run",
+        "--user",
+        "nobody",
+        "-w",
+        "1",
+        "--pidfile",
+        &dir.str("p"),
+        "--control-socket",
+        &socket,
+        "--log-file",
+        &dir.str("l"),
+        "--no-prompt",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    wait_ready(&socket, 1);
+    let kids = children(pool.pid());
+    let Some(&(helper, _)) = kids.iter().find(|(_, comm)| comm == "ufork-privsep") else {
+        panic!("no helper: {kids:?}");
+    };
+    assert!(dir.join("p").exists() && dir.join("c.sock").exists());
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(!dir.join("p").exists(), "pidfile left");
+    assert!(!dir.join("c.sock").exists(), "control socket left");
+    assert!(
+        !Path::new(&format!("/proc/{helper}")).exists(),
+        "helper {helper} not reaped"
+    );
+    let text = read(&dir.join("l"));
+    assert!(text.contains("every worker reaped"), "{text}");
+}
