@@ -152,7 +152,10 @@ fn parse_with<'b>(
     // stays, not moved into it (and an empty one dropped).
     let mut request = Request::new(());
     let map = request.headers_mut();
-    map.reserve(req.headers.len());
+    // More fields than a `HeaderMap` can hold (a `max_headers` set that
+    // high) are too many, not a panic.
+    let too_many = |_| StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    map.try_reserve(req.headers.len()).map_err(too_many)?;
     let mut content_length = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
@@ -209,7 +212,7 @@ fn parse_with<'b>(
                 return Err(StatusCode::EXPECTATION_FAILED);
             }
         }
-        map.append(name, value);
+        map.try_append(name, value).map_err(too_many)?;
     }
     // An absolute-form target names the authority itself and wins over Host,
     // but an HTTP/1.1 client must send Host all the same.
@@ -638,6 +641,30 @@ mod tests {
             assert_eq!(head.request.uri().path(), "/other");
         }
         assert_eq!(kept, "abcdefgh");
+    }
+
+    #[test]
+    fn more_fields_than_a_header_map_holds_are_431() {
+        let limits = Limits {
+            max_headers: 40_000,
+            max_header_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let mut raw = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for _ in 0..30_000 {
+            raw.extend_from_slice(b"a: b\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse(&raw, &limits).unwrap_err(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        // Under the map's bound, as many as the limit allows are fine.
+        let fits = raw.len() - 25_000 * 6 - 2;
+        let mut raw = raw[..fits].to_vec();
+        raw.extend_from_slice(b"\r\n");
+        let head = parse(&raw, &limits).unwrap().unwrap();
+        assert_eq!(head.request.headers().get_all("a").iter().count(), 5_000);
     }
 
     #[test]
