@@ -155,6 +155,15 @@ impl ExecLayer {
                         .env_remove("WATCHDOG_PID");
                 }
             }
+            // A SIGTERM since the fork was caught by the worker's stop-flag
+            // handler, which exec would forget: the program would never
+            // hear it and the stop would wait the graceful timeout out.
+            // (One arriving between this look and execve still is lost:
+            // ufork-core has no call yet that gives SIGTERM its default
+            // action back first.)
+            if worker.should_stop() {
+                return Ok(());
+            }
             let error = command.exec();
             if let Some(report) = report {
                 let code = error.raw_os_error().unwrap_or(0);
