@@ -14,6 +14,7 @@
 //! the arbiter's variables: `run` sets or removes `NOTIFY_SOCKET`,
 //! `WATCHDOG_USEC` and `WATCHDOG_PID` for every program it executes.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
@@ -32,7 +33,17 @@ pub struct Supervisor {
     reloading: bool,
     rolls_seen: u64,
     status: String,
+    /// Messages the supervisor's full queue refused, oldest first: sent
+    /// again from the loop, never waited for (see [`send_to`]).
+    pending: VecDeque<String>,
+    retry_at: Option<Instant>,
 }
+
+/// How soon a message the supervisor's full queue refused is tried again.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// At most this many messages wait for a supervisor that does not read.
+const MAX_PENDING: usize = 64;
 
 impl Supervisor {
     /// The supervisor named by `NOTIFY_SOCKET`, with the watchdog interval
@@ -73,16 +84,26 @@ impl Supervisor {
             reloading: false,
             rolls_seen: 0,
             status: String::new(),
+            pending: VecDeque::new(),
+            retry_at: None,
         })
     }
 
-    /// When the next `WATCHDOG=1` is due.
+    /// When the next `WATCHDOG=1` is due, or a refused message is tried
+    /// again, whichever comes first.
     pub fn next_watchdog(&self) -> Option<Instant> {
-        self.next_watchdog
+        match (self.next_watchdog, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sends `WATCHDOG=1` if it is due; the loop calling this is alive.
+    /// Tries again what the supervisor's full queue refused.
     pub fn watchdog(&mut self, now: Instant) {
+        if self.retry_at.is_some_and(|at| now >= at) {
+            self.flush();
+        }
         let (Some(due), Some(interval)) = (self.next_watchdog, self.watchdog) else {
             return;
         };
@@ -149,22 +170,64 @@ impl Supervisor {
         }
     }
 
-    fn send(&self, message: &str) {
-        if let Err(e) = send_to(&self.address, message) {
-            log::warn!(
-                target: "ufork",
-                "NOTIFY_SOCKET {}: cannot notify the supervisor: {}",
-                self.address.to_string_lossy(),
-                crate::failure::io_text(&e)
-            );
+    fn send(&mut self, message: &str) {
+        // A newer watchdog beat or status says what an older queued one did.
+        let superseded = |old: &String| {
+            (message == "WATCHDOG=1" && old == "WATCHDOG=1")
+                || (message.starts_with("STATUS=")
+                    && !message.contains('\n')
+                    && old.starts_with("STATUS=")
+                    && !old.contains('\n'))
+        };
+        self.pending.retain(|old| !superseded(old));
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
         }
+        self.pending.push_back(message.to_owned());
+        self.flush();
+    }
+
+    /// Sends what is pending, in order, until the supervisor's queue is full.
+    fn flush(&mut self) {
+        while let Some(message) = self.pending.front() {
+            match send_to(&self.address, message) {
+                Ok(()) => {
+                    self.pending.pop_front();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.retry_at.is_none() {
+                        log::warn!(
+                            target: "ufork",
+                            "NOTIFY_SOCKET {}: the supervisor is not reading (its queue is full); holding its messages and trying again",
+                            self.address.to_string_lossy()
+                        );
+                    }
+                    self.retry_at = Instant::now().checked_add(RETRY);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!(
+                        target: "ufork",
+                        "NOTIFY_SOCKET {}: cannot notify the supervisor: {}",
+                        self.address.to_string_lossy(),
+                        crate::failure::io_text(&e)
+                    );
+                    self.pending.pop_front();
+                }
+            }
+        }
+        self.retry_at = None;
     }
 }
 
 /// One datagram to `address` (a path, or `@name` in the abstract namespace).
+/// Never blocks: a supervisor whose queue is full (it stopped reading, or is
+/// busy) gets `WouldBlock`, and the arbiter's loop, which sends from its
+/// only thread, goes on supervising.
 fn send_to(address: &OsString, message: &str) -> std::io::Result<()> {
     let bytes = address.as_bytes();
     let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
     match bytes.strip_prefix(b"@") {
         Some(name) => socket.connect_addr(&SocketAddr::from_abstract_name(name)?)?,
         None => socket.connect(address)?,

@@ -597,3 +597,30 @@ fn ready_follows_a_reload_with_nothing_else_waking_the_arbiter() {
     recorder.expect("STOPPING=1");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+#[test]
+fn a_supervisor_that_stops_reading_never_blocks_the_arbiter() {
+    // Nobody reads the recorder until the end: its queue (10 datagrams by
+    // default) fills with watchdog beats every 10 ms.
+    let dir = TempDir::new("sdnotify-full");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let mut pool = Running::start_with(supervised(&recorder, Some(("20000", None))).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+    ]));
+    pool.expect_line("the supervisor is not reading");
+    // The loop still serves its control socket.
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // What was held is delivered once the supervisor reads again.
+    recorder.expect("READY=1");
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
