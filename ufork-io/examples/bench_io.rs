@@ -351,7 +351,7 @@ fn main() {
     let dir: PathBuf = std::env::temp_dir().join(format!("ufork-io-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sources = make_sources(&dir, lines);
-    let sizes = [None, Some(1 << 20)];
+    let sizes = [None, Some(256 << 10), Some(1 << 20)];
     let mut cat = Vec::new();
     let mut ufork: Vec<Vec<Run>> = vec![Vec::new(); sizes.len()];
     for _ in 0..rounds {

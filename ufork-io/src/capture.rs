@@ -30,9 +30,14 @@ pub const CONTINUES: &str = " [continues]";
 /// Ends a last line that had no newline when its worker exited.
 pub const NO_NEWLINE: &str = " [no newline]";
 
-/// Reads per readiness event before other descriptors get their turn.
-const READS_PER_EVENT: usize = 16;
+/// Bytes read from one pipe per readiness event before other descriptors
+/// get their turn (the last read may go past it).
+const BYTES_PER_EVENT: usize = 1024 * 1024;
+/// The read buffer: a pipe's worth at the system's default pipe size, as
+/// much as [`CaptureBuilder::pipe_size`] asks for (up to
+/// [`MAX_READ_SIZE`]), so that a full pipe is emptied by one `read`.
 const READ_SIZE: usize = 64 * 1024;
+const MAX_READ_SIZE: usize = 256 * 1024;
 
 /// The worker a line came from, as a custom [`Prefix`] sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,7 +197,16 @@ impl CaptureBuilder {
 
     /// Ask the kernel for pipes of this many bytes (`F_SETPIPE_SZ`; default:
     /// the system's, 64 KiB). Larger pipes mean fewer wake-ups for chatty
-    /// workers; a refused size is ignored.
+    /// workers, and the arbiter then reads up to this much at once (at most
+    /// 256 KiB; `cargo xtask bench io` compares 64 KiB, 256 KiB and 1 MiB).
+    /// A refused size is ignored.
+    ///
+    /// Not the default because a pipe's size counts against its user's pipe
+    /// budget whether or not it is full: past `/proc/sys/fs/pipe-user-pages-soft`
+    /// (64 MiB by default) every new pipe of that user, in any program, is
+    /// made with 8 KiB, unless the user has `CAP_SYS_RESOURCE`. 256 KiB pipes
+    /// for 64 workers take a quarter of that budget (half with
+    /// [`split_streams`](Self::split_streams)).
     pub fn pipe_size(mut self, bytes: impl Into<Option<usize>>) -> Self {
         self.pipe_size = bytes.into();
         self
@@ -291,7 +305,11 @@ impl CaptureBuilder {
             tokens: HashMap::new(),
             paused: false,
             notices_due: false,
-            scratch: vec![0; READ_SIZE],
+            scratch: vec![
+                0;
+                self.pipe_size
+                    .map_or(READ_SIZE, |size| size.clamp(READ_SIZE, MAX_READ_SIZE))
+            ],
         })
     }
 }
@@ -457,12 +475,11 @@ impl Capture {
     /// Reads what the pipe holds. `draining` (the worker is gone): read to
     /// the end whatever the queue's state. Returns whether the pipe hit EOF.
     fn pump(&mut self, slot: usize, index: usize, draining: bool, ctx: &mut Context<'_>) -> bool {
-        let mut reads = 0;
+        let mut read = 0;
         loop {
-            if !draining && (self.paused || reads == READS_PER_EVENT) {
+            if !draining && (self.paused || read >= BYTES_PER_EVENT) {
                 return false;
             }
-            reads += 1;
             let Self {
                 workers,
                 scratch,
@@ -486,9 +503,17 @@ impl Capture {
                 Err(Errno::AGAIN) => return false,
                 Err(_) => return true,
             };
+            let emptied = n < scratch.len();
+            read += n;
             let out = queue.buffer(out_capacity(*format, n));
             let (chunk, content) = assemble(pipe, prefix, *format, &scratch[..n], false, out);
             self.submit(slot, index, chunk, content, draining, ctx);
+            // A short read emptied the pipe: poll says when there is more,
+            // without a read that only finds EAGAIN. A dead worker's pipe is
+            // read to EOF.
+            if emptied && !draining {
+                return false;
+            }
         }
     }
 

@@ -182,6 +182,74 @@ fn lines_of_concurrent_writers_never_interleave() {
     assert_eq!(next, [LINES; WORKERS]);
 }
 
+/// Big pipes and reads (`pipe_size`), lines far longer than one read, and a
+/// neighbour writing short lines all the while: every line arrives whole.
+#[test]
+fn lines_longer_than_a_read_arrive_whole_beside_a_chatty_neighbour() {
+    let _lock = util::lock();
+    const LONG: usize = 700 * 1024;
+    const LONGS: usize = 3;
+    const SHORTS: usize = 5000;
+    let long = |n: usize| -> String {
+        (0..LONG)
+            .map(|i| (b'a' + ((i / 997 + n) % 26) as u8) as char)
+            .collect()
+    };
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .pipe_size(256 * 1024)
+        .max_line(LONG)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(2).layer(layer),
+        move |w| {
+            let mut out = std::io::stdout().lock();
+            if w.slot() == 0 {
+                for n in 0..LONGS {
+                    // One write of the line and the start of the next: the
+                    // line spans several reads and ends mid-read.
+                    let mut text = long(n).into_bytes();
+                    text.extend_from_slice(format!("\nafter {n} ").as_bytes());
+                    out.write_all(&text)?;
+                    out.write_all(b"end\n")?;
+                }
+            } else {
+                for seq in 0..SHORTS {
+                    writeln!(out, "short {seq}")?;
+                }
+            }
+            drop(out);
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_lines(2 * LONGS + SHORTS),
+    );
+    let slots = pids_by_slot(&outcome);
+    let bytes = sink.bytes();
+    let (mut longs, mut shorts) = (0, 0);
+    for line in lines(&bytes) {
+        let text = std::str::from_utf8(line).expect("utf-8");
+        let (prefix, rest) = text.split_once("] ").expect("prefixed");
+        let (slot, pid) = prefix[1..].split_once(' ').expect("slot and pid");
+        assert_eq!(slots[&pid.parse::<i32>().unwrap()], slot.parse().unwrap());
+        if slot == "0" {
+            let expected = if longs % 2 == 0 {
+                long(longs / 2)
+            } else {
+                format!("after {} end", longs / 2)
+            };
+            assert!(rest == expected, "line {longs} of worker 0 is not whole");
+            longs += 1;
+        } else {
+            assert_eq!(rest, format!("short {shorts}"));
+            shorts += 1;
+        }
+    }
+    assert_eq!((longs, shorts), (2 * LONGS, SHORTS));
+}
+
 #[test]
 fn one_line_per_write_when_asked() {
     let _lock = util::lock();
