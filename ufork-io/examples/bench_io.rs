@@ -9,9 +9,10 @@
 //! any clock starts), the same reads and writes in the processes that
 //! produce the output (128 KiB `read`, then `write` of what was read, as GNU
 //! `cat` does), the same kind of sink (a new file in the same directory).
-//! The contenders take turns for `UFORK_BENCH_ROUNDS` (default 3) rounds,
+//! The contenders take turns for `UFORK_BENCH_ROUNDS` (default 5) rounds,
 //! so that a machine busy with something else slows each of them alike;
-//! each row shows the median round and its ratio to the floor's median.
+//! each row shows the median round, and the median (and range) of its
+//! ratios to the floor's run of the same round.
 //! CPU counts every process of a contender (the workers and both cats
 //! included), except Python uFork's, which counts its arbiter only.
 //!
@@ -221,15 +222,37 @@ fn median(runs: &[Run]) -> Run {
     sorted[sorted.len() / 2]
 }
 
-fn row(name: String, runs: &[Run], floor: Option<Run>, total_mb: f64) -> Row {
+/// The median of `values`, with their range.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+/// A contender's row. Its ratio to the floor is taken round by round (the
+/// floor ran just before it) and the median of those is shown, with their
+/// range: a round the machine spent on something else moves one ratio,
+/// not the row.
+fn row(name: String, runs: &[Run], floor: &[Run], total_mb: f64) -> Row {
     let m = median(runs);
+    let (ratio, low, high) = spread(
+        floor
+            .iter()
+            .zip(runs)
+            .map(|(f, r)| f.wall / r.wall)
+            .collect(),
+    );
+    let (cpu, _, _) = spread(runs.iter().map(|r| r.cpu).collect());
     Row {
         name,
         mb_s: format!("{:.0}", total_mb / m.wall),
-        ratio: floor.map_or("1.00".into(), |f| format!("{:.2}", f.wall / m.wall)),
+        ratio: format!("{ratio:.2} ({low:.2}–{high:.2})"),
         lost: runs.iter().map(|r| r.lost).max().unwrap_or(0).to_string(),
         torn: runs.iter().map(|r| r.torn).max().unwrap_or(0).to_string(),
-        cpu_per_mb: format!("{:.2}", m.cpu * 1000.0 / total_mb),
+        cpu_per_mb: format!("{:.2}", cpu * 1000.0 / total_mb),
     }
 }
 
@@ -345,7 +368,7 @@ fn main() {
             .unwrap_or(default)
     };
     let mb = env("UFORK_BENCH_MB", 50);
-    let rounds = env("UFORK_BENCH_ROUNDS", 3).max(1);
+    let rounds = env("UFORK_BENCH_ROUNDS", 5).max(1);
     let lines = mb * 1_000_000 / LINE;
     let total_mb = (WORKERS * lines * LINE) as f64 / 1e6;
     let dir: PathBuf = std::env::temp_dir().join(format!("ufork-io-bench-{}", std::process::id()));
@@ -364,7 +387,7 @@ fn main() {
     let mut rows = vec![row(
         "cat 4 files, one pipe, cat > file (the floor)".into(),
         &cat,
-        None,
+        &cat,
         total_mb,
     )];
     for (runs, size) in ufork.iter().zip(sizes) {
@@ -372,7 +395,7 @@ fn main() {
             Some(size) => format!("ufork-io ({} KiB pipes)", size / 1024),
             None => "ufork-io (default 64 KiB pipes)".into(),
         };
-        rows.push(row(name, runs, Some(floor), total_mb));
+        rows.push(row(name, runs, &cat, total_mb));
     }
     rows.push(bench_python(&dir, mb, floor));
     let _ = std::fs::remove_dir_all(&dir);
