@@ -34,10 +34,13 @@ pub const NO_NEWLINE: &str = " [no newline]";
 /// get their turn (the last read may go past it).
 const BYTES_PER_EVENT: usize = 1024 * 1024;
 /// The read buffer: a pipe's worth at the system's default pipe size, as
-/// much as [`CaptureBuilder::pipe_size`] asks for (up to
-/// [`MAX_READ_SIZE`]), so that a full pipe is emptied by one `read`.
+/// much as the pipes are made with (up to [`MAX_READ_SIZE`]), so that a full
+/// pipe is emptied by one `read`.
 const READ_SIZE: usize = 64 * 1024;
 const MAX_READ_SIZE: usize = 256 * 1024;
+/// The pipe size asked for by default where no pipe budget applies (see
+/// [`CaptureBuilder::pipe_size`]).
+const UNBUDGETED_PIPE_SIZE: usize = 256 * 1024;
 
 /// The worker a line came from, as a custom [`Prefix`] sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,18 +198,21 @@ impl CaptureBuilder {
         self
     }
 
-    /// Ask the kernel for pipes of this many bytes (`F_SETPIPE_SZ`; default:
-    /// the system's, 64 KiB). Larger pipes mean fewer wake-ups for chatty
-    /// workers, and the arbiter then reads up to this much at once (at most
-    /// 256 KiB; `cargo xtask bench io` compares 64 KiB, 256 KiB and 1 MiB).
-    /// A refused size is ignored.
+    /// Ask the kernel for pipes of this many bytes (`F_SETPIPE_SZ`). Larger
+    /// pipes mean fewer wake-ups for chatty workers, and the arbiter then
+    /// reads up to this much at once (at most 256 KiB; `cargo xtask bench io`
+    /// compares 64 KiB, 256 KiB and 1 MiB). A refused size is ignored.
     ///
-    /// Not the default because a pipe's size counts against its user's pipe
-    /// budget whether or not it is full: past `/proc/sys/fs/pipe-user-pages-soft`
-    /// (64 MiB by default) every new pipe of that user, in any program, is
-    /// made with 8 KiB, unless the user has `CAP_SYS_RESOURCE`. 256 KiB pipes
-    /// for 64 workers take a quarter of that budget (half with
-    /// [`split_streams`](Self::split_streams)).
+    /// The default (`None`) is 256 KiB when the arbiter, at the fork, has
+    /// `CAP_SYS_RESOURCE` or `CAP_SYS_ADMIN` (root, unless it dropped them),
+    /// and the system's size, 64 KiB, otherwise. The reason is the user's
+    /// pipe budget: a pipe's size counts against it whether or not the pipe
+    /// is full, and past `/proc/sys/fs/pipe-user-pages-soft` (64 MiB by
+    /// default) every new pipe of that user, in any program, is made with
+    /// 8 KiB. The budget does not apply with those capabilities; without
+    /// them, 256 KiB pipes for 64 workers would take a quarter of it (half
+    /// with [`split_streams`](Self::split_streams)), so bigger pipes are
+    /// yours to ask for.
     pub fn pipe_size(mut self, bytes: impl Into<Option<usize>>) -> Self {
         self.pipe_size = bytes.into();
         self
@@ -308,6 +314,7 @@ impl CaptureBuilder {
             scratch: vec![
                 0;
                 self.pipe_size
+                    .or_else(default_pipe_size)
                     .map_or(READ_SIZE, |size| size.clamp(READ_SIZE, MAX_READ_SIZE))
             ],
         })
@@ -432,7 +439,7 @@ impl Capture {
     fn make_pipe(&self) -> io::Result<(OwnedFd, OwnedFd)> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
         rustix::io::ioctl_fionbio(&read, true)?;
-        if let Some(size) = self.pipe_size {
+        if let Some(size) = self.pipe_size.or_else(default_pipe_size) {
             let _ = rustix::pipe::fcntl_setpipe_size(&read, size);
         }
         Ok((read, write))
@@ -646,6 +653,19 @@ impl Capture {
     }
 }
 
+/// The pipe size to ask for when none was set: [`UNBUDGETED_PIPE_SIZE`]
+/// when this thread is exempt from the user's pipe budget (the kernel's
+/// test: `CAP_SYS_RESOURCE` or `CAP_SYS_ADMIN`), the system's otherwise.
+/// Asked at every fork: an arbiter that dropped privileges gets the
+/// system's size from then on.
+fn default_pipe_size() -> Option<usize> {
+    use rustix::thread::CapabilitySet;
+    let exempt = CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN;
+    rustix::thread::capabilities(None)
+        .is_ok_and(|caps| caps.effective.intersects(exempt))
+        .then_some(UNBUDGETED_PIPE_SIZE)
+}
+
 /// Assembles `data` into a chunk of whole lines; with `finish`, also the
 /// unfinished line, marked. Also returns the worker bytes the chunk holds.
 fn assemble(
@@ -692,7 +712,10 @@ fn assemble(
         if let Prefix::Custom(f) = prefix {
             f(info, &mut out);
         }
-        out.extend_from_slice(head);
+        // Only a line that spans reads has a head: most lines skip a copy.
+        if !head.is_empty() {
+            out.extend_from_slice(head);
+        }
         out.extend_from_slice(tail);
         match end {
             End::Newline => {}

@@ -250,6 +250,44 @@ fn lines_longer_than_a_read_arrive_whole_beside_a_chatty_neighbour() {
     assert_eq!((longs, shorts), (2 * LONGS, SHORTS));
 }
 
+/// By default a worker's pipe is 256 KiB where no pipe budget applies (the
+/// arbiter has CAP_SYS_RESOURCE or CAP_SYS_ADMIN), the system's size
+/// otherwise; a size asked for wins.
+#[test]
+fn the_default_pipe_size_follows_the_pipe_budget_and_an_asked_size_wins() {
+    use rustix::thread::CapabilitySet;
+    let _lock = util::lock();
+    let exempt = rustix::thread::capabilities(None).is_ok_and(|caps| {
+        caps.effective
+            .intersects(CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN)
+    });
+    let system = {
+        let (read, _write) = rustix::pipe::pipe().expect("pipe");
+        rustix::pipe::fcntl_getpipe_size(&read).expect("pipe size")
+    };
+    let default = if exempt { 256 * 1024 } else { system };
+    for (asked, expected) in [(None, default), (Some(128 * 1024), 128 * 1024)] {
+        let sink = MemorySink::new();
+        let layer = capture(&sink).pipe_size(asked).build().expect("capture");
+        let watch = sink.clone();
+        run_until(
+            pool(1).layer(layer),
+            |w| {
+                let size = rustix::pipe::fcntl_getpipe_size(std::io::stdout())?;
+                writeln!(std::io::stdout(), "pipe of {size} bytes")?;
+                idle(w);
+                Ok(())
+            },
+            move || watch.wait_for_text("pipe of"),
+        );
+        let text = String::from_utf8(sink.bytes()).expect("utf-8");
+        assert!(
+            text.contains(&format!("] pipe of {expected} bytes\n")),
+            "asked {asked:?}, capabilities exempt: {exempt}: {text}"
+        );
+    }
+}
+
 #[test]
 fn one_line_per_write_when_asked() {
     let _lock = util::lock();
