@@ -10,7 +10,8 @@
 //! pid in its own namespace (the last `NSpid:` of its `/proc/PID/status`),
 //! and have the file open (the lock table keeps the pid that took the lock,
 //! which a forked worker sharing the file can outlive, and which may name
-//! another process by then).
+//! another process by then). A holder whose descriptors this user cannot
+//! read is not verified: the control socket, or root, is the way then.
 //! Where `/proc/locks` does not name the file by its device and inode (an
 //! overlay file system reports other numbers than `stat`), the lock holders
 //! whose open descriptors include the file count instead.
@@ -30,7 +31,8 @@ pub struct Holder {
     /// it sees for itself. Empty when unknown.
     pub nspid: Vec<i32>,
     /// Whether it has the pidfile open (`None`: its descriptors cannot be
-    /// read from here). The lock table keeps the pid that took the lock,
+    /// read from here, which counts as not verified). The lock table keeps
+    /// the pid that took the lock,
     /// which outlives it when a forked worker still holds the file: a
     /// process with that pid now, without the file open, is someone else.
     pub has_file: Option<bool>,
@@ -162,10 +164,19 @@ pub fn decide(file_pid: i32, holders: &[Holder]) -> Result<Arbiter, String> {
         holders,
         holders
             .iter()
-            .filter(|h| h.has_file != Some(false))
+            .filter(|h| h.has_file == Some(true))
             .collect(),
     );
     if holders.is_empty() {
+        if let Some(h) = all.iter().find(|h| h.has_file.is_none()) {
+            // Unverifiable is not verified: the lock table's pid may name
+            // another process by now (one whose descriptors this user may
+            // not read, yet may signal).
+            return Err(format!(
+                "it names pid {file_pid}, and its lock was taken by pid {}, but this user cannot read /proc/{}/fd to check that it still has the file open (run as root or as the pool's user)",
+                h.pid, h.pid
+            ));
+        }
         if let Some(h) = all.first() {
             return Err(format!(
                 "it names pid {file_pid}, but its lock was taken by pid {}, which does not have it open now (its arbiter is gone; a worker that shares the file may hold the lock a moment longer)",
@@ -288,8 +299,10 @@ mod tests {
             has_file: None,
         };
         assert!(decide(1, std::slice::from_ref(&unknown)).is_err());
-        // Descriptors we may not read: the lock table's word stands.
-        assert_eq!(decide(9, &[unknown]).map(|a| a.pid), Ok(9));
+        // Descriptors we may not read: the lock table's pid may have been
+        // reused by such a process, so it is not trusted.
+        let err = decide(9, &[unknown]).unwrap_err();
+        assert!(err.contains("cannot read /proc/9/fd"), "{err}");
     }
 
     #[test]
