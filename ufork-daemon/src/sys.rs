@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 
 /// Which side of a fork the caller is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,11 @@ pub(crate) fn become_helper(keep: &[RawFd], body: impl FnOnce() -> i32) -> ! {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
         let _ = rustix::stdio::dup2_stderr(&null);
+        if null.as_raw_fd() <= 2 {
+            // It took the number of a standard stream (0, closed above):
+            // stays open as that stream.
+            let _ = null.into_raw_fd();
+        }
     }
     for signal in [
         libc::SIGINT,

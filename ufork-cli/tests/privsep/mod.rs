@@ -150,6 +150,46 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
         panic!("one helper expected: {kids:?}");
     };
     assert_eq!(uid_of(helper), Some(0), "the helper keeps root");
+    // ... with the file capabilities only (DAC_OVERRIDE, DAC_READ_SEARCH,
+    // FOWNER), and nothing open but /dev/null as 0-2, its channel and the
+    // directories of its grants.
+    let status = read(Path::new(&format!("/proc/{helper}/status")));
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap();
+    assert_eq!(effective & !0b1110, 0, "capabilities {effective:#x}");
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{helper}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    let mut nulls: Vec<&String> = fds.iter().filter(|f| f.ends_with("/dev/null")).collect();
+    nulls.sort();
+    assert_eq!(
+        nulls,
+        ["0 -> /dev/null", "1 -> /dev/null", "2 -> /dev/null"]
+    );
+    let dir_name = dir.path().display().to_string();
+    for fd in &fds {
+        assert!(
+            fd.ends_with("/dev/null") || fd.ends_with(&dir_name) || fd.contains("socket:["),
+            "the helper keeps {fd}: {fds:?}"
+        );
+    }
+    assert_eq!(
+        fds.iter().filter(|f| f.contains("socket:[")).count(),
+        1,
+        "{fds:?}"
+    );
     let workers: Vec<i32> = kids
         .iter()
         .map(|&(p, _)| p)
