@@ -4,6 +4,9 @@
 //! `GET /healthz` is 200 when every target worker is ready and 503 otherwise,
 //! for Kubernetes readiness and liveness probes.
 //!
+//! After an upgrade the old arbiter, still draining, leaves the socket to the
+//! new one: probes read the new pool's health, not the old one's 503.
+//!
 //! Every connection gets one answer and is closed. A client gets
 //! [`IDLE_TIMEOUT`] to send its request head (at most [`MAX_HEAD`] bytes);
 //! with [`MAX_CONNECTIONS`] open, the oldest makes room for a new one.
@@ -201,6 +204,18 @@ impl Layer for Metrics {
             self.accept(ctx);
         } else {
             self.serve(token, ctx);
+        }
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<'_>) {
+        // After an upgrade the new arbiter serves this same socket: stop
+        // taking its connections here, or a probe that this draining
+        // arbiter happened to accept would read 503 (stopping) while the
+        // service is up. Connections already accepted are still answered.
+        if ufork_core::upgrade::handed_over_to().is_some() {
+            if let Some(token) = self.token.take() {
+                ctx.deregister(token);
+            }
         }
     }
 

@@ -380,6 +380,67 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_by_its_socket_and_on_sigusr2()
 }
 
 #[test]
+fn health_probes_during_the_old_arbiters_drain_reach_the_new_pool() {
+    let dir = TempDir::new("upgrade-healthz");
+    let pidfile = dir.join("ufork.pid");
+    let _guard = DaemonGuard(pidfile.clone());
+    // The worker ignores SIGTERM, so the old arbiter drains until its
+    // graceful timeout (or until told to stop at once) after the handover.
+    let mut old = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--graceful-timeout",
+        "120",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; exec sleep 1000",
+    ]);
+    let metrics = old.expect_line("health on http://");
+    let health: SocketAddr = metrics
+        .rsplit("http://")
+        .next()
+        .and_then(|h| h.strip_suffix("/healthz"))
+        .and_then(|h| h.parse().ok())
+        .expect("the health address");
+    old.expect_line("worker 0 pid");
+    let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = upgraded_pid(&out.stdout);
+    // The old arbiter is still draining its worker.
+    assert!(
+        std::path::Path::new(&format!("/proc/{}", old.pid())).exists(),
+        "{}",
+        old.transcript()
+    );
+    let answers: Vec<u16> = (0..40).map(|_| get(health, "/healthz").0).collect();
+    assert!(
+        answers.iter().all(|&code| code == 200),
+        "every probe must reach the new pool: {answers:?}"
+    );
+    // SIGQUIT stops each arbiter at once (its worker ignores SIGTERM).
+    old.signal(Signal::QUIT);
+    old.wait();
+    let quit = rustix::process::Pid::from_raw(new).expect("a pid");
+    rustix::process::kill_process(quit, Signal::QUIT).expect("the new arbiter runs");
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{new}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    while !gone() {
+        assert!(Instant::now() < deadline, "the new arbiter did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!pidfile.exists(), "the new arbiter removed its pidfile");
+}
+
+#[test]
 fn reload_returns_once_every_worker_was_replaced() {
     let dir = TempDir::new("reload-sync");
     let socket = dir.str("ctl.sock");
