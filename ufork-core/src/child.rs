@@ -29,8 +29,9 @@ pub(crate) struct Child<'a, F> {
     pub(crate) saved: &'a [(i32, Disposition)],
     /// Descriptors of the arbiter the worker must not keep.
     pub(crate) close: &'a [RawFd],
-    /// Descriptors layers registered, with the open file each was.
-    pub(crate) registered: &'a [(RawFd, Option<crate::layer::FileId>)],
+    /// Descriptors layers registered (their numbers), each with core's
+    /// duplicate of it.
+    pub(crate) registered: &'a [(RawFd, RawFd)],
     pub(crate) board: &'a Arc<Scoreboard>,
     pub(crate) notes_w: &'a Arc<OwnedFd>,
     pub(crate) death_r: Option<OwnedFd>,
@@ -103,8 +104,8 @@ where
         for &fd in self.close {
             sys::close_inherited(fd);
         }
-        for &(fd, id) in self.registered {
-            sys::close_registered(fd, id);
+        for &(number, registered) in self.registered {
+            sys::close_registered(number, registered);
         }
         if self.settings.stdin == Stdin::Null {
             if let Ok(null) = rustix::fs::open(

@@ -2,7 +2,7 @@
 //! descriptors of its own to the arbiter's poll loop, without core knowing it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -83,8 +83,9 @@ pub struct Spawn {
 /// the post-fork hook and the worker function.
 ///
 /// Descriptors a layer registers with [`Context::register`] belong to the
-/// arbiter side: the child closes them right after fork (0, 1 and 2 excepted), so
-/// a worker never holds another worker's pipes.
+/// arbiter side: the child closes them (and core's duplicates of them) right
+/// after fork (0, 1 and 2 excepted), so a worker never holds another worker's
+/// pipes.
 pub trait Layer: Send {
     /// The loop is starting: register long-lived descriptors here.
     fn started(&mut self, ctx: &mut Context<'_>) {
@@ -171,26 +172,20 @@ pub trait Layer: Send {
 pub(crate) struct Registration {
     pub(crate) token: Token,
     pub(crate) layer: usize,
-    pub(crate) fd: RawFd,
-    /// Which open file `fd` was when registered (device and inode): a
-    /// number the layer closed and the process reused for something else
-    /// is never polled for the layer nor closed in a child.
-    pub(crate) id: Option<FileId>,
+    /// Core's own duplicate of the registered descriptor: what is polled,
+    /// so the file polled for the layer is the one it registered for as
+    /// long as the registration lasts, whatever happens to its number.
+    pub(crate) fd: OwnedFd,
+    /// The layer's descriptor number, closed in a child only while it is
+    /// still the open file `fd` duplicates.
+    pub(crate) number: RawFd,
     pub(crate) interest: Interest,
 }
 
-/// Device and inode of an open descriptor.
-pub(crate) type FileId = (u64, u64);
-
-/// The device and inode `fd` refers to now, if it is open.
-pub(crate) fn file_id(fd: BorrowedFd<'_>) -> Option<FileId> {
-    rustix::fs::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
-}
-
 impl Registration {
-    /// Whether `fd` is still the descriptor that was registered.
+    /// Whether the layer's number is still the descriptor it registered.
     pub(crate) fn still_open(&self) -> bool {
-        self.id.is_some() && crate::sys::registered_file_id(self.fd) == self.id
+        crate::sys::same_open_file(self.number, self.fd.as_fd())
     }
 }
 
@@ -202,9 +197,10 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// The registered descriptors, with what each was when registered.
-    pub(crate) fn fds(&self) -> impl Iterator<Item = (RawFd, Option<FileId>)> + '_ {
-        self.entries.iter().map(|r| (r.fd, r.id))
+    /// The layers' numbers, each with core's duplicate of what it was when
+    /// registered.
+    pub(crate) fn fds(&self) -> impl Iterator<Item = (RawFd, RawFd)> + '_ {
+        self.entries.iter().map(|r| (r.number, r.fd.as_raw_fd()))
     }
 }
 
@@ -230,21 +226,51 @@ impl Context<'_> {
     /// Every worker forked from now on closes it right after fork (unless it
     /// is 0, 1 or 2).
     ///
-    /// The layer keeps `fd` open until it calls [`deregister`](Self::deregister).
-    /// Core remembers which open file the descriptor was (device and inode):
-    /// should the layer close it anyway and the number be reused, the new
-    /// descriptor is neither polled for the layer nor closed in workers, and
-    /// the registration is dropped with a warning.
+    /// Core keeps a duplicate of `fd` (CLOEXEC) until
+    /// [`deregister`](Self::deregister), and polls that: what is polled for
+    /// the layer is always the open file it registered, never a descriptor
+    /// that later took the same number. The layer keeps `fd` open until it
+    /// deregisters. Should it close `fd` anyway, core notices at the next
+    /// event on the registration and drops it with a warning, and workers
+    /// forked meanwhile close the number only while it is still that open
+    /// file (compared with `kcmp(2)`; where the kernel refuses it, by device
+    /// and inode), so a descriptor that reused the number is left alone.
+    ///
+    /// Should the duplicate fail (no descriptor left), the error is logged
+    /// and the token never hears an event; use
+    /// [`try_register`](Self::try_register) to see the error.
     pub fn register(&mut self, fd: BorrowedFd<'_>, interest: Interest) -> Token {
-        let token = Token(self.registry.next);
-        self.registry.next = self.registry.next.wrapping_add(1);
+        match self.try_register(fd, interest) {
+            Ok(token) => token,
+            Err(e) => {
+                log::error!(target: "ufork", "cannot register a layer's descriptor with the poll loop: {e}");
+                self.next_token()
+            }
+        }
+    }
+
+    /// [`register`](Self::register), failing when core cannot duplicate
+    /// `fd`.
+    ///
+    /// # Errors
+    ///
+    /// The duplicate failed (out of descriptors, say).
+    pub fn try_register(&mut self, fd: BorrowedFd<'_>, interest: Interest) -> io::Result<Token> {
+        let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0)?;
+        let token = self.next_token();
         self.registry.entries.push(Registration {
             token,
             layer: self.layer,
-            fd: fd.as_raw_fd(),
-            id: file_id(fd),
+            fd: dup,
+            number: fd.as_raw_fd(),
             interest,
         });
+        Ok(token)
+    }
+
+    fn next_token(&mut self) -> Token {
+        let token = Token(self.registry.next);
+        self.registry.next = self.registry.next.wrapping_add(1);
         token
     }
 
@@ -255,7 +281,8 @@ impl Context<'_> {
         }
     }
 
-    /// Removes a descriptor from the poll loop (before closing it).
+    /// Removes a descriptor from the poll loop (before closing it) and closes
+    /// core's duplicate.
     pub fn deregister(&mut self, token: Token) {
         self.registry.entries.retain(|e| e.token != token);
     }

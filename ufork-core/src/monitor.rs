@@ -508,9 +508,10 @@ where
         fds
     }
 
-    /// Descriptors layers registered, closed in the child if still theirs.
-    fn registered_fds(&self) -> Vec<(RawFd, Option<crate::layer::FileId>)> {
-        self.registry.fds().filter(|&(fd, _)| fd > 2).collect()
+    /// Descriptors layers registered, with core's duplicates, closed in the
+    /// child (the layer's number only while it is still theirs).
+    fn registered_fds(&self) -> Vec<(RawFd, RawFd)> {
+        self.registry.fds().collect()
     }
 
     // -- health --------------------------------------------------------------
@@ -604,10 +605,7 @@ where
                 if entry.interest.writable {
                     flags |= PollFlags::OUT;
                 }
-                fds.push(PollFd::from_borrowed_fd(
-                    sys::borrow_registered(entry.fd),
-                    flags,
-                ));
+                fds.push(PollFd::new(&entry.fd, flags));
             }
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}

@@ -314,28 +314,63 @@ pub(crate) fn close_inherited(fd: RawFd) {
     unsafe { rustix::io::close(fd) };
 }
 
-/// Borrows a descriptor registered with the monitor loop.
-pub(crate) fn borrow_registered<'a>(fd: RawFd) -> BorrowedFd<'a> {
-    // SAFETY: `Context::register` requires the layer to keep the descriptor open
-    // until it deregisters it; the borrow lives only for one poll call, and
-    // `poll` on a descriptor closed meanwhile reports NVAL, no more.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
-/// Device and inode of the registered descriptor number `fd` now (`None` if
-/// it is closed).
-pub(crate) fn registered_file_id(fd: RawFd) -> Option<crate::layer::FileId> {
-    // SAFETY: the borrow lasts for one fstat; fstat on a closed number fails
-    // with EBADF, which is the answer sought.
-    crate::layer::file_id(unsafe { BorrowedFd::borrow_raw(fd) })
-}
-
-/// In the child: closes a descriptor a layer registered, if the number is
-/// still the open file that was registered (`id`).
-pub(crate) fn close_registered(fd: RawFd, id: Option<crate::layer::FileId>) {
-    if id.is_some() && registered_file_id(fd) == id {
-        close_inherited(fd);
+/// Whether the descriptor number `number` (which may be closed, or reused)
+/// is the open file `registered` duplicates: `kcmp(KCMP_FILE)` compares the
+/// open file descriptions themselves. Where the kernel refuses kcmp (built
+/// without it, or a seccomp filter), device and inode are compared: as
+/// `registered` keeps its file open, no other file can have them, though
+/// another open of the same file can.
+pub(crate) fn same_open_file(number: RawFd, registered: BorrowedFd<'_>) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    let pid = libc::c_long::from(rustix::process::getpid().as_raw_nonzero().get());
+    // SAFETY: kcmp compares two kernel objects by the numbers given and
+    // touches no memory of ours; a number that is not open gives EBADF.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_FILE,
+            libc::c_long::from(number),
+            libc::c_long::from(registered.as_raw_fd()),
+        )
+    };
+    match rc {
+        0 => true,
+        -1 if matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS | libc::EPERM | libc::EACCES)
+        ) =>
+        {
+            let id = |st: libc::stat| (st.st_dev, st.st_ino);
+            let theirs = stat_number(number).map(id);
+            theirs.is_some() && theirs == stat_number(registered.as_raw_fd()).map(id)
+        }
+        _ => false,
     }
+}
+
+/// `fstat` of a descriptor number that may not be open.
+fn stat_number(number: RawFd) -> Option<libc::stat> {
+    // SAFETY: an all-zero stat is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat through a valid pointer and does no I/O
+    // on the file; a number that is not open gives EBADF.
+    let rc = unsafe { libc::fstat(number, &mut st) };
+    (rc == 0).then_some(st)
+}
+
+/// In the child: closes core's duplicate of a descriptor a layer registered,
+/// and the layer's number too (0, 1 and 2 excepted) if it is still that open
+/// file.
+pub(crate) fn close_registered(number: RawFd, registered: RawFd) {
+    // SAFETY: `registered` is core's own duplicate, open in the arbiter at
+    // the fork and so in the child; the borrow ends before it is closed.
+    let same = same_open_file(number, unsafe { BorrowedFd::borrow_raw(registered) });
+    if number > 2 && same {
+        close_inherited(number);
+    }
+    close_inherited(registered);
 }
 
 // ---------------------------------------------------------------------------

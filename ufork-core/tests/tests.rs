@@ -1895,6 +1895,70 @@ impl Layer for ClosesWithoutDeregistering {
     }
 }
 
+/// Registers a file, closes it without deregistering, and opens the same
+/// file again under the same number: the same device and inode, another
+/// open file.
+struct ReopensTheSameFile {
+    path: std::path::PathBuf,
+    number: Arc<Mutex<Option<i32>>>,
+    reopened: Option<std::fs::File>,
+}
+
+impl Layer for ReopensTheSameFile {
+    fn started(&mut self, ctx: &mut Context<'_>) {
+        use std::os::fd::{AsFd, AsRawFd};
+        let first = std::fs::File::open(&self.path).unwrap();
+        ctx.register(first.as_fd(), Interest::READABLE);
+        let number = first.as_raw_fd();
+        drop(first);
+        let again = std::fs::File::open(&self.path).unwrap();
+        if again.as_raw_fd() == number {
+            *self.number.lock().unwrap() = Some(number);
+        }
+        self.reopened = Some(again);
+    }
+}
+
+#[test]
+fn a_number_reused_by_another_open_of_the_same_file_stays_open_in_workers() {
+    let _g = lock();
+    let path = std::env::temp_dir().join(format!("ufork-core-reopen-{}", std::process::id()));
+    std::fs::write(&path, b"x").unwrap();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let number = Arc::new(Mutex::new(None));
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(ReopensTheSameFile {
+            path: path.clone(),
+            number: Arc::clone(&number),
+            reopened: None,
+        })
+        .build()
+        .unwrap();
+    let n = Arc::clone(&number);
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            let fd = n.lock().unwrap().expect("the number was reused");
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+            tx.send(&format!("fd {fd} {}", target.is_ok()));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let line = ev.expect("the worker's view", |l| l.starts_with("fd "));
+    assert!(line.ends_with(" true"), "closed in the worker: {line}");
+    util::wait_until("the registration is dropped", || {
+        util::logs()
+            .iter()
+            .any(|l| l.contains("a layer's descriptor was closed while registered"))
+    });
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_nothing_left(&outcome.history);
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn a_reused_descriptor_number_is_not_closed_in_workers_nor_polled() {
     let _g = lock();
