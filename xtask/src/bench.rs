@@ -72,14 +72,17 @@ pub fn run(which: &[String]) -> Result<(), String> {
             ]);
             step("build the async_tokio example", build)?;
         }
-        if name == "ops" {
+        if name == "ops" || name == "http" {
+            // The ops rows and http's recycle row run the `ufork` binary.
             let mut build = cargo();
             build.args(["build", "--release", "--quiet", "-p", "ufork-cli"]);
             step("build the ufork binary", build)?;
             let target = env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| crate::root().join("target"), Into::into);
-            run.env("UFORK_BENCH_ROWS", "ops")
-                .env("UFORK_BENCH_UFORK", target.join("release/ufork"));
+            run.env("UFORK_BENCH_UFORK", target.join("release/ufork"));
+            if name == "ops" {
+                run.env("UFORK_BENCH_ROWS", "ops");
+            }
         }
         for (k, v) in &env_vars {
             run.env(k, v);

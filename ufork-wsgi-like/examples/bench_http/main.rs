@@ -21,6 +21,10 @@
 //!   `--preload`;
 //! - `respawn`: SIGKILL the oldest worker every 500 ms during wrk -c64:
 //!   req/s, p99 and errors, against gunicorn sync;
+//! - `recycle`: `ufork serve -w 2` (the binary named by `UFORK_BENCH_UFORK`,
+//!   which `cargo xtask bench http` builds) with and without
+//!   `--max-requests 2000`, wrk -c64: req/s, p99, errors and the ratio
+//!   (goal: at least 0.90x; see `recycle.rs`);
 //! - `idle`: 16 idle workers: wake-ups per second and CPU of the workers
 //!   and of the arbiter, against gunicorn sync;
 //! - `files`: a 1 GiB stream of 64 KiB chunks against the same bytes as a
@@ -43,6 +47,7 @@ mod callgrind;
 mod load;
 mod ops;
 mod procs;
+mod recycle;
 mod servers;
 
 use std::io::{BufRead, BufReader};
@@ -277,7 +282,7 @@ fn bench() -> Result<(), BoxError> {
         Err(_) => 10,
     };
     let rows: Vec<String> = std::env::var("UFORK_BENCH_ROWS")
-        .unwrap_or_else(|_| "hello,cpu,mem,respawn,idle,files,callgrind".into())
+        .unwrap_or_else(|_| "hello,cpu,mem,respawn,recycle,idle,files,callgrind".into())
         .split(',')
         .map(str::to_owned)
         .collect();
@@ -334,6 +339,9 @@ fn bench() -> Result<(), BoxError> {
         }
         if wants("ops") {
             ops::run(&ctx);
+        }
+        if wants("recycle") {
+            recycle::run(&ctx);
         }
         if wants("callgrind") {
             println!("\nper hello request, serving thread of Server::spawn_local (callgrind)");
