@@ -31,6 +31,10 @@ struct State {
     new_arbiter: bool,
     /// Copies of the listening sockets, in `--bind` order, to hand on.
     sockets: Vec<(String, OwnedFd)>,
+    /// Copies of the unix listening sockets this pool bound: not handed on,
+    /// but their paths are removed when a graceful stop begins, so new
+    /// clients are refused.
+    refuse: Vec<OwnedFd>,
     handle: Option<UpgradeHandle>,
     /// Why this pool cannot be upgraded, when it cannot.
     unsupported: Option<String>,
@@ -47,6 +51,7 @@ fn state() -> std::sync::MutexGuard<'static, State> {
                 handover: None,
                 new_arbiter: false,
                 sockets: Vec::new(),
+                refuse: Vec::new(),
                 handle: None,
                 unsupported: None,
             })
@@ -77,6 +82,7 @@ pub fn init() {
         handover,
         new_arbiter,
         sockets: Vec::new(),
+        refuse: Vec::new(),
         handle: None,
         unsupported: None,
     }));
@@ -172,7 +178,14 @@ pub fn remember(listeners: &[Listener]) {
                 Err(e) => state.unsupported = Some(failure::io_text(&e)),
             },
             // The old pool removes its socket file when it stops.
-            Socket::Unix(..) => {
+            Socket::Unix(socket, file) => {
+                // Only a path this pool made is removed: an activated
+                // socket's file is its supervisor's.
+                if file.is_some()
+                    && let Ok(fd) = socket.as_fd().try_clone_to_owned()
+                {
+                    state.refuse.push(fd);
+                }
                 state.unsupported = Some(format!(
                     "--bind {}: unix sockets are not handed over",
                     l.addr
@@ -226,6 +239,15 @@ pub fn configure(
                         Ok(u) => upgrader = u,
                         Err(e) => {
                             log::error!(target: "ufork", "cannot keep a socket for upgrades: {}", failure::io_text(&e));
+                            return builder;
+                        }
+                    }
+                }
+                for fd in std::mem::take(&mut state.refuse) {
+                    match upgrader.refuse_at_stop(&fd) {
+                        Ok(u) => upgrader = u,
+                        Err(e) => {
+                            log::error!(target: "ufork", "cannot keep a unix socket to refuse at stop: {}", failure::io_text(&e));
                             return builder;
                         }
                     }

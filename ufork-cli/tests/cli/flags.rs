@@ -257,6 +257,72 @@ fn run_binds_unix_sockets_and_removes_them_at_stop() {
     drop(pool);
 }
 
+const HOLDS_PY: &str = r#"
+import signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *a: print("worker-heard-term", flush=True))
+listener = socket.socket(fileno=3)
+held, _ = listener.accept()
+print("worker-holds-a-client", flush=True)
+with open(sys.argv[1]) as release:
+    release.read()
+held.sendall(b"finished\n")
+held.close()
+"#;
+
+/// A graceful stop removes a unix socket's path at once (a new client gets
+/// ENOENT) while the worker finishes the client it holds.
+#[test]
+fn run_refuses_new_unix_clients_at_once_when_a_graceful_stop_begins() {
+    let dir = TempDir::new("unix-stop");
+    let script = dir.join("holds.py");
+    std::fs::write(&script, HOLDS_PY).unwrap();
+    let release = dir.join("release");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&release)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let path = dir.join("app.sock");
+    let bind = format!("unix:{}", path.display());
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--bind",
+        &bind,
+        "--graceful-timeout",
+        "60",
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        release.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + DEADLINE;
+    let mut held = loop {
+        match UnixStream::connect(&path) {
+            Ok(stream) => break stream,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never listening: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    pool.expect_line("worker-holds-a-client");
+    pool.signal(Signal::TERM);
+    pool.expect_line("worker-heard-term");
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{}", pool.transcript());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = UnixStream::connect(&path).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::NotFound);
+    std::fs::write(&release, b"go").unwrap();
+    let mut reply = String::new();
+    held.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "finished\n");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
 #[test]
 fn access_log_to_a_file_reopened_on_usr1_or_to_stdout() {
     let dir = TempDir::new("access");
