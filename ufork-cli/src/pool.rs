@@ -266,7 +266,8 @@ impl Session {
                 .is_some()
                 .then_some(self.control_path.as_deref())
                 .flatten();
-            self.privsep = privs::helper(self.log.as_ref(), pidfile, control)?;
+            self.privsep =
+                privs::helper(self.log.as_ref(), pidfile, control, pool.user.as_deref())?;
         }
         let capture = match &self.log {
             Some(log) => Capture::builder().sink(Sink::writer(log.clone())),

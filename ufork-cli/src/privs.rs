@@ -129,20 +129,26 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
 /// after `--user`/`--group` took effect: the log file (rotation, reopen on
 /// SIGUSR1), the pidfile and the control socket (removed at the stop). Only
 /// as root, where there is a privilege to keep, and only when there is a
-/// file to serve. Call it while the process has one thread.
+/// file to serve. Call it while the process has one thread. The log it
+/// reopens must be owned by root or by `user` (the `--user` value).
 ///
 /// # Errors
 ///
-/// The helper cannot be started (a message naming `--user`).
+/// `user` is unknown, or the helper cannot be started (a message naming
+/// `--user`).
 pub fn helper(
     log: Option<&RotatingFile>,
     pidfile: Option<&Pidfile>,
     control: Option<&Path>,
+    user: Option<&str>,
 ) -> Result<Option<Privsep>, Failure> {
     if !Uid::effective().is_root() || (log.is_none() && pidfile.is_none() && control.is_none()) {
         return Ok(None);
     }
     let mut builder = Privsep::builder();
+    if let Some(uid) = resolve(user, None)?.uid {
+        builder = builder.user(uid.as_raw());
+    }
     if let Some(log) = log {
         builder = builder.log(log);
     }

@@ -34,6 +34,8 @@ pub(crate) struct LogGrant {
     pub(crate) name: PathBuf,
     pub(crate) backups: usize,
     pub(crate) mode: u32,
+    /// Who may own the file the helper hands out, besides root.
+    pub(crate) owners: Vec<u32>,
 }
 
 /// A file the helper may remove (on request, and when it finishes).
@@ -77,7 +79,7 @@ impl Grants {
             Request::RotateLog(n) => {
                 let grant = log(n)?;
                 rotate::shift(grant.dir.as_fd(), &grant.name, grant.backups)?;
-                Ok(Some(open(grant)?))
+                Ok(Some(create(grant)?))
             }
             Request::ReopenLog(n) => Ok(Some(open(log(n)?)?)),
             Request::RemoveFile(n) => {
@@ -124,9 +126,46 @@ impl Grants {
     }
 }
 
+/// The log at the grant's name, opened (created if missing) for the
+/// arbiter: see [`vetted`].
 fn open(grant: &LogGrant) -> io::Result<OwnedFd> {
     let (file, _) = rotate::open_log_at(grant.dir.as_fd(), &grant.name, grant.mode, Follow::No)?;
-    Ok(file.into())
+    vetted(file.into(), grant)
+}
+
+/// A fresh log at the grant's name, after a rotation renamed the old one:
+/// created here and now, or an error (`EEXIST`) if something was put at
+/// the name between the rename and the create; never opened.
+fn create(grant: &LogGrant) -> io::Result<OwnedFd> {
+    let flags = OFlags::WRONLY
+        | OFlags::APPEND
+        | OFlags::CLOEXEC
+        | OFlags::CREATE
+        | OFlags::EXCL
+        | OFlags::NOFOLLOW
+        | OFlags::NONBLOCK;
+    let mode = Mode::from_raw_mode(grant.mode);
+    let fd = rustix::fs::openat(&grant.dir, &grant.name, flags, mode)?;
+    // The umask may have taken bits away.
+    rustix::fs::fchmod(&fd, mode)?;
+    rustix::fs::fcntl_setfl(&fd, OFlags::APPEND)?;
+    vetted(fd, grant)
+}
+
+/// `fd` if the arbiter may have it: a file with one name only (`EMLINK`
+/// otherwise: a hard link to a file of root's, planted at the log's name
+/// where `fs.protected_hardlinks` is 0, would hand that file out), owned by
+/// root or a user the grant names (`EPERM` otherwise). A refused `fd` is
+/// closed.
+fn vetted(fd: OwnedFd, grant: &LogGrant) -> io::Result<OwnedFd> {
+    let stat = rustix::fs::fstat(&fd)?;
+    if stat.st_nlink != 1 {
+        return Err(Errno::MLINK.into());
+    }
+    if stat.st_uid != 0 && !grant.owners.contains(&stat.st_uid) {
+        return Err(Errno::PERM.into());
+    }
+    Ok(fd)
 }
 
 /// Whether the grant's path (not following a symlink) is the file granted.

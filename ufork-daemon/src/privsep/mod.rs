@@ -58,7 +58,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// fixed when it is forked ([`PrivsepBuilder::log`],
 /// [`PrivsepBuilder::pidfile`], [`PrivsepBuilder::remove_at_stop`]), each
 /// path pinned by a descriptor on its directory; a log is opened with
-/// `O_NOFOLLOW` and must be a regular file. A [`RotatingFile`] or
+/// `O_NOFOLLOW` and must be a regular file with one name (no hard link)
+/// owned by root or by the user given to [`PrivsepBuilder::user`], and the
+/// new file of a rotation is created (`O_EXCL`), never opened. A [`RotatingFile`] or
 /// [`Pidfile`] given to the builder uses the helper from then on, by
 /// itself.
 ///
@@ -147,6 +149,7 @@ pub struct PrivsepBuilder<'a> {
     logs: Vec<RotatingFile>,
     pidfiles: Vec<&'a Pidfile>,
     at_stop: Vec<PathBuf>,
+    owners: Vec<u32>,
 }
 
 impl Privsep {
@@ -393,6 +396,14 @@ impl<'a> PrivsepBuilder<'a> {
         self
     }
 
+    /// Lets a granted log owned by `uid` (the user the server switches to,
+    /// say) be reopened. Without it, the helper hands out only logs owned
+    /// by root, and never one with more than one name (a hard link).
+    pub fn user(mut self, uid: u32) -> Self {
+        self.owners.push(uid);
+        self
+    }
+
     /// Forks the helper with these grants.
     ///
     /// # Errors
@@ -472,6 +483,7 @@ impl<'a> PrivsepBuilder<'a> {
                 name,
                 backups: config.backup_count(),
                 mode: config.file_mode(),
+                owners: self.owners.clone(),
             });
         }
         for pidfile in &self.pidfiles {
@@ -660,6 +672,66 @@ mod tests {
         // Neither blocks nor hands out the FIFO.
         assert!(log.reopen().is_err());
         assert_eq!(read(&dir.join("secret")), "secret\n");
+        helper.finish().unwrap();
+        thread.join().unwrap();
+    }
+
+    fn errno(error: &Error) -> Option<i32> {
+        std::error::Error::source(error)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error)
+    }
+
+    #[test]
+    fn a_hard_link_planted_at_the_log_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            println!("skipped: only root can give a file away (chown)");
+            return;
+        }
+        let dir = Dir::new("hardlink");
+        let path = dir.join("log");
+        let log = RotatingFile::builder(&path).backups(1).open().unwrap();
+        let (helper, thread) = Privsep::builder().log(&log).user(65534).start_on_thread();
+        // A file only root may read or write, as in /etc.
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "secret\n").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&secret, &path).unwrap();
+        let error = log.reopen().unwrap_err();
+        assert!(matches!(error, Error::OpenLog { .. }), "{error:?}");
+        assert_eq!(errno(&error), Some(libc::EMLINK), "{error:?}");
+        // Planted at the backup's name too: the rename of the rotation
+        // does nothing (both names are the same file), so the log's name
+        // is still there when the new file is created.
+        std::fs::hard_link(&secret, dir.join("log.1")).unwrap();
+        let error = log.rotate().unwrap_err();
+        assert!(matches!(error, Error::RotateLog { .. }), "{error:?}");
+        assert_eq!(errno(&error), Some(libc::EEXIST), "{error:?}");
+        (&log).write_all(b"line\n").unwrap();
+        assert_eq!(
+            read(&secret),
+            "secret\n",
+            "never written through the helper"
+        );
+
+        // One name, but someone else's file: refused; the user's: handed out.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(dir.join("log.1")).unwrap();
+        std::fs::write(&path, "").unwrap();
+        std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+        let error = log.reopen().unwrap_err();
+        assert_eq!(errno(&error), Some(libc::EPERM), "{error:?}");
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        log.reopen().unwrap();
+        (&log).write_all(b"mine\n").unwrap();
+        assert_eq!(read(&path), "mine\n");
+        // A rotation creates the new file, root's, with one name.
+        log.rotate().unwrap();
+        (&log).write_all(b"fresh\n").unwrap();
+        assert_eq!(read(&path), "fresh\n");
+        assert_eq!(read(&dir.join("log.1")), "mine\n");
         helper.finish().unwrap();
         thread.join().unwrap();
     }
