@@ -27,7 +27,7 @@ use crate::failure::{self, Failure, Result, io_text};
 use crate::health::Observer;
 use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
-use crate::{logger, privs, term, upgrade};
+use crate::{listen, logger, privs, term, upgrade};
 
 /// How long the end of a run waits for output the sink has not taken yet, at
 /// most (and no later than the graceful timeout plus 1 s after a stop began:
@@ -148,11 +148,13 @@ pub struct Session {
 impl Session {
     /// Daemonizes (the launcher exits here), takes the pidfile (or keeps
     /// `locked`, taken by [`lock_pidfile`]), opens the log, drops privileges, makes the control socket and starts capturing.
+    /// `sockets` are the paths of the `--bind unix:` sockets bound already:
+    /// under `--user`, the privileged helper removes them at the stop.
     ///
     /// # Errors
     ///
     /// A message naming the flag whose file or setting failed.
-    pub fn start(pool: &PoolArgs, locked: Option<Pidfile>) -> Result<Self> {
+    pub fn start(pool: &PoolArgs, locked: Option<Pidfile>, sockets: &[PathBuf]) -> Result<Self> {
         // Read before anything else runs: the variables describe this
         // process, not the daemon or the workers it will make.
         let supervisor = Supervisor::from_env();
@@ -219,14 +221,14 @@ impl Session {
             takeover,
             privsep: None,
         };
-        if let Err(e) = session.setup(pool) {
+        if let Err(e) = session.setup(pool, sockets) {
             session.fail(&e);
             return Err(e);
         }
         Ok(session)
     }
 
-    fn setup(&mut self, pool: &PoolArgs) -> Result<()> {
+    fn setup(&mut self, pool: &PoolArgs, sockets: &[PathBuf]) -> Result<()> {
         // Bound before privileges drop, like the pool's own sockets.
         self.metrics = pool
             .metrics_bind
@@ -266,8 +268,13 @@ impl Session {
                 .is_some()
                 .then_some(self.control_path.as_deref())
                 .flatten();
-            self.privsep =
-                privs::helper(self.log.as_ref(), pidfile, control, pool.user.as_deref())?;
+            self.privsep = privs::helper(
+                self.log.as_ref(),
+                pidfile,
+                control,
+                sockets,
+                pool.user.as_deref(),
+            )?;
         }
         let capture = match &self.log {
             Some(log) => Capture::builder().sink(Sink::writer(log.clone())),
@@ -401,6 +408,18 @@ impl Session {
             term::say("press Ctrl-C to stop");
         }
     }
+}
+
+/// The paths of the unix sockets among `listeners` that this process made
+/// (and so removes at the stop), for [`Session::start`].
+pub fn unix_paths(listeners: &[listen::Listener]) -> Vec<PathBuf> {
+    listeners
+        .iter()
+        .filter_map(|l| match (&l.addr, &l.socket) {
+            (listen::Address::Unix(path), listen::Socket::Unix(_, Some(_))) => Some(path.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Drop for Session {

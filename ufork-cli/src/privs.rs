@@ -9,12 +9,12 @@
 //!
 //! Before the switch, [`helper`] forks ufork-daemon's privileged helper
 //! ([`Privsep`]): it stays root and, once the arbiter is not, rotates and
-//! reopens the log file, removes the pidfile and the control socket at the
-//! stop, in directories only root may write. [`ChildSide`] keeps every
+//! reopens the log file, removes the pidfile, the control socket and the
+//! `--bind unix:` sockets at the stop, in directories only root may write. [`ChildSide`] keeps every
 //! worker off its channel.
 
 use std::ffi::CString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Group, Uid, User};
 use ufork_core::{ChildInfo, Layer};
@@ -127,7 +127,8 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
 
 /// Forks the privileged helper for the files the arbiter must still touch
 /// after `--user`/`--group` took effect: the log file (rotation, reopen on
-/// SIGUSR1), the pidfile and the control socket (removed at the stop). Only
+/// SIGUSR1), the pidfile, the control socket and the unix sockets of
+/// `--bind` (`sockets`, removed at the stop). Only
 /// as root, where there is a privilege to keep, and only when there is a
 /// file to serve. Call it while the process has one thread. The log it
 /// reopens must be owned by root or by `user` (the `--user` value).
@@ -140,9 +141,11 @@ pub fn helper(
     log: Option<&RotatingFile>,
     pidfile: Option<&Pidfile>,
     control: Option<&Path>,
+    sockets: &[PathBuf],
     user: Option<&str>,
 ) -> Result<Option<Privsep>, Failure> {
-    if !Uid::effective().is_root() || (log.is_none() && pidfile.is_none() && control.is_none()) {
+    let nothing = log.is_none() && pidfile.is_none() && control.is_none() && sockets.is_empty();
+    if !Uid::effective().is_root() || nothing {
         return Ok(None);
     }
     let mut builder = Privsep::builder();
@@ -157,6 +160,9 @@ pub fn helper(
     }
     if let Some(control) = control {
         builder = builder.remove_at_stop(control);
+    }
+    for socket in sockets {
+        builder = builder.remove_at_stop(socket);
     }
     builder.start().map(Some).map_err(|e| {
         failure::runtime(format!(

@@ -108,7 +108,8 @@ pub fn exec(args: RunArgs) -> Result<()> {
             ));
         }
     }
-    let mut session = pool::Session::start(&args.pool, pidfile)?;
+    let sockets = pool::unix_paths(&listeners);
+    let mut session = pool::Session::start(&args.pool, pidfile, &sockets)?;
     let notify = match args.notify.then(notify::Notify::bind).transpose() {
         Ok(notify) => notify,
         Err(e) => {

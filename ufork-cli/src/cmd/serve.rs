@@ -174,7 +174,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     if let Some(path) = &args.access_log {
         access::open(path)?;
     }
-    let mut session = pool::Session::start(&args.pool, pidfile)?;
+    let mut session = pool::Session::start(&args.pool, pidfile, &pool::unix_paths(&listeners))?;
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
     }

@@ -4,11 +4,13 @@
 //! `nobody`. Issue 10, must-have 6.
 
 use std::collections::HashSet;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rustix::process::Signal;
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitOptions};
 
 use crate::util::*;
 
@@ -21,6 +23,11 @@ fn uid_of(pid: i32) -> Option<u32> {
         [one] => one.parse().ok(),
         _ => None,
     }
+}
+
+/// The capabilities root has in this test process (`CapEff`).
+fn root_caps() -> u64 {
+    capabilities("self")[0]
 }
 
 /// The children of `parent`, each with its `comm`.
@@ -86,6 +93,62 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Makes this test process the subreaper of what it starts: a process
+/// orphaned below it (the daemon, a helper its arbiter left unreaped)
+/// becomes its child rather than init's, and stays visible as a zombie
+/// until this process reaps it.
+fn become_subreaper() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+}
+
+/// A pidfd on `pid`, opened while it runs: it names that process even
+/// after its number is reused.
+fn pidfd(pid: i32) -> OwnedFd {
+    rustix::process::pidfd_open(Pid::from_raw(pid).unwrap(), PidfdFlags::empty()).unwrap()
+}
+
+/// Whether the process of `pidfd` exits (within [`DEADLINE`]) and is reaped
+/// by its own parent. Call it once that parent is gone, from the subreaper
+/// above it ([`become_subreaper`]): a process its parent did not reap was
+/// handed to this one, and is reaped here (so nothing is left) but counts
+/// as not reaped.
+fn reaped_by_its_parent(pidfd: &OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::time::Timespec {
+        tv_sec: DEADLINE.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    assert_eq!(
+        rustix::event::poll(&mut fds, Some(&timeout)).unwrap(),
+        1,
+        "the process did not exit"
+    );
+    match rustix::process::waitid(
+        WaitId::PidFd(pidfd.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {
+        // Not a child of this process: its parent reaped it.
+        Err(Errno::CHILD) => true,
+        Ok(_) => false,
+        Err(errno) => panic!("waitid: {errno}"),
+    }
+}
+
+/// The capability sets of `pid` (`CapEff`, `CapPrm`, `CapInh`).
+fn capabilities(pid: &str) -> [u64; 3] {
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    ["CapEff:", "CapPrm:", "CapInh:"].map(|field| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap()
+    })
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -112,6 +175,7 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (pidfile, log) = (dir.str("p"), dir.str("l"));
     let _guard = DaemonGuard(dir.join("p"));
+    become_subreaper();
     let out = run(&[
         "serve",
         dir.path().to_str().unwrap(),
@@ -149,17 +213,19 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
     let [helper] = helpers[..] else {
         panic!("one helper expected: {kids:?}");
     };
+    let helper_pidfd = pidfd(helper);
     assert_eq!(uid_of(helper), Some(0), "the helper keeps root");
-    // ... with the file capabilities only (DAC_OVERRIDE, DAC_READ_SEARCH,
-    // FOWNER), and nothing open but /dev/null as 0-2, its channel and the
-    // directories of its grants.
-    let status = read(Path::new(&format!("/proc/{helper}/status")));
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap();
-    assert_eq!(effective & !0b1110, 0, "capabilities {effective:#x}");
+    // ... with the file capabilities only, effective and permitted:
+    // CAP_DAC_OVERRIDE (1), CAP_DAC_READ_SEARCH (2), CAP_FOWNER (3), as far
+    // as root here has them; none inheritable. Nothing open but /dev/null
+    // as 0-2, its channel and the directories of its grants.
+    let files = [root_caps() & 0b1110, root_caps() & 0b1110, 0];
+    assert_ne!(files[0], 0, "root here has none of the file capabilities");
+    let caps = capabilities(&helper.to_string());
+    assert_eq!(
+        caps, files,
+        "the helper's CapEff, CapPrm, CapInh: {caps:#x?}, expected {files:#x?}"
+    );
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{helper}/fd"))
         .unwrap()
         .flatten()
@@ -233,12 +299,19 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
 
     // `ufork stop` through the control socket (which removes nothing
     // itself), then the arbiter's exit: by then the helper removed the
-    // pidfile and the socket, and was reaped.
+    // pidfile and the socket, and the arbiter reaped it (this process is
+    // the daemon's subreaper: a helper left unreaped would be its zombie).
     let stop = run(&["stop", "--control-socket", &dir.str("p.sock")]);
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert!(
         ufork_daemon::wait_for_exit(pid, Some(DEADLINE)).unwrap(),
         "the arbiter did not exit"
+    );
+    // The daemon was handed to this process when its launcher exited.
+    let _ = rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG);
+    assert!(
+        reaped_by_its_parent(&helper_pidfd),
+        "helper {helper} not reaped by the arbiter"
     );
     assert!(!dir.join("p").exists(), "pidfile left: {}", whole_log(&dir));
     assert!(
@@ -246,7 +319,7 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
         "control socket left: {}",
         whole_log(&dir)
     );
-    for gone in std::iter::once(helper).chain(workers) {
+    for gone in workers {
         assert!(
             !Path::new(&format!("/proc/{gone}")).exists(),
             "pid {gone} left behind"
@@ -339,6 +412,7 @@ fn a_foreground_pool_as_nobody_removes_its_files_at_the_stop() {
     let dir = TempDir::new("privsep-fg");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.str("c.sock");
+    become_subreaper();
     let mut pool = Running::start(&[
         "run",
         "--user",
@@ -361,15 +435,76 @@ fn a_foreground_pool_as_nobody_removes_its_files_at_the_stop() {
     let Some(&(helper, _)) = kids.iter().find(|(_, comm)| comm == "ufork-privsep") else {
         panic!("no helper: {kids:?}");
     };
+    let helper_pidfd = pidfd(helper);
     assert!(dir.join("p").exists() && dir.join("c.sock").exists());
     pool.signal(Signal::TERM);
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
     assert!(!dir.join("p").exists(), "pidfile left");
     assert!(!dir.join("c.sock").exists(), "control socket left");
     assert!(
-        !Path::new(&format!("/proc/{helper}")).exists(),
-        "helper {helper} not reaped"
+        reaped_by_its_parent(&helper_pidfd),
+        "helper {helper} not reaped by the arbiter"
     );
     let text = read(&dir.join("l"));
     assert!(text.contains("every worker reaped"), "{text}");
+}
+
+/// `--bind unix:PATH` in a root-owned directory: the arbiter, as nobody,
+/// may not remove the socket it bound as root; the helper does at the stop.
+/// For `serve` and for `run` alike.
+#[test]
+fn a_unix_socket_in_a_root_owned_directory_is_removed_at_the_stop() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return;
+    }
+    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
+        println!("skipped: no user nobody");
+        return;
+    }
+    let dir = TempDir::new("privsep-unix");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = dir.str("c.sock");
+    let bind = format!("unix:{}", dir.str("s.sock"));
+    let serve = [
+        "serve",
+        "--user",
+        "nobody",
+        "--bind",
+        &bind,
+        "-w",
+        "1",
+        "--control-socket",
+        &control,
+        "--no-prompt",
+    ];
+    let run_ = [
+        "run",
+        "--user",
+        "nobody",
+        "--bind",
+        &bind,
+        "-w",
+        "1",
+        "--control-socket",
+        &control,
+        "--no-prompt",
+        "--",
+        "sleep",
+        "1000",
+    ];
+    for args in [&serve[..], &run_[..]] {
+        let mut pool = Running::start(args);
+        wait_ready(&control, 1);
+        assert!(dir.join("s.sock").exists(), "{}", pool.transcript());
+        pool.signal(Signal::TERM);
+        assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+        assert!(
+            !dir.join("s.sock").exists(),
+            "{}: the unix socket left: {}",
+            args[0],
+            pool.transcript()
+        );
+        assert!(!dir.join("c.sock").exists(), "control socket left");
+    }
 }
