@@ -173,17 +173,16 @@ impl Builder {
     /// Crash-loop backoff (defaults 100 ms, 30 s, 1 s). A slot backs off only
     /// in a crash loop: its worker never became ready, or failed on its own
     /// younger than `min_uptime` (a non-zero exit, a panic, a signal it raised
-    /// itself such as SIGSEGV or SIGABRT, or a hang). The first such failure
-    /// is replaced at once; from the second in a row the slot waits
-    /// `initial * 1.5^(n-2)` (capped at `max`; a delay too long to represent
-    /// means never). A worker that lives past `min_uptime` ends the loop.
+    /// itself such as SIGSEGV or SIGABRT, a hang, or an exit with code 0 it
+    /// did not plan). The first such failure is replaced at once; from the
+    /// second in a row the slot waits `initial * 1.5^(n-2)` (capped at `max`;
+    /// a delay too long to represent means never). A worker that lives past
+    /// `min_uptime` ends the loop.
     ///
-    /// Never a crash: an exit with code 0 from a worker that was ready
-    /// (planned with [`Worker::recycle`] or not: it ended by choice, like a
-    /// `--max-requests` recycle), an exit the arbiter asked for, a limit
-    /// recycling, or a ready worker killed from outside (an operator's
-    /// `kill -9`, the OOM killer): those are replaced at once. A worker that
-    /// never became ready is a crash-loop step whatever its exit code.
+    /// Never a crash: a planned exit ([`Worker::recycle`]), an exit the
+    /// arbiter asked for, a limit recycling, or a ready worker killed from
+    /// outside (an operator's `kill -9`, the OOM killer): those are replaced
+    /// at once.
     pub fn backoff(mut self, initial: Duration, max: Duration, min_uptime: Duration) -> Self {
         self.settings.backoff_initial = initial;
         self.settings.backoff_max = max;

@@ -1671,45 +1671,6 @@ fn planned_exits_and_outside_kills_are_replaced_at_once_however_young() {
 }
 
 #[test]
-fn young_exits_with_code_0_of_ready_workers_never_back_off() {
-    let _g = lock();
-    let mut ev = Events::new();
-    let tx = ev.sender();
-    // An hour of backoff from the second crash-loop step: were exit 0 a
-    // crash, generation 2 would wait an hour.
-    let arbiter = endless_backoff(Arbiter::builder().workers(1))
-        .build()
-        .unwrap();
-    let (handle, thread) = arbiter
-        .spawn_guarded(move |w: &mut Worker| -> Res {
-            w.ready();
-            tx.send(&format!("up {}", w.generation()));
-            if w.generation() < 4 {
-                // Ends by choice, undeclared, milliseconds old.
-                return Ok(());
-            }
-            w.wait_for_stop(None);
-            Ok(())
-        })
-        .unwrap();
-    for generation in 0..5 {
-        ev.expect("the next generation, at once", |l| {
-            l == format!("up {generation}")
-        });
-    }
-    handle.stop();
-    let outcome = thread.join().unwrap().unwrap();
-    let reasons: Vec<&ExitReason> = outcome.history.iter().map(|r| &r.reason).collect();
-    assert_eq!(&reasons[..4], &[&ExitReason::Exited; 4]);
-    assert!(
-        !util::logs().iter().any(|l| l.contains("crash-looping")),
-        "{:#?}",
-        util::logs()
-    );
-    assert_nothing_left(&outcome.history);
-}
-
-#[test]
 fn the_first_failure_is_replaced_at_once_and_the_second_backs_off() {
     let _g = lock();
     let mut ev = Events::new();

@@ -286,6 +286,21 @@ fn a_pool_that_cannot_start_gives_up_and_exits_1_naming_the_failure() {
     assert!(!out.stderr.contains("panicked"), "{out:#?}");
 }
 
+/// A program that exits 0 at once is no server: without a planned recycle,
+/// each young exit is a crash-loop step, so the pool backs off and gives up
+/// instead of forking it as fast as it can forever.
+#[test]
+fn a_program_that_keeps_exiting_0_at_once_backs_off_and_gives_up() {
+    let out = run(&["run", "-w", "1", "--", "true"]);
+    assert_eq!(out.code(), Some(1), "{out:#?}");
+    assert!(
+        out.stderr.contains("every slot failed 5 times in a row"),
+        "{out:#?}"
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ufork: error: gave up"), "{out:#?}");
+}
+
 /// `give_up_after` in a --config file; 0 never gives up (the pool then stops
 /// as asked, exit 0).
 #[test]

@@ -44,10 +44,9 @@ pub(crate) fn reason(
 
 /// Whether this exit is one more step of a crash loop: the worker never
 /// became ready, or it failed on its own (non-zero exit, a panic, a signal
-/// it raised itself, a hang) younger than `min_uptime`. Exits the arbiter or
-/// the program asked for, an exit with code 0 from a worker that was ready
-/// (it ended by choice: planned or not, it did not fail), and a ready worker
-/// killed from outside, are not.
+/// it raised itself, a hang, or an unplanned exit) younger than `min_uptime`.
+/// Exits the arbiter or the program asked for, and a ready worker killed
+/// from outside, are not.
 pub(crate) fn is_crash(
     reason: &ExitReason,
     status: ExitStatus,
@@ -70,7 +69,7 @@ pub(crate) fn is_crash(
         ExitStatus::Signal(sig) => {
             SELF_RAISED.contains(&sig) || matches!(reason, ExitReason::TimedOut { .. })
         }
-        ExitStatus::Code(code) => code != 0,
+        ExitStatus::Code(_) => true,
     }
 }
 

@@ -179,12 +179,9 @@ fn only_a_crash_loop_step_counts_as_a_failure() {
             (R::OverMemory { rss: 2, limit: 1 }, S::Code(0), true, young),
             false,
         ),
-        // Exit 0 from a ready worker is no failure, however young; a
-        // worker that never became ready is one, whatever its code.
-        ((R::Exited, S::Code(0), true, young), false),
+        // An exit nobody planned, young: the program keeps ending at once.
+        ((R::Exited, S::Code(0), true, young), true),
         ((R::Exited, S::Code(0), true, old), false),
-        ((R::Exited, S::Code(0), false, young), true),
-        ((R::Exited, S::Code(0), false, old), true),
     ];
     for ((r, status, ready, uptime), want) in table {
         assert_eq!(
@@ -243,58 +240,6 @@ fn first_failure_is_replaced_at_once_and_backoff_starts_at_the_second() {
     );
     assert_eq!(s.next_deadline(t2, &board), Some(t2 + 100 * MS));
     assert_eq!(s.plan_spawns(t2 + 100 * MS, &board).slots, vec![(0, 2)]);
-}
-
-#[test]
-fn young_exits_with_code_0_are_replaced_at_once_and_never_back_off() {
-    let t0 = Instant::now();
-    let board = Board::default();
-    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
-    // A failure first, so a crash-loop step in a row would back off at once.
-    let mut t = t0 + MS;
-    reap(&mut s, &board, 0, S::Code(1), t);
-    assert_eq!(s.plan_spawns(t, &board).slots, vec![(0, 1)]);
-    s.spawned(0, 101, t);
-    board.set(0, WorkerState::Ready, None);
-    for generation in 2..=10 {
-        t += MS;
-        let r = reap(&mut s, &board, 0, S::Code(0), t);
-        assert_eq!(r.reason, R::Exited);
-        assert_eq!(s.slots[0].failures, 0, "generation {generation}");
-        assert_eq!(
-            s.plan_spawns(t, &board).slots,
-            vec![(0, generation)],
-            "exit 0 after 1 ms: replaced at once"
-        );
-        s.spawned(0, 100, t);
-        board.set(0, WorkerState::Ready, None);
-    }
-    // A non-zero exit now is the first failure of a new run: at once; the
-    // next one backs off.
-    t += MS;
-    reap(&mut s, &board, 0, S::Code(1), t);
-    assert_eq!(s.plan_spawns(t, &board).slots, vec![(0, 11)]);
-    s.spawned(0, 100, t);
-    board.set(0, WorkerState::Ready, None);
-    t += MS;
-    reap(&mut s, &board, 0, S::Code(1), t);
-    assert!(s.plan_spawns(t, &board).slots.is_empty(), "backoff");
-    // Never ready and exiting 0 is a crash-loop step like any other.
-    let mut s = running(settings(1), t0, &board, WorkerState::Booting);
-    for n in 1..=2 {
-        t += MS;
-        let r = reap(&mut s, &board, 0, S::Code(0), t);
-        assert_eq!((r.reason, s.slots[0].failures), (R::Exited, n));
-        if n == 1 {
-            assert_eq!(s.plan_spawns(t, &board).slots.len(), 1);
-            s.spawned(0, 100, t);
-            board.set(0, WorkerState::Booting, None);
-        }
-    }
-    assert!(
-        s.plan_spawns(t, &board).slots.is_empty(),
-        "never ready: backoff"
-    );
 }
 
 #[test]
