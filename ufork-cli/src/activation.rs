@@ -129,5 +129,8 @@ fn adopt(name: String, socket: core_listen::Listener) -> Result<Listener> {
         target: "ufork",
         "using the socket `{name}` on {addr} (fd {fd}) from socket activation"
     );
+    if let Socket::Tcp(tcp) = &socket {
+        crate::upgrade::supervised(tcp);
+    }
     Ok(Listener { name, addr, socket })
 }

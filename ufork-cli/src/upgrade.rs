@@ -29,8 +29,14 @@ struct State {
     reexec_error: Option<String>,
     handover: Option<Handover>,
     new_arbiter: bool,
-    /// Copies of the listening sockets, in `--bind` order, to hand on.
-    sockets: Vec<(String, OwnedFd)>,
+    /// Copies of the listening sockets, in `--bind` order, to hand on, and
+    /// whether each is refused at a graceful stop (not a socket a
+    /// supervisor holds).
+    sockets: Vec<(String, OwnedFd, bool)>,
+    /// The sockfs inodes of the sockets socket activation handed in: their
+    /// owner (systemd) keeps them for the next start, so a graceful stop
+    /// leaves them listening.
+    supervised: Vec<u64>,
     /// Copies of the unix listening sockets this pool bound: not handed on,
     /// but their paths are removed when a graceful stop begins, so new
     /// clients are refused.
@@ -51,6 +57,7 @@ fn state() -> std::sync::MutexGuard<'static, State> {
                 handover: None,
                 new_arbiter: false,
                 sockets: Vec::new(),
+                supervised: Vec::new(),
                 refuse: Vec::new(),
                 handle: None,
                 unsupported: None,
@@ -82,6 +89,7 @@ pub fn init() {
         handover,
         new_arbiter,
         sockets: Vec::new(),
+        supervised: Vec::new(),
         refuse: Vec::new(),
         handle: None,
         unsupported: None,
@@ -163,8 +171,17 @@ pub fn take_named(name: &str) -> Option<OwnedFd> {
 pub fn remember_fd(name: &str, socket: &impl AsFd) {
     let mut state = state();
     match socket.as_fd().try_clone_to_owned() {
-        Ok(fd) => state.sockets.push((name.to_owned(), fd)),
+        Ok(fd) => state.sockets.push((name.to_owned(), fd, true)),
         Err(e) => state.unsupported = Some(failure::io_text(&e)),
+    }
+}
+
+/// Marks `socket` as one a supervisor handed in by socket activation: a
+/// graceful stop leaves it listening (its owner queues connections for the
+/// next start; a shut-down socket would be dead for the owner too).
+pub fn supervised(socket: &impl AsFd) {
+    if let Ok(stat) = rustix::fs::fstat(socket) {
+        state().supervised.push(stat.st_ino);
     }
 }
 
@@ -174,7 +191,11 @@ pub fn remember(listeners: &[Listener]) {
     for l in listeners {
         match &l.socket {
             Socket::Tcp(socket) => match socket.as_fd().try_clone_to_owned() {
-                Ok(fd) => state.sockets.push((l.name.clone(), fd)),
+                Ok(fd) => {
+                    let refuse = rustix::fs::fstat(&fd)
+                        .map_or(true, |stat| !state.supervised.contains(&stat.st_ino));
+                    state.sockets.push((l.name.clone(), fd, refuse));
+                }
                 Err(e) => state.unsupported = Some(failure::io_text(&e)),
             },
             // The old pool removes its socket file when it stops.
@@ -234,8 +255,13 @@ pub fn configure(
         match Upgrader::new(reexec) {
             Ok(mut upgrader) => {
                 upgrader = upgrader.timeout(start_timeout);
-                for (name, fd) in std::mem::take(&mut state.sockets) {
-                    match upgrader.listener(&name, &fd) {
+                for (name, fd, refuse) in std::mem::take(&mut state.sockets) {
+                    let kept = if refuse {
+                        upgrader.listener(&name, &fd)
+                    } else {
+                        upgrader.hand_over(&name, &fd)
+                    };
+                    match kept {
                         Ok(u) => upgrader = u,
                         Err(e) => {
                             log::error!(target: "ufork", "cannot keep a socket for upgrades: {}", failure::io_text(&e));

@@ -301,3 +301,54 @@ fn run_hands_on_activated_sockets_in_bind_order_whatever_their_descriptors() {
     pool.signal(Signal::TERM);
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+/// A socket a supervisor holds (a systemd `.socket` unit) outlives each
+/// instance of the service: a graceful stop leaves it listening, so a client
+/// that connects between two instances waits in its queue and is answered
+/// by the next one, instead of being refused for good (a shut-down socket
+/// is dead for its owner too). The test holds the socket, as systemd does.
+#[test]
+fn a_graceful_stop_leaves_a_supervisors_socket_listening_for_the_next_start() {
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Inherited by the shell below, which moves it to fd 3.
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
+    let fd = listener.as_raw_fd();
+    let to_fd_3 = if fd == 3 {
+        String::new()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; ")
+    };
+    let start = || {
+        let mut command = std::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "{to_fd_3}LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" serve --bind {addr} -w 1"
+            ))
+            .arg(env!("CARGO_BIN_EXE_ufork"))
+            .stdin(std::process::Stdio::null());
+        let mut pool = Running::start_with(&mut command);
+        pool.expect_line("from socket activation");
+        pool.expect_line("worker 0 pid");
+        pool
+    };
+    let mut first = start();
+    let answer = request(addr, "GET / HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    first.signal(Signal::TERM);
+    assert_eq!(first.wait().code(), Some(0), "{}", first.transcript());
+    // Between two instances: queued by the kernel, not refused.
+    let mut waiting = TcpStream::connect(addr).expect("the socket still listens");
+    waiting.set_read_timeout(Some(DEADLINE)).unwrap();
+    waiting
+        .write_all(b"GET / HTTP/1.0\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut second = start();
+    let mut answer = String::new();
+    waiting.read_to_string(&mut answer).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    second.signal(Signal::TERM);
+    assert_eq!(second.wait().code(), Some(0), "{}", second.transcript());
+}

@@ -27,8 +27,11 @@
 //! connections finish (connections queued in the backlog but not yet
 //! accepted by a worker are reset). A unix listening socket's path is
 //! removed instead, if it still names the file that was there when the
-//! socket was given: a new client gets ENOENT, and workers can still accept
-//! what was queued. Sockets bound by each worker itself (`SO_REUSEPORT`)
+//! socket was given: a new client gets ENOENT, and connections already
+//! queued stay for a worker that still accepts (ufork-wsgi-like's workers
+//! stop accepting at SIGTERM, so there they are reset at exit). A socket
+//! given with [`Upgrader::hand_over`] (a supervisor's, from socket
+//! activation) is left listening. Sockets bound by each worker itself (`SO_REUSEPORT`)
 //! are the worker's to refuse:
 //! [`Worker::refuse_at_stop`](crate::Worker::refuse_at_stop).
 //!
@@ -411,7 +414,7 @@ impl Refusal {
     /// which takes it out of `LISTEN` for every process holding a copy; a
     /// unix socket's path is removed (when it still names the socket's
     /// file), so new clients get ENOENT while connections already queued
-    /// can still be accepted.
+    /// stay for whatever still accepts.
     fn refuse(&self) {
         match &self.unix {
             None => {
@@ -502,6 +505,28 @@ impl Upgrader {
         }
         let fd = socket.as_fd().try_clone_to_owned()?;
         self.refusals.extend(Refusal::new(fd.as_fd())?);
+        self.handover.push((name.to_owned(), fd));
+        Ok(self)
+    }
+
+    /// Hands a copy of `socket` to the new arbiter under `name`, like
+    /// [`listener`](Self::listener), but leaves it listening at a graceful
+    /// stop: for a socket whose owner outlives this process (a systemd
+    /// `.socket` unit's, from socket activation), which keeps queueing new
+    /// connections for the next instance of the service instead of refusing
+    /// them. Shutting such a socket down would break it for its owner too.
+    ///
+    /// # Errors
+    ///
+    /// As [`listener`](Self::listener).
+    pub fn hand_over(mut self, name: &str, socket: impl AsFd) -> io::Result<Self> {
+        if name.contains(':') || name.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a socket name must be non-empty and have no `:`",
+            ));
+        }
+        let fd = socket.as_fd().try_clone_to_owned()?;
         self.handover.push((name.to_owned(), fd));
         Ok(self)
     }
