@@ -143,6 +143,8 @@ pub struct Session {
     takeover: upgrade::Takeover,
     /// `--user` as root: the helper that keeps root for the files above.
     privsep: Option<ufork_daemon::Privsep>,
+    /// The `--bind unix:` sockets' paths, which the helper removes.
+    sockets: Vec<PathBuf>,
 }
 
 impl Session {
@@ -220,6 +222,7 @@ impl Session {
             detached: pool.daemon,
             takeover,
             privsep: None,
+            sockets: sockets.to_vec(),
         };
         if let Err(e) = session.setup(pool, sockets) {
             session.fail(&e);
@@ -364,6 +367,12 @@ impl Session {
         }
         if let Some(helper) = &self.privsep {
             builder = builder.layer(privs::ChildSide(helper.clone()));
+            if !self.sockets.is_empty() {
+                builder = builder.layer(RefuseUnix {
+                    helper: helper.clone(),
+                    sockets: std::mem::take(&mut self.sockets),
+                });
+            }
         }
         if let Some(daemon) = self.daemon.take() {
             builder = builder.layer(Readiness {
@@ -477,6 +486,32 @@ impl Layer for Reopen {
                 log::info!(target: "ufork", "reopened the log file {}", self.log.path().display())
             }
             Err(e) => log::error!(target: "ufork", "{}", e.report()),
+        }
+    }
+}
+
+/// Under `--user`, when a stop begins: has the privileged helper remove
+/// the unix sockets' paths, which the arbiter may not (a root-owned
+/// directory), so new clients get ENOENT at once while the workers finish
+/// what they accepted (the upgrade layer's own removal then finds nothing
+/// to do).
+#[derive(Debug)]
+struct RefuseUnix {
+    helper: ufork_daemon::Privsep,
+    sockets: Vec<PathBuf>,
+}
+
+impl Layer for RefuseUnix {
+    fn stopping(&mut self, _ctx: &mut Context<'_>) {
+        for path in std::mem::take(&mut self.sockets) {
+            match self.helper.remove_now(&path) {
+                Ok(()) => log::debug!(
+                    target: "ufork",
+                    "removed {}: new connections are refused",
+                    path.display()
+                ),
+                Err(e) => log::warn!(target: "ufork", "{}", e.report()),
+            }
         }
     }
 }

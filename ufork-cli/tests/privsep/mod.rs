@@ -132,7 +132,12 @@ fn reaped_by_its_parent(pidfd: &OwnedFd) -> bool {
     ) {
         // Not a child of this process: its parent reaped it.
         Err(Errno::CHILD) => true,
-        Ok(_) => false,
+        Ok(Some(_)) => false,
+        // This process' child, not a zombie yet: reaped when it is.
+        Ok(None) => {
+            let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+            false
+        }
         Err(errno) => panic!("waitid: {errno}"),
     }
 }
@@ -307,8 +312,9 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
         ufork_daemon::wait_for_exit(pid, Some(DEADLINE)).unwrap(),
         "the arbiter did not exit"
     );
-    // The daemon was handed to this process when its launcher exited.
-    let _ = rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG);
+    // The daemon was handed to this process when its launcher exited: it
+    // has exited, so this returns at once.
+    let _ = rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::empty());
     assert!(
         reaped_by_its_parent(&helper_pidfd),
         "helper {helper} not reaped by the arbiter"
@@ -507,4 +513,69 @@ fn a_unix_socket_in_a_root_owned_directory_is_removed_at_the_stop() {
         );
         assert!(!dir.join("c.sock").exists(), "control socket left");
     }
+}
+
+/// Prints when SIGTERM comes, then holds on until its FIFO is written.
+const HOLDS_PY: &str = r#"
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *a: print("worker-heard-term", flush=True))
+print("worker-ready", flush=True)
+with open(sys.argv[1]) as release:
+    release.read()
+"#;
+
+/// Under `--user` too, a graceful stop removes a unix socket's path at once
+/// (through the helper: the directory is root's), while a worker still
+/// runs; nothing warns that the path could not be removed.
+#[test]
+fn a_graceful_stop_as_nobody_removes_a_unix_socket_at_once() {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return;
+    }
+    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
+        println!("skipped: no user nobody");
+        return;
+    }
+    let dir = TempDir::new("privsep-unix-early");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.join("holds.py");
+    std::fs::write(&script, HOLDS_PY).unwrap();
+    let release = dir.join("release");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &release,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let path = dir.join("s.sock");
+    let bind = format!("unix:{}", path.display());
+    let mut pool = Running::start(&[
+        "run",
+        "--user",
+        "nobody",
+        "-w",
+        "1",
+        "--bind",
+        &bind,
+        "--graceful-timeout",
+        "60",
+        "--no-prompt",
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        release.to_str().unwrap(),
+    ]);
+    pool.expect_line("worker-ready");
+    assert!(path.exists(), "{}", pool.transcript());
+    pool.signal(Signal::TERM);
+    pool.expect_line("worker-heard-term");
+    // The worker holds on: the stop has begun and not ended.
+    wait_until("the socket's path removed", || !path.exists());
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    let transcript = pool.transcript();
+    assert!(!transcript.contains("cannot remove"), "{transcript}");
 }

@@ -121,6 +121,9 @@ struct Inner {
     pidfd: Option<OwnedFd>,
     /// The process that made the helper: only it talks to it or reaps it.
     owner: Pid,
+    /// The paths granted by [`PrivsepBuilder::remove_at_stop`], with their
+    /// numbers in the grants.
+    at_stop: Vec<(PathBuf, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +218,31 @@ impl Privsep {
     /// Reopens log `index` through the helper.
     pub(crate) fn reopen_log(&self, index: u32) -> io::Result<(File, u64)> {
         self.opened(Request::ReopenLog(index))
+    }
+
+    /// Removes a file granted by [`PrivsepBuilder::remove_at_stop`] now,
+    /// rather than when the helper finishes (a unix socket's path when a
+    /// graceful stop begins, so that new clients are refused), if `path`
+    /// still names the file granted. Asking again does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GrantPath`] if `path` is not granted (not given to
+    /// `remove_at_stop`, or missing when the helper started);
+    /// [`Error::Privsep`] if the helper could not be asked, or could not
+    /// remove the file.
+    pub fn remove_now(&self, path: &std::path::Path) -> Result<()> {
+        let Some(&(_, index)) = self.inner.at_stop.iter().find(|(p, _)| p == path) else {
+            return Err(Error::GrantPath {
+                path: path.to_owned(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "not granted to the privileged helper",
+                ),
+            });
+        };
+        self.remove_file(index)
+            .map_err(|source| Error::Privsep { source })
     }
 
     /// Removes file `index` through the helper (if it still is the file
@@ -417,7 +445,7 @@ impl<'a> PrivsepBuilder<'a> {
         if let Some(threads) = crate::daemonize::thread_count().filter(|&n| n > 1) {
             return Err(Error::MultiThreaded { threads });
         }
-        let mut grants = self.grants()?;
+        let (mut grants, at_stop) = self.grants()?;
         let privsep = |source: Errno| Error::Privsep {
             source: source.into(),
         };
@@ -446,6 +474,7 @@ impl<'a> PrivsepBuilder<'a> {
                         pid,
                         pidfd: open_pidfd(pid.as_raw_nonzero().get()).ok(),
                         owner,
+                        at_stop,
                     }),
                 };
                 self.attach(&helper);
@@ -465,8 +494,10 @@ impl<'a> PrivsepBuilder<'a> {
     }
 
     /// The grants, in the order the handles number them: logs, then
-    /// pidfiles, then the files removed at the stop.
-    fn grants(&self) -> Result<Grants> {
+    /// pidfiles, then the files removed at the stop (also listed with their
+    /// numbers, for [`Privsep::remove_now`]).
+    fn grants(&self) -> Result<(Grants, Vec<(PathBuf, u32)>)> {
+        let mut at_stop = Vec::new();
         let mut grants = Grants::default();
         for log in &self.logs {
             let config = log.config();
@@ -513,6 +544,11 @@ impl<'a> PrivsepBuilder<'a> {
                 path: path.to_owned(),
                 source,
             })?;
+            let index = u32::try_from(grants.files.len()).map_err(|_| Error::GrantPath {
+                path: path.to_owned(),
+                source: Errno::NOSPC.into(),
+            })?;
+            at_stop.push((path.clone(), index));
             grants.files.push(FileGrant {
                 dir,
                 name,
@@ -521,7 +557,7 @@ impl<'a> PrivsepBuilder<'a> {
                 removed: false,
             });
         }
-        Ok(grants)
+        Ok((grants, at_stop))
     }
 }
 
@@ -550,7 +586,7 @@ mod tests {
         /// The helper's loop on a thread of this process instead of a fork:
         /// the protocol and the grants, without the process around them.
         fn start_on_thread(self) -> (Privsep, JoinHandle<()>) {
-            let mut grants = self.grants().unwrap();
+            let (mut grants, at_stop) = self.grants().unwrap();
             let (server_end, helper_end) = rustix::net::socketpair(
                 AddressFamily::UNIX,
                 SocketType::SEQPACKET,
@@ -568,6 +604,7 @@ mod tests {
                     pid: me,
                     pidfd: None,
                     owner: me,
+                    at_stop,
                 }),
             };
             self.attach(&helper);
@@ -768,7 +805,15 @@ mod tests {
         // The lock holder's drop asks for the pidfile: removed while locked.
         drop(pidfile);
         assert!(!dir.join("pid").exists());
-        assert!(socket.exists(), "removed at the stop only");
+        assert!(socket.exists(), "removed at the stop only, or when asked");
+        // Asked for by path: only a path granted, and only the file granted.
+        let error = helper.remove_now(&dir.join("missing")).unwrap_err();
+        assert!(matches!(error, Error::GrantPath { .. }), "{error:?}");
+        helper.remove_now(&replaced).unwrap();
+        assert_eq!(read(&replaced), "successor");
+        helper.remove_now(&socket).unwrap();
+        assert!(!socket.exists());
+        helper.remove_now(&socket).unwrap();
         helper.finish().unwrap();
         thread.join().unwrap();
         assert!(!socket.exists());
