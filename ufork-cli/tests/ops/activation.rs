@@ -181,9 +181,7 @@ fn the_shipped_systemd_unit_starts_socket_activated_reloads_and_stops() {
     assert!(answer.ends_with("hello from the unit\n"), "{answer}");
     let ready = recorder.expect("READY=1");
     assert!(ready.contains("STATUS=4/4 workers ready"), "{ready}");
-    let line = pool.expect_line("health on http://");
-    let health = line.rsplit("http://").next().unwrap();
-    let health: SocketAddr = health.trim_end_matches("/healthz").parse().unwrap();
+    let health = pool.health_addr();
     assert_eq!(get(health, "/healthz").0, 200);
     // ExecReload= as systemd runs it: RELOADING=1, then READY=1.
     let reload = unit_command(&unit, "ExecReload=", &dir);

@@ -182,14 +182,7 @@ fn the_kubernetes_command_serves_as_pid_1_and_answers_its_probes() {
         .args(&args);
     let mut pool = Running::start_with(&mut command);
     pool.expect_line("(arbiter pid 1)");
-    let line = pool.expect_line("health on http://");
-    let health: std::net::SocketAddr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim_end_matches("/healthz")
-        .parse()
-        .unwrap();
+    let health = pool.health_addr();
     let deadline = std::time::Instant::now() + DEADLINE;
     while get(health, "/healthz").0 != 200 {
         assert!(std::time::Instant::now() < deadline, "never ready");

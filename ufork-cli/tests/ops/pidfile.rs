@@ -347,31 +347,71 @@ while True:
     signal.pause()
 "#;
 
+/// A `run --notify --pidfile` pool of [`GATED_PY`] workers: once the gate is
+/// shut, slot 1's next worker waits at it, so a roll cannot end until the
+/// test opens it.
+struct Gated {
+    pool: Running,
+    pidfile: String,
+    hold: String,
+    fifo: String,
+}
+
+impl Gated {
+    fn start(dir: &TempDir) -> Self {
+        let pidfile = dir.str("ufork.pid");
+        let script = dir.join("gated.py");
+        std::fs::write(&script, GATED_PY).unwrap();
+        let (hold, fifo) = (dir.str("hold"), dir.str("gate"));
+        let mut pool = Running::start(&[
+            "run",
+            "-w",
+            "2",
+            "--notify",
+            "--pidfile",
+            &pidfile,
+            "--",
+            "python3",
+            script.to_str().unwrap(),
+            &hold,
+            &fifo,
+        ]);
+        pool.expect_line("control socket");
+        Self {
+            pool,
+            pidfile,
+            hold,
+            fifo,
+        }
+    }
+
+    /// From now on, slot 1's new worker waits at the gate.
+    fn shut_gate(&self) {
+        let made = Command::new("mkfifo").arg(&self.fifo).status().unwrap();
+        assert!(made.success());
+        std::fs::write(&self.hold, "").unwrap();
+    }
+
+    /// Lets the worker waiting at the gate go on; fails if none opens it.
+    fn open_gate(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gate = self.fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::write(gate, "go\n"));
+        });
+        rx.recv_timeout(DEADLINE)
+            .expect("slot 1's new worker opens the gate")
+            .unwrap();
+    }
+}
+
 #[test]
 fn reload_prints_each_replaced_worker_as_it_goes() {
     let dir = TempDir::new("pidfile-progress");
-    let pidfile = dir.str("ufork.pid");
-    let script = dir.join("gated.py");
-    std::fs::write(&script, GATED_PY).unwrap();
-    let (hold, fifo) = (dir.str("hold"), dir.str("gate"));
-    let mut pool = Running::start(&[
-        "run",
-        "-w",
-        "2",
-        "--notify",
-        "--pidfile",
-        &pidfile,
-        "--",
-        "python3",
-        script.to_str().unwrap(),
-        &hold,
-        &fifo,
-    ]);
-    pool.expect_line("control socket");
+    let mut gated = Gated::start(&dir);
+    let pidfile = gated.pidfile.clone();
     until_ready(&pidfile, 2);
-    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
-    assert!(made.success());
-    std::fs::write(&hold, "").unwrap();
+    gated.shut_gate();
     // Slot 0 is replaced; slot 1's new worker waits at the gate, so the
     // reload cannot have finished when it tells slot 0.
     let mut reload = Running::start(&["reload", "--pidfile", &pidfile]);
@@ -384,20 +424,18 @@ fn reload_prints_each_replaced_worker_as_it_goes() {
         "{:?}",
         reload.seen
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let gate = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::write(gate, "go\n"));
-    });
-    rx.recv_timeout(DEADLINE)
-        .expect("slot 1's new worker opens the gate")
-        .unwrap();
+    gated.open_gate();
     reload.expect_line("worker 1: pid");
     reload.expect_line("every worker restarted");
     assert_eq!(reload.wait().code(), Some(0), "{}", reload.transcript());
     let out = run(&["stop", "--pidfile", &pidfile]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
-    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert_eq!(
+        gated.pool.wait().code(),
+        Some(0),
+        "{}",
+        gated.pool.transcript()
+    );
 }
 
 /// Says where its NOTIFY_SOCKET is, is ready, then sends `STATUS=second`
@@ -537,45 +575,15 @@ fn a_killed_pools_stale_pidfile_and_socket_mean_not_running_and_the_next_start_r
 #[test]
 fn reload_timeout_ends_the_wait_not_the_roll() {
     let dir = TempDir::new("pidfile-reload-timeout");
-    let pidfile = dir.str("ufork.pid");
-    let script = dir.join("gated.py");
-    std::fs::write(&script, GATED_PY).unwrap();
-    let (hold, fifo) = (dir.str("hold"), dir.str("gate"));
-    let mut pool = Running::start(&[
-        "run",
-        "-w",
-        "2",
-        "--notify",
-        "--pidfile",
-        &pidfile,
-        "--",
-        "python3",
-        script.to_str().unwrap(),
-        &hold,
-        &fifo,
-    ]);
-    pool.expect_line("control socket");
+    let mut gated = Gated::start(&dir);
+    let pidfile = gated.pidfile.clone();
     let before = until_ready(&pidfile, 2);
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
-    std::fs::write(&hold, "").unwrap();
+    gated.shut_gate();
     // Slot 1's new worker waits at the gate: the roll cannot end in 1 s
     // (whether slot 0 is told by then depends on the machine's load).
     let out = run(&["reload", "--pidfile", &pidfile, "--timeout", "1"]);
     assert_one_line_error(&out, 1, &["not finished within 1s", "it goes on"]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let gate = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::write(gate, "go\n"));
-    });
-    rx.recv_timeout(DEADLINE)
-        .expect("slot 1's new worker opens the gate")
-        .unwrap();
+    gated.open_gate();
     // The roll went on and ends: two ready workers, none of the old ones.
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
@@ -588,5 +596,10 @@ fn reload_timeout_ends_the_wait_not_the_roll() {
     }
     let out = run(&["stop", "--pidfile", &pidfile]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
-    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert_eq!(
+        gated.pool.wait().code(),
+        Some(0),
+        "{}",
+        gated.pool.transcript()
+    );
 }

@@ -166,6 +166,19 @@ fn whole_log(dir: &TempDir) -> String {
         .collect()
 }
 
+/// Whether this test can run a pool as `nobody`; if not, says why it skips.
+fn can_drop_to_nobody() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        println!("skipped: only root can drop privileges to nobody");
+        return false;
+    }
+    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
+        println!("skipped: no user nobody");
+        return false;
+    }
+    true
+}
+
 #[test]
 fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_directory() {
     if !rustix::process::geteuid().is_root() {
@@ -343,12 +356,7 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
 /// parent-death signal, whichever comes first.
 #[test]
 fn the_helper_does_not_outlive_a_killed_arbiter() {
-    if !rustix::process::geteuid().is_root() {
-        println!("skipped: only root can drop privileges to nobody");
-        return;
-    }
-    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
-        println!("skipped: no user nobody");
+    if !can_drop_to_nobody() {
         return;
     }
     let dir = TempDir::new("privsep-kill");
@@ -407,12 +415,7 @@ fn the_helper_does_not_outlive_a_killed_arbiter() {
 /// `--user nobody` pool stops on SIGTERM; the helper was reaped by then.
 #[test]
 fn a_foreground_pool_as_nobody_removes_its_files_at_the_stop() {
-    if !rustix::process::geteuid().is_root() {
-        println!("skipped: only root can drop privileges to nobody");
-        return;
-    }
-    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
-        println!("skipped: no user nobody");
+    if !can_drop_to_nobody() {
         return;
     }
     let dir = TempDir::new("privsep-fg");
@@ -460,12 +463,7 @@ fn a_foreground_pool_as_nobody_removes_its_files_at_the_stop() {
 /// For `serve` and for `run` alike.
 #[test]
 fn a_unix_socket_in_a_root_owned_directory_is_removed_at_the_stop() {
-    if !rustix::process::geteuid().is_root() {
-        println!("skipped: only root can drop privileges to nobody");
-        return;
-    }
-    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
-        println!("skipped: no user nobody");
+    if !can_drop_to_nobody() {
         return;
     }
     let dir = TempDir::new("privsep-unix");
@@ -529,12 +527,7 @@ with open(sys.argv[1]) as release:
 /// runs; nothing warns that the path could not be removed.
 #[test]
 fn a_graceful_stop_as_nobody_removes_a_unix_socket_at_once() {
-    if !rustix::process::geteuid().is_root() {
-        println!("skipped: only root can drop privileges to nobody");
-        return;
-    }
-    if !matches!(nix::unistd::User::from_name("nobody"), Ok(Some(_))) {
-        println!("skipped: no user nobody");
+    if !can_drop_to_nobody() {
         return;
     }
     let dir = TempDir::new("privsep-unix-early");

@@ -342,13 +342,7 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_by_its_socket_and_on_sigusr2()
         "127.0.0.1:0",
     ]);
     let addr = old.http_addr();
-    let metrics = old.expect_line("health on http://");
-    let health: std::net::SocketAddr = metrics
-        .rsplit("http://")
-        .next()
-        .and_then(|h| h.strip_suffix("/healthz"))
-        .and_then(|h| h.parse().ok())
-        .expect("the health address");
+    let health = old.health_addr();
     old.expect_line("worker 0 pid");
     // The pool made a control socket beside its pidfile: asked through it.
     let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
@@ -401,13 +395,7 @@ fn health_probes_during_the_old_arbiters_drain_reach_the_new_pool() {
         "-c",
         "trap '' TERM; exec sleep 1000",
     ]);
-    let metrics = old.expect_line("health on http://");
-    let health: SocketAddr = metrics
-        .rsplit("http://")
-        .next()
-        .and_then(|h| h.strip_suffix("/healthz"))
-        .and_then(|h| h.parse().ok())
-        .expect("the health address");
+    let health = old.health_addr();
     old.expect_line("worker 0 pid");
     let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
     assert_eq!(out.code(), Some(0), "{out:#?}");

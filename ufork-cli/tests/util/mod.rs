@@ -179,6 +179,17 @@ impl Running {
         addr.parse().expect("an address after http://")
     }
 
+    /// The `--metrics-bind` address, from the "health on http://…/healthz"
+    /// line.
+    pub fn health_addr(&mut self) -> SocketAddr {
+        let line = self.expect_line("health on http://");
+        line.rsplit("http://")
+            .next()
+            .and_then(|h| h.strip_suffix("/healthz"))
+            .and_then(|h| h.parse().ok())
+            .expect("the health address")
+    }
+
     pub fn signal(&self, signal: Signal) {
         rustix::process::kill_process(pid_of(self.pid()), signal).expect("signal ufork");
     }
