@@ -16,6 +16,12 @@
 //! CPU counts every process of a contender (the workers and both cats
 //! included), except Python uFork's, which counts its arbiter only.
 //!
+//! The ufork-io rows ask for 64 KiB, 256 KiB and 1 MiB pipes, whoever runs
+//! the bench; `UFORK_BENCH_PIPES` (KiB, comma-separated, e.g. `64`) runs
+//! only those sizes, for a profile of one of them. With `UFORK_BENCH_SPLIT=1`
+//! each ufork-io row is followed by where its CPU went: the arbiter's
+//! thread, the writer thread and the workers (medians, ms per MB).
+//!
 //! `cargo run --release -p ufork-io --example bench_io`
 
 use std::io::{BufRead, Read, Write};
@@ -82,6 +88,46 @@ struct Run {
     cpu: f64,
     lost: usize,
     torn: usize,
+    /// CPU seconds of the arbiter's thread and of the writer thread (ufork-io
+    /// runs only).
+    split: Option<(f64, f64)>,
+}
+
+/// CPU seconds each thread of this process has run so far, by name (the
+/// scheduler's nanosecond count, `/proc/self/task/*/schedstat`); the
+/// main thread is named `main`.
+fn thread_cpu() -> Vec<(String, f64)> {
+    let pid = std::process::id().to_string();
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let dir = task.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let ns: f64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        let name = if task.file_name().to_str() == Some(pid.as_str()) {
+            "main".to_string()
+        } else {
+            comm.trim().to_string()
+        };
+        threads.push((name, ns / 1e9));
+    }
+    threads
+}
+
+fn cpu_of(threads: &[(String, f64)], name: &str) -> f64 {
+    threads
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .sum()
 }
 
 struct Row {
@@ -146,6 +192,7 @@ fn run_ufork_io(dir: &Path, sources: &[PathBuf], lines: usize, pipe_size: usize)
     let handle = arbiter.handle();
     let expected = (WORKERS * lines) as u64;
     let cpu_start = cpu_seconds() + children_cpu_seconds();
+    let threads_start = thread_cpu();
     let start = Instant::now();
     let watcher = std::thread::spawn(move || {
         // A benchmark, not a test: a coarse poll keeps the watcher cheap.
@@ -153,8 +200,9 @@ fn run_ufork_io(dir: &Path, sources: &[PathBuf], lines: usize, pipe_size: usize)
             std::thread::sleep(Duration::from_millis(1));
         }
         let wall = start.elapsed();
+        let threads = thread_cpu();
         handle.stop();
-        wall
+        (wall, threads)
     });
     arbiter
         .run(|w| -> std::io::Result<()> {
@@ -166,7 +214,9 @@ fn run_ufork_io(dir: &Path, sources: &[PathBuf], lines: usize, pipe_size: usize)
             Ok(())
         })
         .unwrap();
-    let wall = watcher.join().unwrap();
+    let (wall, threads) = watcher.join().unwrap();
+    let split = ["main", "ufork-io-writer"]
+        .map(|name| cpu_of(&threads, name) - cpu_of(&threads_start, name));
     // The workers' CPU counts too (they are reaped by now), as both cats' do.
     let cpu = cpu_seconds() + children_cpu_seconds() - cpu_start;
     let (good, torn) = verify(&path, |t| t.split_once("] ").map_or(t, |(_, b)| b));
@@ -176,6 +226,7 @@ fn run_ufork_io(dir: &Path, sources: &[PathBuf], lines: usize, pipe_size: usize)
         cpu,
         lost: WORKERS * lines - good,
         torn,
+        split: Some((split[0], split[1])),
     }
 }
 
@@ -212,6 +263,7 @@ fn run_cat(dir: &Path, sources: &[PathBuf], lines: usize) -> Run {
         cpu,
         lost: WORKERS * lines - good,
         torn,
+        split: None,
     }
 }
 
@@ -253,6 +305,28 @@ fn row(name: String, runs: &[Run], floor: &[Run], total_mb: f64) -> Row {
         lost: runs.iter().map(|r| r.lost).max().unwrap_or(0).to_string(),
         torn: runs.iter().map(|r| r.torn).max().unwrap_or(0).to_string(),
         cpu_per_mb: format!("{:.2}", cpu * 1000.0 / total_mb),
+    }
+}
+
+/// Where a ufork-io row's CPU went (medians of the rounds).
+fn split_row(runs: &[Run], total_mb: f64) -> Row {
+    let per_mb = |f: &dyn Fn(&Run) -> f64| {
+        let (median, _, _) = spread(runs.iter().map(f).collect());
+        format!("{:.2}", median * 1000.0 / total_mb)
+    };
+    let parts = |r: &Run| r.split.unwrap_or_default();
+    Row {
+        name: "└ CPU of the arbiter's thread / the writer thread / the rest (workers)".into(),
+        mb_s: "-".into(),
+        ratio: "-".into(),
+        lost: "-".into(),
+        torn: "-".into(),
+        cpu_per_mb: [
+            per_mb(&|r| parts(r).0),
+            per_mb(&|r| parts(r).1),
+            per_mb(&|r| r.cpu - parts(r).0 - parts(r).1),
+        ]
+        .join(" / "),
     }
 }
 
@@ -369,6 +443,7 @@ fn main() {
     };
     let mb = env("UFORK_BENCH_MB", 50);
     let rounds = env("UFORK_BENCH_ROUNDS", 5).max(1);
+    let split = env("UFORK_BENCH_SPLIT", 0) != 0;
     let lines = mb * 1_000_000 / LINE;
     let total_mb = (WORKERS * lines * LINE) as f64 / 1e6;
     let dir: PathBuf = std::env::temp_dir().join(format!("ufork-io-bench-{}", std::process::id()));
@@ -376,12 +451,24 @@ fn main() {
     let sources = make_sources(&dir, lines);
     // Sizes asked for, so that the rows do not depend on who runs the
     // bench: 64 KiB is the default without CAP_SYS_RESOURCE, 256 KiB with.
-    let sizes = [64 << 10, 256 << 10, 1 << 20];
+    let sizes: Vec<usize> = match std::env::var("UFORK_BENCH_PIPES") {
+        Ok(list) => {
+            list.split(',')
+                .map(|kib| {
+                    let kib: usize = kib.trim().parse().unwrap_or_else(|_| {
+                        panic!("UFORK_BENCH_PIPES: {kib:?} is not a size in KiB")
+                    });
+                    kib << 10
+                })
+                .collect()
+        }
+        Err(_) => vec![64 << 10, 256 << 10, 1 << 20],
+    };
     let mut cat = Vec::new();
     let mut ufork: Vec<Vec<Run>> = vec![Vec::new(); sizes.len()];
     for _ in 0..rounds {
         cat.push(run_cat(&dir, &sources, lines));
-        for (runs, size) in ufork.iter_mut().zip(sizes) {
+        for (runs, &size) in ufork.iter_mut().zip(&sizes) {
             runs.push(run_ufork_io(&dir, &sources, lines, size));
         }
     }
@@ -392,13 +479,16 @@ fn main() {
         &cat,
         total_mb,
     )];
-    for (runs, size) in ufork.iter().zip(sizes) {
+    for (runs, &size) in ufork.iter().zip(&sizes) {
         let name = match size >> 10 {
             64 => "ufork-io (64 KiB pipes, the default without CAP_SYS_RESOURCE)".into(),
             256 => "ufork-io (256 KiB pipes, the default with CAP_SYS_RESOURCE)".into(),
             kib => format!("ufork-io ({kib} KiB pipes)"),
         };
         rows.push(row(name, runs, &cat, total_mb));
+        if split {
+            rows.push(split_row(runs, total_mb));
+        }
     }
     rows.push(bench_python(&dir, mb, floor));
     let _ = std::fs::remove_dir_all(&dir);

@@ -30,8 +30,8 @@ pub const CONTINUES: &str = " [continues]";
 /// Ends a last line that had no newline when its worker exited.
 pub const NO_NEWLINE: &str = " [no newline]";
 
-/// Bytes read from one pipe per readiness event before other descriptors
-/// get their turn (the last read may go past it).
+/// Bytes read per ready pipe (on average) in one wake-up of the arbiter
+/// before other descriptors get their turn (the last read may go past it).
 const BYTES_PER_EVENT: usize = 1024 * 1024;
 /// The read buffer: a pipe's worth at the system's default pipe size, as
 /// much as the pipes are made with (up to [`MAX_READ_SIZE`]), so that a full
@@ -190,9 +190,10 @@ impl CaptureBuilder {
         self
     }
 
-    /// Hand the sink exactly one line per `write` call (default false: one
-    /// or more whole lines per call, up to 256 KiB, which is what makes 80-byte
-    /// lines cheap).
+    /// Hand the sink exactly one line per `write` call (default false: whole
+    /// lines gathered into one `write_vectored` call of up to 1 MiB, which
+    /// is what makes 80-byte lines cheap; a writer that does not gather, as
+    /// `Write`'s default method does not, gets them in few `write` calls).
     pub fn line_per_write(mut self, per_line: bool) -> Self {
         self.line_per_write = per_line;
         self
@@ -311,6 +312,7 @@ impl CaptureBuilder {
             tokens: HashMap::new(),
             paused: false,
             notices_due: false,
+            ready: Vec::new(),
             scratch: vec![
                 0;
                 self.pipe_size
@@ -348,6 +350,20 @@ pub struct Capture {
     paused: bool,
     notices_due: bool,
     scratch: Vec<u8>,
+    /// Pipes poll reported readable, to be read in [`Layer::tick`].
+    ready: Vec<(usize, usize)>,
+}
+
+/// What one `read` of a worker's pipe found.
+enum PipeRead {
+    /// Bytes, assembled and queued.
+    Data(usize),
+    /// Nothing for now.
+    Empty,
+    /// EOF or an error: the pipe is done.
+    Closed,
+    /// The pipe was closed already.
+    Gone,
 }
 
 const STDIN: usize = usize::MAX;
@@ -479,49 +495,92 @@ impl Capture {
         }
     }
 
-    /// Reads what the pipe holds. `draining` (the worker is gone): read to
-    /// the end whatever the queue's state. Returns whether the pipe hit EOF.
-    fn pump(&mut self, slot: usize, index: usize, draining: bool, ctx: &mut Context<'_>) -> bool {
-        let mut read = 0;
+    /// Reads a dead worker's pipe to the end (or to what its grandchildren
+    /// have not written yet), whatever the queue's state. Returns whether the
+    /// pipe hit EOF.
+    fn drain(&mut self, slot: usize, index: usize, ctx: &mut Context<'_>) -> bool {
         loop {
-            if !draining && (self.paused || read >= BYTES_PER_EVENT) {
-                return false;
-            }
-            let Self {
-                workers,
-                scratch,
-                prefix,
-                format,
-                queue,
-                ..
-            } = self;
-            let Some(pipe) = workers
-                .get_mut(slot)
-                .and_then(Option::as_mut)
-                .and_then(|w| w.pipes.get_mut(index))
-                .and_then(Option::as_mut)
-            else {
-                return false;
-            };
-            let n = match rustix::io::read(&pipe.fd, &mut scratch[..]) {
-                Ok(0) => return true,
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => return false,
-                Err(_) => return true,
-            };
-            let emptied = n < scratch.len();
-            read += n;
-            let out = queue.buffer(out_capacity(*format, n));
-            let (chunk, content) = assemble(pipe, prefix, *format, &scratch[..n], false, out);
-            self.submit(slot, index, chunk, content, draining, ctx);
-            // A short read emptied the pipe: poll says when there is more,
-            // without a read that only finds EAGAIN. A dead worker's pipe is
-            // read to EOF.
-            if emptied && !draining {
-                return false;
+            match self.read_once(slot, index, true, ctx) {
+                PipeRead::Data(_) => {}
+                PipeRead::Empty | PipeRead::Gone => return false,
+                PipeRead::Closed => return true,
             }
         }
+    }
+
+    /// Reads the pipes poll reported, round and round, each until it is
+    /// empty: a worker whose read woke it refills its pipe while the others
+    /// are read, and is read again in the same wake-up of the arbiter
+    /// instead of the next. Stops when the queue is full (back-pressure) or
+    /// after [`BYTES_PER_EVENT`] per pipe on average; what is left is
+    /// reported by the next poll.
+    fn sweep(&mut self, ctx: &mut Context<'_>) {
+        let mut active = std::mem::take(&mut self.ready);
+        let mut budget = BYTES_PER_EVENT.saturating_mul(active.len());
+        'rounds: while !active.is_empty() {
+            let mut i = 0;
+            while i < active.len() {
+                if self.paused || budget == 0 {
+                    break 'rounds;
+                }
+                let (slot, index) = active[i];
+                match self.read_once(slot, index, false, ctx) {
+                    PipeRead::Data(n) => {
+                        budget = budget.saturating_sub(n);
+                        i += 1;
+                    }
+                    PipeRead::Empty | PipeRead::Gone => {
+                        active.remove(i);
+                    }
+                    PipeRead::Closed => {
+                        self.close_pipe(slot, index, ctx);
+                        active.remove(i);
+                    }
+                }
+            }
+        }
+        active.clear();
+        self.ready = active;
+    }
+
+    /// One `read` of a pipe, its lines queued. `force`: queue them whatever
+    /// the queue's state (a dead worker's last output).
+    fn read_once(
+        &mut self,
+        slot: usize,
+        index: usize,
+        force: bool,
+        ctx: &mut Context<'_>,
+    ) -> PipeRead {
+        let Self {
+            workers,
+            scratch,
+            prefix,
+            format,
+            queue,
+            ..
+        } = self;
+        let Some(pipe) = workers
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .and_then(|w| w.pipes.get_mut(index))
+            .and_then(Option::as_mut)
+        else {
+            return PipeRead::Gone;
+        };
+        let n = loop {
+            match rustix::io::read(&pipe.fd, &mut scratch[..]) {
+                Ok(0) => return PipeRead::Closed,
+                Ok(n) => break n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => return PipeRead::Empty,
+                Err(_) => return PipeRead::Closed,
+            }
+        };
+        let out = queue.buffer(out_capacity(*format, n));
+        let (chunk, content) = assemble(pipe, prefix, *format, &scratch[..n], false, out);
+        self.submit(slot, index, chunk, content, force, ctx);
+        PipeRead::Data(n)
     }
 
     /// Queues a chunk from a pipe, applying the queue's bound.
@@ -967,9 +1026,9 @@ impl Layer for Capture {
             }
             return;
         }
-        if self.pump(slot, index, false, ctx) {
-            self.close_pipe(slot, index, ctx);
-        }
+        // Read in `tick`, after every event of this poll: then the ready
+        // pipes are read together, round and round (see `sweep`).
+        self.ready.push((slot, index));
     }
 
     fn exited(&mut self, record: &ExitRecord, ctx: &mut Context<'_>) {
@@ -981,7 +1040,7 @@ impl Layer for Capture {
         // The worker is dead: everything it wrote is in its pipes. Read it
         // all, whatever the queue's state (at most a pipe's worth each).
         for index in 0..pipes {
-            self.pump(slot, index, true, ctx);
+            self.drain(slot, index, ctx);
             self.close_pipe(slot, index, ctx);
         }
         self.close_stdin(slot, ctx);
@@ -992,7 +1051,10 @@ impl Layer for Capture {
         self.stop_began.get_or_insert_with(Instant::now);
     }
 
-    fn tick(&mut self, _ctx: &mut Context<'_>) {
+    fn tick(&mut self, ctx: &mut Context<'_>) {
+        if !self.ready.is_empty() {
+            self.sweep(ctx);
+        }
         if self.notices_due {
             self.report_drops();
         }

@@ -40,7 +40,7 @@ impl Stream {
 /// The destination of captured lines.
 ///
 /// Every line reaches the sink whole: the writer thread hands it whole lines
-/// only (one or more per `write`, or exactly one with
+/// only (one or more per `write` or `write_vectored` call, or exactly one with
 /// [`CaptureBuilder::line_per_write`](crate::CaptureBuilder::line_per_write)),
 /// so lines of different workers never mix.
 pub struct Sink {
@@ -132,7 +132,7 @@ impl Sink {
 }
 
 /// One batch of whole lines (each ending in `\n`) from one origin.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Chunk {
     pub(crate) origin: Origin,
     pub(crate) data: Vec<u8>,
@@ -221,6 +221,10 @@ pub(crate) struct State {
     pub(crate) want_wake: bool,
     in_sink: bool,
     forking: bool,
+    /// The writer waits on `more` (or is about to): a push must wake it. A
+    /// busy writer finds the chunk on its own, and a push then costs no
+    /// system call.
+    writer_idle: bool,
 }
 
 /// The queue between the arbiter's thread and the writer thread.
@@ -311,8 +315,10 @@ impl Failures {
 
 /// How long a fork waits for a log sink's writer to leave the logger.
 const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
-/// Coalesced writes to byte sinks are about this large.
-const WRITE_BATCH: usize = 256 * 1024;
+/// Gathered writes to byte sinks are about this large.
+const WRITE_BATCH: usize = 1024 * 1024;
+/// At most this many pieces per gathered write (Linux's `IOV_MAX`).
+const MAX_SEGMENTS: usize = 1024;
 /// A chunk this large is written as it is, not copied into a batch.
 const DIRECT_WRITE: usize = 32 * 1024;
 /// Written chunks' buffers kept for the next reads (and no more bytes of
@@ -362,7 +368,10 @@ impl Queue {
     pub(crate) fn push(&self, state: &mut State, chunk: Chunk) {
         state.bytes += chunk.data.len();
         state.chunks.push_back(chunk);
-        self.more.notify_one();
+        if state.writer_idle {
+            state.writer_idle = false;
+            self.more.notify_one();
+        }
     }
 
     /// Queues one arbiter line (from [`ArbiterLog`](crate::ArbiterLog)). The
@@ -567,8 +576,10 @@ fn writer_loop(queue: &Queue) {
         {
             let mut state = queue.lock();
             while state.chunks.is_empty() && !state.closed {
+                state.writer_idle = true;
                 state = queue.more.wait(state).unwrap_or_else(|p| p.into_inner());
             }
+            state.writer_idle = false;
             if state.chunks.is_empty() {
                 if !summed_up {
                     // Failures since the last report would go unsaid: say
@@ -611,7 +622,10 @@ fn writer_loop(queue: &Queue) {
             // A full wake pipe already holds a wake-up.
             let _ = rustix::io::write(&queue.wake_w, &[1]);
         }
-        queue.changed.notify_all();
+        // Only the fork gate and the final flush wait for progress.
+        if queue.gate || state.closed {
+            queue.changed.notify_all();
+        }
     }
 }
 
@@ -631,25 +645,16 @@ fn write_batch(
         failures,
     } = state;
     let mut taken = 0;
-    let mut buf_lines = 0;
-    // Which sink the coalesced bytes in `buf` are for.
-    let mut buf_err = false;
-    for chunk in batch.iter() {
+    let mut gather = Gather::default();
+    buf.clear();
+    for (index, chunk) in batch.iter().enumerate() {
         taken += chunk.data.len();
         let to_err = err.is_some() && chunk.origin.is_error();
-        if to_err != buf_err && !buf.is_empty() {
-            let sink = pick(kind, err, buf_err);
-            account(
-                write_bytes(sink, buf),
-                buf.len(),
-                buf_lines,
-                counters,
-                failures,
-            );
-            buf.clear();
-            buf_lines = 0;
+        if to_err != gather.to_err {
+            let sink = pick(kind, err, gather.to_err);
+            gather.write(sink, batch, buf, counters, failures);
+            gather.to_err = to_err;
         }
-        buf_err = to_err;
         let sink = pick(kind, err, to_err);
         match sink {
             SinkKind::Log { target } => log_chunk(target, chunk, counters),
@@ -659,46 +664,15 @@ fn write_batch(
                 }
             }
             SinkKind::Fd(_) | SinkKind::Writer(_) => {
-                if chunk.data.len() >= DIRECT_WRITE {
-                    // Big enough for a write of its own: no copy (a pipe's
-                    // worth of lines comes this way), after what was before.
-                    if !buf.is_empty() {
-                        let result = write_bytes(sink, buf);
-                        account(result, buf.len(), buf_lines, counters, failures);
-                        buf.clear();
-                        buf_lines = 0;
-                    }
-                    let result = write_bytes(sink, &chunk.data);
-                    account(result, chunk.data.len(), chunk.lines, counters, failures);
-                    continue;
-                }
-                buf.extend_from_slice(&chunk.data);
-                buf_lines += chunk.lines;
-                if buf.len() >= WRITE_BATCH {
-                    account(
-                        write_bytes(sink, buf),
-                        buf.len(),
-                        buf_lines,
-                        counters,
-                        failures,
-                    );
-                    buf.clear();
-                    buf_lines = 0;
+                gather.add(index, chunk, buf);
+                if gather.segments.len() >= MAX_SEGMENTS || gather.bytes >= WRITE_BATCH {
+                    gather.write(sink, batch, buf, counters, failures);
                 }
             }
         }
     }
-    if !buf.is_empty() {
-        let sink = pick(kind, err, buf_err);
-        account(
-            write_bytes(sink, buf),
-            buf.len(),
-            buf_lines,
-            counters,
-            failures,
-        );
-        buf.clear();
-    }
+    let sink = pick(kind, err, gather.to_err);
+    gather.write(sink, batch, buf, counters, failures);
     for sink in std::iter::once(kind).chain(err.as_mut()) {
         if let SinkKind::Writer(w) = sink {
             if let Err(e) = w.flush() {
@@ -708,6 +682,72 @@ fn write_batch(
         }
     }
     taken
+}
+
+/// The chunks of a batch bound for one byte sink, handed to it in one
+/// gathering write (`writev`): a big chunk as it is, without a copy, and
+/// small ones copied together into one piece of the batch's buffer, so that
+/// a writer that cannot gather still gets few writes.
+#[derive(Default)]
+struct Gather {
+    segments: Vec<Segment>,
+    bytes: usize,
+    lines: u64,
+    /// Whether the segments are for the error sink.
+    to_err: bool,
+}
+
+/// A piece of a gathering write.
+enum Segment {
+    /// The whole data of the batch's chunk at this index.
+    Chunk(usize),
+    /// These bytes of the batch's buffer.
+    Buf(std::ops::Range<usize>),
+}
+
+impl Gather {
+    fn add(&mut self, index: usize, chunk: &Chunk, buf: &mut Vec<u8>) {
+        self.bytes += chunk.data.len();
+        self.lines += chunk.lines;
+        if chunk.data.len() >= DIRECT_WRITE {
+            self.segments.push(Segment::Chunk(index));
+            return;
+        }
+        let start = buf.len();
+        buf.extend_from_slice(&chunk.data);
+        match self.segments.last_mut() {
+            Some(Segment::Buf(range)) if range.end == start => range.end = buf.len(),
+            _ => self.segments.push(Segment::Buf(start..buf.len())),
+        }
+    }
+
+    /// Writes what was gathered (nothing if nothing was) and starts afresh.
+    fn write(
+        &mut self,
+        sink: &mut SinkKind,
+        batch: &VecDeque<Chunk>,
+        buf: &mut Vec<u8>,
+        counters: &CounterCells,
+        failures: &mut Failures,
+    ) {
+        if self.segments.is_empty() {
+            return;
+        }
+        let mut slices: Vec<io::IoSlice<'_>> = self
+            .segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Chunk(index) => io::IoSlice::new(&batch[*index].data),
+                Segment::Buf(range) => io::IoSlice::new(&buf[range.clone()]),
+            })
+            .collect();
+        let result = write_vectored_all(sink, &mut slices);
+        account(result, self.bytes, self.lines, counters, failures);
+        self.segments.clear();
+        self.bytes = 0;
+        self.lines = 0;
+        buf.clear();
+    }
 }
 
 /// The sink for a chunk: the error sink for arbiter lines and workers'
@@ -752,6 +792,44 @@ fn write_bytes(sink: &mut SinkKind, data: &[u8]) -> io::Result<()> {
     }
 }
 
+/// `write_all` of several slices, in as few calls as the sink takes.
+fn write_vectored_all(sink: &mut SinkKind, mut slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    use rustix::io::Errno;
+    while !slices.is_empty() {
+        let written = match sink {
+            SinkKind::Fd(std) => match rustix::io::writev(std.fd(), slices) {
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    wait_writable(std.fd());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            SinkKind::Writer(w) => match w.write_vectored(slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            },
+            SinkKind::Log { .. } => return Ok(()),
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+/// Waits until a non-blocking descriptor can take bytes.
+fn wait_writable(fd: BorrowedFd<'_>) {
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::OUT,
+    )];
+    let _ = rustix::event::poll(&mut fds, None);
+}
+
 /// `write_all` on a raw descriptor, waiting in `poll` if it is non-blocking.
 pub(crate) fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     use rustix::io::Errno;
@@ -760,13 +838,7 @@ pub(crate) fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
-                let mut fds = [rustix::event::PollFd::new(
-                    &fd,
-                    rustix::event::PollFlags::OUT,
-                )];
-                let _ = rustix::event::poll(&mut fds, None);
-            }
+            Err(Errno::AGAIN) => wait_writable(fd),
             Err(e) => return Err(e.into()),
         }
     }
@@ -830,6 +902,133 @@ mod tests {
             origin: Origin::Arbiter,
             data: data.to_vec(),
             lines: 1,
+        }
+    }
+
+    /// A writer that gathers like `writev`, taking at most `per_call` bytes
+    /// a call (unlimited with `usize::MAX`), and records its calls.
+    struct Gathering {
+        out: Arc<Mutex<(Vec<u8>, usize)>>,
+        per_call: usize,
+    }
+
+    impl Write for Gathering {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[io::IoSlice::new(data)])
+        }
+        fn write_vectored(&mut self, slices: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            let mut out = self.out.lock().unwrap();
+            out.1 += 1;
+            let mut left = self.per_call;
+            for slice in slices {
+                if left == 0 {
+                    break;
+                }
+                let n = slice.len().min(left);
+                out.0.extend_from_slice(&slice[..n]);
+                left -= n;
+            }
+            Ok(self.per_call - left)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn worker_chunk(slot: usize, stream: Stream, data: Vec<u8>) -> Chunk {
+        let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+        Chunk {
+            origin: Origin::Worker {
+                slot,
+                pid: 100 + slot as i32,
+                stream,
+            },
+            data,
+            lines,
+        }
+    }
+
+    /// Lines of `len` bytes (newline included), each naming its chunk.
+    fn lines_of(chunk: usize, len: usize, count: usize) -> Vec<u8> {
+        let mut data = Vec::new();
+        for n in 0..count {
+            let start = data.len();
+            data.extend_from_slice(format!("{chunk}.{n} ").as_bytes());
+            data.resize(start + len - 1, b'x');
+            data.push(b'\n');
+        }
+        data
+    }
+
+    #[test]
+    fn a_batch_is_gathered_into_few_writes_in_order_whatever_each_write_takes() {
+        // Big chunks (written without a copy) between runs of small ones
+        // (copied together), more pieces than one `writev` takes, and
+        // stderr chunks for a sink of their own in between.
+        let mut chunks = Vec::new();
+        for i in 0..1500 {
+            let (len, count) = match i % 5 {
+                0 => (80, DIRECT_WRITE / 80 + 1),
+                _ => (1 + i % 97, 1 + i % 3),
+            };
+            let stream = if i % 7 == 3 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            };
+            chunks.push(worker_chunk(i % 4, stream, lines_of(i, len, count)));
+        }
+        let expect = |err: bool| -> Vec<u8> {
+            chunks
+                .iter()
+                .filter(|c| c.origin.is_error() == err)
+                .flat_map(|c| c.data.clone())
+                .collect()
+        };
+        let (want_out, want_err) = (expect(false), expect(true));
+        let total: usize = chunks.iter().map(|c| c.data.len()).sum();
+        let lines: u64 = chunks.iter().map(|c| c.lines).sum();
+        for per_call in [usize::MAX, 4096, 7] {
+            let out = Arc::new(Mutex::new((Vec::new(), 0)));
+            let err = Arc::new(Mutex::new((Vec::new(), 0)));
+            let writer = |out: &Arc<Mutex<(Vec<u8>, usize)>>| {
+                SinkKind::Writer(Box::new(Gathering {
+                    out: Arc::clone(out),
+                    per_call,
+                }))
+            };
+            let mut state = SinkState {
+                kind: writer(&out),
+                err: Some(writer(&err)),
+                failures: Failures::default(),
+            };
+            let counters = CounterCells::default();
+            let mut batch: VecDeque<Chunk> = chunks.iter().cloned().collect();
+            let taken = write_batch(&mut state, &mut batch, &mut Vec::new(), false, &counters);
+            assert_eq!(taken, total);
+            let (out, err) = (out.lock().unwrap(), err.lock().unwrap());
+            assert!(out.0 == want_out, "stdout bytes differ ({per_call} a call)");
+            assert!(err.0 == want_err, "stderr bytes differ ({per_call} a call)");
+            assert_eq!(counters.bytes_written.load(Ordering::Relaxed), total as u64);
+            assert_eq!(counters.lines_written.load(Ordering::Relaxed), lines);
+            assert_eq!(counters.write_errors.load(Ordering::Relaxed), 0);
+            if per_call == usize::MAX {
+                // One write per run of chunks for one sink and per
+                // `WRITE_BATCH` bytes or `MAX_SEGMENTS` pieces, not one per
+                // chunk.
+                let runs = chunks
+                    .windows(2)
+                    .filter(|w| w[0].origin.is_error() != w[1].origin.is_error())
+                    .count()
+                    + 1;
+                let bound = runs + total / WRITE_BATCH + chunks.len() / MAX_SEGMENTS + 1;
+                assert!(
+                    out.1 + err.1 <= bound,
+                    "{} writes for {} chunks in {runs} runs",
+                    out.1 + err.1,
+                    chunks.len()
+                );
+            }
         }
     }
 

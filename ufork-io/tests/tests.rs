@@ -182,6 +182,80 @@ fn lines_of_concurrent_writers_never_interleave() {
     assert_eq!(next, [LINES; WORKERS]);
 }
 
+/// The real `writev` path: a file sink, 64 KiB pipes read round and round,
+/// a small queue (back-pressure on the way), and lines from one byte to
+/// twice a pipe, around the size at which a chunk goes to the sink
+/// uncopied: every line arrives whole, in order, once.
+#[test]
+fn a_file_sink_gets_every_line_whole_through_gathered_writes() {
+    let _lock = util::lock();
+    const WORKERS: usize = 4;
+    const LINES: usize = 300;
+    let line = |slot: usize, seq: usize| -> String {
+        let len = match seq % 4 {
+            0 => seq % 50,
+            1 => 30 * 1024 + seq * 13 % 5000,
+            2 => 80,
+            _ => (seq * 7919 + slot * 31) % (128 * 1024),
+        };
+        let fill = (b'a' + ((seq + slot) % 26) as u8) as char;
+        format!("W{slot} {seq} {}", fill.to_string().repeat(len))
+    };
+    let path = std::env::temp_dir().join(format!("ufork-io-gather-{}.log", std::process::id()));
+    let file = std::fs::File::create(&path).expect("log file");
+    let layer = Capture::builder()
+        .sink(Sink::writer(file))
+        .pipe_size(64 * 1024)
+        .queue_bytes(256 * 1024)
+        .max_line(256 * 1024)
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let outcome = run_until(
+        pool(WORKERS).layer(layer),
+        move |w| {
+            let mut out = std::io::stdout().lock();
+            // Several lines per write, as a buffered writer would.
+            let mut text = String::new();
+            for seq in 0..LINES {
+                text.push_str(&line(w.slot(), seq));
+                text.push('\n');
+                if seq % 3 == 2 {
+                    out.write_all(text.as_bytes())?;
+                    text.clear();
+                }
+            }
+            out.write_all(text.as_bytes())?;
+            drop(out);
+            idle(w);
+            Ok(())
+        },
+        move || {
+            util::wait_until("every line", || {
+                counters.lines_written() >= (WORKERS * LINES) as u64
+            });
+        },
+    );
+    let slots = pids_by_slot(&outcome);
+    let bytes = std::fs::read(&path).expect("read the log");
+    let _ = std::fs::remove_file(&path);
+    let mut next = [0usize; WORKERS];
+    for text in lines(&bytes) {
+        let text = std::str::from_utf8(text).expect("utf-8");
+        let (prefix, rest) = text.split_once("] ").expect("prefixed");
+        let (slot, pid) = prefix[1..].split_once(' ').expect("slot and pid");
+        let slot: usize = slot.parse().unwrap();
+        assert_eq!(slots[&pid.parse::<i32>().unwrap()], slot);
+        assert!(
+            rest == line(slot, next[slot]),
+            "line {} of {slot} is torn or out of order",
+            next[slot]
+        );
+        next[slot] += 1;
+    }
+    assert_eq!(next, [LINES; WORKERS]);
+}
+
 /// Big pipes and reads (`pipe_size`), lines far longer than one read, and a
 /// neighbour writing short lines all the while: every line arrives whole.
 #[test]
