@@ -256,6 +256,42 @@ fn a_file_sink_gets_every_line_whole_through_gathered_writes() {
     assert_eq!(next, [LINES; WORKERS]);
 }
 
+/// One worker writes far more than one wake-up of the arbiter reads from a
+/// pipe (1 MiB), in one `write`: what is left after the sweep's budget is
+/// read at the next poll, and nothing is lost, torn or reordered.
+#[test]
+fn output_past_one_wake_ups_budget_is_read_at_the_next_poll() {
+    let _lock = util::lock();
+    const LINES: usize = 40_000;
+    let sink = MemorySink::new();
+    let layer = capture(&sink)
+        .pipe_size(64 * 1024)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            let mut text = String::new();
+            for seq in 0..LINES {
+                text.push_str(&format!("{seq:08} {}\n", "y".repeat(seq % 150)));
+            }
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_lines(LINES),
+    );
+    let bytes = sink.bytes();
+    let got = lines(&bytes);
+    assert_eq!(got.len(), LINES);
+    for (seq, line) in got.iter().enumerate() {
+        let text = std::str::from_utf8(line).expect("utf-8");
+        let rest = text.split_once("] ").expect("prefixed").1;
+        assert_eq!(rest, format!("{seq:08} {}", "y".repeat(seq % 150)));
+    }
+}
+
 /// Big pipes and reads (`pipe_size`), lines far longer than one read, and a
 /// neighbour writing short lines all the while: every line arrives whole.
 #[test]
