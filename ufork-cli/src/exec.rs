@@ -158,10 +158,10 @@ impl ExecLayer {
             // A SIGTERM since the fork was caught by the worker's stop-flag
             // handler, which exec would forget: the program would never
             // hear it and the stop would wait the graceful timeout out.
-            // (One arriving between this look and execve still is lost:
-            // ufork-core has no call yet that gives SIGTERM its default
-            // action back first.)
-            if worker.should_stop() {
+            // `before_exec` gives SIGTERM its default action back first, so
+            // one arriving from here on ends the worker or reaches the
+            // program.
+            if worker.before_exec() {
                 return Ok(());
             }
             let error = command.exec();

@@ -264,6 +264,15 @@ pub(crate) fn worker_stop_requested() -> bool {
     WORKER_STOP.load(Ordering::Relaxed)
 }
 
+/// Gives SIGTERM its default action back (what `exec` would do to a caught
+/// signal), then says whether a stop was requested before that. Every
+/// SIGTERM is then either counted already (the flag) or, from now on,
+/// ends the process by default (before an `exec`, or the program after it).
+pub(crate) fn default_stop_action() -> bool {
+    let _ = sigaction(libc::SIGTERM, Some(&action(libc::SIG_DFL)));
+    WORKER_STOP.load(Ordering::SeqCst)
+}
+
 /// Gives every signal the disposition an `exec` would: handlers back to the
 /// default, ignored signals stay ignored (`saved` holds what the arbiter's
 /// handlers replaced). Then SIGINT is ignored, SIGTERM sets the stop flag and

@@ -161,6 +161,36 @@ impl Worker {
         sys::worker_stop_requested()
     }
 
+    /// Call right before `exec`-ing another program in this worker: gives
+    /// SIGTERM its default action back and returns whether the worker was
+    /// already asked to stop, in which case do not exec but return.
+    ///
+    /// `exec` forgets the worker's SIGTERM handler, so a stop caught by it
+    /// would never reach the program, and the stop would wait out the
+    /// graceful timeout. With the default action restored first, no
+    /// SIGTERM is lost: one that came before is reported here, one that
+    /// comes after ends the process (before the `exec`) or reaches the
+    /// program. After this call [`should_stop`](Self::should_stop) no
+    /// longer changes and [`stop_fd`](Self::stop_fd) no longer becomes
+    /// readable: a SIGTERM ends the process instead.
+    ///
+    /// ```no_run
+    /// use std::os::unix::process::CommandExt;
+    /// # fn main() -> Result<(), ufork_core::Error> {
+    /// ufork_core::Arbiter::builder().workers(2).build()?.run(|worker| {
+    ///     worker.ready();
+    ///     if worker.before_exec() {
+    ///         return Ok(());
+    ///     }
+    ///     Err(std::process::Command::new("my-server").exec())
+    /// })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn before_exec(&self) -> bool {
+        sys::default_stop_action()
+    }
+
     /// A descriptor that becomes readable when the worker is asked to stop, to
     /// put in the worker's own `poll`/`epoll` set next to its sockets.
     pub fn stop_fd(&self) -> BorrowedFd<'_> {

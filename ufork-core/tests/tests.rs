@@ -2236,3 +2236,49 @@ fn a_stopping_worker_refuses_new_connections_on_its_own_reuse_port_socket() {
     assert_eq!(outcome.history.len(), 2);
     assert_nothing_left(&outcome.history);
 }
+
+#[test]
+fn before_exec_reports_an_earlier_stop_and_leaves_a_later_one_to_end_the_worker() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let arbiter = Arbiter::builder()
+        .workers(2)
+        .graceful_timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.slot() == 0 {
+                // Stopped before it would exec: the stop is reported.
+                w.ready();
+                tx.send("waiting 0");
+                w.wait_for_stop(None);
+                let stopped = w.before_exec();
+                tx.send(&format!("before_exec 0 {stopped}"));
+                return Ok(());
+            }
+            // Stopped after: SIGTERM has its default action and ends the
+            // worker, as it would end the program the worker execs. Were
+            // the stop-flag handler still in place, the worker would park
+            // until the graceful timeout killed it.
+            let stopped = w.before_exec();
+            w.ready();
+            tx.send(&format!("before_exec 1 {stopped}"));
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    ev.expect("slot 0 waiting", |l| l == "waiting 0");
+    ev.expect("slot 1 past before_exec", |l| l == "before_exec 1 false");
+    handle.stop();
+    ev.expect("slot 0 told of the stop", |l| l == "before_exec 0 true");
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.killed_at_timeout, 0, "{:#?}", outcome.history);
+    let ended = outcome.history.iter().find(|r| r.slot == 1).unwrap();
+    assert_eq!(ended.status, ExitStatus::Signal(libc::SIGTERM));
+    let returned = outcome.history.iter().find(|r| r.slot == 0).unwrap();
+    assert_eq!(returned.status, ExitStatus::Code(0));
+    assert_nothing_left(&outcome.history);
+}
