@@ -1,4 +1,4 @@
-//! `cargo xtask bench [core|io|http|ops]...`: runs the benchmark examples in
+//! `cargo xtask bench [core|io|http|ops|tail]...`: runs the benchmark examples in
 //! release mode after installing the peers they compare with, by package
 //! name: wrk, nginx and valgrind from Debian's packages, gunicorn and Python uFork
 //! into a venv in the temp dir (hyper, axum and tokio are dev-dependencies
@@ -12,12 +12,14 @@ use std::time::Instant;
 use crate::{cargo, step};
 
 /// The benches: name on the command line, package, example. `ops` is
-/// `bench_http`'s operations row, run against the release `ufork` binary.
-const BENCHES: [(&str, &str, &str); 4] = [
+/// `bench_http`'s operations row, run against the release `ufork` binary;
+/// `tail` is its keep-alive tail experiment, run only when named.
+const BENCHES: [(&str, &str, &str); 5] = [
     ("core", "ufork-core", "bench_core"),
     ("io", "ufork-io", "bench_io"),
     ("http", "ufork-wsgi-like", "bench_http"),
     ("ops", "ufork-wsgi-like", "bench_http"),
+    ("tail", "ufork-wsgi-like", "bench_http"),
 ];
 
 pub fn run(which: &[String]) -> Result<(), String> {
@@ -26,18 +28,18 @@ pub fn run(which: &[String]) -> Result<(), String> {
         .find(|w| !BENCHES.iter().any(|(name, ..)| name == w))
     {
         return Err(format!(
-            "unknown bench {unknown:?}; the benches are core, io, http and ops"
+            "unknown bench {unknown:?}; the benches are core, io, http, ops and tail"
         ));
     }
     let all = which.is_empty();
-    let wants = |name: &str| all || which.iter().any(|w| w == name);
+    let wants = |name: &str| (all && name != "tail") || which.iter().any(|w| w == name);
     let started = Instant::now();
     let mut env_vars: Vec<(String, String)> = Vec::new();
     // Every bench has a Python peer: gunicorn (core, http) and uFork (io, http).
     if let Some(python) = venv(wants("http") || wants("core")) {
         env_vars.push(("UFORK_BENCH_PYTHON".into(), python));
     }
-    if wants("http") || wants("ops") {
+    if wants("http") || wants("ops") || wants("tail") {
         apt_install(&[("wrk", "wrk"), ("nginx", "nginx"), ("valgrind", "valgrind")]);
     }
     for (name, package, example) in BENCHES {
@@ -71,6 +73,9 @@ pub fn run(which: &[String]) -> Result<(), String> {
                 "async_tokio",
             ]);
             step("build the async_tokio example", build)?;
+        }
+        if name == "tail" {
+            run.env("UFORK_BENCH_ROWS", "tail");
         }
         if name == "ops" || name == "http" {
             // The ops rows and http's recycle row run the `ufork` binary.

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Some("tidy") => tidy::run(&root()),
         Some("readme") => readme::run(&root(), &cargo),
         _ => {
-            eprintln!("usage: cargo xtask test | bench [core|io|http]... | tidy | readme");
+            eprintln!("usage: cargo xtask test | bench [core|io|http|ops|tail]... | tidy | readme");
             return ExitCode::from(2);
         }
     };

@@ -33,7 +33,12 @@
 //!   the serving thread of `Server::spawn_local`, under valgrind's callgrind;
 //! - `ops` (only when asked for, as `cargo xtask bench ops` does): errors
 //!   and p99 during rolling restarts, an upgrade and a graceful stop of
-//!   `ufork serve` against gunicorn (see `ops.rs`).
+//!   `ufork serve` against gunicorn (see `ops.rs`);
+//! - `tail` (only when asked for, as `cargo xtask bench tail` does): the
+//!   experiment behind the keep-alive p99 at c64, several rounds in turns
+//!   of this crate, the floor with an even and an uneven split and with
+//!   1 µs more work per request, and hyper with and without work stealing
+//!   (see `tail.rs`).
 //!
 //! Needs `wrk` on PATH (and `nginx` for its row). The Python peers need
 //! `UFORK_BENCH_PYTHON`: a python with `gunicorn` and `ufork` installed
@@ -49,6 +54,7 @@ mod ops;
 mod procs;
 mod recycle;
 mod servers;
+mod tail;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -339,6 +345,9 @@ fn bench() -> Result<(), BoxError> {
         }
         if wants("ops") {
             ops::run(&ctx);
+        }
+        if wants("tail") {
+            tail::run(&ctx);
         }
         if wants("recycle") {
             recycle::run(&ctx);

@@ -76,6 +76,8 @@ pub fn serve(kind: &str, workers: usize) -> Result<(), BoxError> {
         "ufork" => serve_ufork(workers, false),
         "ufork-reuseport" => serve_ufork(workers, true),
         "floor" => floor::serve(workers),
+        "floor-reuseport" => floor::serve_reuse_port(workers),
+        "hyper-pinned" => serve_hyper_pinned(workers),
         "hyper" => serve_hyper(workers),
         "axum" => serve_axum(workers),
         _ => Err(format!("unknown server {kind}").into()),
@@ -156,41 +158,90 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, BoxError> {
         .build()?)
 }
 
-/// hyper 1.x on a tokio runtime with `threads` worker threads.
+/// The hyper contenders' app.
+async fn hyper_app(
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, std::convert::Infallible> {
+    use hyper::body::Bytes;
+    let body = match request.uri().path() {
+        "/cpu" => Bytes::from(cpu()),
+        _ => Bytes::from_static(HELLO.as_bytes()),
+    };
+    let mut response = hyper::Response::new(http_body_util::Full::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    Ok(response)
+}
+
+/// Serves one accepted connection with hyper's HTTP/1 server.
+async fn hyper_connection(stream: tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(hyper_app),
+        )
+        .await;
+}
+
+/// hyper 1.x on a tokio runtime with `threads` worker threads (any thread
+/// serves any connection: an idle one steals a busy one's work).
 fn serve_hyper(threads: usize) -> Result<(), BoxError> {
-    use http_body_util::Full;
-    use hyper::body::{Bytes, Incoming};
-
-    async fn app(
-        request: hyper::Request<Incoming>,
-    ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
-        let body = match request.uri().path() {
-            "/cpu" => Bytes::from(cpu()),
-            _ => Bytes::from_static(HELLO.as_bytes()),
-        };
-        let mut response = hyper::Response::new(Full::new(body));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain"),
-        );
-        Ok(response)
-    }
-
     runtime(threads)?.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         announce(listener.local_addr()?.port())?;
         loop {
             let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(
-                        hyper_util::rt::TokioIo::new(stream),
-                        hyper::service::service_fn(app),
-                    )
-                    .await;
-            });
+            tokio::spawn(hyper_connection(stream));
         }
+    })
+}
+
+/// hyper on `threads` single-threaded tokio runtimes, each accepting from
+/// one shared listener: a connection stays on the thread that accepted it,
+/// as in a pre-fork server (the `tail` row's control for work stealing).
+fn serve_hyper_pinned(threads: usize) -> Result<(), BoxError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    announce(listener.local_addr()?.port())?;
+    let listeners = (0..threads)
+        .map(|_| listener.try_clone())
+        .collect::<Result<Vec<_>, _>>()?;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                scope.spawn(move || -> Result<(), String> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    runtime.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)
+                            .map_err(|e| e.to_string())?;
+                        let local = tokio::task::LocalSet::new();
+                        local
+                            .run_until(async move {
+                                loop {
+                                    let (stream, _) =
+                                        listener.accept().await.map_err(|e| e.to_string())?;
+                                    tokio::task::spawn_local(hyper_connection(stream));
+                                }
+                            })
+                            .await
+                    })
+                })
+            })
+            .collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(result) => result?,
+                Err(_) => return Err("a serving thread panicked".into()),
+            }
+        }
+        Ok(())
     })
 }
 
@@ -219,6 +270,7 @@ mod floor {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
 
     use rustix::event::epoll;
 
@@ -232,11 +284,43 @@ mod floor {
         ufork_core::Arbiter::builder()
             .workers(workers)
             .build()?
-            .run(|worker| -> std::io::Result<()> { serve_worker(&listener, worker) })?;
+            .run(|worker| -> std::io::Result<()> { serve_worker(&listener, worker, spin()) })?;
         Ok(())
     }
 
-    fn serve_worker(listener: &TcpListener, worker: &ufork_core::Worker) -> std::io::Result<()> {
+    /// The floor with a `SO_REUSEPORT` socket per worker: the kernel spreads
+    /// the connections evenly by hash, where a shared listener with
+    /// `EPOLLEXCLUSIVE` often gives most of them to one worker.
+    pub fn serve_reuse_port(workers: usize) -> Result<(), crate::BoxError> {
+        let port = crate::procs::free_port()?;
+        super::announce(port)?;
+        ufork_core::Arbiter::builder()
+            .workers(workers)
+            .build()?
+            .run(|worker| -> std::io::Result<()> {
+                use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+                let fd = socket(AddressFamily::INET, SocketType::STREAM, None)?;
+                sockopt::set_socket_reuseport(&fd, true)?;
+                bind(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+                listen(&fd, 1024)?;
+                let listener = TcpListener::from(fd);
+                listener.set_nonblocking(true)?;
+                serve_worker(&listener, worker, spin())
+            })?;
+        Ok(())
+    }
+
+    /// `UFORK_BENCH_SPIN_NS`: CPU time to spend on every request before
+    /// answering it (default none), to see how the tail grows with work.
+    fn spin() -> Duration {
+        Duration::from_nanos(super::env_usize("UFORK_BENCH_SPIN_NS") as u64)
+    }
+
+    fn serve_worker(
+        listener: &TcpListener,
+        worker: &ufork_core::Worker,
+        spin: Duration,
+    ) -> std::io::Result<()> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let flags = epoll::EventFlags::IN;
         epoll::add(
@@ -284,6 +368,13 @@ mod floor {
                             Err(_) => 0,
                         };
                         let requests = buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                        if !spin.is_zero() {
+                            let started = Instant::now();
+                            let work = spin.saturating_mul(requests as u32);
+                            while started.elapsed() < work {
+                                std::hint::spin_loop();
+                            }
+                        }
                         out.clear();
                         for _ in 0..requests {
                             out.extend_from_slice(RESPONSE);

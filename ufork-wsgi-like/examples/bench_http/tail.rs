@@ -1,0 +1,177 @@
+//! `tail` row (only when asked for, as `cargo xtask bench tail` does): the
+//! experiment behind the keep-alive p99 at c64 on a small machine. Hello
+//! world, wrk -t2 -c64, the contenders below in turns for
+//! `UFORK_BENCH_TAIL_ROUNDS` rounds (default 3), so that a machine busy with
+//! something else slows each of them alike. Each row shows the medians of
+//! req/s and p99, the p99 range, the server's CPU time and context switches
+//! per request (every thread of every process of it), and how the
+//! connections were split between its workers.
+//!
+//! The contenders separate three suspects: the split of connections
+//! between workers (the floor with a shared listener often gives one
+//! worker nearly all of them; with `SO_REUSEPORT` the split is even), the
+//! work done per request (the floor spending 1 µs more on each), and
+//! whether a connection is pinned to one thread (hyper on one runtime of
+//! two threads, where an idle thread takes over a busy one's ready
+//! connections, against hyper on two single-threaded runtimes).
+
+use std::time::Duration;
+
+use crate::load::{self, Measure};
+use crate::procs;
+use crate::{Ctx, Spec};
+
+const CONNECTIONS: u32 = 64;
+
+struct Contender {
+    name: &'static str,
+    spec: Spec,
+    workers: usize,
+    env: &'static [(&'static str, &'static str)],
+}
+
+const CONTENDERS: [Contender; 7] = [
+    Contender {
+        name: "ufork-wsgi-like -w 2",
+        spec: Spec::Rust("ufork"),
+        workers: 2,
+        env: &[],
+    },
+    Contender {
+        name: "ufork-wsgi-like -w 1",
+        spec: Spec::Rust("ufork"),
+        workers: 1,
+        env: &[],
+    },
+    Contender {
+        name: "floor -w 2",
+        spec: Spec::Rust("floor"),
+        workers: 2,
+        env: &[],
+    },
+    Contender {
+        name: "floor -w 2 reuse_port",
+        spec: Spec::Rust("floor-reuseport"),
+        workers: 2,
+        env: &[],
+    },
+    Contender {
+        name: "floor -w 2 reuse_port +1 µs/req",
+        spec: Spec::Rust("floor-reuseport"),
+        workers: 2,
+        env: &[("UFORK_BENCH_SPIN_NS", "1000")],
+    },
+    Contender {
+        name: "hyper, 2 threads",
+        spec: Spec::Rust("hyper"),
+        workers: 2,
+        env: &[],
+    },
+    Contender {
+        name: "hyper, 2 pinned runtimes",
+        spec: Spec::Rust("hyper-pinned"),
+        workers: 2,
+        env: &[],
+    },
+];
+
+/// One round of one contender.
+struct Round {
+    m: Measure,
+    cpu_us: f64,
+    switches: f64,
+    split: String,
+}
+
+fn measure(ctx: &Ctx, c: &Contender) -> Result<Round, String> {
+    let env: Vec<(&str, String)> = c.env.iter().map(|&(k, v)| (k, v.to_owned())).collect();
+    let (peer, port) = ctx.start(&c.spec, c.workers, &env)?;
+    ctx.warm_up(port, "/")?;
+    let pids = procs::tree(peer.pid());
+    let before: Vec<(u64, u64)> = pids.iter().map(|&p| procs::switches_and_cpu(p)).collect();
+    let workers = procs::children(peer.pid());
+    let idle: Vec<usize> = workers.iter().map(|&w| procs::sockets(w)).collect();
+    let wrk = load::start(port, "/", CONNECTIONS, ctx.secs).map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(ctx.secs) / 2);
+    let split = if workers.len() > 1 {
+        let counts: Vec<String> = workers
+            .iter()
+            .zip(&idle)
+            .map(|(&w, &n)| procs::sockets(w).saturating_sub(n).to_string())
+            .collect();
+        counts.join("/")
+    } else {
+        "-".into()
+    };
+    let m = load::finish(wrk).map_err(|e| e.to_string())?;
+    let (mut switches, mut cpu_ns) = (0u64, 0u64);
+    for (&p, &(s0, c0)) in pids.iter().zip(&before) {
+        let (s1, c1) = procs::switches_and_cpu(p);
+        switches += s1.saturating_sub(s0);
+        cpu_ns += c1.saturating_sub(c0);
+    }
+    drop(peer);
+    let requests = (m.rps * ctx.secs as f64).max(1.0);
+    Ok(Round {
+        m,
+        cpu_us: cpu_ns as f64 / 1e3 / requests,
+        switches: switches as f64 / requests,
+        split,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(ctx: &Ctx) {
+    let rounds: usize = std::env::var("UFORK_BENCH_TAIL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    println!(
+        "\nkeep-alive tail: hello world, wrk -t2 -c{CONNECTIONS} -d{}s, {rounds} round(s) in turns, medians",
+        ctx.secs
+    );
+    let mut results: Vec<Vec<Round>> = CONTENDERS.iter().map(|_| Vec::new()).collect();
+    let mut failures: Vec<Option<String>> = CONTENDERS.iter().map(|_| None).collect();
+    for _ in 0..rounds {
+        for (i, c) in CONTENDERS.iter().enumerate() {
+            match measure(ctx, c) {
+                Ok(r) => results[i].push(r),
+                Err(e) => failures[i] = Some(e),
+            }
+        }
+    }
+    println!(
+        "{:<34} {:>10} {:>9} {:>19} {:>12} {:>12}  splits",
+        "server", "req/s", "p99", "p99 range", "CPU µs/req", "switch/req"
+    );
+    for (i, c) in CONTENDERS.iter().enumerate() {
+        let r = &results[i];
+        if r.is_empty() {
+            let why = failures[i].as_deref().unwrap_or("no round ran");
+            println!("{:<34} skipped ({why})", c.name);
+            continue;
+        }
+        let p99s: Vec<f64> = r.iter().map(|x| x.m.p99_ms).collect();
+        let lo = p99s.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = p99s.iter().copied().fold(0.0, f64::max);
+        let splits: Vec<&str> = r.iter().map(|x| x.split.as_str()).collect();
+        println!(
+            "{:<34} {:>10.0} {:>7.2}ms {:>19} {:>12.2} {:>12.3}  {}",
+            c.name,
+            median(r.iter().map(|x| x.m.rps).collect()),
+            median(p99s),
+            format!("{lo:.2}–{hi:.2}ms"),
+            median(r.iter().map(|x| x.cpu_us).collect()),
+            median(r.iter().map(|x| x.switches).collect()),
+            splits.join(" ")
+        );
+    }
+}
