@@ -122,8 +122,8 @@ impl Builder {
             backlog: 1024,
             max_requests: None,
             heartbeat_timeout: Some(DEFAULT_HEARTBEAT_TIMEOUT),
-            // A worker is ready once it listens (with `reuse_port` it binds its
-            // own socket first).
+            // A worker is ready once every serving thread waits on the
+            // listeners (with `reuse_port` it binds its own socket first).
             core: Arbiter::builder()
                 .heartbeat_timeout(DEFAULT_HEARTBEAT_TIMEOUT)
                 .ready_on_start(false),
@@ -611,7 +611,8 @@ impl Shared {
             Some(vitals),
             self.max_requests(),
         )?;
-        worker.ready();
+        // Ready once every serving thread waits on the listeners: the last
+        // one to get there says so (see `WorkerShared::set_up`).
         let cells = Cells {
             table: self.table.as_deref(),
             first: worker.slot().saturating_mul(self.config.threads),
@@ -648,7 +649,7 @@ fn run_threads(
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
-                    shared.stop();
+                    shared.startup_failed();
                     for handle in handles {
                         let _ = handle.join();
                     }

@@ -122,7 +122,9 @@ impl fmt::Display for Peer {
 
 /// Runs one serving thread until it is asked to stop and its connections are
 /// done. `table` and `cell` place it in the shared connection counts that
-/// keep the listeners' load even (none: nothing to balance with).
+/// keep the listeners' load even (none: nothing to balance with). Once set
+/// up, it waits for the worker's other threads (see
+/// [`WorkerShared::set_up`]).
 pub(crate) fn run(
     worker: &WorkerShared,
     listeners: &[&Listener],
@@ -130,19 +132,13 @@ pub(crate) fn run(
     table: Option<&Table>,
     cell: usize,
 ) -> Result<()> {
-    let epoll_fd =
-        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::EventLoop(e.into()))?;
-    let add = |fd: BorrowedFd<'_>, token: u64, flags: epoll::EventFlags| {
-        epoll::add(&epoll_fd, fd, epoll::EventData::new_u64(token), flags)
-            .map_err(|e| Error::EventLoop(e.into()))
+    let epoll_fd = match watch(worker, listeners, stop_fd) {
+        Ok(fd) => fd,
+        Err(e) => {
+            worker.startup_failed();
+            return Err(e);
+        }
     };
-    add(worker.stop_r.as_fd(), STOP_TOKEN, epoll::EventFlags::IN)?;
-    if let Some(fd) = stop_fd {
-        add(fd, STOP_TOKEN, epoll::EventFlags::IN)?;
-    }
-    for (i, listener) in listeners.iter().enumerate() {
-        add(listener.as_fd(), listener_token(i), LISTENER_FLAGS)?;
-    }
     let mut lp = Loop {
         worker,
         config: &worker.config,
@@ -161,7 +157,30 @@ pub(crate) fn run(
         balance: Balance::new(table, cell),
         next_check: Some(Instant::now()),
     };
+    worker.set_up();
     lp.run()
+}
+
+/// A new epoll set watching the stop descriptors and the listeners.
+fn watch(
+    worker: &WorkerShared,
+    listeners: &[&Listener],
+    stop_fd: Option<BorrowedFd<'_>>,
+) -> Result<OwnedFd> {
+    let epoll_fd =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| Error::EventLoop(e.into()))?;
+    let add = |fd: BorrowedFd<'_>, token: u64, flags: epoll::EventFlags| {
+        epoll::add(&epoll_fd, fd, epoll::EventData::new_u64(token), flags)
+            .map_err(|e| Error::EventLoop(e.into()))
+    };
+    add(worker.stop_r.as_fd(), STOP_TOKEN, epoll::EventFlags::IN)?;
+    if let Some(fd) = stop_fd {
+        add(fd, STOP_TOKEN, epoll::EventFlags::IN)?;
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        add(listener.as_fd(), listener_token(i), LISTENER_FLAGS)?;
+    }
+    Ok(epoll_fd)
 }
 
 /// EXCLUSIVE: one new connection wakes one waiting thread or worker, not

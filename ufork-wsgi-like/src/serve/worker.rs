@@ -3,8 +3,8 @@
 
 use std::any::Any;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ufork_core::Vitals;
@@ -43,6 +43,17 @@ pub(crate) struct WorkerShared {
     /// Our own stop pipe: written to stop every thread of this worker.
     pub(crate) stop_r: OwnedFd,
     pub(crate) stop_w: OwnedFd,
+    /// The serving threads still setting up (see [`WorkerShared::set_up`]).
+    startup: Mutex<Startup>,
+    all_set_up: Condvar,
+}
+
+#[derive(Debug)]
+struct Startup {
+    /// Threads that have not yet registered with the listeners.
+    left: usize,
+    /// One could not start: the worker is not ready, and stops.
+    failed: bool,
 }
 
 impl WorkerShared {
@@ -57,6 +68,7 @@ impl WorkerShared {
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )
         .map_err(|e| Error::EventLoop(e.into()))?;
+        let threads = config.threads;
         let mut limits = config.limits.clone();
         if let (Some(_), Some(timeout)) = (&vitals, config.heartbeat_timeout) {
             // While a thread waits for one client to send more of a body or
@@ -80,7 +92,53 @@ impl WorkerShared {
             recycling: AtomicBool::new(false),
             stop_r,
             stop_w,
+            startup: Mutex::new(Startup {
+                left: threads,
+                failed: false,
+            }),
+            all_set_up: Condvar::new(),
         })
+    }
+
+    fn startup(&self) -> MutexGuard<'_, Startup> {
+        self.startup.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A serving thread has registered with the listeners and published
+    /// its connection count; waits until every thread of the worker has.
+    /// The last one declares the worker ready. So a ready worker takes its
+    /// share of the connections queued at once (a thread not yet
+    /// registered would get none of them, and a thread not yet counted
+    /// would not hold the others back), and no thread turns the worker busy
+    /// before it is ready.
+    pub(super) fn set_up(&self) {
+        let mut startup = self.startup();
+        startup.left = startup.left.saturating_sub(1);
+        if startup.left == 0 {
+            if let Some(v) = self.vitals.as_ref().filter(|_| !startup.failed) {
+                v.ready();
+            }
+            self.all_set_up.notify_all();
+            return;
+        }
+        while startup.left > 0 {
+            startup = self
+                .all_set_up
+                .wait(startup)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A serving thread could not be started or set up: the worker never
+    /// becomes ready, the threads that did start stop waiting for it, and
+    /// every thread is asked to stop.
+    pub(crate) fn startup_failed(&self) {
+        let mut startup = self.startup();
+        startup.failed = true;
+        startup.left = 0;
+        self.all_set_up.notify_all();
+        drop(startup);
+        self.stop();
     }
 
     /// Asks every thread of this worker to stop gracefully.

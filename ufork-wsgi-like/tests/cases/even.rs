@@ -11,9 +11,7 @@ fn new_connections_go_to_the_workers_in_turn() {
     const WORKERS: usize = 3;
     const CONNECTIONS: usize = 60;
     let forked = Forked::start(Server::builder().workers(WORKERS), crate::app);
-    crate::util::eventually("every worker to be listed", || {
-        forked.handle.snapshot().workers.len() == WORKERS
-    });
+    forked.wait_ready(WORKERS);
     // One at a time, each answered before the next connects: every worker
     // is idle in its event loop each time, the case where the kernel's
     // exclusive wake-up always picked the same one.
@@ -40,9 +38,7 @@ fn a_burst_of_connections_is_spread_over_the_workers() {
     const WORKERS: usize = 3;
     const CONNECTIONS: usize = 60;
     let forked = Forked::start(Server::builder().workers(WORKERS), crate::app);
-    crate::util::eventually("every worker to be listed", || {
-        forked.handle.snapshot().workers.len() == WORKERS
-    });
+    forked.wait_ready(WORKERS);
     // Every connection is queued on the listener before any request is
     // sent, as `wrk -c64` opens its connections: whichever workers run
     // first would take them all.
@@ -69,9 +65,7 @@ fn a_burst_of_connections_is_spread_over_the_workers() {
 fn connections_arriving_while_a_worker_is_replaced_are_all_served() {
     const WORKERS: usize = 2;
     let forked = Forked::start(Server::builder().workers(WORKERS), crate::app);
-    crate::util::eventually("every worker to be listed", || {
-        forked.handle.snapshot().workers.len() == WORKERS
-    });
+    forked.wait_ready(WORKERS);
     // Both workers hold connections, so either may be standing aside.
     let mut held: Vec<Client> = (0..40).map(|_| Client::new(forked.addr)).collect();
     for client in &mut held {

@@ -74,6 +74,15 @@ impl Forked {
             .collect()
     }
 
+    /// Waits until `n` workers are ready: every serving thread of each
+    /// waits on the listeners, with its connection count published, so a
+    /// burst queued from now on is spread over all of them.
+    pub fn wait_ready(&self, n: usize) {
+        eventually(&format!("{n} workers to be ready"), || {
+            self.handle.snapshot().ready_count() == n
+        });
+    }
+
     /// Stops gracefully, waits for the arbiter, checks every worker is gone.
     pub fn finish(mut self) -> Outcome {
         self.stop_and_join().expect("arbiter outcome")
