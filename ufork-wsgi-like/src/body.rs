@@ -422,21 +422,18 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Fault> {
 }
 
 /// Waits until `stream` is ready for `flags` or the deadline passes (`None`:
-/// never); returns whether it is ready.
+/// never); returns whether it is ready. A thread that only gets to run
+/// after its deadline still looks once: a client that sent (or took) bytes
+/// in time is not failed because this worker was not scheduled.
 pub(crate) fn wait(stream: &TcpStream, flags: PollFlags, deadline: Option<Instant>) -> bool {
     loop {
-        let ts = match deadline {
-            None => None,
-            Some(deadline) => {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                    return false;
-                };
-                Some(rustix::time::Timespec {
-                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
-                    tv_nsec: left.subsec_nanos().into(),
-                })
+        let ts = deadline.map(|deadline| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            rustix::time::Timespec {
+                tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: left.subsec_nanos().into(),
             }
-        };
+        });
         let mut fds = [PollFd::new(stream, flags)];
         match poll(&mut fds, ts.as_ref()) {
             Ok(0) => return false,
@@ -451,8 +448,84 @@ fn timed_out() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "write timed out")
 }
 
-/// Writes all of `data` to a non-blocking socket, waiting at most `timeout`
-/// for the client to take more each time it takes none; every write that
+/// A response the client is not taking as fast as it is written: when the
+/// writer gives up on the client, and when it tries again meanwhile.
+///
+/// The kernel reports a TCP socket writable only once about a third of its
+/// send buffer is free again, and the send buffer grows to megabytes (on
+/// loopback, at once). A client that keeps taking bytes, but fewer than that
+/// within a write timeout, would never wake a writer waiting for
+/// writability, and would be dropped as if it had stalled. So the writer
+/// also tries again every quarter of the timeout: a write fits as soon as
+/// the client has taken any bytes, and every write that fits starts the
+/// timeout over. The writer gives up once a whole timeout passed in which
+/// not one write fit.
+#[derive(Debug)]
+pub(crate) struct Stall {
+    timeout: Duration,
+    /// When the first write that did not fit since the last one that did
+    /// was tried.
+    since: Option<Instant>,
+}
+
+/// What a writer whose write did not fit does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    /// The client took nothing for the whole timeout.
+    GiveUp,
+    /// Wait for the socket to be writable until then (`None`: for as long
+    /// as it takes), then try again.
+    WaitUntil(Option<Instant>),
+}
+
+impl Stall {
+    /// A writer that has not been blocked yet.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            since: None,
+        }
+    }
+
+    /// A write fit: the client took bytes.
+    pub(crate) fn progress(&mut self) {
+        self.since = None;
+    }
+
+    /// A write did not fit at `now`.
+    pub(crate) fn blocked(&mut self, now: Instant) -> Blocked {
+        let since = *self.since.get_or_insert(now);
+        // `None`: a timeout too large for an `Instant` never expires.
+        let Some(deadline) = since.checked_add(self.timeout) else {
+            // A timeout too large for an `Instant` never expires, so there
+            // is nothing to find out early.
+            return Blocked::WaitUntil(None);
+        };
+        if now >= deadline {
+            return Blocked::GiveUp;
+        }
+        let probe = now.checked_add(self.timeout / 4);
+        Blocked::WaitUntil(Some(probe.map_or(deadline, |p| p.min(deadline))))
+    }
+}
+
+/// A write to `stream` did not fit: waits for room as `stall` says, or
+/// fails with `TimedOut` once the client took nothing for its timeout.
+pub(crate) fn wait_for_room(stream: &TcpStream, stall: &mut Stall) -> io::Result<()> {
+    match stall.blocked(Instant::now()) {
+        Blocked::GiveUp => Err(timed_out()),
+        Blocked::WaitUntil(until) => {
+            // Ready or not, the caller tries the write again: its outcome,
+            // not the socket's writability, says whether the client took
+            // bytes.
+            wait(stream, PollFlags::OUT, until);
+            Ok(())
+        }
+    }
+}
+
+/// Writes all of `data` to a non-blocking socket, giving up once the
+/// client took nothing for `timeout` (see [`Stall`]); every write that
 /// makes progress beats `heartbeat`.
 pub(crate) fn write_all(
     stream: &TcpStream,
@@ -471,7 +544,7 @@ pub(crate) fn write_all_vectored(
     timeout: Duration,
     heartbeat: &Heartbeat,
 ) -> io::Result<()> {
-    let mut deadline = None;
+    let mut stall = Stall::new(timeout);
     IoSlice::advance_slices(&mut bufs, 0);
     while !bufs.is_empty() {
         // rustix's writev(2), which std would call through libc with its
@@ -480,15 +553,10 @@ pub(crate) fn write_all_vectored(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 IoSlice::advance_slices(&mut bufs, n);
-                deadline = None;
+                stall.progress();
                 heartbeat.beat();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let d = *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout));
-                if !wait(stream, PollFlags::OUT, d) {
-                    return Err(timed_out());
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for_room(stream, &mut stall)?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -618,6 +686,48 @@ impl fmt::Debug for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_writer_tries_again_each_quarter_and_gives_up_after_the_timeout() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut stall = Stall::new(ms(1000));
+        assert_eq!(stall.blocked(t0), Blocked::WaitUntil(Some(t0 + ms(250))));
+        assert_eq!(
+            stall.blocked(t0 + ms(250)),
+            Blocked::WaitUntil(Some(t0 + ms(500)))
+        );
+        // The last wait ends at the deadline, where one more try decides.
+        assert_eq!(
+            stall.blocked(t0 + ms(900)),
+            Blocked::WaitUntil(Some(t0 + ms(1000)))
+        );
+        assert_eq!(stall.blocked(t0 + ms(1000)), Blocked::GiveUp);
+        // A write that fits (the client took bytes) starts the timeout over.
+        stall.progress();
+        assert_eq!(
+            stall.blocked(t0 + ms(1900)),
+            Blocked::WaitUntil(Some(t0 + ms(2150)))
+        );
+        assert_eq!(
+            stall.blocked(t0 + ms(2800)),
+            Blocked::WaitUntil(Some(t0 + ms(2900)))
+        );
+        assert_eq!(stall.blocked(t0 + ms(2900)), Blocked::GiveUp);
+    }
+
+    #[test]
+    fn a_huge_write_timeout_never_gives_up() {
+        let t0 = Instant::now();
+        let mut stall = Stall::new(Duration::MAX);
+        assert_eq!(stall.blocked(t0), Blocked::WaitUntil(None));
+        assert_eq!(
+            stall.blocked(t0 + Duration::from_secs(1 << 20)),
+            Blocked::WaitUntil(None)
+        );
+        // A zero timeout gives up at the first write that does not fit.
+        assert_eq!(Stall::new(Duration::ZERO).blocked(t0), Blocked::GiveUp);
+    }
 
     #[test]
     fn chunk_sizes() {

@@ -4,15 +4,14 @@
 use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Response, StatusCode, Version};
-use rustix::event::PollFlags;
 
 use crate::ResponseBody;
 use crate::app::Kind;
-use crate::body::{Heartbeat, wait, write_all, write_all_vectored};
+use crate::body::{Heartbeat, Stall, wait_for_room, write_all, write_all_vectored};
 use crate::date::DateCache;
 use crate::http1::{header_line, status_line};
 
@@ -193,8 +192,9 @@ fn content_length(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Sends `len` bytes of `file` from its position: sendfile(2), or reads and
-/// writes where the file system cannot. Waits at most `timeout` each time
-/// the client takes nothing; beats `heartbeat` on every bit of progress.
+/// writes where the file system cannot. Gives up once the client took
+/// nothing for `timeout` (see [`Stall`]); beats `heartbeat` on every bit of
+/// progress.
 fn send_file(
     stream: &TcpStream,
     mut file: &std::fs::File,
@@ -203,22 +203,17 @@ fn send_file(
     heartbeat: &Heartbeat,
 ) -> io::Result<()> {
     let mut left = len;
-    let mut deadline = None;
+    let mut stall = Stall::new(timeout);
     while left > 0 {
         let count = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
         match rustix::fs::sendfile(stream, file, None, count) {
             Ok(0) => return Err(broken("the file is shorter than its announced length")),
             Ok(n) => {
                 left -= n as u64;
-                deadline = None;
+                stall.progress();
                 heartbeat.beat();
             }
-            Err(rustix::io::Errno::AGAIN) => {
-                let d = *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout));
-                if !wait(stream, PollFlags::OUT, d) {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out"));
-                }
-            }
+            Err(rustix::io::Errno::AGAIN) => wait_for_room(stream, &mut stall)?,
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
                 let mut buf = vec![0u8; 64 * 1024];

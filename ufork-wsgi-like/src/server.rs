@@ -54,8 +54,11 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// Longest wait for the client to take more of a response, from the
     /// last bytes it took (a slow client is not cut off while it keeps
-    /// reading): 30 s. Then the connection is reset. In pre-forked workers,
-    /// at most half the heartbeat timeout (see [`Builder::heartbeat_timeout`]).
+    /// reading): 30 s. Then the connection is reset. The writer tries again
+    /// every quarter of this while it waits, so bytes taken are noticed
+    /// within a quarter of it, even when the kernel would not yet call the
+    /// socket writable. In pre-forked workers, at most half the heartbeat
+    /// timeout (see [`Builder::heartbeat_timeout`]).
     pub write_timeout: Duration,
     /// How long a stopping worker (a graceful stop, a rolling restart,
     /// `max_requests` recycling) keeps an idle keep-alive connection open

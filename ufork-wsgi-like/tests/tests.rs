@@ -1381,6 +1381,53 @@ fn forked_worker_heartbeats_while_reading_a_long_request_body() {
     assert_eq!(outcome.spawned, 1, "{:?}", outcome.history);
 }
 
+/// The write timeout runs from the last bytes the client took, not from
+/// the last time the kernel said the socket had room (which it says only
+/// once about a third of a send buffer of megabytes is free again): a
+/// client that keeps taking a little at a time, far less than that per
+/// timeout, is not cut off.
+#[test]
+fn a_client_taking_a_little_at_a_time_is_not_cut_off_by_the_write_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const BODY: usize = 8 << 20;
+    const PAUSE: Duration = Duration::from_millis(250);
+    let server = local(
+        Server::builder().write_timeout(TIMEOUT),
+        |_: Request<Body>| Response::new(vec![b'w'; BODY].into()),
+    );
+    let mut stream = util::connect(addr_of(&server));
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stream, SLOW_STEP).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // A step every quarter of the timeout for three timeouts: 4 steps, 256
+    // KiB, per timeout.
+    let mut raw = Vec::new();
+    let mut step = vec![0u8; SLOW_STEP];
+    for _ in 0..12 {
+        let mut taken = 0;
+        while taken < SLOW_STEP {
+            let n = stream
+                .read(&mut step[taken..])
+                .unwrap_or_else(|e| panic!("after {} bytes: {e}", raw.len() + taken));
+            assert!(n > 0, "closed after {} bytes", raw.len() + taken);
+            taken += n;
+        }
+        raw.extend_from_slice(&step);
+        std::thread::sleep(PAUSE);
+    }
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("after {} bytes: {e}", raw.len()));
+    let head = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(raw.len() - head, BODY);
+}
+
 /// A client that stops reading a long response is dropped after the write
 /// timeout, which a pre-forked worker caps at half its heartbeat timeout:
 /// the worker is not taken for hung, and serves the next client.
