@@ -172,15 +172,22 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// A small thread blocks on the arbiter's death pipe and ends the worker
 /// when it reads EOF (the arbiter is gone). It backs up PR_SET_PDEATHSIG,
 /// which a setuid exec or a `prctl` in user code can clear.
+///
+/// The thread is started with every signal blocked, and keeps them blocked:
+/// a signal for the process (SIGTERM above all) is then handled on the
+/// worker's own threads, never on this one behind their back, which
+/// `Worker::before_exec` relies on.
 fn watch_parent(death_r: OwnedFd) {
-    let spawned = std::thread::Builder::new()
-        .name("ufork-parent".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let mut byte = [0u8; 1];
-            while let Err(rustix::io::Errno::INTR) = rustix::io::read(&death_r, &mut byte) {}
-            flush_stdio();
-            sys::exit_now(EXIT_SETUP);
-        });
+    let spawned = sys::with_signals_blocked(|| {
+        std::thread::Builder::new()
+            .name("ufork-parent".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut byte = [0u8; 1];
+                while let Err(rustix::io::Errno::INTR) = rustix::io::read(&death_r, &mut byte) {}
+                flush_stdio();
+                sys::exit_now(EXIT_SETUP);
+            })
+    });
     drop(spawned);
 }

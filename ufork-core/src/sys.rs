@@ -30,6 +30,26 @@ const NSIG_I32: i32 = 65;
 /// `Arbiter::spawn_thread`).
 #[allow(unreachable_code)] // `child` returns an uninhabited type
 pub(crate) fn fork_into(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<i32> {
+    with_signals_blocked(|| {
+        // SAFETY: libc's fork runs the atfork handlers, so malloc stays
+        // usable in the child; the child branch diverges into `child`, which
+        // ends the process, so no code of the parent's stack frames runs
+        // twice.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            match child() {}
+        }
+        if pid == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        }
+    })
+}
+
+/// Runs `f` with every signal blocked in the calling thread, then puts the
+/// thread's mask back. A thread started inside `f` inherits the full mask.
+pub(crate) fn with_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: sigset_t is plain data; sigfillset initialises it; the mask
     // calls only read `all` and write `old`.
     let old = unsafe {
@@ -39,18 +59,7 @@ pub(crate) fn fork_into(child: impl FnOnce() -> std::convert::Infallible) -> io:
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         old
     };
-    // SAFETY: libc's fork runs the atfork handlers, so malloc stays usable in
-    // the child; the child branch diverges into `child`, which ends the
-    // process, so no code of the parent's stack frames runs twice.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        match child() {}
-    }
-    let result = if pid == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(pid)
-    };
+    let result = f();
     // SAFETY: `old` is the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
     result

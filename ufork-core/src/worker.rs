@@ -174,6 +174,12 @@ impl Worker {
     /// longer changes and [`stop_fd`](Self::stop_fd) no longer becomes
     /// readable: a SIGTERM ends the process instead.
     ///
+    /// Call it from the worker's only thread of its own, as a worker that
+    /// execs has (ufork-core's own helper thread in the worker keeps every
+    /// signal blocked): a thread the worker started could be running the
+    /// SIGTERM handler at the very moment this call reads the flag, and
+    /// that stop would then be lost. Such threads must block SIGTERM.
+    ///
     /// ```no_run
     /// use std::os::unix::process::CommandExt;
     /// # fn main() -> Result<(), ufork_core::Error> {

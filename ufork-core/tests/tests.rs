@@ -2264,16 +2264,33 @@ fn before_exec_reports_an_earlier_stop_and_leaves_a_later_one_to_end_the_worker(
             // until the graceful timeout killed it.
             let stopped = w.before_exec();
             w.ready();
+            // No other thread of the worker may handle a SIGTERM behind
+            // before_exec's back: ufork-core's own helper thread blocks it.
+            tx.send(&format!(
+                "helper blocks SIGTERM: {}",
+                helper_blocks_sigterm()
+            ));
             tx.send(&format!("before_exec 1 {stopped}"));
             loop {
                 std::thread::park();
             }
         })
         .unwrap();
-    ev.expect("slot 0 waiting", |l| l == "waiting 0");
-    ev.expect("slot 1 past before_exec", |l| l == "before_exec 1 false");
+    // The two workers report in either order (`expect` drops what it skips).
+    let mut want = vec!["waiting 0", "before_exec 1 false"];
+    while !want.is_empty() {
+        let line = ev.expect("slot 0 waiting and slot 1 past before_exec", |l| {
+            want.contains(&l)
+        });
+        want.retain(|w| *w != line);
+    }
     handle.stop();
     ev.expect("slot 0 told of the stop", |l| l == "before_exec 0 true");
+    assert!(
+        ev.seen.iter().any(|l| l == "helper blocks SIGTERM: true"),
+        "{:?}",
+        ev.seen
+    );
     let outcome = thread.join().unwrap().unwrap();
     assert_eq!(outcome.killed_at_timeout, 0, "{:#?}", outcome.history);
     let ended = outcome.history.iter().find(|r| r.slot == 1).unwrap();
@@ -2281,4 +2298,24 @@ fn before_exec_reports_an_earlier_stop_and_leaves_a_later_one_to_end_the_worker(
     let returned = outcome.history.iter().find(|r| r.slot == 0).unwrap();
     assert_eq!(returned.status, ExitStatus::Code(0));
     assert_nothing_left(&outcome.history);
+}
+
+/// Whether the worker's `ufork-parent` thread blocks SIGTERM (its `SigBlk`
+/// in /proc).
+fn helper_blocks_sigterm() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "ufork-parent" {
+            return false;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+    })
 }
