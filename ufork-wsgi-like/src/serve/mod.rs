@@ -240,6 +240,10 @@ impl Loop<'_> {
             if self.stopping && self.live == 0 {
                 return Ok(());
             }
+            // Alive before the wait as well as after it: handling the last
+            // events may have taken up to a read or write timeout without a
+            // beat (a client given up on), and the wait may last a tick.
+            self.worker.heartbeat();
             self.wait(&mut events)?;
             self.worker.heartbeat();
             // A stop seen in the same wake-up as requests applies to them:
