@@ -1026,6 +1026,17 @@ impl Layer for Capture {
             }
             return;
         }
+        if self.paused && (readiness.hangup || readiness.error) {
+            // The worker closed this output while the queue is full. Poll
+            // reports a hang-up whatever interest is set, so a pipe left
+            // open would wake the arbiter again at once, over and over,
+            // until the sink drains. Read what is left, as for a worker
+            // that exited (at most a pipe's worth), and close it.
+            if self.drain(slot, index, ctx) {
+                self.close_pipe(slot, index, ctx);
+            }
+            return;
+        }
         // Read in `tick`, after every event of this poll: then the ready
         // pipes are read together, round and round (see `sweep`).
         self.ready.push((slot, index));

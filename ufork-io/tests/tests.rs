@@ -734,6 +734,82 @@ fn a_stalled_sink_does_not_stop_supervision_and_loses_nothing() {
 /// worker exits. Hence pipes asked for here: with the default's 256 KiB
 /// where no pipe budget applies, all 400 KB could get through.
 #[test]
+fn output_closed_while_the_queue_is_full_is_closed_not_spun_on() {
+    let _lock = util::lock();
+    let sink = MemorySink::stalled();
+    let layer = capture(&sink)
+        .queue_bytes(8 * 1024)
+        .build()
+        .expect("capture");
+    let watch = sink.clone();
+    let filling = util::Signal::new();
+    let close_now = util::Signal::new();
+    let arbiter = pool(2).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _guard = util::StopOnPanic(handle.clone());
+            // Slot 1 fills the queue: the writer is stuck in the sink and
+            // capture stops reading (paused).
+            filling.wait(1);
+            watch.wait_blocked();
+            let workers = handle.snapshot().workers;
+            let busy = workers.iter().find(|w| w.slot == 1).expect("slot 1").pid;
+            util::wait_until("slot 1 blocked on its full pipe", || {
+                util::wchan(busy).contains("pipe_write")
+            });
+            // Slot 0 then closes its output but lives on: poll reports the
+            // hang-up of its pipes whatever capture asks for.
+            let quiet = workers.iter().find(|w| w.slot == 0).expect("slot 0").pid;
+            let pipes: Vec<String> = [1, 2]
+                .iter()
+                .filter_map(|fd| std::fs::read_link(format!("/proc/{quiet}/fd/{fd}")).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                .filter(|p| p.starts_with("pipe:"))
+                .collect();
+            assert_eq!(pipes.len(), 2, "slot 0's stdout and stderr are pipes");
+            close_now.raise();
+            // The arbiter reads what is left and closes its ends at once,
+            // instead of spinning on the hang-up until the sink drains.
+            util::wait_until("the arbiter closed slot 0's pipes", || {
+                std::fs::read_dir("/proc/self/fd").is_ok_and(|fds| {
+                    !fds.flatten().any(|fd| {
+                        std::fs::read_link(fd.path())
+                            .is_ok_and(|p| pipes.contains(&p.to_string_lossy().into_owned()))
+                    })
+                })
+            });
+            watch.set_stalled(false);
+            handle.stop();
+        });
+        arbiter
+            .run(|w| -> WorkerResult {
+                if w.slot() == 0 {
+                    close_now.wait(1);
+                    let null = std::fs::File::options().write(true).open("/dev/null")?;
+                    rustix::stdio::dup2_stdout(&null)?;
+                    rustix::stdio::dup2_stderr(&null)?;
+                    idle(w);
+                    return Ok(());
+                }
+                let mut out = std::io::stdout().lock();
+                let mut n = 0u64;
+                while !w.should_stop() {
+                    writeln!(out, "{n} {}", "x".repeat(200))?;
+                    n += 1;
+                    if n == 10 {
+                        filling.raise();
+                    }
+                }
+                Ok(())
+            })
+            .expect("run")
+    });
+    util::assert_nothing_left(&outcome.history);
+    assert_eq!(outcome.killed_at_timeout, 0, "{:#?}", outcome.history);
+}
+
+#[test]
 fn lossy_mode_drops_with_a_count_instead_of_blocking() {
     let _lock = util::lock();
     const LINES: usize = 4000;
