@@ -235,7 +235,11 @@ fn place_listeners(listeners: Vec<OwnedFd>) -> std::io::Result<Vec<OwnedFd>> {
 
 impl Layer for ExecLayer {
     fn prepare(&mut self, slot: usize, _generation: u32) -> std::io::Result<()> {
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // Non-blocking: the arbiter also reads it when the worker's exit
+        // came first, and must not wait on a pipe that is still open.
+        let (r, w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
         self.pending.insert(slot, (r, w));
         Ok(())
     }
@@ -266,6 +270,34 @@ impl Layer for ExecLayer {
     }
 
     fn event(&mut self, token: Token, _readiness: Readiness, ctx: &mut Context<'_>) {
+        self.take_report(token, true, ctx);
+    }
+
+    fn exited(&mut self, record: &ExitRecord, ctx: &mut Context<'_>) {
+        let gone: Vec<Token> = self
+            .watching
+            .iter()
+            .filter(|(_, (_, pid, _))| *pid == record.pid)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in gone {
+            // The exit may be reaped before the report's event is seen: an
+            // exec failure written just before is read now, not lost (the
+            // pool would crash-loop instead of stopping at once).
+            self.take_report(token, false, ctx);
+            if self.watching.remove(&token).is_some() {
+                ctx.deregister(token);
+            }
+        }
+    }
+}
+
+impl ExecLayer {
+    /// Reads what worker `token`'s exec report pipe holds: 4 bytes are the
+    /// errno of a failed exec (the pool stops at once); its end without
+    /// them means the exec succeeded (the worker is then ready, if `alive`
+    /// and the pool counts an exec as ready). Nothing yet: keeps watching.
+    fn take_report(&mut self, token: Token, alive: bool, ctx: &mut Context<'_>) {
         let Some((slot, pid, r)) = self.watching.get(&token) else {
             return;
         };
@@ -292,25 +324,12 @@ impl Layer for ExecLayer {
                 ctx.handle().stop_now();
             }
             _ => {
-                if self.ready_on_exec {
+                if alive && self.ready_on_exec {
                     if let Some(vitals) = ctx.vitals(slot) {
                         vitals.ready();
                     }
                 }
             }
-        }
-    }
-
-    fn exited(&mut self, record: &ExitRecord, ctx: &mut Context<'_>) {
-        let gone: Vec<Token> = self
-            .watching
-            .iter()
-            .filter(|(_, (_, pid, _))| *pid == record.pid)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in gone {
-            ctx.deregister(token);
-            self.watching.remove(&token);
         }
     }
 }
