@@ -62,6 +62,33 @@ fn pids_by_slot(outcome: &Outcome) -> HashMap<i32, usize> {
     outcome.history.iter().map(|r| (r.pid, r.slot)).collect()
 }
 
+/// Every worker's `lines` lines arrived, each whole (what `expected(slot,
+/// seq)` says), with the worker's prefix, and in the order it wrote them.
+fn assert_every_line_in_order(
+    outcome: &Outcome,
+    bytes: &[u8],
+    lines_each: usize,
+    expected: impl Fn(usize, usize) -> String,
+) {
+    let slots = pids_by_slot(outcome);
+    let workers = slots.values().max().map_or(0, |&m| m + 1);
+    let mut next = vec![0usize; workers];
+    for line in lines(bytes) {
+        let text = std::str::from_utf8(line).expect("utf-8");
+        let (prefix, rest) = text.split_once("] ").expect("prefixed");
+        let (slot, pid) = prefix[1..].split_once(' ').expect("slot and pid");
+        let slot: usize = slot.parse().unwrap();
+        assert_eq!(slots[&pid.parse::<i32>().unwrap()], slot);
+        assert!(
+            rest == expected(slot, next[slot]),
+            "line {} of {slot} is torn or out of order",
+            next[slot]
+        );
+        next[slot] += 1;
+    }
+    assert_eq!(next, vec![lines_each; workers]);
+}
+
 #[test]
 fn lines_carry_the_default_slot_pid_prefix_and_stderr_is_marked_when_split() {
     let _lock = util::lock();
@@ -162,24 +189,9 @@ fn lines_of_concurrent_writers_never_interleave() {
         },
         move || watch.wait_lines(WORKERS * LINES),
     );
-    let slots = pids_by_slot(&outcome);
-    let bytes = sink.bytes();
-    let mut next = [0usize; WORKERS];
-    for line in lines(&bytes) {
-        let text = std::str::from_utf8(line).expect("utf-8");
-        let (prefix, rest) = text.split_once("] ").expect("prefixed");
-        let (slot, pid) = prefix[1..].split_once(' ').expect("slot and pid");
-        let slot: usize = slot.parse().unwrap();
-        assert_eq!(slots[&pid.parse::<i32>().unwrap()], slot);
-        assert_eq!(
-            rest,
-            payload(slot, next[slot]),
-            "line {} of {slot} is torn",
-            next[slot]
-        );
-        next[slot] += 1;
-    }
-    assert_eq!(next, [LINES; WORKERS]);
+    assert_every_line_in_order(&outcome, &sink.bytes(), LINES, |slot, seq| {
+        payload(slot, seq)
+    });
 }
 
 /// The real `writev` path: a file sink, 64 KiB pipes read round and round,
@@ -236,24 +248,9 @@ fn a_file_sink_gets_every_line_whole_through_gathered_writes() {
             });
         },
     );
-    let slots = pids_by_slot(&outcome);
     let bytes = std::fs::read(&path).expect("read the log");
     let _ = std::fs::remove_file(&path);
-    let mut next = [0usize; WORKERS];
-    for text in lines(&bytes) {
-        let text = std::str::from_utf8(text).expect("utf-8");
-        let (prefix, rest) = text.split_once("] ").expect("prefixed");
-        let (slot, pid) = prefix[1..].split_once(' ').expect("slot and pid");
-        let slot: usize = slot.parse().unwrap();
-        assert_eq!(slots[&pid.parse::<i32>().unwrap()], slot);
-        assert!(
-            rest == line(slot, next[slot]),
-            "line {} of {slot} is torn or out of order",
-            next[slot]
-        );
-        next[slot] += 1;
-    }
-    assert_eq!(next, [LINES; WORKERS]);
+    assert_every_line_in_order(&outcome, &bytes, LINES, line);
 }
 
 /// One worker writes far more than one wake-up of the arbiter reads from a

@@ -396,12 +396,7 @@ fn rates(
         let wrk = load::start(port, path, c, ctx.secs).map_err(|e| e.to_string())?;
         if i == 0 && workers.len() > 1 {
             std::thread::sleep(Duration::from_secs(ctx.secs) / 2);
-            let counts: Vec<String> = workers
-                .iter()
-                .zip(&idle)
-                .map(|(&w, &n)| procs::sockets(w).saturating_sub(n).to_string())
-                .collect();
-            split = counts.join("/");
+            split = procs::split(&workers, &idle);
         }
         measures.push(load::finish(wrk).map_err(|e| e.to_string())?);
     }

@@ -200,6 +200,17 @@ pub fn sockets(pid: i32) -> usize {
     })
 }
 
+/// How the connections opened since `idle` (each worker's socket count
+/// then) are split between `workers`, as "31/33".
+pub fn split(workers: &[i32], idle: &[usize]) -> String {
+    let counts: Vec<String> = workers
+        .iter()
+        .zip(idle)
+        .map(|(&w, &n)| sockets(w).saturating_sub(n).to_string())
+        .collect();
+    counts.join("/")
+}
+
 /// Reaps the children that have exited, without waiting.
 pub fn reap_exited() {
     use rustix::process::{WaitOptions, wait};

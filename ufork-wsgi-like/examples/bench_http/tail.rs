@@ -94,12 +94,7 @@ fn measure(ctx: &Ctx, c: &Contender) -> Result<Round, String> {
     let wrk = load::start(port, "/", CONNECTIONS, ctx.secs).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs(ctx.secs) / 2);
     let split = if workers.len() > 1 {
-        let counts: Vec<String> = workers
-            .iter()
-            .zip(&idle)
-            .map(|(&w, &n)| procs::sockets(w).saturating_sub(n).to_string())
-            .collect();
-        counts.join("/")
+        procs::split(&workers, &idle)
     } else {
         "-".into()
     };

@@ -21,14 +21,7 @@ fn new_connections_go_to_the_workers_in_turn() {
         assert_eq!(client.get("/").status, 200);
         held.push(client);
     }
-    let snapshot = forked.handle.snapshot();
-    let counts: Vec<u64> = snapshot.workers.iter().map(|w| w.requests).collect();
-    assert_eq!(counts.iter().sum::<u64>(), CONNECTIONS as u64, "{counts:?}");
-    let fair = (CONNECTIONS / WORKERS) as u64;
-    assert!(
-        counts.iter().all(|&c| c >= fair / 2),
-        "each worker should serve at least half of {fair}: {counts:?}"
-    );
+    assert_each_served_half_its_share(&forked, CONNECTIONS, WORKERS);
     drop(held);
     forked.finish();
 }
@@ -49,14 +42,7 @@ fn a_burst_of_connections_is_spread_over_the_workers() {
     for client in &mut held {
         assert_eq!(client.read_response().status, 200);
     }
-    let snapshot = forked.handle.snapshot();
-    let counts: Vec<u64> = snapshot.workers.iter().map(|w| w.requests).collect();
-    assert_eq!(counts.iter().sum::<u64>(), CONNECTIONS as u64, "{counts:?}");
-    let fair = (CONNECTIONS / WORKERS) as u64;
-    assert!(
-        counts.iter().all(|&c| c >= fair / 2),
-        "each worker should hold at least half of {fair} connections: {counts:?}"
-    );
+    assert_each_served_half_its_share(&forked, CONNECTIONS, WORKERS);
     drop(held);
     forked.finish();
 }
@@ -100,4 +86,17 @@ fn connections_arriving_while_a_worker_is_replaced_are_all_served() {
     drop(held);
     drop(burst);
     forked.finish();
+}
+
+/// Every one of `connections` one-request connections was served, and each
+/// of the `workers` served at least half of its fair share of them.
+fn assert_each_served_half_its_share(forked: &Forked, connections: usize, workers: usize) {
+    let snapshot = forked.handle.snapshot();
+    let counts: Vec<u64> = snapshot.workers.iter().map(|w| w.requests).collect();
+    assert_eq!(counts.iter().sum::<u64>(), connections as u64, "{counts:?}");
+    let fair = (connections / workers) as u64;
+    assert!(
+        counts.iter().all(|&c| c >= fair / 2),
+        "each worker should serve at least half of {fair}: {counts:?}"
+    );
 }
