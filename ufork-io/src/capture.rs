@@ -177,7 +177,8 @@ impl CaptureBuilder {
     /// Drop lines, counted, instead of applying back-pressure when the sink
     /// falls behind (default false). The sink then reads
     /// `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where lines
-    /// went missing.
+    /// went missing, as soon as the queue has room again (the writer wakes
+    /// the arbiter for it, whether or not the worker writes more).
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
         self
@@ -622,6 +623,9 @@ impl Capture {
                 .dropped_bytes
                 .fetch_add(content, Ordering::Relaxed);
             *notices_due = true;
+            // The notice goes out once the queue has room: have the writer
+            // wake the arbiter then, in case no pipe does.
+            state.want_wake = true;
             return;
         }
         if pipe.dropped > 0 {
@@ -690,7 +694,8 @@ impl Capture {
         }
     }
 
-    /// Reports drops (lossy mode) once the queue has room again.
+    /// Reports drops (lossy mode) once the queue has room again; while it
+    /// has none, the writer is asked to wake the arbiter when it has.
     fn report_drops(&mut self) {
         let queue = Arc::clone(&self.queue);
         let mut state = queue.lock();
@@ -707,6 +712,9 @@ impl Capture {
                     queue.push(&mut state, notice);
                 }
             }
+        }
+        if still_due {
+            state.want_wake = true;
         }
         self.notices_due = still_due;
     }

@@ -873,6 +873,54 @@ fn lossy_mode_drops_with_a_count_instead_of_blocking() {
     assert_eq!(delivered + reported, (LINES * LINE) as u64);
 }
 
+/// The drop notice must not wait for an unrelated wake-up of the arbiter:
+/// once the sink takes bytes again, the count goes out while the pool runs,
+/// even when the worker has gone quiet.
+#[test]
+fn lossy_mode_reports_drops_once_the_sink_recovers_even_with_no_more_output() {
+    let _lock = util::lock();
+    const QUEUE: usize = 8 * 1024;
+    const PIPE: usize = 64 * 1024;
+    let sink = MemorySink::stalled();
+    let layer = capture(&sink)
+        .lossy(true)
+        .queue_bytes(QUEUE)
+        .pipe_size(PIPE)
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let done = util::Signal::new();
+    let arbiter = pool(1).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    let watch = sink.clone();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _guard = util::StopOnPanic(handle.clone());
+            done.wait(1);
+            // Everything was written and the pipe read: some of it dropped.
+            util::wait_until("drops counted", || counters.dropped_bytes() > 0);
+            watch.set_stalled(false);
+            // The worker writes nothing more and the pool keeps running.
+            watch.wait_for_text("[ufork-io: dropped ");
+            handle.stop();
+        });
+        arbiter
+            .run(|w| -> WorkerResult {
+                let mut out = std::io::stdout().lock();
+                for i in 0..4000 {
+                    writeln!(out, "{i:>9} {}", "y".repeat(89))?;
+                }
+                drop(out);
+                done.raise();
+                idle(w);
+                Ok(())
+            })
+            .expect("run")
+    });
+    util::assert_nothing_left(&outcome.history);
+    assert!(util::contains(&sink.bytes(), b"bytes from worker 0"));
+}
+
 #[test]
 fn a_worker_reads_what_the_arbiter_sends_to_its_stdin() {
     let _lock = util::lock();
