@@ -660,7 +660,8 @@ fn write_batch(
             SinkKind::Log { target } => log_chunk(target, chunk, counters),
             SinkKind::Fd(_) | SinkKind::Writer(_) if per_line => {
                 for line in chunk.data.split_inclusive(|&b| b == b'\n') {
-                    account(write_bytes(sink, line), line.len(), 1, counters, failures);
+                    let result = write_vectored_all(sink, &mut [io::IoSlice::new(line)]);
+                    account(result, line.len(), 1, counters, failures);
                 }
             }
             SinkKind::Fd(_) | SinkKind::Writer(_) => {
@@ -763,8 +764,10 @@ fn pick<'a>(
     }
 }
 
+/// Counts a write of `bytes` (`lines` lines): written, or lost but for
+/// the bytes the sink took before it failed.
 fn account(
-    result: io::Result<()>,
+    result: Result<(), Partial>,
     bytes: usize,
     lines: u64,
     counters: &CounterCells,
@@ -777,24 +780,30 @@ fn account(
                 .fetch_add(bytes as u64, Ordering::Relaxed);
             counters.lines_written.fetch_add(lines, Ordering::Relaxed);
         }
-        Err(e) => {
+        Err(Partial { written, error }) => {
+            counters
+                .bytes_written
+                .fetch_add(written as u64, Ordering::Relaxed);
             counters.write_errors.fetch_add(1, Ordering::Relaxed);
-            failures.record(&e, bytes);
+            failures.record(&error, bytes.saturating_sub(written));
         }
     }
 }
 
-fn write_bytes(sink: &mut SinkKind, data: &[u8]) -> io::Result<()> {
-    match sink {
-        SinkKind::Fd(std) => write_fd(std.fd(), data),
-        SinkKind::Writer(w) => w.write_all(data),
-        SinkKind::Log { .. } => Ok(()),
-    }
+/// A write that failed after the sink took `written` bytes of it.
+struct Partial {
+    written: usize,
+    error: io::Error,
 }
 
 /// `write_all` of several slices, in as few calls as the sink takes.
-fn write_vectored_all(sink: &mut SinkKind, mut slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+fn write_vectored_all(
+    sink: &mut SinkKind,
+    mut slices: &mut [io::IoSlice<'_>],
+) -> Result<(), Partial> {
     use rustix::io::Errno;
+    let mut total = 0;
+    let fail = |written, error| Err(Partial { written, error });
     while !slices.is_empty() {
         let written = match sink {
             SinkKind::Fd(std) => match rustix::io::writev(std.fd(), slices) {
@@ -804,18 +813,20 @@ fn write_vectored_all(sink: &mut SinkKind, mut slices: &mut [io::IoSlice<'_>]) -
                     wait_writable(std.fd());
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return fail(total, e.into()),
             },
             SinkKind::Writer(w) => match w.write_vectored(slices) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return fail(total, e),
             },
             SinkKind::Log { .. } => return Ok(()),
         };
         if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            let error = io::Error::new(io::ErrorKind::WriteZero, "the sink took no bytes");
+            return fail(total, error);
         }
+        total += written;
         io::IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
@@ -1049,7 +1060,7 @@ mod tests {
         assert_eq!(
             report.as_deref(),
             Some(
-                "worker output: sink write failed (1 times, 6 bytes lost): failed to write whole buffer"
+                "worker output: sink write failed (1 times, 6 bytes lost): the sink took no bytes"
             )
         );
         assert_eq!(

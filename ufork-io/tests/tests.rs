@@ -1113,6 +1113,49 @@ impl Write for FailingSink {
     }
 }
 
+/// A sink that takes `left` bytes in all, then fails every write.
+struct FillingSink {
+    left: usize,
+}
+
+impl Write for FillingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A write that fails midway counts what the sink took as written and only
+/// the rest as lost.
+#[test]
+fn a_write_that_fails_midway_counts_the_bytes_the_sink_took() {
+    let _lock = util::lock();
+    let layer = Capture::builder()
+        .sink(Sink::writer(FillingSink { left: 10 }))
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let watch = counters.clone();
+    run_until(
+        pool(1).layer(layer),
+        |w| {
+            std::io::stdout().write_all(b"0123456789abcdefghij\n")?;
+            idle(w);
+            Ok(())
+        },
+        move || util::wait_until("a failed write", || watch.write_errors() >= 1),
+    );
+    assert_eq!(counters.bytes_written(), 10);
+    assert_eq!(counters.lines_written(), 0);
+}
+
 #[test]
 fn a_failing_sink_is_reported_through_log_rate_limited_without_a_loop() {
     use std::sync::{Arc, Mutex};
