@@ -93,7 +93,13 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     if seconds > MAX_SECONDS as f64 {
         return Err(format!("must be at most {MAX_SECONDS} seconds (100 years)"));
     }
-    Duration::try_from_secs_f64(seconds).map_err(|_| "is too long".to_owned())
+    match Duration::try_from_secs_f64(seconds) {
+        // A value so small it rounds to nothing would reach the builders as
+        // zero, which they refuse only once the pool is starting.
+        Ok(d) if d.is_zero() => Err("must be at least 1 ns (0.000000001)".to_owned()),
+        Ok(d) => Ok(d),
+        Err(_) => Err("is too long".to_owned()),
+    }
 }
 
 /// The longest duration a flag takes: 100 years, which is "never" for any
@@ -132,6 +138,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let bytes = value * scale as f64;
     if bytes > u64::MAX as f64 {
         return Err("is too large".to_owned());
+    }
+    if bytes < 1.0 {
+        // `0.1` rounds down to 0 bytes, which no limit means.
+        return Err("must be at least 1 byte".to_owned());
     }
     Ok(bytes as u64)
 }
@@ -183,6 +193,14 @@ mod tests {
         assert_eq!(parse_seconds("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_seconds("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_seconds("0").is_err());
+        for nothing in ["0.0000000001", "0.0000000001ms", "0.000000000000000000001h"] {
+            assert_eq!(
+                parse_seconds(nothing),
+                Err("must be at least 1 ns (0.000000001)".to_owned()),
+                "{nothing}"
+            );
+        }
+        assert_eq!(parse_seconds("0.000000001"), Ok(Duration::from_nanos(1)));
         assert!(parse_seconds("abc").is_err());
         assert!(parse_seconds("3 weeks").is_err());
         assert_eq!(
@@ -207,6 +225,8 @@ mod tests {
         assert_eq!(parse_size("10MB"), Ok(10 << 20));
         assert!(parse_size("12Q").is_err());
         assert_eq!(parse_size("-1"), Err("must be positive".to_owned()));
+        assert_eq!(parse_size("0.5"), Err("must be at least 1 byte".to_owned()));
+        assert_eq!(parse_size("0.0001K"), Err("must be at least 1 byte".to_owned()));
     }
 
     #[test]
