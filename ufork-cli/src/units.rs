@@ -226,7 +226,10 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert_eq!(parse_size("-1"), Err("must be positive".to_owned()));
         assert_eq!(parse_size("0.5"), Err("must be at least 1 byte".to_owned()));
-        assert_eq!(parse_size("0.0001K"), Err("must be at least 1 byte".to_owned()));
+        assert_eq!(
+            parse_size("0.0001K"),
+            Err("must be at least 1 byte".to_owned())
+        );
     }
 
     #[test]

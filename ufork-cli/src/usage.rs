@@ -61,16 +61,65 @@ pub fn report(error: &clap::Error) -> ExitCode {
         .find_map(|l| l.trim().strip_prefix("tip: "))
         .map(|t| format!("; {t}"))
         .unwrap_or_else(|| {
-            let run = std::env::args().nth(1).as_deref() == Some("run");
-            if run && error.kind() == ErrorKind::UnknownArgument {
-                "; put the program after `--`: ufork run [FLAGS] -- CMD [ARG]...".to_owned()
-            } else {
-                String::new()
-            }
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            hint(&args, error.kind()).unwrap_or_default()
         });
     let _ = writeln!(
         std::io::stderr(),
         "ufork: error: {first}{tip} (see `ufork --help`)"
     );
     ExitCode::from(2)
+}
+
+/// A hint for a usage error clap cannot give, from the arguments after the
+/// binary's name.
+fn hint(args: &[String], kind: ErrorKind) -> Option<String> {
+    match args.first().map(String::as_str) {
+        Some("run") if kind == ErrorKind::UnknownArgument => {
+            Some("; put the program after `--`: ufork run [FLAGS] -- CMD [ARG]...".to_owned())
+        }
+        // `ctl` takes every word from COMMAND on as the command (`workers -`
+        // has a dash), so a flag typed after it is a word of the command and
+        // clap reports it missing: say where it goes.
+        Some("ctl") if kind == ErrorKind::MissingRequiredArgument => {
+            let flag = args.iter().skip(1).find(|a| {
+                ["--pidfile", "--control-socket"]
+                    .iter()
+                    .any(|f| a.as_str() == *f || a.starts_with(&format!("{f}=")))
+            })?;
+            let flag = flag.split('=').next().unwrap_or(flag);
+            Some(format!(
+                "; {flag} goes before COMMAND: ufork ctl {flag} PATH COMMAND"
+            ))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_ctl_flag_after_the_command_is_pointed_before_it() {
+        let missing = ErrorKind::MissingRequiredArgument;
+        assert_eq!(
+            hint(&words("ctl status --pidfile /tmp/p.pid"), missing).as_deref(),
+            Some("; --pidfile goes before COMMAND: ufork ctl --pidfile PATH COMMAND")
+        );
+        assert_eq!(
+            hint(&words("ctl workers + --control-socket=/tmp/s"), missing).as_deref(),
+            Some("; --control-socket goes before COMMAND: ufork ctl --control-socket PATH COMMAND")
+        );
+        assert_eq!(hint(&words("ctl status"), missing), None);
+        assert_eq!(hint(&words("status"), missing), None);
+        assert!(
+            hint(&words("run python3"), ErrorKind::UnknownArgument)
+                .is_some_and(|h| h.contains("after `--`"))
+        );
+    }
 }

@@ -89,6 +89,9 @@ fn bad_flags_are_one_line_usage_errors() {
     assert_one_line_error(&out, 2, &["frobnicate"]);
     let out = run(&["status"]);
     assert_eq!(out.code(), Some(2), "{out:#?}");
+    // The flag after ctl's COMMAND is a word of the command: say so.
+    let out = run(&["ctl", "status", "--pidfile", "/nonexistent/ufork.pid"]);
+    assert_one_line_error(&out, 2, &["--pidfile goes before COMMAND"]);
 }
 
 #[test]
