@@ -173,7 +173,7 @@ pub fn decide(file_pid: i32, holders: &[Holder]) -> Result<Arbiter, String> {
             // another process by now (one whose descriptors this user may
             // not read, yet may signal).
             return Err(format!(
-                "it names pid {file_pid}, and its lock was taken by pid {}, but this user cannot read /proc/{}/fd to check that it still has the file open (run as root or as the pool's user)",
+                "it names pid {file_pid}, and its lock was taken by pid {}, but this user cannot read /proc/{}/fd to check that it still has the file open (run as root, or as the user who started the pool; a pool started with --user drops the right to read it)",
                 h.pid, h.pid
             ));
         }
@@ -303,6 +303,9 @@ mod tests {
         // reused by such a process, so it is not trusted.
         let err = decide(9, &[unknown]).unwrap_err();
         assert!(err.contains("cannot read /proc/9/fd"), "{err}");
+        // The --user a pool switched to cannot read them either (the switch
+        // makes the arbiter undumpable): the hint names who can.
+        assert!(err.contains("the user who started the pool"), "{err}");
     }
 
     #[test]
