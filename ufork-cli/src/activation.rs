@@ -39,6 +39,11 @@ impl Activated {
         })
     }
 
+    /// Whether socket activation handed this process no socket.
+    pub fn is_empty(&self) -> bool {
+        self.sockets.iter().all(Option::is_none)
+    }
+
     /// The inherited socket for `bind`, if one matches it (never a TCP
     /// address with port 0).
     ///

@@ -188,19 +188,31 @@ fn resolve(bind: &str, options: Options) -> Result<Bind> {
 
 /// Binds every `--bind` address, in order, or takes the socket socket
 /// activation handed over for it (see [`activation`](crate::activation); the
-/// inherited sockets no `--bind` claims come last). Called before anything
-/// else opens a descriptor, so the sockets sit at fds 3, 4, ... already.
+/// inherited sockets no `--bind` claims come last). Without any `--bind`,
+/// `default` is bound, unless socket activation handed sockets over: then
+/// those are the pool's sockets, as gunicorn does (binding a port nobody
+/// asked for beside them could only collide). Called before anything else
+/// opens a descriptor, so the sockets sit at fds 3, 4, ... already.
 ///
 /// # Errors
 ///
 /// A message naming the flag and the address.
-pub fn bind_all(binds: &[String], options: Options) -> Result<Vec<Listener>> {
+pub fn bind_all(
+    binds: &[String],
+    default: Option<&str>,
+    options: Options,
+) -> Result<Vec<Listener>> {
     // A new arbiter started by an upgrade takes the old one's sockets.
-    if let Some(listeners) = crate::upgrade::inherited(binds)? {
+    if let Some(listeners) = crate::upgrade::inherited(binds, default)? {
         crate::upgrade::remember(&listeners);
         return Ok(listeners);
     }
     let mut activated = crate::activation::Activated::take()?;
+    let defaulted: Vec<String> = match default {
+        Some(address) if binds.is_empty() && activated.is_empty() => vec![address.to_owned()],
+        _ => Vec::new(),
+    };
+    let binds = if binds.is_empty() { &defaulted } else { binds };
     let mut listeners = Vec::new();
     for bind in resolve_all(binds, options)? {
         match activated.claim(&bind, options)? {

@@ -104,12 +104,16 @@ pub fn is_new_arbiter() -> bool {
 }
 
 /// The sockets handed over for `binds`, in order, when this process is a new
-/// arbiter; `None` otherwise (bind them).
+/// arbiter; `None` otherwise (bind them). The old arbiter handed over what it
+/// served: one socket per `--bind` (`default` when there was none and no
+/// socket came from socket activation), then the activated sockets no
+/// `--bind` claimed. Those a supervisor holds stay marked as such, so this
+/// arbiter's graceful stop leaves them listening too.
 ///
 /// # Errors
 ///
 /// The handover does not match the command line, or could not be taken.
-pub fn inherited(binds: &[String]) -> Result<Option<Vec<Listener>>> {
+pub fn inherited(binds: &[String], default: Option<&str>) -> Result<Option<Vec<Listener>>> {
     if let Some(e) = HANDOVER_ERROR.get() {
         return Err(failure::runtime(format!(
             "cannot take the sockets the old arbiter handed over: {e}"
@@ -120,25 +124,34 @@ pub fn inherited(binds: &[String]) -> Result<Option<Vec<Listener>>> {
         return Ok(None);
     };
     // In order, without the arbiter's own sockets (named `ufork-...`).
-    let names: Vec<String> = handover
+    let kept = handover.kept_listening();
+    let names: Vec<(String, bool)> = handover
         .names()
         .into_iter()
-        .filter(|n| !n.starts_with(RESERVED))
-        .map(str::to_owned)
+        .zip(kept.into_iter().chain(std::iter::repeat(false)))
+        .filter(|(n, _)| !n.starts_with(RESERVED))
+        .map(|(n, kept)| (n.to_owned(), kept))
         .collect();
-    let fds: Vec<(String, OwnedFd)> = names
+    let fds: Vec<(String, OwnedFd, bool)> = names
         .into_iter()
-        .filter_map(|name| handover.take_listener(&name).map(|fd| (name, fd)))
+        .filter_map(|(name, kept)| handover.take_listener(&name).map(|fd| (name, fd, kept)))
         .collect();
-    if fds.len() != binds.len() {
+    let activated = fds.iter().any(|(_, _, kept)| *kept);
+    let asked = match default {
+        Some(_) if binds.is_empty() && !activated => 1,
+        _ => binds.len(),
+    };
+    // Past the --binds, only activated sockets nobody claimed.
+    if fds.len() < asked || fds[asked..].iter().any(|(_, _, kept)| !kept) {
         return Err(failure::runtime(format!(
             "the old arbiter handed over {} sockets but --bind gives {}; upgrade with the same flags",
             fds.len(),
-            binds.len()
+            asked
         )));
     }
     let mut listeners = Vec::new();
-    for (name, fd) in fds {
+    let mut supervised = Vec::new();
+    for (name, fd, kept) in fds {
         let socket = TcpListener::from(fd);
         let addr = socket.local_addr().map_err(|e| {
             failure::runtime(format!(
@@ -146,12 +159,16 @@ pub fn inherited(binds: &[String]) -> Result<Option<Vec<Listener>>> {
                 failure::io_text(&e)
             ))
         })?;
+        if kept && let Ok(stat) = rustix::fs::fstat(&socket) {
+            supervised.push(stat.st_ino);
+        }
         listeners.push(Listener {
             name,
             addr: Address::Tcp(addr),
             socket: Socket::Tcp(socket),
         });
     }
+    state.supervised.extend(supervised);
     Ok(Some(listeners))
 }
 

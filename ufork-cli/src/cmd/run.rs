@@ -82,7 +82,7 @@ pub fn exec(args: RunArgs) -> Result<()> {
         for_run: true,
         unix_mode: args.unix_mode,
     };
-    let listeners = listen::bind_all(&args.bind, options)?;
+    let listeners = listen::bind_all(&args.bind, None, options)?;
     if !crate::upgrade::is_new_arbiter() {
         check_placed(&listeners)?;
     }

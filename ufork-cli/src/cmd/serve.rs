@@ -35,8 +35,9 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT or unix:PATH (repeatable). Port 0
     /// picks a free port. A unix socket is created with --unix-mode, refused
     /// while a live server listens on PATH (a stale one is replaced), and
-    /// removed when the pool stops.
-    #[arg(short, long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    /// removed when the pool stops [default: 127.0.0.1:8000, or only the
+    /// sockets socket activation hands over].
+    #[arg(short, long, value_name = "ADDR")]
     pub bind: Vec<String>,
 
     /// Permission bits of `--bind unix:PATH` sockets (octal).
@@ -118,12 +119,19 @@ impl From<LogFormat> for ufork_wsgi_like::AccessFormat {
     }
 }
 
+/// Where `serve` listens without `--bind` (and without socket activation).
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     let pidfile = pool::lock_pidfile(
         &args.pool,
-        if args.reuse_port { 0 } else { args.bind.len() },
+        if args.reuse_port {
+            0
+        } else {
+            args.bind.len().max(1)
+        },
     )?;
     let root = match &args.dir {
         Some(dir) => Some(
@@ -144,11 +152,18 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     // With --reuse-port every worker binds its own socket; otherwise the
     // arbiter binds one that every worker inherits.
     let (listeners, reused) = if args.reuse_port {
-        let binds = listen::resolve_all(&args.bind, options)?;
+        let binds = if args.bind.is_empty() {
+            listen::resolve_all(&[DEFAULT_BIND.to_owned()], options)?
+        } else {
+            listen::resolve_all(&args.bind, options)?
+        };
         let addrs = reuse_port_addrs(&binds)?;
         (Vec::new(), addrs)
     } else {
-        (listen::bind_all(&args.bind, options)?, Vec::new())
+        (
+            listen::bind_all(&args.bind, Some(DEFAULT_BIND), options)?,
+            Vec::new(),
+        )
     };
     let workers = pool::workers(&args.pool);
     let what = match &root {

@@ -350,3 +350,66 @@ fn a_graceful_stop_leaves_a_supervisors_socket_listening_for_the_next_start() {
     second.signal(Signal::TERM);
     assert_eq!(second.wait().code(), Some(0), "{}", second.transcript());
 }
+
+/// `serve` with no `--bind`, handed a socket by socket activation, serves
+/// that socket alone (binding the default 127.0.0.1:8000 beside it could only
+/// collide, and would break the upgrade's match of sockets to flags); an
+/// upgrade hands the socket on still marked as the supervisor's, so the new
+/// arbiter's graceful stop leaves it listening too.
+#[test]
+fn an_activated_pool_without_bind_upgrades_and_still_leaves_the_socket_listening() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("activate-upgrade");
+    let pidfile = dir.str("ufork.pid");
+    let _guard = DaemonGuard(dir.join("ufork.pid"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
+    let fd = listener.as_raw_fd();
+    let to_fd_3 = if fd == 3 {
+        String::new()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; ")
+    };
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "{to_fd_3}LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" serve -w 1 --no-prompt --pidfile {pidfile}"
+        ))
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .stdin(std::process::Stdio::null());
+    let mut old = Running::start_with(&mut command);
+    old.expect_line("from socket activation");
+    old.expect_line("worker 0 pid");
+    // Printed after the banners on the same stream: every banner is in.
+    old.expect_line("press Ctrl-C to stop");
+    let banners: Vec<&str> = old
+        .seen
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .filter(|l| l.starts_with("serving "))
+        .collect();
+    assert_eq!(
+        banners,
+        [format!(
+            "serving the hello app on http://{addr} with 1 worker (arbiter pid {})",
+            old.pid()
+        )],
+        "{}",
+        old.transcript()
+    );
+    let out = run(&["upgrade", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}\n{}", old.transcript());
+    // Not `wait`: the new arbiter holds the old one's output pipes.
+    old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
+    let answer = request(addr, "GET / HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "the new pool serves: {answer}"
+    );
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // The supervisor's socket still queues connections for the next start.
+    TcpStream::connect(addr).expect("the socket still listens after the new arbiter stopped");
+}

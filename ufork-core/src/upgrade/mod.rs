@@ -88,6 +88,11 @@ use crate::{Context, Layer, Readiness, Token};
 /// The variable naming the descriptor a new arbiter reports readiness on.
 pub const REPORT_FD_ENV: &str = "UFORK_UPGRADE_FD";
 
+/// The variable listing which handed-over descriptors (their indices, from
+/// 0 for fd 3, comma-separated) were given with [`Upgrader::hand_over`]: the
+/// new arbiter must leave them listening at its own graceful stop too.
+const KEEP_ENV: &str = "UFORK_UPGRADE_KEEP";
+
 /// What socket activation sets; replaced for the new arbiter.
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
@@ -153,13 +158,19 @@ impl Reexec {
         &self.args
     }
 
-    fn plan(&self, handover: &[(String, OwnedFd)], report: &OwnedFd) -> io::Result<sys::ExecPlan> {
+    fn plan(
+        &self,
+        handover: &[(String, OwnedFd)],
+        kept: &[usize],
+        report: &OwnedFd,
+    ) -> io::Result<sys::ExecPlan> {
         let c = |b: &[u8]| sys::c_string(b.to_vec());
         let mut env = Vec::new();
         for (key, value) in std::env::vars_os() {
             let key = key.as_bytes();
-            let skip =
-                LISTEN_VARS.iter().any(|v| v.as_bytes() == key) || key == REPORT_FD_ENV.as_bytes();
+            let skip = LISTEN_VARS.iter().any(|v| v.as_bytes() == key)
+                || key == REPORT_FD_ENV.as_bytes()
+                || key == KEEP_ENV.as_bytes();
             if !skip {
                 env.push(c(&[key, b"=", value.as_bytes()].concat())?);
             }
@@ -171,6 +182,10 @@ impl Reexec {
             .unwrap_or(0)
             .saturating_add(handover.len());
         env.push(c(format!("{REPORT_FD_ENV}={report_at}").as_bytes())?);
+        if !kept.is_empty() {
+            let kept: Vec<String> = kept.iter().map(usize::to_string).collect();
+            env.push(c(format!("{KEEP_ENV}={}", kept.join(",")).as_bytes())?);
+        }
         let mut fds: Vec<_> = handover.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         fds.push(report.as_raw_fd());
         Ok(sys::ExecPlan {
@@ -359,6 +374,8 @@ enum State {
 pub struct Upgrader {
     reexec: Reexec,
     handover: Vec<(String, OwnedFd)>,
+    /// Indices into `handover` of the sockets given with `hand_over`.
+    kept: Vec<usize>,
     timeout: Duration,
     refuse_on_stop: bool,
     trigger: Arc<Trigger>,
@@ -470,6 +487,7 @@ impl Upgrader {
         Ok(Self {
             reexec,
             handover: Vec::new(),
+            kept: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             refuse_on_stop: true,
             trigger: Arc::new(Trigger {
@@ -515,6 +533,8 @@ impl Upgrader {
     /// `.socket` unit's, from socket activation), which keeps queueing new
     /// connections for the next instance of the service instead of refusing
     /// them. Shutting such a socket down would break it for its owner too.
+    /// The new arbiter learns which sockets these are
+    /// ([`Handover::kept_listening`]), so it can leave them listening too.
     ///
     /// # Errors
     ///
@@ -527,6 +547,7 @@ impl Upgrader {
             ));
         }
         let fd = socket.as_fd().try_clone_to_owned()?;
+        self.kept.push(self.handover.len());
         self.handover.push((name.to_owned(), fd));
         Ok(self)
     }
@@ -631,7 +652,7 @@ impl Upgrader {
         };
         let plan = self
             .reexec
-            .plan(&self.handover, &theirs)
+            .plan(&self.handover, &self.kept, &theirs)
             .map_err(spawn_error)?;
         let pid = sys::spawn(&plan).map_err(spawn_error)?;
         drop(theirs);
@@ -928,6 +949,8 @@ impl Layer for Upgrader {
 #[derive(Debug)]
 pub struct Handover {
     listeners: Vec<(String, Option<OwnedFd>)>,
+    /// Parallel to `listeners`: given with [`Upgrader::hand_over`].
+    kept: Vec<bool>,
     report: Option<OwnedFd>,
 }
 
@@ -960,6 +983,14 @@ impl Handover {
         let names: Vec<String> = var("LISTEN_FDNAMES")
             .map(|n| n.split(':').map(str::to_owned).collect())
             .unwrap_or_default();
+        let kept_at: Vec<usize> = match var(KEEP_ENV) {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|i| i.parse().ok().filter(|&i: &usize| i < count))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("UFORK_UPGRADE_KEEP is not a list of descriptor indices"))?,
+        };
         let Some(mut fds) = sys::adopt(count, Some(report_at))? else {
             return Ok(None);
         };
@@ -968,6 +999,7 @@ impl Handover {
             LISTEN_VARS[1],
             LISTEN_VARS[2],
             REPORT_FD_ENV,
+            KEEP_ENV,
         ]);
         let report = fds.pop();
         let listeners = fds
@@ -978,12 +1010,25 @@ impl Handover {
                 (name, Some(fd))
             })
             .collect();
-        Ok(Some(Self { listeners, report }))
+        let kept = (0..count).map(|i| kept_at.contains(&i)).collect();
+        Ok(Some(Self {
+            listeners,
+            kept,
+            report,
+        }))
     }
 
     /// The names of the handed-over descriptors, in order (fds 3, 4, ...).
     pub fn names(&self) -> Vec<&str> {
         self.listeners.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Whether the old arbiter gave each descriptor, in the order of
+    /// [`names`](Self::names), with [`Upgrader::hand_over`]: a socket its
+    /// supervisor holds (socket activation's), which a graceful stop must
+    /// leave listening. Give it to this arbiter's upgrader the same way.
+    pub fn kept_listening(&self) -> Vec<bool> {
+        self.kept.clone()
     }
 
     /// Takes the first handed-over descriptor named `name` not taken yet.
@@ -1138,15 +1183,20 @@ mod tests {
             None,
         )
         .unwrap();
-        let plan = reexec.plan(&handover, &report).unwrap();
+        let plan = reexec.plan(&handover, &[], &report).unwrap();
         let env: Vec<String> = plan.env.iter().map(|e| sys::lossy(e)).collect();
         assert!(env.contains(&"LISTEN_FDS=2".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("UFORK_UPGRADE_KEEP=")));
         assert!(env.contains(&"LISTEN_FDNAMES=http:admin".to_owned()));
         assert!(env.contains(&format!("{REPORT_FD_ENV}=5")));
         assert!(!env.iter().any(|e| e.starts_with("LISTEN_PID=")));
         assert_eq!(plan.fds.len(), 3);
         assert_eq!(plan.fds[2], report.as_raw_fd());
         assert_eq!(plan.args.len(), 2);
+        // The sockets given with hand_over are named for the new arbiter.
+        let plan = reexec.plan(&handover, &[1], &report).unwrap();
+        let env: Vec<String> = plan.env.iter().map(|e| sys::lossy(e)).collect();
+        assert!(env.contains(&"UFORK_UPGRADE_KEEP=1".to_owned()), "{env:?}");
     }
 
     #[test]
@@ -1159,7 +1209,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let err = reexec.plan(&[], &report).unwrap_err();
+        let err = reexec.plan(&[], &[], &report).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
