@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -130,10 +130,24 @@ impl Stream {
 /// lock may be held by a thread at a fork, and a worker needs it.
 fn write_stream(stream: Stream, data: &[u8], wait: Wait) -> usize {
     match stream {
-        Stream::Out => write_out(std::io::stdout().as_fd(), data, wait),
-        Stream::Err => write_out(std::io::stderr().as_fd(), data, wait),
+        Stream::Out => {
+            let (written, gone) = write_out(std::io::stdout().as_fd(), data, wait);
+            if gone && !STDOUT_GONE.swap(true, Ordering::Relaxed) {
+                // Everything printed there is lost from now on, and the pool
+                // goes on serving: say so once, where it can still be read.
+                let _ = write_out(std::io::stderr().as_fd(), STDOUT_GONE_NOTICE, Wait::Never);
+            }
+            written
+        }
+        Stream::Err => write_out(std::io::stderr().as_fd(), data, wait).0,
     }
 }
+
+/// Standard output failed for good (a closed pipe: `ufork run … | head`).
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Said once on stderr when standard output fails for good.
+const STDOUT_GONE_NOTICE: &[u8] = b"ufork: standard output is closed (its reader is gone): the workers' output and the pool's messages written there are dropped from now on; the pool goes on serving\n";
 
 fn draw(out: &mut Vec<u8>, p: &Prompt) {
     let _ = write!(out, "\r\x1b[K{PROMPT_TEXT}{}", p.line);
@@ -236,9 +250,11 @@ fn drain(mut t: MutexGuard<'static, Term>, lane: usize, wait: Wait) {
     }
 }
 
-/// Writes `data` to `fd`; returns how much was written. With [`Wait::Never`]
-/// or a deadline, only what `poll` says the descriptor takes in time.
-fn write_out(fd: BorrowedFd<'_>, data: &[u8], wait: Wait) -> usize {
+/// Writes `data` to `fd`; returns how much was written (all of it, when
+/// the descriptor failed for good, which the `bool` says: the bytes are
+/// gone). With [`Wait::Never`] or a deadline, only what `poll` says the
+/// descriptor takes in time.
+fn write_out(fd: BorrowedFd<'_>, data: &[u8], wait: Wait) -> (usize, bool) {
     use rustix::event::{PollFd, PollFlags, poll};
     use rustix::io::Errno;
     let mut done = 0;
@@ -254,17 +270,17 @@ fn write_out(fd: BorrowedFd<'_>, data: &[u8], wait: Wait) -> usize {
                 let timeout = rustix::time::Timespec::try_from(left).ok();
                 let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
                 match poll(&mut fds, timeout.as_ref()) {
-                    Ok(0) => return done,
+                    Ok(0) => return (done, false),
                     Ok(_) if fds[0].revents().contains(PollFlags::OUT) => {}
                     Err(Errno::INTR) => continue,
                     // An error or hangup: nothing will ever take the bytes.
-                    _ => return data.len(),
+                    _ => return (data.len(), true),
                 }
                 data.len().min(done + TRY_WRITE)
             }
         };
         match rustix::io::write(fd, &data[done..end]) {
-            Ok(0) => return data.len(),
+            Ok(0) => return (data.len(), true),
             Ok(n) => done += n,
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) if bounded.is_none() => {
@@ -273,10 +289,10 @@ fn write_out(fd: BorrowedFd<'_>, data: &[u8], wait: Wait) -> usize {
             }
             Err(Errno::AGAIN) => {}
             // A closed pipe or a broken terminal: the bytes are gone.
-            Err(_) => return data.len(),
+            Err(_) => return (data.len(), true),
         }
     }
-    done
+    (done, false)
 }
 
 /// Shows the prompt with this line and cursor (or hides it with `None`).
@@ -422,9 +438,22 @@ mod tests {
         let (read, write) = rustix::pipe::pipe().expect("pipe");
         let size = rustix::pipe::fcntl_getpipe_size(&read).expect("pipe size");
         let data = vec![b'x'; size * 2];
-        let written = write_out(write.as_fd(), &data, Wait::Never);
+        let (written, gone) = write_out(write.as_fd(), &data, Wait::Never);
         assert!(written > 0 && written <= size, "{written} of {size}");
+        assert!(!gone);
         let soon = Instant::now() + Duration::from_millis(50);
-        assert_eq!(write_out(write.as_fd(), &data, Wait::Until(Some(soon))), 0);
+        assert_eq!(
+            write_out(write.as_fd(), &data, Wait::Until(Some(soon))),
+            (0, false)
+        );
+    }
+
+    #[test]
+    fn a_write_to_a_closed_pipe_is_gone_not_pending() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        drop(read);
+        for wait in [Wait::Never, Wait::Until(None)] {
+            assert_eq!(write_out(write.as_fd(), b"lost\n", wait), (5, true));
+        }
     }
 }

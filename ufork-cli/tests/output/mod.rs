@@ -401,3 +401,62 @@ fn json_lines_parse_and_a_split_long_line_is_marked_continued() {
         "{summary}"
     );
 }
+
+/// A stdout whose reader is gone (`ufork run … | head -1` once head has
+/// exited) loses everything written there: the pool goes on serving, says
+/// so once on stderr instead of dropping the output without a word, and
+/// still stops cleanly.
+#[test]
+fn a_closed_stdout_is_said_once_on_stderr_and_the_pool_still_stops() {
+    let (closed, write) = rustix::pipe::pipe().expect("pipe");
+    drop(closed);
+    let child = ufork()
+        .args(["run", "-w", "1", "--no-prompt", "--", "sh", "-c"])
+        .arg("echo one; echo two; exec sleep 1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ufork");
+    let pid = child.id() as i32;
+    let mut child = Reap(Some(child));
+    let stderr = child
+        .0
+        .as_mut()
+        .and_then(|c| c.stderr.take())
+        .expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut transcript = Vec::new();
+    let mut expect = |needle: &str| {
+        let deadline = Instant::now() + DEADLINE;
+        while !transcript.iter().any(|l: &String| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match seen.recv_timeout(left) {
+                Ok(line) => transcript.push(line),
+                Err(_) => panic!("no {needle:?} on stderr: {transcript:#?}"),
+            }
+        }
+        transcript.clone()
+    };
+    expect("standard output is closed");
+    expect("worker 0 pid");
+    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");
+    let transcript = expect("stopped: every worker reaped");
+    let status = child.0.take().expect("child").wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{transcript:#?}");
+    let notices = transcript
+        .iter()
+        .filter(|l| l.contains("standard output is closed"))
+        .count();
+    assert_eq!(notices, 1, "said once: {transcript:#?}");
+    assert!(children_of(pid).is_empty(), "{transcript:#?}");
+}
