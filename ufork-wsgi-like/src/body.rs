@@ -377,22 +377,56 @@ impl Input {
         }
     }
 
-    /// Reads and discards what is left of the body, at most `max` bytes.
-    /// Returns whether the body is now complete.
-    pub(crate) fn drain(&mut self, max: u64) -> bool {
+    /// Reads and discards what is left of the body, at most `max` bytes,
+    /// without waiting for the client: only bytes already buffered or
+    /// already in the socket count. A body nobody reads is not worth a
+    /// thread's time: waiting for it would let a client that sends a head
+    /// and then its body a byte at a time hold the thread for as long as it
+    /// likes.
+    pub(crate) fn drain(&mut self, max: u64) -> Drained {
+        // A zero read timeout: `fill` looks once and waits for nothing.
+        let patience = std::mem::replace(&mut self.read_timeout, Duration::ZERO);
         let mut scratch = [0u8; 4096];
         let mut drained = 0u64;
-        while self.framing != Framing::Done {
+        let outcome = loop {
+            if self.framing == Framing::Done {
+                break Drained::Complete;
+            }
             if drained > max {
-                return false;
+                break Drained::Incomplete;
             }
             match self.read_body(&mut scratch) {
-                Ok(0) => break,
+                Ok(0) => break Drained::Complete,
                 Ok(n) => drained += n as u64,
-                Err(_) => return false,
+                Err(_) => break Drained::from_fault(self.fault),
             }
+        };
+        self.read_timeout = patience;
+        outcome
+    }
+}
+
+/// What became of a body the app left unread once the server drained it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Read to its end: the next request starts at its first byte.
+    Complete,
+    /// Not all there yet (or past the drain bound, or the client ended its
+    /// side): the connection cannot go on, but the answer stands.
+    Incomplete,
+    /// The body is bad (malformed chunks, over a limit): answered with this
+    /// status instead, as if the app had read it.
+    Bad(StatusCode),
+}
+
+impl Drained {
+    fn from_fault(fault: Option<Fault>) -> Self {
+        match fault {
+            Some(f @ (Fault::Malformed | Fault::TooLarge | Fault::TrailersTooLarge)) => {
+                f.status().map_or(Self::Incomplete, Self::Bad)
+            }
+            _ => Self::Incomplete,
         }
-        true
     }
 }
 
@@ -596,8 +630,13 @@ enum Inner {
 /// Bad Request` if the app panicked, with `Connection: close`. After
 /// `ConnectionReset` nothing can be sent and the connection is closed.
 ///
-/// A body not read to the end is drained (up to a bound) before the next
-/// request on the connection, or the connection is closed.
+/// Of a body not read to the end, what has already arrived is read and
+/// dropped (up to [`Limits::max_drain_bytes`](crate::Limits::max_drain_bytes))
+/// before the next request on the connection; if it has not all arrived,
+/// the answer says `Connection: close` and the connection closes: the
+/// server never waits for a body nobody reads. If the unread rest turns
+/// out malformed or over a limit, the answer is that `400`, `413` or
+/// `431` instead of the app's response.
 pub struct Body {
     inner: Inner,
 }

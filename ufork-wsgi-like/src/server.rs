@@ -41,7 +41,8 @@ pub struct Limits {
     /// Largest request body: 10 MiB. Over it: 413.
     pub max_body_bytes: u64,
     /// Most bytes of a body the app left unread that are read and dropped to
-    /// keep the connection alive (64 KiB); past that the connection closes.
+    /// keep the connection alive (64 KiB); past that, or if the rest has not
+    /// arrived yet (the server does not wait for it), the connection closes.
     pub max_drain_bytes: u64,
     /// Time a client has to send a complete request head, from its first
     /// byte (from the connection for the first request): 10 s. Then: 408.

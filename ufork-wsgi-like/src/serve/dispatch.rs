@@ -14,7 +14,7 @@ use super::Peer;
 use super::conn::{Conn, Next};
 use super::worker::{WorkerShared, panic_message};
 use crate::access::{AccessLogger, Entry};
-use crate::body::{Fault, Framing, Input, lock};
+use crate::body::{Drained, Fault, Framing, Input, lock};
 use crate::date::DateCache;
 use crate::response::{self, Reply, Sent};
 use crate::{Body, Limits, ResponseBody, http1};
@@ -226,11 +226,21 @@ impl<'w> Dispatch<'w> {
             }
         } else if input.framing != Framing::Done {
             // The app left part of the body unread. Unless the client still
-            // waits for `100 Continue` (and so sends nothing), read and drop
-            // a bounded amount so the next request starts at its first byte.
-            if input.continue_pending || !input.drain(self.limits().max_drain_bytes) {
+            // waits for `100 Continue` (and so sends nothing), drop what of
+            // it has arrived, up to a bound, so the next request starts at
+            // its first byte; a body not all there closes the connection
+            // rather than keep this thread waiting for it.
+            let drained = if input.continue_pending {
+                Drained::Incomplete
+            } else {
+                input.drain(self.limits().max_drain_bytes)
+            };
+            if drained != Drained::Complete {
                 answer.keep_alive = false;
                 linger = true;
+            }
+            if let Drained::Bad(status) = drained {
+                response = response::error_response(status);
             }
         }
         // A stopping worker still answers every request it has read: the

@@ -9,3 +9,4 @@ mod static_files;
 mod stream;
 mod targets;
 mod unix;
+mod unread;

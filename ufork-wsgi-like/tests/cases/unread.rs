@@ -1,0 +1,61 @@
+//! A request body the app leaves unread: dropped when it is all there,
+//! never waited for, and answered with its own status when it is bad.
+
+use std::time::Duration;
+
+use ufork_wsgi_like::Server;
+
+use crate::rejected;
+use crate::util::{addr_of, exchange, get, local};
+
+#[test]
+fn an_unread_body_that_has_not_arrived_is_not_waited_for() {
+    // No read timeout and one thread: a server that waited for the body
+    // would wait for as long as the client holds it back (a byte a second
+    // keeps any read timeout from firing), serving no one else; this
+    // client's read would then fail at its own patience.
+    let server = local(
+        Server::builder().threads(1).read_timeout(Duration::MAX),
+        crate::app,
+    );
+    let addr = addr_of(&server);
+    for head in [
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n",
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+    ] {
+        let (resp, mut held) = exchange(addr, head);
+        assert_eq!(resp.text(), "ignored\n");
+        assert!(resp.closes(), "the body is not all there: no keep-alive");
+        // The thread is free while that client still holds its body back.
+        assert_eq!(get(addr, "/").status, 200);
+        held.assert_closed();
+    }
+    // A body sent with its head is dropped and the connection goes on.
+    let (resp, mut client) = exchange(
+        addr,
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert!(!resp.closes());
+    assert_eq!(client.get("/").text(), "hello\n");
+}
+
+#[test]
+fn an_unread_body_that_is_malformed_or_too_large_gets_its_status() {
+    let server = local(
+        Server::builder().max_body_bytes(1000).max_header_bytes(200),
+        crate::app,
+    );
+    let head = "POST /ignore HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let long_trailer = format!("0\r\nX: {}\r\n\r\n", "a".repeat(300));
+    for (body, status) in [
+        ("ffffffffffffffff1\r\nabc\r\n0\r\n\r\n", 400),
+        ("-3\r\nabc\r\n0\r\n\r\n", 400),
+        ("0x3\r\nabc\r\n0\r\n\r\n", 400),
+        ("3\r\nabcXX0\r\n\r\n", 400),
+        ("3\nabc\n0\n\n", 400),
+        ("1000\r\nabc", 413),
+        (&long_trailer, 431),
+    ] {
+        rejected(&server, format!("{head}{body}"), status);
+    }
+}
