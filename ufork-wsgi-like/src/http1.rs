@@ -240,6 +240,12 @@ fn parse_with<'b>(
             Some(n) => Framing::Length(n),
         }
     };
+    if method == Method::CONNECT {
+        // A 2xx answer to CONNECT turns the connection into a tunnel (RFC
+        // 9110 §9.3.6), which this server cannot make: refuse it here
+        // rather than let an app's 200 tell a proxy client the tunnel is up.
+        return Err(StatusCode::NOT_IMPLEMENTED);
+    }
     let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
     let line_len = buf.iter().position(|&b| b == b'\n').map_or(0, |i| {
         if i > 0 && buf[i - 1] == b'\r' {
@@ -284,7 +290,8 @@ impl Shared {
 }
 
 /// Origin form (`/path?q`), absolute form (`http://host/path`), `*` for
-/// OPTIONS, authority form (`host:port`) for CONNECT. `shared` holds the
+/// OPTIONS, authority form (`host:port`) for CONNECT and only for it (a
+/// well-formed CONNECT is then refused with 501). `shared` holds the
 /// same bytes as `target`, to build the `Uri` from without a copy.
 ///
 /// Refused (RFC 9112 §3.2 and RFC 9110 §4.2.4): any byte outside visible
@@ -299,12 +306,12 @@ fn parse_target(method: &Method, target: &str, shared: Bytes) -> Option<Uri> {
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return None;
     }
-    let ok = if target.starts_with('/') {
+    let ok = if method == Method::CONNECT {
+        uri.authority().is_some() && uri.scheme().is_none() && !target.starts_with('/')
+    } else if target.starts_with('/') {
         uri.scheme().is_none() && uri.authority().is_none()
     } else if target == "*" {
         method == Method::OPTIONS
-    } else if method == Method::CONNECT {
-        uri.authority().is_some() && uri.scheme().is_none()
     } else {
         matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
     };
@@ -464,6 +471,24 @@ mod tests {
             &limits(),
         );
         assert!(matches!(ok, Ok(Some(_))), "{ok:?}");
+    }
+
+    #[test]
+    fn connect_is_501_when_well_formed_and_400_otherwise() {
+        for raw in [
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            "CONNECT [::1]:443 HTTP/1.0\r\n\r\n",
+        ] {
+            assert_eq!(status(raw), StatusCode::NOT_IMPLEMENTED, "{raw}");
+        }
+        for raw in [
+            "CONNECT / HTTP/1.1\r\nHost: t\r\n\r\n",
+            "CONNECT http://t:443/ HTTP/1.1\r\nHost: t\r\n\r\n",
+            "CONNECT * HTTP/1.1\r\nHost: t\r\n\r\n",
+            "CONNECT t:443 HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(status(raw), StatusCode::BAD_REQUEST, "{raw}");
+        }
     }
 
     #[test]

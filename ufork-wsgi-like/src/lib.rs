@@ -70,7 +70,9 @@
 //! and HTTP/1.0's `Connection: keep-alive`), pipelined requests answered in
 //! order, chunked request bodies, `Expect: 100-continue` (answered on the
 //! app's first body read), `HEAD` (headers of the `GET`, no body),
-//! origin-form and absolute-form targets. Responses carry `Date` and either
+//! origin-form and absolute-form targets, `OPTIONS *` (no tunnels: a
+//! `CONNECT` gets 501 and never reaches the app, whose 2xx would tell the
+//! client a tunnel is open). Responses carry `Date` and either
 //! `Content-Length` or chunked encoding. Bad input gets its status and a
 //! closed connection: malformed → 400, an HTTP/1.1 request without `Host`
 //! or any request with several `Host`s or an invalid one → 400 (RFC 9112
