@@ -9,16 +9,22 @@
 //! # }
 //! ```
 
+use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::header::{
     ACCEPT_RANGES, ALLOW, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::date::{DATE_LEN, format as format_date, parse as parse_date};
 use crate::{App, Body, ResponseBody};
@@ -26,42 +32,78 @@ use crate::{App, Body, ResponseBody};
 /// Serves the files under a root directory: `GET` and `HEAD` only, the
 /// `Content-Type` from the file extension, `index.html` for a directory (a
 /// directory without one is 404: no listings), `301` to add the slash to a
-/// directory path. Nothing outside the root is reachable: `..` segments are
-/// refused and every path is resolved (symbolic links included) and checked
-/// to lie under the root, which is itself resolved once at construction.
+/// directory path. Only regular files are served: a FIFO, socket or device
+/// under the root is 404, and opening one never blocks the worker. Names
+/// are bytes: a percent-encoded name that is not UTF-8 is served like any
+/// other.
+///
+/// Nothing outside the root is reachable. `..` segments are refused (404),
+/// and the kernel resolves every path beneath the root directory, which is
+/// resolved and opened once at construction (`openat2(2)` with
+/// `RESOLVE_BENEATH`): a symbolic link may point anywhere inside the root,
+/// but a path that leads out of it is 404. A link with an absolute target,
+/// which `RESOLVE_BENEATH` refuses, and kernels without `openat2` (before
+/// Linux 5.6) take a slower path that resolves the whole path and checks
+/// it lies under the root. A file or directory the server may not open is
+/// `403 Forbidden`.
 ///
 /// Like a file server: every file carries `Last-Modified` and a strong
 /// `ETag` (inode, size and modification time), and a request whose
 /// `If-None-Match` matches (or, without one, whose `If-Modified-Since` is
 /// not older than the file) gets `304 Not Modified`. A single byte range
 /// (`Range: bytes=A-B`, `A-`, `-N`) gets `206 Partial Content`, an
-/// unsatisfiable one `416`; several ranges, or an `If-Range` that does not
-/// match, get the whole file. Bodies go out with `sendfile(2)`.
+/// unsatisfiable one `416` with `Content-Range: bytes */LEN`; several
+/// ranges (no multipart answers), or an `If-Range` that does not match,
+/// get the whole file.
+///
+/// Bodies go out with `sendfile(2)`, the length being the file's when it
+/// was opened: a file that grows meanwhile is cut at that length, and one
+/// that shrinks ends the response early with a reset connection (see
+/// [`ResponseBody`]), never a hang.
 ///
 /// [`mount`](Self::mount) serves the tree under a path prefix (`/static`):
 /// other paths get 404, and redirects keep the prefix.
 #[derive(Clone, Debug)]
 pub struct StaticFiles {
     root: PathBuf,
+    /// The root directory, opened once: every path is resolved beneath it.
+    root_fd: Arc<OwnedFd>,
     prefix: String,
 }
+
+/// How a file under the root is opened: read-only, and without blocking on
+/// a FIFO (for a regular file `O_NONBLOCK` changes nothing).
+const OPEN_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY);
+
+/// Resolution stays beneath the root; `/proc` magic links are refused.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
 
 impl StaticFiles {
     /// Serves the files under `root`.
     ///
     /// # Errors
     ///
-    /// `root` cannot be resolved, or is not a directory.
+    /// `root` cannot be resolved or opened, or is not a directory.
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().canonicalize()?;
-        if !root.is_dir() {
-            return Err(io::Error::new(
+        let root_fd = rustix::fs::open(
+            &root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOTDIR => io::Error::new(
                 io::ErrorKind::NotADirectory,
                 format!("{} is not a directory", root.display()),
-            ));
-        }
+            ),
+            e => e.into(),
+        })?;
         Ok(Self {
             root,
+            root_fd: Arc::new(root_fd),
             prefix: String::new(),
         })
     }
@@ -83,10 +125,47 @@ impl StaticFiles {
         &self.root
     }
 
-    /// The resolved file for a request path, if it lies under the root.
-    fn resolve(&self, path: &Path) -> Option<PathBuf> {
-        let resolved = path.canonicalize().ok()?;
-        resolved.starts_with(&self.root).then_some(resolved)
+    /// Opens `rel`, a relative path of plain names, beneath the root: one
+    /// `openat2(2)` that never follows a link out of it.
+    fn open(&self, rel: &Path) -> Result<File, StatusCode> {
+        match rustix::fs::openat2(&*self.root_fd, rel, OPEN_FLAGS, Mode::empty(), BENEATH) {
+            Ok(fd) => Ok(File::from(fd)),
+            // An absolute link (which may still point into the root), a
+            // link out of the root, a rename racing the lookup, or no
+            // `openat2` (Linux before 5.6, or a seccomp filter): resolve
+            // the path here and check where it leads.
+            Err(Errno::XDEV | Errno::AGAIN | Errno::NOSYS | Errno::PERM) => self.open_resolved(rel),
+            Err(e) => Err(errno_status(e)),
+        }
+    }
+
+    /// The slow path of [`open`](Self::open): the path resolved (links
+    /// included), checked to lie under the root, and opened without links.
+    fn open_resolved(&self, rel: &Path) -> Result<File, StatusCode> {
+        let resolved = self
+            .root
+            .join(rel)
+            .canonicalize()
+            .map_err(|e| io_status(&e))?;
+        let Ok(inside) = resolved.strip_prefix(&self.root) else {
+            return Err(StatusCode::NOT_FOUND);
+        };
+        let inside = if inside.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            inside
+        };
+        // Beneath the root again where the kernel can, so a link swapped
+        // in since the check cannot lead out.
+        match rustix::fs::openat2(&*self.root_fd, inside, OPEN_FLAGS, Mode::empty(), BENEATH) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(Errno::NOSYS | Errno::PERM) => {
+                rustix::fs::open(&resolved, OPEN_FLAGS, Mode::empty())
+                    .map(File::from)
+                    .map_err(errno_status)
+            }
+            Err(e) => Err(errno_status(e)),
+        }
     }
 
     fn serve(&self, request: &Request<Body>) -> Response<ResponseBody> {
@@ -109,31 +188,14 @@ impl StaticFiles {
         let Some(decoded) = percent_decode(rest) else {
             return status(StatusCode::BAD_REQUEST);
         };
-        let mut path = self.root.clone();
-        for segment in decoded.split('/') {
-            match segment {
-                "" | "." => {}
-                ".." => return status(StatusCode::NOT_FOUND),
-                s if s.contains('\0') || s.contains('\\') => {
-                    return status(StatusCode::NOT_FOUND);
-                }
-                s => {
-                    // A segment must be a plain name, never a root or prefix.
-                    let mut components = Path::new(s).components();
-                    if !matches!(
-                        (components.next(), components.next()),
-                        (Some(Component::Normal(_)), None)
-                    ) {
-                        return status(StatusCode::NOT_FOUND);
-                    }
-                    path.push(s);
-                }
-            }
-        }
-        let Some(mut file_path) = self.resolve(&path) else {
+        let Some(mut rel) = relative_path(&decoded) else {
             return status(StatusCode::NOT_FOUND);
         };
-        if file_path.is_dir() {
+        let (file, meta) = match self.open_file(&rel) {
+            Ok(opened) => opened,
+            Err(code) => return status(code),
+        };
+        let (file, meta) = if meta.is_dir() {
             // The redirect names the whole request path, prefix included.
             if !uri_path.ends_with('/') {
                 let mut location = format!("{uri_path}/");
@@ -147,20 +209,19 @@ impl StaticFiles {
                 }
                 return response;
             }
-            match self.resolve(&file_path.join("index.html")) {
-                Some(index) if index.is_file() => file_path = index,
-                _ => return status(StatusCode::NOT_FOUND),
+            drop(file);
+            rel.push("index.html");
+            match self.open_file(&rel) {
+                Ok(opened) => opened,
+                // A directory without an index is 404: no listing.
+                Err(code) => return status(code),
             }
+        } else {
+            (file, meta)
+        };
+        if !meta.is_file() {
+            return status(StatusCode::NOT_FOUND);
         }
-        let file = match File::open(&file_path) {
-            Ok(file) => file,
-            Err(e) => return status(io_status(&e)),
-        };
-        let meta = match file.metadata() {
-            Ok(meta) if meta.is_file() => meta,
-            Ok(_) => return status(StatusCode::NOT_FOUND),
-            Err(e) => return status(io_status(&e)),
-        };
         let validators = Validators::of(&meta);
         let headers = request.headers();
         if validators.not_modified(headers) {
@@ -199,14 +260,35 @@ impl StaticFiles {
             }
         };
         let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(content_type(&file_path)),
-        );
         headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&rel)));
         validators.insert(headers);
         response
     }
+
+    /// Opens `rel` beneath the root and reads its metadata.
+    fn open_file(&self, rel: &Path) -> Result<(File, Metadata), StatusCode> {
+        let file = self.open(rel)?;
+        let meta = file.metadata().map_err(|e| io_status(&e))?;
+        Ok((file, meta))
+    }
+}
+
+/// The path under the root that decoded request path names: its plain
+/// names joined (`.` for the root itself), or `None` for a `..` segment or
+/// a name no file can have (a NUL) or that another system reads as a
+/// separator (a backslash).
+fn relative_path(decoded: &[u8]) -> Option<PathBuf> {
+    let mut rel = PathBuf::from(".");
+    for segment in decoded.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => return None,
+            s if s.contains(&0) || s.contains(&b'\\') => return None,
+            s => rel.push(OsStr::from_bytes(s)),
+        }
+    }
+    Some(rel)
 }
 
 /// A file's `ETag` and `Last-Modified`.
@@ -342,9 +424,21 @@ impl App for StaticFiles {
 }
 
 fn io_status(e: &io::Error) -> StatusCode {
-    match e.kind() {
-        io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
-        io::ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+    Errno::from_io_error(e).map_or(StatusCode::INTERNAL_SERVER_ERROR, errno_status)
+}
+
+/// What a failure to open or read a file under the root tells the client:
+/// no such file (a missing name, a file where a directory should be, a
+/// link loop or out of the root, a socket) is 404, no permission 403.
+fn errno_status(e: Errno) -> StatusCode {
+    match e {
+        Errno::NOENT
+        | Errno::NOTDIR
+        | Errno::LOOP
+        | Errno::NAMETOOLONG
+        | Errno::NXIO
+        | Errno::XDEV => StatusCode::NOT_FOUND,
+        Errno::ACCESS | Errno::PERM => StatusCode::FORBIDDEN,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -360,24 +454,27 @@ fn status(code: StatusCode) -> Response<ResponseBody> {
     response
 }
 
-/// Decodes `%XX` escapes; `None` if an escape is malformed or the result is
-/// not UTF-8.
-fn percent_decode(path: &str) -> Option<String> {
+/// Decodes `%XX` escapes into the bytes of a name; `None` if an escape is
+/// malformed.
+fn percent_decode(path: &str) -> Option<Vec<u8>> {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Two hex digits: `from_str_radix` alone would take `+1`.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// The media type for a file name's extension.
@@ -423,14 +520,33 @@ pub fn content_type(path: &Path) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStringExt;
+
     use super::*;
 
     #[test]
     fn decodes_percent_escapes() {
-        assert_eq!(percent_decode("/a%20b").as_deref(), Some("/a b"));
-        assert_eq!(percent_decode("/%2e%2e/x").as_deref(), Some("/../x"));
+        assert_eq!(percent_decode("/a%20b").as_deref(), Some(&b"/a b"[..]));
+        assert_eq!(percent_decode("/%2e%2E/x").as_deref(), Some(&b"/../x"[..]));
+        assert_eq!(
+            percent_decode("/%ff%C3").as_deref(),
+            Some(&b"/\xff\xc3"[..])
+        );
         assert_eq!(percent_decode("/%zz"), None);
         assert_eq!(percent_decode("/%2"), None);
+        assert_eq!(percent_decode("/%+1"), None);
+    }
+
+    #[test]
+    fn request_paths_become_plain_names_under_the_root() {
+        let rel = |p: &[u8]| relative_path(p).map(|r| r.into_os_string().into_vec());
+        assert_eq!(rel(b"/"), Some(b".".to_vec()));
+        assert_eq!(rel(b"/a//./b/"), Some(b"./a/b".to_vec()));
+        assert_eq!(rel(b"/\xff.bin"), Some(b"./\xff.bin".to_vec()));
+        assert_eq!(rel(b"/a/../b"), None);
+        assert_eq!(rel(b"/.."), None);
+        assert_eq!(rel(b"/a\0b"), None);
+        assert_eq!(rel(b"/a\\..\\b"), None);
     }
 
     #[test]

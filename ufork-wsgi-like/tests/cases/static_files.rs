@@ -1,9 +1,11 @@
 //! Static files like a file server: a mount prefix, ranges, validators.
 
-use ufork_wsgi_like::Server;
-use ufork_wsgi_like::static_files::StaticFiles;
+use std::io::{Read, Write};
 
-use crate::util::{Client, addr_of, local};
+use ufork_wsgi_like::static_files::StaticFiles;
+use ufork_wsgi_like::{App, Server};
+
+use crate::util::{Client, Forked, addr_of, local};
 
 fn tree(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ufork-wsgi-{name}-{}", std::process::id()));
@@ -122,5 +124,289 @@ fn etag_and_last_modified_answer_conditional_requests_with_304() {
     );
     assert_eq!((resp.status, resp.text().as_str()), (200, "01234567890"));
     drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Reads one response head from `stream`: its status, its `Content-Length`
+/// and the body bytes that came with it.
+fn read_head(stream: &mut std::net::TcpStream) -> (u16, u64, Vec<u8>) {
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).expect("read the head");
+        assert!(n > 0, "closed mid-head");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(head_len) = resp.parse(&buf).unwrap() {
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .expect("content-length");
+            return (resp.code.unwrap(), len, buf.split_off(head_len));
+        }
+    }
+}
+
+/// Sends a GET for `path` with a small receive buffer, so the server
+/// cannot push much of a big body ahead of the reader.
+fn slow_get(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    let mut stream = crate::util::connect(addr);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stream, 64 * 1024).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    stream
+}
+
+/// A file that grows while it is sent is cut at the length it had when it
+/// was opened: the connection carries exactly the announced bytes and
+/// serves the next request.
+#[test]
+fn a_file_growing_while_sent_is_cut_at_its_announced_length() {
+    let dir = tree("grow");
+    let path = dir.join("grow.bin");
+    let len = 64 << 20;
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut stream = slow_get(addr_of(&server), "/grow.bin");
+    let (status, announced, mut body) = read_head(&mut stream);
+    assert_eq!((status, announced), (200, len));
+    // The server is now blocked on a full socket, far from the end.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&[b'!'; 4096])
+        .unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    while (body.len() as u64) < len {
+        let want = (len - body.len() as u64).min(chunk.len() as u64) as usize;
+        let n = stream.read(&mut chunk[..want]).expect("read the body");
+        assert!(n > 0, "closed after {} of {len} bytes", body.len());
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert!(body.iter().all(|&b| b == 0), "only the original bytes");
+    // Nothing past the announced length: the next bytes are the next
+    // response.
+    stream
+        .write_all(b"GET /digits.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut next = Vec::new();
+    stream.read_to_end(&mut next).unwrap();
+    let next = String::from_utf8_lossy(&next);
+    assert!(
+        next.starts_with("HTTP/1.1 200 OK\r\n") && next.ends_with("\r\n\r\n0123456789"),
+        "{next}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A file that shrinks while it is sent cannot deliver its announced
+/// length: the connection is reset (never a hang, never a short body that
+/// looks whole).
+#[test]
+fn a_file_shrinking_while_sent_resets_the_connection() {
+    let dir = tree("shrink");
+    let path = dir.join("shrink.bin");
+    let len = 64 << 20;
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut stream = slow_get(addr_of(&server), "/shrink.bin");
+    let (status, announced, mut received) = read_head(&mut stream);
+    assert_eq!((status, announced), (200, len));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    let end = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break None,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert!(
+        (received.len() as u64) < len,
+        "{} bytes of a file cut to 1 MiB",
+        received.len()
+    );
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "after {} bytes",
+        received.len()
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Only regular files are served: a FIFO (whose open would block a worker
+/// that did not ask for `O_NONBLOCK`) and a socket are 404, and the
+/// connection goes on serving.
+#[test]
+fn fifos_and_sockets_are_404_and_never_block() {
+    let dir = tree("odd");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("pipe.txt"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(dir.join("sock.txt")).unwrap();
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut client = Client::new(addr_of(&server));
+    assert_eq!(client.get("/pipe.txt").status, 404);
+    assert_eq!(client.get("/sock.txt").status, 404);
+    assert_eq!(client.get("/digits.txt").text(), "0123456789");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A name is bytes: one that is not UTF-8, percent-encoded, is served; an
+/// empty file is a 200 with `Content-Length: 0` (and any range of it
+/// unsatisfiable); HEAD has the length and no body.
+#[test]
+fn odd_names_empty_files_and_head() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tree("names");
+    std::fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9 menu.txt")),
+        "latin-1",
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut client = Client::new(addr_of(&server));
+    let resp = client.get("/caf%E9%20menu.txt");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "latin-1"));
+    assert_eq!(client.get("/caf%C3%A9%20menu.txt").status, 404);
+
+    let resp = client.get("/empty.txt");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-length"), Some("0"));
+    assert!(resp.body.is_empty());
+    let resp = request(&mut client, "/empty.txt", "Range: bytes=0-\r\n");
+    assert_eq!(
+        (resp.status, resp.header("content-range")),
+        (416, Some("bytes */0"))
+    );
+    let resp = request(&mut client, "/empty.txt", "Range: bytes=-5\r\n");
+    assert_eq!(resp.status, 416);
+
+    client.send("HEAD /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = client.read_response_to(true);
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("10"))
+    );
+    client.send("HEAD /digits.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=-4\r\n\r\n");
+    let head = client.read_response_to(true);
+    assert_eq!(
+        (head.status, head.header("content-range")),
+        (206, Some("bytes 6-9/10"))
+    );
+    // Nothing followed either head: the next response comes next.
+    let resp = request(&mut client, "/digits.txt", "Range: bytes=-20\r\n");
+    assert_eq!((resp.status, resp.text().as_str()), (206, "0123456789"));
+    assert_eq!(resp.header("content-range"), Some("bytes 0-9/10"));
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Links: relative or absolute, to a file or a directory, are followed
+/// while they stay under the root; every way out of it is 404.
+#[test]
+fn links_are_followed_inside_the_root_only() {
+    use std::os::unix::fs::symlink;
+    let base = tree("links");
+    let dir = base.join("root");
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    std::fs::write(dir.join("docs/index.html"), "<h1>docs</h1>").unwrap();
+    std::fs::write(dir.join("digits.txt"), "0123456789").unwrap();
+    symlink("digits.txt", dir.join("relative.txt")).unwrap();
+    symlink(dir.join("digits.txt"), dir.join("absolute.txt")).unwrap();
+    symlink("docs", dir.join("manual")).unwrap();
+    symlink(dir.join("docs"), dir.join("abs-manual")).unwrap();
+    symlink("docs/../digits.txt", dir.join("roundabout.txt")).unwrap();
+    symlink("../digits.txt", dir.join("up.txt")).unwrap();
+    symlink(base.join("digits.txt"), dir.join("out.txt")).unwrap();
+    symlink("..", dir.join("parent")).unwrap();
+    symlink("/", dir.join("slash")).unwrap();
+    symlink("loop", dir.join("loop")).unwrap();
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut client = Client::new(addr_of(&server));
+    for inside in ["/relative.txt", "/absolute.txt", "/roundabout.txt"] {
+        assert_eq!(client.get(inside).text(), "0123456789", "{inside}");
+    }
+    assert_eq!(client.get("/manual/").text(), "<h1>docs</h1>");
+    assert_eq!(client.get("/abs-manual/").text(), "<h1>docs</h1>");
+    let resp = client.get("/manual");
+    assert_eq!(
+        (resp.status, resp.header("location")),
+        (301, Some("/manual/"))
+    );
+    for outside in [
+        "/up.txt",
+        "/out.txt",
+        "/parent/digits.txt",
+        "/parent/",
+        "/slash/etc/passwd",
+        "/loop",
+        // `..` in a request is refused before any lookup.
+        "/docs/../digits.txt",
+        "/%2e%2e/digits.txt",
+        "/docs/%2E%2E/%2e%2e/digits.txt",
+        "/..%2fdigits.txt",
+    ] {
+        assert_eq!(client.get(outside).status, 404, "{outside}");
+    }
+    assert_eq!(client.get("/digits.txt").status, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// What the worker may not open is 403: a file without read permission, a
+/// file in a directory it may not search, a directory index it may not
+/// read. Run as root, the serving thread of the forked worker drops to
+/// `nobody` first (a thread's credentials are its own in Linux), since root
+/// reads anything.
+#[test]
+fn what_the_worker_may_not_read_is_403() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tree("denied");
+    std::fs::create_dir_all(dir.join("private")).unwrap();
+    std::fs::write(dir.join("private/inside.txt"), "hidden").unwrap();
+    std::fs::write(dir.join("locked.txt"), "locked").unwrap();
+    std::fs::write(dir.join("docs/index.html"), "<h1>locked docs</h1>").unwrap();
+    let mode = |path: &str, mode: u32| {
+        std::fs::set_permissions(dir.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mode("private", 0o000);
+    mode("locked.txt", 0o000);
+    mode("docs/index.html", 0o000);
+    let files = StaticFiles::new(&dir).unwrap();
+    let app = move |request| {
+        if rustix::process::geteuid().is_root() {
+            let nobody = rustix::process::Uid::from_raw(65534);
+            rustix::thread::set_thread_res_uid(nobody, nobody, nobody).expect("become nobody");
+        }
+        files.call(request)
+    };
+    let forked = Forked::start(Server::builder().workers(1), app);
+    let mut client = Client::new(forked.addr);
+    assert_eq!(client.get("/digits.txt").text(), "0123456789");
+    assert_eq!(client.get("/locked.txt").status, 403);
+    assert_eq!(client.get("/private/inside.txt").status, 403);
+    assert_eq!(client.get("/docs/").status, 403);
+    assert_eq!(client.get("/missing.txt").status, 404);
+    forked.finish();
+    mode("private", 0o755);
     let _ = std::fs::remove_dir_all(dir);
 }
