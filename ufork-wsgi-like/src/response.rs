@@ -157,7 +157,11 @@ pub(crate) fn write(
             sent.body_bytes = bytes.len() as u64;
         }
         Kind::File { file, len } => {
-            write_all(stream, out, reply.timeout, reply.heartbeat)?;
+            if len == 0 {
+                write_all(stream, out, reply.timeout, reply.heartbeat)?;
+            } else {
+                send_head_more(stream, out, reply.timeout, reply.heartbeat)?;
+            }
             send_file(stream, &file, len, reply.timeout, reply.heartbeat)?;
             sent.body_bytes = len;
         }
@@ -189,6 +193,33 @@ fn content_length(out: &mut Vec<u8>, n: u64) {
     let start = end - NAME.len();
     line[start..end].copy_from_slice(NAME);
     out.extend_from_slice(&line[start..]);
+}
+
+/// Sends a head that a file body follows at once, with `MSG_MORE`: the
+/// kernel holds it back to go out in the same packet as the first bytes of
+/// the body (with `TCP_NODELAY` on, a plain write would send it alone).
+/// The next write without the flag (every `sendfile` but a partial one
+/// ends so) pushes it. Waits and beats as [`write_all`].
+fn send_head_more(
+    stream: &TcpStream,
+    mut head: &[u8],
+    timeout: Duration,
+    heartbeat: &Heartbeat,
+) -> io::Result<()> {
+    let mut stall = Stall::new(timeout);
+    while !head.is_empty() {
+        match rustix::net::send(stream, head, rustix::net::SendFlags::MORE) {
+            Ok(n) => {
+                head = &head[n..];
+                stall.progress();
+                heartbeat.beat();
+            }
+            Err(rustix::io::Errno::AGAIN) => wait_for_room(stream, &mut stall)?,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Sends `len` bytes of `file` from its position: sendfile(2), or reads and
