@@ -225,16 +225,14 @@ impl<'w> Dispatch<'w> {
                 }
             }
         } else if input.framing != Framing::Done {
-            // The app left part of the body unread. Unless the client still
-            // waits for `100 Continue` (and so sends nothing), drop what of
-            // it has arrived, up to a bound, so the next request starts at
-            // its first byte; a body not all there closes the connection
-            // rather than keep this thread waiting for it.
-            let drained = if input.continue_pending {
-                Drained::Incomplete
-            } else {
-                input.drain(self.limits().max_drain_bytes)
-            };
+            // The app left part of the body unread. Drop what of it has
+            // arrived, up to a bound, so the next request starts at its
+            // first byte; a body not all there closes the connection rather
+            // than keep this thread waiting for it. A client still waiting
+            // for `100 Continue` is not asked for the body now (it may have
+            // sent it anyway: then it is dropped like any other).
+            input.continue_pending = false;
+            let drained = input.drain(self.limits().max_drain_bytes);
             if drained != Drained::Complete {
                 answer.keep_alive = false;
                 linger = true;

@@ -59,3 +59,18 @@ fn an_unread_body_that_is_malformed_or_too_large_gets_its_status() {
         rejected(&server, format!("{head}{body}"), status);
     }
 }
+
+#[test]
+fn an_unread_body_sent_without_waiting_for_100_continue_is_dropped() {
+    let server = local(Server::builder(), crate::app);
+    let mut client = crate::util::Client::new(addr_of(&server));
+    client.send(
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nabcd\
+         GET /uri HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200, "the final answer, no 100 first");
+    assert_eq!(resp.text(), "ignored\n");
+    assert!(!resp.closes());
+    assert!(client.read_response().text().starts_with("GET /uri"));
+}
