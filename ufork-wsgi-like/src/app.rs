@@ -18,7 +18,8 @@ use crate::Body;
 ///
 /// The app runs synchronously: while it runs, its thread serves nothing else.
 /// A panic becomes a `500 Internal Server Error` for that request and a log
-/// line; the worker goes on serving.
+/// line; the worker goes on serving. So does a response with an interim
+/// (1xx) status, which HTTP/1.1 cannot send as a final answer.
 pub trait App: Send + Sync + 'static {
     /// Answers one request.
     fn call(&self, request: Request<Body>) -> Response<ResponseBody>;

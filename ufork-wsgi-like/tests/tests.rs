@@ -390,6 +390,33 @@ fn a_panicking_app_gets_a_500_and_the_worker_lives_on() {
 }
 
 #[test]
+fn an_interim_status_from_the_app_becomes_a_500_not_a_desync() {
+    let server = local(Server::builder(), |request: Request<Body>| {
+        let status = match request.uri().path() {
+            "/100" => StatusCode::CONTINUE,
+            "/101" => StatusCode::SWITCHING_PROTOCOLS,
+            _ => StatusCode::OK,
+        };
+        Response::builder()
+            .status(status)
+            .body(format!("{}\n", request.uri().path()).into())
+            .unwrap()
+    });
+    let mut client = Client::new(addr_of(&server));
+    for path in ["/100", "/101"] {
+        // Both in one write: a 1xx on the wire would be read as interim
+        // and the answer to "/next" taken for this request's.
+        client.send(format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\nHost: t\r\n\r\n"
+        ));
+        let resp = client.read_response_to(false);
+        assert_eq!(resp.status, 500, "{path}");
+        let next = client.read_response();
+        assert_eq!((next.status, next.text().as_str()), (200, "/next\n"));
+    }
+}
+
+#[test]
 fn access_log_has_one_line_per_request() {
     util::access_log();
     let server = local(Server::builder().access_log(true), app);

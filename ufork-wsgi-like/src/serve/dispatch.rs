@@ -183,6 +183,22 @@ impl<'w> Dispatch<'w> {
     fn call_app(&self, request: http::Request<Body>) -> (Response<ResponseBody>, bool) {
         let app = &self.worker.app;
         match catch_unwind(AssertUnwindSafe(|| app.call(request))) {
+            // A 1xx is an interim answer (RFC 9110 §15.2): the client would
+            // wait on for the final one and take the next request's for it.
+            // This server has no protocol to switch to (101) and sends its
+            // own 100 Continue: an app's 1xx is its bug, answered 500.
+            Ok(response) if response.status().is_informational() => {
+                log::error!(
+                    target: "ufork_wsgi_like",
+                    "the app answered \"{}\" with {}, an interim status, as its final response; sent 500 instead",
+                    self.line,
+                    response.status()
+                );
+                (
+                    response::error_response(StatusCode::INTERNAL_SERVER_ERROR),
+                    false,
+                )
+            }
             Ok(response) => (response, false),
             Err(panic) => {
                 log::error!(
