@@ -873,6 +873,36 @@ fn a_client_half_closing_mid_body_still_gets_an_answer() {
 }
 
 #[test]
+fn a_client_half_closing_after_pipelined_requests_gets_every_answer() {
+    // The first request holds the thread until the rest and the client's
+    // end of input are on their way, so the server reads the end while
+    // most of them are still buffered (it answers 16 in a row, then reads).
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let server = local(Server::builder(), move |request: Request<Body>| {
+        if request.uri().path() == "/gate" {
+            gate.lock().unwrap().recv().expect("released");
+        }
+        Response::new(format!("{}\n", request.uri().path()).into())
+    });
+    let mut client = Client::new(addr_of(&server));
+    client.send("GET /gate HTTP/1.1\r\nHost: t\r\n\r\n");
+    let rest: String = (0..40)
+        .map(|i| format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+        .collect();
+    client.send(rest);
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    release.send(()).unwrap();
+    assert_eq!(client.read_response().text(), "/gate\n");
+    for i in 0..40 {
+        let resp = client.read_response();
+        assert_eq!(resp.text(), format!("/{i}\n"));
+        assert_eq!(resp.closes(), i == 39, "only the last says close");
+    }
+    client.assert_closed();
+}
+
+#[test]
 fn a_client_vanishing_mid_request_harms_nothing() {
     let server = test_server();
     for raw in [

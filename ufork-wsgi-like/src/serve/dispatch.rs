@@ -48,9 +48,10 @@ struct Answer {
     keep_alive: bool,
     /// When the request's head was complete (for the access log).
     at: SystemTime,
-    /// The worker is stopping: the connection closes after this answer
-    /// unless more requests are buffered behind it.
-    stopping: bool,
+    /// The worker is stopping or the client ended its side: the
+    /// connection closes after this answer unless more requests are
+    /// buffered behind it.
+    last_unless_buffered: bool,
     /// When the answer began, for the access log's duration (`None`: no
     /// access log, so no clock read).
     started: Option<Instant>,
@@ -110,7 +111,7 @@ impl<'w> Dispatch<'w> {
             head_only: false,
             keep_alive: false,
             at: SystemTime::now(),
-            stopping: true,
+            last_unless_buffered: true,
             started: self.access.is_some().then(Instant::now),
         };
         let _ = self.reply(&input, &conn.peer, response::error_response(status), answer);
@@ -131,13 +132,15 @@ impl<'w> Dispatch<'w> {
         let answer = Answer {
             version: head.request.version(),
             head_only: head.request.method() == http::Method::HEAD,
-            keep_alive: head.keep_alive && !conn.eof,
+            keep_alive: head.keep_alive,
             at: if self.access.is_some() {
                 SystemTime::now()
             } else {
                 std::time::UNIX_EPOCH
             },
-            stopping,
+            // A client that shut down its writing side may have sent
+            // every request it has in mind: each one read is answered.
+            last_unless_buffered: stopping || conn.eof,
             started,
         };
         if self.access.as_ref().is_some_and(AccessLogger::wants_agent) {
@@ -257,11 +260,12 @@ impl<'w> Dispatch<'w> {
                 response = response::error_response(status);
             }
         }
-        // A stopping worker still answers every request it has read: the
-        // connection stays open while more are buffered behind this one,
-        // and the last one answered says `Connection: close`.
+        // A stopping worker, like one whose client ended its side, still
+        // answers every request it has read: the connection stays open
+        // while more are buffered behind this one, and the last one
+        // answered says `Connection: close`.
         let recycling = self.worker.count();
-        if (answer.stopping || recycling) && input.start >= input.end {
+        if (answer.last_unless_buffered || recycling) && input.start >= input.end {
             answer.keep_alive = false;
         }
         let sent = self.reply(&input, peer, response, answer);
