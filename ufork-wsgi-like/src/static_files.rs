@@ -32,7 +32,7 @@ use crate::{App, Body, ResponseBody};
 /// Serves the files under a root directory: `GET` and `HEAD` only, the
 /// `Content-Type` from the file extension, `index.html` for a directory (a
 /// directory without one is 404: no listings), `301` to add the slash to a
-/// directory path. Only regular files are served: a FIFO, socket or device
+/// directory path, 404 for a file path with one. Only regular files are served: a FIFO, socket or device
 /// under the root is 404, and opening one never blocks the worker. Names
 /// are bytes: a percent-encoded name that is not UTF-8 is served like any
 /// other.
@@ -216,6 +216,10 @@ impl StaticFiles {
                 // A directory without an index is 404: no listing.
                 Err(code) => return status(code),
             }
+        } else if decoded.ends_with(b"/") {
+            // `file.txt/` names a directory that is not there (as open(2)
+            // says of it): served, it would break the page's relative links.
+            return status(StatusCode::NOT_FOUND);
         } else {
             (file, meta)
         };

@@ -103,6 +103,18 @@ fn etag_and_last_modified_answer_conditional_requests_with_304() {
     assert_eq!(resp.status, 304);
     let resp = request(&mut client, "/digits.txt", "If-None-Match: \"old\"\r\n");
     assert_eq!(resp.status, 200);
+    // If-None-Match decides when present, even against an
+    // If-Modified-Since that would say 304.
+    let resp = request(
+        &mut client,
+        "/digits.txt",
+        &format!("If-None-Match: \"old\"\r\nIf-Modified-Since: {modified}\r\n"),
+    );
+    assert_eq!(resp.status, 200);
+    client.send(format!(
+        "HEAD /digits.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"
+    ));
+    assert_eq!(client.read_response_to(true).status, 304);
     let resp = request(
         &mut client,
         "/digits.txt",
@@ -287,6 +299,10 @@ fn odd_names_empty_files_and_head() {
     let resp = client.get("/caf%E9%20menu.txt");
     assert_eq!((resp.status, resp.text().as_str()), (200, "latin-1"));
     assert_eq!(client.get("/caf%C3%A9%20menu.txt").status, 404);
+    // A file is not a directory: `file/` is 404, as open(2) would have it.
+    assert_eq!(client.get("/digits.txt/").status, 404);
+    assert_eq!(client.get("/docs/index.html/").status, 404);
+    assert_eq!(client.get("/docs/").status, 200);
 
     let resp = client.get("/empty.txt");
     assert_eq!(resp.status, 200);
