@@ -576,6 +576,19 @@ mod tests {
     }
 
     #[test]
+    fn the_root_must_be_a_directory() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let err = StaticFiles::new(&file).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotADirectory, "{err}");
+        assert!(err.to_string().contains("Cargo.toml"), "{err}");
+        let missing = StaticFiles::new("/nonexistent/ufork-static-root").unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        let root = StaticFiles::new(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let resolved = Path::new(env!("CARGO_MANIFEST_DIR")).canonicalize();
+        assert_eq!(root.root(), resolved.unwrap());
+    }
+
+    #[test]
     fn content_types() {
         assert_eq!(
             content_type(Path::new("a.HTML")),
