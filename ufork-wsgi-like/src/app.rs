@@ -96,6 +96,13 @@ impl ResponseBody {
     /// chunk, nothing held back): server-sent events, progress output and
     /// long polling reach the client as they are made. Yield chunks of tens
     /// of KiB for bulk data; tiny chunks cost a write each.
+    ///
+    /// The iterator may own the request's [`Body`] (`std::mem::take` it)
+    /// and read it as it yields: an upload transformed or echoed as it
+    /// arrives. What it leaves unread is dropped once it ends if all of it
+    /// has arrived; otherwise the connection closes after the response. A
+    /// client waiting for `100 Continue` is not sent one once the response
+    /// has begun.
     pub fn stream<I, T>(chunks: I) -> Self
     where
         I: IntoIterator<Item = T>,

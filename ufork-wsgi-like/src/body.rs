@@ -122,7 +122,9 @@ impl Fault {
 /// of the current request's body. Shared (behind a mutex) between the event
 /// loop and the [`Body`] handed to the app.
 pub(crate) struct Input {
-    pub(crate) stream: TcpStream,
+    /// Shared, so a response is written without holding the lock: a
+    /// streamed response may read the request body as it goes.
+    pub(crate) stream: Arc<TcpStream>,
     pub(crate) buf: Vec<u8>,
     pub(crate) start: usize,
     pub(crate) end: usize,
@@ -154,7 +156,7 @@ impl Input {
         heartbeat: Heartbeat,
     ) -> Self {
         Self {
-            stream,
+            stream: Arc::new(stream),
             buf: vec![0; buf_size],
             start: 0,
             end: 0,

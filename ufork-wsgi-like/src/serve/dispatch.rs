@@ -3,8 +3,9 @@
 //! through one reply path that also writes the access log.
 
 use std::io;
+use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -14,7 +15,8 @@ use super::Peer;
 use super::conn::{Conn, Next};
 use super::worker::{WorkerShared, panic_message};
 use crate::access::{AccessLogger, Entry};
-use crate::body::{Drained, Fault, Framing, Input, lock};
+use crate::app::Kind;
+use crate::body::{Drained, Fault, Framing, Heartbeat, Input, lock};
 use crate::date::DateCache;
 use crate::response::{self, Reply, Sent};
 use crate::{Body, Limits, ResponseBody, http1};
@@ -39,6 +41,8 @@ pub(super) struct Dispatch<'w> {
     /// them.
     referer: Option<String>,
     user_agent: Option<String>,
+    /// The worker's heartbeat, beaten while a response is written.
+    heartbeat: Heartbeat,
 }
 
 /// How a response goes out.
@@ -72,6 +76,7 @@ impl<'w> Dispatch<'w> {
                 .map(|(format, writer)| AccessLogger::new(*format, writer.clone())),
             referer: None,
             user_agent: None,
+            heartbeat: Heartbeat::new(worker.vitals.clone()),
         }
     }
 
@@ -114,7 +119,12 @@ impl<'w> Dispatch<'w> {
             last_unless_buffered: true,
             started: self.access.is_some().then(Instant::now),
         };
-        let _ = self.reply(&input, &conn.peer, response::error_response(status), answer);
+        let _ = self.reply(
+            &input.stream,
+            &conn.peer,
+            response::error_response(status),
+            answer,
+        );
         Next::Linger
     }
 
@@ -158,8 +168,7 @@ impl<'w> Dispatch<'w> {
         conn.peer.insert_into(request.extensions_mut());
         request.extensions_mut().insert(self.worker.context.clone());
         let (response, panicked) = self.call_app(request);
-        let input = lock(&conn.input);
-        let next = self.settle(input, &conn.peer, response, panicked, answer);
+        let next = self.settle(&conn.input, &conn.peer, response, panicked, answer);
         // Busy until the last byte is written: a long response is work.
         self.worker.done();
         next
@@ -222,12 +231,20 @@ impl<'w> Dispatch<'w> {
     /// writes it.
     fn settle(
         &mut self,
-        mut input: std::sync::MutexGuard<'_, Input>,
+        conn_input: &Arc<Mutex<Input>>,
         peer: &Peer,
         mut response: Response<ResponseBody>,
         panicked: bool,
         mut answer: Answer,
     ) -> Next {
+        let mut input = lock(conn_input);
+        // A streamed body may read the request body as it goes (a
+        // transformation of an upload): the request's body is left to it,
+        // and what it leaves is seen to once it has ended.
+        let streamed = matches!(response.body().kind, Kind::Stream(_));
+        // The final answer is under way: a `100 Continue` now would land
+        // inside it.
+        input.continue_pending = false;
         let mut linger = false;
         if let Some(fault) = input.fault {
             answer.keep_alive = false;
@@ -243,14 +260,13 @@ impl<'w> Dispatch<'w> {
                     return Next::Close;
                 }
             }
-        } else if input.framing != Framing::Done {
+        } else if input.framing != Framing::Done && !streamed {
             // The app left part of the body unread. Drop what of it has
             // arrived, up to a bound, so the next request starts at its
             // first byte; a body not all there closes the connection rather
             // than keep this thread waiting for it. A client still waiting
             // for `100 Continue` is not asked for the body now (it may have
             // sent it anyway: then it is dropped like any other).
-            input.continue_pending = false;
             let drained = input.drain(self.limits().max_drain_bytes);
             if drained != Drained::Complete {
                 answer.keep_alive = false;
@@ -268,8 +284,27 @@ impl<'w> Dispatch<'w> {
         if (answer.last_unless_buffered || recycling) && input.start >= input.end {
             answer.keep_alive = false;
         }
-        let sent = self.reply(&input, peer, response, answer);
+        // Written without the lock, which a streamed body's reads take.
+        let stream = Arc::clone(&input.stream);
+        drop(input);
+        let sent = self.reply(&stream, peer, response, answer);
+        let mut input = lock(conn_input);
         input.generation += 1;
+        if streamed && input.fault.is_some() {
+            // The stream read a bad or cut body and ended all the same:
+            // the answer is out, but the connection cannot go on.
+            return Next::Close;
+        }
+        if streamed && input.framing != Framing::Done {
+            // The stream left part of the body unread: as above, but the
+            // answer already went out saying nothing of a close.
+            if input.drain(self.limits().max_drain_bytes) != Drained::Complete {
+                return match sent {
+                    Ok(_) => Next::Linger,
+                    Err(_) => Next::Abort,
+                };
+            }
+        }
         match sent {
             Ok(sent) if sent.keep_alive => Next::Keep,
             Ok(_) if linger => Next::Linger,
@@ -281,7 +316,7 @@ impl<'w> Dispatch<'w> {
     /// The one reply path: writes `response` and logs it.
     fn reply(
         &mut self,
-        input: &Input,
+        stream: &TcpStream,
         peer: &Peer,
         response: Response<ResponseBody>,
         answer: Answer,
@@ -290,16 +325,10 @@ impl<'w> Dispatch<'w> {
             version: answer.version,
             head_only: answer.head_only,
             keep_alive: answer.keep_alive,
-            timeout: input.write_timeout,
-            heartbeat: &input.heartbeat,
+            timeout: self.worker.limits.write_timeout,
+            heartbeat: &self.heartbeat,
         };
-        let sent = response::write(
-            &input.stream,
-            &mut self.out,
-            &mut self.date,
-            response,
-            reply,
-        );
+        let sent = response::write(stream, &mut self.out, &mut self.date, response, reply);
         if let Some(access) = &mut self.access {
             let (status, bytes) = match &sent {
                 Ok(s) => (s.status.as_u16(), s.body_bytes),

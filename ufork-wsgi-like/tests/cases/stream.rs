@@ -60,3 +60,54 @@ fn each_chunk_is_on_the_wire_when_yielded_head_first() {
         }
     }
 }
+
+/// Streams the request body back as it reads it; `/ignore` streams a
+/// greeting and leaves the body unread.
+fn duplex(mut request: Request<Body>) -> Response<ResponseBody> {
+    if request.uri().path() == "/ignore" {
+        return Response::new(ResponseBody::stream(["ignored\n"]));
+    }
+    let mut body = std::mem::take(request.body_mut());
+    Response::new(ResponseBody::try_stream(std::iter::from_fn(move || {
+        let mut buf = vec![0u8; 4096];
+        match body.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok(buf))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    })))
+}
+
+#[test]
+fn a_streamed_response_may_read_the_request_body_as_it_goes() {
+    // A server that held the connection while writing would deadlock on
+    // the stream's first read and never stop: it is left behind unless
+    // the test gets that far.
+    let server = std::mem::ManuallyDrop::new(local(Server::builder(), duplex));
+    let mut client = Client::new(addr_of(&server));
+    client.send("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let mut buf = Vec::new();
+    // Each piece comes back before the next is sent.
+    for piece in ["one ", "two ", "three"] {
+        client.send(format!("{:x}\r\n{piece}\r\n", piece.len()));
+        read_until(&mut client, &mut buf, piece);
+    }
+    client.send("0\r\n\r\n");
+    read_until(&mut client, &mut buf, "three\r\n0\r\n\r\n");
+    // The connection goes on, with a body read whole or left unread.
+    client.send(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+         POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+         POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok",
+    );
+    assert_eq!(client.read_response().text(), "hello");
+    assert_eq!(client.read_response().text(), "ignored\n");
+    let last = client.read_response();
+    assert_eq!(last.text(), "ok");
+    assert!(!last.closes());
+    drop(client);
+    std::mem::ManuallyDrop::into_inner(server);
+}
