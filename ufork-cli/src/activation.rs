@@ -32,8 +32,15 @@ impl Activated {
     ///
     /// Malformed variables or a descriptor that is not a listening socket.
     pub fn take() -> Result<Self> {
-        let sockets = core_listen::activated()
-            .map_err(|e| failure::runtime(format!("socket activation: {}", failure::chain(&e))))?;
+        let sockets = core_listen::activated().map_err(|e| {
+            let text = failure::chain(&e);
+            // Core's own errors name the step already.
+            if text.starts_with("socket activation") {
+                failure::runtime(text)
+            } else {
+                failure::runtime(format!("socket activation: {text}"))
+            }
+        })?;
         Ok(Self {
             sockets: sockets.into_iter().map(Some).collect(),
         })

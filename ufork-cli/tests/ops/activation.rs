@@ -413,3 +413,33 @@ fn an_activated_pool_without_bind_upgrades_and_still_leaves_the_socket_listening
     // The supervisor's socket still queues connections for the next start.
     TcpStream::connect(addr).expect("the socket still listens after the new arbiter stopped");
 }
+
+/// Descriptors socket activation names that are no listening socket are a
+/// one-line runtime error that says so once, and nothing starts.
+#[test]
+fn an_activated_descriptor_that_is_not_a_listening_socket_is_refused_in_one_line() {
+    let dir = TempDir::new("activate-bad");
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, "x").unwrap();
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<{}; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve -w 1 --no-prompt",
+            file.display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ufork");
+    let output = Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_one_line_error(&output, 1, &["socket activation: fd 3", "is not a socket"]);
+    assert_eq!(
+        output.stderr.matches("socket activation").count(),
+        1,
+        "{output:#?}"
+    );
+}
