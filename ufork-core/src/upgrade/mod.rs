@@ -14,7 +14,10 @@
 //! If the new arbiter cannot be started, exits or closes the socket before
 //! it is ready, or is not ready within the timeout (stopped with SIGTERM
 //! then), the old arbiter keeps serving and the request fails with the
-//! reason, which is also logged. A second request during an upgrade is
+//! reason, which is also logged. A stop while the new arbiter starts
+//! abandons the upgrade: the new arbiter gets SIGTERM, and the old one's
+//! `run` returns only once it has ended (SIGKILL after the timeout), so no
+//! process of the upgrade outlives the pool. A second request during an upgrade is
 //! refused with a log line, and so is any request to an arbiter that is pid 1
 //! of its pid namespace ([`UpgradeError::Pid1`]): its exit would kill the
 //! whole namespace, the new arbiter included.
@@ -567,7 +570,9 @@ impl Upgrader {
     }
 
     /// How long the new arbiter may take to report ready (default
-    /// [`DEFAULT_TIMEOUT`]; pass the pool's start timeout).
+    /// [`DEFAULT_TIMEOUT`]; pass the pool's start timeout), and, told to
+    /// stop (an upgrade that failed, or one a stop abandoned), to end
+    /// before the old pool's `run` returns; it is killed then.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -748,7 +753,11 @@ impl Upgrader {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
                     }
                 }
-                log::error!(target: "ufork", "upgrade failed, still serving: {e}");
+                // A stop abandons the upgrade (`stopping` said so): the pool
+                // is not "still serving" then.
+                if !matches!(e, UpgradeError::Stopping) {
+                    log::error!(target: "ufork", "upgrade failed, still serving: {e}");
+                }
                 // Still running (told to stop): reap it when it ends, so no
                 // zombie remains.
                 if let Some((fd, _)) = s.pidfd {
@@ -822,6 +831,37 @@ fn copy_error(e: &UpgradeError) -> UpgradeError {
             timeout: *timeout,
         },
         UpgradeError::Abandoned => UpgradeError::Abandoned,
+    }
+}
+
+/// Waits for the process behind `pidfd` (our child `pid`) to end until
+/// `deadline` (`None`: for ever), kills it then, and reaps it.
+fn reap_within(pid: i32, pidfd: &OwnedFd, deadline: Option<Instant>) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    loop {
+        // Past what a Timespec holds is never.
+        let timeout = deadline.and_then(|d| {
+            rustix::time::Timespec::try_from(d.saturating_duration_since(Instant::now())).ok()
+        });
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        match poll(&mut fds, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(0) => {
+                log::warn!(target: "ufork", "upgrade: pid {pid} did not stop in time; sending SIGKILL", pid = pid.as_raw_nonzero());
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            _ => {}
+        }
+        break;
+    }
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => {}
+            _ => return,
+        }
     }
 }
 
@@ -929,6 +969,15 @@ impl Layer for Upgrader {
 
     fn stopped(&mut self) {
         self.answer(&Err(UpgradeError::Abandoned));
+        // New arbiters told to stop (an upgrade the stop abandoned, or one
+        // that failed) end before `run` returns: none is left running
+        // beside a caller that goes on (holding the listeners, say), none
+        // left a zombie. Each had SIGTERM; it gets the upgrade's timeout to
+        // finish its own graceful stop, then SIGKILL.
+        let deadline = Instant::now().checked_add(self.timeout);
+        for (pid, pidfd, _) in self.leftovers.drain(..) {
+            reap_within(pid, &pidfd, deadline);
+        }
     }
 
     fn upgrade(&mut self, ctx: &mut Context<'_>) -> bool {

@@ -393,3 +393,49 @@ fn a_stop_leaves_a_unix_socket_path_a_later_server_took_over() {
     drop((listener, later));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stop while the new arbiter is starting abandons the upgrade: the request
+/// fails with `Stopping`, the new arbiter is stopped and reaped, and the log
+/// says the upgrade was abandoned, not that the pool is "still serving".
+#[test]
+fn a_stop_during_an_upgrade_abandons_it_and_reaps_the_new_arbiter() {
+    let _g = lock();
+    let before = util::logs().len();
+    let hangs = sh(
+        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600",
+        &[],
+    );
+    let upgrader = Upgrader::new(hangs).unwrap().timeout(DEADLINE);
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    let pending = upgrades.upgrade();
+    util::wait_until("the new arbiter runs", || {
+        util::children_of_self().iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep"))
+        })
+    });
+    handle.stop();
+    let err = pending.wait(Some(DEADLINE)).unwrap().unwrap_err();
+    assert!(matches!(err, UpgradeError::Stopping), "{err:?}");
+    joiner.join().unwrap().unwrap();
+    util::wait_until("the new arbiter was reaped", || {
+        util::children_of_self().is_empty()
+    });
+    let logs: Vec<String> = util::logs().into_iter().skip(before).collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("upgrade abandoned: the pool is stopping")),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("still serving")),
+        "{logs:?}"
+    );
+}
