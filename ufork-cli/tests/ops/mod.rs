@@ -572,6 +572,41 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
     recorder.expect("STOPPING=1");
 }
 
+/// Under systemd's watchdog, `WATCHDOG_PID` names the arbiter. The new
+/// arbiter of an upgrade becomes the service's main process, so it must beat
+/// too (systemd kills a service whose main process stops beating), though
+/// the variable it inherited named the old one.
+#[test]
+fn after_an_upgrade_the_new_arbiter_keeps_the_watchdog_beating() {
+    let dir = TempDir::new("sdnotify-upgrade-watchdog");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(["serve", "--bind", "127.0.0.1:0", "-w", "1"])
+        .args(["--control-socket", &socket])
+        .env("NOTIFY_SOCKET", &recorder.address)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    recorder.expect("READY=1");
+    recorder.expect("WATCHDOG=1");
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // The old arbiter's loop is over: every beat from now on is the new one's.
+    pool.expect_line(&format!("arbiter pid {} stopped", pool.pid()));
+    recorder.drain();
+    recorder.expect("WATCHDOG=1");
+    recorder.expect("WATCHDOG=1");
+    let out = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    recorder.expect("STOPPING=1");
+}
+
 #[test]
 fn ready_follows_a_reload_with_nothing_else_waking_the_arbiter() {
     // No watchdog and no other client: only the roll's own events wake the

@@ -170,12 +170,9 @@ impl Reexec {
         let c = |b: &[u8]| sys::c_string(b.to_vec());
         let mut env = Vec::new();
         for (key, value) in std::env::vars_os() {
-            let key = key.as_bytes();
-            let skip = LISTEN_VARS.iter().any(|v| v.as_bytes() == key)
-                || key == REPORT_FD_ENV.as_bytes()
-                || key == KEEP_ENV.as_bytes();
-            if !skip {
-                env.push(c(&[key, b"=", value.as_bytes()].concat())?);
+            let (key, value) = (key.as_bytes(), value.as_bytes());
+            if passed_on(key, value, std::process::id()) {
+                env.push(c(&[key, b"=", value].concat())?);
             }
         }
         let names: Vec<&str> = handover.iter().map(|(n, _)| n.as_str()).collect();
@@ -203,6 +200,21 @@ impl Reexec {
             fds,
         })
     }
+}
+
+/// Whether the new arbiter gets the variable `key=value` of this process
+/// (`pid`): not what the handover replaces, and not a `WATCHDOG_PID` naming
+/// this process. The new arbiter becomes the service's main process
+/// (`MAINPID=`); with `WATCHDOG_PID` still naming the old one, sd_notify's
+/// rule (sd_watchdog_enabled(3)) would keep it from ever sending
+/// `WATCHDOG=1`, and systemd would kill the service at `WatchdogSec=`.
+/// Without the variable, `WATCHDOG_USEC` is the new arbiter's.
+fn passed_on(key: &[u8], value: &[u8], pid: u32) -> bool {
+    let replaced = LISTEN_VARS.iter().any(|v| v.as_bytes() == key)
+        || key == REPORT_FD_ENV.as_bytes()
+        || key == KEEP_ENV.as_bytes();
+    let our_watchdog = key == b"WATCHDOG_PID" && value == pid.to_string().as_bytes();
+    !replaced && !our_watchdog
 }
 
 /// Why an upgrade did not happen. The old arbiter keeps serving in every case.
@@ -1246,6 +1258,26 @@ mod tests {
         let plan = reexec.plan(&handover, &[1], &report).unwrap();
         let env: Vec<String> = plan.env.iter().map(|e| sys::lossy(e)).collect();
         assert!(env.contains(&"UFORK_UPGRADE_KEEP=1".to_owned()), "{env:?}");
+    }
+
+    #[test]
+    fn the_watchdog_pid_of_this_process_is_not_passed_on() {
+        assert!(!passed_on(b"WATCHDOG_PID", b"42", 42));
+        assert!(
+            passed_on(b"WATCHDOG_PID", b"7", 42),
+            "another process' watchdog"
+        );
+        assert!(passed_on(b"WATCHDOG_USEC", b"10000000", 42));
+        assert!(passed_on(b"NOTIFY_SOCKET", b"/run/notify", 42));
+        for replaced in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            REPORT_FD_ENV,
+            KEEP_ENV,
+        ] {
+            assert!(!passed_on(replaced.as_bytes(), b"1", 42), "{replaced}");
+        }
     }
 
     #[test]
