@@ -179,6 +179,14 @@ impl Session {
                 log = Some(builder.open().map_err(|e| daemon_failure(pool, &e))?);
             }
         } else if pool.daemon {
+            if rustix::process::getpid().is_init() {
+                // The launcher exits once the daemon is up, and the kernel
+                // then kills every process of the namespace: the daemon
+                // would be reported started, then be gone.
+                return Err(failure::usage(
+                    "--daemon: this process is pid 1 of its pid namespace (a container's entrypoint, or unshare --pid --fork), whose exit would kill the daemon; run in the foreground (drop --daemon)",
+                ));
+            }
             let mut options = Daemonize::new()
                 .working_directory(std::env::current_dir().unwrap_or_else(|_| "/".into()))
                 .umask(0o022);

@@ -480,6 +480,40 @@ fn pid_namespace_unavailable() -> Option<String> {
     }
 }
 
+/// `--daemon` as pid 1 of a pid namespace is refused before anything
+/// starts: the launcher's exit would kill the daemon with the namespace,
+/// right after reporting it started (and leave its pidfile behind).
+#[test]
+fn daemon_as_pid_1_is_refused_before_anything_starts() {
+    if let Some(why) = pid_namespace_unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = TempDir::new("daemon-pid1");
+    let pidfile = dir.str("ufork.pid");
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .args([
+            env!("CARGO_BIN_EXE_ufork"),
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .args(["-w", "1", "--daemon", "--pidfile", &pidfile])
+        .env_remove("UFORK_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let out = Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_one_line_error(&out, 2, &["--daemon", "pid 1 of its pid namespace"]);
+    assert!(!out.stdout.contains("daemon started"), "{out:#?}");
+    assert!(!dir.join("ufork.pid").exists(), "{out:#?}");
+}
+
 #[test]
 fn an_arbiter_that_is_pid_1_refuses_to_upgrade_and_keeps_serving() {
     if let Some(why) = pid_namespace_unavailable() {
