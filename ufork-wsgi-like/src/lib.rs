@@ -122,7 +122,12 @@
 //! - While the app runs and while its response is written, its thread
 //!   serves nothing else: a slow app or long downloads to slow clients need
 //!   more workers or [`Builder::threads`]. A connection stays with the
-//!   thread that accepted it.
+//!   thread that accepted it. The same holds for a request body the app
+//!   reads: [`Limits::read_timeout`] bounds each wait for more of it, not
+//!   the whole body, so a client that trickles a byte now and then holds
+//!   the thread for as long as the app reads (a body the app leaves unread
+//!   is never waited for). Put a buffering proxy in front to take slow
+//!   uploads off the workers.
 //! - No HTTP/2, no TLS, no `Upgrade` (WebSocket), no trailers in responses;
 //!   request trailers are read and dropped (a trailer section over
 //!   [`Limits::max_header_bytes`] gets 431).
