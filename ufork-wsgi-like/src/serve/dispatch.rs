@@ -290,20 +290,22 @@ impl<'w> Dispatch<'w> {
         let sent = self.reply(&stream, peer, response, answer);
         let mut input = lock(conn_input);
         input.generation += 1;
+        if sent.is_err() {
+            // Cut short: a reset, so that no client takes it for whole.
+            return Next::Abort;
+        }
         if streamed && input.fault.is_some() {
             // The stream read a bad or cut body and ended all the same:
             // the answer is out, but the connection cannot go on.
             return Next::Close;
         }
-        if streamed && input.framing != Framing::Done {
+        if streamed
+            && input.framing != Framing::Done
+            && input.drain(self.limits().max_drain_bytes) != Drained::Complete
+        {
             // The stream left part of the body unread: as above, but the
             // answer already went out saying nothing of a close.
-            if input.drain(self.limits().max_drain_bytes) != Drained::Complete {
-                return match sent {
-                    Ok(_) => Next::Linger,
-                    Err(_) => Next::Abort,
-                };
-            }
+            return Next::Linger;
         }
         match sent {
             Ok(sent) if sent.keep_alive => Next::Keep,

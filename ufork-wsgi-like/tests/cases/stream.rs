@@ -111,3 +111,19 @@ fn a_streamed_response_may_read_the_request_body_as_it_goes() {
     drop(client);
     std::mem::ManuallyDrop::into_inner(server);
 }
+
+#[test]
+fn a_streamed_echo_cut_by_the_client_resets_instead_of_ending_cleanly() {
+    // Close-delimited (HTTP/1.0): only a reset tells the client the echo
+    // stopped short because its body did.
+    let server = local(Server::builder(), duplex);
+    let mut client = Client::new(addr_of(&server));
+    client.send("POST /echo HTTP/1.0\r\nContent-Length: 10\r\n\r\nabc");
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let (data, end) = crate::read_to_end_or_reset(&mut client);
+    let err = end.expect_err(&format!(
+        "a clean end after {:?}",
+        String::from_utf8_lossy(&data)
+    ));
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+}
