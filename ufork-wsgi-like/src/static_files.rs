@@ -16,7 +16,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::header::{
     ACCEPT_RANGES, ALLOW, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
@@ -38,10 +38,14 @@ use crate::{App, Body, ResponseBody};
 /// other.
 ///
 /// Nothing outside the root is reachable. `..` segments are refused (404),
-/// and the kernel resolves every path beneath the root directory, which is
-/// resolved and opened once at construction (`openat2(2)` with
-/// `RESOLVE_BENEATH`): a symbolic link may point anywhere inside the root,
-/// but a path that leads out of it is 404. A link with an absolute target,
+/// and the kernel resolves every path beneath the root directory
+/// (`openat2(2)` with `RESOLVE_BENEATH`): a symbolic link may point
+/// anywhere inside the root, but a path that leads out of it is 404. The
+/// root path is resolved once, at construction; the directory it names is
+/// opened then, and again as soon as the path names another one (a deploy
+/// that renames a new tree into place, or deletes and copies it anew), so
+/// requests always see the tree at the root path now. A link put in the
+/// root's place is not followed (404). A link with an absolute target,
 /// which `RESOLVE_BENEATH` refuses, and kernels without `openat2` (before
 /// Linux 5.6) take a slower path that resolves the whole path and checks
 /// it lies under the root. A file or directory the server may not open is
@@ -66,8 +70,10 @@ use crate::{App, Body, ResponseBody};
 #[derive(Clone, Debug)]
 pub struct StaticFiles {
     root: PathBuf,
-    /// The root directory, opened once: every path is resolved beneath it.
-    root_fd: Arc<OwnedFd>,
+    /// The root directory, opened once, and again whenever the path `root`
+    /// names another one: every path is resolved beneath it. Shared by
+    /// clones, so one reopening serves them all.
+    root_dir: Arc<RwLock<RootDir>>,
     prefix: String,
 }
 
@@ -89,12 +95,7 @@ impl StaticFiles {
     /// `root` cannot be resolved or opened, or is not a directory.
     pub fn new(root: impl AsRef<Path>) -> io::Result<Self> {
         let root = root.as_ref().canonicalize()?;
-        let root_fd = rustix::fs::open(
-            &root,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
+        let root_dir = RootDir::open(&root).map_err(|e| match e {
             Errno::NOTDIR => io::Error::new(
                 io::ErrorKind::NotADirectory,
                 format!("{} is not a directory", root.display()),
@@ -103,7 +104,7 @@ impl StaticFiles {
         })?;
         Ok(Self {
             root,
-            root_fd: Arc::new(root_fd),
+            root_dir: Arc::new(RwLock::new(root_dir)),
             prefix: String::new(),
         })
     }
@@ -128,7 +129,7 @@ impl StaticFiles {
     /// Opens `rel`, a relative path of plain names, beneath the root: one
     /// `openat2(2)` that never follows a link out of it.
     fn open(&self, rel: &Path) -> Result<File, StatusCode> {
-        match rustix::fs::openat2(&*self.root_fd, rel, OPEN_FLAGS, Mode::empty(), BENEATH) {
+        match self.open_beneath(rel) {
             Ok(fd) => Ok(File::from(fd)),
             // An absolute link (which may still point into the root), a
             // link out of the root, a rename racing the lookup, or no
@@ -137,6 +138,28 @@ impl StaticFiles {
             Err(Errno::XDEV | Errno::AGAIN | Errno::NOSYS | Errno::PERM) => self.open_resolved(rel),
             Err(e) => Err(errno_status(e)),
         }
+    }
+
+    /// One `openat2(2)` of `rel` beneath the root directory, after one
+    /// `lstat(2)` of the root path: a root moved away, or deleted and made
+    /// anew (a deploy by rename or by copy), is looked up in the directory
+    /// the path names now, as a server that resolves whole paths would.
+    fn open_beneath(&self, rel: &Path) -> rustix::io::Result<OwnedFd> {
+        let now = rustix::fs::lstat(&self.root)?;
+        let now = (now.st_dev, now.st_ino);
+        {
+            let root = self.root_dir.read().unwrap_or_else(|p| p.into_inner());
+            if root.id == now {
+                return rustix::fs::openat2(&root.fd, rel, OPEN_FLAGS, Mode::empty(), BENEATH);
+            }
+        }
+        let mut root = self.root_dir.write().unwrap_or_else(|p| p.into_inner());
+        if root.id != now {
+            // A link in its place is not followed: the root was resolved
+            // once, at construction.
+            *root = RootDir::open(&self.root)?;
+        }
+        rustix::fs::openat2(&root.fd, rel, OPEN_FLAGS, Mode::empty(), BENEATH)
     }
 
     /// The slow path of [`open`](Self::open): the path resolved (links
@@ -157,7 +180,7 @@ impl StaticFiles {
         };
         // Beneath the root again where the kernel can, so a link swapped
         // in since the check cannot lead out.
-        match rustix::fs::openat2(&*self.root_fd, inside, OPEN_FLAGS, Mode::empty(), BENEATH) {
+        match self.open_beneath(inside) {
             Ok(fd) => Ok(File::from(fd)),
             Err(Errno::NOSYS | Errno::PERM) => {
                 rustix::fs::open(&resolved, OPEN_FLAGS, Mode::empty())
@@ -275,6 +298,31 @@ impl StaticFiles {
         let file = self.open(rel)?;
         let meta = file.metadata().map_err(|e| io_status(&e))?;
         Ok((file, meta))
+    }
+}
+
+/// The root directory, open to resolve paths beneath, and its identity.
+#[derive(Debug)]
+struct RootDir {
+    fd: OwnedFd,
+    /// Device and inode.
+    id: (u64, u64),
+}
+
+impl RootDir {
+    /// Opens the directory at `root`, an already resolved path: a link in
+    /// its place is refused.
+    fn open(root: &Path) -> rustix::io::Result<Self> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        Ok(Self {
+            fd,
+            id: (stat.st_dev, stat.st_ino),
+        })
     }
 }
 

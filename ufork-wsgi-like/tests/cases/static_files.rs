@@ -426,3 +426,30 @@ fn what_the_worker_may_not_read_is_403() {
     mode("private", 0o755);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A root deleted and made anew while serving (a deploy by copy) is served
+/// from the new directory; one replaced by a link is not followed.
+#[test]
+fn a_root_made_anew_is_served_from_the_new_directory() {
+    let dir = tree("anew");
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut client = Client::new(addr_of(&server));
+    assert_eq!(client.get("/digits.txt").text(), "0123456789");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(client.get("/digits.txt").status, 404);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("digits.txt"), "9876543210").unwrap();
+    assert_eq!(client.get("/digits.txt").text(), "9876543210");
+    assert_eq!(client.get("/docs/").status, 404, "the old tree is gone");
+    // Moved away, and a link to another tree put in its place.
+    let elsewhere = tree("anew-elsewhere");
+    let moved = dir.with_extension("old");
+    std::fs::rename(&dir, &moved).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    assert_eq!(client.get("/digits.txt").status, 404);
+    drop(server);
+    for path in [&moved, &elsewhere] {
+        let _ = std::fs::remove_dir_all(path);
+    }
+    let _ = std::fs::remove_file(dir);
+}
