@@ -287,8 +287,8 @@ impl StaticFiles {
             }
         };
         let headers = response.headers_mut();
-        headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&rel)));
+        headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         validators.insert(headers);
         response
     }
