@@ -294,10 +294,14 @@ impl<'w> Dispatch<'w> {
             // Cut short: a reset, so that no client takes it for whole.
             return Next::Abort;
         }
-        if streamed && input.fault.is_some() {
+        match input.fault {
             // The stream read a bad or cut body and ended all the same:
-            // the answer is out, but the connection cannot go on.
-            return Next::Close;
+            // the answer is out, but the connection cannot go on. Unless
+            // the socket failed, it lingers like any other closing one, so
+            // the client's unread bytes do not reset the answer away.
+            Some(Fault::Gone) if streamed => return Next::Close,
+            Some(_) if streamed => return Next::Linger,
+            _ => {}
         }
         if streamed
             && input.framing != Framing::Done

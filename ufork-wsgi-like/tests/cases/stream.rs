@@ -127,3 +127,37 @@ fn a_streamed_echo_cut_by_the_client_resets_instead_of_ending_cleanly() {
     ));
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
 }
+
+#[test]
+fn a_streamed_answer_to_a_bad_body_reaches_the_client_before_the_close() {
+    // The stream reads the body, swallows its error and answers whole; the
+    // client's bytes after the bad chunk stay unread. Closed at once, the
+    // socket would answer them with a reset that drops what of the answer
+    // is still unsent (9 MB: more than the socket buffers hold). Without
+    // the linger this fails most runs, not every one: the client may have
+    // taken everything before the close.
+    let server = local(Server::builder(), |mut request: Request<Body>| {
+        let mut body = std::mem::take(request.body_mut());
+        Response::new(ResponseBody::stream(std::iter::once_with(move || {
+            let mut sink = Vec::new();
+            let outcome = body.read_to_end(&mut sink);
+            format!(
+                "{}\n",
+                outcome.map_or_else(|e| e.to_string(), |n| n.to_string())
+            )
+            .repeat(300_000)
+        })))
+    });
+    let mut client = Client::new(addr_of(&server));
+    let mut raw =
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
+    raw.extend_from_slice(&[b'j'; 100_000]);
+    client.send(raw);
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().starts_with("malformed chunked request body\n"));
+    assert_eq!(
+        resp.body.len(),
+        "malformed chunked request body\n".len() * 300_000
+    );
+}
