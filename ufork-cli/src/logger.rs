@@ -185,11 +185,17 @@ pub fn finish(timeout: Duration) {
     };
     let dropped = term::flush_within(timeout);
     if dropped > 0 {
-        let line = format!(
-            "ufork: {dropped} bytes of output dropped: the terminal did not take them within {timeout:?}\n"
-        );
-        term::print(Stream::Err, line.as_bytes());
+        term::print(Stream::Err, dropped_line(dropped, timeout).as_bytes());
     }
+}
+
+/// What the end of a run says of output its stdout or stderr (a terminal,
+/// a pipe, a file) did not take in time.
+fn dropped_line(bytes: usize, waited: Duration) -> String {
+    format!(
+        "ufork: {bytes} bytes of output dropped: stdout or stderr did not take them within {:.1}s\n",
+        waited.as_secs_f64()
+    )
 }
 
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
@@ -221,6 +227,16 @@ pub fn timestamp(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_output_names_no_terminal_and_rounds_the_wait() {
+        // A pipe nobody reads is no terminal, and a budget cut short by the
+        // stop reads as seconds, not as a Debug duration.
+        assert_eq!(
+            dropped_line(65520, Duration::from_nanos(2_910_414_745)),
+            "ufork: 65520 bytes of output dropped: stdout or stderr did not take them within 2.9s\n"
+        );
+    }
 
     #[test]
     fn timestamps_are_utc_civil_dates() {
