@@ -326,6 +326,7 @@ impl Session {
         // in a root-owned directory), and fails with them still there to
         // remove the pidfile.
         if pool.user.is_some() || pool.group.is_some() {
+            privs::give_sockets(sockets, pool.user.as_deref(), pool.group.as_deref())?;
             privs::drop_to(pool.user.as_deref(), pool.group.as_deref())?;
         }
         // A new arbiter leaves the terminal to the old one's prompt.

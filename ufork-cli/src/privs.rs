@@ -116,6 +116,45 @@ impl Credentials {
     }
 }
 
+/// Gives the unix sockets this pool bound (`paths`) to the user and group
+/// it switches to, as gunicorn does: a proxy in `--group` (nginx's
+/// `www-data`) can connect through the 0660 mode, which a socket left to
+/// root would refuse it. A symbolic link put at a path is not followed.
+///
+/// # Errors
+///
+/// An unknown name, or the change of owner failed (a message naming the
+/// socket).
+pub fn give_sockets(
+    paths: &[PathBuf],
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<(), Failure> {
+    if paths.is_empty() || (user.is_none() && group.is_none()) {
+        return Ok(());
+    }
+    let creds = resolve(user, group)?;
+    let owner = creds.uid.map(|u| rustix::fs::Uid::from_raw(u.as_raw()));
+    let group = creds.gid.map(|g| rustix::fs::Gid::from_raw(g.as_raw()));
+    for path in paths {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            owner,
+            group,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| {
+            failure::runtime(format!(
+                "--bind unix:{}: cannot give the socket to --user/--group: {}",
+                path.display(),
+                io_text(&e.into())
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// Switches to `user` and `group` (by name or number), process-wide.
 ///
 /// # Errors

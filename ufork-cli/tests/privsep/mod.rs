@@ -460,7 +460,8 @@ fn a_foreground_pool_as_nobody_removes_its_files_at_the_stop() {
 
 /// `--bind unix:PATH` in a root-owned directory: the arbiter, as nobody,
 /// may not remove the socket it bound as root; the helper does at the stop.
-/// For `serve` and for `run` alike.
+/// The socket is nobody's (user and group), so a proxy in that group can
+/// connect through its 0660 mode. For `serve` and for `run` alike.
 #[test]
 fn a_unix_socket_in_a_root_owned_directory_is_removed_at_the_stop() {
     if !can_drop_to_nobody() {
@@ -501,6 +502,17 @@ fn a_unix_socket_in_a_root_owned_directory_is_removed_at_the_stop() {
         let mut pool = Running::start(args);
         wait_ready(&control, 1);
         assert!(dir.join("s.sock").exists(), "{}", pool.transcript());
+        let socket = std::fs::symlink_metadata(dir.join("s.sock")).unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&socket),
+                std::os::unix::fs::MetadataExt::gid(&socket)
+            ),
+            (nobody.uid.as_raw(), nobody.gid.as_raw()),
+            "{}: the socket is the pool user's",
+            args[0]
+        );
         pool.signal(Signal::TERM);
         assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
         assert!(
