@@ -268,6 +268,11 @@ pub fn configure(
 ) -> Builder {
     let mut state = state();
     let mut builder = builder;
+    if let Some(why) = state.unsupported.clone() {
+        // Asked before the upgrader, which stays for what it does at a
+        // graceful stop (a unix socket's path removed at once).
+        builder = builder.layer(Refuse(why));
+    }
     if let Some(reexec) = state.reexec.clone() {
         match Upgrader::new(reexec) {
             Ok(mut upgrader) => {
@@ -327,6 +332,20 @@ pub fn configure(
         }));
     }
     builder
+}
+
+/// Takes SIGUSR2 for a pool that cannot be upgraded and says why, as the
+/// control socket's `upgrade` does: the upgrader would start a new arbiter
+/// that can only fail (with a reason that misleads: "upgrade with the same
+/// flags").
+#[derive(Debug)]
+struct Refuse(String);
+
+impl ufork_core::Layer for Refuse {
+    fn upgrade(&mut self, _ctx: &mut ufork_core::Context<'_>) -> bool {
+        log::warn!(target: "ufork", "upgrade refused: cannot upgrade this pool: {}", self.0);
+        true
+    }
 }
 
 /// A pidfile taken over from the old arbiter: a fresh file, locked, with this

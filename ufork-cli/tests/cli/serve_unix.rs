@@ -106,3 +106,40 @@ fn serve_takes_a_unix_mode_and_refuses_reuse_port_on_a_unix_socket() {
     let out = run(&["serve", "--bind", &other, "--reuse-port"]);
     assert_one_line_error(&out, 2, &["--reuse-port is for TCP addresses"]);
 }
+
+/// A pool listening on a unix socket cannot be upgraded (unix sockets are
+/// not handed over): SIGUSR2 says so, as `ufork upgrade` does, instead of
+/// starting a new arbiter that can only fail with a misleading reason.
+#[test]
+fn sigusr2_to_a_pool_on_a_unix_socket_is_refused_with_the_reason() {
+    let dir = TempDir::new("serve-unix-usr2");
+    let path = dir.join("app.sock");
+    let bind = format!("unix:{}", path.display());
+    let control = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        &bind,
+        "-w",
+        "1",
+        "--no-prompt",
+        "--control-socket",
+        &control,
+    ]);
+    wait_ready(&control, 1);
+    let out = run(&["upgrade", "--control-socket", &control]);
+    assert_one_line_error(&out, 1, &["unix sockets are not handed over"]);
+    pool.signal(Signal::USR2);
+    pool.expect_line("upgrade refused: cannot upgrade this pool: --bind unix:");
+    assert!(
+        request(&path).starts_with("HTTP/1.1 200 OK"),
+        "still serving"
+    );
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(
+        !pool.transcript().contains("upgrade: started"),
+        "no new arbiter was started: {}",
+        pool.transcript()
+    );
+}
