@@ -179,12 +179,17 @@ fn readiness_timeout_stops_the_daemon() {
         "{}",
         stderr(&output)
     );
-    // The launcher only returns once the daemon is gone: nothing holds the lock.
-    assert_eq!(
-        ufork_daemon::status(&pidfile).unwrap(),
-        Status::Stale {
-            pid: proc_pid_hint(&pidfile)
-        }
+    // The launcher only returns once the daemon is gone: nothing holds the
+    // lock. On a loaded machine the 300 ms can pass before the daemon made
+    // its pidfile at all: then there is none, which is as good.
+    let status = ufork_daemon::status(&pidfile).unwrap();
+    assert!(
+        status == Status::NotRunning
+            || status
+                == Status::Stale {
+                    pid: proc_pid_hint(&pidfile)
+                },
+        "{status:?}"
     );
     dir.finish();
 }
