@@ -316,11 +316,19 @@ mod floor {
         Duration::from_nanos(super::env_usize("UFORK_BENCH_SPIN_NS") as u64)
     }
 
+    /// `UFORK_BENCH_YIELD`: give the CPU away (`sched_yield`) after every
+    /// wait that returned this many events or more (default never), to see
+    /// what the tail does when a busy worker lets a co-located client run.
+    fn yield_after() -> Option<usize> {
+        Some(super::env_usize("UFORK_BENCH_YIELD")).filter(|&n| n > 0)
+    }
+
     fn serve_worker(
         listener: &TcpListener,
         worker: &ufork_core::Worker,
         spin: Duration,
     ) -> std::io::Result<()> {
+        let yield_after = yield_after();
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let flags = epoll::EventFlags::IN;
         epoll::add(
@@ -342,6 +350,9 @@ mod floor {
         loop {
             events.clear();
             epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None)?;
+            if yield_after.is_some_and(|n| events.len() >= n) {
+                std::thread::yield_now();
+            }
             for event in &events {
                 match event.data.u64() {
                     u64::MAX => {
