@@ -138,7 +138,8 @@ pub struct PoolArgs {
     #[arg(long, value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
-    /// Write the arbiter's and the workers' output here (rotated by size).
+    /// Write the arbiter's and the workers' output here (rotated by size if it
+    /// is a regular file; `/dev/null` or a FIFO is written to as it is).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 

@@ -106,6 +106,7 @@ impl RotatingFileBuilder {
             })?;
         }
         let state = State {
+            regular: is_regular(&file),
             file,
             size,
             pending: Vec::new(),
@@ -132,7 +133,9 @@ impl RotatingFileBuilder {
 /// line waits in memory for its newline ([`flush`](Write::flush) writes it out,
 /// and the rest of that line then follows it into the same file). Rotation
 /// happens between lines, when the next line would take the file past
-/// [`max_size`](RotatingFileBuilder::max_size).
+/// [`max_size`](RotatingFileBuilder::max_size). Only a regular file is
+/// rotated: a path that names anything else (`/dev/null`, a FIFO, a
+/// terminal) is written to as it is, and never renamed away.
 ///
 /// If rotating fails (a rename refused, the disk full), the error is kept for
 /// [`take_rotation_error`](Self::take_rotation_error), logged once through
@@ -180,6 +183,11 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     file: File,
+    /// The file is a regular file. Anything else (`/dev/null`, a FIFO, a
+    /// terminal) is written to as it is and never rotated: renaming a
+    /// device node away and putting a regular file in its place would break
+    /// every other user of it.
+    regular: bool,
     /// Bytes in the current file (its size when opened plus what was written).
     size: u64,
     /// A partial line waiting for its newline.
@@ -248,6 +256,7 @@ impl RotatingFile {
             })?;
         }
         let mut state = self.lock();
+        state.regular = is_regular(&file);
         state.file = file;
         state.size = size;
         state.mid_line = false;
@@ -256,7 +265,8 @@ impl RotatingFile {
     }
 
     /// Rotates now, at the current line boundary (a partial line waiting for
-    /// its newline goes to the new file).
+    /// its newline goes to the new file). A path that is not a regular file
+    /// (`/dev/null`, a FIFO) is never rotated: this does nothing then.
     ///
     /// # Errors
     ///
@@ -374,6 +384,9 @@ impl State {
 
     /// Writes `data`, which ends with a newline, rotating between lines.
     fn write_lines(&mut self, shared: &Shared, data: &[u8]) -> io::Result<()> {
+        if !self.regular {
+            return self.write_raw(data);
+        }
         let config = &shared.config;
         let mut rest = data;
         if self.mid_line {
@@ -426,6 +439,9 @@ impl State {
     /// Shifts `path.N-1` … `path` one step up and opens a fresh `path`. On
     /// failure the current file stays in use.
     fn rotate(&mut self, shared: &Shared) -> Result<()> {
+        if !self.regular {
+            return Ok(());
+        }
         let config = &shared.config;
         match self.try_rotate(shared) {
             Ok(()) => {
@@ -466,6 +482,7 @@ impl State {
         if config.redirect_stdio {
             point_stdio_at(&file)?;
         }
+        self.regular = is_regular(&file);
         self.file = file;
         self.size = size;
         self.mid_line = false;
@@ -598,6 +615,11 @@ fn opened(fd: OwnedFd, follow: Follow) -> io::Result<(File, u64)> {
     Ok((File::from(fd), u64::try_from(stat.st_size).unwrap_or(0)))
 }
 
+/// Whether `file` is a regular file, the only kind that is rotated.
+fn is_regular(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.file_type().is_file())
+}
+
 fn point_stdio_at(file: &File) -> io::Result<()> {
     rustix::stdio::dup2_stdout(file)?;
     rustix::stdio::dup2_stderr(file)?;
@@ -607,6 +629,44 @@ fn point_stdio_at(file: &File) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--log-file /dev/null` must never rename the device away: a path
+    /// that is not a regular file is written to, never rotated. Shown with
+    /// a FIFO (no privilege needed, and nothing of the machine's at stake).
+    #[test]
+    fn a_path_that_is_not_a_regular_file_is_never_rotated() {
+        use std::io::Read;
+        use std::os::unix::fs::FileTypeExt;
+        let dir =
+            std::env::temp_dir().join(format!("ufork-daemon-unit-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("log");
+        rustix::fs::mkfifoat(CWD, &fifo, Mode::from_raw_mode(0o600)).unwrap();
+        // The read end first, so opening the write end does not wait.
+        let reader =
+            rustix::fs::open(&fifo, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()).unwrap();
+        let log = RotatingFile::builder(&fifo)
+            .max_size(100)
+            .backups(2)
+            .open()
+            .unwrap();
+        let line = b"0123456789012345678901234567890123456789\n";
+        for _ in 0..10 {
+            (&log).write_all(line).unwrap();
+        }
+        log.rotate().unwrap();
+        (&log).flush().unwrap();
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "the FIFO was replaced: {kind:?}");
+        assert!(!dir.join("log.1").exists(), "the FIFO was rotated away");
+        assert!(log.take_rotation_error().is_none());
+        let mut got = Vec::new();
+        let _ = File::from(reader).read_to_end(&mut got);
+        assert_eq!(got.len(), 10 * line.len());
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn numbered_appends_the_generation() {
