@@ -1148,7 +1148,8 @@ impl Capture {
                 .fetch_add(left as u64, Ordering::Relaxed);
             let waited = timeout.unwrap_or_default();
             let report = format!(
-                "the output sink did not take the last {left} bytes within {waited:?}; they are dropped"
+                "the output sink did not take the last {left} bytes within {:.1}s; they are dropped",
+                waited.as_secs_f64()
             );
             // The logger may write into the stalled sink: say it on stderr
             // too, if stderr can take it now.

@@ -184,6 +184,16 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
         stderr.contains("did not take the last") && stderr.contains("dropped"),
         "{stderr}"
     );
+    // The wait reads as seconds to a tenth, not a Debug duration.
+    let waited = stderr
+        .split_once(" bytes within ")
+        .and_then(|(_, rest)| rest.split_once("s; they are dropped"))
+        .map(|(secs, _)| secs)
+        .unwrap_or_else(|| panic!("no wait in: {stderr}"));
+    assert!(
+        waited.parse::<f64>().is_ok() && waited.split_once('.').is_some_and(|(_, d)| d.len() == 1),
+        "{waited:?} in {stderr}"
+    );
 }
 
 #[test]
