@@ -135,6 +135,9 @@ pub(crate) struct Input {
     pub(crate) continue_pending: bool,
     /// Body bytes delivered so far.
     pub(crate) received: u64,
+    /// Bytes of this request's body the server dropped for an app that
+    /// left them unread, across wake-ups (see [`drain`](Self::drain)).
+    pub(crate) discarded: u64,
     pub(crate) max_body: u64,
     /// Most bytes of a trailer section (the header size limit).
     max_trailers: usize,
@@ -164,6 +167,7 @@ impl Input {
             generation: 0,
             continue_pending: false,
             received: 0,
+            discarded: 0,
             max_body: limits.max_body_bytes,
             max_trailers: limits.max_header_bytes,
             read_timeout: limits.read_timeout,
@@ -385,21 +389,40 @@ impl Input {
     /// thread's time: waiting for it would let a client that sends a head
     /// and then its body a byte at a time hold the thread for as long as it
     /// likes.
+    ///
+    /// `max` bounds what is dropped of one body over every call: a body
+    /// still arriving can be dropped in later wake-ups of the event loop
+    /// ([`Drained::Pending`]) while the connection waits like an idle one.
     pub(crate) fn drain(&mut self, max: u64) -> Drained {
+        if self.fault.is_some() {
+            return Drained::from_fault(self.fault);
+        }
         // A zero read timeout: `fill` looks once and waits for nothing.
         let patience = std::mem::replace(&mut self.read_timeout, Duration::ZERO);
         let mut scratch = [0u8; 4096];
-        let mut drained = 0u64;
         let outcome = loop {
             if self.framing == Framing::Done {
                 break Drained::Complete;
             }
-            if drained > max {
+            if self.discarded > max {
                 break Drained::Incomplete;
+            }
+            if let Framing::Length(left) = self.framing {
+                // More to come than the bound allows: the connection cannot
+                // go on, and the answer can say so at once.
+                if self.discarded.saturating_add(left) > max {
+                    break Drained::Incomplete;
+                }
             }
             match self.read_body(&mut scratch) {
                 Ok(0) => break Drained::Complete,
-                Ok(n) => drained += n as u64,
+                Ok(n) => self.discarded += n as u64,
+                Err(_) if self.fault == Some(Fault::Timeout) => {
+                    // Nothing more has arrived yet: not a fault of the
+                    // client's, who may send the rest later.
+                    self.fault = None;
+                    break Drained::Pending;
+                }
                 Err(_) => break Drained::from_fault(self.fault),
             }
         };
@@ -413,8 +436,11 @@ impl Input {
 pub(crate) enum Drained {
     /// Read to its end: the next request starts at its first byte.
     Complete,
-    /// Not all there yet (or past the drain bound, or the client ended its
-    /// side): the connection cannot go on, but the answer stands.
+    /// Not all there yet, and under the drain bound: the rest is dropped
+    /// as it arrives, before the connection's next request is read.
+    Pending,
+    /// Past the drain bound, or the client ended its side: the connection
+    /// cannot go on, but the answer stands.
     Incomplete,
     /// The body is bad (malformed chunks, over a limit): answered with this
     /// status instead, as if the app had read it.
@@ -635,10 +661,15 @@ enum Inner {
 /// Of a body not read to the end, what has already arrived is read and
 /// dropped (up to [`Limits::max_drain_bytes`](crate::Limits::max_drain_bytes))
 /// before the next request on the connection; if it has not all arrived,
-/// the answer says `Connection: close` and the connection closes: the
-/// server never waits for a body nobody reads. If the unread rest turns
-/// out malformed or over a limit, the answer is that `400`, `413` or
-/// `431` instead of the app's response.
+/// the connection waits for the rest like an idle one (the keep-alive
+/// timeout), dropping it as it comes, and then reads the next request:
+/// the server never holds a thread for a body nobody reads, and a client
+/// that sends its body in a second write (Python's `http.client`) keeps
+/// its connection. A client that asked for `100 Continue` and has not sent
+/// the body gets `Connection: close` instead (it may never send it). If
+/// the unread rest turns out malformed or over a limit, the answer is that
+/// `400`, `413` or `431` instead of the app's response (or, once the answer
+/// is out, the connection closes).
 pub struct Body {
     inner: Inner,
 }

@@ -15,7 +15,7 @@ use http::StatusCode;
 use super::Peer;
 use super::dispatch::Dispatch;
 use crate::Limits;
-use crate::body::{Input, lock};
+use crate::body::{Drained, Framing, Input, lock};
 
 /// Requests answered from one connection's buffer before others get a turn.
 pub(super) const PIPELINE_BUDGET: usize = 16;
@@ -128,6 +128,21 @@ impl Conn {
     pub(super) fn serve_buffered(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
         for _ in 0..PIPELINE_BUDGET {
             let mut input = lock(&self.input);
+            if input.framing != Framing::Done {
+                // The last request's app left its body unread and not all
+                // of it had arrived: drop what has come before reading the
+                // next request.
+                match input.drain(dispatch.limits().max_drain_bytes) {
+                    Drained::Complete => {}
+                    Drained::Pending if !self.eof && !stopping => {
+                        drop(input);
+                        self.state = State::Idle;
+                        self.set_timeout(dispatch.limits().keep_alive_timeout);
+                        return Next::Keep;
+                    }
+                    _ => return Next::Close,
+                }
+            }
             if input.start == input.end {
                 drop(input);
                 if self.eof || stopping {

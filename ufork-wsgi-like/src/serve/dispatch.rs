@@ -187,6 +187,7 @@ impl<'w> Dispatch<'w> {
         input.framing = head.framing;
         input.continue_pending = head.expect_continue;
         input.received = 0;
+        input.discarded = 0;
         input.fault = None;
         input.generation
     }
@@ -243,8 +244,10 @@ impl<'w> Dispatch<'w> {
         // and what it leaves is seen to once it has ended.
         let streamed = matches!(response.body().kind, Kind::Stream(_));
         // The final answer is under way: a `100 Continue` now would land
-        // inside it.
-        input.continue_pending = false;
+        // inside it. A client still waiting for one may never send the body
+        // (curl sends its next request instead): then the connection cannot
+        // go on unless the body is all there.
+        let awaited_continue = std::mem::replace(&mut input.continue_pending, false);
         let mut linger = false;
         if let Some(fault) = input.fault {
             answer.keep_alive = false;
@@ -263,12 +266,18 @@ impl<'w> Dispatch<'w> {
         } else if input.framing != Framing::Done && !streamed {
             // The app left part of the body unread. Drop what of it has
             // arrived, up to a bound, so the next request starts at its
-            // first byte; a body not all there closes the connection rather
-            // than keep this thread waiting for it. A client still waiting
-            // for `100 Continue` is not asked for the body now (it may have
-            // sent it anyway: then it is dropped like any other).
+            // first byte; the rest is dropped as it arrives (see
+            // `Conn::serve_buffered`), never waited for by this thread. A
+            // client still waiting for `100 Continue` is not asked for the
+            // body now (it may have sent it anyway: then it is dropped like
+            // any other), and one that has not sent it all closes.
             let drained = input.drain(self.limits().max_drain_bytes);
-            if drained != Drained::Complete {
+            let goes_on = match drained {
+                Drained::Complete => true,
+                Drained::Pending => !awaited_continue,
+                Drained::Incomplete | Drained::Bad(_) => false,
+            };
+            if !goes_on {
                 answer.keep_alive = false;
                 linger = true;
             }
@@ -303,13 +312,14 @@ impl<'w> Dispatch<'w> {
             Some(_) if streamed => return Next::Linger,
             _ => {}
         }
-        if streamed
-            && input.framing != Framing::Done
-            && input.drain(self.limits().max_drain_bytes) != Drained::Complete
-        {
+        if streamed && input.framing != Framing::Done {
             // The stream left part of the body unread: as above, but the
             // answer already went out saying nothing of a close.
-            return Next::Linger;
+            match input.drain(self.limits().max_drain_bytes) {
+                Drained::Complete => {}
+                Drained::Pending if !awaited_continue => {}
+                _ => return Next::Linger,
+            }
         }
         match sent {
             Ok(sent) if sent.keep_alive => Next::Keep,

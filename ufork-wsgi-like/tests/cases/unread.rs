@@ -19,16 +19,25 @@ fn an_unread_body_that_has_not_arrived_is_not_waited_for() {
         crate::app,
     );
     let addr = addr_of(&server);
-    for head in [
-        "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n",
-        "POST /ignore HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+    for (head, rest) in [
+        (
+            "POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n".to_owned(),
+            "x".repeat(100),
+        ),
+        (
+            "POST /ignore HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+                .to_owned(),
+            "cde\r\n0\r\n\r\n".to_owned(),
+        ),
     ] {
-        let (resp, mut held) = exchange(addr, head);
+        let (resp, mut held) = exchange(addr, &head);
         assert_eq!(resp.text(), "ignored\n");
-        assert!(resp.closes(), "the body is not all there: no keep-alive");
         // The thread is free while that client still holds its body back.
         assert_eq!(get(addr, "/").status, 200);
-        held.assert_closed();
+        // The rest is dropped when it comes, and the connection goes on.
+        assert!(!resp.closes(), "a body on its way keeps the connection");
+        held.send(format!("{rest}GET /uri HTTP/1.1\r\nHost: t\r\n\r\n"));
+        assert!(held.read_response().text().starts_with("GET /uri"));
     }
     // A body sent with its head is dropped and the connection goes on.
     let (resp, mut client) = exchange(
@@ -37,6 +46,38 @@ fn an_unread_body_that_has_not_arrived_is_not_waited_for() {
     );
     assert!(!resp.closes());
     assert_eq!(client.get("/").text(), "hello\n");
+}
+
+/// Python's `http.client` (and `requests` for larger bodies) sends a head
+/// and its body in two writes: an app that answers before the body arrives
+/// must not cost the client its connection.
+#[test]
+fn a_body_sent_after_the_head_keeps_the_connection_when_the_app_ignores_it() {
+    let server = local(Server::builder(), crate::app);
+    let mut client = crate::util::Client::new(addr_of(&server));
+    for _ in 0..5 {
+        client.send("POST /ignore HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n");
+        let resp = client.read_response();
+        assert_eq!(resp.text(), "ignored\n");
+        assert!(!resp.closes());
+        client.send("y".repeat(1000));
+    }
+    assert!(client.get("/uri").text().starts_with("GET /uri"));
+}
+
+/// A client that waits for `100 Continue` and gets the final answer instead
+/// may never send the body (curl sends its next request): the connection
+/// closes rather than take that request for the body.
+#[test]
+fn a_body_awaiting_100_continue_that_the_app_ignores_closes_the_connection() {
+    let server = local(Server::builder(), crate::app);
+    let (resp, mut client) = exchange(
+        addr_of(&server),
+        "POST /ignore HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200, "the final answer, no 100 first");
+    assert!(resp.closes());
+    client.assert_closed();
 }
 
 #[test]
