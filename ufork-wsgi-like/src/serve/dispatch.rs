@@ -247,7 +247,20 @@ impl<'w> Dispatch<'w> {
         // inside it. A client still waiting for one may never send the body
         // (curl sends its next request instead): then the connection cannot
         // go on unless the body is all there.
-        let awaited_continue = std::mem::replace(&mut input.continue_pending, false);
+        let mut awaited_continue = std::mem::replace(&mut input.continue_pending, false);
+        if streamed && awaited_continue && input.fault.is_none() && input.framing != Framing::Done {
+            // A streamed response may read the body as it goes (an echo):
+            // the client that waits for `100 Continue` gets it now, before
+            // the final head, or it would hold the body back until its own
+            // patience ran out. A failed write fails the reply below too.
+            let _ = crate::body::write_all(
+                &input.stream,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                input.write_timeout,
+                &input.heartbeat,
+            );
+            awaited_continue = false;
+        }
         let mut linger = false;
         if let Some(fault) = input.fault {
             answer.keep_alive = false;

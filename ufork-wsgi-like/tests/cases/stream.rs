@@ -112,6 +112,27 @@ fn a_streamed_response_may_read_the_request_body_as_it_goes() {
     std::mem::ManuallyDrop::into_inner(server);
 }
 
+/// A client that waits for `100 Continue` before sending its body gets it
+/// before a streamed answer's head, so a stream that reads the body (an
+/// echo) is not left waiting for a body the client holds back.
+#[test]
+fn a_streamed_echo_sends_100_continue_before_its_head() {
+    let server = local(Server::builder(), duplex);
+    let mut client = Client::new(addr_of(&server));
+    client.send(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    );
+    let mut buf = Vec::new();
+    read_until(&mut client, &mut buf, "\r\n\r\n");
+    assert!(
+        buf.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    client.send("hello");
+    read_until(&mut client, &mut buf, "hello");
+}
+
 #[test]
 fn a_streamed_echo_cut_by_the_client_resets_instead_of_ending_cleanly() {
     // Close-delimited (HTTP/1.0): only a reset tells the client the echo
