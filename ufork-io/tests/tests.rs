@@ -806,39 +806,44 @@ fn output_closed_while_the_queue_is_full_is_closed_not_spun_on() {
     assert_eq!(outcome.killed_at_timeout, 0, "{:#?}", outcome.history);
 }
 
-#[test]
-fn lossy_mode_drops_with_a_count_instead_of_blocking() {
-    let _lock = util::lock();
-    const LINES: usize = 4000;
-    const LINE: usize = 100;
-    const QUEUE: usize = 8 * 1024;
-    const PIPE: usize = 64 * 1024;
+/// Queue and pipe sizes of the lossy-mode tests: 400 KB of output cannot
+/// get through a stalled sink without drops.
+const LOSSY_QUEUE: usize = 8 * 1024;
+const LOSSY_PIPE: usize = 64 * 1024;
+const LOSSY_LINES: usize = 4000;
+const LOSSY_LINE: usize = 100;
+
+/// One worker writes [`LOSSY_LINES`] numbered lines of [`LOSSY_LINE`] bytes
+/// into a lossy capture whose sink is stalled, then idles; once it has
+/// written them all, `control` runs (with the pool's handle, the capture's
+/// counters and the sink) and must stop the pool. Returns the sink and
+/// the counters.
+fn lossy_burst(
+    control: impl FnOnce(&ufork_core::Handle, &ufork_io::Counters, &MemorySink) + Send,
+) -> (MemorySink, ufork_io::Counters) {
     let sink = MemorySink::stalled();
     let layer = capture(&sink)
         .lossy(true)
-        .queue_bytes(QUEUE)
-        .pipe_size(PIPE)
+        .queue_bytes(LOSSY_QUEUE)
+        .pipe_size(LOSSY_PIPE)
         .build()
         .expect("capture");
     let counters = layer.counters();
     let done = util::Signal::new();
     let arbiter = pool(1).layer(layer).build().expect("build");
     let handle = arbiter.handle();
-    let watch = sink.clone();
+    let (watch, seen) = (sink.clone(), counters.clone());
     let outcome = std::thread::scope(|scope| {
         scope.spawn(|| {
             let _guard = util::StopOnPanic(handle.clone());
-            // The worker wrote everything although nothing reached the sink.
             done.wait(1);
-            handle.stop();
-            watch.wait_blocked();
-            watch.set_stalled(false);
+            control(&handle, &seen, &watch);
         });
         arbiter
             .run(|w| -> WorkerResult {
                 let mut out = std::io::stdout().lock();
-                for i in 0..LINES {
-                    writeln!(out, "{i:>9} {}", "y".repeat(LINE - 11))?;
+                for i in 0..LOSSY_LINES {
+                    writeln!(out, "{i:>9} {}", "y".repeat(LOSSY_LINE - 11))?;
                 }
                 drop(out);
                 done.raise();
@@ -848,6 +853,18 @@ fn lossy_mode_drops_with_a_count_instead_of_blocking() {
             .expect("run")
     });
     util::assert_nothing_left(&outcome.history);
+    (sink, counters)
+}
+
+#[test]
+fn lossy_mode_drops_with_a_count_instead_of_blocking() {
+    let _lock = util::lock();
+    // The worker wrote everything although nothing reached the sink.
+    let (sink, counters) = lossy_burst(|handle, _, sink| {
+        handle.stop();
+        sink.wait_blocked();
+        sink.set_stalled(false);
+    });
     let bytes = sink.bytes();
     let mut delivered = 0u64;
     let mut reported = 0u64;
@@ -858,19 +875,19 @@ fn lossy_mode_drops_with_a_count_instead_of_blocking() {
             assert!(count.contains("bytes from worker 0"), "{text}");
             reported += count.split(' ').next().unwrap().parse::<u64>().unwrap();
         } else {
-            assert_eq!(rest.len(), LINE - 1, "a torn line: {text}");
-            delivered += LINE as u64;
+            assert_eq!(rest.len(), LOSSY_LINE - 1, "a torn line: {text}");
+            delivered += LOSSY_LINE as u64;
         }
     }
     // A line that spans reads may add its head to a read that is taken.
-    let most = (QUEUE + 3 * PIPE + 2 * LINE) as u64;
+    let most = (LOSSY_QUEUE + 3 * LOSSY_PIPE + 2 * LOSSY_LINE) as u64;
     assert!(
         delivered <= most,
         "{delivered} bytes got through a stalled sink, more than {most}; {reported} reported dropped"
     );
     assert!(reported > 0, "nothing was dropped");
     assert_eq!(reported, counters.dropped_bytes());
-    assert_eq!(delivered + reported, (LINES * LINE) as u64);
+    assert_eq!(delivered + reported, (LOSSY_LINES * LOSSY_LINE) as u64);
 }
 
 /// The drop notice must not wait for an unrelated wake-up of the arbiter:
@@ -879,45 +896,14 @@ fn lossy_mode_drops_with_a_count_instead_of_blocking() {
 #[test]
 fn lossy_mode_reports_drops_once_the_sink_recovers_even_with_no_more_output() {
     let _lock = util::lock();
-    const QUEUE: usize = 8 * 1024;
-    const PIPE: usize = 64 * 1024;
-    let sink = MemorySink::stalled();
-    let layer = capture(&sink)
-        .lossy(true)
-        .queue_bytes(QUEUE)
-        .pipe_size(PIPE)
-        .build()
-        .expect("capture");
-    let counters = layer.counters();
-    let done = util::Signal::new();
-    let arbiter = pool(1).layer(layer).build().expect("build");
-    let handle = arbiter.handle();
-    let watch = sink.clone();
-    let outcome = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let _guard = util::StopOnPanic(handle.clone());
-            done.wait(1);
-            // Everything was written and the pipe read: some of it dropped.
-            util::wait_until("drops counted", || counters.dropped_bytes() > 0);
-            watch.set_stalled(false);
-            // The worker writes nothing more and the pool keeps running.
-            watch.wait_for_text("[ufork-io: dropped ");
-            handle.stop();
-        });
-        arbiter
-            .run(|w| -> WorkerResult {
-                let mut out = std::io::stdout().lock();
-                for i in 0..4000 {
-                    writeln!(out, "{i:>9} {}", "y".repeat(89))?;
-                }
-                drop(out);
-                done.raise();
-                idle(w);
-                Ok(())
-            })
-            .expect("run")
+    let (sink, _) = lossy_burst(|handle, counters, sink| {
+        // Everything was written and the pipe read: some of it dropped.
+        util::wait_until("drops counted", || counters.dropped_bytes() > 0);
+        sink.set_stalled(false);
+        // The worker writes nothing more and the pool keeps running.
+        sink.wait_for_text("[ufork-io: dropped ");
+        handle.stop();
     });
-    util::assert_nothing_left(&outcome.history);
     assert!(util::contains(&sink.bytes(), b"bytes from worker 0"));
 }
 
