@@ -171,7 +171,7 @@ pub struct PoolArgs {
     pub no_timestamps: bool,
 
     /// Accept console commands on this unix socket [default with --pidfile: next
-    /// to the pidfile, with the extension .sock; if it cannot be made there, the
+    /// to the pidfile, with the extension .control.sock; if it cannot be made there, the
     /// pool starts without one and logs why].
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,

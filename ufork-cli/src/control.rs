@@ -35,11 +35,40 @@ const MAX_LINE: usize = 4096;
 const MAX_PATH: usize = 107;
 
 /// The control socket of a pool started with `--pidfile PATH` (and no
-/// `--control-socket`): PATH with the extension `.sock`, so `ufork reload
-/// --pidfile PATH` can wait for the roll. `None` when that is PATH itself.
+/// `--control-socket`): PATH with the extension `.control.sock`
+/// (`/run/app.pid` -> `/run/app.control.sock`), so `ufork reload --pidfile
+/// PATH` can wait for the roll. Not `.sock`: `/run/app.sock` is the name an
+/// operator gives the pool's own `--bind unix:` listener. `None` when that
+/// is PATH itself.
 pub fn beside_pidfile(pidfile: &Path) -> Option<PathBuf> {
+    let path = pidfile.with_extension("control.sock");
+    (path != pidfile).then_some(path)
+}
+
+/// Where binaries before `.control.sock` put the control socket beside a
+/// pidfile (PATH with the extension `.sock`): looked up only when
+/// [`beside_pidfile`] does not exist, so a pool started by such a binary is
+/// still found. `None` when that is PATH itself.
+pub fn beside_pidfile_before(pidfile: &Path) -> Option<PathBuf> {
     let path = pidfile.with_extension("sock");
     (path != pidfile).then_some(path)
+}
+
+/// The same socket file, however the two paths spell it: relative to the
+/// current directory, through `.` or `..` or a symlinked directory.
+pub fn same_socket(a: &Path, b: &Path) -> bool {
+    fn key(path: &Path) -> Option<PathBuf> {
+        let name = path.file_name()?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let dir = std::fs::canonicalize(&parent)
+            .or_else(|_| std::env::current_dir().map(|cwd| cwd.join(&parent)))
+            .ok()?;
+        Some(dir.join(name))
+    }
+    a == b || matches!((key(a), key(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// A path too long for a unix socket address, as a message.

@@ -121,6 +121,51 @@ pub fn control_path(pool: &PoolArgs) -> Option<(PathBuf, bool)> {
     }
 }
 
+/// Refuses a `--bind unix:` path that is also the control socket's, before
+/// anything is bound: one path cannot hold both sockets (the pool's second
+/// socket would find the first listening there, and `ufork status` would
+/// talk to the application).
+///
+/// # Errors
+///
+/// A usage failure naming `--bind` and `--control-socket` (or `--pidfile`,
+/// whose default control socket it is).
+pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> Result<()> {
+    let Some((control, implicit)) = control_path(pool) else {
+        return Ok(());
+    };
+    let options = listen::Options {
+        for_run,
+        unix_mode: 0o660,
+    };
+    // A malformed --bind is reported where it is bound.
+    let Ok(binds) = listen::resolve_all(binds, options) else {
+        return Ok(());
+    };
+    for bind in binds {
+        let listen::Address::Unix(path) = &bind.addr else {
+            continue;
+        };
+        if !control::same_socket(path, &control) {
+            continue;
+        }
+        return Err(failure::usage(if implicit {
+            format!(
+                "--bind {} is the control socket --pidfile {} puts beside it; bind another path or give --control-socket PATH",
+                bind.text,
+                pool.pidfile.as_deref().unwrap_or(&control).display()
+            )
+        } else {
+            format!(
+                "--bind {} and --control-socket {} are the same path; give each socket its own",
+                bind.text,
+                control.display()
+            )
+        }));
+    }
+    Ok(())
+}
+
 /// Everything set up around the arbiter, before it runs.
 #[derive(Debug)]
 pub struct Session {

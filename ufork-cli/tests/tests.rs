@@ -401,7 +401,7 @@ fn daemon_start_status_reload_stop() {
     // and two stand-ins; two ready workers):
     // a worker stopped while it is still booting can miss its SIGTERM (see
     // the report on ufork-core's fork), which would make this test slow.
-    let socket = dir.str("ufork.sock");
+    let socket = dir.str("ufork.control.sock");
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let history = run(&["ctl", "--control-socket", &socket, "history"]).stdout;

@@ -74,6 +74,7 @@ pub struct RunArgs {
 /// Runs `ufork run`.
 pub fn exec(args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
+    pool::check_control_path(&args.pool, &args.bind, true)?;
     let pidfile = pool::lock_pidfile(&args.pool, args.bind.len())?;
     let program = &args.command[0];
     let resolved = exec::resolve(program)?;

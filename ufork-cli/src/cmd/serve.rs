@@ -125,6 +125,7 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
+    pool::check_control_path(&args.pool, &args.bind, false)?;
     let pidfile = pool::lock_pidfile(
         &args.pool,
         if args.reuse_port {

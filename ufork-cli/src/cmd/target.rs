@@ -8,6 +8,7 @@
 //! here); the control socket, reached by path, needs no pid at all, so it is
 //! preferred wherever the answer matters.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -22,7 +23,8 @@ use crate::holder::{self, Arbiter};
 #[group(required = true, multiple = true)]
 pub struct TargetArgs {
     /// The pidfile the pool was started with (its control socket is beside
-    /// it, PATH with the extension .sock).
+    /// it, PATH with the extension .control.sock; or .sock, where earlier
+    /// binaries put it, when only that one is there).
     #[arg(long, value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
@@ -69,10 +71,7 @@ pub fn route(args: &TargetArgs) -> Result<Route> {
         });
     };
     let file_pid = running_pid(pidfile)?;
-    let socket = args
-        .control_socket
-        .clone()
-        .or_else(|| control::beside_pidfile(pidfile));
+    let socket = args.control_socket.clone().or_else(|| beside(pidfile));
     let why = match socket {
         None => format!("{} has no control socket beside it", pidfile.display()),
         Some(path) => match Client::connect(&path) {
@@ -102,6 +101,21 @@ pub fn route(args: &TargetArgs) -> Result<Route> {
         pidfile: pidfile.clone(),
         why,
     })
+}
+
+/// The control socket beside `pidfile`: `PATH.control.sock`, or, when no
+/// file is there, `PATH.sock` if one is (where a pool started by a binary
+/// before `.control.sock` put it, so it is still found).
+fn beside(pidfile: &Path) -> Option<PathBuf> {
+    let path = control::beside_pidfile(pidfile)?;
+    if std::fs::symlink_metadata(&path).is_err() {
+        if let Some(before) = control::beside_pidfile_before(pidfile) {
+            if std::fs::symlink_metadata(&before).is_ok_and(|m| m.file_type().is_socket()) {
+                return Some(before);
+            }
+        }
+    }
+    Some(path)
 }
 
 /// Sends `signal` to a verified arbiter; nothing left to signal is

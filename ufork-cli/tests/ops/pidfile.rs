@@ -57,7 +57,7 @@ fn reload_waits(pidfile: &str, workers_before: &HashSet<i32>, n: usize) {
 fn reload_with_a_pidfile_in_the_foreground_waits_for_the_roll() {
     let dir = TempDir::new("pidfile-reload");
     let pidfile = dir.str("ufork.pid");
-    let socket = dir.str("ufork.sock");
+    let socket = dir.str("ufork.control.sock");
     let mut pool = Running::start(&[
         "serve",
         "--bind",
@@ -87,12 +87,109 @@ fn reload_with_a_pidfile_in_the_foreground_waits_for_the_roll() {
     assert_eq!(out.code(), Some(3), "{out:#?}");
 }
 
+/// The layout an operator picks, `--pidfile app.pid --bind unix:app.sock`:
+/// the control socket beside the pidfile is `app.control.sock`, so the
+/// listener and the control socket each have their path, and `status
+/// --pidfile` asks the pool, not the application.
+#[test]
+fn a_unix_listener_named_like_the_pidfile_leaves_the_control_socket_its_own_path() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("pidfile-unix-bind");
+    let pidfile = dir.str("app.pid");
+    let listener = dir.join("app.sock");
+    let bind = format!("unix:{}", listener.display());
+    let mut pool = Running::start(&["serve", "--bind", &bind, "-w", "1", "--pidfile", &pidfile]);
+    assert_eq!(
+        pool.expect_line("control socket"),
+        format!("control socket: {}", dir.str("app.control.sock"))
+    );
+    until_ready(&pidfile, 1);
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("1 ready"), "{out:#?}");
+    let mut http = std::os::unix::net::UnixStream::connect(&listener).unwrap();
+    http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(!listener.exists() && !dir.join("app.control.sock").exists());
+}
+
+/// One path cannot be both sockets: refused before anything is made, naming
+/// both flags, however the paths are spelled.
+#[test]
+fn a_unix_bind_on_the_control_sockets_path_is_a_usage_error() {
+    let dir = TempDir::new("pidfile-unix-collide");
+    let root = dir.str("");
+    let out = run(&[
+        "serve",
+        "--chdir",
+        &root,
+        "--bind",
+        "unix:x.sock",
+        "--control-socket",
+        "./x.sock",
+    ]);
+    assert_one_line_error(
+        &out,
+        2,
+        &["--bind unix:x.sock", "--control-socket ./x.sock"],
+    );
+    let pidfile = dir.str("app.pid");
+    let bind = format!("unix:{}", dir.str("app.control.sock"));
+    for sub in [&["serve"][..], &["run", "--no-prompt"]] {
+        let tail: &[&str] = if sub[0] == "run" {
+            &["--", "true"]
+        } else {
+            &[]
+        };
+        let args = [sub, &["--bind", &bind, "--pidfile", &pidfile], tail].concat();
+        let out = run(&args);
+        assert_one_line_error(
+            &out,
+            2,
+            &[&format!("--bind {bind}"), &format!("--pidfile {pidfile}")],
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// Binaries before `.control.sock` made `PATH.sock` beside the pidfile: a
+/// pool they started is still found by `--pidfile`.
+#[test]
+fn a_control_socket_where_earlier_binaries_put_it_is_still_found_by_the_pidfile() {
+    let dir = TempDir::new("pidfile-old-socket");
+    let pidfile = dir.str("ufork.pid");
+    let old = dir.str("ufork.sock");
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+        "--control-socket",
+        &old,
+    ]);
+    pool.expect_line("control socket");
+    let out = run(&["ctl", "--pidfile", &pidfile, "status"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("SLOT"), "{out:#?}");
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
 #[test]
 fn without_a_socket_beside_the_pidfile_the_pool_serves_and_reload_says_it_cannot_wait() {
     let dir = TempDir::new("pidfile-nosocket");
     let pidfile = dir.str("ufork.pid");
     // Something else owns the socket's path: the pool leaves it alone.
-    std::fs::write(dir.join("ufork.sock"), "not a socket\n").unwrap();
+    std::fs::write(dir.join("ufork.control.sock"), "not a socket\n").unwrap();
     let mut pool = Running::start(&[
         "serve",
         "--bind",
@@ -122,7 +219,7 @@ fn without_a_socket_beside_the_pidfile_the_pool_serves_and_reload_says_it_cannot
     let out = run(&["ctl", "--pidfile", &pidfile, "status"]);
     assert_one_line_error(&out, 1, &["without a control socket", "not a socket"]);
     assert_eq!(
-        std::fs::read_to_string(dir.join("ufork.sock")).unwrap(),
+        std::fs::read_to_string(dir.join("ufork.control.sock")).unwrap(),
         "not a socket\n"
     );
     let out = run(&["stop", "--pidfile", &pidfile]);
@@ -213,7 +310,7 @@ fn a_pool_in_its_own_pid_namespace_is_driven_from_outside_by_its_pidfile() {
     }
     let dir = TempDir::new("pidfile-pidns");
     let pidfile = dir.str("ufork.pid");
-    let socket = dir.str("ufork.sock");
+    let socket = dir.str("ufork.control.sock");
     // The pool is pid 1 of a new pid namespace; `--kill-child` ends it with
     // `unshare` if the test stops early (Running's drop signals unshare).
     let mut command = Command::new("unshare");
@@ -535,7 +632,7 @@ fn a_notify_datagram_from_outside_the_pools_pid_namespace_is_no_workers() {
 fn a_killed_pools_stale_pidfile_and_socket_mean_not_running_and_the_next_start_replaces_them() {
     let dir = TempDir::new("pidfile-stale");
     let pidfile = dir.str("ufork.pid");
-    let socket = dir.join("ufork.sock");
+    let socket = dir.join("ufork.control.sock");
     let args = [
         "serve",
         "--bind",

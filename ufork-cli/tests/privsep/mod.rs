@@ -319,7 +319,7 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
     // itself), then the arbiter's exit: by then the helper removed the
     // pidfile and the socket, and the arbiter reaped it (this process is
     // the daemon's subreaper: a helper left unreaped would be its zombie).
-    let stop = run(&["stop", "--control-socket", &dir.str("p.sock")]);
+    let stop = run(&["stop", "--control-socket", &dir.str("p.control.sock")]);
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert!(
         ufork_daemon::wait_for_exit(pid, Some(DEADLINE)).unwrap(),
@@ -334,7 +334,7 @@ fn a_daemon_as_nobody_rotates_reopens_and_removes_its_files_in_a_root_owned_dire
     );
     assert!(!dir.join("p").exists(), "pidfile left: {}", whole_log(&dir));
     assert!(
-        !dir.join("p.sock").exists(),
+        !dir.join("p.control.sock").exists(),
         "control socket left: {}",
         whole_log(&dir)
     );

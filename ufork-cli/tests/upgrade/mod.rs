@@ -347,14 +347,14 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_by_its_socket_and_on_sigusr2()
     // The pool made a control socket beside its pidfile: asked through it.
     let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
-    assert!(out.stdout.contains("ufork.sock"), "{out:#?}");
+    assert!(out.stdout.contains("ufork.control.sock"), "{out:#?}");
     let new = upgraded_pid(&out.stdout);
     assert_eq!(pidfile_pid(&pidfile), new);
     old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
     assert_eq!(get(addr, "/").0, 200, "the new pool serves");
     // Without the socket, SIGUSR2 to the (verified) pid, and the pidfile
     // names the next one.
-    std::fs::remove_file(dir.join("ufork.sock")).unwrap();
+    std::fs::remove_file(dir.join("ufork.control.sock")).unwrap();
     let out = run(&["upgrade", "--pidfile", pidfile.to_str().unwrap()]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert!(out.stdout.contains("SIGUSR2"), "{out:#?}");
