@@ -302,9 +302,14 @@ impl<'w> Dispatch<'w> {
         // answers every request it has read: the connection stays open
         // while more are buffered behind this one, and the last one
         // answered says `Connection: close`.
+        // Behind a body a streamed response may still read, what is
+        // buffered is not known to be a request: the answer says close,
+        // and the connection lingers while the rest of the body arrives.
         let recycling = self.worker.count();
-        if (answer.last_unless_buffered || recycling) && input.start >= input.end {
+        let body_left = streamed && input.framing != Framing::Done;
+        if (answer.last_unless_buffered || recycling) && (input.start >= input.end || body_left) {
             answer.keep_alive = false;
+            linger |= body_left;
         }
         // Written without the lock, which a streamed body's reads take.
         let stream = Arc::clone(&input.stream);

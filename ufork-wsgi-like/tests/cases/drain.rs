@@ -88,6 +88,40 @@ fn a_stopping_server_answers_requests_on_held_connections_then_closes_them() {
     server.join().unwrap();
 }
 
+/// A streamed answer that never reads the request's body.
+fn streamed_ignoring_body(_request: Request<Body>) -> Response<ufork_wsgi_like::ResponseBody> {
+    Response::new(ufork_wsgi_like::ResponseBody::stream(std::iter::once(
+        "streamed\n",
+    )))
+}
+
+#[test]
+fn a_recycling_worker_closes_after_a_streamed_answer_that_left_the_body_unread() {
+    // The unread body is buffered when the answer goes out: it is not a
+    // request behind this one, so the answer says close (it used to say
+    // keep-alive, and the recycled worker closed the connection after it).
+    let forked = Forked::start(
+        Server::builder().workers(1).max_requests(1, 0),
+        streamed_ignoring_body,
+    );
+    let mut client = Client::new(forked.addr);
+    client.send("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    let resp = client.read_response();
+    assert_eq!(resp.status, 200);
+    assert!(resp.closes(), "{resp:?}");
+    client.assert_closed();
+    assert_eq!(get(forked.addr, "/").status, 200);
+    let outcome = forked.finish();
+    assert!(
+        outcome
+            .history
+            .iter()
+            .any(|r| r.reason == ufork_core::ExitReason::Recycled),
+        "{:?}",
+        outcome.history
+    );
+}
+
 #[test]
 fn max_requests_recycling_drains_keep_alive_connections() {
     let forked = Forked::start(Server::builder().workers(1).max_requests(4, 0), crate::app);

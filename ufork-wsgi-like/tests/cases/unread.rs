@@ -65,6 +65,21 @@ fn a_body_sent_after_the_head_keeps_the_connection_when_the_app_ignores_it() {
     assert!(client.get("/uri").text().starts_with("GET /uri"));
 }
 
+/// The rest of an ignored body that turns out malformed after the answer
+/// went out cannot be answered any more: the connection closes, and what
+/// follows it is never taken for a request.
+#[test]
+fn an_unread_rest_found_malformed_after_the_answer_closes_the_connection() {
+    let server = local(Server::builder(), crate::app);
+    let mut client = crate::util::Client::new(addr_of(&server));
+    client.send("POST /ignore HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+    let resp = client.read_response();
+    assert_eq!(resp.text(), "ignored\n");
+    assert!(!resp.closes(), "the rest may still come: {resp:?}");
+    client.send("lo\r\nnot-hex\r\n\r\nGET /uri HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.assert_closed();
+}
+
 /// A client that waits for `100 Continue` and gets the final answer instead
 /// may never send the body (curl sends its next request): the connection
 /// closes rather than take that request for the body.
