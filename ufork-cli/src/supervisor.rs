@@ -5,6 +5,13 @@
 //! starts and `READY=1` when it has ended, `STOPPING=1` at a stop, and
 //! `WATCHDOG=1` at half of `WATCHDOG_USEC` while the arbiter's loop runs.
 //!
+//! The new arbiter of an upgrade holds every message until the old one has
+//! told the supervisor `MAINPID=` it ([`ufork_core::upgrade::speaks_for_service`]):
+//! under `NotifyAccess=main` systemd drops what it sends before, `READY=1`
+//! included. The old arbiter's `MAINPID=` goes with `READY=1` and its last
+//! `STATUS=` in one datagram, so the service is ready under its new main pid
+//! at once.
+//!
 //! The sending side is a few lines over a unix datagram socket rather than
 //! the `sd-notify` crate: that crate reads `NOTIFY_SOCKET` from the
 //! environment at every call and can only clear it through an `unsafe` fn,
@@ -101,7 +108,10 @@ impl Supervisor {
     /// Sends `WATCHDOG=1` if it is due; the loop calling this is alive.
     /// Tries again what the supervisor's full queue refused.
     pub fn watchdog(&mut self, now: Instant) {
-        if self.retry_at.is_some_and(|at| now >= at) {
+        // Held until this process speaks for the service, or refused by a
+        // full queue and due again.
+        let held = self.retry_at.is_none() && !self.pending.is_empty();
+        if held || self.retry_at.is_some_and(|at| now >= at) {
             self.flush();
         }
         let (Some(due), Some(interval)) = (self.next_watchdog, self.watchdog) else {
@@ -151,12 +161,12 @@ impl Supervisor {
 
     /// A stop began. After an upgrade handed the pool to a new arbiter, the
     /// service goes on: the supervisor hears `MAINPID=` the new arbiter
-    /// (accepted from this process, still its main one) instead of
-    /// `STOPPING=1`, which would stop the whole service.
+    /// (accepted from this process, still its main one), with `READY=1`,
+    /// instead of `STOPPING=1`, which would stop the whole service.
     pub fn stopping(&mut self) {
         match ufork_core::upgrade::handed_over_to() {
             Some(pid) => self.send(&format!(
-                "MAINPID={pid}\nSTATUS=handed over to pid {pid} (upgrade)"
+                "MAINPID={pid}\nREADY=1\nSTATUS=handed over to pid {pid} (upgrade)"
             )),
             None => self.send("STOPPING=1\nSTATUS=stopping"),
         }
@@ -187,8 +197,12 @@ impl Supervisor {
         self.flush();
     }
 
-    /// Sends what is pending, in order, until the supervisor's queue is full.
+    /// Sends what is pending, in order, until the supervisor's queue is full;
+    /// nothing while a new arbiter does not speak for the service yet.
     fn flush(&mut self) {
+        if !ufork_core::upgrade::speaks_for_service() {
+            return;
+        }
         while let Some(message) = self.pending.front() {
             match send_to(&self.address, message) {
                 Ok(()) => {

@@ -17,11 +17,13 @@ use rustix::process::Signal;
 
 use crate::util::*;
 
-/// systemd's side of NOTIFY_SOCKET: every datagram, in order.
+/// systemd's side of NOTIFY_SOCKET: every datagram, in order, and the pid
+/// of its sender (SO_PASSCRED), as systemd tells them apart.
 struct Recorder {
     socket: UnixDatagram,
     address: String,
     seen: Vec<String>,
+    senders: Vec<i32>,
 }
 
 impl Recorder {
@@ -40,40 +42,66 @@ impl Recorder {
 
     fn with(socket: UnixDatagram, address: String) -> Self {
         socket.set_read_timeout(Some(DEADLINE)).unwrap();
+        rustix::net::sockopt::set_socket_passcred(&socket, true).unwrap();
         Self {
             socket,
             address,
             seen: Vec::new(),
+            senders: Vec::new(),
         }
+    }
+
+    /// Receives one datagram and records it with its sender's pid.
+    fn recv(&mut self) -> std::io::Result<String> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 4096];
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        let sender = msg
+            .cmsgs()
+            .ok()
+            .and_then(|mut c| {
+                c.find_map(|m| match m {
+                    ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                    _ => None,
+                })
+            })
+            .unwrap_or(0);
+        let n = msg.bytes;
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        self.seen.push(message.clone());
+        self.senders.push(sender);
+        Ok(message)
     }
 
     /// Takes every datagram already queued.
     fn drain(&mut self) {
         self.socket.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = self.socket.recv(&mut buf) {
-            self.seen
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
+        while self.recv().is_ok() {}
         self.socket.set_nonblocking(false).unwrap();
     }
 
     /// Waits for a datagram with a line `needle`; returns the datagram.
     fn expect(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + DEADLINE;
-        let mut buf = [0u8; 4096];
         loop {
             assert!(
                 Instant::now() < deadline,
                 "no {needle:?}; saw {:?}",
                 self.seen
             );
-            let n = match self.socket.recv(&mut buf) {
-                Ok(n) => n,
+            let message = match self.recv() {
+                Ok(message) => message,
                 Err(e) => panic!("no {needle:?} ({e}); saw {:?}", self.seen),
             };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            self.seen.push(message.clone());
             if message.lines().any(|l| l == needle) {
                 return message;
             }
@@ -541,6 +569,7 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
         &socket,
     ]));
     recorder.expect("READY=1");
+    let old = pool.pid();
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     let at = out.stdout.find("upgraded: pid ").expect("upgraded") + 14;
@@ -566,10 +595,30 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
         "{:?}",
         recorder.seen
     );
+    // Under NotifyAccess=main, systemd drops what the new arbiter sends
+    // before MAINPID= names it: nothing may come from it until then, and the
+    // old arbiter's MAINPID= says READY=1 itself.
+    let log: Vec<(i32, &String)> = recorder
+        .senders
+        .iter()
+        .copied()
+        .zip(&recorder.seen)
+        .collect();
+    let handover = log
+        .iter()
+        .position(|(_, m)| m.lines().any(|l| l == format!("MAINPID={new}")))
+        .unwrap();
+    assert_eq!(log[handover].0, old, "{log:?}");
+    assert!(log[handover].1.lines().any(|l| l == "READY=1"), "{log:?}");
+    assert!(
+        log[..handover].iter().all(|(pid, _)| *pid == old),
+        "the new arbiter (pid {new}) spoke before it was the main pid: {log:?}"
+    );
     // The new arbiter is the service now; its stop is the service's.
     let out = run(&["stop", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     recorder.expect("STOPPING=1");
+    assert_eq!(recorder.senders.last(), Some(&new), "{:?}", recorder.seen);
 }
 
 /// Under systemd's watchdog, `WATCHDOG_PID` names the arbiter. The new

@@ -9,7 +9,10 @@
 //! `SOCK_SEQPACKET` socket named by `UFORK_UPGRADE_FD`, on which it reports
 //! `READY=1` and `MAINPID=` (as sd_notify does) once every worker of its pool
 //! is ready. Then the old arbiter stops gracefully; its workers finish what
-//! they hold, while the new pool already accepts on the same sockets.
+//! they hold, while the new pool already accepts on the same sockets. Once
+//! its layers' [`Layer::stopping`] told its own supervisor `MAINPID=` the new
+//! arbiter, the old one says `MAINPID=` on that socket too: only then does
+//! the new arbiter speak for the service ([`speaks_for_service`]).
 //!
 //! If the new arbiter cannot be started, exits or closes the socket before
 //! it is ready, or is not ready within the timeout (stopped with SIGTERM
@@ -282,6 +285,23 @@ pub struct Upgraded {
 
 type Reply = mpsc::Sender<Result<Upgraded, UpgradeError>>;
 
+/// A new arbiter of an upgrade the old one has not handed the service to yet.
+static AWAITING_SERVICE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process speaks for the service to its own supervisor
+/// (sd_notify's `NOTIFY_SOCKET`) yet. Always, except in a new arbiter of an
+/// upgrade (one running a [`ReadyReporter`]): there, only once the old
+/// arbiter, which read its `READY=1`, has told its supervisor `MAINPID=` this
+/// process (its layers' [`Layer::stopping`] do that) and then this process.
+/// A layer that reports to the supervisor holds its messages until then:
+/// under systemd's `NotifyAccess=main`, what this process sends before
+/// `MAINPID=` names it is dropped, and a new arbiter that never takes over
+/// (it failed, or timed out) must never speak for the service (its
+/// `STOPPING=1` would stop it).
+pub fn speaks_for_service() -> bool {
+    !AWAITING_SERVICE.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// The pid of the arbiter this process handed its pool to (0: none yet).
 static HANDED_OVER_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -402,6 +422,11 @@ pub struct Upgrader {
     leftovers: Vec<(i32, OwnedFd, Token)>,
     /// A graceful stop began: shut the listeners down at the next tick.
     shutdown_pending: bool,
+    /// After a handover, the new arbiter's report socket: told at the tick
+    /// after the stop began (once every layer's `stopping` told the
+    /// supervisor `MAINPID=`) that it speaks for the service now.
+    handed: Option<OwnedFd>,
+    tell_handed: bool,
     /// The listening sockets a graceful stop refuses new connections on.
     refusals: Vec<Refusal>,
 }
@@ -515,6 +540,8 @@ impl Upgrader {
             state: State::Idle,
             leftovers: Vec::new(),
             shutdown_pending: false,
+            handed: None,
+            tell_handed: false,
             refusals: Vec::new(),
         })
     }
@@ -755,6 +782,7 @@ impl Upgrader {
             Ok(done) => {
                 log::info!(target: "ufork", "upgrade: pid {} is serving; stopping this arbiter gracefully", done.pid);
                 self.state = State::HandedOver(done.pid);
+                self.handed = Some(s.report);
                 HANDED_OVER_TO.store(done.pid, std::sync::atomic::Ordering::Release);
                 ctx.handle().stop();
             }
@@ -941,6 +969,13 @@ impl Layer for Upgrader {
                 refusal.refuse();
             }
         }
+        if std::mem::take(&mut self.tell_handed) {
+            if let (Some(fd), State::HandedOver(pid)) = (self.handed.take(), &self.state) {
+                let message = format!("MAINPID={pid}\n");
+                let _ =
+                    rustix::net::send(&fd, message.as_bytes(), rustix::net::SendFlags::NOSIGNAL);
+            }
+        }
         let State::Starting(s) = &self.state else {
             return;
         };
@@ -952,7 +987,7 @@ impl Layer for Upgrader {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        if self.shutdown_pending {
+        if self.shutdown_pending || self.tell_handed {
             return Some(Instant::now());
         }
         match &self.state {
@@ -977,6 +1012,9 @@ impl Layer for Upgrader {
         // SIGTERM: a worker then mostly hears of the stop before it sees its
         // listener fail.
         self.shutdown_pending = self.refuse_on_stop && !matches!(self.state, State::HandedOver(_));
+        // Every layer's `stopping` runs before the next tick: the supervisor
+        // has heard `MAINPID=` the new arbiter by then.
+        self.tell_handed = self.handed.is_some();
     }
 
     fn stopped(&mut self) {
@@ -1110,12 +1148,19 @@ impl Handover {
 
     /// The layer that tells the old arbiter `READY=1` once every worker of
     /// this pool is ready (add it to the new arbiter's builder).
+    ///
+    /// From then on, [`speaks_for_service`] is false in this process until
+    /// the old arbiter hands it the service.
     pub fn reporter(self) -> Option<ReadyReporter> {
-        self.report.map(|report| ReadyReporter {
-            report: Some(report),
-            token: None,
-            check: Instant::now(),
-            before_ready: None,
+        self.report.map(|report| {
+            AWAITING_SERVICE.store(true, std::sync::atomic::Ordering::Release);
+            ReadyReporter {
+                report: Some(report),
+                token: None,
+                check: Instant::now(),
+                before_ready: None,
+                reported: None,
+            }
         })
     }
 }
@@ -1124,14 +1169,18 @@ impl Handover {
 const READY_POLL: Duration = Duration::from_millis(10);
 
 /// A [`Layer`] for the new arbiter: reports `READY=1` and `MAINPID=` to the
-/// old one once every worker is ready, then closes the socket. Dropped
-/// without reporting (the pool stopped first), the old arbiter hears EOF and
-/// keeps serving.
+/// old one once every worker is ready, then waits on the socket for the old
+/// one to say `MAINPID=` this process, once it stopped speaking for the
+/// service: from then on [`speaks_for_service`] is true. Dropped without
+/// reporting (the pool stopped first), the old arbiter hears EOF and keeps
+/// serving.
 pub struct ReadyReporter {
     report: Option<OwnedFd>,
     token: Option<Token>,
     check: Instant,
     before_ready: Option<BeforeReady>,
+    /// After `READY=1`: the socket the old arbiter hands the service over on.
+    reported: Option<(OwnedFd, Token)>,
 }
 
 type BeforeReady = Box<dyn FnMut() -> Result<(), String> + Send>;
@@ -1172,6 +1221,35 @@ impl Layer for ReadyReporter {
     }
 
     fn event(&mut self, token: Token, readiness: Readiness, ctx: &mut Context<'_>) {
+        if let Some((fd, t)) = &self.reported {
+            if *t == token {
+                let ours = format!("MAINPID={}", std::process::id());
+                let mut buf = [0u8; 256];
+                loop {
+                    match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Ok((n, _)) if n > 0 => {
+                            let text = String::from_utf8_lossy(&buf[..n.min(buf.len())]);
+                            if text.lines().any(|l| l == ours) {
+                                AWAITING_SERVICE.store(false, std::sync::atomic::Ordering::Release);
+                                log::debug!(target: "ufork", "upgrade: the old arbiter handed the service over");
+                            } else {
+                                continue;
+                            }
+                        }
+                        // EOF without the handover (the old arbiter ended
+                        // first): nobody says this process is the service's.
+                        Ok(_) => {}
+                        Err(rustix::io::Errno::AGAIN) => return,
+                        Err(_) => {}
+                    }
+                    break;
+                }
+                ctx.deregister(token);
+                self.reported = None;
+                return;
+            }
+        }
         if Some(token) == self.token && (readiness.hangup || readiness.error) {
             // The old arbiter is gone: nobody to report to.
             ctx.deregister(token);
@@ -1204,13 +1282,17 @@ impl Layer for ReadyReporter {
         }
         let message = format!("READY=1\nMAINPID={}\n", std::process::id());
         if let Some(fd) = self.report.take() {
-            if let Err(e) =
-                rustix::net::send(&fd, message.as_bytes(), rustix::net::SendFlags::NOSIGNAL)
-            {
-                log::error!(target: "ufork", "cannot tell the old arbiter this one is ready: {e}");
-            }
             if let Some(token) = self.token.take() {
                 ctx.deregister(token);
+            }
+            match rustix::net::send(&fd, message.as_bytes(), rustix::net::SendFlags::NOSIGNAL) {
+                Ok(_) => {
+                    let token = ctx.register(fd.as_fd(), crate::Interest::READABLE);
+                    self.reported = Some((fd, token));
+                }
+                Err(e) => {
+                    log::error!(target: "ufork", "cannot tell the old arbiter this one is ready: {e}");
+                }
             }
         }
     }
