@@ -242,6 +242,12 @@ fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
                 };
                 failure::runtime(format!("--bind {address}: {}{hint}", io_text(&e)))
             })?;
+            // Every accepted connection inherits it (see ufork-core's
+            // `listen::bind_tcp`): a program that takes the socket as a
+            // descriptor and never sets it itself (uvicorn `--fd 3`) would
+            // answer each keep-alive request after the first 40 ms late.
+            rustix::net::sockopt::set_tcp_nodelay(&socket, true)
+                .map_err(|e| failure::runtime(format!("--bind {address}: TCP_NODELAY: {e}")))?;
             let addr = socket.local_addr().unwrap_or(addr);
             Ok(Listener {
                 name: bind.name,

@@ -22,7 +22,8 @@ print("worker", slot, "has", os.environ["LISTEN_FDS"], "fds named", os.environ["
 while True:
     conn, _ = listener.accept()
     conn.recv(1024)
-    conn.sendall(("slot=%s pid=%d listen_pid=%s\n" % (slot, os.getpid(), os.environ["LISTEN_PID"])).encode())
+    nodelay = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) if conn.family != socket.AF_UNIX else "-"
+    conn.sendall(("slot=%s pid=%d listen_pid=%s nodelay=%s\n" % (slot, os.getpid(), os.environ["LISTEN_PID"], nodelay)).encode())
     conn.close()
 "#;
 
@@ -273,6 +274,9 @@ fn run_hands_the_socket_to_every_worker_with_prefixed_output() {
     assert!(fields[0].starts_with("slot="), "{reply}");
     let pid = fields[1].trim_start_matches("pid=");
     assert_eq!(fields[2], format!("listen_pid={pid}"), "{reply}");
+    // Set on the listener, so a program that never sets it on its
+    // connections does not answer keep-alive requests 40 ms late.
+    assert_eq!(fields[3], "nodelay=1", "{reply}");
     pool.signal(Signal::TERM);
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }

@@ -572,7 +572,13 @@ fn local_tcp(fd: impl AsFd, asked: SocketAddr) -> Result<SocketAddr> {
 }
 
 /// A TCP socket bound to `addr` (SO_REUSEADDR, optionally SO_REUSEPORT),
-/// listening if `backlog` is given.
+/// listening if `backlog` is given. `TCP_NODELAY` is set on it, and Linux
+/// hands it on to every accepted connection: a program that takes the
+/// socket as a descriptor and never sets it per connection (uvicorn
+/// `--fd 3` sees a unix socket and does not) would otherwise answer every
+/// request after the first on a keep-alive connection 40 ms late (Nagle's
+/// algorithm against the client's delayed ACK). gunicorn sets it the same
+/// way.
 fn bind_tcp(addr: SocketAddr, reuse_port: bool, backlog: Option<i32>) -> Result<OwnedFd> {
     let family = if addr.is_ipv4() {
         AddressFamily::INET
@@ -584,6 +590,7 @@ fn bind_tcp(addr: SocketAddr, reuse_port: bool, backlog: Option<i32>) -> Result<
     let setup = || -> rustix::io::Result<OwnedFd> {
         let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
         sockopt::set_socket_reuseaddr(&fd, true)?;
+        sockopt::set_tcp_nodelay(&fd, true)?;
         if reuse_port {
             sockopt::set_socket_reuseport(&fd, true)?;
         }
@@ -964,6 +971,10 @@ mod tests {
         let mut client = TcpStream::connect(addr).unwrap();
         listener.set_nonblocking(false).unwrap();
         let (mut conn, _) = listener.accept().unwrap();
+        assert!(
+            sockopt::tcp_nodelay(&conn).unwrap(),
+            "an accepted connection has TCP_NODELAY from the listener"
+        );
         client.write_all(b"hi").unwrap();
         let mut buf = [0u8; 2];
         conn.read_exact(&mut buf).unwrap();

@@ -16,7 +16,8 @@ use crate::{exec, listen, notify, pool, term};
 #[command(after_help = "\
 Every worker is CMD run by fork and exec. The sockets from --bind are passed the
 systemd way: fds 3, 4, ... with LISTEN_FDS=<count>, LISTEN_PID=<the worker's pid>
-and LISTEN_FDNAMES; UFORK_WORKER_ID is the worker's slot (0..N-1). Each worker
+and LISTEN_FDNAMES; UFORK_WORKER_ID is the worker's slot (0..N-1). TCP sockets
+have TCP_NODELAY set, which every accepted connection inherits. Each worker
 runs in a process group of its own: stop signals go to the whole group, and what
 is left of it when the worker exits is killed, so background children never
 outlive their worker (nor keep its sockets).
