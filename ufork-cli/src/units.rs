@@ -26,11 +26,6 @@ pub fn parse_count_u32(text: &str) -> Result<u32, String> {
     parse_count(text, u64::from(u32::MAX)).map(|n| n as u32)
 }
 
-/// Parses a count of at least 1.
-pub fn parse_count_u64(text: &str) -> Result<u64, String> {
-    parse_count(text, u64::MAX)
-}
-
 /// The most serving threads `--threads` takes.
 pub const MAX_THREADS: u32 = 1024;
 
@@ -99,6 +94,18 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
         Ok(d) if d.is_zero() => Err("must be at least 1 ns (0.000000001)".to_owned()),
         Ok(d) => Ok(d),
         Err(_) => Err("is too long".to_owned()),
+    }
+}
+
+/// Parses `serve --timeout`: seconds as [`parse_seconds`], or `0` for never
+/// (gunicorn's `--timeout 0` disables the timeout), which is
+/// [`MAX_SECONDS`].
+pub fn parse_seconds_or_never(text: &str) -> Result<Duration, String> {
+    match split_unit(text.trim()) {
+        (number, "" | "s") if number.parse::<f64>().is_ok_and(|v| v == 0.0) => {
+            Ok(Duration::from_secs(MAX_SECONDS))
+        }
+        _ => parse_seconds(text),
     }
 }
 
@@ -241,7 +248,7 @@ mod tests {
             parse_workers("1025"),
             Err("must be at most 1024".to_owned())
         );
-        assert_eq!(parse_count_u64("0"), Err("must be at least 1".to_owned()));
+        assert_eq!(parse_count_u32("0"), Err("must be at least 1".to_owned()));
         assert_eq!(
             parse_count_u32("x"),
             Err("`x` is not a whole number".to_owned())
@@ -257,6 +264,16 @@ mod tests {
             Err("must be at most 1024".to_owned())
         );
         assert_eq!(parse_count_or_zero("0"), Ok(0));
+        let never = Ok(Duration::from_secs(MAX_SECONDS));
+        for zero in ["0", " 0 ", "0.0", "0s"] {
+            assert_eq!(parse_seconds_or_never(zero), never, "{zero:?}");
+        }
+        assert_eq!(
+            parse_seconds_or_never("2.5"),
+            Ok(Duration::from_millis(2500))
+        );
+        assert_eq!(parse_seconds_or_never("0ms"), parse_seconds("0ms"));
+        assert_eq!(parse_seconds_or_never("-0"), parse_seconds("-0"));
         assert_eq!(parse_count_or_zero("18446744073709551615"), Ok(u64::MAX));
         assert_eq!(parse_size_usize("8K"), Ok(8192));
         assert_eq!(parse_env("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));

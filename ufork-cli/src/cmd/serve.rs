@@ -9,7 +9,7 @@ use clap::Args;
 use crate::cli::PoolArgs;
 use crate::failure::{self, Result, runtime};
 use crate::units::{
-    parse_count_or_zero, parse_count_u32, parse_count_u64, parse_seconds, parse_size_usize,
+    parse_count_or_zero, parse_count_u32, parse_seconds, parse_seconds_or_never, parse_size_usize,
     parse_threads,
 };
 use crate::{access, listen, pool, term};
@@ -44,12 +44,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MODE", value_parser = listen::parse_mode, default_value = "660")]
     pub unix_mode: u32,
 
-    /// Recycle a worker after it has served this many requests.
-    #[arg(long, value_name = "N", value_parser = parse_count_u64, allow_negative_numbers = true)]
+    /// Recycle a worker after it has served this many requests; 0: never
+    /// (gunicorn's default).
+    #[arg(long, value_name = "N", value_parser = parse_count_or_zero, allow_negative_numbers = true)]
     pub max_requests: Option<u64>,
 
-    /// Kill and replace a worker silent for this long [default: 30].
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    /// Kill and replace a worker silent for this long; 0: never, as
+    /// gunicorn's `--timeout 0` (a hung worker then stays hung) [default: 30].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_never, allow_negative_numbers = true)]
     pub timeout: Option<Duration>,
 
     /// With --max-requests: recycle after up to this many more, picked at

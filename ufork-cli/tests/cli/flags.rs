@@ -131,6 +131,25 @@ fn max_requests_jitter_zero_recycles_at_exactly_max() {
     stop(server);
 }
 
+/// gunicorn's zeros: `--max-requests 0` never recycles (its default) and
+/// `--timeout 0` never kills a silent worker.
+#[test]
+fn zero_max_requests_and_timeout_mean_never_as_in_gunicorn() {
+    let (mut server, addr, _) = serve(&["--max-requests", "0", "--timeout", "0"]);
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/").0, 200);
+    }
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    // A limit of 0 requests would have recycled worker 0 at the first one.
+    let transcript = server.transcript();
+    assert!(!transcript.contains("generation 1"), "{transcript}");
+    assert!(
+        transcript.contains("worker 0 (pid") && transcript.contains("generation 0) stopped"),
+        "{transcript}"
+    );
+}
+
 #[test]
 fn reuse_port_gives_each_worker_its_own_socket() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
