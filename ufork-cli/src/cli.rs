@@ -131,16 +131,16 @@ pub struct PoolArgs {
     pub chdir: Option<PathBuf>,
 
     /// Run in the background; returns once the pool is serving.
-    #[arg(long, requires = "pidfile")]
+    #[arg(short = 'D', long, requires = "pidfile")]
     pub daemon: bool,
 
     /// Write the arbiter's pid here and lock it while running.
-    #[arg(long, value_name = "PATH")]
+    #[arg(short = 'p', long, visible_alias = "pid", value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
     /// Write the arbiter's and the workers' output here (rotated by size if it
     /// is a regular file; `/dev/null` or a FIFO is written to as it is).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, visible_alias = "error-logfile", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
     /// Rotate the log file when it reaches this size (e.g. 10M).
@@ -177,11 +177,11 @@ pub struct PoolArgs {
     pub control_socket: Option<PathBuf>,
 
     /// After binding, run as this user (name or uid).
-    #[arg(long, value_name = "NAME")]
+    #[arg(short = 'u', long, value_name = "NAME")]
     pub user: Option<String>,
 
     /// After binding, run as this group (name or gid) [default: the user's group].
-    #[arg(long, value_name = "NAME")]
+    #[arg(short = 'g', long, value_name = "NAME")]
     pub group: Option<String>,
 
     /// No `ufork>>` prompt even when stdin is a terminal.
@@ -219,5 +219,43 @@ mod tests {
         assert_eq!(pool.graceful_timeout, Duration::from_secs(30));
         assert_eq!(pool.start_timeout, Duration::from_secs(60));
         assert!(serve.timeout.is_none());
+    }
+
+    /// A gunicorn command line's spellings mean the same flags here.
+    #[test]
+    fn gunicorn_spellings_are_accepted() {
+        let cli = Cli::try_parse_from([
+            "ufork",
+            "serve",
+            "-D",
+            "-p",
+            "app.pid",
+            "--error-logfile",
+            "err.log",
+            "--access-logfile",
+            "-",
+            "-t",
+            "60",
+            "-u",
+            "www",
+            "-g",
+            "web",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("serve")
+        };
+        assert!(serve.pool.daemon);
+        assert_eq!(serve.pool.pidfile, Some(PathBuf::from("app.pid")));
+        assert_eq!(serve.pool.log_file, Some(PathBuf::from("err.log")));
+        assert_eq!(serve.access_log, Some(PathBuf::from("-")));
+        assert_eq!(serve.timeout, Some(Duration::from_secs(60)));
+        assert_eq!(serve.pool.user.as_deref(), Some("www"));
+        assert_eq!(serve.pool.group.as_deref(), Some("web"));
+        let cli = Cli::try_parse_from(["ufork", "run", "--pid", "a.pid", "--", "true"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.pool.pidfile, Some(PathBuf::from("a.pid")));
     }
 }

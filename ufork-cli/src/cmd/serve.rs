@@ -51,7 +51,7 @@ pub struct ServeArgs {
 
     /// Kill and replace a worker silent for this long; 0: never, as
     /// gunicorn's `--timeout 0` (a hung worker then stays hung) [default: 30].
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_never, allow_negative_numbers = true)]
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds_or_never, allow_negative_numbers = true)]
     pub timeout: Option<Duration>,
 
     /// With --max-requests: recycle after up to this many more, picked at
@@ -84,7 +84,7 @@ pub struct ServeArgs {
     /// Write one timestamped line per request to PATH, appending, reopened
     /// on SIGUSR1 by the arbiter and every worker; `-` for the workers'
     /// stdout.
-    #[arg(long, value_name = "PATH|-")]
+    #[arg(long, visible_alias = "access-logfile", value_name = "PATH|-")]
     pub access_log: Option<PathBuf>,
 
     /// The --access-log line format: `common` (Common Log Format),
