@@ -101,10 +101,19 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// (gunicorn's `--timeout 0` disables the timeout), which is
 /// [`MAX_SECONDS`].
 pub fn parse_seconds_or_never(text: &str) -> Result<Duration, String> {
-    match split_unit(text.trim()) {
-        (number, "" | "s") if number.parse::<f64>().is_ok_and(|v| v == 0.0) => {
-            Ok(Duration::from_secs(MAX_SECONDS))
+    parse_seconds_or_zero(text).map(|d| {
+        if d.is_zero() {
+            Duration::from_secs(MAX_SECONDS)
+        } else {
+            d
         }
+    })
+}
+
+/// Parses seconds as [`parse_seconds`], or `0` (`0.0`, `0s`) for zero.
+pub fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    match split_unit(text.trim()) {
+        (number, "" | "s") if number.parse::<f64>().is_ok_and(|v| v == 0.0) => Ok(Duration::ZERO),
         _ => parse_seconds(text),
     }
 }
@@ -274,6 +283,8 @@ mod tests {
         );
         assert_eq!(parse_seconds_or_never("0ms"), parse_seconds("0ms"));
         assert_eq!(parse_seconds_or_never("-0"), parse_seconds("-0"));
+        assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds_or_zero("1"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_count_or_zero("18446744073709551615"), Ok(u64::MAX));
         assert_eq!(parse_size_usize("8K"), Ok(8192));
         assert_eq!(parse_env("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));

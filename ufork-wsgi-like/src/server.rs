@@ -41,13 +41,17 @@ pub struct Limits {
     /// Largest request body: 10 MiB. Over it: 413.
     pub max_body_bytes: u64,
     /// Most bytes of a body the app left unread that are read and dropped to
-    /// keep the connection alive (64 KiB); past that, or if the rest has not
-    /// arrived yet (the server does not wait for it), the connection closes.
+    /// keep the connection alive (64 KiB), whether they had arrived when the
+    /// answer went out or arrive after it (the connection then waits for
+    /// them like an idle one, no thread held); a longer body closes the
+    /// connection.
     pub max_drain_bytes: u64,
     /// Time a client has to send a complete request head, from its first
     /// byte (from the connection for the first request): 10 s. Then: 408.
     pub header_timeout: Duration,
-    /// Time an idle keep-alive connection is kept open: 5 s.
+    /// Time an idle keep-alive connection is kept open: 5 s. Zero: no
+    /// keep-alive, every answer says `Connection: close` (gunicorn's
+    /// `keepalive = 0`).
     pub keep_alive_timeout: Duration,
     /// Longest wait for more of a request body: 30 s. Then: 408. In
     /// pre-forked workers, at most half the heartbeat timeout (see
@@ -367,7 +371,6 @@ impl Builder {
         }
         for (name, d) in [
             ("header_timeout", l.header_timeout),
-            ("keep_alive_timeout", l.keep_alive_timeout),
             ("read_timeout", l.read_timeout),
             ("write_timeout", l.write_timeout),
         ] {

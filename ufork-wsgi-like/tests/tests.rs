@@ -819,6 +819,18 @@ fn idle_keep_alive_connections_are_closed_after_their_timeout() {
     assert_eq!(get(addr_of(&server), "/").status, 200);
 }
 
+/// A zero keep-alive timeout turns keep-alive off (gunicorn's
+/// `keepalive = 0`): every answer says close, and the connection ends.
+#[test]
+fn a_zero_keep_alive_timeout_closes_after_every_answer() {
+    let server = local(Server::builder().keep_alive_timeout(Duration::ZERO), app);
+    let mut client = Client::new(addr_of(&server));
+    let resp = client.get("/");
+    assert_eq!(resp.status, 200);
+    assert!(resp.closes(), "{resp:?}");
+    client.assert_closed();
+}
+
 #[test]
 fn a_stalled_body_gets_408() {
     let server = local(

@@ -9,8 +9,8 @@ use clap::Args;
 use crate::cli::PoolArgs;
 use crate::failure::{self, Result, runtime};
 use crate::units::{
-    parse_count_or_zero, parse_count_u32, parse_seconds, parse_seconds_or_never, parse_size_usize,
-    parse_threads,
+    parse_count_or_zero, parse_count_u32, parse_seconds_or_never, parse_seconds_or_zero,
+    parse_size_usize, parse_threads,
 };
 use crate::{access, listen, pool, term};
 
@@ -64,8 +64,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = parse_threads, allow_negative_numbers = true)]
     pub threads: Option<usize>,
 
-    /// Close a keep-alive connection idle for this long [default: 5].
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    /// Close a keep-alive connection idle for this long; 0: no keep-alive,
+    /// every response closes its connection (as gunicorn's 0) [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_zero, allow_negative_numbers = true)]
     pub keep_alive: Option<Duration>,
 
     /// Longest request line; longer gets 414 [default: 8K].

@@ -131,14 +131,18 @@ fn max_requests_jitter_zero_recycles_at_exactly_max() {
     stop(server);
 }
 
-/// gunicorn's zeros: `--max-requests 0` never recycles (its default) and
-/// `--timeout 0` never kills a silent worker.
+/// gunicorn's zeros: `--max-requests 0` never recycles (its default),
+/// `--timeout 0` never kills a silent worker, `--keep-alive 0` closes every
+/// connection after its answer.
 #[test]
-fn zero_max_requests_and_timeout_mean_never_as_in_gunicorn() {
-    let (mut server, addr, _) = serve(&["--max-requests", "0", "--timeout", "0"]);
+fn zero_max_requests_timeout_and_keep_alive_mean_what_they_do_in_gunicorn() {
+    let (mut server, addr, _) =
+        serve(&["--max-requests", "0", "--timeout", "0", "--keep-alive", "0"]);
     for _ in 0..5 {
         assert_eq!(get(addr, "/").0, 200);
     }
+    let reply = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(reply.contains("connection: close"), "{reply}");
     server.signal(Signal::TERM);
     assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
     // A limit of 0 requests would have recycled worker 0 at the first one.

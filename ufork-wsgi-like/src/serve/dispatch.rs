@@ -142,7 +142,7 @@ impl<'w> Dispatch<'w> {
         let answer = Answer {
             version: head.request.version(),
             head_only: head.request.method() == http::Method::HEAD,
-            keep_alive: head.keep_alive,
+            keep_alive: head.keep_alive && !self.limits().keep_alive_timeout.is_zero(),
             at: if self.access.is_some() {
                 SystemTime::now()
             } else {
