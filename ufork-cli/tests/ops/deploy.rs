@@ -123,7 +123,21 @@ fn the_units_and_the_manifest_agree_with_the_flags_they_pass() {
         .trim()
         .parse()
         .unwrap();
-    assert!(grace > graceful, "{grace} <= --graceful-timeout {graceful}");
+    // Traffic still arrives for a moment after SIGTERM, which ufork's stop
+    // refuses at once: the pod sleeps before it is sent.
+    let pre_stop: u64 = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "preStop:")
+        .find_map(|l| l.trim().strip_prefix("seconds:"))
+        .expect("a preStop sleep")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pre_stop >= 5, "preStop sleep {pre_stop}");
+    assert!(
+        grace > pre_stop + graceful,
+        "{grace} <= preStop {pre_stop} + --graceful-timeout {graceful}"
+    );
     let metrics_port = flag(&command, "--metrics-bind").rsplit(':').next().unwrap();
     assert!(
         manifest.contains(&format!(
