@@ -170,6 +170,12 @@ pub struct PoolArgs {
     #[arg(long)]
     pub no_timestamps: bool,
 
+    /// Least severe message of the arbiter and the workers' server logged,
+    /// with gunicorn's names (a worker's own output is captured whatever
+    /// it says) [default: info, or the UFORK_LOG environment variable].
+    #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true)]
+    pub log_level: Option<crate::logger::LogLevel>,
+
     /// Accept console commands on this unix socket [default with --pidfile: next
     /// to the pidfile, with the extension .control.sock; if it cannot be made there, the
     /// pool starts without one and logs why].

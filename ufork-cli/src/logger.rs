@@ -24,6 +24,39 @@ pub enum LogFormat {
     Journal,
 }
 
+/// `--log-level`: gunicorn's level names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Everything, with the details of each decision.
+    Debug,
+    /// Workers started, stopped, restarted; reloads, upgrades (the default).
+    Info,
+    /// Only what went wrong or may: crashes, kills, refusals.
+    #[value(alias = "warn")]
+    Warning,
+    /// Only failures.
+    Error,
+    /// As `error` (gunicorn's most severe level; ufork logs none above error).
+    Critical,
+}
+
+impl LogLevel {
+    fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warning => log::LevelFilter::Warn,
+            LogLevel::Error | LogLevel::Critical => log::LevelFilter::Error,
+        }
+    }
+}
+
+/// Applies `--log-level` to the arbiter's and the workers' log lines (a
+/// worker's own output is captured whatever its level).
+pub fn set_level(level: LogLevel) {
+    log::set_max_level(level.filter());
+}
+
 /// The format of the pool's lines from the flags: without `--log-format`,
 /// the journal's when stderr is the systemd journal (and no log file is
 /// written), text otherwise. Remembered for [`for_people`].

@@ -40,7 +40,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
 use crate::failure::Failure;
 
 fn main() -> ExitCode {
@@ -63,6 +63,14 @@ fn main() -> ExitCode {
     };
     std::panic::set_hook(Box::new(panic_hook));
     logger::init();
+    let level = match &cli.command {
+        Command::Serve(serve) => serve.pool.log_level,
+        Command::Run(run) => run.pool.log_level,
+        _ => None,
+    };
+    if let Some(level) = level {
+        logger::set_level(level);
+    }
     let result = std::panic::catch_unwind(|| cmd::dispatch(cli));
     console::restore_terminal();
     logger::finish(pool::FLUSH_TIMEOUT);

@@ -56,6 +56,14 @@ pub fn report(error: &clap::Error) -> ExitCode {
             .collect();
         first = format!("{} {}", first, more.join(" "));
     }
+    // An enum flag's bad value: clap lists the good ones on a line below.
+    if let Some(values) = rendered.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("[possible values: ")
+            .and_then(|v| v.strip_suffix(']'))
+    }) {
+        first = format!("{first}; one of: {values}");
+    }
     let tip = rendered
         .lines()
         .find_map(|l| l.trim().strip_prefix("tip: "))

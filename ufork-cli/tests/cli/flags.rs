@@ -154,6 +154,38 @@ fn zero_max_requests_timeout_and_keep_alive_mean_what_they_do_in_gunicorn() {
     );
 }
 
+/// `--log-level warning` (gunicorn's names) keeps the arbiter's warnings
+/// and drops its info lines; a level it does not know is a usage error.
+#[test]
+fn log_level_warning_keeps_warnings_only() {
+    let mut server = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--no-prompt",
+        "--log-level",
+        "WARNING",
+    ]);
+    let addr = http_addr_in(&server.expect_line("http://"));
+    assert_eq!(get(addr, "/").0, 200);
+    server.signal(Signal::ALARM);
+    server.expect_line("SIGALRM ignored");
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    let transcript = server.transcript();
+    for info in [
+        "starting 1 worker",
+        "started (generation 0)",
+        "stopping 1 worker",
+    ] {
+        assert!(!transcript.contains(info), "{info}: {transcript}");
+    }
+    let out = run(&["serve", "--log-level", "loud"]);
+    assert_one_line_error(&out, 2, &["--log-level", "critical"]);
+}
+
 #[test]
 fn reuse_port_gives_each_worker_its_own_socket() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
