@@ -92,7 +92,8 @@ pub struct PoolArgs {
     #[arg(short = 'c', long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Number of worker processes [default: the number of CPUs]. (The
+    /// Number of worker processes [default: WEB_CONCURRENCY if set, as
+    /// gunicorn reads it, else the number of CPUs]. (The
     /// crates' builders default to 1: a program embedding them sizes its pool.)
     #[arg(short, long, value_name = "N", value_parser = parse_workers, allow_negative_numbers = true)]
     pub workers: Option<u32>,

@@ -96,13 +96,32 @@ fn already_running(path: &std::path::Path, pid: i32) -> Failure {
     ))
 }
 
-/// The number of workers: `--workers`, or the number of CPUs.
-pub fn workers(pool: &PoolArgs) -> usize {
-    pool.workers.map(|w| w as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism()
+/// The number of workers: `--workers`, else `WEB_CONCURRENCY` (the
+/// variable gunicorn and the platforms that set it use), else the number of
+/// CPUs.
+///
+/// # Errors
+///
+/// A usage error when `WEB_CONCURRENCY` is not what `--workers` takes.
+pub fn workers(pool: &PoolArgs) -> Result<usize> {
+    if let Some(n) = pool.workers {
+        return Ok(n as usize);
+    }
+    match std::env::var_os("WEB_CONCURRENCY") {
+        Some(value) => {
+            let text = value.to_string_lossy();
+            crate::units::parse_workers(&text)
+                .map(|n| n as usize)
+                .map_err(|why| {
+                    failure::usage(format!(
+                        "WEB_CONCURRENCY={text:?}: {why}; unset it or pass --workers"
+                    ))
+                })
+        }
+        None => Ok(std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
-    })
+            .unwrap_or(1)),
+    }
 }
 
 /// Where the control socket goes: `--control-socket`, or next to the
@@ -401,10 +420,10 @@ impl Session {
     /// keeps the listening sockets after its worker. A worker is still the
     /// process it was (LISTEN_PID is its pid); Ctrl-C reaches only the
     /// arbiter, which relays the stop as SIGTERM.
-    pub fn configure(&mut self, pool: &PoolArgs, builder: Builder) -> Builder {
+    pub fn configure(&mut self, pool: &PoolArgs, workers: usize, builder: Builder) -> Builder {
         let mut builder = builder
             .process_group(true)
-            .workers(workers(pool))
+            .workers(workers)
             .start_timeout(pool.start_timeout)
             .give_up_after(pool.give_up_after)
             .graceful_timeout(pool.graceful_timeout)

@@ -73,7 +73,7 @@ fn bad_flags_are_one_line_usage_errors() {
     assert_one_line_error(&out, 2, &["--workers", "lots"]);
     let out = run(&["serve", "--memory-limit", "12Q"]);
     assert_one_line_error(&out, 2, &["--memory-limit"]);
-    let out = run(&["serve", "--timeout", "0"]);
+    let out = run(&["serve", "--timeout", "0ms"]);
     assert_one_line_error(&out, 2, &["--timeout"]);
     let out = run(&["run", "-w", "2"]);
     assert_one_line_error(&out, 2, &["CMD"]);

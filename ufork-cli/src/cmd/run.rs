@@ -88,7 +88,7 @@ pub fn exec(args: RunArgs) -> Result<()> {
     if !crate::upgrade::is_new_arbiter() {
         check_placed(&listeners)?;
     }
-    let workers = pool::workers(&args.pool);
+    let workers = pool::workers(&args.pool)?;
     // Chosen before the banner, which is written in it.
     crate::logger::format(
         args.pool.log_format,
@@ -140,7 +140,7 @@ pub fn exec(args: RunArgs) -> Result<()> {
         listeners.into_iter().map(|l| l.socket.into_fd()).unzip();
     let worker = layer.worker(spec, fds);
     let mut builder = session
-        .configure(&args.pool, Arbiter::builder())
+        .configure(&args.pool, workers, Arbiter::builder())
         .heartbeat_timeout(args.timeout)
         .ready_on_start(false)
         .layer(layer);

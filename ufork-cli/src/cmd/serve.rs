@@ -35,8 +35,9 @@ pub struct ServeArgs {
     /// Address to listen on, HOST:PORT or unix:PATH (repeatable). Port 0
     /// picks a free port. A unix socket is created with --unix-mode, refused
     /// while a live server listens on PATH (a stale one is replaced), and
-    /// removed when the pool stops [default: 127.0.0.1:8000, or only the
-    /// sockets socket activation hands over].
+    /// removed when the pool stops [default: 127.0.0.1:8000; 0.0.0.0:$PORT
+    /// when PORT is set, as gunicorn does; only the sockets socket
+    /// activation hands over, if any].
     #[arg(short, long, value_name = "ADDR")]
     pub bind: Vec<String>,
 
@@ -125,6 +126,25 @@ impl From<LogFormat> for ufork_wsgi_like::AccessFormat {
 /// Where `serve` listens without `--bind` (and without socket activation).
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 
+/// What `serve` binds without `--bind` (and without sockets from socket
+/// activation): `0.0.0.0:$PORT` when the environment sets `PORT`, as gunicorn
+/// does for the platforms that pick the port (Heroku, Cloud Run), else
+/// [`DEFAULT_BIND`].
+fn default_bind() -> Result<String> {
+    match std::env::var_os("PORT") {
+        None => Ok(DEFAULT_BIND.to_owned()),
+        Some(value) => {
+            let text = value.to_string_lossy();
+            match text.trim().parse::<u16>() {
+                Ok(port) => Ok(format!("0.0.0.0:{port}")),
+                Err(_) => Err(failure::usage(format!(
+                    "PORT={text:?}: not a port number (0 to 65535); unset it or pass --bind"
+                ))),
+            }
+        }
+    }
+}
+
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
@@ -157,7 +177,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     // arbiter binds one that every worker inherits.
     let (listeners, reused) = if args.reuse_port {
         let binds = if args.bind.is_empty() {
-            listen::resolve_all(&[DEFAULT_BIND.to_owned()], options)?
+            listen::resolve_all(&[default_bind()?], options)?
         } else {
             listen::resolve_all(&args.bind, options)?
         };
@@ -165,11 +185,11 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         (Vec::new(), addrs)
     } else {
         (
-            listen::bind_all(&args.bind, Some(DEFAULT_BIND), options)?,
+            listen::bind_all(&args.bind, Some(&default_bind()?), options)?,
             Vec::new(),
         )
     };
-    let workers = pool::workers(&args.pool);
+    let workers = pool::workers(&args.pool)?;
     let what = match &root {
         Some(files) => format!("files from {}", files.root().display()),
         None => "the hello app".to_owned(),
@@ -241,7 +261,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     }
     let access_log = args.access_log.is_some();
     let builder = builder.arbiter(|b| {
-        let b = session.configure(&args.pool, b).workers(workers);
+        let b = session.configure(&args.pool, workers, b);
         if access_log {
             b.layer(access::Reopen)
         } else {

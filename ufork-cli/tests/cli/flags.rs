@@ -154,6 +154,47 @@ fn zero_max_requests_timeout_and_keep_alive_mean_what_they_do_in_gunicorn() {
     );
 }
 
+/// The variables gunicorn reads from the platforms that run it: `PORT`
+/// (without `--bind`, serve on 0.0.0.0:$PORT) and `WEB_CONCURRENCY` (without
+/// `--workers`, that many workers); a value that makes no sense is a usage
+/// error naming the variable.
+#[test]
+fn port_and_web_concurrency_come_from_the_environment() {
+    let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut server = Running::start_with(
+        ufork()
+            .args(["serve", "--no-prompt"])
+            .env("PORT", port.to_string())
+            .env("WEB_CONCURRENCY", "3"),
+    );
+    let line = server.expect_line("http://");
+    assert!(
+        line.contains(&format!("http://0.0.0.0:{port} with 3 workers")),
+        "{line}"
+    );
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/").0, 200);
+    stop(server);
+    for (var, value, needle) in [
+        ("PORT", "http", "PORT=\"http\": not a port number"),
+        (
+            "WEB_CONCURRENCY",
+            "0",
+            "WEB_CONCURRENCY=\"0\": must be at least 1",
+        ),
+    ] {
+        let mut server =
+            Running::start_with(ufork().args(["serve", "--no-prompt"]).env(var, value));
+        assert_eq!(server.wait().code(), Some(2), "{}", server.transcript());
+        assert!(
+            server.transcript().contains(needle),
+            "{}",
+            server.transcript()
+        );
+    }
+}
+
 /// `--log-level warning` (gunicorn's names) keeps the arbiter's warnings
 /// and drops its info lines; a level it does not know is a usage error.
 #[test]

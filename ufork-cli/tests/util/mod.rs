@@ -20,7 +20,12 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// The binary under test.
 pub fn ufork() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ufork"));
-    command.env_remove("UFORK_LOG").stdin(Stdio::null());
+    // What the environment may say in place of flags: the tests say it.
+    command
+        .env_remove("UFORK_LOG")
+        .env_remove("PORT")
+        .env_remove("WEB_CONCURRENCY")
+        .stdin(Stdio::null());
     command
 }
 
