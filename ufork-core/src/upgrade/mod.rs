@@ -20,7 +20,10 @@
 //! reason, which is also logged. A stop while the new arbiter starts
 //! abandons the upgrade: the new arbiter gets SIGTERM, and the old one's
 //! `run` returns only once it has ended (SIGKILL after the timeout), so no
-//! process of the upgrade outlives the pool. A second request during an upgrade is
+//! process of the upgrade outlives the pool. When the new arbiter
+//! daemonized (its `MAINPID=` names another process than the one started),
+//! that is the one signalled and waited for, by pidfd, as well as the one
+//! started. A second request during an upgrade is
 //! refused with a log line, and so is any request to an arbiter that is pid 1
 //! of its pid namespace ([`UpgradeError::Pid1`]): its exit would kill the
 //! whole namespace, the new arbiter included.
@@ -392,6 +395,9 @@ struct Starting {
     report_token: Option<Token>,
     buf: Vec<u8>,
     mainpid: Option<i32>,
+    /// A pidfd of `mainpid` when that is another process than `pid` (the
+    /// started process daemonized): the one to stop, and wait for.
+    main: Option<OwnedFd>,
     deadline: Option<Instant>,
     /// How the started process ended, once it has.
     ended: Option<String>,
@@ -418,8 +424,8 @@ pub struct Upgrader {
     wake_token: Option<Token>,
     waiting: Vec<Reply>,
     state: State,
-    /// Started processes of failed upgrades, reaped when they end.
-    leftovers: Vec<(i32, OwnedFd, Token)>,
+    /// Processes of failed upgrades told to stop, reaped when they end.
+    leftovers: Vec<Leftover>,
     /// A graceful stop began: shut the listeners down at the next tick.
     shutdown_pending: bool,
     /// After a handover, the new arbiter's report socket: told at the tick
@@ -429,6 +435,16 @@ pub struct Upgrader {
     tell_handed: bool,
     /// The listening sockets a graceful stop refuses new connections on.
     refusals: Vec<Refusal>,
+}
+
+/// A process of a failed or abandoned upgrade, told to stop.
+struct Leftover {
+    pid: i32,
+    pidfd: OwnedFd,
+    token: Token,
+    /// The process `spawn` started, ours to reap; otherwise the arbiter it
+    /// daemonized into (its `MAINPID=`), which only ends.
+    child: bool,
 }
 
 /// A listening socket that stops taking connections when a graceful stop
@@ -721,6 +737,7 @@ impl Upgrader {
             report_token: Some(report_token),
             buf: Vec::new(),
             mainpid: None,
+            main: None,
             deadline: Instant::now().checked_add(self.timeout),
             ended: None,
         });
@@ -752,7 +769,20 @@ impl Upgrader {
             if line == "READY=1" {
                 ready = true;
             } else if let Some(pid) = line.strip_prefix("MAINPID=") {
-                s.mainpid = pid.trim().parse().ok();
+                let reported: Option<i32> = pid.trim().parse().ok();
+                if reported != s.mainpid {
+                    s.mainpid = reported;
+                    s.main = None;
+                    if let Some(main) = reported
+                        .filter(|&m| m != s.pid)
+                        .and_then(rustix::process::Pid::from_raw)
+                    {
+                        log::info!(target: "ufork", "upgrade: pid {} reports its arbiter is pid {}", s.pid, main.as_raw_nonzero());
+                        s.main =
+                            rustix::process::pidfd_open(main, rustix::process::PidfdFlags::empty())
+                                .ok();
+                    }
+                }
             }
         }
         if ready {
@@ -788,10 +818,7 @@ impl Upgrader {
             }
             Err(e) => {
                 if matches!(e, UpgradeError::Timeout { .. }) {
-                    let target = s.mainpid.unwrap_or(s.pid);
-                    if let Some(pid) = rustix::process::Pid::from_raw(target) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-                    }
+                    terminate(&s);
                 }
                 // A stop abandons the upgrade (`stopping` said so): the pool
                 // is not "still serving" then.
@@ -799,10 +826,18 @@ impl Upgrader {
                     log::error!(target: "ufork", "upgrade failed, still serving: {e}");
                 }
                 // Still running (told to stop): reap it when it ends, so no
-                // zombie remains.
-                if let Some((fd, _)) = s.pidfd {
-                    let token = ctx.register(fd.as_fd(), crate::Interest::READABLE);
-                    self.leftovers.push((s.pid, fd, token));
+                // zombie remains; and watch the arbiter it daemonized into,
+                // which `stopped` waits for as well.
+                let started = s.pidfd.map(|(fd, _)| (s.pid, fd, true));
+                let main = s.main.map(|fd| (s.mainpid.unwrap_or(s.pid), fd, false));
+                for (pid, pidfd, child) in started.into_iter().chain(main) {
+                    let token = ctx.register(pidfd.as_fd(), crate::Interest::READABLE);
+                    self.leftovers.push(Leftover {
+                        pid,
+                        pidfd,
+                        token,
+                        child,
+                    });
                 }
             }
         }
@@ -835,6 +870,22 @@ impl Upgrader {
                 }),
             };
             self.finish(outcome, ctx);
+        }
+    }
+}
+
+/// SIGTERM to the new arbiter: the one it daemonized into when it said so
+/// (by pidfd: that pid is not ours to reap, so it could be reused), else the
+/// process started.
+fn terminate(s: &Starting) {
+    match &s.main {
+        Some(main) => {
+            let _ = rustix::process::pidfd_send_signal(main, rustix::process::Signal::TERM);
+        }
+        None => {
+            if let Some(pid) = rustix::process::Pid::from_raw(s.pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
         }
     }
 }
@@ -874,13 +925,31 @@ fn copy_error(e: &UpgradeError) -> UpgradeError {
     }
 }
 
-/// Waits for the process behind `pidfd` (our child `pid`) to end until
-/// `deadline` (`None`: for ever), kills it then, and reaps it.
-fn reap_within(pid: i32, pidfd: &OwnedFd, deadline: Option<Instant>) {
-    use rustix::event::{PollFd, PollFlags, poll};
-    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+/// Waits for `leftover` to end until `deadline` (`None`: for ever), kills
+/// it then (by pidfd, which names that process even when it is not ours to
+/// reap), waits for its end and reaps it if it is our child.
+fn reap_within(leftover: &Leftover, deadline: Option<Instant>) {
+    if !ended_by(&leftover.pidfd, deadline) {
+        log::warn!(target: "ufork", "upgrade: pid {} did not stop in time; sending SIGKILL", leftover.pid);
+        let _ = rustix::process::pidfd_send_signal(&leftover.pidfd, rustix::process::Signal::KILL);
+        // SIGKILL cannot be refused: it ends.
+        ended_by(&leftover.pidfd, None);
+    }
+    let Some(pid) = rustix::process::Pid::from_raw(leftover.pid).filter(|_| leftover.child) else {
         return;
     };
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Whether the process behind `pidfd` ended before `deadline` (`None`:
+/// waits for ever).
+fn ended_by(pidfd: &OwnedFd, deadline: Option<Instant>) -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
     loop {
         // Past what a Timespec holds is never.
         let timeout = deadline.and_then(|d| {
@@ -889,18 +958,8 @@ fn reap_within(pid: i32, pidfd: &OwnedFd, deadline: Option<Instant>) {
         let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
         match poll(&mut fds, timeout.as_ref()) {
             Err(rustix::io::Errno::INTR) => continue,
-            Ok(0) => {
-                log::warn!(target: "ufork", "upgrade: pid {pid} did not stop in time; sending SIGKILL", pid = pid.as_raw_nonzero());
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            _ => {}
-        }
-        break;
-    }
-    loop {
-        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
-            Err(rustix::io::Errno::INTR) => {}
-            _ => return,
+            Ok(0) => return false,
+            _ => return true,
         }
     }
 }
@@ -928,10 +987,10 @@ impl Layer for Upgrader {
             self.requested(ctx);
             return;
         }
-        if let Some(i) = self.leftovers.iter().position(|(_, _, t)| *t == token) {
-            let (pid, _fd, token) = self.leftovers.swap_remove(i);
-            ctx.deregister(token);
-            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        if let Some(i) = self.leftovers.iter().position(|l| l.token == token) {
+            let ended = self.leftovers.swap_remove(i);
+            ctx.deregister(ended.token);
+            if let Some(pid) = rustix::process::Pid::from_raw(ended.pid).filter(|_| ended.child) {
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
             }
             return;
@@ -1001,10 +1060,12 @@ impl Layer for Upgrader {
             let State::Starting(s) = &self.state else {
                 return;
             };
-            let pid = s.mainpid.unwrap_or(s.pid);
-            if let Some(p) = rustix::process::Pid::from_raw(pid) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-            }
+            let pid = if s.main.is_some() {
+                s.mainpid.unwrap_or(s.pid)
+            } else {
+                s.pid
+            };
+            terminate(s);
             log::warn!(target: "ufork", "upgrade abandoned: the pool is stopping; sent SIGTERM to pid {pid}");
             self.finish(Err(UpgradeError::Stopping), ctx);
         }
@@ -1023,10 +1084,11 @@ impl Layer for Upgrader {
         // that failed) end before `run` returns: none is left running
         // beside a caller that goes on (holding the listeners, say), none
         // left a zombie. Each had SIGTERM; it gets the upgrade's timeout to
-        // finish its own graceful stop, then SIGKILL.
+        // finish its own graceful stop, then SIGKILL: the process started,
+        // and the arbiter it daemonized into when that is another one.
         let deadline = Instant::now().checked_add(self.timeout);
-        for (pid, pidfd, _) in self.leftovers.drain(..) {
-            reap_within(pid, &pidfd, deadline);
+        for leftover in self.leftovers.drain(..) {
+            reap_within(&leftover, deadline);
         }
     }
 

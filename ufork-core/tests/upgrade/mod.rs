@@ -439,3 +439,73 @@ fn a_stop_during_an_upgrade_abandons_it_and_reaps_the_new_arbiter() {
         "{logs:?}"
     );
 }
+
+/// SIGKILL at the end of a test to a process it started that may outlive it.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0).filter(|_| util::running(self.0))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A new arbiter that daemonized (its `MAINPID=` is not the process the
+/// upgrade started, which exited) and ignores SIGTERM: a stop during the
+/// upgrade kills that arbiter at the deadline, not only the started
+/// process, and `run` returns only once it is gone.
+#[test]
+fn a_stop_during_an_upgrade_kills_the_arbiter_the_new_one_daemonized_into() {
+    let _g = lock();
+    let before = util::logs().len();
+    let daemonizes = sh(
+        "sh -c 'trap \"\" TERM; printf \"MAINPID=%s\\n\" $$ >&$UFORK_UPGRADE_FD; exec sleep 600' &",
+        &[],
+    );
+    let upgrader = Upgrader::new(daemonizes)
+        .unwrap()
+        .timeout(Duration::from_secs(1));
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, 1);
+    let pending = upgrades.upgrade();
+    let mut daemon = 0;
+    util::wait_until("the new arbiter reports its pid", || {
+        daemon = util::logs()
+            .iter()
+            .skip(before)
+            .find_map(|l| l.split("reports its arbiter is pid ").nth(1)?.parse().ok())
+            .unwrap_or(0);
+        daemon != 0
+    });
+    // Whatever happens below, it does not outlive the test.
+    let _kill = KillOnDrop(daemon);
+    handle.stop();
+    // The stop abandoned it, or the 1 s start timeout passed first: either
+    // way it was told to stop and ignored it.
+    let err = pending.wait(Some(DEADLINE)).unwrap().unwrap_err();
+    assert!(
+        matches!(err, UpgradeError::Stopping | UpgradeError::Timeout { .. }),
+        "{err:?}"
+    );
+    joiner.join().unwrap().unwrap();
+    assert!(
+        !util::running(daemon),
+        "the new arbiter (pid {daemon}) outlived run"
+    );
+    assert!(util::children_of_self().is_empty());
+    let logs: Vec<String> = util::logs().into_iter().skip(before).collect();
+    assert!(
+        logs.iter().any(|l| l.contains(&format!(
+            "pid {daemon} did not stop in time; sending SIGKILL"
+        ))),
+        "{logs:?}"
+    );
+}
