@@ -171,8 +171,11 @@ impl Daemonize {
     /// [`Daemon::ready`].
     ///
     /// The daemon, in order: takes the pidfile, writes the process-group file,
-    /// sets the umask, opens the log (or `/dev/null`), changes directory, and
-    /// points stdin at `/dev/null` and stdout and stderr at the log. If a step
+    /// sets the umask, opens the log (or `/dev/null`), points every
+    /// descriptor from 3 up that the launcher inherited and never took (one
+    /// without `FD_CLOEXEC`: std and rustix open everything with it) at
+    /// `/dev/null`, changes directory, and points stdin at `/dev/null` and
+    /// stdout and stderr at the log. If a step
     /// fails it tells the launcher and exits; it never comes back here.
     ///
     /// Call it while the process has a single thread (before spawning any):
@@ -333,6 +336,9 @@ impl Plan {
             .map_err(|errno| Error::OpenDevNull {
                 source: errno.into(),
             })?;
+        // What the launcher inherited and never took (a shell's pipe at fd
+        // 3, say) would stay open for the daemon's life, and its workers'.
+        sys::release_inherited(&devnull).map_err(|source| Error::ReleaseInherited { source })?;
         // The log points fds 1 and 2 at itself when it opens.
         let log = self.log.map(RotatingFileBuilder::open).transpose()?;
         rustix::process::chdir(&self.working_directory).map_err(|errno| Error::Chdir {

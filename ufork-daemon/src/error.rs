@@ -61,6 +61,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Pointing the descriptors the daemon inherited and never took at
+    /// `/dev/null` failed.
+    #[error("cannot release the descriptors the daemon inherited")]
+    ReleaseInherited {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Opening (or creating) the pidfile failed.
     #[error("cannot open pidfile {path}")]
     OpenPidfile {

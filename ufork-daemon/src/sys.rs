@@ -143,6 +143,44 @@ fn close_listed(low: u32, high: u32) {
     }
 }
 
+/// Points every descriptor from 3 up that would survive an exec (no
+/// `FD_CLOEXEC`) at `null`, in place; returns how many there were. Such a
+/// descriptor came through the exec that started this process and was never
+/// taken: std and rustix open every descriptor CLOEXEC, and taking an
+/// inherited one (socket activation's, say) sets the flag. A shell's command
+/// substitution (`out=$(cmd 3>&1)`) is such a descriptor, and its reader waits
+/// until every copy is closed.
+///
+/// Replaced rather than closed: `dup3` keeps each number open, so whoever
+/// might own one (a program that cleared the flag on a descriptor it
+/// opened) still holds a valid descriptor and closes it once; it only
+/// reaches /dev/null now. Call it while the process has one thread, so no
+/// number is closed and reused between the listing and the `dup3`.
+pub(crate) fn release_inherited(null: &OwnedFd) -> io::Result<usize> {
+    let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2 && fd != null.as_raw_fd())
+        .collect();
+    let mut released = 0;
+    for fd in listed {
+        // SAFETY: F_GETFD only reads a number's flags; a number that is not
+        // open (the listing's own directory, closed by now) fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags == -1 || flags & libc::FD_CLOEXEC != 0 {
+            continue;
+        }
+        // SAFETY: `null` is open and owned by a live `OwnedFd`, `fd` is open
+        // (just read); dup3 replaces what `fd`'s number refers to atomically,
+        // so that number never dangles and any owner of it keeps one valid
+        // descriptor to close.
+        if unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        released += 1;
+    }
+    Ok(released)
+}
+
 /// Points `fd` at /dev/null, in place: the number stays open and owned by
 /// the same `OwnedFd`, but reaches nothing any more. For a process forked
 /// from the owner of a channel it must not use (a worker must neither send

@@ -398,3 +398,47 @@ fn a_daemon_as_nobody_keeps_its_files_in_a_root_owned_directory() {
     // directory); `ufork stop`, run by root, did once the pool had exited.
     assert!(!dir.join("p.pid").exists(), "stale pidfile");
 }
+
+/// `out=$(ufork serve --daemon ... 3>&1)`: the command substitution's pipe
+/// at fd 3 is nobody's in the daemon, nor in its workers, so the shell reads
+/// end of file as soon as the launcher is gone, not when the pool stops.
+#[test]
+fn a_daemon_and_its_workers_hold_no_descriptor_the_launcher_inherited() {
+    use std::io::Read;
+    let dir = TempDir::new("daemon-inherited-fd");
+    let pidfile = dir.join("d.pid");
+    let _guard = DaemonGuard(pidfile.clone());
+    let mut launcher = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 3>&1")
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(["serve", "--bind", "127.0.0.1:0", "-w", "2", "--daemon"])
+        .args(["--pidfile", pidfile.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = launcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        let _ = tx.send(out);
+    });
+    let status = launcher.wait().unwrap();
+    let mut stderr = String::new();
+    launcher
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status:?} {stderr}");
+    // The daemon is up, both workers forked from it.
+    wait_ready(&dir.str("d.control.sock"), 2);
+    assert!(
+        rx.recv_timeout(DEADLINE).is_ok(),
+        "the daemon or a worker still holds the launcher's fd 3"
+    );
+}

@@ -109,6 +109,18 @@ impl Recorder {
     }
 }
 
+/// The new arbiter of an upgrade, no child of the test: stopped at the end
+/// even when an assertion failed first.
+struct StopOnDrop(i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if ufork_daemon::signal(self.0, Signal::TERM).unwrap_or(false) {
+            let _ = ufork_daemon::wait_for_exit(self.0, Some(DEADLINE));
+        }
+    }
+}
+
 /// `ufork` with the recorder as its supervisor.
 fn supervised(recorder: &Recorder, watchdog: Option<(&str, Option<&str>)>) -> Command {
     let mut command = ufork();
@@ -579,6 +591,7 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
         .unwrap()
         .parse()
         .unwrap();
+    let _new_arbiter = StopOnDrop(new);
     // The old arbiter drains and exits; what it told the supervisor is queued.
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
     recorder.drain();
