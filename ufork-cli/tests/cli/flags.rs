@@ -468,7 +468,14 @@ fn access_log_to_a_file_reopened_on_usr1_or_to_stdout() {
         "{line}"
     );
     stop(server);
-    let out = run(&["serve", "--access-log", &dir.str("no/such/dir/a.log")]);
+    // Port 0: the default port 8000 may be another process' on this machine.
+    let out = run(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--access-log",
+        &dir.str("no/such/dir/a.log"),
+    ]);
     assert_one_line_error(&out, 1, &["--access-log", "cannot open it"]);
     let out = run(&["serve", "--access-log", "-", "--access-log-format", "xml"]);
     assert_eq!(out.code(), Some(2), "{out:#?}");
