@@ -126,6 +126,12 @@ pub struct PoolArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size, allow_negative_numbers = true)]
     pub memory_limit: Option<u64>,
 
+    /// The listen backlog of the sockets --bind makes: connections the
+    /// kernel queues before a worker accepts them (capped by
+    /// net.core.somaxconn).
+    #[arg(long, value_name = "N", value_parser = parse_count_u32, default_value_t = crate::listen::DEFAULT_BACKLOG, allow_negative_numbers = true)]
+    pub backlog: u32,
+
     /// Change to this directory first: relative paths (DIR, CMD, --pidfile,
     /// --log-file, ...) are then relative to it.
     #[arg(long, value_name = "DIR")]

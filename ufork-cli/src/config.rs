@@ -308,6 +308,7 @@ fn check_binds(at: &Place<'_>, sub: &str, words: &[OsString]) -> Result<()> {
     let options = crate::listen::Options {
         for_run: sub == "run",
         unix_mode: 0o660,
+        backlog: crate::listen::DEFAULT_BACKLOG,
     };
     crate::listen::resolve_all(&binds, options)
         .map(|_| ())

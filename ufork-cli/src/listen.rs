@@ -95,6 +95,20 @@ pub struct Options {
     pub for_run: bool,
     /// Mode of unix sockets.
     pub unix_mode: u32,
+    /// The listen backlog of the sockets bound here (`--backlog`).
+    pub backlog: u32,
+}
+
+/// `--backlog`'s default: ufork-core's (std's `bind` would leave 128, which
+/// a burst of connects at a busy moment overflows).
+pub const DEFAULT_BACKLOG: u32 = ufork_core::listen::DEFAULT_BACKLOG;
+
+/// Sets the backlog of a socket `bind` left listening (calling listen(2)
+/// again changes it; the kernel caps it at `net.core.somaxconn`).
+fn set_backlog(socket: impl std::os::fd::AsFd, backlog: u32, address: &str) -> Result<()> {
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    rustix::net::listen(socket, backlog)
+        .map_err(|e| failure::runtime(format!("--bind {address}: listen: {e}")))
 }
 
 /// One parsed `--bind`: its name and what to bind.
@@ -248,6 +262,7 @@ fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
             // answer each keep-alive request after the first 40 ms late.
             rustix::net::sockopt::set_tcp_nodelay(&socket, true)
                 .map_err(|e| failure::runtime(format!("--bind {address}: TCP_NODELAY: {e}")))?;
+            set_backlog(&socket, options.backlog, address)?;
             let addr = socket.local_addr().unwrap_or(addr);
             Ok(Listener {
                 name: bind.name,
@@ -257,6 +272,7 @@ fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
         }
         Address::Unix(path) => {
             let (socket, file) = bind_unix(&path, address, options.unix_mode)?;
+            set_backlog(&socket, options.backlog, address)?;
             Ok(Listener {
                 name: bind.name,
                 addr: Address::Unix(path),
@@ -326,11 +342,70 @@ mod tests {
     const RUN: Options = Options {
         for_run: true,
         unix_mode: 0o660,
+        backlog: DEFAULT_BACKLOG,
     };
     const SERVE: Options = Options {
         for_run: false,
         unix_mode: 0o660,
+        backlog: DEFAULT_BACKLOG,
     };
+
+    /// How many of `n` connects to a TCP listener bound with `backlog`
+    /// complete while nobody accepts: the kernel queues `backlog + 1` and
+    /// drops the SYNs of the rest.
+    fn queued_connects(backlog: u32, n: usize) -> usize {
+        use rustix::event::{PollFd, PollFlags};
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        let options = Options { backlog, ..RUN };
+        let listeners = bind_all(&["127.0.0.1:0".to_owned()], None, options).unwrap();
+        let Address::Tcp(addr) = listeners[0].addr else {
+            panic!("tcp")
+        };
+        let clients: Vec<_> = (0..n)
+            .map(|_| {
+                let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+                let fd =
+                    rustix::net::socket_with(AddressFamily::INET, SocketType::STREAM, flags, None)
+                        .unwrap();
+                match rustix::net::connect(&fd, &addr) {
+                    Ok(()) | Err(rustix::io::Errno::INPROGRESS) => fd,
+                    Err(e) => panic!("connect: {e}"),
+                }
+            })
+            .collect();
+        // Queued handshakes finish at once on loopback; a dropped SYN is
+        // sent again only after a second (and dropped again): the count is
+        // final once no pending connect finishes for most of a second.
+        let mut pending: Vec<_> = clients.iter().collect();
+        loop {
+            let mut fds: Vec<PollFd<'_>> = pending
+                .iter()
+                .map(|c| PollFd::new(*c, PollFlags::OUT))
+                .collect();
+            let timeout = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 900_000_000,
+            };
+            if pending.is_empty() || rustix::event::poll(&mut fds, Some(&timeout)).unwrap() == 0 {
+                break;
+            }
+            let still: Vec<bool> = fds
+                .iter()
+                .map(|f| !f.revents().contains(PollFlags::OUT))
+                .collect();
+            drop(fds);
+            let mut still = still.into_iter();
+            pending.retain(|_| still.next().unwrap_or(true));
+        }
+        n - pending.len()
+    }
+
+    #[test]
+    fn tcp_binds_queue_as_many_connections_as_the_backlog_says() {
+        // std's bind leaves a backlog of 128; the default is 1024.
+        assert_eq!(queued_connects(DEFAULT_BACKLOG, 200), 200);
+        assert!(queued_connects(8, 40) <= 9, "--backlog 8 is applied");
+    }
 
     #[test]
     fn binds_parse_names_and_unix_paths() {

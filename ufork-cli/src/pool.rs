@@ -156,6 +156,7 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
     let options = listen::Options {
         for_run,
         unix_mode: 0o660,
+        backlog: crate::listen::DEFAULT_BACKLOG,
     };
     // A malformed --bind is reported where it is bound.
     let Ok(binds) = listen::resolve_all(binds, options) else {

@@ -83,6 +83,7 @@ pub fn exec(args: RunArgs) -> Result<()> {
     let options = listen::Options {
         for_run: true,
         unix_mode: args.unix_mode,
+        backlog: args.pool.backlog,
     };
     let listeners = listen::bind_all(&args.bind, None, options)?;
     if !crate::upgrade::is_new_arbiter() {

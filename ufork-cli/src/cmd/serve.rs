@@ -172,6 +172,7 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     let options = listen::Options {
         for_run: false,
         unix_mode: args.unix_mode,
+        backlog: args.pool.backlog,
     };
     // With --reuse-port every worker binds its own socket; otherwise the
     // arbiter binds one that every worker inherits.
@@ -245,7 +246,9 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     for addr in reused {
         builder = builder.bind(addr);
     }
-    builder = builder.reuse_port(args.reuse_port);
+    builder = builder
+        .reuse_port(args.reuse_port)
+        .backlog(i32::try_from(args.pool.backlog).unwrap_or(i32::MAX));
     if let Some(max) = args.max_requests {
         // The jitter is added to the limit: keep the sum a `u64`.
         let jitter = args.max_requests_jitter.unwrap_or(max / 10);
