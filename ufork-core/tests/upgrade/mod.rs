@@ -6,10 +6,10 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use ufork_core::upgrade::{Reexec, UpgradeError, Upgrader};
+use ufork_core::upgrade::{Reexec, UpgradeError, UpgradeHandle, Upgrader};
 use ufork_core::{Arbiter, StopCause};
 
-use crate::util::{self, DEADLINE, SpawnGuarded, lock};
+use crate::util::{self, DEADLINE, Joiner, SpawnGuarded, lock};
 
 /// A stand-in for the new arbiter: checks what it was handed (systemd's
 /// variables naming itself, the listener at fd 3, the report socket at fd 4)
@@ -29,6 +29,16 @@ fn inode(listener: &TcpListener) -> String {
         .to_string()
 }
 
+/// An upgrader of `listener` (named `http`) whose new arbiter is
+/// [`CHECK_AND_REPORT`]: ready only if it was handed that very socket.
+fn checked_handover(listener: &TcpListener) -> Upgrader {
+    Upgrader::new(sh(CHECK_AND_REPORT, &[&inode(listener)]))
+        .unwrap()
+        .timeout(DEADLINE)
+        .listener("http", listener)
+        .unwrap()
+}
+
 fn sh(script: &str, args: &[&str]) -> Reexec {
     let mut all = vec!["-c", script, "sh"];
     all.extend(args);
@@ -46,24 +56,40 @@ fn idle_worker(worker: &mut ufork_core::Worker) -> Result<(), String> {
     Ok(())
 }
 
+/// A pool of `workers` idle workers with `upgrader`, on a thread of its own,
+/// once every worker is ready: its handle, the upgrader's, and its joiner.
+fn idle_pool(upgrader: Upgrader, workers: usize) -> (ufork_core::Handle, UpgradeHandle, Joiner) {
+    let upgrades = upgrader.handle();
+    let arbiter = Arbiter::builder()
+        .workers(workers)
+        .layer(upgrader)
+        .build()
+        .unwrap();
+    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
+    wait_ready(&handle, workers);
+    (handle, upgrades, joiner)
+}
+
+/// A stand-in new arbiter that reports its pid and never becomes ready.
+const REPORTS_AND_HANGS: &str = "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600";
+
+/// Waits until a child of this process runs with `text` in its command line.
+fn wait_for_child_with(text: &str) {
+    util::wait_until("the new arbiter runs", || {
+        util::children_of_self().iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(text))
+        })
+    });
+}
+
 #[test]
 fn upgrade_hands_the_listener_over_and_the_old_pool_drains() {
     let _g = lock();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let upgrader = Upgrader::new(sh(CHECK_AND_REPORT, &[&inode(&listener)]))
-        .unwrap()
-        .timeout(DEADLINE)
-        .listener("http", &listener)
-        .unwrap();
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(2)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 2);
+    let upgrader = checked_handover(&listener);
+    let (_, upgrades, joiner) = idle_pool(upgrader, 2);
 
     let done = upgrades.upgrade().wait(Some(DEADLINE)).expect("an outcome");
     let done = done.expect("the upgrade succeeds");
@@ -91,14 +117,7 @@ fn a_failed_upgrade_keeps_the_pool_serving_and_a_stop_refuses_new_connections() 
         .timeout(DEADLINE)
         .listener("http", &listener)
         .unwrap();
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(2)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 2);
+    let (handle, upgrades, joiner) = idle_pool(upgrader, 2);
 
     let err = upgrades
         .upgrade()
@@ -134,14 +153,7 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
     let _g = lock();
     let missing = Reexec::new("/nonexistent/ufork-new", ["serve"]).unwrap();
     let upgrader = Upgrader::new(missing).unwrap();
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(1)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 1);
+    let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
     let err = upgrades
         .upgrade()
         .wait(Some(DEADLINE))
@@ -171,22 +183,9 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
         &[fifo.to_str().unwrap()],
     );
     let upgrader = Upgrader::new(waits).unwrap().timeout(DEADLINE);
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(1)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 1);
+    let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
     let first = upgrades.upgrade();
-    let fifo_text = fifo.to_str().unwrap().to_owned();
-    util::wait_until("the new arbiter runs", || {
-        util::children_of_self().iter().any(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&fifo_text))
-        })
-    });
+    wait_for_child_with(fifo.to_str().unwrap());
     let second = upgrades
         .upgrade()
         .wait(Some(DEADLINE))
@@ -212,21 +211,11 @@ fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refuse
     joiner.join().unwrap().unwrap();
 
     // Never READY=1 within the timeout: stopped with SIGTERM and reaped.
-    let hangs = sh(
-        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600",
-        &[],
-    );
+    let hangs = sh(REPORTS_AND_HANGS, &[]);
     let upgrader = Upgrader::new(hangs)
         .unwrap()
         .timeout(Duration::from_millis(300));
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(1)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 1);
+    let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
     let err = upgrades
         .upgrade()
         .wait(Some(DEADLINE))
@@ -274,18 +263,8 @@ fn sigusr2_upgrades_a_pool_with_an_upgrader_and_is_ignored_without_one() {
 
     // With one, SIGUSR2 hands the listener over and the old pool drains.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let upgrader = Upgrader::new(sh(CHECK_AND_REPORT, &[&inode(&listener)]))
-        .unwrap()
-        .timeout(DEADLINE)
-        .listener("http", &listener)
-        .unwrap();
-    let arbiter = Arbiter::builder()
-        .workers(2)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 2);
+    let upgrader = checked_handover(&listener);
+    let (_, _, joiner) = idle_pool(upgrader, 2);
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::USR2)
         .unwrap();
     let outcome = joiner.join().unwrap().unwrap();
@@ -379,13 +358,7 @@ fn a_stop_leaves_a_unix_socket_path_a_later_server_took_over() {
     // Another server replaced the file meanwhile.
     std::fs::remove_file(&path).unwrap();
     let later = UnixListener::bind(&path).unwrap();
-    let arbiter = Arbiter::builder()
-        .workers(1)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 1);
+    let (handle, _, joiner) = idle_pool(upgrader, 1);
     handle.stop();
     let outcome = joiner.join().unwrap().unwrap();
     assert!(outcome.graceful);
@@ -401,26 +374,11 @@ fn a_stop_leaves_a_unix_socket_path_a_later_server_took_over() {
 fn a_stop_during_an_upgrade_abandons_it_and_reaps_the_new_arbiter() {
     let _g = lock();
     let before = util::logs().len();
-    let hangs = sh(
-        "printf 'MAINPID=%s\\n' $$ >&$UFORK_UPGRADE_FD; exec sleep 600",
-        &[],
-    );
+    let hangs = sh(REPORTS_AND_HANGS, &[]);
     let upgrader = Upgrader::new(hangs).unwrap().timeout(DEADLINE);
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(1)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 1);
+    let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
     let pending = upgrades.upgrade();
-    util::wait_until("the new arbiter runs", || {
-        util::children_of_self().iter().any(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep"))
-        })
-    });
+    wait_for_child_with("sleep");
     handle.stop();
     let err = pending.wait(Some(DEADLINE)).unwrap().unwrap_err();
     assert!(matches!(err, UpgradeError::Stopping), "{err:?}");
@@ -467,14 +425,7 @@ fn a_stop_during_an_upgrade_kills_the_arbiter_the_new_one_daemonized_into() {
     let upgrader = Upgrader::new(daemonizes)
         .unwrap()
         .timeout(Duration::from_secs(1));
-    let upgrades = upgrader.handle();
-    let arbiter = Arbiter::builder()
-        .workers(1)
-        .layer(upgrader)
-        .build()
-        .unwrap();
-    let (handle, joiner) = arbiter.spawn_guarded(idle_worker).unwrap();
-    wait_ready(&handle, 1);
+    let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
     let pending = upgrades.upgrade();
     let mut daemon = 0;
     util::wait_until("the new arbiter reports its pid", || {
