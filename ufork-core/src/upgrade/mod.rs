@@ -817,6 +817,10 @@ impl Upgrader {
                 ctx.handle().stop();
             }
             Err(e) => {
+                // Said before the socket closes: a new arbiter that sent
+                // READY=1 meanwhile must not take the end of file for a
+                // handover (see `ReadyReporter`).
+                let _ = rustix::net::send(&s.report, ABANDONED, rustix::net::SendFlags::NOSIGNAL);
                 if matches!(e, UpgradeError::Timeout { .. }) {
                     terminate(&s);
                 }
@@ -1222,10 +1226,15 @@ impl Handover {
                 check: Instant::now(),
                 before_ready: None,
                 reported: None,
+                abandoned: false,
             }
         })
     }
 }
+
+/// What the old arbiter says on the report socket when it gives up on the
+/// upgrade (a stop, a timeout) rather than hand the service over.
+const ABANDONED: &[u8] = b"ABANDONED=1\n";
 
 /// How often the reporter looks at the scoreboard while workers boot.
 const READY_POLL: Duration = Duration::from_millis(10);
@@ -1233,9 +1242,12 @@ const READY_POLL: Duration = Duration::from_millis(10);
 /// A [`Layer`] for the new arbiter: reports `READY=1` and `MAINPID=` to the
 /// old one once every worker is ready, then waits on the socket for the old
 /// one to say `MAINPID=` this process, once it stopped speaking for the
-/// service: from then on [`speaks_for_service`] is true. Dropped without
-/// reporting (the pool stopped first), the old arbiter hears EOF and keeps
-/// serving.
+/// service: from then on [`speaks_for_service`] is true. An old arbiter that
+/// closes the socket after `READY=1` without saying `ABANDONED=1` hands the
+/// service over too (ufork binaries before this handshake close it as they
+/// stop, and a new arbiter that never spoke would miss systemd's watchdog).
+/// Dropped without reporting (the pool stopped first), the old arbiter hears
+/// EOF and keeps serving.
 pub struct ReadyReporter {
     report: Option<OwnedFd>,
     token: Option<Token>,
@@ -1243,6 +1255,8 @@ pub struct ReadyReporter {
     before_ready: Option<BeforeReady>,
     /// After `READY=1`: the socket the old arbiter hands the service over on.
     reported: Option<(OwnedFd, Token)>,
+    /// The old arbiter said `ABANDONED=1`: its end of file hands nothing over.
+    abandoned: bool,
 }
 
 type BeforeReady = Box<dyn FnMut() -> Result<(), String> + Send>;
@@ -1269,6 +1283,12 @@ impl ReadyReporter {
     }
 }
 
+/// This process speaks for the service from now on.
+fn take_service(why: &str) {
+    AWAITING_SERVICE.store(false, std::sync::atomic::Ordering::Release);
+    log::debug!(target: "ufork", "upgrade: {why}; this arbiter speaks for the service");
+}
+
 impl Layer for ReadyReporter {
     fn started(&mut self, ctx: &mut Context<'_>) {
         // Registered so forked workers close their copy: only this process
@@ -1293,14 +1313,18 @@ impl Layer for ReadyReporter {
                         Ok((n, _)) if n > 0 => {
                             let text = String::from_utf8_lossy(&buf[..n.min(buf.len())]);
                             if text.lines().any(|l| l == ours) {
-                                AWAITING_SERVICE.store(false, std::sync::atomic::Ordering::Release);
-                                log::debug!(target: "ufork", "upgrade: the old arbiter handed the service over");
+                                take_service("the old arbiter handed the service over");
                             } else {
+                                let abandoned = ABANDONED.trim_ascii_end();
+                                self.abandoned |= text.lines().any(|l| l.as_bytes() == abandoned);
                                 continue;
                             }
                         }
-                        // EOF without the handover (the old arbiter ended
-                        // first): nobody says this process is the service's.
+                        // End of file: an old arbiter that does not say
+                        // `MAINPID=` (an earlier binary) has stopped.
+                        Ok(_) if !self.abandoned => {
+                            take_service("the old arbiter closed the upgrade socket");
+                        }
                         Ok(_) => {}
                         Err(rustix::io::Errno::AGAIN) => return,
                         Err(_) => {}
