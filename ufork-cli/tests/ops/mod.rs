@@ -721,3 +721,74 @@ fn a_supervisor_that_stops_reading_never_blocks_the_arbiter() {
     recorder.expect("STOPPING=1");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+/// An old arbiter in Python, for the handshake an earlier ufork binary does:
+/// it hands a listening socket and the report socket to `ufork serve`, waits
+/// for `READY=1`, then closes the socket (`close`) or first says
+/// `ABANDONED=1` (`abandon`), as this binary's old arbiter does when it gives
+/// up.
+const EARLIER_OLD_ARBITER: &str = r#"
+import fcntl, os, socket, subprocess, sys
+ufork, mode = sys.argv[1], sys.argv[2]
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(16)
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+a = fcntl.fcntl(lst.fileno(), fcntl.F_DUPFD_CLOEXEC, 20)
+b = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 20)
+def place():
+    os.dup2(a, 3)
+    os.dup2(b, 4)
+env = dict(os.environ, LISTEN_FDS="1", LISTEN_FDNAMES="http", UFORK_UPGRADE_FD="4")
+new = subprocess.Popen(
+    ["sh", "-c", 'LISTEN_PID=$$ exec "$0" "$@"', ufork, "serve", "--bind", "127.0.0.1:0", "-w", "1"],
+    env=env, preexec_fn=place, close_fds=False, stdin=subprocess.DEVNULL)
+theirs.close()
+os.close(b)
+print("new arbiter", new.pid, flush=True)
+while True:
+    m = ours.recv(4096)
+    if not m or b"READY=1" in m:
+        break
+print("reported", flush=True)
+if mode == "abandon":
+    ours.send(b"ABANDONED=1\n")
+ours.close()
+new.wait()
+"#;
+
+/// A new arbiter whose old one closes the upgrade socket after `READY=1`
+/// without saying `MAINPID=` there (an earlier binary) takes the service
+/// over, so it speaks (and beats the watchdog); one whose old arbiter said
+/// `ABANDONED=1` first never speaks for the service, even as it stops.
+#[test]
+fn a_new_arbiter_speaks_once_an_earlier_old_arbiter_closes_the_socket_never_once_it_abandons() {
+    for mode in ["close", "abandon"] {
+        let dir = TempDir::new(&format!("sdnotify-earlier-{mode}"));
+        let mut recorder = Recorder::at_path(&dir);
+        let mut command = Command::new("python3");
+        command
+            .args(["-c", EARLIER_OLD_ARBITER, env!("CARGO_BIN_EXE_ufork"), mode])
+            .env("NOTIFY_SOCKET", &recorder.address)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("UFORK_LOG")
+            .env_remove("PORT")
+            .env_remove("WEB_CONCURRENCY")
+            .stdin(Stdio::null());
+        let mut old = Running::start_with(&mut command);
+        let line = old.expect_line("new arbiter ");
+        let new: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        let stop = StopOnDrop(new);
+        old.expect_line("reported");
+        if mode == "close" {
+            recorder.expect("READY=1");
+            assert_eq!(recorder.senders.last(), Some(&new), "{:?}", recorder.seen);
+        }
+        drop(stop);
+        assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+        recorder.drain();
+        let spoke = recorder.senders.contains(&new);
+        assert_eq!(spoke, mode == "close", "{mode}: {:?}", recorder.seen);
+    }
+}
