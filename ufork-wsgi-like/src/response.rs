@@ -33,12 +33,24 @@ pub(crate) struct Reply<'a> {
 }
 
 /// What was sent.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct Sent {
     pub(crate) status: StatusCode,
     pub(crate) body_bytes: u64,
     /// Whether the connection may serve another request.
     pub(crate) keep_alive: bool,
+    /// What of a file body the socket did not take at once: the caller
+    /// sends it as the socket drains ([`send_file_rest`]), instead of a
+    /// thread waiting on a slow reader.
+    pub(crate) rest: Option<FileRest>,
+}
+
+/// The part of a file body still to send.
+#[derive(Debug)]
+pub(crate) struct FileRest {
+    pub(crate) file: std::fs::File,
+    /// Bytes left, from the file's position.
+    pub(crate) left: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -139,6 +151,7 @@ pub(crate) fn write(
         status,
         body_bytes: 0,
         keep_alive,
+        rest: None,
     };
     if reply.head_only || mode == Mode::NoBody {
         write_all(stream, out, reply.timeout, reply.heartbeat)?;
@@ -162,8 +175,10 @@ pub(crate) fn write(
             } else {
                 send_head_more(stream, out, reply.timeout, reply.heartbeat)?;
             }
-            send_file(stream, &file, len, reply.timeout, reply.heartbeat)?;
+            let mut rest = FileRest { file, left: len };
+            send_file_rest(stream, &mut rest, reply.timeout, reply.heartbeat)?;
             sent.body_bytes = len;
+            sent.rest = Some(rest).filter(|r| r.left > 0);
         }
         Kind::Stream(chunks) => {
             let (bytes, complete) =
@@ -222,46 +237,48 @@ fn send_head_more(
     Ok(())
 }
 
-/// Sends `len` bytes of `file` from its position: sendfile(2), or reads and
-/// writes where the file system cannot. Gives up once the client took
-/// nothing for `timeout` (see [`Stall`]); beats `heartbeat` on every bit of
-/// progress.
-fn send_file(
+/// Sends what the socket takes at once of `rest` (sendfile(2), from the
+/// file's position); returns whether any of it went out. Where the file
+/// system cannot sendfile, reads and writes the whole rest instead, waiting
+/// for the client as [`write_all`] does. An `Err`: the socket failed, or
+/// the file ended before its announced length.
+pub(crate) fn send_file_rest(
     stream: &TcpStream,
-    mut file: &std::fs::File,
-    len: u64,
+    rest: &mut FileRest,
     timeout: Duration,
     heartbeat: &Heartbeat,
-) -> io::Result<()> {
-    let mut left = len;
-    let mut stall = Stall::new(timeout);
-    while left > 0 {
-        let count = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
-        match rustix::fs::sendfile(stream, file, None, count) {
+) -> io::Result<bool> {
+    let mut progress = false;
+    while rest.left > 0 {
+        let count = usize::try_from(rest.left.min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::sendfile(stream, &rest.file, None, count) {
             Ok(0) => return Err(broken("the file is shorter than its announced length")),
             Ok(n) => {
-                left -= n as u64;
-                stall.progress();
+                rest.left -= n as u64;
+                progress = true;
                 heartbeat.beat();
             }
-            Err(rustix::io::Errno::AGAIN) => wait_for_room(stream, &mut stall)?,
+            Err(rustix::io::Errno::AGAIN) => break,
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
                 let mut buf = vec![0u8; 64 * 1024];
-                while left > 0 {
-                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let n = file.read(&mut buf[..want])?;
+                while rest.left > 0 {
+                    let want = buf
+                        .len()
+                        .min(usize::try_from(rest.left).unwrap_or(usize::MAX));
+                    let n = (&rest.file).read(&mut buf[..want])?;
                     if n == 0 {
                         return Err(broken("the file is shorter than its announced length"));
                     }
                     write_all(stream, &buf[..n], timeout, heartbeat)?;
-                    left -= n as u64;
+                    rest.left -= n as u64;
+                    progress = true;
                 }
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(progress)
 }
 
 /// Sends the `head` at once, then each chunk the app yields as it

@@ -1374,9 +1374,10 @@ fn only_worker(forked: &Forked) -> ufork_core::WorkerInfo {
 }
 
 /// A response that takes several heartbeat timeouts to send keeps the
-/// worker alive (it heartbeats as the client takes bytes) and busy with
-/// that request until the last byte is written: a file (sendfile), bytes
-/// and a stream.
+/// worker alive (it heartbeats as the client takes bytes): bytes and a
+/// stream keep it busy with that request until the last byte is written; a
+/// file (sendfile) goes out from the event loop as the socket drains, the
+/// worker idle and free for other clients meanwhile.
 #[test]
 fn forked_worker_heartbeats_and_stays_busy_while_sending_a_long_response() {
     let file = std::env::temp_dir().join(format!("ufork-wsgi-long-{}.bin", std::process::id()));
@@ -1414,6 +1415,12 @@ fn forked_worker_heartbeats_and_stays_busy_while_sending_a_long_response() {
     for path in ["/file", "/bytes", "/stream"] {
         let started = Instant::now();
         let body = slow_download(forked.addr, path, || {
+            if path == "/file" {
+                util::eventually("the worker to be idle while the file goes out", || {
+                    only_worker(&forked).state == ufork_core::WorkerState::Idle
+                });
+                return;
+            }
             let worker = only_worker(&forked);
             assert_eq!(worker.state, ufork_core::WorkerState::Busy, "{worker:?}");
             assert!(
@@ -1483,20 +1490,40 @@ fn forked_worker_heartbeats_while_reading_a_long_request_body() {
 /// the last time the kernel said the socket had room (which it says only
 /// once about a third of a send buffer of megabytes is free again): a
 /// client that keeps taking a little at a time, far less than that per
-/// timeout, is not cut off.
+/// timeout, is not cut off. Alike for a body in memory, written by the
+/// serving thread, and a file, sent by the event loop as the socket drains.
 #[test]
 fn a_client_taking_a_little_at_a_time_is_not_cut_off_by_the_write_timeout() {
     const TIMEOUT: Duration = Duration::from_secs(1);
     const BODY: usize = 8 << 20;
-    const PAUSE: Duration = Duration::from_millis(250);
+    let file = std::env::temp_dir().join(format!("ufork-wsgi-slow-{}", std::process::id()));
+    std::fs::write(&file, vec![b'w'; BODY]).unwrap();
+    let path = file.clone();
     let server = local(
         Server::builder().write_timeout(TIMEOUT),
-        |_: Request<Body>| Response::new(vec![b'w'; BODY].into()),
+        move |request: Request<Body>| match request.uri().path() {
+            "/file" => {
+                Response::new(ResponseBody::file(std::fs::File::open(&path).unwrap()).unwrap())
+            }
+            _ => Response::new(vec![b'w'; BODY].into()),
+        },
     );
-    let mut stream = util::connect(addr_of(&server));
+    for path in ["/", "/file"] {
+        take_slowly(addr_of(&server), path, BODY);
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Gets `path` taking [`SLOW_STEP`] bytes every 250 ms; checks the body is
+/// `len` bytes.
+fn take_slowly(addr: std::net::SocketAddr, path: &str, len: usize) {
+    const PAUSE: Duration = Duration::from_millis(250);
+    let mut stream = util::connect(addr);
     rustix::net::sockopt::set_socket_recv_buffer_size(&stream, SLOW_STEP).unwrap();
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .unwrap();
     // A step every quarter of the timeout for three timeouts: 4 steps, 256
     // KiB, per timeout.
@@ -1522,8 +1549,8 @@ fn a_client_taking_a_little_at_a_time_is_not_cut_off_by_the_write_timeout() {
         .position(|w| w == b"\r\n\r\n")
         .expect("a response head")
         + 4;
-    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
-    assert_eq!(raw.len() - head, BODY);
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"), "{path}");
+    assert_eq!(raw.len() - head, len, "{path}");
 }
 
 /// A client that stops reading a long response is dropped after the write

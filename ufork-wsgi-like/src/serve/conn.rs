@@ -3,7 +3,8 @@
 //! from the dispatch that runs the app.
 //!
 //! A connection is `Fresh` (accepted, nothing received), `Head` (part of a
-//! request head buffered), `Idle` (between requests) or `Closing` (answered
+//! request head buffered), `Idle` (between requests), `Sending` (the rest
+//! of a file body goes out as the socket drains) or `Closing` (answered
 //! and shut down for writing, draining input). Every step returns a
 //! [`Next`] the event loop carries out.
 
@@ -15,7 +16,8 @@ use http::StatusCode;
 use super::Peer;
 use super::dispatch::Dispatch;
 use crate::Limits;
-use crate::body::{Drained, Framing, Input, lock};
+use crate::body::{Blocked, Drained, Framing, Input, Stall, lock};
+use crate::response::{self, FileRest};
 
 /// Requests answered from one connection's buffer before others get a turn.
 pub(super) const PIPELINE_BUDGET: usize = 16;
@@ -31,6 +33,10 @@ pub(super) enum State {
     Idle,
     /// Part of a request head received: the header timeout runs.
     Head,
+    /// Answered but for part of a file body, which goes out as the socket
+    /// drains (the write timeout runs while the client takes nothing);
+    /// nothing more is read until it is all sent.
+    Sending,
     /// Answered and shut down for writing; draining input until EOF.
     Closing,
 }
@@ -46,6 +52,9 @@ pub(super) enum Next {
     Linger,
     /// Close with a reset: the response in flight is incomplete.
     Abort,
+    /// Part of a file body is left: come back when the socket is writable
+    /// (or at the deadline) and send more ([`Conn::writable`]).
+    Write,
 }
 
 /// `now + timeout`, or `None` (never) past what an `Instant` can hold.
@@ -61,6 +70,21 @@ pub(super) struct Conn {
     pub(super) deadline: Option<Instant>,
     /// The client ended its side.
     pub(super) eof: bool,
+    /// In `Sending`: the rest of the body, and what to do once it is out.
+    sending: Option<Sending>,
+    /// The event loop watches the socket for room to write (`Sending`),
+    /// not for input.
+    pub(super) watching_out: bool,
+}
+
+/// A file body being sent as the socket drains.
+struct Sending {
+    rest: FileRest,
+    stall: Stall,
+    timeout: Duration,
+    /// What the answer decided for the connection, carried out once the
+    /// body is all out.
+    then: Next,
 }
 
 impl Conn {
@@ -71,6 +95,8 @@ impl Conn {
             state: State::Fresh,
             deadline: deadline_after(Instant::now(), limits.header_timeout),
             eof: false,
+            sending: None,
+            watching_out: false,
         }
     }
 
@@ -110,6 +136,9 @@ impl Conn {
             if self.state == State::Closing {
                 return drain_closing(&input.stream);
             }
+            if self.state == State::Sending {
+                return Next::Write;
+            }
             match input.read_some(max) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
@@ -126,6 +155,10 @@ impl Conn {
     /// Answers the complete requests in the buffer, at most
     /// [`PIPELINE_BUDGET`] of them before other connections get a turn.
     pub(super) fn serve_buffered(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
+        if self.state == State::Sending {
+            // The answer before is still going out: the next waits.
+            return Next::Write;
+        }
         for _ in 0..PIPELINE_BUDGET {
             let mut input = lock(&self.input);
             if input.framing != Framing::Done {
@@ -179,6 +212,9 @@ impl Conn {
             drop(input);
             self.state = State::Idle;
             let next = dispatch.handle(self, head, generation, stopping);
+            if let Some(rest) = dispatch.take_rest() {
+                return self.start_sending(rest, next, dispatch.limits().write_timeout);
+            }
             if next != Next::Keep {
                 return next;
             }
@@ -191,7 +227,67 @@ impl Conn {
     pub(super) fn expired(&mut self, dispatch: &mut Dispatch<'_>) -> Next {
         match self.state {
             State::Head => dispatch.reject(self, StatusCode::REQUEST_TIMEOUT),
+            // Time to try again whether or not the kernel called the socket
+            // writable: it does only once a third of the send buffer is free,
+            // and a slow reader that keeps taking bytes is not stalled.
+            State::Sending => self.writable(),
             State::Fresh | State::Idle | State::Closing => Next::Close,
+        }
+    }
+
+    /// The answer went out but for `rest` of its file body: the connection
+    /// sends it as the socket drains, then does `then`.
+    fn start_sending(&mut self, rest: FileRest, then: Next, timeout: Duration) -> Next {
+        self.state = State::Sending;
+        self.sending = Some(Sending {
+            rest,
+            stall: Stall::new(timeout),
+            timeout,
+            then,
+        });
+        self.blocked()
+    }
+
+    /// A write did not fit: wait for room until the stall's next probe, or
+    /// give up (a reset: the body is cut short) once the client took
+    /// nothing for the write timeout.
+    fn blocked(&mut self) -> Next {
+        let Some(sending) = &mut self.sending else {
+            return Next::Abort;
+        };
+        match sending.stall.blocked(Instant::now()) {
+            Blocked::GiveUp => Next::Abort,
+            Blocked::WaitUntil(until) => {
+                self.deadline = until;
+                Next::Write
+            }
+        }
+    }
+
+    /// The socket may have room: sends what it takes of the body's rest;
+    /// once all of it is out, the connection goes on as the answer decided
+    /// (requests that arrived meanwhile are served in order).
+    pub(super) fn writable(&mut self) -> Next {
+        let input = lock(&self.input);
+        let (stream, heartbeat) = (Arc::clone(&input.stream), input.heartbeat.clone());
+        drop(input);
+        let Some(sending) = &mut self.sending else {
+            return Next::Abort;
+        };
+        match response::send_file_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat) {
+            Ok(true) => sending.stall.progress(),
+            Ok(false) => {}
+            Err(_) => return Next::Abort,
+        }
+        if sending.rest.left > 0 {
+            return self.blocked();
+        }
+        let then = sending.then;
+        self.sending = None;
+        self.state = State::Idle;
+        match then {
+            Next::Keep => Next::Again,
+            other => other,
         }
     }
 }

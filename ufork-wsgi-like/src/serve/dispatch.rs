@@ -18,7 +18,7 @@ use crate::access::{AccessLogger, Entry};
 use crate::app::Kind;
 use crate::body::{Drained, Fault, Framing, Heartbeat, Input, lock};
 use crate::date::DateCache;
-use crate::response::{self, Reply, Sent};
+use crate::response::{self, FileRest, Reply, Sent};
 use crate::{Body, Limits, ResponseBody, http1};
 
 /// Room for a few typical request heads before the head buffer is reused
@@ -43,6 +43,10 @@ pub(super) struct Dispatch<'w> {
     user_agent: Option<String>,
     /// The worker's heartbeat, beaten while a response is written.
     heartbeat: Heartbeat,
+    /// What the socket did not take at once of the last answer's file body,
+    /// for the connection to send as the socket drains (see
+    /// [`take_rest`](Self::take_rest)).
+    rest: Option<FileRest>,
 }
 
 /// How a response goes out.
@@ -77,7 +81,14 @@ impl<'w> Dispatch<'w> {
             referer: None,
             user_agent: None,
             heartbeat: Heartbeat::new(worker.vitals.clone()),
+            rest: None,
         }
+    }
+
+    /// The rest of the last answer's file body that the socket did not
+    /// take at once, if any: the connection sends it before anything else.
+    pub(super) fn take_rest(&mut self) -> Option<FileRest> {
+        self.rest.take()
     }
 
     pub(super) fn limits(&self) -> &'w Limits {
@@ -169,7 +180,9 @@ impl<'w> Dispatch<'w> {
         request.extensions_mut().insert(self.worker.context.clone());
         let (response, panicked) = self.call_app(request);
         let next = self.settle(&conn.input, &conn.peer, response, panicked, answer);
-        // Busy until the last byte is written: a long response is work.
+        // Busy until the last byte is written, a long response being work;
+        // but a file body the socket did not take at once is sent by the
+        // event loop as the client reads, with no thread held for it.
         self.worker.done();
         next
     }
@@ -314,7 +327,10 @@ impl<'w> Dispatch<'w> {
         // Written without the lock, which a streamed body's reads take.
         let stream = Arc::clone(&input.stream);
         drop(input);
-        let sent = self.reply(&stream, peer, response, answer);
+        let mut sent = self.reply(&stream, peer, response, answer);
+        if let Ok(s) = &mut sent {
+            self.rest = s.rest.take();
+        }
         let mut input = lock(conn_input);
         input.generation += 1;
         if sent.is_err() {

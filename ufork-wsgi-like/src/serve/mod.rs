@@ -38,7 +38,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
 use self::balance::{Balance, Table};
-use self::conn::{Conn, Next, deadline_after};
+use self::conn::{Conn, Next, State, deadline_after};
 use self::dispatch::Dispatch;
 pub(crate) use self::worker::{Config, WorkerShared, panic_message};
 use crate::body::{Heartbeat, Input, lock};
@@ -540,7 +540,11 @@ impl Loop<'_> {
         let Some(mut conn) = slot.conn.take() else {
             return;
         };
-        let next = if read {
+        let next = if conn.state == State::Sending {
+            // Registered for room to write, so an event means room (or an
+            // error, which the write finds).
+            if read { conn.writable() } else { Next::Write }
+        } else if read {
             conn.readable(&mut self.dispatch, self.stopping)
         } else {
             conn.serve_buffered(&mut self.dispatch, self.stopping)
@@ -554,10 +558,34 @@ impl Loop<'_> {
     /// Carries out what a connection's state machine decided.
     fn carry_out(&mut self, idx: usize, mut conn: Conn, next: Next) {
         match next {
-            Next::Keep | Next::Again => {}
+            Next::Keep | Next::Again | Next::Write => {}
             Next::Close => return self.close(idx, conn),
             Next::Abort => return self.abort(idx, conn),
             Next::Linger => conn.linger(Instant::now()),
+        }
+        // A connection sending a file body waits for room to write, every
+        // other one for input.
+        let out = conn.state == State::Sending;
+        if out != conn.watching_out {
+            let token = (u64::from(self.slots[idx].generation) << 32) | idx as u64;
+            let flags = if out {
+                epoll::EventFlags::OUT
+            } else {
+                epoll::EventFlags::IN
+            };
+            let input = lock(&conn.input);
+            let watched = epoll::modify(
+                &self.epoll,
+                &input.stream,
+                epoll::EventData::new_u64(token),
+                flags,
+            );
+            drop(input);
+            if let Err(e) = watched {
+                log::error!(target: "ufork_wsgi_like", "cannot watch a connection in the event loop: {e}");
+                return self.abort(idx, conn);
+            }
+            conn.watching_out = out;
         }
         self.watch_deadline(conn.deadline);
         self.slots[idx].conn = Some(conn);
@@ -580,6 +608,11 @@ impl Loop<'_> {
                 continue;
             };
             let next = conn.expired(&mut self.dispatch);
+            if next == Next::Again {
+                // A file body finished: serve what is buffered behind it.
+                let token = (u64::from(self.slots[idx].generation) << 32) | idx as u64;
+                self.pending.push(token);
+            }
             self.carry_out(idx, conn, next);
         }
     }

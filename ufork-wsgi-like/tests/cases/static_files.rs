@@ -453,3 +453,86 @@ fn a_root_made_anew_is_served_from_the_new_directory() {
     }
     let _ = std::fs::remove_file(dir);
 }
+
+/// A file larger than the socket buffers can hold, of a known pattern.
+fn big_file(dir: &std::path::Path) -> Vec<u8> {
+    let big: Vec<u8> = (0..16usize << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    big
+}
+
+/// Room for the client's receive buffer: small, so the server's writes
+/// stop fitting soon.
+const SMALL_RCVBUF: usize = 64 << 10;
+
+/// A client reading a large file slowly (or not at all, for now) holds no
+/// serving thread: the rest of the file goes out from the event loop as the
+/// socket drains, so another client on the same one-thread server is
+/// answered at once; the slow one gets the whole file, then what it
+/// pipelined behind it, and its connection goes on.
+#[test]
+fn a_slow_reader_of_a_large_file_holds_no_serving_thread() {
+    let dir = tree("slowfile");
+    let big = big_file(&dir);
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut slow = Client::new(addr_of(&server));
+    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.stream, SMALL_RCVBUF).unwrap();
+    slow.send(
+        "GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    // The answer has begun: the server is past the app, in the file.
+    assert!(slow.fill() > 0);
+    // Held by the slow client, the thread would answer this one only when
+    // the write timeout (30 s) gave up on it: past this client's patience.
+    let mut other = Client::new(addr_of(&server));
+    assert_eq!(request(&mut other, "/digits.txt", "").text(), "0123456789");
+    let resp = slow.read_response();
+    assert_eq!(resp.status, 200);
+    assert!(resp.body == big, "{} bytes, not the file", resp.body.len());
+    assert_eq!(slow.read_response().text(), "0123456789");
+    assert_eq!(request(&mut slow, "/digits.txt", "").text(), "0123456789");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client that stops taking a file is reset once it took nothing for the
+/// write timeout, as one that stops taking any other body; the server goes
+/// on serving.
+#[test]
+fn a_reader_that_stops_taking_a_file_is_reset_after_the_write_timeout() {
+    let dir = tree("stalledfile");
+    let big = big_file(&dir);
+    let server = local(
+        Server::builder().write_timeout(std::time::Duration::from_millis(300)),
+        StaticFiles::new(&dir).unwrap(),
+    );
+    let mut stalled = crate::util::connect(addr_of(&server));
+    rustix::net::sockopt::set_socket_recv_buffer_size(&stalled, SMALL_RCVBUF).unwrap();
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Without reading: wait for the reset (an error or hang-up on the
+    // socket, with the unread bytes still queued).
+    let mut fds = [rustix::event::PollFd::new(
+        &stalled,
+        rustix::event::PollFlags::empty(),
+    )];
+    let patience = rustix::time::Timespec {
+        tv_sec: crate::util::PATIENCE.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    assert_eq!(
+        rustix::event::poll(&mut fds, Some(&patience)).unwrap(),
+        1,
+        "no reset"
+    );
+    let mut received = Vec::new();
+    let end = stalled.read_to_end(&mut received);
+    assert!(received.len() < big.len(), "{}", received.len());
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    let mut next = Client::new(addr_of(&server));
+    assert_eq!(request(&mut next, "/digits.txt", "").text(), "0123456789");
+    let _ = std::fs::remove_dir_all(&dir);
+}

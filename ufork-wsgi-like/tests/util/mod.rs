@@ -167,7 +167,8 @@ impl Client {
         self.stream.write_all(raw.as_ref()).expect("send");
     }
 
-    fn fill(&mut self) -> usize {
+    /// Reads what arrives next into the buffer (for `read_response`).
+    pub fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 8192];
         let n = self.stream.read(&mut chunk).expect("read (timed out?)");
         self.buf.extend_from_slice(&chunk[..n]);
