@@ -103,8 +103,8 @@ pub fn route(args: &TargetArgs) -> Result<Route> {
     })
 }
 
-/// The control socket beside `pidfile`: `PATH.control.sock`, or, when no
-/// file is there, `PATH.sock` if one is (where a pool started by a binary
+/// The control socket beside `pidfile` (`app.pid`): `app.control.sock`, or,
+/// when no file is there, `app.sock` if it is a socket (where a pool started by a binary
 /// before `.control.sock` put it, so it is still found).
 fn beside(pidfile: &Path) -> Option<PathBuf> {
     let path = control::beside_pidfile(pidfile)?;
