@@ -119,13 +119,14 @@
 //! # Limitations
 //!
 //! - Linux only (epoll, and ufork-core's pidfds).
-//! - While the app runs and while its response is written, its thread
-//!   serves nothing else: a slow app or long downloads to slow clients need
-//!   more workers or [`Builder::threads`]. A file body
-//!   ([`ResponseBody::file`], so every [`static_files`] answer) is the
-//!   exception: what the socket does not take at once is sent by the event
-//!   loop as the client reads, the thread serving others meanwhile (the
-//!   access log counts the file's length when the answer starts). A connection stays with the
+//! - While the app runs, and while a streamed response
+//!   ([`ResponseBody::stream`]) is written, its thread serves nothing else:
+//!   a slow app or long streams to slow clients need more workers or
+//!   [`Builder::threads`]. Of a body in memory or a file
+//!   ([`ResponseBody::file`], so every [`static_files`] answer), what the
+//!   socket does not take at once is sent by the event loop as the client
+//!   reads, the thread serving others meanwhile (the access log counts the
+//!   body's length when the answer starts). A connection stays with the
 //!   thread that accepted it. The same holds for a request body the app
 //!   reads: [`Limits::read_timeout`] bounds each wait for more of it, not
 //!   the whole body, so a client that trickles a byte now and then holds

@@ -1,6 +1,7 @@
 //! Writing a response: head and body in as few writes as the body allows,
 //! and a streamed body chunk by chunk as the app yields it.
 
+use std::borrow::Cow;
 use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -39,18 +40,39 @@ pub(crate) struct Sent {
     pub(crate) body_bytes: u64,
     /// Whether the connection may serve another request.
     pub(crate) keep_alive: bool,
-    /// What of a file body the socket did not take at once: the caller
-    /// sends it as the socket drains ([`send_file_rest`]), instead of a
-    /// thread waiting on a slow reader.
-    pub(crate) rest: Option<FileRest>,
+    /// What of the response the socket did not take at once (a body in
+    /// memory or a file): the caller sends it as the socket drains
+    /// ([`send_rest`]), instead of a thread waiting on a slow reader. Boxed:
+    /// rare, and `Sent` is moved on every answer.
+    pub(crate) rest: Option<Box<Rest>>,
 }
 
-/// The part of a file body still to send.
+/// The part of a response still to send.
 #[derive(Debug)]
-pub(crate) struct FileRest {
-    pub(crate) file: std::fs::File,
-    /// Bytes left, from the file's position.
-    pub(crate) left: u64,
+pub(crate) enum Rest {
+    /// The end of the head the socket did not take, then the body from
+    /// `body_at`.
+    Bytes {
+        head: Vec<u8>,
+        body: Cow<'static, [u8]>,
+        body_at: usize,
+    },
+    /// `left` bytes of `file`, from its position.
+    File { file: std::fs::File, left: u64 },
+}
+
+impl Rest {
+    /// Nothing is left to send.
+    pub(crate) fn is_done(&self) -> bool {
+        match self {
+            Self::Bytes {
+                head,
+                body,
+                body_at,
+            } => head.is_empty() && *body_at >= body.len(),
+            Self::File { left, .. } => *left == 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -154,31 +176,32 @@ pub(crate) fn write(
         rest: None,
     };
     if reply.head_only || mode == Mode::NoBody {
-        write_all(stream, out, reply.timeout, reply.heartbeat)?;
+        sent.rest = write_some(stream, out, Cow::Borrowed(&[]), reply.heartbeat)?;
         return Ok(sent);
     }
     match body.kind {
-        Kind::Empty => write_all(stream, out, reply.timeout, reply.heartbeat)?,
+        Kind::Empty => sent.rest = write_some(stream, out, Cow::Borrowed(&[]), reply.heartbeat)?,
         Kind::Bytes(bytes) => {
-            if bytes.len() <= COPY_LIMIT {
-                out.extend_from_slice(&bytes);
-                write_all(stream, out, reply.timeout, reply.heartbeat)?;
-            } else {
-                let mut bufs = [IoSlice::new(out), IoSlice::new(&bytes)];
-                write_all_vectored(stream, &mut bufs, reply.timeout, reply.heartbeat)?;
-            }
             sent.body_bytes = bytes.len() as u64;
+            sent.rest = if bytes.len() <= COPY_LIMIT {
+                out.extend_from_slice(&bytes);
+                write_some(stream, out, Cow::Borrowed(&[]), reply.heartbeat)?
+            } else {
+                write_some(stream, out, bytes, reply.heartbeat)?
+            };
         }
         Kind::File { file, len } => {
             if len == 0 {
-                write_all(stream, out, reply.timeout, reply.heartbeat)?;
-            } else {
-                send_head_more(stream, out, reply.timeout, reply.heartbeat)?;
+                sent.rest = write_some(stream, out, Cow::Borrowed(&[]), reply.heartbeat)?;
+                return Ok(sent);
             }
-            let mut rest = FileRest { file, left: len };
-            send_file_rest(stream, &mut rest, reply.timeout, reply.heartbeat)?;
+            send_head_more(stream, out, reply.timeout, reply.heartbeat)?;
+            let mut rest = Rest::File { file, left: len };
+            send_rest(stream, &mut rest, reply.timeout, reply.heartbeat)?;
             sent.body_bytes = len;
-            sent.rest = Some(rest).filter(|r| r.left > 0);
+            if !rest.is_done() {
+                sent.rest = Some(Box::new(rest));
+            }
         }
         Kind::Stream(chunks) => {
             let (bytes, complete) =
@@ -237,24 +260,89 @@ fn send_head_more(
     Ok(())
 }
 
-/// Sends what the socket takes at once of `rest` (sendfile(2), from the
-/// file's position); returns whether any of it went out. Where the file
-/// system cannot sendfile, reads and writes the whole rest instead, waiting
-/// for the client as [`write_all`] does. An `Err`: the socket failed, or
-/// the file ended before its announced length.
-pub(crate) fn send_file_rest(
+/// Writes `head` then `body` as far as the socket takes them at once (one
+/// `writev` when it takes all); what it does not take is returned, for the
+/// caller to send as the socket drains ([`send_rest`]).
+fn write_some(
     stream: &TcpStream,
-    rest: &mut FileRest,
+    head: &[u8],
+    body: Cow<'static, [u8]>,
+    heartbeat: &Heartbeat,
+) -> io::Result<Option<Box<Rest>>> {
+    let (mut head_at, mut body_at) = (0, 0);
+    if writev_until_full(stream, head, &mut head_at, &body, &mut body_at, heartbeat)? {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(Rest::Bytes {
+        head: head[head_at..].to_vec(),
+        body,
+        body_at,
+    })))
+}
+
+/// Writes `head[*head_at..]` then `body[*body_at..]` until the socket is
+/// full or all is written (then `true`), advancing both positions.
+fn writev_until_full(
+    stream: &TcpStream,
+    head: &[u8],
+    head_at: &mut usize,
+    body: &[u8],
+    body_at: &mut usize,
+    heartbeat: &Heartbeat,
+) -> io::Result<bool> {
+    while *head_at < head.len() || *body_at < body.len() {
+        let bufs = [
+            IoSlice::new(&head[*head_at..]),
+            IoSlice::new(&body[*body_at..]),
+        ];
+        // rustix's writev(2), without libc's cancellation bookkeeping.
+        match rustix::io::writev(stream, &bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let into_head = n.min(head.len() - *head_at);
+                *head_at += into_head;
+                *body_at += n - into_head;
+                heartbeat.beat();
+            }
+            Err(rustix::io::Errno::AGAIN) => return Ok(false),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// Sends what the socket takes at once of `rest` (writev(2), or sendfile(2)
+/// from the file's position); returns whether any of it went out. Where
+/// the file system cannot sendfile, reads and writes the whole rest of a
+/// file instead, waiting for the client as [`write_all`] does. An `Err`:
+/// the socket failed, or the file ended before its announced length.
+pub(crate) fn send_rest(
+    stream: &TcpStream,
+    rest: &mut Rest,
     timeout: Duration,
     heartbeat: &Heartbeat,
 ) -> io::Result<bool> {
+    let (file, left) = match rest {
+        Rest::Bytes {
+            head,
+            body,
+            body_at,
+        } => {
+            let (mut head_at, body_before) = (0, *body_at);
+            writev_until_full(stream, head, &mut head_at, body, body_at, heartbeat)?;
+            head.drain(..head_at);
+            return Ok(head_at > 0 || *body_at > body_before);
+        }
+        Rest::File { file, left } => (file, left),
+    };
     let mut progress = false;
-    while rest.left > 0 {
-        let count = usize::try_from(rest.left.min(1 << 30)).unwrap_or(1 << 30);
-        match rustix::fs::sendfile(stream, &rest.file, None, count) {
+    while *left > 0 {
+        let count = usize::try_from((*left).min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::sendfile(stream, &*file, None, count) {
             Ok(0) => return Err(broken("the file is shorter than its announced length")),
             Ok(n) => {
-                rest.left -= n as u64;
+                *left -= n as u64;
                 progress = true;
                 heartbeat.beat();
             }
@@ -262,16 +350,14 @@ pub(crate) fn send_file_rest(
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
                 let mut buf = vec![0u8; 64 * 1024];
-                while rest.left > 0 {
-                    let want = buf
-                        .len()
-                        .min(usize::try_from(rest.left).unwrap_or(usize::MAX));
-                    let n = (&rest.file).read(&mut buf[..want])?;
+                while *left > 0 {
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = (&*file).read(&mut buf[..want])?;
                     if n == 0 {
                         return Err(broken("the file is shorter than its announced length"));
                     }
                     write_all(stream, &buf[..n], timeout, heartbeat)?;
-                    rest.left -= n as u64;
+                    *left -= n as u64;
                     progress = true;
                 }
             }

@@ -4,7 +4,7 @@
 //!
 //! A connection is `Fresh` (accepted, nothing received), `Head` (part of a
 //! request head buffered), `Idle` (between requests), `Sending` (the rest
-//! of a file body goes out as the socket drains) or `Closing` (answered
+//! of an answer goes out as the socket drains) or `Closing` (answered
 //! and shut down for writing, draining input). Every step returns a
 //! [`Next`] the event loop carries out.
 
@@ -17,7 +17,7 @@ use super::Peer;
 use super::dispatch::Dispatch;
 use crate::Limits;
 use crate::body::{Blocked, Drained, Framing, Input, Stall, lock};
-use crate::response::{self, FileRest};
+use crate::response::{self, Rest};
 
 /// Requests answered from one connection's buffer before others get a turn.
 pub(super) const PIPELINE_BUDGET: usize = 16;
@@ -33,8 +33,8 @@ pub(super) enum State {
     Idle,
     /// Part of a request head received: the header timeout runs.
     Head,
-    /// Answered but for part of a file body, which goes out as the socket
-    /// drains (the write timeout runs while the client takes nothing);
+    /// Answered but for part of the answer (a body in memory or a file),
+    /// which goes out as the socket drains (the write timeout runs while the client takes nothing);
     /// nothing more is read until it is all sent.
     Sending,
     /// Answered and shut down for writing; draining input until EOF.
@@ -52,7 +52,7 @@ pub(super) enum Next {
     Linger,
     /// Close with a reset: the response in flight is incomplete.
     Abort,
-    /// Part of a file body is left: come back when the socket is writable
+    /// Part of the answer is left: come back when the socket is writable
     /// (or at the deadline) and send more ([`Conn::writable`]).
     Write,
 }
@@ -77,9 +77,9 @@ pub(super) struct Conn {
     pub(super) watching_out: bool,
 }
 
-/// A file body being sent as the socket drains.
+/// An answer being sent as the socket drains.
 struct Sending {
-    rest: FileRest,
+    rest: Box<Rest>,
     stall: Stall,
     timeout: Duration,
     /// What the answer decided for the connection, carried out once the
@@ -205,16 +205,15 @@ impl Conn {
                 }
                 Err(status) => {
                     drop(input);
-                    return dispatch.reject(self, status);
+                    let next = dispatch.reject(self, status);
+                    return self.after_answer(dispatch, next);
                 }
             };
             let generation = dispatch.take_head(&mut input, &head);
             drop(input);
             self.state = State::Idle;
             let next = dispatch.handle(self, head, generation, stopping);
-            if let Some(rest) = dispatch.take_rest() {
-                return self.start_sending(rest, next, dispatch.limits().write_timeout);
-            }
+            let next = self.after_answer(dispatch, next);
             if next != Next::Keep {
                 return next;
             }
@@ -226,7 +225,10 @@ impl Conn {
     /// else closes.
     pub(super) fn expired(&mut self, dispatch: &mut Dispatch<'_>) -> Next {
         match self.state {
-            State::Head => dispatch.reject(self, StatusCode::REQUEST_TIMEOUT),
+            State::Head => {
+                let next = dispatch.reject(self, StatusCode::REQUEST_TIMEOUT);
+                self.after_answer(dispatch, next)
+            }
             // Time to try again whether or not the kernel called the socket
             // writable: it does only once a third of the send buffer is free,
             // and a slow reader that keeps taking bytes is not stalled.
@@ -235,9 +237,19 @@ impl Conn {
         }
     }
 
-    /// The answer went out but for `rest` of its file body: the connection
-    /// sends it as the socket drains, then does `then`.
-    fn start_sending(&mut self, rest: FileRest, then: Next, timeout: Duration) -> Next {
+    /// An answer was written, and `then` decided: unless the socket did not
+    /// take all of it, in which case the connection sends the rest as the
+    /// socket drains, and does `then` after.
+    fn after_answer(&mut self, dispatch: &mut Dispatch<'_>, then: Next) -> Next {
+        match dispatch.take_rest() {
+            Some(rest) => self.start_sending(rest, then, dispatch.limits().write_timeout),
+            None => then,
+        }
+    }
+
+    /// The answer went out but for `rest`: the connection sends it as the
+    /// socket drains, then does `then`.
+    fn start_sending(&mut self, rest: Box<Rest>, then: Next, timeout: Duration) -> Next {
         self.state = State::Sending;
         self.sending = Some(Sending {
             rest,
@@ -274,12 +286,12 @@ impl Conn {
         let Some(sending) = &mut self.sending else {
             return Next::Abort;
         };
-        match response::send_file_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat) {
+        match response::send_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat) {
             Ok(true) => sending.stall.progress(),
             Ok(false) => {}
             Err(_) => return Next::Abort,
         }
-        if sending.rest.left > 0 {
+        if !sending.rest.is_done() {
             return self.blocked();
         }
         let then = sending.then;

@@ -18,7 +18,7 @@ use crate::access::{AccessLogger, Entry};
 use crate::app::Kind;
 use crate::body::{Drained, Fault, Framing, Heartbeat, Input, lock};
 use crate::date::DateCache;
-use crate::response::{self, FileRest, Reply, Sent};
+use crate::response::{self, Reply, Rest, Sent};
 use crate::{Body, Limits, ResponseBody, http1};
 
 /// Room for a few typical request heads before the head buffer is reused
@@ -43,10 +43,10 @@ pub(super) struct Dispatch<'w> {
     user_agent: Option<String>,
     /// The worker's heartbeat, beaten while a response is written.
     heartbeat: Heartbeat,
-    /// What the socket did not take at once of the last answer's file body,
-    /// for the connection to send as the socket drains (see
+    /// What the socket did not take at once of the last answer, for the
+    /// connection to send as the socket drains (see
     /// [`take_rest`](Self::take_rest)).
-    rest: Option<FileRest>,
+    rest: Option<Box<Rest>>,
 }
 
 /// How a response goes out.
@@ -85,9 +85,9 @@ impl<'w> Dispatch<'w> {
         }
     }
 
-    /// The rest of the last answer's file body that the socket did not
-    /// take at once, if any: the connection sends it before anything else.
-    pub(super) fn take_rest(&mut self) -> Option<FileRest> {
+    /// The rest of the last answer that the socket did not take at once,
+    /// if any: the connection sends it before anything else.
+    pub(super) fn take_rest(&mut self) -> Option<Box<Rest>> {
         self.rest.take()
     }
 
@@ -180,9 +180,9 @@ impl<'w> Dispatch<'w> {
         request.extensions_mut().insert(self.worker.context.clone());
         let (response, panicked) = self.call_app(request);
         let next = self.settle(&conn.input, &conn.peer, response, panicked, answer);
-        // Busy until the last byte is written, a long response being work;
-        // but a file body the socket did not take at once is sent by the
-        // event loop as the client reads, with no thread held for it.
+        // Busy until the thread is done with the answer: a stream's last
+        // byte; for a body in memory or a file, what the socket took at
+        // once (the event loop sends the rest as the client reads).
         self.worker.done();
         next
     }
@@ -327,10 +327,7 @@ impl<'w> Dispatch<'w> {
         // Written without the lock, which a streamed body's reads take.
         let stream = Arc::clone(&input.stream);
         drop(input);
-        let mut sent = self.reply(&stream, peer, response, answer);
-        if let Ok(s) = &mut sent {
-            self.rest = s.rest.take();
-        }
+        let sent = self.reply(&stream, peer, response, answer);
         let mut input = lock(conn_input);
         input.generation += 1;
         if sent.is_err() {
@@ -378,7 +375,10 @@ impl<'w> Dispatch<'w> {
             timeout: self.worker.limits.write_timeout,
             heartbeat: &self.heartbeat,
         };
-        let sent = response::write(stream, &mut self.out, &mut self.date, response, reply);
+        let mut sent = response::write(stream, &mut self.out, &mut self.date, response, reply);
+        if let Ok(s) = &mut sent {
+            self.rest = s.rest.take();
+        }
         if let Some(access) = &mut self.access {
             let (status, bytes) = match &sent {
                 Ok(s) => (s.status.as_u16(), s.body_bytes),
