@@ -88,6 +88,19 @@ fn a_stopping_server_answers_requests_on_held_connections_then_closes_them() {
     server.join().unwrap();
 }
 
+/// Stops the pool; its worker must have been recycled on the way.
+fn finish_recycled(forked: Forked) {
+    let outcome = forked.finish();
+    assert!(
+        outcome
+            .history
+            .iter()
+            .any(|r| r.reason == ufork_core::ExitReason::Recycled),
+        "{:?}",
+        outcome.history
+    );
+}
+
 /// A streamed answer that never reads the request's body.
 fn streamed_ignoring_body(_request: Request<Body>) -> Response<ufork_wsgi_like::ResponseBody> {
     Response::new(ufork_wsgi_like::ResponseBody::stream(std::iter::once(
@@ -111,15 +124,7 @@ fn a_recycling_worker_closes_after_a_streamed_answer_that_left_the_body_unread()
     assert!(resp.closes(), "{resp:?}");
     client.assert_closed();
     assert_eq!(get(forked.addr, "/").status, 200);
-    let outcome = forked.finish();
-    assert!(
-        outcome
-            .history
-            .iter()
-            .any(|r| r.reason == ufork_core::ExitReason::Recycled),
-        "{:?}",
-        outcome.history
-    );
+    finish_recycled(forked);
 }
 
 #[test]
@@ -140,13 +145,5 @@ fn max_requests_recycling_drains_keep_alive_connections() {
     // The idle connection is closed after the drain window, without a byte.
     idle.assert_closed();
     assert_eq!(get(forked.addr, "/").status, 200);
-    let outcome = forked.finish();
-    assert!(
-        outcome
-            .history
-            .iter()
-            .any(|r| r.reason == ufork_core::ExitReason::Recycled),
-        "{:?}",
-        outcome.history
-    );
+    finish_recycled(forked);
 }
