@@ -240,7 +240,17 @@ fn given_flags(sub: &clap::Command, user: &[OsString]) -> Vec<String> {
             break;
         }
         if let Some(long) = text.strip_prefix("--") {
-            names.push(long.split('=').next().unwrap_or(long).to_owned());
+            let name = long.split('=').next().unwrap_or(long);
+            // An alias (gunicorn's `--pid`) stands for its flag's long name.
+            let long = sub
+                .get_arguments()
+                .find(|a| {
+                    a.get_long() == Some(name)
+                        || a.get_all_aliases().is_some_and(|all| all.contains(&name))
+                })
+                .and_then(|a| a.get_long())
+                .unwrap_or(name);
+            names.push(long.to_owned());
         } else if let Some(short) = text.strip_prefix('-').and_then(|s| s.chars().next()) {
             if let Some(long) = sub
                 .get_arguments()

@@ -174,19 +174,25 @@ pub fn exec(args: ServeArgs) -> Result<()> {
         unix_mode: args.unix_mode,
         backlog: args.pool.backlog,
     };
+    // PORT is read only where the default bind applies: a bad one does not
+    // stop a pool given --bind.
+    let default = if args.bind.is_empty() {
+        Some(default_bind()?)
+    } else {
+        None
+    };
     // With --reuse-port every worker binds its own socket; otherwise the
     // arbiter binds one that every worker inherits.
     let (listeners, reused) = if args.reuse_port {
-        let binds = if args.bind.is_empty() {
-            listen::resolve_all(&[default_bind()?], options)?
-        } else {
-            listen::resolve_all(&args.bind, options)?
+        let binds = match &default {
+            Some(address) => listen::resolve_all(std::slice::from_ref(address), options)?,
+            None => listen::resolve_all(&args.bind, options)?,
         };
         let addrs = reuse_port_addrs(&binds)?;
         (Vec::new(), addrs)
     } else {
         (
-            listen::bind_all(&args.bind, Some(&default_bind()?), options)?,
+            listen::bind_all(&args.bind, default.as_deref(), options)?,
             Vec::new(),
         )
     };

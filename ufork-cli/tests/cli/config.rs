@@ -22,15 +22,21 @@ fn serve_reads_the_file_and_flags_override_it() {
     std::fs::write(
         &file,
         format!(
-            "# settings for ufork serve\nbind = [\"127.0.0.1:0\"]\nworkers = 3\nno-prompt = true\ncontrol_socket = \"{socket}\"\ngraceful_timeout = \"10s\"\n"
+            "# settings for ufork serve\nbind = [\"127.0.0.1:0\"]\nworkers = 3\nno-prompt = true\ncontrol_socket = \"{socket}\"\ngraceful_timeout = \"10s\"\npidfile = \"{}\"\n",
+            dir.str("file.pid")
         ),
     )
     .unwrap();
     let file = file.to_str().unwrap();
-    let mut server = Running::start(&["serve", "--config", file, "-w", "2"]);
+    // A flag overrides the file under any of its names (gunicorn's --pid
+    // for --pidfile).
+    let cli_pid = dir.str("cli.pid");
+    let mut server = Running::start(&["serve", "--config", file, "-w", "2", "--pid", &cli_pid]);
     let line = server.expect_line("http://");
     assert!(line.contains("with 2 workers"), "{line}");
     wait_ready(&socket, 2);
+    assert!(std::path::Path::new(&cli_pid).exists());
+    assert!(!dir.join("file.pid").exists());
     let (status, _, body) = get(http_addr_in(&line), "/");
     assert_eq!((status, body.as_str()), (200, "Hello, world!\n"));
     server.signal(Signal::TERM);

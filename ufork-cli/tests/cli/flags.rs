@@ -176,6 +176,15 @@ fn port_and_web_concurrency_come_from_the_environment() {
     );
     assert_eq!(get(([127, 0, 0, 1], port).into(), "/").0, 200);
     stop(server);
+    // With --bind, PORT is not read: a bad one stops nothing.
+    let mut server = Running::start_with(
+        ufork()
+            .args(["serve", "--no-prompt", "-w", "1", "--bind", "127.0.0.1:0"])
+            .env("PORT", "http"),
+    );
+    let addr = http_addr_in(&server.expect_line("http://"));
+    assert_eq!(get(addr, "/").0, 200);
+    stop(server);
     for (var, value, needle) in [
         ("PORT", "http", "PORT=\"http\": not a port number"),
         (

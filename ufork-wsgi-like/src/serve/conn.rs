@@ -57,6 +57,17 @@ pub(super) enum Next {
     Write,
 }
 
+/// How long a stopping worker's connections wait for a request: the drain
+/// window, or less when the keep-alive timeout is shorter (a zero one turns
+/// keep-alive off, and does not shorten it).
+pub(super) fn stop_window(limits: &Limits) -> Duration {
+    if limits.keep_alive_timeout.is_zero() {
+        limits.drain_window
+    } else {
+        limits.drain_window.min(limits.keep_alive_timeout)
+    }
+}
+
 /// `now + timeout`, or `None` (never) past what an `Instant` can hold.
 pub(crate) fn deadline_after(now: Instant, timeout: Duration) -> Option<Instant> {
     now.checked_add(timeout)
@@ -223,7 +234,7 @@ impl Conn {
 
     /// The deadline passed: a request head that is late gets 408, anything
     /// else closes.
-    pub(super) fn expired(&mut self, dispatch: &mut Dispatch<'_>) -> Next {
+    pub(super) fn expired(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
         match self.state {
             State::Head => {
                 let next = dispatch.reject(self, StatusCode::REQUEST_TIMEOUT);
@@ -232,7 +243,7 @@ impl Conn {
             // Time to try again whether or not the kernel called the socket
             // writable: it does only once a third of the send buffer is free,
             // and a slow reader that keeps taking bytes is not stalled.
-            State::Sending => self.writable(),
+            State::Sending => self.writable(dispatch.limits(), stopping),
             State::Fresh | State::Idle | State::Closing => Next::Close,
         }
     }
@@ -242,7 +253,7 @@ impl Conn {
     /// socket drains, and does `then` after.
     fn after_answer(&mut self, dispatch: &mut Dispatch<'_>, then: Next) -> Next {
         match dispatch.take_rest() {
-            Some(rest) => self.start_sending(rest, then, dispatch.limits().write_timeout),
+            Some(rest) => self.start_sending(rest, then, dispatch.write_timeout()),
             None => then,
         }
     }
@@ -276,10 +287,14 @@ impl Conn {
         }
     }
 
-    /// The socket may have room: sends what it takes of the body's rest;
-    /// once all of it is out, the connection goes on as the answer decided
-    /// (requests that arrived meanwhile are served in order).
-    pub(super) fn writable(&mut self) -> Next {
+    /// The socket may have room: sends what it takes of the answer's rest;
+    /// once all of it is out, the connection goes on as the answer decided:
+    /// kept, it is an idle connection again (what the client pipelined
+    /// meanwhile is answered in order; at a stop it waits the drain window,
+    /// like every idle one); closed, it lingers, so that what the client
+    /// sent meanwhile does not turn the close into a reset that drops the
+    /// answer's last bytes.
+    pub(super) fn writable(&mut self, limits: &Limits, stopping: bool) -> Next {
         let input = lock(&self.input);
         let (stream, heartbeat) = (Arc::clone(&input.stream), input.heartbeat.clone());
         drop(input);
@@ -298,7 +313,19 @@ impl Conn {
         self.sending = None;
         self.state = State::Idle;
         match then {
-            Next::Keep => Next::Again,
+            Next::Keep => {
+                self.set_timeout(limits.keep_alive_timeout);
+                if stopping {
+                    self.drain(Instant::now(), stop_window(limits));
+                }
+                let input = lock(&self.input);
+                if input.start < input.end {
+                    Next::Again
+                } else {
+                    Next::Keep
+                }
+            }
+            Next::Close => Next::Linger,
             other => other,
         }
     }
@@ -315,5 +342,26 @@ fn drain_closing(stream: &std::net::TcpStream) -> Next {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Next::Close,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_off_does_not_shorten_the_stop_window() {
+        let window = Duration::from_secs(8);
+        let limits = |keep_alive| Limits {
+            drain_window: window,
+            keep_alive_timeout: keep_alive,
+            ..Limits::default()
+        };
+        assert_eq!(stop_window(&limits(Duration::ZERO)), window);
+        assert_eq!(
+            stop_window(&limits(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(stop_window(&limits(Duration::from_secs(60))), window);
     }
 }

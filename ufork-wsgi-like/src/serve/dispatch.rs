@@ -91,6 +91,12 @@ impl<'w> Dispatch<'w> {
         self.rest.take()
     }
 
+    /// The write timeout answers are sent with: the configured one, capped
+    /// at half the heartbeat timeout in a pre-forked worker.
+    pub(super) fn write_timeout(&self) -> Duration {
+        self.worker.limits.write_timeout
+    }
+
     pub(super) fn limits(&self) -> &'w Limits {
         &self.worker.config.limits
     }
@@ -274,10 +280,8 @@ impl<'w> Dispatch<'w> {
             );
             awaited_continue = false;
         }
-        let mut linger = false;
         if let Some(fault) = input.fault {
             answer.keep_alive = false;
-            linger = true;
             match fault.status() {
                 // A client that shut down its writing side may still read:
                 // it gets the app's answer to the truncated body.
@@ -305,7 +309,6 @@ impl<'w> Dispatch<'w> {
             };
             if !goes_on {
                 answer.keep_alive = false;
-                linger = true;
             }
             if let Drained::Bad(status) = drained {
                 response = response::error_response(status);
@@ -322,7 +325,6 @@ impl<'w> Dispatch<'w> {
         let body_left = streamed && input.framing != Framing::Done;
         if (answer.last_unless_buffered || recycling) && (input.start >= input.end || body_left) {
             answer.keep_alive = false;
-            linger |= body_left;
         }
         // Written without the lock, which a streamed body's reads take.
         let stream = Arc::clone(&input.stream);
@@ -352,10 +354,13 @@ impl<'w> Dispatch<'w> {
                 _ => return Next::Linger,
             }
         }
+        // An answer that closes the connection lingers: the FIN follows its
+        // last byte, and what the client sent meanwhile (the next request it
+        // pipelined, a body nobody read) is drained instead of turning the
+        // close into a reset that drops the answer's unsent end.
         match sent {
             Ok(sent) if sent.keep_alive => Next::Keep,
-            Ok(_) if linger => Next::Linger,
-            Ok(_) => Next::Close,
+            Ok(_) => Next::Linger,
             Err(_) => Next::Abort,
         }
     }

@@ -38,7 +38,7 @@ use rustix::io::Errno;
 use rustix::net::SocketFlags;
 
 use self::balance::{Balance, Table};
-use self::conn::{Conn, Next, State, deadline_after};
+use self::conn::{Conn, Next, State, deadline_after, stop_window};
 use self::dispatch::Dispatch;
 pub(crate) use self::worker::{Config, WorkerShared, panic_message};
 use crate::body::{Heartbeat, Input, lock};
@@ -357,11 +357,7 @@ impl Loop<'_> {
         if let Some(fd) = self.stop_fd {
             let _ = epoll::delete(&self.epoll, fd);
         }
-        let window = self
-            .config
-            .limits
-            .drain_window
-            .min(self.config.limits.keep_alive_timeout);
+        let window = stop_window(&self.config.limits);
         let now = Instant::now();
         for idx in 0..self.slots.len() {
             if let Some(conn) = &mut self.slots[idx].conn {
@@ -543,7 +539,11 @@ impl Loop<'_> {
         let next = if conn.state == State::Sending {
             // Registered for room to write, so an event means room (or an
             // error, which the write finds).
-            if read { conn.writable() } else { Next::Write }
+            if read {
+                conn.writable(&self.config.limits, self.stopping)
+            } else {
+                Next::Write
+            }
         } else if read {
             conn.readable(&mut self.dispatch, self.stopping)
         } else {
@@ -607,7 +607,7 @@ impl Loop<'_> {
             let Some(mut conn) = self.slots[idx].conn.take() else {
                 continue;
             };
-            let next = conn.expired(&mut self.dispatch);
+            let next = conn.expired(&mut self.dispatch, self.stopping);
             if next == Next::Again {
                 // A file body finished: serve what is buffered behind it.
                 let token = (u64::from(self.slots[idx].generation) << 32) | idx as u64;

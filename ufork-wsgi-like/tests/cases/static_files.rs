@@ -536,3 +536,52 @@ fn a_reader_that_stops_taking_a_file_is_reset_after_the_write_timeout() {
     assert_eq!(request(&mut next, "/digits.txt", "").text(), "0123456789");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stop while a file goes out lets it finish: the client, which sent its
+/// next request meanwhile, gets the whole file and then that answer (the
+/// last, saying close), not a reset that drops the file's unsent end.
+#[test]
+fn a_stop_while_a_file_goes_out_finishes_it_and_answers_what_came_behind() {
+    let dir = tree("stopfile");
+    let big = big_file(&dir);
+    let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
+    let mut slow = Client::new(addr_of(&server));
+    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.stream, SMALL_RCVBUF).unwrap();
+    slow.send("GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    // The answer has begun; the next request arrives while it goes out,
+    // so it waits in the kernel, unread.
+    assert!(slow.fill() > 0);
+    slow.send("GET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    server.stop();
+    let resp = slow.read_response();
+    assert!(resp.body == big, "{} bytes, not the file", resp.body.len());
+    let resp = slow.read_response();
+    assert_eq!(resp.text(), "0123456789");
+    assert!(resp.closes(), "{resp:?}");
+    slow.assert_closed();
+    server.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An answer that closes its connection (keep-alive off here) reaches the
+/// client whole although the client sent more meanwhile: the close is a
+/// FIN after the last byte, not a reset.
+#[test]
+fn a_file_answer_that_closes_arrives_whole_despite_a_request_behind_it() {
+    let dir = tree("closefile");
+    let big = big_file(&dir);
+    let server = local(
+        Server::builder().keep_alive_timeout(std::time::Duration::ZERO),
+        StaticFiles::new(&dir).unwrap(),
+    );
+    let mut slow = Client::new(addr_of(&server));
+    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.stream, SMALL_RCVBUF).unwrap();
+    slow.send("GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(slow.fill() > 0);
+    slow.send("GET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    let resp = slow.read_response();
+    assert!(resp.closes(), "{resp:?}");
+    assert!(resp.body == big, "{} bytes, not the file", resp.body.len());
+    slow.assert_closed();
+    let _ = std::fs::remove_dir_all(&dir);
+}
