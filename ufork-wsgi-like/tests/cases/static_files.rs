@@ -465,6 +465,24 @@ fn big_file(dir: &std::path::Path) -> Vec<u8> {
 /// stop fitting soon.
 const SMALL_RCVBUF: usize = 64 << 10;
 
+/// A client with a small receive buffer, so the server's writes stop
+/// fitting soon.
+fn slow_client(addr: std::net::SocketAddr) -> Client {
+    let client = Client::new(addr);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&client.stream, SMALL_RCVBUF).unwrap();
+    client
+}
+
+/// A slow client that asked for big.bin, got its first bytes, and sent its
+/// next request while the file goes out (so the server has not read it).
+fn big_file_begun(addr: std::net::SocketAddr) -> Client {
+    let mut slow = slow_client(addr);
+    slow.send("GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(slow.fill() > 0);
+    slow.send("GET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    slow
+}
+
 /// A client reading a large file slowly (or not at all, for now) holds no
 /// serving thread: the rest of the file goes out from the event loop as the
 /// socket drains, so another client on the same one-thread server is
@@ -475,8 +493,7 @@ fn a_slow_reader_of_a_large_file_holds_no_serving_thread() {
     let dir = tree("slowfile");
     let big = big_file(&dir);
     let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
-    let mut slow = Client::new(addr_of(&server));
-    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.stream, SMALL_RCVBUF).unwrap();
+    let mut slow = slow_client(addr_of(&server));
     slow.send(
         "GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n",
     );
@@ -545,13 +562,7 @@ fn a_stop_while_a_file_goes_out_finishes_it_and_answers_what_came_behind() {
     let dir = tree("stopfile");
     let big = big_file(&dir);
     let server = local(Server::builder(), StaticFiles::new(&dir).unwrap());
-    let mut slow = Client::new(addr_of(&server));
-    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.stream, SMALL_RCVBUF).unwrap();
-    slow.send("GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
-    // The answer has begun; the next request arrives while it goes out,
-    // so it waits in the kernel, unread.
-    assert!(slow.fill() > 0);
-    slow.send("GET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut slow = big_file_begun(addr_of(&server));
     server.stop();
     let resp = slow.read_response();
     assert!(resp.body == big, "{} bytes, not the file", resp.body.len());
@@ -574,11 +585,7 @@ fn a_file_answer_that_closes_arrives_whole_despite_a_request_behind_it() {
         Server::builder().keep_alive_timeout(std::time::Duration::ZERO),
         StaticFiles::new(&dir).unwrap(),
     );
-    let mut slow = Client::new(addr_of(&server));
-    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.stream, SMALL_RCVBUF).unwrap();
-    slow.send("GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert!(slow.fill() > 0);
-    slow.send("GET /digits.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut slow = big_file_begun(addr_of(&server));
     let resp = slow.read_response();
     assert!(resp.closes(), "{resp:?}");
     assert!(resp.body == big, "{} bytes, not the file", resp.body.len());
