@@ -265,10 +265,20 @@ mod tests {
         assert_eq!(serve.timeout, Some(Duration::from_secs(60)));
         assert_eq!(serve.pool.user.as_deref(), Some("www"));
         assert_eq!(serve.pool.group.as_deref(), Some("web"));
-        let cli = Cli::try_parse_from(["ufork", "run", "--pid", "a.pid", "--", "true"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "ufork", "run", "--pid", "a.pid", "--notify", "-t", "5", "--", "true",
+        ])
+        .unwrap();
         let Command::Run(run) = cli.command else {
             panic!("run")
         };
         assert_eq!(run.pool.pidfile, Some(PathBuf::from("a.pid")));
+        assert_eq!(run.timeout, Some(Duration::from_secs(5)));
+        for command in ["stop", "status", "reload", "upgrade"] {
+            for spelling in ["-p", "--pid"] {
+                let cli = Cli::try_parse_from(["ufork", command, spelling, "a.pid"]);
+                assert!(cli.is_ok(), "{command} {spelling}: {cli:?}");
+            }
+        }
     }
 }

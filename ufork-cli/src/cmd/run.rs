@@ -42,6 +42,7 @@ pub struct RunArgs {
 
     /// With --notify: kill and replace a worker with no WATCHDOG=1 for this long.
     #[arg(
+        short,
         long,
         value_name = "SECS",
         value_parser = parse_seconds,

@@ -25,7 +25,7 @@ pub struct TargetArgs {
     /// The pidfile the pool was started with (its control socket is beside
     /// it, PATH with the extension .control.sock; or .sock, where earlier
     /// binaries put it, when only that one is there).
-    #[arg(long, value_name = "PATH")]
+    #[arg(short = 'p', long, visible_alias = "pid", value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
     /// The pool's control socket.
