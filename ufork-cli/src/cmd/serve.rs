@@ -126,6 +126,28 @@ impl From<LogFormat> for ufork_wsgi_like::AccessFormat {
 /// Where `serve` listens without `--bind` (and without socket activation).
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 
+/// Raises the soft limit on open files to the hard one: every connection a
+/// worker holds is a descriptor, and the soft limit systemd gives services
+/// (1024, kept low for programs that use select(2)) would cap a worker at
+/// about a thousand connections, after which accepting pauses. Go's runtime
+/// does the same at start. Only `serve`: a `run` program inherits limits
+/// as they were given.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum) {
+        if current < maximum {
+            let raised = Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                log::debug!(target: "ufork", "cannot raise the open files limit from {current} to {maximum}: {e}");
+            }
+        }
+    }
+}
+
 /// What `serve` binds without `--bind` (and without sockets from socket
 /// activation): `0.0.0.0:$PORT` when the environment sets `PORT`, as gunicorn
 /// does for the platforms that pick the port (Heroku, Cloud Run), else
@@ -147,6 +169,7 @@ fn default_bind() -> Result<String> {
 
 /// Runs `ufork serve`.
 pub fn exec(args: ServeArgs) -> Result<()> {
+    raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
     let pidfile = pool::lock_pidfile(

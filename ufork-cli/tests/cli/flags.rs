@@ -204,6 +204,49 @@ fn port_and_web_concurrency_come_from_the_environment() {
     }
 }
 
+/// The soft limit on open files of a process, from /proc.
+fn open_files_soft_limit(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// `serve` raises its soft limit on open files to the hard one (systemd
+/// gives services a soft 1024), so a worker can hold as many connections as
+/// the hard limit allows.
+#[test]
+fn serve_raises_the_open_files_limit_to_the_hard_one() {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .expect("a finite hard limit on open files");
+    assert!(
+        hard > 512,
+        "this test needs a hard limit above 512, not {hard}"
+    );
+    let mut server = Running::start_with(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_ufork"))
+            .args(["serve", "--bind", "127.0.0.1:0", "-w", "1", "--no-prompt"])
+            .env_remove("PORT")
+            .env_remove("WEB_CONCURRENCY")
+            .stdin(std::process::Stdio::null()),
+    );
+    let line = server.expect_line("worker 0 pid");
+    let worker: i32 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "pid")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("a worker pid");
+    assert_eq!(open_files_soft_limit(server.pid()), hard);
+    assert_eq!(open_files_soft_limit(worker), hard);
+    stop(server);
+}
+
 /// `--log-level warning` (gunicorn's names) keeps the arbiter's warnings
 /// and drops its info lines; a level it does not know is a usage error.
 #[test]
