@@ -34,8 +34,8 @@ pub(super) enum State {
     /// Part of a request head received: the header timeout runs.
     Head,
     /// Answered but for part of the answer (a body in memory or a file),
-    /// which goes out as the socket drains (the write timeout runs while the client takes nothing);
-    /// nothing more is read until it is all sent.
+    /// which goes out as the socket drains (the write timeout runs while
+    /// the client takes nothing); nothing more is read until it is all out.
     Sending,
     /// Answered and shut down for writing; draining input until EOF.
     Closing,
@@ -232,8 +232,8 @@ impl Conn {
         Next::Again
     }
 
-    /// The deadline passed: a request head that is late gets 408, anything
-    /// else closes.
+    /// The deadline passed: a request head that is late gets 408, an answer
+    /// going out is tried again (or given up on), anything else closes.
     pub(super) fn expired(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
         match self.state {
             State::Head => {

@@ -194,6 +194,12 @@ fn listener_token(i: usize) -> u64 {
     SPECIAL | (i as u64 + 1)
 }
 
+/// A connection's event token: its slot and the slot's generation, so an
+/// event for a connection since closed is not taken for its successor's.
+fn conn_token(generation: u32, idx: usize) -> u64 {
+    (u64::from(generation) << 32) | idx as u64
+}
+
 /// The event loop of one serving thread.
 struct Loop<'w> {
     worker: &'w WorkerShared,
@@ -458,7 +464,7 @@ impl Loop<'_> {
         };
         let slot = &mut self.slots[idx];
         slot.generation = slot.generation.wrapping_add(1);
-        let token = (u64::from(slot.generation) << 32) | idx as u64;
+        let token = conn_token(slot.generation, idx);
         if let Err(e) = epoll::add(
             &self.epoll,
             &stream,
@@ -563,11 +569,11 @@ impl Loop<'_> {
             Next::Abort => return self.abort(idx, conn),
             Next::Linger => conn.linger(Instant::now()),
         }
-        // A connection sending a file body waits for room to write, every
-        // other one for input.
+        // A connection sending the rest of an answer waits for room to
+        // write, every other one for input.
         let out = conn.state == State::Sending;
         if out != conn.watching_out {
-            let token = (u64::from(self.slots[idx].generation) << 32) | idx as u64;
+            let token = conn_token(self.slots[idx].generation, idx);
             let flags = if out {
                 epoll::EventFlags::OUT
             } else {
@@ -610,7 +616,7 @@ impl Loop<'_> {
             let next = conn.expired(&mut self.dispatch, self.stopping);
             if next == Next::Again {
                 // A file body finished: serve what is buffered behind it.
-                let token = (u64::from(self.slots[idx].generation) << 32) | idx as u64;
+                let token = conn_token(self.slots[idx].generation, idx);
                 self.pending.push(token);
             }
             self.carry_out(idx, conn, next);
