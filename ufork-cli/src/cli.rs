@@ -178,8 +178,9 @@ pub struct PoolArgs {
     pub no_timestamps: bool,
 
     /// Least severe message of the arbiter and the workers' server logged,
-    /// with gunicorn's names (a worker's own output is captured whatever
-    /// it says) [default: info, or the UFORK_LOG environment variable].
+    /// with gunicorn's names (a worker's own output and the access log are
+    /// kept whatever it says) [default: info, or the UFORK_LOG environment
+    /// variable].
     #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true)]
     pub log_level: Option<crate::logger::LogLevel>,
 

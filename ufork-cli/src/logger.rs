@@ -2,6 +2,7 @@
 //! to the terminal (above the prompt) or, once set, to a log file sink.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ufork_io::Format;
@@ -52,9 +53,25 @@ impl LogLevel {
 }
 
 /// Applies `--log-level` to the arbiter's and the workers' log lines (a
-/// worker's own output is captured whatever its level).
+/// worker's own output is captured whatever its level, and so is the access
+/// log).
 pub fn set_level(level: LogLevel) {
-    log::set_max_level(level.filter());
+    set_filter(level.filter());
+}
+
+/// The least severe line logged, as a `LevelFilter`'s number (Info).
+static LEVEL: AtomicUsize = AtomicUsize::new(log::LevelFilter::Info as usize);
+
+/// Logs lines down to `filter`. The `log` crate's own filter stays at info
+/// or below, so that access lines (info, of their own target) reach the
+/// logger whatever the level of the others.
+fn set_filter(filter: log::LevelFilter) {
+    LEVEL.store(filter as usize, Ordering::Relaxed);
+    log::set_max_level(filter.max(log::LevelFilter::Info));
+}
+
+fn level_enabled(level: log::Level) -> bool {
+    level as usize <= LEVEL.load(Ordering::Relaxed)
 }
 
 /// The format of the pool's lines from the flags: without `--log-format`,
@@ -105,7 +122,7 @@ static LOGGER: Logger = Logger;
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        level_enabled(metadata.level())
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -161,7 +178,7 @@ pub fn init() {
         _ => log::LevelFilter::Info,
     };
     if log::set_logger(&LOGGER).is_ok() {
-        log::set_max_level(level);
+        set_filter(level);
     }
 }
 

@@ -248,9 +248,12 @@ fn serve_raises_the_open_files_limit_to_the_hard_one() {
 }
 
 /// `--log-level warning` (gunicorn's names) keeps the arbiter's warnings
-/// and drops its info lines; a level it does not know is a usage error.
+/// and drops its info lines, not the access log; a level it does not know
+/// is a usage error.
 #[test]
 fn log_level_warning_keeps_warnings_only() {
+    let dir = TempDir::new("loglevel");
+    let access = dir.str("access.log");
     let mut server = Running::start(&[
         "serve",
         "--bind",
@@ -260,9 +263,11 @@ fn log_level_warning_keeps_warnings_only() {
         "--no-prompt",
         "--log-level",
         "WARNING",
+        "--access-log",
+        &access,
     ]);
     let addr = http_addr_in(&server.expect_line("http://"));
-    assert_eq!(get(addr, "/").0, 200);
+    assert_eq!(get(addr, "/logged").0, 200);
     server.signal(Signal::ALARM);
     server.expect_line("SIGALRM ignored");
     server.signal(Signal::TERM);
@@ -275,6 +280,8 @@ fn log_level_warning_keeps_warnings_only() {
     ] {
         assert!(!transcript.contains(info), "{info}: {transcript}");
     }
+    let lines = std::fs::read_to_string(&access).unwrap();
+    assert!(lines.contains("\"GET /logged HTTP/1.0\" 200"), "{lines}");
     let out = run(&["serve", "--log-level", "loud"]);
     assert_one_line_error(&out, 2, &["--log-level", "critical"]);
 }
