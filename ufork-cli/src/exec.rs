@@ -78,6 +78,11 @@ pub struct ExecLayer {
     pending: HashMap<usize, (OwnedFd, OwnedFd)>,
     watching: HashMap<Token, (usize, i32, OwnedFd)>,
     child_pipe: Arc<Mutex<Option<OwnedFd>>>,
+    /// The arbiter's copies of the listening sockets, for the workers it
+    /// forks; dropped when a stop begins, so a socket stops listening once
+    /// every worker has closed its own copy too (the upgrader closes its
+    /// copies then as well: see `upgrade::close_at_stop`).
+    listeners: Arc<Mutex<Option<Vec<OwnedFd>>>>,
     ready_on_exec: bool,
     program: String,
     path: PathBuf,
@@ -93,6 +98,7 @@ impl ExecLayer {
             pending: HashMap::new(),
             watching: HashMap::new(),
             child_pipe: Arc::new(Mutex::new(None)),
+            listeners: Arc::new(Mutex::new(None)),
             ready_on_exec,
             program: program.to_owned(),
             path,
@@ -113,10 +119,15 @@ impl ExecLayer {
     ) -> impl FnMut(&mut Worker) -> Result<(), String> + use<> {
         let child_pipe = Arc::clone(&self.child_pipe);
         let which = self.path.clone();
-        let mut listeners = Some(listeners);
+        *self.listeners.lock().unwrap_or_else(|p| p.into_inner()) = Some(listeners);
+        let kept = Arc::clone(&self.listeners);
         move |worker| {
             let report = child_pipe.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let listeners = listeners.take().unwrap_or_default();
+            let listeners = kept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_default();
             let count = listeners.len();
             let _placed = place_listeners(listeners)
                 .map_err(|e| format!("cannot hand the sockets to `{}`: {e}", spec.program))?;
@@ -271,6 +282,16 @@ impl Layer for ExecLayer {
 
     fn event(&mut self, token: Token, _readiness: Readiness, ctx: &mut Context<'_>) {
         self.take_report(token, true, ctx);
+    }
+
+    fn stopping(&mut self, _ctx: &mut Context<'_>) {
+        // No worker is forked once the pool stops. Shutting the sockets
+        // down instead would make `accept` fail with EINVAL in every
+        // program still in its accept loop, until it notices its SIGTERM.
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     fn exited(&mut self, record: &ExitRecord, ctx: &mut Context<'_>) {

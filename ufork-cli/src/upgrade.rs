@@ -44,6 +44,9 @@ struct State {
     handle: Option<UpgradeHandle>,
     /// Why this pool cannot be upgraded, when it cannot.
     unsupported: Option<String>,
+    /// A graceful stop closes the arbiter's copies of the TCP sockets
+    /// instead of shutting them down (`run`: see [`close_at_stop`]).
+    close_at_stop: bool,
 }
 
 static STATE: OnceLock<Mutex<State>> = OnceLock::new();
@@ -61,6 +64,7 @@ fn state() -> std::sync::MutexGuard<'static, State> {
                 refuse: Vec::new(),
                 handle: None,
                 unsupported: None,
+                close_at_stop: false,
             })
         })
         .lock()
@@ -93,6 +97,7 @@ pub fn init() {
         refuse: Vec::new(),
         handle: None,
         unsupported: None,
+        close_at_stop: false,
     }));
 }
 
@@ -233,6 +238,16 @@ pub fn remember(listeners: &[Listener]) {
     }
 }
 
+/// A graceful stop of this pool closes the arbiter's copies of its TCP
+/// listening sockets, leaving each worker to stop accepting and close its
+/// own (`run`), instead of shutting the sockets down at once, which makes
+/// `accept` fail with EINVAL in a program that has not yet noticed its
+/// SIGTERM (uvicorn logged a traceback per try). The caller drops its other
+/// copies when the stop begins.
+pub fn close_at_stop() {
+    state().close_at_stop = true;
+}
+
 /// The running pool's upgrade handle (for the control socket's `upgrade`).
 pub fn handle() -> std::result::Result<UpgradeHandle, String> {
     let state = state();
@@ -273,11 +288,17 @@ pub fn configure(
         // graceful stop (a unix socket's path removed at once).
         builder = builder.layer(Refuse(why));
     }
+    // Taken whether or not an upgrader keeps them: a copy left here would
+    // keep a socket listening past a `run` pool's stop.
+    let sockets = std::mem::take(&mut state.sockets);
+    let refusals = std::mem::take(&mut state.refuse);
     if let Some(reexec) = state.reexec.clone() {
         match Upgrader::new(reexec) {
             Ok(mut upgrader) => {
-                upgrader = upgrader.timeout(start_timeout);
-                for (name, fd, refuse) in std::mem::take(&mut state.sockets) {
+                upgrader = upgrader
+                    .timeout(start_timeout)
+                    .close_at_stop(state.close_at_stop);
+                for (name, fd, refuse) in sockets {
                     let kept = if refuse {
                         upgrader.listener(&name, &fd)
                     } else {
@@ -291,7 +312,7 @@ pub fn configure(
                         }
                     }
                 }
-                for fd in std::mem::take(&mut state.refuse) {
+                for fd in refusals {
                     match upgrader.refuse_at_stop(&fd) {
                         Ok(u) => upgrader = u,
                         Err(e) => {

@@ -141,6 +141,9 @@ pub fn exec(args: RunArgs) -> Result<()> {
     let (fds, _socket_files): (Vec<_>, Vec<_>) =
         listeners.into_iter().map(|l| l.socket.into_fd()).unzip();
     let worker = layer.worker(spec, fds);
+    // The programs stop accepting at SIGTERM themselves, as gunicorn's
+    // workers do; the arbiter only closes its copies.
+    crate::upgrade::close_at_stop();
     let mut builder = session
         .configure(&args.pool, workers, Arbiter::builder())
         .heartbeat_timeout(args.timeout)

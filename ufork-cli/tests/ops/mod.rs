@@ -5,6 +5,7 @@
 mod activation;
 mod deploy;
 mod pidfile;
+mod stop;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -44,6 +44,16 @@
 //! are the worker's to refuse:
 //! [`Worker::refuse_at_stop`](crate::Worker::refuse_at_stop).
 //!
+//! A shut-down socket makes `accept` fail with EINVAL in every process that
+//! still waits on it, which a worker written for ufork takes as "stop
+//! accepting" but an exec'd program (uvicorn, gunicorn) reports as an error,
+//! once per try until it notices its SIGTERM. For such workers,
+//! [`Upgrader::close_at_stop`] closes the upgrader's copies instead, as
+//! gunicorn's arbiter does: a TCP socket then stops listening once every
+//! worker has closed its own copy too (they do at SIGTERM), a connection a
+//! worker still accepts meanwhile is served, and what is queued when the last
+//! copy closes is reset.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -419,6 +429,8 @@ pub struct Upgrader {
     kept: Vec<usize>,
     timeout: Duration,
     refuse_on_stop: bool,
+    /// Close the copies at a graceful stop instead of shutting sockets down.
+    close_at_stop: bool,
     trigger: Arc<Trigger>,
     wake_r: OwnedFd,
     wake_token: Option<Token>,
@@ -483,15 +495,18 @@ impl Refusal {
         }))
     }
 
-    /// Stops new connections: a TCP socket's reading side is shut down,
-    /// which takes it out of `LISTEN` for every process holding a copy; a
-    /// unix socket's path is removed (when it still names the socket's
-    /// file), so new clients get ENOENT while connections already queued
-    /// stay for whatever still accepts.
-    fn refuse(&self) {
+    /// Stops new connections: a TCP socket's reading side is shut down
+    /// (unless `shut_down` is false: its copy is closed by the caller
+    /// then), which takes it out of `LISTEN` for every process holding a
+    /// copy; a unix socket's path is removed (when it still names the
+    /// socket's file), so new clients get ENOENT while connections already
+    /// queued stay for whatever still accepts.
+    fn refuse(&self, shut_down: bool) {
         match &self.unix {
             None => {
-                let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Read);
+                if shut_down {
+                    let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Read);
+                }
             }
             Some((path, id)) => {
                 if file_id(path) == Some(*id) {
@@ -546,6 +561,7 @@ impl Upgrader {
             kept: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             refuse_on_stop: true,
+            close_at_stop: false,
             trigger: Arc::new(Trigger {
                 queue: Mutex::new(Vec::new()),
                 wake,
@@ -637,6 +653,20 @@ impl Upgrader {
     /// (default true).
     pub fn refuse_on_stop(mut self, refuse: bool) -> Self {
         self.refuse_on_stop = refuse;
+        self
+    }
+
+    /// Whether a graceful stop (not a handover) closes the upgrader's
+    /// copies of the TCP listening sockets instead of shutting them down
+    /// (default false; see the [module docs](self)). A socket then stops
+    /// listening only once every copy is closed: the caller must drop the
+    /// arbiter's other copies when the stop begins (a [`Layer::stopping`]),
+    /// and the workers close theirs as they stop. For workers that report
+    /// `accept` failing with EINVAL as an error (an exec'd program), which a
+    /// shut-down socket makes it do until they notice their SIGTERM. A unix
+    /// socket's path is removed at once either way.
+    pub fn close_at_stop(mut self, close: bool) -> Self {
+        self.close_at_stop = close;
         self
     }
 
@@ -1029,7 +1059,13 @@ impl Layer for Upgrader {
     fn tick(&mut self, ctx: &mut Context<'_>) {
         if std::mem::take(&mut self.shutdown_pending) {
             for refusal in &self.refusals {
-                refusal.refuse();
+                refusal.refuse(!self.close_at_stop);
+            }
+            if self.close_at_stop {
+                // No upgrade starts once the pool stops: nothing needs them.
+                self.refusals.clear();
+                self.handover.clear();
+                self.kept.clear();
             }
         }
         if std::mem::take(&mut self.tell_handed) {
