@@ -296,6 +296,81 @@ fn the_async_example_serves_replaces_a_killed_worker_and_drains_on_sigterm() {
     }
 }
 
+/// Reads one response with a `Content-Length` from a kept-alive
+/// connection: the head (lowercased) and the body, or None when the
+/// connection ends (or is reset) first.
+fn read_response(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            Ok(_) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("reading a response: {e}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[test]
+fn a_request_on_an_idle_connection_just_after_the_stop_is_answered() {
+    let mut example = Example::start(Command::new(example_bin()).args([
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--drain-window",
+        "60",
+    ]));
+    let (addr, _) = example.listening();
+    // A keep-alive connection, idle after its first answer.
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    idle.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    idle.write_all(request).expect("send");
+    let (head, body) = read_response(&mut idle).expect("the first answer");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let worker = pid_in(&body);
+
+    // The stop, seen by the worker: a request in flight across it is
+    // answered 100 ms after the worker was told (the example's
+    // `/until-stop`). Without a drain window, the idle connection was
+    // closed at the stop, before that answer.
+    let slow = std::thread::spawn(move || get(addr, "/until-stop"));
+    example.expect("the slow request in flight", |l| {
+        l.starts_with("out: in flight until the stop: pid ")
+    });
+    example.signal(rustix::process::Signal::TERM);
+    let (status, _) = slow.join().unwrap().expect("the in-flight answer");
+    assert_eq!(status, 200);
+
+    // The keep-alive client's next request, sent as the worker drains: it
+    // is answered, says the connection ends, and the connection ends.
+    idle.write_all(request)
+        .expect("send on the idle connection");
+    let (head, body) = read_response(&mut idle).expect("an answer, not a closed connection");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(pid_in(&body), worker);
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "after the last answer: {rest:?}");
+
+    // Every connection closed: the window ends early, well before 60 s.
+    assert_eq!(example.exit_code(), Some(0), "seen: {:#?}", example.seen);
+    assert!(!util::exists(worker), "worker {worker} left behind");
+}
+
 #[test]
 fn a_handler_blocking_the_runtime_is_killed_at_the_hang_timeout() {
     let mut example = Example::start(Command::new(example_bin()).args([
@@ -457,7 +532,9 @@ fn concurrent_requests_map_onto_busy_idle_activity_and_the_request_count() {
         .unwrap();
     let beat = example::heartbeat_interval(std::time::Duration::from_secs(30));
     let (handle, thread) = arbiter
-        .spawn_guarded(move |w: &mut Worker| example::serve(w, &listeners, beat))
+        .spawn_guarded(move |w: &mut Worker| {
+            example::serve(w, &listeners, beat, std::time::Duration::from_secs(1))
+        })
         .unwrap();
     // Ready once it serves (the example marks it; the pool does not).
     util::wait_until("the worker is ready", || {
