@@ -12,7 +12,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustix::io::FdFlags;
 use ufork_core::{
     ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token, Worker,
 };
@@ -129,7 +128,13 @@ impl ExecLayer {
                 .take()
                 .unwrap_or_default();
             let count = listeners.len();
-            let _placed = place_listeners(listeners)
+            // The sockets go to fds 3, 4, ... over whatever is there (an
+            // inherited descriptor): the exec report must not be there.
+            let report = report
+                .map(|r| keep_above(r, count))
+                .transpose()
+                .map_err(|e| format!("cannot hand the sockets to `{}`: {e}", spec.program))?;
+            ufork_core::listen::place_for_exec(listeners)
                 .map_err(|e| format!("cannot hand the sockets to `{}`: {e}", spec.program))?;
             let mut command = Command::new(&spec.program);
             command.args(&spec.args);
@@ -210,38 +215,13 @@ fn shebang(path: &Path) -> Option<String> {
     Some(crate::commands::printable_max(interpreter, 200))
 }
 
-/// Puts the sockets at fds 3, 4, ... without CLOEXEC, so exec keeps them.
-/// The listeners are bound first thing, so they normally sit there already.
-fn place_listeners(listeners: Vec<OwnedFd>) -> std::io::Result<Vec<OwnedFd>> {
-    let in_place = listeners
-        .iter()
-        .enumerate()
-        .all(|(i, fd)| fd.as_raw_fd() == 3 + i as i32);
-    if in_place {
-        for fd in &listeners {
-            rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
-        }
-        return Ok(listeners);
+/// `fd`, moved above fds 3 .. 3 + `count` when it sits among them.
+fn keep_above(fd: OwnedFd, count: usize) -> std::io::Result<OwnedFd> {
+    let end = i32::try_from(count).unwrap_or(i32::MAX).saturating_add(3);
+    if fd.as_raw_fd() < end {
+        return Ok(rustix::io::fcntl_dupfd_cloexec(&fd, end)?);
     }
-    let above = 3 + listeners.len() as i32 + 16;
-    let moved = listeners
-        .iter()
-        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, above))
-        .collect::<Result<Vec<_>, _>>()?;
-    drop(listeners);
-    let mut placed = Vec::with_capacity(moved.len());
-    for (i, fd) in moved.iter().enumerate() {
-        let want = 3 + i as i32;
-        let new = rustix::io::fcntl_dupfd_cloexec(fd, want)?;
-        rustix::io::fcntl_setfd(&new, FdFlags::empty())?;
-        if new.as_raw_fd() != want {
-            return Err(std::io::Error::other(format!(
-                "fd {want} is held by a descriptor ufork inherited"
-            )));
-        }
-        placed.push(new);
-    }
-    Ok(placed)
+    Ok(fd)
 }
 
 impl Layer for ExecLayer {

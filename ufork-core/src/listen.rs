@@ -784,6 +784,46 @@ impl Listeners {
     }
 }
 
+/// Puts `sockets` at fds 3, 4, ... without CLOEXEC, for the program this
+/// worker is about to exec (the socket activation convention; set
+/// `LISTEN_FDS` and the rest yourself, or use
+/// [`Listeners::pass_to_exec`]), over whatever else held those numbers.
+/// A descriptor the process inherited there (a shell's `exec 3<file`,
+/// flock(1)'s lock, a CI runner's pipe) is not passed on, as systemd does:
+/// the program's fds 3, 4, ... are the sockets; the arbiter keeps its own
+/// copy (a flock(1) lock stays held). Any other descriptor of this process
+/// at those numbers refers to a socket from then on (exec closes it if it
+/// is CLOEXEC): move what the worker still needs before exec elsewhere
+/// first. The placed numbers have no owner in this process.
+///
+/// # Errors
+///
+/// Not called in a worker process (after the fork), or a descriptor cannot
+/// be duplicated.
+pub fn place_for_exec(sockets: Vec<OwnedFd>) -> io::Result<()> {
+    let start = adopt::FDS_START;
+    let count = i32::try_from(sockets.len()).unwrap_or(i32::MAX);
+    // Copies above every socket and target first, so none sits where
+    // another must go.
+    let above = sockets
+        .iter()
+        .map(AsRawFd::as_raw_fd)
+        .max()
+        .unwrap_or(0)
+        .max(start)
+        .saturating_add(1)
+        .saturating_add(count);
+    let moved = sockets
+        .iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, above))
+        .collect::<rustix::io::Result<Vec<_>>>()?;
+    drop(sockets);
+    for (fd, target) in moved.iter().zip(start..) {
+        crate::sys::place_over(fd.as_fd(), target)?;
+    }
+    Ok(())
+}
+
 /// Puts `fds` at 3, 4, ... without CLOEXEC (in place when they are there).
 fn place(fds: Vec<OwnedFd>) -> io::Result<Vec<OwnedFd>> {
     let start = adopt::FDS_START;
@@ -1071,6 +1111,14 @@ mod tests {
             err.to_string().contains("(`pipe`) is not a socket"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sockets_are_placed_over_other_descriptors_only_in_a_worker() {
+        // Here it would replace whatever this test process holds at fd 3.
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let error = place_for_exec(vec![socket.into()]).unwrap_err();
+        assert!(error.to_string().contains("worker"), "{error}");
     }
 
     #[test]

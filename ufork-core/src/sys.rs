@@ -263,6 +263,31 @@ pub(crate) fn refuse_at_stop(socket: BorrowedFd<'_>) -> io::Result<()> {
     )))
 }
 
+/// In a worker about to exec: makes fd number `target` refer to `socket`'s
+/// open file, without CLOEXEC (so exec keeps it), whatever the number
+/// referred to before.
+///
+/// # Errors
+///
+/// Not in a worker process, or dup3 failed.
+pub(crate) fn place_over(socket: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if !in_worker() {
+        return Err(io::Error::other(
+            "only a worker about to exec places sockets over other descriptors",
+        ));
+    }
+    // SAFETY: `socket` is open (borrowed for the call). dup3 replaces what
+    // `target` refers to atomically: if the number was open, it never
+    // dangles, and whoever might own it (nobody, for a descriptor the
+    // process inherited and never took) keeps one valid descriptor to
+    // close; if it was free, nothing in this process owns it and exec
+    // hands it on.
+    if unsafe { libc::dup3(socket.as_raw_fd(), target, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether this process is a worker (its SIGTERM handler is installed).
 pub(crate) fn in_worker() -> bool {
     WORKER_PIPE.load(Ordering::SeqCst) >= 0

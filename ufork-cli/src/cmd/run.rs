@@ -86,10 +86,9 @@ pub fn exec(args: RunArgs) -> Result<()> {
         unix_mode: args.unix_mode,
         backlog: args.pool.backlog,
     };
+    // A descriptor inherited at one of fds 3, 4, ... pushes them further
+    // up here; each worker moves them into place over it.
     let listeners = listen::bind_all(&args.bind, None, options)?;
-    if !crate::upgrade::is_new_arbiter() {
-        check_placed(&listeners)?;
-    }
     let workers = pool::workers(&args.pool)?;
     // Chosen before the banner, which is written in it.
     crate::logger::format(
@@ -165,32 +164,4 @@ pub fn exec(args: RunArgs) -> Result<()> {
         return Err(runtime(message));
     }
     failure::gave_up(&outcome, args.pool.give_up_after)
-}
-
-/// The sockets must sit at fds 3, 4, ... to be handed over there: a
-/// descriptor ufork inherited in their place (from `flock`, a shell's
-/// `exec 3<file`) would make every worker fail, so it is an error at once.
-fn check_placed(listeners: &[listen::Listener]) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let fds: Vec<i32> = listeners
-        .iter()
-        .map(|l| match &l.socket {
-            listen::Socket::Tcp(s) => s.as_raw_fd(),
-            listen::Socket::Unix(s, _) => s.as_raw_fd(),
-        })
-        .collect();
-    // In any order: sockets from socket activation follow `--bind`'s order,
-    // not their descriptors', and are moved into place for each worker.
-    for i in 0..fds.len() {
-        let want = 3 + i32::try_from(i).unwrap_or(i32::MAX - 3);
-        if !fds.contains(&want) {
-            let what = std::fs::read_link(format!("/proc/self/fd/{want}"))
-                .map(|p| format!(" ({})", p.display()))
-                .unwrap_or_default();
-            return Err(runtime(format!(
-                "fd {want} is already open{what}, inherited from what started ufork; `ufork run` hands its sockets to CMD as fds 3, 4, ...: start it without that descriptor (for flock(1), use -o)"
-            )));
-        }
-    }
-    Ok(())
 }

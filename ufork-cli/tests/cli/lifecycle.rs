@@ -238,26 +238,94 @@ fn the_readme_error_transcript_is_true() {
     assert!(checked >= 10, "only {checked} commands checked");
 }
 
-/// A descriptor inherited at fd 3 would make every worker fail to receive
-/// its socket there: `run` says so at once instead of crash-looping.
+/// A worker that checks fd 3 is its listening socket (exit 1 otherwise),
+/// says so (READY=1 too, under `--notify`) and serves.
+const FD3_CHECK_PY: &str = r#"
+import os, socket, sys
+try:
+    s = socket.socket(fileno=3)
+    ok = os.environ.get("LISTEN_FDS") == "1" and s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+except OSError as e:
+    ok = False
+if not ok:
+    print("fd 3 is not the listening socket", flush=True)
+    sys.exit(1)
+print("fd 3 is the listening socket", flush=True)
+addr = os.environ.get("NOTIFY_SOCKET")
+if addr:
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.sendto(b"READY=1", "\0" + addr[1:] if addr.startswith("@") else addr)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"served\n")
+    c.close()
+"#;
+
+/// A descriptor inherited at fd 3 (a shell's `exec 3<file`, bats, a CI
+/// runner) is where `run` must hand its socket: each worker gets the socket
+/// there instead, as systemd does; the arbiter keeps its own copy.
 #[test]
-fn run_refuses_an_inherited_fd_3() {
+fn run_hands_its_socket_at_fd_3_over_an_inherited_descriptor() {
+    let dir = TempDir::new("fd3");
+    let check = dir.join("check.py");
+    std::fs::write(&check, FD3_CHECK_PY).unwrap();
     let script = format!(
-        "exec 3</dev/null; exec {} run -w 1 --bind 127.0.0.1:0 -- true",
-        env!("CARGO_BIN_EXE_ufork")
+        "exec 3</dev/null; exec {} run -w 1 --bind 127.0.0.1:0 -- python3 {}",
+        env!("CARGO_BIN_EXE_ufork"),
+        check.display()
     );
-    let out = std::process::Command::new("bash")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
+    let mut pool = Running::start_with(
+        std::process::Command::new("bash")
+            .args(["-c", &script])
+            .env_remove("UFORK_LOG")
+            .stdin(Stdio::null()),
+    );
+    let line = pool.expect_line("listening on");
+    let addr: std::net::SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    pool.expect_line("fd 3 is the listening socket");
+    assert_eq!(exchange(addr, b""), "served\n");
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
+/// The same under `--daemon`, started from a command substitution that
+/// leaves fd 3 open on its pipe (`3>&1`): the launcher reports the pool
+/// ready (every worker found its socket at fd 3), and the substitution
+/// ends, since the daemon keeps nothing of the pipe.
+#[test]
+fn run_daemon_started_with_fd_3_open_serves_and_lets_the_caller_go() {
+    let dir = TempDir::new("fd3-daemon");
+    let check = dir.join("check.py");
+    std::fs::write(&check, FD3_CHECK_PY).unwrap();
+    let pidfile = dir.join("ufork.pid");
+    let _guard = DaemonGuard(pidfile.clone());
+    let script = format!(
+        "out=$({} run -w 2 --notify --daemon --pidfile {} --log-file {} --bind 127.0.0.1:0 -- python3 {} 3>&1 2>&1); echo \"[$out]\"",
+        env!("CARGO_BIN_EXE_ufork"),
+        pidfile.display(),
+        dir.join("ufork.log").display(),
+        check.display()
+    );
+    let out = std::process::Command::new("timeout")
+        .args(["60", "bash", "-c", &script])
+        .env_remove("UFORK_LOG")
+        .stdin(Stdio::null())
         .output()
         .expect("bash");
-    let out = Output {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_one_line_error(&out, 1, &["fd 3 is already open (/dev/null)", "fds 3, 4"]);
-    assert_eq!(out.stdout, "", "no banner: nothing ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("[ufork: daemon started as pid "),
+        "{stdout}"
+    );
+    let stop = run(&["stop", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(stop.code(), Some(0), "{stop:?}");
+    let log = std::fs::read_to_string(dir.join("ufork.log")).unwrap();
+    assert_eq!(
+        log.matches("fd 3 is the listening socket").count(),
+        2,
+        "{log}"
+    );
 }
 
 /// A pool whose every worker fails to boot gives up after 5 failures per
