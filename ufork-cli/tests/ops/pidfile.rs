@@ -289,23 +289,9 @@ fn a_pidfile_naming_another_process_than_its_lock_holder_is_never_signalled() {
     bystander.assert_alive();
 }
 
-/// Whether this machine lets the test make a pid namespace.
-fn can_unshare() -> Result<(), String> {
-    match Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        Err(e) => Err(format!("no unshare: {e}")),
-    }
-}
-
 #[test]
 fn a_pool_in_its_own_pid_namespace_is_driven_from_outside_by_its_pidfile() {
-    if let Err(why) = can_unshare() {
-        println!("skipped: cannot make a pid namespace here ({why})");
+    if !pid_namespace_available() {
         return;
     }
     let dir = TempDir::new("pidfile-pidns");
@@ -554,8 +540,7 @@ while True:
 
 #[test]
 fn a_notify_datagram_from_outside_the_pools_pid_namespace_is_no_workers() {
-    if let Err(why) = can_unshare() {
-        println!("skipped: cannot make a pid namespace here ({why})");
+    if !pid_namespace_available() {
         return;
     }
     let dir = TempDir::new("pidns-notify");

@@ -3,6 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use rustix::process::Signal;
 
@@ -93,4 +95,90 @@ fn a_graceful_stop_of_run_leaves_accepting_to_the_program_and_refuses_once_it_cl
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
     let transcript = pool.transcript();
     assert!(!transcript.contains("accept error"), "{transcript}");
+}
+
+/// A program that leaves orphans behind, as daemonizing helpers and shell
+/// scripts do: three double forks whose grandchildren (re-parented to pid 1
+/// of the namespace, the arbiter) wait on a pipe and exit when the program
+/// closes it.
+const ORPHANS_PY: &str = r#"
+import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+r, w = os.pipe()
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            os.close(w)
+            os.read(r, 1)
+            os._exit(7)
+        os._exit(0)
+    os.waitpid(pid, 0)
+os.close(r)
+print("orphans made", flush=True)
+os.close(w)
+while True:
+    signal.pause()
+"#;
+
+/// `ufork run` as pid 1 of a pid namespace (a container's entrypoint):
+/// the orphans its programs leave are reaped, `status` works from outside,
+/// and SIGINT (which pid 1 would ignore without a handler) stops it with
+/// exit 0.
+#[test]
+fn run_as_pid_1_reaps_its_programs_orphans_and_stops_on_sigint_with_0() {
+    if !pid_namespace_available() {
+        return;
+    }
+    let dir = TempDir::new("run-pid1");
+    let script = dir.join("orphans.py");
+    std::fs::write(&script, ORPHANS_PY).unwrap();
+    let pidfile = dir.str("ufork.pid");
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(["run", "-w", "1", "--pidfile", &pidfile, "--", "python3"])
+        .arg(&script)
+        .env_remove("UFORK_LOG")
+        .stdin(Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    pool.expect_line("(arbiter pid 1)");
+    pool.expect_line("orphans made");
+    // The arbiter is unshare's only child here.
+    let arbiter = match children_of(pool.pid()).as_slice() {
+        [(pid, _)] => *pid,
+        other => panic!("unshare's children: {other:?}"),
+    };
+    // The orphans were its children when the line was printed; once every
+    // one has exited and been reaped, only the worker is left.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let children = children_of(arbiter);
+        if children.len() == 1 && children[0].1 != "Z" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphans not reaped: {children:?}; saw {}",
+            pool.transcript()
+        );
+        std::thread::yield_now();
+    }
+    let out = run(&["status", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(out.stdout.contains("1 ready; arbiter pid 1"), "{out:#?}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(arbiter).unwrap(),
+        Signal::INT,
+    )
+    .unwrap();
+    // unshare passes on the pool's exit status.
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(
+        pool.transcript()
+            .contains("arbiter pid 1 stopped: every worker reaped"),
+        "{}",
+        pool.transcript()
+    );
 }

@@ -361,3 +361,51 @@ pub fn wait_ready(socket: &str, n: usize) {
         std::thread::yield_now();
     }
 }
+
+/// Whether this machine lets a test make a pid namespace (`unshare --pid
+/// --fork --mount-proc`, as root). When it does not, the test fails saying
+/// why, unless `UFORK_TESTS_WITHOUT_PIDNS=1` asks to skip such tests: a
+/// machine that cannot run them must say so, never pass them silently.
+pub fn pid_namespace_available() -> bool {
+    let why = match Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "true"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!(
+            "unshare --pid failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("cannot run unshare: {e}"),
+    };
+    if std::env::var_os("UFORK_TESTS_WITHOUT_PIDNS").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED (UFORK_TESTS_WITHOUT_PIDNS=1): no pid namespace here: {why}");
+        return false;
+    }
+    panic!(
+        "this test needs a pid namespace and cannot make one here: {why}; run it as root with unshare(1), or set UFORK_TESTS_WITHOUT_PIDNS=1 to skip it knowingly"
+    );
+}
+
+/// The children of `pid` (its main thread's), with their states (`R`, `S`,
+/// `Z`...), from /proc.
+pub fn children_of(pid: i32) -> Vec<(i32, String)> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or("gone")
+                .to_owned();
+            (child, state)
+        })
+        .collect()
+}
