@@ -10,7 +10,9 @@ use crate::cmd::run::RunArgs;
 use crate::cmd::serve::ServeArgs;
 use crate::cmd::status::StatusArgs;
 use crate::cmd::stop::StopArgs;
-use crate::units::{parse_count_u32, parse_seconds, parse_size, parse_workers};
+use crate::units::{
+    parse_count_u32, parse_seconds, parse_seconds_or_zero, parse_size, parse_workers,
+};
 
 const AFTER_HELP: &str = "\
 Signals (to the arbiter, the `ufork` process that runs the pool):
@@ -176,6 +178,17 @@ pub struct PoolArgs {
     /// Text lines without timestamps.
     #[arg(long)]
     pub no_timestamps: bool,
+
+    /// When the output (the terminal, a pipe, --log-file) has taken nothing
+    /// for this long while ufork's queue for it is full (a log reader that
+    /// stopped reading, a full FIFO), drop the workers' output, counted, with
+    /// a line saying how much went missing where it did, instead of holding
+    /// the workers up (a worker blocked on its output serves nobody), until
+    /// the output takes bytes again. A slow reader that keeps reading loses
+    /// nothing. 0: never drop. Keep it below --timeout, or workers blocked
+    /// on their output are killed as hung first.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_zero, default_value = "10", allow_negative_numbers = true)]
+    pub log_stall_timeout: Duration,
 
     /// Least severe message of the arbiter and the workers' server logged,
     /// with gunicorn's names (a worker's own output and the access log are

@@ -370,7 +370,8 @@ impl Session {
             .split_streams(true)
             .format(format)
             .flush_timeout(FLUSH_TIMEOUT)
-            .stop_timeout(logger::stop_budget(pool.graceful_timeout));
+            .stop_timeout(logger::stop_budget(pool.graceful_timeout))
+            .stall_timeout(Some(pool.log_stall_timeout).filter(|t| !t.is_zero()));
         let capture = capture.build().map_err(|e| {
             failure::runtime(format!(
                 "cannot capture the workers' output: {}",

@@ -101,6 +101,7 @@ pub struct CaptureBuilder {
     max_line: usize,
     queue_bytes: usize,
     lossy: bool,
+    stall_timeout: Option<Duration>,
     stdin_pipe: bool,
     line_per_write: bool,
     pipe_size: Option<usize>,
@@ -181,6 +182,19 @@ impl CaptureBuilder {
     /// the arbiter for it, whether or not the worker writes more).
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
+        self
+    }
+
+    /// Lossless, but not for ever: once the sink has taken nothing for this
+    /// long while the queue is full (a log reader that stopped reading, a
+    /// full FIFO), drop worker output, counted and reported as in
+    /// [`lossy`](Self::lossy) mode, instead of holding the workers up; as
+    /// soon as the sink takes something, lossless again (default `None`:
+    /// hold them up for as long as the sink does). A slow sink that keeps
+    /// taking bytes never causes a drop. Workers held up on their output
+    /// are silent, so keep this below their hang timeout.
+    pub fn stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.stall_timeout = timeout.into();
         self
     }
 
@@ -303,6 +317,7 @@ impl CaptureBuilder {
             split: self.split_streams,
             max_line: self.max_line,
             lossy: self.lossy,
+            stall_timeout: self.stall_timeout,
             pipe_size: self.pipe_size,
             flush_timeout: self.flush_timeout,
             stop_timeout: self.stop_timeout,
@@ -312,6 +327,8 @@ impl CaptureBuilder {
             workers: Vec::new(),
             tokens: HashMap::new(),
             paused: false,
+            paused_since: None,
+            overflowing: None,
             notices_due: false,
             ready: Vec::new(),
             scratch: vec![
@@ -339,6 +356,7 @@ pub struct Capture {
     split: bool,
     max_line: usize,
     lossy: bool,
+    stall_timeout: Option<Duration>,
     pipe_size: Option<usize>,
     flush_timeout: Option<Duration>,
     stop_timeout: Option<Duration>,
@@ -349,6 +367,13 @@ pub struct Capture {
     /// Token to (slot, pipe index); [`STDIN`] as the index for a stdin pipe.
     tokens: HashMap<Token, (usize, usize)>,
     paused: bool,
+    /// Since when the queue has been full, and the sink's progress count
+    /// then.
+    paused_since: Option<(Instant, u64)>,
+    /// Dropping because the sink stalled past the stall timeout: its
+    /// progress count when that began (any other count means the sink took
+    /// something, and the capture is lossless again).
+    overflowing: Option<u64>,
     notices_due: bool,
     scratch: Vec<u8>,
     /// Pipes poll reported readable, to be read in [`Layer::tick`].
@@ -420,6 +445,7 @@ impl Capture {
             max_line: DEFAULT_MAX_LINE,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             lossy: false,
+            stall_timeout: None,
             stdin_pipe: false,
             line_per_write: false,
             pipe_size: None,
@@ -606,8 +632,15 @@ impl Capture {
             notices_due,
             lossy,
             paused,
+            overflowing,
             ..
         } = self;
+        let progress = queue.progress.load(Ordering::Relaxed);
+        if overflowing.is_some_and(|mark| mark != progress) {
+            // The sink took something: lossless again.
+            *overflowing = None;
+        }
+        let dropping = *lossy || overflowing.is_some();
         let Some(pipe) = workers
             .get_mut(slot)
             .and_then(Option::as_mut)
@@ -616,7 +649,7 @@ impl Capture {
         else {
             return;
         };
-        if *lossy && !force && state.bytes >= queue.capacity {
+        if dropping && !force && state.bytes >= queue.capacity {
             pipe.dropped += content;
             queue
                 .counters
@@ -633,15 +666,19 @@ impl Capture {
             queue.push(&mut state, notice);
         }
         queue.push(&mut state, chunk);
-        if !*lossy && !*paused && state.bytes >= queue.capacity {
+        if !dropping && !*paused && state.bytes >= queue.capacity {
             state.want_wake = true;
             drop(state);
             self.set_paused(true, ctx);
+            self.paused_since = Some((Instant::now(), progress));
         }
     }
 
     fn set_paused(&mut self, paused: bool, ctx: &mut Context<'_>) {
         self.paused = paused;
+        if !paused {
+            self.paused_since = None;
+        }
         let interest = if paused {
             Interest::default()
         } else {
@@ -692,6 +729,32 @@ impl Capture {
                 *entry = None;
             }
         }
+    }
+
+    /// Past the stall timeout with the queue full and the sink has taken
+    /// nothing meanwhile: drop instead of holding the workers up (see
+    /// [`CaptureBuilder::stall_timeout`]). It took something: it is slow,
+    /// not stalled; the wait starts again.
+    fn check_stall(&mut self, ctx: &mut Context<'_>) {
+        let (Some(limit), Some((since, mark))) = (self.stall_timeout, self.paused_since) else {
+            return;
+        };
+        if since.elapsed() < limit {
+            return;
+        }
+        let progress = self.queue.progress.load(Ordering::Relaxed);
+        if progress != mark {
+            self.paused_since = Some((Instant::now(), progress));
+            return;
+        }
+        // Told when the sink takes something: the drop notices go out then.
+        self.queue.lock().want_wake = true;
+        log::warn!(
+            "the output sink took nothing for {:.1}s: dropping the workers' output (counted) until it takes some",
+            limit.as_secs_f64()
+        );
+        self.overflowing = Some(mark);
+        self.set_paused(false, ctx);
     }
 
     /// Reports drops (lossy mode) once the queue has room again; while it
@@ -1077,6 +1140,12 @@ impl Layer for Capture {
         if self.notices_due {
             self.report_drops();
         }
+        self.check_stall(ctx);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let (since, _) = self.paused_since?;
+        since.checked_add(self.stall_timeout?)
     }
 
     fn stopped(&mut self) {

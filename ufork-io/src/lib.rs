@@ -45,6 +45,11 @@
 //! loop once the queue is half empty. With [`CaptureBuilder::lossy`], lines
 //! are dropped instead and counted: the sink reads
 //! `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where they were.
+//! With [`CaptureBuilder::stall_timeout`], back-pressure lasts only while the
+//! sink keeps taking bytes: once it has taken nothing for that long with the
+//! queue full, lines are dropped (and counted, the same way) until it takes
+//! some again, so a log reader that stopped reading cannot hold the workers
+//! up for ever (an HTTP worker blocked on its access log serves nobody).
 //!
 //! A sink whose writes fail (a full disk, a closed pipe, a `Write` that
 //! returns an error or takes nothing) loses the lines of those writes; they

@@ -237,6 +237,12 @@ pub(crate) struct Queue {
     pub(crate) wake_w: OwnedFd,
     pub(crate) capacity: usize,
     pub(crate) counters: Arc<CounterCells>,
+    /// Goes up whenever this queue's sinks take bytes (every write call
+    /// that took some) and after every batch handed to them (written or
+    /// failed): what tells a stalled sink from a slow one. Per queue, unlike
+    /// the counters: the arbiter's own lines reaching stderr say nothing of
+    /// a stalled stdout.
+    pub(crate) progress: Arc<AtomicU64>,
     /// The process whose writer thread empties this queue. Any other process
     /// (a forked worker, whatever it forks, a daemon forked after `build`)
     /// must not touch the queue: its lock may have been held by a thread of
@@ -268,6 +274,8 @@ struct SinkState {
     /// Where arbiter lines and workers' stderr go, if not to `kind`.
     err: Option<SinkKind>,
     failures: Failures,
+    /// The queue's [`Queue::progress`].
+    progress: Arc<AtomicU64>,
 }
 
 /// Failed sink writes not yet reported.
@@ -335,6 +343,7 @@ impl Queue {
         wake_w: OwnedFd,
     ) -> Self {
         let gate = sink.is_log() || err_sink.as_ref().is_some_and(Sink::is_log);
+        let progress = Arc::new(AtomicU64::new(0));
         Self {
             state: Mutex::new(State::default()),
             more: Condvar::new(),
@@ -342,11 +351,13 @@ impl Queue {
             wake_w,
             capacity,
             counters: Arc::default(),
+            progress: Arc::clone(&progress),
             owner: rustix::process::getpid(),
             sink: Mutex::new(SinkState {
                 kind: sink.kind,
                 err: err_sink.map(|s| s.kind),
                 failures: Failures::default(),
+                progress,
             }),
             spare: Mutex::new(Vec::new()),
             reporting: AtomicBool::new(false),
@@ -612,6 +623,7 @@ fn writer_loop(queue: &Queue) {
                 &queue.counters,
             )
         };
+        queue.progress.fetch_add(1, Ordering::Relaxed);
         queue.recycle(&mut batch);
         queue.report_failures(false);
         let mut state = queue.lock();
@@ -643,7 +655,9 @@ fn write_batch(
         kind,
         err,
         failures,
+        progress,
     } = state;
+    let progress: &AtomicU64 = progress;
     let mut taken = 0;
     let mut gather = Gather::default();
     buf.clear();
@@ -652,7 +666,7 @@ fn write_batch(
         let to_err = err.is_some() && chunk.origin.is_error();
         if to_err != gather.to_err {
             let sink = pick(kind, err, gather.to_err);
-            gather.write(sink, batch, buf, counters, failures);
+            gather.write(sink, batch, buf, (counters, progress), failures);
             gather.to_err = to_err;
         }
         let sink = pick(kind, err, to_err);
@@ -660,20 +674,20 @@ fn write_batch(
             SinkKind::Log { target } => log_chunk(target, chunk, counters),
             SinkKind::Fd(_) | SinkKind::Writer(_) if per_line => {
                 for line in chunk.data.split_inclusive(|&b| b == b'\n') {
-                    let result = write_vectored_all(sink, &mut [io::IoSlice::new(line)]);
+                    let result = write_vectored_all(sink, &mut [io::IoSlice::new(line)], progress);
                     account(result, line.len(), 1, counters, failures);
                 }
             }
             SinkKind::Fd(_) | SinkKind::Writer(_) => {
                 gather.add(index, chunk, buf);
                 if gather.segments.len() >= MAX_SEGMENTS || gather.bytes >= WRITE_BATCH {
-                    gather.write(sink, batch, buf, counters, failures);
+                    gather.write(sink, batch, buf, (counters, progress), failures);
                 }
             }
         }
     }
     let sink = pick(kind, err, gather.to_err);
-    gather.write(sink, batch, buf, counters, failures);
+    gather.write(sink, batch, buf, (counters, progress), failures);
     for sink in std::iter::once(kind).chain(err.as_mut()) {
         if let SinkKind::Writer(w) = sink {
             if let Err(e) = w.flush() {
@@ -728,7 +742,7 @@ impl Gather {
         sink: &mut SinkKind,
         batch: &VecDeque<Chunk>,
         buf: &mut Vec<u8>,
-        counters: &CounterCells,
+        (counters, progress): (&CounterCells, &AtomicU64),
         failures: &mut Failures,
     ) {
         if self.segments.is_empty() {
@@ -742,7 +756,7 @@ impl Gather {
                 Segment::Buf(range) => io::IoSlice::new(&buf[range.clone()]),
             })
             .collect();
-        let result = write_vectored_all(sink, &mut slices);
+        let result = write_vectored_all(sink, &mut slices, progress);
         account(result, self.bytes, self.lines, counters, failures);
         self.segments.clear();
         self.bytes = 0;
@@ -800,6 +814,7 @@ struct Partial {
 fn write_vectored_all(
     sink: &mut SinkKind,
     mut slices: &mut [io::IoSlice<'_>],
+    progress: &AtomicU64,
 ) -> Result<(), Partial> {
     use rustix::io::Errno;
     let mut total = 0;
@@ -827,6 +842,7 @@ fn write_vectored_all(
             return fail(total, error);
         }
         total += written;
+        progress.fetch_add(1, Ordering::Relaxed);
         io::IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
@@ -1012,6 +1028,7 @@ mod tests {
                 kind: writer(&out),
                 err: Some(writer(&err)),
                 failures: Failures::default(),
+                progress: Arc::default(),
             };
             let counters = CounterCells::default();
             let mut batch: VecDeque<Chunk> = chunks.iter().cloned().collect();
@@ -1049,6 +1066,7 @@ mod tests {
             kind: SinkKind::Writer(Box::new(Full)),
             err: None,
             failures: Failures::default(),
+            progress: Arc::default(),
         };
         let counters = CounterCells::default();
         let mut buf = Vec::new();

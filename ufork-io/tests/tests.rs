@@ -812,6 +812,8 @@ const LOSSY_QUEUE: usize = 8 * 1024;
 const LOSSY_PIPE: usize = 64 * 1024;
 const LOSSY_LINES: usize = 4000;
 const LOSSY_LINE: usize = 100;
+/// More than a pipe's worth of [`LOSSY_LINE`]s.
+const SLOW_LINES: usize = 1000;
 
 /// One worker writes [`LOSSY_LINES`] numbered lines of [`LOSSY_LINE`] bytes
 /// into a lossy capture whose sink is stalled, then idles; once it has
@@ -821,9 +823,16 @@ const LOSSY_LINE: usize = 100;
 fn lossy_burst(
     control: impl FnOnce(&ufork_core::Handle, &ufork_io::Counters, &MemorySink) + Send,
 ) -> (MemorySink, ufork_io::Counters) {
+    stalled_burst(|b| b.lossy(true), control)
+}
+
+/// [`lossy_burst`], with the capture set up by `configure` instead.
+fn stalled_burst(
+    configure: impl FnOnce(ufork_io::CaptureBuilder) -> ufork_io::CaptureBuilder,
+    control: impl FnOnce(&ufork_core::Handle, &ufork_io::Counters, &MemorySink) + Send,
+) -> (MemorySink, ufork_io::Counters) {
     let sink = MemorySink::stalled();
-    let layer = capture(&sink)
-        .lossy(true)
+    let layer = configure(capture(&sink))
         .queue_bytes(LOSSY_QUEUE)
         .pipe_size(LOSSY_PIPE)
         .build()
@@ -865,6 +874,13 @@ fn lossy_mode_drops_with_a_count_instead_of_blocking() {
         sink.wait_blocked();
         sink.set_stalled(false);
     });
+    assert_burst_accounted(&sink, &counters);
+}
+
+/// Every byte of a [`stalled_burst`] either reached the sink in whole lines
+/// or is in a drop notice, and no more got through the stalled sink than
+/// the queue and the pipes could hold.
+fn assert_burst_accounted(sink: &MemorySink, counters: &ufork_io::Counters) {
     let bytes = sink.bytes();
     let mut delivered = 0u64;
     let mut reported = 0u64;
@@ -888,6 +904,62 @@ fn lossy_mode_drops_with_a_count_instead_of_blocking() {
     assert!(reported > 0, "nothing was dropped");
     assert_eq!(reported, counters.dropped_bytes());
     assert_eq!(delivered + reported, (LOSSY_LINES * LOSSY_LINE) as u64);
+}
+
+/// Lossless by default, but a sink that takes nothing for the stall timeout
+/// no longer holds the workers up: what the queue cannot hold is dropped,
+/// counted and reported, as in lossy mode. Without the timeout the worker
+/// blocks on its full pipe and never finishes its burst (see
+/// `a_stalled_sink_does_not_stop_supervision_and_loses_nothing`).
+#[test]
+fn a_sink_stalled_past_the_stall_timeout_drops_instead_of_holding_the_workers_up() {
+    let _lock = util::lock();
+    let (sink, counters) = stalled_burst(
+        |b| b.stall_timeout(Duration::from_millis(200)),
+        |handle, counters, sink| {
+            // The worker wrote its whole burst although the sink took nothing.
+            assert!(counters.dropped_bytes() > 0, "nothing dropped");
+            sink.set_stalled(false);
+            sink.wait_for_text("[ufork-io: dropped ");
+            handle.stop();
+        },
+    );
+    assert_burst_accounted(&sink, &counters);
+}
+
+/// A sink that is slow but keeps taking bytes is not stalled: it takes 64
+/// bytes a millisecond, so handing it a pipe's worth takes over a second,
+/// twice the stall timeout, and nothing is dropped.
+#[test]
+fn a_slow_sink_that_keeps_taking_bytes_loses_nothing_under_a_stall_timeout() {
+    let _lock = util::lock();
+    let sink = MemorySink::new();
+    sink.set_slow(Duration::from_millis(1), 64);
+    let layer = capture(&sink)
+        .stall_timeout(Duration::from_millis(500))
+        .queue_bytes(LOSSY_QUEUE)
+        .pipe_size(LOSSY_PIPE)
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let watch = sink.clone();
+    let outcome = run_until(
+        pool(1).layer(layer),
+        |w| {
+            let mut out = std::io::stdout().lock();
+            for i in 0..SLOW_LINES {
+                writeln!(out, "{i:>9} {}", "y".repeat(LOSSY_LINE - 11))?;
+            }
+            drop(out);
+            idle(w);
+            Ok(())
+        },
+        move || watch.wait_lines(SLOW_LINES),
+    );
+    util::assert_nothing_left(&outcome.history);
+    assert_eq!(counters.dropped_bytes(), 0);
+    let seen = lines(&sink.bytes()).len();
+    assert_eq!(seen, SLOW_LINES, "lines lost");
 }
 
 /// The drop notice must not wait for an unrelated wake-up of the arbiter:

@@ -216,6 +216,60 @@ fn a_second_sigint_ends_the_final_flush_at_once() {
     );
 }
 
+/// Past `--log-stall-timeout` with stdout taking nothing, the workers'
+/// output is dropped instead of holding them up: a worker that writes far
+/// more than the queue and its pipe hold gets to the end of it.
+#[test]
+fn a_stdout_nobody_reads_drops_output_past_the_stall_timeout_and_the_workers_go_on() {
+    let dir = std::env::temp_dir().join(format!("ufork-stall-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let done = dir.join("done");
+    let _ = std::fs::remove_file(&done);
+    // stdout is a pipe whose read end this test holds and never reads.
+    let (stalled, write) = rustix::pipe::pipe().expect("pipe");
+    // 20 MB of 100-byte lines: five times the 4 MiB queue.
+    let script = format!(
+        "yes {} | head -c 20000000; touch '{}'; exec sleep 1000",
+        "x".repeat(99),
+        done.display()
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ufork"))
+        .args(["run", "-w", "1", "--graceful-timeout", "1"])
+        .args(["--log-stall-timeout", "0.3", "--"])
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ufork");
+    let pid = child.id() as i32;
+    let mut child = Reap(Some(child));
+    let mut stderr = child
+        .0
+        .as_mut()
+        .and_then(|c| c.stderr.take())
+        .expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    until("the worker wrote all of its output", || done.exists());
+    let workers = children_of(pid);
+    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");
+    let mut owned = child.0.take().expect("child");
+    let status = owned.wait().expect("wait");
+    let stderr = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the output sink took nothing for 0.3s: dropping the workers' output"),
+        "{stderr}"
+    );
+    assert!(workers.iter().all(|&w| no_such_process(w)), "{stderr}");
+    drop(stalled);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // -- formats -------------------------------------------------------------------
 
 /// A worker that prints to both streams, then stops the pool itself.

@@ -25,6 +25,10 @@ struct Inner {
     stalled: bool,
     /// A write is waiting on the stall.
     blocked: bool,
+    /// How long every write takes, and the most it takes (0: all): a slow
+    /// sink that keeps taking bytes.
+    delay: Duration,
+    most: usize,
 }
 
 /// An in-memory sink: every write is appended and wakes waiters; while
@@ -52,6 +56,13 @@ impl MemorySink {
     pub fn set_stalled(&self, stalled: bool) {
         self.lock().stalled = stalled;
         self.inner.1.notify_all();
+    }
+
+    /// Every write takes `delay` and at most `most` bytes.
+    pub fn set_slow(&self, delay: Duration, most: usize) {
+        let mut inner = self.lock();
+        inner.delay = delay;
+        inner.most = most;
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -114,6 +125,16 @@ impl Write for MemorySink {
             inner = self.inner.1.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
         inner.blocked = false;
+        if !inner.delay.is_zero() {
+            let delay = inner.delay;
+            drop(inner);
+            std::thread::sleep(delay);
+            inner = self.lock();
+        }
+        let buf = match inner.most {
+            0 => buf,
+            most => &buf[..buf.len().min(most)],
+        };
         inner.bytes.extend_from_slice(buf);
         inner.lines += buf.iter().filter(|&&b| b == b'\n').count();
         inner.writes += 1;
