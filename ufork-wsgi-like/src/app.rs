@@ -95,14 +95,21 @@ impl ResponseBody {
     /// and each chunk is written as soon as it is yielded (one write per
     /// chunk, nothing held back): server-sent events, progress output and
     /// long polling reach the client as they are made. Yield chunks of tens
-    /// of KiB for bulk data; tiny chunks cost a write each.
+    /// of KiB for bulk data; tiny chunks cost a write each. Once the
+    /// client's socket is full, the next chunk is asked for only when the
+    /// client has taken more: the iterator runs on the serving thread's
+    /// event loop, which serves other connections meanwhile, so a slow
+    /// reader holds no thread (a chunk slow to make still does, while it is
+    /// made).
     ///
     /// The iterator may own the request's [`Body`] (`std::mem::take` it)
     /// and read it as it yields: an upload transformed or echoed as it
-    /// arrives. What it leaves unread is dropped once it ends if all of it
-    /// has arrived; otherwise the connection closes after the response. A
-    /// client waiting for `100 Continue` is not sent one once the response
-    /// has begun.
+    /// arrives. Such a stream (one that holds the request's body while not
+    /// all of it was read) keeps its serving thread until it ends, waiting
+    /// for the client as it reads and writes. What it leaves unread is
+    /// dropped once it ends if all of it has arrived; otherwise the
+    /// connection closes after the response. A client waiting for `100
+    /// Continue` is not sent one once the response has begun.
     pub fn stream<I, T>(chunks: I) -> Self
     where
         I: IntoIterator<Item = T>,

@@ -103,7 +103,9 @@
 //! reading a body or writing a response, so a long download keeps it alive
 //! while the client takes bytes; a client that stalls is dropped after the write timeout. It
 //! marks itself busy with the request line as activity from a complete
-//! request head until its response is written, and counts requests. The
+//! request head until the thread is done with its response (what the socket
+//! did not take at once goes out from the event loop, the worker idle
+//! meanwhile), and counts requests. The
 //! app reaches its worker (heartbeat, activity, busy/idle, slot,
 //! generation) through the [`WorkerContext`] in every request's
 //! extensions.
@@ -119,14 +121,18 @@
 //! # Limitations
 //!
 //! - Linux only (epoll, and ufork-core's pidfds).
-//! - While the app runs, and while a streamed response
-//!   ([`ResponseBody::stream`]) is written, its thread serves nothing else:
-//!   a slow app or long streams to slow clients need more workers or
-//!   [`Builder::threads`]. Of a body in memory or a file
-//!   ([`ResponseBody::file`], so every [`static_files`] answer), what the
-//!   socket does not take at once is sent by the event loop as the client
-//!   reads, the thread serving others meanwhile (the access log counts the
-//!   body's length when the answer starts). A connection stays with the
+//! - While the app runs (and while a stream's iterator makes its next
+//!   chunk), its thread serves nothing else: a slow app needs more workers
+//!   or [`Builder::threads`]. Of every response body, in memory, a file
+//!   ([`ResponseBody::file`], so every [`static_files`] answer) or a stream
+//!   ([`ResponseBody::stream`]), what the socket does not take at once is
+//!   sent by the event loop as the client reads, the thread serving others
+//!   meanwhile; a stream is asked for its next chunk only once the socket
+//!   took the last. The access log counts a body's length when the answer
+//!   starts, a stream's bytes when it ends. The exception is a stream
+//!   that may read the request body as it goes (the iterator holds the
+//!   request's [`Body`], not all read): its thread writes it to its end,
+//!   waiting for the client. A connection stays with the
 //!   thread that accepted it. The same holds for a request body the app
 //!   reads: [`Limits::read_timeout`] bounds each wait for more of it, not
 //!   the whole body, so a client that trickles a byte now and then holds

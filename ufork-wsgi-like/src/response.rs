@@ -1,7 +1,10 @@
 //! Writing a response: head and body in as few writes as the body allows,
-//! and a streamed body chunk by chunk as the app yields it.
+//! and a streamed body chunk by chunk as the app yields it. What the socket
+//! does not take at once is a [`Rest`], which the caller sends as the
+//! socket drains.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,7 +15,7 @@ use http::{Response, StatusCode, Version};
 
 use crate::ResponseBody;
 use crate::app::Kind;
-use crate::body::{Heartbeat, Stall, wait_for_room, write_all, write_all_vectored};
+use crate::body::{Heartbeat, Stall, wait_for_room, write_all};
 use crate::date::DateCache;
 use crate::http1::{header_line, status_line};
 
@@ -31,6 +34,11 @@ pub(crate) struct Reply<'a> {
     /// stream yields: a long response keeps the worker alive as long as it
     /// moves.
     pub(crate) heartbeat: &'a Heartbeat,
+    /// A streamed body may stop where the socket is full and go on from
+    /// the event loop ([`Rest::Stream`]); otherwise this thread writes it
+    /// to its end, waiting for the client (a stream that may read the
+    /// request body as it goes: see `Dispatch::settle`).
+    pub(crate) stream_rest: bool,
 }
 
 /// What was sent.
@@ -59,6 +67,9 @@ pub(crate) enum Rest {
     },
     /// `left` bytes of `file`, from its position.
     File { file: std::fs::File, left: u64 },
+    /// A streamed body: the bytes made but not yet sent, then the chunks
+    /// the app has not yet yielded.
+    Stream(StreamBody),
 }
 
 impl Rest {
@@ -71,7 +82,199 @@ impl Rest {
                 body_at,
             } => head.is_empty() && *body_at >= body.len(),
             Self::File { left, .. } => *left == 0,
+            Self::Stream(body) => body.is_done(),
         }
+    }
+}
+
+/// A streamed body's chunks, as the app's iterator yields them.
+type Chunks = Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>;
+
+/// Body bytes a stream sends in one go before the thread looks at its other
+/// connections (a client that takes everything at once would otherwise
+/// have the thread until the app's iterator ends).
+const STREAM_TURN: usize = 256 * 1024;
+
+/// A streamed body under way: its framing, what of it is made and not yet
+/// sent (`lead`, `data`, `tail` in that order: the end of the head or a
+/// chunk-size line, a chunk's data, its CRLF or the last chunk), and the
+/// app's iterator, asked for the next chunk only once all of that is out.
+pub(crate) struct StreamBody {
+    chunks: Chunks,
+    mode: Mode,
+    /// Body bytes taken from the app so far (a chunk cut at the
+    /// `Content-Length` counts what is left of it; no framing).
+    total: u64,
+    lead: Vec<u8>,
+    data: Vec<u8>,
+    tail: &'static [u8],
+    /// How much of `lead`, `data` and `tail` has been sent.
+    at: usize,
+    /// The app's iterator is done with: once the bytes made are out, so is
+    /// the body.
+    ended: bool,
+    /// The body ends where its framing does (`false`: the app's was longer
+    /// than its `Content-Length`, and the connection closes after it).
+    complete: bool,
+}
+
+impl fmt::Debug for StreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamBody")
+            .field("total", &self.total)
+            .field("unsent", &(self.made() - self.at))
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamBody {
+    fn new(chunks: Chunks, mode: Mode) -> Self {
+        Self {
+            chunks,
+            mode,
+            total: 0,
+            lead: Vec::new(),
+            data: Vec::new(),
+            tail: &[],
+            at: 0,
+            ended: false,
+            complete: true,
+        }
+    }
+
+    /// Body bytes taken from the app so far, and whether the body ends
+    /// where its framing does: once [`is_done`](Self::is_done), what the
+    /// access log counts and whether the connection may go on.
+    pub(crate) fn outcome(&self) -> (u64, bool) {
+        (self.total, self.complete)
+    }
+
+    fn made(&self) -> usize {
+        self.lead.len() + self.data.len() + self.tail.len()
+    }
+
+    fn is_done(&self) -> bool {
+        self.ended && self.at == self.made()
+    }
+
+    /// Sends what is made, then asks the app for chunks and sends them,
+    /// until the socket is full, the body is all out, or `budget` bytes
+    /// went out (then the socket may have room still). Returns whether any
+    /// byte went out. An `Err`: the socket failed, or the app's iterator
+    /// failed or panicked, or ended short of the `Content-Length` (logged
+    /// here); the connection must be reset.
+    fn pump(
+        &mut self,
+        stream: &TcpStream,
+        heartbeat: &Heartbeat,
+        budget: usize,
+    ) -> io::Result<bool> {
+        let mut sent = 0usize;
+        loop {
+            while self.at < self.made() {
+                let mut at = self.at;
+                let mut bufs = [IoSlice::new(&[]); 3];
+                for (buf, part) in bufs
+                    .iter_mut()
+                    .zip([&self.lead[..], &self.data[..], self.tail])
+                {
+                    let skip = at.min(part.len());
+                    *buf = IoSlice::new(&part[skip..]);
+                    at -= skip;
+                }
+                // rustix's writev(2), as for every other body.
+                match rustix::io::writev(stream, &bufs) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.at += n;
+                        sent = sent.saturating_add(n);
+                        heartbeat.beat();
+                    }
+                    Err(rustix::io::Errno::AGAIN) => return Ok(sent > 0),
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.lead.clear();
+            self.data = Vec::new();
+            self.tail = &[];
+            self.at = 0;
+            if self.ended || sent >= budget {
+                return Ok(sent > 0);
+            }
+            self.next_chunk(heartbeat)?;
+        }
+    }
+
+    /// Asks the app for the next chunk and makes its bytes (or, at the
+    /// iterator's end, the last chunk's).
+    fn next_chunk(&mut self, heartbeat: &Heartbeat) -> io::Result<()> {
+        let chunk = match catch_unwind(AssertUnwindSafe(|| self.chunks.next())) {
+            Ok(None) => return self.end(),
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(e))) => {
+                log::error!(target: "ufork_wsgi_like", "the app's response body failed: {e}");
+                return Err(e);
+            }
+            Err(panic) => {
+                log::error!(
+                    target: "ufork_wsgi_like",
+                    "the app's response body panicked: {}",
+                    crate::serve::panic_message(&*panic)
+                );
+                return Err(broken("the response body panicked"));
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        // A chunk is progress even before it is written; a stream that
+        // yields nothing beats nothing.
+        heartbeat.beat();
+        let mut data = chunk;
+        let yielded = data.len();
+        if let Mode::Length(n) = self.mode {
+            let room = usize::try_from(n.saturating_sub(self.total)).unwrap_or(usize::MAX);
+            data.truncate(room);
+        }
+        self.total = self.total.saturating_add(data.len() as u64);
+        if self.mode == Mode::Chunked {
+            hex(&mut self.lead, data.len());
+            self.tail = b"\r\n";
+        }
+        self.data = data;
+        if matches!(self.mode, Mode::Length(n) if self.total == n) && self.data.len() < yielded {
+            log::error!(
+                target: "ufork_wsgi_like",
+                "the app's response body is longer than its content-length ({}); the rest was dropped",
+                self.total
+            );
+            self.ended = true;
+            self.complete = false;
+        }
+        Ok(())
+    }
+
+    /// The app's iterator ended: the last chunk, or an `Err` if the body
+    /// is shorter than its `Content-Length`.
+    fn end(&mut self) -> io::Result<()> {
+        self.ended = true;
+        match self.mode {
+            Mode::Chunked => self.tail = b"0\r\n\r\n",
+            Mode::Length(n) if self.total != n => {
+                log::error!(
+                    target: "ufork_wsgi_like",
+                    "the app's response body is shorter ({}) than its content-length",
+                    self.total
+                );
+                return Err(broken(
+                    "the response body is shorter than its content-length",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -204,10 +407,16 @@ pub(crate) fn write(
             }
         }
         Kind::Stream(chunks) => {
-            let (bytes, complete) =
-                send_stream(stream, out, chunks, mode, reply.timeout, reply.heartbeat)?;
-            sent.body_bytes = bytes;
-            sent.keep_alive &= complete;
+            let body = send_stream(stream, out, chunks, mode, &reply)?;
+            if body.is_done() {
+                let (bytes, complete) = body.outcome();
+                sent.body_bytes = bytes;
+                sent.keep_alive &= complete;
+            } else {
+                // Bytes and whether the connection goes on are known once
+                // the rest is out (`StreamBody::outcome`).
+                sent.rest = Some(Box::new(Rest::Stream(body)));
+            }
         }
     }
     Ok(sent)
@@ -313,10 +522,12 @@ fn writev_until_full(
 }
 
 /// Sends what the socket takes at once of `rest` (writev(2), or sendfile(2)
-/// from the file's position); returns whether any of it went out. Where
-/// the file system cannot sendfile, reads and writes the whole rest of a
-/// file instead, waiting for the client as [`write_all`] does. An `Err`:
-/// the socket failed, or the file ended before its announced length.
+/// from the file's position; a stream asks the app for chunks as the socket
+/// takes them, up to [`STREAM_TURN`] bytes); returns whether any of it went
+/// out. Where the file system cannot sendfile, reads and writes the whole
+/// rest of a file instead, waiting for the client as [`write_all`] does.
+/// An `Err`: the socket failed, the file ended before its announced
+/// length, or the stream failed (see [`send_stream`]).
 pub(crate) fn send_rest(
     stream: &TcpStream,
     rest: &mut Rest,
@@ -335,6 +546,7 @@ pub(crate) fn send_rest(
             return Ok(head_at > 0 || *body_at > body_before);
         }
         Rest::File { file, left } => (file, left),
+        Rest::Stream(body) => return body.pump(stream, heartbeat, STREAM_TURN),
     };
     let mut progress = false;
     while *left > 0 {
@@ -367,91 +579,48 @@ pub(crate) fn send_rest(
     Ok(progress)
 }
 
-/// Sends the `head` at once, then each chunk the app yields as it
-/// is yielded (one `writev` per chunk: its chunk-size line, its data, its
+/// Sends the `head` at once, then each chunk the app yields as it is
+/// yielded (one `writev` per chunk: its chunk-size line, its data, its
 /// CRLF), so a client sees every piece of a slow stream when it is made
-/// (PEP 3333 forbids holding them back). Returns the body bytes and
-/// whether the iterator ended where the framing did. An error (or a panic)
-/// from the iterator, or fewer bytes than `Content-Length`, is an `Err`:
-/// the connection must be reset. More bytes than `Content-Length` are cut
-/// off: the client has a whole response, but the connection closes.
+/// (PEP 3333 forbids holding them back). With `stream_rest`, stops where
+/// the socket is full (or after [`STREAM_TURN`] bytes) and returns the
+/// rest, which the caller sends as the socket drains, asking the app for
+/// the next chunk only once the socket took the last; otherwise waits for
+/// the client, giving up once it took nothing for `timeout` (see
+/// [`Stall`]). Once the body is all out, [`StreamBody::outcome`] tells
+/// the bytes and whether the connection may go on. An `Err` (an error or
+/// a panic from the iterator, fewer bytes than `Content-Length`, a socket
+/// that failed or a client that stalled): the connection must be reset.
+/// More bytes than `Content-Length` are cut off: the client has a whole
+/// response, but the connection closes.
 fn send_stream(
     stream: &TcpStream,
     head: &[u8],
-    mut chunks: Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>,
+    chunks: Chunks,
     mode: Mode,
-    timeout: Duration,
-    heartbeat: &Heartbeat,
-) -> io::Result<(u64, bool)> {
+    reply: &Reply<'_>,
+) -> io::Result<StreamBody> {
+    let mut body = StreamBody::new(chunks, mode);
     // The head goes out before the app is asked for its first chunk, which
     // may take a while (server-sent events, long polling).
-    write_all(stream, head, timeout, heartbeat)?;
-    let mut total = 0u64;
-    let mut size_line = Vec::with_capacity(20);
+    let (mut head_at, mut none) = (0, 0);
+    if !writev_until_full(stream, head, &mut head_at, &[], &mut none, reply.heartbeat)? {
+        body.lead.extend_from_slice(&head[head_at..]);
+    }
+    if reply.stream_rest {
+        body.pump(stream, reply.heartbeat, STREAM_TURN)?;
+        return Ok(body);
+    }
+    let mut stall = Stall::new(reply.timeout);
     loop {
-        let chunk = match catch_unwind(AssertUnwindSafe(|| chunks.next())) {
-            Ok(None) => break,
-            Ok(Some(Ok(chunk))) => chunk,
-            Ok(Some(Err(e))) => {
-                log::error!(target: "ufork_wsgi_like", "the app's response body failed: {e}");
-                return Err(e);
-            }
-            Err(panic) => {
-                log::error!(
-                    target: "ufork_wsgi_like",
-                    "the app's response body panicked: {}",
-                    crate::serve::panic_message(&*panic)
-                );
-                return Err(broken("the response body panicked"));
-            }
-        };
-        if chunk.is_empty() {
-            continue;
+        if body.pump(stream, reply.heartbeat, usize::MAX)? {
+            stall.progress();
         }
-        // A chunk is progress even before it is written; a stream that
-        // yields nothing beats nothing.
-        heartbeat.beat();
-        let mut data = &chunk[..];
-        if let Mode::Length(n) = mode {
-            let room = usize::try_from(n.saturating_sub(total)).unwrap_or(usize::MAX);
-            if data.len() > room {
-                data = &data[..room];
-            }
+        if body.is_done() {
+            return Ok(body);
         }
-        total = total.saturating_add(data.len() as u64);
-        if mode == Mode::Chunked {
-            size_line.clear();
-            hex(&mut size_line, data.len());
-            let mut bufs = [
-                IoSlice::new(&size_line),
-                IoSlice::new(data),
-                IoSlice::new(b"\r\n"),
-            ];
-            write_all_vectored(stream, &mut bufs, timeout, heartbeat)?;
-        } else {
-            write_all(stream, data, timeout, heartbeat)?;
-        }
-        if matches!(mode, Mode::Length(n) if total == n) && data.len() < chunk.len() {
-            log::error!(
-                target: "ufork_wsgi_like",
-                "the app's response body is longer than its content-length ({total}); the rest was dropped"
-            );
-            return Ok((total, false));
-        }
+        wait_for_room(stream, &mut stall)?;
     }
-    if mode == Mode::Chunked {
-        write_all(stream, b"0\r\n\r\n", timeout, heartbeat)?;
-    }
-    if matches!(mode, Mode::Length(n) if total != n) {
-        log::error!(
-            target: "ufork_wsgi_like",
-            "the app's response body is shorter ({total}) than its content-length"
-        );
-        return Err(broken(
-            "the response body is shorter than its content-length",
-        ));
-    }
-    Ok((total, true))
 }
 
 /// Appends `n` in hexadecimal and a CRLF: a chunk-size line.

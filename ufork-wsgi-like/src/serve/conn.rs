@@ -4,7 +4,8 @@
 //!
 //! A connection is `Fresh` (accepted, nothing received), `Head` (part of a
 //! request head buffered), `Idle` (between requests), `Sending` (the rest
-//! of an answer goes out as the socket drains) or `Closing` (answered
+//! of an answer goes out as the socket drains; a stream's app is asked
+//! for more as it does) or `Closing` (answered
 //! and shut down for writing, draining input). Every step returns a
 //! [`Next`] the event loop carries out.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use super::Peer;
-use super::dispatch::Dispatch;
+use super::dispatch::{Dispatch, StreamEnd};
 use crate::Limits;
 use crate::body::{Blocked, Drained, Framing, Input, Stall, lock};
 use crate::response::{self, Rest};
@@ -33,9 +34,10 @@ pub(super) enum State {
     Idle,
     /// Part of a request head received: the header timeout runs.
     Head,
-    /// Answered but for part of the answer (a body in memory or a file),
-    /// which goes out as the socket drains (the write timeout runs while
-    /// the client takes nothing); nothing more is read until it is all out.
+    /// Answered but for part of the answer (a body in memory, a file, a
+    /// stream), which goes out as the socket drains (the write timeout runs
+    /// while the client takes nothing); nothing more is read until it is
+    /// all out.
     Sending,
     /// Answered and shut down for writing; draining input until EOF.
     Closing,
@@ -82,7 +84,9 @@ pub(super) struct Conn {
     /// The client ended its side.
     pub(super) eof: bool,
     /// In `Sending`: the rest of the body, and what to do once it is out.
-    sending: Option<Sending>,
+    /// Boxed: rare, and a `Conn` small enough to move without a memcpy
+    /// call is cheaper on every request (callgrind: 90 instructions).
+    sending: Option<Box<Sending>>,
     /// The event loop watches the socket for room to write (`Sending`),
     /// not for input.
     pub(super) watching_out: bool,
@@ -93,9 +97,15 @@ struct Sending {
     rest: Box<Rest>,
     stall: Stall,
     timeout: Duration,
-    /// What the answer decided for the connection, carried out once the
-    /// body is all out.
-    then: Next,
+    then: Then,
+}
+
+/// What becomes of the connection once the answer is all out.
+enum Then {
+    /// What the answer decided.
+    Decided(Next),
+    /// A stream's end decides ([`Dispatch::finish_stream`]).
+    Stream(Box<StreamEnd>),
 }
 
 impl Conn {
@@ -243,7 +253,7 @@ impl Conn {
             // Time to try again whether or not the kernel called the socket
             // writable: it does only once a third of the send buffer is free,
             // and a slow reader that keeps taking bytes is not stalled.
-            State::Sending => self.writable(dispatch.limits(), stopping),
+            State::Sending => self.writable(dispatch, stopping),
             State::Fresh | State::Idle | State::Closing => Next::Close,
         }
     }
@@ -251,40 +261,48 @@ impl Conn {
     /// An answer was written, and `then` decided: unless the socket did not
     /// take all of it, in which case the connection sends the rest as the
     /// socket drains, and does `then` after.
+    #[inline(always)]
     fn after_answer(&mut self, dispatch: &mut Dispatch<'_>, then: Next) -> Next {
-        match dispatch.take_rest() {
-            Some(rest) => self.start_sending(rest, then, dispatch.write_timeout()),
-            None => then,
-        }
-    }
-
-    /// The answer went out but for `rest`: the connection sends it as the
-    /// socket drains, then does `then`.
-    fn start_sending(&mut self, rest: Box<Rest>, then: Next, timeout: Duration) -> Next {
+        let Some((rest, end)) = dispatch.take_rest() else {
+            return then;
+        };
+        let timeout = dispatch.write_timeout();
         self.state = State::Sending;
-        self.sending = Some(Sending {
+        self.sending = Some(Box::new(Sending {
             rest,
             stall: Stall::new(timeout),
             timeout,
-            then,
-        });
-        self.blocked()
+            then: end.map_or(Then::Decided(then), Then::Stream),
+        }));
+        self.blocked(dispatch)
     }
 
     /// A write did not fit: wait for room until the stall's next probe, or
     /// give up (a reset: the body is cut short) once the client took
     /// nothing for the write timeout.
-    fn blocked(&mut self) -> Next {
+    fn blocked(&mut self, dispatch: &mut Dispatch<'_>) -> Next {
         let Some(sending) = &mut self.sending else {
             return Next::Abort;
         };
         match sending.stall.blocked(Instant::now()) {
-            Blocked::GiveUp => Next::Abort,
+            Blocked::GiveUp => self.cut_short(dispatch),
             Blocked::WaitUntil(until) => {
                 self.deadline = until;
                 Next::Write
             }
         }
+    }
+
+    /// The rest of the answer cannot go out (the socket failed, the client
+    /// stalled, a stream failed): a reset, so no client takes it for whole;
+    /// a stream's access log line says so.
+    fn cut_short(&mut self, dispatch: &mut Dispatch<'_>) -> Next {
+        if let Some(sending) = self.sending.take() {
+            if let Then::Stream(end) = &sending.then {
+                dispatch.finish_stream(self, end, Err(std::io::ErrorKind::TimedOut.into()));
+            }
+        }
+        Next::Abort
     }
 
     /// The socket may have room: sends what it takes of the answer's rest;
@@ -294,7 +312,7 @@ impl Conn {
     /// like every idle one); closed, it lingers, so that what the client
     /// sent meanwhile does not turn the close into a reset that drops the
     /// answer's last bytes.
-    pub(super) fn writable(&mut self, limits: &Limits, stopping: bool) -> Next {
+    pub(super) fn writable(&mut self, dispatch: &mut Dispatch<'_>, stopping: bool) -> Next {
         let input = lock(&self.input);
         let (stream, heartbeat) = (Arc::clone(&input.stream), input.heartbeat.clone());
         drop(input);
@@ -304,14 +322,28 @@ impl Conn {
         match response::send_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat) {
             Ok(true) => sending.stall.progress(),
             Ok(false) => {}
-            Err(_) => return Next::Abort,
+            Err(_) => return self.cut_short(dispatch),
         }
         if !sending.rest.is_done() {
-            return self.blocked();
+            return self.blocked(dispatch);
         }
-        let then = sending.then;
-        self.sending = None;
+        let Some(Sending { rest, then, .. }) = self.sending.take().map(|s| *s) else {
+            return Next::Abort;
+        };
         self.state = State::Idle;
+        let then = match then {
+            // An answer that closes lingers (see `Dispatch::after_reply`).
+            Then::Decided(Next::Close) => Next::Linger,
+            Then::Decided(next) => next,
+            Then::Stream(end) => {
+                let outcome = match *rest {
+                    Rest::Stream(body) => Ok(body.outcome()),
+                    _ => Err(std::io::ErrorKind::InvalidData.into()),
+                };
+                dispatch.finish_stream(self, &end, outcome)
+            }
+        };
+        let limits = dispatch.limits();
         match then {
             Next::Keep => {
                 self.set_timeout(limits.keep_alive_timeout);
@@ -325,7 +357,6 @@ impl Conn {
                     Next::Keep
                 }
             }
-            Next::Close => Next::Linger,
             other => other,
         }
     }

@@ -45,8 +45,31 @@ pub(super) struct Dispatch<'w> {
     heartbeat: Heartbeat,
     /// What the socket did not take at once of the last answer, for the
     /// connection to send as the socket drains (see
-    /// [`take_rest`](Self::take_rest)).
-    rest: Option<Box<Rest>>,
+    /// [`take_rest`](Self::take_rest)), and for a streamed one what is
+    /// left to do once it ends.
+    rest: Option<(Box<Rest>, Option<Box<StreamEnd>>)>,
+}
+
+/// What is left to do for a streamed answer once the event loop has sent
+/// the rest of it ([`Dispatch::finish_stream`]).
+pub(super) struct StreamEnd {
+    status: StatusCode,
+    /// The head said the connection goes on.
+    keep_alive: bool,
+    /// The client waited for a `100 Continue` it was not sent.
+    awaited_continue: bool,
+    /// The access log's line, written when the stream ends.
+    log: Option<LogLater>,
+}
+
+/// An access log line put off until its answer is all out: what of it the
+/// thread's scratch space held when the answer began.
+struct LogLater {
+    at: SystemTime,
+    line: String,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    started: Option<Instant>,
 }
 
 /// How a response goes out.
@@ -63,6 +86,9 @@ struct Answer {
     /// When the answer began, for the access log's duration (`None`: no
     /// access log, so no clock read).
     started: Option<Instant>,
+    /// A streamed body may go on from the event loop once the socket is
+    /// full (see [`Reply::stream_rest`]).
+    stream_rest: bool,
 }
 
 impl<'w> Dispatch<'w> {
@@ -86,8 +112,9 @@ impl<'w> Dispatch<'w> {
     }
 
     /// The rest of the last answer that the socket did not take at once,
-    /// if any: the connection sends it before anything else.
-    pub(super) fn take_rest(&mut self) -> Option<Box<Rest>> {
+    /// if any: the connection sends it before anything else; for a stream,
+    /// then hands it back with what it became ([`finish_stream`](Self::finish_stream)).
+    pub(super) fn take_rest(&mut self) -> Option<(Box<Rest>, Option<Box<StreamEnd>>)> {
         self.rest.take()
     }
 
@@ -135,6 +162,7 @@ impl<'w> Dispatch<'w> {
             at: SystemTime::now(),
             last_unless_buffered: true,
             started: self.access.is_some().then(Instant::now),
+            stream_rest: true,
         };
         let _ = self.reply(
             &input.stream,
@@ -169,6 +197,7 @@ impl<'w> Dispatch<'w> {
             // every request it has in mind: each one read is answered.
             last_unless_buffered: stopping || conn.eof,
             started,
+            stream_rest: true,
         };
         if self.access.as_ref().is_some_and(AccessLogger::wants_agent) {
             let text = |name| {
@@ -186,9 +215,10 @@ impl<'w> Dispatch<'w> {
         request.extensions_mut().insert(self.worker.context.clone());
         let (response, panicked) = self.call_app(request);
         let next = self.settle(&conn.input, &conn.peer, response, panicked, answer);
-        // Busy until the thread is done with the answer: a stream's last
-        // byte; for a body in memory or a file, what the socket took at
-        // once (the event loop sends the rest as the client reads).
+        // Busy until the thread is done with the answer: what the socket
+        // took at once (the event loop sends the rest as the client reads,
+        // and asks a stream for more then); the last byte of a stream that
+        // may read the request body.
         self.worker.done();
         next
     }
@@ -326,13 +356,82 @@ impl<'w> Dispatch<'w> {
         if (answer.last_unless_buffered || recycling) && (input.start >= input.end || body_left) {
             answer.keep_alive = false;
         }
+        // A stream that may read the request body as it goes (the body is
+        // not all read, and someone holds a `Body`: the connection's input
+        // has an owner besides the connection) is written to its end by
+        // this thread, waiting for the client as it must, as before. Run
+        // from the event loop, it would block the loop in `Body::read`, a
+        // blocking `Read` the app's code calls and that cannot be
+        // suspended and resumed when the client sends more: the loop
+        // would wait on one client's upload while looking free (the
+        // worker idle, its other connections' deadlines unchecked). Any
+        // other stream goes on from the loop once the socket is full.
+        answer.stream_rest = !(body_left && Arc::strong_count(conn_input) > 1);
         // Written without the lock, which a streamed body's reads take.
         let stream = Arc::clone(&input.stream);
         drop(input);
         let sent = self.reply(&stream, peer, response, answer);
+        if let Some((_, Some(end))) = &mut self.rest {
+            // A stream goes on from the event loop: what becomes of the
+            // connection is decided when it ends (`finish_stream`).
+            end.awaited_continue = awaited_continue;
+            return Next::Write;
+        }
+        self.after_reply(
+            conn_input,
+            streamed,
+            awaited_continue,
+            sent.map(|s| s.keep_alive),
+        )
+    }
+
+    /// A streamed answer the event loop sent the rest of ended: `outcome`
+    /// is its body bytes and whether it ended where its framing did, or
+    /// the error that cut it short. Writes its access log line (the body
+    /// bytes the app yielded, up to a `Content-Length`; status 0 and no
+    /// bytes for an answer cut short, as for any other) and decides, as
+    /// for an answer written at once, what becomes of the connection.
+    pub(super) fn finish_stream(
+        &mut self,
+        conn: &Conn,
+        end: &StreamEnd,
+        outcome: io::Result<(u64, bool)>,
+    ) -> Next {
+        if let (Some(access), Some(log)) = (&mut self.access, &end.log) {
+            let (status, bytes) = match &outcome {
+                Ok((bytes, _)) => (end.status.as_u16(), *bytes),
+                Err(_) => (0, 0),
+            };
+            access.log(&Entry {
+                at: log.at,
+                peer: &conn.peer,
+                line: &log.line,
+                status,
+                bytes,
+                took: log.started.map_or(Duration::ZERO, |t| t.elapsed()),
+                referer: log.referer.as_deref(),
+                user_agent: log.user_agent.as_deref(),
+            });
+        }
+        let keep_alive = outcome.map(|(_, complete)| end.keep_alive && complete);
+        self.after_reply(&conn.input, true, end.awaited_continue, keep_alive)
+    }
+
+    /// The answer is out (`keep_alive`: whether it lets the connection go
+    /// on), or was cut short: what becomes of the connection.
+    // Always inlined: on every answer's path, where a call costs more than
+    // the work (callgrind).
+    #[inline(always)]
+    fn after_reply(
+        &self,
+        conn_input: &Arc<Mutex<Input>>,
+        streamed: bool,
+        awaited_continue: bool,
+        keep_alive: io::Result<bool>,
+    ) -> Next {
         let mut input = lock(conn_input);
         input.generation += 1;
-        if sent.is_err() {
+        if keep_alive.is_err() {
             // Cut short: a reset, so that no client takes it for whole.
             return Next::Abort;
         }
@@ -358,9 +457,9 @@ impl<'w> Dispatch<'w> {
         // last byte, and what the client sent meanwhile (the next request it
         // pipelined, a body nobody read) is drained instead of turning the
         // close into a reset that drops the answer's unsent end.
-        match sent {
-            Ok(sent) if sent.keep_alive => Next::Keep,
-            Ok(_) => Next::Linger,
+        match keep_alive {
+            Ok(true) => Next::Keep,
+            Ok(false) => Next::Linger,
             Err(_) => Next::Abort,
         }
     }
@@ -379,10 +478,29 @@ impl<'w> Dispatch<'w> {
             keep_alive: answer.keep_alive,
             timeout: self.worker.limits.write_timeout,
             heartbeat: &self.heartbeat,
+            stream_rest: answer.stream_rest,
         };
         let mut sent = response::write(stream, &mut self.out, &mut self.date, response, reply);
-        if let Ok(s) = &mut sent {
-            self.rest = s.rest.take();
+        if let Some(rest) = sent.as_mut().ok().and_then(|s| s.rest.take()) {
+            if let (Rest::Stream(_), Ok(s)) = (&*rest, &sent) {
+                // Logged once the stream ends: its length is not known
+                // before.
+                let end = Box::new(StreamEnd {
+                    status: s.status,
+                    keep_alive: s.keep_alive,
+                    awaited_continue: false,
+                    log: self.access.is_some().then(|| LogLater {
+                        at: answer.at,
+                        line: self.line.clone(),
+                        referer: self.referer.take(),
+                        user_agent: self.user_agent.take(),
+                        started: answer.started,
+                    }),
+                });
+                self.rest = Some((rest, Some(end)));
+                return sent;
+            }
+            self.rest = Some((rest, None));
         }
         if let Some(access) = &mut self.access {
             let (status, bytes) = match &sent {

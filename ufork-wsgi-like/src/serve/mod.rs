@@ -546,7 +546,7 @@ impl Loop<'_> {
             // Registered for room to write, so an event means room (or an
             // error, which the write finds).
             if read {
-                conn.writable(&self.config.limits, self.stopping)
+                conn.writable(&mut self.dispatch, self.stopping)
             } else {
                 Next::Write
             }
@@ -615,7 +615,8 @@ impl Loop<'_> {
             };
             let next = conn.expired(&mut self.dispatch, self.stopping);
             if next == Next::Again {
-                // A file body finished: serve what is buffered behind it.
+                // An answer finished going out: serve what is buffered
+                // behind it.
                 let token = conn_token(self.slots[idx].generation, idx);
                 self.pending.push(token);
             }

@@ -182,3 +182,333 @@ fn a_streamed_answer_to_a_bad_body_reaches_the_client_before_the_close() {
         "malformed chunked request body\n".len() * 300_000
     );
 }
+
+/// Chunks of a large stream: more than the socket buffers hold.
+const BIG_CHUNK: usize = 64 << 10;
+const BIG_CHUNKS: usize = 256;
+
+/// The byte at `i` of the large streams: a pattern a lost, doubled or
+/// reordered piece breaks.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// The large stream's body as the client must see it.
+fn big_body() -> Vec<u8> {
+    (0..BIG_CHUNK * BIG_CHUNKS).map(pattern).collect()
+}
+
+/// The large stream's chunks, made as the app is asked for each (the last
+/// `extra` more, past the end of the body).
+fn big_chunks(extra: usize) -> impl Iterator<Item = Vec<u8>> + Send {
+    (0..BIG_CHUNKS + extra).map(|c| (c * BIG_CHUNK..(c + 1) * BIG_CHUNK).map(pattern).collect())
+}
+
+/// Chunks made for `/endless` streams.
+static ENDLESS_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `/big`: the large stream, chunked; `/big-len`: with its length;
+/// `/big-long`: 16 MiB announced, a chunk more yielded; `/big-short`: a
+/// chunk more announced than yielded; `/big-panics` and `/big-fails`: a
+/// panic or an error where the last chunk would be; `/endless`: chunks for
+/// as long as it is asked for them (counted), `/forever` too (not
+/// counted); anything else: hello.
+fn streams(request: Request<Body>) -> Response<ResponseBody> {
+    let len = (BIG_CHUNK * BIG_CHUNKS).to_string();
+    let longer = (BIG_CHUNK * (BIG_CHUNKS + 1)).to_string();
+    let failing = |panic: bool| {
+        ResponseBody::try_stream(big_chunks(0).map(Ok).chain(std::iter::once_with(move || {
+            assert!(!panic, "the stream blew up on purpose");
+            Err(std::io::Error::other("the stream failed on purpose"))
+        })))
+    };
+    let sized = |length: &str, extra| {
+        Response::builder()
+            .header("content-length", length)
+            .body(ResponseBody::stream(big_chunks(extra)))
+            .unwrap()
+    };
+    match request.uri().path() {
+        "/big" => Response::new(ResponseBody::stream(big_chunks(0))),
+        "/big-len" => sized(&len, 0),
+        "/big-long" => sized(&len, 1),
+        "/big-short" => sized(&longer, 0),
+        "/big-panics" => Response::new(failing(true)),
+        "/big-fails" => Response::new(failing(false)),
+        "/forever" => Response::new(ResponseBody::stream((0..).map(|c| {
+            (c * BIG_CHUNK..(c + 1) * BIG_CHUNK)
+                .map(pattern)
+                .collect::<Vec<u8>>()
+        }))),
+        "/endless" => Response::new(ResponseBody::stream((0..).map(|c| {
+            ENDLESS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (c * BIG_CHUNK..(c + 1) * BIG_CHUNK)
+                .map(pattern)
+                .collect::<Vec<u8>>()
+        }))),
+        _ => Response::new("hello\n".into()),
+    }
+}
+
+/// A client with a small receive buffer, so the server's writes stop
+/// fitting soon.
+fn slow_client(addr: std::net::SocketAddr) -> Client {
+    let client = Client::new(addr);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&client.stream, 64 << 10).unwrap();
+    client
+}
+
+/// A slow client that asked for `path`, and has the start of the answer:
+/// the server is past the app, in the stream.
+fn stream_begun(addr: std::net::SocketAddr, path: &str) -> Client {
+    let mut slow = slow_client(addr);
+    slow.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    assert!(slow.fill() > 0);
+    slow
+}
+
+/// Two clients that take nothing of large streams hold no serving thread:
+/// the rest of each goes out from the event loop as its socket drains, the
+/// app asked for the next chunk only once the socket took the last, so a
+/// third client of the same one-thread server is answered at once. Then
+/// both streams arrive whole, in valid chunked framing or at their length,
+/// what was pipelined behind one is answered after it, and the access log
+/// counts each stream's body bytes once it ended.
+#[test]
+fn two_slow_readers_of_streams_hold_no_serving_thread() {
+    let log = std::env::temp_dir().join(format!("ufork-wsgi-streams-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let server = local(
+        Server::builder().access_log_to(ufork_wsgi_like::AccessLog {
+            format: ufork_wsgi_like::AccessFormat::Common,
+            sink: ufork_wsgi_like::AccessSink::File(log.clone()),
+        }),
+        streams,
+    );
+    let addr = addr_of(&server);
+    let mut chunked = stream_begun(addr, "/big");
+    chunked.send("GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut sized = stream_begun(addr, "/big-len");
+    // Held by a slow reader, the thread would answer this only when the
+    // write timeout (30 s) gave up on it: past this client's patience.
+    assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+    let big = big_body();
+    let resp = chunked.read_response();
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert!(
+        resp.body == big,
+        "{} bytes, not the stream",
+        resp.body.len()
+    );
+    assert_eq!(chunked.read_response().text(), "hello\n");
+    let resp = sized.read_response();
+    assert_eq!(resp.header("content-length"), Some(&*big.len().to_string()));
+    assert!(
+        resp.body == big,
+        "{} bytes, not the stream",
+        resp.body.len()
+    );
+    assert!(!resp.closes());
+    assert_eq!(sized.get("/").text(), "hello\n");
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for path in ["/big ", "/big-len "] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"GET {path}")))
+            .unwrap_or_else(|| panic!("no line for {path} in {text}"));
+        assert!(line.ends_with(&format!(" 200 {}", big.len())), "{line}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
+/// Whether `client`'s connection was reset (or hung up) within `wait`.
+fn reset_within(client: &Client, wait: std::time::Duration) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        &client.stream,
+        rustix::event::PollFlags::empty(),
+    )];
+    let wait = rustix::time::Timespec {
+        tv_sec: wait.as_secs() as i64,
+        tv_nsec: wait.subsec_nanos().into(),
+    };
+    rustix::event::poll(&mut fds, Some(&wait)).unwrap() == 1
+}
+
+/// A client that stops taking an endless stream is reset once it took
+/// nothing for the write timeout, as one that stops taking any other body;
+/// meanwhile, and after, the thread serves others, and the app was asked
+/// for no more chunks than the socket buffers held. Its access log line
+/// says the answer was cut short (status 0, no bytes), as for a stream
+/// that fails.
+#[test]
+fn a_stream_reader_that_stops_reading_is_reset_after_the_write_timeout() {
+    // Long enough for another client to be served first on a loaded
+    // machine, short enough for the suite.
+    const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+    let log = std::env::temp_dir().join(format!("ufork-wsgi-stalled-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let server = local(
+        Server::builder()
+            .write_timeout(WRITE_TIMEOUT)
+            .access_log_to(ufork_wsgi_like::AccessLog {
+                format: ufork_wsgi_like::AccessFormat::Common,
+                sink: ufork_wsgi_like::AccessSink::File(log.clone()),
+            }),
+        streams,
+    );
+    let addr = addr_of(&server);
+    let mut stalled = stream_begun(addr, "/endless");
+    // Answered at once, not once the thread gave up on the stalled client.
+    assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+    assert!(
+        !reset_within(&stalled, std::time::Duration::ZERO),
+        "the stalled client was reset before another was served"
+    );
+    // Still taking nothing, it is reset (an error on the socket, the
+    // unread bytes still queued).
+    assert!(reset_within(&stalled, crate::util::PATIENCE), "no reset");
+    let (_, end) = crate::read_to_end_or_reset(&mut stalled);
+    // Megabytes in the kernel's buffers at most, not gigabytes in memory.
+    let made = ENDLESS_MADE.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        made < 1024,
+        "{made} chunks made for a client that took none"
+    );
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"GET /endless "))
+        .unwrap_or_else(|| panic!("no line for the stream in {text}"));
+    // Common Log Format: `-` for no body bytes.
+    assert!(line.ends_with(" 0 -"), "{line}");
+    let _ = std::fs::remove_file(&log);
+}
+
+/// A stop while a stream goes out to a slow client lets it finish, and
+/// the thread meanwhile answers the requests of the other connections it
+/// holds (the last on each saying close); the slow client gets the whole
+/// stream, then the answer to what it sent meanwhile, then the close.
+#[test]
+fn a_stop_during_a_stream_finishes_it_and_serves_others_meanwhile() {
+    let server = local(Server::builder(), streams);
+    let addr = addr_of(&server);
+    let mut other = Client::new(addr);
+    assert_eq!(other.get("/").text(), "hello\n");
+    let mut slow = stream_begun(addr, "/big");
+    slow.send("GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
+    server.stop();
+    // Held by the slow client, the thread would answer this only when the
+    // write timeout (30 s) gave up on it: past this client's patience.
+    let resp = other.get("/");
+    assert_eq!(resp.text(), "hello\n");
+    assert!(resp.closes(), "{resp:?}");
+    other.assert_closed();
+    let resp = slow.read_response();
+    assert!(
+        resp.body == big_body(),
+        "{} bytes, not the stream",
+        resp.body.len()
+    );
+    let resp = slow.read_response();
+    assert_eq!(resp.text(), "hello\n");
+    assert!(resp.closes(), "{resp:?}");
+    slow.assert_closed();
+    server.join().unwrap();
+}
+
+/// A stream that fails once the socket filled (the rest went out from the
+/// event loop) ends as one that fails at once: a panic, an error or fewer
+/// bytes than its length reset the connection, so no client takes the
+/// answer for whole; more bytes than its length are cut to it and the
+/// connection closes cleanly.
+#[test]
+fn a_stream_failing_after_the_socket_filled_resets_the_connection() {
+    let server = local(Server::builder(), streams);
+    let addr = addr_of(&server);
+    for path in ["/big-panics", "/big-fails", "/big-short"] {
+        let mut slow = stream_begun(addr, path);
+        let (data, end) = crate::read_to_end_or_reset(&mut slow);
+        let err = end.expect_err(&format!("{path}: a clean end after {} bytes", data.len()));
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{path}");
+    }
+    let mut slow = stream_begun(addr, "/big-long");
+    let resp = slow.read_response();
+    assert!(
+        resp.body == big_body(),
+        "{} bytes, not the stream",
+        resp.body.len()
+    );
+    slow.assert_closed();
+    assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+}
+
+/// A recycling worker's stream that left the request body unread says
+/// close (what follows an unread body is not known to be a request), and
+/// the connection closes once the stream, sent from the event loop as the
+/// socket drained, is all out.
+#[test]
+fn a_recycling_worker_closes_after_a_long_stream_that_left_the_body_unread() {
+    let forked =
+        crate::util::Forked::start(Server::builder().workers(1).max_requests(1, 0), streams);
+    let mut slow = slow_client(forked.addr);
+    slow.send("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello");
+    let resp = slow.read_response();
+    assert!(resp.closes(), "{:?}", resp.headers);
+    assert!(
+        resp.body == big_body(),
+        "{} bytes, not the stream",
+        resp.body.len()
+    );
+    slow.assert_closed();
+    assert_eq!(crate::util::get(forked.addr, "/").text(), "hello\n");
+    let outcome = forked.finish();
+    assert!(
+        outcome
+            .history
+            .iter()
+            .any(|r| r.reason == ufork_core::ExitReason::Recycled),
+        "{:?}",
+        outcome.history
+    );
+}
+
+/// A client that takes an endless stream as fast as it is made, so that
+/// the socket never fills, does not keep the thread from its other
+/// connections: a stream goes out 256 KiB at a time before they get a
+/// turn.
+#[test]
+fn a_fast_reader_of_an_endless_stream_leaves_the_thread_to_others_too() {
+    let server = local(Server::builder(), streams);
+    let addr = addr_of(&server);
+    let mut fast = Client::new(addr);
+    fast.send("GET /forever HTTP/1.1\r\nHost: t\r\n\r\n");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (begun, reading) = channel::<()>();
+    let reader = std::thread::spawn({
+        let done = Arc::clone(&done);
+        move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut taken = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = fast.stream.read(&mut buf).expect("the stream goes on");
+                assert!(n > 0, "the stream ended");
+                taken += n;
+                if taken > 1 << 20 {
+                    let _ = begun.send(());
+                }
+            }
+        }
+    });
+    reading.recv().expect("the stream began");
+    assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+}
