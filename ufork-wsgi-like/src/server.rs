@@ -185,7 +185,12 @@ impl Builder {
     }
 
     /// Serving threads per worker, each with its own event loop over its own
-    /// connections (default 1).
+    /// connections (default 1). A thread stuck on one request is not
+    /// covered for by the others' heartbeats: once it has been busy with it
+    /// for a tenth of the [heartbeat timeout](Self::heartbeat_timeout)
+    /// without progress of its own, the others stop beating, so the worker
+    /// is killed at the timeout as with one thread (gunicorn's threaded
+    /// workers keep such a worker alive).
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self
@@ -311,7 +316,8 @@ impl Builder {
     /// runs longer than this on one request without reading its body is
     /// killed (its request line named in the arbiter's log) unless it beats
     /// through the [`WorkerContext`](crate::WorkerContext) in the request's
-    /// extensions.
+    /// extensions; with [several threads](Self::threads), within a tenth
+    /// more.
     ///
     /// A thread waiting for a stalled client heartbeats no more than it
     /// serves others, so the [read](Limits::read_timeout) and

@@ -132,6 +132,7 @@ pub(crate) fn run(
     table: Option<&Table>,
     cell: usize,
 ) -> Result<()> {
+    worker.enter();
     let epoll_fd = match watch(worker, listeners, stop_fd) {
         Ok(fd) => fd,
         Err(e) => {

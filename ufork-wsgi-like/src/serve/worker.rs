@@ -2,10 +2,11 @@
 //! the worker's scoreboard slot, the request count and the stop pipe.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ufork_core::Vitals;
 
@@ -46,6 +47,19 @@ pub(crate) struct WorkerShared {
     /// The serving threads still setting up (see [`WorkerShared::set_up`]).
     startup: Mutex<Startup>,
     all_set_up: Condvar,
+    /// With several threads: since when each has been busy with its
+    /// current request (nanoseconds since `epoch`, 0: not busy), so that
+    /// the heartbeats of idle threads do not cover for a stuck one (see
+    /// [`WorkerShared::heartbeat`]).
+    busy_since: Vec<AtomicU64>,
+    /// Hands each serving thread its index into `busy_since`.
+    next_thread: AtomicUsize,
+    epoch: Instant,
+}
+
+thread_local! {
+    /// This serving thread's index into its worker's `busy_since`.
+    static THREAD: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 #[derive(Debug)]
@@ -97,7 +111,28 @@ impl WorkerShared {
                 failed: false,
             }),
             all_set_up: Condvar::new(),
+            busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            next_thread: AtomicUsize::new(0),
+            epoch: Instant::now(),
         })
+    }
+
+    /// Called first on each serving thread: gives it its index.
+    pub(super) fn enter(&self) {
+        let index = self.next_thread.fetch_add(1, Ordering::Relaxed);
+        THREAD.with(|t| t.set(Some(index)));
+    }
+
+    /// This thread's cell in `busy_since`, with several threads.
+    fn busy_cell(&self) -> Option<&AtomicU64> {
+        if self.config.threads == 1 {
+            return None;
+        }
+        THREAD.with(Cell::get).and_then(|i| self.busy_since.get(i))
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn startup(&self) -> MutexGuard<'_, Startup> {
@@ -149,6 +184,9 @@ impl WorkerShared {
 
     /// Marks the worker busy with the request `line` (its activity).
     pub(super) fn busy(&self, line: &str) {
+        if let Some(cell) = self.busy_cell() {
+            cell.store(self.now_ns().max(1), Ordering::Relaxed);
+        }
         if let Some(v) = &self.vitals {
             if self.config.threads == 1 || self.busy.fetch_add(1, Ordering::Relaxed) == 0 {
                 v.busy();
@@ -160,6 +198,9 @@ impl WorkerShared {
     /// Marks a request's response fully written (or abandoned): the thread
     /// is no longer busy with it.
     pub(super) fn done(&self) {
+        if let Some(cell) = self.busy_cell() {
+            cell.store(0, Ordering::Relaxed);
+        }
         if let Some(v) = &self.vitals {
             if self.config.threads == 1 || self.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
                 v.idle();
@@ -197,10 +238,30 @@ impl WorkerShared {
         }
     }
 
+    /// The event loop's heartbeat. With several threads, none while
+    /// another thread has been busy with one request for more than a tenth
+    /// of the heartbeat timeout: an app stuck on one thread must get its
+    /// worker killed at the timeout, as with one thread, not be covered for
+    /// by the others' beats. (A thread making progress on a long request,
+    /// reading its body or writing its stream, beats by itself.)
     pub(super) fn heartbeat(&self) {
-        if let Some(v) = &self.vitals {
-            v.heartbeat();
+        let Some(v) = &self.vitals else {
+            return;
+        };
+        if self.config.threads > 1 {
+            if let Some(timeout) = self.config.heartbeat_timeout {
+                let grace = u64::try_from((timeout / 10).as_nanos()).unwrap_or(u64::MAX);
+                let now = self.now_ns();
+                let stuck = self.busy_since.iter().any(|since| {
+                    let since = since.load(Ordering::Relaxed);
+                    since != 0 && now.saturating_sub(since) > grace
+                });
+                if stuck {
+                    return;
+                }
+            }
         }
+        v.heartbeat();
     }
 }
 

@@ -100,6 +100,55 @@ fn a_long_request_that_beats_survives_one_that_does_not_is_killed_and_named() {
     );
 }
 
+/// With two threads, the idle one's heartbeats do not cover for the other
+/// stuck on one request: the worker is killed at the heartbeat timeout (and
+/// a tenth), the request named, as with one thread; one that beats lives.
+#[test]
+fn a_request_stuck_on_one_of_two_threads_is_killed_at_the_heartbeat_timeout() {
+    util::access_log();
+    let forked = Forked::start(
+        Server::builder()
+            .workers(1)
+            .threads(2)
+            .heartbeat_timeout(HEARTBEAT),
+        long_app,
+    );
+    assert_eq!(get(forked.addr, "/beat").text(), "finished\n");
+    assert!(
+        forked.handle.snapshot().history.is_empty(),
+        "the beating worker survived"
+    );
+    let mut client = Client::new(forked.addr);
+    client.send("GET /silent?id=9 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Killed mid-request: the client gets no response, just the end.
+    let mut rest = Vec::new();
+    let end = std::io::Read::read_to_end(&mut client.stream, &mut rest);
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        end.is_ok()
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    util::eventually("the replacement to serve", || {
+        get(forked.addr, "/who").text() == "Some(0) Some(1) Some(Busy)"
+    });
+    let outcome = forked.finish();
+    let killed = outcome
+        .history
+        .iter()
+        .find(|r| r.reason.as_str() == "timed-out")
+        .unwrap_or_else(|| panic!("{:?}", outcome.history));
+    assert!(
+        killed
+            .reason
+            .to_string()
+            .contains("GET /silent?id=9 HTTP/1.1"),
+        "{killed:?}"
+    );
+}
+
 #[test]
 fn a_local_server_has_a_context_without_a_worker() {
     let server = local(Server::builder(), long_app);
