@@ -215,6 +215,13 @@ pub struct PoolArgs {
     #[arg(long)]
     pub no_prompt: bool,
 
+    /// Check the flags (and the --config file) and exit without starting
+    /// anything: 0 when the pool could start with them, else the error it
+    /// would stop with. Checks DIR or CMD, --chdir, the --bind addresses
+    /// (resolved, not bound) and the control socket's path.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Serve Prometheus metrics on GET /metrics and a health check on GET
     /// /healthz (200 when every worker is ready, else 503) at HOST:PORT.
     #[arg(long, value_name = "ADDR")]

@@ -393,6 +393,9 @@ fn describe(value: &Value) -> &'static str {
 /// An unknown key, with the nearest flag name when one is close.
 fn unknown_key(at: &Place<'_>, sub: &clap::Command, name: &str) -> Failure {
     let key = at.key.replace('-', "_");
+    if let Some(instead) = crate::usage::instead(name, &format!("--{}", key.replace('_', "-"))) {
+        return at.error(format!("unknown key for `ufork {name}`: {instead}"));
+    }
     let mut known: Vec<String> = sub
         .get_arguments()
         .filter_map(|a| a.get_long())

@@ -77,6 +77,21 @@ pub struct RunArgs {
 pub fn exec(args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, true)?;
+    if args.pool.check_config {
+        exec::resolve(&args.command[0])?;
+        let options = listen::Options {
+            for_run: true,
+            unix_mode: args.unix_mode,
+            backlog: args.pool.backlog,
+        };
+        listen::resolve_all(&args.bind, options)?;
+        pool::workers(&args.pool)?;
+        term::say(format!(
+            "ufork run: the configuration is valid (`{}` found; nothing was started)",
+            args.command[0]
+        ));
+        return Ok(());
+    }
     let pidfile = pool::lock_pidfile(&args.pool, args.bind.len())?;
     let program = &args.command[0];
     let resolved = exec::resolve(program)?;

@@ -172,6 +172,9 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
+    if args.pool.check_config {
+        return check_config(&args);
+    }
     let pidfile = pool::lock_pidfile(
         &args.pool,
         if args.reuse_port {
@@ -339,6 +342,40 @@ fn warn_unless_requests_migrate() {
 /// such file: a kernel without the setting never migrates them).
 fn migrate_req_off(text: Option<&str>) -> bool {
     text.is_none_or(|t| t.trim() == "0")
+}
+
+/// `--check-config`: what `exec` checks before it takes the pidfile and
+/// binds, and nothing more.
+fn check_config(args: &ServeArgs) -> Result<()> {
+    if let Some(dir) = &args.dir {
+        ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
+            runtime(format!(
+                "DIR {}: {}; give an existing directory to serve, or none for the hello app",
+                dir.display(),
+                failure::io_text(&e)
+            ))
+        })?;
+    }
+    let options = listen::Options {
+        for_run: false,
+        unix_mode: args.unix_mode,
+        backlog: args.pool.backlog,
+    };
+    let binds = if args.bind.is_empty() {
+        vec![default_bind()?]
+    } else {
+        args.bind.clone()
+    };
+    let resolved = listen::resolve_all(&binds, options)?;
+    if args.reuse_port {
+        reuse_port_addrs(&resolved)?;
+    }
+    pool::workers(&args.pool)?;
+    term::say(format!(
+        "ufork serve: the configuration is valid ({} to bind; nothing was started)",
+        binds.join(", ")
+    ));
+    Ok(())
 }
 
 /// The addresses each worker binds with `--reuse-port`: TCP, with a port

@@ -612,3 +612,103 @@ fn file_with(path: &std::path::Path, needle: &str) -> String {
         std::thread::yield_now();
     }
 }
+
+/// gunicorn flags ufork does not take fail with what to use instead, never
+/// with clap's guess at a similar name (`--worker-class`: "--workers"), and
+/// a flag of the other pool subcommand says whose it is.
+#[test]
+fn gunicorn_flags_ufork_does_not_take_say_what_to_use_instead() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "-k", "gevent"], "no worker classes"),
+        (&["serve", "--worker-class=sync"], "no worker classes"),
+        (
+            &["run", "--worker-class", "sync", "--", "true"],
+            "gunicorn -k CLASS --bind fd://3",
+        ),
+        (&["serve", "--worker-connections", "100"], "--backlog"),
+        (
+            &["serve", "--limit-request-field_size", "8190"],
+            "use --limit-request-field-size BYTES",
+        ),
+        (&["serve", "--forwarded-allow-ips", "*"], "X-Forwarded-*"),
+        (&["serve", "--name", "web"], "no process names"),
+        (&["serve", "--capture-output"], "always captures"),
+        (&["serve", "--print-config"], "--check-config"),
+        (
+            &["serve", "--preload"],
+            "before it forks its workers already",
+        ),
+        (&["run", "--preload", "--", "true"], "execs CMD"),
+        (
+            &["run", "--threads", "4", "--", "true"],
+            "a flag of `ufork serve`",
+        ),
+        (
+            &["run", "--reuse-port", "--", "true"],
+            "a flag of `ufork serve`",
+        ),
+        (&["serve", "-e", "A=B"], "a flag of `ufork run`"),
+    ];
+    for (args, needle) in cases {
+        let out = run(args);
+        assert_one_line_error(&out, 2, &[needle]);
+        for clap_guess in ["similar argument", "as a value"] {
+            assert!(!out.stderr.contains(clap_guess), "{args:?}: {out:#?}");
+        }
+    }
+    // The same words for a --config key.
+    let dir = TempDir::new("gunicorn-keys");
+    let file = dir.join("ufork.toml");
+    std::fs::write(&file, "worker_class = \"gevent\"\n").unwrap();
+    let out = run(&["serve", "--config", file.to_str().unwrap()]);
+    assert_one_line_error(&out, 2, &["line 1: worker_class", "no worker classes"]);
+}
+
+/// `--check-config` checks what a start checks first and exits 0 without
+/// binding (the port stays this test's), taking the pidfile or starting a
+/// worker; a bad DIR or CMD is the error the start would stop with.
+#[test]
+fn check_config_checks_the_flags_and_starts_nothing() {
+    let dir = TempDir::new("check-config");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = held.local_addr().unwrap().to_string();
+    let pidfile = dir.str("ufork.pid");
+    let site = dir.str("");
+    let out = run(&[
+        "serve",
+        &site,
+        "--check-config",
+        "--bind",
+        &bind,
+        "--pidfile",
+        &pidfile,
+        "-w",
+        "3",
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stdout.contains("the configuration is valid"),
+        "{out:#?}"
+    );
+    assert!(!std::path::Path::new(&pidfile).exists());
+    let out = run(&[
+        "run",
+        "--check-config",
+        "--bind",
+        &bind,
+        "--pidfile",
+        &pidfile,
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(!std::path::Path::new(&pidfile).exists());
+    let missing = dir.str("missing");
+    let out = run(&["serve", &missing, "--check-config"]);
+    assert_one_line_error(&out, 1, &["DIR", "missing"]);
+    let out = run(&["run", "--check-config", "--", "no-such-program-here"]);
+    assert_one_line_error(&out, 1, &["no-such-program-here", "not found"]);
+    let out = run(&["serve", "--check-config", "--bind", ":8000"]);
+    assert_one_line_error(&out, 2, &["--bind :8000"]);
+    drop(held);
+}
