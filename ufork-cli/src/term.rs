@@ -9,7 +9,11 @@
 //! them to it. There are two such queues, one per stream, so stderr never
 //! waits behind a stdout nobody reads (`ufork run … > fifo`); while the
 //! prompt is shown both streams are one terminal, and everything goes through
-//! stdout's queue to keep the clear, the text and the redraw in order. So a
+//! stdout's queue to keep the clear, the text and the redraw in order. When
+//! fds 1 and 2 are one file (`2>&1`, one journald stream, `>log 2>>log`),
+//! everything goes through stdout's queue too: two writers would splice a
+//! line longer than `PIPE_BUF` with another, and a stalled stdout is then a
+//! stalled stderr anyway. So a
 //! terminal or pipe that stops taking bytes (a pager at a page, a full FIFO,
 //! Ctrl-S) blocks at most the thread on duty for it:
 //! - [`print()`], [`say`] and [`set_prompt`] never wait: they write what the
@@ -64,6 +68,8 @@ struct Term {
     prompt: Prompt,
     /// Indexed by [`Stream::lane`].
     lanes: [Lane; 2],
+    /// Fds 1 and 2 are one file: both streams go through stdout's lane.
+    one_file: bool,
 }
 
 static TERM: Mutex<Term> = Mutex::new(Term {
@@ -73,6 +79,7 @@ static TERM: Mutex<Term> = Mutex::new(Term {
         cursor: 0,
     },
     lanes: [Lane::new(), Lane::new()],
+    one_file: false,
 });
 
 /// Signalled when the thread on duty leaves it.
@@ -95,9 +102,28 @@ pub const PROMPT_TEXT: &str = "ufork>> ";
 /// fds.
 static OWNER: AtomicI32 = AtomicI32::new(0);
 
-/// Makes this process the owner of the terminal output.
+/// Makes this process the owner of the terminal output, and notes whether
+/// its stdout and stderr are one file (call it again after moving fds 1 and
+/// 2, as a daemon does).
 pub fn init() {
     OWNER.store(std::process::id() as i32, Ordering::Relaxed);
+    term().one_file = same_file(std::io::stdout().as_fd(), std::io::stderr().as_fd());
+}
+
+/// Whether writes to `a` and `b` land in one stream of bytes, where two
+/// writers could splice each other's lines: the same pipe, socket or file
+/// (one inode, even opened twice, as `>log 2>>log` does), or the same
+/// terminal through two device nodes (one device number). `/dev/null` is
+/// one file too, harmlessly: it never stalls.
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    use rustix::fs::{FileType, fstat};
+    let (Ok(a), Ok(b)) = (fstat(a), fstat(b)) else {
+        return false;
+    };
+    let device =
+        |st: &rustix::fs::Stat| FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice;
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        || (device(&a) && device(&b) && a.st_rdev == b.st_rdev)
 }
 
 fn is_owner() -> bool {
@@ -174,7 +200,11 @@ impl Term {
     /// Queues `text` above the prompt: clear it, the text, draw it again.
     /// Returns the lane it went to.
     fn queue_text(&mut self, stream: Stream, text: &[u8]) -> usize {
-        if self.prompt.shown {
+        if self.one_file && !self.prompt.shown {
+            let lane = Stream::Out.lane();
+            self.queue(lane, stream, text.to_vec());
+            lane
+        } else if self.prompt.shown {
             let lane = Stream::Out.lane();
             self.queue(lane, Stream::Out, b"\r\x1b[K".to_vec());
             self.queue(lane, stream, text.to_vec());
@@ -390,6 +420,13 @@ impl Write for LineWriter {
         Ok(buf.len())
     }
 
+    /// All of a gathered write at once: its lines queue together, in order.
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        print_waiting(self.stream, &all, Wait::Until(None));
+        Ok(all.len())
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -408,6 +445,7 @@ mod tests {
                 cursor: 2,
             },
             lanes: [Lane::new(), Lane::new()],
+            one_file: false,
         };
         assert_eq!(t.queue_text(Stream::Err, b"[0 1] hi\n"), Stream::Out.lane());
         let queued: Vec<(Stream, Vec<u8>)> = t.lanes[0].pending.iter().cloned().collect();
@@ -427,10 +465,62 @@ mod tests {
         let mut t = Term {
             prompt: Prompt::default(),
             lanes: [Lane::new(), Lane::new()],
+            one_file: false,
         };
         assert_eq!(t.queue_text(Stream::Out, b"out\n"), Stream::Out.lane());
         assert_eq!(t.queue_text(Stream::Err, b"err\n"), Stream::Err.lane());
         assert_eq!(t.lanes[1].pending, [(Stream::Err, b"err\n".to_vec())]);
+    }
+
+    #[test]
+    fn when_stdout_and_stderr_are_one_file_both_streams_share_one_queue() {
+        let mut t = Term {
+            prompt: Prompt::default(),
+            lanes: [Lane::new(), Lane::new()],
+            one_file: true,
+        };
+        assert_eq!(t.queue_text(Stream::Out, b"out\n"), Stream::Out.lane());
+        assert_eq!(t.queue_text(Stream::Err, b"err\n"), Stream::Out.lane());
+        assert_eq!(
+            t.lanes[0].pending,
+            [
+                (Stream::Out, b"out\n".to_vec()),
+                (Stream::Err, b"err\n".to_vec())
+            ]
+        );
+        assert!(t.lanes[1].pending.is_empty());
+    }
+
+    #[test]
+    fn one_file_means_one_pipe_one_inode_or_one_terminal() {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        let again = rustix::io::dup(&write).expect("dup");
+        assert!(same_file(write.as_fd(), again.as_fd()));
+        // Both ends are one pipe, yet apart from each other's writes:
+        // another pipe is another stream.
+        let (_, other) = rustix::pipe::pipe().expect("pipe");
+        assert!(!same_file(write.as_fd(), other.as_fd()));
+        drop(read);
+        // A regular file opened twice (`>log 2>>log`) is one file.
+        let path = std::env::temp_dir().join(format!("ufork-term-{}", std::process::id()));
+        let first = std::fs::File::create(&path).expect("create");
+        let second = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let third = std::fs::File::create(path.with_extension("other")).expect("create");
+        assert!(same_file(first.as_fd(), second.as_fd()));
+        assert!(!same_file(first.as_fd(), third.as_fd()));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("other"));
+        // /dev/null opened twice: one device.
+        let null = std::fs::File::open("/dev/null").expect("null");
+        let null2 = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("null");
+        assert!(same_file(null.as_fd(), null2.as_fd()));
+        assert!(!same_file(null.as_fd(), first.as_fd()));
     }
 
     #[test]

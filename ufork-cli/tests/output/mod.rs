@@ -524,3 +524,92 @@ fn a_closed_stdout_is_said_once_on_stderr_and_the_pool_still_stops() {
     assert_eq!(notices, 1, "said once: {transcript:#?}");
     assert!(children_of(pid).is_empty(), "{transcript:#?}");
 }
+
+/// `ufork run … 2>&1` into one pipe (one journald stream is the same): a
+/// worker line longer than `PIPE_BUF` takes many writes, and an arbiter
+/// line (the stop's) must not start among them. Every line of the combined
+/// output is a whole worker line or a whole arbiter line, in text and in
+/// JSON, where every line parses.
+#[test]
+fn with_stdout_and_stderr_one_pipe_no_line_lands_inside_another() {
+    // Lines of 70,000 bytes (each split in two at 64 KiB) before and after
+    // the SIGTERM, the worker ignoring it: the stop's lines come while the
+    // capture still writes them out, and the worker's exit after its last.
+    let line = "head -c 70000 /dev/zero | tr '\\0' x; echo";
+    let script = format!(
+        "trap '' TERM; for i in 1 2 3; do {line}; done; kill -TERM $PPID; for i in 1 2 3; do {line}; done"
+    );
+    for format in ["text", "json"] {
+        let (read, write) = rustix::pipe::pipe().expect("pipe");
+        // The smallest pipe: a long line takes many writes, each a chance
+        // for another writer to cut in.
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, 4096);
+        let both = write.try_clone().expect("dup");
+        let child = ufork()
+            .args(["run", "-w", "1", "--no-prompt", "--no-timestamps"])
+            .args(["--log-format", format, "--", "sh", "-c", &script])
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(both))
+            .spawn()
+            .expect("spawn ufork");
+        let mut child = Reap(Some(child));
+        let mut text = String::new();
+        std::fs::File::from(read)
+            .read_to_string(&mut text)
+            .expect("read the output");
+        let status = wait_output(&mut child).status;
+        assert_eq!(status.code(), Some(0), "{format}: {text}");
+        let mut xs = 0;
+        for line in text.lines() {
+            let worker = if format == "json" {
+                assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+                line.contains("\"source\":\"worker\"")
+            } else {
+                line.starts_with("[0 ")
+            };
+            let run = line.matches('x').count();
+            if worker {
+                xs += run;
+                // A piece of the worker's line: its prefix, x's, and the
+                // split's mark or the end of the line, nothing else.
+                let body = line.trim_end_matches(ufork_io::CONTINUES);
+                let body = body.split_once("] ").map_or(body, |(_, rest)| rest);
+                let body = body
+                    .split_once("\"message\":\"")
+                    .map_or(body, |(_, rest)| rest);
+                let body = body.split_once('"').map_or(body, |(xs, _)| xs);
+                assert!(
+                    !body.is_empty() && body.bytes().all(|b| b == b'x'),
+                    "{format}: a worker line holds more than its own text: {}…",
+                    &line[..line.len().min(200)]
+                );
+            } else {
+                assert!(
+                    run < 100,
+                    "{format}: worker text in another line: {}…",
+                    &line[..line.len().min(200)]
+                );
+            }
+        }
+        assert_eq!(
+            xs,
+            6 * 70_000,
+            "{format}: every byte of the worker's lines, once"
+        );
+        if format == "json" {
+            let checker = "import json, sys\nfor line in sys.stdin:\n    json.loads(line)\n";
+            let mut python = std::process::Command::new("python3")
+                .args(["-c", checker])
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            python
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("feed python");
+            assert!(python.wait().expect("python3").success(), "not JSON lines");
+        }
+    }
+}
