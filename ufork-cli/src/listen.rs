@@ -227,11 +227,24 @@ pub fn bind_all(
         _ => Vec::new(),
     };
     let binds = if binds.is_empty() { &defaulted } else { binds };
+    let binds = resolve_all(binds, options)?;
+    // An IPv6 socket also takes IPv4 connections (dual stack) unless told
+    // not to: beside an IPv4 bind of the same port (`-b 0.0.0.0:80 -b
+    // [::]:80`, as nginx users write) it must be IPv6 only, or the two clash.
+    let v4_ports: Vec<u16> = binds
+        .iter()
+        .filter_map(|b| match b.addr {
+            Address::Tcp(SocketAddr::V4(a)) if a.port() != 0 => Some(a.port()),
+            _ => None,
+        })
+        .collect();
     let mut listeners = Vec::new();
-    for bind in resolve_all(binds, options)? {
+    for bind in binds {
+        let v6only =
+            matches!(bind.addr, Address::Tcp(SocketAddr::V6(a)) if v4_ports.contains(&a.port()));
         match activated.claim(&bind, options)? {
             Some(inherited) => listeners.push(inherited),
-            None => listeners.push(bind_one(bind, options)?),
+            None => listeners.push(bind_one(bind, options, v6only)?),
         }
     }
     listeners.extend(activated.rest()?);
@@ -239,11 +252,16 @@ pub fn bind_all(
     Ok(listeners)
 }
 
-fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
+fn bind_one(bind: Bind, options: Options, v6only: bool) -> Result<Listener> {
     let address = &bind.text;
     match bind.addr {
         Address::Tcp(addr) => {
-            let socket = TcpListener::bind(addr).map_err(|e| {
+            let bound = if v6only {
+                bind_v6only(addr)
+            } else {
+                TcpListener::bind(addr)
+            };
+            let socket = bound.map_err(|e| {
                 let hint = match e.kind() {
                     std::io::ErrorKind::AddrInUse => {
                         "; is another server running there? pick another port with --bind"
@@ -280,6 +298,23 @@ fn bind_one(bind: Bind, options: Options) -> Result<Listener> {
             })
         }
     }
+}
+
+/// A listening IPv6 socket that takes IPv6 connections only
+/// (`IPV6_V6ONLY`), set up as std's `TcpListener::bind` does otherwise.
+fn bind_v6only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET6,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_ipv6_v6only(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 128)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Binds a unix socket at `path` with `mode`: a live server there is an

@@ -510,3 +510,25 @@ fn a_daemon_and_its_workers_hold_no_descriptor_the_launcher_inherited() {
         "the daemon or a worker still holds the launcher's fd 3"
     );
 }
+
+/// `-b 0.0.0.0:P -b [::]:P`, as nginx users write it: the IPv6 socket is
+/// made IPv6-only, so the two do not clash (a dual-stack `[::]` would also
+/// hold the IPv4 port), and each family is served on its own socket.
+#[test]
+fn ipv4_and_ipv6_wildcards_on_one_port_are_both_served() {
+    // A port free in both families: a dual-stack socket holds both.
+    let probe = std::net::TcpListener::bind("[::]:0")
+        .expect("this test needs IPv6: a dual-stack socket on [::] could not be bound");
+    let port = probe.local_addr().expect("address").port();
+    drop(probe);
+    let (v4, v6) = (format!("0.0.0.0:{port}"), format!("[::]:{port}"));
+    let mut pool = Running::start(&["serve", "-w", "1", "-b", &v4, "-b", &v6]);
+    pool.http_addr();
+    for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let (status, _, body) = get(addr.parse().expect("address"), "/");
+        assert_eq!(status, 200, "{addr}: {}", pool.transcript());
+        assert!(!body.is_empty(), "{addr}");
+    }
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
