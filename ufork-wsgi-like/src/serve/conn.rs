@@ -319,7 +319,16 @@ impl Conn {
         let Some(sending) = &mut self.sending else {
             return Next::Abort;
         };
-        match response::send_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat) {
+        let app_code = matches!(*sending.rest, Rest::Stream(_));
+        let mut send =
+            || response::send_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat);
+        let sent = if app_code {
+            // The app's iterator runs here, asked for its next chunks.
+            dispatch.app_code(send)
+        } else {
+            send()
+        };
+        match sent {
             Ok(true) => sending.stall.progress(),
             Ok(false) => {}
             Err(_) => return self.cut_short(dispatch),

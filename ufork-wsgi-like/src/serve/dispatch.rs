@@ -124,6 +124,12 @@ impl<'w> Dispatch<'w> {
         self.worker.limits.write_timeout
     }
 
+    /// Runs app code outside a request's handling (see
+    /// [`WorkerShared::app_code`]).
+    pub(super) fn app_code<R>(&self, work: impl FnOnce() -> R) -> R {
+        self.worker.app_code(work)
+    }
+
     pub(super) fn limits(&self) -> &'w Limits {
         &self.worker.config.limits
     }

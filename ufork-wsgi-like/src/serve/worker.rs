@@ -208,6 +208,22 @@ impl WorkerShared {
         }
     }
 
+    /// Runs `work`, app code the event loop runs outside a request's
+    /// handling (a stream's iterator, asked for more as the socket
+    /// drains), as busy for the stuck check of [`heartbeat`](Self::heartbeat)
+    /// only: a chunk never made gets the worker killed at the heartbeat
+    /// timeout, as an app stuck in a request does, while the worker shows
+    /// idle.
+    pub(super) fn app_code<R>(&self, work: impl FnOnce() -> R) -> R {
+        let Some(cell) = self.busy_cell() else {
+            return work();
+        };
+        cell.store(self.now_ns().max(1), Ordering::Relaxed);
+        let out = work();
+        cell.store(0, Ordering::Relaxed);
+        out
+    }
+
     /// Counts a request whose response is about to be written; returns
     /// whether the worker should then recycle (the response says it closes).
     pub(super) fn count(&self) -> bool {

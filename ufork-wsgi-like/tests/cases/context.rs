@@ -154,3 +154,42 @@ fn a_local_server_has_a_context_without_a_worker() {
     let server = local(Server::builder(), long_app);
     assert_eq!(get(addr_of(&server), "/who").text(), "None None None");
 }
+
+/// With two threads, a stream whose iterator gets stuck once the event loop
+/// asks it for more (its first chunks went out as the answer began) gets
+/// the worker killed at the heartbeat timeout too: the other thread's
+/// beats do not cover for it, although the worker shows idle meanwhile.
+#[test]
+fn a_stream_stuck_on_one_of_two_threads_is_killed_at_the_heartbeat_timeout() {
+    let forked = Forked::start(
+        Server::builder()
+            .workers(1)
+            .threads(2)
+            .heartbeat_timeout(HEARTBEAT),
+        |_request: Request<Body>| {
+            let chunks = (0..64)
+                .map(|_| vec![b'x'; 64 << 10])
+                .chain(std::iter::once_with(|| {
+                    std::thread::sleep(LONG_REQUEST);
+                    b"late".to_vec()
+                }));
+            Response::new(ResponseBody::stream(chunks))
+        },
+    );
+    let mut client = Client::new(forked.addr);
+    client.send("GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (data, _) = crate::read_to_end_or_reset(&mut client);
+    assert!(
+        !data.ends_with(b"late\r\n0\r\n\r\n"),
+        "the stream ended whole: the worker lived on"
+    );
+    let outcome = forked.finish();
+    assert!(
+        outcome
+            .history
+            .iter()
+            .any(|r| r.reason.as_str() == "timed-out"),
+        "{:?}",
+        outcome.history
+    );
+}
