@@ -746,7 +746,10 @@ new = subprocess.Popen(
     env=env, preexec_fn=place, close_fds=False, stdin=subprocess.DEVNULL)
 theirs.close()
 os.close(b)
-print("new arbiter", new.pid, flush=True)
+# One write: with PYTHONUNBUFFERED, print() writes each piece apart, and
+# the new arbiter's own output, on the same pipe, lands between them.
+sys.stdout.write(f"new arbiter {new.pid}\n")
+sys.stdout.flush()
 while True:
     m = ours.recv(4096)
     if not m or b"READY=1" in m:
