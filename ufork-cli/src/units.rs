@@ -42,10 +42,38 @@ pub fn parse_count_or_zero(text: &str) -> Result<u64, String> {
     }
 }
 
-/// Parses a size in bytes that must fit a `usize` (a limit on a buffer).
-pub fn parse_size_usize(text: &str) -> Result<usize, String> {
-    let bytes = parse_size(text)?;
-    usize::try_from(bytes).map_err(|_| format!("must be at most {}", usize::MAX))
+/// The largest request line or head `--limit-request-line` and
+/// `--limit-request-field-size` take: 1 MiB. Every connection may buffer
+/// that much (one client sending a 548 MB head grew a worker to 1 GB, kept
+/// after the connection ended).
+pub const MAX_HEAD_BYTES: usize = 1024 * 1024;
+
+/// The most header fields `--limit-request-fields` takes: gunicorn's bound.
+pub const MAX_HEAD_FIELDS: u32 = 32_768;
+
+/// Parses `--limit-request-line` and `--limit-request-field-size`: a size
+/// up to [`MAX_HEAD_BYTES`]; `0` (gunicorn's "unlimited") is that bound.
+pub fn parse_head_bytes(text: &str) -> Result<usize, String> {
+    if text.trim() == "0" {
+        return Ok(MAX_HEAD_BYTES);
+    }
+    match parse_size(text)? {
+        bytes if bytes > MAX_HEAD_BYTES as u64 => Err(format!(
+            "must be at most {MAX_HEAD_BYTES} (1M; 0 means that bound, as gunicorn's 0 means no limit)"
+        )),
+        bytes => Ok(bytes as usize),
+    }
+}
+
+/// Parses `--limit-request-fields`: 1 to [`MAX_HEAD_FIELDS`]; `0`
+/// (gunicorn's "unlimited") is that bound.
+pub fn parse_head_fields(text: &str) -> Result<u32, String> {
+    if text.trim() == "0" {
+        return Ok(MAX_HEAD_FIELDS);
+    }
+    parse_count(text, u64::from(MAX_HEAD_FIELDS))
+        .map(|n| n as u32)
+        .map_err(|e| format!("{e} (0 means {MAX_HEAD_FIELDS}, as gunicorn's 0 means no limit)"))
 }
 
 /// Parses `KEY=VALUE` for `--env`.
@@ -286,7 +314,23 @@ mod tests {
         assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_seconds_or_zero("1"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_count_or_zero("18446744073709551615"), Ok(u64::MAX));
-        assert_eq!(parse_size_usize("8K"), Ok(8192));
+        assert_eq!(parse_head_bytes("8K"), Ok(8192));
+        assert_eq!(parse_head_bytes("1M"), Ok(MAX_HEAD_BYTES));
+        assert_eq!(parse_head_bytes("0"), Ok(MAX_HEAD_BYTES));
+        assert!(
+            parse_head_bytes("1048577")
+                .unwrap_err()
+                .contains("at most 1048576")
+        );
+        assert!(parse_head_bytes("99999999999").is_err());
+        assert!(parse_head_bytes("-1").is_err());
+        assert_eq!(parse_head_fields("0"), Ok(MAX_HEAD_FIELDS));
+        assert_eq!(parse_head_fields("100"), Ok(100));
+        assert!(
+            parse_head_fields("32769")
+                .unwrap_err()
+                .contains("at most 32768")
+        );
         assert_eq!(parse_env("A=b=c"), Ok(("A".to_owned(), "b=c".to_owned())));
         assert!(parse_env("=x").is_err());
         assert!(parse_env("novalue").is_err());

@@ -9,8 +9,8 @@ use clap::Args;
 use crate::cli::PoolArgs;
 use crate::failure::{self, Result, runtime};
 use crate::units::{
-    parse_count_or_zero, parse_count_u32, parse_seconds_or_never, parse_seconds_or_zero,
-    parse_size_usize, parse_threads,
+    parse_count_or_zero, parse_head_bytes, parse_head_fields, parse_seconds_or_never,
+    parse_seconds_or_zero, parse_threads,
 };
 use crate::{access, listen, pool, term};
 
@@ -70,17 +70,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_zero, allow_negative_numbers = true)]
     pub keep_alive: Option<Duration>,
 
-    /// Longest request line; longer gets 414 [default: 8K].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size_usize, allow_negative_numbers = true)]
+    /// Longest request line; longer gets 414 [default: 8K; at most 1M, and
+    /// 0, gunicorn's "no limit", means 1M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_head_bytes, allow_negative_numbers = true)]
     pub limit_request_line: Option<usize>,
 
-    /// Most header fields in a request; more gets 431 [default: 100].
-    #[arg(long, value_name = "N", value_parser = parse_count_u32, allow_negative_numbers = true)]
+    /// Most header fields in a request; more gets 431 [default: 100; at most
+    /// 32768, and 0, gunicorn's "no limit", means 32768].
+    #[arg(long, value_name = "N", value_parser = parse_head_fields, allow_negative_numbers = true)]
     pub limit_request_fields: Option<u32>,
 
     /// Largest request head, the request line and every header field
-    /// together (gunicorn limits each field); larger gets 431 [default: 64K].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size_usize, allow_negative_numbers = true)]
+    /// together (gunicorn limits each field); larger gets 431 [default: 64K;
+    /// at most 1M, and 0 means 1M].
+    #[arg(long, value_name = "BYTES", value_parser = parse_head_bytes, allow_negative_numbers = true)]
     pub limit_request_field_size: Option<usize>,
 
     /// Write one timestamped line per request to PATH, appending, reopened
