@@ -129,7 +129,9 @@
 //!   sent by the event loop as the client reads, the thread serving others
 //!   meanwhile; a stream is asked for its next chunk only once the socket
 //!   took the last. The access log counts a body's length when the answer
-//!   starts, a stream's bytes when it ends. The exception is a stream
+//!   starts, a stream's bytes (not its chunked framing) when it ends, or
+//!   status 0 and no bytes for a stream cut short (it failed, or its
+//!   client reset or stopped taking it). The exception is a stream
 //!   that may read the request body as it goes (the iterator holds the
 //!   request's [`Body`], not all read): its thread writes it to its end,
 //!   waiting for the client. A connection stays with the

@@ -667,6 +667,84 @@ mod tests {
         }
     }
 
+    /// Sends `body` through a socket with a small buffer, taking a little
+    /// of it after each turn so that writes end at every kind of place (in
+    /// the head, a size line, a chunk's data, its CRLF); returns the bytes
+    /// on the wire, and what `pump` said last.
+    fn through_a_small_socket(mut body: StreamBody) -> (Vec<u8>, io::Result<bool>, StreamBody) {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&ours, 4096).unwrap();
+        let ours = TcpStream::from(std::os::fd::OwnedFd::from(ours));
+        body.lead.extend_from_slice(b"HEAD\r\n\r\n");
+        let heartbeat = Heartbeat::default();
+        let mut wire = Vec::new();
+        let mut buf = [0u8; 777];
+        let last = loop {
+            let pumped = body.pump(&ours, &heartbeat, 3000);
+            if pumped.is_err() || body.is_done() {
+                break pumped;
+            }
+            // Full, or the turn's budget spent: either way bytes are there.
+            let n = io::Read::read(&mut theirs, &mut buf).unwrap();
+            wire.extend_from_slice(&buf[..n]);
+        };
+        drop(ours);
+        io::Read::read_to_end(&mut theirs, &mut wire).unwrap();
+        (wire, last, body)
+    }
+
+    fn lettered(sizes: &[usize]) -> (Chunks, Vec<u8>) {
+        let chunks: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![b'a' + i as u8; n])
+            .collect();
+        let all = chunks.concat();
+        (Box::new(chunks.into_iter().map(Ok)), all)
+    }
+
+    #[test]
+    fn a_stream_resumed_after_partial_writes_keeps_its_chunked_framing() {
+        let (chunks, all) = lettered(&[1, 0, 5000, 70_000, 3, 0, 20_000, 16]);
+        let (wire, last, body) = through_a_small_socket(StreamBody::new(chunks, Mode::Chunked));
+        last.unwrap();
+        assert_eq!(body.outcome(), (all.len() as u64, true));
+        let mut rest = wire.strip_prefix(b"HEAD\r\n\r\n").expect("the head first");
+        let mut decoded = Vec::new();
+        loop {
+            let end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("a size line");
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..end]).unwrap(), 16)
+                .expect("a hex size");
+            rest = &rest[end + 2..];
+            decoded.extend_from_slice(&rest[..size]);
+            assert_eq!(&rest[size..size + 2], b"\r\n");
+            rest = &rest[size + 2..];
+            if size == 0 {
+                break;
+            }
+        }
+        assert!(rest.is_empty(), "{} bytes after the last chunk", rest.len());
+        assert!(decoded == all, "{} bytes, not the stream", decoded.len());
+    }
+
+    #[test]
+    fn a_resumed_stream_is_cut_at_its_length_or_fails_short_of_it() {
+        let (chunks, all) = lettered(&[5000, 70_000, 3]);
+        let (wire, last, body) =
+            through_a_small_socket(StreamBody::new(chunks, Mode::Length(60_000)));
+        last.unwrap();
+        assert_eq!(body.outcome(), (60_000, false));
+        assert!(wire[b"HEAD\r\n\r\n".len()..] == all[..60_000]);
+        let (chunks, all) = lettered(&[5000, 70_000]);
+        let (wire, last, _) = through_a_small_socket(StreamBody::new(chunks, Mode::Length(80_000)));
+        assert!(last.is_err());
+        assert!(wire[b"HEAD\r\n\r\n".len()..] == all[..]);
+    }
+
     #[test]
     fn chunk_size_lines_are_hex() {
         for (n, text) in [(0, "0\r\n"), (10, "a\r\n"), (65536, "10000\r\n")] {

@@ -445,10 +445,19 @@ fn a_stop_during_a_stream_finishes_it_and_serves_others_meanwhile() {
 /// event loop) ends as one that fails at once: a panic, an error or fewer
 /// bytes than its length reset the connection, so no client takes the
 /// answer for whole; more bytes than its length are cut to it and the
-/// connection closes cleanly.
+/// connection closes cleanly. The access log says which were cut short
+/// (status 0, no bytes), as it does for one whose client reset it.
 #[test]
 fn a_stream_failing_after_the_socket_filled_resets_the_connection() {
-    let server = local(Server::builder(), streams);
+    let log = std::env::temp_dir().join(format!("ufork-wsgi-failing-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let server = local(
+        Server::builder().access_log_to(ufork_wsgi_like::AccessLog {
+            format: ufork_wsgi_like::AccessFormat::Common,
+            sink: ufork_wsgi_like::AccessSink::File(log.clone()),
+        }),
+        streams,
+    );
     let addr = addr_of(&server);
     for path in ["/big-panics", "/big-fails", "/big-short"] {
         let mut slow = stream_begun(addr, path);
@@ -456,6 +465,10 @@ fn a_stream_failing_after_the_socket_filled_resets_the_connection() {
         let err = end.expect_err(&format!("{path}: a clean end after {} bytes", data.len()));
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{path}");
     }
+    // A client that resets the connection mid-stream.
+    let gone = stream_begun(addr, "/big-len");
+    rustix::net::sockopt::set_socket_linger(&gone.stream, Some(std::time::Duration::ZERO)).unwrap();
+    drop(gone);
     let mut slow = stream_begun(addr, "/big-long");
     let resp = slow.read_response();
     assert!(
@@ -465,6 +478,22 @@ fn a_stream_failing_after_the_socket_filled_resets_the_connection() {
     );
     slow.assert_closed();
     assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for (path, end) in [
+        ("/big-panics", " 0 -".to_owned()),
+        ("/big-fails", " 0 -".to_owned()),
+        ("/big-short", " 0 -".to_owned()),
+        ("/big-len", " 0 -".to_owned()),
+        ("/big-long", format!(" 200 {}", BIG_CHUNK * BIG_CHUNKS)),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"GET {path} ")))
+            .unwrap_or_else(|| panic!("no line for {path} in {text}"));
+        assert!(line.ends_with(&end), "{line}");
+    }
+    let _ = std::fs::remove_file(&log);
 }
 
 /// A recycling worker's stream that left the request body unread says
