@@ -246,6 +246,10 @@ impl Observer {
     }
 }
 
+/// How long an ending arbiter waits for a supervisor whose queue is full
+/// to take what it still holds (as long as the output's final flush).
+const FINAL_DELIVERY: Duration = Duration::from_secs(5);
+
 impl Layer for Observer {
     fn started(&mut self, _ctx: &mut Context<'_>) {
         tracker().started = Some(Instant::now());
@@ -259,6 +263,12 @@ impl Layer for Observer {
     fn stopping(&mut self, _ctx: &mut Context<'_>) {
         if let Some(supervisor) = &mut self.supervisor {
             supervisor.stopping();
+        }
+    }
+
+    fn stopped(&mut self) {
+        if let Some(supervisor) = &mut self.supervisor {
+            supervisor.finish(FINAL_DELIVERY);
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Supervisor {
     /// again from the loop, never waited for (see [`send_to`]).
     pending: VecDeque<String>,
     retry_at: Option<Instant>,
+    /// Our `MAINPID=` for the new arbiter of an upgrade waits in `pending`:
+    /// the new arbiter is not told to speak until it went out.
+    mainpid_held: bool,
 }
 
 /// How soon a message the supervisor's full queue refused is tried again.
@@ -93,6 +96,7 @@ impl Supervisor {
             status: String::new(),
             pending: VecDeque::new(),
             retry_at: None,
+            mainpid_held: false,
         })
     }
 
@@ -165,10 +169,69 @@ impl Supervisor {
     /// instead of `STOPPING=1`, which would stop the whole service.
     pub fn stopping(&mut self) {
         match ufork_core::upgrade::handed_over_to() {
-            Some(pid) => self.send(&format!(
-                "MAINPID={pid}\nREADY=1\nSTATUS=handed over to pid {pid} (upgrade)"
-            )),
+            Some(pid) => {
+                // Held before it is sent: the new arbiter must not be told
+                // to speak between a refused send and the hold.
+                ufork_core::upgrade::mainpid_undelivered(true);
+                self.mainpid_held = true;
+                self.send(&format!(
+                    "MAINPID={pid}\nREADY=1\nSTATUS=handed over to pid {pid} (upgrade)"
+                ));
+                if self.mainpid_held {
+                    log::info!(
+                        target: "ufork",
+                        "upgrade: the supervisor has not heard MAINPID={pid} yet (its queue is full); pid {pid} speaks for the service once it has"
+                    );
+                }
+            }
             None => self.send("STOPPING=1\nSTATUS=stopping"),
+        }
+    }
+
+    /// At the end of the arbiter's run: what the supervisor's full queue
+    /// still refuses is sent waiting for room, for at most `within` in all
+    /// (a `STOPPING=1`, an upgrade's `MAINPID=`, lost otherwise).
+    pub fn finish(&mut self, within: Duration) {
+        if !ufork_core::upgrade::speaks_for_service() {
+            return;
+        }
+        // A beat says nothing once the loop is over, and after our
+        // `MAINPID=` went out the supervisor takes nothing more from us.
+        self.pending.retain(|m| m != "WATCHDOG=1");
+        if ufork_core::upgrade::handed_over_to().is_some() && !self.mainpid_held {
+            self.pending.clear();
+        }
+        let deadline = Instant::now().checked_add(within);
+        while let Some(message) = self.pending.front() {
+            let left = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .filter(|left| !left.is_zero());
+            let Some(left) = left else { break };
+            match send_waiting(&self.address, message, left) {
+                Ok(()) if message.starts_with("MAINPID=") => self.pending.clear(),
+                Ok(()) => {
+                    self.pending.pop_front();
+                }
+                Err(_) => break,
+            }
+        }
+        self.release_mainpid();
+        if !self.pending.is_empty() {
+            log::warn!(
+                target: "ufork",
+                "NOTIFY_SOCKET {}: the supervisor did not read {} message(s) before the arbiter ended",
+                self.address.to_string_lossy(),
+                self.pending.len()
+            );
+        }
+    }
+
+    /// Once our `MAINPID=` is no longer waiting (sent, or dropped), the new
+    /// arbiter may be told to speak.
+    fn release_mainpid(&mut self) {
+        if self.mainpid_held && !self.pending.iter().any(|m| m.starts_with("MAINPID=")) {
+            self.mainpid_held = false;
+            ufork_core::upgrade::mainpid_undelivered(false);
         }
     }
 
@@ -200,6 +263,11 @@ impl Supervisor {
     /// Sends what is pending, in order, until the supervisor's queue is full;
     /// nothing while a new arbiter does not speak for the service yet.
     fn flush(&mut self) {
+        self.flush_pending();
+        self.release_mainpid();
+    }
+
+    fn flush_pending(&mut self) {
         if !ufork_core::upgrade::speaks_for_service() {
             return;
         }
@@ -242,6 +310,20 @@ fn send_to(address: &OsString, message: &str) -> std::io::Result<()> {
     let bytes = address.as_bytes();
     let socket = UnixDatagram::unbound()?;
     socket.set_nonblocking(true)?;
+    match bytes.strip_prefix(b"@") {
+        Some(name) => socket.connect_addr(&SocketAddr::from_abstract_name(name)?)?,
+        None => socket.connect(address)?,
+    }
+    socket.send(message.as_bytes())?;
+    Ok(())
+}
+
+/// One datagram to `address`, waiting at most `timeout` for room in the
+/// supervisor's queue: only once the arbiter's loop is over.
+fn send_waiting(address: &OsString, message: &str, timeout: Duration) -> std::io::Result<()> {
+    let bytes = address.as_bytes();
+    let socket = UnixDatagram::unbound()?;
+    socket.set_write_timeout(Some(timeout))?;
     match bytes.strip_prefix(b"@") {
         Some(name) => socket.connect_addr(&SocketAddr::from_abstract_name(name)?)?,
         None => socket.connect(address)?,

@@ -122,6 +122,16 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// The new arbiter's pid in `ufork upgrade`'s "upgraded: pid N is serving".
+fn upgraded_pid(stdout: &str) -> i32 {
+    let at = stdout.find("upgraded: pid ").expect("upgraded") + 14;
+    stdout[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
+}
+
 /// `ufork` with the recorder as its supervisor.
 fn supervised(recorder: &Recorder, watchdog: Option<(&str, Option<&str>)>) -> Command {
     let mut command = ufork();
@@ -585,13 +595,7 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
     let old = pool.pid();
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
-    let at = out.stdout.find("upgraded: pid ").expect("upgraded") + 14;
-    let new: i32 = out.stdout[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let new = upgraded_pid(&out.stdout);
     let _new_arbiter = StopOnDrop(new);
     // The old arbiter drains and exits; what it told the supervisor is queued.
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
@@ -635,6 +639,69 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
     assert_eq!(recorder.senders.last(), Some(&new), "{:?}", recorder.seen);
 }
 
+/// A supervisor whose queue is full when the old arbiter hands over: the
+/// new arbiter is told to speak only once the old one's `MAINPID=` went out
+/// (before, it spoke while the supervisor still took the old one for the
+/// main process, which systemd drops, watchdog beats included), and the old
+/// arbiter's end waits for room to send it.
+#[test]
+fn a_full_supervisor_queue_holds_the_new_arbiter_until_mainpid_is_delivered() {
+    let dir = TempDir::new("sdnotify-upgrade-full");
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    // Nobody reads yet: beats every 10 ms fill the queue.
+    let mut pool = Running::start_with(supervised(&recorder, Some(("20000", None))).args([
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--control-socket",
+        &socket,
+        "--log-level",
+        "debug",
+    ]));
+    pool.expect_line("the supervisor is not reading");
+    let old = pool.pid();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = upgraded_pid(&out.stdout);
+    let _new_arbiter = StopOnDrop(new);
+    pool.expect_line(&format!("has not heard MAINPID={new} yet"));
+    // The new arbiter's debug line, had it been told already, came first.
+    assert!(
+        !pool
+            .transcript()
+            .contains("this arbiter speaks for the service"),
+        "{}",
+        pool.transcript()
+    );
+    // The supervisor reads again: MAINPID= comes before anything from the
+    // new arbiter, and the old arbiter's end waited for it.
+    recorder.expect(&format!("MAINPID={new}"));
+    let handover = recorder.seen.len() - 1;
+    assert_eq!(recorder.senders[handover], old, "{:?}", recorder.seen);
+    assert!(
+        recorder.senders[..handover].iter().all(|pid| *pid == old),
+        "the new arbiter (pid {new}) spoke before it was the main pid: {:?} from {:?}",
+        recorder.seen,
+        recorder.senders
+    );
+    // The new arbiter speaks for the service now.
+    let deadline = Instant::now() + DEADLINE;
+    while recorder.senders.last() != Some(&new) {
+        assert!(Instant::now() < deadline, "{:?}", recorder.seen);
+        recorder.recv().expect("a datagram");
+    }
+    // By signal, not `ufork stop`, which would wait for an arbiter that
+    // waits for this test to read its STOPPING=1 from a full queue.
+    assert!(ufork_daemon::signal(new, Signal::TERM).unwrap());
+    recorder.expect("STOPPING=1");
+    assert_eq!(recorder.senders.last(), Some(&new), "{:?}", recorder.seen);
+    // Last: the new arbiter shares the old one's output pipes.
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
+
 /// Under systemd's watchdog, `WATCHDOG_PID` names the arbiter. The new
 /// arbiter of an upgrade becomes the service's main process, so it must beat
 /// too (systemd kills a service whose main process stops beating), though
@@ -660,6 +727,9 @@ fn after_an_upgrade_the_new_arbiter_keeps_the_watchdog_beating() {
     recorder.expect("WATCHDOG=1");
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
+    // Stopped at the end even when an assertion fails first: it is no child
+    // of this test, and nothing else would stop it.
+    let _new_arbiter = StopOnDrop(upgraded_pid(&out.stdout));
     // The old arbiter's loop is over: every beat from now on is the new one's.
     pool.expect_line(&format!("arbiter pid {} stopped", pool.pid()));
     recorder.drain();

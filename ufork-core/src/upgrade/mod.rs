@@ -329,6 +329,28 @@ pub fn handed_over_to() -> Option<i32> {
     }
 }
 
+/// A layer has told its supervisor `MAINPID=` the new arbiter but could not
+/// deliver it yet.
+static MAINPID_UNDELIVERED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// For a layer that reports to this process' supervisor, in the old arbiter
+/// of an upgrade: `true` while the `MAINPID=` it sends for the new arbiter
+/// (see [`handed_over_to`]) has not gone out (the supervisor's queue is
+/// full), `false` once it has (or never will). Meanwhile the [`Upgrader`]
+/// does not tell the new arbiter that it speaks for the service: systemd
+/// would drop what it says before `MAINPID=` names it. This process'
+/// exit still hands the service over (the new arbiter takes it at the end
+/// of the upgrade socket), so a supervisor that never reads again cannot
+/// leave the service without a speaker.
+pub fn mainpid_undelivered(undelivered: bool) {
+    MAINPID_UNDELIVERED.store(undelivered, std::sync::atomic::Ordering::Release);
+}
+
+fn handover_held() -> bool {
+    MAINPID_UNDELIVERED.load(std::sync::atomic::Ordering::Acquire)
+}
+
 struct Trigger {
     queue: Mutex<Vec<Reply>>,
     wake: OwnedFd,
@@ -1068,7 +1090,8 @@ impl Layer for Upgrader {
                 self.kept.clear();
             }
         }
-        if std::mem::take(&mut self.tell_handed) {
+        if self.tell_handed && !handover_held() {
+            self.tell_handed = false;
             if let (Some(fd), State::HandedOver(pid)) = (self.handed.take(), &self.state) {
                 let message = format!("MAINPID={pid}\n");
                 let _ =
@@ -1086,7 +1109,9 @@ impl Layer for Upgrader {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        if self.shutdown_pending || self.tell_handed {
+        // While the supervisor has not heard `MAINPID=`, the layer that
+        // retries it wakes the loop.
+        if self.shutdown_pending || (self.tell_handed && !handover_held()) {
             return Some(Instant::now());
         }
         match &self.state {
