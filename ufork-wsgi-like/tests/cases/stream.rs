@@ -559,3 +559,50 @@ fn a_fast_reader_of_an_endless_stream_leaves_the_thread_to_others_too() {
     reader.join().unwrap();
     assert_eq!(crate::util::get(addr, "/").text(), "hello\n");
 }
+
+/// A stream that holds the request's body, not all read, may read it as it
+/// goes: its thread writes it to its end, waiting for the client, so the
+/// worker shows busy with it until then (any other stream leaves the worker
+/// idle once the socket is full). It reads the body at its end, and gets
+/// all of it.
+#[test]
+fn a_stream_that_may_read_the_body_keeps_its_thread_to_its_end() {
+    let forked = crate::util::Forked::start(
+        Server::builder().workers(1),
+        |mut request: Request<Body>| {
+            let mut body = std::mem::take(request.body_mut());
+            let last = std::iter::once_with(move || {
+                let mut text = String::new();
+                body.read_to_string(&mut text).unwrap();
+                text.into_bytes()
+            });
+            Response::new(ResponseBody::stream(big_chunks(0).chain(last)))
+        },
+    );
+    let mut slow = requests_begun(
+        forked.addr,
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    // Half the stream in: past what any other stream's thread writes
+    // before the event loop takes over (a turn, and what the socket buffers
+    // hold), short of its end.
+    let mut taken = 0;
+    while taken < BIG_CHUNK * BIG_CHUNKS / 2 {
+        taken += slow.fill();
+    }
+    let worker = crate::only_worker(&forked);
+    assert_eq!(worker.state, ufork_core::WorkerState::Busy, "{worker:?}");
+    let resp = slow.read_response();
+    let mut expected = big_body();
+    expected.extend_from_slice(b"hello");
+    assert!(
+        resp.body == expected,
+        "{} bytes, not the stream",
+        resp.body.len()
+    );
+    assert!(!resp.closes(), "{:?}", resp.headers);
+    crate::util::eventually("the worker to be idle", || {
+        crate::only_worker(&forked).state == ufork_core::WorkerState::Idle
+    });
+    forked.finish();
+}
