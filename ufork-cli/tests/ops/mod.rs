@@ -824,10 +824,12 @@ while True:
     m = ours.recv(4096)
     if not m or b"READY=1" in m:
         break
-print("reported", flush=True)
 if mode == "abandon":
     ours.send(b"ABANDONED=1\n")
 ours.close()
+# Only now: the test stops the new arbiter once it reads this, and one
+# stopped before the ABANDONED=1 (its end closed: EPIPE here) tests nothing.
+print("reported", flush=True)
 new.wait()
 "#;
 
