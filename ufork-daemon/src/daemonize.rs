@@ -174,7 +174,8 @@ impl Daemonize {
     /// sets the umask, opens the log (or `/dev/null`), points every
     /// descriptor from 3 up that the launcher inherited and never took (one
     /// without `FD_CLOEXEC`: std and rustix open everything with it) at
-    /// `/dev/null`, changes directory, and points stdin at `/dev/null` and
+    /// `/dev/null` (closing one past the hard open-files limit, which no
+    /// `dup3` reaches), changes directory, and points stdin at `/dev/null` and
     /// stdout and stderr at the log. If a step
     /// fails it tells the launcher and exits; it never comes back here.
     ///

@@ -156,11 +156,22 @@ fn close_listed(low: u32, high: u32) {
 /// opened) still holds a valid descriptor and closes it once; it only
 /// reaches /dev/null now. Call it while the process has one thread, so no
 /// number is closed and reused between the listing and the `dup3`.
+///
+/// `dup3` refuses a number at or above the soft `RLIMIT_NOFILE` (EBADF), and
+/// an inherited descriptor may be there: the limit was lowered after it was
+/// opened (`prlimit --nofile=128:128` over a shell's fd 251). Below the hard
+/// limit, the soft one is raised past the number for that `dup3`, then put
+/// back. At or above the hard limit, which only a privileged process can
+/// raise, the number is closed instead: `open`, `dup` and `fcntl` hand out
+/// no number at or above the limit, so it is never reused, and an owner's
+/// own `close` of it later fails with EBADF, closing nothing of anyone's.
 pub(crate) fn release_inherited(null: &OwnedFd) -> io::Result<usize> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
     let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .filter(|&fd| fd > 2 && fd != null.as_raw_fd())
         .collect();
+    let limit = getrlimit(Resource::Nofile);
     let mut released = 0;
     for fd in listed {
         // SAFETY: F_GETFD only reads a number's flags; a number that is not
@@ -169,12 +180,38 @@ pub(crate) fn release_inherited(null: &OwnedFd) -> io::Result<usize> {
         if flags == -1 || flags & libc::FD_CLOEXEC != 0 {
             continue;
         }
+        // `fd` > 2 (filtered above), so both conversions hold.
+        let number = u64::try_from(fd).unwrap_or(u64::MAX);
+        let reaches = |bound: Option<u64>| bound.is_some_and(|bound| number >= bound);
+        if reaches(limit.maximum) {
+            // SAFETY: `fd` is open (just read) and at or above the hard
+            // limit, so this process is never given that number again while
+            // that limit stands (raising it takes CAP_SYS_RESOURCE, and no
+            // ufork crate does): whoever might own it gets EBADF from its
+            // own close, never closes a descriptor opened since.
+            unsafe { libc::close(fd) };
+            released += 1;
+            continue;
+        }
+        let raise = reaches(limit.current);
+        if raise {
+            let past = rustix::process::Rlimit {
+                current: number.checked_add(1),
+                ..limit
+            };
+            setrlimit(Resource::Nofile, past)?;
+        }
         // SAFETY: `null` is open and owned by a live `OwnedFd`, `fd` is open
-        // (just read); dup3 replaces what `fd`'s number refers to atomically,
-        // so that number never dangles and any owner of it keeps one valid
-        // descriptor to close.
-        if unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) } == -1 {
-            return Err(io::Error::last_os_error());
+        // (just read) and below the soft limit; dup3 replaces what `fd`'s
+        // number refers to atomically, so that number never dangles and any
+        // owner of it keeps one valid descriptor to close.
+        let done = unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) } != -1;
+        let error = io::Error::last_os_error();
+        if raise {
+            setrlimit(Resource::Nofile, limit)?;
+        }
+        if !done {
+            return Err(error);
         }
         released += 1;
     }

@@ -532,3 +532,51 @@ fn ipv4_and_ipv6_wildcards_on_one_port_are_both_served() {
     pool.signal(Signal::TERM);
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+/// A descriptor the launcher inherited at a number the open-files limit no
+/// longer reaches (`prlimit --nofile=128:128` over a shell's fd 251): the
+/// daemon still starts, and lets go of it. Under the soft limit alone
+/// (`128:`, the hard one as it was) and under both.
+#[test]
+fn a_daemon_starts_with_an_inherited_descriptor_past_the_open_files_limit() {
+    use std::io::Read;
+    for limits in ["128:", "128:128"] {
+        let dir = TempDir::new("daemon-fd-past-limit");
+        let pidfile = dir.join("d.pid");
+        let _guard = DaemonGuard(pidfile.clone());
+        let mut launcher = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec 251>&1; exec prlimit --nofile={limits} \"$0\" \"$@\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_ufork"))
+            .args(["serve", "--bind", "127.0.0.1:0", "-w", "1", "--daemon"])
+            .args(["--pidfile", pidfile.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = launcher.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            let _ = tx.send(out);
+        });
+        let status = launcher.wait().unwrap();
+        let mut stderr = String::new();
+        launcher
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(status.success(), "{limits}: {status:?} {stderr}");
+        wait_ready(&dir.str("d.control.sock"), 1);
+        assert!(
+            rx.recv_timeout(DEADLINE).is_ok(),
+            "{limits}: the daemon or its worker still holds the launcher's fd 251"
+        );
+    }
+}
