@@ -2,7 +2,7 @@
 //! to the terminal (above the prompt) or, once set, to a log file sink.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ufork_io::Format;
@@ -130,6 +130,12 @@ impl log::Log for Logger {
         if crate::access::log(record) {
             return;
         }
+        if let Some(bytes) = abandoned_bytes(record) {
+            // The capture's final flush gave up on a stalled stdout or
+            // stderr: `finish` says it once, with what the terminal drops.
+            ABANDONED.fetch_add(bytes, Ordering::Relaxed);
+            return;
+        }
         if !self.enabled(record.metadata()) {
             return;
         }
@@ -185,6 +191,24 @@ pub fn init() {
 /// When the final flush must end: the stop's budget after it began.
 static FLUSH_END: OnceLock<Instant> = OnceLock::new();
 
+/// When the final flush began: the pool's loop had ended.
+static FLUSH_BEGAN: OnceLock<Instant> = OnceLock::new();
+
+/// Bytes of the workers' output the capture's final flush abandoned.
+static ABANDONED: AtomicU64 = AtomicU64::new(0);
+
+/// The bytes a record of ufork-io's says its final flush abandoned (its
+/// `abandoned_bytes` key), if it is that record.
+fn abandoned_bytes(record: &log::Record<'_>) -> Option<u64> {
+    if record.target() != "ufork_io" {
+        return None;
+    }
+    record
+        .key_values()
+        .get(log::kv::Key::from_str("abandoned_bytes"))?
+        .to_u64()
+}
+
 /// How long a whole stop may take, from its start to the end of the final
 /// flush: the graceful timeout plus 1 s (`None`, never, past what a
 /// `Duration` holds).
@@ -219,6 +243,7 @@ impl ufork_core::Layer for FinalFlush {
     }
 
     fn stopped(&mut self) {
+        let _ = FLUSH_BEGAN.set(Instant::now());
         if let Err(e) = ufork_io::default_stop_signals() {
             log::warn!("cannot restore the default action of SIGINT and SIGTERM: {e}");
         }
@@ -226,26 +251,48 @@ impl ufork_core::Layer for FinalFlush {
 }
 
 /// Writes what the terminal has not taken yet, waiting at most `timeout`
-/// (and no later than the stop's budget allows), and says how much it had to
-/// drop (on stderr, if that takes it now).
+/// (and no later than the stop's budget allows), and says once how much
+/// output was lost and where it stalled (on stderr, if that takes it now):
+/// what the capture's final flush abandoned and what the terminal did not
+/// take, added up, and the time the final flush waited in all.
 pub fn finish(timeout: Duration) {
+    let began = *FLUSH_BEGAN.get_or_init(Instant::now);
     let timeout = match FLUSH_END.get() {
         Some(end) => timeout.min(end.saturating_duration_since(Instant::now())),
         None => timeout,
     };
-    let dropped = term::flush_within(timeout);
-    if dropped > 0 {
-        term::print(Stream::Err, dropped_line(dropped, timeout).as_bytes());
+    let [out, err] = term::flush_within(timeout);
+    let bytes = ABANDONED
+        .load(Ordering::Relaxed)
+        .saturating_add((out + err) as u64);
+    if bytes > 0 {
+        let stalled = match (out > 0, err > 0) {
+            (true, true) => "stdout and stderr",
+            (true, false) => "stdout",
+            (false, true) => "stderr",
+            (false, false) => "stdout or stderr",
+        };
+        term::print(
+            Stream::Err,
+            dropped_line(bytes, stalled, began.elapsed()).as_bytes(),
+        );
     }
 }
 
-/// What the end of a run says of output its stdout or stderr (a terminal,
-/// a pipe, a file) did not take in time.
-fn dropped_line(bytes: usize, waited: Duration) -> String {
-    format!(
-        "ufork: {bytes} bytes of output dropped: stdout or stderr did not take them within {:.1}s\n",
-        waited.as_secs_f64()
-    )
+/// What the end of a run says of the `bytes` of output that `stalled` (a
+/// terminal, a pipe, a file) did not take in the `waited` the stop allowed.
+fn dropped_line(bytes: u64, stalled: &str, waited: Duration) -> String {
+    if waited < Duration::from_millis(50) {
+        // The stop's budget was spent before: "within 0.0s" says nothing.
+        format!(
+            "ufork: {bytes} bytes of output dropped at exit: {stalled} did not take them before the stop's time ran out\n"
+        )
+    } else {
+        format!(
+            "ufork: {bytes} bytes of output dropped at exit: {stalled} did not take them within {:.1}s\n",
+            waited.as_secs_f64()
+        )
+    }
 }
 
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
@@ -279,12 +326,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dropped_output_names_no_terminal_and_rounds_the_wait() {
+    fn dropped_output_names_the_stream_and_rounds_the_wait() {
         // A pipe nobody reads is no terminal, and a budget cut short by the
         // stop reads as seconds, not as a Debug duration.
         assert_eq!(
-            dropped_line(65520, Duration::from_nanos(2_910_414_745)),
-            "ufork: 65520 bytes of output dropped: stdout or stderr did not take them within 2.9s\n"
+            dropped_line(65520, "stdout", Duration::from_nanos(2_910_414_745)),
+            "ufork: 65520 bytes of output dropped at exit: stdout did not take them within 2.9s\n"
+        );
+        // No time left: no "within 0.0s".
+        assert_eq!(
+            dropped_line(7, "stderr", Duration::from_millis(3)),
+            "ufork: 7 bytes of output dropped at exit: stderr did not take them before the stop's time ran out\n"
         );
     }
 

@@ -85,8 +85,9 @@ static TERM: Mutex<Term> = Mutex::new(Term {
 /// Signalled when the thread on duty leaves it.
 static OFF_DUTY: Condvar = Condvar::new();
 
-/// What [`print()`] and [`set_prompt`] may leave queued for a stalled terminal;
-/// past it their new text is dropped (the writer thread's lines are not).
+/// What [`print()`] and [`set_prompt`] may leave queued in one queue for a
+/// stalled terminal; past it their new text for that queue is dropped (the
+/// writer thread's lines are not), while the other queue still takes text.
 const PENDING_MAX: usize = 1 << 20;
 
 /// A write that never blocks once `poll` said the descriptor is writable: a
@@ -218,6 +219,22 @@ impl Term {
         }
     }
 
+    /// The lane `stream`'s text goes to now.
+    fn lane_of(&self, stream: Stream) -> usize {
+        if self.one_file || self.prompt.shown {
+            Stream::Out.lane()
+        } else {
+            stream.lane()
+        }
+    }
+
+    /// Whether the queue `stream`'s text goes to holds [`PENDING_MAX`]: per
+    /// queue, so a stdout nobody reads does not silence stderr.
+    fn full(&self, stream: Stream) -> bool {
+        self.lanes[self.lane_of(stream)].pending_bytes >= PENDING_MAX
+    }
+
+    #[cfg(test)]
     fn pending_bytes(&self) -> usize {
         self.lanes.iter().map(|l| l.pending_bytes).sum()
     }
@@ -341,12 +358,12 @@ pub fn set_prompt(state: Option<(&str, usize)>) {
             t.prompt.cursor = cursor;
             let mut redraw = Vec::new();
             draw(&mut redraw, &t.prompt);
-            if t.pending_bytes() < PENDING_MAX {
+            if t.lanes[lane].pending_bytes < PENDING_MAX {
                 t.queue(lane, Stream::Out, redraw);
             }
         }
         None => {
-            if t.prompt.shown && t.pending_bytes() < PENDING_MAX {
+            if t.prompt.shown && t.lanes[lane].pending_bytes < PENDING_MAX {
                 t.queue(lane, Stream::Out, b"\r\x1b[K".to_vec());
             }
             t.prompt.shown = false;
@@ -374,7 +391,7 @@ fn print_waiting(stream: Stream, text: &[u8], wait: Wait) {
         return;
     }
     let mut t = term();
-    if matches!(wait, Wait::Never) && t.pending_bytes() >= PENDING_MAX {
+    if matches!(wait, Wait::Never) && t.full(stream) {
         return;
     }
     let lane = t.queue_text(stream, text);
@@ -390,13 +407,16 @@ pub fn say(line: impl AsRef<str>) {
 
 /// Writes what is still queued, waiting at most `timeout` in all; stderr's
 /// queue first, so a stalled stdout cannot keep the last messages from it.
-/// Returns the bytes it had to leave unwritten (not taken in time).
-pub fn flush_within(timeout: Duration) -> usize {
+/// Returns the bytes it had to leave unwritten (not taken in time), for
+/// stdout's queue and stderr's (stdout's holds both streams when they are
+/// one file, or while the prompt is shown).
+pub fn flush_within(timeout: Duration) -> [usize; 2] {
     let deadline = Instant::now().checked_add(timeout);
     for stream in [Stream::Err, Stream::Out] {
         drain(term(), stream.lane(), Wait::Until(deadline));
     }
-    term().pending_bytes()
+    let t = term();
+    [t.lanes[0].pending_bytes, t.lanes[1].pending_bytes]
 }
 
 /// A `Write` that prints whole lines through the terminal queue and waits
@@ -423,8 +443,7 @@ impl Write for LineWriter {
     /// All of a gathered write at once: its lines queue together, in order.
     fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
         let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        print_waiting(self.stream, &all, Wait::Until(None));
-        Ok(all.len())
+        self.write(&all)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -470,6 +489,20 @@ mod tests {
         assert_eq!(t.queue_text(Stream::Out, b"out\n"), Stream::Out.lane());
         assert_eq!(t.queue_text(Stream::Err, b"err\n"), Stream::Err.lane());
         assert_eq!(t.lanes[1].pending, [(Stream::Err, b"err\n".to_vec())]);
+    }
+
+    #[test]
+    fn a_full_stdout_queue_leaves_stderr_room_unless_they_are_one_file() {
+        let mut t = Term {
+            prompt: Prompt::default(),
+            lanes: [Lane::new(), Lane::new()],
+            one_file: false,
+        };
+        t.queue_text(Stream::Out, &vec![b'x'; PENDING_MAX]);
+        assert!(t.full(Stream::Out));
+        assert!(!t.full(Stream::Err));
+        t.one_file = true;
+        assert!(t.full(Stream::Err));
     }
 
     #[test]

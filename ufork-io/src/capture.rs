@@ -239,9 +239,11 @@ impl CaptureBuilder {
     /// duration too large for `Instant` also means that). With a limit, what
     /// is left when it passes is abandoned to the writer thread, which goes
     /// on until the process exits: it is counted in
-    /// [`Counters::abandoned_bytes`] and reported on the arbiter's stderr if
-    /// that can take the line at once (`ufork-io: the output sink did not
-    /// take the last N bytes within 5s; they are dropped`).
+    /// [`Counters::abandoned_bytes`] and reported once (`the output sink did
+    /// not take the last N bytes within 5.0s; they are dropped`): as a
+    /// warning of target `ufork_io` carrying the key `abandoned_bytes` when
+    /// the program's logger takes it (so that a program can say it its own
+    /// way), else straight on stderr if that takes the line at once.
     pub fn flush_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.flush_timeout = timeout.into();
         self
@@ -1161,6 +1163,7 @@ impl Layer for Capture {
                 }
             }
         }
+        let began = Instant::now();
         let timeout = self.final_flush_timeout();
         // The arbiter's own lines first: they must not wait for a stalled
         // sink of the workers' (that one's wait is bounded below).
@@ -1170,9 +1173,9 @@ impl Layer for Capture {
                 let _ = writer.join();
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            self.flush_workers(left);
+            self.flush_workers(left, began);
         } else {
-            self.flush_workers(timeout);
+            self.flush_workers(timeout, began);
         }
     }
 }
@@ -1202,8 +1205,8 @@ impl Capture {
     }
 
     /// Flushes the workers' queue, waiting at most `timeout`, and reports
-    /// what it had to abandon.
-    fn flush_workers(&mut self, timeout: Option<Duration>) {
+    /// what it had to abandon (the final flush `began` then).
+    fn flush_workers(&mut self, timeout: Option<Duration>, began: Instant) {
         if self.queue.close_and_wait(timeout) {
             if let Some(writer) = self.writer.take() {
                 let _ = writer.join();
@@ -1215,16 +1218,32 @@ impl Capture {
                 .counters
                 .abandoned_bytes
                 .fetch_add(left as u64, Ordering::Relaxed);
-            let waited = timeout.unwrap_or_default();
-            let report = format!(
-                "the output sink did not take the last {left} bytes within {:.1}s; they are dropped",
-                waited.as_secs_f64()
-            );
-            // The logger may write into the stalled sink: say it on stderr
-            // too, if stderr can take it now.
-            crate::sink::try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
-            log::warn!(target: "ufork_io", "{report}");
+            let report = abandoned_report(left, began.elapsed());
+            // Said once: to the program's logger if it takes it, else on
+            // stderr if that takes the line now (a blocking write could
+            // hang the stop on the very stderr that stalled).
+            if log::log_enabled!(target: "ufork_io", log::Level::Warn) {
+                let abandoned_bytes = left as u64;
+                log::warn!(target: "ufork_io", abandoned_bytes; "{report}");
+            } else {
+                crate::sink::try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
+            }
         }
+    }
+}
+
+/// What the final flush says of the `bytes` it abandoned after `waited`.
+fn abandoned_report(bytes: usize, waited: Duration) -> String {
+    if waited < Duration::from_millis(50) {
+        // Nothing left of the stop's budget: "within 0.0s" would say nothing.
+        format!(
+            "the output sink did not take the last {bytes} bytes before the stop's time ran out; they are dropped"
+        )
+    } else {
+        format!(
+            "the output sink did not take the last {bytes} bytes within {:.1}s; they are dropped",
+            waited.as_secs_f64()
+        )
     }
 }
 
@@ -1240,5 +1259,22 @@ impl Drop for Capture {
         {
             own.close_and_wait(Some(Duration::ZERO));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_final_flush_says_how_long_it_waited_or_that_no_time_was_left() {
+        assert_eq!(
+            abandoned_report(4096, Duration::from_millis(3_960)),
+            "the output sink did not take the last 4096 bytes within 4.0s; they are dropped"
+        );
+        assert_eq!(
+            abandoned_report(10, Duration::ZERO),
+            "the output sink did not take the last 10 bytes before the stop's time ran out; they are dropped"
+        );
     }
 }
