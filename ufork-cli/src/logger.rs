@@ -270,7 +270,9 @@ pub fn finish(timeout: Duration) {
             (true, true) => "stdout and stderr",
             (true, false) => "stdout",
             (false, true) => "stderr",
-            (false, false) => "stdout or stderr",
+            // The terminal took all it had: what stalled was the
+            // capture's own sink (a --log-file).
+            (false, false) => "the output sink",
         };
         term::print(
             Stream::Err,
