@@ -25,6 +25,7 @@ mod listen;
 mod logger;
 mod metrics;
 mod notify;
+mod pid1;
 mod pool;
 mod privs;
 mod status_json;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
     // Before anything else: the binary's path while it still names this
     // file, and the sockets an upgrading arbiter handed over.
     upgrade::init();
+    pid1::hold_stop_signals();
     if let Some(code) = usage::help_on_help() {
         return code;
     }

@@ -463,6 +463,7 @@ impl Session {
             builder = builder.layer(control);
         }
         builder = builder.layer(Observer::new(pool.start_timeout, self.supervisor.take()));
+        builder = builder.layer(crate::pid1::ReleaseStopSignals);
         if let Some(metrics) = self.metrics.take() {
             builder = builder.layer(metrics);
         }

@@ -182,3 +182,50 @@ fn run_as_pid_1_reaps_its_programs_orphans_and_stops_on_sigint_with_0() {
         pool.transcript()
     );
 }
+
+/// As pid 1, a SIGTERM that comes while ufork is still starting (here it
+/// waits to open its log, a FIFO nobody reads yet) is handled once the
+/// arbiter's loop runs: the kernel drops a signal pid 1 has no handler for,
+/// and the pool used to run on until the SIGKILL that follows.
+#[test]
+fn as_pid_1_a_sigterm_during_the_start_stops_the_pool_once_it_runs() {
+    if !pid_namespace_available() {
+        return;
+    }
+    let dir = TempDir::new("pid1-early-term");
+    let fifo = dir.str("log.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(["run", "-w", "1", "--log-file", &fifo, "--", "sleep", "1000"])
+        .env_remove("UFORK_LOG")
+        .stdin(Stdio::null());
+    let mut pool = Running::start_with(&mut command);
+    // ufork, unshare's child here, blocked opening the FIFO for writing.
+    let deadline = Instant::now() + DEADLINE;
+    let ufork = loop {
+        if let [(pid, _)] = children_of(pool.pid()).as_slice() {
+            let stack = std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default();
+            if stack.contains("fifo_open") {
+                break *pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "ufork never opened its log");
+        std::thread::yield_now();
+    };
+    rustix::process::kill_process(rustix::process::Pid::from_raw(ufork).unwrap(), Signal::TERM)
+        .unwrap();
+    // Reading the log lets it go on; the read ends when ufork exits.
+    let reader = std::thread::spawn(move || std::fs::read_to_string(fifo));
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    let log = reader.join().unwrap().unwrap();
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+}
