@@ -14,6 +14,8 @@ use rustix::process::Signal;
 
 use crate::util::*;
 
+mod failed;
+
 /// Clients sending requests until told to stop; every failure is kept.
 ///
 /// Like every HTTP client (RFC 9112 section 9.3.1), a keep-alive client sends a

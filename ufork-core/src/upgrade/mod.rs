@@ -44,6 +44,15 @@
 //! are the worker's to refuse:
 //! [`Worker::refuse_at_stop`](crate::Worker::refuse_at_stop).
 //!
+//! A new arbiter (one that took a [`Handover`]) refuses nothing until its
+//! old arbiter handed the service over ([`owns_listeners`]): the sockets it
+//! inherited are the same open sockets the old pool serves on, so if it stops
+//! before that (it failed or gave up, was not ready in time and the old one
+//! stopped it, or an operator stopped it), a shutdown would take them out of
+//! `LISTEN` for the old pool too, and a removed unix socket path would lock
+//! its clients out, while the old arbiter keeps serving. Should the hand-over
+//! complete while it stops, it refuses then.
+//!
 //! A shut-down socket makes `accept` fail with EINVAL in every process that
 //! still waits on it, which a worker written for ufork takes as "stop
 //! accepting" but an exec'd program (uvicorn, gunicorn) reports as an error,
@@ -313,6 +322,23 @@ static AWAITING_SERVICE: std::sync::atomic::AtomicBool = std::sync::atomic::Atom
 /// `STOPPING=1` would stop it).
 pub fn speaks_for_service() -> bool {
     !AWAITING_SERVICE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// A new arbiter of an upgrade (one that took a [`Handover`]) whose old
+/// arbiter has not handed the service over yet: the sockets it inherited are
+/// the old pool's too, which keeps serving on them if this one fails.
+static INHERITED_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process may refuse new connections on its listening sockets
+/// at a graceful stop: always, except in a new arbiter of an upgrade until
+/// its old arbiter handed the service over (said `MAINPID=` this process, or
+/// closed the report socket after `READY=1` without `ABANDONED=1`). Until
+/// then the sockets it inherited are the very ones (the same open file
+/// descriptions) the old pool still serves on: shutting one down would take
+/// it out of `LISTEN` for the old pool too, and removing a unix socket's path
+/// would lock its clients out, while the old arbiter says "still serving".
+pub fn owns_listeners() -> bool {
+    !INHERITED_PENDING.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// The pid of the arbiter this process handed its pool to (0: none yet).
@@ -1079,7 +1105,12 @@ impl Layer for Upgrader {
     }
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
-        if std::mem::take(&mut self.shutdown_pending) {
+        // A new arbiter stopping before its old one handed the service over
+        // (it failed, timed out, or was told to stop) refuses nothing: the
+        // old pool serves on these very sockets. Should the hand-over still
+        // complete during this stop, it refuses then.
+        if self.shutdown_pending && owns_listeners() {
+            self.shutdown_pending = false;
             for refusal in &self.refusals {
                 refusal.refuse(!self.close_at_stop);
             }
@@ -1111,7 +1142,7 @@ impl Layer for Upgrader {
     fn next_deadline(&self) -> Option<Instant> {
         // While the supervisor has not heard `MAINPID=`, the layer that
         // retries it wakes the loop.
-        if self.shutdown_pending || (self.tell_handed && !handover_held()) {
+        if (self.shutdown_pending && owns_listeners()) || (self.tell_handed && !handover_held()) {
             return Some(Instant::now());
         }
         match &self.state {
@@ -1237,6 +1268,9 @@ impl Handover {
             })
             .collect();
         let kept = (0..count).map(|i| kept_at.contains(&i)).collect();
+        // Until the old arbiter hands the service over, a graceful stop of
+        // this process leaves these sockets alone (see `owns_listeners`).
+        INHERITED_PENDING.store(true, std::sync::atomic::Ordering::Release);
         Ok(Some(Self {
             listeners,
             kept,
@@ -1347,6 +1381,7 @@ impl ReadyReporter {
 /// This process speaks for the service from now on.
 fn take_service(why: &str) {
     AWAITING_SERVICE.store(false, std::sync::atomic::Ordering::Release);
+    INHERITED_PENDING.store(false, std::sync::atomic::Ordering::Release);
     log::debug!(target: "ufork", "upgrade: {why}; this arbiter speaks for the service");
 }
 

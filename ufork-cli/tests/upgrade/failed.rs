@@ -1,0 +1,179 @@
+//! An upgrade whose new arbiter took the sockets and then failed before it
+//! was ready must leave the old pool's sockets listening: they are the same
+//! open sockets, so a refusal by the new arbiter at its stop would be one for
+//! the old pool too.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use crate::util::*;
+
+/// A program that serves under the arbiter whose pid is in `./oldarb`, and
+/// under any other arbiter does what `./broken` says: `fail` (exit 3 at
+/// once, a crash loop) or `hang` (never ready).
+const OLD_ONLY_PY: &str = r#"
+import os, socket, sys, signal, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+if os.path.exists("broken") and str(os.getppid()) != open("oldarb").read().strip():
+    if open("broken").read().strip() == "fail":
+        sys.exit(3)
+    while True:
+        time.sleep(60)
+a = os.environ["NOTIFY_SOCKET"]
+a = "\0" + a[1:] if a.startswith("@") else a
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", a)
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(1024)
+    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nold\n")
+    conn.close()
+"#;
+
+fn serves(addr: SocketAddr, metrics: SocketAddr) {
+    let (status, _, body) = get(addr, "/");
+    assert_eq!((status, body.as_str()), (200, "old\n"), "the pool serves");
+    assert_eq!(get(metrics, "/metrics").0, 200, "--metrics-bind answers");
+}
+
+/// `run`: a new release whose programs crash only under the new arbiter
+/// (it gives up), then one whose programs never become ready (the old
+/// arbiter stops it at --start-timeout): each time the old pool goes on
+/// answering on the same port, and its own stop is clean.
+#[test]
+fn run_keeps_serving_on_its_port_after_the_new_arbiter_gave_up_or_timed_out() {
+    let dir = TempDir::new("upgrade-failed-run");
+    let socket = dir.str("ctl.sock");
+    std::fs::write(dir.join("app.py"), OLD_ONLY_PY).unwrap();
+    let mut command = ufork();
+    command.current_dir(dir.path()).args([
+        "run",
+        "-w",
+        "2",
+        "--notify",
+        "--bind",
+        "127.0.0.1:0",
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--control-socket",
+        &socket,
+        "--start-timeout",
+        "4",
+        "--give-up-after",
+        "1",
+        "--",
+        "python3",
+        "app.py",
+    ]);
+    let mut old = Running::start_with(&mut command);
+    let line = old.expect_line("listening on");
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("an address in {line:?}"));
+    let metrics = old.health_addr();
+    std::fs::write(dir.join("oldarb"), old.pid().to_string()).unwrap();
+    wait_ready(&socket, 2);
+    serves(addr, metrics);
+
+    for mode in ["fail", "hang"] {
+        std::fs::write(dir.join("broken"), mode).unwrap();
+        let out = run(&["upgrade", "--control-socket", &socket]);
+        assert_one_line_error(&out, 1, &["upgrade failed"]);
+        old.expect_line("upgrade failed, still serving");
+        serves(addr, metrics);
+    }
+    wait_ready(&socket, 2);
+    let stop = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+    assert!(
+        !old.transcript().contains("accept"),
+        "no program saw its accept fail: {}",
+        old.transcript()
+    );
+}
+
+/// `serve` shuts its sockets down at a graceful stop: a new arbiter that
+/// fails before it is ready (here it cannot take the pidfile over) must not.
+/// After a later upgrade that succeeds, the new pool's stop refuses new
+/// connections at once again, while an accepted download completes.
+#[test]
+fn serve_keeps_its_sockets_listening_when_the_new_arbiter_fails_and_refuses_after_a_handover() {
+    let dir = TempDir::new("upgrade-failed-serve");
+    let socket = dir.str("ctl.sock");
+    let pidfile = dir.join("ufork.pid");
+    let site = dir.join("site");
+    std::fs::create_dir(&site).unwrap();
+    let size = 32 << 20;
+    std::fs::write(site.join("big"), vec![b'x'; size]).unwrap();
+    std::fs::write(site.join("index.html"), "old\n").unwrap();
+    let mut old = Running::start(&[
+        "serve",
+        site.to_str().unwrap(),
+        "-w",
+        "1",
+        "--bind",
+        "127.0.0.1:0",
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--control-socket",
+        &socket,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    let addr = old.http_addr();
+    let metrics = old.health_addr();
+    wait_ready(&socket, 1);
+    serves(addr, metrics);
+
+    // The new arbiter takes the sockets, starts its workers, and fails
+    // taking the pidfile over (a directory is in the way): it stops.
+    std::fs::remove_file(&pidfile).unwrap();
+    std::fs::create_dir(&pidfile).unwrap();
+    std::fs::write(pidfile.join("keep"), "").unwrap();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_one_line_error(&out, 1, &["upgrade failed"]);
+    old.expect_line("cannot take over from the old arbiter");
+    old.expect_line("upgrade failed, still serving");
+    serves(addr, metrics);
+
+    // The hand-over completes: the new arbiter refuses at its own stop.
+    std::fs::remove_dir_all(&pidfile).unwrap();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = super::upgraded_pid(&out.stdout);
+    assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+    serves(addr, metrics);
+    let mut download = TcpStream::connect(addr).unwrap();
+    download.set_read_timeout(Some(DEADLINE)).unwrap();
+    download
+        .write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    download.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(new).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // A handshake that raced the shutdown is reset.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("connect: {e}"),
+            Ok(_) => assert!(Instant::now() < deadline, "still accepting"),
+        }
+        std::thread::yield_now();
+    }
+    let mut rest = Vec::new();
+    download.read_to_end(&mut rest).unwrap();
+    let body = rest.len() - rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() - 4;
+    assert_eq!(body, size, "the accepted download completed");
+    assert!(ufork_daemon::wait_for_exit(new, Some(DEADLINE)).unwrap());
+}
