@@ -26,7 +26,12 @@ socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", a)
 listener = socket.socket(fileno=3)
 while True:
     conn, _ = listener.accept()
-    conn.recv(1024)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(1024)
+        if not chunk:
+            break
+        head += chunk
     conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nold\n")
     conn.close()
 "#;
@@ -78,12 +83,53 @@ fn run_keeps_serving_on_its_port_after_the_new_arbiter_gave_up_or_timed_out() {
     wait_ready(&socket, 2);
     serves(addr, metrics);
 
-    for mode in ["fail", "hang"] {
-        std::fs::write(dir.join("broken"), mode).unwrap();
-        let out = run(&["upgrade", "--control-socket", &socket]);
-        assert_one_line_error(&out, 1, &["upgrade failed"]);
-        old.expect_line("upgrade failed, still serving");
-        serves(addr, metrics);
+    std::fs::write(dir.join("broken"), "fail").unwrap();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_one_line_error(&out, 1, &["upgrade failed", "exited with status 1"]);
+    old.expect_line("upgrade: started pid");
+    old.expect_line("upgrade failed, still serving");
+    serves(addr, metrics);
+
+    // Not ready in time: the old arbiter stops the new one. Probes queued
+    // on --metrics-bind while the new arbiter ran are answered after it
+    // ended.
+    std::fs::write(dir.join("broken"), "hang").unwrap();
+    let mut upgrade = ufork()
+        .args(["upgrade", "--control-socket", &socket])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = old.expect_line("upgrade: started pid");
+    let new: i32 = line
+        .split("started pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("a pid in {line:?}"));
+    let deadline = Instant::now() + DEADLINE;
+    while children_of(new).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the new arbiter forked no worker"
+        );
+        std::thread::yield_now();
+    }
+    let mut probes: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    assert_eq!(upgrade.wait().unwrap().code(), Some(1));
+    old.expect_line("upgrade failed, still serving");
+    assert!(ufork_daemon::wait_for_exit(new, Some(DEADLINE)).unwrap());
+    serves(addr, metrics);
+    for probe in &mut probes {
+        probe.set_read_timeout(Some(DEADLINE)).unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+            .expect("a probe queued during the failed upgrade is the old pool's");
+        let mut answer = String::new();
+        probe.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     }
     wait_ready(&socket, 2);
     let stop = run(&["stop", "--control-socket", &socket]);
