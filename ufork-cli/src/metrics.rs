@@ -46,6 +46,9 @@ pub struct Metrics {
     listener: TcpListener,
     addr: SocketAddr,
     token: Option<Token>,
+    /// This arbiter's stop hands the pool over: the new one takes the
+    /// socket's connections.
+    handed_over: bool,
     connections: HashMap<Token, Connection>,
 }
 
@@ -84,6 +87,7 @@ impl Metrics {
             listener,
             addr,
             token: None,
+            handed_over: false,
             connections: HashMap::new(),
         })
     }
@@ -91,6 +95,18 @@ impl Metrics {
     /// The address bound (port 0 resolved).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Takes the socket's connections from now on, unless this arbiter
+    /// does already, handed the pool over, or is a new arbiter the old one
+    /// has not handed the service to yet: until then the socket is the old
+    /// pool's (it answers for the service), and a probe this one accepted
+    /// would be dropped unanswered should it fail and exit. Connections
+    /// queue meanwhile.
+    fn listen_once_ours(&mut self, ctx: &mut Context<'_>) {
+        if self.token.is_none() && !self.handed_over && ufork_core::upgrade::owns_listeners() {
+            self.token = Some(ctx.register(self.listener.as_fd(), Interest::READABLE));
+        }
     }
 
     fn accept(&mut self, ctx: &mut Context<'_>) {
@@ -196,7 +212,7 @@ fn progress(conn: &mut Connection, view: impl FnOnce() -> View) -> Progress {
 
 impl Layer for Metrics {
     fn started(&mut self, ctx: &mut Context<'_>) {
-        self.token = Some(ctx.register(self.listener.as_fd(), Interest::READABLE));
+        self.listen_once_ours(ctx);
     }
 
     fn event(&mut self, token: Token, _readiness: Readiness, ctx: &mut Context<'_>) {
@@ -213,6 +229,7 @@ impl Layer for Metrics {
         // arbiter happened to accept would read 503 (stopping) while the
         // service is up. Connections already accepted are still answered.
         if ufork_core::upgrade::handed_over_to().is_some() {
+            self.handed_over = true;
             if let Some(token) = self.token.take() {
                 ctx.deregister(token);
             }
@@ -220,6 +237,7 @@ impl Layer for Metrics {
     }
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
+        self.listen_once_ours(ctx);
         let now = Instant::now();
         let expired: Vec<Token> = self
             .connections
