@@ -467,7 +467,7 @@ impl Session {
         if let Some(metrics) = self.metrics.take() {
             builder = builder.layer(metrics);
         }
-        upgrade::configure(builder, pool.start_timeout, &self.takeover)
+        upgrade::configure(builder, pool.start_timeout, workers, &self.takeover)
     }
 
     /// Tells the user how to reach and stop the pool.

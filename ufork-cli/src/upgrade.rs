@@ -275,14 +275,27 @@ pub struct Takeover {
 }
 
 /// Adds the upgrader (every pool) and, in a new arbiter, the ready reporter
-/// that takes over `takeover` first.
+/// that takes over `takeover` first. `workers` is the count the command line
+/// and `--config` give: a new arbiter whose old pool was scaled away from its
+/// own at runtime starts the old pool's count instead, and says so.
 pub fn configure(
     builder: Builder,
     start_timeout: std::time::Duration,
+    workers: usize,
     takeover: &Takeover,
 ) -> Builder {
     let mut state = state();
     let mut builder = builder;
+    if let Some(scaled) = state.handover.as_ref().and_then(Handover::workers)
+        && scaled != workers
+    {
+        if scaled <= crate::units::MAX_WORKERS as usize {
+            log::info!(target: "ufork", "upgrade: starting {scaled} workers, the count the old pool was scaled to at runtime (the command line and config give {workers})");
+            builder = builder.workers(scaled);
+        } else {
+            log::warn!(target: "ufork", "upgrade: the old pool ran {scaled} workers, past {}; starting {workers}", crate::units::MAX_WORKERS);
+        }
+    }
     if let Some(why) = state.unsupported.clone() {
         // Asked before the upgrader, which stays for what it does at a
         // graceful stop (a unix socket's path removed at once).
@@ -297,6 +310,7 @@ pub fn configure(
             Ok(mut upgrader) => {
                 upgrader = upgrader
                     .timeout(start_timeout)
+                    .configured_workers(workers)
                     .close_at_stop(state.close_at_stop);
                 for (name, fd, refuse) in sockets {
                     let kept = if refuse {

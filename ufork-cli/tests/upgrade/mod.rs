@@ -15,6 +15,7 @@ use rustix::process::Signal;
 use crate::util::*;
 
 mod failed;
+mod scale;
 
 /// Clients sending requests until told to stop; every failure is kept.
 ///

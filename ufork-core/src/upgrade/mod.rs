@@ -121,6 +121,11 @@ pub const REPORT_FD_ENV: &str = "UFORK_UPGRADE_FD";
 /// new arbiter must leave them listening at its own graceful stop too.
 const KEEP_ENV: &str = "UFORK_UPGRADE_KEEP";
 
+/// The variable giving the new arbiter the old pool's target worker count,
+/// when it was scaled at runtime away from its configured count (see
+/// [`Upgrader::configured_workers`] and [`Handover::workers`]).
+const WORKERS_ENV: &str = "UFORK_UPGRADE_WORKERS";
+
 /// What socket activation sets; replaced for the new arbiter.
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
@@ -190,6 +195,7 @@ impl Reexec {
         &self,
         handover: &[(String, OwnedFd)],
         kept: &[usize],
+        workers: Option<usize>,
         report: &OwnedFd,
     ) -> io::Result<sys::ExecPlan> {
         let c = |b: &[u8]| sys::c_string(b.to_vec());
@@ -210,6 +216,9 @@ impl Reexec {
         if !kept.is_empty() {
             let kept: Vec<String> = kept.iter().map(usize::to_string).collect();
             env.push(c(format!("{KEEP_ENV}={}", kept.join(",")).as_bytes())?);
+        }
+        if let Some(workers) = workers {
+            env.push(c(format!("{WORKERS_ENV}={workers}").as_bytes())?);
         }
         let mut fds: Vec<_> = handover.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         fds.push(report.as_raw_fd());
@@ -237,7 +246,8 @@ impl Reexec {
 fn passed_on(key: &[u8], value: &[u8], pid: u32) -> bool {
     let replaced = LISTEN_VARS.iter().any(|v| v.as_bytes() == key)
         || key == REPORT_FD_ENV.as_bytes()
-        || key == KEEP_ENV.as_bytes();
+        || key == KEEP_ENV.as_bytes()
+        || key == WORKERS_ENV.as_bytes();
     let our_watchdog = key == b"WATCHDOG_PID" && value == pid.to_string().as_bytes();
     !replaced && !our_watchdog
 }
@@ -479,6 +489,9 @@ pub struct Upgrader {
     refuse_on_stop: bool,
     /// Close the copies at a graceful stop instead of shutting sockets down.
     close_at_stop: bool,
+    /// The pool's configured worker count: an upgrade tells the new arbiter
+    /// the target only when it differs (`None`: always).
+    configured_workers: Option<usize>,
     trigger: Arc<Trigger>,
     wake_r: OwnedFd,
     wake_token: Option<Token>,
@@ -610,6 +623,7 @@ impl Upgrader {
             timeout: DEFAULT_TIMEOUT,
             refuse_on_stop: true,
             close_at_stop: false,
+            configured_workers: None,
             trigger: Arc::new(Trigger {
                 queue: Mutex::new(Vec::new()),
                 wake,
@@ -718,6 +732,18 @@ impl Upgrader {
         self
     }
 
+    /// The worker count this pool was configured with. An upgrade tells the
+    /// new arbiter the pool's target count ([`Handover::workers`]) only when
+    /// it differs from this one, that is when the pool was scaled at runtime
+    /// ([`Handle::set_workers`](crate::Handle::set_workers), SIGTTIN,
+    /// SIGTTOU): the new arbiter can keep that capacity, and otherwise takes
+    /// the count its own configuration gives (a changed one, say). Without
+    /// it, the target is always told.
+    pub fn configured_workers(mut self, workers: usize) -> Self {
+        self.configured_workers = Some(workers);
+        self
+    }
+
     /// A handle that asks for an upgrade.
     pub fn handle(&self) -> UpgradeHandle {
         UpgradeHandle {
@@ -788,9 +814,11 @@ impl Upgrader {
             program: program.clone(),
             source,
         };
+        let target = ctx.handle().snapshot().target;
+        let workers = (target > 0 && self.configured_workers != Some(target)).then_some(target);
         let plan = self
             .reexec
-            .plan(&self.handover, &self.kept, &theirs)
+            .plan(&self.handover, &self.kept, workers, &theirs)
             .map_err(spawn_error)?;
         let pid = sys::spawn(&plan).map_err(spawn_error)?;
         drop(theirs);
@@ -1208,6 +1236,8 @@ pub struct Handover {
     listeners: Vec<(String, Option<OwnedFd>)>,
     /// Parallel to `listeners`: given with [`Upgrader::hand_over`].
     kept: Vec<bool>,
+    /// The old pool's target worker count, when it told it.
+    workers: Option<usize>,
     report: Option<OwnedFd>,
 }
 
@@ -1248,6 +1278,15 @@ impl Handover {
                 .collect::<Option<_>>()
                 .ok_or_else(|| bad("UFORK_UPGRADE_KEEP is not a list of descriptor indices"))?,
         };
+        let workers = match var(WORKERS_ENV) {
+            None => None,
+            Some(n) => Some(
+                n.parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .ok_or_else(|| bad("UFORK_UPGRADE_WORKERS is not a worker count"))?,
+            ),
+        };
         let Some(mut fds) = sys::adopt(count, Some(report_at))? else {
             return Ok(None);
         };
@@ -1257,6 +1296,7 @@ impl Handover {
             LISTEN_VARS[2],
             REPORT_FD_ENV,
             KEEP_ENV,
+            WORKERS_ENV,
         ]);
         let report = fds.pop();
         let listeners = fds
@@ -1274,6 +1314,7 @@ impl Handover {
         Ok(Some(Self {
             listeners,
             kept,
+            workers,
             report,
         }))
     }
@@ -1289,6 +1330,14 @@ impl Handover {
     /// leave listening. Give it to this arbiter's upgrader the same way.
     pub fn kept_listening(&self) -> Vec<bool> {
         self.kept.clone()
+    }
+
+    /// The old pool's target worker count when the upgrade began, if it
+    /// told it: it does when it was scaled at runtime away from its
+    /// configured count ([`Upgrader::configured_workers`]). A new arbiter
+    /// that starts this many workers keeps the capacity an operator added.
+    pub fn workers(&self) -> Option<usize> {
+        self.workers
     }
 
     /// Takes the first handed-over descriptor named `name` not taken yet.
@@ -1508,9 +1557,10 @@ mod tests {
             None,
         )
         .unwrap();
-        let plan = reexec.plan(&handover, &[], &report).unwrap();
+        let plan = reexec.plan(&handover, &[], None, &report).unwrap();
         let env: Vec<String> = plan.env.iter().map(|e| sys::lossy(e)).collect();
         assert!(env.contains(&"LISTEN_FDS=2".to_owned()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("UFORK_UPGRADE_WORKERS=")));
         assert!(!env.iter().any(|e| e.starts_with("UFORK_UPGRADE_KEEP=")));
         assert!(env.contains(&"LISTEN_FDNAMES=http:admin".to_owned()));
         assert!(env.contains(&format!("{REPORT_FD_ENV}=5")));
@@ -1519,9 +1569,13 @@ mod tests {
         assert_eq!(plan.fds[2], report.as_raw_fd());
         assert_eq!(plan.args.len(), 2);
         // The sockets given with hand_over are named for the new arbiter.
-        let plan = reexec.plan(&handover, &[1], &report).unwrap();
+        let plan = reexec.plan(&handover, &[1], Some(7), &report).unwrap();
         let env: Vec<String> = plan.env.iter().map(|e| sys::lossy(e)).collect();
         assert!(env.contains(&"UFORK_UPGRADE_KEEP=1".to_owned()), "{env:?}");
+        assert!(
+            env.contains(&"UFORK_UPGRADE_WORKERS=7".to_owned()),
+            "{env:?}"
+        );
     }
 
     #[test]
@@ -1539,6 +1593,7 @@ mod tests {
             "LISTEN_FDNAMES",
             REPORT_FD_ENV,
             KEEP_ENV,
+            WORKERS_ENV,
         ] {
             assert!(!passed_on(replaced.as_bytes(), b"1", 42), "{replaced}");
         }
@@ -1554,7 +1609,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let err = reexec.plan(&[], &[], &report).unwrap_err();
+        let err = reexec.plan(&[], &[], None, &report).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
