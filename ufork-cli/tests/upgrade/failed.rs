@@ -36,6 +36,18 @@ while True:
     conn.close()
 "#;
 
+/// The new arbiter of an upgrade, no child of the test: stopped at the end
+/// even when an assertion failed first.
+pub(super) struct StopOnDrop(pub(super) i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if ufork_daemon::signal(self.0, rustix::process::Signal::TERM).unwrap_or(false) {
+            let _ = ufork_daemon::wait_for_exit(self.0, Some(DEADLINE));
+        }
+    }
+}
+
 fn serves(addr: SocketAddr, metrics: SocketAddr) {
     let (status, _, body) = get(addr, "/");
     assert_eq!((status, body.as_str()), (200, "old\n"), "the pool serves");
@@ -191,6 +203,7 @@ fn serve_keeps_its_sockets_listening_when_the_new_arbiter_fails_and_refuses_afte
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     let new = super::upgraded_pid(&out.stdout);
+    let _new_arbiter = StopOnDrop(new);
     assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
     serves(addr, metrics);
     let mut download = TcpStream::connect(addr).unwrap();

@@ -48,6 +48,7 @@ fn upgrade_keeps_a_worker_count_set_at_runtime_and_reads_the_config_again() {
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     let first = super::upgraded_pid(&out.stdout);
+    let _first_arbiter = super::failed::StopOnDrop(first);
     old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
     wait_for_workers(&socket, 2);
 
@@ -59,6 +60,7 @@ fn upgrade_keeps_a_worker_count_set_at_runtime_and_reads_the_config_again() {
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     let second = super::upgraded_pid(&out.stdout);
+    let _second_arbiter = super::failed::StopOnDrop(second);
     old.expect_line("starting 3 workers, the count the old pool was scaled to at runtime");
     assert!(ufork_daemon::wait_for_exit(first, Some(DEADLINE)).unwrap());
     let status = wait_for_workers(&socket, 3);
