@@ -184,9 +184,10 @@ pub struct PoolArgs {
     /// stopped reading, a full FIFO), drop the workers' output, counted, with
     /// a line saying how much went missing where it did, instead of holding
     /// the workers up (a worker blocked on its output serves nobody), until
-    /// the output takes bytes again. A slow reader that keeps reading loses
-    /// nothing. 0: never drop. Keep it below --timeout, or workers blocked
-    /// on their output are killed as hung first.
+    /// the output takes bytes again. A slow reader that keeps reading (64 KiB
+    /// per SECS at least) loses nothing. 0: never drop. At most half of
+    /// --timeout, so that workers blocked on their output are not killed
+    /// as hung first.
     #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_zero, default_value = "10", allow_negative_numbers = true)]
     pub log_stall_timeout: Duration,
 
@@ -228,10 +229,36 @@ pub struct PoolArgs {
     pub metrics_bind: Option<String>,
 }
 
+/// `--log-stall-timeout` as the pool uses it: at most half the hang timeout
+/// (`--timeout`), if the pool has one, so that a worker held up by a stalled
+/// output is let go before the arbiter takes it for hung. 0 stays 0 (never
+/// drop).
+pub fn capped_log_stall(stall: Duration, hang: Option<Duration>) -> Duration {
+    match hang {
+        Some(hang) if !stall.is_zero() => stall.min(hang / 2),
+        _ => stall,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn the_log_stall_timeout_is_at_most_half_the_hang_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(capped_log_stall(secs(10), Some(secs(30))), secs(10));
+        assert_eq!(
+            capped_log_stall(secs(10), Some(secs(5))),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(capped_log_stall(secs(10), None), secs(10));
+        assert_eq!(
+            capped_log_stall(Duration::ZERO, Some(secs(5))),
+            Duration::ZERO
+        );
+    }
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -190,9 +190,12 @@ impl CaptureBuilder {
     /// full FIFO), drop worker output, counted and reported as in
     /// [`lossy`](Self::lossy) mode, instead of holding the workers up; as
     /// soon as the sink takes something, lossless again (default `None`:
-    /// hold them up for as long as the sink does). A slow sink that keeps
-    /// taking bytes never causes a drop. Workers held up on their output
-    /// are silent, so keep this below their hang timeout.
+    /// hold them up for as long as the sink does). The sink is handed at
+    /// most 64 KiB per write call and every call it finishes counts, so a
+    /// slow sink that takes 64 KiB per timeout or more never causes a drop
+    /// (a blocking write to a pipe returns only once the reader took all of
+    /// it). Workers held up on their output are silent, so keep this below
+    /// their hang timeout.
     pub fn stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.stall_timeout = timeout.into();
         self

@@ -325,6 +325,11 @@ impl Failures {
 const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
 /// Gathered writes to byte sinks are about this large.
 const WRITE_BATCH: usize = 1024 * 1024;
+/// The most one write call is handed (a batch goes out in pieces): each
+/// call the sink finishes counts as progress for the stall timeout, so a
+/// reader slower than a piece per stall timeout (6.4 KB/s at 10 s) is the
+/// slowest that is not taken for stalled.
+const WRITE_PIECE: usize = 64 * 1024;
 /// At most this many pieces per gathered write (Linux's `IOV_MAX`).
 const MAX_SEGMENTS: usize = 1024;
 /// A chunk this large is written as it is, not copied into a batch.
@@ -820,8 +825,26 @@ fn write_vectored_all(
     let mut total = 0;
     let fail = |written, error| Err(Partial { written, error });
     while !slices.is_empty() {
+        // At most a piece per call: a blocking write returns only once it
+        // has handed over everything it was given, and progress is counted
+        // per call, so a slow reader must see calls it can finish.
+        let fit = slices
+            .iter()
+            .scan(0usize, |sum, s| {
+                *sum += s.len();
+                Some(*sum)
+            })
+            .take_while(|&sum| sum <= WRITE_PIECE)
+            .count();
+        let cut;
+        let piece: &[io::IoSlice<'_>] = if fit == 0 {
+            cut = [io::IoSlice::new(&slices[0][..WRITE_PIECE])];
+            &cut
+        } else {
+            &slices[..fit]
+        };
         let written = match sink {
-            SinkKind::Fd(std) => match rustix::io::writev(std.fd(), slices) {
+            SinkKind::Fd(std) => match rustix::io::writev(std.fd(), piece) {
                 Ok(n) => n,
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => {
@@ -830,7 +853,7 @@ fn write_vectored_all(
                 }
                 Err(e) => return fail(total, e.into()),
             },
-            SinkKind::Writer(w) => match w.write_vectored(slices) {
+            SinkKind::Writer(w) => match w.write_vectored(piece) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return fail(total, e),
@@ -1042,14 +1065,15 @@ mod tests {
             assert_eq!(counters.write_errors.load(Ordering::Relaxed), 0);
             if per_call == usize::MAX {
                 // One write per run of chunks for one sink and per
-                // `WRITE_BATCH` bytes or `MAX_SEGMENTS` pieces, not one per
-                // chunk.
+                // `MAX_SEGMENTS` pieces, and one per `WRITE_PIECE` bytes (a
+                // call ends before a slice that does not fit, so at least
+                // half a piece each, on average), not one per chunk.
                 let runs = chunks
                     .windows(2)
                     .filter(|w| w[0].origin.is_error() != w[1].origin.is_error())
                     .count()
                     + 1;
-                let bound = runs + total / WRITE_BATCH + chunks.len() / MAX_SEGMENTS + 1;
+                let bound = runs + 2 * total / WRITE_PIECE + chunks.len() / MAX_SEGMENTS + 1;
                 assert!(
                     out.1 + err.1 <= bound,
                     "{} writes for {} chunks in {runs} runs",

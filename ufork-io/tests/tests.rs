@@ -962,6 +962,77 @@ fn a_slow_sink_that_keeps_taking_bytes_loses_nothing_under_a_stall_timeout() {
     assert_eq!(seen, SLOW_LINES, "lines lost");
 }
 
+/// A real pipe read slowly but steadily (4 KiB every 3 ms) is not stalled:
+/// a blocking write returns only once the reader took all of it, so the
+/// writer hands the pipe at most a piece at a time, each piece counting as
+/// progress, and nothing is dropped although a whole gathered batch (up to
+/// the 1 MiB queue) takes the reader longer than the stall timeout.
+#[test]
+fn a_pipe_read_slowly_but_steadily_loses_nothing_under_a_stall_timeout() {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+    let _lock = util::lock();
+    const LINES: usize = 25_000;
+    const LINE: usize = 100;
+    let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+    let layer = capture(&MemorySink::new())
+        .sink(ufork_io::Sink::writer(std::fs::File::from(write_end)))
+        .stall_timeout(Duration::from_millis(400))
+        .queue_bytes(1024 * 1024)
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&got);
+    let reader = std::thread::spawn(move || {
+        let mut pipe = std::fs::File::from(read_end);
+        let mut buf = vec![0u8; 4096];
+        let mut all = Vec::new();
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            seen.fetch_add(
+                buf[..n].iter().filter(|&&b| b == b'\n').count(),
+                Ordering::Relaxed,
+            );
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        all
+    });
+    let watch = counters.clone();
+    let outcome = run_until(
+        pool(1).layer(layer),
+        |w| {
+            let mut out = std::io::stdout().lock();
+            for i in 0..LINES {
+                writeln!(out, "{i:>9} {}", "z".repeat(LINE - 11))?;
+            }
+            drop(out);
+            idle(w);
+            Ok(())
+        },
+        move || {
+            util::wait_until("every line read, or a drop", || {
+                got.load(Ordering::Relaxed) >= LINES || watch.dropped_bytes() > 0
+            });
+        },
+    );
+    util::assert_nothing_left(&outcome.history);
+    let bytes = reader.join().expect("reader");
+    assert_eq!(
+        counters.dropped_bytes(),
+        0,
+        "a steady reader was taken for stalled"
+    );
+    let ours = lines(&bytes)
+        .into_iter()
+        .filter(|l| l.ends_with(&[b'z'; 10]))
+        .count();
+    assert_eq!(ours, LINES);
+}
+
 /// The drop notice must not wait for an unrelated wake-up of the arbiter:
 /// once the sink takes bytes again, the count goes out while the pool runs,
 /// even when the worker has gone quiet.

@@ -74,7 +74,7 @@ pub struct RunArgs {
 }
 
 /// Runs `ufork run`.
-pub fn exec(args: RunArgs) -> Result<()> {
+pub fn exec(mut args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, true)?;
     if args.pool.check_config {
@@ -127,6 +127,9 @@ pub fn exec(args: RunArgs) -> Result<()> {
         }
     }
     let sockets = pool::unix_paths(&listeners);
+    // The watchdog (--timeout) kills a program blocked on its output.
+    args.pool.log_stall_timeout =
+        crate::cli::capped_log_stall(args.pool.log_stall_timeout, args.timeout);
     let mut session = pool::Session::start(&args.pool, pidfile, &sockets)?;
     let notify = match args.notify.then(notify::Notify::bind).transpose() {
         Ok(notify) => notify,

@@ -171,7 +171,7 @@ fn default_bind() -> Result<String> {
 }
 
 /// Runs `ufork serve`.
-pub fn exec(args: ServeArgs) -> Result<()> {
+pub fn exec(mut args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
@@ -249,6 +249,13 @@ pub fn exec(args: ServeArgs) -> Result<()> {
     if let Some(path) = &args.access_log {
         access::open(path)?;
     }
+    args.pool.log_stall_timeout = crate::cli::capped_log_stall(
+        args.pool.log_stall_timeout,
+        Some(
+            args.timeout
+                .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
+        ),
+    );
     let mut session = pool::Session::start(&args.pool, pidfile, &pool::unix_paths(&listeners))?;
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
