@@ -600,6 +600,13 @@ fn scaling_by_handle_and_by_ttin_ttou() {
     ];
     downs.sort();
     assert_eq!(downs, vec!["down 1", "down 2"]);
+    // At one worker, TTOU says why it does nothing.
+    signal_self(rustix::process::Signal::TTOU);
+    util::wait_until("the TTOU at one worker is logged", || {
+        util::logs()
+            .iter()
+            .any(|l| l.contains("workers: 1 already, the fewest a pool runs"))
+    });
     signal_self(rustix::process::Signal::TTIN);
     ev.expect("slot 1 back", |l| l == "up 1");
     handle.stop();

@@ -440,7 +440,14 @@ impl Scheduler {
 
     /// Scales by `delta` workers, never below one nor past the capacity.
     pub(crate) fn add_workers(&mut self, delta: isize, now: Instant) {
-        let wanted = self.target.saturating_add_signed(delta).max(1);
+        let asked = self.target.saturating_add_signed(delta);
+        if asked == 0 && self.target == 1 && self.stop.is_none() {
+            log::info!(
+                target: "ufork",
+                "workers: 1 already, the fewest a pool runs (to stop it, stop the pool)"
+            );
+        }
+        let wanted = asked.max(1);
         if wanted > self.settings.capacity {
             log::warn!(
                 target: "ufork",
