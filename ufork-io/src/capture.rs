@@ -191,8 +191,9 @@ impl CaptureBuilder {
     /// [`lossy`](Self::lossy) mode, instead of holding the workers up; as
     /// soon as the sink takes something, lossless again (default `None`:
     /// hold them up for as long as the sink does). The sink is handed at
-    /// most 64 KiB per write call and every call it finishes counts, so a
-    /// slow sink that takes 64 KiB per timeout or more never causes a drop
+    /// most 64 KiB per write call (whole lines; more only for one read of a
+    /// worker's pipe bigger than that) and every call it finishes counts, so
+    /// a slow sink that takes 64 KiB per timeout or more never causes a drop
     /// (a blocking write to a pipe returns only once the reader took all of
     /// it). Workers held up on their output are silent, so keep this below
     /// their hang timeout.

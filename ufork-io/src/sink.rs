@@ -325,10 +325,11 @@ impl Failures {
 const FORK_GATE_WAIT: Duration = Duration::from_millis(100);
 /// Gathered writes to byte sinks are about this large.
 const WRITE_BATCH: usize = 1024 * 1024;
-/// The most one write call is handed (a batch goes out in pieces): each
+/// The most one write call is handed (a batch goes out in pieces), unless
+/// one chunk (one read of a worker's pipe, whole lines) is bigger: each
 /// call the sink finishes counts as progress for the stall timeout, so a
-/// reader slower than a piece per stall timeout (6.4 KB/s at 10 s) is the
-/// slowest that is not taken for stalled.
+/// reader taking a piece per stall timeout (6.4 KB/s at 10 s) is not taken
+/// for stalled.
 const WRITE_PIECE: usize = 64 * 1024;
 /// At most this many pieces per gathered write (Linux's `IOV_MAX`).
 const MAX_SEGMENTS: usize = 1024;
@@ -825,9 +826,12 @@ fn write_vectored_all(
     let mut total = 0;
     let fail = |written, error| Err(Partial { written, error });
     while !slices.is_empty() {
-        // At most a piece per call: a blocking write returns only once it
+        // About a piece per call: a blocking write returns only once it
         // has handed over everything it was given, and progress is counted
-        // per call, so a slow reader must see calls it can finish.
+        // per call, so a slow reader must see calls it can finish. Whole
+        // slices only (each holds whole lines: a writer that prints each
+        // call as a unit, like the CLI's terminal, never splits a line);
+        // one slice bigger than a piece goes alone.
         let fit = slices
             .iter()
             .scan(0usize, |sum, s| {
@@ -835,14 +839,9 @@ fn write_vectored_all(
                 Some(*sum)
             })
             .take_while(|&sum| sum <= WRITE_PIECE)
-            .count();
-        let cut;
-        let piece: &[io::IoSlice<'_>] = if fit == 0 {
-            cut = [io::IoSlice::new(&slices[0][..WRITE_PIECE])];
-            &cut
-        } else {
-            &slices[..fit]
-        };
+            .count()
+            .max(1);
+        let piece = &slices[..fit];
         let written = match sink {
             SinkKind::Fd(std) => match rustix::io::writev(std.fd(), piece) {
                 Ok(n) => n,
