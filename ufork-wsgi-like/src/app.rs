@@ -100,7 +100,9 @@ impl ResponseBody {
     /// client has taken more: the iterator runs on the serving thread's
     /// event loop, which serves other connections meanwhile, so a slow
     /// reader holds no thread (a chunk slow to make still does, while it is
-    /// made).
+    /// made: an iterator that waits for events holds its thread while it
+    /// waits, and after such a chunk the thread serves its other
+    /// connections before it asks for the next).
     ///
     /// The iterator may own the request's [`Body`] (`std::mem::take` it)
     /// and read it as it yields: an upload transformed or echoed as it

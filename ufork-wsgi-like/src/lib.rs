@@ -128,7 +128,9 @@
 //!   ([`ResponseBody::stream`]), what the socket does not take at once is
 //!   sent by the event loop as the client reads, the thread serving others
 //!   meanwhile; a stream is asked for its next chunk only once the socket
-//!   took the last. The access log counts a body's length when the answer
+//!   took the last, and after a chunk that took over a millisecond to make
+//!   (an event the app waited for) the thread serves its other connections
+//!   before it asks for the next. The access log counts a body's length when the answer
 //!   starts, a stream's bytes (not its chunked framing) when it ends, or
 //!   status 0 and no bytes for a stream cut short (it failed, or its
 //!   client reset or stopped taking it). The exception is a stream

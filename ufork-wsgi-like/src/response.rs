@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, IoSlice, Read};
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Response, StatusCode, Version};
@@ -95,6 +95,13 @@ type Chunks = Box<dyn Iterator<Item = io::Result<Vec<u8>>> + Send>;
 /// have the thread until the app's iterator ends).
 const STREAM_TURN: usize = 256 * 1024;
 
+/// How long a stream's turn on the event loop lasts at most, counted in
+/// whole chunks: a chunk slow to make (a server-sent event the app waits
+/// for) ends the turn once it is out, so the thread serves its other
+/// connections between such chunks, not only at the stream's end; an app
+/// yielding empty chunks does not keep the thread either.
+const STREAM_TURN_TIME: Duration = Duration::from_millis(1);
+
 /// A streamed body under way: its framing, what of it is made and not yet
 /// sent (`lead`, `data`, `tail` in that order: the end of the head or a
 /// chunk-size line, a chunk's data, its CRLF or the last chunk), and the
@@ -160,7 +167,8 @@ impl StreamBody {
 
     /// Sends what is made, then asks the app for chunks and sends them,
     /// until the socket is full, the body is all out, or `budget` bytes
-    /// went out (then the socket may have room still). Returns whether any
+    /// went out or (with a budget, on the event loop) [`STREAM_TURN_TIME`]
+    /// passed (then the socket may have room still). Returns whether any
     /// byte went out. An `Err`: the socket failed, or the app's iterator
     /// failed or panicked, or ended short of the `Content-Length` (logged
     /// here); the connection must be reset.
@@ -171,6 +179,7 @@ impl StreamBody {
         budget: usize,
     ) -> io::Result<bool> {
         let mut sent = 0usize;
+        let turn = (budget != usize::MAX).then(Instant::now);
         loop {
             while self.at < self.made() {
                 let mut at = self.at;
@@ -200,7 +209,8 @@ impl StreamBody {
             self.data = Vec::new();
             self.tail = &[];
             self.at = 0;
-            if self.ended || sent >= budget {
+            if self.ended || sent >= budget || turn.is_some_and(|t| t.elapsed() >= STREAM_TURN_TIME)
+            {
                 return Ok(sent > 0);
             }
             self.next_chunk(heartbeat)?;

@@ -34,6 +34,53 @@ fn gated(gate: Arc<Mutex<Receiver<()>>>) -> impl Iterator<Item = String> + Send 
     })
 }
 
+/// A stream whose chunks come slowly (20 ms each to make, like events the
+/// app waits for) leaves its thread to the other connections between
+/// chunks: a request that came after the stream began is answered while
+/// the stream goes on, not at its end.
+#[test]
+fn a_slow_stream_lets_its_thread_serve_others_between_chunks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const EVENTS: usize = 40;
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&made);
+    let (open, gate) = channel::<()>();
+    let gate = Arc::new(Mutex::new(Some(gate)));
+    let server = local(Server::builder(), move |request: Request<Body>| {
+        if request.uri().path() != "/events" {
+            return Response::new("hello\n".into());
+        }
+        let gate = gate.lock().unwrap().take().expect("one stream");
+        let made = Arc::clone(&counted);
+        let events = (1..=EVENTS).map(move |i| {
+            if i == 1 {
+                // The first event waits until the other client has asked.
+                gate.recv().expect("gate");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            made.fetch_add(1, Ordering::SeqCst);
+            format!("event {i}\n")
+        });
+        Response::new(ResponseBody::stream(events))
+    });
+    let mut events = Client::new(addr_of(&server));
+    events.send("GET /events HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut buf = Vec::new();
+    read_until(&mut events, &mut buf, "\r\n\r\n");
+    let mut other = Client::new(addr_of(&server));
+    other.send("GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    open.send(()).unwrap();
+    let answer = other.read_response();
+    let made_by_then = made.load(Ordering::SeqCst);
+    assert_eq!(answer.status, 200);
+    assert!(
+        made_by_then < EVENTS,
+        "the other client was answered only after all {EVENTS} events"
+    );
+    read_until(&mut events, &mut buf, &format!("event {EVENTS}\n"));
+    read_until(&mut events, &mut buf, "\r\n0\r\n\r\n");
+}
+
 #[test]
 fn each_chunk_is_on_the_wire_when_yielded_head_first() {
     for version in ["HTTP/1.1", "HTTP/1.0"] {
