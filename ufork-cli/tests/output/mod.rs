@@ -76,15 +76,18 @@ struct Stalled {
     sent: Instant,
 }
 
-fn stall_and_sigterm(graceful: Duration) -> Stalled {
-    // stdout is a pipe whose read end this test holds and never reads.
+/// Starts `command` with stdout a pipe whose read end (returned) the test
+/// holds and never reads, and stderr read to the end on a thread.
+fn start_into_stalled_stdout(
+    command: &mut std::process::Command,
+) -> (
+    Reap,
+    i32,
+    std::thread::JoinHandle<String>,
+    rustix::fd::OwnedFd,
+) {
     let (stalled, write) = rustix::pipe::pipe().expect("pipe");
-    let child = std::process::Command::new("sh")
-        .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_ufork"))
-        .args(["run", "-w", "2", "--graceful-timeout"])
-        .arg(graceful.as_secs().to_string())
-        .args(["--", "yes"])
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::from(write))
         .stderr(Stdio::piped())
@@ -102,6 +105,18 @@ fn stall_and_sigterm(graceful: Duration) -> Stalled {
         let _ = stderr.read_to_string(&mut text);
         text
     });
+    (child, pid, reader, stalled)
+}
+
+fn stall_and_sigterm(graceful: Duration) -> Stalled {
+    let (child, pid, reader, stalled) = start_into_stalled_stdout(
+        std::process::Command::new("sh")
+            .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_ufork"))
+            .args(["run", "-w", "2", "--graceful-timeout"])
+            .arg(graceful.as_secs().to_string())
+            .args(["--", "yes"]),
+    );
     // Two workers run, and the pipe fills up (`yes` keeps it full: the
     // capture's writer thread is soon blocked in write(2) on it; a pipe of
     // 16 pages holding partial pages counts as full below its size).
@@ -234,35 +249,18 @@ fn a_stdout_nobody_reads_drops_output_past_the_stall_timeout_and_the_workers_go_
     std::fs::create_dir_all(&dir).expect("temp dir");
     let done = dir.join("done");
     let _ = std::fs::remove_file(&done);
-    // stdout is a pipe whose read end this test holds and never reads.
-    let (stalled, write) = rustix::pipe::pipe().expect("pipe");
     // 20 MB of 100-byte lines: five times the 4 MiB queue.
     let script = format!(
         "yes {} | head -c 20000000; touch '{}'; exec sleep 1000",
         "x".repeat(99),
         done.display()
     );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ufork"))
-        .args(["run", "-w", "1", "--graceful-timeout", "1"])
-        .args(["--log-stall-timeout", "0.3", "--"])
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ufork");
-    let pid = child.id() as i32;
-    let mut child = Reap(Some(child));
-    let mut stderr = child
-        .0
-        .as_mut()
-        .and_then(|c| c.stderr.take())
-        .expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let (mut child, pid, reader, stalled) = start_into_stalled_stdout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ufork"))
+            .args(["run", "-w", "1", "--graceful-timeout", "1"])
+            .args(["--log-stall-timeout", "0.3", "--"])
+            .args(["sh", "-c", &script]),
+    );
     until("the worker wrote all of its output", || done.exists());
     let workers = children_of(pid);
     rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");

@@ -54,43 +54,7 @@ fn a_long_request_that_beats_survives_one_that_does_not_is_killed_and_named() {
     );
     let who = get(forked.addr, "/who").text();
     assert_eq!(who, "Some(0) Some(0) Some(Busy)");
-    let resp = get(forked.addr, "/beat");
-    assert_eq!(resp.text(), "finished\n");
-    assert!(
-        forked.handle.snapshot().history.is_empty(),
-        "the beating worker survived"
-    );
-
-    let mut client = Client::new(forked.addr);
-    client.send("GET /silent?id=7 HTTP/1.1\r\nHost: t\r\n\r\n");
-    // Killed mid-request: the client gets no response, just the end.
-    let mut rest = Vec::new();
-    let end = std::io::Read::read_to_end(&mut client.stream, &mut rest);
-    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
-    assert!(
-        end.is_ok()
-            || end
-                .as_ref()
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
-        "{end:?}"
-    );
-    // The replacement serves, as a new generation.
-    util::eventually("the replacement to serve", || {
-        get(forked.addr, "/who").text() == "Some(0) Some(1) Some(Busy)"
-    });
-    let outcome = forked.finish();
-    let killed = outcome
-        .history
-        .iter()
-        .find(|r| r.reason.as_str() == "timed-out")
-        .unwrap_or_else(|| panic!("{:?}", outcome.history));
-    assert!(
-        killed
-            .reason
-            .to_string()
-            .contains("GET /silent?id=7 HTTP/1.1"),
-        "{killed:?}"
-    );
+    beating_lives_silent_is_killed(forked, "GET /silent?id=7 HTTP/1.1");
     let lines = util::logged("timed out");
     assert!(
         lines
@@ -113,13 +77,20 @@ fn a_request_stuck_on_one_of_two_threads_is_killed_at_the_heartbeat_timeout() {
             .heartbeat_timeout(HEARTBEAT),
         long_app,
     );
+    beating_lives_silent_is_killed(forked, "GET /silent?id=9 HTTP/1.1");
+}
+
+/// `/beat` is answered and the worker lives; then `line` (a `/silent`
+/// request) gets no response, just the end of the connection, the
+/// replacement serves as a new generation, and the kill names `line`.
+fn beating_lives_silent_is_killed(forked: Forked, line: &str) {
     assert_eq!(get(forked.addr, "/beat").text(), "finished\n");
     assert!(
         forked.handle.snapshot().history.is_empty(),
         "the beating worker survived"
     );
     let mut client = Client::new(forked.addr);
-    client.send("GET /silent?id=9 HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.send(format!("{line}\r\nHost: t\r\n\r\n"));
     // Killed mid-request: the client gets no response, just the end.
     let mut rest = Vec::new();
     let end = std::io::Read::read_to_end(&mut client.stream, &mut rest);
@@ -140,13 +111,7 @@ fn a_request_stuck_on_one_of_two_threads_is_killed_at_the_heartbeat_timeout() {
         .iter()
         .find(|r| r.reason.as_str() == "timed-out")
         .unwrap_or_else(|| panic!("{:?}", outcome.history));
-    assert!(
-        killed
-            .reason
-            .to_string()
-            .contains("GET /silent?id=9 HTTP/1.1"),
-        "{killed:?}"
-    );
+    assert!(killed.reason.to_string().contains(line), "{killed:?}");
 }
 
 #[test]
