@@ -472,15 +472,29 @@ fn a_daemon_as_nobody_keeps_its_files_in_a_root_owned_directory() {
 /// end of file as soon as the launcher is gone, not when the pool stops.
 #[test]
 fn a_daemon_and_its_workers_hold_no_descriptor_the_launcher_inherited() {
+    daemon_lets_go_of_the_launchers_stdout(
+        "sh",
+        "exec \"$0\" \"$@\" 3>&1",
+        "2",
+        "the daemon or a worker still holds the launcher's fd 3",
+    );
+}
+
+/// Starts `ufork serve --daemon` with `workers` workers through `shell -c
+/// script`, which points an extra descriptor at the launcher's stdout and
+/// runs `"$0" "$@"`: the launcher exits 0 once the daemon serves, and its
+/// stdout reaches end of file (nobody holds the extra descriptor any more),
+/// or the test fails with `held` after `DEADLINE`.
+fn daemon_lets_go_of_the_launchers_stdout(shell: &str, script: &str, workers: &str, held: &str) {
     use std::io::Read;
     let dir = TempDir::new("daemon-inherited-fd");
     let pidfile = dir.join("d.pid");
     let _guard = DaemonGuard(pidfile.clone());
-    let mut launcher = std::process::Command::new("sh")
+    let mut launcher = std::process::Command::new(shell)
         .arg("-c")
-        .arg("exec \"$0\" \"$@\" 3>&1")
+        .arg(script)
         .arg(env!("CARGO_BIN_EXE_ufork"))
-        .args(["serve", "--bind", "127.0.0.1:0", "-w", "2", "--daemon"])
+        .args(["serve", "--bind", "127.0.0.1:0", "-w", workers, "--daemon"])
         .args(["--pidfile", pidfile.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -502,13 +516,10 @@ fn a_daemon_and_its_workers_hold_no_descriptor_the_launcher_inherited() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    assert!(status.success(), "{status:?} {stderr}");
-    // The daemon is up, both workers forked from it.
-    wait_ready(&dir.str("d.control.sock"), 2);
-    assert!(
-        rx.recv_timeout(DEADLINE).is_ok(),
-        "the daemon or a worker still holds the launcher's fd 3"
-    );
+    assert!(status.success(), "{script}: {status:?} {stderr}");
+    // The daemon is up, every worker forked from it.
+    wait_ready(&dir.str("d.control.sock"), workers.parse().unwrap());
+    assert!(rx.recv_timeout(DEADLINE).is_ok(), "{script}: {held}");
 }
 
 /// `-b 0.0.0.0:P -b [::]:P`, as nginx users write it: the IPv6 socket is
@@ -539,44 +550,12 @@ fn ipv4_and_ipv6_wildcards_on_one_port_are_both_served() {
 /// (`128:`, the hard one as it was) and under both.
 #[test]
 fn a_daemon_starts_with_an_inherited_descriptor_past_the_open_files_limit() {
-    use std::io::Read;
     for limits in ["128:", "128:128"] {
-        let dir = TempDir::new("daemon-fd-past-limit");
-        let pidfile = dir.join("d.pid");
-        let _guard = DaemonGuard(pidfile.clone());
-        let mut launcher = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "exec 251>&1; exec prlimit --nofile={limits} \"$0\" \"$@\""
-            ))
-            .arg(env!("CARGO_BIN_EXE_ufork"))
-            .args(["serve", "--bind", "127.0.0.1:0", "-w", "1", "--daemon"])
-            .args(["--pidfile", pidfile.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = launcher.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut out = String::new();
-            let _ = stdout.read_to_string(&mut out);
-            let _ = tx.send(out);
-        });
-        let status = launcher.wait().unwrap();
-        let mut stderr = String::new();
-        launcher
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        assert!(status.success(), "{limits}: {status:?} {stderr}");
-        wait_ready(&dir.str("d.control.sock"), 1);
-        assert!(
-            rx.recv_timeout(DEADLINE).is_ok(),
-            "{limits}: the daemon or its worker still holds the launcher's fd 251"
+        daemon_lets_go_of_the_launchers_stdout(
+            "bash",
+            &format!("exec 251>&1; exec prlimit --nofile={limits} \"$0\" \"$@\""),
+            "1",
+            "the daemon or its worker still holds the launcher's fd 251",
         );
     }
 }

@@ -89,7 +89,7 @@ fn a_stopping_server_answers_requests_on_held_connections_then_closes_them() {
 }
 
 /// Stops the pool; its worker must have been recycled on the way.
-fn finish_recycled(forked: Forked) {
+pub(super) fn finish_recycled(forked: Forked) {
     let outcome = forked.finish();
     assert!(
         outcome

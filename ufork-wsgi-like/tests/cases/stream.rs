@@ -320,6 +320,21 @@ fn requests_begun(addr: std::net::SocketAddr, raw: impl AsRef<[u8]>) -> Client {
     slow
 }
 
+/// A one-thread server of [`streams`] logging each request, in Common
+/// format, to a fresh file named after `name`.
+fn logged_streams(name: &str) -> (ufork_wsgi_like::LocalServer, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("ufork-wsgi-{name}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let server = local(
+        Server::builder().access_log_to(ufork_wsgi_like::AccessLog {
+            format: ufork_wsgi_like::AccessFormat::Common,
+            sink: ufork_wsgi_like::AccessSink::File(log.clone()),
+        }),
+        streams,
+    );
+    (server, log)
+}
+
 /// Clients that take nothing of large streams hold no serving thread: the
 /// rest of each goes out from the event loop as its socket drains, the app
 /// asked for the next chunk only once the socket took the last, so another
@@ -331,15 +346,7 @@ fn requests_begun(addr: std::net::SocketAddr, raw: impl AsRef<[u8]>) -> Client {
 /// stream's body bytes once it ended.
 #[test]
 fn slow_readers_of_streams_hold_no_serving_thread() {
-    let log = std::env::temp_dir().join(format!("ufork-wsgi-streams-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let server = local(
-        Server::builder().access_log_to(ufork_wsgi_like::AccessLog {
-            format: ufork_wsgi_like::AccessFormat::Common,
-            sink: ufork_wsgi_like::AccessSink::File(log.clone()),
-        }),
-        streams,
-    );
+    let (server, log) = logged_streams("streams");
     let addr = addr_of(&server);
     let mut chunked = stream_begun(addr, "/big");
     chunked.send("GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -496,15 +503,7 @@ fn a_stop_during_a_stream_finishes_it_and_serves_others_meanwhile() {
 /// (status 0, no bytes), as it does for one whose client reset it.
 #[test]
 fn a_stream_failing_after_the_socket_filled_resets_the_connection() {
-    let log = std::env::temp_dir().join(format!("ufork-wsgi-failing-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
-    let server = local(
-        Server::builder().access_log_to(ufork_wsgi_like::AccessLog {
-            format: ufork_wsgi_like::AccessFormat::Common,
-            sink: ufork_wsgi_like::AccessSink::File(log.clone()),
-        }),
-        streams,
-    );
+    let (server, log) = logged_streams("failing");
     let addr = addr_of(&server);
     for path in ["/big-panics", "/big-fails", "/big-short"] {
         let mut slow = stream_begun(addr, path);
@@ -562,15 +561,7 @@ fn a_recycling_worker_closes_after_a_long_stream_that_left_the_body_unread() {
     );
     slow.assert_closed();
     assert_eq!(crate::util::get(forked.addr, "/").text(), "hello\n");
-    let outcome = forked.finish();
-    assert!(
-        outcome
-            .history
-            .iter()
-            .any(|r| r.reason == ufork_core::ExitReason::Recycled),
-        "{:?}",
-        outcome.history
-    );
+    super::drain::finish_recycled(forked);
 }
 
 /// A client that takes an endless stream as fast as it is made, so that
