@@ -5,7 +5,9 @@
 //! something else slows each of them alike. Each row shows the medians of
 //! req/s and p99, the p99 range, the server's CPU time and context switches
 //! per request (every thread of every process of it), and how the
-//! connections were split between its workers.
+//! connections were split between its workers, and the burst: 64
+//! connections opened one after another with a request sent on each at
+//! once, as a wrk run starts, until every one is answered.
 //!
 //! The contenders separate three suspects: the split of connections
 //! between workers (the floor with a shared listener often gives one
@@ -17,10 +19,14 @@
 //! row tests the mechanism: the floor with 1 µs more per request that
 //! yields the CPU (`sched_yield`) after every wait that found 4 or more
 //! connections ready, letting the co-located wrk run before the scheduler
-//! tick would. p50 is shown beside p99: with wrk's closed loop of 64
-//! connections the mean latency is 64 ÷ req/s whatever the server does
-//! (Little's law), so a shorter tail at the same req/s means a longer
-//! median.
+//! tick would. p50 is shown beside p99, since cutting the tail can cost
+//! the median. wrk corrects its latency histogram for coordinated omission:
+//! a response that took at least twice the mean interval between requests
+//! on a connection (about 0.5 ms here) adds samples for the requests it held
+//! up, one per interval. So a connection stalled for a few ms weighs in
+//! wrk's percentiles as many slow requests, and p99 says how much of the
+//! run connections spent stalled (a burst's first answers included) more
+//! than how many requests were slow; its mean exceeds 64 ÷ req/s.
 
 use std::time::Duration;
 
@@ -91,6 +97,7 @@ const CONTENDERS: [Contender; 8] = [
 /// One round of one contender.
 struct Round {
     m: Measure,
+    burst_ms: f64,
     cpu_us: f64,
     switches: f64,
     split: String,
@@ -112,6 +119,8 @@ fn measure(ctx: &Ctx, c: &Contender) -> Result<Round, String> {
         "-".into()
     };
     let m = load::finish(wrk).map_err(|e| e.to_string())?;
+    // After the load, so that its connections do not count in the split.
+    let burst_ms = burst(port).map_err(|e| format!("burst: {e}"))?;
     let (mut switches, mut cpu_ns) = (0u64, 0u64);
     for (&p, &(s0, c0)) in pids.iter().zip(&before) {
         let (s1, c1) = procs::switches_and_cpu(p);
@@ -122,10 +131,34 @@ fn measure(ctx: &Ctx, c: &Contender) -> Result<Round, String> {
     let requests = (m.rps * ctx.secs as f64).max(1.0);
     Ok(Round {
         m,
+        burst_ms,
         cpu_us: cpu_ns as f64 / 1e3 / requests,
         switches: switches as f64 / requests,
         split,
     })
+}
+
+/// Opens [`CONNECTIONS`] connections one after another, sends a request on
+/// each as soon as it is open (as `wrk` starts), and returns how long it took
+/// until every one had its answer, in ms: a burst that waits on the
+/// listener shows here.
+fn burst(port: u16) -> std::io::Result<f64> {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        conns.push(conn);
+    }
+    let mut buf = [0u8; 4096];
+    for conn in &mut conns {
+        if conn.read(&mut buf)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -157,8 +190,8 @@ pub fn run(ctx: &Ctx) {
         }
     }
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>19} {:>12} {:>12}  splits",
-        "server", "req/s", "p50", "p99", "p99 range", "CPU µs/req", "switch/req"
+        "{:<34} {:>10} {:>9} {:>9} {:>19} {:>12} {:>12} {:>9}  splits",
+        "server", "req/s", "p50", "p99", "p99 range", "CPU µs/req", "switch/req", "burst"
     );
     for (i, c) in CONTENDERS.iter().enumerate() {
         let r = &results[i];
@@ -172,7 +205,7 @@ pub fn run(ctx: &Ctx) {
         let hi = p99s.iter().copied().fold(0.0, f64::max);
         let splits: Vec<&str> = r.iter().map(|x| x.split.as_str()).collect();
         println!(
-            "{:<34} {:>10.0} {:>7.2}ms {:>7.2}ms {:>19} {:>12.2} {:>12.3}  {}",
+            "{:<34} {:>10.0} {:>7.2}ms {:>7.2}ms {:>19} {:>12.2} {:>12.3} {:>7.2}ms  {}",
             c.name,
             median(r.iter().map(|x| x.m.rps).collect()),
             median(r.iter().map(|x| x.m.p50_ms).collect()),
@@ -180,6 +213,7 @@ pub fn run(ctx: &Ctx) {
             format!("{lo:.2}–{hi:.2}ms"),
             median(r.iter().map(|x| x.cpu_us).collect()),
             median(r.iter().map(|x| x.switches).collect()),
+            median(r.iter().map(|x| x.burst_ms).collect()),
             splits.join(" ")
         );
     }
