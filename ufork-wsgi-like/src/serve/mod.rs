@@ -17,11 +17,13 @@
 //! [`dispatch`] calls the app and writes every answer, the app's and the
 //! rejections of bad input, through one reply path; [`worker`] is what the
 //! threads of one worker share; [`balance`] keeps the load on a shared
-//! listener even across workers.
+//! listener even across workers; [`turn`] lets the kernel end a busy
+//! thread's turn on the CPU when its slice is used up, not at the tick.
 
 pub(crate) mod balance;
 mod conn;
 mod dispatch;
+mod turn;
 mod worker;
 
 use std::fmt;
@@ -40,6 +42,7 @@ use rustix::net::SocketFlags;
 use self::balance::{Balance, Table};
 use self::conn::{Conn, Next, State, deadline_after, stop_window};
 use self::dispatch::Dispatch;
+use self::turn::Turn;
 pub(crate) use self::worker::{Config, WorkerShared, panic_message};
 use crate::body::{Heartbeat, Input, lock};
 use crate::{Error, PeerAddr, Result, UnixSocketPath};
@@ -157,6 +160,7 @@ pub(crate) fn run(
         accept_resume: None,
         balance: Balance::new(table, cell),
         next_check: Some(Instant::now()),
+        turn: Turn::new(Instant::now()),
     };
     worker.set_up();
     lp.run()
@@ -227,6 +231,8 @@ struct Loop<'w> {
     /// When to look at the connections' deadlines next (`None`: nothing
     /// to look at until a connection sets a deadline).
     next_check: Option<Instant>,
+    /// How long this thread has run without a pause (see [`turn`]).
+    turn: Turn,
 }
 
 fn timespec(d: Duration) -> rustix::time::Timespec {
@@ -272,6 +278,11 @@ impl Loop<'_> {
                 self.event(token, false);
             }
             let now = Instant::now();
+            if !events.is_empty() {
+                // Every answer of this wake-up is written: a good moment to
+                // let the kernel end this thread's turn (see [`turn`]).
+                self.turn.worked(now);
+            }
             if self.next_check.is_some_and(|c| now >= c) {
                 self.check_timeouts(now);
             }
