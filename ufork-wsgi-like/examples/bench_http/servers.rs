@@ -323,12 +323,21 @@ mod floor {
         Some(super::env_usize("UFORK_BENCH_YIELD")).filter(|&n| n > 0)
     }
 
+    /// `UFORK_BENCH_CLOCK=1`: read the thread's CPU clock at most every
+    /// 250 µs after a wait that found work, as ufork-wsgi-like's serving
+    /// loop does (`serve/turn.rs`), to show what that does to the tail.
+    fn reads_clock() -> bool {
+        super::env_usize("UFORK_BENCH_CLOCK") > 0
+    }
+
     fn serve_worker(
         listener: &TcpListener,
         worker: &ufork_core::Worker,
         spin: Duration,
     ) -> std::io::Result<()> {
         let yield_after = yield_after();
+        let reads_clock = reads_clock();
+        let mut clock_read = Instant::now();
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let flags = epoll::EventFlags::IN;
         epoll::add(
@@ -352,6 +361,13 @@ mod floor {
             epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None)?;
             if yield_after.is_some_and(|n| events.len() >= n) {
                 std::thread::yield_now();
+            }
+            if reads_clock
+                && !events.is_empty()
+                && clock_read.elapsed() >= Duration::from_micros(250)
+            {
+                clock_read = Instant::now();
+                let _ = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
             }
             for event in &events {
                 match event.data.u64() {

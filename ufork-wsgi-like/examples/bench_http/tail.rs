@@ -15,11 +15,14 @@
 //! work done per request (the floor spending 1 µs more on each), and
 //! whether a connection is pinned to one thread (hyper on one runtime of
 //! two threads, where an idle thread takes over a busy one's ready
-//! connections, against hyper on two single-threaded runtimes). One more
-//! row tests the mechanism: the floor with 1 µs more per request that
-//! yields the CPU (`sched_yield`) after every wait that found 4 or more
+//! connections, against hyper on two single-threaded runtimes). Two more
+//! rows test the mechanism, each on the floor with 1 µs more per request:
+//! one yields the CPU (`sched_yield`) after every wait that found 4 or more
 //! connections ready, letting the co-located wrk run before the scheduler
-//! tick would. p50 is shown beside p99, since cutting the tail can cost
+//! tick would; the other reads its thread's CPU clock at most every 250 µs
+//! after a wait that found work, as ufork-wsgi-like's loop does, which
+//! lets the kernel end its turn when the slice is used up (see the serving
+//! loop's `turn` module). p50 is shown beside p99, since cutting the tail can cost
 //! the median. wrk corrects its latency histogram for coordinated omission:
 //! a response that took at least twice the mean interval between requests
 //! on a connection (about 0.5 ms here) adds samples for the requests it held
@@ -43,7 +46,7 @@ struct Contender {
     env: &'static [(&'static str, &'static str)],
 }
 
-const CONTENDERS: [Contender; 8] = [
+const CONTENDERS: [Contender; 9] = [
     Contender {
         name: "ufork-wsgi-like -w 2",
         spec: Spec::Rust("ufork"),
@@ -79,6 +82,12 @@ const CONTENDERS: [Contender; 8] = [
         spec: Spec::Rust("floor-reuseport"),
         workers: 2,
         env: &[("UFORK_BENCH_SPIN_NS", "1000"), ("UFORK_BENCH_YIELD", "4")],
+    },
+    Contender {
+        name: "floor rp +1 µs/req, clock reads",
+        spec: Spec::Rust("floor-reuseport"),
+        workers: 2,
+        env: &[("UFORK_BENCH_SPIN_NS", "1000"), ("UFORK_BENCH_CLOCK", "1")],
     },
     Contender {
         name: "hyper, 2 threads",
