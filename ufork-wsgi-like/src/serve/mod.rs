@@ -316,11 +316,14 @@ impl Loop<'_> {
             Some(Duration::ZERO)
         };
         events.clear();
-        match epoll::wait(
+        let waited = epoll::wait(
             &self.epoll,
             rustix::buffer::spare_capacity(events),
             timeout.map(timespec).as_ref(),
-        ) {
+        );
+        // A wait that slept (or lost the CPU) ends the thread's turn.
+        self.turn.waited(now, Instant::now());
+        match waited {
             Ok(_) | Err(Errno::INTR) => Ok(()),
             Err(e) => Err(Error::Wait(e.into())),
         }

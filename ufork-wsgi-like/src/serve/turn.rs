@@ -7,14 +7,14 @@
 //! waits as long — another worker, or the proxy or client in front of it
 //! on the same machine, whose next requests the worker needs.
 //!
-//! So a working thread reads its own CPU clock every [`CHECK`] of wall
-//! time (the read is a system call, ~0.5 µs here, so not on every
-//! wake-up). Reading a thread's CPU clock makes the kernel bring the
+//! So a thread that has worked for [`CHECK`] without sleeping in its wait
+//! reads its own CPU clock, and again every [`CHECK`] while that lasts
+//! (the read is a system call, ~0.5 µs here, so not on every wake-up, and
+//! not at all for a thread that sleeps between requests). Reading a thread's CPU clock makes the kernel bring the
 //! thread's run time up to date, and Linux's EEVDF scheduler (6.6 and
 //! later) then ends a turn whose slice is used up, if another task waits
 //! for the CPU, at once instead of at the next tick. Nothing changes for a
-//! thread that nobody waits behind, nor for one that sleeps between
-//! requests (it is not working when it would read).
+//! thread that nobody waits behind.
 //!
 //! Measured with wrk -t2 -c64 beside two workers on 2 CPUs (hello world,
 //! 4 alternating rounds of 6 s, medians): keep-alive p99 7.9 ms without
@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 /// the shortest default EEVDF slice (0.75 ms on one CPU, 1.5 ms on two).
 pub(crate) const CHECK: Duration = Duration::from_micros(250);
 
-/// When a serving thread last read its CPU clock.
+/// A wait that took this long slept, or the thread lost the CPU in it.
+const SLEPT: Duration = Duration::from_micros(50);
+
+/// When a serving thread last slept in its wait or read its CPU clock.
 #[derive(Debug)]
 pub(crate) struct Turn {
     read: Instant,
@@ -40,9 +43,17 @@ impl Turn {
         Self { read: now }
     }
 
+    /// A wait began at `began` and ended at `now`: if it slept, the thread
+    /// starts a new stretch of work.
+    pub(crate) fn waited(&mut self, began: Instant, now: Instant) {
+        if now.saturating_duration_since(began) >= SLEPT {
+            self.read = now;
+        }
+    }
+
     /// After a wake-up that found work, at `now`: reads the thread's CPU
-    /// clock if [`CHECK`] has passed since the last read (the kernel may
-    /// end the thread's turn on the way back from that read).
+    /// clock if it has worked [`CHECK`] since it last slept or read it (the
+    /// kernel may end the thread's turn on the way back from that read).
     pub(crate) fn worked(&mut self, now: Instant) {
         if self.due(now) {
             self.read = now;
@@ -85,6 +96,26 @@ mod tests {
             }
         }
         assert_eq!(reads, 10);
+    }
+
+    #[test]
+    fn a_thread_that_sleeps_between_wake_ups_never_reads_the_clock() {
+        let t0 = Instant::now();
+        let mut turn = Turn::new(t0);
+        let mut now = t0;
+        for _ in 0..100 {
+            // 300 µs asleep in the wait, then 20 µs of work.
+            let began = now;
+            now += Duration::from_micros(300);
+            turn.waited(began, now);
+            now += Duration::from_micros(20);
+            turn.worked(now);
+            assert!(turn.read < now);
+        }
+        // Waits that return at once do not count as sleep.
+        let read = turn.read;
+        turn.waited(now, now + Duration::from_micros(2));
+        assert_eq!(turn.read, read);
     }
 
     #[test]
