@@ -274,11 +274,12 @@ impl Loop<'_> {
                 }
             }
             std::mem::swap(&mut again, &mut self.pending);
+            let worked = !events.is_empty() || !again.is_empty();
             for token in again.drain(..) {
                 self.event(token, false);
             }
             let now = Instant::now();
-            if !events.is_empty() {
+            if worked {
                 // Every answer of this wake-up is written: a good moment to
                 // let the kernel end this thread's turn (see [`turn`]).
                 self.turn.worked(now);
@@ -321,7 +322,8 @@ impl Loop<'_> {
             rustix::buffer::spare_capacity(events),
             timeout.map(timespec).as_ref(),
         );
-        // A wait that slept (or lost the CPU) ends the thread's turn.
+        // A wait that slept (or lost the CPU) starts a new stretch of work;
+        // one that did not continues it (see [`turn`]).
         self.turn.waited(now, Instant::now());
         match waited {
             Ok(_) | Err(Errno::INTR) => Ok(()),
