@@ -151,10 +151,10 @@
 //! - Load on the shared listener is balanced by open connections, not by
 //!   busy time: idle threads take new connections in turn, and a thread
 //!   holding clearly more than the mean of every thread's connections (a
-//!   count kept in a table shared by the workers) stands aside for 1 ms,
+//!   count kept in a table shared by the workers) stands aside for 1–2 ms,
 //!   so a burst (64 keep-alive connections opened at once) spreads evenly.
 //!   A connection that arrives while every thread holding fewer is busy in
-//!   a long request can wait that 1 ms for a thread that stands aside.
+//!   a long request can wait those 1–2 ms for a thread that stands aside.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

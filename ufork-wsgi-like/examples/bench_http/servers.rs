@@ -324,8 +324,10 @@ mod floor {
     }
 
     /// `UFORK_BENCH_CLOCK=1`: read the thread's CPU clock at most every
-    /// 250 µs after a wait that found work, as ufork-wsgi-like's serving
-    /// loop does (`serve/turn.rs`), to show what that does to the tail.
+    /// 250 µs, once the answers of a wait that found work are written, much
+    /// as ufork-wsgi-like's serving loop does (`serve/turn.rs`, which also
+    /// skips the read while its waits sleep), to show what that does to
+    /// the tail.
     fn reads_clock() -> bool {
         super::env_usize("UFORK_BENCH_CLOCK") > 0
     }
@@ -361,13 +363,6 @@ mod floor {
             epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), None)?;
             if yield_after.is_some_and(|n| events.len() >= n) {
                 std::thread::yield_now();
-            }
-            if reads_clock
-                && !events.is_empty()
-                && clock_read.elapsed() >= Duration::from_micros(250)
-            {
-                clock_read = Instant::now();
-                let _ = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
             }
             for event in &events {
                 match event.data.u64() {
@@ -412,6 +407,15 @@ mod floor {
                         }
                     }
                 }
+            }
+            // Once the answers are written, as ufork-wsgi-like's loop does
+            // (without its check that the waits did not sleep).
+            if reads_clock
+                && !events.is_empty()
+                && clock_read.elapsed() >= Duration::from_micros(250)
+            {
+                let _ = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+                clock_read = Instant::now();
             }
         }
     }

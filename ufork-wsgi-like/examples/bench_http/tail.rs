@@ -7,7 +7,9 @@
 //! per request (every thread of every process of it), and how the
 //! connections were split between its workers, and the burst: 64
 //! connections opened one after another with a request sent on each at
-//! once, as a wrk run starts, until every one is answered.
+//! once, as a wrk run starts, until every one is answered (measured once
+//! the server holds none of wrk's connections; the client's own connecting
+//! and writing, ~2 ms, is part of it).
 //!
 //! The contenders separate three suspects: the split of connections
 //! between workers (the floor with a shared listener often gives one
@@ -20,16 +22,17 @@
 //! one yields the CPU (`sched_yield`) after every wait that found 4 or more
 //! connections ready, letting the co-located wrk run before the scheduler
 //! tick would; the other reads its thread's CPU clock at most every 250 µs
-//! after a wait that found work, as ufork-wsgi-like's loop does, which
-//! lets the kernel end its turn when the slice is used up (see the serving
-//! loop's `turn` module). p50 is shown beside p99, since cutting the tail can cost
+//! once a wait's answers are written, much as ufork-wsgi-like's loop does,
+//! which lets the kernel end its turn when the slice is used up (see the
+//! serving loop's `turn` module). p50 is shown beside p99, since cutting the tail can cost
 //! the median. wrk corrects its latency histogram for coordinated omission:
 //! a response that took at least twice the mean interval between requests
 //! on a connection (about 0.5 ms here) adds samples for the requests it held
 //! up, one per interval. So a connection stalled for a few ms weighs in
 //! wrk's percentiles as many slow requests, and p99 says how much of the
 //! run connections spent stalled (a burst's first answers included) more
-//! than how many requests were slow; its mean exceeds 64 ÷ req/s.
+//! than how many requests were slow, and its mean is not bound by
+//! 64 ÷ req/s.
 
 use std::time::Duration;
 
@@ -120,6 +123,13 @@ fn measure(ctx: &Ctx, c: &Contender) -> Result<Round, String> {
     let before: Vec<(u64, u64)> = pids.iter().map(|&p| procs::switches_and_cpu(p)).collect();
     let workers = procs::children(peer.pid());
     let idle: Vec<usize> = workers.iter().map(|&w| procs::sockets(w)).collect();
+    // The processes holding the connections: the workers, or the server.
+    let holders = if workers.is_empty() {
+        vec![peer.pid()]
+    } else {
+        workers.clone()
+    };
+    let held: Vec<usize> = holders.iter().map(|&p| procs::sockets(p)).collect();
     let wrk = load::start(port, "/", CONNECTIONS, ctx.secs).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_secs(ctx.secs) / 2);
     let split = if workers.len() > 1 {
@@ -128,7 +138,17 @@ fn measure(ctx: &Ctx, c: &Contender) -> Result<Round, String> {
         "-".into()
     };
     let m = load::finish(wrk).map_err(|e| e.to_string())?;
-    // After the load, so that its connections do not count in the split.
+    // After the load, once the server has closed its connections (or 2 s
+    // passed): they count neither in the split nor in ufork's balance.
+    let settle = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < settle
+        && holders
+            .iter()
+            .zip(&held)
+            .any(|(&p, &n)| procs::sockets(p) > n)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let burst_ms = burst(port).map_err(|e| format!("burst: {e}"))?;
     let (mut switches, mut cpu_ns) = (0u64, 0u64);
     for (&p, &(s0, c0)) in pids.iter().zip(&before) {

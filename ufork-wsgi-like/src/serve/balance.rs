@@ -37,7 +37,8 @@ use rustix::fs::MemfdFlags;
 /// ones holding fewer are busy in long requests, is not kept waiting long.
 /// At 20 ms two workers standing aside in turns kept the first answers to
 /// 64 connects waiting 42 ms at the median and 81 ms at most; at 1 ms the
-/// last comes within 5 ms.
+/// last came within 5 ms. The loop's wait rounds its timeout up to whole
+/// milliseconds, so standing aside lasts 1–2 ms.
 pub(crate) const STAND_ASIDE: Duration = Duration::from_millis(1);
 
 /// Bytes per cell: a little-endian `u64`, 0 for no thread, else one more
