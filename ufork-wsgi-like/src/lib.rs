@@ -155,6 +155,17 @@
 //!   so a burst (64 keep-alive connections opened at once) spreads evenly.
 //!   A connection that arrives while every thread holding fewer is busy in
 //!   a long request can wait those 1–2 ms for a thread that stands aside.
+//!   Keep-alive connections already held are moved too: a thread holding
+//!   clearly more than the mean (the survivor that took the connections of
+//!   a worker that exited, before its replacement was up) while it has
+//!   more work than it can do answers the next requests on its excess
+//!   connections with `Connection: close`, looking at most every 2 ms while
+//!   it works, so their clients reconnect to the threads holding fewer.
+//!   Never on a connection with a request buffered behind the answer, nor
+//!   under a light load; while what it shed keeps coming back (the others
+//!   busy), it looks less often, down to once a second. A client must
+//!   expect a keep-alive connection to close after any answer that says
+//!   `Connection: close`, as HTTP/1.1 allows.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

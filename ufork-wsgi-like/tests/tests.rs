@@ -465,7 +465,15 @@ fn several_threads_serve() {
             let addr = addr_of(&server);
             std::thread::spawn(move || {
                 let mut client = Client::new(addr);
-                (0..20).all(|_| client.get("/").status == 200)
+                (0..20).all(|_| {
+                    let resp = client.get("/");
+                    if resp.closes() {
+                        // A thread holding more than its share may close
+                        // a keep-alive connection after an answer.
+                        client = Client::new(addr);
+                    }
+                    resp.status == 200
+                })
             })
         })
         .collect();

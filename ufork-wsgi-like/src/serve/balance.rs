@@ -24,6 +24,24 @@
 //! exited worker take their cells out of the count (the arbiter clears a
 //! dead worker's), so a thread that will never accept again does not keep
 //! the others out.
+//!
+//! Standing aside only steers connections still to come. Keep-alive
+//! connections can live as long as their client (wrk, a proxy's upstream
+//! pool): when a worker exits (a recycle, a crash, a restart) its clients
+//! reconnect to the others at once, and its replacement, up a millisecond
+//! later, would get nothing to serve for as long as those connections live
+//! (measured under `wrk -c64` with `--max-requests 20000`: 64 / 0
+//! connections until the survivor's own recycle, one CPU idle). So a
+//! thread that holds clearly more than the mean also sheds its excess
+//! ([`Balance::look`], [`excess`]) while it has more work than it can do:
+//! the next answers on that many of its connections say `Connection:
+//! close`, their clients reconnect, and the reconnections go to the
+//! threads holding fewer, as the thread that shed them stands aside once
+//! it accepts one back. It looks at most every [`SHED_LOOK`], only while it
+//! works anyway (an idle worker is never woken for it), and looks less
+//! often (up to [`SHED_LOOK_MAX`]) while what it shed keeps coming back to
+//! it (the threads holding fewer are busy in long requests, say), so a
+//! stuck imbalance costs at most its excess in reconnections a second.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -40,6 +58,12 @@ use rustix::fs::MemfdFlags;
 /// last came within 5 ms. The loop's wait rounds its timeout up to whole
 /// milliseconds, so standing aside lasts 1–2 ms.
 pub(crate) const STAND_ASIDE: Duration = Duration::from_millis(1);
+
+/// How often a thread holding more than its share may shed connections.
+pub(crate) const SHED_LOOK: Duration = Duration::from_millis(2);
+
+/// The longest a thread waits between looks while what it shed came back.
+pub(crate) const SHED_LOOK_MAX: Duration = Duration::from_secs(1);
 
 /// Bytes per cell: a little-endian `u64`, 0 for no thread, else one more
 /// than the connections the thread holds.
@@ -113,8 +137,24 @@ pub(crate) fn over_share(mine: u64, cells: impl Iterator<Item = u64>) -> bool {
     16 * threads * u128::from(mine) > 17 * total + 16 * threads
 }
 
+/// How many connections a thread holding `mine` should shed: none unless it
+/// holds clearly more than the mean ([`over_share`]), else what it holds
+/// above the mean (rounded up), so that shedding never takes a thread
+/// below it.
+pub(crate) fn excess(mine: u64, cells: impl Iterator<Item = u64> + Clone) -> u64 {
+    if !over_share(mine, cells.clone()) {
+        return 0;
+    }
+    let (threads, total) = cells
+        .filter(|&c| c > 0)
+        .fold((0u128, 0u128), |(n, t), c| (n + 1, t + u128::from(c - 1)));
+    // over_share found at least one thread, so `threads` is not 0.
+    let mean_up = total.div_ceil(threads.max(1));
+    u64::try_from(u128::from(mine).saturating_sub(mean_up)).unwrap_or(0)
+}
+
 /// One serving thread's part: its cell, the connections it holds, and
-/// whether it stands aside.
+/// whether it stands aside or sheds.
 #[derive(Debug)]
 pub(crate) struct Balance<'t> {
     table: Option<&'t Table>,
@@ -123,6 +163,13 @@ pub(crate) struct Balance<'t> {
     buf: Vec<u8>,
     /// Standing aside until then.
     aside_until: Option<Instant>,
+    /// No look at the table for shedding before then.
+    next_look: Option<Instant>,
+    /// The wait between looks: [`SHED_LOOK`], doubled while what was shed
+    /// came back.
+    look_every: Duration,
+    /// The connections held when the last look shed some.
+    shed_from: Option<u64>,
 }
 
 impl<'t> Balance<'t> {
@@ -135,6 +182,9 @@ impl<'t> Balance<'t> {
             open: 0,
             buf: Vec::new(),
             aside_until: None,
+            next_look: None,
+            look_every: SHED_LOOK,
+            shed_from: None,
         };
         balance.publish();
         balance
@@ -168,6 +218,48 @@ impl<'t> Balance<'t> {
             return self.aside_until.is_some();
         }
         false
+    }
+
+    /// How many of its connections this thread should close after their
+    /// next answer, if it is time to look at the table (`None`: not time to
+    /// look; the last answer stands). None unless `saturated` says the
+    /// thread had more work than it could do since the last look: under a
+    /// light load an uneven split costs nothing, and closing connections
+    /// would cost their clients a reconnection. Called after work, never on
+    /// a timer.
+    pub(crate) fn look(&mut self, now: Instant, saturated: impl FnOnce() -> bool) -> Option<u64> {
+        let table = self.table?;
+        if self.next_look.is_some_and(|at| now < at) {
+            return None;
+        }
+        if !saturated() {
+            self.shed_from = None;
+            self.look_every = SHED_LOOK;
+            self.next_look = now.checked_add(SHED_LOOK);
+            return Some(0);
+        }
+        if let Some(before) = self.shed_from.take() {
+            // What the last look shed was taken back: the threads holding
+            // fewer did not take it. Look less often.
+            self.look_every = if self.open >= before {
+                self.look_every.saturating_mul(2).min(SHED_LOOK_MAX)
+            } else {
+                SHED_LOOK
+            };
+        }
+        self.next_look = now.checked_add(self.look_every);
+        if self.open <= 2 {
+            return Some(0);
+        }
+        let cells = table.read(&mut self.buf);
+        let counts = cells
+            .chunks_exact(CELL)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; CELL])));
+        let shed = excess(self.open, counts);
+        if shed > 0 {
+            self.shed_from = Some(self.open);
+        }
+        Some(shed)
     }
 
     /// A connection was closed.
@@ -206,7 +298,7 @@ impl<'t> Balance<'t> {
 mod tests {
     use super::*;
 
-    fn cells(counts: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    fn cells(counts: &[u64]) -> impl Iterator<Item = u64> + Clone + '_ {
         counts.iter().map(|&c| c + 1)
     }
 
@@ -271,6 +363,86 @@ mod tests {
         table.clear_slot(0, 3);
         let mut buf = Vec::new();
         assert!(table.read(&mut buf).iter().all(|&b| b == 0));
+    }
+
+    impl Balance<'_> {
+        fn look_busy(&mut self, now: Instant) -> Option<u64> {
+            self.look(now, || true)
+        }
+    }
+
+    #[test]
+    fn a_thread_sheds_only_what_it_holds_over_the_mean() {
+        // A replacement came up beside a thread that took every connection.
+        assert_eq!(excess(64, cells(&[64, 0])), 32);
+        assert_eq!(excess(64, cells(&[64, 0, 32])), 32);
+        // Rounded so that shedding never takes it below the mean.
+        assert_eq!(excess(3, cells(&[3, 0])), 1);
+        assert_eq!(excess(4, cells(&[4, 0])), 2);
+        // Near misses, even counts and a lone thread shed nothing.
+        assert_eq!(excess(22, cells(&[22, 19, 19])), 0);
+        assert_eq!(excess(32, cells(&[32, 32])), 0);
+        assert_eq!(excess(64, cells(&[64])), 0);
+        assert_eq!(excess(5, [0u64, 0, 6].iter().copied()), 0);
+        assert_eq!(
+            excess(u64::MAX - 1, cells(&[u64::MAX - 1, u64::MAX - 1])),
+            0
+        );
+        assert_eq!(
+            excess(u64::MAX - 1, cells(&[u64::MAX - 1, 0])),
+            u64::MAX / 2
+        );
+    }
+
+    #[test]
+    fn a_thread_looks_at_most_every_shed_look_and_less_often_when_shed_comes_back() {
+        let table = Table::new().unwrap();
+        let t0 = Instant::now();
+        let mut a = Balance::new(Some(&table), 0);
+        let mut b = Balance::new(Some(&table), 1);
+        for _ in 0..10 {
+            a.accepted(t0);
+        }
+        // 10 against 0: shed 5, then not before SHED_LOOK.
+        assert_eq!(a.look_busy(t0), Some(5));
+        assert_eq!(a.look_busy(t0 + SHED_LOOK / 2), None);
+        // Nothing shed left: the connections came back (b is busy, say).
+        // The wait doubles each time, up to SHED_LOOK_MAX.
+        let mut at = t0 + SHED_LOOK;
+        let mut every = SHED_LOOK;
+        for _ in 0..12 {
+            assert_eq!(a.look_busy(at), Some(5), "at {every:?}");
+            every = (every * 2).min(SHED_LOOK_MAX);
+            assert_eq!(a.look_busy(at + every - Duration::from_nanos(1)), None);
+            at += every;
+        }
+        assert_eq!(every, SHED_LOOK_MAX);
+        // Once shedding took effect (b took them), the wait is SHED_LOOK
+        // again.
+        for _ in 0..5 {
+            a.closed();
+            b.accepted(at);
+        }
+        assert_eq!(a.look_busy(at), Some(0));
+        assert_eq!(a.look_busy(at + SHED_LOOK), Some(0));
+        // Not saturated: nothing to shed, and the next look in SHED_LOOK.
+        for _ in 0..5 {
+            a.accepted(at);
+        }
+        at += SHED_LOOK * 2;
+        assert_eq!(a.look(at, || false), Some(0));
+        assert_eq!(
+            a.look(at + SHED_LOOK - Duration::from_nanos(1), || true),
+            None
+        );
+        // 10 against 5: shed 2.
+        assert_eq!(a.look_busy(at + SHED_LOOK), Some(2));
+        // Two connections or fewer, a stop, or no table: nothing to shed.
+        a.leave();
+        assert_eq!(a.look_busy(at + SHED_LOOK_MAX), None);
+        let mut lone = Balance::new(None, 0);
+        lone.accepted(t0);
+        assert_eq!(lone.look_busy(t0), None);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub(super) struct Dispatch<'w> {
     /// [`take_rest`](Self::take_rest)), and for a streamed one what is
     /// left to do once it ends.
     rest: Option<(Box<Rest>, Option<Box<StreamEnd>>)>,
+    /// How many more keep-alive connections to close after their next
+    /// answer: this thread holds more than its share (see
+    /// [`Balance::look`](super::balance::Balance::look)).
+    pub(super) shed: u64,
 }
 
 /// What is left to do for a streamed answer once the event loop has sent
@@ -108,6 +112,7 @@ impl<'w> Dispatch<'w> {
             user_agent: None,
             heartbeat: Heartbeat::new(worker.vitals.clone()),
             rest: None,
+            shed: 0,
         }
     }
 
@@ -360,6 +365,12 @@ impl<'w> Dispatch<'w> {
         let recycling = self.worker.count();
         let body_left = streamed && input.framing != Framing::Done;
         if (answer.last_unless_buffered || recycling) && (input.start >= input.end || body_left) {
+            answer.keep_alive = false;
+        } else if self.shed > 0 && answer.keep_alive && !streamed && input.start >= input.end {
+            // This thread holds more than its share: the client reconnects,
+            // to a thread holding fewer. Never with a request buffered
+            // behind this one, which the close would drop.
+            self.shed -= 1;
             answer.keep_alive = false;
         }
         // A stream that may read the request body as it goes (the body is

@@ -283,6 +283,12 @@ impl Loop<'_> {
                 // Every answer of this wake-up is written: a good moment to
                 // let the kernel end this thread's turn (see [`turn`]).
                 self.turn.worked(now);
+                // And to see whether this thread holds more than its share
+                // while it has more work than it can do (see [`balance`]).
+                let turn = &mut self.turn;
+                if let Some(shed) = self.balance.look(now, || turn.take_saturated()) {
+                    self.dispatch.shed = shed;
+                }
             }
             if self.next_check.is_some_and(|c| now >= c) {
                 self.check_timeouts(now);
@@ -521,7 +527,9 @@ impl Loop<'_> {
         drop(input);
         self.free.push(idx as u32);
         self.live -= 1;
-        self.balance.closed();
+        if conn.state != State::Closing {
+            self.balance.closed();
+        }
     }
 
     /// Closes with a reset (RST) instead of a FIN. After a response whose
@@ -543,7 +551,9 @@ impl Loop<'_> {
         drop(input);
         self.free.push(idx as u32);
         self.live -= 1;
-        self.balance.closed();
+        if conn.state != State::Closing {
+            self.balance.closed();
+        }
     }
 
     /// Handles readiness (`read`) or leftover buffered requests of a connection.
@@ -584,7 +594,13 @@ impl Loop<'_> {
             Next::Keep | Next::Again | Next::Write => {}
             Next::Close => return self.close(idx, conn),
             Next::Abort => return self.abort(idx, conn),
-            Next::Linger => conn.linger(Instant::now()),
+            Next::Linger => {
+                if conn.state != State::Closing {
+                    // Leaving: it no longer counts as held (see [`balance`]).
+                    self.balance.closed();
+                }
+                conn.linger(Instant::now());
+            }
         }
         // A connection sending the rest of an answer waits for room to
         // write, every other one for input.

@@ -51,22 +51,43 @@ pub(crate) struct Turn {
     read: Instant,
     /// Its waits in a row that did not sleep.
     busy: u32,
+    /// Its waits since [`take_saturated`](Self::take_saturated), and how
+    /// many of them slept.
+    waits: u32,
+    slept: u32,
 }
 
 impl Turn {
     pub(crate) fn new(now: Instant) -> Self {
-        Self { read: now, busy: 0 }
+        Self {
+            read: now,
+            busy: 0,
+            waits: 0,
+            slept: 0,
+        }
     }
 
     /// A wait began at `began` and ended at `now`: if it slept, the thread
     /// starts a new stretch of work.
     pub(crate) fn waited(&mut self, began: Instant, now: Instant) {
+        self.waits = self.waits.saturating_add(1);
         if now.saturating_duration_since(began) >= SLEPT {
             self.read = now;
             self.busy = 0;
+            self.slept = self.slept.saturating_add(1);
         } else {
             self.busy = self.busy.saturating_add(1);
         }
+    }
+
+    /// Whether the thread had more work than it could do since the last
+    /// call: it waited [`BUSY`] times or more, and at most a third of those
+    /// waits slept (a thread under light load sleeps in nearly every one).
+    /// Starts the next count.
+    pub(crate) fn take_saturated(&mut self) -> bool {
+        let waits = std::mem::take(&mut self.waits);
+        let slept = std::mem::take(&mut self.slept);
+        waits >= BUSY && slept.saturating_mul(3) <= waits
     }
 
     /// After a wake-up that found work, at `now`: reads the thread's CPU
@@ -176,6 +197,26 @@ mod tests {
         let read = turn.read;
         turn.worked(read);
         assert_eq!(turn.read, read);
+    }
+
+    #[test]
+    fn a_thread_is_saturated_when_its_waits_seldom_sleep() {
+        let t0 = Instant::now();
+        let mut turn = Turn::new(t0);
+        assert!(!turn.take_saturated(), "no waits");
+        // Light load: every wait sleeps.
+        steps(&mut turn, t0, 300 * US, 20 * US, 10);
+        assert!(!turn.take_saturated());
+        // Busy: 9 waits find work at once, 3 sleep (lost the CPU, say).
+        steps(&mut turn, t0, US, 20 * US, 9);
+        steps(&mut turn, t0, SLEPT, 20 * US, 3);
+        assert!(turn.take_saturated());
+        // The count starts over: one wait is not enough, nor 2 of 5 slept.
+        steps(&mut turn, t0, US, 20 * US, 1);
+        assert!(!turn.take_saturated());
+        steps(&mut turn, t0, US, 20 * US, 3);
+        steps(&mut turn, t0, SLEPT, 20 * US, 2);
+        assert!(!turn.take_saturated());
     }
 
     #[test]

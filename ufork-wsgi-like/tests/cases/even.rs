@@ -2,9 +2,13 @@
 //! workers, not taken by the one registered first nor by the ones that
 //! happened to run during a burst.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
 use ufork_wsgi_like::Server;
 
-use crate::util::{Client, Forked};
+use crate::util::{Client, Forked, PATIENCE};
 
 #[test]
 fn new_connections_go_to_the_workers_in_turn() {
@@ -85,6 +89,98 @@ fn connections_arriving_while_a_worker_is_replaced_are_all_served() {
     }
     drop(held);
     drop(burst);
+    forked.finish();
+}
+
+#[test]
+fn keep_alive_connections_move_to_a_worker_that_joins_later() {
+    const CONNECTIONS: usize = 16;
+    let forked = Forked::start(
+        Server::builder().workers(1).arbiter(|b| b.capacity(2)),
+        crate::app,
+    );
+    forked.wait_ready(1);
+    // The one worker holds every connection, as a survivor does once the
+    // clients of a worker that exited (a recycle, a crash) reconnected
+    // before its replacement was up.
+    let held: Vec<Client> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut client = Client::new(forked.addr);
+            assert_eq!(client.get("/").status, 200);
+            client
+        })
+        .collect();
+    forked.handle.set_workers(2).expect("grow to 2 workers");
+    forked.wait_ready(2);
+    // Each client keeps its connection busy as wrk or a proxy's pool does:
+    // a request, its answer, the next; a new connection when an answer
+    // says close. Without shedding, the new worker would serve none of
+    // them for as long as they live.
+    let stop = Arc::new(AtomicBool::new(false));
+    let closes = Arc::new(AtomicUsize::new(0));
+    let addr = forked.addr;
+    let clients: Vec<_> = held
+        .into_iter()
+        .map(|mut client| {
+            let (stop, closes) = (Arc::clone(&stop), Arc::clone(&closes));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = client.get("/");
+                    assert_eq!(resp.status, 200);
+                    if resp.closes() {
+                        closes.fetch_add(1, Ordering::Relaxed);
+                        client = Client::new(addr);
+                    }
+                }
+            })
+        })
+        .collect();
+    // (requests of the new worker, requests of both) over the next `n`.
+    let window = |n: u64| {
+        let counts = || {
+            let workers = forked.handle.snapshot().workers;
+            let of = |slot| {
+                workers
+                    .iter()
+                    .find(|w| w.slot == slot)
+                    .map_or(0, |w| w.requests)
+            };
+            (of(1), of(0) + of(1))
+        };
+        let (new, total) = counts();
+        let mut now = counts();
+        crate::util::eventually("the clients to make more requests", || {
+            now = counts();
+            now.1 >= total + n
+        });
+        (now.0 - new, now.1 - total)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (new, total) = window(CONNECTIONS as u64 * 50);
+        // An even split, within the over-share margin.
+        if new * 16 >= total * 7 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new worker served {new} of the last {total} requests after {} connections were shed",
+            closes.load(Ordering::Relaxed)
+        );
+    }
+    let shed = closes.load(Ordering::Relaxed);
+    assert!(shed >= CONNECTIONS / 2 - 1, "only {shed} connections moved");
+    // Once even, shedding stops: no connection churns.
+    let (new, total) = window(CONNECTIONS as u64 * 200);
+    let churn = closes.load(Ordering::Relaxed) - shed;
+    assert!(
+        churn <= CONNECTIONS / 2,
+        "{churn} more connections shed while the new worker served {new} of {total}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client thread");
+    }
     forked.finish();
 }
 
