@@ -470,6 +470,12 @@ impl Session {
         upgrade::configure(builder, pool.start_timeout, workers, &self.takeover)
     }
 
+    /// An error if this arbiter, started by an upgrade, stopped because it
+    /// could not take the old arbiter's pidfile or control socket over.
+    pub fn takeover_result(&self) -> Result<()> {
+        self.takeover.result()
+    }
+
     /// Tells the user how to reach and stop the pool.
     pub fn announce(&self, pool: &PoolArgs) {
         if let Some(addr) = self.metrics_addr {

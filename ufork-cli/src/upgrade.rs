@@ -272,6 +272,23 @@ pub struct Takeover {
     pub control: Option<(PathBuf, PathBuf)>,
     /// The taken-over pidfile, kept (locked) for the run.
     pub held: Arc<Mutex<Option<HeldPidfile>>>,
+    /// Why taking over failed, if it did: the new arbiter then stops, and
+    /// exits 1 saying so ([`Takeover::result`]).
+    pub failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Takeover {
+    /// An error if this arbiter, started by an upgrade, could not take the
+    /// old arbiter's files over and stopped: the upgrade failed, and the
+    /// exit status says so.
+    pub fn result(&self) -> crate::failure::Result<()> {
+        match self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(why) => Err(failure::runtime(format!(
+                "upgrade failed: cannot take over from the old arbiter: {why}; it keeps serving"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Adds the upgrader (every pool) and, in a new arbiter, the ready reporter
@@ -347,26 +364,39 @@ pub fn configure(
         let pidfile = takeover.pidfile.clone();
         let control = takeover.control.clone();
         let held = Arc::clone(&takeover.held);
+        let failed = Arc::clone(&takeover.failed);
         builder = builder.layer(reporter.before_ready(move || {
-            if let Some(path) = &pidfile {
-                let taken = HeldPidfile::take_over(path).map_err(|e| {
-                    format!("--pidfile {}: {}", path.display(), failure::io_text(&e))
-                })?;
-                *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken);
+            let taken = take_over(pidfile.as_deref(), control.as_ref(), &held);
+            if let Err(why) = &taken {
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
             }
-            if let Some((temporary, path)) = &control {
-                std::fs::rename(temporary, path).map_err(|e| {
-                    format!(
-                        "--control-socket {}: {}",
-                        path.display(),
-                        failure::io_text(&e)
-                    )
-                })?;
-            }
-            Ok(())
+            taken
         }));
     }
     builder
+}
+
+/// Takes the old arbiter's pidfile and control socket path over.
+fn take_over(
+    pidfile: Option<&Path>,
+    control: Option<&(PathBuf, PathBuf)>,
+    held: &Mutex<Option<HeldPidfile>>,
+) -> std::result::Result<(), String> {
+    if let Some(path) = pidfile {
+        let taken = HeldPidfile::take_over(path)
+            .map_err(|e| format!("--pidfile {}: {}", path.display(), failure::io_text(&e)))?;
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken);
+    }
+    if let Some((temporary, path)) = control {
+        std::fs::rename(temporary, path).map_err(|e| {
+            format!(
+                "--control-socket {}: {}",
+                path.display(),
+                failure::io_text(&e)
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Takes SIGUSR2 for a pool that cannot be upgraded and says why, as the

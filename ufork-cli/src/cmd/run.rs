@@ -181,5 +181,6 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
     if let Some(message) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(runtime(message));
     }
+    session.takeover_result()?;
     failure::gave_up(&outcome, args.pool.give_up_after)
 }

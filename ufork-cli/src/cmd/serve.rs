@@ -327,6 +327,7 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
         .run()
         .map_err(|e| runtime(format!("the server failed: {}", failure::chain(&e))))?;
     drop(socket_files);
+    session.takeover_result()?;
     failure::gave_up(&outcome, args.pool.give_up_after)
 }
 

@@ -62,12 +62,15 @@ fn serves(addr: SocketAddr, metrics: SocketAddr) {
 fn run_keeps_serving_on_its_port_after_the_new_arbiter_gave_up_or_timed_out() {
     let dir = TempDir::new("upgrade-failed-run");
     let socket = dir.str("ctl.sock");
+    let pidfile = dir.join("ufork.pid");
     std::fs::write(dir.join("app.py"), OLD_ONLY_PY).unwrap();
     let mut command = ufork();
     command.current_dir(dir.path()).args([
         "run",
         "-w",
         "2",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
         "--notify",
         "--bind",
         "127.0.0.1:0",
@@ -144,6 +147,20 @@ fn run_keeps_serving_on_its_port_after_the_new_arbiter_gave_up_or_timed_out() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     }
     wait_ready(&socket, 2);
+
+    // Ready, but the pidfile cannot be taken over (a directory is in the
+    // way): the new arbiter stops and exits 1, saying why.
+    std::fs::remove_file(dir.join("broken")).unwrap();
+    std::fs::remove_file(&pidfile).unwrap();
+    std::fs::create_dir(&pidfile).unwrap();
+    std::fs::write(pidfile.join("keep"), "").unwrap();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_one_line_error(&out, 1, &["upgrade failed", "exited with status 1"]);
+    old.expect_line("upgrade failed: cannot take over from the old arbiter: --pidfile");
+    serves(addr, metrics);
+    std::fs::remove_dir_all(&pidfile).unwrap();
+
+    wait_ready(&socket, 2);
     let stop = run(&["stop", "--control-socket", &socket]);
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
@@ -195,7 +212,13 @@ fn serve_keeps_its_sockets_listening_when_the_new_arbiter_fails_and_refuses_afte
     let out = run(&["upgrade", "--control-socket", &socket]);
     assert_one_line_error(&out, 1, &["upgrade failed"]);
     old.expect_line("cannot take over from the old arbiter");
-    old.expect_line("upgrade failed, still serving");
+    // The new arbiter says so in its exit status too (it used to exit 0).
+    let failed = old.expect_line("upgrade failed, still serving");
+    assert!(
+        failed.contains("exited with status 1 before it was ready"),
+        "{failed}"
+    );
+    old.expect_line("upgrade failed: cannot take over from the old arbiter: --pidfile");
     serves(addr, metrics);
 
     // The hand-over completes: the new arbiter refuses at its own stop.
