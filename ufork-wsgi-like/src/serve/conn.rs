@@ -324,7 +324,11 @@ impl Conn {
             || response::send_rest(&stream, &mut sending.rest, sending.timeout, &heartbeat);
         let sent = if app_code {
             // The app's iterator runs here, asked for its next chunks.
-            dispatch.app_code(send)
+            let line = match &sending.then {
+                Then::Stream(end) => end.line(),
+                Then::Decided(_) => "",
+            };
+            dispatch.app_code(line, send)
         } else {
             send()
         };

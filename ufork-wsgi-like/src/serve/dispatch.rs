@@ -62,15 +62,24 @@ pub(super) struct StreamEnd {
     keep_alive: bool,
     /// The client waited for a `100 Continue` it was not sent.
     awaited_continue: bool,
+    /// The request line: the worker's activity while the stream's iterator
+    /// runs, and the access log's.
+    line: String,
     /// The access log's line, written when the stream ends.
     log: Option<LogLater>,
+}
+
+impl StreamEnd {
+    /// The request line of the streamed answer.
+    pub(super) fn line(&self) -> &str {
+        &self.line
+    }
 }
 
 /// An access log line put off until its answer is all out: what of it the
 /// thread's scratch space held when the answer began.
 struct LogLater {
     at: SystemTime,
-    line: String,
     referer: Option<String>,
     user_agent: Option<String>,
     started: Option<Instant>,
@@ -129,10 +138,10 @@ impl<'w> Dispatch<'w> {
         self.worker.limits.write_timeout
     }
 
-    /// Runs app code outside a request's handling (see
-    /// [`WorkerShared::app_code`]).
-    pub(super) fn app_code<R>(&self, work: impl FnOnce() -> R) -> R {
-        self.worker.app_code(work)
+    /// Runs app code outside a request's handling for the request `line`
+    /// (see [`WorkerShared::app_code`]).
+    pub(super) fn app_code<R>(&self, line: &str, work: impl FnOnce() -> R) -> R {
+        self.worker.app_code(line, work)
     }
 
     pub(super) fn limits(&self) -> &'w Limits {
@@ -422,7 +431,7 @@ impl<'w> Dispatch<'w> {
             access.log(&Entry {
                 at: log.at,
                 peer: &conn.peer,
-                line: &log.line,
+                line: &end.line,
                 status,
                 bytes,
                 took: log.started.map_or(Duration::ZERO, |t| t.elapsed()),
@@ -506,9 +515,9 @@ impl<'w> Dispatch<'w> {
                     status: s.status,
                     keep_alive: s.keep_alive,
                     awaited_continue: false,
+                    line: self.line.clone(),
                     log: self.access.is_some().then(|| LogLater {
                         at: answer.at,
-                        line: self.line.clone(),
                         referer: self.referer.take(),
                         user_agent: self.user_agent.take(),
                         started: answer.started,

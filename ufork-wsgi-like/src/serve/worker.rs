@@ -210,17 +210,15 @@ impl WorkerShared {
 
     /// Runs `work`, app code the event loop runs outside a request's
     /// handling (a stream's iterator, asked for more as the socket
-    /// drains), as busy for the stuck check of [`heartbeat`](Self::heartbeat)
-    /// only: a chunk never made gets the worker killed at the heartbeat
-    /// timeout, as an app stuck in a request does, while the worker shows
-    /// idle.
-    pub(super) fn app_code<R>(&self, work: impl FnOnce() -> R) -> R {
-        let Some(cell) = self.busy_cell() else {
-            return work();
-        };
-        cell.store(self.now_ns().max(1), Ordering::Relaxed);
+    /// drains), as busy with the request `line` while it runs, idle again
+    /// after: a chunk never made gets the worker killed at the heartbeat
+    /// timeout, as an app stuck in a request does, and the kill report
+    /// names the request (`while busy (GET /feed HTTP/1.1)`). Between
+    /// chunks the thread serves others and the worker shows idle.
+    pub(super) fn app_code<R>(&self, line: &str, work: impl FnOnce() -> R) -> R {
+        self.busy(line);
         let out = work();
-        cell.store(0, Ordering::Relaxed);
+        self.done();
         out
     }
 

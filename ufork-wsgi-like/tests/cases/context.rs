@@ -123,7 +123,7 @@ fn a_local_server_has_a_context_without_a_worker() {
 /// With two threads, a stream whose iterator gets stuck once the event loop
 /// asks it for more (its first chunks went out as the answer began) gets
 /// the worker killed at the heartbeat timeout too: the other thread's
-/// beats do not cover for it, although the worker shows idle meanwhile.
+/// beats do not cover for it, and the report names the stuck request.
 #[test]
 fn a_stream_stuck_on_one_of_two_threads_is_killed_at_the_heartbeat_timeout() {
     let forked = Forked::start(
@@ -149,11 +149,15 @@ fn a_stream_stuck_on_one_of_two_threads_is_killed_at_the_heartbeat_timeout() {
         "the stream ended whole: the worker lived on"
     );
     let outcome = forked.finish();
+    // The report names the request whose iterator was stuck.
     assert!(
         outcome
             .history
             .iter()
-            .any(|r| r.reason.as_str() == "timed-out"),
+            .any(|r| r.reason.as_str() == "timed-out"
+                && r.reason
+                    .to_string()
+                    .contains("while busy (GET /stuck HTTP/1.1)")),
         "{:?}",
         outcome.history
     );
