@@ -130,10 +130,15 @@ impl log::Log for Logger {
         if crate::access::log(record) {
             return;
         }
-        if let Some(bytes) = abandoned_bytes(record) {
+        if let Some(bytes) = capture_key(record, "abandoned_bytes") {
             // The capture's final flush gave up on a stalled stdout or
-            // stderr: `finish` says it once, with what the terminal drops.
+            // stderr: `finish` says it once, with what the terminal drops
+            // and what the stall dropped before (whose notices may be
+            // among what was given up on).
             ABANDONED.fetch_add(bytes, Ordering::Relaxed);
+            if let Some(dropped) = capture_key(record, "dropped_bytes") {
+                STALL_DROPPED.fetch_max(dropped, Ordering::Relaxed);
+            }
             return;
         }
         if !self.enabled(record.metadata()) {
@@ -197,15 +202,19 @@ static FLUSH_BEGAN: OnceLock<Instant> = OnceLock::new();
 /// Bytes of the workers' output the capture's final flush abandoned.
 static ABANDONED: AtomicU64 = AtomicU64::new(0);
 
-/// The bytes a record of ufork-io's says its final flush abandoned (its
-/// `abandoned_bytes` key), if it is that record.
-fn abandoned_bytes(record: &log::Record<'_>) -> Option<u64> {
+/// Bytes of the workers' output dropped during the run while the output
+/// stalled (`--log-stall-timeout`), as the final flush counted them.
+static STALL_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The number under `key` in a record of ufork-io's (its final flush says
+/// `abandoned_bytes` and `dropped_bytes`), if it is such a record.
+fn capture_key(record: &log::Record<'_>, key: &str) -> Option<u64> {
     if record.target() != "ufork_io" {
         return None;
     }
     record
         .key_values()
-        .get(log::kv::Key::from_str("abandoned_bytes"))?
+        .get(log::kv::Key::from_str(key))?
         .to_u64()
 }
 
@@ -274,27 +283,38 @@ pub fn finish(timeout: Duration) {
             // capture's own sink (a --log-file).
             (false, false) => "the output sink",
         };
+        let before = STALL_DROPPED.load(Ordering::Relaxed);
         term::print(
             Stream::Err,
-            dropped_line(bytes, stalled, began.elapsed()).as_bytes(),
+            dropped_line(bytes, stalled, began.elapsed(), before).as_bytes(),
         );
     }
 }
 
 /// What the end of a run says of the `bytes` of output that `stalled` (a
-/// terminal, a pipe, a file) did not take in the `waited` the stop allowed.
-fn dropped_line(bytes: u64, stalled: &str, waited: Duration) -> String {
-    if waited < Duration::from_millis(50) {
+/// terminal, a pipe, a file) did not take in the `waited` the stop allowed,
+/// and of the `before` bytes a stall dropped earlier in the run.
+fn dropped_line(bytes: u64, stalled: &str, waited: Duration, before: u64) -> String {
+    let mut line = if waited < Duration::from_millis(50) {
         // The stop's budget was spent before: "within 0.0s" says nothing.
         format!(
-            "ufork: {bytes} bytes of output dropped at exit: {stalled} did not take them before the stop's time ran out\n"
+            "ufork: {bytes} bytes of output dropped at exit: {stalled} did not take them before the stop's time ran out"
         )
     } else {
         format!(
-            "ufork: {bytes} bytes of output dropped at exit: {stalled} did not take them within {:.1}s\n",
+            "ufork: {bytes} bytes of output dropped at exit: {stalled} did not take them within {:.1}s",
             waited.as_secs_f64()
         )
+    };
+    if before > 0 {
+        // Their `[ufork-io: dropped …]` notices may be among what the
+        // output did not take.
+        line.push_str(&format!(
+            "; {before} bytes in all were dropped before, while the output stalled"
+        ));
     }
+    line.push('\n');
+    line
 }
 
 /// UTC `YYYY-MM-DDTHH:MM:SSZ`, computed without a time zone database.
@@ -332,13 +352,18 @@ mod tests {
         // A pipe nobody reads is no terminal, and a budget cut short by the
         // stop reads as seconds, not as a Debug duration.
         assert_eq!(
-            dropped_line(65520, "stdout", Duration::from_nanos(2_910_414_745)),
+            dropped_line(65520, "stdout", Duration::from_nanos(2_910_414_745), 0),
             "ufork: 65520 bytes of output dropped at exit: stdout did not take them within 2.9s\n"
         );
         // No time left: no "within 0.0s".
         assert_eq!(
-            dropped_line(7, "stderr", Duration::from_millis(3)),
+            dropped_line(7, "stderr", Duration::from_millis(3), 0),
             "ufork: 7 bytes of output dropped at exit: stderr did not take them before the stop's time ran out\n"
+        );
+        // A stall dropped output before, whose notices may not have got out.
+        assert_eq!(
+            dropped_line(7, "stdout", Duration::from_secs(1), 4096),
+            "ufork: 7 bytes of output dropped at exit: stdout did not take them within 1.0s; 4096 bytes in all were dropped before, while the output stalled\n"
         );
     }
 

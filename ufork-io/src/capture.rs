@@ -244,8 +244,12 @@ impl CaptureBuilder {
     /// is left when it passes is abandoned to the writer thread, which goes
     /// on until the process exits: it is counted in
     /// [`Counters::abandoned_bytes`] and reported once (`the output sink did
-    /// not take the last N bytes within 5.0s; they are dropped`): as a
-    /// warning of target `ufork_io` carrying the key `abandoned_bytes` when
+    /// not take the last N bytes within 5.0s; they are dropped`, and `(M
+    /// bytes in all were dropped before, while it stalled)` when a stall
+    /// dropped output earlier: the notices saying so may be among what is
+    /// abandoned): as a warning of target `ufork_io` carrying the keys
+    /// `abandoned_bytes` and `dropped_bytes` (the run's
+    /// [`Counters::dropped_bytes`]) when
     /// the program's logger takes it (so that a program can say it its own
     /// way), else straight on stderr if that takes the line at once.
     pub fn flush_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
@@ -1222,13 +1226,17 @@ impl Capture {
                 .counters
                 .abandoned_bytes
                 .fetch_add(left as u64, Ordering::Relaxed);
-            let report = abandoned_report(left, began.elapsed());
+            // Drops made earlier while the sink stalled are told by notice
+            // lines in the output, the ones still queued abandoned with the
+            // rest: the report counts them too.
+            let dropped_bytes = self.queue.counters.dropped_bytes.load(Ordering::Relaxed);
+            let report = abandoned_report(left, began.elapsed(), dropped_bytes);
             // Said once: to the program's logger if it takes it, else on
             // stderr if that takes the line now (a blocking write could
             // hang the stop on the very stderr that stalled).
             if log::log_enabled!(target: "ufork_io", log::Level::Warn) {
                 let abandoned_bytes = left as u64;
-                log::warn!(target: "ufork_io", abandoned_bytes; "{report}");
+                log::warn!(target: "ufork_io", abandoned_bytes, dropped_bytes; "{report}");
             } else {
                 crate::sink::try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
             }
@@ -1236,9 +1244,11 @@ impl Capture {
     }
 }
 
-/// What the final flush says of the `bytes` it abandoned after `waited`.
-fn abandoned_report(bytes: usize, waited: Duration) -> String {
-    if waited < Duration::from_millis(50) {
+/// What the final flush says of the `bytes` it abandoned after `waited`,
+/// and of the `dropped` bytes of the run dropped before while the sink
+/// stalled.
+fn abandoned_report(bytes: usize, waited: Duration, dropped: u64) -> String {
+    let mut report = if waited < Duration::from_millis(50) {
         // Nothing left of the stop's budget: "within 0.0s" would say nothing.
         format!(
             "the output sink did not take the last {bytes} bytes before the stop's time ran out; they are dropped"
@@ -1248,7 +1258,13 @@ fn abandoned_report(bytes: usize, waited: Duration) -> String {
             "the output sink did not take the last {bytes} bytes within {:.1}s; they are dropped",
             waited.as_secs_f64()
         )
+    };
+    if dropped > 0 {
+        report.push_str(&format!(
+            " ({dropped} bytes in all were dropped before, while it stalled)"
+        ));
     }
+    report
 }
 
 impl Drop for Capture {
@@ -1273,12 +1289,16 @@ mod tests {
     #[test]
     fn the_final_flush_says_how_long_it_waited_or_that_no_time_was_left() {
         assert_eq!(
-            abandoned_report(4096, Duration::from_millis(3_960)),
+            abandoned_report(4096, Duration::from_millis(3_960), 0),
             "the output sink did not take the last 4096 bytes within 4.0s; they are dropped"
         );
         assert_eq!(
-            abandoned_report(10, Duration::ZERO),
+            abandoned_report(10, Duration::ZERO, 0),
             "the output sink did not take the last 10 bytes before the stop's time ran out; they are dropped"
+        );
+        assert_eq!(
+            abandoned_report(10, Duration::ZERO, 777),
+            "the output sink did not take the last 10 bytes before the stop's time ran out; they are dropped (777 bytes in all were dropped before, while it stalled)"
         );
     }
 }

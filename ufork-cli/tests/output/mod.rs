@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
@@ -86,6 +87,20 @@ fn start_into_stalled_stdout(
     std::thread::JoinHandle<String>,
     rustix::fd::OwnedFd,
 ) {
+    let (child, pid, reader, stalled, _) = start_into_stalled_stdout_seen(command);
+    (child, pid, reader, stalled)
+}
+
+/// [`start_into_stalled_stdout`], and what stderr said so far, as it comes.
+fn start_into_stalled_stdout_seen(
+    command: &mut std::process::Command,
+) -> (
+    Reap,
+    i32,
+    std::thread::JoinHandle<String>,
+    rustix::fd::OwnedFd,
+    Arc<Mutex<String>>,
+) {
     let (stalled, write) = rustix::pipe::pipe().expect("pipe");
     let child = command
         .stdin(Stdio::null())
@@ -100,12 +115,19 @@ fn start_into_stalled_stdout(
         .as_mut()
         .and_then(|c| c.stderr.take())
         .expect("stderr");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let so_far = Arc::clone(&seen);
     let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+            so_far
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        so_far.lock().unwrap().clone()
     });
-    (child, pid, reader, stalled)
+    (child, pid, reader, stalled, seen)
 }
 
 fn stall_and_sigterm(graceful: Duration) -> Stalled {
@@ -218,6 +240,46 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
             && waited.parse::<f64>().is_ok_and(|w| w > 0.0),
         "{waited:?} in {stderr}"
     );
+}
+
+/// Output dropped while stdout stalled (`--log-stall-timeout`) is told by
+/// notice lines in the output, which a stdout still stalled at exit never
+/// takes: the end-of-run line counts those bytes too.
+#[test]
+fn the_end_of_run_line_counts_what_a_stall_dropped_before() {
+    let (child, pid, reader, stalled, seen) = start_into_stalled_stdout_seen(
+        ufork()
+            .args(["run", "-w", "1", "--graceful-timeout", "1"])
+            .args(["--log-stall-timeout", "0.5", "--", "yes"]),
+    );
+    until("the output to be dropped", || {
+        seen.lock()
+            .unwrap()
+            .contains("dropping the workers' output")
+    });
+    let workers = children_of(pid);
+    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");
+    let pool = Stalled {
+        child,
+        pid,
+        stderr: reader,
+        workers,
+        _pipe: stalled,
+        sent: Instant::now(),
+    };
+    let (status, _, stderr) = pool.wait(|| {});
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("bytes of output dropped at exit"))
+        .unwrap_or_else(|| panic!("no end-of-run line: {stderr}"));
+    let before = line
+        .split_once("; ")
+        .and_then(|(_, rest)| {
+            rest.strip_suffix(" bytes in all were dropped before, while the output stalled")
+        })
+        .unwrap_or_else(|| panic!("no earlier drops counted: {line}"));
+    assert!(before.parse::<u64>().is_ok_and(|b| b > 0), "{line}");
 }
 
 #[test]
