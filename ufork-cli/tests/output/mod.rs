@@ -78,21 +78,9 @@ struct Stalled {
 }
 
 /// Starts `command` with stdout a pipe whose read end (returned) the test
-/// holds and never reads, and stderr read to the end on a thread.
+/// holds and never reads, and stderr read to the end on a thread (and what
+/// it said so far, as it comes).
 fn start_into_stalled_stdout(
-    command: &mut std::process::Command,
-) -> (
-    Reap,
-    i32,
-    std::thread::JoinHandle<String>,
-    rustix::fd::OwnedFd,
-) {
-    let (child, pid, reader, stalled, _) = start_into_stalled_stdout_seen(command);
-    (child, pid, reader, stalled)
-}
-
-/// [`start_into_stalled_stdout`], and what stderr said so far, as it comes.
-fn start_into_stalled_stdout_seen(
     command: &mut std::process::Command,
 ) -> (
     Reap,
@@ -131,7 +119,7 @@ fn start_into_stalled_stdout_seen(
 }
 
 fn stall_and_sigterm(graceful: Duration) -> Stalled {
-    let (child, pid, reader, stalled) = start_into_stalled_stdout(
+    let (child, pid, reader, stalled, _) = start_into_stalled_stdout(
         std::process::Command::new("sh")
             .args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
             .arg(env!("CARGO_BIN_EXE_ufork"))
@@ -247,7 +235,7 @@ fn sigterm_stops_the_pool_while_nobody_reads_its_stdout() {
 /// takes: the end-of-run line counts those bytes too.
 #[test]
 fn the_end_of_run_line_counts_what_a_stall_dropped_before() {
-    let (child, pid, reader, stalled, seen) = start_into_stalled_stdout_seen(
+    let (child, pid, reader, stalled, seen) = start_into_stalled_stdout(
         ufork()
             .args(["run", "-w", "1", "--graceful-timeout", "1"])
             .args(["--log-stall-timeout", "0.5", "--", "yes"]),
@@ -317,7 +305,7 @@ fn a_stdout_nobody_reads_drops_output_past_the_stall_timeout_and_the_workers_go_
         "x".repeat(99),
         done.display()
     );
-    let (mut child, pid, reader, stalled) = start_into_stalled_stdout(
+    let (mut child, pid, reader, stalled, _) = start_into_stalled_stdout(
         std::process::Command::new(env!("CARGO_BIN_EXE_ufork"))
             .args(["run", "-w", "1", "--graceful-timeout", "1"])
             .args(["--log-stall-timeout", "0.3", "--"])
