@@ -376,27 +376,64 @@ pub fn configure(
     builder
 }
 
-/// Takes the old arbiter's pidfile and control socket path over.
+/// Takes the old arbiter's pidfile and control socket path over. When the
+/// control socket's fails after the pidfile was taken, the old arbiter's
+/// pidfile is put back (the very file, which its lock is on): the old pool
+/// keeps serving, and `ufork status` and `stop` must still find it.
 fn take_over(
     pidfile: Option<&Path>,
     control: Option<&(PathBuf, PathBuf)>,
     held: &Mutex<Option<HeldPidfile>>,
 ) -> std::result::Result<(), String> {
+    // A second name for the old arbiter's pidfile, kept until the takeover
+    // is whole (none if the pidfile is gone or cannot be linked: then it
+    // cannot be put back).
+    let kept = pidfile.and_then(|path| {
+        let backup = sibling(path, "old");
+        let _ = std::fs::remove_file(&backup);
+        std::fs::hard_link(path, &backup)
+            .ok()
+            .map(|()| (path, backup))
+    });
+    let forget = |kept: &Option<(&Path, PathBuf)>| {
+        if let Some((_, backup)) = kept {
+            let _ = std::fs::remove_file(backup);
+        }
+    };
     if let Some(path) = pidfile {
-        let taken = HeldPidfile::take_over(path)
-            .map_err(|e| format!("--pidfile {}: {}", path.display(), failure::io_text(&e)))?;
+        let taken = HeldPidfile::take_over(path).map_err(|e| {
+            forget(&kept);
+            format!("--pidfile {}: {}", path.display(), failure::io_text(&e))
+        })?;
         *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken);
     }
     if let Some((temporary, path)) = control {
-        std::fs::rename(temporary, path).map_err(|e| {
-            format!(
+        if let Err(e) = std::fs::rename(temporary, path) {
+            // The held pidfile then no longer names the path, so its drop
+            // leaves the old one in place.
+            if let Some((pidfile, backup)) = &kept {
+                if let Err(e) = std::fs::rename(backup, pidfile) {
+                    log::error!(target: "ufork", "upgrade: cannot put the old arbiter's pidfile back at {}: {}", pidfile.display(), failure::io_text(&e));
+                }
+            }
+            return Err(format!(
                 "--control-socket {}: {}",
                 path.display(),
                 failure::io_text(&e)
-            )
-        })?;
+            ));
+        }
     }
+    forget(&kept);
     Ok(())
+}
+
+/// `.NAME.PID.SUFFIX` beside `path`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()))
 }
 
 /// Takes SIGUSR2 for a pool that cannot be upgraded and says why, as the
@@ -428,11 +465,7 @@ impl HeldPidfile {
     fn take_over(path: &Path) -> std::io::Result<Self> {
         use rustix::fs::{FlockOperation, Mode, OFlags};
         let pid = std::process::id();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temporary = path.with_file_name(format!(".{name}.{pid}.new"));
+        let temporary = sibling(path, "new");
         let fd = rustix::fs::open(
             &temporary,
             OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,

@@ -259,3 +259,46 @@ fn serve_keeps_its_sockets_listening_when_the_new_arbiter_fails_and_refuses_afte
     assert_eq!(body, size, "the accepted download completed");
     assert!(ufork_daemon::wait_for_exit(new, Some(DEADLINE)).unwrap());
 }
+
+/// A new arbiter that took the pidfile over and then cannot take the
+/// control socket's path (a directory is in the way) puts the old arbiter's
+/// pidfile back: the old pool keeps serving, and `status` and `stop` find
+/// it by its pidfile.
+#[test]
+fn a_takeover_that_fails_halfway_leaves_the_old_pidfile() {
+    let dir = TempDir::new("upgrade-failed-halfway");
+    let socket = dir.str("ctl.sock");
+    let pidfile = dir.join("ufork.pid");
+    let mut old = Running::start(&[
+        "serve",
+        "-w",
+        "1",
+        "--bind",
+        "127.0.0.1:0",
+        "--control-socket",
+        &socket,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    wait_ready(&socket, 1);
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::create_dir(&socket).unwrap();
+    std::fs::write(dir.join("ctl.sock").join("keep"), "").unwrap();
+    ufork_daemon::signal(old.pid(), rustix::process::Signal::USR2).unwrap();
+    old.expect_line("upgrade failed: cannot take over from the old arbiter: --control-socket");
+    old.expect_line("upgrade failed, still serving");
+    let named = std::fs::read_to_string(&pidfile).expect("the old pidfile is back");
+    assert_eq!(named.trim(), old.pid().to_string());
+    let status = run(&["status", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(0), "{status:#?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let stop = run(&["stop", "--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+}
