@@ -161,8 +161,9 @@
 //!   more work than it can do answers the next requests on its excess
 //!   connections with `Connection: close`, looking at most every 2 ms while
 //!   it works, so their clients reconnect to the threads holding fewer.
-//!   Never on a connection with a request buffered behind the answer, nor
-//!   under a light load; while what it shed keeps coming back (the others
+//!   Never on a connection with a request behind the answer (read, or in
+//!   the socket), nor under a light load (a thread that sleeps a third of
+//!   the time or more); while what it shed keeps coming back (the others
 //!   busy), it looks less often, down to once a second. A client must
 //!   expect a keep-alive connection to close after any answer that says
 //!   `Connection: close`, as HTTP/1.1 allows.

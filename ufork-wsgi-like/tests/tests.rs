@@ -34,6 +34,14 @@ pub(crate) fn app(mut request: Request<Body>) -> Response<ResponseBody> {
                 .unwrap(),
         },
         "/ignore" => Response::new("ignored\n".into()),
+        "/spin" => {
+            // A millisecond of CPU.
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(1) {
+                std::hint::spin_loop();
+            }
+            Response::new("spun\n".into())
+        }
         "/panic" => panic!("the app blew up on purpose"),
         "/uri" => Response::new(
             format!(

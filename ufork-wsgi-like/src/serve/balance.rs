@@ -225,9 +225,15 @@ impl<'t> Balance<'t> {
     /// look; the last answer stands). None unless `saturated` says the
     /// thread had more work than it could do since the last look: under a
     /// light load an uneven split costs nothing, and closing connections
-    /// would cost their clients a reconnection. Called after work, never on
-    /// a timer.
-    pub(crate) fn look(&mut self, now: Instant, saturated: impl FnOnce() -> bool) -> Option<u64> {
+    /// would cost their clients a reconnection. `unused`: how many of the
+    /// last look's closes are still to be made (no answer could carry them
+    /// yet). Called after work, never on a timer.
+    pub(crate) fn look(
+        &mut self,
+        now: Instant,
+        unused: u64,
+        saturated: impl FnOnce() -> bool,
+    ) -> Option<u64> {
         let table = self.table?;
         if self.next_look.is_some_and(|at| now < at) {
             return None;
@@ -238,14 +244,17 @@ impl<'t> Balance<'t> {
             self.next_look = now.checked_add(SHED_LOOK);
             return Some(0);
         }
-        if let Some(before) = self.shed_from.take() {
+        match self.shed_from.take() {
+            // The last look's closes are not all made: nothing came back
+            // yet.
+            Some(before) if unused > 0 => self.shed_from = Some(before),
             // What the last look shed was taken back: the threads holding
             // fewer did not take it. Look less often.
-            self.look_every = if self.open >= before {
-                self.look_every.saturating_mul(2).min(SHED_LOOK_MAX)
-            } else {
-                SHED_LOOK
-            };
+            Some(before) if self.open >= before => {
+                self.look_every = self.look_every.saturating_mul(2).min(SHED_LOOK_MAX);
+            }
+            Some(_) => self.look_every = SHED_LOOK,
+            None => {}
         }
         self.next_look = now.checked_add(self.look_every);
         if self.open <= 2 {
@@ -257,7 +266,10 @@ impl<'t> Balance<'t> {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; CELL])));
         let shed = excess(self.open, counts);
         if shed > 0 {
-            self.shed_from = Some(self.open);
+            // Kept from a look whose closes were not all made yet.
+            self.shed_from.get_or_insert(self.open);
+        } else {
+            self.shed_from = None;
         }
         Some(shed)
     }
@@ -367,7 +379,7 @@ mod tests {
 
     impl Balance<'_> {
         fn look_busy(&mut self, now: Instant) -> Option<u64> {
-            self.look(now, || true)
+            self.look(now, 0, || true)
         }
     }
 
@@ -430,13 +442,24 @@ mod tests {
             a.accepted(at);
         }
         at += SHED_LOOK * 2;
-        assert_eq!(a.look(at, || false), Some(0));
+        assert_eq!(a.look(at, 0, || false), Some(0));
         assert_eq!(
-            a.look(at + SHED_LOOK - Duration::from_nanos(1), || true),
+            a.look(at + SHED_LOOK - Duration::from_nanos(1), 0, || true),
             None
         );
         // 10 against 5: shed 2.
-        assert_eq!(a.look_busy(at + SHED_LOOK), Some(2));
+        let mut at = at + SHED_LOOK;
+        assert_eq!(a.look_busy(at), Some(2));
+        // Closes not made yet (no answer carried them): no back-off.
+        for _ in 0..5 {
+            at += SHED_LOOK;
+            assert_eq!(a.look(at, 2, || true), Some(2));
+        }
+        // Then they were made, and came back: back-off.
+        at += SHED_LOOK;
+        assert_eq!(a.look_busy(at), Some(2));
+        assert_eq!(a.look_busy(at + SHED_LOOK), None);
+        assert_eq!(a.look_busy(at + SHED_LOOK * 2), Some(2));
         // Two connections or fewer, a stop, or no table: nothing to shed.
         a.leave();
         assert_eq!(a.look_busy(at + SHED_LOOK_MAX), None);

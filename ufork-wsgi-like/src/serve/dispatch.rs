@@ -375,10 +375,16 @@ impl<'w> Dispatch<'w> {
         let body_left = streamed && input.framing != Framing::Done;
         if (answer.last_unless_buffered || recycling) && (input.start >= input.end || body_left) {
             answer.keep_alive = false;
-        } else if self.shed > 0 && answer.keep_alive && !streamed && input.start >= input.end {
+        } else if self.shed > 0
+            && answer.keep_alive
+            && !streamed
+            && input.start >= input.end
+            && !unread_input(&input.stream)
+        {
             // This thread holds more than its share: the client reconnects,
             // to a thread holding fewer. Never with a request buffered
-            // behind this one, which the close would drop.
+            // behind this one, here or in the socket, which the close would
+            // drop.
             self.shed -= 1;
             answer.keep_alive = false;
         }
@@ -546,4 +552,12 @@ impl<'w> Dispatch<'w> {
         }
         sent
     }
+}
+
+/// Whether the client sent bytes not read yet (the next request, on its
+/// way in the socket's buffer).
+fn unread_input(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    matches!(rustix::net::recv(stream, &mut byte, flags), Ok((n, _)) if n > 0)
 }

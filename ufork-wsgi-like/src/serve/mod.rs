@@ -286,7 +286,8 @@ impl Loop<'_> {
                 // And to see whether this thread holds more than its share
                 // while it has more work than it can do (see [`balance`]).
                 let turn = &mut self.turn;
-                if let Some(shed) = self.balance.look(now, || turn.take_saturated()) {
+                let unused = self.dispatch.shed;
+                if let Some(shed) = self.balance.look(now, unused, || turn.take_saturated(now)) {
                     self.dispatch.shed = shed;
                 }
             }

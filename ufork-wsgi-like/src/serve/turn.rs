@@ -51,10 +51,10 @@ pub(crate) struct Turn {
     read: Instant,
     /// Its waits in a row that did not sleep.
     busy: u32,
-    /// Its waits since [`take_saturated`](Self::take_saturated), and how
-    /// many of them slept.
-    waits: u32,
-    slept: u32,
+    /// Since when [`take_saturated`](Self::take_saturated) counts, and the
+    /// time spent in waits that slept since then.
+    window: Instant,
+    asleep: Duration,
 }
 
 impl Turn {
@@ -62,32 +62,35 @@ impl Turn {
         Self {
             read: now,
             busy: 0,
-            waits: 0,
-            slept: 0,
+            window: now,
+            asleep: Duration::ZERO,
         }
     }
 
     /// A wait began at `began` and ended at `now`: if it slept, the thread
     /// starts a new stretch of work.
     pub(crate) fn waited(&mut self, began: Instant, now: Instant) {
-        self.waits = self.waits.saturating_add(1);
-        if now.saturating_duration_since(began) >= SLEPT {
+        let took = now.saturating_duration_since(began);
+        if took >= SLEPT {
             self.read = now;
             self.busy = 0;
-            self.slept = self.slept.saturating_add(1);
+            self.asleep = self.asleep.saturating_add(took);
         } else {
             self.busy = self.busy.saturating_add(1);
         }
     }
 
     /// Whether the thread had more work than it could do since the last
-    /// call: it waited [`BUSY`] times or more, and at most a third of those
-    /// waits slept (a thread under light load sleeps in nearly every one).
+    /// call, at `now`: it slept in its waits for at most a third of that
+    /// time (a thread under light load sleeps most of it, however its
+    /// requests come: one at a time or in bursts). Judged by time, not by
+    /// counting waits: one wake-up may bring work for milliseconds.
     /// Starts the next count.
-    pub(crate) fn take_saturated(&mut self) -> bool {
-        let waits = std::mem::take(&mut self.waits);
-        let slept = std::mem::take(&mut self.slept);
-        waits >= BUSY && slept.saturating_mul(3) <= waits
+    pub(crate) fn take_saturated(&mut self, now: Instant) -> bool {
+        let span = now.saturating_duration_since(self.window);
+        let asleep = std::mem::take(&mut self.asleep);
+        self.window = now;
+        !span.is_zero() && asleep.saturating_mul(3) <= span
     }
 
     /// After a wake-up that found work, at `now`: reads the thread's CPU
@@ -200,23 +203,34 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_is_saturated_when_its_waits_seldom_sleep() {
+    fn a_thread_is_saturated_when_it_seldom_sleeps_in_its_waits() {
         let t0 = Instant::now();
         let mut turn = Turn::new(t0);
-        assert!(!turn.take_saturated(), "no waits");
-        // Light load: every wait sleeps.
+        assert!(!turn.take_saturated(t0), "no time has passed");
+        // Light load: 300 µs asleep in each wait, 20 µs of work.
         steps(&mut turn, t0, 300 * US, 20 * US, 10);
-        assert!(!turn.take_saturated());
-        // Busy: 9 waits find work at once, 3 sleep (lost the CPU, say).
-        steps(&mut turn, t0, US, 20 * US, 9);
-        steps(&mut turn, t0, SLEPT, 20 * US, 3);
-        assert!(turn.take_saturated());
-        // The count starts over: one wait is not enough, nor 2 of 5 slept.
-        steps(&mut turn, t0, US, 20 * US, 1);
-        assert!(!turn.take_saturated());
-        steps(&mut turn, t0, US, 20 * US, 3);
-        steps(&mut turn, t0, SLEPT, 20 * US, 2);
-        assert!(!turn.take_saturated());
+        assert!(!turn.take_saturated(t0 + 320 * US * 10));
+        // Light load in bursts: 8 quick waits, then 10 ms asleep.
+        let mut now = t0 + 320 * US * 10;
+        steps(&mut turn, now, US, 20 * US, 8);
+        turn.waited(now + 168 * US, now + 168 * US + Duration::from_millis(10));
+        now += 168 * US + Duration::from_millis(10);
+        assert!(!turn.take_saturated(now));
+        // Busy: waits that find work at once.
+        steps(&mut turn, now, US, 20 * US, 100);
+        now += 21 * US * 100;
+        assert!(turn.take_saturated(now));
+        // One wake-up's work took 3 ms: busy too.
+        turn.waited(now, now + US);
+        now += Duration::from_millis(3);
+        assert!(turn.take_saturated(now));
+        // Asleep a third of the time at most: busy; more: not.
+        turn.waited(now, now + Duration::from_millis(1));
+        now += Duration::from_millis(3);
+        assert!(turn.take_saturated(now));
+        turn.waited(now, now + Duration::from_millis(2));
+        now += Duration::from_millis(3);
+        assert!(!turn.take_saturated(now));
     }
 
     #[test]

@@ -94,51 +94,152 @@ fn connections_arriving_while_a_worker_is_replaced_are_all_served() {
 
 #[test]
 fn keep_alive_connections_move_to_a_worker_that_joins_later() {
-    const CONNECTIONS: usize = 16;
-    let forked = Forked::start(
-        Server::builder().workers(1).arbiter(|b| b.capacity(2)),
-        crate::app,
+    moves_to_a_worker_that_joins_later("/", 50);
+}
+
+/// A request that takes a millisecond of CPU: one wake-up of the loaded
+/// worker brings milliseconds of work, and it is still judged saturated.
+#[test]
+fn connections_with_slow_requests_move_to_a_worker_that_joins_later() {
+    moves_to_a_worker_that_joins_later("/spin", 10);
+}
+
+/// Clients that pipeline: an answer with requests buffered behind it,
+/// read or still in the socket, never closes the connection.
+#[test]
+fn shedding_never_closes_a_connection_with_pipelined_requests() {
+    const DEPTH: usize = 64;
+    let batch = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(DEPTH);
+    let drive = Drive::grown(move |client: &mut Client| {
+        client.send(&batch);
+        for i in 0..DEPTH {
+            let resp = client.read_response();
+            assert_eq!(resp.status, 200);
+            if resp.closes() {
+                return Some(DEPTH - 1 - i);
+            }
+        }
+        None
+    });
+    let (new, total) = drive.window(DEPTH as u64 * 200);
+    assert_eq!(drive.lost(), 0, "requests dropped by a close");
+    // Connections moved all the same, between batches.
+    assert!(
+        drive.closes() > 0 && new > 0,
+        "no connection moved: the new worker served {new} of {total}"
     );
-    forked.wait_ready(1);
-    // The one worker holds every connection, as a survivor does once the
-    // clients of a worker that exited (a recycle, a crash) reconnected
-    // before its replacement was up.
-    let held: Vec<Client> = (0..CONNECTIONS)
-        .map(|_| {
-            let mut client = Client::new(forked.addr);
-            assert_eq!(client.get("/").status, 200);
-            client
-        })
-        .collect();
-    forked.handle.set_workers(2).expect("grow to 2 workers");
-    forked.wait_ready(2);
-    // Each client keeps its connection busy as wrk or a proxy's pool does:
-    // a request, its answer, the next; a new connection when an answer
-    // says close. Without shedding, the new worker would serve none of
-    // them for as long as they live.
-    let stop = Arc::new(AtomicBool::new(false));
-    let closes = Arc::new(AtomicUsize::new(0));
-    let addr = forked.addr;
-    let clients: Vec<_> = held
-        .into_iter()
-        .map(|mut client| {
-            let (stop, closes) = (Arc::clone(&stop), Arc::clone(&closes));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let resp = client.get("/");
-                    assert_eq!(resp.status, 200);
-                    if resp.closes() {
-                        closes.fetch_add(1, Ordering::Relaxed);
-                        client = Client::new(addr);
-                    }
-                }
+    drive.finish();
+}
+
+fn moves_to_a_worker_that_joins_later(path: &'static str, rounds: u64) {
+    let drive = Drive::grown(move |client: &mut Client| {
+        let resp = client.get(path);
+        assert_eq!(resp.status, 200);
+        resp.closes().then_some(0)
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (new, total) = drive.window(CONNECTIONS as u64 * rounds);
+        // An even split, within the over-share margin.
+        if new * 16 >= total * 7 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new worker served {new} of the last {total} requests after {} connections were shed",
+            drive.closes()
+        );
+    }
+    let shed = drive.closes();
+    assert!(shed >= CONNECTIONS / 2 - 1, "only {shed} connections moved");
+    // Once even, shedding stops: no connection churns.
+    let (new, total) = drive.window(CONNECTIONS as u64 * rounds * 4);
+    let churn = drive.closes() - shed;
+    assert!(
+        churn <= CONNECTIONS / 2,
+        "{churn} more connections shed while the new worker served {new} of {total}"
+    );
+    drive.finish();
+}
+
+/// Keep-alive connections the shedding tests drive.
+const CONNECTIONS: usize = 16;
+
+/// A pool of one worker that took [`CONNECTIONS`] keep-alive connections,
+/// grown to two, as a survivor holds them all once the clients of a worker
+/// that exited (a recycle, a crash) reconnected before its replacement was
+/// up; each connection then driven on its own thread by a client that goes
+/// on as wrk or a proxy's pool does, with a new connection when an answer
+/// says close. Without shedding, the new worker would serve none of them
+/// for as long as they live.
+struct Drive {
+    forked: Forked,
+    stop: Arc<AtomicBool>,
+    closes: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drive {
+    /// `exchange` makes one round on a connection: `Some(lost)` when an
+    /// answer said close (with how many requests sent went unanswered).
+    fn grown(exchange: impl Fn(&mut Client) -> Option<usize> + Clone + Send + 'static) -> Self {
+        let forked = Forked::start(
+            Server::builder().workers(1).arbiter(|b| b.capacity(2)),
+            crate::app,
+        );
+        forked.wait_ready(1);
+        let held: Vec<Client> = (0..CONNECTIONS)
+            .map(|_| {
+                let mut client = Client::new(forked.addr);
+                assert_eq!(client.get("/").status, 200);
+                client
             })
-        })
-        .collect();
-    // (requests of the new worker, requests of both) over the next `n`.
-    let window = |n: u64| {
+            .collect();
+        forked.handle.set_workers(2).expect("grow to 2 workers");
+        forked.wait_ready(2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let closes = Arc::new(AtomicUsize::new(0));
+        let lost = Arc::new(AtomicUsize::new(0));
+        let addr = forked.addr;
+        let clients = held
+            .into_iter()
+            .map(|mut client| {
+                let (stop, closes, lost) =
+                    (Arc::clone(&stop), Arc::clone(&closes), Arc::clone(&lost));
+                let exchange = exchange.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(unanswered) = exchange(&mut client) {
+                            closes.fetch_add(1, Ordering::Relaxed);
+                            lost.fetch_add(unanswered, Ordering::Relaxed);
+                            client = Client::new(addr);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            forked,
+            stop,
+            closes,
+            lost,
+            clients,
+        }
+    }
+
+    fn closes(&self) -> usize {
+        self.closes.load(Ordering::Relaxed)
+    }
+
+    fn lost(&self) -> usize {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// (requests of the new worker, requests of both) over the next `n`.
+    fn window(&self, n: u64) -> (u64, u64) {
         let counts = || {
-            let workers = forked.handle.snapshot().workers;
+            let workers = self.forked.handle.snapshot().workers;
             let of = |slot| {
                 workers
                     .iter()
@@ -154,34 +255,15 @@ fn keep_alive_connections_move_to_a_worker_that_joins_later() {
             now.1 >= total + n
         });
         (now.0 - new, now.1 - total)
-    };
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (new, total) = window(CONNECTIONS as u64 * 50);
-        // An even split, within the over-share margin.
-        if new * 16 >= total * 7 {
-            break;
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            client.join().expect("client thread");
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new worker served {new} of the last {total} requests after {} connections were shed",
-            closes.load(Ordering::Relaxed)
-        );
+        self.forked.finish();
     }
-    let shed = closes.load(Ordering::Relaxed);
-    assert!(shed >= CONNECTIONS / 2 - 1, "only {shed} connections moved");
-    // Once even, shedding stops: no connection churns.
-    let (new, total) = window(CONNECTIONS as u64 * 200);
-    let churn = closes.load(Ordering::Relaxed) - shed;
-    assert!(
-        churn <= CONNECTIONS / 2,
-        "{churn} more connections shed while the new worker served {new} of {total}"
-    );
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().expect("client thread");
-    }
-    forked.finish();
 }
 
 /// Every one of `connections` one-request connections was served, and each
