@@ -63,6 +63,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage::report(&e),
     };
+    if matches!(cli.command, Command::Serve(_) | Command::Run(_)) {
+        pid1::hold_pool_signals();
+    }
     std::panic::set_hook(Box::new(panic_hook));
     logger::init();
     let level = match &cli.command {

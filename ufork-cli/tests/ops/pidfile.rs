@@ -685,3 +685,52 @@ fn reload_timeout_ends_the_wait_not_the_roll() {
         gated.pool.transcript()
     );
 }
+
+/// A signal sent the moment the pidfile names the pool (a deploy script's
+/// `kill -HUP $(cat pidfile)` right after the start) is handled, not fatal:
+/// the pool blocks the signals it handles until its handlers are in place.
+/// Before, SIGHUP's default action killed the arbiter in most rounds, with
+/// nothing logged and a stale pidfile left.
+#[test]
+fn a_signal_sent_as_soon_as_the_pidfile_names_the_pool_is_handled() {
+    for signal in [
+        rustix::process::Signal::HUP,
+        rustix::process::Signal::USR1,
+        rustix::process::Signal::TTIN,
+    ] {
+        for _ in 0..4 {
+            let dir = TempDir::new("early-signal");
+            let pidfile = dir.join("ufork.pid");
+            let path = pidfile.to_str().unwrap();
+            let mut pool = Running::start(&[
+                "serve",
+                "-w",
+                "1",
+                "--bind",
+                "127.0.0.1:0",
+                "--pidfile",
+                path,
+            ]);
+            let deadline = std::time::Instant::now() + DEADLINE;
+            let pid = loop {
+                let named = std::fs::read_to_string(&pidfile).unwrap_or_default();
+                if let Ok(pid) = named.trim().parse::<i32>() {
+                    break pid;
+                }
+                assert!(std::time::Instant::now() < deadline, "no pidfile");
+                std::hint::spin_loop();
+            };
+            assert_eq!(pid, pool.pid());
+            ufork_daemon::signal(pid, signal).unwrap();
+            let handled = match signal {
+                rustix::process::Signal::HUP => "SIGHUP: restarting every worker",
+                rustix::process::Signal::USR1 => "SIGUSR1: reopening logs",
+                _ => "workers: 1 -> 2",
+            };
+            pool.expect_line(handled);
+            let stop = run(&["stop", "--pidfile", path]);
+            assert_eq!(stop.code(), Some(0), "{stop:#?}");
+            assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+        }
+    }
+}
