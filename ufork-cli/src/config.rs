@@ -213,10 +213,20 @@ fn config_path(user: &[OsString]) -> Result<Option<std::path::PathBuf>> {
 fn parse(path: &Path, text: &str) -> Result<BTreeMap<Spanned<String>, Spanned<Value>>> {
     toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(text, s.start));
+        let message = e.message().trim_end().replace('\n', "; ");
+        // TOML integers are 64-bit: the parser's own words for a longer
+        // one name its internal type.
+        let message = if message.starts_with("invalid type: integer") && message.contains("i128") {
+            format!(
+                "an integer past what TOML holds ({}); no setting takes one that large",
+                i64::MAX
+            )
+        } else {
+            message
+        };
         usage(format!(
-            "--config {} line {line}: {}",
-            path.display(),
-            e.message().trim_end().replace('\n', "; ")
+            "--config {} line {line}: {message}",
+            path.display()
         ))
     })
 }
@@ -525,6 +535,13 @@ mod tests {
         assert!(e.to_string().contains("expected true or false"), "{e}");
         let e = expand_with("workers = \n", &["serve"]).unwrap_err();
         assert!(e.to_string().contains("line 1: "), "{e}");
+        let e = expand_with("\nworkers = 99999999999999999999999\n", &["serve"]).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "line 2: an integer past what TOML holds (9223372036854775807); no setting takes one that large"
+            ),
+            "{e}"
+        );
         let e = expand_with("colour = 1\n", &["serve"]).unwrap_err();
         assert!(
             e.to_string().contains("keys are its long flag names"),

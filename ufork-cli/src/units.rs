@@ -140,6 +140,9 @@ pub fn parse_seconds_or_never(text: &str) -> Result<Duration, String> {
 
 /// Parses seconds as [`parse_seconds`], or `0` (`0.0`, `0s`) for zero.
 pub fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim().starts_with('-') {
+        return Err("must be 0 or more".to_owned());
+    }
     match split_unit(text.trim()) {
         (number, "" | "s") if number.parse::<f64>().is_ok_and(|v| v == 0.0) => Ok(Duration::ZERO),
         _ => parse_seconds(text),
@@ -291,6 +294,15 @@ mod tests {
             Err("`x` is not a whole number".to_owned())
         );
         assert_eq!(parse_seconds("-5"), Err("must be positive".to_owned()));
+        // Where 0 is a value (never, or off), the bound says so.
+        assert_eq!(
+            parse_seconds_or_zero("-1"),
+            Err("must be 0 or more".to_owned())
+        );
+        assert_eq!(
+            parse_seconds_or_never("-1"),
+            Err("must be 0 or more".to_owned())
+        );
     }
 
     #[test]
@@ -310,7 +322,10 @@ mod tests {
             Ok(Duration::from_millis(2500))
         );
         assert_eq!(parse_seconds_or_never("0ms"), parse_seconds("0ms"));
-        assert_eq!(parse_seconds_or_never("-0"), parse_seconds("-0"));
+        assert_eq!(
+            parse_seconds_or_never("-0"),
+            Err("must be 0 or more".to_owned())
+        );
         assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
         assert_eq!(parse_seconds_or_zero("1"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_count_or_zero("18446744073709551615"), Ok(u64::MAX));

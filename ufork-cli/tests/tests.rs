@@ -815,7 +815,7 @@ fn numbers_out_of_range_say_the_bound() {
         ),
         (
             &["serve", "--timeout", "-5"],
-            &["--timeout", "must be positive"],
+            &["--timeout", "must be 0 or more"],
         ),
         (&["serve", "--max-requests", "-1"], &["must be at least 1"]),
         (

@@ -214,8 +214,12 @@ impl fmt::Display for ExitReason {
                     "timed out: silent for {} while {state}",
                     human(*silent_for)
                 )?;
-                if !activity.is_empty() {
-                    write!(f, " ({activity})")?;
+                match state {
+                    _ if activity.is_empty() => {}
+                    // The activity of a worker between requests is the
+                    // last one it served.
+                    WorkerState::Idle => write!(f, " (last: {activity})")?,
+                    _ => write!(f, " ({activity})")?,
                 }
                 Ok(())
             }
@@ -303,5 +307,26 @@ mod tests {
         );
         assert_eq!(ExitStatus::Signal(9).to_string(), "signal 9 (SIGKILL)");
         assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+    }
+
+    #[test]
+    fn a_hang_report_names_the_request_or_the_last_one() {
+        let timed_out = |state, activity: &str| ExitReason::TimedOut {
+            silent_for: Duration::from_secs(4),
+            state,
+            activity: activity.to_owned(),
+        };
+        assert_eq!(
+            timed_out(WorkerState::Busy, "GET /slow HTTP/1.1").to_string(),
+            "timed out: silent for 4.0s while busy (GET /slow HTTP/1.1)"
+        );
+        assert_eq!(
+            timed_out(WorkerState::Idle, "GET / HTTP/1.1").to_string(),
+            "timed out: silent for 4.0s while idle (last: GET / HTTP/1.1)"
+        );
+        assert_eq!(
+            timed_out(WorkerState::Idle, "").to_string(),
+            "timed out: silent for 4.0s while idle"
+        );
     }
 }

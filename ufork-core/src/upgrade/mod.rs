@@ -824,9 +824,10 @@ impl Upgrader {
         drop(theirs);
         log::info!(
             target: "ufork",
-            "upgrade: started pid {pid}: {} (handing over {} sockets); waiting up to {:?} for its workers",
+            "upgrade: started pid {pid}: {} (handing over {} socket{}); waiting up to {:?} for its workers",
             sys::lossy(&plan.program),
             self.handover.len(),
+            if self.handover.len() == 1 { "" } else { "s" },
             self.timeout
         );
         let pidfd = rustix::process::Pid::from_raw(pid)
