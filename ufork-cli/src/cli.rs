@@ -219,7 +219,8 @@ pub struct PoolArgs {
     /// Check the flags (and the --config file) and exit without starting
     /// anything: 0 when the pool could start with them, else the error it
     /// would stop with. Checks DIR or CMD, --chdir, the --bind addresses
-    /// (resolved, not bound) and the control socket's path.
+    /// (resolved, not bound), the control socket's path, and that --user and
+    /// --group exist.
     #[arg(long)]
     pub check_config: bool,
 

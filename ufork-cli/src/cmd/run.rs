@@ -85,6 +85,7 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
             backlog: args.pool.backlog,
         };
         listen::resolve_all(&args.bind, options)?;
+        crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
         pool::workers(&args.pool)?;
         term::say(format!(
             "ufork run: the configuration is valid (`{}` found; nothing was started)",

@@ -356,7 +356,7 @@ fn migrate_req_off(text: Option<&str>) -> bool {
 }
 
 /// `--check-config`: what `exec` checks before it takes the pidfile and
-/// binds, and nothing more.
+/// binds, and that `--user` and `--group` name a user and a group.
 fn check_config(args: &ServeArgs) -> Result<()> {
     if let Some(dir) = &args.dir {
         ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
@@ -381,6 +381,7 @@ fn check_config(args: &ServeArgs) -> Result<()> {
     if args.reuse_port {
         reuse_port_addrs(&resolved)?;
     }
+    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     pool::workers(&args.pool)?;
     term::say(format!(
         "ufork serve: the configuration is valid ({} to bind; nothing was started)",

@@ -710,5 +710,19 @@ fn check_config_checks_the_flags_and_starts_nothing() {
     assert_one_line_error(&out, 1, &["no-such-program-here", "not found"]);
     let out = run(&["serve", "--check-config", "--bind", ":8000"]);
     assert_one_line_error(&out, 2, &["--bind :8000"]);
+    for args in [
+        &["serve", "--check-config", "--user", "no-such-user-here"][..],
+        &[
+            "run",
+            "--check-config",
+            "--user",
+            "no-such-user-here",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = run(args);
+        assert_one_line_error(&out, 1, &["--user no-such-user-here", "no such user"]);
+    }
     drop(held);
 }
