@@ -77,6 +77,8 @@ fn main() -> ExitCode {
         logger::set_level(level);
     }
     let result = std::panic::catch_unwind(|| cmd::dispatch(cli));
+    // A pool that failed before its loop still holds its signals.
+    pid1::release_stop_signals();
     console::restore_terminal();
     logger::finish(pool::FLUSH_TIMEOUT);
     match result {

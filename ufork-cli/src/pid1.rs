@@ -67,6 +67,15 @@ pub fn hold_pool_signals() {
     ]);
 }
 
+/// The signals held now, as numbers: a `--daemon` launcher unblocks them
+/// while it waits for the daemon, which keeps them held.
+pub fn held_signals() -> Vec<i32> {
+    HELD.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|set| set.iter().map(|signal| signal as i32).collect())
+        .unwrap_or_default()
+}
+
 /// Unblocks what [`hold_stop_signals`] and [`hold_pool_signals`] blocked, on
 /// the arbiter's thread once its handlers are installed: a signal that came
 /// meanwhile is handled now.
@@ -75,9 +84,35 @@ pub struct ReleaseStopSignals;
 
 impl Layer for ReleaseStopSignals {
     fn started(&mut self, _ctx: &mut Context<'_>) {
-        let held = HELD.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(set) = held {
-            let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        release();
+    }
+}
+
+/// Unblocks on this thread what is still held: the arbiter's loop starts.
+fn release() {
+    let held = HELD.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(set) = held {
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    }
+}
+
+/// The command is over and its loop never started (a pool that failed
+/// first): SIGINT, SIGTERM and SIGQUIT act again, so Ctrl-C ends a final
+/// flush stalled on a full pipe. The others stay held: one sent to the
+/// starting pool (a `kill -HUP` that came early) must not end the process
+/// before it says why it failed.
+pub fn release_stop_signals() {
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if held.is_some() {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGQUIT);
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+        if let Some(all) = held.as_mut() {
+            all.remove(Signal::SIGINT);
+            all.remove(Signal::SIGTERM);
+            all.remove(Signal::SIGQUIT);
         }
     }
 }

@@ -254,7 +254,8 @@ impl Session {
             }
             let mut options = Daemonize::new()
                 .working_directory(std::env::current_dir().unwrap_or_else(|_| "/".into()))
-                .umask(0o022);
+                .umask(0o022)
+                .unblock_in_launcher(&crate::pid1::held_signals());
             if let Some(path) = &pool.pidfile {
                 options = options.pidfile(path);
             }

@@ -77,6 +77,7 @@ pub struct Daemonize {
     pgrpfile: Option<PathBuf>,
     log: Option<RotatingFileBuilder>,
     timeout: Option<Duration>,
+    launcher_unblocks: Vec<i32>,
 }
 
 impl Default for Daemonize {
@@ -109,7 +110,19 @@ impl Daemonize {
             pgrpfile: None,
             log: None,
             timeout: Some(DEFAULT_TIMEOUT),
+            launcher_unblocks: Vec::new(),
         }
+    }
+
+    /// Signals the launcher unblocks while it waits for the daemon's
+    /// readiness, the daemon keeping them blocked: a program that blocks
+    /// the signals it handles until its handlers are in place (so that one
+    /// sent as soon as the pidfile appears is not fatal) keeps Ctrl-C and
+    /// `kill` working on the launcher. Numbers that are no signal are
+    /// skipped.
+    pub fn unblock_in_launcher(mut self, signals: &[i32]) -> Self {
+        self.launcher_unblocks = signals.to_vec();
+        self
     }
 
     /// The daemon's working directory (default `/`, so that it holds no
@@ -215,6 +228,7 @@ impl Daemonize {
         match sys::fork().map_err(|source| Error::Fork { source })? {
             Forked::Parent(intermediate) => {
                 drop(daemon_end);
+                sys::unblock_signals(&plan.launcher_unblocks);
                 // The intermediate child only forks and exits: reap it now.
                 while let Err(Errno::INTR) = rustix::process::waitpid(
                     rustix::process::Pid::from_raw(intermediate),
@@ -294,6 +308,7 @@ impl Daemonize {
             pgrpfile,
             log,
             timeout: self.timeout,
+            launcher_unblocks: self.launcher_unblocks,
         })
     }
 }
@@ -306,6 +321,7 @@ struct Plan {
     pgrpfile: Option<PathBuf>,
     log: Option<RotatingFileBuilder>,
     timeout: Option<Duration>,
+    launcher_unblocks: Vec<i32>,
 }
 
 impl Plan {

@@ -35,6 +35,25 @@ pub(crate) fn fork() -> io::Result<Forked> {
     }
 }
 
+/// Unblocks `signals` on the calling thread (numbers that are no signal are
+/// skipped).
+pub(crate) fn unblock_signals(signals: &[i32]) {
+    if signals.is_empty() {
+        return;
+    }
+    // SAFETY: `set` is a valid signal set, initialised by sigemptyset before
+    // sigaddset and pthread_sigmask read it; a null old-set pointer is
+    // allowed. Changing this thread's mask has no memory-safety contract.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(set.as_mut_ptr());
+        for &signal in signals {
+            libc::sigaddset(set.as_mut_ptr(), signal);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// Ends the calling process at once with `code`, without running atexit
 /// handlers, destructors or std's stdout flush: a forked intermediate must not
 /// flush or drop what belongs to the launcher.

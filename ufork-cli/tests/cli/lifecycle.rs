@@ -559,3 +559,50 @@ fn a_daemon_starts_with_an_inherited_descriptor_past_the_open_files_limit() {
         );
     }
 }
+
+/// A `--daemon` launcher waits for its daemon's readiness with the pool's
+/// signals unblocked (the daemon keeps them held until its handlers are in
+/// place): Ctrl-C ends the wait at once, as it always did, instead of being
+/// held until the daemon is ready or its 30 s run out.
+#[test]
+fn a_daemon_launcher_waiting_for_readiness_obeys_ctrl_c() {
+    let dir = TempDir::new("launcher-sigint");
+    let pidfile = dir.join("ufork.pid");
+    // `--notify` and a program that never says READY=1: never ready.
+    let mut launcher = ufork()
+        .args(["run", "--daemon", "--notify", "-w", "1", "--pidfile"])
+        .arg(&pidfile)
+        .args(["--", "sleep", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ufork");
+    // The daemon took the pidfile: the launcher waits for it (or is about
+    // to; a signal before it unblocks waits for that, not for 30 s).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let daemon = loop {
+        let named = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        if let Ok(pid) = named.trim().parse::<i32>() {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no pidfile");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let sent = std::time::Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(launcher.id() as i32).unwrap(),
+        Signal::INT,
+    )
+    .unwrap();
+    let status = launcher.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(Signal::INT.as_raw()), "{status:?}");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(10),
+        "the launcher took {:?}",
+        sent.elapsed()
+    );
+    // The daemon, left behind as before, is stopped here.
+    assert!(ufork_daemon::signal(daemon, Signal::TERM).unwrap());
+    assert!(ufork_daemon::wait_for_exit(daemon, Some(DEADLINE)).unwrap());
+}
