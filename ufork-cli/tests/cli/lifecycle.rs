@@ -579,15 +579,7 @@ fn a_daemon_launcher_waiting_for_readiness_obeys_ctrl_c() {
         .expect("spawn ufork");
     // The daemon took the pidfile: the launcher waits for it (or is about
     // to; a signal before it unblocks waits for that, not for 30 s).
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let daemon = loop {
-        let named = std::fs::read_to_string(&pidfile).unwrap_or_default();
-        if let Ok(pid) = named.trim().parse::<i32>() {
-            break pid;
-        }
-        assert!(std::time::Instant::now() < deadline, "no pidfile");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    let daemon = pid_once_named(&pidfile);
     let sent = std::time::Instant::now();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(launcher.id() as i32).unwrap(),

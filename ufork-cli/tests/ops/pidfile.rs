@@ -711,15 +711,7 @@ fn a_signal_sent_as_soon_as_the_pidfile_names_the_pool_is_handled() {
                 "--pidfile",
                 path,
             ]);
-            let deadline = std::time::Instant::now() + DEADLINE;
-            let pid = loop {
-                let named = std::fs::read_to_string(&pidfile).unwrap_or_default();
-                if let Ok(pid) = named.trim().parse::<i32>() {
-                    break pid;
-                }
-                assert!(std::time::Instant::now() < deadline, "no pidfile");
-                std::hint::spin_loop();
-            };
+            let pid = pid_once_named(&pidfile);
             assert_eq!(pid, pool.pid());
             ufork_daemon::signal(pid, signal).unwrap();
             let handled = match signal {

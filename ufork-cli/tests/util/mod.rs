@@ -284,6 +284,25 @@ impl Drop for TempDir {
     }
 }
 
+/// The pid `pidfile` names, as soon as it names one (polled without a pause:
+/// a test that races the pool's start must see it at once). Fails the test
+/// at [`DEADLINE`].
+pub fn pid_once_named(pidfile: &Path) -> i32 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let named = std::fs::read_to_string(pidfile).unwrap_or_default();
+        if let Ok(pid) = named.trim().parse::<i32>() {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} names no pid",
+            pidfile.display()
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// A daemon started by a test: stopped and waited for on drop, by the pid in
 /// its pidfile.
 pub struct DaemonGuard(pub PathBuf);

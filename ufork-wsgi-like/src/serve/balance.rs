@@ -122,34 +122,39 @@ impl Table {
     }
 }
 
+/// The threads of `cells` (the table's raw cells: 0 for no thread) and the
+/// connections they hold in all.
+fn tally(cells: impl Iterator<Item = u64>) -> (u128, u128) {
+    cells
+        .filter(|&c| c > 0)
+        .fold((0, 0), |(n, t), c| (n + 1, t + u128::from(c - 1)))
+}
+
 /// Whether a thread holding `mine` connections holds clearly more than the
 /// mean of `cells` (the table, its own cell included): more than the mean
 /// plus one plus a sixteenth of the mean, so that counts a connection or
 /// two apart never make a thread stand aside.
 pub(crate) fn over_share(mine: u64, cells: impl Iterator<Item = u64>) -> bool {
-    let (threads, total) = cells
-        .filter(|&c| c > 0)
-        .fold((0u128, 0u128), |(n, t), c| (n + 1, t + u128::from(c - 1)));
-    if threads == 0 {
-        return false;
-    }
-    // mine > mean + 1 + mean / 16, in integers: 16·n·mine > 17·total + 16·n.
-    16 * threads * u128::from(mine) > 17 * total + 16 * threads
+    let (threads, total) = tally(cells);
+    clearly_over(mine, threads, total)
+}
+
+/// mine > mean + 1 + mean / 16 of `total` over `threads` (none: never).
+fn clearly_over(mine: u64, threads: u128, total: u128) -> bool {
+    // In integers: 16·n·mine > 17·total + 16·n.
+    threads > 0 && 16 * threads * u128::from(mine) > 17 * total + 16 * threads
 }
 
 /// How many connections a thread holding `mine` should shed: none unless it
 /// holds clearly more than the mean ([`over_share`]), else what it holds
 /// above the mean (rounded up), so that shedding never takes a thread
 /// below it.
-pub(crate) fn excess(mine: u64, cells: impl Iterator<Item = u64> + Clone) -> u64 {
-    if !over_share(mine, cells.clone()) {
+pub(crate) fn excess(mine: u64, cells: impl Iterator<Item = u64>) -> u64 {
+    let (threads, total) = tally(cells);
+    if !clearly_over(mine, threads, total) {
         return 0;
     }
-    let (threads, total) = cells
-        .filter(|&c| c > 0)
-        .fold((0u128, 0u128), |(n, t), c| (n + 1, t + u128::from(c - 1)));
-    // over_share found at least one thread, so `threads` is not 0.
-    let mean_up = total.div_ceil(threads.max(1));
+    let mean_up = total.div_ceil(threads);
     u64::try_from(u128::from(mine).saturating_sub(mean_up)).unwrap_or(0)
 }
 
@@ -310,7 +315,7 @@ impl<'t> Balance<'t> {
 mod tests {
     use super::*;
 
-    fn cells(counts: &[u64]) -> impl Iterator<Item = u64> + Clone + '_ {
+    fn cells(counts: &[u64]) -> impl Iterator<Item = u64> + '_ {
         counts.iter().map(|&c| c + 1)
     }
 
