@@ -14,7 +14,10 @@
 //! The contenders separate three suspects: the split of connections
 //! between workers (the floor with a shared listener often gives one
 //! worker nearly all of them; with `SO_REUSEPORT` the split is even), the
-//! work done per request (the floor spending 1 µs more on each), and
+//! work done per request (the floor spending 0.25 µs or 1 µs more on each;
+//! ufork-wsgi-like spends ~0.7 µs more of user CPU than the floor on a
+//! hello request, parsing it and building the `http::Request` and the
+//! answer), and
 //! whether a connection is pinned to one thread (hyper on one runtime of
 //! two threads, where an idle thread takes over a busy one's ready
 //! connections, against hyper on two single-threaded runtimes). Two more
@@ -49,7 +52,7 @@ struct Contender {
     env: &'static [(&'static str, &'static str)],
 }
 
-const CONTENDERS: [Contender; 9] = [
+const CONTENDERS: [Contender; 10] = [
     Contender {
         name: "ufork-wsgi-like -w 2",
         spec: Spec::Rust("ufork"),
@@ -73,6 +76,12 @@ const CONTENDERS: [Contender; 9] = [
         spec: Spec::Rust("floor-reuseport"),
         workers: 2,
         env: &[],
+    },
+    Contender {
+        name: "floor -w 2 reuse_port +0.25 µs/req",
+        spec: Spec::Rust("floor-reuseport"),
+        workers: 2,
+        env: &[("UFORK_BENCH_SPIN_NS", "250")],
     },
     Contender {
         name: "floor -w 2 reuse_port +1 µs/req",
