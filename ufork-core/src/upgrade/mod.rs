@@ -508,7 +508,11 @@ pub struct Upgrader {
     tell_handed: bool,
     /// The listening sockets a graceful stop refuses new connections on.
     refusals: Vec<Refusal>,
+    /// Told the pid of a failed upgrade's new arbiter once it ended.
+    after_failed: Option<AfterFailed>,
 }
+
+type AfterFailed = Box<dyn FnMut(i32) + Send>;
 
 /// A process of a failed or abandoned upgrade, told to stop.
 struct Leftover {
@@ -637,7 +641,24 @@ impl Upgrader {
             handed: None,
             tell_handed: false,
             refusals: Vec::new(),
+            after_failed: None,
         })
+    }
+
+    /// Runs `hook` with the pid of a failed or abandoned upgrade's new
+    /// arbiter (and of the arbiter it daemonized into) once that process
+    /// has ended, however it ended (SIGKILL included): the place to remove
+    /// what it made by path and could not remove itself, such as a socket
+    /// named after its pid.
+    pub fn after_failed(mut self, hook: impl FnMut(i32) + Send + 'static) -> Self {
+        self.after_failed = Some(Box::new(hook));
+        self
+    }
+
+    fn ended(&mut self, pid: i32) {
+        if let Some(hook) = &mut self.after_failed {
+            hook(pid);
+        }
     }
 
     /// Hands a copy of `socket` to the new arbiter under `name` (a
@@ -980,6 +1001,10 @@ impl Upgrader {
                     how: s.ended.clone().unwrap_or_default(),
                 }),
             };
+            if outcome.is_err() {
+                let pid = s.pid;
+                self.ended(pid);
+            }
             self.finish(outcome, ctx);
         }
     }
@@ -1104,6 +1129,7 @@ impl Layer for Upgrader {
             if let Some(pid) = rustix::process::Pid::from_raw(ended.pid).filter(|_| ended.child) {
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
             }
+            self.ended(ended.pid);
             return;
         }
         let State::Starting(s) = &mut self.state else {
@@ -1212,8 +1238,9 @@ impl Layer for Upgrader {
         // finish its own graceful stop, then SIGKILL: the process started,
         // and the arbiter it daemonized into when that is another one.
         let deadline = Instant::now().checked_add(self.timeout);
-        for leftover in self.leftovers.drain(..) {
+        for leftover in std::mem::take(&mut self.leftovers) {
             reap_within(&leftover, deadline);
+            self.ended(leftover.pid);
         }
     }
 

@@ -148,6 +148,40 @@ fn a_failed_upgrade_keeps_the_pool_serving_and_a_stop_refuses_new_connections() 
     assert_eq!(util::children_of_self(), Vec::<i32>::new());
 }
 
+/// `after_failed` hears of a failed upgrade's new arbiter once it ended: one
+/// that exited, and one the timeout stopped.
+#[test]
+fn after_failed_is_told_the_pid_of_each_failed_new_arbiter_once_it_ended() {
+    let _g = lock();
+    for (script, timeout) in [
+        ("exit 3", DEADLINE),
+        (REPORTS_AND_HANGS, Duration::from_millis(200)),
+    ] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let upgrader = Upgrader::new(sh(script, &[]))
+            .unwrap()
+            .timeout(timeout)
+            .after_failed(move |pid| {
+                let _ = tx.send((pid, util::exists(pid)));
+            });
+        let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
+        let err = upgrades
+            .upgrade()
+            .wait(Some(DEADLINE))
+            .unwrap()
+            .unwrap_err();
+        let pid = match err {
+            UpgradeError::Exited { pid, .. } | UpgradeError::Timeout { pid, .. } => pid,
+            e => panic!("{e:?}"),
+        };
+        let (told, existed) = rx.recv_timeout(DEADLINE).expect("after_failed was called");
+        assert_eq!(told, pid);
+        assert!(!existed, "pid {pid} was reaped before the hook ran");
+        handle.stop();
+        joiner.join().unwrap().unwrap();
+    }
+}
+
 #[test]
 fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refused() {
     let _g = lock();
