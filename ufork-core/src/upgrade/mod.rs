@@ -14,6 +14,17 @@
 //! arbiter, the old one says `MAINPID=` on that socket too: only then does
 //! the new arbiter speak for the service ([`speaks_for_service`]).
 //!
+//! Before it takes over anything the old arbiter owns by path (a pidfile, a
+//! control socket: [`ReadyReporter::before_ready`]) and reports `READY=1`,
+//! a new arbiter asks `TAKEOVER=1`, and goes on only on `GRANTED=1`. The old
+//! arbiter decides in its loop's order: a timeout that came first said
+//! `ABANDONED=1` (the new arbiter then stops without taking anything), and
+//! once it granted, it waits for `READY=1` or the new arbiter's end, with
+//! no timeout: giving up while the files change hands could leave two
+//! pools that both think they own them. (`UFORK_UPGRADE_COMMIT=1` tells
+//! the new arbiter its old one answers; one started by an earlier release
+//! is not asked.)
+//!
 //! If the new arbiter cannot be started, exits or closes the socket before
 //! it is ready, or is not ready within the timeout (stopped with SIGTERM
 //! then), the old arbiter keeps serving and the request fails with the
@@ -126,6 +137,20 @@ const KEEP_ENV: &str = "UFORK_UPGRADE_KEEP";
 /// [`Upgrader::configured_workers`] and [`Handover::workers`]).
 const WORKERS_ENV: &str = "UFORK_UPGRADE_WORKERS";
 
+/// The variable that tells the new arbiter this old one answers
+/// `TAKEOVER=1` (with `GRANTED=1`, or `ABANDONED=1` once it gave up): the
+/// new arbiter then takes over what it owns by path only once granted. An
+/// old arbiter without it (an earlier release) is not asked.
+const COMMIT_ENV: &str = "UFORK_UPGRADE_COMMIT";
+
+/// What the new arbiter asks once its workers are ready, before it takes
+/// anything over.
+const TAKEOVER: &[u8] = b"TAKEOVER=1\n";
+
+/// The old arbiter's answer to [`TAKEOVER`]: from now on it waits for the
+/// outcome (`READY=1`, or the new arbiter's end) without a timeout.
+const GRANTED: &[u8] = b"GRANTED=1\n";
+
 /// What socket activation sets; replaced for the new arbiter.
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
@@ -220,6 +245,7 @@ impl Reexec {
         if let Some(workers) = workers {
             env.push(c(format!("{WORKERS_ENV}={workers}").as_bytes())?);
         }
+        env.push(c(format!("{COMMIT_ENV}=1").as_bytes())?);
         let mut fds: Vec<_> = handover.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         fds.push(report.as_raw_fd());
         Ok(sys::ExecPlan {
@@ -247,7 +273,8 @@ fn passed_on(key: &[u8], value: &[u8], pid: u32) -> bool {
     let replaced = LISTEN_VARS.iter().any(|v| v.as_bytes() == key)
         || key == REPORT_FD_ENV.as_bytes()
         || key == KEEP_ENV.as_bytes()
-        || key == WORKERS_ENV.as_bytes();
+        || key == WORKERS_ENV.as_bytes()
+        || key == COMMIT_ENV.as_bytes();
     let our_watchdog = key == b"WATCHDOG_PID" && value == pid.to_string().as_bytes();
     !replaced && !our_watchdog
 }
@@ -469,6 +496,8 @@ struct Starting {
     deadline: Option<Instant>,
     /// How the started process ended, once it has.
     ended: Option<String>,
+    /// The takeover was granted: no timeout from then on.
+    granted: bool,
 }
 
 enum State {
@@ -868,6 +897,7 @@ impl Upgrader {
             main: None,
             deadline: Instant::now().checked_add(self.timeout),
             ended: None,
+            granted: false,
         });
         Ok(())
     }
@@ -887,6 +917,10 @@ impl Upgrader {
                     s.buf.push(b'\n');
                 }
                 Err(rustix::io::Errno::INTR) => continue,
+                // The new arbiter closed its end with a message of ours
+                // unread (`GRANTED=1`): the error comes first, what it
+                // sent before is still queued behind it.
+                Err(rustix::io::Errno::CONNRESET) => eof = true,
                 Err(_) => break,
             }
         }
@@ -896,6 +930,16 @@ impl Upgrader {
         for line in text.lines() {
             if line == "READY=1" {
                 ready = true;
+            } else if line.as_bytes() == TAKEOVER.trim_ascii_end() && !s.granted {
+                // Decided here, in the loop's order: a timeout that came
+                // first said ABANDONED=1 and closed the socket, so no grant
+                // follows it; once granted, the new arbiter takes the files
+                // over, and giving up on it then could leave both pools
+                // thinking they own them. Its end still ends the wait.
+                s.granted = true;
+                s.deadline = None;
+                let _ = rustix::net::send(&s.report, GRANTED, rustix::net::SendFlags::NOSIGNAL);
+                log::info!(target: "ufork", "upgrade: pid {} is taking over; waiting for it to finish", s.mainpid.unwrap_or(s.pid));
             } else if let Some(pid) = line.strip_prefix("MAINPID=") {
                 let reported: Option<i32> = pid.trim().parse().ok();
                 if reported != s.mainpid {
@@ -1267,6 +1311,8 @@ pub struct Handover {
     /// The old pool's target worker count, when it told it.
     workers: Option<usize>,
     report: Option<OwnedFd>,
+    /// The old arbiter answers `TAKEOVER=1`.
+    ask: bool,
 }
 
 impl Handover {
@@ -1306,6 +1352,7 @@ impl Handover {
                 .collect::<Option<_>>()
                 .ok_or_else(|| bad("UFORK_UPGRADE_KEEP is not a list of descriptor indices"))?,
         };
+        let ask = var(COMMIT_ENV).is_some_and(|v| v == "1");
         let workers = match var(WORKERS_ENV) {
             None => None,
             Some(n) => Some(
@@ -1325,6 +1372,7 @@ impl Handover {
             REPORT_FD_ENV,
             KEEP_ENV,
             WORKERS_ENV,
+            COMMIT_ENV,
         ]);
         let report = fds.pop();
         let listeners = fds
@@ -1342,6 +1390,7 @@ impl Handover {
         Ok(Some(Self {
             listeners,
             kept,
+            ask,
             workers,
             report,
         }))
@@ -1399,6 +1448,8 @@ impl Handover {
                 before_ready: None,
                 reported: None,
                 abandoned: false,
+                ask: self.ask,
+                asked: false,
             }
         })
     }
@@ -1429,6 +1480,10 @@ pub struct ReadyReporter {
     reported: Option<(OwnedFd, Token)>,
     /// The old arbiter said `ABANDONED=1`: its end of file hands nothing over.
     abandoned: bool,
+    /// The old arbiter answers `TAKEOVER=1`: ask before taking over.
+    ask: bool,
+    /// `TAKEOVER=1` went out; waiting for `GRANTED=1`.
+    asked: bool,
 }
 
 type BeforeReady = Box<dyn FnMut() -> Result<(), String> + Send>;
@@ -1467,7 +1522,14 @@ impl Layer for ReadyReporter {
         // Registered so forked workers close their copy: only this process
         // may hold the old arbiter's socket open.
         if let Some(fd) = &self.report {
-            self.token = Some(ctx.register(fd.as_fd(), crate::Interest::default()));
+            // Readable when the old arbiter answers `TAKEOVER=1`: its
+            // answer, or its `ABANDONED=1`, comes before `READY=1`.
+            let interest = if self.ask {
+                crate::Interest::READABLE
+            } else {
+                crate::Interest::default()
+            };
+            self.token = Some(ctx.register(fd.as_fd(), interest));
             // The pid first, so a timed-out upgrade stops this process even
             // when it daemonized away from the one the old arbiter started.
             let message = format!("MAINPID={}\n", std::process::id());
@@ -1509,11 +1571,36 @@ impl Layer for ReadyReporter {
                 return;
             }
         }
-        if Some(token) == self.token && (readiness.hangup || readiness.error) {
+        if Some(token) != self.token {
+            return;
+        }
+        if readiness.readable {
+            match self.read_answer() {
+                Answer::Granted if self.asked => {
+                    self.asked = false;
+                    if ctx.handle().snapshot().stopping {
+                        // Told to stop meanwhile: the old arbiter hears the
+                        // end of file and keeps serving.
+                        self.give_up(ctx);
+                    } else {
+                        self.take_over(ctx);
+                    }
+                    return;
+                }
+                Answer::Abandoned => {
+                    // It gave up first (its timeout, its stop): taking over
+                    // now would leave two pools owning the same files.
+                    log::warn!(target: "ufork", "upgrade: the old arbiter gave up on this one before it took over; stopping");
+                    self.give_up(ctx);
+                    ctx.handle().stop();
+                    return;
+                }
+                Answer::Granted | Answer::Nothing => {}
+            }
+        }
+        if readiness.hangup || readiness.error {
             // The old arbiter is gone: nobody to report to.
-            ctx.deregister(token);
-            self.token = None;
-            self.report = None;
+            self.give_up(ctx);
         }
     }
 
@@ -1525,9 +1612,80 @@ impl Layer for ReadyReporter {
             .checked_add(READY_POLL)
             .unwrap_or_else(Instant::now);
         let snapshot = ctx.handle().snapshot();
-        if snapshot.stopping || snapshot.target == 0 || snapshot.ready_count() < snapshot.target {
+        if self.asked
+            || snapshot.stopping
+            || snapshot.target == 0
+            || snapshot.ready_count() < snapshot.target
+        {
             return;
         }
+        if self.ask {
+            // Nothing is taken over before the old arbiter grants it (see
+            // `TAKEOVER`); its answer comes on the socket.
+            if let Some(fd) = &self.report {
+                match rustix::net::send(fd, TAKEOVER, rustix::net::SendFlags::NOSIGNAL) {
+                    Ok(_) => self.asked = true,
+                    Err(e) => {
+                        log::error!(target: "ufork", "cannot ask the old arbiter to take over: {e}");
+                        self.give_up(ctx);
+                    }
+                }
+            }
+            return;
+        }
+        self.take_over(ctx);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        (self.report.is_some() && !self.asked).then_some(self.check)
+    }
+}
+
+/// What the old arbiter said on the report socket before `READY=1`.
+enum Answer {
+    Granted,
+    Abandoned,
+    Nothing,
+}
+
+impl ReadyReporter {
+    /// Reads what the old arbiter said since the last look.
+    fn read_answer(&mut self) -> Answer {
+        let Some(fd) = &self.report else {
+            return Answer::Nothing;
+        };
+        let mut answer = Answer::Nothing;
+        let mut buf = [0u8; 256];
+        loop {
+            match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Ok((n, _)) if n > 0 => {
+                    let text = &buf[..n.min(buf.len())];
+                    for line in text.split(|&b| b == b'\n') {
+                        if line == ABANDONED.trim_ascii_end() {
+                            return Answer::Abandoned;
+                        }
+                        if line == GRANTED.trim_ascii_end() {
+                            answer = Answer::Granted;
+                        }
+                    }
+                }
+                _ => return answer,
+            }
+        }
+    }
+
+    /// Nobody to report to any more: the socket goes, nothing is taken over.
+    fn give_up(&mut self, ctx: &mut Context<'_>) {
+        if let Some(token) = self.token.take() {
+            ctx.deregister(token);
+        }
+        self.report = None;
+        self.asked = false;
+    }
+
+    /// Takes over what the old arbiter owned by path, then says `READY=1`.
+    fn take_over(&mut self, ctx: &mut Context<'_>) {
         if let Some(hook) = &mut self.before_ready {
             if let Err(e) = hook() {
                 log::error!(target: "ufork", "cannot take over from the old arbiter: {e}; stopping");
@@ -1555,15 +1713,45 @@ impl Layer for ReadyReporter {
             }
         }
     }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.report.is_some().then_some(self.check)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reporter_with(said: &[&[u8]]) -> Answer {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let (old, new) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
+                .unwrap();
+        for message in said {
+            rustix::net::send(&old, message, rustix::net::SendFlags::empty()).unwrap();
+        }
+        let mut reporter = ReadyReporter {
+            report: Some(new),
+            token: None,
+            check: Instant::now(),
+            before_ready: None,
+            reported: None,
+            abandoned: false,
+            ask: true,
+            asked: true,
+        };
+        reporter.read_answer()
+    }
+
+    #[test]
+    fn an_old_arbiter_that_gave_up_is_never_taken_for_a_grant() {
+        assert!(matches!(reporter_with(&[GRANTED]), Answer::Granted));
+        assert!(matches!(reporter_with(&[ABANDONED]), Answer::Abandoned));
+        // A stop right after the grant: the files are not taken over.
+        assert!(matches!(
+            reporter_with(&[GRANTED, ABANDONED]),
+            Answer::Abandoned
+        ));
+        assert!(matches!(reporter_with(&[b"MAINPID=1\n"]), Answer::Nothing));
+        assert!(matches!(reporter_with(&[]), Answer::Nothing));
+    }
 
     #[test]
     fn capture_names_this_program_and_its_arguments() {
