@@ -21,9 +21,9 @@
 //! `ABANDONED=1` (the new arbiter then stops without taking anything), and
 //! once it granted, it waits for `READY=1` or the new arbiter's end, with
 //! no timeout: giving up while the files change hands could leave two
-//! pools that both think they own them. (`UFORK_UPGRADE_COMMIT=1` tells
-//! the new arbiter its old one answers; one started by an earlier release
-//! is not asked.)
+//! pools that both think they own them. (`ANSWERS=TAKEOVER`, queued on the
+//! socket before the new arbiter starts, tells it its old one answers; one
+//! started by an earlier release is not asked.)
 //!
 //! If the new arbiter cannot be started, exits or closes the socket before
 //! it is ready, or is not ready within the timeout (stopped with SIGTERM
@@ -137,11 +137,14 @@ const KEEP_ENV: &str = "UFORK_UPGRADE_KEEP";
 /// [`Upgrader::configured_workers`] and [`Handover::workers`]).
 const WORKERS_ENV: &str = "UFORK_UPGRADE_WORKERS";
 
-/// The variable that tells the new arbiter this old one answers
-/// `TAKEOVER=1` (with `GRANTED=1`, or `ABANDONED=1` once it gave up): the
-/// new arbiter then takes over what it owns by path only once granted. An
-/// old arbiter without it (an earlier release) is not asked.
-const COMMIT_ENV: &str = "UFORK_UPGRADE_COMMIT";
+/// The first message on the report socket, queued by the old arbiter
+/// before it starts the new one: it answers `TAKEOVER=1` (with
+/// `GRANTED=1`, or `ABANDONED=1` once it gave up), so the new arbiter takes
+/// over what it owns by path only once granted. An old arbiter of an
+/// earlier release does not send it and is not asked. A message, not an
+/// environment variable: an earlier release passes its environment on to
+/// the arbiter it upgrades to, and would pass on a promise it does not keep.
+const ANSWERS: &[u8] = b"ANSWERS=TAKEOVER\n";
 
 /// What the new arbiter asks once its workers are ready, before it takes
 /// anything over.
@@ -245,7 +248,6 @@ impl Reexec {
         if let Some(workers) = workers {
             env.push(c(format!("{WORKERS_ENV}={workers}").as_bytes())?);
         }
-        env.push(c(format!("{COMMIT_ENV}=1").as_bytes())?);
         let mut fds: Vec<_> = handover.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         fds.push(report.as_raw_fd());
         Ok(sys::ExecPlan {
@@ -273,8 +275,7 @@ fn passed_on(key: &[u8], value: &[u8], pid: u32) -> bool {
     let replaced = LISTEN_VARS.iter().any(|v| v.as_bytes() == key)
         || key == REPORT_FD_ENV.as_bytes()
         || key == KEEP_ENV.as_bytes()
-        || key == WORKERS_ENV.as_bytes()
-        || key == COMMIT_ENV.as_bytes();
+        || key == WORKERS_ENV.as_bytes();
     let our_watchdog = key == b"WATCHDOG_PID" && value == pid.to_string().as_bytes();
     !replaced && !our_watchdog
 }
@@ -859,6 +860,10 @@ impl Upgrader {
         let (report, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
                 .map_err(|e| UpgradeError::Socket(e.into()))?;
+        // Queued before the new arbiter exists, so it is the first thing
+        // the new arbiter finds (see `answers_takeover`).
+        rustix::net::send(&report, ANSWERS, rustix::net::SendFlags::NOSIGNAL)
+            .map_err(|e| UpgradeError::Socket(e.into()))?;
         let program = self.reexec.program.display().to_string();
         let spawn_error = |source| UpgradeError::Spawn {
             program: program.clone(),
@@ -1301,6 +1306,26 @@ impl Layer for Upgrader {
     }
 }
 
+/// Whether the old arbiter queued [`ANSWERS`] on the report socket `fd`
+/// before it started this process (then taken off the socket). Anything
+/// else first (an earlier release's `ABANDONED=1`) stays for the reporter
+/// to read.
+fn answers_takeover(fd: &OwnedFd) -> bool {
+    use rustix::net::{RecvFlags, recv};
+    let mut buf = [0u8; 64];
+    let peeked = loop {
+        match recv(fd, &mut buf, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other,
+        }
+    };
+    let is_answers = matches!(peeked, Ok((n, _)) if buf.get(..n) == Some(ANSWERS));
+    if is_answers {
+        let _ = recv(fd, &mut buf, RecvFlags::DONTWAIT);
+    }
+    is_answers
+}
+
 /// What an upgrading arbiter handed to this process: the sockets and the
 /// report descriptor. Take it once, first thing in `main`.
 #[derive(Debug)]
@@ -1352,7 +1377,6 @@ impl Handover {
                 .collect::<Option<_>>()
                 .ok_or_else(|| bad("UFORK_UPGRADE_KEEP is not a list of descriptor indices"))?,
         };
-        let ask = var(COMMIT_ENV).is_some_and(|v| v == "1");
         let workers = match var(WORKERS_ENV) {
             None => None,
             Some(n) => Some(
@@ -1372,9 +1396,9 @@ impl Handover {
             REPORT_FD_ENV,
             KEEP_ENV,
             WORKERS_ENV,
-            COMMIT_ENV,
         ]);
         let report = fds.pop();
+        let ask = report.as_ref().is_some_and(answers_takeover);
         let listeners = fds
             .into_iter()
             .enumerate()
@@ -1562,6 +1586,9 @@ impl Layer for ReadyReporter {
                         }
                         Ok(_) => {}
                         Err(rustix::io::Errno::AGAIN) => return,
+                        // The old arbiter closed its end with something of
+                        // ours unread: what it said before is still queued.
+                        Err(rustix::io::Errno::CONNRESET) => continue,
                         Err(_) => {}
                     }
                     break;
@@ -1670,6 +1697,9 @@ impl ReadyReporter {
                         }
                     }
                 }
+                // The old arbiter closed its end with `TAKEOVER=1` unread:
+                // its `ABANDONED=1` is still queued behind the error.
+                Err(rustix::io::Errno::CONNRESET) => continue,
                 _ => return answer,
             }
         }
@@ -1751,6 +1781,57 @@ mod tests {
         ));
         assert!(matches!(reporter_with(&[b"MAINPID=1\n"]), Answer::Nothing));
         assert!(matches!(reporter_with(&[]), Answer::Nothing));
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None).unwrap()
+    }
+
+    fn next_message(fd: &OwnedFd) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n > 0 => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Only an old arbiter that queued `ANSWERS=TAKEOVER` first is asked;
+    /// an earlier release's messages stay for the reporter.
+    #[test]
+    fn only_an_old_arbiter_that_says_it_answers_is_asked() {
+        let (old, new) = pair();
+        rustix::net::send(&old, ANSWERS, rustix::net::SendFlags::empty()).unwrap();
+        rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
+        assert!(answers_takeover(&new));
+        assert_eq!(next_message(&new).as_deref(), Some(ABANDONED));
+
+        let (old, new) = pair();
+        assert!(!answers_takeover(&new), "an earlier release says nothing");
+        rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
+        assert!(!answers_takeover(&new));
+        assert_eq!(next_message(&new).as_deref(), Some(ABANDONED));
+    }
+
+    /// The old arbiter gave up (`ABANDONED=1`) and closed its end with
+    /// `TAKEOVER=1` unread: the reset comes first, the answer after it.
+    #[test]
+    fn an_abandon_behind_a_reset_is_still_read() {
+        let (old, new) = pair();
+        rustix::net::send(&new, TAKEOVER, rustix::net::SendFlags::empty()).unwrap();
+        rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
+        drop(old);
+        let mut reporter = ReadyReporter {
+            report: Some(new),
+            token: None,
+            check: Instant::now(),
+            before_ready: None,
+            reported: None,
+            abandoned: false,
+            ask: true,
+            asked: true,
+        };
+        assert!(matches!(reporter.read_answer(), Answer::Abandoned));
     }
 
     #[test]

@@ -186,7 +186,6 @@ fn after_failed_is_told_the_pid_of_each_failed_new_arbiter_once_it_ended() {
 /// `$1` (between its takeover and `READY=1`, where a real one renames the
 /// pidfile and the control socket into place) before it reports ready.
 const ASKS_THEN_WAITS: &str = r#"
-[ "$UFORK_UPGRADE_COMMIT" = 1 ] || exit 9
 printf 'MAINPID=%s\n' $$ >&$UFORK_UPGRADE_FD
 printf 'TAKEOVER=1\n' >&$UFORK_UPGRADE_FD
 read go < "$1"
