@@ -114,6 +114,8 @@ pub struct Control {
     bound: Option<(u64, u64)>,
     /// Where a new arbiter renames its socket once it takes over.
     final_path: Option<PathBuf>,
+    /// The process that bound it: only that one removes it.
+    pid: u32,
 }
 
 impl Control {
@@ -166,6 +168,7 @@ impl Control {
             uid: rustix::process::geteuid().as_raw(),
             bound: file_id(path),
             final_path: None,
+            pid: std::process::id(),
         })
     }
 
@@ -415,11 +418,32 @@ impl Layer for Control {
     fn stopped(&mut self) {
         // Closing the connections tells a waiting `ufork stop` the pool is gone.
         self.connections.clear();
+        self.remove_file();
+    }
+}
+
+impl Control {
+    /// Removes the socket's file, under whichever of its paths still names
+    /// it (never a successor's socket renamed over the path).
+    fn remove_file(&self) {
+        if self.pid != std::process::id() {
+            return;
+        }
         for path in std::iter::once(&self.path).chain(&self.final_path) {
             if self.bound.is_some() && file_id(path) == self.bound {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+/// A pool that fails between binding the socket and its loop's end (its
+/// setup, building the arbiter, the arbiter's own start) drops the layer
+/// without `stopped`: the file goes then, so a new arbiter of a failed
+/// upgrade leaves no `<socket>.<pid>.new` behind.
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.remove_file();
     }
 }
 
@@ -692,5 +716,41 @@ impl Client {
                 Err(_) => return false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ufork-control-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_dropped_control_socket_removes_its_temporary_path_and_not_a_successors() {
+        let dir = temp_dir("drop");
+        let path = dir.join("ctl.sock");
+        let temporary = crate::upgrade::temporary_control_path(&path);
+        // Dropped before it took over: the temporary file goes.
+        drop(Control::bind_beside(&temporary, &path).unwrap());
+        assert!(!temporary.exists());
+        // Dropped after it took over: the file it renamed into place goes.
+        let control = Control::bind_beside(&temporary, &path).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+        drop(control);
+        assert!(!path.exists());
+        // A successor's socket renamed over the path stays.
+        let control = Control::bind(&path).unwrap();
+        let successor = Control::bind_beside(&temporary, &path).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+        drop(control);
+        assert!(path.exists());
+        drop(successor);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -14,7 +14,9 @@
 //! SIGINT and SIGTERM first thing as pid 1 ([`hold_stop_signals`]), and
 //! every signal the arbiter handles for a pool command
 //! ([`hold_pool_signals`]); they stay pending until the arbiter's loop has
-//! its handlers ([`ReleaseStopSignals`]). Threads started meanwhile keep
+//! its handlers ([`ReleaseStopSignals`]), which takes a stop signal among
+//! them before its first fork (a pool told to stop while it started forks
+//! nothing) and the others once its first workers are forked. Threads started meanwhile keep
 //! them blocked, so they are delivered to the arbiter's thread; workers and
 //! the programs `run` starts begin with an empty mask (ufork-core and std
 //! reset it).

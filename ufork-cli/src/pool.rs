@@ -468,7 +468,13 @@ impl Session {
         if let Some(metrics) = self.metrics.take() {
             builder = builder.layer(metrics);
         }
-        upgrade::configure(builder, pool.start_timeout, workers, &self.takeover)
+        upgrade::configure(
+            builder,
+            pool.start_timeout,
+            workers,
+            &self.takeover,
+            self.control_path.as_deref(),
+        )
     }
 
     /// An error if this arbiter, started by an upgrade, stopped because it

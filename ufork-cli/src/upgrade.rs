@@ -300,6 +300,7 @@ pub fn configure(
     start_timeout: std::time::Duration,
     workers: usize,
     takeover: &Takeover,
+    control: Option<&Path>,
 ) -> Builder {
     let mut state = state();
     let mut builder = builder;
@@ -329,6 +330,10 @@ pub fn configure(
                     .timeout(start_timeout)
                     .configured_workers(workers)
                     .close_at_stop(state.close_at_stop);
+                if let Some(path) = control.map(Path::to_owned) {
+                    upgrader =
+                        upgrader.after_failed(move |pid| remove_temporary_control(&path, pid));
+                }
                 for (name, fd, refuse) in sockets {
                     let kept = if refuse {
                         upgrader.listener(&name, &fd)
@@ -510,7 +515,35 @@ impl Drop for HeldPidfile {
 
 /// Where a new arbiter binds its control socket until it takes over `path`.
 pub fn temporary_control_path(path: &Path) -> PathBuf {
+    temporary_control_path_of(path, std::process::id())
+}
+
+/// Where the new arbiter `pid` binds its control socket until it takes over
+/// `path`.
+fn temporary_control_path_of(path: &Path, pid: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{}.new", std::process::id()));
+    name.push(format!(".{pid}.new"));
     PathBuf::from(name)
+}
+
+/// After a failed upgrade's new arbiter `pid` ended: its temporary control
+/// socket, which it removes itself at any end it lives through, but not
+/// when it was killed (SIGKILL from the old arbiter at the end of its
+/// grace, the OOM killer, an operator).
+fn remove_temporary_control(path: &Path, pid: i32) {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(pid) = u32::try_from(pid) else {
+        return;
+    };
+    let temporary = temporary_control_path_of(path, pid);
+    if std::fs::symlink_metadata(&temporary).is_ok_and(|m| m.file_type().is_socket()) {
+        match std::fs::remove_file(&temporary) {
+            Ok(()) => {
+                log::info!(target: "ufork", "upgrade: removed {}, the control socket pid {pid} left", temporary.display())
+            }
+            Err(e) => {
+                log::warn!(target: "ufork", "upgrade: cannot remove {}, the control socket pid {pid} left: {}", temporary.display(), failure::io_text(&e))
+            }
+        }
+    }
 }

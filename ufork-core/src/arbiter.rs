@@ -473,7 +473,9 @@ impl Arbiter {
     /// Forks the workers and supervises them on the calling thread until a
     /// stop (Ctrl-C, SIGTERM, SIGQUIT or a [`Handle`]); then every worker has
     /// exited and been reaped, signal handlers are as they were, and control
-    /// returns to the caller.
+    /// returns to the caller. A stop asked for before the first fork (a
+    /// [`Handle::stop`] before `run`, a stop signal that came while the
+    /// loop started) stops the pool with no worker forked.
     ///
     /// Each worker runs `worker_main` in a forked copy of this process. `Ok`
     /// ends it with exit code 0, `Err` with [`EXIT_FAILED`](crate::EXIT_FAILED)

@@ -87,7 +87,10 @@ pub struct Spawn {
 /// after fork (0, 1 and 2 excepted), so a worker never holds another worker's
 /// pipes.
 pub trait Layer: Send {
-    /// The loop is starting: register long-lived descriptors here.
+    /// The loop is starting: register long-lived descriptors here. No
+    /// worker is forked yet; a stop signal that arrives by now (one the
+    /// caller held blocked and unblocks here, say) is taken before the
+    /// first fork.
     fn started(&mut self, ctx: &mut Context<'_>) {
         let _ = ctx;
     }

@@ -239,6 +239,12 @@ where
         self.thread_baseline = crate::proc::thread_count();
         self.oom_kills = crate::proc::oom_kills();
         log::info!(target: "ufork", "arbiter pid {} starting {}", self.pid, workers(self.sched.target));
+        // So does a stop signal that came since the handlers were installed
+        // (or, held blocked by the caller, was released by a layer's
+        // `started`): a pool told to stop before it started forks nothing.
+        // The other signals wait for the loop's first poll, which finds the
+        // self-pipe still readable.
+        self.handle_stop_signals();
         loop {
             let now = Instant::now();
             self.sched.loop_top(now);
@@ -689,7 +695,9 @@ where
         self.run_actions();
     }
 
-    fn handle_signals(&mut self) {
+    /// The signals that stop the pool: INT, TERM, QUIT, and a HUP from the
+    /// kernel (the terminal hung up).
+    fn handle_stop_signals(&mut self) {
         let both = |sig| sys::take_count(sig).saturating_add(sys::take_kernel_count(sig));
         let int = both(libc::SIGINT);
         let term = both(libc::SIGTERM);
@@ -719,6 +727,11 @@ where
             log::warn!(target: "ufork", "the terminal hung up (SIGHUP): stopping {live} gracefully");
             self.stop(StopCause::Signal(libc::SIGHUP), true);
         }
+    }
+
+    fn handle_signals(&mut self) {
+        let both = |sig| sys::take_count(sig).saturating_add(sys::take_kernel_count(sig));
+        self.handle_stop_signals();
         if sys::take_count(libc::SIGHUP) > 0 {
             if self.sched.stopping() {
                 log::info!(target: "ufork", "SIGHUP ignored: the pool is stopping");

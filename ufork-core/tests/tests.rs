@@ -528,6 +528,68 @@ fn sigterm_stops_run_on_the_calling_thread_and_handlers_are_restored() {
     assert_nothing_left(&outcome.history);
 }
 
+/// Sends this process `signal` as the loop starts: before any fork, as a
+/// signal sent while a caller held it blocked arrives when it unblocks it.
+struct SignalAtStart(rustix::process::Signal);
+
+impl Layer for SignalAtStart {
+    fn started(&mut self, _: &mut Context<'_>) {
+        signal_self(self.0);
+    }
+}
+
+/// A stop signal that came before the loop stops the pool before its first
+/// fork: no worker, no pre-fork hook, the stop hooks as for any stop; a
+/// SIGHUP that came with it is for a pool that runs, and is not acted on.
+#[test]
+fn a_stop_signal_before_the_loop_stops_the_pool_before_any_fork() {
+    for (signal, name, graceful) in [
+        (
+            rustix::process::Signal::TERM,
+            "SIGTERM: stopping 0 workers",
+            true,
+        ),
+        (
+            rustix::process::Signal::INT,
+            "SIGINT: stopping 0 workers",
+            true,
+        ),
+        (rustix::process::Signal::QUIT, "SIGQUIT: stopping", false),
+    ] {
+        let _g = lock();
+        let before = util::logs().len();
+        let forks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (f, s) = (Arc::clone(&forks), Arc::clone(&stops));
+        let arbiter = Arbiter::builder()
+            .workers(2)
+            .layer(SignalAtStart(rustix::process::Signal::HUP))
+            .layer(SignalAtStart(signal))
+            .pre_fork(move |_, _| {
+                f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .pre_stop(move || {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .build()
+            .unwrap();
+        let outcome = arbiter
+            .run(|w: &mut Worker| -> Res {
+                w.wait_for_stop(None);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(outcome.cause, StopCause::Signal(signal.as_raw()));
+        assert_eq!(outcome.graceful, graceful);
+        assert!(outcome.history.is_empty(), "{:?}", outcome.history);
+        assert_eq!(forks.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(stops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let logs: Vec<String> = util::logs().into_iter().skip(before).collect();
+        assert!(logs.iter().any(|l| l.contains(name)), "{logs:?}");
+        assert!(!logs.iter().any(|l| l.contains("SIGHUP")), "{logs:?}");
+    }
+}
+
 #[test]
 fn a_second_sigint_stops_at_once() {
     let _g = lock();

@@ -726,3 +726,71 @@ fn a_signal_sent_as_soon_as_the_pidfile_names_the_pool_is_handled() {
         }
     }
 }
+
+/// Starts `ufork ARGS --pidfile P --log-file FIFO`: the pool names itself in
+/// the pidfile, then waits at the FIFO's open until a reader comes, so a
+/// signal sent before [`open_log`] is surely sent before the arbiter's loop.
+fn held_at_its_log(dir: &TempDir, args: &[&str]) -> (Running, i32) {
+    let (pidfile, log) = (dir.str("ufork.pid"), dir.str("log"));
+    assert!(Command::new("mkfifo").arg(&log).status().unwrap().success());
+    let mut all = vec!["--pidfile", &pidfile, "--log-file", &log];
+    let at = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    all.splice(0..0, args[..at].iter().copied());
+    all.extend(&args[at..]);
+    let pool = Running::start(&all);
+    let pid = pid_once_named(&dir.join("ufork.pid"));
+    assert_eq!(pid, pool.pid());
+    (pool, pid)
+}
+
+/// Lets a pool of [`held_at_its_log`] go on: its log, line by line.
+fn open_log(dir: &TempDir) -> Running {
+    Running::start_with(Command::new("cat").arg(dir.join("log")))
+}
+
+#[test]
+fn a_stop_signal_sent_before_the_pool_started_forks_no_worker() {
+    for (signal, name) in [
+        (rustix::process::Signal::TERM, "SIGTERM"),
+        (rustix::process::Signal::INT, "SIGINT"),
+        (rustix::process::Signal::QUIT, "SIGQUIT"),
+    ] {
+        let dir = TempDir::new("stopped-before-start");
+        let started = dir.str("started");
+        let script = format!("echo started >> {started}; exec sleep 600");
+        let (mut pool, pid) = held_at_its_log(&dir, &["run", "-w", "2", "--", "sh", "-c", &script]);
+        ufork_daemon::signal(pid, signal).unwrap();
+        let mut log = open_log(&dir);
+        log.expect_line(&format!("{name}: stopping"));
+        log.expect_line("stopped: every worker reaped");
+        assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+        log.wait();
+        assert!(
+            !log.seen
+                .iter()
+                .any(|(_, l)| l.contains("started (generation")),
+            "{}",
+            log.transcript()
+        );
+        assert!(!Path::new(&started).exists(), "a worker ran");
+        assert!(!dir.join("ufork.pid").exists(), "the pidfile is left");
+        assert!(!dir.join("ufork.control.sock").exists());
+    }
+}
+
+/// HUP and TTIN sent while the pool starts are for the pool that runs:
+/// acted on once its first workers are forked.
+#[test]
+fn a_restart_or_scale_signal_sent_before_the_pool_started_is_acted_on_after() {
+    let dir = TempDir::new("signalled-before-start");
+    let (mut pool, pid) = held_at_its_log(&dir, &["serve", "-w", "1", "--bind", "127.0.0.1:0"]);
+    ufork_daemon::signal(pid, rustix::process::Signal::HUP).unwrap();
+    ufork_daemon::signal(pid, rustix::process::Signal::TTIN).unwrap();
+    let mut log = open_log(&dir);
+    log.expect_line("worker 0 pid");
+    log.expect_line("SIGHUP: restarting every worker");
+    log.expect_line("workers: 1 -> 2");
+    let stop = run(&["stop", "--pidfile", &dir.str("ufork.pid")]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}

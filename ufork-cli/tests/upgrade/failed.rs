@@ -302,3 +302,91 @@ fn a_takeover_that_fails_halfway_leaves_the_old_pidfile() {
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
 }
+
+/// Files in `dir` whose name ends in `.new`: a temporary control socket or
+/// pidfile an upgrade left.
+fn temporaries(dir: &TempDir) -> Vec<String> {
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".new"))
+        .collect()
+}
+
+/// A new arbiter killed after it bound its temporary control socket (here
+/// by SIGKILL, as the old arbiter's stop kills one that outlives its
+/// grace) cannot remove `<socket>.<pid>.new` itself: the old arbiter does,
+/// once it reaped it. And one that stops on its own (the old arbiter's
+/// stop abandoned the upgrade) removes its own.
+#[test]
+fn a_failed_upgrade_leaves_no_temporary_control_socket() {
+    let dir = TempDir::new("upgrade-failed-temporary");
+    let socket = dir.str("ctl.sock");
+    let pidfile = dir.join("ufork.pid");
+    std::fs::write(dir.join("app.py"), OLD_ONLY_PY).unwrap();
+    let mut command = ufork();
+    command.current_dir(dir.path()).args([
+        "run",
+        "-w",
+        "1",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "--notify",
+        "--bind",
+        "127.0.0.1:0",
+        "--control-socket",
+        &socket,
+        "--",
+        "python3",
+        "app.py",
+    ]);
+    let mut old = Running::start_with(&mut command);
+    std::fs::write(dir.join("oldarb"), old.pid().to_string()).unwrap();
+    wait_ready(&socket, 1);
+    // The new arbiter's programs never become ready.
+    std::fs::write(dir.join("broken"), "hang").unwrap();
+    for kill in [true, false] {
+        ufork_daemon::signal(old.pid(), rustix::process::Signal::USR2).unwrap();
+        let line = old.expect_line("upgrade: started pid");
+        let new: i32 = line
+            .split("started pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("a pid in {line:?}"));
+        let _stop = StopOnDrop(new);
+        let temporary = format!("{socket}.{new}.new");
+        let deadline = Instant::now() + DEADLINE;
+        while !std::path::Path::new(&temporary).exists() {
+            assert!(Instant::now() < deadline, "{temporary} never bound");
+            std::thread::yield_now();
+        }
+        if kill {
+            ufork_daemon::signal(new, rustix::process::Signal::KILL).unwrap();
+            old.expect_line("upgrade failed, still serving");
+            assert!(ufork_daemon::wait_for_exit(new, Some(DEADLINE)).unwrap());
+            old.expect_line(&format!("removed {temporary}"));
+            assert_eq!(temporaries(&dir), Vec::<String>::new());
+            wait_ready(&socket, 1);
+        } else {
+            let stop = run(&["stop", "--control-socket", &socket]);
+            assert_eq!(stop.code(), Some(0), "{stop:#?}");
+            old.expect_line("upgrade abandoned: the pool is stopping");
+            assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+            assert!(!alive(new), "the new arbiter outlived the old");
+            assert_eq!(temporaries(&dir), Vec::<String>::new());
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}

@@ -353,6 +353,8 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_by_its_socket_and_on_sigusr2()
     assert!(out.stdout.contains("ufork.control.sock"), "{out:#?}");
     let new = upgraded_pid(&out.stdout);
     assert_eq!(pidfile_pid(&pidfile), new);
+    // The new arbiter asked before it took the pidfile over, and was let.
+    old.expect_line(&format!("pid {new} is taking over"));
     old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
     assert_eq!(get(addr, "/").0, 200, "the new pool serves");
     // Without the socket, SIGUSR2 to the (verified) pid, and the pidfile

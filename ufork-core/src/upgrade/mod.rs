@@ -14,6 +14,17 @@
 //! arbiter, the old one says `MAINPID=` on that socket too: only then does
 //! the new arbiter speak for the service ([`speaks_for_service`]).
 //!
+//! Before it takes over anything the old arbiter owns by path (a pidfile, a
+//! control socket: [`ReadyReporter::before_ready`]) and reports `READY=1`,
+//! a new arbiter asks `TAKEOVER=1`, and goes on only on `GRANTED=1`. The old
+//! arbiter decides in its loop's order: a timeout that came first said
+//! `ABANDONED=1` (the new arbiter then stops without taking anything), and
+//! once it granted, it waits for `READY=1` or the new arbiter's end, with
+//! no timeout: giving up while the files change hands could leave two
+//! pools that both think they own them. (`ANSWERS=TAKEOVER`, queued on the
+//! socket before the new arbiter starts, tells it its old one answers; one
+//! started by an earlier release is not asked.)
+//!
 //! If the new arbiter cannot be started, exits or closes the socket before
 //! it is ready, or is not ready within the timeout (stopped with SIGTERM
 //! then), the old arbiter keeps serving and the request fails with the
@@ -125,6 +136,23 @@ const KEEP_ENV: &str = "UFORK_UPGRADE_KEEP";
 /// when it was scaled at runtime away from its configured count (see
 /// [`Upgrader::configured_workers`] and [`Handover::workers`]).
 const WORKERS_ENV: &str = "UFORK_UPGRADE_WORKERS";
+
+/// The first message on the report socket, queued by the old arbiter
+/// before it starts the new one: it answers `TAKEOVER=1` (with
+/// `GRANTED=1`, or `ABANDONED=1` once it gave up), so the new arbiter takes
+/// over what it owns by path only once granted. An old arbiter of an
+/// earlier release does not send it and is not asked. A message, not an
+/// environment variable: an earlier release passes its environment on to
+/// the arbiter it upgrades to, and would pass on a promise it does not keep.
+const ANSWERS: &[u8] = b"ANSWERS=TAKEOVER\n";
+
+/// What the new arbiter asks once its workers are ready, before it takes
+/// anything over.
+const TAKEOVER: &[u8] = b"TAKEOVER=1\n";
+
+/// The old arbiter's answer to [`TAKEOVER`]: from now on it waits for the
+/// outcome (`READY=1`, or the new arbiter's end) without a timeout.
+const GRANTED: &[u8] = b"GRANTED=1\n";
 
 /// What socket activation sets; replaced for the new arbiter.
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
@@ -469,6 +497,8 @@ struct Starting {
     deadline: Option<Instant>,
     /// How the started process ended, once it has.
     ended: Option<String>,
+    /// The takeover was granted: no timeout from then on.
+    granted: bool,
 }
 
 enum State {
@@ -508,7 +538,11 @@ pub struct Upgrader {
     tell_handed: bool,
     /// The listening sockets a graceful stop refuses new connections on.
     refusals: Vec<Refusal>,
+    /// Told the pid of a failed upgrade's new arbiter once it ended.
+    after_failed: Option<AfterFailed>,
 }
+
+type AfterFailed = Box<dyn FnMut(i32) + Send>;
 
 /// A process of a failed or abandoned upgrade, told to stop.
 struct Leftover {
@@ -637,7 +671,24 @@ impl Upgrader {
             handed: None,
             tell_handed: false,
             refusals: Vec::new(),
+            after_failed: None,
         })
+    }
+
+    /// Runs `hook` with the pid of a failed or abandoned upgrade's new
+    /// arbiter (and of the arbiter it daemonized into) once that process
+    /// has ended, however it ended (SIGKILL included): the place to remove
+    /// what it made by path and could not remove itself, such as a socket
+    /// named after its pid.
+    pub fn after_failed(mut self, hook: impl FnMut(i32) + Send + 'static) -> Self {
+        self.after_failed = Some(Box::new(hook));
+        self
+    }
+
+    fn ended(&mut self, pid: i32) {
+        if let Some(hook) = &mut self.after_failed {
+            hook(pid);
+        }
     }
 
     /// Hands a copy of `socket` to the new arbiter under `name` (a
@@ -809,6 +860,10 @@ impl Upgrader {
         let (report, theirs) =
             rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
                 .map_err(|e| UpgradeError::Socket(e.into()))?;
+        // Queued before the new arbiter exists, so it is the first thing
+        // the new arbiter finds (see `answers_takeover`).
+        rustix::net::send(&report, ANSWERS, rustix::net::SendFlags::NOSIGNAL)
+            .map_err(|e| UpgradeError::Socket(e.into()))?;
         let program = self.reexec.program.display().to_string();
         let spawn_error = |source| UpgradeError::Spawn {
             program: program.clone(),
@@ -847,6 +902,7 @@ impl Upgrader {
             main: None,
             deadline: Instant::now().checked_add(self.timeout),
             ended: None,
+            granted: false,
         });
         Ok(())
     }
@@ -866,6 +922,10 @@ impl Upgrader {
                     s.buf.push(b'\n');
                 }
                 Err(rustix::io::Errno::INTR) => continue,
+                // The new arbiter closed its end with a message of ours
+                // unread (`GRANTED=1`): the error comes first, what it
+                // sent before is still queued behind it.
+                Err(rustix::io::Errno::CONNRESET) => eof = true,
                 Err(_) => break,
             }
         }
@@ -875,6 +935,16 @@ impl Upgrader {
         for line in text.lines() {
             if line == "READY=1" {
                 ready = true;
+            } else if line.as_bytes() == TAKEOVER.trim_ascii_end() && !s.granted {
+                // Decided here, in the loop's order: a timeout that came
+                // first said ABANDONED=1 and closed the socket, so no grant
+                // follows it; once granted, the new arbiter takes the files
+                // over, and giving up on it then could leave both pools
+                // thinking they own them. Its end still ends the wait.
+                s.granted = true;
+                s.deadline = None;
+                let _ = rustix::net::send(&s.report, GRANTED, rustix::net::SendFlags::NOSIGNAL);
+                log::info!(target: "ufork", "upgrade: pid {} is taking over; waiting for it to finish", s.mainpid.unwrap_or(s.pid));
             } else if let Some(pid) = line.strip_prefix("MAINPID=") {
                 let reported: Option<i32> = pid.trim().parse().ok();
                 if reported != s.mainpid {
@@ -980,6 +1050,10 @@ impl Upgrader {
                     how: s.ended.clone().unwrap_or_default(),
                 }),
             };
+            if outcome.is_err() {
+                let pid = s.pid;
+                self.ended(pid);
+            }
             self.finish(outcome, ctx);
         }
     }
@@ -1104,6 +1178,7 @@ impl Layer for Upgrader {
             if let Some(pid) = rustix::process::Pid::from_raw(ended.pid).filter(|_| ended.child) {
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
             }
+            self.ended(ended.pid);
             return;
         }
         let State::Starting(s) = &mut self.state else {
@@ -1212,8 +1287,9 @@ impl Layer for Upgrader {
         // finish its own graceful stop, then SIGKILL: the process started,
         // and the arbiter it daemonized into when that is another one.
         let deadline = Instant::now().checked_add(self.timeout);
-        for leftover in self.leftovers.drain(..) {
+        for leftover in std::mem::take(&mut self.leftovers) {
             reap_within(&leftover, deadline);
+            self.ended(leftover.pid);
         }
     }
 
@@ -1230,6 +1306,26 @@ impl Layer for Upgrader {
     }
 }
 
+/// Whether the old arbiter queued [`ANSWERS`] on the report socket `fd`
+/// before it started this process (then taken off the socket). Anything
+/// else first (an earlier release's `ABANDONED=1`) stays for the reporter
+/// to read.
+fn answers_takeover(fd: &OwnedFd) -> bool {
+    use rustix::net::{RecvFlags, recv};
+    let mut buf = [0u8; 64];
+    let peeked = loop {
+        match recv(fd, &mut buf, RecvFlags::DONTWAIT | RecvFlags::PEEK) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other,
+        }
+    };
+    let is_answers = matches!(peeked, Ok((n, _)) if buf.get(..n) == Some(ANSWERS));
+    if is_answers {
+        let _ = recv(fd, &mut buf, RecvFlags::DONTWAIT);
+    }
+    is_answers
+}
+
 /// What an upgrading arbiter handed to this process: the sockets and the
 /// report descriptor. Take it once, first thing in `main`.
 #[derive(Debug)]
@@ -1240,6 +1336,8 @@ pub struct Handover {
     /// The old pool's target worker count, when it told it.
     workers: Option<usize>,
     report: Option<OwnedFd>,
+    /// The old arbiter answers `TAKEOVER=1`.
+    ask: bool,
 }
 
 impl Handover {
@@ -1300,6 +1398,7 @@ impl Handover {
             WORKERS_ENV,
         ]);
         let report = fds.pop();
+        let ask = report.as_ref().is_some_and(answers_takeover);
         let listeners = fds
             .into_iter()
             .enumerate()
@@ -1315,6 +1414,7 @@ impl Handover {
         Ok(Some(Self {
             listeners,
             kept,
+            ask,
             workers,
             report,
         }))
@@ -1372,6 +1472,8 @@ impl Handover {
                 before_ready: None,
                 reported: None,
                 abandoned: false,
+                ask: self.ask,
+                asked: false,
             }
         })
     }
@@ -1402,6 +1504,10 @@ pub struct ReadyReporter {
     reported: Option<(OwnedFd, Token)>,
     /// The old arbiter said `ABANDONED=1`: its end of file hands nothing over.
     abandoned: bool,
+    /// The old arbiter answers `TAKEOVER=1`: ask before taking over.
+    ask: bool,
+    /// `TAKEOVER=1` went out; waiting for `GRANTED=1`.
+    asked: bool,
 }
 
 type BeforeReady = Box<dyn FnMut() -> Result<(), String> + Send>;
@@ -1440,7 +1546,14 @@ impl Layer for ReadyReporter {
         // Registered so forked workers close their copy: only this process
         // may hold the old arbiter's socket open.
         if let Some(fd) = &self.report {
-            self.token = Some(ctx.register(fd.as_fd(), crate::Interest::default()));
+            // Readable when the old arbiter answers `TAKEOVER=1`: its
+            // answer, or its `ABANDONED=1`, comes before `READY=1`.
+            let interest = if self.ask {
+                crate::Interest::READABLE
+            } else {
+                crate::Interest::default()
+            };
+            self.token = Some(ctx.register(fd.as_fd(), interest));
             // The pid first, so a timed-out upgrade stops this process even
             // when it daemonized away from the one the old arbiter started.
             let message = format!("MAINPID={}\n", std::process::id());
@@ -1473,6 +1586,9 @@ impl Layer for ReadyReporter {
                         }
                         Ok(_) => {}
                         Err(rustix::io::Errno::AGAIN) => return,
+                        // The old arbiter closed its end with something of
+                        // ours unread: what it said before is still queued.
+                        Err(rustix::io::Errno::CONNRESET) => continue,
                         Err(_) => {}
                     }
                     break;
@@ -1482,11 +1598,36 @@ impl Layer for ReadyReporter {
                 return;
             }
         }
-        if Some(token) == self.token && (readiness.hangup || readiness.error) {
+        if Some(token) != self.token {
+            return;
+        }
+        if readiness.readable {
+            match self.read_answer() {
+                Answer::Granted if self.asked => {
+                    self.asked = false;
+                    if ctx.handle().snapshot().stopping {
+                        // Told to stop meanwhile: the old arbiter hears the
+                        // end of file and keeps serving.
+                        self.give_up(ctx);
+                    } else {
+                        self.take_over(ctx);
+                    }
+                    return;
+                }
+                Answer::Abandoned => {
+                    // It gave up first (its timeout, its stop): taking over
+                    // now would leave two pools owning the same files.
+                    log::warn!(target: "ufork", "upgrade: the old arbiter gave up on this one before it took over; stopping");
+                    self.give_up(ctx);
+                    ctx.handle().stop();
+                    return;
+                }
+                Answer::Granted | Answer::Nothing => {}
+            }
+        }
+        if readiness.hangup || readiness.error {
             // The old arbiter is gone: nobody to report to.
-            ctx.deregister(token);
-            self.token = None;
-            self.report = None;
+            self.give_up(ctx);
         }
     }
 
@@ -1498,9 +1639,83 @@ impl Layer for ReadyReporter {
             .checked_add(READY_POLL)
             .unwrap_or_else(Instant::now);
         let snapshot = ctx.handle().snapshot();
-        if snapshot.stopping || snapshot.target == 0 || snapshot.ready_count() < snapshot.target {
+        if self.asked
+            || snapshot.stopping
+            || snapshot.target == 0
+            || snapshot.ready_count() < snapshot.target
+        {
             return;
         }
+        if self.ask {
+            // Nothing is taken over before the old arbiter grants it (see
+            // `TAKEOVER`); its answer comes on the socket.
+            if let Some(fd) = &self.report {
+                match rustix::net::send(fd, TAKEOVER, rustix::net::SendFlags::NOSIGNAL) {
+                    Ok(_) => self.asked = true,
+                    Err(e) => {
+                        log::error!(target: "ufork", "cannot ask the old arbiter to take over: {e}");
+                        self.give_up(ctx);
+                    }
+                }
+            }
+            return;
+        }
+        self.take_over(ctx);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        (self.report.is_some() && !self.asked).then_some(self.check)
+    }
+}
+
+/// What the old arbiter said on the report socket before `READY=1`.
+enum Answer {
+    Granted,
+    Abandoned,
+    Nothing,
+}
+
+impl ReadyReporter {
+    /// Reads what the old arbiter said since the last look.
+    fn read_answer(&mut self) -> Answer {
+        let Some(fd) = &self.report else {
+            return Answer::Nothing;
+        };
+        let mut answer = Answer::Nothing;
+        let mut buf = [0u8; 256];
+        loop {
+            match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+                Err(rustix::io::Errno::INTR) => continue,
+                Ok((n, _)) if n > 0 => {
+                    let text = &buf[..n.min(buf.len())];
+                    for line in text.split(|&b| b == b'\n') {
+                        if line == ABANDONED.trim_ascii_end() {
+                            return Answer::Abandoned;
+                        }
+                        if line == GRANTED.trim_ascii_end() {
+                            answer = Answer::Granted;
+                        }
+                    }
+                }
+                // The old arbiter closed its end with `TAKEOVER=1` unread:
+                // its `ABANDONED=1` is still queued behind the error.
+                Err(rustix::io::Errno::CONNRESET) => continue,
+                _ => return answer,
+            }
+        }
+    }
+
+    /// Nobody to report to any more: the socket goes, nothing is taken over.
+    fn give_up(&mut self, ctx: &mut Context<'_>) {
+        if let Some(token) = self.token.take() {
+            ctx.deregister(token);
+        }
+        self.report = None;
+        self.asked = false;
+    }
+
+    /// Takes over what the old arbiter owned by path, then says `READY=1`.
+    fn take_over(&mut self, ctx: &mut Context<'_>) {
         if let Some(hook) = &mut self.before_ready {
             if let Err(e) = hook() {
                 log::error!(target: "ufork", "cannot take over from the old arbiter: {e}; stopping");
@@ -1528,15 +1743,96 @@ impl Layer for ReadyReporter {
             }
         }
     }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.report.is_some().then_some(self.check)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reporter_with(said: &[&[u8]]) -> Answer {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let (old, new) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
+                .unwrap();
+        for message in said {
+            rustix::net::send(&old, message, rustix::net::SendFlags::empty()).unwrap();
+        }
+        let mut reporter = ReadyReporter {
+            report: Some(new),
+            token: None,
+            check: Instant::now(),
+            before_ready: None,
+            reported: None,
+            abandoned: false,
+            ask: true,
+            asked: true,
+        };
+        reporter.read_answer()
+    }
+
+    #[test]
+    fn an_old_arbiter_that_gave_up_is_never_taken_for_a_grant() {
+        assert!(matches!(reporter_with(&[GRANTED]), Answer::Granted));
+        assert!(matches!(reporter_with(&[ABANDONED]), Answer::Abandoned));
+        // A stop right after the grant: the files are not taken over.
+        assert!(matches!(
+            reporter_with(&[GRANTED, ABANDONED]),
+            Answer::Abandoned
+        ));
+        assert!(matches!(reporter_with(&[b"MAINPID=1\n"]), Answer::Nothing));
+        assert!(matches!(reporter_with(&[]), Answer::Nothing));
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None).unwrap()
+    }
+
+    fn next_message(fd: &OwnedFd) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n > 0 => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Only an old arbiter that queued `ANSWERS=TAKEOVER` first is asked;
+    /// an earlier release's messages stay for the reporter.
+    #[test]
+    fn only_an_old_arbiter_that_says_it_answers_is_asked() {
+        let (old, new) = pair();
+        rustix::net::send(&old, ANSWERS, rustix::net::SendFlags::empty()).unwrap();
+        rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
+        assert!(answers_takeover(&new));
+        assert_eq!(next_message(&new).as_deref(), Some(ABANDONED));
+
+        let (old, new) = pair();
+        assert!(!answers_takeover(&new), "an earlier release says nothing");
+        rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
+        assert!(!answers_takeover(&new));
+        assert_eq!(next_message(&new).as_deref(), Some(ABANDONED));
+    }
+
+    /// The old arbiter gave up (`ABANDONED=1`) and closed its end with
+    /// `TAKEOVER=1` unread: the reset comes first, the answer after it.
+    #[test]
+    fn an_abandon_behind_a_reset_is_still_read() {
+        let (old, new) = pair();
+        rustix::net::send(&new, TAKEOVER, rustix::net::SendFlags::empty()).unwrap();
+        rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
+        drop(old);
+        let mut reporter = ReadyReporter {
+            report: Some(new),
+            token: None,
+            check: Instant::now(),
+            before_ready: None,
+            reported: None,
+            abandoned: false,
+            ask: true,
+            asked: true,
+        };
+        assert!(matches!(reporter.read_answer(), Answer::Abandoned));
+    }
 
     #[test]
     fn capture_names_this_program_and_its_arguments() {

@@ -148,6 +148,103 @@ fn a_failed_upgrade_keeps_the_pool_serving_and_a_stop_refuses_new_connections() 
     assert_eq!(util::children_of_self(), Vec::<i32>::new());
 }
 
+/// `after_failed` hears of a failed upgrade's new arbiter once it ended: one
+/// that exited, and one the timeout stopped.
+#[test]
+fn after_failed_is_told_the_pid_of_each_failed_new_arbiter_once_it_ended() {
+    let _g = lock();
+    for (script, timeout) in [
+        ("exit 3", DEADLINE),
+        (REPORTS_AND_HANGS, Duration::from_millis(200)),
+    ] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let upgrader = Upgrader::new(sh(script, &[]))
+            .unwrap()
+            .timeout(timeout)
+            .after_failed(move |pid| {
+                let _ = tx.send((pid, util::exists(pid)));
+            });
+        let (handle, upgrades, joiner) = idle_pool(upgrader, 1);
+        let err = upgrades
+            .upgrade()
+            .wait(Some(DEADLINE))
+            .unwrap()
+            .unwrap_err();
+        let pid = match err {
+            UpgradeError::Exited { pid, .. } | UpgradeError::Timeout { pid, .. } => pid,
+            e => panic!("{e:?}"),
+        };
+        let (told, existed) = rx.recv_timeout(DEADLINE).expect("after_failed was called");
+        assert_eq!(told, pid);
+        assert!(!existed, "pid {pid} was reaped before the hook ran");
+        handle.stop();
+        joiner.join().unwrap().unwrap();
+    }
+}
+
+/// A stand-in new arbiter that asks to take over, then waits at the FIFO
+/// `$1` (between its takeover and `READY=1`, where a real one renames the
+/// pidfile and the control socket into place) before it reports ready.
+const ASKS_THEN_WAITS: &str = r#"
+printf 'MAINPID=%s\n' $$ >&$UFORK_UPGRADE_FD
+printf 'TAKEOVER=1\n' >&$UFORK_UPGRADE_FD
+read go < "$1"
+printf 'READY=1\n' >&$UFORK_UPGRADE_FD
+"#;
+
+/// Once the old arbiter granted the takeover, its timeout no longer ends
+/// the upgrade: the new arbiter may be renaming the pidfile and control
+/// socket into place, and giving up on it then would leave two pools
+/// owning them. It waits for the outcome, here `READY=1` well past the
+/// timeout.
+#[test]
+fn a_granted_takeover_outlives_the_upgrade_timeout() {
+    let _g = lock();
+    let before = util::logs().len();
+    let dir = std::env::temp_dir().join(format!("ufork-core-granted-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let gate = dir.join("gate");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&gate)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let timeout = Duration::from_millis(200);
+    let upgrader = Upgrader::new(sh(ASKS_THEN_WAITS, &[gate.to_str().unwrap()]))
+        .unwrap()
+        .timeout(timeout);
+    let (_, upgrades, joiner) = idle_pool(upgrader, 1);
+    let pending = upgrades.upgrade();
+    util::wait_until("the takeover is granted", || {
+        util::logs()
+            .iter()
+            .skip(before)
+            .any(|l| l.contains("is taking over; waiting for it to finish"))
+    });
+    // What is tested is that nothing happens while the timeout passes, so
+    // the test lets it pass (five times over) rather than wait for an event.
+    std::thread::sleep(timeout * 5);
+    assert!(pending.try_result().is_none(), "the upgrade ended early");
+    std::fs::write(&gate, "go\n").unwrap();
+    let done = pending
+        .wait(Some(DEADLINE))
+        .unwrap()
+        .expect("the upgrade succeeds");
+    let outcome = joiner.join().unwrap().unwrap();
+    assert_eq!(outcome.cause, StopCause::Handle);
+    let pid = rustix::process::Pid::from_raw(done.pid).unwrap();
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    let logs: Vec<String> = util::logs().into_iter().skip(before).collect();
+    assert!(
+        !logs.iter().any(|l| l.contains("upgrade failed")),
+        "{logs:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_missing_binary_is_an_error_and_a_second_request_during_an_upgrade_is_refused() {
     let _g = lock();
