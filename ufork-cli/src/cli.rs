@@ -194,7 +194,7 @@ pub struct PoolArgs {
     /// Least severe message of the arbiter and the workers' server logged,
     /// with gunicorn's names (a worker's own output and the access log are
     /// kept whatever it says) [default: info, or the UFORK_LOG environment
-    /// variable].
+    /// variable, which takes the same names in any case].
     #[arg(long, value_name = "LEVEL", value_enum, ignore_case = true)]
     pub log_level: Option<crate::logger::LogLevel>,
 

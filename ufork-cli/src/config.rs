@@ -361,9 +361,16 @@ fn scalar(at: &Place<'_>, value: &Value) -> Result<String> {
     }
 }
 
-/// `command = ["python3", "app.py"]` (or one string, split at spaces).
+/// `command = ["python3", "app.py"]` (or one string, split at spaces; one
+/// with quotes or backslashes is refused, since a shell would split it
+/// otherwise).
 fn words(at: &Place<'_>, value: &Value) -> Result<Vec<String>> {
     let words = match value {
+        Value::String(s) if s.contains(['"', '\'', '\\']) => {
+            return Err(at.error(
+                "a command with quotes or backslashes is not split as a shell would split it: give it as a list, like [\"sh\", \"-c\", \"echo 'a  b'\"]",
+            ));
+        }
         Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
         Value::Array(items) => items
             .iter()

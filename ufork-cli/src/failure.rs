@@ -66,7 +66,8 @@ pub fn gave_up(outcome: &ufork_core::Outcome, after: u32) -> Result<()> {
         .as_ref()
         .map_or_else(|| "unknown".to_owned(), ToString::to_string);
     Err(runtime(format!(
-        "gave up: every worker failed {after} times in a row without staying up (--give-up-after); the last: {last}"
+        "gave up: every worker failed {after} time{} in a row without staying up (--give-up-after); the last: {last}",
+        if after == 1 { "" } else { "s" }
     )))
 }
 

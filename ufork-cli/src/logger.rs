@@ -180,17 +180,35 @@ impl log::Log for Logger {
 /// Installs the logger (info and above, or what `UFORK_LOG` says).
 pub fn init() {
     term::init();
-    let level = match std::env::var("UFORK_LOG").as_deref() {
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("error") => log::LevelFilter::Error,
-        Ok("off") => log::LevelFilter::Off,
-        _ => log::LevelFilter::Info,
-    };
+    let given = std::env::var("UFORK_LOG").ok();
+    let level = given
+        .as_deref()
+        .map_or(Some(log::LevelFilter::Info), env_level);
     if log::set_logger(&LOGGER).is_ok() {
-        set_filter(level);
+        set_filter(level.unwrap_or(log::LevelFilter::Info));
     }
+    if level.is_none() {
+        log::warn!(
+            target: "ufork",
+            "UFORK_LOG={}: not a level (debug, info, warning, error, critical, or trace, off); logging at info",
+            given.unwrap_or_default()
+        );
+    }
+}
+
+/// `UFORK_LOG`'s value as a filter: `--log-level`'s names in any case
+/// (`warn` too), and `trace` and `off`; `None` for anything else.
+fn env_level(value: &str) -> Option<log::LevelFilter> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("trace") {
+        return Some(log::LevelFilter::Trace);
+    }
+    if value.eq_ignore_ascii_case("off") {
+        return Some(log::LevelFilter::Off);
+    }
+    <LogLevel as clap::ValueEnum>::from_str(value, true)
+        .ok()
+        .map(LogLevel::filter)
 }
 
 /// When the final flush must end: the stop's budget after it began.
@@ -346,6 +364,19 @@ pub fn timestamp(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ufork_log_takes_the_log_level_names_in_any_case() {
+        assert_eq!(env_level("warning"), Some(log::LevelFilter::Warn));
+        assert_eq!(env_level("WARNING"), Some(log::LevelFilter::Warn));
+        assert_eq!(env_level("warn"), Some(log::LevelFilter::Warn));
+        assert_eq!(env_level("Critical"), Some(log::LevelFilter::Error));
+        assert_eq!(env_level("debug"), Some(log::LevelFilter::Debug));
+        assert_eq!(env_level("trace"), Some(log::LevelFilter::Trace));
+        assert_eq!(env_level("OFF"), Some(log::LevelFilter::Off));
+        assert_eq!(env_level("bogus"), None);
+        assert_eq!(env_level(""), None);
+    }
 
     #[test]
     fn dropped_output_names_the_stream_and_rounds_the_wait() {

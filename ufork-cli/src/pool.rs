@@ -96,6 +96,18 @@ fn already_running(path: &std::path::Path, pid: i32) -> Failure {
     ))
 }
 
+/// How long a `--daemon` launcher waits for every worker to be ready: a
+/// `--start-timeout` for each round of `--max-booting` workers, one more
+/// for a worker replaced on the way, and 30 s. A pool that cannot start
+/// gives up sooner (`--give-up-after`) and the launcher reports it then.
+pub fn daemon_ready_wait(start_timeout: Duration, workers: usize, max_booting: u32) -> Duration {
+    let per_round = usize::try_from(max_booting.max(1)).unwrap_or(usize::MAX);
+    let rounds = u32::try_from(workers.div_ceil(per_round).saturating_add(1)).unwrap_or(u32::MAX);
+    start_timeout
+        .saturating_mul(rounds)
+        .saturating_add(Duration::from_secs(30))
+}
+
 /// The number of workers: `--workers`, else `WEB_CONCURRENCY` (the
 /// variable gunicorn and the platforms that set it use), else the number of
 /// CPUs.
@@ -253,6 +265,11 @@ impl Session {
                 ));
             }
             let mut options = Daemonize::new()
+                .timeout(Some(daemon_ready_wait(
+                    pool.start_timeout,
+                    workers(pool)?,
+                    pool.max_booting,
+                )))
                 .working_directory(std::env::current_dir().unwrap_or_else(|_| "/".into()))
                 .umask(0o022)
                 .unblock_in_launcher(&crate::pid1::held_signals());
@@ -641,5 +658,23 @@ impl Layer for Readiness {
         let _ = self.daemon.fail(failure.unwrap_or_else(|| {
             "the pool stopped before its workers were ready (see the log file)".to_owned()
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_launcher_waits_a_start_timeout_per_round_of_booting_workers() {
+        let secs = Duration::from_secs;
+        // One worker that takes up to --start-timeout 120: the launcher
+        // does not give up on it at 30 s.
+        assert_eq!(daemon_ready_wait(secs(120), 1, 16), secs(270));
+        assert_eq!(daemon_ready_wait(secs(60), 2, 16), secs(150));
+        // 64 workers, 16 at a time: 4 rounds, and one more.
+        assert_eq!(daemon_ready_wait(secs(60), 64, 16), secs(330));
+        assert_eq!(daemon_ready_wait(secs(60), 3, 0), secs(270));
+        assert_eq!(daemon_ready_wait(Duration::MAX, 1, 1), Duration::MAX);
     }
 }

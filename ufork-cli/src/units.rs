@@ -38,7 +38,13 @@ pub fn parse_threads(text: &str) -> Result<usize, String> {
 pub fn parse_count_or_zero(text: &str) -> Result<u64, String> {
     match text.trim() {
         "0" => Ok(0),
-        other => parse_count(other, u64::MAX),
+        other => parse_count(other, u64::MAX).map_err(|e| {
+            if e == "must be at least 1" {
+                "must be 0 or more".to_owned()
+            } else {
+                e
+            }
+        }),
     }
 }
 
@@ -313,6 +319,10 @@ mod tests {
             Err("must be at most 1024".to_owned())
         );
         assert_eq!(parse_count_or_zero("0"), Ok(0));
+        assert_eq!(
+            parse_count_or_zero("-5"),
+            Err("must be 0 or more".to_owned())
+        );
         let never = Ok(Duration::from_secs(MAX_SECONDS));
         for zero in ["0", " 0 ", "0.0", "0s"] {
             assert_eq!(parse_seconds_or_never(zero), never, "{zero:?}");

@@ -149,8 +149,9 @@ pub fn inherited(binds: &[String], default: Option<&str>) -> Result<Option<Vec<L
     // Past the --binds, only activated sockets nobody claimed.
     if fds.len() < asked || fds[asked..].iter().any(|(_, _, kept)| !kept) {
         return Err(failure::runtime(format!(
-            "the old arbiter handed over {} sockets but --bind gives {}; upgrade with the same flags",
+            "the old arbiter handed over {} socket{} but --bind gives {}; upgrade with the same flags",
             fds.len(),
+            if fds.len() == 1 { "" } else { "s" },
             asked
         )));
     }

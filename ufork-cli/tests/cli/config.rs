@@ -100,6 +100,14 @@ fn a_bad_file_names_the_file_the_line_and_the_key() {
     }
     let out = run(&["run", "--config", &dir.str("missing.toml"), "--", "true"]);
     assert_one_line_error(&out, 2, &["missing.toml", "cannot read it"]);
+    // A command as one string is split at spaces: one a shell would split
+    // otherwise is refused rather than run wrong.
+    std::fs::write(&file, "command = \"sh -c 'echo \\\"a  b\\\"'\"\n").unwrap();
+    let out = run(&["run", "--config", path, "--check-config"]);
+    assert_one_line_error(&out, 2, &[path, "line 1", "command", "give it as a list"]);
+    std::fs::write(&file, "command = \"sleep 1000\"\n").unwrap();
+    let out = run(&["run", "--config", path, "--check-config"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
 }
 
 #[test]

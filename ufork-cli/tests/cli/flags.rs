@@ -623,7 +623,7 @@ fn gunicorn_flags_ufork_does_not_take_say_what_to_use_instead() {
         (&["serve", "--worker-class=sync"], "no worker classes"),
         (
             &["run", "--worker-class", "sync", "--", "true"],
-            "gunicorn -k CLASS --bind fd://3",
+            "ufork run --bind ADDR -- gunicorn -w 1 -k CLASS APP",
         ),
         (&["serve", "--worker-connections", "100"], "--backlog"),
         (

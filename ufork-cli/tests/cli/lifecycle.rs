@@ -384,7 +384,7 @@ fn give_up_after_comes_from_the_config_file_and_0_never_gives_up() {
     let out = run(&["run", "-c", file, "-w", "1"]);
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let last = out.stderr.lines().last().unwrap_or_default();
-    assert!(last.contains("failed 1 times in a row"), "{out:#?}");
+    assert!(last.contains("failed 1 time in a row"), "{out:#?}");
     assert!(last.contains("exit code 3"), "{out:#?}");
 
     let mut pool = Running::start(&["run", "-c", file, "-w", "1", "--give-up-after", "0"]);

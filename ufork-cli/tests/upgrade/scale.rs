@@ -73,3 +73,34 @@ fn upgrade_keeps_a_worker_count_set_at_runtime_and_reads_the_config_again() {
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert!(ufork_daemon::wait_for_exit(second, Some(DEADLINE)).unwrap());
 }
+
+/// The listening sockets are what an upgrade does not read afresh: a
+/// `--bind` added in the config fails the upgrade, with the reason in the
+/// pool's log, and the old pool goes on serving.
+#[test]
+fn a_bind_added_in_the_config_fails_the_upgrade_and_the_old_pool_serves_on() {
+    let dir = TempDir::new("upgrade-bind");
+    let socket = dir.str("ctl.sock");
+    let config = dir.join("ufork.toml");
+    std::fs::write(&config, "workers = 1\nbind = [\"127.0.0.1:0\"]\n").unwrap();
+    let mut old = Running::start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--control-socket",
+        &socket,
+    ]);
+    let addr = old.http_addr();
+    wait_ready(&socket, 1);
+    std::fs::write(
+        &config,
+        "workers = 1\nbind = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_one_line_error(&out, 1, &["upgrade failed", "(its log says why)"]);
+    old.expect_line("the old arbiter handed over 1 socket but --bind gives 2");
+    assert_eq!(get(addr, "/").0, 200, "the old pool serves on");
+    old.signal(rustix::process::Signal::TERM);
+    assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+}
