@@ -157,7 +157,7 @@ pub fn inherited(binds: &[String], default: Option<&str>) -> Result<Option<Vec<L
     }
     let mut listeners = Vec::new();
     let mut supervised = Vec::new();
-    for (name, fd, kept) in fds {
+    for (i, (name, fd, kept)) in fds.into_iter().enumerate() {
         let socket = TcpListener::from(fd);
         let addr = socket.local_addr().map_err(|e| {
             failure::runtime(format!(
@@ -165,6 +165,12 @@ pub fn inherited(binds: &[String], default: Option<&str>) -> Result<Option<Vec<L
                 failure::io_text(&e)
             ))
         })?;
+        if let Some(bind) = binds.get(i).filter(|b| bind_moved(b, addr)) {
+            log::warn!(
+                target: "ufork",
+                "upgrade: --bind {bind} is not taken up: this arbiter serves the socket the old one handed over, {addr}; restart the pool to listen elsewhere"
+            );
+        }
         if kept && let Ok(stat) = rustix::fs::fstat(&socket) {
             supervised.push(stat.st_ino);
         }
@@ -176,6 +182,14 @@ pub fn inherited(binds: &[String], default: Option<&str>) -> Result<Option<Vec<L
     }
     state.supervised.extend(supervised);
     Ok(Some(listeners))
+}
+
+/// Whether `--bind` text `bind` names a TCP address (an IP and a port other
+/// than 0; a host name is not looked up) other than `served`'s.
+fn bind_moved(bind: &str, served: std::net::SocketAddr) -> bool {
+    let addr = bind.split_once('=').map_or(bind, |(_, a)| a);
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|want| want.port() != 0 && want != served)
 }
 
 /// Names of the arbiter's own sockets in the handover (not `--bind`s).

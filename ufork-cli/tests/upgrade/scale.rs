@@ -76,9 +76,10 @@ fn upgrade_keeps_a_worker_count_set_at_runtime_and_reads_the_config_again() {
 
 /// The listening sockets are what an upgrade does not read afresh: a
 /// `--bind` added in the config fails the upgrade, with the reason in the
-/// pool's log, and the old pool goes on serving.
+/// pool's log, and the old pool goes on serving; a `--bind` moved to
+/// another address is served on the old socket, with a warning.
 #[test]
-fn a_bind_added_in_the_config_fails_the_upgrade_and_the_old_pool_serves_on() {
+fn a_bind_added_in_the_config_fails_the_upgrade_and_one_moved_is_not_taken_up() {
     let dir = TempDir::new("upgrade-bind");
     let socket = dir.str("ctl.sock");
     let config = dir.join("ufork.toml");
@@ -101,6 +102,18 @@ fn a_bind_added_in_the_config_fails_the_upgrade_and_the_old_pool_serves_on() {
     assert_one_line_error(&out, 1, &["upgrade failed", "(its log says why)"]);
     old.expect_line("the old arbiter handed over 1 socket but --bind gives 2");
     assert_eq!(get(addr, "/").0, 200, "the old pool serves on");
-    old.signal(rustix::process::Signal::TERM);
+    // A --bind moved elsewhere: the upgrade serves the old socket and says so.
+    std::fs::write(&config, "workers = 1\nbind = [\"127.0.0.1:1\"]\n").unwrap();
+    let out = run(&["upgrade", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let new = super::upgraded_pid(&out.stdout);
+    let _new_arbiter = super::failed::StopOnDrop(new);
+    old.expect_line(&format!(
+        "--bind 127.0.0.1:1 is not taken up: this arbiter serves the socket the old one handed over, {addr}"
+    ));
     assert_eq!(old.wait().code(), Some(0), "{}", old.transcript());
+    assert_eq!(get(addr, "/").0, 200, "the new pool serves the old socket");
+    let stop = run(&["stop", "--control-socket", &socket]);
+    assert_eq!(stop.code(), Some(0), "{stop:#?}");
+    assert!(ufork_daemon::wait_for_exit(new, Some(DEADLINE)).unwrap());
 }
