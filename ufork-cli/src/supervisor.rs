@@ -47,7 +47,15 @@ pub struct Supervisor {
     /// Our `MAINPID=` for the new arbiter of an upgrade waits in `pending`:
     /// the new arbiter is not told to speak until it went out.
     mainpid_held: bool,
+    /// Messages lost to a failing socket (a supervisor gone, a wrong path)
+    /// since it last took one, and when that was last said.
+    lost: u64,
+    lost_said: Option<Instant>,
 }
+
+/// A socket that keeps failing is reported at its first failure, then at
+/// most this often (the watchdog alone sends several messages a second).
+const LOST_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How soon a message the supervisor's full queue refused is tried again.
 const RETRY: Duration = Duration::from_millis(50);
@@ -97,6 +105,8 @@ impl Supervisor {
             pending: VecDeque::new(),
             retry_at: None,
             mainpid_held: false,
+            lost: 0,
+            lost_said: None,
         })
     }
 
@@ -275,6 +285,16 @@ impl Supervisor {
             match send_to(&self.address, message) {
                 Ok(()) => {
                     self.pending.pop_front();
+                    if self.lost > 0 {
+                        log::info!(
+                            target: "ufork",
+                            "NOTIFY_SOCKET {}: the supervisor takes messages again ({} lost)",
+                            self.address.to_string_lossy(),
+                            self.lost
+                        );
+                        self.lost = 0;
+                        self.lost_said = None;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if self.retry_at.is_none() {
@@ -288,12 +308,25 @@ impl Supervisor {
                     return;
                 }
                 Err(e) => {
-                    log::warn!(
-                        target: "ufork",
-                        "NOTIFY_SOCKET {}: cannot notify the supervisor: {}",
-                        self.address.to_string_lossy(),
-                        crate::failure::io_text(&e)
-                    );
+                    self.lost += 1;
+                    let now = Instant::now();
+                    let due = self
+                        .lost_said
+                        .is_none_or(|at| now.saturating_duration_since(at) >= LOST_REPORT_INTERVAL);
+                    if due {
+                        let lost = if self.lost > 1 {
+                            format!(" ({} messages lost so far)", self.lost)
+                        } else {
+                            String::new()
+                        };
+                        log::warn!(
+                            target: "ufork",
+                            "NOTIFY_SOCKET {}: cannot notify the supervisor: {}{lost}; said again at most once a minute",
+                            self.address.to_string_lossy(),
+                            crate::failure::io_text(&e)
+                        );
+                        self.lost_said = Some(now);
+                    }
                     self.pending.pop_front();
                 }
             }
@@ -375,5 +408,35 @@ mod tests {
         assert_eq!(make(Some("many"), None), None);
         assert_eq!(make(None, None), None);
         assert!(Supervisor::new("".into(), None, None, 42).is_none());
+    }
+
+    /// A socket that keeps failing is said once (then once a minute), and
+    /// its coming back says how many messages were lost.
+    #[test]
+    fn a_failing_notify_socket_is_reported_once_not_per_message() {
+        let dir = std::env::temp_dir().join(format!("ufork-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let mut sup = Supervisor::new(path.clone().into(), None, None, 42).unwrap();
+        sup.send("STATUS=one");
+        let said = sup.lost_said.expect("the first failure is said");
+        for n in 0..20 {
+            sup.send(&format!("STATUS={n}"));
+        }
+        assert_eq!(sup.lost, 21);
+        assert_eq!(
+            sup.lost_said,
+            Some(said),
+            "not said again within the minute"
+        );
+        assert!(sup.pending.is_empty());
+        let listener = UnixDatagram::bind(&path).unwrap();
+        sup.send("STATUS=back");
+        assert_eq!((sup.lost, sup.lost_said), (0, None));
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=back");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
