@@ -151,10 +151,21 @@ pub fn nothing_to_do(failure: Failure) -> Failure {
 pub fn running_pid(path: &Path) -> Result<i32> {
     match ufork_daemon::status(path) {
         Ok(ufork_daemon::Status::Running { pid }) => Ok(pid),
-        Ok(ufork_daemon::Status::Stale { pid: Some(pid) }) => Err(Failure::NotRunning(format!(
-            "not running (stale pidfile {}: the pool with pid {pid} is gone)",
-            path.display()
-        ))),
+        Ok(ufork_daemon::Status::Stale { pid: Some(pid) }) => {
+            // Nobody holds its lock: whatever runs as that pid now is not
+            // the pool (a reused pid, pid 1, a hand-written file).
+            let alive = rustix::process::Pid::from_raw(pid)
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+            let why = if alive {
+                format!("no pool holds it; pid {pid}, which it names, is another process")
+            } else {
+                format!("the pool with pid {pid} is gone")
+            };
+            Err(Failure::NotRunning(format!(
+                "not running (stale pidfile {}: {why})",
+                path.display()
+            )))
+        }
         Ok(ufork_daemon::Status::Stale { pid: None }) => Err(Failure::NotRunning(format!(
             "not running ({})",
             no_pid_in(path)

@@ -794,3 +794,25 @@ fn a_restart_or_scale_signal_sent_before_the_pool_started_is_acted_on_after() {
     assert_eq!(stop.code(), Some(0), "{stop:#?}");
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
+
+/// A pidfile no pool holds, naming a live process (a reused pid, or a file
+/// written by hand): nothing runs, nothing is signalled, and the message
+/// does not call that live process a pool that is gone.
+#[test]
+fn a_stale_pidfile_naming_a_live_process_says_it_is_another_process() {
+    let dir = TempDir::new("pidfile-alive");
+    let pidfile = dir.str("p.pid");
+    let me = std::process::id();
+    std::fs::write(&pidfile, format!("{me}\n")).unwrap();
+    for command in ["status", "stop", "reload"] {
+        let out = run(&[command, "--pidfile", &pidfile]);
+        assert_eq!(out.code(), Some(3), "{out:#?}");
+        let text = out.stdout + &out.stderr;
+        assert!(
+            text.contains(&format!(
+                "no pool holds it; pid {me}, which it names, is another process"
+            )),
+            "{text}"
+        );
+    }
+}
