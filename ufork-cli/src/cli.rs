@@ -218,14 +218,18 @@ pub struct PoolArgs {
 
     /// Check the flags (and the --config file) and exit without starting
     /// anything: 0 when the pool could start with them, else the error it
-    /// would stop with. Checks DIR or CMD, --chdir, the --bind addresses
-    /// (resolved, not bound), the control socket's path, and that --user and
-    /// --group exist.
+    /// would stop with. Checks DIR or CMD, --chdir, the --bind and
+    /// --metrics-bind addresses (resolved, not bound; two that overlap are
+    /// refused, as the start refuses them), the control socket's path, and
+    /// that --user and --group exist and this process may switch to them
+    /// (it switches, then exits).
     #[arg(long)]
     pub check_config: bool,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET
-    /// /healthz (200 when every worker is ready, else 503) at HOST:PORT.
+    /// /healthz (200 when every worker is ready, else 503) at HOST:PORT,
+    /// a port of its own: one a --bind listens on (0.0.0.0's covers
+    /// 127.0.0.1's) is refused.
     #[arg(long, value_name = "ADDR")]
     pub metrics_bind: Option<String>,
 }

@@ -144,7 +144,136 @@ pub fn resolve_all(binds: &[String], options: Options) -> Result<Vec<Bind>> {
         }
         resolved.push(one);
     }
+    let v6only = v6only_addrs(&resolved);
+    for (i, a) in resolved.iter().enumerate() {
+        for b in &resolved[i + 1..] {
+            let (Address::Tcp(x), Address::Tcp(y)) = (&a.addr, &b.addr) else {
+                continue;
+            };
+            if let Some(why) = overlap(*x, v6only.contains(x), *y, v6only.contains(y)) {
+                return Err(failure::usage(format!(
+                    "--bind {} and --bind {} overlap ({}); keep one of them",
+                    a.text,
+                    b.text,
+                    why.unwrap_or_else(|| "the same address".to_owned())
+                )));
+            }
+        }
+    }
     Ok(resolved)
+}
+
+/// The IPv6 addresses among `binds` bound `IPV6_V6ONLY` (see [`bind_all`]):
+/// those beside an IPv4 bind of the same port (`-b 0.0.0.0:80 -b [::]:80`,
+/// as nginx users write), which would clash with it otherwise.
+fn v6only_addrs(binds: &[Bind]) -> Vec<SocketAddr> {
+    let v4_ports: Vec<u16> = binds
+        .iter()
+        .filter_map(|b| match b.addr {
+            Address::Tcp(SocketAddr::V4(a)) if a.port() != 0 => Some(a.port()),
+            _ => None,
+        })
+        .collect();
+    binds
+        .iter()
+        .filter_map(|b| match b.addr {
+            Address::Tcp(addr @ SocketAddr::V6(a)) if v4_ports.contains(&a.port()) => Some(addr),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether two listening TCP sockets on `a` and `b` would clash (the
+/// second bind fails with "address in use", whichever comes second): one
+/// port on one address, or on the wildcard address and another of its
+/// family, or on an IPv6 wildcard without `IPV6_V6ONLY` (`*_v6only`), which
+/// takes IPv4 connections too, and an IPv4 address. `Some(None)`: the same
+/// address; `Some(Some(why))`: the wildcard that covers the other. Port 0
+/// never clashes: each socket gets a port of its own.
+fn overlap(a: SocketAddr, a_v6only: bool, b: SocketAddr, b_v6only: bool) -> Option<Option<String>> {
+    use std::net::IpAddr;
+    if a.port() == 0 || a.port() != b.port() {
+        return None;
+    }
+    /// The address as a socket listens on it: an IPv4-mapped IPv6 address
+    /// is its IPv4 address.
+    fn plain(addr: SocketAddr) -> IpAddr {
+        match addr.ip() {
+            IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4),
+            ip => ip,
+        }
+    }
+    /// The IP as written in HOST:PORT.
+    fn host(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        }
+    }
+    let (x, y) = (plain(a), plain(b));
+    if x == y {
+        return Some(None);
+    }
+    let dual = |ip: IpAddr, v6only: bool| ip.is_ipv6() && ip.is_unspecified() && !v6only;
+    let covers = |wide: IpAddr, wide_v6only: bool, other: IpAddr| {
+        wide.is_unspecified()
+            && (wide.is_ipv6() == other.is_ipv6() || (dual(wide, wide_v6only) && other.is_ipv4()))
+    };
+    let (wide, other) = if covers(x, a_v6only, y) {
+        (x, y)
+    } else if covers(y, b_v6only, x) {
+        (y, x)
+    } else {
+        return None;
+    };
+    let every = match (wide.is_ipv6(), other.is_ipv6()) {
+        (false, _) => "every IPv4 address",
+        (true, true) => "every IPv6 address",
+        (true, false) => "every IPv6 and IPv4 address",
+    };
+    Some(Some(if other.is_unspecified() {
+        format!("{} listens on {every} of this machine", host(wide))
+    } else {
+        format!(
+            "{} listens on {every} of this machine, {} included",
+            host(wide),
+            host(other)
+        )
+    }))
+}
+
+/// Refuses `--metrics-bind` on an address a `--bind` listens on (or
+/// overlapping one, see [`overlap`]), before anything is bound: the second
+/// socket would fail with "address in use", after the first was made
+/// (with `--reuse-port`, the workers' would, over and over).
+///
+/// # Errors
+///
+/// A usage failure naming `--metrics-bind` and the `--bind` it collides with.
+pub fn check_metrics(binds: &[Bind], text: &str, metrics: SocketAddr) -> Result<()> {
+    let v6only = v6only_addrs(binds);
+    for bind in binds {
+        let Address::Tcp(addr) = bind.addr else {
+            continue;
+        };
+        // The metrics socket is bound as std binds: dual stack.
+        match overlap(metrics, false, addr, v6only.contains(&addr)) {
+            None => {}
+            Some(None) => {
+                return Err(failure::usage(format!(
+                    "--metrics-bind {text} is the address of --bind {}; give --metrics-bind a port of its own",
+                    bind.text
+                )));
+            }
+            Some(Some(why)) => {
+                return Err(failure::usage(format!(
+                    "--metrics-bind {text} overlaps --bind {} ({why}); give --metrics-bind a port of its own",
+                    bind.text
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn resolve(bind: &str, options: Options) -> Result<Bind> {
@@ -231,17 +360,10 @@ pub fn bind_all(
     // An IPv6 socket also takes IPv4 connections (dual stack) unless told
     // not to: beside an IPv4 bind of the same port (`-b 0.0.0.0:80 -b
     // [::]:80`, as nginx users write) it must be IPv6 only, or the two clash.
-    let v4_ports: Vec<u16> = binds
-        .iter()
-        .filter_map(|b| match b.addr {
-            Address::Tcp(SocketAddr::V4(a)) if a.port() != 0 => Some(a.port()),
-            _ => None,
-        })
-        .collect();
+    let ipv6_only = v6only_addrs(&binds);
     let mut listeners = Vec::new();
     for bind in binds {
-        let v6only =
-            matches!(bind.addr, Address::Tcp(SocketAddr::V6(a)) if v4_ports.contains(&a.port()));
+        let v6only = matches!(bind.addr, Address::Tcp(addr) if ipv6_only.contains(&addr));
         match activated.claim(&bind, options)? {
             Some(inherited) => listeners.push(inherited),
             None => listeners.push(bind_one(bind, options, v6only)?),
@@ -384,6 +506,91 @@ mod tests {
         unix_mode: 0o660,
         backlog: DEFAULT_BACKLOG,
     };
+
+    fn resolved(binds: &[&str]) -> Result<Vec<Bind>> {
+        let binds: Vec<String> = binds.iter().map(|b| (*b).to_owned()).collect();
+        resolve_all(&binds, SERVE)
+    }
+
+    /// The pairs Linux refuses to listen on both of (checked against the
+    /// kernel below), and those it takes.
+    #[test]
+    fn overlapping_binds_are_refused_before_binding() {
+        for (a, b) in [
+            ("0.0.0.0:8000", "127.0.0.1:8000"),
+            ("[::]:8000", "[::1]:8000"),
+            ("127.0.0.1:8000", "[::ffff:127.0.0.1]:8000"),
+        ] {
+            let err = resolved(&[a, b]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("--bind {a} and --bind {b} overlap (")),
+                "{err}"
+            );
+            assert!(err.ends_with("); keep one of them"), "{err}");
+        }
+        let err = resolved(&["0.0.0.0:8000", "127.0.0.1:8000"]).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "(0.0.0.0 listens on every IPv4 address of this machine, 127.0.0.1 included)"
+            ),
+            "{err}"
+        );
+        // Other ports, port 0, IPv6 beside IPv4 (made IPv6-only then).
+        for pair in [
+            ["0.0.0.0:8000", "127.0.0.1:8001"],
+            ["0.0.0.0:0", "127.0.0.1:0"],
+            ["0.0.0.0:8000", "[::]:8000"],
+            ["127.0.0.1:8000", "[::]:8000"],
+            ["[::1]:8000", "127.0.0.1:8000"],
+        ] {
+            assert!(resolved(&pair).is_ok(), "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn a_metrics_bind_on_a_bind_address_is_refused() {
+        let check = |binds: &[&str], metrics: &str| {
+            let addr = metrics.parse().unwrap();
+            check_metrics(&resolved(binds).unwrap(), metrics, addr).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            check(&["127.0.0.1:8000"], "127.0.0.1:8000").unwrap_err(),
+            "--metrics-bind 127.0.0.1:8000 is the address of --bind 127.0.0.1:8000; give --metrics-bind a port of its own"
+        );
+        assert_eq!(
+            check(&["0.0.0.0:8000"], "127.0.0.1:8000").unwrap_err(),
+            "--metrics-bind 127.0.0.1:8000 overlaps --bind 0.0.0.0:8000 (0.0.0.0 listens on every IPv4 address of this machine, 127.0.0.1 included); give --metrics-bind a port of its own"
+        );
+        // The metrics socket is dual stack: [::] takes IPv4 too.
+        let err = check(&["0.0.0.0:8000"], "[::]:8000").unwrap_err();
+        assert!(
+            err.contains("([::] listens on every IPv6 and IPv4 address of this machine)"),
+            "{err}"
+        );
+        // A --bind [::] beside no IPv4 bind of its port is dual stack too.
+        assert!(check(&["[::]:8000"], "127.0.0.1:8000").is_err());
+        // ... and IPv6-only beside one.
+        assert!(check(&["10.1.2.3:8000", "[::]:8000"], "127.0.0.1:8000").is_ok());
+        assert!(check(&["0.0.0.0:8000"], "127.0.0.1:8001").is_ok());
+        assert!(check(&["127.0.0.1:0"], "127.0.0.1:0").is_ok());
+        assert!(check(&["unix:/tmp/x.sock"], "127.0.0.1:8000").is_ok());
+    }
+
+    /// What [`overlap`] calls a clash, the kernel refuses: the second of two
+    /// listening sockets (as std binds them, SO_REUSEADDR set) fails.
+    #[test]
+    fn the_kernel_refuses_what_overlap_calls_a_clash() {
+        let first = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let second = std::net::TcpListener::bind(("127.0.0.1", port));
+        assert_eq!(
+            second.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AddrInUse)
+        );
+        let a: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+        let b: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(overlap(a, false, b, false).is_some());
+    }
 
     /// How many of `n` connects to a TCP listener bound with `backlog`
     /// complete while nobody accepts: the kernel queues `backlog + 1` and

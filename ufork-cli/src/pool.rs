@@ -186,6 +186,44 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
     Ok(())
 }
 
+/// Refuses a `--metrics-bind` on the address of a `--bind` (or of
+/// `default`, what `serve` binds without one), or overlapping it (the
+/// wildcard address and another on one port), before anything is bound:
+/// the start would fail at the second socket, or with `--reuse-port` the
+/// workers would, one after the other. Overlapping `--bind`s are refused
+/// by [`listen::resolve_all`].
+///
+/// # Errors
+///
+/// A usage failure naming `--metrics-bind` and the `--bind`, or saying
+/// what is wrong with the `--metrics-bind` address.
+pub fn check_metrics_bind(
+    pool: &PoolArgs,
+    binds: &[String],
+    default: Option<&str>,
+    for_run: bool,
+) -> Result<()> {
+    let Some(text) = pool.metrics_bind.as_deref() else {
+        return Ok(());
+    };
+    let metrics = crate::metrics::resolve(text)?;
+    let options = listen::Options {
+        for_run,
+        unix_mode: 0o660,
+        backlog: crate::listen::DEFAULT_BACKLOG,
+    };
+    let defaulted: Vec<String> = match default {
+        Some(address) if binds.is_empty() => vec![address.to_owned()],
+        _ => Vec::new(),
+    };
+    let binds = if binds.is_empty() { &defaulted } else { binds };
+    // A malformed --bind is reported where it is bound.
+    let Ok(binds) = listen::resolve_all(binds, options) else {
+        return Ok(());
+    };
+    listen::check_metrics(&binds, text, metrics)
+}
+
 /// Everything set up around the arbiter, before it runs.
 #[derive(Debug)]
 pub struct Session {

@@ -175,6 +175,14 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
+    // Without --bind, the default address (PORT's) is bound, unless a
+    // supervisor handed sockets over.
+    let default_addr = if args.bind.is_empty() && !crate::activation::offered() {
+        Some(default_bind()?)
+    } else {
+        None
+    };
+    pool::check_metrics_bind(&args.pool, &args.bind, default_addr.as_deref(), false)?;
     if args.pool.check_config {
         return check_config(&args);
     }
@@ -381,8 +389,9 @@ fn check_config(args: &ServeArgs) -> Result<()> {
     if args.reuse_port {
         reuse_port_addrs(&resolved)?;
     }
-    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     pool::workers(&args.pool)?;
+    // Last: it switches this process to --user and --group.
+    crate::privs::check(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     term::say(format!(
         "ufork serve: the configuration is valid ({} to bind; nothing was started)",
         binds.join(", ")

@@ -664,6 +664,126 @@ fn gunicorn_flags_ufork_does_not_take_say_what_to_use_instead() {
     assert_one_line_error(&out, 2, &["line 1: worker_class", "no worker classes"]);
 }
 
+/// `--metrics-bind` on a `--bind`'s address, or two `--bind`s that
+/// overlap (the wildcard address and another on one port), are refused
+/// by `--check-config` and by the start alike, before the pidfile is taken
+/// or anything is bound: a usage error naming both flags.
+#[test]
+fn addresses_that_collide_are_refused_before_anything_is_bound() {
+    let dir = TempDir::new("collide");
+    let pidfile = dir.str("ufork.pid");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let loopback = format!("127.0.0.1:{port}");
+    let every = format!("0.0.0.0:{port}");
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["serve", "--bind", &loopback, "--metrics-bind", &loopback],
+            &[&format!(
+                "--metrics-bind {loopback} is the address of --bind {loopback}"
+            )],
+        ),
+        (
+            &["run", "--bind", &every, "--metrics-bind", &loopback],
+            &[
+                &format!("--metrics-bind {loopback} overlaps --bind {every}"),
+                "0.0.0.0 listens on every IPv4 address",
+            ],
+        ),
+        (
+            &["serve", "--bind", &every, "--bind", &loopback],
+            &[&format!("--bind {every} and --bind {loopback} overlap")],
+        ),
+    ];
+    for (args, needles) in cases {
+        for check in [true, false] {
+            let mut all = args.to_vec();
+            all.extend(["--pidfile", &pidfile, "-w", "1"]);
+            if check {
+                all.push("--check-config");
+            }
+            if all[0] == "run" {
+                all.extend(["--", "true"]);
+            }
+            let out = run(&all);
+            assert_one_line_error(&out, 2, needles);
+            assert!(!std::path::Path::new(&pidfile).exists(), "{all:?}");
+        }
+    }
+    // Without --bind, `serve` binds 127.0.0.1:8000: the metrics cannot.
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--metrics-bind",
+        "127.0.0.1:8000",
+    ]);
+    assert_one_line_error(
+        &out,
+        2,
+        &["--metrics-bind 127.0.0.1:8000 is the address of --bind 127.0.0.1:8000"],
+    );
+    // A --metrics-bind that is no address: --check-config says so too.
+    let out = run(&["serve", "--check-config", "--metrics-bind", "nonsense"]);
+    assert_one_line_error(&out, 2, &["--metrics-bind nonsense: not an address"]);
+}
+
+/// `--check-config --user` from a process that may not switch users (not
+/// root: the tests run as root, so ufork runs as uid and gid 65534 here)
+/// fails as the start fails, with the same line; as root it passes.
+#[test]
+fn check_config_fails_a_user_switch_the_start_would_fail() {
+    use std::os::unix::process::CommandExt;
+    let as_unprivileged = |args: &[&str]| {
+        let mut command = ufork();
+        if rustix::process::geteuid().is_root() {
+            command.uid(65534).gid(65534);
+        }
+        let out = command.args(args).output().expect("spawn ufork");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    for user in ["root", "nobody"] {
+        for command in ["serve", "run"] {
+            let mut args = vec![command, "--bind", "127.0.0.1:0", "-w", "1", "--user", user];
+            if command == "run" {
+                args.extend(["--", "true"]);
+            }
+            let start = as_unprivileged(&args);
+            assert_one_line_error(
+                &start,
+                1,
+                &[&format!(
+                    "--user {user}: cannot switch: operation not permitted"
+                )],
+            );
+            args.insert(1, "--check-config");
+            let check = as_unprivileged(&args);
+            assert_eq!(check.code(), Some(1), "{check:#?}");
+            assert_eq!(check.stderr, start.stderr, "{args:?}");
+            assert_eq!(check.stdout, "", "{check:#?}");
+        }
+    }
+    if rustix::process::geteuid().is_root() {
+        let out = run(&[
+            "serve",
+            "--check-config",
+            "--user",
+            "65534",
+            "--group",
+            "65534",
+        ]);
+        assert_eq!(out.code(), Some(0), "{out:#?}");
+        assert!(
+            out.stdout.contains("the configuration is valid"),
+            "{out:#?}"
+        );
+    }
+}
+
 /// `--check-config` checks what a start checks first and exits 0 without
 /// binding (the port stays this test's), taking the pidfile or starting a
 /// worker; a bad DIR or CMD is the error the start would stop with.
