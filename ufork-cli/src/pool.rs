@@ -410,7 +410,13 @@ impl Session {
             .format(format)
             .flush_timeout(FLUSH_TIMEOUT)
             .stop_timeout(logger::stop_budget(pool.graceful_timeout))
-            .stall_timeout(Some(pool.log_stall_timeout).filter(|t| !t.is_zero()));
+            .stall_timeout(
+                Some(
+                    pool.log_stall_timeout
+                        .unwrap_or(crate::cli::DEFAULT_LOG_STALL),
+                )
+                .filter(|t| !t.is_zero()),
+            );
         let capture = capture.build().map_err(|e| {
             failure::runtime(format!(
                 "cannot capture the workers' output: {}",

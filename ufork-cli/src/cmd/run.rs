@@ -117,9 +117,12 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
     }
     let sockets = pool::unix_paths(&listeners);
     // The watchdog (--timeout) kills a program blocked on its output.
-    args.pool.log_stall_timeout =
-        crate::cli::capped_log_stall(args.pool.log_stall_timeout, args.timeout);
+    let (stall, lowered) = crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout);
+    args.pool.log_stall_timeout = Some(stall);
     let mut session = pool::Session::start(&args.pool, pidfile, &sockets)?;
+    if let Some(warning) = lowered {
+        log::warn!(target: "ufork", "{warning}");
+    }
     let notify = match args.notify.then(notify::Notify::bind).transpose() {
         Ok(notify) => notify,
         Err(e) => {
@@ -185,6 +188,9 @@ fn check_config(args: &RunArgs) -> Result<()> {
     };
     listen::resolve_all(&args.bind, options)?;
     pool::workers(&args.pool)?;
+    if let (_, Some(warning)) = crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout) {
+        log::warn!(target: "ufork", "{warning}");
+    }
     // Last: it switches this process to --user and --group.
     crate::privs::check(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     term::say(format!(

@@ -257,16 +257,14 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     if let Some(path) = &args.access_log {
         access::open(path)?;
     }
-    args.pool.log_stall_timeout = crate::cli::capped_log_stall(
-        args.pool.log_stall_timeout,
-        Some(
-            args.timeout
-                .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
-        ),
-    );
+    let (stall, lowered) = log_stall(&args);
+    args.pool.log_stall_timeout = Some(stall);
     let mut session = pool::Session::start(&args.pool, pidfile, &pool::unix_paths(&listeners))?;
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
+    }
+    if let Some(warning) = lowered {
+        log::warn!(target: "ufork", "{warning}");
     }
     if let Some(dir) = &args.dir {
         warn_if_unreadable(dir);
@@ -339,6 +337,19 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     failure::gave_up(&outcome, args.pool.give_up_after)
 }
 
+/// `--log-stall-timeout` as the pool uses it, at most half of `--timeout`
+/// (see [`crate::cli::log_stall`]), and the warning when a value given was
+/// lowered.
+fn log_stall(args: &ServeArgs) -> (Duration, Option<String>) {
+    crate::cli::log_stall(
+        args.pool.log_stall_timeout,
+        Some(
+            args.timeout
+                .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
+        ),
+    )
+}
+
 /// Where Linux (5.14 and newer) says whether the connections queued on a
 /// `SO_REUSEPORT` socket that closes move to another socket of its group.
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
@@ -390,6 +401,9 @@ fn check_config(args: &ServeArgs) -> Result<()> {
         reuse_port_addrs(&resolved)?;
     }
     pool::workers(&args.pool)?;
+    if let (_, Some(warning)) = log_stall(args) {
+        log::warn!(target: "ufork", "{warning}");
+    }
     // Last: it switches this process to --user and --group.
     crate::privs::check(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     term::say(format!(

@@ -784,6 +784,105 @@ fn check_config_fails_a_user_switch_the_start_would_fail() {
     }
 }
 
+/// A `--log-stall-timeout` given above half of `--timeout` is lowered, and
+/// the start says so once (so does `--check-config`); the default lowered
+/// by a short `--timeout` says nothing.
+#[test]
+fn a_log_stall_timeout_given_above_half_the_timeout_is_lowered_with_a_warning() {
+    const LOWERED: &str = "[ufork] warning: --log-stall-timeout 20s is lowered to 15s, half of --timeout 30s, so that a worker held up by a stalled output is let go before it is killed as hung";
+    let out = run(&["serve", "--check-config", "--log-stall-timeout", "20"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(out.stderr, format!("{LOWERED}\n"), "{out:#?}");
+    // From the --config file, it was given as well.
+    let dir = TempDir::new("stall-warning");
+    let file = dir.join("ufork.toml");
+    std::fs::write(&file, "log_stall_timeout = 20\ntimeout = 30\n").unwrap();
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.stderr, format!("{LOWERED}\n"), "{out:#?}");
+    let out = run(&[
+        "run",
+        "--check-config",
+        "--notify",
+        "--timeout",
+        "1",
+        "--log-stall-timeout",
+        "0.75",
+        "--",
+        "true",
+    ]);
+    assert!(
+        out.stderr
+            .contains("--log-stall-timeout 0.75s is lowered to 0.5s, half of --timeout 1s,"),
+        "{out:#?}"
+    );
+    for quiet in [
+        &["serve", "--check-config", "--timeout", "4"][..],
+        &["serve", "--check-config", "--log-stall-timeout", "15"],
+        &[
+            "serve",
+            "--check-config",
+            "--log-stall-timeout",
+            "0",
+            "-t",
+            "1",
+        ],
+        &[
+            "run",
+            "--check-config",
+            "--log-stall-timeout",
+            "99",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = run(quiet);
+        assert_eq!(
+            (out.code(), out.stderr.as_str()),
+            (Some(0), ""),
+            "{quiet:?}"
+        );
+    }
+    // The start: once, in the pool's log.
+    let mut server = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--log-stall-timeout",
+        "20",
+    ]);
+    server.expect_line("is lowered to 15s");
+    server.expect_line("started");
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    let transcript = server.transcript();
+    let told: Vec<&str> = transcript
+        .lines()
+        .filter(|l| l.contains("--log-stall-timeout"))
+        .collect();
+    assert_eq!(told.len(), 1, "{transcript}");
+    assert!(
+        told[0].ends_with(&LOWERED["[ufork] ".len()..]),
+        "{transcript}"
+    );
+    // The default lowered by --timeout 4: nothing said.
+    let mut server = Running::start(&["serve", "--bind", "127.0.0.1:0", "-w", "1", "-t", "4"]);
+    server.expect_line("started");
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    assert!(
+        !server.transcript().contains("--log-stall-timeout"),
+        "{}",
+        server.transcript()
+    );
+}
+
 /// `--check-config` checks what a start checks first and exits 0 without
 /// binding (the port stays this test's), taking the pidfile or starting a
 /// worker; a bad DIR or CMD is the error the start would stop with.
