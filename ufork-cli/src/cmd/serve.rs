@@ -177,7 +177,8 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     pool::check_control_path(&args.pool, &args.bind, false)?;
     // Without --bind, the default address (PORT's) is bound, unless a
     // supervisor handed sockets over.
-    let default_addr = if args.bind.is_empty() && !crate::activation::offered() {
+    let metrics = args.pool.metrics_bind.is_some();
+    let default_addr = if metrics && args.bind.is_empty() && !crate::activation::offered() {
         Some(default_bind()?)
     } else {
         None
@@ -375,7 +376,8 @@ fn migrate_req_off(text: Option<&str>) -> bool {
 }
 
 /// `--check-config`: what `exec` checks before it takes the pidfile and
-/// binds, and that `--user` and `--group` name a user and a group.
+/// binds, that `--user` and `--group` name a user and a group this process
+/// may switch to (it does, last), and the `--log-stall-timeout` warning.
 fn check_config(args: &ServeArgs) -> Result<()> {
     if let Some(dir) = &args.dir {
         ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
