@@ -230,7 +230,7 @@ pub struct PoolArgs {
     /// Serve Prometheus metrics on GET /metrics and a health check on GET
     /// /healthz (200 when every worker is ready, else 503) at HOST:PORT,
     /// a port of its own: one a --bind listens on (0.0.0.0's covers
-    /// 127.0.0.1's) is refused.
+    /// 127.0.0.1's) is refused before the pidfile is taken.
     #[arg(long, value_name = "ADDR")]
     pub metrics_bind: Option<String>,
 }

@@ -186,42 +186,42 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
     Ok(())
 }
 
-/// Refuses a `--metrics-bind` on the address of a `--bind` (or of
-/// `default`, what `serve` binds without one), or overlapping it (the
-/// wildcard address and another on one port), before anything is bound:
-/// the start would fail at the second socket, or with `--reuse-port` the
-/// workers would, one after the other. Overlapping `--bind`s are refused
-/// by [`listen::resolve_all`].
+/// Resolves the `--bind`s and `--metrics-bind` given, and refuses two
+/// that overlap (see [`listen::check_overlaps`] and
+/// [`listen::check_metrics`]): called before the pidfile is taken and
+/// anything is bound, so the error is this one even while another pool
+/// holds the pidfile. Only addresses given count: `serve`'s default address
+/// is not one (with sockets from a supervisor it is not bound). Nothing is
+/// checked in a new arbiter of an upgrade, nor with sockets from socket
+/// activation: those sockets are listening already, so the old arbiter's
+/// (or the supervisor's) addresses are the ones served, whatever the flags
+/// would overlap on.
 ///
 /// # Errors
 ///
-/// A usage failure naming `--metrics-bind` and the `--bind`, or saying
-/// what is wrong with the `--metrics-bind` address.
-pub fn check_metrics_bind(
+/// A usage failure naming the flags, or saying what is wrong with an
+/// address.
+pub fn check_addresses(
     pool: &PoolArgs,
     binds: &[String],
-    default: Option<&str>,
     for_run: bool,
+    reuse_port: bool,
 ) -> Result<()> {
-    let Some(text) = pool.metrics_bind.as_deref() else {
+    if crate::upgrade::is_new_arbiter() || crate::activation::offered() {
         return Ok(());
-    };
-    let metrics = crate::metrics::resolve(text)?;
+    }
     let options = listen::Options {
         for_run,
         unix_mode: 0o660,
         backlog: crate::listen::DEFAULT_BACKLOG,
     };
-    let defaulted: Vec<String> = match default {
-        Some(address) if binds.is_empty() => vec![address.to_owned()],
-        _ => Vec::new(),
-    };
-    let binds = if binds.is_empty() { &defaulted } else { binds };
-    // A malformed --bind is reported where it is bound.
-    let Ok(binds) = listen::resolve_all(binds, options) else {
+    let binds = listen::resolve_all(binds, options)?;
+    listen::check_overlaps(&binds, reuse_port)?;
+    let Some(text) = pool.metrics_bind.as_deref() else {
         return Ok(());
     };
-    listen::check_metrics(&binds, text, metrics)
+    let metrics = crate::metrics::resolve(text)?;
+    listen::check_metrics(&binds, text, metrics, reuse_port)
 }
 
 /// Everything set up around the arbiter, before it runs.

@@ -77,7 +77,7 @@ pub struct RunArgs {
 pub fn exec(mut args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, true)?;
-    pool::check_metrics_bind(&args.pool, &args.bind, None, true)?;
+    pool::check_addresses(&args.pool, &args.bind, true, false)?;
     if args.pool.check_config {
         return check_config(&args);
     }

@@ -175,15 +175,7 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
-    // Without --bind, the default address (PORT's) is bound, unless a
-    // supervisor handed sockets over.
-    let metrics = args.pool.metrics_bind.is_some();
-    let default_addr = if metrics && args.bind.is_empty() && !crate::activation::offered() {
-        Some(default_bind()?)
-    } else {
-        None
-    };
-    pool::check_metrics_bind(&args.pool, &args.bind, default_addr.as_deref(), false)?;
+    pool::check_addresses(&args.pool, &args.bind, false, args.reuse_port)?;
     if args.pool.check_config {
         return check_config(&args);
     }

@@ -711,21 +711,109 @@ fn addresses_that_collide_are_refused_before_anything_is_bound() {
             assert!(!std::path::Path::new(&pidfile).exists(), "{all:?}");
         }
     }
-    // Without --bind, `serve` binds 127.0.0.1:8000: the metrics cannot.
+    // Only addresses given count: not `serve`'s default (127.0.0.1:8000,
+    // or PORT's), which is not bound when a supervisor hands sockets over.
     let out = run(&[
         "serve",
         "--check-config",
         "--metrics-bind",
         "127.0.0.1:8000",
     ]);
-    assert_one_line_error(
-        &out,
-        2,
-        &["--metrics-bind 127.0.0.1:8000 is the address of --bind 127.0.0.1:8000"],
-    );
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // While a pool holds the pidfile, the overlap is still the error told
+    // (the start checks before it takes the pidfile).
+    let mut holder = Running::start(&[
+        "serve",
+        "-b",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+    ]);
+    holder.expect_line("started");
+    for args in [
+        &["serve", "--bind", &every, "--bind", &loopback][..],
+        &[
+            "run",
+            "--bind",
+            &every,
+            "--metrics-bind",
+            &loopback,
+            "--",
+            "true",
+        ],
+    ] {
+        let mut all = vec![args[0], "--pidfile", &pidfile];
+        all.extend(&args[1..]);
+        let out = run(&all);
+        assert_one_line_error(&out, 2, &[" overlap"]);
+        assert!(!out.stderr.contains("already running"), "{out:#?}");
+    }
+    holder.signal(Signal::TERM);
+    assert_eq!(holder.wait().code(), Some(0), "{}", holder.transcript());
     // A --metrics-bind that is no address: --check-config says so too.
     let out = run(&["serve", "--check-config", "--metrics-bind", "nonsense"]);
     assert_one_line_error(&out, 2, &["--metrics-bind nonsense: not an address"]);
+}
+
+/// With `--reuse-port` every worker binds each address `SO_REUSEPORT`, and
+/// Linux lets such sockets overlap: a wildcard `--bind` beside another of
+/// its port starts and serves. The `--metrics-bind` socket is no such
+/// socket, and none of the workers' is IPv6-only: a `[::]` one takes IPv4
+/// too, whatever other `--bind` shares its port.
+#[test]
+fn with_reuse_port_overlapping_binds_serve_and_a_dual_stack_bind_counts_for_metrics() {
+    let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let loopback = format!("127.0.0.1:{port}");
+    let every = format!("0.0.0.0:{port}");
+    let binds = [
+        "serve",
+        "--reuse-port",
+        "-w",
+        "1",
+        "-b",
+        &every,
+        "-b",
+        &loopback,
+    ];
+    let mut check = binds.to_vec();
+    check.push("--check-config");
+    let out = run(&check);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let dir = TempDir::new("reuse-overlap");
+    let control = dir.str("ctl.sock");
+    let mut server = Running::start(&[&binds[..], &["--control-socket", &control]].concat());
+    wait_ready(&control, 1);
+    let (status, _, _) = get(loopback.parse().unwrap(), "/");
+    assert_eq!(status, 200, "{}", server.transcript());
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+
+    let other = format!("127.0.0.2:{port}");
+    let any6 = format!("[::]:{port}");
+    let metrics = [
+        "-b",
+        &other,
+        "-b",
+        &any6,
+        "--metrics-bind",
+        &loopback,
+        "--check-config",
+    ];
+    let out = run(&[&["serve", "--reuse-port"][..], &metrics].concat());
+    assert_one_line_error(
+        &out,
+        2,
+        &[&format!(
+            "--metrics-bind {loopback} overlaps --bind {any6} ([::] listens on every IPv6 and IPv4 address"
+        )],
+    );
+    // Without --reuse-port, that [::] is bound IPv6-only beside 127.0.0.2.
+    let out = run(&[&["serve"][..], &metrics].concat());
+    assert_eq!(out.code(), Some(0), "{out:#?}");
 }
 
 /// `--check-config --user` from a process that may not switch users (not
