@@ -178,9 +178,10 @@ impl CaptureBuilder {
     /// Drop lines, counted, instead of applying back-pressure when the sink
     /// falls behind (default false). The sink then reads
     /// `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where lines
-    /// went missing (with [`split_streams`](Self::split_streams), `bytes of
-    /// stdout` or `bytes of stderr`: each pipe reports its own), as soon as the queue has room again (the writer wakes
-    /// the arbiter for it, whether or not the worker writes more).
+    /// went missing (with [`split_streams`](Self::split_streams), `(pid
+    /// 12345), stdout]` or `, stderr]`: each pipe reports its own), as soon
+    /// as the queue has room again (the writer wakes the arbiter for it,
+    /// whether or not the worker writes more).
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
         self
@@ -903,15 +904,17 @@ fn stamp_for(format: Format) -> format::Stamp {
 /// The text of a drop notice. With the streams split, a worker's stdout
 /// and stderr each report their own drops, often in the same instant (one
 /// stalled sink fills the one queue both go through): each notice names
-/// its stream, so the two do not read as one notice written twice.
+/// its stream, so the two do not read as one notice written twice. The
+/// stream comes last: `bytes from worker N (pid P)` reads as it always did,
+/// for the parsers that look for it.
 fn notice_text(dropped: u64, info: &LineInfo) -> String {
-    let of = match info.stream {
-        Stream::Stdout => " of stdout",
-        Stream::Stderr => " of stderr",
+    let stream = match info.stream {
+        Stream::Stdout => ", stdout",
+        Stream::Stderr => ", stderr",
         Stream::Combined => "",
     };
     format!(
-        "[ufork-io: dropped {dropped} bytes{of} from worker {} (pid {})]",
+        "[ufork-io: dropped {dropped} bytes from worker {} (pid {}){stream}]",
         info.slot, info.pid
     )
 }
@@ -1314,11 +1317,11 @@ mod tests {
         );
         assert_eq!(
             notice_text(1234, &info(Stream::Stdout)),
-            "[ufork-io: dropped 1234 bytes of stdout from worker 3 (pid 12345)]"
+            "[ufork-io: dropped 1234 bytes from worker 3 (pid 12345), stdout]"
         );
         assert_eq!(
             notice_text(7, &info(Stream::Stderr)),
-            "[ufork-io: dropped 7 bytes of stderr from worker 3 (pid 12345)]"
+            "[ufork-io: dropped 7 bytes from worker 3 (pid 12345), stderr]"
         );
     }
 

@@ -45,7 +45,7 @@
 //! loop once the queue is half empty. With [`CaptureBuilder::lossy`], lines
 //! are dropped instead and counted: the sink reads
 //! `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where they were
-//! (`1234 bytes of stdout` or `of stderr` when the streams are split: each
+//! (`(pid 12345), stdout]` or `, stderr]` when the streams are split: each
 //! pipe reports its own).
 //! With [`CaptureBuilder::stall_timeout`], back-pressure lasts only while the
 //! sink keeps taking bytes: once it has taken nothing for that long with the

@@ -395,13 +395,13 @@ fn drops_from_stdout_and_stderr_are_told_apart() {
     assert_eq!(err_notices.len(), 1, "{stderr}");
     assert!(
         err_notices[0].contains(&format!("[0 {worker} err] [ufork-io: dropped "))
-            && err_notices[0].ends_with(&format!(" bytes of stderr from worker 0 (pid {worker})]")),
+            && err_notices[0].ends_with(&format!(" bytes from worker 0 (pid {worker}), stderr]")),
         "{stderr}"
     );
     assert_eq!(out_notices.len(), 1, "{out_notices:?}");
     assert!(
         out_notices[0].contains(&format!("[0 {worker}] [ufork-io: dropped "))
-            && out_notices[0].ends_with(&format!(" bytes of stdout from worker 0 (pid {worker})]")),
+            && out_notices[0].ends_with(&format!(" bytes from worker 0 (pid {worker}), stdout]")),
         "{out_notices:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
