@@ -242,16 +242,22 @@ pub const DEFAULT_LOG_STALL: Duration = Duration::from_secs(10);
 /// [`DEFAULT_LOG_STALL`]; see [`capped_log_stall`]), and the warning to
 /// log at the start when a value given (on the command line or in the
 /// `--config` file) was lowered: the default lowered says nothing, since
-/// nobody asked for it.
-pub fn log_stall(given: Option<Duration>, hang: Option<Duration>) -> (Duration, Option<String>) {
+/// nobody asked for it. `hang` is `--timeout` (`hang_defaulted`: not given,
+/// the subcommand's default, which the warning says it is).
+pub fn log_stall(
+    given: Option<Duration>,
+    hang: Option<Duration>,
+    hang_defaulted: bool,
+) -> (Duration, Option<String>) {
     let stall = given.unwrap_or(DEFAULT_LOG_STALL);
     let capped = capped_log_stall(stall, hang);
     let warning = match (given, hang) {
         (Some(given), Some(hang)) if capped < given => Some(format!(
-            "--log-stall-timeout {} is lowered to {}, half of --timeout {}, so that a worker held up by a stalled output is let go before it is killed as hung",
+            "--log-stall-timeout {} is lowered to {}, half of --timeout {}{}, so that a worker held up by a stalled output is let go before it is killed as hung",
             seconds(given),
             seconds(capped),
-            seconds(hang)
+            seconds(hang),
+            if hang_defaulted { " (the default)" } else { "" }
         )),
         _ => None,
     };
@@ -299,29 +305,37 @@ mod tests {
     fn a_log_stall_timeout_given_and_lowered_is_told() {
         let secs = Duration::from_secs;
         assert_eq!(
-            log_stall(Some(secs(20)), Some(secs(30))),
+            log_stall(Some(secs(20)), Some(secs(30)), false),
             (
                 secs(15),
                 Some("--log-stall-timeout 20s is lowered to 15s, half of --timeout 30s, so that a worker held up by a stalled output is let go before it is killed as hung".to_owned())
             )
         );
-        let (stall, warning) = log_stall(Some(secs(10)), Some(secs(5)));
+        let (stall, warning) = log_stall(Some(secs(10)), Some(secs(5)), false);
         assert_eq!(stall, Duration::from_millis(2500));
         assert!(warning.is_some_and(|w| {
             w.starts_with("--log-stall-timeout 10s is lowered to 2.5s, half of --timeout 5s,")
         }),);
         // The default lowered, a value within the bound, 0 and no --timeout: silent.
         assert_eq!(
-            log_stall(None, Some(secs(5))),
+            log_stall(None, Some(secs(5)), true),
             (Duration::from_millis(2500), None)
         );
-        assert_eq!(log_stall(Some(secs(15)), Some(secs(30))), (secs(15), None));
         assert_eq!(
-            log_stall(Some(Duration::ZERO), Some(secs(5))),
+            log_stall(Some(secs(15)), Some(secs(30)), true),
+            (secs(15), None)
+        );
+        assert_eq!(
+            log_stall(Some(Duration::ZERO), Some(secs(5)), false),
             (Duration::ZERO, None)
         );
-        assert_eq!(log_stall(Some(secs(99)), None), (secs(99), None));
-        assert_eq!(log_stall(None, None), (DEFAULT_LOG_STALL, None));
+        assert_eq!(log_stall(Some(secs(99)), None, false), (secs(99), None));
+        // --timeout not given: the warning says its value is the default.
+        let (_, warning) = log_stall(Some(secs(20)), Some(secs(30)), true);
+        assert!(warning.is_some_and(|w| {
+            w.starts_with("--log-stall-timeout 20s is lowered to 15s, half of --timeout 30s (the default), so")
+        }));
+        assert_eq!(log_stall(None, None, false), (DEFAULT_LOG_STALL, None));
     }
 
     #[test]

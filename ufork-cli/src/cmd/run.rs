@@ -117,7 +117,7 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
     }
     let sockets = pool::unix_paths(&listeners);
     // The watchdog (--timeout) kills a program blocked on its output.
-    let (stall, lowered) = crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout);
+    let (stall, lowered) = crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout, false);
     args.pool.log_stall_timeout = Some(stall);
     let mut session = pool::Session::start(&args.pool, pidfile, &sockets)?;
     if let Some(warning) = lowered {
@@ -188,7 +188,9 @@ fn check_config(args: &RunArgs) -> Result<()> {
     };
     listen::resolve_all(&args.bind, options)?;
     pool::workers(&args.pool)?;
-    if let (_, Some(warning)) = crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout) {
+    if let (_, Some(warning)) =
+        crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout, false)
+    {
         log::warn!(target: "ufork", "{warning}");
     }
     // Last: it switches this process to --user and --group.

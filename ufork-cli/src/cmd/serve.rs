@@ -340,6 +340,7 @@ fn log_stall(args: &ServeArgs) -> (Duration, Option<String>) {
             args.timeout
                 .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
         ),
+        args.timeout.is_none(),
     )
 }
 

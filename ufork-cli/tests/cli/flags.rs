@@ -877,10 +877,21 @@ fn check_config_fails_a_user_switch_the_start_would_fail() {
 /// by a short `--timeout` says nothing.
 #[test]
 fn a_log_stall_timeout_given_above_half_the_timeout_is_lowered_with_a_warning() {
-    const LOWERED: &str = "[ufork] warning: --log-stall-timeout 20s is lowered to 15s, half of --timeout 30s, so that a worker held up by a stalled output is let go before it is killed as hung";
+    // Without --timeout, its value is said to be the default.
+    const LOWERED: &str = "[ufork] warning: --log-stall-timeout 20s is lowered to 15s, half of --timeout 30s (the default), so that a worker held up by a stalled output is let go before it is killed as hung";
+    let given = LOWERED.replace(" (the default)", "");
     let out = run(&["serve", "--check-config", "--log-stall-timeout", "20"]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(out.stderr, format!("{LOWERED}\n"), "{out:#?}");
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--log-stall-timeout",
+        "20",
+        "-t",
+        "30",
+    ]);
+    assert_eq!(out.stderr, format!("{given}\n"), "{out:#?}");
     // From the --config file, it was given as well.
     let dir = TempDir::new("stall-warning");
     let file = dir.join("ufork.toml");
@@ -891,7 +902,7 @@ fn a_log_stall_timeout_given_above_half_the_timeout_is_lowered_with_a_warning() 
         "--config",
         file.to_str().unwrap(),
     ]);
-    assert_eq!(out.stderr, format!("{LOWERED}\n"), "{out:#?}");
+    assert_eq!(out.stderr, format!("{given}\n"), "{out:#?}");
     let out = run(&[
         "run",
         "--check-config",
