@@ -24,6 +24,18 @@ pub struct Activated {
     sockets: Vec<Option<core_listen::Listener>>,
 }
 
+/// Whether a supervisor handed this process sockets (`LISTEN_PID` names
+/// it and `LISTEN_FDS` is more than 0), without taking them: then `serve`
+/// binds no default address.
+pub fn offered() -> bool {
+    let var = |name| std::env::var(name).ok();
+    let ours =
+        var("LISTEN_PID").and_then(|p| p.trim().parse::<u32>().ok()) == Some(std::process::id());
+    ours && var("LISTEN_FDS")
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
 impl Activated {
     /// Takes the sockets handed to this process, if any. Call before any
     /// thread starts (the variables are cleared only then).

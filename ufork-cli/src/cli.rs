@@ -187,9 +187,10 @@ pub struct PoolArgs {
     /// the output takes bytes again. A slow reader that keeps reading (64 KiB
     /// per SECS at least) loses nothing. 0: never drop. At most half of
     /// --timeout, so that workers blocked on their output are not killed
-    /// as hung first.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_zero, default_value = "10", allow_negative_numbers = true)]
-    pub log_stall_timeout: Duration,
+    /// as hung first (a value given above it is lowered, with a warning)
+    /// [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds_or_zero, allow_negative_numbers = true)]
+    pub log_stall_timeout: Option<Duration>,
 
     /// Least severe message of the arbiter and the workers' server logged,
     /// with gunicorn's names (a worker's own output and the access log are
@@ -218,16 +219,55 @@ pub struct PoolArgs {
 
     /// Check the flags (and the --config file) and exit without starting
     /// anything: 0 when the pool could start with them, else the error it
-    /// would stop with. Checks DIR or CMD, --chdir, the --bind addresses
-    /// (resolved, not bound), the control socket's path, and that --user and
-    /// --group exist.
+    /// would stop with. Checks DIR or CMD, --chdir, the --bind and
+    /// --metrics-bind addresses (resolved, not bound; two that overlap are
+    /// refused, as the start refuses them), the control socket's path, and
+    /// that --user and --group exist and this process may switch to them
+    /// (it switches, then exits).
     #[arg(long)]
     pub check_config: bool,
 
     /// Serve Prometheus metrics on GET /metrics and a health check on GET
-    /// /healthz (200 when every worker is ready, else 503) at HOST:PORT.
+    /// /healthz (200 when every worker is ready, else 503) at HOST:PORT,
+    /// a port of its own: one a --bind listens on (0.0.0.0's covers
+    /// 127.0.0.1's) is refused before the pidfile is taken.
     #[arg(long, value_name = "ADDR")]
     pub metrics_bind: Option<String>,
+}
+
+/// `--log-stall-timeout`'s default.
+pub const DEFAULT_LOG_STALL: Duration = Duration::from_secs(10);
+
+/// `--log-stall-timeout` as the pool uses it (`given`, else
+/// [`DEFAULT_LOG_STALL`]; see [`capped_log_stall`]), and the warning to
+/// log at the start when a value given (on the command line or in the
+/// `--config` file) was lowered: the default lowered says nothing, since
+/// nobody asked for it. `hang` is `--timeout` (`hang_defaulted`: not given,
+/// the subcommand's default, which the warning says it is).
+pub fn log_stall(
+    given: Option<Duration>,
+    hang: Option<Duration>,
+    hang_defaulted: bool,
+) -> (Duration, Option<String>) {
+    let stall = given.unwrap_or(DEFAULT_LOG_STALL);
+    let capped = capped_log_stall(stall, hang);
+    let warning = match (given, hang) {
+        (Some(given), Some(hang)) if capped < given => Some(format!(
+            "--log-stall-timeout {} is lowered to {}, half of --timeout {}{}, so that a worker held up by a stalled output is let go before it is killed as hung",
+            seconds(given),
+            seconds(capped),
+            seconds(hang),
+            if hang_defaulted { " (the default)" } else { "" }
+        )),
+        _ => None,
+    };
+    (capped, warning)
+}
+
+/// Seconds as a flag takes them: `20s`, `2.5s`, `0.125s`.
+fn seconds(d: Duration) -> String {
+    let text = format!("{:.3}", d.as_secs_f64());
+    format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// `--log-stall-timeout` as the pool uses it: at most half the hang timeout
@@ -259,6 +299,43 @@ mod tests {
             capped_log_stall(Duration::ZERO, Some(secs(5))),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn a_log_stall_timeout_given_and_lowered_is_told() {
+        let secs = Duration::from_secs;
+        assert_eq!(
+            log_stall(Some(secs(20)), Some(secs(30)), false),
+            (
+                secs(15),
+                Some("--log-stall-timeout 20s is lowered to 15s, half of --timeout 30s, so that a worker held up by a stalled output is let go before it is killed as hung".to_owned())
+            )
+        );
+        let (stall, warning) = log_stall(Some(secs(10)), Some(secs(5)), false);
+        assert_eq!(stall, Duration::from_millis(2500));
+        assert!(warning.is_some_and(|w| {
+            w.starts_with("--log-stall-timeout 10s is lowered to 2.5s, half of --timeout 5s,")
+        }),);
+        // The default lowered, a value within the bound, 0 and no --timeout: silent.
+        assert_eq!(
+            log_stall(None, Some(secs(5)), true),
+            (Duration::from_millis(2500), None)
+        );
+        assert_eq!(
+            log_stall(Some(secs(15)), Some(secs(30)), true),
+            (secs(15), None)
+        );
+        assert_eq!(
+            log_stall(Some(Duration::ZERO), Some(secs(5)), false),
+            (Duration::ZERO, None)
+        );
+        assert_eq!(log_stall(Some(secs(99)), None, false), (secs(99), None));
+        // --timeout not given: the warning says its value is the default.
+        let (_, warning) = log_stall(Some(secs(20)), Some(secs(30)), true);
+        assert!(warning.is_some_and(|w| {
+            w.starts_with("--log-stall-timeout 20s is lowered to 15s, half of --timeout 30s (the default), so")
+        }));
+        assert_eq!(log_stall(None, None, false), (DEFAULT_LOG_STALL, None));
     }
 
     #[test]

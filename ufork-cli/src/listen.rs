@@ -147,6 +147,172 @@ pub fn resolve_all(binds: &[String], options: Options) -> Result<Vec<Bind>> {
     Ok(resolved)
 }
 
+/// Refuses two `--bind`s the kernel would not listen on both of (see
+/// [`overlap`]): the start would fail at the second. With `reuse_port`,
+/// every socket is bound `SO_REUSEPORT`, and Linux lets such sockets
+/// overlap (`-b 0.0.0.0:80 -b 127.0.0.1:80`): only the same address twice
+/// is refused then, by [`resolve_all`].
+///
+/// # Errors
+///
+/// A usage failure naming both `--bind`s.
+pub fn check_overlaps(binds: &[Bind], reuse_port: bool) -> Result<()> {
+    if reuse_port {
+        return Ok(());
+    }
+    let v6only = v6only_addrs(binds);
+    for (i, a) in binds.iter().enumerate() {
+        for b in &binds[i + 1..] {
+            let (Address::Tcp(x), Address::Tcp(y)) = (&a.addr, &b.addr) else {
+                continue;
+            };
+            if let Some(why) = overlap(*x, v6only.contains(x), *y, v6only.contains(y)) {
+                return Err(failure::usage(format!(
+                    "--bind {} and --bind {} overlap ({}); keep one of them",
+                    a.text,
+                    b.text,
+                    why.unwrap_or_else(|| "the same address".to_owned())
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The IPv6 addresses among `binds` bound `IPV6_V6ONLY` (see [`bind_all`]):
+/// those beside an IPv4 bind of the same port (`-b 0.0.0.0:80 -b [::]:80`,
+/// as nginx users write), which would clash with it otherwise.
+fn v6only_addrs(binds: &[Bind]) -> Vec<SocketAddr> {
+    let v4_ports: Vec<u16> = binds
+        .iter()
+        .filter_map(|b| match b.addr {
+            Address::Tcp(SocketAddr::V4(a)) if a.port() != 0 => Some(a.port()),
+            _ => None,
+        })
+        .collect();
+    binds
+        .iter()
+        .filter_map(|b| match b.addr {
+            Address::Tcp(addr @ SocketAddr::V6(a)) if v4_ports.contains(&a.port()) => Some(addr),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether two listening TCP sockets on `a` and `b` would clash (the
+/// second bind fails with "address in use", whichever comes second): one
+/// port on one address, or on the wildcard address and another of its
+/// family, or on an IPv6 wildcard without `IPV6_V6ONLY` (`*_v6only`), which
+/// takes IPv4 connections too, and an IPv4 address. `Some(None)`: the same
+/// address; `Some(Some(why))`: the wildcard that covers the other. Port 0
+/// never clashes: each socket gets a port of its own, and neither do one
+/// link-local address on two interfaces (scope ids).
+fn overlap(a: SocketAddr, a_v6only: bool, b: SocketAddr, b_v6only: bool) -> Option<Option<String>> {
+    use std::net::IpAddr;
+    if a.port() == 0 || a.port() != b.port() {
+        return None;
+    }
+    /// The address as a socket listens on it: an IPv4-mapped IPv6 address
+    /// is its IPv4 address.
+    fn plain(addr: SocketAddr) -> IpAddr {
+        match addr.ip() {
+            IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4),
+            ip => ip,
+        }
+    }
+    /// The IP as written in HOST:PORT.
+    fn host(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+        }
+    }
+    /// An IPv6 address's interface (`fe80::1%eth0`): one address on two
+    /// interfaces is two addresses.
+    fn scope(addr: SocketAddr) -> u32 {
+        match addr {
+            SocketAddr::V6(a) => a.scope_id(),
+            SocketAddr::V4(_) => 0,
+        }
+    }
+    let (x, y) = (plain(a), plain(b));
+    if x == y {
+        return (scope(a) == scope(b)).then_some(None);
+    }
+    let dual = |ip: IpAddr, v6only: bool| ip.is_ipv6() && ip.is_unspecified() && !v6only;
+    let covers = |wide: IpAddr, wide_v6only: bool, other: IpAddr| {
+        wide.is_unspecified()
+            && (wide.is_ipv6() == other.is_ipv6() || (dual(wide, wide_v6only) && other.is_ipv4()))
+    };
+    let (wide, other) = if covers(x, a_v6only, y) {
+        (x, y)
+    } else if covers(y, b_v6only, x) {
+        (y, x)
+    } else {
+        return None;
+    };
+    let every = match (wide.is_ipv6(), other.is_ipv6()) {
+        (false, _) => "every IPv4 address",
+        (true, true) => "every IPv6 address",
+        (true, false) => "every IPv6 and IPv4 address",
+    };
+    Some(Some(if other.is_unspecified() {
+        format!("{} listens on {every} of this machine", host(wide))
+    } else {
+        format!(
+            "{} listens on {every} of this machine, {} included",
+            host(wide),
+            host(other)
+        )
+    }))
+}
+
+/// Refuses `--metrics-bind` on an address a `--bind` listens on (or
+/// overlapping one, see [`overlap`]), before anything is bound: the second
+/// socket would fail with "address in use", after the first was made
+/// (with `--reuse-port`, the workers' would, over and over). The metrics
+/// socket is never `SO_REUSEPORT`, so `reuse_port` refuses the same pairs;
+/// but then no `--bind` is made IPv6-only (the workers bind each address
+/// as it is), so every `[::]` one takes IPv4 too.
+///
+/// # Errors
+///
+/// A usage failure naming `--metrics-bind` and the `--bind` it collides with.
+pub fn check_metrics(
+    binds: &[Bind],
+    text: &str,
+    metrics: SocketAddr,
+    reuse_port: bool,
+) -> Result<()> {
+    let v6only = if reuse_port {
+        Vec::new()
+    } else {
+        v6only_addrs(binds)
+    };
+    for bind in binds {
+        let Address::Tcp(addr) = bind.addr else {
+            continue;
+        };
+        // The metrics socket is bound as std binds: dual stack.
+        match overlap(metrics, false, addr, v6only.contains(&addr)) {
+            None => {}
+            Some(None) => {
+                return Err(failure::usage(format!(
+                    "--metrics-bind {text} is the address of --bind {}; give --metrics-bind a port of its own",
+                    bind.text
+                )));
+            }
+            Some(Some(why)) => {
+                return Err(failure::usage(format!(
+                    "--metrics-bind {text} overlaps --bind {} ({why}); give --metrics-bind a port of its own",
+                    bind.text
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn resolve(bind: &str, options: Options) -> Result<Bind> {
     let (name, address) = match bind.split_once('=') {
         Some((name, address)) if options.for_run => {
@@ -231,17 +397,10 @@ pub fn bind_all(
     // An IPv6 socket also takes IPv4 connections (dual stack) unless told
     // not to: beside an IPv4 bind of the same port (`-b 0.0.0.0:80 -b
     // [::]:80`, as nginx users write) it must be IPv6 only, or the two clash.
-    let v4_ports: Vec<u16> = binds
-        .iter()
-        .filter_map(|b| match b.addr {
-            Address::Tcp(SocketAddr::V4(a)) if a.port() != 0 => Some(a.port()),
-            _ => None,
-        })
-        .collect();
+    let ipv6_only = v6only_addrs(&binds);
     let mut listeners = Vec::new();
     for bind in binds {
-        let v6only =
-            matches!(bind.addr, Address::Tcp(SocketAddr::V6(a)) if v4_ports.contains(&a.port()));
+        let v6only = matches!(bind.addr, Address::Tcp(addr) if ipv6_only.contains(&addr));
         match activated.claim(&bind, options)? {
             Some(inherited) => listeners.push(inherited),
             None => listeners.push(bind_one(bind, options, v6only)?),
@@ -384,6 +543,228 @@ mod tests {
         unix_mode: 0o660,
         backlog: DEFAULT_BACKLOG,
     };
+
+    fn resolved(binds: &[&str]) -> Vec<Bind> {
+        let binds: Vec<String> = binds.iter().map(|b| (*b).to_owned()).collect();
+        resolve_all(&binds, SERVE).unwrap()
+    }
+
+    /// How a socket of a kernel check is bound.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum How {
+        /// As `bind_all` binds a `--bind` (IPv6-only as `v6only_addrs`
+        /// says).
+        Start,
+        /// As ufork-wsgi-like's workers bind one with `--reuse-port`:
+        /// SO_REUSEADDR and SO_REUSEPORT, never IPv6-only.
+        ReusePort,
+        /// As `Metrics::bind` binds (std's `TcpListener::bind`).
+        Metrics,
+    }
+
+    /// Whether the kernel listens on all of `socks` at once, each bound
+    /// `How` on one free port in place of the tables' 8000 (another
+    /// process may take that port in between: a refusal is tried again).
+    /// `None` when this machine has no IPv6 and an address is IPv6.
+    fn kernel_takes_all(socks: &[(&str, How)]) -> Option<bool> {
+        let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+        if !ipv6 && socks.iter().any(|(a, _)| a.starts_with('[')) {
+            eprintln!("no IPv6 on this machine: {socks:?} not checked against the kernel");
+            return None;
+        }
+        let free = || {
+            let probe = std::net::TcpListener::bind(if ipv6 { "[::]:0" } else { "0.0.0.0:0" });
+            probe.unwrap().local_addr().unwrap().port()
+        };
+        let bind = |addr: SocketAddr, how: How, v6only: bool| match how {
+            How::Start => {
+                let bind = Bind {
+                    name: "listen".to_owned(),
+                    text: addr.to_string(),
+                    addr: Address::Tcp(addr),
+                };
+                bind_one(bind, SERVE, v6only).map(|l| match l.socket {
+                    Socket::Tcp(socket) => std::os::fd::OwnedFd::from(socket),
+                    Socket::Unix(..) => unreachable!("a TCP address"),
+                })
+            }
+            How::ReusePort => {
+                use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+                let family = if addr.is_ipv4() {
+                    AddressFamily::INET
+                } else {
+                    AddressFamily::INET6
+                };
+                let fd = rustix::net::socket_with(
+                    family,
+                    SocketType::STREAM,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .unwrap();
+                sockopt::set_socket_reuseaddr(&fd, true).unwrap();
+                sockopt::set_socket_reuseport(&fd, true).unwrap();
+                rustix::net::bind(&fd, &addr)
+                    .and_then(|()| rustix::net::listen(&fd, 16))
+                    .map(|()| fd)
+                    .map_err(|e| failure::runtime(e.to_string()))
+            }
+            How::Metrics => std::net::TcpListener::bind(addr)
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|e| failure::runtime(e.to_string())),
+        };
+        for _ in 0..5 {
+            let port = free().to_string();
+            let texts: Vec<String> = socks
+                .iter()
+                .map(|(a, _)| a.replace("8000", &port))
+                .collect();
+            let binds: Vec<Bind> = texts.iter().flat_map(|t| resolved(&[t])).collect();
+            // The --binds', as `bind_all` decides (the metrics socket is none).
+            let flags: Vec<Bind> = (binds.iter().zip(socks))
+                .filter(|(_, (_, how))| *how != How::Metrics)
+                .map(|(b, _)| b.clone())
+                .collect();
+            let v6only = v6only_addrs(&flags);
+            let mut held = Vec::new();
+            let all = binds.iter().zip(socks).all(|(b, (_, how))| {
+                let Address::Tcp(addr) = b.addr else {
+                    unreachable!("a TCP address")
+                };
+                let only = *how == How::Start && v6only.contains(&addr);
+                bind(addr, *how, only).map(|fd| held.push(fd)).is_ok()
+            });
+            if all {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+
+    /// The pairs of `--bind`s refused, and those taken, with and without
+    /// `--reuse-port`; each pair on one port is checked against the kernel,
+    /// bound as the start binds it.
+    #[test]
+    fn overlapping_binds_are_refused_before_binding() {
+        let check = |binds: &[&str], reuse_port| check_overlaps(&resolved(binds), reuse_port);
+        for (a, b) in [
+            ("0.0.0.0:8000", "127.0.0.1:8000"),
+            ("[::]:8000", "[::1]:8000"),
+            ("127.0.0.1:8000", "[::ffff:127.0.0.1]:8000"),
+        ] {
+            let err = check(&[a, b], false).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("--bind {a} and --bind {b} overlap (")),
+                "{err}"
+            );
+            assert!(err.ends_with("); keep one of them"), "{err}");
+            let kernel = kernel_takes_all(&[(a, How::Start), (b, How::Start)]);
+            assert_ne!(kernel, Some(true), "{a} {b}");
+            // With SO_REUSEPORT, Linux takes both.
+            assert!(check(&[a, b], true).is_ok(), "{a} {b}");
+            let kernel = kernel_takes_all(&[(a, How::ReusePort), (b, How::ReusePort)]);
+            assert_ne!(kernel, Some(false), "{a} {b} with SO_REUSEPORT");
+        }
+        let err = check(&["0.0.0.0:8000", "127.0.0.1:8000"], false).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "(0.0.0.0 listens on every IPv4 address of this machine, 127.0.0.1 included)"
+            ),
+            "{err}"
+        );
+        // IPv6 beside IPv4 (made IPv6-only then); with --reuse-port too
+        // (every socket SO_REUSEPORT, so the dual stack [::] is no clash).
+        for (a, b) in [
+            ("0.0.0.0:8000", "[::]:8000"),
+            ("127.0.0.1:8000", "[::]:8000"),
+            ("[::1]:8000", "127.0.0.1:8000"),
+        ] {
+            for (reuse_port, how) in [(false, How::Start), (true, How::ReusePort)] {
+                assert!(check(&[a, b], reuse_port).is_ok(), "{a} {b}");
+                let kernel = kernel_takes_all(&[(a, how), (b, how)]);
+                assert_ne!(kernel, Some(false), "{a} {b} reuse port {reuse_port}");
+            }
+        }
+        // Other ports, port 0, one link-local address on two interfaces.
+        for pair in [
+            ["0.0.0.0:8000", "127.0.0.1:8001"],
+            ["0.0.0.0:0", "127.0.0.1:0"],
+            ["[fe80::1%1]:8000", "[fe80::1%2]:8000"],
+        ] {
+            assert!(check(&pair, false).is_ok(), "{pair:?}");
+        }
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let (eth1, eth2) = (at("[fe80::1%1]:8000"), at("[fe80::1%2]:8000"));
+        assert_eq!(overlap(eth1, false, eth1, false), Some(None));
+        assert_eq!(overlap(eth1, false, eth2, false), None);
+        assert!(overlap(at("[::]:8000"), false, eth2, false).is_some());
+        // The same address twice is refused with --reuse-port too.
+        let binds = ["127.0.0.1:8000".to_owned(), "127.0.0.1:8000".to_owned()];
+        assert!(resolve_all(&binds, SERVE).is_err());
+    }
+
+    /// The pairs of `--metrics-bind` and `--bind` refused, and those taken;
+    /// each on one port is checked against the kernel, bound as the start
+    /// binds them.
+    #[test]
+    fn a_metrics_bind_on_a_bind_address_is_refused() {
+        let check = |binds: &[&str], metrics: &str, reuse_port| {
+            let addr = metrics.parse().unwrap();
+            check_metrics(&resolved(binds), metrics, addr, reuse_port).map_err(|e| e.to_string())
+        };
+        let kernel = |binds: &[&str], metrics: &str, reuse_port| {
+            let how = if reuse_port {
+                How::ReusePort
+            } else {
+                How::Start
+            };
+            let mut socks: Vec<(&str, How)> = binds.iter().map(|b| (*b, how)).collect();
+            socks.push((metrics, How::Metrics));
+            kernel_takes_all(&socks)
+        };
+        assert_eq!(
+            check(&["127.0.0.1:8000"], "127.0.0.1:8000", false).unwrap_err(),
+            "--metrics-bind 127.0.0.1:8000 is the address of --bind 127.0.0.1:8000; give --metrics-bind a port of its own"
+        );
+        assert_eq!(
+            check(&["0.0.0.0:8000"], "127.0.0.1:8000", false).unwrap_err(),
+            "--metrics-bind 127.0.0.1:8000 overlaps --bind 0.0.0.0:8000 (0.0.0.0 listens on every IPv4 address of this machine, 127.0.0.1 included); give --metrics-bind a port of its own"
+        );
+        // The metrics socket is dual stack: [::] takes IPv4 too.
+        let err = check(&["0.0.0.0:8000"], "[::]:8000", false).unwrap_err();
+        assert!(
+            err.contains("([::] listens on every IPv6 and IPv4 address of this machine)"),
+            "{err}"
+        );
+        let refused: [(&[&str], &str, bool); 7] = [
+            (&["127.0.0.1:8000"], "127.0.0.1:8000", false),
+            (&["0.0.0.0:8000"], "127.0.0.1:8000", false),
+            (&["0.0.0.0:8000"], "[::]:8000", false),
+            // A --bind [::] beside no IPv4 bind of its port is dual stack.
+            (&["[::]:8000"], "127.0.0.1:8000", false),
+            // The metrics socket is no SO_REUSEPORT one.
+            (&["127.0.0.1:8000"], "127.0.0.1:8000", true),
+            (&["0.0.0.0:8000"], "127.0.0.1:8000", true),
+            // With --reuse-port every [::] is dual stack.
+            (&["127.0.0.2:8000", "[::]:8000"], "127.0.0.1:8000", true),
+        ];
+        for (binds, metrics, reuse_port) in refused {
+            assert!(
+                check(binds, metrics, reuse_port).is_err(),
+                "{binds:?} {metrics}"
+            );
+            let taken = kernel(binds, metrics, reuse_port);
+            assert_ne!(taken, Some(true), "{binds:?} {metrics} {reuse_port}");
+        }
+        // A --bind [::] beside an IPv4 bind of its port is IPv6-only.
+        let (binds, metrics) = (&["127.0.0.2:8000", "[::]:8000"][..], "127.0.0.1:8000");
+        assert!(check(binds, metrics, false).is_ok());
+        assert_ne!(kernel(binds, metrics, false), Some(false));
+        // Other ports, port 0, unix sockets.
+        assert!(check(&["0.0.0.0:8000"], "127.0.0.1:8001", false).is_ok());
+        assert!(check(&["127.0.0.1:0"], "127.0.0.1:0", false).is_ok());
+        assert!(check(&["unix:/tmp/x.sock"], "127.0.0.1:8000", false).is_ok());
+    }
 
     /// How many of `n` connects to a TCP listener bound with `backlog`
     /// complete while nobody accepts: the kernel queues `backlog + 1` and

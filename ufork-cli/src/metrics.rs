@@ -52,6 +52,29 @@ pub struct Metrics {
     connections: HashMap<Token, Connection>,
 }
 
+/// The address `--metrics-bind ADDR` binds (HOST:PORT, the first address
+/// a name resolves to), without binding it.
+///
+/// # Errors
+///
+/// A usage failure naming `--metrics-bind`.
+pub fn resolve(address: &str) -> Result<SocketAddr, Failure> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| {
+            failure::usage(format!(
+                "--metrics-bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:9100",
+                io_text(&e)
+            ))
+        })?
+        .next()
+        .ok_or_else(|| {
+            failure::usage(format!(
+                "--metrics-bind {address}: the name resolves to no address"
+            ))
+        })
+}
+
 impl Metrics {
     /// Binds `address` (HOST:PORT; port 0 picks one).
     ///
@@ -59,18 +82,7 @@ impl Metrics {
     ///
     /// A message naming `--metrics-bind`.
     pub fn bind(address: &str) -> Result<Self, Failure> {
-        let addr = address
-            .to_socket_addrs()
-            .map_err(|e| {
-                failure::usage(format!(
-                    "--metrics-bind {address}: not an address ({}); use HOST:PORT, like 127.0.0.1:9100",
-                    io_text(&e)
-                ))
-            })?
-            .next()
-            .ok_or_else(|| {
-                failure::usage(format!("--metrics-bind {address}: the name resolves to no address"))
-            })?;
+        let addr = resolve(address)?;
         // A new arbiter started by an upgrade takes the old one's socket.
         let listener = match crate::upgrade::take_named(crate::upgrade::METRICS) {
             Some(fd) => TcpListener::from(fd),

@@ -198,6 +198,44 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
     Ok(())
 }
 
+/// Resolves the `--bind`s and `--metrics-bind` given, and refuses two
+/// that overlap (see [`listen::check_overlaps`] and
+/// [`listen::check_metrics`]): called before the pidfile is taken and
+/// anything is bound, so the error is this one even while another pool
+/// holds the pidfile. Only addresses given count: `serve`'s default address
+/// is not one (with sockets from a supervisor it is not bound). Nothing is
+/// checked in a new arbiter of an upgrade, nor with sockets from socket
+/// activation: those sockets are listening already, so the old arbiter's
+/// (or the supervisor's) addresses are the ones served, whatever the flags
+/// would overlap on.
+///
+/// # Errors
+///
+/// A usage failure naming the flags, or saying what is wrong with an
+/// address.
+pub fn check_addresses(
+    pool: &PoolArgs,
+    binds: &[String],
+    for_run: bool,
+    reuse_port: bool,
+) -> Result<()> {
+    if crate::upgrade::is_new_arbiter() || crate::activation::offered() {
+        return Ok(());
+    }
+    let options = listen::Options {
+        for_run,
+        unix_mode: 0o660,
+        backlog: crate::listen::DEFAULT_BACKLOG,
+    };
+    let binds = listen::resolve_all(binds, options)?;
+    listen::check_overlaps(&binds, reuse_port)?;
+    let Some(text) = pool.metrics_bind.as_deref() else {
+        return Ok(());
+    };
+    let metrics = crate::metrics::resolve(text)?;
+    listen::check_metrics(&binds, text, metrics, reuse_port)
+}
+
 /// Everything set up around the arbiter, before it runs.
 #[derive(Debug)]
 pub struct Session {
@@ -389,7 +427,13 @@ impl Session {
             .format(format)
             .flush_timeout(FLUSH_TIMEOUT)
             .stop_timeout(logger::stop_budget(pool.graceful_timeout))
-            .stall_timeout(Some(pool.log_stall_timeout).filter(|t| !t.is_zero()));
+            .stall_timeout(
+                Some(
+                    pool.log_stall_timeout
+                        .unwrap_or(crate::cli::DEFAULT_LOG_STALL),
+                )
+                .filter(|t| !t.is_zero()),
+            );
         let capture = capture.build().map_err(|e| {
             failure::runtime(format!(
                 "cannot capture the workers' output: {}",

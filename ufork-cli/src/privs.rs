@@ -164,6 +164,21 @@ pub fn drop_to(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
     resolve(user, group)?.apply(user, group)
 }
 
+/// `--check-config`'s check of `--user` and `--group`: they resolve, and
+/// the switch the start makes is permitted. The only sure test of the
+/// second is to make it (root may switch; so may a process with
+/// `CAP_SETUID` and `CAP_SETGID`; a uid the user namespace does not map
+/// fails even for root), so this process switches, and must do nothing
+/// after it but exit: call it last. The error is the one the start would
+/// stop with.
+///
+/// # Errors
+///
+/// An unknown name, or the switch is not permitted.
+pub fn check(user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
+    drop_to(user, group)
+}
+
 /// Forks the privileged helper for the files the arbiter must still touch
 /// after `--user`/`--group` took effect: the log file (rotation, reopen on
 /// SIGUSR1), the pidfile, the control socket and the unix sockets of

@@ -178,8 +178,10 @@ impl CaptureBuilder {
     /// Drop lines, counted, instead of applying back-pressure when the sink
     /// falls behind (default false). The sink then reads
     /// `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where lines
-    /// went missing, as soon as the queue has room again (the writer wakes
-    /// the arbiter for it, whether or not the worker writes more).
+    /// went missing (with [`split_streams`](Self::split_streams), `(pid
+    /// 12345), stdout]` or `, stderr]`: each pipe reports its own), as soon
+    /// as the queue has room again (the writer wakes the arbiter for it,
+    /// whether or not the worker writes more).
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
         self
@@ -899,12 +901,27 @@ fn stamp_for(format: Format) -> format::Stamp {
     }
 }
 
+/// The text of a drop notice. With the streams split, a worker's stdout
+/// and stderr each report their own drops, often in the same instant (one
+/// stalled sink fills the one queue both go through): each notice names
+/// its stream, so the two do not read as one notice written twice. The
+/// stream comes last: `bytes from worker N (pid P)` reads as it always did,
+/// for the parsers that look for it.
+fn notice_text(dropped: u64, info: &LineInfo) -> String {
+    let stream = match info.stream {
+        Stream::Stdout => ", stdout",
+        Stream::Stderr => ", stderr",
+        Stream::Combined => "",
+    };
+    format!(
+        "[ufork-io: dropped {dropped} bytes from worker {} (pid {}){stream}]",
+        info.slot, info.pid
+    )
+}
+
 /// The line that reports a pipe's dropped bytes, which it resets.
 fn notice(pipe: &mut PipeIo, prefix: &Prefix, format: Format) -> Chunk {
-    let text = format!(
-        "[ufork-io: dropped {} bytes from worker {} (pid {})]",
-        pipe.dropped, pipe.info.slot, pipe.info.pid
-    );
+    let text = notice_text(pipe.dropped, &pipe.info);
     let stamp = stamp_for(format);
     let level = Level::Warning;
     let mut data = Vec::new();
@@ -1285,6 +1302,28 @@ impl Drop for Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drop_notice_names_its_stream_when_the_streams_are_split() {
+        let info = |stream| LineInfo {
+            slot: 3,
+            pid: 12345,
+            generation: 0,
+            stream,
+        };
+        assert_eq!(
+            notice_text(1234, &info(Stream::Combined)),
+            "[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]"
+        );
+        assert_eq!(
+            notice_text(1234, &info(Stream::Stdout)),
+            "[ufork-io: dropped 1234 bytes from worker 3 (pid 12345), stdout]"
+        );
+        assert_eq!(
+            notice_text(7, &info(Stream::Stderr)),
+            "[ufork-io: dropped 7 bytes from worker 3 (pid 12345), stderr]"
+        );
+    }
 
     #[test]
     fn the_final_flush_says_how_long_it_waited_or_that_no_time_was_left() {

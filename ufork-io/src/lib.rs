@@ -44,7 +44,9 @@
 //! block in `write`), and the writer wakes it through a pipe registered in the
 //! loop once the queue is half empty. With [`CaptureBuilder::lossy`], lines
 //! are dropped instead and counted: the sink reads
-//! `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where they were.
+//! `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where they were
+//! (`(pid 12345), stdout]` or `, stderr]` when the streams are split: each
+//! pipe reports its own).
 //! With [`CaptureBuilder::stall_timeout`], back-pressure lasts only while the
 //! sink keeps taking bytes: once it has taken nothing for that long with the
 //! queue full, lines are dropped (and counted, the same way) until it takes

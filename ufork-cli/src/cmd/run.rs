@@ -77,21 +77,9 @@ pub struct RunArgs {
 pub fn exec(mut args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, true)?;
+    pool::check_addresses(&args.pool, &args.bind, true, false)?;
     if args.pool.check_config {
-        exec::resolve(&args.command[0])?;
-        let options = listen::Options {
-            for_run: true,
-            unix_mode: args.unix_mode,
-            backlog: args.pool.backlog,
-        };
-        listen::resolve_all(&args.bind, options)?;
-        crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
-        pool::workers(&args.pool)?;
-        term::say(format!(
-            "ufork run: the configuration is valid (`{}` found; nothing was started)",
-            args.command[0]
-        ));
-        return Ok(());
+        return check_config(&args);
     }
     let pidfile = pool::lock_pidfile(&args.pool, args.bind.len())?;
     let program = &args.command[0];
@@ -129,9 +117,12 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
     }
     let sockets = pool::unix_paths(&listeners);
     // The watchdog (--timeout) kills a program blocked on its output.
-    args.pool.log_stall_timeout =
-        crate::cli::capped_log_stall(args.pool.log_stall_timeout, args.timeout);
+    let (stall, lowered) = crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout, false);
+    args.pool.log_stall_timeout = Some(stall);
     let mut session = pool::Session::start(&args.pool, pidfile, &sockets)?;
+    if let Some(warning) = lowered {
+        log::warn!(target: "ufork", "{warning}");
+    }
     let notify = match args.notify.then(notify::Notify::bind).transpose() {
         Ok(notify) => notify,
         Err(e) => {
@@ -184,4 +175,29 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
     }
     session.takeover_result()?;
     failure::gave_up(&outcome, args.pool.give_up_after)
+}
+
+/// `--check-config`: what `exec` checks before it takes the pidfile and
+/// binds, and that the process can switch to `--user` and `--group`.
+fn check_config(args: &RunArgs) -> Result<()> {
+    exec::resolve(&args.command[0])?;
+    let options = listen::Options {
+        for_run: true,
+        unix_mode: args.unix_mode,
+        backlog: args.pool.backlog,
+    };
+    listen::resolve_all(&args.bind, options)?;
+    pool::workers(&args.pool)?;
+    if let (_, Some(warning)) =
+        crate::cli::log_stall(args.pool.log_stall_timeout, args.timeout, false)
+    {
+        log::warn!(target: "ufork", "{warning}");
+    }
+    // Last: it switches this process to --user and --group.
+    crate::privs::check(args.pool.user.as_deref(), args.pool.group.as_deref())?;
+    term::say(format!(
+        "ufork run: the configuration is valid (`{}` found; nothing was started)",
+        args.command[0]
+    ));
+    Ok(())
 }

@@ -175,6 +175,7 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
+    pool::check_addresses(&args.pool, &args.bind, false, args.reuse_port)?;
     if args.pool.check_config {
         return check_config(&args);
     }
@@ -249,16 +250,14 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     if let Some(path) = &args.access_log {
         access::open(path)?;
     }
-    args.pool.log_stall_timeout = crate::cli::capped_log_stall(
-        args.pool.log_stall_timeout,
-        Some(
-            args.timeout
-                .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
-        ),
-    );
+    let (stall, lowered) = log_stall(&args);
+    args.pool.log_stall_timeout = Some(stall);
     let mut session = pool::Session::start(&args.pool, pidfile, &pool::unix_paths(&listeners))?;
     if !args.pool.daemon {
         banner.iter().for_each(term::say);
+    }
+    if let Some(warning) = lowered {
+        log::warn!(target: "ufork", "{warning}");
     }
     if let Some(dir) = &args.dir {
         warn_if_unreadable(dir);
@@ -331,6 +330,20 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     failure::gave_up(&outcome, args.pool.give_up_after)
 }
 
+/// `--log-stall-timeout` as the pool uses it, at most half of `--timeout`
+/// (see [`crate::cli::log_stall`]), and the warning when a value given was
+/// lowered.
+fn log_stall(args: &ServeArgs) -> (Duration, Option<String>) {
+    crate::cli::log_stall(
+        args.pool.log_stall_timeout,
+        Some(
+            args.timeout
+                .unwrap_or(ufork_wsgi_like::DEFAULT_HEARTBEAT_TIMEOUT),
+        ),
+        args.timeout.is_none(),
+    )
+}
+
 /// Where Linux (5.14 and newer) says whether the connections queued on a
 /// `SO_REUSEPORT` socket that closes move to another socket of its group.
 const MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
@@ -356,7 +369,8 @@ fn migrate_req_off(text: Option<&str>) -> bool {
 }
 
 /// `--check-config`: what `exec` checks before it takes the pidfile and
-/// binds, and that `--user` and `--group` name a user and a group.
+/// binds, that `--user` and `--group` name a user and a group this process
+/// may switch to (it does, last), and the `--log-stall-timeout` warning.
 fn check_config(args: &ServeArgs) -> Result<()> {
     if let Some(dir) = &args.dir {
         ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
@@ -381,8 +395,12 @@ fn check_config(args: &ServeArgs) -> Result<()> {
     if args.reuse_port {
         reuse_port_addrs(&resolved)?;
     }
-    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     pool::workers(&args.pool)?;
+    if let (_, Some(warning)) = log_stall(args) {
+        log::warn!(target: "ufork", "{warning}");
+    }
+    // Last: it switches this process to --user and --group.
+    crate::privs::check(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     term::say(format!(
         "ufork serve: the configuration is valid ({} to bind; nothing was started)",
         binds.join(", ")

@@ -664,6 +664,341 @@ fn gunicorn_flags_ufork_does_not_take_say_what_to_use_instead() {
     assert_one_line_error(&out, 2, &["line 1: worker_class", "no worker classes"]);
 }
 
+/// `--metrics-bind` on a `--bind`'s address, or two `--bind`s that
+/// overlap (the wildcard address and another on one port), are refused
+/// by `--check-config` and by the start alike, before the pidfile is taken
+/// or anything is bound: a usage error naming both flags.
+#[test]
+fn addresses_that_collide_are_refused_before_anything_is_bound() {
+    let dir = TempDir::new("collide");
+    let pidfile = dir.str("ufork.pid");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let loopback = format!("127.0.0.1:{port}");
+    let every = format!("0.0.0.0:{port}");
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["serve", "--bind", &loopback, "--metrics-bind", &loopback],
+            &[&format!(
+                "--metrics-bind {loopback} is the address of --bind {loopback}"
+            )],
+        ),
+        (
+            &["run", "--bind", &every, "--metrics-bind", &loopback],
+            &[
+                &format!("--metrics-bind {loopback} overlaps --bind {every}"),
+                "0.0.0.0 listens on every IPv4 address",
+            ],
+        ),
+        (
+            &["serve", "--bind", &every, "--bind", &loopback],
+            &[&format!("--bind {every} and --bind {loopback} overlap")],
+        ),
+    ];
+    for (args, needles) in cases {
+        for check in [true, false] {
+            let mut all = args.to_vec();
+            all.extend(["--pidfile", &pidfile, "-w", "1"]);
+            if check {
+                all.push("--check-config");
+            }
+            if all[0] == "run" {
+                all.extend(["--", "true"]);
+            }
+            let out = run(&all);
+            assert_one_line_error(&out, 2, needles);
+            assert!(!std::path::Path::new(&pidfile).exists(), "{all:?}");
+        }
+    }
+    // Only addresses given count: not `serve`'s default (127.0.0.1:8000,
+    // or PORT's), which is not bound when a supervisor hands sockets over.
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--metrics-bind",
+        "127.0.0.1:8000",
+    ]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    // While a pool holds the pidfile, the overlap is still the error told
+    // (the start checks before it takes the pidfile).
+    let mut holder = Running::start(&[
+        "serve",
+        "-b",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--pidfile",
+        &pidfile,
+    ]);
+    holder.expect_line("started");
+    for args in [
+        &["serve", "--bind", &every, "--bind", &loopback][..],
+        &[
+            "run",
+            "--bind",
+            &every,
+            "--metrics-bind",
+            &loopback,
+            "--",
+            "true",
+        ],
+    ] {
+        let mut all = vec![args[0], "--pidfile", &pidfile];
+        all.extend(&args[1..]);
+        let out = run(&all);
+        assert_one_line_error(&out, 2, &[" overlap"]);
+        assert!(!out.stderr.contains("already running"), "{out:#?}");
+    }
+    holder.signal(Signal::TERM);
+    assert_eq!(holder.wait().code(), Some(0), "{}", holder.transcript());
+    // A --metrics-bind that is no address: --check-config says so too.
+    let out = run(&["serve", "--check-config", "--metrics-bind", "nonsense"]);
+    assert_one_line_error(&out, 2, &["--metrics-bind nonsense: not an address"]);
+}
+
+/// With `--reuse-port` every worker binds each address `SO_REUSEPORT`, and
+/// Linux lets such sockets overlap: a wildcard `--bind` beside another of
+/// its port starts and serves. The `--metrics-bind` socket is no such
+/// socket, and none of the workers' is IPv6-only: a `[::]` one takes IPv4
+/// too, whatever other `--bind` shares its port.
+#[test]
+fn with_reuse_port_overlapping_binds_serve_and_a_dual_stack_bind_counts_for_metrics() {
+    let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let loopback = format!("127.0.0.1:{port}");
+    let every = format!("0.0.0.0:{port}");
+    let binds = [
+        "serve",
+        "--reuse-port",
+        "-w",
+        "1",
+        "-b",
+        &every,
+        "-b",
+        &loopback,
+    ];
+    let mut check = binds.to_vec();
+    check.push("--check-config");
+    let out = run(&check);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let dir = TempDir::new("reuse-overlap");
+    let control = dir.str("ctl.sock");
+    let mut server = Running::start(&[&binds[..], &["--control-socket", &control]].concat());
+    wait_ready(&control, 1);
+    let (status, _, _) = get(loopback.parse().unwrap(), "/");
+    assert_eq!(status, 200, "{}", server.transcript());
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+
+    let other = format!("127.0.0.2:{port}");
+    let any6 = format!("[::]:{port}");
+    let metrics = [
+        "-b",
+        &other,
+        "-b",
+        &any6,
+        "--metrics-bind",
+        &loopback,
+        "--check-config",
+    ];
+    let out = run(&[&["serve", "--reuse-port"][..], &metrics].concat());
+    assert_one_line_error(
+        &out,
+        2,
+        &[&format!(
+            "--metrics-bind {loopback} overlaps --bind {any6} ([::] listens on every IPv6 and IPv4 address"
+        )],
+    );
+    // Without --reuse-port, that [::] is bound IPv6-only beside 127.0.0.2.
+    let out = run(&[&["serve"][..], &metrics].concat());
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+}
+
+/// `--check-config --user` from a process that may not switch users (not
+/// root: the tests run as root, so ufork runs as uid and gid 65534 here)
+/// fails as the start fails, with the same line; as root it passes.
+#[test]
+fn check_config_fails_a_user_switch_the_start_would_fail() {
+    use std::os::unix::process::CommandExt;
+    let as_unprivileged = |args: &[&str]| {
+        let mut command = ufork();
+        if rustix::process::geteuid().is_root() {
+            command.uid(65534).gid(65534);
+        }
+        let out = command.args(args).output().expect("spawn ufork");
+        Output {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    // The binary must be reachable by uid 65534: a checkout under a home
+    // only root may enter is not, and then there is nothing to check here.
+    if rustix::process::geteuid().is_root() {
+        let reachable = ufork()
+            .uid(65534)
+            .gid(65534)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !reachable {
+            eprintln!(
+                "skipped: uid 65534 cannot run {} (a directory on its path is closed to it)",
+                env!("CARGO_BIN_EXE_ufork")
+            );
+            return;
+        }
+    }
+    for user in ["root", "nobody"] {
+        for command in ["serve", "run"] {
+            let mut args = vec![command, "--bind", "127.0.0.1:0", "-w", "1", "--user", user];
+            if command == "run" {
+                args.extend(["--", "true"]);
+            }
+            let start = as_unprivileged(&args);
+            assert_one_line_error(
+                &start,
+                1,
+                &[&format!(
+                    "--user {user}: cannot switch: operation not permitted"
+                )],
+            );
+            args.insert(1, "--check-config");
+            let check = as_unprivileged(&args);
+            assert_eq!(check.code(), Some(1), "{check:#?}");
+            assert_eq!(check.stderr, start.stderr, "{args:?}");
+            assert_eq!(check.stdout, "", "{check:#?}");
+        }
+    }
+    if rustix::process::geteuid().is_root() {
+        let out = run(&[
+            "serve",
+            "--check-config",
+            "--user",
+            "65534",
+            "--group",
+            "65534",
+        ]);
+        assert_eq!(out.code(), Some(0), "{out:#?}");
+        assert!(
+            out.stdout.contains("the configuration is valid"),
+            "{out:#?}"
+        );
+    }
+}
+
+/// A `--log-stall-timeout` given above half of `--timeout` is lowered, and
+/// the start says so once (so does `--check-config`); the default lowered
+/// by a short `--timeout` says nothing.
+#[test]
+fn a_log_stall_timeout_given_above_half_the_timeout_is_lowered_with_a_warning() {
+    // Without --timeout, its value is said to be the default.
+    const LOWERED: &str = "[ufork] warning: --log-stall-timeout 20s is lowered to 15s, half of --timeout 30s (the default), so that a worker held up by a stalled output is let go before it is killed as hung";
+    let given = LOWERED.replace(" (the default)", "");
+    let out = run(&["serve", "--check-config", "--log-stall-timeout", "20"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(out.stderr, format!("{LOWERED}\n"), "{out:#?}");
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--log-stall-timeout",
+        "20",
+        "-t",
+        "30",
+    ]);
+    assert_eq!(out.stderr, format!("{given}\n"), "{out:#?}");
+    // From the --config file, it was given as well.
+    let dir = TempDir::new("stall-warning");
+    let file = dir.join("ufork.toml");
+    std::fs::write(&file, "log_stall_timeout = 20\ntimeout = 30\n").unwrap();
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.stderr, format!("{given}\n"), "{out:#?}");
+    let out = run(&[
+        "run",
+        "--check-config",
+        "--notify",
+        "--timeout",
+        "1",
+        "--log-stall-timeout",
+        "0.75",
+        "--",
+        "true",
+    ]);
+    assert!(
+        out.stderr
+            .contains("--log-stall-timeout 0.75s is lowered to 0.5s, half of --timeout 1s,"),
+        "{out:#?}"
+    );
+    for quiet in [
+        &["serve", "--check-config", "--timeout", "4"][..],
+        &["serve", "--check-config", "--log-stall-timeout", "15"],
+        &[
+            "serve",
+            "--check-config",
+            "--log-stall-timeout",
+            "0",
+            "-t",
+            "1",
+        ],
+        &[
+            "run",
+            "--check-config",
+            "--log-stall-timeout",
+            "99",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = run(quiet);
+        assert_eq!(
+            (out.code(), out.stderr.as_str()),
+            (Some(0), ""),
+            "{quiet:?}"
+        );
+    }
+    // The start: once, in the pool's log.
+    let mut server = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--log-stall-timeout",
+        "20",
+    ]);
+    server.expect_line("is lowered to 15s");
+    server.expect_line("started");
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    let transcript = server.transcript();
+    let told: Vec<&str> = transcript
+        .lines()
+        .filter(|l| l.contains("--log-stall-timeout"))
+        .collect();
+    assert_eq!(told.len(), 1, "{transcript}");
+    assert!(
+        told[0].ends_with(&LOWERED["[ufork] ".len()..]),
+        "{transcript}"
+    );
+    // The default lowered by --timeout 4: nothing said.
+    let mut server = Running::start(&["serve", "--bind", "127.0.0.1:0", "-w", "1", "-t", "4"]);
+    server.expect_line("started");
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait().code(), Some(0), "{}", server.transcript());
+    assert!(
+        !server.transcript().contains("--log-stall-timeout"),
+        "{}",
+        server.transcript()
+    );
+}
+
 /// `--check-config` checks what a start checks first and exits 0 without
 /// binding (the port stays this test's), taking the pidfile or starting a
 /// worker; a bad DIR or CMD is the error the start would stop with.

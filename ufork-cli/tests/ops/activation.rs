@@ -414,6 +414,63 @@ fn an_activated_pool_without_bind_upgrades_and_still_leaves_the_socket_listening
     TcpStream::connect(addr).expect("the socket still listens after the new arbiter stopped");
 }
 
+/// `serve` with no `--bind`, handed its socket by socket activation, binds
+/// no default address, so `--metrics-bind` may take the default's (PORT's
+/// 0.0.0.0:P covers 127.0.0.1:P): the start does not refuse it, nor does
+/// the new arbiter of an upgrade, which has no `LISTEN_*` variables left
+/// (it takes the sockets the old one handed over, whatever the flags).
+#[test]
+fn an_activated_pool_with_metrics_on_the_default_port_upgrades() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("activate-metrics");
+    let pidfile = dir.str("ufork.pid");
+    let _guard = DaemonGuard(dir.join("ufork.pid"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::empty()).unwrap();
+    let fd = listener.as_raw_fd();
+    let to_fd_3 = if fd == 3 {
+        String::new()
+    } else {
+        format!("exec 3<&{fd} {fd}<&-; ")
+    };
+    let port = TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "{to_fd_3}LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" serve -w 1 --no-prompt --pidfile {pidfile} --metrics-bind {metrics}"
+        ))
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .env("PORT", port.to_string())
+        .stdin(std::process::Stdio::null());
+    let mut old = Running::start_with(&mut command);
+    old.expect_line("from socket activation");
+    old.expect_line("worker 0 pid");
+    let out = run(&["upgrade", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}\n{}", old.transcript());
+    old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
+    let answer = request(addr, "GET / HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "the new pool serves: {answer}"
+    );
+    let answer = request(
+        metrics.parse().unwrap(),
+        "GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ") && answer.contains("ufork_up"),
+        "the new arbiter serves the metrics: {answer}"
+    );
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+}
+
 /// Descriptors socket activation names that are no listening socket are a
 /// one-line runtime error that says so once, and nothing starts.
 #[test]
