@@ -72,7 +72,7 @@ pub fn same_socket(a: &Path, b: &Path) -> bool {
 }
 
 /// A path too long for a unix socket address, as a message.
-fn too_long(path: &Path) -> Option<String> {
+pub fn too_long(path: &Path) -> Option<String> {
     let len = path.as_os_str().len();
     (len > MAX_PATH).then(|| {
         format!(

@@ -165,6 +165,11 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
     let Some((control, implicit)) = control_path(pool) else {
         return Ok(());
     };
+    // Refused at the start as well (one beside the pidfile, unasked, is
+    // done without there instead).
+    if let Some(message) = control::too_long(&control).filter(|_| !implicit) {
+        return Err(failure::usage(message));
+    }
     let options = listen::Options {
         for_run,
         unix_mode: 0o660,

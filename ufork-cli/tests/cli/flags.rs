@@ -1043,6 +1043,21 @@ fn check_config_checks_the_flags_and_starts_nothing() {
     assert_one_line_error(&out, 1, &["DIR", "missing"]);
     let out = run(&["run", "--check-config", "--", "no-such-program-here"]);
     assert_one_line_error(&out, 1, &["no-such-program-here", "not found"]);
+    // A control socket path too long for a unix socket, as the start says.
+    let long = dir.str(&format!("{}.sock", "x".repeat(110)));
+    for sub in [&["serve", "--check-config"][..], &["run", "--check-config"]] {
+        let mut args = sub.to_vec();
+        args.extend(["--control-socket", &long]);
+        if sub[0] == "run" {
+            args.extend(["--", "true"]);
+        }
+        let out = run(&args);
+        assert_one_line_error(
+            &out,
+            2,
+            &["--control-socket", "unix socket paths are limited"],
+        );
+    }
     let out = run(&["serve", "--check-config", "--bind", ":8000"]);
     assert_one_line_error(&out, 2, &["--bind :8000"]);
     for args in [
