@@ -274,6 +274,16 @@ impl Layer for Observer {
 
     fn tick(&mut self, ctx: &mut Context<'_>) {
         let now = Instant::now();
+        // An upgrade's new arbiter told to speak for the service at last:
+        // what it held since its workers booted may be stale (its last look
+        // may predate their readiness), so it looks first.
+        if self
+            .supervisor
+            .as_ref()
+            .is_some_and(|s| s.holding() && ufork_core::upgrade::speaks_for_service())
+        {
+            self.look(ctx, now);
+        }
         if let Some(supervisor) = &mut self.supervisor {
             supervisor.watchdog(now);
         }

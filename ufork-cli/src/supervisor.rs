@@ -137,6 +137,12 @@ impl Supervisor {
         }
     }
 
+    /// Messages wait that were never refused: held while this process did
+    /// not speak for the service (an upgrade's new arbiter).
+    pub fn holding(&self) -> bool {
+        self.retry_at.is_none() && !self.pending.is_empty()
+    }
+
     /// Tells the supervisor what changed since the last view.
     pub fn update(&mut self, view: &View) {
         let snap = &view.snapshot;
@@ -254,15 +260,7 @@ impl Supervisor {
     }
 
     fn send(&mut self, message: &str) {
-        // A newer watchdog beat or status says what an older queued one did.
-        let superseded = |old: &String| {
-            (message == "WATCHDOG=1" && old == "WATCHDOG=1")
-                || (message.starts_with("STATUS=")
-                    && !message.contains('\n')
-                    && old.starts_with("STATUS=")
-                    && !old.contains('\n'))
-        };
-        self.pending.retain(|old| !superseded(old));
+        self.pending.retain(|old| !supersedes(message, old));
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
         }
@@ -333,6 +331,17 @@ impl Supervisor {
         }
         self.retry_at = None;
     }
+}
+
+/// Whether queued `old` says nothing once `new` is queued: a watchdog beat
+/// after a beat, and a status alone after any message with a status (one
+/// held while an upgrade's new arbiter booted is stale by the time its
+/// `READY=1` with a status goes out).
+fn supersedes(new: &str, old: &str) -> bool {
+    (new == "WATCHDOG=1" && old == "WATCHDOG=1")
+        || (new.lines().any(|l| l.starts_with("STATUS="))
+            && old.starts_with("STATUS=")
+            && !old.contains('\n'))
 }
 
 /// One datagram to `address` (a path, or `@name` in the abstract namespace).
@@ -408,6 +417,20 @@ mod tests {
         assert_eq!(make(Some("many"), None), None);
         assert_eq!(make(None, None), None);
         assert!(Supervisor::new("".into(), None, None, 42).is_none());
+    }
+
+    /// While an upgrade's new arbiter boots it holds its messages; the
+    /// statuses of its boot are stale once its `READY=1` is queued.
+    #[test]
+    fn a_status_alone_is_superseded_by_any_later_status() {
+        let ready = "READY=1\nSTATUS=2/2 workers ready";
+        assert!(supersedes(ready, "STATUS=0/2 workers ready"));
+        assert!(supersedes("STATUS=b", "STATUS=a"));
+        assert!(supersedes("WATCHDOG=1", "WATCHDOG=1"));
+        assert!(!supersedes(ready, "RELOADING=1\nMONOTONIC_USEC=1"));
+        assert!(!supersedes("STATUS=b", "READY=1\nSTATUS=a"));
+        assert!(!supersedes("WATCHDOG=1", "STATUS=a"));
+        assert!(!supersedes("MAINPID=2\nREADY=1", "STATUS=a"));
     }
 
     /// A socket that keeps failing is said once (then once a minute), and

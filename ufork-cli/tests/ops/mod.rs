@@ -632,6 +632,26 @@ fn an_upgrade_hands_the_supervisor_the_new_mainpid_instead_of_stopping() {
         log[..handover].iter().all(|(pid, _)| *pid == old),
         "the new arbiter (pid {new}) spoke before it was the main pid: {log:?}"
     );
+    // The statuses it held while its workers booted are stale by then: its
+    // first status says every worker is ready.
+    let first_status = loop {
+        let from_new = recorder
+            .senders
+            .iter()
+            .zip(&recorder.seen)
+            .find(|(pid, m)| **pid == new && m.lines().any(|l| l.starts_with("STATUS=")));
+        if let Some((_, message)) = from_new {
+            break message.clone();
+        }
+        recorder.recv().expect("a status from the new arbiter");
+    };
+    assert!(
+        first_status
+            .lines()
+            .any(|l| l == "STATUS=1/1 workers ready"),
+        "{first_status:?} in {:?}",
+        recorder.seen
+    );
     // The new arbiter is the service now; its stop is the service's.
     let out = run(&["stop", "--control-socket", &socket]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
