@@ -145,34 +145,72 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
                 old,
                 &now,
                 told,
-                (snapshot.ready_count(), snapshot.target),
-                started.elapsed().as_millis(),
+                Ended {
+                    abandoned: snapshot.roll_abandoned.as_deref(),
+                    ready: snapshot.ready_count(),
+                    target: snapshot.target,
+                    millis: started.elapsed().as_millis(),
+                },
             ))
         }
     }
 }
 
-/// What `reload` answers once the roll is over: each old worker (slot, pid)
-/// not told yet and its successor, and whether every old worker is gone. One
-/// still running means the roll was abandoned (a replacement failed before
-/// it was ready: the pool logged why), which is a failure, not "restarted".
-fn report(
-    old: &[(usize, i32)],
-    now: &[Seen],
-    told: &[usize],
-    (ready, target): (usize, usize),
+/// How the pool says the roll ended.
+struct Ended<'a> {
+    /// Why it was abandoned, if it was.
+    abandoned: Option<&'a str>,
+    ready: usize,
+    target: usize,
     millis: u128,
-) -> (String, bool) {
+}
+
+/// What `reload` answers once the roll is over: each old worker (slot, pid)
+/// not told yet and its successor, and whether every slot of the pool was
+/// replaced by a ready worker. The roll abandoned (a stand-in or a slot's
+/// new worker failed before it was ready), an old worker still running, or
+/// a slot without a ready new worker is a failure, not "restarted".
+fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) -> (String, bool) {
+    let Ended {
+        abandoned,
+        ready,
+        target,
+        millis,
+    } = ended;
     let kept: Vec<String> = old
         .iter()
         .filter(|(_, pid)| now.iter().any(|w| w.pid == *pid))
         .map(|(slot, pid)| format!("worker {slot} (pid {pid})"))
         .collect();
+    let why =
+        abandoned.unwrap_or("a replacement failed before it was ready (the pool's log says why)");
     if !kept.is_empty() {
         return (
             format!(
-                "the rolling restart was abandoned after {millis} ms and {} still serving: a replacement failed before it was ready (the pool's log says why)\n",
+                "the rolling restart was abandoned after {millis} ms and {} still serving: {why}\n",
                 kept.join(", ") + if kept.len() == 1 { " is" } else { " are" }
+            ),
+            false,
+        );
+    }
+    if let Some(why) = abandoned {
+        return (
+            format!("the rolling restart was abandoned after {millis} ms: {why}\n"),
+            false,
+        );
+    }
+    // A slot of the pool (not scaled away) whose new worker is not ready: it
+    // failed, or was killed, after the roll moved on.
+    let unready: Vec<String> = old
+        .iter()
+        .filter(|&&(slot, _)| slot < target && !now.iter().any(|w| w.slot == slot && w.up))
+        .map(|(slot, _)| format!("worker {slot}"))
+        .collect();
+    if !unready.is_empty() {
+        return (
+            format!(
+                "the rolling restart ended after {millis} ms but {} no ready worker ({ready} of {target} ready; the pool's log says why)\n",
+                unready.join(", ") + if unready.len() == 1 { " has" } else { " have" }
             ),
             false,
         );
@@ -186,7 +224,16 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use super::{Seen, replaced, report};
+    use super::{Ended, Seen, replaced, report};
+
+    fn ended(ready: usize, target: usize) -> Ended<'static> {
+        Ended {
+            abandoned: None,
+            ready,
+            target,
+            millis: 30,
+        }
+    }
 
     fn up(slot: usize, pid: i32, generation: u32) -> Seen {
         Seen {
@@ -200,7 +247,7 @@ mod tests {
     #[test]
     fn a_roll_that_replaced_every_worker_reports_each_not_told_yet() {
         let now = [up(0, 20, 1), up(1, 21, 1)];
-        let (text, ok) = report(&[(0, 10), (1, 11)], &now, &[], (2, 2), 30);
+        let (text, ok) = report(&[(0, 10), (1, 11)], &now, &[], ended(2, 2));
         assert!(ok);
         assert_eq!(
             text,
@@ -208,7 +255,7 @@ mod tests {
              worker 1: pid 11 replaced by pid 21 (generation 1)\n\
              every worker restarted in 30 ms; 2 of 2 ready\n"
         );
-        let (text, ok) = report(&[(0, 10), (1, 11)], &now, &[0], (2, 2), 30);
+        let (text, ok) = report(&[(0, 10), (1, 11)], &now, &[0], ended(2, 2));
         assert!(ok);
         assert!(!text.contains("worker 0:"), "{text}");
         assert!(text.starts_with("worker 1: pid 11"), "{text}");
@@ -245,8 +292,7 @@ mod tests {
             &[(0, 10), (1, 11)],
             &[up(0, 20, 1), up(1, 11, 0)],
             &[0],
-            (2, 2),
-            5,
+            ended(2, 2),
         );
         assert!(!ok);
         assert!(text.contains("abandoned"), "{text}");
@@ -258,8 +304,7 @@ mod tests {
             &[(0, 10), (1, 11)],
             &[up(0, 10, 0), up(1, 11, 0)],
             &[],
-            (2, 2),
-            5,
+            ended(2, 2),
         );
         assert!(!ok);
         assert!(
@@ -267,7 +312,60 @@ mod tests {
             "{text}"
         );
         // A slot scaled away during the roll is no failure.
-        let (_, ok) = report(&[(0, 10), (1, 11)], &[up(0, 20, 1)], &[], (1, 1), 5);
+        let (_, ok) = report(&[(0, 10), (1, 11)], &[up(0, 20, 1)], &[], ended(1, 1));
         assert!(ok);
+    }
+
+    #[test]
+    fn a_roll_that_left_a_slot_without_a_ready_worker_failed() {
+        let booting = Seen {
+            up: false,
+            ..up(0, 21, 2)
+        };
+        // Abandoned: slot 0's new worker failed; the stand-in (slot 1)
+        // serves while slot 0 boots again.
+        let why = "worker 0's new worker (pid 20, generation 1; failed: exit code 1) failed before it was ready";
+        let (text, ok) = report(
+            &[(0, 10)],
+            &[booting, up(1, 30, 0)],
+            &[],
+            Ended {
+                abandoned: Some(why),
+                ..ended(1, 1)
+            },
+        );
+        assert!(!ok);
+        assert_eq!(
+            text,
+            format!("the rolling restart was abandoned after 30 ms: {why}\n")
+        );
+        // With old workers kept, they are named, and so is the reason.
+        let (text, ok) = report(
+            &[(0, 10), (1, 11)],
+            &[booting, up(1, 11, 0), up(2, 30, 0)],
+            &[],
+            Ended {
+                abandoned: Some(why),
+                ..ended(2, 2)
+            },
+        );
+        assert!(!ok);
+        assert!(
+            text.contains(&format!("worker 1 (pid 11) is still serving: {why}")),
+            "{text}"
+        );
+        // Not abandoned, yet a slot's new worker is not ready (it died after
+        // the roll moved on): not "restarted" either.
+        let (text, ok) = report(
+            &[(0, 10), (1, 11)],
+            &[booting, up(1, 31, 1)],
+            &[],
+            ended(1, 2),
+        );
+        assert!(!ok);
+        assert!(
+            text.contains("but worker 0 has no ready worker (1 of 2 ready"),
+            "{text}"
+        );
     }
 }

@@ -31,6 +31,7 @@ pub(crate) struct Published {
     pub(crate) spawned: u64,
     pub(crate) rolling: bool,
     pub(crate) rolls: u64,
+    pub(crate) roll_abandoned: Option<String>,
     /// Per slot with a process: (slot, pid, generation, started, restarts).
     pub(crate) procs: Vec<(usize, i32, u32, Instant, u32)>,
     pub(crate) history: VecDeque<ExitRecord>,
@@ -189,6 +190,7 @@ impl Handle {
             spawned: published.spawned,
             rolling: published.rolling,
             rolls: published.rolls,
+            roll_abandoned: published.roll_abandoned,
             workers,
             history: published.history.iter().cloned().collect(),
         }
@@ -212,6 +214,10 @@ pub struct Snapshot {
     /// Rolling restarts begun since `run` began: a layer that looks now and
     /// then still sees a roll that began and ended in between.
     pub rolls: u64,
+    /// Why the last rolling restart was abandoned (a stand-in, or a slot's
+    /// new worker, failed before it was ready), as the log says it; `None`
+    /// when it was not, or once another roll began.
+    pub roll_abandoned: Option<String>,
     /// Live worker processes, by slot.
     pub workers: Vec<WorkerInfo>,
     /// Recent exits, oldest first.

@@ -317,6 +317,9 @@ where
         published.spawned = self.sched.spawned;
         published.rolling = self.sched.rolling();
         published.rolls = self.sched.rolls;
+        if published.roll_abandoned != self.sched.abandoned {
+            published.roll_abandoned.clone_from(&self.sched.abandoned);
+        }
         published.procs.clear();
         for (slot, s) in self.sched.slots.iter().enumerate() {
             if let Some(p) = &s.proc {

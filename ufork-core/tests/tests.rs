@@ -825,6 +825,91 @@ fn a_one_worker_pool_keeps_a_ready_worker_throughout_a_rolling_restart() {
 }
 
 #[test]
+fn a_new_worker_failing_before_it_is_ready_leaves_the_stand_in_serving_its_slot() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    // Slot 0's generation 2 waits for a byte before it is ready.
+    let (release_r, release_w) = rustix::pipe::pipe().unwrap();
+    let arbiter = no_backoff(Arbiter::builder().workers(1).ready_on_start(false))
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            tx.send(&format!("up {} {}", w.slot(), w.generation()));
+            match (w.slot(), w.generation()) {
+                (0, 1) => return Err("generation 1 cannot start".to_owned()),
+                (0, 2) => {
+                    let mut byte = [0u8; 1];
+                    rustix::io::read(&release_r, &mut byte).map_err(|e| e.to_string())?;
+                }
+                _ => {}
+            }
+            w.ready();
+            w.wait_for_stop(None);
+            tx.send(&format!("down {} {}", w.slot(), w.generation()));
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("first worker", |l| l == "up 0 0");
+    util::wait_until("the first worker is ready", || {
+        handle.snapshot().ready_count() == 1
+    });
+    handle.restart_all();
+    let check = |snap: &ufork_core::Snapshot| {
+        assert!(snap.ready_count() >= 1, "no worker serving: {snap:#?}");
+        assert!(snap.workers.len() <= 2, "past target + 1: {snap:#?}");
+    };
+    util::wait_until("the roll is abandoned", || {
+        let snap = handle.snapshot();
+        check(&snap);
+        snap.rolls == 1 && !snap.rolling
+    });
+    let why = handle.snapshot().roll_abandoned.expect("a reason");
+    assert!(
+        why.starts_with("worker 0's new worker (pid ") && why.contains("generation 1 cannot start"),
+        "{why}"
+    );
+    // The slot is refilled (generation 2); while it boots, the stand-in
+    // still serves, not asked to stop (that would show it `stopping`).
+    ev.expect("the slot refilled", |l| l == "up 0 2");
+    let snap = handle.snapshot();
+    let serving: Vec<(usize, u32)> = snap
+        .workers
+        .iter()
+        .filter(|w| w.state.is_up())
+        .map(|w| (w.slot, w.generation))
+        .collect();
+    assert_eq!(serving, vec![(1, 0)], "{snap:#?}");
+    rustix::io::write(&release_w, b"x").unwrap();
+    util::wait_until("the stand-in is gone", || {
+        let snap = handle.snapshot();
+        check(&snap);
+        snap.workers.len() == 1 && snap.ready_count() == 1 && snap.workers[0].generation == 2
+    });
+    ev.expect("the stand-in stopped", |l| l == "down 1 0");
+    let seen = ev.seen.clone();
+    let pos = |l: &str| {
+        seen.iter()
+            .position(|s| s == l)
+            .unwrap_or_else(|| panic!("{l} in {seen:?}"))
+    };
+    assert!(pos("up 0 1") < pos("up 0 2"), "{seen:?}");
+    assert!(pos("up 0 2") < pos("down 1 0"), "{seen:?}");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(outcome.spawned, 4);
+    let failed: Vec<(usize, u32)> = outcome
+        .history
+        .iter()
+        .filter(|r| r.reason != ExitReason::Stopped)
+        .map(|r| (r.slot, r.generation))
+        .collect();
+    assert_eq!(failed, vec![(0, 1)]);
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
 fn a_roll_of_workers_ready_at_once_ends_without_waiting_for_a_timeout() {
     let _g = lock();
     // Ready on start: the stand-in may be ready before the arbiter is back

@@ -414,6 +414,117 @@ fn reload_exits_1_with_the_reason_when_the_roll_is_abandoned() {
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
 }
 
+/// Ready through sd_notify unless it runs in slot 0 and the file named by its
+/// argument exists, in which case it fails before it is ready.
+const SLOT_0_FAILS_PY: &str = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+if os.environ["UFORK_WORKER_ID"] == "0" and os.path.exists(sys.argv[1]):
+    sys.exit(1)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+while True:
+    signal.pause()
+"#;
+
+/// The (slot, pid, state) of each worker, from `status --json --pidfile`.
+fn slots(pidfile: &str) -> Vec<(usize, i32, String)> {
+    let out = run(&["status", "--json", "--pidfile", pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let fields = json(&out.stdout);
+    (0..)
+        .map_while(|i| {
+            let field = |name: &str| fields.get(&format!("workers.{i}.{name}")).cloned();
+            Some((
+                field("slot")?.parse().unwrap(),
+                field("pid")?.parse().unwrap(),
+                field("state")?.trim_matches('"').to_owned(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn reload_exits_1_when_a_slots_new_worker_fails_and_the_stand_in_keeps_serving() {
+    let dir = TempDir::new("pidfile-stand-in");
+    let pidfile = dir.str("ufork.pid");
+    let script = dir.join("slot_0_fails.py");
+    std::fs::write(&script, SLOT_0_FAILS_PY).unwrap();
+    let marker = dir.str("slot-0-fails");
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--notify",
+        "--give-up-after",
+        "0",
+        "--pidfile",
+        &pidfile,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        &marker,
+    ]);
+    pool.expect_line("control socket");
+    let before = until_ready(&pidfile, 1);
+    // The stand-in (slot 1) is ready; slot 0's new worker fails.
+    std::fs::write(&marker, "").unwrap();
+    let out = run(&["reload", "--pidfile", &pidfile]);
+    assert_one_line_error(
+        &out,
+        1,
+        &[
+            "reload failed: the rolling restart was abandoned after",
+            "worker 0's new worker (pid ",
+            "failed before it was ready",
+        ],
+    );
+    pool.expect_line("rolling restart abandoned");
+    let stand_in = |pidfile: &str| {
+        let now = slots(pidfile);
+        let ready: Vec<_> = now
+            .iter()
+            .filter(|(_, _, state)| state == "ready")
+            .collect();
+        assert_eq!(ready.len(), 1, "one worker serves: {now:?}");
+        assert_eq!(ready[0].0, 1, "the stand-in: {now:?}");
+        assert!(
+            now.iter().all(|(_, pid, _)| !before.contains(pid)),
+            "{now:?}"
+        );
+        ready[0].1
+    };
+    let serving = stand_in(&pidfile);
+    // Slot 0 keeps failing (a crash loop now), and the stand-in still serves.
+    pool.expect_line("worker 0 is crash-looping");
+    assert_eq!(stand_in(&pidfile), serving);
+    // Once slot 0 has a ready worker, the stand-in goes.
+    std::fs::remove_file(&marker).unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let now = slots(&pidfile);
+        if matches!(now.as_slice(), [(0, _, state)] if state == "ready") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never only slot 0 ready: {now:?}"
+        );
+        std::thread::yield_now();
+    }
+    let out = run(&["stop", "--pidfile", &pidfile]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    assert!(
+        pool.transcript()
+            .contains(&format!("worker 1 (pid {serving}, generation 0) stopped")),
+        "{}",
+        pool.transcript()
+    );
+}
+
 /// Ready through sd_notify; the worker in slot 1 first waits for a writer on
 /// the FIFO `argv[2]` when the file `argv[1]` exists.
 const GATED_PY: &str = r#"

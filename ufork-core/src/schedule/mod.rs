@@ -150,6 +150,10 @@ struct Roll {
     /// with; `None`: no spare slot, stop-then-start.
     stand_in: Option<(usize, u32)>,
     phase: Phase,
+    /// The slot's new worker failed before it was ready and the roll was
+    /// abandoned: the stand-in only covers the slot until a later worker of
+    /// it is ready (the roll no longer counts as running).
+    abandoned: bool,
 }
 
 #[derive(Debug)]
@@ -189,6 +193,9 @@ pub(crate) struct Scheduler {
     pub(crate) spawned: u64,
     /// Rolling restarts begun since `run` started (published for layers).
     pub(crate) rolls: u64,
+    /// Why the last rolling restart was abandoned (published for layers);
+    /// `None` when it was not, or once another one begins.
+    pub(crate) abandoned: Option<String>,
     actions: Vec<Action>,
     /// Workers judged on beats taken after this (a stall resets it).
     resumed_at: Option<Instant>,
@@ -219,6 +226,7 @@ impl Scheduler {
             history: VecDeque::new(),
             spawned: 0,
             rolls: 0,
+            abandoned: None,
             actions: Vec::new(),
             resumed_at: None,
             prev_top: None,
@@ -502,11 +510,21 @@ impl Scheduler {
         }
         self.rolling = (0..self.target).collect();
         self.rolls = self.rolls.saturating_add(1);
+        self.abandoned = None;
     }
 
-    /// Whether a rolling restart is in progress.
+    /// Whether a rolling restart is in progress (a stand-in covering the
+    /// slot of an abandoned roll is no roll).
     pub(crate) fn rolling(&self) -> bool {
-        self.roll.is_some() || !self.rolling.is_empty()
+        self.roll.is_some_and(|r| !r.abandoned) || !self.rolling.is_empty()
+    }
+
+    /// Gives up the roll's remaining slots, saying why in the log and to
+    /// layers.
+    fn abandon(&mut self, why: String, consequence: &str) {
+        log::error!(target: "ufork", "rolling restart abandoned: {why}; {consequence}");
+        self.rolling.clear();
+        self.abandoned = Some(why);
     }
 
     /// The spare slot a stand-in must be forked into now, with its
@@ -562,6 +580,7 @@ impl Scheduler {
             old,
             stand_in,
             phase: Phase::StandIn,
+            abandoned: false,
         }
     }
 
@@ -572,6 +591,11 @@ impl Scheduler {
     /// throughout (the stand-in covers for it), with at most one process more
     /// than the target: the slot is refilled only once its old worker
     /// exited. The stand-in boots under the spawn throttle (`max_booting`).
+    /// A stand-in that fails before it is ready abandons the roll (the old
+    /// workers keep serving). So does a slot's new worker that fails before
+    /// it is ready, but the stand-in keeps covering the slot, which is
+    /// refilled like any slot whose worker failed (crash-loop backoff), and
+    /// is stopped only once the slot has a ready worker again.
     /// Without a spare slot (capacity reached) the old worker stops before
     /// its replacement is forked, as the warning says.
     pub(crate) fn advance_rolling(&mut self, now: Instant, cells: &impl Cells) {
@@ -621,11 +645,11 @@ impl Scheduler {
             Phase::StandIn => match &self.slots[spare].proc {
                 None if self.slots[spare].next_generation == generation => Some(roll),
                 None => {
-                    log::error!(
-                        target: "ufork",
-                        "rolling restart abandoned: worker {slot}'s replacement (in slot {spare}) failed before it was ready; the old workers keep serving"
+                    let why = format!(
+                        "worker {slot}'s stand-in (in slot {spare}){} failed before it was ready",
+                        self.failed_worker(spare, generation)
                     );
-                    self.rolling.clear();
+                    self.abandon(why, "the old workers keep serving");
                     None
                 }
                 Some(p) if p.reason.is_none() && cells.observe(spare).state.is_up() => {
@@ -641,22 +665,67 @@ impl Scheduler {
             },
             Phase::Replace => {
                 let s = &self.slots[slot];
-                let waiting = match &s.proc {
-                    Some(p) if p.generation <= roll.old => true, // draining
-                    Some(p) => p.reason.is_none() && !cells.observe(slot).state.is_up(),
-                    None => s.failures == 0, // about to be forked
-                };
-                if waiting {
-                    return Some(roll);
+                let ready = s.proc.as_ref().is_some_and(|p| {
+                    p.generation > roll.old
+                        && p.reason.is_none()
+                        && cells.observe(slot).state.is_up()
+                });
+                if ready {
+                    self.end_proc(spare, ExitReason::Stopped, true, now);
+                    return Some(Roll {
+                        phase: Phase::Release,
+                        ..roll
+                    });
                 }
-                self.end_proc(spare, ExitReason::Stopped, true, now);
+                if roll.abandoned {
+                    // A stand-in that died itself covers nothing any more.
+                    return self.slots[spare].proc.as_ref().map(|_| roll);
+                }
+                // The old worker's exit left `next_generation` at the first
+                // new one: past it, a new worker was forked and is gone
+                // without having been ready (failed, or killed at the start
+                // timeout).
+                let first_new = roll.old.wrapping_add(1);
+                if s.proc.is_some() || s.next_generation == first_new {
+                    return Some(roll); // draining, booting, or about to fork
+                }
+                let why = format!(
+                    "worker {slot}'s new worker{} failed before it was ready",
+                    self.failed_worker(slot, first_new)
+                );
+                self.abandon(
+                    why,
+                    &format!(
+                        "the stand-in (slot {spare}) serves until worker {slot} is ready again, and the workers not replaced yet keep serving"
+                    ),
+                );
                 Some(Roll {
-                    phase: Phase::Release,
+                    abandoned: true,
                     ..roll
                 })
             }
             Phase::Release => self.slots[spare].proc.as_ref().map(|_| roll),
         }
+    }
+
+    /// ` (pid P, generation G; failed: exit code 1)` for the last exit of
+    /// `slot` from `generation` on, as the history has it (empty if it does
+    /// not: a history of 0).
+    fn failed_worker(&self, slot: usize, generation: u32) -> String {
+        self.history
+            .iter()
+            .rev()
+            .find(|r| r.slot == slot && r.generation >= generation)
+            .map_or_else(String::new, |r| {
+                let message = r
+                    .message
+                    .as_deref()
+                    .map_or(String::new(), |m| format!(": {m}"));
+                format!(
+                    " (pid {}, generation {}; {}: {}{message})",
+                    r.pid, r.generation, r.reason, r.status
+                )
+            })
     }
 
     /// Stop-then-start (no spare slot): stop the old worker, wait for its
@@ -671,9 +740,21 @@ impl Scheduler {
                 }
                 Some(roll)
             }
-            Some(p) if !cells.observe(slot).state.is_up() && p.reason.is_none() => Some(roll),
-            None if slot < self.target && s.failures == 0 => Some(roll),
-            _ => None,
+            Some(p) if p.reason.is_none() && cells.observe(slot).state.is_up() => None,
+            Some(_) => Some(roll), // booting, or being killed: see how it ends
+            None if slot >= self.target => None,
+            // Two generations past the old one: a new worker was forked and
+            // is gone without having been ready.
+            None if s.next_generation.wrapping_sub(roll.old) >= 2 => {
+                let why = format!(
+                    "worker {slot}'s new worker{} failed before it was ready",
+                    self.failed_worker(slot, roll.old.wrapping_add(1))
+                );
+                self.abandon(why, "the workers not replaced yet keep serving");
+                None
+            }
+            None if s.failures == 0 || s.next_generation == roll.old.wrapping_add(1) => Some(roll),
+            None => None,
         }
     }
 

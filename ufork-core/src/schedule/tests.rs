@@ -752,3 +752,121 @@ fn growing_the_pool_over_the_stand_in_keeps_it_as_a_regular_worker() {
     assert!(!s.rolling());
     assert_eq!(s.live(), 2);
 }
+
+#[test]
+fn a_new_worker_failing_before_it_is_ready_abandons_the_roll_and_the_stand_in_covers_its_slot() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    // Slot 0's new worker fails before it is ready.
+    let t = t0 + MS;
+    reap(&mut s, &board, 0, S::Code(1), t);
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty(), "the stand-in keeps serving");
+    assert!(!s.rolling(), "the roll is abandoned");
+    let why = s.abandoned.clone().expect("a reason");
+    assert!(
+        why.starts_with("worker 0's new worker (pid 310, generation 1; failed: exit code 1)"),
+        "{why}"
+    );
+    assert_eq!(ready_count(&s, &board), 2, "slot 1 and the stand-in");
+    // The slot is refilled as after any failure; the stand-in stays through
+    // a crash loop.
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 2)]);
+    reap(&mut s, &board, 0, S::Code(1), t);
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty(), "the stand-in keeps serving");
+    assert!(fork_planned(&mut s, &board, t).is_empty(), "backoff");
+    let t = t + 10 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty(), "slot 0 is booting");
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(
+        signals(&mut s),
+        vec![(2, Sig::Term)],
+        "now the stand-in goes"
+    );
+    reap(&mut s, &board, 2, S::Code(0), t);
+    s.advance_rolling(t, &board);
+    assert!(
+        !s.waiting_for_ready(false, &board),
+        "nothing left of the roll"
+    );
+    assert_eq!(s.slots[1].proc.as_ref().unwrap().pid, 101, "never rolled");
+    assert!(fork_planned(&mut s, &board, t).is_empty());
+    // A later roll starts over and forgets why the last one was abandoned.
+    s.start_rolling();
+    assert_eq!(s.abandoned, None);
+    s.advance_rolling(t, &board);
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(2, 1)]);
+}
+
+#[test]
+fn a_new_worker_killed_at_the_start_timeout_abandons_the_roll_and_a_dead_stand_in_ends_it() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let set = Settings {
+        start_timeout: 5 * SEC,
+        ..settings(1)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    let t = t0 + 6 * SEC;
+    s.check_health(t, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    s.advance_rolling(t, &board);
+    assert!(s.rolling(), "not over until the killed worker is reaped");
+    reap(&mut s, &board, 0, S::Signal(libc::SIGKILL), t);
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty(), "the stand-in keeps serving");
+    assert!(!s.rolling());
+    let why = s.abandoned.clone().unwrap();
+    assert!(why.contains("start timeout"), "{why}");
+    // The stand-in dies too: nothing covers the slot any more, so the roll
+    // lets go of it, and the spare slot is not refilled.
+    reap(&mut s, &board, 1, S::Code(1), t);
+    s.advance_rolling(t, &board);
+    assert!(!s.waiting_for_ready(false, &board));
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 2)]);
+}
+
+#[test]
+fn at_capacity_a_new_worker_failing_before_it_is_ready_abandons_the_roll() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let set = Settings {
+        capacity: 2,
+        ..settings(2)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(signals(&mut s).is_empty(), "slot 1 is not stopped");
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)], "retried");
+}
