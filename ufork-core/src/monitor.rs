@@ -712,7 +712,16 @@ where
         }
         if int > 0 {
             if int >= 2 || self.sched.stopping_gracefully() {
-                log::warn!(target: "ufork", "second SIGINT: stopping every worker now");
+                // Ctrl-C twice, or once while a stop (a SIGTERM, say) is
+                // under way.
+                let why = if int >= 2
+                    || self.sched.stop_cause() == Some(&StopCause::Signal(libc::SIGINT))
+                {
+                    "second SIGINT"
+                } else {
+                    "SIGINT during a graceful stop"
+                };
+                log::warn!(target: "ufork", "{why}: stopping every worker now");
                 self.stop(StopCause::Signal(libc::SIGINT), false);
             } else {
                 log::info!(target: "ufork", "SIGINT: stopping {live} gracefully (Ctrl-C again to stop now)");

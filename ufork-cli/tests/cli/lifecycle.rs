@@ -598,3 +598,27 @@ fn a_daemon_launcher_waiting_for_readiness_obeys_ctrl_c() {
     assert!(ufork_daemon::signal(daemon, Signal::TERM).unwrap());
     assert!(ufork_daemon::wait_for_exit(daemon, Some(DEADLINE)).unwrap());
 }
+
+/// SIGTERM, then SIGINT while workers that ignore SIGTERM hold the graceful
+/// stop up: the stop becomes immediate, and the log says why (not "second
+/// SIGINT", which no one sent).
+#[test]
+fn sigint_during_a_sigterm_stop_stops_at_once_and_says_so() {
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--graceful-timeout",
+        "600",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo up; while :; do sleep 1; done",
+    ]);
+    pool.expect_line("] up");
+    pool.signal(Signal::TERM);
+    pool.expect_line("SIGTERM: stopping 1 worker gracefully");
+    pool.signal(Signal::INT);
+    pool.expect_line("SIGINT during a graceful stop: stopping every worker now");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}

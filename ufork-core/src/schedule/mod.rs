@@ -446,6 +446,11 @@ impl Scheduler {
         self.stop.as_ref().is_some_and(|s| s.graceful)
     }
 
+    /// What began the stop under way, if one is.
+    pub(crate) fn stop_cause(&self) -> Option<&StopCause> {
+        self.stop.as_ref().map(|s| &s.cause)
+    }
+
     /// Scales by `delta` workers, never below one nor past the capacity.
     pub(crate) fn add_workers(&mut self, delta: isize, now: Instant) {
         let asked = self.target.saturating_add_signed(delta);
