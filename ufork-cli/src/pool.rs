@@ -568,7 +568,9 @@ impl Session {
         if let Some(path) = &self.control_path {
             term::say(format!("control socket: {}", path.display()));
         }
-        if !self.prompt {
+        // An upgrade's new arbiter outlives the shell's job (the old
+        // arbiter): the terminal's Ctrl-C no longer reaches it.
+        if !self.prompt && !upgrade::is_new_arbiter() {
             term::say("press Ctrl-C to stop");
         }
     }

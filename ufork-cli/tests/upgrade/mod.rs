@@ -356,6 +356,9 @@ fn a_foreground_pool_with_only_a_pidfile_upgrades_by_its_socket_and_on_sigusr2()
     // The new arbiter asked before it took the pidfile over, and was let.
     old.expect_line(&format!("pid {new} is taking over"));
     old.expect_line(&format!("arbiter pid {} stopped", old.pid()));
+    // The new arbiter outlives the terminal's job: it does not offer Ctrl-C.
+    let said = old.transcript().matches("press Ctrl-C to stop").count();
+    assert_eq!(said, 1, "{}", old.transcript());
     assert_eq!(get(addr, "/").0, 200, "the new pool serves");
     // Without the socket, SIGUSR2 to the (verified) pid, and the pidfile
     // names the next one.
