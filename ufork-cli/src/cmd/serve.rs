@@ -88,7 +88,7 @@ pub struct ServeArgs {
 
     /// Write one timestamped line per request to PATH, appending, reopened
     /// on SIGUSR1 by the arbiter and every worker; `-` for the workers'
-    /// stdout.
+    /// stdout. A symbolic link at PATH is followed as --log-file says.
     #[arg(long, visible_alias = "access-logfile", value_name = "PATH|-")]
     pub access_log: Option<PathBuf>,
 

@@ -3,6 +3,8 @@
 //! and removes the pidfile and the control socket once the arbiter runs as
 //! `nobody`. Issue 10, must-have 6.
 
+mod links;
+
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
