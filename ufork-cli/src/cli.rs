@@ -208,7 +208,8 @@ pub struct PoolArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
-    /// After binding, run as this user (name or uid).
+    /// After binding, run as this user (name or uid), with its groups; a uid
+    /// with no passwd entry needs --group, and gets that group alone.
     #[arg(short = 'u', long, value_name = "NAME")]
     pub user: Option<String>,
 

@@ -351,6 +351,7 @@ impl Session {
                 control,
                 sockets,
                 pool.user.as_deref(),
+                pool.group.as_deref(),
             )?;
         }
         let capture = match &self.log {

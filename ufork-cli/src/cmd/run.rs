@@ -77,6 +77,9 @@ pub struct RunArgs {
 pub fn exec(mut args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, true)?;
+    // Before the pidfile and the sockets: a --user that cannot be switched
+    // to is a usage error, found by --check-config too.
+    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     if args.pool.check_config {
         exec::resolve(&args.command[0])?;
         let options = listen::Options {
@@ -85,7 +88,6 @@ pub fn exec(mut args: RunArgs) -> Result<()> {
             backlog: args.pool.backlog,
         };
         listen::resolve_all(&args.bind, options)?;
-        crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
         pool::workers(&args.pool)?;
         term::say(format!(
             "ufork run: the configuration is valid (`{}` found; nothing was started)",

@@ -175,6 +175,9 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
+    // Before the pidfile and the sockets: a --user that cannot be switched
+    // to is a usage error, found by --check-config too.
+    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     if args.pool.check_config {
         return check_config(&args);
     }
@@ -356,7 +359,7 @@ fn migrate_req_off(text: Option<&str>) -> bool {
 }
 
 /// `--check-config`: what `exec` checks before it takes the pidfile and
-/// binds, and that `--user` and `--group` name a user and a group.
+/// binds (`--user` and `--group` were resolved by then).
 fn check_config(args: &ServeArgs) -> Result<()> {
     if let Some(dir) = &args.dir {
         ufork_wsgi_like::static_files::StaticFiles::new(dir).map_err(|e| {
@@ -381,7 +384,6 @@ fn check_config(args: &ServeArgs) -> Result<()> {
     if args.reuse_port {
         reuse_port_addrs(&resolved)?;
     }
-    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     pool::workers(&args.pool)?;
     term::say(format!(
         "ufork serve: the configuration is valid ({} to bind; nothing was started)",
