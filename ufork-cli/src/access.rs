@@ -14,9 +14,8 @@
 //! exists, reopens it too, so a rotation reaches every worker's next line
 //! without replacing the workers.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -64,12 +63,10 @@ fn follow(file: &mut File, path: &Path, id: &mut (u64, u64)) {
     }
 }
 
+/// Opens PATH as the log file is opened: a symbolic link at it only where
+/// no other user could have put it (see [`ufork_daemon::open_append`]).
 fn open_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+    ufork_daemon::open_append(path, 0o640)
 }
 
 /// Opens `--access-log`: `-` for stdout, or a file to append to.

@@ -145,12 +145,16 @@ pub struct PoolArgs {
     #[arg(short = 'D', long, requires = "pidfile")]
     pub daemon: bool,
 
-    /// Write the arbiter's pid here and lock it while running.
+    /// Write the arbiter's pid here and lock it while running (a symbolic
+    /// link at PATH is refused, never followed).
     #[arg(short = 'p', long, visible_alias = "pid", value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
     /// Write the arbiter's and the workers' output here (rotated by size if it
-    /// is a regular file; `/dev/null` or a FIFO is written to as it is).
+    /// is a regular file; `/dev/null` or a FIFO is written to as it is). A
+    /// symbolic link at PATH is followed only if it and its directory are
+    /// root's or this user's and no one else may write there (so
+    /// `/dev/stdout` works); otherwise it is refused.
     #[arg(long, visible_alias = "error-logfile", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
@@ -207,7 +211,8 @@ pub struct PoolArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
-    /// After binding, run as this user (name or uid).
+    /// After binding, run as this user (name or uid), with its groups; a uid
+    /// with no passwd entry needs --group, and gets that group alone.
     #[arg(short = 'u', long, value_name = "NAME")]
     pub user: Option<String>,
 

@@ -411,6 +411,7 @@ impl Session {
                 control,
                 sockets,
                 pool.user.as_deref(),
+                pool.group.as_deref(),
             )?;
         }
         let capture = match &self.log {

@@ -3,7 +3,8 @@
 //! Names are looked up through NSS (`getpwnam_r`/`getgrnam_r` by way of
 //! nix), so users from LDAP, SSSD or systemd's DynamicUser work like those in
 //! /etc/passwd. The switch is process-wide: supplementary groups from
-//! `initgroups` (the user's groups, not just one), then `setresgid` and
+//! `initgroups` (the user's groups, not just one; for a uid with no passwd
+//! entry, which needs `--group`, that group alone), then `setresgid` and
 //! `setresuid`, which glibc applies to every thread of the process (the
 //! per-thread system calls would leave other threads as root).
 //!
@@ -32,11 +33,13 @@ pub struct Credentials {
 }
 
 /// Resolves `--user` and `--group` (names or numbers) to ids. The group
-/// defaults to the user's primary group.
+/// defaults to the user's primary group; a uid with no passwd entry has
+/// none, and needs `--group`.
 ///
 /// # Errors
 ///
-/// An unknown name, or a lookup that failed.
+/// An unknown name, or a lookup that failed (runtime errors); a uid with no
+/// passwd entry and no `group` (a usage error).
 pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Credentials, Failure> {
     let mut creds = Credentials {
         name: None,
@@ -55,8 +58,15 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Credentials, F
                 creds.gid = Some(entry.gid);
                 creds.name = Some(entry.name);
             }
-            // A uid no database knows still works, without supplementary groups.
+            // A uid no database knows still works, with the group given:
+            // without one, the process would keep root's group (and, had
+            // nothing reset them, root's supplementary groups).
             None if user.parse::<u32>().is_ok() => {
+                if group.is_none() {
+                    return Err(failure::usage(format!(
+                        "--user {user}: no user has this uid (looked up through NSS: /etc/passwd, LDAP, ...), so it has no group to switch to; give --group too"
+                    )));
+                }
                 creds.uid = user.parse::<u32>().ok().map(Uid::from_raw);
             }
             None => {
@@ -84,11 +94,21 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Credentials, F
 
 impl Credentials {
     /// Switches the whole process: supplementary groups, then group, then user.
+    /// The supplementary groups are always replaced: by the user's (its
+    /// passwd entry's name) or by the one group alone, never kept.
     ///
     /// # Errors
     ///
     /// The switch is not permitted (only root may), or a name holds a NUL.
     pub fn apply(&self, user: Option<&str>, group: Option<&str>) -> Result<(), Failure> {
+        if self.uid.is_some() && self.gid.is_none() {
+            // `resolve` refuses this; never switch the user and keep root's
+            // groups.
+            return Err(failure::usage(format!(
+                "--user {}: no group to switch to; give --group too",
+                user.unwrap_or_default()
+            )));
+        }
         let denied = |flag: &str, value: &str, e: nix::Error| {
             failure::runtime(format!(
                 "{flag} {value}: cannot switch: {} (only root can change user or group)",
@@ -197,13 +217,14 @@ pub fn helper(
     control: Option<&Path>,
     sockets: &[PathBuf],
     user: Option<&str>,
+    group: Option<&str>,
 ) -> Result<Option<Privsep>, Failure> {
     let nothing = log.is_none() && pidfile.is_none() && control.is_none() && sockets.is_empty();
     if !Uid::effective().is_root() || nothing {
         return Ok(None);
     }
     let mut builder = Privsep::builder();
-    if let Some(uid) = resolve(user, None)?.uid {
+    if let Some(uid) = resolve(user, group)?.uid {
         builder = builder.user(uid.as_raw());
     }
     if let Some(log) = log {
@@ -313,10 +334,15 @@ mod tests {
             (numeric.uid, numeric.gid),
             (Some(Uid::from_raw(0)), Some(Gid::from_raw(0)))
         );
-        // A uid no database knows is still a uid.
-        let unknown = resolve(Some("4000000000"), None).unwrap();
+        // A uid no database knows is still a uid, with the group given.
+        let unknown = resolve(Some("4000000000"), Some("4000000000")).unwrap();
         assert_eq!(unknown.uid, Some(Uid::from_raw(4_000_000_000)));
+        assert_eq!(unknown.gid, Some(Gid::from_raw(4_000_000_000)));
         assert_eq!(unknown.name, None);
+        // Without one, it has no group: refused, never root's kept.
+        let err = resolve(Some("4000000000"), None).unwrap_err();
+        assert!(matches!(err, Failure::Usage(_)), "{err:?}");
+        assert!(err.to_string().contains("give --group"), "{err}");
         let err = resolve(Some("no-such-user-ufork"), None).unwrap_err();
         assert!(err.to_string().contains("no such user"), "{err}");
         let err = resolve(None, Some("no-such-group-ufork")).unwrap_err();

@@ -486,9 +486,12 @@ impl HeldPidfile {
         use rustix::fs::{FlockOperation, Mode, OFlags};
         let pid = std::process::id();
         let temporary = sibling(path, "new");
+        // Created afresh, never opened through whatever is at the name (a
+        // link planted there would have this process truncate its target).
+        let _ = std::fs::remove_file(&temporary);
         let fd = rustix::fs::open(
             &temporary,
-            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )?;
         let result = (|| {

@@ -14,14 +14,18 @@
 //!   and written only once locked: a second daemon is refused with
 //!   [`Error::AlreadyRunning`] ("already running as pid N"), a stale file left
 //!   by a crash is taken over, and the file is removed on a clean exit. It
-//!   works on its own too, for a foreground server.
+//!   works on its own too, for a foreground server. A symbolic link at its
+//!   path is refused (`O_NOFOLLOW`), never written through.
 //! - [`status`], [`signal`], [`signal_pidfile`], [`signal_group`] and
 //!   [`wait_for_exit`] serve `status`, `stop` and `reload` commands: liveness
 //!   is the pidfile's lock, not a guess from `kill(pid, 0)`, and waiting is a
 //!   pidfd `poll`, not a sleep loop.
 //! - [`RotatingFile`] rotates `path`, `path.1` … `path.N` by size at line
 //!   boundaries, reopens for an external logrotate, creates files with mode
-//!   0640, and keeps writing to the current file when a rotation fails.
+//!   0640, and keeps writing to the current file when a rotation fails. A
+//!   symbolic link at its path is followed only where nobody but root and
+//!   this process' user could have put it (see [`open_append`]), so
+//!   `/dev/stdout` works and a link planted by another user is refused.
 //! - [`Privsep`] is the privileged helper of a server that drops root: forked
 //!   before the drop, it rotates and reopens a [`RotatingFile`] and removes a
 //!   [`Pidfile`] (and a control socket) in directories only root may write,
@@ -98,6 +102,7 @@
 mod control;
 mod daemonize;
 mod error;
+mod links;
 mod pidfile;
 mod privsep;
 mod rotate;
@@ -109,7 +114,7 @@ pub use error::{Error, Result};
 pub use pidfile::Pidfile;
 pub use privsep::{Privsep, PrivsepBuilder};
 pub use rotate::{
-    DEFAULT_BACKUPS, DEFAULT_MAX_SIZE, DEFAULT_MODE, RotatingFile, RotatingFileBuilder,
+    DEFAULT_BACKUPS, DEFAULT_MAX_SIZE, DEFAULT_MODE, RotatingFile, RotatingFileBuilder, open_append,
 };
 /// The signal type of [`signal`] and friends (rustix's).
 pub use rustix::process::Signal;

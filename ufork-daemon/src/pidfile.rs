@@ -63,18 +63,24 @@ impl Pidfile {
     /// the calling process' pid followed by a newline. The file is created with
     /// mode 0644 (less the umask).
     ///
+    /// A symbolic link at `path` is never followed (`O_NOFOLLOW`): whoever
+    /// may write the pidfile's directory could otherwise point it at any file,
+    /// and a process started as root would truncate and overwrite that file
+    /// with its pid. Such a path is refused; the directories leading to it
+    /// may still be links.
+    ///
     /// # Errors
     ///
     /// [`Error::AlreadyRunning`] if another process holds the lock (with the pid
-    /// it wrote), [`Error::OpenPidfile`], [`Error::LockPidfile`] or
-    /// [`Error::WritePidfile`] if a step fails. A file locked by someone else is
-    /// never truncated or written.
+    /// it wrote), [`Error::OpenPidfile`] (also when `path` is a symbolic
+    /// link), [`Error::LockPidfile`] or [`Error::WritePidfile`] if a step
+    /// fails. A file locked by someone else is never truncated or written.
     pub fn create(path: impl AsRef<Path>) -> Result<Pidfile> {
         let path = path.as_ref().to_path_buf();
         let pid = rustix::process::getpid().as_raw_pid();
         let fd = lock_fresh(
             &path,
-            OFlags::RDWR | OFlags::CREATE,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW,
             FlockOperation::NonBlockingLockExclusive,
         )?;
         let mut file = File::from(fd);
@@ -151,7 +157,7 @@ pub(crate) fn lock_fresh(path: &Path, flags: OFlags, lock: FlockOperation) -> Re
         let fd = rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::from_raw_mode(0o644))
             .map_err(|errno| Error::OpenPidfile {
                 path: path.to_path_buf(),
-                source: errno.into(),
+                source: refused_link(path, errno),
             })?;
         match rustix::fs::flock(&fd, lock) {
             Ok(()) => {}
@@ -172,6 +178,21 @@ pub(crate) fn lock_fresh(path: &Path, flags: OFlags, lock: FlockOperation) -> Re
         if names_file(path, &fd) {
             return Ok(fd);
         }
+    }
+}
+
+/// The error of an open of `path` that failed with `errno`: a plain one,
+/// unless `O_NOFOLLOW` met a symbolic link (`ELOOP`), which says so.
+pub(crate) fn refused_link(path: &Path, errno: Errno) -> io::Error {
+    let is_link = errno == Errno::LOOP
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a symbolic link, which is not followed; remove it or give the path it points to",
+        )
+    } else {
+        errno.into()
     }
 }
 
@@ -269,12 +290,13 @@ impl GroupFile {
             path: path.to_path_buf(),
             source,
         };
+        // Truncated and written like the pidfile: never through a link.
         let fd = rustix::fs::open(
             path,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o644),
         )
-        .map_err(|errno| wrap(errno.into()))?;
+        .map_err(|errno| wrap(refused_link(path, errno)))?;
         let mut file = File::from(fd);
         write_pid(&mut file, rustix::process::getpgrp().as_raw_pid()).map_err(wrap)?;
         Ok(GroupFile {
@@ -298,6 +320,35 @@ impl Drop for GroupFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whoever may write the directory could point a link at a file of
+    /// root's: neither the pidfile nor the process-group file writes
+    /// through it.
+    #[test]
+    fn a_symbolic_link_at_the_path_is_refused_and_its_target_untouched() {
+        let dir = std::env::temp_dir().join(format!("ufork-pidlink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "important\n").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = Pidfile::create(&link).unwrap_err();
+        assert!(matches!(err, Error::OpenPidfile { .. }), "{err:?}");
+        assert!(
+            err.report().contains("is a symbolic link"),
+            "{}",
+            err.report()
+        );
+        let err = GroupFile::create(&link).unwrap_err();
+        assert!(
+            err.report().contains("is a symbolic link"),
+            "{}",
+            err.report()
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "important\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn parse_pid_accepts_trimmed_positive_numbers_only() {

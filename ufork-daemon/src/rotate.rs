@@ -11,6 +11,7 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::links;
 use crate::privsep::Privsep;
 
 /// Default size at which the file is rotated: 8 MiB, like uFork.
@@ -89,11 +90,15 @@ impl RotatingFileBuilder {
         self
     }
 
-    /// Opens (creating if needed) the file for appending.
+    /// Opens (creating if needed) the file for appending. A symbolic link at
+    /// the path is followed only where no other user could have put it, as
+    /// [`open_append`] says (so `/dev/stdout` is followed); the same holds
+    /// for every reopen and rotation.
     ///
     /// # Errors
     ///
-    /// [`Error::OpenLog`] if it cannot be opened (or fds 1 and 2 redirected).
+    /// [`Error::OpenLog`] if it cannot be opened (or fds 1 and 2 redirected),
+    /// or it is a symbolic link that rule refuses.
     pub fn open(self) -> Result<RotatingFile> {
         let (file, size) = open_log(&self.path, self.mode).map_err(|source| Error::OpenLog {
             path: self.path.clone(),
@@ -476,7 +481,7 @@ impl State {
             Some((helper, index)) => helper.rotate_log(*index)?,
             None => {
                 shift(CWD, &config.path, config.backups)?;
-                open_log_at(CWD, &config.path, config.mode, Follow::Yes)?
+                open_log_at(CWD, &config.path, config.mode, Follow::Trusted)?
             }
         };
         if config.redirect_stdio {
@@ -551,8 +556,10 @@ fn remove_if_present(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
 /// Whether the last component of a log's path may be a symlink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Follow {
-    /// As the user asked: a symlinked log file is followed.
-    Yes,
+    /// As the user asked, where nobody else could have put the link: see
+    /// [`crate::links`] (`/dev/stdout` is followed, a link another user
+    /// planted is refused).
+    Trusted,
     /// For the privileged helper, which hands the descriptor to an
     /// unprivileged process: only a regular file that is no symlink, or the
     /// helper could be made to open any file of root's for it.
@@ -562,7 +569,23 @@ pub(crate) enum Follow {
 /// Opens `path` for appending, creating it with exactly `mode` if it does not
 /// exist. Returns the file and its current size.
 fn open_log(path: &Path, mode: u32) -> io::Result<(File, u64)> {
-    open_log_at(CWD, path, mode, Follow::Yes)
+    open_log_at(CWD, path, mode, Follow::Trusted)
+}
+
+/// Opens `path` for appending as a [`RotatingFile`] opens its file: created
+/// with exactly `mode` if it does not exist, and through a symbolic link at
+/// its last component only where nobody but root and this process' user
+/// could have put the link — its directory is theirs and no one else may
+/// write it (or it is sticky), and the link is theirs. `/dev/stdout` is
+/// followed; a link planted in a directory a service user may write is
+/// refused, so a process started as root never writes the file it points at.
+///
+/// # Errors
+///
+/// The open failed, or the path is a symbolic link the rule refuses (an
+/// error that says so).
+pub fn open_append(path: impl AsRef<Path>, mode: u32) -> io::Result<File> {
+    open_log(path.as_ref(), mode).map(|(file, _)| file)
 }
 
 /// [`open_log`] relative to `dir`.
@@ -573,10 +596,18 @@ pub(crate) fn open_log_at(
     follow: Follow,
 ) -> io::Result<(File, u64)> {
     let mut flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC;
-    if follow == Follow::No {
+    let links = match follow {
         // NONBLOCK: opening a FIFO planted there must not hang the helper.
-        flags |= OFlags::NOFOLLOW | OFlags::NONBLOCK;
-    }
+        Follow::No => {
+            flags |= OFlags::NOFOLLOW | OFlags::NONBLOCK;
+            false
+        }
+        Follow::Trusted if links::safe_dir(dir, name)? => true,
+        Follow::Trusted => {
+            flags |= OFlags::NOFOLLOW;
+            false
+        }
+    };
     loop {
         match rustix::fs::openat(
             dir,
@@ -592,10 +623,18 @@ pub(crate) fn open_log_at(
             Err(Errno::EXIST) => {}
             Err(errno) => return Err(errno.into()),
         }
+        if links {
+            // Nobody else may change the name in a safe directory: what is
+            // vetted here is what the open below finds.
+            links::vet(dir, name)?;
+        }
         match rustix::fs::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => return opened(fd, follow),
             // Removed between the two opens: create it after all.
             Err(Errno::NOENT) => continue,
+            Err(errno) if follow == Follow::Trusted => {
+                return Err(links::refused(dir, name, errno));
+            }
             Err(errno) => return Err(errno.into()),
         }
     }

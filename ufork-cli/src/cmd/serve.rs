@@ -88,7 +88,7 @@ pub struct ServeArgs {
 
     /// Write one timestamped line per request to PATH, appending, reopened
     /// on SIGUSR1 by the arbiter and every worker; `-` for the workers'
-    /// stdout.
+    /// stdout. A symbolic link at PATH is followed as --log-file says.
     #[arg(long, visible_alias = "access-logfile", value_name = "PATH|-")]
     pub access_log: Option<PathBuf>,
 
@@ -176,6 +176,9 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
     pool::check_addresses(&args.pool, &args.bind, false, args.reuse_port)?;
+    // Before the pidfile and the sockets: a --user that cannot be switched
+    // to is a usage error, found by --check-config too.
+    crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;
     if args.pool.check_config {
         return check_config(&args);
     }

@@ -3,6 +3,8 @@
 //! and removes the pidfile and the control socket once the arbiter runs as
 //! `nobody`. Issue 10, must-have 6.
 
+mod links;
+
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -583,4 +585,96 @@ fn a_graceful_stop_as_nobody_removes_a_unix_socket_at_once() {
     assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
     let transcript = pool.transcript();
     assert!(!transcript.contains("cannot remove"), "{transcript}");
+}
+
+/// A uid no user database knows, or `None` (the test then skips).
+fn unknown_uid() -> Option<u32> {
+    (99_990..100_000).find(|&uid| {
+        matches!(
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Ok(None)
+        )
+    })
+}
+
+/// The ids on the worker's `/proc/self/status` line `FIELD:`, as the pool
+/// printed it.
+fn ids_line(pool: &mut Running, field: &str) -> Vec<u32> {
+    let line = pool.expect_line(&format!("{field}:"));
+    let (_, ids) = line.split_once(&format!("{field}:")).unwrap();
+    ids.split_whitespace()
+        .map(|id| id.parse().unwrap())
+        .collect()
+}
+
+/// `--user UID` for a uid with no passwd entry has no group of its own: the
+/// process would keep root's group. Refused as a usage error that says to
+/// give `--group`, by `--check-config` too, before anything is made.
+#[test]
+fn a_uid_with_no_passwd_entry_needs_group() {
+    let Some(uid) = unknown_uid() else {
+        println!("skipped: every uid tried has a passwd entry");
+        return;
+    };
+    let uid = uid.to_string();
+    let dir = TempDir::new("uid-nogroup");
+    let pidfile = dir.str("p");
+    let serve = ["serve", "-w", "1", "--bind", "127.0.0.1:0", "--user", &uid];
+    let run_ = ["run", "-w", "1", "--user", &uid, "--", "true"];
+    for (args, extra) in [
+        (&serve[..], &["--no-prompt"][..]),
+        (&serve, &["--check-config"]),
+        (&serve, &["--daemon", "--pidfile", &pidfile]),
+        (&run_, &["--no-prompt"]),
+        (&run_, &["--check-config"]),
+        (&run_, &["--daemon", "--pidfile", &pidfile]),
+    ] {
+        // The flags go before `--`.
+        let at = args.iter().position(|&a| a == "--").unwrap_or(args.len());
+        let mut all = args[..at].to_vec();
+        all.extend(extra);
+        all.extend(&args[at..]);
+        let out = run(&all);
+        assert_one_line_error(&out, 2, &[&format!("--user {uid}: "), "give --group"]);
+        assert!(!dir.join("p").exists(), "{all:?}: a pidfile was made");
+    }
+}
+
+/// Whatever the user, the switch replaces root's supplementary groups: by
+/// the user's own groups (`initgroups`) for a user with a passwd entry, by
+/// the `--group` alone for a uid with none.
+#[test]
+fn the_switch_never_keeps_roots_groups() {
+    if !can_drop_to_nobody() {
+        return;
+    }
+    let Some(uid) = unknown_uid() else {
+        println!("skipped: every uid tried has a passwd entry");
+        return;
+    };
+    let uid = uid.to_string();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let print = "grep -E '^(Uid|Gid|Groups):' /proc/self/status; exec sleep 1000";
+    for (user, group) in [(uid.as_str(), Some(uid.as_str())), ("nobody", None)] {
+        let mut args = vec!["run", "-w", "1", "--no-prompt", "--user", user];
+        if let Some(group) = group {
+            args.extend(["--group", group]);
+        }
+        args.extend(["--", "sh", "-c", print]);
+        let mut pool = Running::start(&args);
+        let (uid_, gid) = match group {
+            Some(_) => (uid.parse().unwrap(), uid.parse().unwrap()),
+            None => (nobody.uid.as_raw(), nobody.gid.as_raw()),
+        };
+        assert_eq!(ids_line(&mut pool, "Uid"), vec![uid_; 4], "{user}");
+        assert_eq!(ids_line(&mut pool, "Gid"), vec![gid; 4], "{user}");
+        let groups = ids_line(&mut pool, "Groups");
+        assert!(groups.contains(&gid), "{user}: {groups:?}");
+        assert!(!groups.contains(&0), "{user} kept root's group: {groups:?}");
+        if group.is_some() {
+            assert_eq!(groups, vec![gid], "{user}");
+        }
+        pool.signal(Signal::TERM);
+        assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    }
 }
