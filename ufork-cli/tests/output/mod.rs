@@ -327,6 +327,63 @@ fn a_stdout_nobody_reads_drops_output_past_the_stall_timeout_and_the_workers_go_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A worker's stderr has a writer thread of its own in the arbiter: a
+/// stdout nobody reads (`ufork serve --access-log - 2>err.log | (sleep
+/// 60)`) neither holds up nor drops it. The worker's stderr line comes after
+/// a burst far bigger than the stalled pipe and the queue, which it got
+/// through only because the stall timeout dropped stdout; the line still
+/// reaches stderr, and no stderr output was dropped.
+#[test]
+fn a_worker_stderr_line_reaches_stderr_while_stdout_stalls() {
+    // 20 MB of 100-byte lines: five times the 4 MiB queue.
+    let script = format!(
+        "yes {} | head -c 20000000; echo after-the-stall >&2; exec sleep 1000",
+        "x".repeat(99)
+    );
+    let (child, pid, reader, stalled, seen) = start_into_stalled_stdout(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ufork"))
+            .args([
+                "run",
+                "-w",
+                "1",
+                "--graceful-timeout",
+                "1",
+                "--no-timestamps",
+            ])
+            .args(["--log-stall-timeout", "0.3", "--"])
+            .args(["sh", "-c", &script]),
+    );
+    until("the worker's stderr line", || {
+        seen.lock().unwrap().contains("] after-the-stall")
+    });
+    let workers = children_of(pid);
+    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");
+    let pool = Stalled {
+        child,
+        pid,
+        stderr: reader,
+        workers,
+        _pipe: stalled,
+        sent: Instant::now(),
+    };
+    let (status, _, stderr) = pool.wait(|| {});
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    // Stdout stalled and dropped; stderr took everything.
+    assert!(
+        stderr.contains("the output sink took nothing for 0.3s: dropping the workers' output"),
+        "{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.ends_with("] after-the-stall"))
+        .unwrap_or_else(|| panic!("no worker line: {stderr}"));
+    assert!(line.starts_with("[0 ") && line.contains(" err] "), "{line}");
+    assert!(
+        !stderr.contains("[ufork-io: dropped") && !stderr.contains("stderr sink"),
+        "stderr output was dropped: {stderr}"
+    );
+}
+
 // -- formats -------------------------------------------------------------------
 
 /// A worker that prints to both streams, then stops the pool itself.
