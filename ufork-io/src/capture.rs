@@ -1,5 +1,6 @@
 //! The capture layer: per worker a pipe (or two), read in the arbiter's poll
-//! loop, assembled into lines and queued for the writer thread.
+//! loop, assembled into lines and queued for the writer thread of the sink
+//! they go to.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,7 +23,7 @@ use crate::{ArbiterLog, Error, Result};
 
 /// Default longest line: longer ones are split with [`CONTINUES`].
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
-/// Default bound of the queue between the arbiter and the writer thread.
+/// Default bound of each queue between the arbiter and a writer thread.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Ends a piece of a line longer than the maximum; the line goes on in the
 /// next piece.
@@ -120,6 +121,15 @@ impl CaptureBuilder {
     /// [`split_streams`](Self::split_streams), the workers' stderr lines go
     /// (default: the same sink as everything else). A terminal wants worker
     /// stdout on fd 1 and the rest on fd 2, as the processes wrote it.
+    ///
+    /// It has a queue and writer thread of its own, with its own
+    /// back-pressure, [`stall_timeout`](Self::stall_timeout) and drops: a
+    /// main sink that stops taking lines (a stdout nobody reads) never holds
+    /// up or drops these, nor the other way round. The two threads write
+    /// independently: give this one a sink that keeps whole lines whole
+    /// against the other's writes, as for [`arbiter_sink`](Self::arbiter_sink)
+    /// — except [`Sink::stdout`] and [`Sink::stderr`] onto one file
+    /// (`2>&1`), which share one thread.
     pub fn stderr_sink(mut self, sink: Sink) -> Self {
         self.stderr_sink = Some(sink);
         self
@@ -167,9 +177,10 @@ impl CaptureBuilder {
         self
     }
 
-    /// Bound of the queue to the writer thread, in bytes (default
-    /// [`DEFAULT_QUEUE_BYTES`]). When it is full the arbiter stops reading
-    /// worker pipes until it is half empty (or drops, when [`lossy`](Self::lossy)).
+    /// Bound of the queue to a writer thread, in bytes (default
+    /// [`DEFAULT_QUEUE_BYTES`]; each sink's queue has it). When it is full
+    /// the arbiter stops reading the worker pipes that feed it until it is
+    /// half empty (or drops, when [`lossy`](Self::lossy)).
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.queue_bytes = bytes;
         self
@@ -185,11 +196,16 @@ impl CaptureBuilder {
         self
     }
 
-    /// Lossless, but not for ever: once the sink has taken nothing for this
-    /// long while the queue is full (a log reader that stopped reading, a
-    /// full FIFO), drop worker output, counted and reported as in
-    /// [`lossy`](Self::lossy) mode, instead of holding the workers up; as
-    /// soon as the sink takes something, lossless again (default `None`:
+    /// Lossless, but not for ever: once a sink has taken nothing for this
+    /// long while its queue is full (a log reader that stopped reading, a
+    /// full FIFO), drop the worker output bound for it, counted and reported
+    /// as in [`lossy`](Self::lossy) mode, instead of holding the workers up;
+    /// as soon as the sink takes something, lossless again. Each sink on its
+    /// own: a stalled stdout drops only stdout (the warning says `the output
+    /// sink took nothing for 10.0s: dropping the workers' output (counted)
+    /// until it takes some`, or `the stderr sink …: dropping the workers'
+    /// stderr …`), never the lines of a [`stderr_sink`](Self::stderr_sink)
+    /// that takes them (default `None`:
     /// hold them up for as long as the sink does). The sink is handed at
     /// most 64 KiB per write call (whole lines; more only for one read of a
     /// worker's pipe bigger than that) and every call it finishes counts, so
@@ -238,18 +254,20 @@ impl CaptureBuilder {
         self
     }
 
-    /// How long the end of `run` waits for the writer to hand everything to
-    /// the sink (default `None`: until it is done, so nothing is lost; a
-    /// duration too large for `Instant` also means that). With a limit, what
-    /// is left when it passes is abandoned to the writer thread, which goes
-    /// on until the process exits: it is counted in
+    /// How long the end of `run` waits for the writers to hand everything
+    /// to their sinks (default `None`: until they are done, so nothing is
+    /// lost; a duration too large for `Instant` also means that). Every
+    /// writer finishes at the same time, within this one wait. With a limit,
+    /// what is left when it passes is abandoned to the writer threads, which
+    /// go on until the process exits: it is counted in
     /// [`Counters::abandoned_bytes`] and reported once (`the output sink did
-    /// not take the last N bytes within 5.0s; they are dropped`, and `(M
-    /// bytes in all were dropped before, while it stalled)` when a stall
-    /// dropped output earlier: the notices saying so may be among what is
-    /// abandoned): as a warning of target `ufork_io` carrying the keys
-    /// `abandoned_bytes` and `dropped_bytes` (the run's
-    /// [`Counters::dropped_bytes`]) when
+    /// not take the last N bytes within 5.0s; they are dropped` — `the
+    /// stderr sink`, or `the output and stderr sinks`, when those did not
+    /// finish — and `(M bytes in all were dropped before, while it stalled)`
+    /// when a stall of those sinks dropped output earlier: the notices
+    /// saying so may be among what is abandoned): as a warning of target
+    /// `ufork_io` carrying the keys `abandoned_bytes` and `dropped_bytes`
+    /// (M: what the sinks that did not finish dropped during the run) when
     /// the program's logger takes it (so that a program can say it its own
     /// way), else straight on stderr if that takes the line at once.
     pub fn flush_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {

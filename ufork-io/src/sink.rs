@@ -1,10 +1,10 @@
-//! Where captured lines go, and the writer thread that puts them there.
+//! Where captured lines go, and the writer threads that put them there.
 //!
-//! The arbiter's thread never writes to the sink: it hands whole lines to a
-//! bounded queue, and one writer thread empties the queue into the sink. A
-//! stalled sink therefore stalls only the writer; the arbiter notices the
-//! queue is full, stops reading worker pipes (back-pressure) and goes on
-//! supervising.
+//! The arbiter's thread never writes to a sink: it hands whole lines to a
+//! bounded queue per sink, and that sink's writer thread empties the queue
+//! into it. A stalled sink therefore stalls only its writer; the arbiter
+//! notices the queue is full, stops reading the worker pipes that feed it
+//! (back-pressure) and goes on supervising, and on feeding the other sinks.
 
 use std::collections::VecDeque;
 use std::fmt;

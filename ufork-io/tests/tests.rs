@@ -1557,11 +1557,14 @@ fn formats_stamp_level_or_encode_worker_and_arbiter_lines() {
 /// to its other stream, whose sink reads: they all arrive while the stalled
 /// sink still takes nothing, and no drop notice is among them. The two
 /// sinks have a queue and a writer thread each, so one stalled stream
-/// neither holds up nor drops the other's lines. `flooded_stderr`: stderr
-/// is the stream that stalls, stdout the one that flows.
+/// neither holds up nor drops the other's lines; the warning names the
+/// stalled sink, and once its reader reads again the drop notice is there.
+/// `flooded_stderr`: stderr is the stream that stalls, stdout the one that
+/// flows.
 fn the_other_stream_flows_while_one_stalls(flooded_stderr: bool) {
     const LINES: usize = 200;
     let _lock = util::lock();
+    let warnings = logging::collect("ufork_io::capture");
     // The stalled sink: a pipe whose reader never reads (a log reader that
     // stopped), held open until the end of the test.
     let (unread, stalled_end) = rustix::pipe::pipe().expect("pipe");
@@ -1604,6 +1607,33 @@ fn the_other_stream_flows_while_one_stalls(flooded_stderr: bool) {
             });
             let pending = rustix::io::ioctl_fionread(&unread).expect("FIONREAD");
             assert!(pending > 0, "the stalled sink's pipe was read");
+            // Its reader reads again: the notice of what it dropped
+            // reaches it (and nothing of the other stream).
+            let (tx, rx) = mpsc::channel();
+            let reader = std::fs::File::from(unread.try_clone().expect("dup"));
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut reader = std::io::BufReader::new(reader);
+                let mut chunk = [0u8; 65536];
+                while let Ok(n @ 1..) = reader.read(&mut chunk) {
+                    if tx.send(chunk[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+            let deadline = Instant::now() + util::DEADLINE;
+            let mut read = Vec::new();
+            while !contains(&read, b"[ufork-io: dropped ") {
+                let left = deadline.saturating_duration_since(Instant::now());
+                read.extend(
+                    rx.recv_timeout(left)
+                        .expect("a drop notice in the stalled sink"),
+                );
+            }
+            assert!(
+                !contains(&read, b"] other "),
+                "the other stream in the stalled sink"
+            );
             handle.stop();
         });
         arbiter
@@ -1652,8 +1682,28 @@ fn the_other_stream_flows_while_one_stalls(flooded_stderr: bool) {
         .collect();
     let expected: Vec<String> = (0..LINES).map(|i| i.to_string()).collect();
     assert_eq!(others, expected);
-    // The abandoned writer thread ends once the pipe's reader is gone.
+    // The reader thread and the writer end once the pipe is gone.
     drop(unread);
+    logging::forward(None);
+    let (sink, output) = if flooded_stderr {
+        ("stderr sink", "stderr")
+    } else {
+        ("output sink", "output")
+    };
+    let warned = format!(
+        "the {sink} took nothing for 0.2s: dropping the workers' {output} (counted) until it takes some"
+    );
+    let warnings = warnings.lock().unwrap().clone();
+    assert!(
+        warnings.iter().any(|(message, _)| *message == warned),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .all(|(message, _)| !message.contains("took nothing") || *message == warned),
+        "the flowing sink was taken for stalled: {warnings:#?}"
+    );
 }
 
 fn lines_with(bytes: &[u8], needle: &[u8]) -> usize {
