@@ -1,5 +1,6 @@
 //! The capture layer: per worker a pipe (or two), read in the arbiter's poll
-//! loop, assembled into lines and queued for the writer thread.
+//! loop, assembled into lines and queued for the writer thread of the sink
+//! they go to.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,13 +17,13 @@ use ufork_core::{ChildInfo, Context, ExitRecord, Interest, Layer, Readiness, Spa
 
 use crate::format::{self, Format, Level, Source};
 use crate::line::{Assembler, End};
-use crate::sink::{Chunk, Counters, Origin, Queue, Sink, Stream};
+use crate::sink::{Chunk, CounterCells, Counters, Origin, Queue, Sink, Stream};
 use crate::stdin::{StdinHandle, Table};
 use crate::{ArbiterLog, Error, Result};
 
 /// Default longest line: longer ones are split with [`CONTINUES`].
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
-/// Default bound of the queue between the arbiter and the writer thread.
+/// Default bound of each queue between the arbiter and a writer thread.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Ends a piece of a line longer than the maximum; the line goes on in the
 /// next piece.
@@ -120,6 +121,15 @@ impl CaptureBuilder {
     /// [`split_streams`](Self::split_streams), the workers' stderr lines go
     /// (default: the same sink as everything else). A terminal wants worker
     /// stdout on fd 1 and the rest on fd 2, as the processes wrote it.
+    ///
+    /// It has a queue and writer thread of its own, with its own
+    /// back-pressure, [`stall_timeout`](Self::stall_timeout) and drops: a
+    /// main sink that stops taking lines (a stdout nobody reads) never holds
+    /// up or drops these, nor the other way round. The two threads write
+    /// independently: give this one a sink that keeps whole lines whole
+    /// against the other's writes, as for [`arbiter_sink`](Self::arbiter_sink)
+    /// — except [`Sink::stdout`] and [`Sink::stderr`] onto one file
+    /// (`2>&1`), which share one thread.
     pub fn stderr_sink(mut self, sink: Sink) -> Self {
         self.stderr_sink = Some(sink);
         self
@@ -167,9 +177,10 @@ impl CaptureBuilder {
         self
     }
 
-    /// Bound of the queue to the writer thread, in bytes (default
-    /// [`DEFAULT_QUEUE_BYTES`]). When it is full the arbiter stops reading
-    /// worker pipes until it is half empty (or drops, when [`lossy`](Self::lossy)).
+    /// Bound of the queue to a writer thread, in bytes (default
+    /// [`DEFAULT_QUEUE_BYTES`]; each sink's queue has it). When it is full
+    /// the arbiter stops reading the worker pipes that feed it until it is
+    /// half empty (or drops, when [`lossy`](Self::lossy)).
     pub fn queue_bytes(mut self, bytes: usize) -> Self {
         self.queue_bytes = bytes;
         self
@@ -187,11 +198,16 @@ impl CaptureBuilder {
         self
     }
 
-    /// Lossless, but not for ever: once the sink has taken nothing for this
-    /// long while the queue is full (a log reader that stopped reading, a
-    /// full FIFO), drop worker output, counted and reported as in
-    /// [`lossy`](Self::lossy) mode, instead of holding the workers up; as
-    /// soon as the sink takes something, lossless again (default `None`:
+    /// Lossless, but not for ever: once a sink has taken nothing for this
+    /// long while its queue is full (a log reader that stopped reading, a
+    /// full FIFO), drop the worker output bound for it, counted and reported
+    /// as in [`lossy`](Self::lossy) mode, instead of holding the workers up;
+    /// as soon as the sink takes something, lossless again. Each sink on its
+    /// own: a stalled stdout drops only stdout (the warning says `the output
+    /// sink took nothing for 10.0s: dropping the workers' output (counted)
+    /// until it takes some`, or `the stderr sink …: dropping the workers'
+    /// stderr …`), never the lines of a [`stderr_sink`](Self::stderr_sink)
+    /// that takes them (default `None`:
     /// hold them up for as long as the sink does). The sink is handed at
     /// most 64 KiB per write call (whole lines; more only for one read of a
     /// worker's pipe bigger than that) and every call it finishes counts, so
@@ -240,18 +256,20 @@ impl CaptureBuilder {
         self
     }
 
-    /// How long the end of `run` waits for the writer to hand everything to
-    /// the sink (default `None`: until it is done, so nothing is lost; a
-    /// duration too large for `Instant` also means that). With a limit, what
-    /// is left when it passes is abandoned to the writer thread, which goes
-    /// on until the process exits: it is counted in
+    /// How long the end of `run` waits for the writers to hand everything
+    /// to their sinks (default `None`: until they are done, so nothing is
+    /// lost; a duration too large for `Instant` also means that). Every
+    /// writer finishes at the same time, within this one wait. With a limit,
+    /// what is left when it passes is abandoned to the writer threads, which
+    /// go on until the process exits: it is counted in
     /// [`Counters::abandoned_bytes`] and reported once (`the output sink did
-    /// not take the last N bytes within 5.0s; they are dropped`, and `(M
-    /// bytes in all were dropped before, while it stalled)` when a stall
-    /// dropped output earlier: the notices saying so may be among what is
-    /// abandoned): as a warning of target `ufork_io` carrying the keys
-    /// `abandoned_bytes` and `dropped_bytes` (the run's
-    /// [`Counters::dropped_bytes`]) when
+    /// not take the last N bytes within 5.0s; they are dropped` — `the
+    /// stderr sink`, or `the output and stderr sinks`, when those did not
+    /// finish — and `(M bytes in all were dropped before, while it stalled)`
+    /// when a stall of those sinks dropped output earlier: the notices
+    /// saying so may be among what is abandoned): as a warning of target
+    /// `ufork_io` carrying the keys `abandoned_bytes` and `dropped_bytes`
+    /// (M: what the sinks that did not finish dropped during the run) when
     /// the program's logger takes it (so that a program can say it its own
     /// way), else straight on stderr if that takes the line at once.
     pub fn flush_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
@@ -298,29 +316,40 @@ impl CaptureBuilder {
         } else {
             (self.prefix, self.format)
         };
-        let queue = Arc::new(Queue::new(
-            self.sink,
-            self.stderr_sink,
-            self.queue_bytes,
-            self.line_per_write,
-            wake_w,
-        ));
-        let writer = crate::sink::spawn_writer(Arc::clone(&queue)).map_err(Error::SpawnWriter)?;
+        // The stderr sink gets a queue and writer of its own, so that a
+        // stalled stdout neither holds up nor drops its lines (and the other
+        // way round); it shares the main one only when both are the
+        // arbiter's fds and those are one file (`2>&1`): two writers would
+        // splice long lines there, and one stalled is both stalled anyway.
+        // Without split streams and with an arbiter sink it would get
+        // nothing.
+        let quiet = self.sink.is_stderr() || self.stderr_sink.as_ref().is_some_and(Sink::is_stderr);
+        let (shared_err, err_sink) = match self.stderr_sink {
+            Some(err) if self.sink.same_file(&err) => (Some(err), None),
+            Some(_) if !self.split_streams && self.arbiter_sink.is_some() => (None, None),
+            err => (None, err),
+        };
+        let (per_line, bytes) = (self.line_per_write, self.queue_bytes);
+        let mut lanes = Vec::new();
+        let out = Queue::new(self.sink, shared_err, bytes, per_line, wake_w);
+        let counters = Arc::clone(&out.counters);
+        let wake = |lanes: &Vec<Lane>| lanes[0].queue.wake_w.try_clone().map_err(Error::Pipe);
+        lanes.push(Lane::start(out, &counters, !quiet)?);
+        if let Some(sink) = err_sink {
+            let err = Queue::new(sink, None, bytes, per_line, wake(&lanes)?);
+            lanes.push(Lane::start(err, &counters, !quiet)?);
+        }
         let arbiter = match self.arbiter_sink {
             Some(sink) => {
-                let wake_w = queue.wake_w.try_clone().map_err(Error::Pipe)?;
-                let mut own = Queue::new(sink, None, self.queue_bytes, self.line_per_write, wake_w);
-                own.counters = Arc::clone(&queue.counters);
-                let own = Arc::new(own);
-                let writer =
-                    crate::sink::spawn_writer(Arc::clone(&own)).map_err(Error::SpawnWriter)?;
-                Some((own, writer))
+                let own = Queue::new(sink, None, bytes, per_line, wake(&lanes)?);
+                let report = own.report_to_stderr;
+                let Lane { queue, writer, .. } = Lane::start(own, &counters, report)?;
+                Some((queue, writer.expect("a started lane has its writer")))
             }
             None => None,
         };
         Ok(Capture {
-            queue,
-            writer: Some(writer),
+            lanes,
             arbiter,
             wake_r,
             wake_token: None,
@@ -338,9 +367,6 @@ impl CaptureBuilder {
             prepared: None,
             workers: Vec::new(),
             tokens: HashMap::new(),
-            paused: false,
-            paused_since: None,
-            overflowing: None,
             notices_due: false,
             ready: Vec::new(),
             scratch: vec![
@@ -357,8 +383,10 @@ impl CaptureBuilder {
 ///
 /// See the [crate documentation](crate) for what it does and why.
 pub struct Capture {
-    queue: Arc<Queue>,
-    writer: Option<JoinHandle<()>>,
+    /// The workers' sinks: [`OUT`] (the main sink: stdout, or both streams),
+    /// and [`ERR`] with a [`stderr_sink`](CaptureBuilder::stderr_sink) of
+    /// its own (which also takes the arbiter's lines, unless they have theirs).
+    lanes: Vec<Lane>,
     /// The arbiter's own queue and writer, with an [`arbiter_sink`](CaptureBuilder::arbiter_sink).
     arbiter: Option<(Arc<Queue>, JoinHandle<()>)>,
     wake_r: OwnedFd,
@@ -378,14 +406,6 @@ pub struct Capture {
     workers: Vec<Option<WorkerIo>>,
     /// Token to (slot, pipe index); [`STDIN`] as the index for a stdin pipe.
     tokens: HashMap<Token, (usize, usize)>,
-    paused: bool,
-    /// Since when the queue has been full, and the sink's progress count
-    /// then.
-    paused_since: Option<(Instant, u64)>,
-    /// Dropping because the sink stalled past the stall timeout: its
-    /// progress count when that began (any other count means the sink took
-    /// something, and the capture is lossless again).
-    overflowing: Option<u64>,
     notices_due: bool,
     scratch: Vec<u8>,
     /// Pipes poll reported readable, to be read in [`Layer::tick`].
@@ -405,6 +425,49 @@ enum PipeRead {
 }
 
 const STDIN: usize = usize::MAX;
+
+/// The main sink's lane.
+const OUT: usize = 0;
+/// The stderr sink's lane, when it has one.
+const ERR: usize = 1;
+
+/// One sink's queue and writer thread, and what the arbiter knows of it:
+/// back-pressure and the stall timeout apply per lane, so a stalled sink
+/// pauses (or drops) only the pipes that feed it.
+struct Lane {
+    queue: Arc<Queue>,
+    writer: Option<JoinHandle<()>>,
+    /// The queue is full: the pipes feeding it are not polled.
+    paused: bool,
+    /// Since when the queue has been full, and the sink's progress count
+    /// then.
+    paused_since: Option<(Instant, u64)>,
+    /// Dropping because the sink stalled past the stall timeout: its
+    /// progress count when that began (any other count means the sink took
+    /// something, and the lane is lossless again).
+    overflowing: Option<u64>,
+}
+
+impl Lane {
+    /// Starts the writer of `queue`, which counts into `counters`.
+    fn start(
+        mut queue: Queue,
+        counters: &Arc<CounterCells>,
+        report_to_stderr: bool,
+    ) -> Result<Self> {
+        queue.counters = Arc::clone(counters);
+        queue.report_to_stderr = report_to_stderr;
+        let queue = Arc::new(queue);
+        let writer = crate::sink::spawn_writer(Arc::clone(&queue)).map_err(Error::SpawnWriter)?;
+        Ok(Self {
+            queue,
+            writer: Some(writer),
+            paused: false,
+            paused_since: None,
+            overflowing: None,
+        })
+    }
+}
 
 /// Pipes made before a fork: (read, write) each.
 struct Prepared {
@@ -430,6 +493,8 @@ struct PipeIo {
     asm: Assembler,
     /// Bytes dropped (lossy mode) and not reported yet.
     dropped: u64,
+    /// The lane of the sink its lines go to.
+    lane: usize,
 }
 
 impl fmt::Debug for Capture {
@@ -439,7 +504,7 @@ impl fmt::Debug for Capture {
             .field("split", &self.split)
             .field("max_line", &self.max_line)
             .field("lossy", &self.lossy)
-            .field("queue", &self.queue)
+            .field("queue", &self.lanes[OUT].queue)
             .finish_non_exhaustive()
     }
 }
@@ -468,7 +533,7 @@ impl Capture {
 
     /// Live counters: lines and bytes written, bytes dropped, write errors.
     pub fn counters(&self) -> Counters {
-        Counters(Arc::clone(&self.queue.counters))
+        Counters(Arc::clone(&self.lanes[OUT].queue.counters))
     }
 
     /// A handle to write to workers' stdin, when built with
@@ -482,7 +547,9 @@ impl Capture {
     /// A [`log::Log`] that puts the arbiter's records in this capture's
     /// sink, between whole worker lines. Install it yourself.
     pub fn logger(&self) -> ArbiterLog {
-        let queue = self.arbiter.as_ref().map_or(&self.queue, |(own, _)| own);
+        // Its own queue, else the stderr sink's, else the only one.
+        let errors = &self.lanes[self.lanes.len() - 1].queue;
+        let queue = self.arbiter.as_ref().map_or(errors, |(own, _)| own);
         ArbiterLog {
             queue: Arc::clone(queue),
             prefix: "[arbiter] ".to_owned(),
@@ -508,7 +575,8 @@ impl Capture {
         fd: OwnedFd,
         stream: Stream,
     ) -> PipeIo {
-        let interest = if self.paused {
+        let lane = self.lane_of(stream);
+        let interest = if self.lanes[lane].paused {
             Interest::default()
         } else {
             Interest::READABLE
@@ -531,7 +599,26 @@ impl Capture {
             slot_pid: slot_pid.into_bytes(),
             asm: Assembler::new(self.max_line),
             dropped: 0,
+            lane,
         }
+    }
+
+    /// The lane of the sink a stream's lines go to.
+    fn lane_of(&self, stream: Stream) -> usize {
+        match stream {
+            Stream::Stderr if self.lanes.len() > ERR => ERR,
+            _ => OUT,
+        }
+    }
+
+    /// Whether the pipe at `index` of the worker in `slot` feeds a full
+    /// queue (false if it is closed).
+    fn feeds_paused(&self, slot: usize, index: usize) -> bool {
+        let pipe = self.workers.get(slot).and_then(Option::as_ref);
+        let pipe = pipe
+            .and_then(|w| w.pipes.get(index))
+            .and_then(Option::as_ref);
+        pipe.is_some_and(|p| self.lanes[p.lane].paused)
     }
 
     /// Reads a dead worker's pipe to the end (or to what its grandchildren
@@ -550,19 +637,25 @@ impl Capture {
     /// Reads the pipes poll reported, round and round, each until it is
     /// empty: a worker whose read woke it refills its pipe while the others
     /// are read, and is read again in the same wake-up of the arbiter
-    /// instead of the next. Stops when the queue is full (back-pressure) or
-    /// after [`BYTES_PER_EVENT`] per pipe on average; what is left is
-    /// reported by the next poll.
+    /// instead of the next. Leaves a pipe whose sink's queue is full
+    /// (back-pressure), and stops after [`BYTES_PER_EVENT`] per pipe on
+    /// average; what is left is reported by the next poll.
     fn sweep(&mut self, ctx: &mut Context<'_>) {
         let mut active = std::mem::take(&mut self.ready);
         let mut budget = BYTES_PER_EVENT.saturating_mul(active.len());
         'rounds: while !active.is_empty() {
             let mut i = 0;
             while i < active.len() {
-                if self.paused || budget == 0 {
+                if budget == 0 {
                     break 'rounds;
                 }
                 let (slot, index) = active[i];
+                if self.feeds_paused(slot, index) {
+                    // Its sink's queue is full: back-pressure on this pipe
+                    // only (read again once the lane resumes).
+                    active.remove(i);
+                    continue;
+                }
                 match self.read_once(slot, index, false, ctx) {
                     PipeRead::Data(n) => {
                         budget = budget.saturating_sub(n);
@@ -596,17 +689,13 @@ impl Capture {
             scratch,
             prefix,
             format,
-            queue,
+            lanes,
             ..
         } = self;
-        let Some(pipe) = workers
-            .get_mut(slot)
-            .and_then(Option::as_mut)
-            .and_then(|w| w.pipes.get_mut(index))
-            .and_then(Option::as_mut)
-        else {
+        let Some(pipe) = pipe_in(workers, slot, index) else {
             return PipeRead::Gone;
         };
+        let queue = &lanes[pipe.lane].queue;
         let n = loop {
             match rustix::io::read(&pipe.fd, &mut scratch[..]) {
                 Ok(0) => return PipeRead::Closed,
@@ -635,38 +724,33 @@ impl Capture {
         if chunk.lines == 0 {
             return;
         }
-        let queue = Arc::clone(&self.queue);
-        let mut state = queue.lock();
         let Self {
             workers,
             prefix,
             format,
             notices_due,
             lossy,
-            paused,
-            overflowing,
+            lanes,
             ..
         } = self;
+        let Some(pipe) = pipe_in(workers, slot, index) else {
+            return;
+        };
+        let lane = pipe.lane;
+        let Lane {
+            queue, overflowing, ..
+        } = &mut lanes[lane];
+        let queue = Arc::clone(queue);
+        let mut state = queue.lock();
         let progress = queue.progress.load(Ordering::Relaxed);
         if overflowing.is_some_and(|mark| mark != progress) {
             // The sink took something: lossless again.
             *overflowing = None;
         }
         let dropping = *lossy || overflowing.is_some();
-        let Some(pipe) = workers
-            .get_mut(slot)
-            .and_then(Option::as_mut)
-            .and_then(|w| w.pipes.get_mut(index))
-            .and_then(Option::as_mut)
-        else {
-            return;
-        };
         if dropping && !force && state.bytes >= queue.capacity {
             pipe.dropped += content;
-            queue
-                .counters
-                .dropped_bytes
-                .fetch_add(content, Ordering::Relaxed);
+            queue.count_dropped(content);
             *notices_due = true;
             // The notice goes out once the queue has room: have the writer
             // wake the arbiter then, in case no pipe does.
@@ -678,27 +762,30 @@ impl Capture {
             queue.push(&mut state, notice);
         }
         queue.push(&mut state, chunk);
-        if !dropping && !*paused && state.bytes >= queue.capacity {
+        if !dropping && !lanes[lane].paused && state.bytes >= queue.capacity {
             state.want_wake = true;
             drop(state);
-            self.set_paused(true, ctx);
-            self.paused_since = Some((Instant::now(), progress));
+            self.set_paused(lane, true, ctx);
+            self.lanes[lane].paused_since = Some((Instant::now(), progress));
         }
     }
 
-    fn set_paused(&mut self, paused: bool, ctx: &mut Context<'_>) {
-        self.paused = paused;
+    /// Stops (or resumes) polling the pipes that feed a lane.
+    fn set_paused(&mut self, lane: usize, paused: bool, ctx: &mut Context<'_>) {
+        self.lanes[lane].paused = paused;
         if !paused {
-            self.paused_since = None;
+            self.lanes[lane].paused_since = None;
         }
         let interest = if paused {
             Interest::default()
         } else {
             Interest::READABLE
         };
-        for (&token, &(_, index)) in &self.tokens {
-            if index != STDIN {
-                ctx.reregister(token, interest);
+        for worker in self.workers.iter().flatten() {
+            for pipe in worker.pipes.iter().flatten() {
+                if pipe.lane == lane {
+                    ctx.reregister(pipe.token, interest);
+                }
             }
         }
     }
@@ -717,13 +804,14 @@ impl Capture {
         ctx.deregister(pipe.token);
         self.tokens.remove(&pipe.token);
         let (chunk, _) = assemble(&mut pipe, &self.prefix, self.format, &[], true, Vec::new());
-        let mut state = self.queue.lock();
+        let queue = &self.lanes[pipe.lane].queue;
+        let mut state = queue.lock();
         if pipe.dropped > 0 {
             let notice = notice(&mut pipe, &self.prefix, self.format);
-            self.queue.push(&mut state, notice);
+            queue.push(&mut state, notice);
         }
         if chunk.lines > 0 {
-            self.queue.push(&mut state, chunk);
+            queue.push(&mut state, chunk);
         }
     }
 
@@ -747,52 +835,76 @@ impl Capture {
     /// nothing meanwhile: drop instead of holding the workers up (see
     /// [`CaptureBuilder::stall_timeout`]). It took something: it is slow,
     /// not stalled; the wait starts again.
+    /// Each lane on its own: a stalled stdout drops only stdout.
     fn check_stall(&mut self, ctx: &mut Context<'_>) {
-        let (Some(limit), Some((since, mark))) = (self.stall_timeout, self.paused_since) else {
+        let Some(limit) = self.stall_timeout else {
             return;
         };
-        if since.elapsed() < limit {
-            return;
+        for lane in 0..self.lanes.len() {
+            let Lane {
+                queue,
+                paused_since,
+                overflowing,
+                ..
+            } = &mut self.lanes[lane];
+            let Some((since, mark)) = *paused_since else {
+                continue;
+            };
+            if since.elapsed() < limit {
+                continue;
+            }
+            let progress = queue.progress.load(Ordering::Relaxed);
+            if progress != mark {
+                *paused_since = Some((Instant::now(), progress));
+                continue;
+            }
+            // Told when the sink takes something: the drop notices go out
+            // then.
+            queue.lock().want_wake = true;
+            *overflowing = Some(mark);
+            let (sink, output) = match lane {
+                ERR => ("stderr sink", "stderr"),
+                _ => ("output sink", "output"),
+            };
+            log::warn!(
+                "the {sink} took nothing for {:.1}s: dropping the workers' {output} (counted) until it takes some",
+                limit.as_secs_f64()
+            );
+            self.set_paused(lane, false, ctx);
         }
-        let progress = self.queue.progress.load(Ordering::Relaxed);
-        if progress != mark {
-            self.paused_since = Some((Instant::now(), progress));
-            return;
-        }
-        // Told when the sink takes something: the drop notices go out then.
-        self.queue.lock().want_wake = true;
-        log::warn!(
-            "the output sink took nothing for {:.1}s: dropping the workers' output (counted) until it takes some",
-            limit.as_secs_f64()
-        );
-        self.overflowing = Some(mark);
-        self.set_paused(false, ctx);
     }
 
     /// Reports drops (lossy mode) once the queue has room again; while it
     /// has none, the writer is asked to wake the arbiter when it has.
     fn report_drops(&mut self) {
-        let queue = Arc::clone(&self.queue);
-        let mut state = queue.lock();
         let mut still_due = false;
         for worker in self.workers.iter_mut().flatten() {
             for pipe in worker.pipes.iter_mut().flatten() {
                 if pipe.dropped == 0 {
                     continue;
                 }
+                let queue = &self.lanes[pipe.lane].queue;
+                let mut state = queue.lock();
                 if state.bytes >= queue.capacity {
                     still_due = true;
+                    state.want_wake = true;
                 } else {
                     let notice = notice(pipe, &self.prefix, self.format);
                     queue.push(&mut state, notice);
                 }
             }
         }
-        if still_due {
-            state.want_wake = true;
-        }
         self.notices_due = still_due;
     }
+}
+
+/// The pipe at `index` of the worker in `slot`, if it is open.
+fn pipe_in(workers: &mut [Option<WorkerIo>], slot: usize, index: usize) -> Option<&mut PipeIo> {
+    workers
+        .get_mut(slot)
+        .and_then(Option::as_mut)
+        .and_then(|w| w.pipes.get_mut(index))
+        .and_then(Option::as_mut)
 }
 
 /// The pipe size to ask for when none was set: [`UNBUDGETED_PIPE_SIZE`]
@@ -979,12 +1091,13 @@ impl Layer for Capture {
         } else {
             None
         };
-        self.queue.begin_fork()?;
-        if let Some((own, _)) = &self.arbiter
-            && let Err(e) = own.begin_fork()
-        {
-            self.queue.end_fork();
-            return Err(e);
+        // Every writer thread is kept out of a log sink across the fork.
+        let queues: Vec<&Arc<Queue>> = self.queues().collect();
+        for (gated, queue) in queues.iter().enumerate() {
+            if let Err(e) = queue.begin_fork() {
+                queues[..gated].iter().for_each(|q| q.end_fork());
+                return Err(e);
+            }
         }
         self.prepared = Some(Prepared {
             slot,
@@ -1104,11 +1217,15 @@ impl Layer for Capture {
         if Some(token) == self.wake_token {
             let mut buf = [0u8; 64];
             while matches!(rustix::io::read(&self.wake_r, &mut buf), Ok(n) if n > 0) {}
-            if self.paused {
-                let mut state = self.queue.lock();
-                if state.bytes < self.queue.capacity {
+            for lane in 0..self.lanes.len() {
+                if !self.lanes[lane].paused {
+                    continue;
+                }
+                let queue = &self.lanes[lane].queue;
+                let mut state = queue.lock();
+                if state.bytes < queue.capacity {
                     drop(state);
-                    self.set_paused(false, ctx);
+                    self.set_paused(lane, false, ctx);
                 } else {
                     state.want_wake = true;
                 }
@@ -1124,8 +1241,8 @@ impl Layer for Capture {
             }
             return;
         }
-        if self.paused && (readiness.hangup || readiness.error) {
-            // The worker closed this output while the queue is full. Poll
+        if self.feeds_paused(slot, index) && (readiness.hangup || readiness.error) {
+            // The worker closed this output while its queue is full. Poll
             // reports a hang-up whatever interest is set, so a pipe left
             // open would wake the arbiter again at once, over and over,
             // until the sink drains. Read what is left, as for a worker
@@ -1171,47 +1288,70 @@ impl Layer for Capture {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let (since, _) = self.paused_since?;
-        since.checked_add(self.stall_timeout?)
+        let stall = self.stall_timeout?;
+        self.lanes
+            .iter()
+            .filter_map(|lane| lane.paused_since?.0.checked_add(stall))
+            .min()
     }
 
     fn stopped(&mut self) {
         if self.notices_due {
             self.notices_due = false;
-            let mut state = self.queue.lock();
             for worker in self.workers.iter_mut().flatten() {
                 for pipe in worker.pipes.iter_mut().flatten() {
                     if pipe.dropped > 0 {
+                        let queue = &self.lanes[pipe.lane].queue;
                         let notice = notice(pipe, &self.prefix, self.format);
-                        self.queue.push(&mut state, notice);
+                        queue.push(&mut queue.lock(), notice);
                     }
                 }
             }
         }
         let began = Instant::now();
         let timeout = self.final_flush_timeout();
+        let deadline = timeout.and_then(|t| began.checked_add(t));
+        let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // Every writer finishes at once, each at its own sink's pace, within
+        // one budget: a stalled sink holds up none of the others.
+        self.queues().for_each(|queue| queue.close());
         // The arbiter's own lines first: they must not wait for a stalled
-        // sink of the workers' (that one's wait is bounded below).
-        if let Some((own, writer)) = self.arbiter.take() {
-            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-            if own.close_and_wait(timeout) {
-                let _ = writer.join();
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            self.flush_workers(left, began);
-        } else {
-            self.flush_workers(timeout, began);
+        // sink of the workers' (whose wait is bounded below).
+        if let Some((own, writer)) = self.arbiter.take()
+            && own.close_and_wait(left())
+        {
+            let _ = writer.join();
         }
+        let mut abandoned = [0; 2];
+        let mut dropped = 0;
+        for (lane, left_over) in self.lanes.iter_mut().zip(&mut abandoned) {
+            if lane.queue.close_and_wait(left()) {
+                if let Some(writer) = lane.writer.take() {
+                    let _ = writer.join();
+                }
+            } else {
+                lane.writer = None;
+                *left_over = lane.queue.queued();
+                // Drops made earlier while the sink stalled are told by
+                // notice lines in its output, the ones still queued
+                // abandoned with the rest: the report counts them too.
+                dropped += lane.queue.dropped.load(Ordering::Relaxed);
+            }
+        }
+        self.report_abandoned(abandoned, dropped, began);
     }
 }
 
 impl Capture {
-    /// Ends the fork gate of both queues.
+    /// Every queue: the workers' sinks' and the arbiter's own.
+    fn queues(&self) -> impl Iterator<Item = &Arc<Queue>> {
+        let lanes = self.lanes.iter().map(|lane| &lane.queue);
+        lanes.chain(self.arbiter.as_ref().map(|(own, _)| own))
+    }
+
+    /// Ends the fork gate of every queue.
     fn end_fork(&self) {
-        self.queue.end_fork();
-        if let Some((own, _)) = &self.arbiter {
-            own.end_fork();
-        }
+        self.queues().for_each(|queue| queue.end_fork());
     }
 
     /// How long the final flush may wait: `flush_timeout`, and no later than
@@ -1229,56 +1369,56 @@ impl Capture {
         }
     }
 
-    /// Flushes the workers' queue, waiting at most `timeout`, and reports
-    /// what it had to abandon (the final flush `began` then).
-    fn flush_workers(&mut self, timeout: Option<Duration>, began: Instant) {
-        if self.queue.close_and_wait(timeout) {
-            if let Some(writer) = self.writer.take() {
-                let _ = writer.join();
-            }
+    /// Reports what the final flush (which `began` then) abandoned of each
+    /// lane's queue (`[out, err]` bytes), and the `dropped` bytes the
+    /// stalls of those sinks dropped before.
+    fn report_abandoned(&self, abandoned: [usize; 2], dropped: u64, began: Instant) {
+        let left = abandoned[OUT] + abandoned[ERR];
+        if left == 0 {
+            return;
+        }
+        self.lanes[OUT]
+            .queue
+            .counters
+            .abandoned_bytes
+            .fetch_add(left as u64, Ordering::Relaxed);
+        let sinks = match abandoned.map(|bytes| bytes > 0) {
+            [true, true] => "the output and stderr sinks",
+            [false, true] => "the stderr sink",
+            _ => "the output sink",
+        };
+        let report = abandoned_report(sinks, left, began.elapsed(), dropped);
+        // Said once: to the program's logger if it takes it, else on stderr
+        // if that takes the line now (a blocking write could hang the stop
+        // on the very stderr that stalled).
+        if log::log_enabled!(target: "ufork_io", log::Level::Warn) {
+            let (abandoned_bytes, dropped_bytes) = (left as u64, dropped);
+            log::warn!(target: "ufork_io", abandoned_bytes, dropped_bytes; "{report}");
         } else {
-            let left = self.queue.queued();
-            self.writer = None;
-            self.queue
-                .counters
-                .abandoned_bytes
-                .fetch_add(left as u64, Ordering::Relaxed);
-            // Drops made earlier while the sink stalled are told by notice
-            // lines in the output, the ones still queued abandoned with the
-            // rest: the report counts them too.
-            let dropped_bytes = self.queue.counters.dropped_bytes.load(Ordering::Relaxed);
-            let report = abandoned_report(left, began.elapsed(), dropped_bytes);
-            // Said once: to the program's logger if it takes it, else on
-            // stderr if that takes the line now (a blocking write could
-            // hang the stop on the very stderr that stalled).
-            if log::log_enabled!(target: "ufork_io", log::Level::Warn) {
-                let abandoned_bytes = left as u64;
-                log::warn!(target: "ufork_io", abandoned_bytes, dropped_bytes; "{report}");
-            } else {
-                crate::sink::try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
-            }
+            crate::sink::try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
         }
     }
 }
 
-/// What the final flush says of the `bytes` it abandoned after `waited`,
-/// and of the `dropped` bytes of the run dropped before while the sink
-/// stalled.
-fn abandoned_report(bytes: usize, waited: Duration, dropped: u64) -> String {
+/// What the final flush says of the `bytes` it abandoned after `waited`
+/// to the `sinks` that did not take them, and of the `dropped` bytes of the
+/// run those sinks dropped before while they stalled.
+fn abandoned_report(sinks: &str, bytes: usize, waited: Duration, dropped: u64) -> String {
     let mut report = if waited < Duration::from_millis(50) {
         // Nothing left of the stop's budget: "within 0.0s" would say nothing.
         format!(
-            "the output sink did not take the last {bytes} bytes before the stop's time ran out; they are dropped"
+            "{sinks} did not take the last {bytes} bytes before the stop's time ran out; they are dropped"
         )
     } else {
         format!(
-            "the output sink did not take the last {bytes} bytes within {:.1}s; they are dropped",
+            "{sinks} did not take the last {bytes} bytes within {:.1}s; they are dropped",
             waited.as_secs_f64()
         )
     };
     if dropped > 0 {
+        let it = if sinks.ends_with('s') { "they" } else { "it" };
         report.push_str(&format!(
-            " ({dropped} bytes in all were dropped before, while it stalled)"
+            " ({dropped} bytes in all were dropped before, while {it} stalled)"
         ));
     }
     report
@@ -1287,14 +1427,13 @@ fn abandoned_report(bytes: usize, waited: Duration, dropped: u64) -> String {
 impl Drop for Capture {
     fn drop(&mut self) {
         // Dropped without `run` ending (never run, or `run` failed): let the
-        // writer finish what it has and end on its own.
-        if self.writer.is_some() && self.queue.in_owner() {
-            self.queue.close_and_wait(Some(Duration::ZERO));
-        }
-        if let Some((own, _)) = &self.arbiter
-            && own.in_owner()
-        {
-            own.close_and_wait(Some(Duration::ZERO));
+        // writers finish what they have and end on their own.
+        let running = self.lanes.iter().filter(|lane| lane.writer.is_some());
+        let running = running.map(|lane| &lane.queue);
+        for queue in running.chain(self.arbiter.as_ref().map(|(own, _)| own)) {
+            if queue.in_owner() {
+                queue.close();
+            }
         }
     }
 }
@@ -1327,17 +1466,22 @@ mod tests {
 
     #[test]
     fn the_final_flush_says_how_long_it_waited_or_that_no_time_was_left() {
+        let out = "the output sink";
         assert_eq!(
-            abandoned_report(4096, Duration::from_millis(3_960), 0),
+            abandoned_report(out, 4096, Duration::from_millis(3_960), 0),
             "the output sink did not take the last 4096 bytes within 4.0s; they are dropped"
         );
         assert_eq!(
-            abandoned_report(10, Duration::ZERO, 0),
+            abandoned_report(out, 10, Duration::ZERO, 0),
             "the output sink did not take the last 10 bytes before the stop's time ran out; they are dropped"
         );
         assert_eq!(
-            abandoned_report(10, Duration::ZERO, 777),
+            abandoned_report(out, 10, Duration::ZERO, 777),
             "the output sink did not take the last 10 bytes before the stop's time ran out; they are dropped (777 bytes in all were dropped before, while it stalled)"
+        );
+        assert_eq!(
+            abandoned_report("the output and stderr sinks", 10, Duration::from_secs(1), 7),
+            "the output and stderr sinks did not take the last 10 bytes within 1.0s; they are dropped (7 bytes in all were dropped before, while they stalled)"
         );
     }
 }

@@ -39,10 +39,11 @@
 //! non-blocking, and setting `O_NONBLOCK` on the arbiter's stdout would change
 //! it for every process sharing the terminal. So the arbiter's thread never
 //! writes to the sink: it queues whole lines (a bounded queue,
-//! [`CaptureBuilder::queue_bytes`]) for one writer thread. When the queue is
-//! full the arbiter stops polling the worker pipes (back-pressure: workers
-//! block in `write`), and the writer wakes it through a pipe registered in the
-//! loop once the queue is half empty. With [`CaptureBuilder::lossy`], lines
+//! [`CaptureBuilder::queue_bytes`]) for a writer thread. When the queue is
+//! full the arbiter stops polling the worker pipes that feed it
+//! (back-pressure: workers block in `write`), and the writer wakes it through
+//! a pipe registered in the loop once the queue is half empty. With
+//! [`CaptureBuilder::lossy`], lines
 //! are dropped instead and counted: the sink reads
 //! `[ufork-io: dropped 1234 bytes from worker 3 (pid 12345)]` where they were
 //! (`(pid 12345), stdout]` or `, stderr]` when the streams are split: each
@@ -65,19 +66,35 @@
 //! sink ([`Capture::logger`]); a warning that comes back into the sink and
 //! fails is only counted, so the report cannot feed itself.
 //!
-//! The thread makes the arbiter process multi-threaded while it forks. That
-//! is sound here because the child touches nothing the writer may hold: it
-//! only `dup2`s its pipe descriptors; the queue remembers the pid of the
+//! The threads make the arbiter process multi-threaded while it forks. That
+//! is sound here because the child touches nothing a writer may hold: it
+//! only `dup2`s its pipe descriptors; each queue remembers the pid of the
 //! process that built it, and [`ArbiterLog`] in any other process (a worker,
-//! whatever it forks) writes to its own stderr instead of taking the queue's
+//! whatever it forks) writes to its own stderr instead of taking a queue's
 //! lock; the stdout and stderr sinks write to fds 1 and 2 without std's stdio
-//! lock (which a worker's `println!` needs); and with the `log` sink, forks
-//! wait until the writer is out of the logger. The thread starts in
+//! lock (which a worker's `println!` needs); and with a `log` sink, forks
+//! wait until every writer is out of the logger. The threads start in
 //! [`CaptureBuilder::build`], before `run`.
+//!
+//! # A sink per stream, each with its own queue and thread
 //!
 //! [`CaptureBuilder::stderr_sink`] sends the arbiter's lines and the workers'
 //! stderr (with [`CaptureBuilder::split_streams`]) to a second sink, as a
-//! terminal wants them; one writer thread serves both.
+//! terminal wants them, through a queue and writer thread of its own
+//! ([`CaptureBuilder::arbiter_sink`] gives the arbiter's lines a third). So
+//! everything above holds per sink: a stdout nobody reads (`ufork serve
+//! --access-log - 2>err.log | (sleep 60)`) pauses only the workers' stdout
+//! pipes, and past the stall timeout drops only their stdout, while their
+//! stderr — tracebacks, errors — goes on reaching a stderr that takes it,
+//! whole and undropped; and the other way round. A drop notice goes to the
+//! sink of the stream whose lines were dropped. The two sinks are written
+//! independently, so their relative order is not kept (it was never
+//! defined between two pipes); when both are the arbiter's own fds
+//! ([`Sink::stdout`], [`Sink::stderr`]) onto one file (`2>&1`, one
+//! terminal), one writer serves both, so a line longer than `PIPE_BUF` is
+//! never spliced with another (and stdout stalled is then stderr stalled).
+//! Two writers given to [`Sink::writer`] that lead to one file must keep
+//! lines whole against each other's writes themselves.
 //!
 //! # Examples
 //!
@@ -128,11 +145,12 @@
 //! - With back-pressure (the default) a worker blocked on its full pipe cannot
 //!   react to SIGTERM until the sink catches up; a stop then ends with SIGKILL
 //!   at the graceful timeout, and what the worker wrote is still delivered.
-//! - At the end of `run`, the capture waits for the writer to hand everything
-//!   to the sink ([`CaptureBuilder::flush_timeout`] and
-//!   [`CaptureBuilder::stop_timeout`] bound the wait; the arbiter's own lines
-//!   go first, and with [`CaptureBuilder::arbiter_sink`] they never wait
-//!   behind the workers' output at all).
+//! - At the end of `run`, the capture waits for the writers to hand
+//!   everything to their sinks, all at once and each at its own sink's pace
+//!   ([`CaptureBuilder::flush_timeout`] and [`CaptureBuilder::stop_timeout`]
+//!   bound the whole wait; with a [`CaptureBuilder::stderr_sink`] the
+//!   workers' stderr never waits behind a stalled stdout, nor with
+//!   [`CaptureBuilder::arbiter_sink`] the arbiter's lines behind either).
 //! - Do not pass `std::io::stdout()`/`stderr()` to [`Sink::writer`] (use
 //!   [`Sink::stdout`]), nor a writer whose lock workers also take: the writer
 //!   thread may hold it at a fork, and the worker would inherit it locked.

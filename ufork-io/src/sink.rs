@@ -1,10 +1,10 @@
-//! Where captured lines go, and the writer thread that puts them there.
+//! Where captured lines go, and the writer threads that put them there.
 //!
-//! The arbiter's thread never writes to the sink: it hands whole lines to a
-//! bounded queue, and one writer thread empties the queue into the sink. A
-//! stalled sink therefore stalls only the writer; the arbiter notices the
-//! queue is full, stops reading worker pipes (back-pressure) and goes on
-//! supervising.
+//! The arbiter's thread never writes to a sink: it hands whole lines to a
+//! bounded queue per sink, and that sink's writer thread empties the queue
+//! into it. A stalled sink therefore stalls only its writer; the arbiter
+//! notices the queue is full, stops reading the worker pipes that feed it
+//! (back-pressure) and goes on supervising, and on feeding the other sinks.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -129,6 +129,35 @@ impl Sink {
     pub(crate) fn is_log(&self) -> bool {
         matches!(self.kind, SinkKind::Log { .. })
     }
+
+    pub(crate) fn is_stderr(&self) -> bool {
+        matches!(self.kind, SinkKind::Fd(Std::Err(_)))
+    }
+
+    /// Whether both are raw descriptors writing into one stream of bytes (the
+    /// arbiter's fds 1 and 2 as one pipe, socket or file, `2>&1`; or one
+    /// terminal), where two writer threads could splice a line longer than
+    /// `PIPE_BUF` with another.
+    pub(crate) fn same_file(&self, other: &Self) -> bool {
+        match (&self.kind, &other.kind) {
+            (SinkKind::Fd(a), SinkKind::Fd(b)) => one_file(a.fd(), b.fd()),
+            _ => false,
+        }
+    }
+}
+
+/// Whether writes to `a` and `b` land in one stream of bytes: one pipe,
+/// socket or file (one inode, even opened twice), or one terminal through
+/// two device nodes. `/dev/null` is one file too, harmlessly.
+fn one_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    use rustix::fs::{FileType, fstat};
+    let (Ok(a), Ok(b)) = (fstat(a), fstat(b)) else {
+        return false;
+    };
+    let device =
+        |st: &rustix::fs::Stat| FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice;
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        || (device(&a) && device(&b) && a.st_rdev == b.st_rdev)
 }
 
 /// One batch of whole lines (each ending in `\n`) from one origin.
@@ -237,6 +266,13 @@ pub(crate) struct Queue {
     pub(crate) wake_w: OwnedFd,
     pub(crate) capacity: usize,
     pub(crate) counters: Arc<CounterCells>,
+    /// Bytes dropped from this queue (the counters add up every queue's):
+    /// what the final flush says a stalled sink dropped before.
+    pub(crate) dropped: AtomicU64,
+    /// Whether failed writes are also reported straight on fd 2: not when
+    /// stderr is a sink of the capture (where the report would go anyway,
+    /// through the logger, or fail again).
+    pub(crate) report_to_stderr: bool,
     /// Goes up whenever this queue's sinks take bytes (every write call
     /// that took some) and after every batch handed to them (written or
     /// failed): what tells a stalled sink from a slow one. Per queue, unlike
@@ -349,6 +385,7 @@ impl Queue {
         wake_w: OwnedFd,
     ) -> Self {
         let gate = sink.is_log() || err_sink.as_ref().is_some_and(Sink::is_log);
+        let report_to_stderr = !sink.is_stderr() && !err_sink.as_ref().is_some_and(Sink::is_stderr);
         let progress = Arc::new(AtomicU64::new(0));
         Self {
             state: Mutex::new(State::default()),
@@ -357,6 +394,8 @@ impl Queue {
             wake_w,
             capacity,
             counters: Arc::default(),
+            dropped: AtomicU64::new(0),
+            report_to_stderr,
             progress: Arc::clone(&progress),
             owner: rustix::process::getpid(),
             sink: Mutex::new(SinkState {
@@ -418,9 +457,7 @@ impl Queue {
             return;
         }
         if state.bytes > self.capacity.saturating_mul(4) {
-            self.counters
-                .dropped_bytes
-                .fetch_add(line.len() as u64, Ordering::Relaxed);
+            self.count_dropped(line.len() as u64);
             return;
         }
         self.push(
@@ -431,6 +468,14 @@ impl Queue {
                 lines: 1,
             },
         );
+    }
+
+    /// Counts `bytes` dropped from this queue.
+    pub(crate) fn count_dropped(&self, bytes: u64) {
+        self.dropped.fetch_add(bytes, Ordering::Relaxed);
+        self.counters
+            .dropped_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Before a fork: with a log sink, waits (briefly) until the writer is
@@ -464,6 +509,12 @@ impl Queue {
             self.lock().forking = false;
             self.changed.notify_all();
         }
+    }
+
+    /// Tells the writer to finish what is queued and end, without waiting.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.more.notify_all();
     }
 
     /// Tells the writer to finish what is queued and end; waits up to
@@ -531,9 +582,9 @@ impl Queue {
     }
 
     /// Reports failed sink writes if a report is due (or now, with `force`):
-    /// a warning through the `log` facade and, unless the sink is stderr
-    /// itself, a line on the arbiter's stderr — the logger may well write
-    /// into this very sink ([`Capture::logger`](crate::Capture::logger)).
+    /// a warning through the `log` facade and, unless stderr is one of the
+    /// capture's sinks, a line on the arbiter's stderr — the logger may well
+    /// write into this very sink ([`Capture::logger`](crate::Capture::logger)).
     ///
     /// Call it holding neither lock: the logger may queue a line. That line
     /// cannot start a loop: it is one more write (failing, it is counted for
@@ -543,16 +594,9 @@ impl Queue {
         if self.reporting.swap(true, Ordering::Acquire) {
             return;
         }
-        let due = {
-            let mut sink = self.lock_sink();
-            let to_stderr = !matches!(sink.kind, SinkKind::Fd(Std::Err(_)))
-                && !matches!(sink.err, Some(SinkKind::Fd(Std::Err(_))));
-            sink.failures
-                .take_report(Instant::now(), force)
-                .map(|report| (report, to_stderr))
-        };
-        if let Some((report, to_stderr)) = due {
-            if to_stderr {
+        let due = self.lock_sink().failures.take_report(Instant::now(), force);
+        if let Some(report) = due {
+            if self.report_to_stderr {
                 try_write_stderr(format!("ufork-io: {report}\n").as_bytes());
             }
             log::warn!(target: "ufork_io", "{report}");
@@ -1081,6 +1125,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn two_descriptors_are_one_file_when_their_writes_land_in_one_stream() {
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let dup = w.try_clone().unwrap();
+        let (_other_r, other) = rustix::pipe::pipe().unwrap();
+        assert!(one_file(w.as_fd(), dup.as_fd()), "one pipe (`2>&1`)");
+        assert!(!one_file(w.as_fd(), other.as_fd()), "two pipes");
+        let path = std::env::temp_dir().join(format!("ufork-io-one-file-{}", std::process::id()));
+        let log = std::fs::File::create(&path).unwrap();
+        let again = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert!(one_file(log.as_fd(), again.as_fd()), "`>log 2>>log`");
+        assert!(!one_file(log.as_fd(), w.as_fd()));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -1551,3 +1551,174 @@ fn formats_stamp_level_or_encode_worker_and_arbiter_lines() {
         }
     }
 }
+
+/// One worker floods one stream into a sink that is a pipe nobody reads
+/// until the stall timeout let the capture drop, then writes numbered lines
+/// to its other stream, whose sink reads: they all arrive while the stalled
+/// sink still takes nothing, and no drop notice is among them. The two
+/// sinks have a queue and a writer thread each, so one stalled stream
+/// neither holds up nor drops the other's lines; the warning names the
+/// stalled sink, and once its reader reads again the drop notice is there.
+/// `flooded_stderr`: stderr is the stream that stalls, stdout the one that
+/// flows.
+fn the_other_stream_flows_while_one_stalls(flooded_stderr: bool) {
+    const LINES: usize = 200;
+    let _lock = util::lock();
+    let warnings = logging::collect("ufork_io::capture");
+    // The stalled sink: a pipe whose reader never reads (a log reader that
+    // stopped), held open until the end of the test.
+    let (unread, stalled_end) = rustix::pipe::pipe().expect("pipe");
+    let stalled = Sink::writer(std::fs::File::from(stalled_end));
+    let flowing = MemorySink::new();
+    let (out, err) = if flooded_stderr {
+        (Sink::writer(flowing.clone()), stalled)
+    } else {
+        (stalled, Sink::writer(flowing.clone()))
+    };
+    let layer = Capture::builder()
+        .sink(out)
+        .stderr_sink(err)
+        .split_streams(true)
+        .stall_timeout(Duration::from_millis(200))
+        .queue_bytes(LOSSY_QUEUE)
+        .pipe_size(LOSSY_PIPE)
+        .flush_timeout(Duration::from_millis(100))
+        .build()
+        .expect("capture");
+    let counters = layer.counters();
+    let flooded = util::Signal::new();
+    let go = util::Signal::new();
+    let written = util::Signal::new();
+    let arbiter = pool(1).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    let watch = flowing.clone();
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _guard = util::StopOnPanic(handle.clone());
+            // The burst is far more than the stalled pipe, the queue and
+            // the worker's pipe hold: it ends only once the stall timeout
+            // passed and the capture drops instead of holding it up.
+            flooded.wait(1);
+            assert!(counters.dropped_bytes() > 0, "nothing dropped");
+            go.raise();
+            written.wait(1);
+            watch.wait_for(&format!("{LINES} lines of the other stream"), |b| {
+                lines_with(b, b"other ") >= LINES
+            });
+            let pending = rustix::io::ioctl_fionread(&unread).expect("FIONREAD");
+            assert!(pending > 0, "the stalled sink's pipe was read");
+            // Its reader reads again: the notice of what it dropped
+            // reaches it (and nothing of the other stream).
+            let (tx, rx) = mpsc::channel();
+            let reader = std::fs::File::from(unread.try_clone().expect("dup"));
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut reader = std::io::BufReader::new(reader);
+                let mut chunk = [0u8; 65536];
+                while let Ok(n @ 1..) = reader.read(&mut chunk) {
+                    if tx.send(chunk[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+            let deadline = Instant::now() + util::DEADLINE;
+            let mut read = Vec::new();
+            while !contains(&read, b"[ufork-io: dropped ") {
+                let left = deadline.saturating_duration_since(Instant::now());
+                read.extend(
+                    rx.recv_timeout(left)
+                        .expect("a drop notice in the stalled sink"),
+                );
+            }
+            assert!(
+                !contains(&read, b"] other "),
+                "the other stream in the stalled sink"
+            );
+            handle.stop();
+        });
+        arbiter
+            .run(|w| -> WorkerResult {
+                let line = "f".repeat(LOSSY_LINE - 11);
+                if flooded_stderr {
+                    let mut err = std::io::stderr().lock();
+                    for i in 0..LOSSY_LINES * 4 {
+                        writeln!(err, "{i:>9} {line}")?;
+                    }
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    for i in 0..LOSSY_LINES * 4 {
+                        writeln!(out, "{i:>9} {line}")?;
+                    }
+                }
+                flooded.raise();
+                go.wait(1);
+                for i in 0..LINES {
+                    if flooded_stderr {
+                        writeln!(std::io::stdout(), "other {i}")?;
+                    } else {
+                        writeln!(std::io::stderr(), "other {i}")?;
+                    }
+                }
+                written.raise();
+                idle(w);
+                Ok(())
+            })
+            .expect("run")
+    });
+    util::assert_nothing_left(&outcome.history);
+    let bytes = flowing.bytes();
+    assert!(
+        !contains(&bytes, b"[ufork-io: dropped "),
+        "a drop notice in the flowing stream: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    // In order, each once.
+    let others: Vec<String> = lines(&bytes)
+        .into_iter()
+        .filter_map(|l| {
+            let text = String::from_utf8_lossy(l);
+            text.split_once("] other ").map(|(_, n)| n.to_owned())
+        })
+        .collect();
+    let expected: Vec<String> = (0..LINES).map(|i| i.to_string()).collect();
+    assert_eq!(others, expected);
+    // The reader thread and the writer end once the pipe is gone.
+    drop(unread);
+    logging::forward(None);
+    let (sink, output) = if flooded_stderr {
+        ("stderr sink", "stderr")
+    } else {
+        ("output sink", "output")
+    };
+    let warned = format!(
+        "the {sink} took nothing for 0.2s: dropping the workers' {output} (counted) until it takes some"
+    );
+    let warnings = warnings.lock().unwrap().clone();
+    assert!(
+        warnings.iter().any(|(message, _)| *message == warned),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .all(|(message, _)| !message.contains("took nothing") || *message == warned),
+        "the flowing sink was taken for stalled: {warnings:#?}"
+    );
+}
+
+fn lines_with(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| contains(l, needle))
+        .count()
+}
+
+#[test]
+fn worker_stderr_flows_and_is_never_dropped_while_stdout_stalls() {
+    the_other_stream_flows_while_one_stalls(false);
+}
+
+#[test]
+fn worker_stdout_flows_and_is_never_dropped_while_stderr_stalls() {
+    the_other_stream_flows_while_one_stalls(true);
+}
