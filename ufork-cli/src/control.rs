@@ -81,6 +81,21 @@ pub fn too_long(path: &Path) -> Option<String> {
     })
 }
 
+/// A path that fits but leaves no room for an upgrade's temporary socket
+/// beside it (`PATH.PID.new`, up to 12 bytes more), as a message.
+pub fn too_long_to_upgrade(path: &Path) -> Option<String> {
+    let len = path.as_os_str().len();
+    (len <= MAX_PATH && len + UPGRADE_SUFFIX > MAX_PATH).then(|| {
+        format!(
+            "--control-socket {}: the path is {len} bytes, too long for an upgrade's temporary socket beside it (PATH.PID.new, up to {UPGRADE_SUFFIX} bytes more; unix socket paths are limited to {MAX_PATH}): `ufork upgrade` would fail; a shorter path allows it",
+            path.display()
+        )
+    })
+}
+
+/// `.PID.new` with the largest pid Linux gives (`pid_max` is at most 2^22).
+const UPGRADE_SUFFIX: usize = ".4194304.new".len();
+
 #[derive(Debug)]
 struct Connection {
     stream: UnixStream,

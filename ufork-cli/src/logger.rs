@@ -180,7 +180,10 @@ impl log::Log for Logger {
 /// Installs the logger (info and above, or what `UFORK_LOG` says).
 pub fn init() {
     term::init();
-    let given = std::env::var("UFORK_LOG").ok();
+    // Empty as unset (`UFORK_LOG=${UFORK_LOG}` in a compose file).
+    let given = std::env::var("UFORK_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     let level = given
         .as_deref()
         .map_or(Some(log::LevelFilter::Info), env_level);
@@ -375,7 +378,7 @@ mod tests {
         assert_eq!(env_level("trace"), Some(log::LevelFilter::Trace));
         assert_eq!(env_level("OFF"), Some(log::LevelFilter::Off));
         assert_eq!(env_level("bogus"), None);
-        assert_eq!(env_level(""), None);
+        assert_eq!(env_level("warn ing"), None);
     }
 
     #[test]

@@ -152,10 +152,12 @@ pub fn control_path(pool: &PoolArgs) -> Option<(PathBuf, bool)> {
     }
 }
 
-/// Refuses a `--bind unix:` path that is also the control socket's, before
-/// anything is bound: one path cannot hold both sockets (the pool's second
-/// socket would find the first listening there, and `ufork status` would
-/// talk to the application).
+/// Refuses a `--control-socket` path too long for a unix socket, and a
+/// `--bind unix:` path that is also the control socket's, before anything
+/// is bound: one path cannot hold both sockets (the pool's second socket
+/// would find the first listening there, and `ufork status` would talk to
+/// the application). Warns of a path an upgrade's temporary socket beside
+/// it (`PATH.PID.new`) would not fit in.
 ///
 /// # Errors
 ///
@@ -169,6 +171,9 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
     // done without there instead).
     if let Some(message) = control::too_long(&control).filter(|_| !implicit) {
         return Err(failure::usage(message));
+    }
+    if let Some(message) = control::too_long_to_upgrade(&control) {
+        log::warn!(target: "ufork", "{message}");
     }
     let options = listen::Options {
         for_run,
@@ -207,12 +212,11 @@ pub fn check_control_path(pool: &PoolArgs, binds: &[String], for_run: bool) -> R
 /// that overlap (see [`listen::check_overlaps`] and
 /// [`listen::check_metrics`]): called before the pidfile is taken and
 /// anything is bound, so the error is this one even while another pool
-/// holds the pidfile. Only addresses given count: `serve`'s default address
-/// is not one (with sockets from a supervisor it is not bound). Nothing is
-/// checked in a new arbiter of an upgrade, nor with sockets from socket
-/// activation: those sockets are listening already, so the old arbiter's
-/// (or the supervisor's) addresses are the ones served, whatever the flags
-/// would overlap on.
+/// holds the pidfile. Without `--bind`, `default` (`serve`'s default
+/// address, given only with `--metrics-bind`) counts for the metrics
+/// check. Nothing is checked in a new arbiter of an upgrade, nor with
+/// sockets from socket activation: the old arbiter's (or the supervisor's)
+/// sockets are the ones served then, whatever the flags would overlap on.
 ///
 /// # Errors
 ///
@@ -223,6 +227,7 @@ pub fn check_addresses(
     binds: &[String],
     for_run: bool,
     reuse_port: bool,
+    default: Option<&str>,
 ) -> Result<()> {
     if crate::upgrade::is_new_arbiter() || crate::activation::offered() {
         return Ok(());
@@ -232,13 +237,23 @@ pub fn check_addresses(
         unix_mode: 0o660,
         backlog: crate::listen::DEFAULT_BACKLOG,
     };
-    let binds = listen::resolve_all(binds, options)?;
-    listen::check_overlaps(&binds, reuse_port)?;
+    let resolved = listen::resolve_all(binds, options)?;
+    listen::check_overlaps(&resolved, reuse_port)?;
     let Some(text) = pool.metrics_bind.as_deref() else {
         return Ok(());
     };
     let metrics = crate::metrics::resolve(text)?;
-    listen::check_metrics(&binds, text, metrics, reuse_port)
+    let Some(default) = default.filter(|_| binds.is_empty()) else {
+        return listen::check_metrics(&resolved, text, metrics, reuse_port);
+    };
+    let resolved = listen::resolve_all(&[default.to_owned()], options)?;
+    listen::check_metrics(&resolved, text, metrics, reuse_port).map_err(|e| match e {
+        Failure::Usage(m) => Failure::Usage(m.replace(
+            &format!("--bind {default}"),
+            &format!("serve's default address {default} (no --bind given)"),
+        )),
+        other => other,
+    })
 }
 
 /// Everything set up around the arbiter, before it runs.

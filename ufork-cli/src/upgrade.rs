@@ -165,7 +165,9 @@ pub fn inherited(binds: &[String], default: Option<&str>) -> Result<Option<Vec<L
                 failure::io_text(&e)
             ))
         })?;
-        if let Some(bind) = binds.get(i).filter(|b| bind_moved(b, addr)) {
+        // A supervisor's socket (claimed by name) is its own address: a
+        // restart would not move it either.
+        if let Some(bind) = binds.get(i).filter(|b| !kept && bind_moved(b, addr)) {
             log::warn!(
                 target: "ufork",
                 "upgrade: --bind {bind} is not taken up: this arbiter serves the socket the old one handed over, {addr}; restart the pool to listen elsewhere"

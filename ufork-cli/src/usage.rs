@@ -95,7 +95,7 @@ pub fn report(error: &clap::Error) -> ExitCode {
 const GUNICORN_ONLY: &[(&[&str], &str)] = &[
     (
         &["-k", "--worker-class"],
-        "ufork has no worker classes: a `serve` worker runs --threads serving threads, each an event loop over many connections; for a gunicorn worker class, supervise gunicorn itself: ufork run --bind ADDR -- gunicorn -w 1 -k CLASS APP (gunicorn takes the socket from LISTEN_FDS; a --bind of its own would bind it a second time)",
+        "ufork has no worker classes: a `serve` worker runs --threads serving threads, each an event loop over many connections; for a gunicorn worker class, supervise gunicorn itself: ufork run --bind ADDR -- gunicorn -w 1 -k CLASS APP (gunicorn takes the socket from LISTEN_FDS; a --bind fd://3 of its own would take it a second time)",
     ),
     (
         &["--worker-connections"],

@@ -123,6 +123,11 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
                 ),
                 true,
             ),
+            // Why a new arbiter ended is in its own output: the pool's log.
+            Err(e @ ufork_core::upgrade::UpgradeError::Exited { .. }) => (
+                format!("upgrade failed: {e} (the pool's log says why)\n"),
+                false,
+            ),
             Err(e) => (format!("upgrade failed: {e}\n"), false),
         }),
         Waiting::Roll {

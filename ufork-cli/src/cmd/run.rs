@@ -77,7 +77,7 @@ pub struct RunArgs {
 pub fn exec(mut args: RunArgs) -> Result<()> {
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, true)?;
-    pool::check_addresses(&args.pool, &args.bind, true, false)?;
+    pool::check_addresses(&args.pool, &args.bind, true, false, None)?;
     // Before the pidfile and the sockets: a --user that cannot be switched
     // to is a usage error, found by --check-config too.
     crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;

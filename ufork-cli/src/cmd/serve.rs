@@ -175,7 +175,19 @@ pub fn exec(mut args: ServeArgs) -> Result<()> {
     raise_open_files_limit();
     pool::chdir(&args.pool)?;
     pool::check_control_path(&args.pool, &args.bind, false)?;
-    pool::check_addresses(&args.pool, &args.bind, false, args.reuse_port)?;
+    // serve's default address counts only beside --metrics-bind (PORT is
+    // read only then).
+    let default = match (&args.pool.metrics_bind, args.bind.is_empty()) {
+        (Some(_), true) => Some(default_bind()?),
+        _ => None,
+    };
+    pool::check_addresses(
+        &args.pool,
+        &args.bind,
+        false,
+        args.reuse_port,
+        default.as_deref(),
+    )?;
     // Before the pidfile and the sockets: a --user that cannot be switched
     // to is a usage error, found by --check-config too.
     crate::privs::resolve(args.pool.user.as_deref(), args.pool.group.as_deref())?;

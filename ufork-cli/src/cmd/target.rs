@@ -154,8 +154,13 @@ pub fn running_pid(path: &Path) -> Result<i32> {
         Ok(ufork_daemon::Status::Stale { pid: Some(pid) }) => {
             // Nobody holds its lock: whatever runs as that pid now is not
             // the pool (a reused pid, pid 1, a hand-written file).
-            let alive = rustix::process::Pid::from_raw(pid)
-                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+            // EPERM: alive, another user's (pid 1 to anyone but root).
+            let alive = rustix::process::Pid::from_raw(pid).is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            });
             let why = if alive {
                 format!("no pool holds it; pid {pid}, which it names, is another process")
             } else {

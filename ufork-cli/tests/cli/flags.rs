@@ -711,15 +711,22 @@ fn addresses_that_collide_are_refused_before_anything_is_bound() {
             assert!(!std::path::Path::new(&pidfile).exists(), "{all:?}");
         }
     }
-    // Only addresses given count: not `serve`'s default (127.0.0.1:8000,
-    // or PORT's), which is not bound when a supervisor hands sockets over.
+    // Without --bind, `serve`'s default address (127.0.0.1:8000, or
+    // PORT's) counts, named as such.
     let out = run(&[
         "serve",
         "--check-config",
         "--metrics-bind",
         "127.0.0.1:8000",
     ]);
-    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_one_line_error(
+        &out,
+        2,
+        &[
+            "--metrics-bind 127.0.0.1:8000",
+            "serve's default address 127.0.0.1:8000 (no --bind given)",
+        ],
+    );
     // While a pool holds the pidfile, the overlap is still the error told
     // (the start checks before it takes the pidfile).
     let mut holder = Running::start(&[
@@ -1043,6 +1050,17 @@ fn check_config_checks_the_flags_and_starts_nothing() {
     assert_one_line_error(&out, 1, &["DIR", "missing"]);
     let out = run(&["run", "--check-config", "--", "no-such-program-here"]);
     assert_one_line_error(&out, 1, &["no-such-program-here", "not found"]);
+    // A path that fits, but not with an upgrade's `.PID.new` beside it:
+    // valid, with a warning.
+    let base = dir.str("");
+    let fits = format!("{base}{}", "y".repeat(100 - base.len()));
+    let out = run(&["serve", "--check-config", "--control-socket", &fits]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("too long for an upgrade's temporary socket beside it"),
+        "{out:#?}"
+    );
     // A control socket path too long for a unix socket, as the start says.
     let long = dir.str(&format!("{}.sock", "x".repeat(110)));
     for sub in [&["serve", "--check-config"][..], &["run", "--check-config"]] {

@@ -908,7 +908,8 @@ fn a_restart_or_scale_signal_sent_before_the_pool_started_is_acted_on_after() {
 
 /// A pidfile no pool holds, naming a live process (a reused pid, or a file
 /// written by hand): nothing runs, nothing is signalled, and the message
-/// does not call that live process a pool that is gone.
+/// does not call that live process a pool that is gone, also for a user
+/// who may not signal it (pid 1, to anyone but root).
 #[test]
 fn a_stale_pidfile_naming_a_live_process_says_it_is_another_process() {
     let dir = TempDir::new("pidfile-alive");
@@ -926,4 +927,30 @@ fn a_stale_pidfile_naming_a_live_process_says_it_is_another_process() {
             "{text}"
         );
     }
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    // Pid 1, to a user who may not signal it: still another process.
+    std::fs::write(&pidfile, "1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for path in [dir.str(""), pidfile.clone()] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o055)).unwrap();
+    }
+    use std::os::unix::process::CommandExt;
+    let Ok(out) = ufork()
+        .uid(65534)
+        .gid(65534)
+        .args(["status", "--pidfile", &pidfile])
+        .output()
+    else {
+        eprintln!("skipped: uid 65534 cannot run the binary here");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{out:#?}");
+    assert!(
+        text.contains("no pool holds it; pid 1, which it names, is another process"),
+        "{out:#?}"
+    );
 }

@@ -99,7 +99,7 @@ fn a_bind_added_in_the_config_fails_the_upgrade_and_one_moved_is_not_taken_up() 
     )
     .unwrap();
     let out = run(&["upgrade", "--control-socket", &socket]);
-    assert_one_line_error(&out, 1, &["upgrade failed", "(its log says why)"]);
+    assert_one_line_error(&out, 1, &["upgrade failed", "(the pool's log says why)"]);
     old.expect_line("the old arbiter handed over 1 socket but --bind gives 2");
     assert_eq!(get(addr, "/").0, 200, "the old pool serves on");
     // A --bind moved elsewhere: the upgrade serves the old socket and says so.

@@ -307,7 +307,7 @@ pub enum UpgradeError {
         source: io::Error,
     },
     /// The new arbiter ended, or closed the report socket, before it was ready.
-    #[error("the new arbiter (pid {pid}) {how} before it was ready (its log says why)")]
+    #[error("the new arbiter (pid {pid}) {how} before it was ready")]
     Exited {
         /// The new arbiter.
         pid: i32,
