@@ -280,15 +280,19 @@ impl ufork_core::Layer for FinalFlush {
     }
 }
 
-/// Writes what the terminal has not taken yet, waiting at most `timeout`
-/// (and no later than the stop's budget allows), and says once how much
-/// output was lost and where it stalled (on stderr, if that takes it now):
-/// what the capture's final flush abandoned and what the terminal did not
-/// take, added up, and the time the final flush waited in all.
+/// Writes what the terminal has not taken yet, until `timeout` after the
+/// final flush began (the capture's flush came first and counts: the
+/// whole final wait is at most `timeout`) and no later than the stop's
+/// budget allows, and says once how much output was lost and where it
+/// stalled (on stderr, if that takes it now): what the capture's final
+/// flush abandoned and what the terminal did not take, added up, and the
+/// time the final flush waited in all.
 pub fn finish(timeout: Duration) {
     let began = *FLUSH_BEGAN.get_or_init(Instant::now);
+    let now = Instant::now();
+    let timeout = timeout.saturating_sub(now.saturating_duration_since(began));
     let timeout = match FLUSH_END.get() {
-        Some(end) => timeout.min(end.saturating_duration_since(Instant::now())),
+        Some(end) => timeout.min(end.saturating_duration_since(now)),
         None => timeout,
     };
     let [out, err] = term::flush_within(timeout);

@@ -727,3 +727,52 @@ fn with_stdout_and_stderr_one_pipe_no_line_lands_inside_another() {
         }
     }
 }
+
+/// stdout and stderr on one pipe nobody reads (`ufork … 2>&1 | stuck`, as
+/// journald and docker give them): a stop's final wait for the output is 5 s
+/// in all, not 5 s for the capture and 5 s more for the terminal's writer.
+#[test]
+fn a_stop_into_one_stalled_pipe_for_both_streams_waits_5_s_in_all() {
+    let (stalled, write) = rustix::pipe::pipe().expect("pipe");
+    let both = write.try_clone().expect("dup");
+    let child = ufork()
+        .args(["run", "-w", "1", "--no-prompt", "--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::from(both))
+        .spawn()
+        .expect("spawn ufork");
+    let pid = child.id() as i32;
+    let mut child = Reap(Some(child));
+    let capacity = rustix::pipe::fcntl_getpipe_size(&stalled).expect("pipe size");
+    let mut workers = Vec::new();
+    until("a worker and a full pipe", || {
+        workers = children_of(pid);
+        let queued = rustix::io::ioctl_fionread(stalled.as_fd()).unwrap_or(0);
+        workers.len() == 1 && queued as usize >= capacity / 2
+    });
+    rustix::process::kill_process(Pid::from_raw(pid).expect("pid"), Signal::TERM).expect("SIGTERM");
+    let sent = Instant::now();
+    let mut owned = child.0.take().expect("child");
+    let status = loop {
+        if let Some(status) = owned.try_wait().expect("wait") {
+            break status;
+        }
+        if sent.elapsed() >= DEADLINE {
+            let _ = owned.kill();
+            let _ = owned.wait();
+            panic!("ufork did not exit after its bounded flush");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0));
+    // The workers end at once; then 5 s of final wait at most, and 3 s of
+    // slack for a loaded machine (it took 10 s when each writer waited 5 s).
+    assert!(
+        took <= Duration::from_secs(8),
+        "ufork took {took:?} to exit"
+    );
+    assert!(workers.iter().all(|&w| no_such_process(w)));
+    drop(stalled);
+}
