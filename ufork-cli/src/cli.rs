@@ -153,8 +153,9 @@ pub struct PoolArgs {
     /// Write the arbiter's and the workers' output here (rotated by size if it
     /// is a regular file; `/dev/null` or a FIFO is written to as it is). A
     /// symbolic link at PATH is followed only if it and its directory are
-    /// root's or this user's and no one else may write there (so
-    /// `/dev/stdout` works); otherwise it is refused.
+    /// root's or this user's and no one else may write there (or it is
+    /// sticky, like /tmp); otherwise it is refused (`/dev/stdout` and
+    /// `/dev/stderr` always work).
     #[arg(long, visible_alias = "error-logfile", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 

@@ -43,6 +43,7 @@ impl Status {
 }
 
 /// Tells whether the daemon of the pidfile at `path` is live, by its lock.
+/// A symbolic link at `path` is not followed (an error that says so).
 ///
 /// The check takes a shared lock for an instant when nobody holds one; a
 /// daemon starting at that very instant is refused as already running, so
@@ -55,7 +56,11 @@ impl Status {
 /// locked file cannot be read or holds no pid.
 pub fn status(path: impl AsRef<Path>) -> Result<Status> {
     let path = path.as_ref();
-    match lock_fresh(path, OFlags::RDONLY, FlockOperation::NonBlockingLockShared) {
+    // Never through a symbolic link: a pool never has one at its pidfile,
+    // and one planted there would name another service's locked pidfile
+    // (`ufork stop` as root would then signal that service).
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW;
+    match lock_fresh(path, flags, FlockOperation::NonBlockingLockShared) {
         Ok(fd) => {
             let pid = match std::fs::read_to_string(path) {
                 Ok(content) => parse_pid(path, &content).ok().flatten(),

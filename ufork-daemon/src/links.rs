@@ -49,8 +49,11 @@ fn is_safe_dir(stat: &Stat) -> bool {
 }
 
 /// In a safe directory: an error if `name` is a link owned by another user
-/// (nothing at the name, or no link, is fine).
-pub(crate) fn vet(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+/// (nothing at the name, or no link, is fine); whether it is a (trusted)
+/// link. Only then may the open that follows follow a link: in a sticky
+/// directory the owner of a file there may replace it with a link of theirs
+/// between this check and the open, so the open is `O_NOFOLLOW` otherwise.
+pub(crate) fn vet(dir: BorrowedFd<'_>, name: &Path) -> io::Result<bool> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat)
             if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
@@ -64,7 +67,8 @@ pub(crate) fn vet(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
                 ),
             ))
         }
-        _ => Ok(()),
+        Ok(stat) => Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Symlink),
+        _ => Ok(false),
     }
 }
 

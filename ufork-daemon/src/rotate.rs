@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -596,6 +596,33 @@ pub(crate) fn open_log_at(
     follow: Follow,
 ) -> io::Result<(File, u64)> {
     let mut flags = OFlags::WRONLY | OFlags::APPEND | OFlags::CLOEXEC;
+    // This process' own stdout and stderr, whoever owns `/dev` (in a user
+    // namespace it may show as nobody): no service user can plant these.
+    if follow == Follow::Trusted
+        && (name == Path::new("/dev/stdout") || name == Path::new("/dev/stderr"))
+    {
+        let fd = rustix::fs::openat(CWD, name, flags, Mode::empty())?;
+        return opened(fd, follow);
+    }
+    // The directory is resolved once: its check and every open below are
+    // about the same directory, whatever happens to the path leading to it.
+    let parent_fd;
+    let (dir, name) = match (follow, name.file_name()) {
+        (Follow::Trusted, Some(leaf)) => {
+            let parent = match name.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            parent_fd = rustix::fs::openat(
+                dir,
+                parent,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            (parent_fd.as_fd(), Path::new(leaf))
+        }
+        _ => (dir, name),
+    };
     let links = match follow {
         // NONBLOCK: opening a FIFO planted there must not hang the helper.
         Follow::No => {
@@ -623,12 +650,11 @@ pub(crate) fn open_log_at(
             Err(Errno::EXIST) => {}
             Err(errno) => return Err(errno.into()),
         }
-        if links {
-            // Nobody else may change the name in a safe directory: what is
-            // vetted here is what the open below finds.
-            links::vet(dir, name)?;
+        let mut now = flags;
+        if links && !links::vet(dir, name)? {
+            now |= OFlags::NOFOLLOW;
         }
-        match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        match rustix::fs::openat(dir, name, now, Mode::empty()) {
             Ok(fd) => return opened(fd, follow),
             // Removed between the two opens: create it after all.
             Err(Errno::NOENT) => continue,

@@ -39,12 +39,27 @@ fn a_symlink_at_the_pidfile_is_refused_and_its_target_untouched() {
         assert_one_line_error(&out, 1, &["--pidfile", &pidfile, "is a symbolic link"]);
         assert_eq!(victim(&dir), VICTIM, "daemon: {daemon}");
     }
-    // `stop` never writes through it either (it takes a stale pidfile's
-    // lock to remove it).
+    // `stop` never goes through it either: not to write (it takes a stale
+    // pidfile's lock to remove it), not to read.
     let out = run(&["stop", "--pidfile", &pidfile]);
-    assert_eq!(out.code(), Some(3), "{out:#?}");
+    assert_one_line_error(&out, 1, &["--pidfile", &pidfile, "is a symbolic link"]);
     assert_eq!(victim(&dir), VICTIM);
     assert!(dir.join("sym.pid").is_symlink());
+    // A link planted at another service's locked pidfile: `stop`, `reload`
+    // and `status` through it refuse, and that service is not signalled.
+    let real = dir.str("real.pid");
+    let mut other = Running::start(&["run", "-w", "1", "--pidfile", &real, "--", "sleep", "1000"]);
+    other.expect_line("started");
+    let planted = dir.str("planted.pid");
+    std::os::unix::fs::symlink(&real, &planted).unwrap();
+    for command in ["stop", "reload", "status"] {
+        let out = run(&[command, "--pidfile", &planted]);
+        assert_one_line_error(&out, 1, &["--pidfile", &planted, "is a symbolic link"]);
+    }
+    let out = run(&["status", "--pidfile", &real]);
+    assert_eq!(out.code(), Some(0), "the other pool runs on: {out:#?}");
+    other.signal(Signal::TERM);
+    assert_eq!(other.wait().code(), Some(0), "{}", other.transcript());
 }
 
 /// In a directory others may write (mode 0777), any link at the log's path
@@ -145,4 +160,58 @@ fn log_file_dev_stdout_and_dev_stderr_still_work() {
         pool.signal(Signal::TERM);
         assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
     }
+}
+
+/// In a user namespace whose `/dev` belongs to an unmapped uid (it shows as
+/// nobody: `unshare -U -r`, sandboxes that bind-mount the host's `/dev`),
+/// `/dev/stdout` is still this process' own stdout, and followed.
+#[test]
+fn log_file_dev_stdout_works_in_a_user_namespace() {
+    let have = |tool: &str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !rustix::process::geteuid().is_root() || !have("setpriv") || !have("unshare") {
+        eprintln!("skipped: needs root, setpriv and unshare");
+        return;
+    }
+    let probe = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "-U", "-r", "stat", "-c", "%U", "/dev"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "nobody" => {}
+        other => {
+            eprintln!("skipped: no user namespace with an unmapped /dev here ({other:?})");
+            return;
+        }
+    }
+    // Its stdout a file of its own: reopening it through /proc needs that.
+    let dir = TempDir::new("links-userns");
+    let file = dir.join("stdout");
+    std::fs::write(&file, "").unwrap();
+    rustix::fs::chown(
+        &file,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "-U", "-r"])
+        .arg(env!("CARGO_BIN_EXE_ufork"))
+        .args(["run", "-w", "1", "--no-prompt", "--give-up-after", "1"])
+        .args(["--log-file", "/dev/stdout", "--"])
+        .args(["sh", "-c", "echo worker-says-$((40 + 2)); exit 3"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::options().append(true).open(&file).unwrap())
+        .output()
+        .expect("run ufork in a user namespace");
+    let stdout = std::fs::read_to_string(&file).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("symbolic link"), "{stderr}");
+    assert!(stdout.contains("worker-says-42"), "{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "gave up: {stderr}");
 }
