@@ -61,6 +61,11 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Credentials, F
             // A uid no database knows still works, with the group given:
             // without one, the process would keep root's group (and, had
             // nothing reset them, root's supplementary groups).
+            // Already this uid (an OpenShift-style uid with no passwd
+            // entry, given its own uid): nothing to switch.
+            None if group.is_none()
+                && user.parse::<u32>().ok() == Some(rustix::process::geteuid().as_raw())
+                && !rustix::process::geteuid().is_root() => {}
             None if user.parse::<u32>().is_ok() => {
                 if group.is_none() {
                     return Err(failure::usage(format!(

@@ -638,6 +638,20 @@ fn a_uid_with_no_passwd_entry_needs_group() {
         assert_one_line_error(&out, 2, &[&format!("--user {uid}: "), "give --group"]);
         assert!(!dir.join("p").exists(), "{all:?}: a pidfile was made");
     }
+    // Run as that uid already (an OpenShift-style uid), `--user` of its own
+    // uid switches nothing and needs no group.
+    use std::os::unix::process::CommandExt;
+    let n: u32 = uid.parse().unwrap();
+    let Ok(out) = ufork()
+        .uid(n)
+        .gid(n)
+        .args(["serve", "--check-config", "--user", &uid])
+        .output()
+    else {
+        println!("skipped: uid {uid} cannot run the binary here");
+        return;
+    };
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
 }
 
 /// Whatever the user, the switch replaces root's supplementary groups: by
