@@ -427,6 +427,7 @@ mod tests {
         );
         cell.extend_start(Duration::MAX);
         assert_eq!(cell.start_until(), Some(u64::MAX));
+        assert_eq!(cell.last_beat(), 0, "an extension is no heartbeat");
         assert!(!cell.hung());
         cell.declare_hung();
         assert!(cell.hung());
