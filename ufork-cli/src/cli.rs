@@ -102,7 +102,8 @@ pub struct PoolArgs {
     #[arg(short, long, value_name = "N", value_parser = parse_workers, allow_negative_numbers = true)]
     pub workers: Option<u32>,
 
-    /// Kill and replace a worker not ready this long after it started. (The
+    /// Kill and replace a worker not ready this long after it started (or
+    /// later, if a `run --notify` worker asks with EXTEND_TIMEOUT_USEC). (The
     /// ufork-core library defaults to 600 s, for apps that load for minutes;
     /// the command uses 60 s so a start that hangs shows while you watch.)
     #[arg(long, value_name = "SECS", value_parser = parse_seconds, default_value = "60", allow_negative_numbers = true)]

@@ -357,13 +357,14 @@ const STATES: [WorkerState; 5] = [
 ];
 
 /// Every exit reason, so each counter exists from the start.
-const REASONS: [&str; 9] = [
+const REASONS: [&str; 10] = [
     "exited",
     "failed",
     "panicked",
     "killed",
     "stopped",
     "timed-out",
+    "hung",
     "boot-timed-out",
     "over-memory",
     "too-many-fds",

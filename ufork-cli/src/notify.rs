@@ -1,17 +1,19 @@
 //! `ufork run --notify`: one datagram socket owned by the arbiter speaks the
 //! sd_notify protocol. SO_PASSCRED tells which worker sent each datagram, and
-//! the arbiter records READY=1, WATCHDOG=1 and STATUS= in that worker's
-//! scoreboard slot on its behalf, so hang detection and the start timeout work
-//! the same for exec'd programs.
+//! the arbiter records READY=1, WATCHDOG=1, STATUS=, EXTEND_TIMEOUT_USEC=
+//! (while booting) and WATCHDOG=trigger in that worker's scoreboard slot on
+//! its behalf, so hang detection and the start timeout work the same for
+//! exec'd programs.
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
-use ufork_core::{Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token};
+use ufork_core::{Context, ExitRecord, Interest, Layer, Readiness, Spawn, Token, Vitals};
 
 use crate::failure::{self, Failure, io_text};
 
@@ -114,6 +116,10 @@ impl Notify {
                 match line.split_once('=') {
                     Some(("READY", "1")) => vitals.ready(),
                     Some(("WATCHDOG", "1")) => vitals.heartbeat(),
+                    // systemd's immediate watchdog failure: killed and
+                    // replaced as hung now (core logs that it asked).
+                    Some(("WATCHDOG", "trigger")) => vitals.declare_hung(),
+                    Some(("EXTEND_TIMEOUT_USEC", usec)) => extend_start(&vitals, slot, usec),
                     Some(("STATUS", status)) => {
                         vitals.heartbeat();
                         vitals.set_activity(status);
@@ -122,6 +128,30 @@ impl Notify {
                 }
             }
         }
+    }
+}
+
+/// `EXTEND_TIMEOUT_USEC=usec`: while the worker boots, it has `usec` more
+/// microseconds from now to send READY=1 (or another extension), past
+/// `--start-timeout` if need be, never less than it. systemd also extends
+/// its runtime and stop timeouts with it; ufork has no runtime limit and
+/// hang detection must not be weakened behind `--timeout`'s back, so from a
+/// ready worker it is ignored.
+fn extend_start(vitals: &Vitals, slot: usize, usec: &str) {
+    let Ok(usec) = usec.trim().parse::<u64>() else {
+        log::warn!(
+            target: "ufork",
+            "worker {slot} sent EXTEND_TIMEOUT_USEC={}: not a number of microseconds; ignored",
+            usec.chars().take(40).collect::<String>().escape_debug()
+        );
+        return;
+    };
+    if !vitals.extend_start(Duration::from_micros(usec)) {
+        log::debug!(
+            target: "ufork",
+            "worker {slot} sent EXTEND_TIMEOUT_USEC while {}; ignored (it only extends the start timeout)",
+            vitals.state()
+        );
     }
 }
 

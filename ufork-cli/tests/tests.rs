@@ -8,6 +8,7 @@ mod upgrade;
 mod util;
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use rustix::process::Signal;
 use util::*;
@@ -316,6 +317,164 @@ fn run_notify_maps_sd_notify_onto_the_scoreboard() {
     let out = run(&["ctl", "--control-socket", &socket, "stop"]);
     assert_eq!(out.code(), Some(0), "{out:#?}");
     assert!(out.stdout.contains("stopped"), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+}
+
+/// A worker that loads slowly but says so: EXTEND_TIMEOUT_USEC (a bad one
+/// first), then READY=1 only once the test writes to the FIFO in argv[1].
+const EXTEND_PY: &str = r#"
+import os, select, socket, sys, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+go = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+s.sendto(b"EXTEND_TIMEOUT_USEC=soon", addr)
+s.sendto(b"STATUS=loading\nEXTEND_TIMEOUT_USEC=600000000", addr)
+print("extended", flush=True)
+select.select([go], [], [])
+s.sendto(b"READY=1\nSTATUS=serving", addr)
+print("ready", flush=True)
+signal.pause()
+"#;
+
+#[test]
+fn run_notify_extend_timeout_usec_lets_a_worker_boot_past_the_start_timeout() {
+    let dir = TempDir::new("notify-extend");
+    let worker = script(&dir, "extend.py", EXTEND_PY);
+    let fifo = dir.join("go");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    let socket = dir.str("ctl.sock");
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--notify",
+        "--start-timeout",
+        "1",
+        "--control-socket",
+        &socket,
+        "--",
+        "python3",
+        &worker,
+        fifo.to_str().unwrap(),
+    ]);
+    pool.expect_line("control socket");
+    pool.expect_line("EXTEND_TIMEOUT_USEC=soon: not a number of microseconds; ignored");
+    let extended = pool.expect_line("] extended");
+    // The worker was forked before it said so: once the start timeout has
+    // passed since then, and the arbiter has been through its loop twice
+    // (a command is answered inside one iteration, whose end checks health),
+    // a worker judged by --start-timeout alone would have been killed.
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..2 {
+        let out = run(&["ctl", "--control-socket", &socket, "status"]);
+        assert!(
+            out.stdout.contains("0 ready") && out.stdout.contains("loading"),
+            "{out:#?}"
+        );
+    }
+    let go = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    drop(go);
+    pool.expect_line("] ready");
+    wait_ready(&socket, 1);
+    let history = run(&["ctl", "--control-socket", &socket, "history"]);
+    assert_eq!(history.code(), Some(0), "{history:#?}");
+    let out = run(&["ctl", "--control-socket", &socket, "stop"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    assert_eq!(pool.wait().code(), Some(0));
+    let transcript = pool.transcript();
+    assert!(!transcript.contains("start timeout"), "{transcript}");
+    // The worker that said "extended" is the one that became ready.
+    let prefix = extended
+        .split_once('[')
+        .unwrap()
+        .1
+        .split_once(']')
+        .unwrap()
+        .0;
+    assert!(
+        transcript.contains(&format!("[{prefix}] ready")),
+        "{transcript}"
+    );
+    assert!(
+        !history.stdout.contains("worker 0"),
+        "no exit: {history:#?}"
+    );
+}
+
+/// Ready, then (the first worker only) WATCHDOG=trigger.
+const TRIGGER_PY: &str = r#"
+import os, socket, sys, signal
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1\nSTATUS=stuck on a lock", addr)
+try:
+    os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+except FileExistsError:
+    print("replacement", flush=True)
+    signal.pause()
+print("triggering", flush=True)
+s.sendto(b"WATCHDOG=trigger", addr)
+signal.pause()
+"#;
+
+#[test]
+fn run_notify_watchdog_trigger_replaces_the_worker_as_hung() {
+    let dir = TempDir::new("notify-trigger");
+    let worker = script(&dir, "trigger.py", TRIGGER_PY);
+    let socket = dir.str("ctl.sock");
+    let marker = dir.str("triggered");
+    // No --timeout: the worker's word is enough.
+    let mut pool = Running::start(&[
+        "run",
+        "-w",
+        "1",
+        "--notify",
+        "--control-socket",
+        &socket,
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--",
+        "python3",
+        &worker,
+        &marker,
+    ]);
+    let metrics = pool.health_addr();
+    let first = pool.expect_line("] triggering");
+    let pid = first.split_once('[').unwrap().1.split_once(']').unwrap().0;
+    let pid = pid.split_whitespace().nth(1).unwrap().to_owned();
+    let killed = pool.expect_line("declared itself hung");
+    assert!(
+        killed.contains(&format!(
+            "worker 0 pid {pid} declared itself hung while ready (stuck on a lock); killing it"
+        )),
+        "{killed}"
+    );
+    pool.expect_line("] replacement");
+    let history = run(&["ctl", "--control-socket", &socket, "history"]);
+    assert!(
+        history.stdout.contains(&format!("pid {pid}"))
+            && history.stdout.contains("declared itself hung while ready"),
+        "{history:#?}"
+    );
+    let (status, _, body) = get(metrics, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("ufork_worker_exits_total{reason=\"hung\"} 1\n"),
+        "{body}"
+    );
+    let out = run(&["ctl", "--control-socket", &socket, "stop"]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
     assert_eq!(pool.wait().code(), Some(0));
 }
 

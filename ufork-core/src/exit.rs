@@ -152,7 +152,17 @@ pub enum ExitReason {
         /// Its activity text when it was killed.
         activity: String,
     },
-    /// It did not become ready within the start timeout.
+    /// It declared itself hung ([`Vitals::declare_hung`](crate::Vitals::declare_hung),
+    /// `WATCHDOG=trigger` under `ufork run --notify`) and was killed for it,
+    /// as for a heartbeat timeout.
+    Hung {
+        /// Its state when it was killed.
+        state: WorkerState,
+        /// Its activity text when it was killed.
+        activity: String,
+    },
+    /// It did not become ready within the start timeout (as extended by
+    /// the worker, if it asked for more).
     BootTimedOut {
         /// How long it had been booting.
         after: Duration,
@@ -194,6 +204,7 @@ impl ExitReason {
             Self::Stopped => "stopped",
             Self::Recycled => "recycled",
             Self::TimedOut { .. } => "timed-out",
+            Self::Hung { .. } => "hung",
             Self::BootTimedOut { .. } => "boot-timed-out",
             Self::OverMemory { .. } => "over-memory",
             Self::TooManyFds { .. } => "too-many-fds",
@@ -218,6 +229,15 @@ impl fmt::Display for ExitReason {
                     _ if activity.is_empty() => {}
                     // The activity of a worker between requests is the
                     // last one it served.
+                    WorkerState::Idle => write!(f, " (last: {activity})")?,
+                    _ => write!(f, " ({activity})")?,
+                }
+                Ok(())
+            }
+            Self::Hung { state, activity } => {
+                write!(f, "declared itself hung while {state}")?;
+                match state {
+                    _ if activity.is_empty() => {}
                     WorkerState::Idle => write!(f, " (last: {activity})")?,
                     _ => write!(f, " ({activity})")?,
                 }
@@ -327,6 +347,15 @@ mod tests {
         assert_eq!(
             timed_out(WorkerState::Idle, "").to_string(),
             "timed out: silent for 4.0s while idle"
+        );
+        let hung = ExitReason::Hung {
+            state: WorkerState::Busy,
+            activity: "GET /stuck HTTP/1.1".to_owned(),
+        };
+        assert_eq!(hung.as_str(), "hung");
+        assert_eq!(
+            hung.to_string(),
+            "declared itself hung while busy (GET /stuck HTTP/1.1)"
         );
     }
 }

@@ -20,7 +20,7 @@ use crate::exit::workers;
 use crate::handle::{Command, Shared};
 use crate::layer::{Context, Layer, Readiness, Registry, Spawn, Token};
 use crate::notes;
-use crate::schedule::{Action, Cells, Observed, Scheduler, Sig, StopStep};
+use crate::schedule::{Action, Cells, Due, Observed, Scheduler, Sig, StopStep};
 use crate::scoreboard::{Scoreboard, now_ns};
 use crate::sys::{self, Disposition};
 use crate::{Arbiter, Error, ExitReason, ExitStatus, Outcome, Result, Worker};
@@ -89,11 +89,25 @@ impl Cells for BoardView<'_> {
                 self.now.checked_sub(age)
             })
             .flatten();
+        // Mostly in the future, unlike a beat; one that cannot be
+        // represented is past any start timeout (a past one always can be:
+        // it is later than the worker's fork).
+        let start_until = cell.start_until().map(|until| {
+            let at = match until.checked_sub(self.now_ns) {
+                Some(ahead) => self.now.checked_add(Duration::from_nanos(ahead)),
+                None => self
+                    .now
+                    .checked_sub(Duration::from_nanos(self.now_ns.saturating_sub(until))),
+            };
+            at.map_or(Due::Never, Due::At)
+        });
         Observed {
             state: cell.state(),
             last_beat,
             planned_exit: cell.planned_exit(),
             requests: cell.requests(),
+            hung: cell.hung(),
+            start_until,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Notes from workers to the arbiter over one shared pipe: "I am ready" (only
-//! while the arbiter waits for it) and "here is why I am exiting". Each note is
+//! while the arbiter waits for it), "look at my cell now" (a worker declared
+//! itself hung) and "here is why I am exiting". Each note is
 //! one `write` under PIPE_BUF bytes, so notes from different workers never mix.
 
 use std::os::fd::BorrowedFd;
@@ -13,6 +14,8 @@ pub(crate) enum NoteKind {
     Ready = 1,
     Failed = 2,
     Panicked = 3,
+    /// Only wakes the arbiter: what changed is in the worker's cell.
+    Wake = 4,
 }
 
 #[derive(Debug)]
@@ -55,6 +58,7 @@ pub(crate) fn parse(buf: &mut Vec<u8>) -> Vec<Note> {
             1 => Some(NoteKind::Ready),
             2 => Some(NoteKind::Failed),
             3 => Some(NoteKind::Panicked),
+            4 => Some(NoteKind::Wake),
             _ => None,
         };
         let mut raw_slot = [0u8; 8];

@@ -91,6 +91,12 @@ pub(crate) struct Cell {
     activity: [AtomicU64; ACTIVITY_LEN / 8],
     /// Non-zero once the worker declared its next exit planned.
     planned_exit: AtomicU32,
+    /// Non-zero once the worker declared itself hung.
+    hung: AtomicU32,
+    /// The worker's extension of its start timeout: the monotonic instant
+    /// (ns) until which it may still boot, 0 for none. Only ever raised
+    /// while a worker lives in the slot.
+    start_until: AtomicU64,
 }
 
 /// The first cell-sized block of the mapping: flags shared by all slots.
@@ -135,6 +141,8 @@ impl Cell {
         self.requests.store(0, Ordering::Relaxed);
         self.busy_since.store(0, Ordering::Relaxed);
         self.planned_exit.store(0, Ordering::Relaxed);
+        self.hung.store(0, Ordering::Relaxed);
+        self.start_until.store(0, Ordering::Relaxed);
         // No worker lives in the slot now, so no writer holds the sequence
         // lock; one killed while holding it left the sequence odd for good,
         // and the arbiter must not wait on it.
@@ -155,6 +163,29 @@ impl Cell {
 
     pub(crate) fn planned_exit(&self) -> bool {
         self.planned_exit.load(Ordering::SeqCst) != 0
+    }
+
+    pub(crate) fn declare_hung(&self) {
+        self.hung.store(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn hung(&self) -> bool {
+        self.hung.load(Ordering::SeqCst) != 0
+    }
+
+    /// Lets the worker boot until `extra` from now, unless it may already
+    /// boot longer: an extension never shortens an earlier one. One atomic
+    /// read-modify-write, so two extensions racing keep the later deadline.
+    pub(crate) fn extend_start(&self, extra: Duration) {
+        let extra = u64::try_from(extra.as_nanos()).unwrap_or(u64::MAX);
+        let until = now_ns().saturating_add(extra).max(1);
+        self.start_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// The instant (monotonic ns) the worker's extension lets it boot
+    /// until, if it extended its start.
+    pub(crate) fn start_until(&self) -> Option<u64> {
+        Some(self.start_until.load(Ordering::Relaxed)).filter(|&ns| ns != 0)
     }
 
     pub(crate) fn set_pid(&self, pid: i32) {
@@ -376,5 +407,32 @@ mod tests {
         assert!(cell.busy_since() > 0);
         cell.idle();
         assert_eq!(cell.state(), WorkerState::Idle);
+    }
+
+    #[test]
+    fn a_start_extension_only_grows_and_a_reset_clears_it_and_the_hang() {
+        let board = Scoreboard::new(1).unwrap();
+        let cell = board.cell(0);
+        cell.reset(42, 1);
+        assert_eq!(cell.start_until(), None);
+        let before = now_ns();
+        cell.extend_start(Duration::from_secs(30));
+        let long = cell.start_until().unwrap();
+        assert!(long >= before + 30_000_000_000);
+        cell.extend_start(Duration::from_secs(1));
+        assert_eq!(
+            cell.start_until(),
+            Some(long),
+            "a shorter one does not shorten"
+        );
+        cell.extend_start(Duration::MAX);
+        assert_eq!(cell.start_until(), Some(u64::MAX));
+        assert_eq!(cell.last_beat(), 0, "an extension is no heartbeat");
+        assert!(!cell.hung());
+        cell.declare_hung();
+        assert!(cell.hung());
+        cell.reset(43, 2);
+        assert_eq!(cell.start_until(), None);
+        assert!(!cell.hung());
     }
 }

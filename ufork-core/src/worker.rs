@@ -105,6 +105,52 @@ impl Vitals {
         self.cell().plan_exit();
     }
 
+    /// Asks for more time to boot: the worker is not killed for its start
+    /// timeout before `extra` from now, even past the timeout, so a worker
+    /// that loads slowly but says so is not taken for a hung boot. Its start
+    /// deadline becomes the later of its fork plus the start timeout and
+    /// now plus `extra`; an extension never shortens the timeout or an
+    /// earlier extension. Call it again before `extra` runs out to extend
+    /// further (a worker loading a model might ask for 30 s every 10 s),
+    /// then [`ready`](Self::ready). systemd's `EXTEND_TIMEOUT_USEC` while
+    /// starting, which `ufork run --notify` maps to this.
+    ///
+    /// Only the start timeout moves: it is no heartbeat, and a booting
+    /// worker that has beaten is still judged by the heartbeat timeout.
+    /// Returns whether the worker was still booting; once it is ready (or
+    /// stopping) the call changes nothing and returns `false`. One atomic
+    /// read-modify-write and a clock read, no system call.
+    pub fn extend_start(&self, extra: Duration) -> bool {
+        let cell = self.cell();
+        if cell.state() != WorkerState::Booting {
+            return false;
+        }
+        cell.extend_start(extra);
+        true
+    }
+
+    /// Declares the worker hung: the arbiter kills it (SIGKILL) and
+    /// replaces it at once, as it does a worker silent past the heartbeat
+    /// timeout ([`ExitReason::Hung`](crate::ExitReason::Hung); a crash-loop
+    /// step like a hang), logging that the worker asked for it. For a
+    /// worker's own watchdog that found another of its threads stuck;
+    /// systemd's `WATCHDOG=trigger`, which `ufork run --notify` maps to
+    /// this. A worker already asked to stop is left to its stop. One atomic
+    /// store and a note that wakes the arbiter.
+    pub fn declare_hung(&self) {
+        let cell = self.cell();
+        cell.declare_hung();
+        if let Some(fd) = &self.notes {
+            notes::send(
+                fd.as_fd(),
+                NoteKind::Wake,
+                self.slot,
+                cell_generation(cell),
+                "",
+            );
+        }
+    }
+
     /// The worker's state as the scoreboard holds it.
     pub fn state(&self) -> WorkerState {
         self.cell().state()
@@ -314,6 +360,36 @@ impl Worker {
     /// ```
     pub fn recycle(&self) {
         self.vitals.recycle();
+    }
+
+    /// Asks for more time to boot; see [`Vitals::extend_start`].
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # fn load_next_shard() -> bool { false }
+    /// # fn main() -> Result<(), ufork_core::Error> {
+    /// ufork_core::Arbiter::builder()
+    ///     .start_timeout(Duration::from_secs(60))
+    ///     .build()?
+    ///     .run(|worker| -> Result<(), std::io::Error> {
+    ///         // Loading takes longer than the start timeout, a shard at a time.
+    ///         while load_next_shard() {
+    ///             worker.extend_start(Duration::from_secs(120));
+    ///         }
+    ///         worker.ready();
+    ///         Ok(())
+    ///     })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn extend_start(&self, extra: Duration) -> bool {
+        self.vitals.extend_start(extra)
+    }
+
+    /// Declares this worker hung, to be killed and replaced; see
+    /// [`Vitals::declare_hung`].
+    pub fn declare_hung(&self) {
+        self.vitals.declare_hung();
     }
 
     /// Counts one request served.

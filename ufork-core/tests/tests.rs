@@ -1184,6 +1184,95 @@ fn a_worker_never_ready_is_killed_at_the_start_timeout() {
 }
 
 #[test]
+fn a_worker_that_extends_its_start_outlives_the_start_timeout() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    let start_timeout = Duration::from_millis(300);
+    let arbiter = Arbiter::builder()
+        .workers(1)
+        .ready_on_start(false)
+        .start_timeout(start_timeout)
+        .build()
+        .unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.generation() > 0 {
+                tx.send("replaced");
+                w.wait_for_stop(None);
+                return Ok(());
+            }
+            let extended = w.extend_start(DEADLINE);
+            // What is tested is that nothing happens meanwhile: the
+            // worker outlives its start timeout, twice over.
+            w.wait_for_stop(Some(start_timeout * 2));
+            w.ready();
+            let again = w.extend_start(DEADLINE);
+            tx.send(&format!("ready extended={extended} again={again}"));
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    let line = ev.expect("ready", |l| l.starts_with("ready") || l == "replaced");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    assert_eq!(
+        line, "ready extended=true again=false",
+        "{:?}",
+        outcome.history
+    );
+    assert_eq!(outcome.history.len(), 1, "{:?}", outcome.history);
+    assert_eq!(outcome.history[0].reason, ExitReason::Stopped);
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
+fn a_worker_that_declares_itself_hung_is_killed_and_replaced_at_once() {
+    let _g = lock();
+    let mut ev = Events::new();
+    let tx = ev.sender();
+    // No heartbeat timeout at all: the worker's word is enough.
+    let arbiter = Arbiter::builder().workers(1).build().unwrap();
+    let (handle, thread) = arbiter
+        .spawn_guarded(move |w: &mut Worker| -> Res {
+            if w.generation() == 0 {
+                w.busy();
+                w.set_activity("GET /stuck");
+                w.declare_hung();
+                tx.send("declared");
+                loop {
+                    std::thread::park();
+                }
+            }
+            tx.send("replacement");
+            w.wait_for_stop(None);
+            Ok(())
+        })
+        .unwrap();
+    ev.expect("declared", |l| l == "declared");
+    ev.expect("replacement", |l| l == "replacement");
+    handle.stop();
+    let outcome = thread.join().unwrap().unwrap();
+    let hung = &outcome.history[0];
+    assert_eq!(hung.status, ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(
+        hung.reason,
+        ExitReason::Hung {
+            state: WorkerState::Busy,
+            activity: "GET /stuck".to_owned()
+        }
+    );
+    assert_eq!(outcome.history[1].reason, ExitReason::Stopped);
+    let logs = util::logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("declared itself hung while busy (GET /stuck); killing it")),
+        "{logs:?}"
+    );
+    assert_nothing_left(&outcome.history);
+}
+
+#[test]
 fn an_arbiter_stopped_longer_than_the_timeout_spares_healthy_workers() {
     let _g = lock();
     let mut child = util::Reaped(

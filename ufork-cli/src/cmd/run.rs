@@ -25,7 +25,10 @@ outlive their worker (nor keep its sockets).
 Without --notify a worker counts as ready as soon as CMD has been executed. With
 --notify, NOTIFY_SOCKET is set and the sd_notify protocol applies: READY=1 marks
 the worker ready, WATCHDOG=1 is its heartbeat (WATCHDOG_USEC comes from --timeout),
-STATUS=... is shown by `status`.
+STATUS=... is shown by `status`. EXTEND_TIMEOUT_USEC=N while booting gives the
+worker N microseconds from then to send READY=1 or another extension, past
+--start-timeout if need be (never less); from a ready worker it is ignored.
+WATCHDOG=trigger kills and replaces the worker as hung at once.
 
 Examples:
   ufork run -w 4 --bind 127.0.0.1:9000 -- python3 app.py

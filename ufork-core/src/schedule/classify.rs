@@ -67,7 +67,11 @@ pub(crate) fn is_crash(
     }
     match status {
         ExitStatus::Signal(sig) => {
-            SELF_RAISED.contains(&sig) || matches!(reason, ExitReason::TimedOut { .. })
+            SELF_RAISED.contains(&sig)
+                || matches!(
+                    reason,
+                    ExitReason::TimedOut { .. } | ExitReason::Hung { .. }
+                )
         }
         ExitStatus::Code(_) => true,
     }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Cells, Due, Scheduler, Sig};
+use super::{Action, Cells, Due, Observed, Scheduler, Sig};
 use crate::ExitReason;
 use crate::exit::human;
 
@@ -85,6 +85,23 @@ impl Scheduler {
         self.resumed_at.map_or(t, |r| r.max(t))
     }
 
+    /// When a worker started at `started` and still booting is killed for
+    /// its start timeout: the start timeout after it started (or after the
+    /// arbiter resumed from a stall), or later if the worker asked for more
+    /// time ([`crate::Vitals::extend_start`]), as systemd's
+    /// `EXTEND_TIMEOUT_USEC` does: an extension never shortens the timeout.
+    /// `None`: never.
+    fn start_deadline(&self, started: Instant, observed: &Observed) -> Option<Instant> {
+        let timeout = self
+            .judged_from(started)
+            .checked_add(self.settings.start_timeout);
+        match (timeout, observed.start_until) {
+            (None, _) | (_, Some(Due::Never)) => None,
+            (Some(t), Some(Due::At(until))) => Some(t.max(until)),
+            (Some(t), Some(Due::Now) | None) => Some(t),
+        }
+    }
+
     /// Whether memory and descriptor limits are due for a check now; if so,
     /// the next check is scheduled.
     pub(crate) fn limits_due(&mut self, now: Instant) -> bool {
@@ -139,12 +156,31 @@ impl Scheduler {
                 self.slots[slot].not_before = Due::Now;
                 self.warn_if_wedged();
             }
+            if observed.hung {
+                let activity = cells.activity(slot);
+                let state = observed.state;
+                log::error!(
+                    target: "ufork",
+                    "worker {slot} pid {pid} declared itself hung while {state}{}; killing it",
+                    if activity.is_empty() { String::new() } else { format!(" ({activity})") }
+                );
+                self.end_proc(slot, ExitReason::Hung { state, activity }, false, now);
+                continue;
+            }
             if observed.state == crate::WorkerState::Booting {
-                let since = self.judged_from(started);
-                if now.saturating_duration_since(since) > self.settings.start_timeout {
+                let deadline = self.start_deadline(started, &observed);
+                if deadline.is_some_and(|d| now > d) {
+                    let timeout = self
+                        .judged_from(started)
+                        .checked_add(self.settings.start_timeout);
+                    let extended = if deadline == timeout {
+                        ""
+                    } else {
+                        ", as the worker extended it"
+                    };
                     log::error!(
                         target: "ufork",
-                        "worker {slot} pid {pid} not ready after {} (start timeout); killing it",
+                        "worker {slot} pid {pid} not ready after {} (start timeout{extended}); killing it",
                         human(uptime)
                     );
                     self.end_proc(slot, ExitReason::BootTimedOut { after: uptime }, false, now);
@@ -206,11 +242,14 @@ impl Scheduler {
                 consider(p.started.checked_add(self.settings.min_uptime));
             }
             let observed = cells.observe(slot);
+            if observed.hung {
+                consider(Some(now));
+                continue;
+            }
             if observed.state == crate::WorkerState::Booting {
                 let since = self.judged_from(p.started);
                 consider(
-                    since
-                        .checked_add(self.settings.start_timeout)
+                    self.start_deadline(p.started, &observed)
                         .and_then(just_after),
                 );
                 // A booting worker may beat before it is ready, and its ready

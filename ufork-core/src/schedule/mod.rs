@@ -32,6 +32,11 @@ pub(crate) struct Observed {
     pub(crate) planned_exit: bool,
     /// Requests it served.
     pub(crate) requests: u64,
+    /// It declared itself hung ([`crate::Vitals::declare_hung`]).
+    pub(crate) hung: bool,
+    /// Until when it asked to boot ([`crate::Vitals::extend_start`]):
+    /// `None` if it did not ask, [`Due::Never`] past what an `Instant` holds.
+    pub(crate) start_until: Option<Due>,
 }
 
 impl Observed {
@@ -42,6 +47,8 @@ impl Observed {
         last_beat: None,
         planned_exit: false,
         requests: 0,
+        hung: false,
+        start_until: None,
     };
 }
 
@@ -767,7 +774,7 @@ impl Scheduler {
 
     /// A worker's error or panic note arrived.
     pub(crate) fn note(&mut self, note: Note) {
-        if note.kind == NoteKind::Ready {
+        if matches!(note.kind, NoteKind::Ready | NoteKind::Wake) {
             return; // the wake-up was the point
         }
         if let Some(slot) = self.slots.get_mut(note.slot) {

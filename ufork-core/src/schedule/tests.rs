@@ -35,15 +35,27 @@ impl Board {
     fn clear(&self, slot: usize) {
         self.0.borrow_mut().remove(&slot);
     }
+    fn extend_start(&self, slot: usize, until: Due) {
+        self.0
+            .borrow_mut()
+            .entry(slot)
+            .or_insert(Observed::BOOTING)
+            .start_until = Some(until);
+    }
+    fn declare_hung(&self, slot: usize) {
+        self.0
+            .borrow_mut()
+            .entry(slot)
+            .or_insert(Observed::BOOTING)
+            .hung = true;
+    }
 }
 
 impl Cells for Board {
     fn observe(&self, slot: usize) -> Observed {
         self.0.borrow().get(&slot).cloned().unwrap_or(Observed {
             state: WorkerState::Empty,
-            last_beat: None,
-            planned_exit: false,
-            requests: 0,
+            ..Observed::BOOTING
         })
     }
     fn activity(&self, _: usize) -> String {
@@ -331,6 +343,156 @@ fn a_worker_never_ready_is_killed_at_the_start_timeout() {
     assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
     let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 11 * SEC);
     assert_eq!(r.reason, R::BootTimedOut { after: 11 * SEC });
+}
+
+#[test]
+fn a_booting_worker_that_extends_its_start_lives_until_the_extension_ends() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let st = Settings {
+        start_timeout: 10 * SEC,
+        ..settings(1)
+    };
+    let mut s = running(st, t0, &board, WorkerState::Booting);
+    // EXTEND_TIMEOUT_USEC=25000000 at 5 s: may boot until 30 s.
+    board.extend_start(0, Due::At(t0 + 30 * SEC));
+    assert_eq!(
+        s.next_deadline(t0 + 5 * SEC, &board),
+        Some(t0 + 30 * SEC + Duration::from_nanos(1))
+    );
+    s.check_health(t0 + 11 * SEC, &board);
+    assert!(
+        signals(&mut s).is_empty(),
+        "past the start timeout, within the extension"
+    );
+    s.check_health(t0 + 30 * SEC, &board);
+    assert!(
+        signals(&mut s).is_empty(),
+        "at the extension's end, not past it"
+    );
+    s.check_health(t0 + 30 * SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 31 * SEC);
+    assert_eq!(
+        r.reason,
+        R::BootTimedOut {
+            after: 30 * SEC + MS
+        }
+    );
+}
+
+#[test]
+fn an_extension_never_shortens_the_start_timeout() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let st = Settings {
+        start_timeout: 10 * SEC,
+        ..settings(1)
+    };
+    let mut s = running(st, t0, &board, WorkerState::Booting);
+    // EXTEND_TIMEOUT_USEC=1000000 at 2 s: the start timeout is later.
+    board.extend_start(0, Due::At(t0 + 3 * SEC));
+    assert_eq!(
+        s.next_deadline(t0 + 2 * SEC, &board),
+        Some(t0 + 10 * SEC + Duration::from_nanos(1))
+    );
+    s.check_health(t0 + 5 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    s.check_health(t0 + 10 * SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+}
+
+#[test]
+fn an_extension_past_what_an_instant_holds_is_never_and_ends_at_ready() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let st = Settings {
+        start_timeout: SEC,
+        ..settings(1)
+    };
+    let mut s = running(st, t0, &board, WorkerState::Booting);
+    board.extend_start(0, Due::Never);
+    assert_eq!(s.next_deadline(t0, &board), None);
+    s.check_health(t0 + 1000 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    // Ready: the extension has done its work and nothing else reads it.
+    board.set(0, WorkerState::Ready, Some(t0 + 1000 * SEC));
+    s.check_health(t0 + 2000 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+}
+
+#[test]
+fn an_extension_does_not_weaken_hang_detection() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let hb = Settings {
+        heartbeat_timeout: Some(SEC),
+        start_timeout: SEC,
+        ..settings(1)
+    };
+    // A ready worker's extension (ignored by `Vitals` anyway) moves nothing.
+    let mut s = running(hb.clone(), t0, &board, WorkerState::Ready);
+    board.set(0, WorkerState::Ready, Some(t0));
+    board.extend_start(0, Due::At(t0 + 100 * SEC));
+    assert_eq!(
+        s.next_deadline(t0, &board),
+        Some(t0 + SEC + Duration::from_nanos(1))
+    );
+    s.check_health(t0 + SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    // Nor is a booting worker that has beaten spared the heartbeat timeout.
+    let board = Board::default();
+    let mut s = running(hb, t0, &board, WorkerState::Booting);
+    board.set(0, WorkerState::Booting, Some(t0));
+    board.extend_start(0, Due::At(t0 + 100 * SEC));
+    s.check_health(t0 + SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 2 * SEC);
+    assert!(matches!(r.reason, R::TimedOut { .. }), "{r}");
+}
+
+#[test]
+fn a_worker_that_declares_itself_hung_is_killed_at_once_as_a_hang() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let hb = Settings {
+        heartbeat_timeout: Some(30 * SEC),
+        ..settings(2)
+    };
+    let mut s = running(hb, t0, &board, WorkerState::Busy);
+    board.set(0, WorkerState::Busy, Some(t0));
+    board.set(1, WorkerState::Busy, Some(t0));
+    board.declare_hung(1);
+    assert_eq!(s.next_deadline(t0 + MS, &board), Some(t0 + MS), "wake now");
+    s.check_health(t0 + MS, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Kill)]);
+    let r = reap(&mut s, &board, 1, S::Signal(9), t0 + 2 * MS);
+    assert_eq!(
+        r.reason,
+        R::Hung {
+            state: WorkerState::Busy,
+            activity: "GET /slow".to_owned()
+        }
+    );
+    // Young and killed by the arbiter for a hang: a crash-loop step and a
+    // restart, replaced at once (the first failure has no backoff).
+    assert_eq!(s.slots[1].failures, 1);
+    assert_eq!(s.slots[1].restarts, 1);
+    assert_eq!(s.plan_spawns(t0 + 2 * MS, &board).slots.len(), 1);
+}
+
+#[test]
+fn a_stopping_worker_that_declares_itself_hung_is_left_to_its_stop() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    s.end_proc(0, R::Stopped, true, t0);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    board.declare_hung(0);
+    s.check_health(t0 + MS, &board);
+    assert!(signals(&mut s).is_empty());
+    let r = reap(&mut s, &board, 0, S::Code(0), t0 + 2 * MS);
+    assert_eq!(r.reason, R::Stopped);
 }
 
 #[test]
