@@ -357,12 +357,13 @@ const STATES: [WorkerState; 5] = [
 ];
 
 /// Every exit reason, so each counter exists from the start.
-const REASONS: [&str; 10] = [
+const REASONS: [&str; 11] = [
     "exited",
     "failed",
     "panicked",
     "killed",
     "stopped",
+    "recycled",
     "timed-out",
     "hung",
     "boot-timed-out",

@@ -888,3 +888,39 @@ fn a_new_arbiter_speaks_once_an_earlier_old_arbiter_closes_the_socket_never_once
         assert_eq!(spoke, mode == "close", "{mode}: {:?}", recorder.seen);
     }
 }
+
+/// A worker recycled by `--max-requests` counts among the exits, as
+/// `recycled`.
+#[test]
+fn recycled_workers_count_in_the_exits_metric() {
+    let mut pool = Running::start(&[
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "-w",
+        "1",
+        "--max-requests",
+        "2",
+        "--max-requests-jitter",
+        "0",
+        "--metrics-bind",
+        "127.0.0.1:0",
+    ]);
+    let addr = pool.http_addr();
+    let metrics = metrics_addr(&mut pool);
+    for _ in 0..2 {
+        assert_eq!(get(addr, "/").0, 200);
+    }
+    pool.expect_line("recycling");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let m = scrape(metrics);
+        if m["ufork_worker_exits_total{reason=recycled}"] >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m:?}");
+        std::thread::yield_now();
+    }
+    pool.signal(Signal::TERM);
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+}
