@@ -111,7 +111,8 @@ pub fn for_people(text: &str) -> Vec<u8> {
 }
 
 /// Hands every record to `log` from now on (ufork-io's arbiter logger, which
-/// writes into the same queue as the workers' output).
+/// writes into a queue of the capture's: the arbiter sink's, or the
+/// stderr sink's).
 pub fn delegate(log: Box<dyn log::Log>) {
     let _ = DELEGATE.set(log);
 }

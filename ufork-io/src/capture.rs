@@ -287,7 +287,7 @@ impl CaptureBuilder {
         self
     }
 
-    /// Checks the settings and starts the writer thread.
+    /// Checks the settings and starts the writer threads (one per sink).
     ///
     /// The thread starts here, not in `run`, so that the process already has
     /// it when the arbiter records whether it started single-threaded.
@@ -1014,9 +1014,9 @@ fn stamp_for(format: Format) -> format::Stamp {
 }
 
 /// The text of a drop notice. With the streams split, a worker's stdout
-/// and stderr each report their own drops, often in the same instant (one
-/// stalled sink fills the one queue both go through): each notice names
-/// its stream, so the two do not read as one notice written twice. The
+/// and stderr each report their own drops (in the same instant when both
+/// go to one sink, or both sinks stalled): each notice names its stream,
+/// so the two do not read as one notice written twice. The
 /// stream comes last: `bytes from worker N (pid P)` reads as it always did,
 /// for the parsers that look for it.
 fn notice_text(dropped: u64, info: &LineInfo) -> String {

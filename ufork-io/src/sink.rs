@@ -582,8 +582,8 @@ impl Queue {
     }
 
     /// Reports failed sink writes if a report is due (or now, with `force`):
-    /// a warning through the `log` facade and, unless stderr is one of the
-    /// capture's sinks, a line on the arbiter's stderr — the logger may well
+    /// a warning through the `log` facade and, unless this queue's own sink
+    /// is stderr, a line on the arbiter's stderr — the logger may well
     /// write into this very sink ([`Capture::logger`](crate::Capture::logger)).
     ///
     /// Call it holding neither lock: the logger may queue a line. That line

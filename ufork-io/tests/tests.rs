@@ -1722,3 +1722,104 @@ fn worker_stderr_flows_and_is_never_dropped_while_stdout_stalls() {
 fn worker_stdout_flows_and_is_never_dropped_while_stderr_stalls() {
     the_other_stream_flows_while_one_stalls(true);
 }
+
+/// The marker, stream and number in front of each long line the child of
+/// [`stdout_and_stderr_onto_one_file_never_splice_a_line`] writes.
+const ONE_FILE_LINE: usize = 20_000;
+const ONE_FILE_LINES: usize = 30;
+
+/// In the child process of the test below: a pool whose sinks are this
+/// process' stdout and stderr, which the test made one pipe (`2>&1`). Two
+/// workers write lines far longer than `PIPE_BUF` to both streams at once.
+fn one_file_child() {
+    let layer = Capture::builder()
+        .sink(Sink::stdout())
+        .stderr_sink(Sink::stderr())
+        .split_streams(true)
+        .build()
+        .expect("capture");
+    let done = util::Signal::new();
+    let arbiter = pool(2).layer(layer).build().expect("build");
+    let handle = arbiter.handle();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _guard = util::StopOnPanic(handle.clone());
+            done.wait(2);
+            handle.stop();
+        });
+        arbiter
+            .run(|w| -> WorkerResult {
+                if w.generation() == 0 {
+                    let body = "x".repeat(ONE_FILE_LINE);
+                    for i in 0..ONE_FILE_LINES {
+                        writeln!(std::io::stdout().lock(), "one-file-out-{i}-{body}")?;
+                        writeln!(std::io::stderr().lock(), "one-file-err-{i}-{body}")?;
+                    }
+                    done.raise();
+                }
+                while !w.should_stop() {
+                    w.wait_for_stop(Some(Duration::from_secs(1)));
+                }
+                Ok(())
+            })
+            .expect("run");
+    });
+}
+
+/// Sinks onto one file (`2>&1`, as journald and docker give a service its
+/// output): the two streams share one writer, so a line longer than
+/// `PIPE_BUF` never lands inside another. The pool runs in a child process
+/// whose fds 1 and 2 are one pipe (this test's own fds are not touched).
+#[test]
+fn stdout_and_stderr_onto_one_file_never_splice_a_line() {
+    if std::env::var_os("UFORK_IO_ONE_FILE_CHILD").is_some() {
+        one_file_child();
+        return;
+    }
+    let (read, write) = rustix::pipe::pipe().expect("pipe");
+    // One page: every long line takes several writes, each waiting for the
+    // reader, so two writers on it would interleave.
+    rustix::pipe::fcntl_setpipe_size(&write, 4096).expect("pipe size");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "stdout_and_stderr_onto_one_file_never_splice_a_line",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("UFORK_IO_ONE_FILE_CHILD", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::from(write.try_clone().expect("dup")))
+        .stderr(std::fs::File::from(write))
+        .spawn()
+        .expect("spawn the child");
+    let mut text = Vec::new();
+    {
+        use std::io::Read;
+        std::fs::File::from(read)
+            .read_to_end(&mut text)
+            .expect("read the pipe");
+    }
+    let status = child.wait().expect("wait");
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        status.success(),
+        "child: {status}\n{}",
+        &text[..text.len().min(2000)]
+    );
+    let body = "x".repeat(ONE_FILE_LINE);
+    let mut whole = 0;
+    for (at, _) in text.match_indices("one-file-") {
+        let rest = &text[at + "one-file-".len()..];
+        let (_, rest) = rest.split_once('-').expect("stream");
+        let (_, rest) = rest.split_once('-').expect("number");
+        assert!(
+            rest.starts_with(&body) && rest[body.len()..].starts_with('\n'),
+            "a line was cut into: {}",
+            &rest[..rest.len().min(200)]
+        );
+        whole += 1;
+    }
+    assert_eq!(whole, 2 * 2 * ONE_FILE_LINES, "every line arrived whole");
+}
