@@ -748,7 +748,7 @@ impl Scheduler {
                 self.abandon(
                     why,
                     &format!(
-                        "the stand-in (slot {spare}) serves until worker {slot} has a ready worker again, and the workers not replaced yet keep serving"
+                        "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
                     ),
                 );
                 self.cover = Some(Cover {
