@@ -601,6 +601,9 @@ impl Scheduler {
         };
         if let Some(cover) = self.cover.filter(|c| c.slot == slot) {
             self.cover = None;
+            // A reload is the operator's new try: not held back by the
+            // crash-loop backoff of the last one.
+            self.slots[slot].not_before = Due::Now;
             if live {
                 // Not ready (the stand-in would be gone), and from before
                 // this roll: it makes way for a new one.
@@ -918,23 +921,33 @@ impl Scheduler {
     }
 
     /// Whether every slot has failed `give_up_after` times in a row. A slot
-    /// the live stand-in of an abandoned roll covers is served: the pool
-    /// does not give up while it is.
+    /// a live stand-in covers (of an abandoned roll, or of the roll under
+    /// way once the old worker was asked to go) is served: the pool does not
+    /// give up while it is.
     fn cannot_start(&self) -> bool {
         let n = self.settings.give_up_after;
         let end = self.target.min(self.slots.len());
-        let covered = self.cover.filter(|c| {
-            self.slots
-                .get(c.stand_in.0)
-                .and_then(|s| s.proc.as_ref())
-                .is_some_and(|p| p.reason.is_none())
-        });
+        let covered = self.covered_slot();
         n > 0
             && end > 0
             && self.slots[..end]
                 .iter()
                 .enumerate()
-                .all(|(i, s)| s.failures >= n && covered.is_none_or(|c| c.slot != i))
+                .all(|(i, s)| s.failures >= n && covered != Some(i))
+    }
+
+    /// The slot a live stand-in serves in place of its own worker.
+    fn covered_slot(&self) -> Option<usize> {
+        let roll = self
+            .roll
+            .filter(|r| r.phase == Phase::Replace)
+            .and_then(|r| Some((r.slot, r.stand_in?.0)));
+        let (slot, spare) = self.cover.map(|c| (c.slot, c.stand_in.0)).or(roll)?;
+        self.slots
+            .get(spare)
+            .and_then(|s| s.proc.as_ref())
+            .is_some_and(|p| p.reason.is_none())
+            .then_some(slot)
     }
 
     /// The failure that made the scheduler give up, once: the driver stops

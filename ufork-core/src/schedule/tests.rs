@@ -927,6 +927,18 @@ fn the_stand_in_of_an_abandoned_roll_keeps_the_pool_from_giving_up() {
     assert!(s.slots[0].failures >= 10);
     assert!(signals(&mut s).is_empty(), "the stand-in is not stopped");
     assert_eq!(ready_count(&s, &board), 1);
+    // A reload meanwhile takes the stand-in over: the slot's next failure,
+    // which abandons it, gives up no more.
+    s.start_rolling();
+    s.advance_rolling(t, &board);
+    assert_eq!(fork_planned(&mut s, &board, t).len(), 1);
+    s.advance_rolling(t, &board);
+    reap(&mut s, &board, 0, S::Code(1), t);
+    assert!(s.take_give_up().is_none(), "the stand-in serves");
+    s.advance_rolling(t, &board);
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+    assert!(signals(&mut s).is_empty(), "the stand-in is not stopped");
     // Ready at last: the stand-in goes.
     t += 60 * SEC;
     assert_eq!(fork_planned(&mut s, &board, t).len(), 1);
@@ -968,8 +980,9 @@ fn a_new_roll_during_an_abandoned_one_begins_with_the_covered_slot_and_goes_on()
     assert!(s.rolling());
     assert_eq!(s.abandoned, None);
     s.advance_rolling(t0, &board);
-    // The roll takes the stand-in over: no second stand-in for slot 0.
-    let t = t0 + 60 * SEC;
+    // The roll takes the stand-in over (no second stand-in for slot 0) and
+    // refills slot 0 at once, backoff or not.
+    let t = t0;
     assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
     s.advance_rolling(t, &board);
     assert!(signals(&mut s).is_empty());
