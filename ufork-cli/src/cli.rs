@@ -75,8 +75,8 @@ each replaced worker as it happens and returns once every worker was replaced by
 a ready one: exit 0; 1 with the reason when the roll was abandoned (a replacement
 failed, or was not ready within the pool's --start-timeout: the old workers keep
 serving, the stand-in covering the slot until it has a ready worker again), when
-it ended with a slot that has no ready worker, or when --timeout passed first
-(the roll goes on); 3 when nothing runs.
+it ended with a slot that has no ready worker after a failure (not a recycle), or
+when --timeout passed first (the roll goes on); 3 when nothing runs.
 It fits systemd's ExecReload=. A pool without that socket gets SIGHUP at its pid
 (verified: the holder of the pidfile's lock), and reload says that it did not wait.")]
     Reload(crate::cmd::reload::ReloadArgs),

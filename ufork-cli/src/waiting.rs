@@ -146,12 +146,19 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
             if snapshot.rolls <= *rolls_before || snapshot.rolling {
                 return None;
             }
+            let exits: Vec<(usize, bool)> = snapshot
+                .history
+                .iter()
+                .map(|r| (r.slot, r.reason.is_requested()))
+                .collect();
+            let between = between(old, &exits);
             Some(report(
                 old,
                 &now,
                 told,
                 Ended {
                     abandoned: snapshot.roll_abandoned.as_deref(),
+                    between: &between,
                     ready: snapshot.ready_count(),
                     target: snapshot.target,
                     millis: started.elapsed().as_millis(),
@@ -161,10 +168,30 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
     }
 }
 
+/// The slots of `old` whose last exit in `exits` (slot, whether it was asked
+/// for; oldest first) was asked for (a recycle, a restart): refilled at once,
+/// such a slot is between two workers, not failed. A slot the history does
+/// not show (it is shorter, or off) is not.
+fn between(old: &[(usize, i32)], exits: &[(usize, bool)]) -> Vec<usize> {
+    old.iter()
+        .map(|&(slot, _)| slot)
+        .filter(|&slot| {
+            exits
+                .iter()
+                .rev()
+                .find(|&&(s, _)| s == slot)
+                .is_some_and(|&(_, requested)| requested)
+        })
+        .collect()
+}
+
 /// How the pool says the roll ended.
 struct Ended<'a> {
     /// Why it was abandoned, if it was.
     abandoned: Option<&'a str>,
+    /// Slots whose last exit was asked for (recycled, stopped): a slot of
+    /// these without a ready worker is between two workers, not failed.
+    between: &'a [usize],
     ready: usize,
     target: usize,
     millis: u128,
@@ -174,10 +201,13 @@ struct Ended<'a> {
 /// not told yet and its successor, and whether every slot of the pool was
 /// replaced by a ready worker. The roll abandoned (a stand-in or a slot's
 /// new worker failed before it was ready), an old worker still running, or
-/// a slot without a ready new worker is a failure, not "restarted".
+/// a slot without a ready new worker whose last exit was not asked for (it
+/// failed, or was killed) is a failure, not "restarted". A slot whose new
+/// worker recycled as the roll ended is refilled already, not failed.
 fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) -> (String, bool) {
     let Ended {
         abandoned,
+        between,
         ready,
         target,
         millis,
@@ -205,10 +235,12 @@ fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) 
         );
     }
     // A slot of the pool (not scaled away) whose new worker is not ready: it
-    // failed, or was killed, after the roll moved on.
+    // failed, or was killed, after the roll moved on (not recycled).
     let unready: Vec<String> = old
         .iter()
-        .filter(|&&(slot, _)| slot < target && !now.iter().any(|w| w.slot == slot && w.up))
+        .filter(|&&(slot, _)| {
+            slot < target && !between.contains(&slot) && !now.iter().any(|w| w.slot == slot && w.up)
+        })
         .map(|(slot, _)| format!("worker {slot}"))
         .collect();
     if !unready.is_empty() {
@@ -229,11 +261,12 @@ fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) 
 
 #[cfg(test)]
 mod tests {
-    use super::{Ended, Seen, replaced, report};
+    use super::{Ended, Seen, between, replaced, report};
 
     fn ended(ready: usize, target: usize) -> Ended<'static> {
         Ended {
             abandoned: None,
+            between: &[],
             ready,
             target,
             millis: 30,
@@ -372,5 +405,31 @@ mod tests {
             text.contains("but worker 0 has no ready worker (1 of 2 ready"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_slot_whose_new_worker_recycled_as_the_roll_ended_is_no_failure() {
+        let booting = Seen {
+            up: false,
+            ..up(0, 22, 2)
+        };
+        // Slot 0's new worker (pid 20) was ready, then recycled: its
+        // successor boots. The history says so; the roll succeeded.
+        let (text, ok) = report(
+            &[(0, 10), (1, 11)],
+            &[booting, up(1, 21, 1)],
+            &[0],
+            Ended {
+                between: &[0],
+                ..ended(1, 2)
+            },
+        );
+        assert!(ok, "{text}");
+        assert!(text.contains("every worker restarted"), "{text}");
+        // Which slots those are: the last exit of each, as the history has
+        // it (slot 0 recycled after its old worker was stopped; slot 1's
+        // new worker failed after a recycle; slot 2 not in the history).
+        let exits = [(0, true), (1, true), (0, true), (1, false)];
+        assert_eq!(between(&[(0, 10), (1, 11), (2, 12)], &exits), vec![0]);
     }
 }

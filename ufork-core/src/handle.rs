@@ -209,14 +209,16 @@ pub struct Snapshot {
     pub stopping: bool,
     /// Workers forked since `run` began.
     pub spawned: u64,
-    /// Whether a rolling restart is in progress.
+    /// Whether a rolling restart is in progress. An abandoned one is not,
+    /// even while its stand-in still covers the slot whose new worker failed.
     pub rolling: bool,
     /// Rolling restarts begun since `run` began: a layer that looks now and
     /// then still sees a roll that began and ended in between.
     pub rolls: u64,
     /// Why the last rolling restart was abandoned (a stand-in, or a slot's
-    /// new worker, failed before it was ready), as the log says it; `None`
-    /// when it was not, or once another roll began.
+    /// new worker, failed before it was ready: a crash-loop step, not a
+    /// planned exit), as the log says it; `None` when it was not, or once
+    /// another roll began. Scaling meanwhile does not change it.
     pub roll_abandoned: Option<String>,
     /// Live worker processes, by slot.
     pub workers: Vec<WorkerInfo>,

@@ -458,8 +458,6 @@ fn reload_exits_1_when_a_slots_new_worker_fails_and_the_stand_in_keeps_serving()
         "-w",
         "1",
         "--notify",
-        "--give-up-after",
-        "0",
         "--pidfile",
         &pidfile,
         "--",
@@ -497,9 +495,25 @@ fn reload_exits_1_when_a_slots_new_worker_fails_and_the_stand_in_keeps_serving()
         ready[0].1
     };
     let serving = stand_in(&pidfile);
-    // Slot 0 keeps failing (a crash loop now), and the stand-in still serves.
+    // Slot 0 keeps failing (a crash loop now), past the default
+    // --give-up-after 5: the stand-in serves, so the pool does not give up.
     pool.expect_line("worker 0 is crash-looping");
+    pool.expect_line("worker 0 (pid ");
+    pool.expect_line("generation 6) failed");
     assert_eq!(stand_in(&pidfile), serving);
+    // A second reload meanwhile begins with slot 0, whose next worker fails
+    // too: it ends (abandoned) rather than waiting forever.
+    let out = run(&["reload", "--pidfile", &pidfile, "--timeout", "60"]);
+    assert_one_line_error(
+        &out,
+        1,
+        &[
+            "reload failed: the rolling restart was abandoned after",
+            "worker 0's new worker (pid ",
+            "failed before it was ready",
+        ],
+    );
+    assert_eq!(stand_in(&pidfile), serving, "the stand-in still serves");
     // Once slot 0 has a ready worker, the stand-in goes.
     std::fs::remove_file(&marker).unwrap();
     let deadline = std::time::Instant::now() + DEADLINE;

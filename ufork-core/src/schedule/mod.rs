@@ -157,10 +157,21 @@ struct Roll {
     /// with; `None`: no spare slot, stop-then-start.
     stand_in: Option<(usize, u32)>,
     phase: Phase,
-    /// The slot's new worker failed before it was ready and the roll was
-    /// abandoned: the stand-in only covers the slot until a later worker of
-    /// it is ready (the roll no longer counts as running).
-    abandoned: bool,
+}
+
+/// The stand-in of an abandoned roll, covering the slot whose new worker
+/// failed before it was ready: it serves until the slot has a ready worker
+/// newer than `old`, then is asked to stop. It is no roll: a new roll goes
+/// on meanwhile, and takes it over as its own stand-in when it reaches
+/// `slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cover {
+    slot: usize,
+    /// Workers of this generation or older do not count as the slot's new
+    /// worker.
+    old: u32,
+    /// The spare slot the stand-in runs in, and its generation.
+    stand_in: (usize, u32),
 }
 
 #[derive(Debug)]
@@ -196,6 +207,7 @@ pub(crate) struct Scheduler {
     stop: Option<StopState>,
     rolling: VecDeque<usize>,
     roll: Option<Roll>,
+    cover: Option<Cover>,
     pub(crate) history: VecDeque<ExitRecord>,
     pub(crate) spawned: u64,
     /// Rolling restarts begun since `run` started (published for layers).
@@ -230,6 +242,7 @@ impl Scheduler {
             stop: None,
             rolling: VecDeque::new(),
             roll: None,
+            cover: None,
             history: VecDeque::new(),
             spawned: 0,
             rolls: 0,
@@ -314,7 +327,7 @@ impl Scheduler {
     /// rolling restart, a booting worker's first beat): then workers must
     /// send a note when they do, since ready is no system call.
     pub(crate) fn waiting_for_ready(&self, plan_blocked: bool, cells: &impl Cells) -> bool {
-        plan_blocked || self.roll.is_some() || self.booting(cells) > 0
+        plan_blocked || self.roll.is_some() || self.cover.is_some() || self.booting(cells) > 0
     }
 
     /// The driver forked `slot` as `pid`.
@@ -431,6 +444,7 @@ impl Scheduler {
                 });
                 self.rolling.clear();
                 self.roll = None;
+                self.cover = None;
                 StopStep::Began
             }
             Some(stop) if !graceful && stop.graceful => {
@@ -499,6 +513,11 @@ impl Scheduler {
                 roll.stand_in = None;
             }
         }
+        if self.cover.is_some_and(|c| c.stand_in.0 < target) {
+            // Likewise the stand-in of an abandoned roll: a regular worker
+            // now, it no longer covers the slot.
+            self.cover = None;
+        }
         for slot in self.target..target {
             // A slot brought back by scaling starts fresh, with no backoff.
             self.slots[slot].failures = 0;
@@ -515,20 +534,28 @@ impl Scheduler {
     // -- rolling restart -----------------------------------------------------
 
     /// Restarts every worker, one slot at a time. A roll under way finishes
-    /// its current slot, then starts over from the first.
+    /// its current slot, then starts over from the first; a slot the
+    /// stand-in of an abandoned roll covers comes first.
     pub(crate) fn start_rolling(&mut self) {
         if self.stop.is_some() {
             return;
         }
-        self.rolling = (0..self.target).collect();
+        // A slot the stand-in of an abandoned roll covers comes first: the
+        // roll takes that stand-in over and learns whether the slot's new
+        // worker is ready before any ready worker is replaced.
+        let first = self.cover.map(|c| c.slot).filter(|&c| c < self.target);
+        self.rolling = first
+            .into_iter()
+            .chain((0..self.target).filter(|&i| Some(i) != first))
+            .collect();
         self.rolls = self.rolls.saturating_add(1);
         self.abandoned = None;
     }
 
-    /// Whether a rolling restart is in progress (a stand-in covering the
-    /// slot of an abandoned roll is no roll).
+    /// Whether a rolling restart is in progress (the stand-in of an
+    /// abandoned roll, still covering its slot, is no roll).
     pub(crate) fn rolling(&self) -> bool {
-        self.roll.is_some_and(|r| !r.abandoned) || !self.rolling.is_empty()
+        self.roll.is_some() || !self.rolling.is_empty()
     }
 
     /// Gives up the roll's remaining slots, saying why in the log and to
@@ -567,13 +594,35 @@ impl Scheduler {
         Some(spare)
     }
 
-    fn begin_slot(&mut self, slot: usize) -> Roll {
+    /// The roll of `slot`, `None` when the slot never had a worker (nothing
+    /// old to replace). An empty slot's next worker is its new one; a slot
+    /// the stand-in of an abandoned roll covers keeps that stand-in, its
+    /// worker (booting, or none) counting as old.
+    fn begin_slot(&mut self, slot: usize, now: Instant) -> Option<Roll> {
         let (old, live) = {
             let s = &self.slots[slot];
-            s.proc
-                .as_ref()
-                .map_or((s.next_generation, false), |p| (p.generation, true))
+            match &s.proc {
+                Some(p) => (p.generation, true),
+                None => (s.next_generation.checked_sub(1)?, false),
+            }
         };
+        if let Some(cover) = self.cover.filter(|c| c.slot == slot) {
+            self.cover = None;
+            // A reload is the operator's new try: not held back by the
+            // crash-loop backoff of the last one.
+            self.slots[slot].not_before = Due::Now;
+            if live {
+                // Not ready (the stand-in would be gone), and from before
+                // this roll: it makes way for a new one.
+                self.end_proc(slot, ExitReason::Stopped, true, now);
+            }
+            return Some(Roll {
+                slot,
+                old,
+                stand_in: Some(cover.stand_in),
+                phase: Phase::Replace,
+            });
+        }
         let stand_in = if live {
             let spare = self.spare_slot();
             if spare.is_none() {
@@ -587,13 +636,12 @@ impl Scheduler {
         } else {
             None
         };
-        Roll {
+        Some(Roll {
             slot,
             old,
             stand_in,
             phase: Phase::StandIn,
-            abandoned: false,
-        }
+        })
     }
 
     /// Moves the rolling restart on. Within a slot: fork a stand-in into a
@@ -605,15 +653,19 @@ impl Scheduler {
     /// exited. The stand-in boots under the spawn throttle (`max_booting`).
     /// A stand-in that fails before it is ready abandons the roll (the old
     /// workers keep serving). So does a slot's new worker that fails before
-    /// it is ready, but the stand-in keeps covering the slot, which is
+    /// it is ready (a crash-loop step: not one that exited as planned), but
+    /// the stand-in keeps covering the slot (a [`Cover`], no roll), which is
     /// refilled like any slot whose worker failed (crash-loop backoff), and
-    /// is stopped only once the slot has a ready worker again.
-    /// Without a spare slot (capacity reached) the old worker stops before
-    /// its replacement is forked, as the warning says.
+    /// is stopped only once the slot has a ready worker again; meanwhile the
+    /// slot does not count toward giving up. A new roll begins with that
+    /// slot and takes the stand-in over (no second stand-in for it), then
+    /// goes on to the others. Without a spare slot (capacity reached) the old
+    /// worker stops before its replacement is forked, as the warning says.
     pub(crate) fn advance_rolling(&mut self, now: Instant, cells: &impl Cells) {
         if self.stop.is_some() {
             return;
         }
+        self.advance_cover(now, cells);
         loop {
             if let Some(roll) = self.roll {
                 match self.advance_slot(roll, now, cells) {
@@ -626,7 +678,7 @@ impl Scheduler {
                 }
             }
             match self.rolling.pop_front() {
-                Some(slot) if slot < self.target => self.roll = Some(self.begin_slot(slot)),
+                Some(slot) if slot < self.target => self.roll = self.begin_slot(slot, now),
                 Some(_) => {}
                 None => return,
             }
@@ -689,16 +741,14 @@ impl Scheduler {
                         ..roll
                     });
                 }
-                if roll.abandoned {
-                    // A stand-in that died itself covers nothing any more.
-                    return self.slots[spare].proc.as_ref().map(|_| roll);
-                }
                 // The old worker's exit left `next_generation` at the first
                 // new one: past it, a new worker was forked and is gone
-                // without having been ready (failed, or killed at the start
-                // timeout).
+                // without having been ready. Only a failure (a crash-loop
+                // step: it failed, or was killed at the start timeout)
+                // abandons the roll; one that turned ready and exited as
+                // planned before the arbiter looked is simply replaced.
                 let first_new = roll.old.wrapping_add(1);
-                if s.proc.is_some() || s.next_generation == first_new {
+                if s.proc.is_some() || s.next_generation == first_new || s.failures == 0 {
                     return Some(roll); // draining, booting, or about to fork
                 }
                 let why = format!(
@@ -708,13 +758,15 @@ impl Scheduler {
                 self.abandon(
                     why,
                     &format!(
-                        "the stand-in (slot {spare}) serves until worker {slot} is ready again, and the workers not replaced yet keep serving"
+                        "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
                     ),
                 );
-                Some(Roll {
-                    abandoned: true,
-                    ..roll
-                })
+                self.cover = Some(Cover {
+                    slot,
+                    old: roll.old,
+                    stand_in: (spare, generation),
+                });
+                None
             }
             Phase::Release => self.slots[spare].proc.as_ref().map(|_| roll),
         }
@@ -756,8 +808,9 @@ impl Scheduler {
             Some(_) => Some(roll), // booting, or being killed: see how it ends
             None if slot >= self.target => None,
             // Two generations past the old one: a new worker was forked and
-            // is gone without having been ready.
-            None if s.next_generation.wrapping_sub(roll.old) >= 2 => {
+            // is gone without having been ready; a failure (not a planned
+            // exit) abandons the roll.
+            None if s.failures > 0 && s.next_generation.wrapping_sub(roll.old) >= 2 => {
                 let why = format!(
                     "worker {slot}'s new worker{} failed before it was ready",
                     self.failed_worker(slot, roll.old.wrapping_add(1))
@@ -765,8 +818,30 @@ impl Scheduler {
                 self.abandon(why, "the workers not replaced yet keep serving");
                 None
             }
-            None if s.failures == 0 || s.next_generation == roll.old.wrapping_add(1) => Some(roll),
-            None => None,
+            None => Some(roll), // about to fork (maybe after a backoff)
+        }
+    }
+
+    /// The stand-in of an abandoned roll: asked to stop once its slot has a
+    /// ready new worker, or once the slot is scaled away; forgotten when it
+    /// is gone.
+    fn advance_cover(&mut self, now: Instant, cells: &impl Cells) {
+        let Some(cover) = self.cover else {
+            return;
+        };
+        let (slot, spare) = (cover.slot, cover.stand_in.0);
+        let stand_in_live = self.slots[spare]
+            .proc
+            .as_ref()
+            .is_some_and(|p| p.reason.is_none());
+        let ready = self.slots[slot].proc.as_ref().is_some_and(|p| {
+            p.generation > cover.old && p.reason.is_none() && cells.observe(slot).state.is_up()
+        });
+        if ready || slot >= self.target {
+            self.end_proc(spare, ExitReason::Stopped, true, now);
+        }
+        if ready || slot >= self.target || !stand_in_live {
+            self.cover = None;
         }
     }
 
@@ -852,11 +927,34 @@ impl Scheduler {
         Some(record)
     }
 
-    /// Whether every slot has failed `give_up_after` times in a row.
+    /// Whether every slot has failed `give_up_after` times in a row. A slot
+    /// a live stand-in covers (of an abandoned roll, or of the roll under
+    /// way once the old worker was asked to go) is served: the pool does not
+    /// give up while it is.
     fn cannot_start(&self) -> bool {
         let n = self.settings.give_up_after;
         let end = self.target.min(self.slots.len());
-        n > 0 && end > 0 && self.slots[..end].iter().all(|s| s.failures >= n)
+        let covered = self.covered_slot();
+        n > 0
+            && end > 0
+            && self.slots[..end]
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.failures >= n && covered != Some(i))
+    }
+
+    /// The slot a live stand-in serves in place of its own worker.
+    fn covered_slot(&self) -> Option<usize> {
+        let roll = self
+            .roll
+            .filter(|r| r.phase == Phase::Replace)
+            .and_then(|r| Some((r.slot, r.stand_in?.0)));
+        let (slot, spare) = self.cover.map(|c| (c.slot, c.stand_in.0)).or(roll)?;
+        self.slots
+            .get(spare)
+            .and_then(|s| s.proc.as_ref())
+            .is_some_and(|p| p.reason.is_none())
+            .then_some(slot)
     }
 
     /// The failure that made the scheduler give up, once: the driver stops

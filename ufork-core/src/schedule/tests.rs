@@ -1032,3 +1032,289 @@ fn at_capacity_a_new_worker_failing_before_it_is_ready_abandons_the_roll() {
     assert!(s.abandoned.is_some());
     assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)], "retried");
 }
+
+/// Rolls `-w 2` up to slot 0's new worker failing twice before it was ready:
+/// the roll is abandoned, its stand-in (slot 2, pid 302) serves, slot 0 is in
+/// its crash-loop backoff (generations 1 and 2 failed).
+fn abandoned_roll(set: Settings, t0: Instant, board: &Board) -> Scheduler {
+    let mut s = running(set, t0, board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, board);
+    assert_eq!(fork_planned(&mut s, board, t0), vec![(2, 0)]);
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, board);
+    reap(&mut s, board, 0, S::Code(1), t0);
+    s.advance_rolling(t0, board);
+    assert!(s.abandoned.is_some());
+    assert_eq!(fork_planned(&mut s, board, t0), vec![(0, 2)]);
+    reap(&mut s, board, 0, S::Code(1), t0);
+    s.advance_rolling(t0, board);
+    assert!(signals(&mut s).is_empty());
+    assert!(!s.rolling());
+    s
+}
+
+#[test]
+fn the_stand_in_of_an_abandoned_roll_keeps_the_pool_from_giving_up() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let set = Settings {
+        give_up_after: 5,
+        ..settings(1)
+    };
+    let mut s = running(set.clone(), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    // Slot 0 crash-loops well past give_up_after: the stand-in serves, so
+    // the pool does not give up.
+    let mut t = t0;
+    for _ in 0..10 {
+        t += 60 * SEC;
+        let forked = fork_planned(&mut s, &board, t);
+        assert_eq!(forked.len(), 1, "slot 0 refilled after its backoff");
+        s.advance_rolling(t, &board);
+        reap(&mut s, &board, 0, S::Code(1), t);
+        s.advance_rolling(t, &board);
+        assert!(s.take_give_up().is_none(), "the stand-in serves");
+    }
+    assert!(s.slots[0].failures >= 10);
+    assert!(signals(&mut s).is_empty(), "the stand-in is not stopped");
+    assert_eq!(ready_count(&s, &board), 1);
+    // A reload meanwhile takes the stand-in over: the slot's next failure,
+    // which abandons it, gives up no more.
+    s.start_rolling();
+    s.advance_rolling(t, &board);
+    assert_eq!(fork_planned(&mut s, &board, t).len(), 1);
+    s.advance_rolling(t, &board);
+    reap(&mut s, &board, 0, S::Code(1), t);
+    assert!(s.take_give_up().is_none(), "the stand-in serves");
+    s.advance_rolling(t, &board);
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+    assert!(signals(&mut s).is_empty(), "the stand-in is not stopped");
+    // Ready at last: the stand-in goes.
+    t += 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t).len(), 1);
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)]);
+
+    // Without the stand-in, the same crash loop gives up.
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    let mut t = t0;
+    t += 60 * SEC;
+    fork_planned(&mut s, &board, t);
+    reap(&mut s, &board, 0, S::Code(1), t);
+    s.advance_rolling(t, &board);
+    reap(&mut s, &board, 1, S::Signal(libc::SIGKILL), t);
+    s.advance_rolling(t, &board);
+    assert!(!s.waiting_for_ready(false, &board), "nothing covers slot 0");
+    for _ in 0..4 {
+        t += 60 * SEC;
+        assert_eq!(fork_planned(&mut s, &board, t).len(), 1);
+        reap(&mut s, &board, 0, S::Code(1), t);
+    }
+    assert_eq!(s.slots[0].failures, 5);
+    assert!(s.take_give_up().is_some(), "nothing serves: give up");
+}
+
+#[test]
+fn a_new_roll_during_an_abandoned_one_begins_with_the_covered_slot_and_goes_on() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = abandoned_roll(settings(2), t0, &board);
+    s.start_rolling();
+    assert!(s.rolling());
+    assert_eq!(s.abandoned, None);
+    s.advance_rolling(t0, &board);
+    // The roll takes the stand-in over (no second stand-in for slot 0) and
+    // refills slot 0 at once, backoff or not.
+    let t = t0;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty());
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Term)], "the stand-in goes");
+    reap(&mut s, &board, 2, S::Code(0), t);
+    s.advance_rolling(t, &board);
+    // Slot 1 next, with a stand-in of its own.
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(2, 1)]);
+    board.set(2, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)]);
+    reap(&mut s, &board, 1, S::Code(0), t);
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(1, 1)]);
+    board.set(1, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Term)]);
+    reap(&mut s, &board, 2, S::Code(0), t);
+    s.advance_rolling(t, &board);
+    assert!(!s.rolling(), "the roll ends");
+    assert_eq!(s.abandoned, None);
+    assert!(!s.waiting_for_ready(false, &board));
+}
+
+#[test]
+fn a_new_roll_whose_covered_slot_fails_again_is_abandoned_and_the_stand_in_stays() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = abandoned_roll(settings(2), t0, &board);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    let t = t0 + 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    s.advance_rolling(t, &board);
+    reap(&mut s, &board, 0, S::Code(1), t);
+    s.advance_rolling(t, &board);
+    assert!(!s.rolling(), "ended: a reload waiting on it answers");
+    let why = s.abandoned.clone().expect("a reason");
+    assert!(why.contains("generation 3"), "this roll's reason: {why}");
+    assert!(signals(&mut s).is_empty(), "the stand-in and slot 1 serve");
+    assert_eq!(ready_count(&s, &board), 2);
+    assert_eq!(s.slots[1].proc.as_ref().unwrap().pid, 101, "not replaced");
+    // Still covered until slot 0 is ready.
+    let t = t + 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 4)]);
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Term)]);
+}
+
+#[test]
+fn a_new_roll_during_an_abandoned_one_then_more_workers_goes_on_without_re_abandoning() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = abandoned_roll(settings(2), t0, &board);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    // TTIN: the stand-in's slot joins the pool as a regular worker, and
+    // slot 0 finishes stop-then-start.
+    s.add_workers(1, t0);
+    s.advance_rolling(t0, &board);
+    assert!(s.rolling());
+    assert_eq!(s.abandoned, None, "not abandoned again");
+    let t = t0 + 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    // Slot 1, then slot 2 (the former stand-in) are replaced in turn.
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(3, 0)]);
+    board.set(3, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)]);
+    assert!(signals(&mut s).is_empty());
+    assert_eq!(s.abandoned, None);
+}
+
+#[test]
+fn more_workers_during_an_abandoned_roll_keep_its_reason_and_end_the_cover() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = abandoned_roll(settings(2), t0, &board);
+    let why = s.abandoned.clone();
+    assert!(
+        s.waiting_for_ready(false, &board),
+        "the stand-in covers slot 0"
+    );
+    s.add_workers(1, t0);
+    s.advance_rolling(t0, &board);
+    assert_eq!(s.abandoned, why, "not abandoned again");
+    assert!(!s.rolling());
+    assert!(!s.waiting_for_ready(false, &board), "a regular worker now");
+    // Slot 0 turning ready stops nothing.
+    let t = t0 + 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert!(signals(&mut s).is_empty());
+    assert_eq!(ready_count(&s, &board), 3);
+}
+
+#[test]
+fn a_new_worker_recycled_before_the_arbiter_saw_it_ready_does_not_abandon_the_roll() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    // Ready, served its max_requests and exited as planned, all within one
+    // poll.
+    board.set(0, WorkerState::Ready, Some(t0));
+    board.plan_exit(0);
+    assert_eq!(reap(&mut s, &board, 0, S::Code(0), t0).reason, R::Recycled);
+    s.advance_rolling(t0, &board);
+    assert!(s.rolling());
+    assert_eq!(s.abandoned, None);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)]);
+    board.set(0, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Term)], "slot 0 done");
+
+    // Likewise stop-then-start.
+    let set = Settings {
+        capacity: 2,
+        ..settings(2)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    board.set(0, WorkerState::Ready, Some(t0));
+    board.plan_exit(0);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    s.advance_rolling(t0, &board);
+    assert!(s.rolling());
+    assert_eq!(s.abandoned, None);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)]);
+    board.set(0, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)], "on to slot 1");
+}
+
+#[test]
+fn a_roll_reaching_an_empty_slot_keeps_the_worker_forked_there() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    // Slot 0's worker was recycled just before the roll reached it.
+    board.plan_exit(0);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    assert!(signals(&mut s).is_empty(), "it is new: not stopped");
+    board.set(0, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(
+        fork_planned(&mut s, &board, t0),
+        vec![(2, 0)],
+        "slot 1 next"
+    );
+}
