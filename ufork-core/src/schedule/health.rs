@@ -265,8 +265,8 @@ impl Scheduler {
                 // While its extension runs its heartbeats are not judged;
                 // they are again once it is over.
                 if extending(&observed, now) {
-                    let judged = self.settings.heartbeat_timeout.is_some()
-                        && observed.last_beat.is_some();
+                    let judged =
+                        self.settings.heartbeat_timeout.is_some() && observed.last_beat.is_some();
                     if let (true, Some(Due::At(until))) = (judged, observed.start_until) {
                         consider(just_after(until));
                     }

@@ -450,7 +450,10 @@ fn a_running_extension_suspends_the_heartbeat_timeout_of_a_booting_worker_only()
     s.check_health(t0 + 50 * SEC, &board);
     assert!(signals(&mut s).is_empty());
     let next = s.next_deadline(t0 + 50 * SEC, &board).unwrap();
-    assert!(next > t0 + 50 * SEC && next <= t0 + 100 * SEC + MS, "{next:?}");
+    assert!(
+        next > t0 + 50 * SEC && next <= t0 + 100 * SEC + MS,
+        "{next:?}"
+    );
     // Once it is over, the start deadline (the extension's end) applies.
     s.check_health(t0 + 100 * SEC + MS, &board);
     assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
