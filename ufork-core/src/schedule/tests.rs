@@ -403,6 +403,31 @@ fn an_extension_never_shortens_the_start_timeout() {
 }
 
 #[test]
+fn an_extending_worker_holds_its_max_booting_place_past_the_start_timeout() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = Scheduler::new(
+        Settings {
+            max_booting: 1,
+            start_timeout: SEC,
+            ..settings(2)
+        },
+        t0,
+    );
+    assert_eq!(s.plan_spawns(t0, &board).slots, vec![(0, 0)]);
+    s.spawned(0, 100, t0);
+    board.set(0, WorkerState::Booting, None);
+    board.extend_start(0, Due::At(t0 + 100 * SEC));
+    let later = t0 + 50 * SEC;
+    s.check_health(later, &board);
+    assert!(signals(&mut s).is_empty());
+    let plan = s.plan_spawns(later, &board);
+    assert_eq!((plan.slots.len(), plan.blocked), (0, true));
+    board.set(0, WorkerState::Ready, Some(later));
+    assert_eq!(s.plan_spawns(later, &board).slots, vec![(1, 0)]);
+}
+
+#[test]
 fn an_unrepresentable_extension_never_times_out_the_boot_and_ready_leaves_it_unread() {
     let t0 = Instant::now();
     let board = Board::default();
