@@ -185,7 +185,7 @@ impl Handle {
                         .flatten()
                         .and_then(|until| match until.checked_sub(now) {
                             Some(ahead) => instant.checked_add(ns_to_duration(ahead)),
-                            None => instant.checked_sub(ns_to_duration(now - until)),
+                            None => instant.checked_sub(ns_to_duration(now.saturating_sub(until))),
                         }),
                 }
             })
