@@ -1329,7 +1329,7 @@ fn a_worker_that_declares_itself_hung_is_killed_and_replaced_at_once() {
                 let _ = rustix::io::read(&go_r, &mut byte);
                 w.declare_hung();
                 w.declare_hung(); // a second one changes nothing
-                tx.send("declared");
+                tx.send("declared"); // if still alive
                 loop {
                     std::thread::park();
                 }
@@ -1345,10 +1345,10 @@ fn a_worker_that_declares_itself_hung_is_killed_and_replaced_at_once() {
     handle.reopen_logs();
     ev.expect("the arbiter idle", |l| l == "idle");
     rustix::io::write(&go_w, b"x").unwrap();
-    ev.expect("declared", |l| l == "declared");
-    let declared = Instant::now();
+    let told = Instant::now();
+    // The worker may be killed before it says "declared".
     ev.expect("replacement", |l| l == "replacement");
-    let took = declared.elapsed();
+    let took = told.elapsed();
     handle.stop();
     let outcome = thread.join().unwrap().unwrap();
     let hung = &outcome.history[0];
