@@ -139,6 +139,9 @@ pub fn view(snapshot: Snapshot) -> View {
         snapshot.target,
         short_for,
         t.start_timeout,
+        snapshot
+            .start_extended_until()
+            .is_some_and(|until| until >= now),
     );
     View {
         health,
@@ -152,19 +155,22 @@ pub fn view(snapshot: Snapshot) -> View {
 }
 
 /// The health of a pool with `ready` of `target` workers ready, short of
-/// ready workers for `short_for`.
+/// ready workers for `short_for`; `extending` when a booting worker's start
+/// extension (EXTEND_TIMEOUT_USEC, `Worker::extend_start`) still runs: its
+/// start deadline is later than the start timeout, so the pool is starting.
 fn classify(
     stopping: bool,
     ready: usize,
     target: usize,
     short_for: Duration,
     start_timeout: Duration,
+    extending: bool,
 ) -> Health {
     if stopping {
         Health::Stopping
     } else if ready >= target {
         Health::Healthy
-    } else if short_for > start_timeout {
+    } else if short_for > start_timeout && !extending {
         Health::Degraded
     } else {
         Health::Starting
@@ -230,9 +236,14 @@ impl Observer {
         self.degrades_at = match view.health {
             Health::Starting => {
                 let timeout = tracker().start_timeout;
-                timeout
+                let plain = timeout
                     .checked_sub(view.short_for)
-                    .and_then(|left| now.checked_add(left + Duration::from_millis(1)))
+                    .and_then(|left| now.checked_add(left));
+                // A worker's extension may hold the pool starting for longer.
+                let extended = view.snapshot.start_extended_until();
+                plain
+                    .max(extended)
+                    .and_then(|at| at.checked_add(Duration::from_millis(1)))
             }
             _ => None,
         };
@@ -314,10 +325,38 @@ mod tests {
     fn health_is_degraded_only_after_the_start_timeout() {
         let timeout = Duration::from_secs(60);
         let at = |secs| Duration::from_secs(secs);
-        assert_eq!(classify(false, 2, 2, at(0), timeout), Health::Healthy);
-        assert_eq!(classify(false, 1, 2, at(60), timeout), Health::Starting);
-        assert_eq!(classify(false, 1, 2, at(61), timeout), Health::Degraded);
-        assert_eq!(classify(true, 0, 2, at(600), timeout), Health::Stopping);
+        assert_eq!(
+            classify(false, 2, 2, at(0), timeout, false),
+            Health::Healthy
+        );
+        assert_eq!(
+            classify(false, 1, 2, at(60), timeout, false),
+            Health::Starting
+        );
+        assert_eq!(
+            classify(false, 1, 2, at(61), timeout, false),
+            Health::Degraded
+        );
+        assert_eq!(
+            classify(true, 0, 2, at(600), timeout, false),
+            Health::Stopping
+        );
+    }
+
+    #[test]
+    fn a_running_start_extension_keeps_the_pool_starting_past_the_start_timeout() {
+        let timeout = Duration::from_secs(1);
+        let at = |secs| Duration::from_secs(secs);
+        assert_eq!(
+            classify(false, 0, 1, at(3), timeout, true),
+            Health::Starting
+        );
+        assert_eq!(
+            classify(false, 0, 1, at(3), timeout, false),
+            Health::Degraded
+        );
+        assert_eq!(classify(false, 1, 1, at(3), timeout, true), Health::Healthy);
+        assert_eq!(classify(true, 0, 1, at(3), timeout, true), Health::Stopping);
     }
 
     #[test]

@@ -133,10 +133,13 @@ impl Notify {
 
 /// `EXTEND_TIMEOUT_USEC=usec`: while the worker boots, it has `usec` more
 /// microseconds from now to send READY=1 (or another extension), past
-/// `--start-timeout` if need be, never less than it. systemd also extends
-/// its runtime and stop timeouts with it; ufork has no runtime limit and
-/// hang detection must not be weakened behind `--timeout`'s back, so from a
-/// ready worker it is ignored.
+/// `--start-timeout` if need be, never less than it; meanwhile `--timeout`
+/// does not apply to it (core's rule for a running extension). systemd also
+/// extends its runtime and stop timeouts with it. ufork has no runtime limit,
+/// and hang detection of a ready worker must not be weakened behind
+/// `--timeout`'s back, so from a ready worker it is ignored; a stopping
+/// worker's is ignored too: it is killed at `--graceful-timeout` after its
+/// SIGTERM regardless.
 fn extend_start(vitals: &Vitals, slot: usize, usec: &str) {
     let Ok(usec) = usec.trim().parse::<u64>() else {
         log::warn!(

@@ -1,7 +1,9 @@
 //! sd_notify to the arbiter's own supervisor (systemd with `Type=notify` or
 //! `Type=notify-reload`, or anything that speaks the protocol): `READY=1`
 //! once every target worker is ready for the first time, `STATUS=` as the
-//! pool changes, `RELOADING=1` with `MONOTONIC_USEC=` when a rolling restart
+//! pool changes (before `READY=1`, `EXTEND_TIMEOUT_USEC=` when a worker
+//! extends its start past what the supervisor was told), `RELOADING=1` with
+//! `MONOTONIC_USEC=` when a rolling restart
 //! starts and `READY=1` when it has ended, `STOPPING=1` at a stop, and
 //! `WATCHDOG=1` at half of `WATCHDOG_USEC` while the arbiter's loop runs.
 //!
@@ -37,6 +39,9 @@ pub struct Supervisor {
     watchdog: Option<Duration>,
     next_watchdog: Option<Instant>,
     ready_sent: bool,
+    /// Until when the supervisor was told the start may take
+    /// (`EXTEND_TIMEOUT_USEC=`), because a worker extended its own.
+    start_told_until: Option<Instant>,
     reloading: bool,
     rolls_seen: u64,
     status: String,
@@ -56,6 +61,15 @@ pub struct Supervisor {
 /// A socket that keeps failing is reported at its first failure, then at
 /// most this often (the watchdog alone sends several messages a second).
 const LOST_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the supervisor's start timeout gets on top of a worker's extended
+/// start deadline: room for the arbiter to see the worker ready and say
+/// `READY=1`.
+const EXTENSION_MARGIN: Duration = Duration::from_secs(5);
+
+/// How much later a worker's extended start deadline must be than what the
+/// supervisor was told for it to be told again (well within the margin).
+const EXTENSION_JITTER: Duration = Duration::from_secs(1);
 
 /// How soon a message the supervisor's full queue refused is tried again.
 const RETRY: Duration = Duration::from_millis(50);
@@ -99,6 +113,7 @@ impl Supervisor {
             watchdog,
             next_watchdog: watchdog.map(|_| Instant::now()),
             ready_sent: false,
+            start_told_until: None,
             reloading: false,
             rolls_seen: 0,
             status: String::new(),
@@ -158,6 +173,7 @@ impl Supervisor {
                 self.send(&format!("READY=1\nSTATUS={}", self.status));
                 self.ready_sent = true;
             } else {
+                self.extend_start(snap.start_extended_until());
                 self.set_status(view);
             }
             return;
@@ -177,6 +193,31 @@ impl Supervisor {
             return;
         }
         self.set_status(view);
+    }
+
+    /// Before `READY=1`: a worker's start extension past what the
+    /// supervisor was told is passed on as systemd's own
+    /// `EXTEND_TIMEOUT_USEC=`, the time until the worker's extended start
+    /// deadline plus [`EXTENSION_MARGIN`] (for the rest of the pool's start
+    /// and this arbiter's `READY=1`), so `TimeoutStartSec=` does not kill a
+    /// service whose worker asked ufork for more time. An extension never
+    /// shortens systemd's timeout either, so a later one is all that is sent.
+    fn extend_start(&mut self, until: Option<Instant>) {
+        let now = Instant::now();
+        let Some(until) = until.filter(|&u| u > now) else {
+            return;
+        };
+        // The extension is read through two clocks, a few microseconds
+        // apart at each look: only a move later by more than that counts.
+        if self.start_told_until.is_some_and(|told| {
+            told.checked_add(EXTENSION_JITTER)
+                .is_none_or(|t| t >= until)
+        }) {
+            return;
+        }
+        self.start_told_until = Some(until);
+        let usec = (until - now).saturating_add(EXTENSION_MARGIN).as_micros();
+        self.send(&format!("EXTEND_TIMEOUT_USEC={usec}"));
     }
 
     /// A stop began. After an upgrade handed the pool to a new arbiter, the

@@ -44,7 +44,7 @@ while True:
     notify("WATCHDOG=1")
 "#;
 
-fn script(dir: &TempDir, name: &str, text: &str) -> String {
+pub(crate) fn script(dir: &TempDir, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()
@@ -322,7 +322,7 @@ fn run_notify_maps_sd_notify_onto_the_scoreboard() {
 
 /// A worker that loads slowly but says so: EXTEND_TIMEOUT_USEC (a bad one
 /// first), then READY=1 only once the test writes to the FIFO in argv[1].
-const EXTEND_PY: &str = r#"
+pub(crate) const EXTEND_PY: &str = r#"
 import os, select, socket, sys, signal
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 addr = os.environ["NOTIFY_SOCKET"]
@@ -356,8 +356,9 @@ fn run_notify_extend_timeout_usec_lets_a_worker_boot_past_the_start_timeout() {
         "-w",
         "1",
         "--notify",
+        // Room for python3 to start and extend on a loaded machine.
         "--start-timeout",
-        "1",
+        "3",
         "--control-socket",
         &socket,
         "--",
@@ -372,7 +373,7 @@ fn run_notify_extend_timeout_usec_lets_a_worker_boot_past_the_start_timeout() {
     // passed since then, and the arbiter has been through its loop twice
     // (a command is answered inside one iteration, whose end checks health),
     // a worker judged by --start-timeout alone would have been killed.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3500));
     for _ in 0..2 {
         let out = run(&["ctl", "--control-socket", &socket, "status"]);
         assert!(

@@ -151,6 +151,9 @@ impl Builder {
     /// runs, a start that hangs should show while the operator watches.
     /// Either way a worker killed at this deadline is a crash-loop step
     /// ([`ExitReason::BootTimedOut`](crate::ExitReason::BootTimedOut)).
+    /// A worker that loads slowly but says so can push its own deadline out
+    /// with [`Worker::extend_start`](crate::Worker::extend_start) (with
+    /// [`ready_on_start(false)`](Self::ready_on_start)).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.settings.start_timeout = timeout;
         self

@@ -180,6 +180,13 @@ impl Handle {
                     restarts,
                     activity: cell.read_activity(),
                     rss: crate::proc::rss_bytes(pid),
+                    start_extended_until: (cell.state() == WorkerState::Booting)
+                        .then(|| cell.start_until())
+                        .flatten()
+                        .and_then(|until| match until.checked_sub(now) {
+                            Some(ahead) => instant.checked_add(ns_to_duration(ahead)),
+                            None => instant.checked_sub(ns_to_duration(now.saturating_sub(until))),
+                        }),
                 }
             })
             .collect();
@@ -231,6 +238,16 @@ impl Snapshot {
     pub fn ready_count(&self) -> usize {
         self.workers.iter().filter(|w| w.state.is_up()).count()
     }
+
+    /// The latest instant until which a booting worker asked to boot
+    /// ([`WorkerInfo::start_extended_until`]), if one did: until then the
+    /// pool is still starting, whatever the start timeout says.
+    pub fn start_extended_until(&self) -> Option<Instant> {
+        self.workers
+            .iter()
+            .filter_map(|w| w.start_extended_until)
+            .max()
+    }
 }
 
 /// One live worker in a [`Snapshot`].
@@ -259,4 +276,10 @@ pub struct WorkerInfo {
     pub activity: String,
     /// Resident memory in bytes, from /proc (None if unreadable).
     pub rss: Option<u64>,
+    /// While the worker boots: until when it asked to boot
+    /// ([`Vitals::extend_start`](crate::Vitals::extend_start)), in the past
+    /// once that extension is over; `None` if it did not ask (or is no
+    /// longer booting) or the instant cannot be represented. Its start
+    /// deadline is the later of this and its fork plus the start timeout.
+    pub start_extended_until: Option<Instant>,
 }

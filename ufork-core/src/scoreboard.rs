@@ -165,8 +165,9 @@ impl Cell {
         self.planned_exit.load(Ordering::SeqCst) != 0
     }
 
-    pub(crate) fn declare_hung(&self) {
-        self.hung.store(1, Ordering::SeqCst);
+    /// Sets the hung flag; returns whether this call set it (it was clear).
+    pub(crate) fn declare_hung(&self) -> bool {
+        self.hung.swap(1, Ordering::SeqCst) == 0
     }
 
     pub(crate) fn hung(&self) -> bool {
@@ -429,7 +430,8 @@ mod tests {
         assert_eq!(cell.start_until(), Some(u64::MAX));
         assert_eq!(cell.last_beat(), 0, "an extension is no heartbeat");
         assert!(!cell.hung());
-        cell.declare_hung();
+        assert!(cell.declare_hung(), "the first declaration sets the flag");
+        assert!(!cell.declare_hung(), "a second one finds it set");
         assert!(cell.hung());
         cell.reset(43, 2);
         assert_eq!(cell.start_until(), None);

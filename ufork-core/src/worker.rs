@@ -13,8 +13,10 @@ use crate::{WorkerState, sys};
 /// Reports a worker's health into its scoreboard slot. A [`Worker`] has one for
 /// itself; a [`Layer`](crate::Layer) gets one from [`Context::vitals`](crate::Context::vitals)
 /// to report on behalf of a worker that cannot (an exec'd program speaking
-/// sd_notify, say). Every method is a store into shared memory, no system call
-/// (except `ready` while the arbiter waits for it, which also wakes the arbiter).
+/// sd_notify, say). Every method is a store into shared memory, no system call,
+/// except two that also wake the arbiter with a note on its pipe (one `write`):
+/// `ready` while the arbiter waits for it, and the first `declare_hung`.
+/// (`extend_start` reads the clock, through the vDSO on Linux.)
 #[derive(Clone)]
 pub struct Vitals {
     board: Arc<Scoreboard>,
@@ -115,10 +117,20 @@ impl Vitals {
     /// then [`ready`](Self::ready). systemd's `EXTEND_TIMEOUT_USEC` while
     /// starting, which `ufork run --notify` maps to this.
     ///
-    /// Only the start timeout moves: it is no heartbeat, and a booting
-    /// worker that has beaten is still judged by the heartbeat timeout.
+    /// It is no heartbeat. While the extension runs (until `extra` from
+    /// now) a booting worker is judged by its start deadline alone, not by
+    /// the heartbeat timeout, even if it has beaten: systemd, too, applies
+    /// `WatchdogSec` only once a service has started. Once the extension is
+    /// over, a worker still booting that has beaten is judged by the
+    /// heartbeat timeout again. Extensions are unbounded, as systemd's: a
+    /// worker that keeps extending keeps booting, and holds one of the
+    /// [`max_booting`](crate::Builder::max_booting) places meanwhile.
+    ///
     /// Returns whether the worker was still booting; once it is ready (or
-    /// stopping) the call changes nothing and returns `false`. One atomic
+    /// stopping) the call changes nothing and returns `false`. A library
+    /// worker is ready before its function runs unless the pool was built
+    /// with [`ready_on_start(false)`](crate::Builder::ready_on_start), so
+    /// without that this always returns `false`. One atomic
     /// read-modify-write and a clock read, no system call.
     pub fn extend_start(&self, extra: Duration) -> bool {
         let cell = self.cell();
@@ -136,10 +148,13 @@ impl Vitals {
     /// worker's own watchdog that found another of its threads stuck;
     /// systemd's `WATCHDOG=trigger`, which `ufork run --notify` maps to
     /// this. A worker already asked to stop is left to its stop. One atomic
-    /// store and a note that wakes the arbiter.
+    /// swap, and on the first call a note that wakes the arbiter (later
+    /// calls find the flag set and write nothing).
     pub fn declare_hung(&self) {
         let cell = self.cell();
-        cell.declare_hung();
+        if !cell.declare_hung() {
+            return; // already declared: the arbiter was woken then
+        }
         if let Some(fd) = &self.notes {
             notes::send(
                 fd.as_fd(),
@@ -362,7 +377,10 @@ impl Worker {
         self.vitals.recycle();
     }
 
-    /// Asks for more time to boot; see [`Vitals::extend_start`].
+    /// Asks for more time to boot; see [`Vitals::extend_start`]. Only a
+    /// worker of a pool built with
+    /// [`ready_on_start(false)`](crate::Builder::ready_on_start) boots while
+    /// its function runs; otherwise this returns `false`.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -370,6 +388,9 @@ impl Worker {
     /// # fn main() -> Result<(), ufork_core::Error> {
     /// ufork_core::Arbiter::builder()
     ///     .start_timeout(Duration::from_secs(60))
+    ///     // Booting until `ready` below: otherwise the worker is ready
+    ///     // before this function runs, and extend_start returns false.
+    ///     .ready_on_start(false)
     ///     .build()?
     ///     .run(|worker| -> Result<(), std::io::Error> {
     ///         // Loading takes longer than the start timeout, a shard at a time.

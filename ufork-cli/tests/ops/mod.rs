@@ -787,6 +787,97 @@ fn ready_follows_a_reload_with_nothing_else_waking_the_arbiter() {
 }
 
 #[test]
+fn a_worker_extending_its_start_is_starting_not_degraded_nor_hung_and_systemd_hears_it() {
+    let dir = TempDir::new("extend-health");
+    // STATUS=loading (a heartbeat) and EXTEND_TIMEOUT_USEC=600000000, then
+    // READY=1 once the FIFO is written to.
+    let worker = crate::script(&dir, "extend.py", crate::EXTEND_PY);
+    let fifo = dir.join("go");
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+    let socket = dir.str("ctl.sock");
+    let mut recorder = Recorder::at_path(&dir);
+    let mut pool = Running::start_with(supervised(&recorder, None).args([
+        "run",
+        "-w",
+        "1",
+        "--notify",
+        "--start-timeout",
+        "3",
+        "--timeout",
+        "2",
+        "--control-socket",
+        &socket,
+        "--metrics-bind",
+        "127.0.0.1:0",
+        "--",
+        "python3",
+        &worker,
+        fifo.to_str().unwrap(),
+    ]));
+    let metrics = metrics_addr(&mut pool);
+    pool.expect_line("] extended");
+    // systemd is told the start may take as long as the worker asked, and
+    // a margin: 600 s and 5 s, less what passed since the worker asked.
+    let deadline = Instant::now() + DEADLINE;
+    let told = loop {
+        assert!(Instant::now() < deadline, "{:?}", recorder.seen);
+        let message = recorder.recv().unwrap();
+        if let Some(usec) = message
+            .lines()
+            .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        {
+            break usec.parse::<u64>().unwrap();
+        }
+    };
+    assert!((585_000_000..=605_000_000).contains(&told), "{told}");
+    // Past --start-timeout since the fork and --timeout since the STATUS=
+    // beat, and two loop iterations later (a command is answered inside
+    // one, whose end checks health): the worker lives, and the pool is
+    // starting, not degraded.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    for _ in 0..2 {
+        let out = run(&["ctl", "--control-socket", &socket, "status"]);
+        assert!(
+            out.stdout.contains("0 ready") && out.stdout.contains("loading"),
+            "{out:#?}"
+        );
+    }
+    let out = run(&["status", "--control-socket", &socket]);
+    assert_eq!(out.code(), Some(0), "{out:#?}");
+    let doc = status_json(&socket);
+    assert_eq!(
+        json_field(&doc.stdout, "health"),
+        "\"starting\"",
+        "{doc:#?}"
+    );
+    let (status, _, body) = get(metrics, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("starting"), "{body}");
+    let go = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    drop(go);
+    recorder.expect("READY=1");
+    pool.signal(Signal::TERM);
+    recorder.expect("STOPPING=1");
+    assert_eq!(pool.wait().code(), Some(0), "{}", pool.transcript());
+    let transcript = pool.transcript();
+    assert!(
+        !transcript.contains("timed out") && !transcript.contains("start timeout"),
+        "{transcript}"
+    );
+    let told = recorder
+        .seen
+        .iter()
+        .filter(|m| m.contains("EXTEND_TIMEOUT_USEC="))
+        .count();
+    assert_eq!(told, 1, "one extension, told once: {:?}", recorder.seen);
+}
+
+#[test]
 fn a_supervisor_that_stops_reading_never_blocks_the_arbiter() {
     // Nobody reads the recorder until the end: its queue (10 datagrams by
     // default) fills with watchdog beats every 10 ms.

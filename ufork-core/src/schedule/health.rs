@@ -187,6 +187,9 @@ impl Scheduler {
                     continue;
                 }
             }
+            if extending(&observed, now) {
+                continue;
+            }
             if let (Some(timeout), Some(beat)) =
                 (self.settings.heartbeat_timeout, observed.last_beat)
             {
@@ -259,6 +262,16 @@ impl Scheduler {
                 if let Some(t) = self.settings.heartbeat_timeout {
                     consider(next_period(since, now, t).and_then(just_after));
                 }
+                // While its extension runs its heartbeats are not judged;
+                // they are again once it is over.
+                if extending(&observed, now) {
+                    let judged =
+                        self.settings.heartbeat_timeout.is_some() && observed.last_beat.is_some();
+                    if let (true, Some(Due::At(until))) = (judged, observed.start_until) {
+                        consider(just_after(until));
+                    }
+                    continue;
+                }
             }
             if let (Some(t), Some(beat)) = (self.settings.heartbeat_timeout, observed.last_beat) {
                 consider(self.judged_from(beat).checked_add(t).and_then(just_after));
@@ -270,6 +283,21 @@ impl Scheduler {
         }
         next
     }
+}
+
+/// Whether `observed` is a booting worker whose start extension
+/// ([`crate::Vitals::extend_start`]) still runs at `now`. Such a worker is
+/// judged by its start deadline alone, not by the heartbeat timeout: a
+/// program that says "still loading" with `STATUS=` (a heartbeat) must not
+/// then be killed for going quiet while it loads, as systemd applies
+/// `WatchdogSec` only once a service has started.
+fn extending(observed: &Observed, now: Instant) -> bool {
+    observed.state == crate::WorkerState::Booting
+        && match observed.start_until {
+            Some(Due::Never) => true,
+            Some(Due::At(until)) => until >= now,
+            Some(Due::Now) | None => false,
+        }
 }
 
 /// The first `since + k * period` (k ≥ 1) after `now`; `None` past the

@@ -403,7 +403,32 @@ fn an_extension_never_shortens_the_start_timeout() {
 }
 
 #[test]
-fn an_extension_past_what_an_instant_holds_is_never_and_ends_at_ready() {
+fn an_extending_worker_holds_its_max_booting_place_past_the_start_timeout() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = Scheduler::new(
+        Settings {
+            max_booting: 1,
+            start_timeout: SEC,
+            ..settings(2)
+        },
+        t0,
+    );
+    assert_eq!(s.plan_spawns(t0, &board).slots, vec![(0, 0)]);
+    s.spawned(0, 100, t0);
+    board.set(0, WorkerState::Booting, None);
+    board.extend_start(0, Due::At(t0 + 100 * SEC));
+    let later = t0 + 50 * SEC;
+    s.check_health(later, &board);
+    assert!(signals(&mut s).is_empty());
+    let plan = s.plan_spawns(later, &board);
+    assert_eq!((plan.slots.len(), plan.blocked), (0, true));
+    board.set(0, WorkerState::Ready, Some(later));
+    assert_eq!(s.plan_spawns(later, &board).slots, vec![(1, 0)]);
+}
+
+#[test]
+fn an_unrepresentable_extension_never_times_out_the_boot_and_ready_leaves_it_unread() {
     let t0 = Instant::now();
     let board = Board::default();
     let st = Settings {
@@ -422,7 +447,7 @@ fn an_extension_past_what_an_instant_holds_is_never_and_ends_at_ready() {
 }
 
 #[test]
-fn an_extension_does_not_weaken_hang_detection() {
+fn a_running_extension_suspends_the_heartbeat_timeout_of_a_booting_worker_only() {
     let t0 = Instant::now();
     let board = Board::default();
     let hb = Settings {
@@ -440,11 +465,46 @@ fn an_extension_does_not_weaken_hang_detection() {
     );
     s.check_health(t0 + SEC + MS, &board);
     assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
-    // Nor is a booting worker that has beaten spared the heartbeat timeout.
+    // A booting worker that has beaten (STATUS=loading) and extended is
+    // judged by its start deadline alone while the extension runs, as
+    // systemd applies WatchdogSec only after start-up.
     let board = Board::default();
-    let mut s = running(hb, t0, &board, WorkerState::Booting);
+    let mut s = running(hb.clone(), t0, &board, WorkerState::Booting);
     board.set(0, WorkerState::Booting, Some(t0));
     board.extend_start(0, Due::At(t0 + 100 * SEC));
+    s.check_health(t0 + 50 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    let next = s.next_deadline(t0 + 50 * SEC, &board).unwrap();
+    assert!(
+        next > t0 + 50 * SEC && next <= t0 + 100 * SEC + MS,
+        "{next:?}"
+    );
+    // Once it is over, the start deadline (the extension's end) applies.
+    s.check_health(t0 + 100 * SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 101 * SEC);
+    assert!(matches!(r.reason, R::BootTimedOut { .. }), "{r}");
+    // An extension shorter than the start timeout: once it is over, the
+    // heartbeat timeout applies again, and the arbiter wakes for it.
+    let long = Settings {
+        start_timeout: 100 * SEC,
+        ..hb
+    };
+    let board = Board::default();
+    let mut s = running(long.clone(), t0, &board, WorkerState::Booting);
+    board.set(0, WorkerState::Booting, Some(t0));
+    board.extend_start(0, Due::At(t0 + 5 * SEC));
+    s.check_health(t0 + 4 * SEC, &board);
+    assert!(signals(&mut s).is_empty());
+    assert!(s.next_deadline(t0 + 4 * SEC, &board).unwrap() <= t0 + 5 * SEC + MS);
+    s.check_health(t0 + 5 * SEC + MS, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
+    let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 6 * SEC);
+    assert!(matches!(r.reason, R::TimedOut { .. }), "{r}");
+    // A booting worker that has beaten but not extended: as before.
+    let board = Board::default();
+    let mut s = running(long, t0, &board, WorkerState::Booting);
+    board.set(0, WorkerState::Booting, Some(t0));
     s.check_health(t0 + SEC + MS, &board);
     assert_eq!(signals(&mut s), vec![(0, Sig::Kill)]);
     let r = reap(&mut s, &board, 0, S::Signal(9), t0 + 2 * SEC);
