@@ -111,20 +111,10 @@ pub fn init() {
     term().one_file = same_file(std::io::stdout().as_fd(), std::io::stderr().as_fd());
 }
 
-/// Whether writes to `a` and `b` land in one stream of bytes, where two
-/// writers could splice each other's lines: the same pipe, socket or file
-/// (one inode, even opened twice, as `>log 2>>log` does), or the same
-/// terminal through two device nodes (one device number). `/dev/null` is
-/// one file too, harmlessly: it never stalls.
+/// Whether writes to `a` and `b` land in one stream of bytes (see
+/// [`ufork_io::one_file`]).
 fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
-    use rustix::fs::{FileType, fstat};
-    let (Ok(a), Ok(b)) = (fstat(a), fstat(b)) else {
-        return false;
-    };
-    let device =
-        |st: &rustix::fs::Stat| FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice;
-    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-        || (device(&a) && device(&b) && a.st_rdev == b.st_rdev)
+    ufork_io::one_file(a, b)
 }
 
 fn is_owner() -> bool {

@@ -178,6 +178,6 @@ pub use capture::{
 pub use error::{Error, Result};
 pub use format::Format;
 pub use logger::ArbiterLog;
-pub use sink::{Counters, Sink, Stream};
+pub use sink::{Counters, Sink, Stream, one_file};
 pub use stdin::StdinHandle;
 pub use sys::default_stop_signals;

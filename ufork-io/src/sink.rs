@@ -146,10 +146,12 @@ impl Sink {
     }
 }
 
-/// Whether writes to `a` and `b` land in one stream of bytes: one pipe,
-/// socket or file (one inode, even opened twice), or one terminal through
-/// two device nodes. `/dev/null` is one file too, harmlessly.
-fn one_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+/// Whether writes to `a` and `b` land in one stream of bytes, where two
+/// writers could splice each other's lines: one pipe, socket or file (one
+/// inode, even opened twice, as `>log 2>>log` does), or one terminal
+/// through two device nodes (one device number). `/dev/null` is one file
+/// too, harmlessly: it never stalls.
+pub fn one_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     use rustix::fs::{FileType, fstat};
     let (Ok(a), Ok(b)) = (fstat(a), fstat(b)) else {
         return false;

@@ -1749,16 +1749,10 @@ impl ReadyReporter {
 mod tests {
     use super::*;
 
-    fn reporter_with(said: &[&[u8]]) -> Answer {
-        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
-        let (old, new) =
-            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
-                .unwrap();
-        for message in said {
-            rustix::net::send(&old, message, rustix::net::SendFlags::empty()).unwrap();
-        }
-        let mut reporter = ReadyReporter {
-            report: Some(new),
+    /// A new arbiter's reporter that asked `TAKEOVER=1` on `report`.
+    fn asked(report: OwnedFd) -> ReadyReporter {
+        ReadyReporter {
+            report: Some(report),
             token: None,
             check: Instant::now(),
             before_ready: None,
@@ -1766,8 +1760,15 @@ mod tests {
             abandoned: false,
             ask: true,
             asked: true,
-        };
-        reporter.read_answer()
+        }
+    }
+
+    fn reporter_with(said: &[&[u8]]) -> Answer {
+        let (old, new) = pair();
+        for message in said {
+            rustix::net::send(&old, message, rustix::net::SendFlags::empty()).unwrap();
+        }
+        asked(new).read_answer()
     }
 
     #[test]
@@ -1821,17 +1822,7 @@ mod tests {
         rustix::net::send(&new, TAKEOVER, rustix::net::SendFlags::empty()).unwrap();
         rustix::net::send(&old, ABANDONED, rustix::net::SendFlags::empty()).unwrap();
         drop(old);
-        let mut reporter = ReadyReporter {
-            report: Some(new),
-            token: None,
-            check: Instant::now(),
-            before_ready: None,
-            reported: None,
-            abandoned: false,
-            ask: true,
-            asked: true,
-        };
-        assert!(matches!(reporter.read_answer(), Answer::Abandoned));
+        assert!(matches!(asked(new).read_answer(), Answer::Abandoned));
     }
 
     #[test]
