@@ -1318,3 +1318,73 @@ fn a_roll_reaching_an_empty_slot_keeps_the_worker_forked_there() {
         "slot 1 next"
     );
 }
+
+#[test]
+fn a_reload_waits_until_the_released_stand_in_of_an_abandoned_roll_has_exited() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    // -w 2, slot 0's new worker failed twice: the stand-in (slot 2) covers.
+    let mut s = abandoned_roll(settings(2), t0, &board);
+    let t = t0 + 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Term)], "the stand-in goes");
+    // A reload while the stand-in drains: no second stand-in.
+    s.start_rolling();
+    assert!(s.rolling());
+    s.advance_rolling(t, &board);
+    assert!(
+        fork_planned(&mut s, &board, t).is_empty(),
+        "one extra at most"
+    );
+    assert!(signals(&mut s).is_empty());
+    assert!(s.waiting_for_ready(false, &board));
+    // Once it has exited, the roll begins, with a new stand-in in slot 2.
+    reap(&mut s, &board, 2, S::Code(0), t);
+    s.advance_rolling(t, &board);
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(2, 1)]);
+    board.set(2, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)], "slot 0 first");
+}
+
+#[test]
+fn at_capacity_plus_one_a_reload_waits_for_the_stand_in_instead_of_stopping_the_only_worker() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let set = Settings {
+        capacity: 2,
+        ..settings(1)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(s.abandoned.is_some());
+    // Slot 0 is ready again: the stand-in is asked to go.
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)]);
+    board.set(0, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)]);
+    // A reload now must not stop slot 0 (its only real worker) for want of
+    // a spare slot: it waits for the stand-in.
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert!(signals(&mut s).is_empty(), "slot 0 keeps serving");
+    assert!(fork_planned(&mut s, &board, t0).is_empty());
+    reap(&mut s, &board, 1, S::Code(0), t0);
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 1)], "a stand-in");
+    assert!(
+        signals(&mut s).is_empty(),
+        "slot 0 serves until it is ready"
+    );
+}
