@@ -131,6 +131,11 @@ pub(crate) struct Slot {
     pub(crate) restarts: u32,
     /// Crash-loop steps in a row (see `classify::is_crash`).
     failures: u32,
+    /// Its last worker failed to start: it crashed (a crash-loop step), or
+    /// ended before it was ever ready for any reason but a requested stop or
+    /// a planned recycle (a memory or descriptor limit too). A rolling
+    /// restart whose new worker (or stand-in) went so is abandoned.
+    failed_start: bool,
     not_before: Due,
     note: Option<Note>,
 }
@@ -766,7 +771,7 @@ impl Scheduler {
                 // abandons the roll; one that turned ready and exited as
                 // planned before the arbiter looked is simply replaced.
                 let first_new = roll.old.wrapping_add(1);
-                if s.proc.is_some() || s.next_generation == first_new || s.failures == 0 {
+                if s.proc.is_some() || s.next_generation == first_new || !s.failed_start {
                     return Some(roll); // draining, booting, or about to fork
                 }
                 let why = format!(
@@ -829,7 +834,7 @@ impl Scheduler {
             // Two generations past the old one: a new worker was forked and
             // is gone without having been ready; a failure (not a planned
             // exit) abandons the roll.
-            None if s.failures > 0 && s.next_generation.wrapping_sub(roll.old) >= 2 => {
+            None if s.failed_start && s.next_generation.wrapping_sub(roll.old) >= 2 => {
                 let why = format!(
                     "worker {slot}'s new worker{} failed before it was ready",
                     self.failed_worker(slot, roll.old.wrapping_add(1))
@@ -934,6 +939,9 @@ impl Scheduler {
                 stop.killed_at_timeout = stop.killed_at_timeout.saturating_add(1);
             }
         }
+        self.slots[slot].failed_start = crash
+            || (!ever_ready
+                && !matches!(record.reason, ExitReason::Stopped | ExitReason::Recycled));
         if crash {
             self.count_failure(slot, now, true);
             if self.gave_up.is_none() && self.stop.is_none() && self.cannot_start() {

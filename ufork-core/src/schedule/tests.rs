@@ -1388,3 +1388,50 @@ fn at_capacity_plus_one_a_reload_waits_for_the_stand_in_instead_of_stopping_the_
         "slot 0 serves until it is ready"
     );
 }
+
+#[test]
+fn a_new_worker_recycled_for_a_limit_before_it_is_ready_abandons_the_roll() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let over = R::OverMemory { rss: 2, limit: 1 };
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    // Over its memory limit while booting: recycled, no crash-loop step...
+    s.recycle(0, over.clone(), t0);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    assert_eq!(reap(&mut s, &board, 0, S::Code(0), t0).reason, over);
+    assert_eq!(s.slots[0].failures, 0);
+    // ...but a failed start all the same: the roll does not refill forever.
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling(), "abandoned");
+    let why = s.abandoned.clone().expect("a reason");
+    assert!(why.contains("over memory limit"), "{why}");
+    assert!(signals(&mut s).is_empty(), "the stand-in covers the slot");
+
+    // Likewise stop-then-start.
+    let set = Settings {
+        capacity: 2,
+        ..settings(2)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    let fds = R::TooManyFds { open: 9, limit: 8 };
+    s.recycle(0, fds, t0);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling(), "abandoned");
+    assert!(s.abandoned.is_some());
+}
