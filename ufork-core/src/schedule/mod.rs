@@ -731,6 +731,14 @@ impl Scheduler {
         match roll.phase {
             Phase::StandIn => match &self.slots[spare].proc {
                 None if self.slots[spare].next_generation == generation => Some(roll),
+                None if !self.slots[spare].failed_start => {
+                    // It turned ready and exited as planned (or was stopped)
+                    // before the arbiter looked: a new stand-in is forked.
+                    Some(Roll {
+                        stand_in: Some((spare, self.slots[spare].next_generation)),
+                        ..roll
+                    })
+                }
                 None => {
                     let why = format!(
                         "worker {slot}'s stand-in (in slot {spare}){} failed before it was ready",
@@ -778,18 +786,27 @@ impl Scheduler {
                     "worker {slot}'s new worker{} failed before it was ready",
                     self.failed_worker(slot, first_new)
                 );
-                self.abandon(
-                    why,
-                    &format!(
+                let stand_in = self.slots[spare].proc.as_ref().map(|p| p.reason.is_none());
+                let consequence = match stand_in {
+                    Some(true) => format!(
                         "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
                     ),
-                );
-                self.cover = Some(Cover {
-                    slot,
-                    old: roll.old,
-                    stand_in: (spare, generation),
-                    released: false,
-                });
+                    Some(false) => format!(
+                        "the stand-in (slot {spare}) is going too, so nothing serves in its place; the workers not replaced yet keep serving"
+                    ),
+                    None => format!(
+                        "the stand-in (slot {spare}) is gone too, so nothing serves in its place; the workers not replaced yet keep serving"
+                    ),
+                };
+                self.abandon(why, &consequence);
+                if stand_in.is_some() {
+                    self.cover = Some(Cover {
+                        slot,
+                        old: roll.old,
+                        stand_in: (spare, generation),
+                        released: stand_in == Some(false),
+                    });
+                }
                 None
             }
             Phase::Release => self.slots[spare].proc.as_ref().map(|_| roll),

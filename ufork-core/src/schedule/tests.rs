@@ -1435,3 +1435,59 @@ fn a_new_worker_recycled_for_a_limit_before_it_is_ready_abandons_the_roll() {
     assert!(!s.rolling(), "abandoned");
     assert!(s.abandoned.is_some());
 }
+
+#[test]
+fn a_stand_in_recycled_before_the_arbiter_saw_it_ready_is_replaced_not_a_failure() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    // Ready, served its max_requests and exited as planned, within one poll.
+    board.set(2, WorkerState::Ready, Some(t0));
+    board.plan_exit(2);
+    assert_eq!(reap(&mut s, &board, 2, S::Code(0), t0).reason, R::Recycled);
+    s.advance_rolling(t0, &board);
+    assert!(s.rolling());
+    assert_eq!(s.abandoned, None);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 1)], "a new one");
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)], "the roll goes on");
+    // A stand-in that fails still abandons the roll.
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    reap(&mut s, &board, 2, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+}
+
+#[test]
+fn an_abandoned_roll_whose_stand_in_is_gone_says_nothing_serves_in_its_place() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    // The new worker and the stand-in both fail before the arbiter looks.
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    reap(&mut s, &board, 1, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+    assert!(
+        !s.waiting_for_ready(false, &board),
+        "no cover without a stand-in"
+    );
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)]);
+}
