@@ -787,17 +787,7 @@ impl Scheduler {
                     self.failed_worker(slot, first_new)
                 );
                 let stand_in = self.slots[spare].proc.as_ref().map(|p| p.reason.is_none());
-                let consequence = match stand_in {
-                    Some(true) => format!(
-                        "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
-                    ),
-                    Some(false) => format!(
-                        "the stand-in (slot {spare}) is going too, so nothing serves in its place; the workers not replaced yet keep serving"
-                    ),
-                    None => format!(
-                        "the stand-in (slot {spare}) is gone too, so nothing serves in its place; the workers not replaced yet keep serving"
-                    ),
-                };
+                let consequence = abandon_consequence(slot, spare, stand_in);
                 self.abandon(why, &consequence);
                 if stand_in.is_some() {
                     self.cover = Some(Cover {
@@ -1034,5 +1024,22 @@ impl Scheduler {
             history: self.history.iter().cloned().collect(),
             last_failure: self.gave_up.clone(),
         }
+    }
+}
+
+/// What an abandoned roll leaves of slot `slot` (the log line's second
+/// half), its stand-in in `spare` live (`Some(true)`), going (`Some(false)`),
+/// or gone (`None`).
+fn abandon_consequence(slot: usize, spare: usize, stand_in: Option<bool>) -> String {
+    match stand_in {
+        Some(true) => format!(
+            "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
+        ),
+        Some(false) => format!(
+            "the stand-in (slot {spare}) is going too, so nothing serves in its place; the workers not replaced yet keep serving"
+        ),
+        None => format!(
+            "the stand-in (slot {spare}) is gone too, so nothing serves in its place; the workers not replaced yet keep serving"
+        ),
     }
 }
