@@ -214,7 +214,8 @@ struct Ended<'a> {
 /// new worker failed before it was ready), an old worker still running, or
 /// a slot without a ready new worker whose last exit was not asked for (it
 /// failed, or was killed) is a failure, not "restarted". A slot whose new
-/// worker recycled as the roll ended is refilled already, not failed.
+/// worker recycled as the roll ended (max-requests, or a memory or
+/// descriptor limit) is refilled already, not failed.
 fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) -> (String, bool) {
     let Ended {
         abandoned,
