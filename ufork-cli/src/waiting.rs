@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use ufork_core::Handle;
 use ufork_core::upgrade::Pending;
+use ufork_core::{ExitReason, Handle};
 
 /// How often a waiting `reload` looks at the pool while nothing else wakes
 /// the loop (the roll ends on a worker's ready note, published after it).
@@ -149,7 +149,7 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
             let exits: Vec<(usize, bool)> = snapshot
                 .history
                 .iter()
-                .map(|r| (r.slot, r.reason.is_requested()))
+                .map(|r| (r.slot, refilled_at_once(&r.reason)))
                 .collect();
             let between = between(old, &exits);
             Some(report(
@@ -168,10 +168,21 @@ pub fn answer(waiting: &Waiting, handle: &Handle) -> Option<(String, bool)> {
     }
 }
 
-/// The slots of `old` whose last exit in `exits` (slot, whether it was asked
-/// for; oldest first) was asked for (a recycle, a restart): refilled at once,
-/// such a slot is between two workers, not failed. A slot the history does
-/// not show (it is shorter, or off) is not.
+/// Whether an exit was a stop or a recycle, asked for by the arbiter or the
+/// program (a restart, max-requests, a memory or descriptor limit): the slot
+/// is refilled at once, between two workers, not failed.
+fn refilled_at_once(reason: &ExitReason) -> bool {
+    reason.is_requested()
+        || matches!(
+            reason,
+            ExitReason::OverMemory { .. } | ExitReason::TooManyFds { .. }
+        )
+}
+
+/// The slots of `old` whose last exit in `exits` (slot, whether it was a
+/// stop or a recycle, see [`refilled_at_once`]; oldest first) was one:
+/// refilled at once, such a slot is between two workers, not failed. A slot
+/// the history does not show (it is shorter, or off) is not.
 fn between(old: &[(usize, i32)], exits: &[(usize, bool)]) -> Vec<usize> {
     old.iter()
         .map(|&(slot, _)| slot)
@@ -203,7 +214,8 @@ struct Ended<'a> {
 /// new worker failed before it was ready), an old worker still running, or
 /// a slot without a ready new worker whose last exit was not asked for (it
 /// failed, or was killed) is a failure, not "restarted". A slot whose new
-/// worker recycled as the roll ended is refilled already, not failed.
+/// worker recycled as the roll ended (max-requests, or a memory or
+/// descriptor limit) is refilled already, not failed.
 fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) -> (String, bool) {
     let Ended {
         abandoned,
@@ -261,7 +273,8 @@ fn report(old: &[(usize, i32)], now: &[Seen], told: &[usize], ended: Ended<'_>) 
 
 #[cfg(test)]
 mod tests {
-    use super::{Ended, Seen, between, replaced, report};
+    use super::{Ended, Seen, between, refilled_at_once, replaced, report};
+    use ufork_core::ExitReason;
 
     fn ended(ready: usize, target: usize) -> Ended<'static> {
         Ended {
@@ -431,5 +444,27 @@ mod tests {
         // new worker failed after a recycle; slot 2 not in the history).
         let exits = [(0, true), (1, true), (0, true), (1, false)];
         assert_eq!(between(&[(0, 10), (1, 11), (2, 12)], &exits), vec![0]);
+    }
+
+    #[test]
+    fn a_memory_or_descriptor_limit_recycle_is_between_workers_too() {
+        let over_memory = ExitReason::OverMemory { rss: 2, limit: 1 };
+        let too_many_fds = ExitReason::TooManyFds { open: 9, limit: 8 };
+        for reason in [
+            ExitReason::Stopped,
+            ExitReason::Recycled,
+            over_memory,
+            too_many_fds,
+        ] {
+            assert!(refilled_at_once(&reason), "{reason:?}");
+        }
+        for reason in [
+            ExitReason::Failed,
+            ExitReason::Killed,
+            ExitReason::Exited,
+            ExitReason::Panicked,
+        ] {
+            assert!(!refilled_at_once(&reason), "{reason:?}");
+        }
     }
 }

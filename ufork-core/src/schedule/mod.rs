@@ -131,6 +131,11 @@ pub(crate) struct Slot {
     pub(crate) restarts: u32,
     /// Crash-loop steps in a row (see `classify::is_crash`).
     failures: u32,
+    /// Its last worker failed to start: it crashed (a crash-loop step), or
+    /// ended before it was ever ready for any reason but a requested stop or
+    /// a planned recycle (a memory or descriptor limit too). A rolling
+    /// restart whose new worker (or stand-in) went so is abandoned.
+    failed_start: bool,
     not_before: Due,
     note: Option<Note>,
 }
@@ -161,9 +166,10 @@ struct Roll {
 
 /// The stand-in of an abandoned roll, covering the slot whose new worker
 /// failed before it was ready: it serves until the slot has a ready worker
-/// newer than `old`, then is asked to stop. It is no roll: a new roll goes
-/// on meanwhile, and takes it over as its own stand-in when it reaches
-/// `slot`.
+/// newer than `old`, then is asked to stop. It is no roll: a new roll takes
+/// it over as its own stand-in, beginning with `slot`. Once released (asked
+/// to stop, or going on its own) it is kept until it is reaped, and no roll
+/// takes a slot meanwhile: one process more than the target at most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Cover {
     slot: usize,
@@ -172,6 +178,9 @@ struct Cover {
     old: u32,
     /// The spare slot the stand-in runs in, and its generation.
     stand_in: (usize, u32),
+    /// The stand-in no longer covers the slot: it was asked to stop, or is
+    /// going on its own; it is waited for.
+    released: bool,
 }
 
 #[derive(Debug)]
@@ -513,7 +522,10 @@ impl Scheduler {
                 roll.stand_in = None;
             }
         }
-        if self.cover.is_some_and(|c| c.stand_in.0 < target) {
+        if self
+            .cover
+            .is_some_and(|c| c.stand_in.0 < target && !c.released)
+        {
             // Likewise the stand-in of an abandoned roll: a regular worker
             // now, it no longer covers the slot.
             self.cover = None;
@@ -543,7 +555,11 @@ impl Scheduler {
         // A slot the stand-in of an abandoned roll covers comes first: the
         // roll takes that stand-in over and learns whether the slot's new
         // worker is ready before any ready worker is replaced.
-        let first = self.cover.map(|c| c.slot).filter(|&c| c < self.target);
+        let first = self
+            .cover
+            .filter(|c| !c.released)
+            .map(|c| c.slot)
+            .filter(|&c| c < self.target);
         self.rolling = first
             .into_iter()
             .chain((0..self.target).filter(|&i| Some(i) != first))
@@ -606,7 +622,7 @@ impl Scheduler {
                 None => (s.next_generation.checked_sub(1)?, false),
             }
         };
-        if let Some(cover) = self.cover.filter(|c| c.slot == slot) {
+        if let Some(cover) = self.cover.filter(|c| c.slot == slot && !c.released) {
             self.cover = None;
             // A reload is the operator's new try: not held back by the
             // crash-loop backoff of the last one.
@@ -659,7 +675,8 @@ impl Scheduler {
     /// is stopped only once the slot has a ready worker again; meanwhile the
     /// slot does not count toward giving up. A new roll begins with that
     /// slot and takes the stand-in over (no second stand-in for it), then
-    /// goes on to the others. Without a spare slot (capacity reached) the old
+    /// goes on to the others; once that stand-in was asked to stop (or goes
+    /// on its own), a new roll begins only after it has exited. Without a spare slot (capacity reached) the old
     /// worker stops before its replacement is forked, as the warning says.
     pub(crate) fn advance_rolling(&mut self, now: Instant, cells: &impl Cells) {
         if self.stop.is_some() {
@@ -676,6 +693,12 @@ impl Scheduler {
                     }
                     None => self.roll = None,
                 }
+            }
+            if self.cover.is_some_and(|c| c.released) {
+                // The last stand-in is still going: the next slot waits, so
+                // no second stand-in (or, at capacity, no stop-then-start of
+                // a serving worker) joins it.
+                return;
             }
             match self.rolling.pop_front() {
                 Some(slot) if slot < self.target => self.roll = self.begin_slot(slot, now),
@@ -708,6 +731,14 @@ impl Scheduler {
         match roll.phase {
             Phase::StandIn => match &self.slots[spare].proc {
                 None if self.slots[spare].next_generation == generation => Some(roll),
+                None if !self.slots[spare].failed_start => {
+                    // It turned ready and exited as planned (or was stopped)
+                    // before the arbiter looked: a new stand-in is forked.
+                    Some(Roll {
+                        stand_in: Some((spare, self.slots[spare].next_generation)),
+                        ..roll
+                    })
+                }
                 None => {
                     let why = format!(
                         "worker {slot}'s stand-in (in slot {spare}){} failed before it was ready",
@@ -748,24 +779,24 @@ impl Scheduler {
                 // abandons the roll; one that turned ready and exited as
                 // planned before the arbiter looked is simply replaced.
                 let first_new = roll.old.wrapping_add(1);
-                if s.proc.is_some() || s.next_generation == first_new || s.failures == 0 {
+                if s.proc.is_some() || s.next_generation == first_new || !s.failed_start {
                     return Some(roll); // draining, booting, or about to fork
                 }
                 let why = format!(
                     "worker {slot}'s new worker{} failed before it was ready",
                     self.failed_worker(slot, first_new)
                 );
-                self.abandon(
-                    why,
-                    &format!(
-                        "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
-                    ),
-                );
-                self.cover = Some(Cover {
-                    slot,
-                    old: roll.old,
-                    stand_in: (spare, generation),
-                });
+                let stand_in = self.slots[spare].proc.as_ref().map(|p| p.reason.is_none());
+                let consequence = abandon_consequence(slot, spare, stand_in);
+                self.abandon(why, &consequence);
+                if stand_in.is_some() {
+                    self.cover = Some(Cover {
+                        slot,
+                        old: roll.old,
+                        stand_in: (spare, generation),
+                        released: stand_in == Some(false),
+                    });
+                }
                 None
             }
             Phase::Release => self.slots[spare].proc.as_ref().map(|_| roll),
@@ -810,7 +841,7 @@ impl Scheduler {
             // Two generations past the old one: a new worker was forked and
             // is gone without having been ready; a failure (not a planned
             // exit) abandons the roll.
-            None if s.failures > 0 && s.next_generation.wrapping_sub(roll.old) >= 2 => {
+            None if s.failed_start && s.next_generation.wrapping_sub(roll.old) >= 2 => {
                 let why = format!(
                     "worker {slot}'s new worker{} failed before it was ready",
                     self.failed_worker(slot, roll.old.wrapping_add(1))
@@ -823,25 +854,33 @@ impl Scheduler {
     }
 
     /// The stand-in of an abandoned roll: asked to stop once its slot has a
-    /// ready new worker, or once the slot is scaled away; forgotten when it
-    /// is gone.
+    /// ready new worker, or once the slot is scaled away; released then (or
+    /// when it goes on its own), and forgotten once it is reaped.
     fn advance_cover(&mut self, now: Instant, cells: &impl Cells) {
         let Some(cover) = self.cover else {
             return;
         };
-        let (slot, spare) = (cover.slot, cover.stand_in.0);
-        let stand_in_live = self.slots[spare]
-            .proc
-            .as_ref()
-            .is_some_and(|p| p.reason.is_none());
+        let (slot, (spare, generation)) = (cover.slot, cover.stand_in);
+        let stand_in = self.slots.get(spare).and_then(|s| s.proc.as_ref());
+        let Some(stand_in) = stand_in.filter(|p| p.generation == generation) else {
+            self.cover = None; // reaped
+            return;
+        };
+        if cover.released {
+            return;
+        }
+        let going = stand_in.reason.is_some();
         let ready = self.slots[slot].proc.as_ref().is_some_and(|p| {
             p.generation > cover.old && p.reason.is_none() && cells.observe(slot).state.is_up()
         });
         if ready || slot >= self.target {
             self.end_proc(spare, ExitReason::Stopped, true, now);
         }
-        if ready || slot >= self.target || !stand_in_live {
-            self.cover = None;
+        if ready || slot >= self.target || going {
+            self.cover = Some(Cover {
+                released: true,
+                ..cover
+            });
         }
     }
 
@@ -907,6 +946,9 @@ impl Scheduler {
                 stop.killed_at_timeout = stop.killed_at_timeout.saturating_add(1);
             }
         }
+        self.slots[slot].failed_start = crash
+            || (!ever_ready
+                && !matches!(record.reason, ExitReason::Stopped | ExitReason::Recycled));
         if crash {
             self.count_failure(slot, now, true);
             if self.gave_up.is_none() && self.stop.is_none() && self.cannot_start() {
@@ -982,5 +1024,22 @@ impl Scheduler {
             history: self.history.iter().cloned().collect(),
             last_failure: self.gave_up.clone(),
         }
+    }
+}
+
+/// What an abandoned roll leaves of slot `slot` (the log line's second
+/// half), its stand-in in `spare` live (`Some(true)`), going (`Some(false)`),
+/// or gone (`None`).
+fn abandon_consequence(slot: usize, spare: usize, stand_in: Option<bool>) -> String {
+    match stand_in {
+        Some(true) => format!(
+            "the stand-in (slot {spare}) serves in its place until a new worker of slot {slot} is ready (a reload meanwhile begins there), and the workers not replaced yet keep serving"
+        ),
+        Some(false) => format!(
+            "the stand-in (slot {spare}) is going too, so nothing serves in its place; the workers not replaced yet keep serving"
+        ),
+        None => format!(
+            "the stand-in (slot {spare}) is gone too, so nothing serves in its place; the workers not replaced yet keep serving"
+        ),
     }
 }

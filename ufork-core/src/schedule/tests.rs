@@ -1378,3 +1378,176 @@ fn a_roll_reaching_an_empty_slot_keeps_the_worker_forked_there() {
         "slot 1 next"
     );
 }
+
+#[test]
+fn a_reload_waits_until_the_released_stand_in_of_an_abandoned_roll_has_exited() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    // -w 2, slot 0's new worker failed twice: the stand-in (slot 2) covers.
+    let mut s = abandoned_roll(settings(2), t0, &board);
+    let t = t0 + 60 * SEC;
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(0, 3)]);
+    board.set(0, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(2, Sig::Term)], "the stand-in goes");
+    // A reload while the stand-in drains: no second stand-in.
+    s.start_rolling();
+    assert!(s.rolling());
+    s.advance_rolling(t, &board);
+    assert!(
+        fork_planned(&mut s, &board, t).is_empty(),
+        "one extra at most"
+    );
+    assert!(signals(&mut s).is_empty());
+    assert!(s.waiting_for_ready(false, &board));
+    // Once it has exited, the roll begins, with a new stand-in in slot 2.
+    reap(&mut s, &board, 2, S::Code(0), t);
+    s.advance_rolling(t, &board);
+    assert_eq!(fork_planned(&mut s, &board, t), vec![(2, 1)]);
+    board.set(2, WorkerState::Ready, Some(t));
+    s.advance_rolling(t, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)], "slot 0 first");
+}
+
+#[test]
+fn at_capacity_plus_one_a_reload_waits_for_the_stand_in_instead_of_stopping_the_only_worker() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let set = Settings {
+        capacity: 2,
+        ..settings(1)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(s.abandoned.is_some());
+    // Slot 0 is ready again: the stand-in is asked to go.
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)]);
+    board.set(0, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(1, Sig::Term)]);
+    // A reload now must not stop slot 0 (its only real worker) for want of
+    // a spare slot: it waits for the stand-in.
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert!(signals(&mut s).is_empty(), "slot 0 keeps serving");
+    assert!(fork_planned(&mut s, &board, t0).is_empty());
+    reap(&mut s, &board, 1, S::Code(0), t0);
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 1)], "a stand-in");
+    assert!(
+        signals(&mut s).is_empty(),
+        "slot 0 serves until it is ready"
+    );
+}
+
+#[test]
+fn a_new_worker_recycled_for_a_limit_before_it_is_ready_abandons_the_roll() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let over = R::OverMemory { rss: 2, limit: 1 };
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    // Over its memory limit while booting: recycled, no crash-loop step...
+    s.recycle(0, over.clone(), t0);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    assert_eq!(reap(&mut s, &board, 0, S::Code(0), t0).reason, over);
+    assert_eq!(s.slots[0].failures, 0);
+    // ...but a failed start all the same: the roll does not refill forever.
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling(), "abandoned");
+    let why = s.abandoned.clone().expect("a reason");
+    assert!(why.contains("over memory limit"), "{why}");
+    assert!(signals(&mut s).is_empty(), "the stand-in covers the slot");
+
+    // Likewise stop-then-start.
+    let set = Settings {
+        capacity: 2,
+        ..settings(2)
+    };
+    let mut s = running(set, t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    s.advance_rolling(t0, &board);
+    let fds = R::TooManyFds { open: 9, limit: 8 };
+    s.recycle(0, fds, t0);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling(), "abandoned");
+    assert!(s.abandoned.is_some());
+}
+
+#[test]
+fn a_stand_in_recycled_before_the_arbiter_saw_it_ready_is_replaced_not_a_failure() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    // Ready, served its max_requests and exited as planned, within one poll.
+    board.set(2, WorkerState::Ready, Some(t0));
+    board.plan_exit(2);
+    assert_eq!(reap(&mut s, &board, 2, S::Code(0), t0).reason, R::Recycled);
+    s.advance_rolling(t0, &board);
+    assert!(s.rolling());
+    assert_eq!(s.abandoned, None);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 1)], "a new one");
+    board.set(2, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)], "the roll goes on");
+    // A stand-in that fails still abandons the roll.
+    let mut s = running(settings(2), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(2, 0)]);
+    reap(&mut s, &board, 2, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+}
+
+#[test]
+fn an_abandoned_roll_whose_stand_in_is_gone_says_nothing_serves_in_its_place() {
+    let t0 = Instant::now();
+    let board = Board::default();
+    let mut s = running(settings(1), t0, &board, WorkerState::Ready);
+    s.start_rolling();
+    s.advance_rolling(t0, &board);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(1, 0)]);
+    board.set(1, WorkerState::Ready, Some(t0));
+    s.advance_rolling(t0, &board);
+    assert_eq!(signals(&mut s), vec![(0, Sig::Term)]);
+    reap(&mut s, &board, 0, S::Code(0), t0);
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 1)]);
+    // The new worker and the stand-in both fail before the arbiter looks.
+    reap(&mut s, &board, 0, S::Code(1), t0);
+    reap(&mut s, &board, 1, S::Code(1), t0);
+    s.advance_rolling(t0, &board);
+    assert!(!s.rolling());
+    assert!(s.abandoned.is_some());
+    assert!(
+        !s.waiting_for_ready(false, &board),
+        "no cover without a stand-in"
+    );
+    assert_eq!(fork_planned(&mut s, &board, t0), vec![(0, 2)]);
+}
