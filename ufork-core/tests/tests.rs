@@ -534,7 +534,11 @@ struct SignalAtStart(rustix::process::Signal);
 
 impl Layer for SignalAtStart {
     fn started(&mut self, _: &mut Context<'_>) {
-        signal_self(self.0);
+        // raise(3): to this thread, the arbiter's: its handler has run when it
+        // returns (a kill(2) to the process may be taken by another thread
+        // of the test, later, under load).
+        let signal = nix::sys::signal::Signal::try_from(self.0.as_raw()).unwrap();
+        nix::sys::signal::raise(signal).unwrap();
     }
 }
 
